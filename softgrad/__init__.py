@@ -1,0 +1,12 @@
+"""softgrad: derive, generate and verify the gradients of ML functions, starting with softmax.
+
+`softgrad.derive("softmax")` returns the checked Derivation; `softgrad.derive` is also the package
+holding the engine (the module is callable, so both readings work).
+"""
+
+from __future__ import annotations
+
+from softgrad import derive
+
+__version__ = "0.1.0"
+__all__ = ["derive", "__version__"]

@@ -1,0 +1,204 @@
+"""Algebra on index-notation expressions that SymPy does not do by itself.
+
+Sifting (Σ_k f(k) δ_kj = f(j)), distributing and factoring sums, inlining definitions, and
+back-substitution: rewriting a result in the function's own outputs (exp(x_i)/Σ → y_i) by inverting
+each definition structurally. Nothing here knows any catalog entry by name.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.symbols import SumExcept, class_sum, fresh_index, names_in
+
+
+def sift(expr: sp.Expr) -> sp.Expr:
+    """Apply Σ_k c(k) δ_ka = c(a) to every sum whose terms carry a Kronecker delta of its index."""
+
+    def sift_one(total: sp.Sum) -> sp.Expr:
+        bound = total.limits[0][0]
+        kept, sifted = [], []
+        for term in sp.Add.make_args(sp.expand(total.function)):
+            delta = next(
+                (f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta) and bound in f.args),
+                None,
+            )
+            if delta is None:
+                kept.append(term)
+                continue
+            other = delta.args[0] if delta.args[1] == bound else delta.args[1]
+            sifted.append((term / delta).subs(bound, other))
+        rest = class_sum(sp.Add(*kept), bound) if kept else sp.S.Zero
+        return sp.Add(*sifted) + rest
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), sift_one)
+
+
+def distribute_sums(expr: sp.Expr) -> sp.Expr:
+    """Σ(a + b) → Σa + Σb and Σ c·f(k) → c Σ f(k): what is constant in k leaves the sum."""
+
+    def split(total: sp.Sum) -> sp.Expr:
+        bound = total.limits[0][0]
+        pieces = []
+        for term in sp.Add.make_args(sp.expand(total.function)):
+            constant, varying = term.as_independent(bound, as_Add=False)
+            pieces.append(constant * (class_sum(varying, bound) if varying != 1 else class_sum(1, bound)))
+        return sp.Add(*pieces)
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), split)
+
+
+def expand_sum_except(expr: sp.Expr) -> sp.Expr:
+    """Σ_{k≠j} f(k) → Σ_k f(k) − f(j)."""
+    return expr.replace(lambda e: isinstance(e, SumExcept), lambda e: e.as_full_sum())
+
+
+def rename_bound(expr: sp.Expr, avoid: set[str]) -> sp.Expr:
+    """Rename every summation index that clashes with `avoid`, so inlined text stays readable."""
+
+    def rename(total: sp.Sum) -> sp.Sum:
+        bound = total.limits[0][0]
+        if str(bound) not in avoid:
+            return total
+        new = fresh_index(avoid | names_in(total), preferred="klmpqrsuvw")
+        return class_sum(total.function.subs(bound, new), new)
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), rename)
+
+
+def instantiate(definition: Definition, at: sp.Symbol | None) -> sp.Expr:
+    """A vector definition's right-hand side at index `at` (bound indices renamed away from it)."""
+    if definition.index is None:
+        return definition.expr
+    body = rename_bound(definition.expr, {str(at)} - {str(definition.index)})
+    return body.subs(definition.index, at)
+
+
+def inline(expr: sp.Expr, definitions: list[Definition]) -> sp.Expr:
+    """Replace every defined name by its definition, repeatedly, until only inputs remain."""
+    by_name = {d.name: d for d in definitions}
+    for _ in range(len(definitions) + 1):
+        replacements = {}
+        for item in expr.atoms(sp.Indexed):
+            if str(item.base) in by_name:
+                replacements[item] = instantiate(by_name[str(item.base)], item.indices[0])
+        for item in expr.atoms(sp.Symbol):
+            if str(item) in by_name and not by_name[str(item)].is_vector:
+                replacements[item] = by_name[str(item)].expr
+        if not replacements:
+            return expr
+        expr = expr.xreplace(replacements)
+    return expr
+
+
+def depends_on(expr: sp.Expr, names: set[str]) -> bool:
+    """Whether expr mentions any of the given vector or scalar names."""
+    return bool({str(b.label) for b in expr.atoms(sp.IndexedBase)} & names) or bool(
+        {str(s) for s in expr.atoms(sp.Symbol)} & names
+    )
+
+
+def cost(expr: sp.Expr) -> int:
+    """How heavy an expression reads: operations, with sums and inputs inside functions weighted up."""
+    sums = len(expr.atoms(sp.Sum))
+    functions = len([f for f in expr.atoms(sp.Function) if not isinstance(f, sp.KroneckerDelta)])
+    return int(sp.count_ops(expr)) + 6 * sums + 2 * functions
+
+
+def tidy(expr: sp.Expr) -> sp.Expr:
+    """The most readable of a few equivalent forms (cancelled, factored, expanded)."""
+    expr = sp.sympify(expr)
+    candidates = [expr]
+    try:
+        powers = sp.powsimp(sp.expand(expr, power_exp=True, mul=False, log=False))
+        candidates += [sp.cancel(expr), sp.factor(expr), sp.factor_terms(sp.expand(expr)), powers]
+        candidates += [sp.factor(sp.cancel(powers)), sp.powsimp(sp.cancel(powers))]
+    except (sp.PolynomialError, TypeError, ValueError):
+        pass
+    return min(candidates, key=lambda e: (cost(e), len(str(e))))
+
+
+def inversions(definition: Definition) -> list[tuple[sp.Expr, sp.Expr]]:
+    """Pairs (pattern, value) with pattern = value whenever the definition holds.
+
+    y_i = N_i / D gives N_i = y_i D; z_i = x_i − C gives x_i = z_i + C; L = log S gives S = exp(L).
+    Only what depends on the definition's own index (or, for a scalar, on an input) is peeled.
+    """
+    target = definition.symbol
+    body = definition.expr
+
+    def varies(e: sp.Expr) -> bool:
+        if definition.index is not None:
+            return definition.index in e.free_symbols
+        return bool(e.atoms(sp.Indexed))
+
+    pairs = [(body, target)]
+    for _ in range(8):
+        if body.is_Add or body.is_Mul:
+            varying = [a for a in body.args if varies(a)]
+            fixed = [a for a in body.args if not varies(a)]
+            if len(varying) != 1 or not fixed:
+                break
+            if body.is_Add:
+                body, target = varying[0], target - sp.Add(*fixed)
+            else:
+                body, target = varying[0], target / sp.Mul(*fixed)
+        elif isinstance(body, sp.exp):
+            body, target = body.args[0], sp.log(target)
+        elif isinstance(body, sp.log):
+            body, target = body.args[0], sp.exp(target)
+        elif body.is_Pow and not varies(body.exp) and varies(body.base):
+            body, target = body.base, target ** (1 / body.exp)
+        else:
+            break
+        if body.is_Symbol or body.is_Number:
+            break
+        pairs.append((body, target))
+    return pairs
+
+
+def _substitute(expr: sp.Expr, pattern: sp.Expr, value: sp.Expr) -> sp.Expr:
+    """expr with pattern replaced by value, matching sums whatever their summation index is called."""
+    for pattern_sum in pattern.atoms(sp.Sum):
+        for found in expr.atoms(sp.Sum):
+            if found != pattern_sum and alpha_equal(found, pattern_sum):
+                expr = expr.xreplace({found: pattern_sum})
+    return expr.subs(pattern, value)
+
+
+def alpha_equal(first: sp.Sum, second: sp.Sum) -> bool:
+    """Two sums over the class axis that differ only in the name of their index."""
+    a, b = first.limits[0][0], second.limits[0][0]
+    return first.limits[0][1:] == second.limits[0][1:] and first.function.subs(a, b) == second.function
+
+
+def outputs_sum_to_one(definition: Definition) -> bool:
+    """y_i = N_i / Σ_k N_k: the outputs are normalised (a structural fact, checked like any step)."""
+    if definition.index is None:
+        return False
+    numerator, denominator = sp.fraction(sp.together(definition.expr))
+    if not isinstance(denominator, sp.Sum):
+        return False
+    bound = denominator.limits[0][0]
+    return sp.simplify(denominator.function.subs(bound, definition.index) - numerator) == 0
+
+
+def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -> sp.Expr:
+    """Rewrite expr in the spec's defined names wherever that makes it simpler."""
+    definitions = spec.definitions if upto is None else spec.definitions[: spec.definitions.index(upto) + 1]
+    free = sorted((s for s in expr.free_symbols if s.is_integer), key=str)
+    best = tidy(expr)
+    for definition in reversed(definitions):
+        positions = free if definition.index is not None else [None]
+        for pattern, value in inversions(definition):
+            trial = best
+            for at in positions:
+                if at is None:
+                    trial = _substitute(trial, pattern, value)
+                else:
+                    trial = _substitute(trial, pattern.subs(definition.index, at), value.subs(definition.index, at))
+            trial = tidy(trial)
+            if cost(trial) < cost(best):
+                best = trial
+    return best

@@ -1,0 +1,213 @@
+"""The machine check of every step: both sides evaluated at concrete sizes and random points.
+
+The left-hand side of a step is a derivative written out (Partial); its true value comes from the
+forward function by complex-step differentiation (exact to rounding, and independent of the rules
+that produced the right-hand side). Every form in the step's chain must match it at n = 1, 2, 3, 5,
+for every index pair the step claims, at several random points.
+"""
+
+from __future__ import annotations
+
+import cmath
+import itertools
+import random
+from dataclasses import dataclass
+
+import sympy as sp
+
+from softgrad.errors import StepCheckFailed
+from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.steps import Step
+from softgrad.derive.symbols import Partial, SumExcept, n as size_symbol, sigmoid
+
+SIZES = (1, 2, 3, 5)
+POINTS = 2
+COMPLEX_STEP = 1e-30
+RELATIVE_TOLERANCE = 1e-9
+
+_FUNCTIONS = {
+    sp.exp: cmath.exp,
+    sp.log: cmath.log,
+    sp.tanh: cmath.tanh,
+    sigmoid: lambda u: 1 / (1 + cmath.exp(-u)),
+}
+
+
+@dataclass
+class Point:
+    """Concrete values: n, the input vectors, parameters, and every definition computed from them."""
+
+    size: int
+    vectors: dict[str, list[complex]]
+    scalars: dict[str, complex]
+
+
+class Evaluator:
+    """Numeric meaning of every expression softgrad shows, at one concrete point."""
+
+    def __init__(self, definitions: list[Definition]):
+        self.definitions = definitions
+
+    def complete(self, point: Point, frozen: str | None = None) -> Point:
+        """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
+        vectors, scalars = dict(point.vectors), dict(point.scalars)
+        started = frozen is None
+        for definition in self.definitions:
+            if definition.name == frozen:
+                started = True
+                continue
+            if not started and frozen is not None and definition.name in vectors | scalars:
+                continue
+            inner = Point(point.size, vectors, scalars)
+            if definition.is_vector:
+                vectors[definition.name] = [
+                    self.value(definition.expr, inner, {definition.index: a}) for a in range(point.size)
+                ]
+            else:
+                scalars[definition.name] = self.value(definition.expr, inner, {})
+        return Point(point.size, vectors, scalars)
+
+    def value(self, expr: sp.Basic, point: Point, indices: dict) -> complex:
+        if expr.is_Number:
+            return complex(expr)
+        if isinstance(expr, sp.Indexed):
+            return point.vectors[str(expr.base)][int(self._index(expr.indices[0], indices))]
+        if expr.is_Symbol:
+            if expr in indices:
+                return indices[expr]
+            if expr == size_symbol:
+                return point.size
+            return point.scalars[str(expr)]
+        if expr.is_Add:
+            return sum(self.value(a, point, indices) for a in expr.args)
+        if expr.is_Mul:
+            product = 1
+            for factor in expr.args:
+                product *= self.value(factor, point, indices)
+            return product
+        if expr.is_Pow:
+            base = self.value(expr.base, point, indices)
+            exponent = self.value(expr.exp, point, indices)
+            return base ** (int(exponent.real) if expr.exp.is_Integer else exponent)
+        if isinstance(expr, sp.KroneckerDelta):
+            return 1.0 if self._index(expr.args[0], indices) == self._index(expr.args[1], indices) else 0.0
+        if isinstance(expr, sp.Sum):
+            bound = expr.limits[0][0]
+            return sum(self.value(expr.function, point, {**indices, bound: a}) for a in range(point.size))
+        if isinstance(expr, SumExcept):
+            skip = self._index(expr.skip, indices)
+            return sum(
+                self.value(expr.summand, point, {**indices, expr.bound: a})
+                for a in range(point.size) if a != skip
+            )
+        if isinstance(expr, Partial):
+            return self._partial(expr, point, indices)
+        function = _FUNCTIONS.get(expr.func)
+        if function is not None:
+            return function(self.value(expr.args[0], point, indices))
+        raise TypeError(f"cannot evaluate {expr.func.__name__}")
+
+    @staticmethod
+    def _index(index_expr, indices) -> int:
+        return indices[index_expr] if index_expr in indices else int(index_expr)
+
+    def _partial(self, expr: Partial, point: Point, indices: dict) -> complex:
+        """∂expr/∂var by the complex step: Im f(v + ih) / h, every definition downstream recomputed."""
+        var = expr.var
+        name, position = str(var.base), self._index(var.indices[0], indices)
+        vectors = {k: list(v) for k, v in point.vectors.items()}
+        vectors[name][position] += 1j * COMPLEX_STEP
+        is_definition = any(d.name == name for d in self.definitions)
+        perturbed = self.complete(Point(point.size, vectors, point.scalars), frozen=name if is_definition else None)
+        return self.value(expr.expr, perturbed, indices).imag / COMPLEX_STEP
+
+
+def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, constrained: bool) -> Point:
+    """Random positive inputs (so log and sqrt are defined); constrained inputs rescaled to their sum."""
+    vectors = {name: [complex(rng.uniform(0.2, 1.2)) for _ in range(size)] for name in inputs}
+    if constrained:
+        for constraint in spec.constraints:
+            values = vectors[constraint.input_name]
+            scale = complex(float(constraint.rhs)) / sum(values)
+            vectors[constraint.input_name] = [v * scale for v in values]
+    scalars = {name: complex(rng.uniform(0.5, 2.0)) for name in spec.parameters}
+    return Point(size, vectors, scalars)
+
+
+class StepChecker:
+    """Checks steps of one derivation; extra definitions (e.g. a surrogate loss for VJPs) may be added."""
+
+    def __init__(self, spec: Spec, extra_definitions: list[Definition] = (), extra_inputs: list[str] = (),
+                 seed: int = 0):
+        self.spec = spec
+        self.evaluator = Evaluator(list(spec.definitions) + list(extra_definitions))
+        self.inputs = list(spec.inputs) + list(extra_inputs)
+        rng = random.Random(seed)
+        self.points = {
+            constrained: [
+                self.evaluator.complete(sample_points(spec, self.inputs, size, rng, constrained))
+                for size in SIZES for _ in range(POINTS)
+            ]
+            for constrained in (False, True)
+        }
+        self.checked = 0
+
+    def check(self, step: Step) -> Step:
+        """Mark the step checked, or raise StepCheckFailed with a concrete counterexample."""
+        free = sorted(
+            {s for e in [step.lhs, *step.forms] for s in _free_indices(e)}, key=str
+        )
+        comparisons = 0
+        for point in self.points[bool(step.assumes)]:
+            for values in itertools.product(range(point.size), repeat=len(free)):
+                indices = dict(zip(free, values))
+                if step.equal and indices.get(step.equal[0]) != indices.get(step.equal[1]):
+                    continue
+                if step.distinct and indices.get(step.distinct[0]) == indices.get(step.distinct[1]):
+                    continue
+                expected = self.evaluator.value(step.lhs, point, indices)
+                for form in step.forms:
+                    got = self._form_value(step, form, point, indices)
+                    scale = max(abs(expected), 1.0)
+                    if not abs(got - expected) <= RELATIVE_TOLERANCE * scale:
+                        raise StepCheckFailed(
+                            f"step '{step.rule}' failed its check at n = {point.size}, "
+                            f"{_describe(indices)}: {sp.sstr(step.lhs)} = {expected.real:.12g} "
+                            f"but {sp.sstr(form)} = {got.real:.12g}"
+                        )
+                    comparisons += 1
+        step.checked = True
+        step.check_detail = f"{comparisons} comparisons at n = {', '.join(map(str, SIZES))}"
+        self.checked += 1
+        return step
+
+    def _form_value(self, step: Step, form, point: Point, indices: dict) -> complex:
+        if isinstance(form, sp.MatrixExpr):
+            row, column = (list(step.matrix_axes) + [None, None])[:2]
+            return _matrix_entry(form, point, indices.get(row, 0), indices.get(column, 0))
+        return self.evaluator.value(form, point, indices)
+
+
+def _free_indices(expr: sp.Basic) -> set[sp.Symbol]:
+    if isinstance(expr, sp.MatrixExpr):
+        return set()
+    return {s for s in expr.free_symbols if s.is_integer and s != size_symbol}
+
+
+def _describe(indices: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in indices.items()) or "no index"
+
+
+def _matrix_entry(form: sp.MatrixExpr, point: Point, row: int, column: int) -> complex:
+    """Entry (row, column) of a matrix form, with its vector symbols replaced by the point's values."""
+    concrete = form.subs(size_symbol, point.size)
+    replacements = {}
+    for symbol in concrete.atoms(sp.MatrixSymbol):
+        values = point.vectors[str(symbol.name)]
+        replacements[symbol] = sp.ImmutableMatrix([[sp.Float(v.real, 17)] for v in values])
+    for symbol in concrete.free_symbols:
+        if isinstance(symbol, sp.Symbol) and str(symbol) in point.scalars:
+            replacements[symbol] = sp.Float(point.scalars[str(symbol)].real, 17)
+    explicit = concrete.xreplace(replacements).doit()
+    explicit = sp.ImmutableMatrix(explicit.as_explicit())
+    return complex(explicit[row, column if explicit.shape[1] > 1 else 0])

@@ -1,0 +1,374 @@
+"""The spec language: functions in index notation, parsed by a real parser into SymPy objects.
+
+    y[i] = exp(x[i]) / sum(exp(x[k]), k)     # a vector definition with its free index
+    L = -sum(t[k] * log(y[k]), k)             # a scalar definition; later lines use earlier ones
+    given sum(t[k], k) = 1                    # a constraint on an input
+
+Indexed names that are not defined are inputs; bare names that are not defined are scalar
+parameters (assumed positive, e.g. a temperature T). Nothing here evaluates user text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from softgrad.errors import SpecError
+from softgrad.derive.symbols import class_sum, index, n, sigmoid
+
+MAX_SPEC_CHARACTERS = 20_000
+MAX_NESTING = 100
+
+#: name → (number of arguments, builder). `sum` and `delta` take indices and are handled apart.
+FUNCTIONS = {
+    "exp": sp.exp,
+    "log": sp.log,
+    "sqrt": sp.sqrt,
+    "tanh": sp.tanh,
+    "sigmoid": sigmoid,
+}
+SPECIAL_FORMS = ("sum", "delta")
+RESERVED = set(FUNCTIONS) | set(SPECIAL_FORMS) | {"given", "n"}
+
+_TOKEN = re.compile(
+    r"(?P<space>[ \t]+)|(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>\*\*|[-+*/^()\[\],=])"
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # number, name, op, end
+    text: str
+    column: int  # 1-based
+
+
+@dataclass
+class Definition:
+    """One line `name[index] = expr` (index is None for a scalar)."""
+
+    name: str
+    index: sp.Symbol | None
+    expr: sp.Expr
+    source: str
+    line: int
+
+    @property
+    def symbol(self) -> sp.Expr:
+        """The defined quantity as it appears in formulas: y[i] or L."""
+        return sp.IndexedBase(self.name)[self.index] if self.index is not None else sp.Symbol(self.name)
+
+    @property
+    def is_vector(self) -> bool:
+        return self.index is not None
+
+
+@dataclass
+class Constraint:
+    """`given sum(t[k], k) = c`: the entries of an input sum to a constant."""
+
+    input_name: str
+    lhs: sp.Expr
+    rhs: sp.Expr
+    source: str
+
+
+@dataclass
+class Spec:
+    """A parsed spec: definitions in order (the last is the output), inputs, parameters, constraints."""
+
+    source: str
+    definitions: list[Definition]
+    inputs: list[str]
+    parameters: list[str]
+    constraints: list[Constraint] = field(default_factory=list)
+    name: str | None = None
+
+    @property
+    def output(self) -> Definition:
+        return self.definitions[-1]
+
+    def definition(self, name: str) -> Definition | None:
+        return next((d for d in self.definitions if d.name == name), None)
+
+
+def tokenize(text: str, line: int) -> list[Token]:
+    """Split one line into tokens; any character outside the language is an error at its column."""
+    tokens, position = [], 0
+    while position < len(text):
+        if text[position] == "#":
+            break
+        match = _TOKEN.match(text, position)
+        if match is None:
+            raise SpecError(f"unexpected character {text[position]!r}", line, position + 1)
+        if match.lastgroup != "space":
+            tokens.append(Token(match.lastgroup, match.group(), position + 1))
+        position = match.end()
+    tokens.append(Token("end", "", len(text.rstrip()) + 1))
+    return tokens
+
+
+class _LineParser:
+    """Recursive descent over one line's tokens, building SymPy objects and checking index scope."""
+
+    def __init__(self, tokens: list[Token], line: int, known: dict[str, str]):
+        self.tokens, self.position, self.line = tokens, 0, line
+        self.known = known  # name -> "vector" | "scalar" | "input" | "parameter"
+        self.used_inputs: list[str] = []
+        self.used_parameters: list[str] = []
+        self.depth = 0
+
+    # --- token helpers
+    @property
+    def current(self) -> Token:
+        return self.tokens[self.position]
+
+    def error(self, message: str, token: Token | None = None) -> SpecError:
+        return SpecError(message, self.line, (token or self.current).column)
+
+    def accept(self, text: str) -> bool:
+        if self.current.kind == "op" and self.current.text == text:
+            self.position += 1
+            return True
+        return False
+
+    def expect(self, text: str) -> None:
+        if not self.accept(text):
+            found = self.current.text or "end of line"
+            raise self.error(f"expected {text!r}, found {found!r}")
+
+    def expect_name(self, what: str) -> Token:
+        token = self.current
+        if token.kind != "name":
+            raise self.error(f"expected {what}, found {token.text or 'end of line'!r}")
+        self.position += 1
+        return token
+
+    # --- grammar: expr := term (('+'|'-') term)* ; term := unary (('*'|'/') unary)*
+    def expression(self, scope: tuple[sp.Symbol, ...]) -> sp.Expr:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"expression nested more than {MAX_NESTING} deep")
+        result = self.term(scope)
+        while True:
+            if self.accept("+"):
+                result = result + self.term(scope)
+            elif self.accept("-"):
+                result = result - self.term(scope)
+            else:
+                self.depth -= 1
+                return result
+
+    def term(self, scope):
+        result = self.unary(scope)
+        while True:
+            if self.accept("*"):
+                result = result * self.unary(scope)
+            elif self.accept("/"):
+                result = result / self.unary(scope)
+            else:
+                return result
+
+    def unary(self, scope):  # unary := ('-'|'+') unary | power
+        if self.accept("-"):
+            return -self.unary(scope)
+        if self.accept("+"):
+            return self.unary(scope)
+        return self.power(scope)
+
+    def power(self, scope):  # power := atom (('**'|'^') unary)?   (right-associative)
+        base = self.atom(scope)
+        if self.accept("**") or self.accept("^"):
+            return base ** self.unary(scope)
+        return base
+
+    def atom(self, scope):
+        token = self.current
+        if token.kind == "number":
+            self.position += 1
+            return sp.Rational(token.text) if re.fullmatch(r"\d+", token.text) else sp.Float(token.text)
+        if self.accept("("):
+            inner = self.expression(scope)
+            self.expect(")")
+            return inner
+        if token.kind != "name":
+            raise self.error(f"expected a number, a name or '(', found {token.text or 'end of line'!r}")
+        self.position += 1
+        if self.current.text == "(":
+            return self.call(token, scope)
+        if self.current.text == "[":
+            return self.indexed(token, scope)
+        return self.scalar(token, scope)
+
+    def call(self, name: Token, scope):
+        self.expect("(")
+        if name.text == "sum":
+            bound_position = self._find_sum_index()
+            bound = self._index_at(bound_position, scope, binding=True)
+            inner = self.expression(scope + (bound,))
+            self.expect(",")
+            self.position += 1  # the index name, already validated
+            self.expect(")")
+            return class_sum(inner, bound)
+        if name.text == "delta":
+            first = self.index_use(scope)
+            self.expect(",")
+            second = self.index_use(scope)
+            self.expect(")")
+            return sp.KroneckerDelta(first, second)
+        if name.text not in FUNCTIONS:
+            known = ", ".join(sorted(set(FUNCTIONS) | set(SPECIAL_FORMS)))
+            raise self.error(f"unknown function {name.text!r} (known: {known})", name)
+        argument = self.expression(scope)
+        if self.current.text == ",":
+            raise self.error(f"{name.text}() takes one argument")
+        self.expect(")")
+        return FUNCTIONS[name.text](argument)
+
+    def _find_sum_index(self) -> int:
+        """Position of sum's second argument: the comma at bracket depth 0, then a name and ')'."""
+        depth = 0
+        for position in range(self.position, len(self.tokens)):
+            token = self.tokens[position]
+            if token.text in "([":
+                depth += 1
+            elif token.text in ")]":
+                if depth == 0:
+                    raise SpecError("sum() needs two arguments: sum(expression, index)", self.line, token.column)
+                depth -= 1
+            elif token.text == "," and depth == 0:
+                return position + 1
+        raise self.error("sum() is missing its closing ')'")
+
+    def _index_at(self, position: int, scope, binding: bool) -> sp.Symbol:
+        token = self.tokens[position]
+        if token.kind != "name":
+            raise SpecError(f"expected an index name, found {token.text or 'end of line'!r}", self.line, token.column)
+        if self.tokens[position + 1].text != ")":
+            raise SpecError("sum() takes one index as its second argument", self.line, self.tokens[position + 1].column)
+        symbol = index(token.text)
+        if binding and symbol in scope:
+            raise SpecError(
+                f"cannot sum over index {token.text!r}: it is already free here (rename the summation index)",
+                self.line, token.column,
+            )
+        if token.text in RESERVED or token.text in self.known:
+            raise SpecError(f"{token.text!r} cannot be used as an index", self.line, token.column)
+        return symbol
+
+    def index_use(self, scope) -> sp.Symbol:
+        token = self.expect_name("an index")
+        symbol = index(token.text)
+        if symbol not in scope:
+            raise self.error(
+                f"undefined index {token.text!r}: use the left-hand side's index or sum over it", token
+            )
+        return symbol
+
+    def indexed(self, name: Token, scope):
+        kind = self.known.get(name.text)
+        if name.text in RESERVED:
+            raise self.error(f"{name.text!r} is reserved and cannot be indexed", name)
+        if kind in ("scalar", "parameter"):
+            raise self.error(f"{name.text!r} is a scalar and cannot be indexed", name)
+        if kind is None:
+            self.known[name.text] = "input"
+            self.used_inputs.append(name.text)
+        self.expect("[")
+        idx = self.index_use(scope)
+        if not self.accept("]"):
+            raise self.error("expected ']' (one index name per vector, no arithmetic on indices)")
+        return sp.IndexedBase(name.text)[idx]
+
+    def scalar(self, name: Token, scope):
+        if index(name.text) in scope:
+            raise self.error(f"index {name.text!r} cannot be used as a value", name)
+        if name.text in RESERVED:
+            raise self.error(f"{name.text!r} is a function and needs arguments", name)
+        kind = self.known.get(name.text)
+        if kind in ("vector", "input"):
+            raise self.error(f"{name.text!r} is a vector and needs an index, e.g. {name.text}[i]", name)
+        if kind is None:
+            self.known[name.text] = "parameter"
+            self.used_parameters.append(name.text)
+        if self.known[name.text] == "parameter":
+            return sp.Symbol(name.text, positive=True)
+        return sp.Symbol(name.text)
+
+    def finish(self) -> None:
+        if self.current.kind != "end":
+            raise self.error(f"unexpected {self.current.text!r}")
+
+
+def parse_spec(source: str, name: str | None = None) -> Spec:
+    """Parse spec text into a Spec, or raise SpecError naming the line, column and problem."""
+    if len(source) > MAX_SPEC_CHARACTERS:
+        raise SpecError(f"spec is too long ({len(source)} characters; the limit is {MAX_SPEC_CHARACTERS})")
+    known: dict[str, str] = {}
+    definitions: list[Definition] = []
+    constraints: list[Constraint] = []
+    inputs: list[str] = []
+    parameters: list[str] = []
+    for line_number, raw in enumerate(source.splitlines() or [""], start=1):
+        for statement in raw.split(";"):
+            text = statement.split("#", 1)[0]
+            if not text.strip():
+                continue
+            tokens = tokenize(text, line_number)
+            if tokens[0].kind == "name" and tokens[0].text == "given":
+                constraints.append(_constraint(tokens, line_number, known, text.strip()))
+            else:
+                definitions.append(_definition(tokens, line_number, known, text.strip()))
+            for input_name in (v for v, kind in known.items() if kind == "input"):
+                if input_name not in inputs:
+                    inputs.append(input_name)
+            for parameter in (v for v, kind in known.items() if kind == "parameter"):
+                if parameter not in parameters:
+                    parameters.append(parameter)
+    if not definitions:
+        raise SpecError("spec is empty: write at least one definition such as y[i] = exp(x[i])")
+    if not inputs:
+        raise SpecError("spec has no input: an indexed name that is not defined, such as x[i]")
+    return Spec(source, definitions, inputs, parameters, constraints, name)
+
+
+def _definition(tokens, line_number, known, source) -> Definition:
+    parser = _LineParser(tokens, line_number, known)
+    target = parser.expect_name("a name to define, e.g. y[i] = …")
+    if target.text in RESERVED:
+        raise parser.error(f"{target.text!r} is reserved and cannot be defined", target)
+    if target.text in known:
+        what = "defined" if known[target.text] in ("vector", "scalar") else "used as an input"
+        raise parser.error(f"{target.text!r} is already {what}", target)
+    free_index = None
+    if parser.accept("["):
+        index_token = parser.expect_name("an index name")
+        if index_token.text in RESERVED or index_token.text in known:
+            raise parser.error(f"{index_token.text!r} cannot be used as an index", index_token)
+        free_index = index(index_token.text)
+        parser.expect("]")
+    parser.expect("=")
+    scope = (free_index,) if free_index is not None else ()
+    expr = parser.expression(scope)
+    parser.finish()
+    if target.text in parser.used_inputs or target.text in parser.used_parameters:
+        raise parser.error(f"{target.text!r} is used in its own definition", target)
+    known[target.text] = "vector" if free_index is not None else "scalar"
+    return Definition(target.text, free_index, expr, source, line_number)
+
+
+def _constraint(tokens, line_number, known, source) -> Constraint:
+    parser = _LineParser(tokens[1:], line_number, known)
+    lhs = parser.expression(())
+    parser.expect("=")
+    rhs = parser.expression(())
+    parser.finish()
+    summed = lhs.function if isinstance(lhs, sp.Sum) else None
+    if not (isinstance(summed, sp.Indexed) and rhs.is_number and known.get(str(summed.base)) == "input"):
+        raise SpecError(
+            "only constraints of the form 'given sum(t[k], k) = c' on an input are supported",
+            line_number, tokens[0].column,
+        )
+    return Constraint(str(summed.base), lhs, rhs, source)

@@ -1,0 +1,96 @@
+"""A derivation is data: sections of steps, each an equation chain with the rule that justifies it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from softgrad.derive.spec import Spec
+
+
+@dataclass
+class Step:
+    """lhs = forms[0] = forms[1] = …, justified by `rule`, checked numerically before it is shown.
+
+    `equal`/`distinct` restrict the check (and the claim) to index pairs with i = j or i ≠ j;
+    `assumes` lists constraints (e.g. Σ_k t_k = 1) under which the step holds.
+    """
+
+    rule: str
+    lhs: sp.Expr
+    forms: list[sp.Expr]
+    reason: str
+    equal: tuple[sp.Symbol, sp.Symbol] | None = None
+    distinct: tuple[sp.Symbol, sp.Symbol] | None = None
+    assumes: tuple[str, ...] = ()
+    matrix_axes: tuple[sp.Symbol, ...] = ()  # for a matrix form: which indices pick its row, column
+    checked: bool = False
+    check_detail: str = ""
+
+    @property
+    def condition(self) -> str:
+        if self.equal:
+            return f"{self.equal[0]} = {self.equal[1]}"
+        if self.distinct:
+            return f"{self.distinct[0]} ≠ {self.distinct[1]}"
+        return ""
+
+    @property
+    def result(self) -> sp.Expr:
+        return self.forms[-1]
+
+
+@dataclass
+class Section:
+    title: str
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        return step
+
+
+@dataclass
+class Result:
+    """A named outcome of the derivation (Kronecker form, matrix form, VJP, gradient, …)."""
+
+    key: str
+    title: str
+    lhs: sp.Expr
+    rhs: sp.Expr
+    note: str = ""
+
+
+@dataclass
+class Derivation:
+    """Everything `softgrad derive` shows: the spec, the checked steps and the results."""
+
+    spec: Spec
+    wrt: str
+    sections: list[Section]
+    results: dict[str, Result]
+    reductions: list[sp.Expr] = field(default_factory=list)
+    check_summary: str = ""
+
+    @property
+    def steps(self) -> list[Step]:
+        return [step for section in self.sections for step in section.steps]
+
+    @property
+    def title(self) -> str:
+        return self.spec.name or self.spec.output.source
+
+    def render(self, fmt: str = "text", standalone: bool = False) -> str:
+        from softgrad.render import render
+
+        return render(self, fmt, standalone=standalone)
+
+    def _repr_latex_(self) -> str:
+        return self.render("markdown")
+
+    def _repr_markdown_(self) -> str:
+        return self.render("markdown")
+
+    def __str__(self) -> str:
+        return self.render("text")

@@ -1,0 +1,110 @@
+"""The SymPy vocabulary softgrad derives with: the class-axis size n, indices, and three small classes.
+
+`sigmoid` is a real function with its derivative; `Partial` and `SumExcept` are notation that the
+tutorials use (∂y_i/∂x_j written out, and Σ_{k≠j}) and that SymPy lacks. Both stay unevaluated so a
+step can show them, and both have an exact numeric meaning so the checker can test the step.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+#: Length of the class axis: every vector in a spec has n entries, indexed 0 … n-1.
+n = sp.Symbol("n", integer=True, positive=True)
+
+
+def index(name: str) -> sp.Symbol:
+    """An index symbol (integer) running over the class axis."""
+    return sp.Symbol(name, integer=True)
+
+
+def class_sum(summand: sp.Expr, bound: sp.Symbol) -> sp.Sum:
+    """Σ over the whole class axis."""
+    return sp.Sum(summand, (bound, 0, n - 1))
+
+
+def fresh_index(avoid: set[str], preferred: str = "ijklmpqrsuvw") -> sp.Symbol:
+    """The first preferred index letter not in `avoid` (then i1, i2, … if all are taken)."""
+    for letter in preferred:
+        if letter not in avoid:
+            return index(letter)
+    counter = 1
+    while f"i{counter}" in avoid:
+        counter += 1
+    return index(f"i{counter}")
+
+
+def names_in(expr: sp.Basic) -> set[str]:
+    """Every symbol name used in an expression, bound or free (to pick fresh index names)."""
+    names = {str(s) for s in expr.atoms(sp.Symbol)}
+    names |= {str(b.label) for b in expr.atoms(sp.IndexedBase)}
+    return names
+
+
+class sigmoid(sp.Function):
+    """The logistic function σ(u) = 1 / (1 + exp(-u)); σ' = σ(1 − σ)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sigmoid(self.args[0]) * (1 - sigmoid(self.args[0]))
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return 1 / (1 + sp.exp(-arg))
+
+    def _latex(self, printer, exp=None):
+        body = r"\sigma\left(%s\right)" % printer._print(self.args[0])
+        return body if exp is None else r"%s^{%s}" % (body, exp)
+
+
+class Partial(sp.Expr):
+    """∂expr/∂var written out, never evaluated: what the tutorials write before applying a rule."""
+
+    is_commutative = True
+
+    def __new__(cls, expr: sp.Expr, var: sp.Expr):
+        return sp.Expr.__new__(cls, sp.sympify(expr), sp.sympify(var))
+
+    @property
+    def expr(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def var(self) -> sp.Expr:
+        return self.args[1]
+
+    def _eval_subs(self, old, new):
+        # Substituting into the differentiated expression would change what is differentiated;
+        # only renaming an index (a Symbol) is meaningful and is applied to both parts.
+        if isinstance(old, sp.Symbol) and isinstance(new, sp.Symbol):
+            return Partial(self.expr.subs(old, new), self.var.subs(old, new))
+        return self
+
+
+class SumExcept(sp.Expr):
+    """Σ_{bound ≠ skip} summand over the class axis: a sum split around one index."""
+
+    is_commutative = True
+
+    def __new__(cls, summand: sp.Expr, bound: sp.Symbol, skip: sp.Symbol):
+        return sp.Expr.__new__(cls, sp.sympify(summand), bound, skip)
+
+    @property
+    def summand(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def bound(self) -> sp.Symbol:
+        return self.args[1]
+
+    @property
+    def skip(self) -> sp.Symbol:
+        return self.args[2]
+
+    @property
+    def free_symbols(self):
+        return (self.summand.free_symbols - {self.bound}) | {self.skip}
+
+    def as_full_sum(self) -> sp.Expr:
+        """The same value as a full sum minus the skipped term."""
+        return class_sum(self.summand, self.bound) - self.summand.subs(self.bound, self.skip)
