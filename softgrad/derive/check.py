@@ -47,6 +47,7 @@ class Evaluator:
 
     def __init__(self, definitions: list[Definition]):
         self.definitions = definitions
+        self._perturbed: dict[tuple, Point] = {}  # (point id, vector, entry) → point with that entry + ih
 
     def complete(self, point: Point, frozen: str | None = None) -> Point:
         """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
@@ -115,10 +116,14 @@ class Evaluator:
         """∂expr/∂var by the complex step: Im f(v + ih) / h, every definition downstream recomputed."""
         var = expr.var
         name, position = str(var.base), self._index(var.indices[0], indices)
-        vectors = {k: list(v) for k, v in point.vectors.items()}
-        vectors[name][position] += 1j * COMPLEX_STEP
-        is_definition = any(d.name == name for d in self.definitions)
-        perturbed = self.complete(Point(point.size, vectors, point.scalars), frozen=name if is_definition else None)
+        key = (id(point), name, position)
+        perturbed = self._perturbed.get(key)
+        if perturbed is None:
+            vectors = {k: list(v) for k, v in point.vectors.items()}
+            vectors[name][position] += 1j * COMPLEX_STEP
+            is_definition = any(d.name == name for d in self.definitions)
+            perturbed = self.complete(Point(point.size, vectors, point.scalars), frozen=name if is_definition else None)
+            self._perturbed[key] = perturbed
         return self.value(expr.expr, perturbed, indices).imag / COMPLEX_STEP
 
 
@@ -151,6 +156,7 @@ class StepChecker:
             for constrained in (False, True)
         }
         self.checked = 0
+        self._explicit: dict[tuple, sp.ImmutableMatrix] = {}
 
     def check(self, step: Step) -> Step:
         """Mark the step checked, or raise StepCheckFailed with a concrete counterexample."""
@@ -184,7 +190,11 @@ class StepChecker:
     def _form_value(self, step: Step, form, point: Point, indices: dict) -> complex:
         if isinstance(form, sp.MatrixExpr):
             row, column = (list(step.matrix_axes) + [None, None])[:2]
-            return _matrix_entry(form, point, indices.get(row, 0), indices.get(column, 0))
+            key = (id(point), form)
+            if key not in self._explicit:
+                self._explicit[key] = _explicit_matrix(form, point)
+            explicit = self._explicit[key]
+            return complex(explicit[indices.get(row, 0), indices.get(column, 0) if explicit.shape[1] > 1 else 0])
         return self.evaluator.value(form, point, indices)
 
 
@@ -198,8 +208,8 @@ def _describe(indices: dict) -> str:
     return ", ".join(f"{k} = {v}" for k, v in indices.items()) or "no index"
 
 
-def _matrix_entry(form: sp.MatrixExpr, point: Point, row: int, column: int) -> complex:
-    """Entry (row, column) of a matrix form, with its vector symbols replaced by the point's values."""
+def _explicit_matrix(form: sp.MatrixExpr, point: Point) -> sp.ImmutableMatrix:
+    """A matrix form with its vectors and parameters replaced by the point's values."""
     concrete = form.subs(size_symbol, point.size)
     replacements = {}
     for symbol in concrete.atoms(sp.MatrixSymbol):
@@ -209,5 +219,4 @@ def _matrix_entry(form: sp.MatrixExpr, point: Point, row: int, column: int) -> c
         if isinstance(symbol, sp.Symbol) and str(symbol) in point.scalars:
             replacements[symbol] = sp.Float(point.scalars[str(symbol)].real, 17)
     explicit = concrete.xreplace(replacements).doit()
-    explicit = sp.ImmutableMatrix(explicit.as_explicit())
-    return complex(explicit[row, column if explicit.shape[1] > 1 else 0])
+    return sp.ImmutableMatrix(explicit.as_explicit())

@@ -1,0 +1,3 @@
+from softgrad.cli import main
+
+main(prog_name="softgrad")

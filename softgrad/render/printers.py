@@ -1,0 +1,181 @@
+"""SymPy printers taught softgrad's notation: Σ_k over the class axis, ∂y_i/∂x_j, Σ_{k≠j}, σ, diag, ⊙.
+
+One subclass per target (terminal, LaTeX, MathML); everything else is SymPy's own printing.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.mathml import MathMLPresentationPrinter
+from sympy.printing.pretty.pretty import PrettyPrinter
+from sympy.printing.pretty.stringpict import prettyForm
+
+from softgrad.derive.symbols import Partial, SumExcept
+
+
+def _is_atom_like(expr: sp.Expr) -> bool:
+    return isinstance(expr, (sp.Indexed, sp.Symbol)) or (isinstance(expr, sp.Function) and len(expr.args) == 1)
+
+
+class TextPrinter(PrettyPrinter):
+    """Unicode pretty printing for a terminal; vector entries as subscripts (yᵢ)."""
+
+    def __init__(self):
+        super().__init__({"use_unicode": True, "wrap_line": False})
+
+    def _print_Indexed(self, expr):
+        return self._print(sp.Symbol(f"{expr.base}_{expr.indices[0]}"))
+
+    def _print_KroneckerDelta(self, expr):
+        return self._print(sp.Symbol(f"δ_{expr.args[0]}{expr.args[1]}"))
+
+    def _print_Sum(self, expr):
+        sign = self._print(sp.Symbol(f"Σ_{expr.limits[0][0]}"))
+        body = self._print(expr.function)
+        if expr.function.is_Add:
+            body = prettyForm(*body.parens())
+        return prettyForm(*prettyForm(*sign.right(" ")).right(body), binding=prettyForm.MUL)
+
+    def _print_Partial(self, expr: Partial):
+        top = prettyForm("∂")
+        inner = self._print(expr.expr)
+        if not _is_atom_like(expr.expr):
+            inner = prettyForm(*inner.parens())
+        top = prettyForm(*top.right(inner))
+        bottom = prettyForm(*prettyForm("∂").right(self._print(expr.var)))
+        return prettyForm.__truediv__(top, bottom)
+
+    def _print_SumExcept(self, expr: SumExcept):
+        sign = prettyForm(f"Σ_{expr.bound}≠{expr.skip} ")
+        body = self._print(expr.summand)
+        if expr.summand.is_Add:
+            body = prettyForm(*body.parens())
+        return prettyForm(*sign.right(body), binding=prettyForm.MUL)
+
+    def _print_sigmoid(self, expr):
+        return prettyForm(*prettyForm("σ").right(prettyForm(*self._print(expr.args[0]).parens())))
+
+    def _print_DiagMatrix(self, expr):
+        return prettyForm(*prettyForm("diag").right(prettyForm(*self._print(expr.args[0]).parens())))
+
+
+class TexPrinter(LatexPrinter):
+    """LaTeX with Σ_k, ∂y_i/∂x_j fractions, σ, diag and ⊙."""
+
+    def __init__(self):
+        super().__init__({"mul_symbol": None})
+
+    def _print_Sum(self, expr):
+        body = self._print(expr.function)
+        if expr.function.is_Add:
+            body = r"\left(%s\right)" % body
+        return r"\sum_{%s} %s" % (self._print(expr.limits[0][0]), body)
+
+    def _print_SumExcept(self, expr: SumExcept):
+        body = self._print(expr.summand)
+        if expr.summand.is_Add:
+            body = r"\left(%s\right)" % body
+        return r"\sum_{%s \neq %s} %s" % (self._print(expr.bound), self._print(expr.skip), body)
+
+    def _print_Partial(self, expr: Partial):
+        var = self._print(expr.var)
+        if _is_atom_like(expr.expr):
+            return r"\frac{\partial %s}{\partial %s}" % (self._print(expr.expr), var)
+        return r"\frac{\partial}{\partial %s}\left(%s\right)" % (var, self._print(expr.expr))
+
+    def _print_KroneckerDelta(self, expr, exp=None):
+        body = r"\delta_{%s%s}" % (self._print(expr.args[0]), self._print(expr.args[1]))
+        return body if exp is None else r"%s^{%s}" % (body, exp)
+
+    def _print_DiagMatrix(self, expr):
+        return r"\operatorname{diag}\left(%s\right)" % self._print(expr.args[0])
+
+    def _print_HadamardProduct(self, expr):
+        return r" \odot ".join(self.parenthesize(a, 60) for a in expr.args)
+
+    def _print_OneMatrix(self, expr):
+        return r"\mathbf{1}"
+
+
+class MathMLPrinter(MathMLPresentationPrinter):
+    """Presentation MathML with the same notation, for one self-contained HTML page."""
+
+    def _element(self, tag: str, *children, text: str | None = None):
+        node = self.dom.createElement(tag)
+        if text is not None:
+            node.appendChild(self.dom.createTextNode(text))
+        for child in children:
+            node.appendChild(child)
+        return node
+
+    def _print_Sum(self, expr):
+        sign = self._element("munder", self._element("mo", text="∑"), self._print(expr.limits[0][0]))
+        return self._element("mrow", sign, self._wrapped(expr.function))
+
+    def _print_SumExcept(self, expr: SumExcept):
+        under = self._element("mrow", self._print(expr.bound), self._element("mo", text="≠"), self._print(expr.skip))
+        sign = self._element("munder", self._element("mo", text="∑"), under)
+        return self._element("mrow", sign, self._wrapped(expr.summand))
+
+    def _wrapped(self, expr):
+        if expr.is_Add:
+            return self._element("mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")"))
+        return self._print(expr)
+
+    def _print_Partial(self, expr: Partial):
+        top = self._element("mrow", self._element("mo", text="∂"), self._wrapped_partial(expr.expr))
+        bottom = self._element("mrow", self._element("mo", text="∂"), self._print(expr.var))
+        return self._element("mfrac", top, bottom)
+
+    def _wrapped_partial(self, expr):
+        if _is_atom_like(expr):
+            return self._print(expr)
+        return self._element("mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")"))
+
+    def _print_KroneckerDelta(self, expr):
+        indices = self._element("mrow", self._print(expr.args[0]), self._print(expr.args[1]))
+        return self._element("msub", self._element("mi", text="δ"), indices)
+
+    def _print_sigmoid(self, expr):
+        return self._element("mrow", self._element("mi", text="σ"), self._element("mo", text="("),
+                             self._print(expr.args[0]), self._element("mo", text=")"))
+
+    def _print_DiagMatrix(self, expr):
+        return self._element("mrow", self._element("mi", text="diag"), self._element("mo", text="("),
+                             self._print(expr.args[0]), self._element("mo", text=")"))
+
+    def _print_HadamardProduct(self, expr):
+        row = self._element("mrow")
+        for position, factor in enumerate(expr.args):
+            if position:
+                row.appendChild(self._element("mo", text="⊙"))
+            row.appendChild(self._wrapped(factor) if not isinstance(factor, sp.MatrixSymbol) else self._print(factor))
+        return row
+
+    def _print_OneMatrix(self, expr):
+        return self._element("mn", text="𝟏")
+
+    def _print_Transpose(self, expr):
+        return self._element("msup", self._print(expr.arg), self._element("mi", text="T"))
+
+
+def to_text(expr) -> str:
+    return TextPrinter().doprint(expr)
+
+
+def to_latex(expr) -> str:
+    return TexPrinter().doprint(expr)
+
+
+def to_mathml(expr) -> str:
+    return MathMLPrinter().doprint(expr)
+
+
+def equation_text(lhs, forms) -> str:
+    """lhs = form = form … as one multi-line unicode picture."""
+    printer = TextPrinter()
+    picture = printer._print(lhs)
+    for form in forms:
+        picture = prettyForm(*picture.right(" = ", printer._print(form)))
+    return picture.render(wrap_line=False)

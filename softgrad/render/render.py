@@ -1,0 +1,133 @@
+"""Turn a Derivation into a document. The math is printed by SymPy's printers; layout is in templates."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jinja2
+import sympy as sp
+from markupsafe import Markup
+
+import softgrad
+from softgrad.derive.steps import Derivation
+from softgrad.render.printers import equation_text, to_latex, to_mathml
+
+FORMATS = ("text", "latex", "markdown", "html", "json")
+
+_ENVIRONMENT = jinja2.Environment(
+    loader=jinja2.PackageLoader("softgrad", "templates"),
+    undefined=jinja2.StrictUndefined,
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+
+#: Unicode that reasons and titles use, spelled for pdflatex (which reads no Unicode math by itself).
+_LATEX_TEXT = {
+    "∂": r"$\partial$", "δ": r"$\delta$", "Σ": r"$\Sigma$", "σ": r"$\sigma$", "≠": r"$\neq$", "−": "-",
+    "·": r"$\cdot$", "²": r"$^2$", "′": "'", "–": "--", "—": "---", "→": r"$\to$", "∘": r"$\circ$",
+    "⊙": r"$\odot$", "ᵀ": r"$^T$", "‖": r"$\|$", "≤": r"$\leq$", "≥": r"$\geq$", "∑": r"$\Sigma$",
+    "_": r"\_", "^": r"\^{}", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+    "~": r"\~{}", "\\": r"\textbackslash{}", "ℓ": r"$\ell$", "‘": "`", "’": "'",
+}
+
+
+def latex_text(text: str) -> str:
+    """Plain text made safe for LaTeX: special characters escaped, math symbols spelled out."""
+    return "".join(_LATEX_TEXT.get(c, c if c.isascii() else "?") for c in str(text))
+
+
+_ENVIRONMENT.filters["latex_text"] = latex_text
+
+
+def _view(derivation: Derivation, equation) -> dict:
+    """What every template sees: the spec, and each step with its equation printed for the target."""
+    spec = derivation.spec
+    sections = []
+    number = 0
+    for section in derivation.sections:
+        steps = []
+        for step in section.steps:
+            number += 1
+            steps.append({
+                "number": number, "rule": step.rule, "reason": step.reason, "condition": step.condition,
+                "assumes": list(step.assumes), "checked": step.checked, "check_detail": step.check_detail,
+                "equation": equation(step.lhs, step.forms),
+            })
+        sections.append({"title": section.title, "steps": steps})
+    results = [
+        {"title": r.title, "equation": equation(r.lhs, [r.rhs]), "note": r.note} for r in derivation.results.values()
+    ]
+    return {
+        "title": derivation.title, "name": spec.name, "source": spec.source.strip(), "wrt": derivation.wrt,
+        "inputs": spec.inputs, "parameters": spec.parameters,
+        "constraints": [c.source for c in spec.constraints],
+        "sections": sections, "results": results, "check_summary": derivation.check_summary,
+        "all_checked": all(s.checked for s in derivation.steps), "version": softgrad.__version__,
+    }
+
+
+def _latex_lines(lhs, forms) -> list[str]:
+    return [to_latex(lhs)] + [to_latex(f) for f in forms]
+
+
+def _mathml(lhs, forms) -> Markup:
+    pieces = [to_mathml(lhs)] + [to_mathml(f) for f in forms]
+    return Markup('<math display="block"><mrow>' + "<mo>=</mo>".join(pieces) + "</mrow></math>")
+
+
+def render(derivation: Derivation, fmt: str = "text", standalone: bool = False) -> str:
+    """The derivation as a document in one of FORMATS."""
+    if fmt == "json":
+        return json.dumps(to_json(derivation), indent=2, ensure_ascii=False) + "\n"
+    if fmt == "text":
+        view = _view(derivation, equation_text)
+    elif fmt in ("latex", "markdown"):
+        view = _view(derivation, _latex_lines)
+    elif fmt == "html":
+        view = _view(derivation, _mathml)
+    else:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    template = {"text": "text/derivation.txt.j2", "latex": "latex/derivation.tex.j2",
+                "markdown": "markdown/derivation.md.j2", "html": "html/derivation.html.j2"}[fmt]
+    text = _ENVIRONMENT.get_template(template).render(standalone=standalone, **view)
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def to_json(derivation: Derivation) -> dict:
+    """Steps and results as data: each expression as LaTeX and as SymPy's own string form."""
+
+    def expression(expr) -> dict:
+        return {"latex": to_latex(expr), "sympy": sp.sstr(expr)}
+
+    return {
+        "softgrad": softgrad.__version__,
+        "name": derivation.spec.name,
+        "spec": derivation.spec.source.strip(),
+        "wrt": derivation.wrt,
+        "inputs": derivation.spec.inputs,
+        "parameters": derivation.spec.parameters,
+        "constraints": [c.source for c in derivation.spec.constraints],
+        "sections": [
+            {
+                "title": section.title,
+                "steps": [
+                    {
+                        "rule": step.rule, "reason": step.reason, "condition": step.condition or None,
+                        "assumes": list(step.assumes), "checked": step.checked, "check": step.check_detail,
+                        "lhs": expression(step.lhs), "forms": [expression(f) for f in step.forms],
+                    }
+                    for step in section.steps
+                ],
+            }
+            for section in derivation.sections
+        ],
+        "results": {
+            key: {"title": r.title, "lhs": expression(r.lhs), "rhs": expression(r.rhs), "note": r.note}
+            for key, r in derivation.results.items()
+        },
+        "reductions": [expression(r) for r in derivation.reductions],
+        "check_summary": derivation.check_summary,
+    }
