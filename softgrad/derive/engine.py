@@ -207,7 +207,8 @@ class Engine:
         outer = differentiate(body, u[bound])
         outer_result = algebra.tidy(outer.result)
         forms = [outer.result] if outer_result == outer.result else [outer.result, outer_result]
-        self.step(section, rule=outer.name, lhs=Partial(loss, u[bound]), forms=forms, reason=outer.reason)
+        self.step(section, rule=f"differentiate with respect to {intermediate.name}", lhs=Partial(loss, u[bound]),
+                  forms=forms, reason=f"{outer.name}: {outer.reason}")
 
         lhs = Partial(loss, self.x[column])
         chain = class_sum(Partial(loss, u[bound]) * Partial(u[bound], self.x[column]), bound)

@@ -1,0 +1,18 @@
+"""Shared test helpers: tools that CI must have (a test may skip without them only outside CI)."""
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; outside CI a missing tool skips the test, in CI it fails it."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path

@@ -1,0 +1,118 @@
+"""The command line as a user meets it: output, exit statuses, one-line errors, atomic files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+CATALOG_NAMES = ["softmax", "cross-entropy", "kl-divergence"]
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "softgrad", *args], capture_output=True, text=True,
+                          input=stdin, timeout=120)
+
+
+def test_derive_softmax_prints_the_kronecker_form():
+    result = run("derive", "softmax")
+    assert result.returncode == 0, result.stderr
+    assert "Kronecker combination" in result.stdout and "(δ_ij - y_j)⋅yᵢ" in result.stdout
+    assert result.stderr == ""
+
+
+def test_list_shows_definitions():
+    result = run("list")
+    assert result.returncode == 0
+    assert "cross-entropy-onehot" in result.stdout and "given sum(t[k], k) = 1" in result.stdout
+
+
+def test_spec_from_file_and_json_output(tmp_path):
+    spec = tmp_path / "tempered.sg"
+    spec.write_text("# temperature softmax\ny[i] = exp(x[i]/T) / sum(exp(x[k]/T), k)\n")
+    result = run("derive", "-f", str(spec), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["name"] == "tempered" and data["parameters"] == ["T"]
+
+
+def test_output_file_is_written_whole(tmp_path):
+    target = tmp_path / "softmax.tex"
+    result = run("derive", "softmax", "--format", "latex", "--standalone", "-o", str(target))
+    assert result.returncode == 0 and result.stdout == ""
+    assert target.read_text().rstrip().endswith(r"\end{document}")
+    assert [p.name for p in tmp_path.iterdir()] == ["softmax.tex"]
+
+
+def test_failure_leaves_no_file_and_keeps_an_old_one(tmp_path):
+    target = tmp_path / "out.md"
+    result = run("derive", "y[i] = exp(x[i]", "-o", str(target))
+    assert result.returncode == 2 and not target.exists()
+    target.write_text("old")
+    assert run("derive", "y[i] = nope(x[i])", "-o", str(target)).returncode == 2
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("y[i] = exp(x[i]", "col 16: expected ')'"),
+        ("y[i] = softplus(x[i])", "unknown function 'softplus'"),
+        ("y[i] = x[j]", "undefined index 'j'"),
+        ("y[i] = sum(exp(x[i]), i)", "cannot sum over index 'i'"),
+        ("", "unknown catalog entry"),
+        ("y = __import__('os').system('touch PWNED')", "unexpected character"),
+        ("y[i] = " + "(" * 5000 + "x[i]" + ")" * 5000, "nested more than"),
+        ("no-such-entry", "unknown catalog entry 'no-such-entry'"),
+    ],
+    ids=lambda value: value[:30],
+)
+def test_bad_specs_give_one_line_and_exit_2(spec, fragment, tmp_path):
+    assert_one_line_error(["derive", spec], fragment, tmp_path)
+
+
+def test_a_one_megabyte_line_gives_one_line_and_exit_2(tmp_path):
+    spec = tmp_path / "huge.sg"
+    spec.write_text("y[i] = " + "x[i] + " * 150_000 + "x[i]\n")
+    assert_one_line_error(["derive", "-f", str(spec)], "spec is too long", tmp_path)
+
+
+def assert_one_line_error(args, fragment, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "softgrad", *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("softgrad: error:") and fragment in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["derive", "-f", "/no/such/spec.sg"], "no such file"),
+        (["derive", "softmax", "--wrt", "q"], "--wrt 'q' is not an input"),
+        (["derive", "softmax", "-f", "x.sg"], "not both"),
+        (["derive", "y[i] = exp(x[i]) * sum(t[k], k)", "--wrt", "q"], "not an input"),
+        (["derive", "y[i] = x[i]\nL = sum(t[k], k)"], "does not depend on"),
+        (["derive", "softmax", "-o", "/no/such/dir/out.txt"], "cannot write"),
+    ],
+)
+def test_bad_invocations_give_one_line_and_exit_2(args, fragment):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr
+
+
+def test_spec_file_that_is_a_directory(tmp_path):
+    result = run("derive", "-f", str(tmp_path))
+    assert result.returncode == 2 and "is a directory" in result.stderr
+
+
+def test_console_script_is_installed():
+    from shutil import which
+
+    script = which("softgrad", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert script is not None
+    assert subprocess.run([script, "--version"], capture_output=True, text=True).stdout.startswith("softgrad")

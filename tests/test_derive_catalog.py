@@ -1,0 +1,100 @@
+"""Every catalog entry: results equal independent expectations, and match finite differences."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import softgrad
+from softgrad.derive.catalog import CATALOG
+from softgrad.derive.check import Evaluator, Point
+from softgrad.derive.symbols import Partial
+
+from expectations import EXPECTED, FORWARD
+
+ROWS, SIZE = 4, 5
+
+
+@pytest.fixture(scope="module", params=list(CATALOG))
+def derivation(request):
+    return softgrad.derive(request.param)
+
+
+def test_catalog_is_complete():
+    assert set(CATALOG) == set(EXPECTED) == set(FORWARD)
+
+
+def test_results_equal_independent_expectations(derivation):
+    expected = EXPECTED[derivation.spec.name]
+    for key, formula in expected.items():
+        assert key in derivation.results, f"{derivation.spec.name} has no result {key}"
+        got = derivation.results[key].rhs
+        assert sp.simplify(got - formula) == 0, f"{derivation.spec.name} {key}: {got} != {formula}"
+
+
+def test_every_step_is_checked(derivation):
+    assert derivation.steps and all(step.checked for step in derivation.steps)
+
+
+def _rows(spec, rng, constrained: bool):
+    """Random rows of every input (targets normalised when the spec says they sum to 1)."""
+    for _ in range(ROWS):
+        arrays = {name: rng.uniform(0.1, 1.0, SIZE) for name in spec.inputs}
+        arrays[spec.inputs[0]] = rng.normal(0, 2, SIZE)  # logits can be any real number
+        if constrained:
+            for constraint in spec.constraints:
+                arrays[constraint.input_name] /= arrays[constraint.input_name].sum()
+        yield arrays
+
+
+def _finite_difference_jacobian(forward, arrays, wrt, T, h=1e-6):
+    columns = []
+    for position in range(SIZE):
+        plus = {k: v.copy() for k, v in arrays.items()}
+        minus = {k: v.copy() for k, v in arrays.items()}
+        plus[wrt][position] += h
+        minus[wrt][position] -= h
+        columns.append((np.asarray(forward(plus, T)) - np.asarray(forward(minus, T))) / (2 * h))
+    return np.array(columns).T  # [output, input]
+
+
+def test_results_match_finite_differences_on_a_batch(derivation):
+    """The derived Jacobian / gradient, evaluated entry by entry, against central differences."""
+    spec = derivation.spec
+    forward = FORWARD[spec.name]
+    evaluator = Evaluator(spec.definitions)
+    rng = np.random.default_rng(7)
+    key = "gradient_constrained" if "gradient_constrained" in derivation.results else (
+        "gradient" if "gradient" in derivation.results else "jacobian")
+    result = derivation.results[key]
+    T = 1.7
+    for arrays in _rows(spec, rng, constrained=key == "gradient_constrained"):
+        point = evaluator.complete(Point(SIZE, {k: list(map(complex, v)) for k, v in arrays.items()},
+                                         {"T": complex(T)}))
+        numeric = _finite_difference_jacobian(forward, arrays, derivation.wrt, T)
+        free = sorted((s for s in result.lhs.free_symbols if s.is_integer), key=str)
+        if spec.output.is_vector:
+            row_index, column_index = spec.output.index, next(s for s in free if s != spec.output.index)
+            for a in range(SIZE):
+                for b in range(SIZE):
+                    value = evaluator.value(result.rhs, point, {row_index: a, column_index: b}).real
+                    assert value == pytest.approx(numeric[a, b], rel=1e-6, abs=1e-7)
+        else:
+            (column_index,) = free
+            for b in range(SIZE):
+                value = evaluator.value(result.rhs, point, {column_index: b}).real
+                assert value == pytest.approx(numeric[b], rel=1e-6, abs=1e-7)
+
+
+def test_vjp_matches_the_jacobian_transpose_product():
+    derivation = softgrad.derive("softmax")
+    spec = derivation.spec
+    rng = np.random.default_rng(3)
+    logits, upstream = rng.normal(size=6), rng.normal(size=6)
+    y = FORWARD["softmax"]({"x": logits})
+    jacobian = np.diag(y) - np.outer(y, y)
+    evaluator = Evaluator(spec.definitions)
+    point = evaluator.complete(Point(6, {"x": list(map(complex, logits)), "g": list(map(complex, upstream))}, {}))
+    vjp = derivation.results["vjp"].rhs
+    got = [evaluator.value(vjp, point, {spec.output.index: a}).real for a in range(6)]
+    np.testing.assert_allclose(got, jacobian.T @ upstream, rtol=1e-12, atol=1e-14)
+    assert isinstance(derivation.results["vjp"].lhs, Partial)

@@ -1,0 +1,124 @@
+"""The steps: the reference derivations' order, functions outside the catalog, and checks that bite."""
+
+import pytest
+import sympy as sp
+
+import softgrad
+from softgrad.derive.check import StepChecker
+from softgrad.derive.spec import parse_spec
+from softgrad.derive.steps import Step
+from softgrad.derive.symbols import Partial, class_sum, index
+from softgrad.errors import StepCheckFailed
+
+i, j, k = index("i"), index("j"), index("k")
+x, y, g = sp.IndexedBase("x"), sp.IndexedBase("y"), sp.IndexedBase("g")
+delta = sp.KroneckerDelta
+
+
+def rules(derivation, section_title):
+    section = next(s for s in derivation.sections if s.title.startswith(section_title))
+    return [step.rule for step in section.steps]
+
+
+def test_softmax_steps_follow_the_reference_order():
+    # derivations.md §2–3: quotient rule, the cases, Kronecker form, matrix form, then the VJP.
+    d = softgrad.derive("softmax")
+    assert rules(d, "Jacobian") == [
+        "definition", "quotient rule", "chain rule", "sum rule", "substitute the parts",
+        "case i = j", "case i ≠ j", "Kronecker combination", "matrix form",
+    ]
+    assert rules(d, "Vector") == ["chain rule", "sift and factor", "vector form"]
+    cases = {s.rule: s for s in d.steps}
+    assert cases["case i = j"].equal == (i, j) and cases["case i ≠ j"].distinct == (i, j)
+    assert sp.srepr(d.results["jacobian_matrix"].rhs) == sp.srepr(
+        sp.matrices.expressions.DiagMatrix(sp.MatrixSymbol("y", sp.Symbol("n", integer=True, positive=True), 1))
+        - sp.MatrixSymbol("y", sp.Symbol("n", integer=True, positive=True), 1)
+        * sp.MatrixSymbol("y", sp.Symbol("n", integer=True, positive=True), 1).T)
+
+
+def test_vjp_reduction_is_explicit_and_independent_of_the_output_index():
+    d = softgrad.derive("softmax")
+    assert d.reductions == [class_sum(g[j] * y[j], j)]
+    assert "O(n)" in next(s for s in d.steps if s.rule == "sift and factor").reason
+
+
+@pytest.mark.parametrize("name", ["cross-entropy-onehot", "kl-divergence"])
+def test_loss_steps_follow_the_reference_order(name):
+    # derivations.md §4–5: ∂L/∂y_k, chain rule, split k = j / k ≠ j, general form, then Σt = 1.
+    d = softgrad.derive(name)
+    order = rules(d, "Gradient")
+    intermediate = d.spec.definitions[0].name
+    expected = ["definition", f"differentiate with respect to {intermediate}", "chain rule", "split the sum: k = j and k ≠ j", "combine"]
+    if name == "cross-entropy-onehot":
+        expected.append("target constraint")
+    assert order == expected
+
+
+def test_cross_entropy_split_matches_the_reference_terms():
+    # −t_j (1 − y_j) + Σ_{k≠j} t_k y_j
+    d = softgrad.derive("cross-entropy")
+    split = next(s for s in d.steps if s.rule.startswith("split"))
+    t = sp.IndexedBase("t")
+    expected = -t[j] * (1 - y[j]) + sp.Symbol("S")
+    got = split.result.replace(lambda e: type(e).__name__ == "SumExcept", lambda e: sp.Symbol("S"))
+    assert sp.expand(got - expected) == 0
+    summand = next(e for e in sp.preorder_traversal(split.result) if type(e).__name__ == "SumExcept").summand
+    assert sp.expand(summand - t[k] * y[j]) == 0
+
+
+def test_temperature_softmax_outside_the_catalog():
+    d = softgrad.derive("y[i] = exp(x[i]/T)/sum(exp(x[k]/T), k)")
+    T = sp.Symbol("T", positive=True)
+    assert sp.simplify(d.results["jacobian"].rhs - y[i] * (delta(i, j) - y[j]) / T) == 0
+    assert d.spec.name is None and all(s.checked for s in d.steps)
+
+
+def test_square_normalisation_outside_the_catalog():
+    d = softgrad.derive("y[i] = x[i]**2/sum(x[k]**2, k)")
+    S = class_sum(x[k] ** 2, k)
+    expected = (2 * x[i] * delta(i, j) - 2 * x[i] ** 2 * x[j] / S) / S
+    inlined = d.results["jacobian"].rhs.subs(y[i], x[i] ** 2 / S)
+    assert sp.simplify(inlined - expected) == 0
+    assert d.reductions and all(i not in r.free_symbols for r in d.reductions)
+
+
+def test_softmax_entropy_outside_the_catalog():
+    d = softgrad.derive("y[i] = exp(x[i])/sum(exp(x[k]), k)\nH = -sum(y[k]*log(y[k]), k)")
+    H = sp.Symbol("H")
+    assert sp.simplify(d.results["gradient"].rhs + y[j] * (sp.log(y[j]) + H)) == 0
+    assert any(s.rule == "outputs of y sum to 1" for s in d.steps)
+
+
+def test_wrt_another_input():
+    d = softgrad.derive("cross-entropy", wrt="t")
+    assert sp.simplify(d.results["gradient"].rhs + sp.log(y[j])) == 0
+
+
+def test_a_wrong_step_fails_its_check_with_a_counterexample():
+    spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)")
+    checker = StepChecker(spec)
+    typo = Step(rule="Kronecker combination", lhs=Partial(y[i], x[j]), forms=[y[j] * (delta(i, j) - y[i]) + y[i] * y[j] * 0.001],
+                reason="an index typo")
+    with pytest.raises(StepCheckFailed, match=r"n = \d+, i = \d+, j = \d+"):
+        checker.check(typo)
+
+
+def test_the_general_form_is_checked_without_the_constraint():
+    # p − t is wrong for targets that do not sum to 1: the checker must see that.
+    spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)\nL = -sum(t[k] * log(y[k]), k)")
+    checker = StepChecker(spec)
+    t = sp.IndexedBase("t")
+    wrong = Step(rule="combine", lhs=Partial(sp.Symbol("L"), x[j]), forms=[y[j] - t[j]], reason="assumes Σt = 1")
+    with pytest.raises(StepCheckFailed):
+        checker.check(wrong)
+    right = Step(rule="combine", lhs=Partial(sp.Symbol("L"), x[j]), forms=[y[j] - t[j]], reason="",
+                 assumes=("given sum(t[k], k) = 1",))
+    with pytest.raises(StepCheckFailed):  # the spec declares no such constraint: samples stay unnormalised
+        checker.check(right)
+
+
+def test_nothing_depends_on_the_catalog_names():
+    # the same text under no name derives the same results
+    named, anonymous = softgrad.derive("kl-divergence"), softgrad.derive(
+        "p[i] = exp(z[i]) / sum(exp(z[k]), k)\nL = sum(q[k] * log(q[k] / p[k]), k)")
+    assert {k: v.rhs for k, v in named.results.items()} == {k: v.rhs for k, v in anonymous.results.items()}
