@@ -1,0 +1,73 @@
+"""A per-row kernel: what the emitters print. Reductions over the class axis, then elementwise outputs.
+
+Expressions inside a kernel use one loop index `LOOP` for vector entries (two, `LOOP` and `COLUMN`, in
+an explicit Jacobian); reductions are plain scalar symbols computed once per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from softgrad.derive.symbols import index
+
+LOOP = index("i")
+COLUMN = index("j")
+
+
+class guarded_product(sp.Function):
+    """a·b, but 0 where a = 0 even if b is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite."""
+
+    nargs = 2
+
+
+class softplus(sp.Function):
+    """log(1 + exp(v)), printed in an overflow-free form (max(v, 0) + log1p(exp(−|v|)))."""
+
+    nargs = 1
+
+
+@dataclass
+class Reduction:
+    """symbol = op over the loop index of body (op: 'sum' or 'max')."""
+
+    symbol: sp.Symbol
+    op: str
+    body: sp.Expr
+
+
+@dataclass
+class Output:
+    """An output array (vector: one entry per loop index; scalar: one per row; matrix: n × n per row)."""
+
+    name: str
+    shape: str  # "vector" | "scalar" | "matrix"
+    expr: sp.Expr
+    doc: str
+
+
+@dataclass
+class Kernel:
+    name: str
+    doc: str
+    inputs: list[tuple[str, str]]  # (array name, what it is)
+    parameters: list[str]
+    reductions: list[Reduction]
+    outputs: list[Output]
+    steps_per_row: str = "O(n)"
+    common: list[tuple[sp.Symbol, sp.Expr]] = field(default_factory=list)  # CSE of the outputs
+
+    def levels(self) -> list[list[Reduction]]:
+        """Reductions grouped so that each group needs only earlier groups: one loop per group."""
+        done: set[sp.Symbol] = set()
+        remaining = list(self.reductions)
+        groups = []
+        while remaining:
+            ready = [r for r in remaining if not (r.body.free_symbols & {q.symbol for q in remaining})]
+            if not ready:
+                raise ValueError("reductions depend on each other in a cycle")
+            groups.append(ready)
+            done |= {r.symbol for r in ready}
+            remaining = [r for r in remaining if r not in ready]
+        return groups

@@ -1,0 +1,94 @@
+"""lower → emit: SymPy's NumPy and C99 printers, taught the kernel's vocabulary.
+
+Vector entries print as array reads (`x` in NumPy, `x_row[i]` in C), reductions as their per-row
+scalars, and the few functions SymPy has no stable spelling for (σ, softplus, the guarded product)
+as overflow-free forms.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.codegen.ast import float32, float64, real
+from sympy.codegen.rewriting import create_expand_pow_optimization, optimize
+from sympy.printing.c import C99CodePrinter
+from sympy.printing.numpy import NumPyPrinter
+
+from softgrad.codegen.kernel import COLUMN, LOOP
+
+_expand_small_powers = create_expand_pow_optimization(4)
+
+
+def prepare(expr: sp.Expr) -> sp.Expr:
+    """x**2 → x*x (small integer powers are cheaper and as exact multiplied out)."""
+    return optimize(expr, [_expand_small_powers])
+
+
+class NumpyKernelPrinter(NumPyPrinter):
+    """NumPy expressions over whole rows: an entry x_i is the array x (broadcast along the last axis)."""
+
+    def __init__(self, matrix: bool = False):
+        super().__init__({"fully_qualified_modules": False, "allow_unknown_functions": False})
+        self.matrix = matrix
+        self.reduction_names: set[str] = set()
+
+    def _print_Indexed(self, expr):
+        name = str(expr.base)
+        if not self.matrix:
+            return name
+        return f"{name}[..., :, None]" if expr.indices[0] == LOOP else f"{name}[..., None, :]"
+
+    def _print_Symbol(self, expr):
+        name = super()._print_Symbol(expr)
+        if self.matrix and name in self.reduction_names:
+            return f"{name}[..., None]"
+        return name
+
+    def _print_KroneckerDelta(self, expr):
+        return "identity"
+
+    def _print_guarded_product(self, expr):
+        weight, factor = (self._print(a) for a in expr.args)
+        return f"np.where({weight} == 0, 0, {weight} * ({factor}))"
+
+    def _print_softplus(self, expr):
+        return f"np.logaddexp(0, {self._print(expr.args[0])})"
+
+    def _print_sigmoid(self, expr):
+        return f"_sigmoid({self._print(expr.args[0])})"
+
+    def _module_format(self, fqn, register=True):
+        # `numpy.exp` → `np.exp`: the generated module imports numpy as np
+        return "np." + fqn.split(".", 1)[1] if fqn.startswith("numpy.") else super()._module_format(fqn, register)
+
+
+class CKernelPrinter(C99CodePrinter):
+    """C99 for one row: an entry x_i is x_row[i]; float32 kernels use the f-suffixed functions."""
+
+    def __init__(self, dtype: str = "float64"):
+        settings = {"type_aliases": {real: float32 if dtype == "float32" else float64}}
+        super().__init__(settings)
+        self.suffix = "f" if dtype == "float32" else ""
+
+    def _print_Indexed(self, expr):
+        position = "i" if expr.indices[0] == LOOP else "j"
+        return f"{expr.base}_row[{position}]"
+
+    def _print_KroneckerDelta(self, expr):
+        return "(i == j)"
+
+    def _print_guarded_product(self, expr):
+        weight, factor = (self._print(a) for a in expr.args)
+        return f"({weight} == 0 ? 0 : {weight} * ({factor}))"
+
+    def _print_softplus(self, expr):
+        return f"softgrad_softplus{self.suffix}({self._print(expr.args[0])})"
+
+    def _print_sigmoid(self, expr):
+        return f"softgrad_sigmoid{self.suffix}({self._print(expr.args[0])})"
+
+
+def assert_printable(expr: sp.Expr) -> None:
+    """Indices other than the loop indices would print as nonsense: refuse them early."""
+    stray = {s for s in expr.free_symbols if s.is_integer and s not in (LOOP, COLUMN)}
+    if stray:
+        raise ValueError(f"expression still has free indices {stray}: {expr}")
