@@ -93,5 +93,51 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed) -> None:
         click.echo(document, nl=False)
 
 
+@main.command()
+@click.argument("spec", required=False)
+@click.option("-f", "--file", "spec_file", help="Read the spec from FILE.")
+@click.option("--lang", type=click.Choice(["numpy", "c"]), required=True, help="Target language.")
+@click.option("--kernel", "kernel_names", multiple=True,
+              type=click.Choice(["forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad"]),
+              help="Kernels to generate (repeatable; default: all that apply).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="Element type of the C kernels (NumPy kernels follow their inputs' dtype).")
+@click.option("--wrt", help="The input to differentiate with respect to (default: the first input).")
+@click.option("-o", "--output", "folder", required=True, help="Folder to write the generated files into.")
+@click.option("--check", is_flag=True, help="Compile/import what was generated and verify it; exit 1 on a mismatch.")
+@reports_errors
+def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, check) -> None:
+    """Generate NumPy or C kernels for SPEC from its derivation.
+
+    Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder.
+    """
+    from softgrad.codegen.emit import emit, kernels_for
+    from softgrad.derive import derive_spec, load_spec, parse_spec
+    from softgrad.files import write_atomically
+
+    text, name = _spec_text(spec, spec_file)
+    parsed = load_spec(text) if spec_file is None else parse_spec(text, name=name)
+    derivation = derive_spec(parsed, wrt=wrt)
+    names = list(kernel_names) or None
+    files = emit(derivation, lang, names, dtype)
+    if check:
+        from softgrad.verify.generated import check_generated
+
+        checks = check_generated(derivation, lang, files, kernels_for(derivation, names), dtype)
+        for item in checks:
+            click.echo(item.line(), err=True)
+    target = Path(folder)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as problem:
+        raise SoftgradError(f"cannot create folder {folder!r}: {problem.strerror}") from None
+    for file_name, content in files.items():
+        write_atomically(target / file_name, content)
+        click.echo(str(target / file_name))
+    if check and not all(item.passed for item in checks):
+        click.echo("softgrad: generated code does not match the derivation", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

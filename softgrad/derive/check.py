@@ -11,7 +11,7 @@ from __future__ import annotations
 import cmath
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -40,10 +40,17 @@ class Point:
     size: int
     vectors: dict[str, list[complex]]
     scalars: dict[str, complex]
+    sums: dict = field(default_factory=dict, repr=False)  # memoized Σ values at this point
 
 
 class Evaluator:
-    """Numeric meaning of every expression softgrad shows, at one concrete point."""
+    """Numeric meaning of every expression softgrad shows, at one concrete point (complex floats)."""
+
+    functions = _FUNCTIONS
+
+    @staticmethod
+    def number(value: sp.Expr):
+        return complex(value)
 
     def __init__(self, definitions: list[Definition]):
         self.definitions = definitions
@@ -70,7 +77,7 @@ class Evaluator:
 
     def value(self, expr: sp.Basic, point: Point, indices: dict) -> complex:
         if expr.is_Number:
-            return complex(expr)
+            return self.number(expr)
         if isinstance(expr, sp.Indexed):
             return point.vectors[str(expr.base)][int(self._index(expr.indices[0], indices))]
         if expr.is_Symbol:
@@ -93,8 +100,12 @@ class Evaluator:
         if isinstance(expr, sp.KroneckerDelta):
             return 1.0 if self._index(expr.args[0], indices) == self._index(expr.args[1], indices) else 0.0
         if isinstance(expr, sp.Sum):
-            bound = expr.limits[0][0]
-            return sum(self.value(expr.function, point, {**indices, bound: a}) for a in range(point.size))
+            key = (expr, tuple(sorted((str(s), v) for s, v in indices.items() if s in expr.free_symbols)))
+            if key not in point.sums:
+                bound = expr.limits[0][0]
+                point.sums[key] = sum(self.value(expr.function, point, {**indices, bound: a})
+                                      for a in range(point.size))
+            return point.sums[key]
         if isinstance(expr, SumExcept):
             skip = self._index(expr.skip, indices)
             return sum(
@@ -103,7 +114,7 @@ class Evaluator:
             )
         if isinstance(expr, Partial):
             return self._partial(expr, point, indices)
-        function = _FUNCTIONS.get(expr.func)
+        function = self.functions.get(expr.func)
         if function is not None:
             return function(self.value(expr.args[0], point, indices))
         raise TypeError(f"cannot evaluate {expr.func.__name__}")

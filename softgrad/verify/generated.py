@@ -1,0 +1,149 @@
+"""Check generated kernels (NumPy module or compiled C) against the exact result and finite differences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from softgrad.codegen.kernel import Kernel
+from softgrad.derive.steps import Derivation
+from softgrad.verify.reference import exact_outputs, forward_directional
+
+#: Normwise relative error allowed against the 40-digit reference, per element type.
+TOLERANCE = {"float64": 1e-13, "float32": 2e-5}
+
+
+@dataclass
+class KernelCheck:
+    kernel: str
+    output: str
+    against: str  # "exact" or "finite differences"
+    error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.error <= self.tolerance)
+
+    def line(self) -> str:
+        verdict = "ok  " if self.passed else "FAIL"
+        return (f"{verdict} {self.kernel}: {self.output} vs {self.against}: "
+                f"error {self.error:.2e} (tolerance {self.tolerance:.0e})")
+
+
+def sample_inputs(derivation: Derivation, rows: int, size: int, seed: int, scale: float = 3.0) -> tuple[dict, dict]:
+    """Random inputs of the spec: the differentiated input ~ N(0, scale²); others in (0, 1), normalised
+    when the spec says they sum to a constant; parameters in (0.5, 2)."""
+    rng = np.random.default_rng(seed)
+    spec = derivation.spec
+    arrays = {}
+    for name in spec.inputs:
+        arrays[name] = rng.normal(0, scale, (rows, size)) if name == derivation.wrt else rng.uniform(0.05, 1, (rows, size))
+    for constraint in spec.constraints:
+        arrays[constraint.input_name] *= float(constraint.rhs) / arrays[constraint.input_name].sum(-1, keepdims=True)
+    parameters = {name: float(rng.uniform(0.5, 2.0)) for name in spec.parameters}
+    return arrays, parameters
+
+
+def row_scales(magnitudes: np.ndarray) -> np.ndarray:
+    """The size each row's error is measured against: the row's own magnitude, but at least 1e-3 of the
+    batch's (a row whose exact value is 0 is judged against its neighbours), and 1 if all are zero."""
+    batch = float(magnitudes.max()) if magnitudes.size else 0.0
+    if batch == 0.0:
+        return np.ones_like(magnitudes)
+    return np.maximum(magnitudes, 1e-3 * batch)
+
+
+def normwise_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """max over rows of max|got − expected| / (the row's scale, see row_scales)."""
+    got = np.asarray(got, dtype=np.float64).reshape(expected.shape[0], -1)
+    expected = expected.reshape(expected.shape[0], -1)
+    if got.shape != expected.shape:
+        return float("inf")
+    if got.size == 0:
+        return 0.0
+    scale = row_scales(np.abs(expected).max(axis=1))
+    error = np.abs(got - expected).max(axis=1) / scale
+    error[~np.isfinite(got).all(axis=1)] = np.inf
+    return float(error.max())
+
+
+def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtype: str = "float64",
+                  rows: int = 4, size: int = 7, seed: int = 0) -> list[KernelCheck]:
+    """Call each generated kernel on random batches; compare with the references."""
+    arrays, parameters = sample_inputs(derivation, rows, size, seed)
+    rng = np.random.default_rng(seed + 1)
+    upstream = rng.normal(size=(rows, size))
+    direction = rng.choice([-1.0, 1.0], size=(rows, size))
+    tolerance = TOLERANCE[dtype]
+    difference_tolerance = max(tolerance, 1e-9)
+    results: list[KernelCheck] = []
+    output_name = derivation.spec.output.name
+    forward_values = exact_outputs(derivation, "forward", arrays, parameters)
+    for kernel in kernels:
+        kind = kernel.name[len(kernel.name) - max(len(k) for k in _KINDS if kernel.name.endswith(k)):]
+        given = dict(arrays)
+        upstream_name = next((n for n, what in kernel.inputs if what.startswith("upstream")), None)
+        if upstream_name:
+            given[upstream_name] = upstream
+        if kind == "vjp_from_output":
+            given[output_name] = forward_values[output_name]
+        call_arguments = [given[name].astype(dtype) for name, _ in kernel.inputs] + [parameters[p] for p in derivation.spec.parameters]
+        produced = getattr(functions, kernel.name)(*call_arguments)
+        produced = produced if isinstance(produced, tuple) else (produced,)
+        names = [o.name for o in kernel.outputs if o.shape == "scalar"] + [o.name for o in kernel.outputs if o.shape != "scalar"]
+        reference_arrays = dict(arrays, **({upstream_name: upstream} if upstream_name else {}))
+        if kind == "vjp_from_output":
+            reference_arrays[output_name] = forward_values[output_name]
+        expected = exact_outputs(derivation, kind, reference_arrays, parameters)
+        for name, value in zip(names, produced):
+            results.append(KernelCheck(kernel.name, name, "exact", normwise_error(value, expected[name]), tolerance))
+            gradient = name == f"d{derivation.wrt}"
+            if gradient:
+                numeric = forward_directional(derivation, arrays, parameters, direction,
+                                              upstream if upstream_name else None)
+                analytic = (np.asarray(value, dtype=np.float64) * direction).sum(-1)
+                scale = row_scales(np.abs(np.asarray(value, dtype=np.float64)).sum(-1))
+                error = float((np.abs(analytic - numeric) / scale).max()) if rows else 0.0
+                results.append(KernelCheck(kernel.name, name, "finite differences", error, difference_tolerance))
+    return results
+
+
+_KINDS = ("forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad")
+
+
+def check_generated(derivation: Derivation, language: str, files: dict[str, str], kernels: list[Kernel],
+                    dtype: str = "float64") -> list[KernelCheck]:
+    """Build generated files in a temporary folder (compile C with the strict flags) and check them."""
+    import tempfile
+    from pathlib import Path
+
+    from softgrad.codegen.build import import_path, load_c
+
+    with tempfile.TemporaryDirectory(prefix="softgrad-check-") as folder:
+        folder = Path(folder)
+        if language == "c":
+            module = next(name for name in files if name.endswith(".c"))[:-2]
+            functions = load_c(files, folder, module)
+        else:
+            (name, text), = files.items()
+            (folder / name).write_text(text, encoding="utf-8")
+            functions = import_path(folder / name)
+        results = []
+        for size in (1, 2, 7):
+            results += check_kernels(derivation, kernels, functions, dtype, rows=3, size=size)
+        results.append(_empty_batch_check(derivation, kernels, functions, dtype))
+        return results
+
+
+def _empty_batch_check(derivation: Derivation, kernels: list[Kernel], functions, dtype: str) -> KernelCheck:
+    """rows = 0 must work and return empty outputs."""
+    arrays, parameters = sample_inputs(derivation, 0, 5, 0)
+    try:
+        for kernel in kernels:
+            given = [np.zeros((0, 5), dtype=dtype) for _ in kernel.inputs]
+            getattr(functions, kernel.name)(*given, *[parameters[p] for p in derivation.spec.parameters])
+        return KernelCheck("every kernel", "an empty batch", "rows = 0", 0.0, 0.0)
+    except Exception:  # a crash on an empty batch is a failed check, reported like the others
+        return KernelCheck("every kernel", "an empty batch", "rows = 0", float("inf"), 0.0)
