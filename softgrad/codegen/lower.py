@@ -40,6 +40,7 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
         shifted_base = sp.IndexedBase(f"shifted_{name}")
         trial = expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == base,
                              lambda e: shifted_base[e.indices[0]] + maximum)
+        trial = trial.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.exp(sp.expand(e.args[0])))
         trial = sp.expand(trial, power_exp=True, mul=False, multinomial=False, log=False, deep=True)
         trial = algebra.distribute_sums(trial)
         trial = sp.expand(trial, power_base=True, power_exp=True, mul=False, multinomial=False, log=False)
