@@ -223,3 +223,27 @@ def test_a_kernel_that_does_not_apply_is_a_clear_error():
     result = subprocess.run([sys.executable, "-m", "softgrad", "codegen", "softmax", "--lang", "c",
                              "--kernel", "loss_and_grad", "-o", "unused"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_check_fails_with_exit_1_when_generated_code_is_wrong(monkeypatch, tmp_path):
+    """--check must catch a wrong kernel: a 1e-6 relative error slipped into the softmax VJP."""
+    from click.testing import CliRunner
+
+    import softgrad.codegen.emit as emit_module
+    from softgrad.cli import main
+
+    original = emit_module.emit
+
+    def corrupted(*args, **kwargs):
+        files = original(*args, **kwargs)
+        (name, text), = files.items()
+        assignment = "        dx = np.moveaxis(np.broadcast_to("
+        assert assignment in text
+        return {name: text.replace(assignment, assignment + "1.000001*")}
+
+    monkeypatch.setattr(emit_module, "emit", corrupted)
+    result = CliRunner().invoke(main, ["codegen", "softmax", "--lang", "numpy", "--kernel", "vjp",
+                                       "-o", str(tmp_path), "--check"])
+    assert result.exit_code == 1
+    assert "FAIL softmax_vjp: dx vs exact" in result.output
+    assert "does not match the derivation" in result.output
