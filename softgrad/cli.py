@@ -139,5 +139,69 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, check) -> N
         sys.exit(1)
 
 
+@main.command()
+@click.argument("target", required=False)
+@click.option("--against", help="The spec (catalog name or inline) the gradient should equal.")
+@click.option("--fn", "forward_reference", help="Without a spec: the forward function, as FILE:FUNCTION.")
+@click.option("--formula", help="Check a formula (Jacobian entry or gradient component) against --against.")
+@click.option("--signature", help="Calling convention: x,g->dx | y,g->dx | z,t->dz | z,t->loss,dz | x->J.")
+@click.option("--wrt", help="The variable differentiated (an input, or for --formula also an intermediate).")
+@click.option("--n", "size", type=int, default=7, show_default=True, help="Entries per row.")
+@click.option("--batch", type=int, default=4, show_default=True, help="Rows per batch.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="Element type the code under test is called with.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
+              help="mean: the code divides the loss gradient by the number of rows.")
+@click.option("--param", "parameters", multiple=True, help="A parameter value, NAME=VALUE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@reports_errors
+def verify(target, against, forward_reference, formula, signature, wrt, size, batch, dtype, seed, reduction,
+           parameters, as_json) -> None:
+    """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
+
+    Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
+    """
+    import json
+
+    values = {}
+    for item in parameters:
+        name, _, value = item.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
+    if formula is not None:
+        from softgrad.derive import derive_spec, load_spec
+        from softgrad.verify.formula import verify_formula
+
+        if against is None or target is not None:
+            raise SoftgradError("--formula needs --against SPEC and no function to load")
+        result = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
+    else:
+        from softgrad.verify import check_gradient
+        from softgrad.verify.loaders import load_function
+        from softgrad.verify.signatures import parse_signature
+
+        if target is None:
+            raise SoftgradError("name the gradient to check, e.g. grad.py:softmax_backward (or use --formula)")
+        if (against is None) == (forward_reference is None):
+            raise SoftgradError("give --against SPEC, or --fn FILE:FUNCTION for the forward function")
+        default = signature or ("x,g->dx" if forward_reference else None)
+        chosen = parse_signature(default) if default else None
+        dtype_for_loading = dtype
+        if chosen is None:
+            from softgrad.derive import derive_spec, load_spec
+
+            is_loss = not derive_spec(load_spec(against)).spec.output.is_vector
+            chosen = parse_signature("z,t->dz" if is_loss else "x,g->dx")
+        function = load_function(target, chosen, dtype_for_loading)
+        forward = load_function(forward_reference, chosen, "float64") if forward_reference else None
+        result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size, batch=batch,
+                                seed=seed, reduction=reduction, parameters=values, wrt=wrt, label=target)
+    click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
+    sys.exit(0 if result.passed else 1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,1 +1,64 @@
-"""Placeholder until its issue lands; see docs/."""
+"""verify: check gradients (Python, C, or a formula) against finite differences and the exact result.
+
+For test suites:
+
+    from softgrad.verify import assert_gradient
+    assert_gradient(my_softmax_backward, against="softmax", signature="x,g->dx")
+"""
+
+from __future__ import annotations
+
+from softgrad.verify.report import Report
+
+
+def check_gradient(function, against: str | None = None, signature: str | None = None, *, forward=None,
+                   dtype: str = "float64", n: int = 7, batch: int = 4, seed: int = 0, reduction: str = "sum",
+                   parameters: dict[str, float] | None = None, wrt: str | None = None,
+                   label: str | None = None) -> Report:
+    """The verify report for `function` against a spec (catalog name or spec text) or a forward function."""
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.errors import SoftgradError
+    from softgrad.verify.checker import verify
+    from softgrad.verify.problem import Problem, from_derivation
+    from softgrad.verify.signatures import parse_signature
+
+    if (against is None) == (forward is None):
+        raise SoftgradError("give either against=SPEC or forward=FUNCTION")
+    if against is not None:
+        derivation = derive_spec(load_spec(against), wrt=wrt)
+        values = {name: float((parameters or {}).get(name, 1.0)) for name in derivation.spec.parameters}
+        missing = [p for p in derivation.spec.parameters if p not in (parameters or {})]
+        if missing:
+            raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
+        problem = from_derivation(derivation, values)
+        default = "z,t->dz" if problem.is_loss else "x,g->dx"
+        keywords = values
+    else:
+        chosen = parse_signature(signature or "x,g->dx")
+        is_loss = chosen.for_loss
+        problem = Problem(getattr(forward, "__name__", "forward"), is_loss,
+                          (lambda x, t=None: np.asarray(forward(x, t) if is_loss else forward(x), dtype=np.float64)),
+                          {}, None, is_loss)
+        default, keywords = chosen.text, {}
+    chosen = parse_signature(signature or default)
+    if chosen.for_loss != problem.is_loss:
+        kind = "a loss" if problem.is_loss else "a vector function"
+        raise SoftgradError(f"signature {chosen.text} does not fit {kind}")
+    if n < 1 or batch < 1:
+        raise SoftgradError("--n and --batch must be at least 1")
+    return verify(function, chosen, problem, label=label or getattr(function, "__name__", "function"),
+                  dtype=dtype, size=n, rows=batch, seed=seed, reduction=reduction,
+                  keywords={} if against is None else {}, against=against or "the forward function")
+
+
+def assert_gradient(function, against: str | None = None, signature: str | None = None, **options) -> Report:
+    """Raise AssertionError with the full report if `function` is not the gradient; return the report."""
+    report = check_gradient(function, against, signature, **options)
+    if not report.passed:
+        raise AssertionError(report.text())
+    return report
+
+
+import numpy as np  # noqa: E402  (kept after the API for a short import at module load)
+
+__all__ = ["assert_gradient", "check_gradient"]

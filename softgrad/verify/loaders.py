@@ -1,0 +1,116 @@
+"""Load the gradient under test: a Python function (file or module) or a C function (source or library)."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from softgrad.codegen.build import compiler, import_path
+from softgrad.errors import SoftgradError
+from softgrad.verify.signatures import Signature
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    if ":" not in reference:
+        raise SoftgradError(f"name the function as FILE:FUNCTION or MODULE:FUNCTION, not {reference!r}")
+    location, name = reference.rsplit(":", 1)
+    if not name.isidentifier():
+        raise SoftgradError(f"{name!r} is not a function name")
+    return location, name
+
+
+def load_function(reference: str, signature: Signature, dtype: str):
+    """The callable named by `reference`; C functions get a NumPy wrapper with the signature's convention."""
+    location, name = split_reference(reference)
+    if location.endswith((".c", ".so", ".dylib")):
+        return load_c(location, name, signature, dtype)
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise SoftgradError(f"cannot read {location!r}: no such file")
+        module = _run_user_code(lambda: import_path(path), location)
+    else:
+        module = _run_user_code(lambda: importlib.import_module(location), location)
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise SoftgradError(f"{location} has no function {name!r}")
+    return function
+
+
+def _run_user_code(action, location):
+    try:
+        return action()
+    except SoftgradError:
+        raise
+    except ModuleNotFoundError as problem:
+        raise SoftgradError(f"cannot import {location!r}: {problem}") from None
+    except BaseException as problem:  # the user's module failed while loading: its own last line
+        raise SoftgradError(f"importing {location} raised {type(problem).__name__}: {problem}") from None
+
+
+#: C conventions: inputs (const pointers), outputs (pointers), then the sizes.
+C_ARGUMENTS = {
+    "x,g->dx": "const T *x, const T *g, T *dx, size_t rows, size_t n",
+    "y,g->dx": "const T *y, const T *g, T *dx, size_t rows, size_t n",
+    "z,t->dz": "const T *z, const T *t, T *dz, size_t rows, size_t n",
+    "z,t->loss,dz": "const T *z, const T *t, T *loss, T *dz, size_t rows, size_t n",
+    "x->J": "const T *x, T *J, size_t n   (one row; J is n × n, row-major)",
+}
+
+
+def load_c(location: str, name: str, signature: Signature, dtype: str):
+    path = Path(location)
+    if not path.is_file():
+        raise SoftgradError(f"cannot read {location!r}: no such file")
+    if location.endswith(".c"):
+        folder = Path(tempfile.mkdtemp(prefix="softgrad-verify-"))
+        library_path = folder / f"lib{path.stem}.so"
+        import subprocess
+
+        run = subprocess.run([compiler(), "-std=c99", "-O2", "-shared", "-fPIC", str(path), "-o", str(library_path),
+                              "-lm"], capture_output=True, text=True)
+        if run.returncode != 0:
+            first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:300])
+            raise SoftgradError(f"compiling {location} failed: {first}")
+    else:
+        library_path = path.resolve()
+    try:
+        library = ctypes.CDLL(str(library_path))
+        function = getattr(library, name)
+    except OSError as problem:
+        raise SoftgradError(f"cannot load {location}: {problem}") from None
+    except AttributeError:
+        raise SoftgradError(f"{location} has no function {name!r}") from None
+    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    pointer = ctypes.POINTER(scalar)
+    numpy_type = np.float32 if dtype == "float32" else np.float64
+
+    def as_pointer(array):
+        return array.ctypes.data_as(pointer)
+
+    if signature.single_row:
+        function.argtypes = [pointer, pointer, ctypes.c_size_t]
+
+        def jacobian(row):
+            row = np.ascontiguousarray(row, dtype=numpy_type)
+            out = np.empty((row.size, row.size), dtype=numpy_type)
+            function(as_pointer(row), as_pointer(out), row.size)
+            return out
+
+        return jacobian
+    outputs = len(signature.returns)
+    function.argtypes = [pointer] * (len(signature.takes) + outputs) + [ctypes.c_size_t, ctypes.c_size_t]
+
+    def call(*arrays):
+        arrays = [np.ascontiguousarray(a, dtype=numpy_type) for a in arrays]
+        rows, size = arrays[0].shape
+        results = [np.empty(rows, dtype=numpy_type) if role == "loss" else np.empty((rows, size), dtype=numpy_type)
+                   for role in signature.returns]
+        function(*[as_pointer(a) for a in arrays + results], rows, size)
+        return tuple(results) if outputs > 1 else results[0]
+
+    return call

@@ -1,0 +1,61 @@
+"""What a gradient is checked against: a forward function, and where known, the exact derived result."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from softgrad.codegen.build import import_path
+from softgrad.codegen.emit import emit
+from softgrad.codegen.lower import identifier
+from softgrad.derive.steps import Derivation
+
+
+@dataclass
+class Problem:
+    """forward(x, t) → (rows, n) for a vector function or (rows,) for a loss; all float64.
+
+    `exact` maps kernel names (vjp, vjp_from_output, jacobian, loss_and_grad) to the derivation's
+    generated float64 kernels with the same calling convention as `forward`.
+    """
+
+    label: str
+    is_loss: bool
+    forward: Callable
+    exact: dict[str, Callable] = field(default_factory=dict)
+    constraint: float | None = None  # targets sum to this
+    has_target: bool = False
+
+
+def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Problem:
+    """The spec's own generated NumPy kernels (verified against a 40-digit reference) as the reference."""
+    (name, text), = emit(derivation, "numpy").items()
+    with tempfile.TemporaryDirectory(prefix="softgrad-reference-") as folder:
+        path = Path(folder) / name
+        path.write_text(text, encoding="utf-8")
+        module = import_path(path)
+    prefix = identifier(derivation)
+    values = [parameters[p] for p in derivation.spec.parameters]
+    others = [i for i in derivation.spec.inputs if i != derivation.wrt]
+    has_target = bool(others)
+
+    def bind(kernel):
+        function = getattr(module, f"{prefix}_{kernel}", None)
+        if function is None:
+            return None
+        return lambda *arrays: function(*arrays, *values)
+
+    exact = {k: bind(k) for k in ("vjp", "vjp_from_output", "jacobian", "loss_and_grad") if bind(k)}
+    forward = bind("forward")
+    if not has_target:
+        base = forward
+        forward = lambda x, t=None: base(x)  # noqa: E731 - a one-line adapter
+        for key in list(exact):
+            exact[key] = (lambda function: (lambda x, *rest: function(x, *rest)))(exact[key])
+    constraint = float(derivation.spec.constraints[0].rhs) if derivation.spec.constraints else None
+    return Problem(derivation.spec.name or derivation.spec.output.source, not derivation.spec.output.is_vector,
+                   forward, exact, constraint, has_target)

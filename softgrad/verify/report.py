@@ -1,0 +1,86 @@
+"""The verify report: PASS or FAIL, and on FAIL exactly where and by how much."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Worst:
+    """The worst element: where it is, both values, errors and the tolerance it broke."""
+
+    row: int
+    i: int
+    j: int | None
+    analytic: float
+    numeric: float
+    exact: float | None
+    tolerance: float
+    tolerance_how: str
+    case: str
+    kink: bool
+
+    @property
+    def absolute_error(self) -> float:
+        return abs(self.analytic - self.numeric)
+
+    @property
+    def relative_error(self) -> float:
+        return self.absolute_error / max(abs(self.numeric), 1e-300)
+
+
+@dataclass
+class Report:
+    function: str
+    signature: str
+    against: str
+    dtype: str
+    mode: str  # "full Jacobian" or "random projections"
+    seed: int
+    step: float
+    elements: int
+    passed: bool = True
+    bad_elements: int = 0
+    worst: Worst | None = None
+    failures: list[str] = field(default_factory=list)  # one line per failed comparison or check
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, ok, detail)
+
+    def fail(self, line: str) -> None:
+        self.passed = False
+        self.failures.append(line)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if self.worst is not None:
+            data["worst"]["absolute_error"] = self.worst.absolute_error
+            data["worst"]["relative_error"] = self.worst.relative_error
+        data["checks"] = [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in self.checks]
+        data["verdict"] = "PASS" if self.passed else "FAIL"
+        return data
+
+    def text(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [f"{verdict}  {self.function}  (signature {self.signature}, against {self.against}, {self.dtype})"]
+        if self.worst is not None and not self.passed:
+            w = self.worst
+            where = f"row {w.row}, i = {w.i}" + (f", j = {w.j}" if w.j is not None else "")
+            lines += [
+                f"  worst element: {where}  (inputs: {w.case})",
+                f"    analytic (the function under test)   {w.analytic: .12g}",
+                f"    numeric (central differences)         {w.numeric: .12g}",
+            ]
+            if w.exact is not None:
+                lines.append(f"    exact (the derived result)            {w.exact: .12g}")
+            lines += [
+                f"    absolute error {w.absolute_error:.3g}, relative error {w.relative_error:.3g}",
+                f"    tolerance {w.tolerance:.3g}: {w.tolerance_how}",
+                f"  bad elements: {self.bad_elements} of {self.elements}",
+            ]
+            if w.kink:
+                lines.append("  note: the finite difference crossed a kink (the row's argmax changed)")
+        for failure in self.failures:
+            lines.append(f"  ✗ {failure}")
+        lines.append(f"  mode: {self.mode}; step h = {self.step:.3g} (absolute, float64 numerical side); seed {self.seed}")
+        if self.checks:
+            lines.append("  checks: " + ", ".join(f"{name} {'ok' if ok else 'FAIL'}" for name, ok, _ in self.checks))
+        return "\n".join(lines)
