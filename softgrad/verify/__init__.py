@@ -8,6 +8,8 @@ For test suites:
 
 from __future__ import annotations
 
+import functools
+
 from softgrad.verify.report import Report
 
 
@@ -16,30 +18,23 @@ def check_gradient(function, against: str | None = None, signature: str | None =
                    parameters: dict[str, float] | None = None, wrt: str | None = None,
                    label: str | None = None) -> Report:
     """The verify report for `function` against a spec (catalog name or spec text) or a forward function."""
-    from softgrad.derive import derive_spec, load_spec
     from softgrad.errors import SoftgradError
     from softgrad.verify.checker import verify
-    from softgrad.verify.problem import Problem, from_derivation
+    from softgrad.verify.problem import Problem
     from softgrad.verify.signatures import parse_signature
 
     if (against is None) == (forward is None):
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
     if against is not None:
-        derivation = derive_spec(load_spec(against), wrt=wrt)
-        values = {name: float((parameters or {}).get(name, 1.0)) for name in derivation.spec.parameters}
-        missing = [p for p in derivation.spec.parameters if p not in (parameters or {})]
-        if missing:
-            raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
-        problem = from_derivation(derivation, values)
+        problem = _reference_problem(against, wrt, tuple(sorted((parameters or {}).items())))
         default = "z,t->dz" if problem.is_loss else "x,g->dx"
-        keywords = values
     else:
         chosen = parse_signature(signature or "x,g->dx")
         is_loss = chosen.for_loss
         problem = Problem(getattr(forward, "__name__", "forward"), is_loss,
                           (lambda x, t=None: np.asarray(forward(x, t) if is_loss else forward(x), dtype=np.float64)),
                           {}, None, is_loss)
-        default, keywords = chosen.text, {}
+        default = chosen.text
     chosen = parse_signature(signature or default)
     if chosen.for_loss != problem.is_loss:
         kind = "a loss" if problem.is_loss else "a vector function"
@@ -49,6 +44,21 @@ def check_gradient(function, against: str | None = None, signature: str | None =
     return verify(function, chosen, problem, label=label or getattr(function, "__name__", "function"),
                   dtype=dtype, size=n, rows=batch, seed=seed, reduction=reduction,
                   keywords={} if against is None else {}, against=against or "the forward function")
+
+
+@functools.lru_cache(maxsize=32)
+def _reference_problem(against: str, wrt: str | None, parameters: tuple):
+    """The derivation and its generated reference kernels, made once per (spec, wrt, parameters)."""
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.errors import SoftgradError
+    from softgrad.verify.problem import from_derivation
+
+    derivation = derive_spec(load_spec(against), wrt=wrt)
+    given = dict(parameters)
+    missing = [p for p in derivation.spec.parameters if p not in given]
+    if missing:
+        raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
+    return from_derivation(derivation, {name: float(given[name]) for name in derivation.spec.parameters})
 
 
 def assert_gradient(function, against: str | None = None, signature: str | None = None, **options) -> Report:

@@ -43,11 +43,30 @@ def make_cases(problem: Problem, rows: int, size: int, rng: np.random.Generator)
     return [(f"{name}, {target_name}", x, t) for name, x in cases for target_name, t in targets]
 
 
-def _row_scale(reference: np.ndarray) -> np.ndarray:
-    """Per row: the largest |value|, at least 1e-3 of the batch's (a zero row is judged by its neighbours)."""
+def _as_given(array, dtype):
+    """The values the code under test really receives (rounded to its dtype), kept in float64: every
+    reference is computed at exactly the point the code was called at."""
+    return None if array is None else array.astype(dtype).astype(np.float64)
+
+
+def _row_scale(reference: np.ndarray, terms: np.ndarray | None = None) -> np.ndarray:
+    """Per row: the largest |value|, or the size of the terms it is computed from if larger (a correct
+    float32 y(g − Σgy) errs by ~eps·|y||g| however small dx is), and at least 1e-3 of the batch's."""
     flat = np.abs(reference).reshape(reference.shape[0], -1).max(axis=1)
+    if terms is not None:
+        flat = np.maximum(flat, terms)
     batch = flat.max() if flat.size else 0.0
     return np.maximum(flat, max(1e-3 * batch, 1e-300))
+
+
+def _term_scale(signature, problem, arrays) -> np.ndarray | None:
+    """The magnitude of what a gradient is built from: max|g|·max|f(x)| for a VJP, Σ|t| for a loss."""
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    if problem.is_loss:
+        return None if t is None else np.abs(t).sum(-1)
+    if signature.returns == ("J",):
+        return None
+    return np.abs(g).max(-1) * np.abs(problem.forward(x, t)).max(-1)
 
 
 def verify(function, signature: Signature, problem: Problem, *, label: str = "function", dtype: str = "float64",
@@ -61,11 +80,13 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
     cases = make_cases(problem, rows, size, rng)
     if mode == "random projections":
         cases = cases[:1] + cases[3:4]  # large n: one ordinary and one near-tied batch
+    representable = np.dtype(dtype)
+    cases = [(case, _as_given(x, representable), _as_given(t, representable)) for case, x, t in cases]
     for case, x, t in cases:
-        upstream = rng.normal(size=x.shape)
+        upstream = _as_given(rng.normal(size=x.shape), representable)
         arrays = {"x": x, "t": t, "g": upstream}
         if "y" in signature.takes:
-            arrays["y"] = problem.forward(x, t)
+            arrays["y"] = _as_given(problem.forward(x, t), representable)
         outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype, keywords)))
         if reduction == "mean" and "dx" in outputs:
             outputs["dx"] = outputs["dx"] * rows
@@ -117,15 +138,17 @@ def _exact(signature, problem, arrays):
 def _compare_full(report, signature, problem, case, arrays, outputs, dtype):
     numeric = _numeric_gradient(signature, problem, arrays)
     exact = _exact(signature, problem, arrays)
+    terms = _term_scale(signature, problem, arrays)
     for role, (value, noise) in numeric.items():
         analytic = outputs[role]
-        scale = _row_scale(value)[(...,) + (None,) * (value.ndim - 1)]
+        scale = _row_scale(value, terms)[(...,) + (None,) * (value.ndim - 1)]
         tolerance = NOISE_FACTOR * noise + FLOOR[dtype] * scale
         error = np.abs(analytic - value)
         bad = error > tolerance
         report.elements += analytic.size
         if role in exact:
-            exact_tolerance = EXACT_FLOOR[dtype] * _row_scale(exact[role])[(...,) + (None,) * (value.ndim - 1)]
+            exact_tolerance = np.broadcast_to(
+                EXACT_FLOOR[dtype] * _row_scale(exact[role], terms)[(...,) + (None,) * (value.ndim - 1)], analytic.shape)
             exact_bad = np.abs(analytic - exact[role]) > exact_tolerance
             if exact_bad.any() and not bad.any():
                 # below what finite differences can see, but not the exact result
@@ -205,7 +228,7 @@ def _compare_projections(report, signature, problem, case, arrays, outputs, dtyp
                                  False)
             return
     if "dx" in exact:
-        scale = _row_scale(exact["dx"])[:, None]
+        scale = _row_scale(exact["dx"], _term_scale(signature, problem, arrays))[:, None]
         error = np.abs(analytic - exact["dx"]) / (EXACT_FLOOR[dtype] * scale)
         if (error > 1).any():
             position = np.unravel_index(np.argmax(error), error.shape)
@@ -237,7 +260,7 @@ def _structural_checks(report, function, signature, problem, case, dtype, keywor
     _, x, t = case
     arrays = {"x": x, "t": t, "g": rng.normal(size=x.shape)}
     if "y" in signature.takes:
-        arrays["y"] = problem.forward(x, t)
+        arrays["y"] = _as_given(problem.forward(x, t), np.dtype(dtype))
     if "J" in signature.returns:
         return
     first = call_under_test(function, signature, arrays, dtype, keywords)[-1]

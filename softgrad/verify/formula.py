@@ -98,7 +98,11 @@ def verify_formula(text: str, derivation: Derivation, wrt: str | None = None, se
     lhs = Partial(output.symbol.subs(output.index, free[0]) if output.is_vector else output.symbol, base[free[-1]])
     claim = _claim(output, variable, free)
     symbolic = "not compared (no derived result for this variable)"
-    key = "jacobian" if output.is_vector else "gradient"
+    constrained = bool(spec.constraints)
+    key = "jacobian" if output.is_vector else ("gradient_constrained" if "gradient_constrained" in derivation.results
+                                              else "gradient")
+    if constrained:
+        claim += "  (assuming " + "; ".join(c.source.removeprefix("given ") for c in spec.constraints) + ")"
     if variable == derivation.wrt and key in derivation.results:
         result = derivation.results[key]
         indices = [s for s in result.lhs.free_symbols if s.is_integer]
@@ -116,7 +120,7 @@ def verify_formula(text: str, derivation: Derivation, wrt: str | None = None, se
         equal = all(sp.simplify(case) == 0 for case in cases)
         symbolic = "equal for every n" if equal else "not shown equal by simplification"
     checker = StepChecker(spec, seed=seed)
-    for point in checker.points[False]:
+    for point in checker.points[constrained]:  # the spec's declared constraints are part of its contract
         for values in itertools.product(range(point.size), repeat=len(free)):
             indices = dict(zip(free, values))
             truth = checker.evaluator.value(lhs, point, indices).real

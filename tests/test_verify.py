@@ -1,0 +1,196 @@
+"""softgrad verify: every correct gradient in the corpus passes, every wrong one fails at the right place."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softgrad.errors import SoftgradError
+from softgrad.verify import assert_gradient, check_gradient
+from softgrad.verify.loaders import load_function
+from softgrad.verify.signatures import parse_signature
+
+from conftest import require_tool
+
+CORPUS = Path(__file__).parent / "corpus"
+sys.path.insert(0, str(CORPUS))
+import gradients  # noqa: E402
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "softgrad", "verify", *args], capture_output=True, text=True,
+                          cwd=CORPUS, timeout=300)
+
+
+@pytest.mark.parametrize("function, against, signature", [
+    ("softmax_vjp", "softmax", "x,g->dx"),
+    ("softmax_backward_from_output", "softmax", "y,g->dx"),
+    ("cross_entropy_grad", "cross-entropy", "z,t->dz"),
+    ("cross_entropy_grad_p_minus_t", "cross-entropy-onehot", "z,t->dz"),
+    ("cross_entropy_loss_and_grad", "cross-entropy", "z,t->loss,dz"),
+    ("softmax_jacobian", "softmax", "x->J"),
+])
+def test_correct_python_gradients_pass(function, against, signature):
+    report = check_gradient(getattr(gradients, function), against, signature)
+    assert report.passed, report.text()
+
+
+@pytest.mark.parametrize("function, against, signature, worst_column", [
+    ("softmax_vjp_wrong_axis", "softmax", "x,g->dx", None),
+    ("softmax_vjp_sign", "softmax", "x,g->dx", None),
+    ("softmax_vjp_one_element", "softmax", "x,g->dx", 3),
+    ("softmax_vjp_relative_1e6", "softmax", "x,g->dx", None),
+    ("softmax_backward_from_output_transposed", "softmax", "y,g->dx", None),
+    ("cross_entropy_grad_p_minus_t", "cross-entropy", "z,t->dz", None),
+    ("cross_entropy_loss_and_grad_wrong_loss", "cross-entropy", "z,t->loss,dz", None),
+    ("softmax_jacobian_transposed_index", "softmax", "x->J", None),
+])
+def test_wrong_python_gradients_fail(function, against, signature, worst_column):
+    report = check_gradient(getattr(gradients, function), against, signature)
+    assert not report.passed
+    if worst_column is not None:
+        assert report.worst.i == worst_column and report.bad_elements == 4  # one bad element per row
+
+
+def test_the_worst_element_is_reported_with_both_values():
+    report = check_gradient(gradients.softmax_vjp_one_element, "softmax", "x,g->dx")
+    worst = report.worst
+    assert worst.i == 3 and worst.j is None
+    assert worst.analytic == pytest.approx(worst.numeric * 1.001, rel=1e-6)
+    assert worst.exact == pytest.approx(worst.numeric, rel=1e-8)
+    text = report.text()
+    for label in ("worst element: row", "analytic", "numeric", "exact", "tolerance", "bad elements: 4 of 28", "seed 0"):
+        assert label in text
+
+
+C_CASES = [
+    ("softmax_vjp", "softmax", "x,g->dx", "float64", True),
+    ("softmax_vjp_float_accumulator", "softmax", "x,g->dx", "float64", False),
+    ("cross_entropy_loss_and_grad", "cross-entropy", "z,t->loss,dz", "float64", True),
+    ("cross_entropy_grad_p_minus_t", "cross-entropy", "z,t->dz", "float64", False),
+    ("cross_entropy_grad_p_minus_t", "cross-entropy-onehot", "z,t->dz", "float64", True),
+    ("softmax_jacobian", "softmax", "x->J", "float64", True),
+    ("softmax_jacobian_sign", "softmax", "x->J", "float64", False),
+    ("softmax_vjp_float", "softmax", "x,g->dx", "float32", True),
+]
+
+
+@pytest.mark.parametrize("function, against, signature, dtype, correct", C_CASES)
+def test_c_gradients(function, against, signature, dtype, correct):
+    require_tool("cc")
+    result = run(f"gradients.c:{function}", "--against", against, "--signature", signature, "--dtype", dtype)
+    assert result.returncode == (0 if correct else 1), result.stdout + result.stderr
+    assert result.stdout.startswith("PASS" if correct else "FAIL")
+
+
+def test_a_float_accumulator_in_a_double_kernel_is_caught():
+    require_tool("cc")
+    function = load_function(str(CORPUS / "gradients.c:softmax_vjp_float_accumulator"), parse_signature("x,g->dx"),
+                             "float64")
+    report = check_gradient(function, "softmax", "x,g->dx", n=50)
+    assert not report.passed, report.text()
+
+
+def test_the_exact_result_sees_errors_below_finite_differences():
+    def off_by_3e10(x, g):
+        return gradients.softmax_vjp(x, g) * (1 + 3e-10)
+
+    with_spec = check_gradient(off_by_3e10, "softmax", "x,g->dx")
+    assert not with_spec.passed
+    assert any("too small for finite differences to see" in line for line in with_spec.failures), with_spec.text()
+    without_spec = check_gradient(off_by_3e10, signature="x,g->dx", forward=gradients.softmax)
+    assert without_spec.passed  # finite differences alone cannot resolve 3e-10
+
+
+def test_a_single_wrong_element_at_n_1e5_is_localized():
+    def wrong(x, g):
+        dx = gradients.softmax_vjp(x, g)
+        dx[1, 76_543] += 1e-3 * np.abs(dx[1]).max()
+        return dx
+
+    report = check_gradient(wrong, "softmax", "x,g->dx", n=100_000, batch=3)
+    assert not report.passed and report.mode == "random projections"
+    assert (report.worst.row, report.worst.i) == (1, 76_543), report.text()
+
+
+def test_a_1e6_relative_error_at_n_1e5_is_caught():
+    report = check_gradient(gradients.softmax_vjp_relative_1e6, "softmax", "x,g->dx", n=100_000, batch=2)
+    assert not report.passed
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_no_false_alarm_over_200_seeds(dtype):
+    for seed in range(200):
+        report = check_gradient(gradients.softmax_vjp, "softmax", "x,g->dx", dtype=dtype, seed=seed, n=5, batch=3)
+        assert report.passed, f"seed {seed}: {report.text()}"
+    for seed in range(0, 200, 4):  # losses: fewer seeds (every seed checks six target kinds)
+        report = check_gradient(gradients.cross_entropy_grad, "cross-entropy", "z,t->dz", dtype=dtype, seed=seed,
+                                n=5, batch=3)
+        assert report.passed, f"seed {seed}: {report.text()}"
+
+
+def test_mean_reduction():
+    assert check_gradient(gradients.cross_entropy_grad_mean, "cross-entropy", "z,t->dz", reduction="mean").passed
+    assert not check_gradient(gradients.cross_entropy_grad_mean, "cross-entropy", "z,t->dz").passed
+
+
+def test_generic_mode_without_a_spec():
+    report = check_gradient(gradients.squared_norm_ratio_vjp, signature="x,g->dx", forward=gradients.squared_norm_ratio)
+    assert report.passed, report.text()
+    result = run("gradients.py:softmax_vjp_sign", "--fn", "gradients.py:softmax")
+    assert result.returncode == 1 and result.stdout.startswith("FAIL")
+
+
+def test_assert_gradient_for_test_suites():
+    assert assert_gradient(gradients.softmax_vjp, against="softmax", signature="x,g->dx").passed
+    with pytest.raises(AssertionError, match="worst element"):
+        assert_gradient(gradients.softmax_vjp_one_element, against="softmax", signature="x,g->dx")
+
+
+def test_json_report():
+    result = run("gradients.py:softmax_vjp_one_element", "--against", "softmax", "--json")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "FAIL" and data["worst"]["i"] == 3 and data["bad_elements"] == 4
+    assert {"analytic", "numeric", "exact", "tolerance", "absolute_error", "relative_error"} <= set(data["worst"])
+
+
+@pytest.mark.parametrize("formula, against, wrt, passes", [
+    ("y[i]*(delta(i,j) - y[j])", "softmax", None, True),
+    ("y[j]*(delta(i,j) - y[i])", "softmax", None, True),
+    ("delta(i,j)*y[j] - y[i]*y[j]", "softmax", None, True),
+    ("y[i]*(delta(i,j) - y[i])", "softmax", None, False),
+    ("-q[k]/p[k]", "kl-divergence", "p", True),
+    ("p[j] - q[j]", "kl-divergence", None, False),
+    ("p[j]*sum(q[k], k) - q[j]", "kl-divergence", None, True),
+    ("y[j] - t[j]", "cross-entropy-onehot", None, True),
+])
+def test_formulas(formula, against, wrt, passes):
+    args = ["--formula", formula, "--against", against] + (["--wrt", wrt] if wrt else [])
+    result = run(*args)
+    assert result.returncode == (0 if passes else 1), result.stdout + result.stderr
+    if not passes:
+        assert "counterexample: n = " in result.stdout and "the formula gives" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["missing.py:f", "--against", "softmax"], "no such file"),
+    (["gradients.py:nope", "--against", "softmax"], "has no function 'nope'"),
+    (["gradients.py:raises", "--against", "softmax"], "raised ValueError: shapes do not match"),
+    (["gradients.py:wrong_shape", "--against", "softmax"], "has shape"),
+    (["gradients.py:returns_nan", "--against", "softmax"], "NaN"),
+    (["gradients.py:softmax_vjp", "--against", "softmax", "--signature", "a,b->c"], "unknown signature"),
+    (["gradients.py:softmax_vjp", "--against", "cross-entropy", "--signature", "x,g->dx"], "does not fit"),
+    (["gradients.py:softmax_vjp"], "give --against"),
+    (["--formula", "y[i] * (", "--against", "softmax"], "col"),
+    (["--formula", "y[i]", "--against", "softmax"], "free index"),
+    (["gradients.c:no_such", "--against", "softmax"], "has no function"),
+    (["gradients.py:softmax_vjp", "--against", "softmax-temperature"], "--param T="),
+])
+def test_input_errors_exit_2_with_one_line(args, fragment):
+    result = run(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr and "Traceback" not in result.stderr
