@@ -154,10 +154,12 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, check) -> N
 @click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
               help="mean: the code divides the loss gradient by the number of rows.")
 @click.option("--param", "parameters", multiple=True, help="A parameter value, NAME=VALUE (repeatable).")
+@click.option("--mode", type=click.Choice(["auto", "full", "projections"]), default="auto", show_default=True,
+              help="full: every element by finite differences; projections: random projections and bisection.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @reports_errors
 def verify(target, against, forward_reference, formula, signature, wrt, size, batch, dtype, seed, reduction,
-           parameters, as_json) -> None:
+           parameters, mode, as_json) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
 
     Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
@@ -198,7 +200,7 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
         function = load_function(target, chosen, dtype_for_loading)
         forward = load_function(forward_reference, chosen, "float64") if forward_reference else None
         result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size, batch=batch,
-                                seed=seed, reduction=reduction, parameters=values, wrt=wrt, label=target)
+                                seed=seed, reduction=reduction, parameters=values, wrt=wrt, label=target, mode=mode)
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
     sys.exit(0 if result.passed else 1)
 

@@ -7,6 +7,8 @@ come from the differences' own noise estimate plus a per-dtype floor relative to
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from softgrad.verify import differences
@@ -43,6 +45,26 @@ def make_cases(problem: Problem, rows: int, size: int, rng: np.random.Generator)
     return [(f"{name}, {target_name}", x, t) for name, x in cases for target_name, t in targets]
 
 
+class _Progress:
+    """A one-line progress display on stderr, only when stderr is a terminal and the check is long."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.count = total, 0
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.count += 1
+        if self.enabled:
+            filled = int(20 * self.count / self.total)
+            sys.stderr.write(f"\rverify [{'#' * filled}{'.' * (20 - filled)}] {self.count}/{self.total} {label[:40]:40}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 90 + "\r")
+            sys.stderr.flush()
+
+
 def _as_given(array, dtype):
     """The values the code under test really receives (rounded to its dtype), kept in float64: every
     reference is computed at exactly the point the code was called at."""
@@ -71,18 +93,26 @@ def _term_scale(signature, problem, arrays) -> np.ndarray | None:
 
 def verify(function, signature: Signature, problem: Problem, *, label: str = "function", dtype: str = "float64",
            size: int = 7, rows: int = 4, seed: int = 0, reduction: str = "sum", keywords: dict | None = None,
-           against: str = "finite differences") -> Report:
-    """Check `function` (with `signature`) against `problem`; returns the report (never raises on FAIL)."""
+           against: str = "finite differences", mode: str = "auto") -> Report:
+    """Check `function` (with `signature`) against `problem`; returns the report (never raises on FAIL).
+
+    mode: "full" (every element by finite differences), "projections" (random projections and
+    bisection), or "auto" (full up to n = 64).
+    """
     keywords = keywords or {}
     rng = np.random.default_rng(seed)
-    mode = "full Jacobian" if size <= FULL_JACOBIAN_UP_TO else "random projections"
+    if mode == "auto":
+        mode = "full" if size <= FULL_JACOBIAN_UP_TO or signature.returns == ("J",) else "projections"
+    mode = {"full": "full Jacobian", "projections": "random projections"}[mode]
     report = Report(label, signature.text, against, dtype, mode, seed, differences.DEFAULT_STEP, 0)
     cases = make_cases(problem, rows, size, rng)
     if mode == "random projections":
         cases = cases[:1] + cases[3:4]  # large n: one ordinary and one near-tied batch
     representable = np.dtype(dtype)
     cases = [(case, _as_given(x, representable), _as_given(t, representable)) for case, x, t in cases]
+    progress = _Progress(len(cases), enabled=size * rows >= 100_000)
     for case, x, t in cases:
+        progress.step(case)
         upstream = _as_given(rng.normal(size=x.shape), representable)
         arrays = {"x": x, "t": t, "g": upstream}
         if "y" in signature.takes:
@@ -90,7 +120,8 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
         outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype, keywords)))
         if reduction == "mean" and "dx" in outputs:
             outputs["dx"] = outputs["dx"] * rows
-        if mode == "full Jacobian":
+        first = case == cases[0][0]
+        if mode == "full Jacobian" and (first or size <= FULL_JACOBIAN_UP_TO or "J" in outputs):
             _compare_full(report, signature, problem, case, arrays, outputs, dtype)
         else:
             _compare_projections(report, signature, problem, case, arrays, outputs, dtype, rng)
@@ -101,6 +132,7 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
                 report.fail(f"loss differs from the forward function by {error.max():.3g} (relative) for {case}")
         if not report.passed:
             break
+    progress.done()
     _structural_checks(report, function, signature, problem, cases[0], dtype, keywords, rng)
     return report
 
@@ -117,10 +149,16 @@ def _numeric_gradient(signature, problem, arrays):
     if problem.is_loss:
         difference = differences.jacobian(lambda s: forward(s)[:, None], x)
         return {"dx": (difference.value[:, 0, :], difference.noise[:, 0, :])}
-    difference = differences.jacobian(forward, x)
     if signature.returns == ("J",):
+        difference = differences.jacobian(forward, x)
         return {"J": (difference.value, difference.noise)}
-    return {"dx": (np.einsum("ri,rij->rj", g, difference.value), np.einsum("ri,rij->rj", np.abs(g), difference.noise))}
+
+    def weighted(stacked):  # ⟨g, f(x)⟩ per perturbed row: the VJP without an n × n Jacobian
+        repeat = len(stacked) // rows
+        return (forward(stacked) * np.tile(g, (repeat, 1))).sum(-1)[:, None]
+
+    difference = differences.jacobian(weighted, x)
+    return {"dx": (difference.value[:, 0, :], difference.noise[:, 0, :])}
 
 
 def _exact(signature, problem, arrays):
@@ -191,42 +229,30 @@ def _record_worst(report, position, analytic, numeric, exact, tolerance, how, ca
 
 def _compare_projections(report, signature, problem, case, arrays, outputs, dtype, rng, probes: int = 3):
     """⟨dx, u⟩ against the directional difference of the forward along u; bisection on a mismatch."""
-    x, t, g = arrays["x"], arrays["t"], arrays["g"]
     analytic = outputs["dx"]
     report.elements += analytic.size
-
-    def objective(stacked, weights):
-        repeat = len(stacked) // len(weights)
-        targets = None if t is None else np.tile(t, (repeat, 1))[: len(stacked)]
-        values = problem.forward(stacked, targets)
-        return values if problem.is_loss else (values * np.tile(weights, (repeat, 1))).sum(-1)
-
-    def mismatch(direction, rows_mask=None):
-        numeric = differences.directional(lambda s: objective(s, g), x, direction)
-        projected = (analytic * direction).sum(-1)
-        scale = np.abs(analytic * direction).sum(-1)
-        tolerance = NOISE_FACTOR * numeric.noise + FLOOR[dtype] * np.maximum(scale, 1e-3 * scale.max() + 1e-300)
-        return np.abs(projected - numeric.value), tolerance, numeric.value, projected
-
-    exact = _exact(signature, problem, arrays)
+    direction = None
     for _ in range(probes):
-        direction = rng.choice([-1.0, 1.0], size=x.shape)
-        error, tolerance, numeric, projected = mismatch(direction)
+        direction = rng.choice([-1.0, 1.0], size=analytic.shape)
+        error, tolerance, _ = _projection_mismatch(problem, arrays, analytic, direction, dtype)
         if (error > tolerance).any():
             row = int(np.argmax(error / tolerance))
-            column = _bisect(lambda d: mismatch(d), direction, row)
-            single = np.zeros_like(x)
-            single[row, column] = 1.0
-            element_error, element_tolerance, element_numeric, _ = mismatch(single)
+            one_row = {k: (None if v is None else v[row:row + 1]) for k, v in arrays.items()}
+            column = _bisect(problem, one_row, analytic[row:row + 1], direction[row:row + 1], dtype)
+            single = np.zeros((1, analytic.shape[1]))
+            single[0, column] = 1.0
+            _, element_tolerance, element_numeric = _projection_mismatch(problem, one_row, analytic[row:row + 1],
+                                                                          single, dtype)
+            exact = _exact(signature, problem, one_row).get("dx")
             report.fail(f"dx projected on a random ±1 direction differs from finite differences in row {row} "
                         f"({case}); bisection found element {column}")
             report.bad_elements += 1
-            report.worst = Worst(row, column, None, float(analytic[row, column]), float(element_numeric[row]),
-                                 None if "dx" not in exact else float(exact["dx"][row, column]),
-                                 float(element_tolerance[row]),
-                                 f"{NOISE_FACTOR:g} × difference noise + {dtype} floor {FLOOR[dtype]:g} × |dx_i|", case,
-                                 False)
+            report.worst = Worst(row, column, None, float(analytic[row, column]), float(element_numeric[0]),
+                                 None if exact is None else float(exact[0, column]), float(element_tolerance[0]),
+                                 f"{NOISE_FACTOR:g} × difference noise + {dtype} floor {FLOOR[dtype]:g} × |dx_i|",
+                                 case, False)
             return
+    exact = _exact(signature, problem, arrays)
     if "dx" in exact:
         scale = _row_scale(exact["dx"], _term_scale(signature, problem, arrays))[:, None]
         error = np.abs(analytic - exact["dx"]) / (EXACT_FLOOR[dtype] * scale)
@@ -240,18 +266,46 @@ def _compare_projections(report, signature, problem, case, arrays, outputs, dtyp
                                  f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case, False)
 
 
-def _bisect(mismatch, direction, row) -> int:
-    """Halve the support of the direction in one row, following the half that still mismatches."""
+def _projection_mismatch(problem, arrays, analytic, direction, dtype):
+    """Per row: |⟨dx, u⟩ − D_u|, its tolerance, and D_u (the directional difference of the forward)."""
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    rows = len(x)
+
+    def objective(stacked):
+        repeat = len(stacked) // rows
+        values = problem.forward(stacked, None if t is None else np.tile(t, (repeat, 1)))
+        return values if problem.is_loss else (values * np.tile(g, (repeat, 1))).sum(-1)
+
+    numeric = differences.directional(objective, x, direction)
+    projected = (analytic * direction).sum(-1)
+    scale = np.abs(analytic * direction).sum(-1)
+    tolerance = NOISE_FACTOR * numeric.noise + FLOOR[dtype] * np.maximum(scale, 1e-3 * scale.max() + 1e-300)
+    return np.abs(projected - numeric.value), tolerance, numeric.value
+
+
+def _bisect(problem, one_row, analytic, direction, dtype) -> int:
+    """Halve the support of the direction in one row, following the half that carries the mismatch.
+
+    Both sides of the comparison are linear in the direction, so the other half's signed mismatch is
+    the whole's minus this half's: one directional difference per level.
+    """
+    def signed(mask):
+        masked = np.where(mask, direction, 0.0)
+        _, tolerance, numeric = _projection_mismatch(problem, one_row, analytic, masked, dtype)
+        return float((analytic * masked).sum() - numeric[0]), float(tolerance[0])
+
     candidates = np.arange(direction.shape[1])
+    whole, _ = signed(np.isin(np.arange(direction.shape[1]), candidates))
     while len(candidates) > 1:
-        halves = np.array_split(candidates, 2)
-        ratios = []
-        for half in halves:
-            masked = np.zeros_like(direction)
-            masked[row, half] = direction[row, half]
-            error, tolerance, _, _ = mismatch(masked)
-            ratios.append(error[row] / tolerance[row])
-        candidates = halves[int(np.argmax(ratios))]
+        first, second = np.array_split(candidates, 2)
+        mask = np.zeros(direction.shape[1], dtype=bool)
+        mask[first] = True
+        in_first, _ = signed(mask[None, :])
+        in_second = whole - in_first
+        if abs(in_first) >= abs(in_second):
+            candidates, whole = first, in_first
+        else:
+            candidates, whole = second, in_second
     return int(candidates[0])
 
 

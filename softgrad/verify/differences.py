@@ -47,7 +47,8 @@ def jacobian(function, x: np.ndarray, step: float = DEFAULT_STEP) -> Difference:
     """The full Jacobian of a row-wise function, (rows, n) → (rows, m): shape (rows, m, n).
 
     All 4n perturbed copies of the batch are evaluated in one vectorized call; each difference is
-    divided by the step actually taken at that entry, (x + h) − (x − h).
+    divided by the step actually taken at that entry, (x + h) − (x − h). For a VJP, let `function`
+    return ⟨g, f(x)⟩ per row (m = 1): the n × n Jacobian is then never stored.
     """
     rows, size = x.shape
     identity = np.eye(size)

@@ -1,0 +1,56 @@
+"""How fast `verify` is (a benchmark, not a test): targets from the verification issue.
+
+- random projections at n = 1e5 localize a single wrong element: < 1 s
+- the full-Jacobian check at n = 1000: < 0.5 s
+Each figure is the best of three, beside the time of one call of the function under test (the
+baseline of the same run: the machine is shared and noisy).
+"""
+
+import time
+
+import numpy as np
+
+from softgrad.verify import check_gradient
+
+
+def softmax_vjp(x, g):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    y = e / e.sum(-1, keepdims=True)
+    return y * (g - (g * y).sum(-1, keepdims=True))
+
+
+def one_wrong_element(x, g):
+    dx = softmax_vjp(x, g)
+    dx[1, 76_543 % x.shape[1]] += 1e-3 * np.abs(dx[1]).max()
+    return dx
+
+
+def best_of(action, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = action()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    check_gradient(softmax_vjp, "softmax", "x,g->dx", n=8)  # derive and build the reference once
+    rows = 4
+    x = np.random.default_rng(0).normal(size=(rows, 100_000))
+    call, _ = best_of(lambda: softmax_vjp(x, x))
+    seconds, report = best_of(lambda: check_gradient(one_wrong_element, "softmax", "x,g->dx", n=100_000,
+                                                     batch=rows, mode="projections"))
+    found = (report.worst.row, report.worst.i) if report.worst else None
+    print(f"projections, n = 1e5, {rows} rows, one wrong element: {seconds:.3f} s (target < 1 s); "
+          f"found {found}; one call of the function: {call * 1e3:.1f} ms")
+    x = np.random.default_rng(1).normal(size=(rows, 1000))
+    call, _ = best_of(lambda: softmax_vjp(x, x))
+    seconds, report = best_of(lambda: check_gradient(softmax_vjp, "softmax", "x,g->dx", n=1000, batch=rows,
+                                                     mode="full"))
+    print(f"full Jacobian, n = 1000, {rows} rows, correct gradient: {seconds:.3f} s (target < 0.5 s); "
+          f"{'PASS' if report.passed else 'FAIL'}; one call of the function: {call * 1e3:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
