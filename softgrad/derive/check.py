@@ -25,12 +25,17 @@ POINTS = 2
 COMPLEX_STEP = 1e-30
 RELATIVE_TOLERANCE = 1e-9
 
-_FUNCTIONS = {
-    sp.exp: cmath.exp,
-    sp.log: cmath.log,
-    sp.tanh: cmath.tanh,
-    sigmoid: lambda u: 1 / (1 + cmath.exp(-u)),
-}
+def function_table(library) -> dict:
+    """The spec language's functions computed with a math library (cmath here, mpmath for references)."""
+    return {
+        sp.exp: library.exp,
+        sp.log: library.log,
+        sp.tanh: library.tanh,
+        sigmoid: lambda u: 1 / (1 + library.exp(-u)),
+    }
+
+
+_FUNCTIONS = function_table(cmath)
 
 
 @dataclass

@@ -11,9 +11,8 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.check import Evaluator, Point
+from softgrad.derive.check import Evaluator, Point, function_table
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import sigmoid
 
 DIGITS = 40
 
@@ -21,12 +20,7 @@ DIGITS = 40
 class HighPrecisionEvaluator(Evaluator):
     """The step checker's evaluator with mpmath numbers instead of complex floats."""
 
-    functions = {
-        sp.exp: mpmath.exp,
-        sp.log: mpmath.log,
-        sp.tanh: mpmath.tanh,
-        sigmoid: lambda u: 1 / (1 + mpmath.exp(-u)),
-    }
+    functions = function_table(mpmath)
 
     @staticmethod
     def number(value: sp.Expr):
