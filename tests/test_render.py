@@ -37,7 +37,7 @@ def test_markdown_uses_display_math_blocks(derivation):
     markdown = derivation.render("markdown")
     assert markdown.count("$$") == 2 * (len(derivation.steps) + len(derivation.results))
     assert derivation._repr_markdown_() == markdown
-    assert "\\begin{aligned}" in derivation._repr_latex_()
+    assert derivation._repr_latex_().startswith("$$\\begin{aligned}")
 
 
 def test_html_is_self_contained_mathml(derivation):

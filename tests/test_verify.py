@@ -194,3 +194,9 @@ def test_input_errors_exit_2_with_one_line(args, fragment):
     result = run(*args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unquoted_signature_gets_a_hint(tmp_path):
+    result = subprocess.run(f"{sys.executable} -m softgrad verify gradients.py:softmax_vjp --against softmax "
+                            f"--signature x,g->dx", shell=True, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "quote it" in result.stderr

@@ -251,7 +251,7 @@ class Engine:
             if simpler != result:
                 result = algebra.tidy(simpler)
                 last = self.step(section, rule="target constraint", lhs=last.lhs, forms=[result],
-                                 assumes=(constraint.source,), reason=f"{constraint.source.removeprefix('given ')}")
+                                 assumes=(constraint.source.removeprefix("given "),), reason="the targets satisfy the spec's constraint")
         return general_step, last
 
 

@@ -87,7 +87,9 @@ class Derivation:
         return render(self, fmt, standalone=standalone)
 
     def _repr_latex_(self) -> str:
-        return self.render("markdown")
+        from softgrad.render.render import latex_display
+
+        return latex_display(self)
 
     def _repr_markdown_(self) -> str:
         return self.render("markdown")

@@ -109,6 +109,9 @@ class MathMLPrinter(MathMLPresentationPrinter):
             node.appendChild(child)
         return node
 
+    def _print_Exp1(self, expr):
+        return self._element("mi", text="e")
+
     def _print_Sum(self, expr):
         sign = self._element("munder", self._element("mo", text="∑"), self._print(expr.limits[0][0]))
         return self._element("mrow", sign, self._wrapped(expr.function))

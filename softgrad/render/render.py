@@ -131,3 +131,13 @@ def to_json(derivation: Derivation) -> dict:
         "reductions": [expression(r) for r in derivation.reductions],
         "check_summary": derivation.check_summary,
     }
+
+
+def latex_display(derivation: Derivation) -> str:
+    """All steps as one display-math block (for Jupyter's text/latex): equations with their rules."""
+    lines = []
+    for step in derivation.steps:
+        forms = " = ".join(to_latex(f) for f in step.forms)
+        rule = latex_text(step.rule + (f" ({step.condition})" if step.condition and step.condition not in step.rule else ""))
+        lines.append(f"{to_latex(step.lhs)} &= {forms} && \\text{{{rule}}}")
+    return "$$\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}$$"

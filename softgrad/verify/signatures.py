@@ -42,7 +42,10 @@ SIGNATURES = {
 def parse_signature(text: str) -> Signature:
     key = text.replace(" ", "")
     if key not in SIGNATURES:
-        raise SoftgradError(f"unknown signature {text!r} (known: {', '.join(SIGNATURES)})")
+        hint = ""
+        if key.endswith("-"):  # `--signature z,t->dz` unquoted: the shell took `>dz` as a redirection
+            hint = "; quote it, e.g. --signature 'z,t->dz' (the shell reads > as a redirection)"
+        raise SoftgradError(f"unknown signature {text!r} (known: {', '.join(SIGNATURES)}){hint}")
     return SIGNATURES[key]
 
 
