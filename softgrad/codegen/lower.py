@@ -160,8 +160,9 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
         if not vector_output:
             raise SoftgradError("vjp applies to vector functions; for a loss use loss_and_grad")
         result = results["vjp"]
-        upstream = str(sp.Symbol(str(next(iter(b.label for b in result.rhs.atoms(sp.IndexedBase)
-                                                  if str(b.label) not in spec.inputs and spec.definition(str(b.label)) is None)))))
+        # the upstream gradient is the one vector in the VJP that the spec neither takes nor defines
+        upstream = next(name for name in sorted(str(b.label) for b in result.rhs.atoms(sp.IndexedBase))
+                        if name not in spec.inputs and spec.definition(name) is None)
         expr = at_loop(result.rhs, row_index)
         doc_out = f"d{wrt} = ∂l/∂{wrt}, (rows, n)"
         if kernel == "vjp":
@@ -190,7 +191,7 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
         result = results.get("gradient_constrained") or results["gradient"]
         column = next(s for s in result.lhs.free_symbols if s.is_integer)
         gradient = at_loop(result.rhs, column)
-        note = f" (assumes {'; '.join(spec.constraints[0].source for _ in [0])})" if "gradient_constrained" in results else ""
+        note = f" (assumes {'; '.join(c.source for c in spec.constraints)})" if "gradient_constrained" in results else ""
         return build(f"{identifier(derivation)}_loss_and_grad", f"{output.name} per row and its gradient{note}",
                      wrt_input + other_inputs,
                      [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)"),

@@ -33,6 +33,7 @@ class Jacobian:
     distinct_case: sp.Expr  # in row and column
     diagonal: sp.Expr  # P_i with ∂y_i/∂x_j = δ_ij P_i + Q_ij
     kronecker: sp.Expr
+    matrix: sp.MatrixExpr | None = None  # diag(P) + Σ u vᵀ, when Q separates
 
     def at(self, row: sp.Symbol, column: sp.Symbol) -> sp.Expr:
         return self.kronecker.subs({self.row: row, self.column: column}, simultaneous=True)
@@ -59,6 +60,10 @@ class Engine:
                                 class_sum(self.upstream[bound] * spec.output.symbol.subs(spec.output.index, bound), bound),
                                 "", 0)]
         self.checker = StepChecker(spec, extra, [str(self.upstream.label)] if extra else [], seed)
+        # filled in as the derivation proceeds
+        self.reductions: list[sp.Expr] = []  # per-row reductions of the VJP
+        self.vjp_vector: sp.MatrixExpr | None = None
+        self.jacobian_of_intermediate: Jacobian | None = None  # for a loss through a vector
 
     def _names_depending_on_wrt(self) -> set[str]:
         names = {self.wrt}
@@ -115,14 +120,11 @@ class Engine:
         forms = [combined_raw] if kronecker == combined_raw else [combined_raw, kronecker]
         self.step(section, rule="Kronecker combination", lhs=lhs, forms=forms,
                   reason=f"δ_{row}{column} is 1 if {row} = {column}, else 0: one formula for both cases")
-        jacobian = Jacobian(definition, row, column, equal_case, distinct_case, diagonal, kronecker)
-
         matrix = jacobian_matrix(diagonal, distinct_case, row, column)
         if matrix is not None:
             self.step(section, rule="matrix form", lhs=lhs, forms=[matrix], matrix_axes=(row, column),
                       reason="entry (i, j) of the Jacobian matrix J = ∂y/∂x")
-        jacobian.matrix = matrix
-        return jacobian
+        return Jacobian(definition, row, column, equal_case, distinct_case, diagonal, kronecker, matrix)
 
     def _rule_with_placeholders(self, body: sp.Expr, top, column) -> tuple[list, sp.Expr]:
         """The outermost rule with its parts' derivatives left as ∂(part)/∂x_j, as written by hand."""
@@ -279,7 +281,7 @@ def derive_spec(spec: Spec, wrt: str | None = None, seed: int = 0) -> Derivation
                                                Partial(engine.surrogate, engine.x[out]), engine.vjp_vector)
         else:
             general, last = engine.gradient(new_section)
-            if getattr(engine, "jacobian_of_intermediate", None) is not None:
+            if engine.jacobian_of_intermediate is not None:
                 _jacobian_results(results, engine.jacobian_of_intermediate, engine)
             results["gradient"] = Result("gradient", "Gradient (any inputs)", general.lhs, general.result)
             if last is not general:
@@ -288,7 +290,7 @@ def derive_spec(spec: Spec, wrt: str | None = None, seed: int = 0) -> Derivation
                     "assuming " + "; ".join(last.assumes))
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {output.name}: {problem}") from None
-    derivation = Derivation(spec, engine.wrt, sections, results, getattr(engine, "reductions", []))
+    derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions)
     derivation.check_summary = (
         f"{engine.checker.checked} steps checked numerically (n = 1, 2, 3, 5; every index pair; random points)")
     return derivation

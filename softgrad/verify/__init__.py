@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from softgrad.verify.report import Report
 
 
@@ -68,7 +70,5 @@ def assert_gradient(function, against: str | None = None, signature: str | None 
         raise AssertionError(report.text())
     return report
 
-
-import numpy as np  # noqa: E402  (kept after the API for a short import at module load)
 
 __all__ = ["assert_gradient", "check_gradient"]
