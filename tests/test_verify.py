@@ -75,6 +75,8 @@ C_CASES = [
     ("softmax_jacobian", "softmax", "x->J", "float64", True),
     ("softmax_jacobian_sign", "softmax", "x->J", "float64", False),
     ("softmax_vjp_float", "softmax", "x,g->dx", "float32", True),
+    ("softmax_backward_from_output", "softmax", "y,g->dx", "float64", True),
+    ("softmax_backward_from_output_no_y", "softmax", "y,g->dx", "float64", False),
 ]
 
 
@@ -200,3 +202,14 @@ def test_an_unquoted_signature_gets_a_hint(tmp_path):
     result = subprocess.run(f"{sys.executable} -m softgrad verify gradients.py:softmax_vjp --against softmax "
                             f"--signature x,g->dx", shell=True, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "quote it" in result.stderr
+
+
+def test_a_prebuilt_shared_library(tmp_path):
+    cc = require_tool("cc")
+    library = tmp_path / "libgradients.so"
+    subprocess.run([cc, "-std=c99", "-O2", "-shared", "-fPIC", str(CORPUS / "gradients.c"), "-o", str(library), "-lm"],
+                   check=True)
+    right = run(f"{library}:softmax_vjp", "--against", "softmax")
+    wrong = run(f"{library}:cross_entropy_grad_p_minus_t", "--against", "cross-entropy", "--signature", "z,t->dz")
+    assert right.returncode == 0 and right.stdout.startswith("PASS"), right.stdout + right.stderr
+    assert wrong.returncode == 1 and "worst element" in wrong.stdout

@@ -84,3 +84,22 @@ void softmax_vjp_float(const float *x, const float *g, float *dx, size_t rows, s
         for (size_t i = 0; i < n; ++i) out[i] = out[i] * (gr[i] - dot);
     }
 }
+
+/* Caffe style: from the saved output y. The wrong twin forgets the factor y in the dot product. */
+void softmax_backward_from_output(const double *y, const double *g, double *dx, size_t rows, size_t n)
+{
+    for (size_t r = 0; r < rows; ++r) {
+        double dot = 0.0;
+        for (size_t i = 0; i < n; ++i) dot += g[r * n + i] * y[r * n + i];
+        for (size_t i = 0; i < n; ++i) dx[r * n + i] = y[r * n + i] * (g[r * n + i] - dot);
+    }
+}
+
+void softmax_backward_from_output_no_y(const double *y, const double *g, double *dx, size_t rows, size_t n)
+{
+    for (size_t r = 0; r < rows; ++r) {
+        double dot = 0.0;
+        for (size_t i = 0; i < n; ++i) dot += g[r * n + i];
+        for (size_t i = 0; i < n; ++i) dx[r * n + i] = y[r * n + i] * (g[r * n + i] - dot);
+    }
+}
