@@ -1,3 +1,3 @@
-from softgrad.cli import main
+from softgrad.cli import entry
 
-main(prog_name="softgrad")
+entry()

@@ -58,8 +58,11 @@ def list_catalog() -> None:
 def _spec_text(spec: str | None, spec_file: str | None) -> tuple[str, str | None]:
     from softgrad.files import read_text
 
-    if (spec is None) == (spec_file is None):
-        raise SoftgradError("give either a SPEC (a catalog name or an inline spec) or -f FILE, not both")
+    if spec is None and spec_file is None:
+        raise SoftgradError("give a SPEC (a catalog name such as softmax, or a spec such as "
+                            "'y[i] = exp(x[i]) / sum(exp(x[k]), k)') or -f FILE")
+    if spec is not None and spec_file is not None:
+        raise SoftgradError("give a SPEC or -f FILE, not both")
     if spec_file is not None:
         return read_text(spec_file, "spec file"), Path(spec_file).stem
     return spec, None
@@ -205,5 +208,23 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
     sys.exit(0 if result.passed else 1)
 
 
+def entry() -> None:
+    """The console script: click's own usage errors become one line too (exit 2), like every other."""
+    try:
+        code = main(standalone_mode=False, prog_name="softgrad")
+    except click.UsageError as problem:
+        message = " ".join(problem.format_message().split())
+        command = problem.ctx.command_path if problem.ctx else "softgrad"
+        click.echo(f"softgrad: error: {message} (see '{command} --help')", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("softgrad: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as problem:
+        click.echo(f"softgrad: error: {' '.join(problem.format_message().split())}", err=True)
+        sys.exit(problem.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -116,3 +116,24 @@ def test_console_script_is_installed():
     script = which("softgrad", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     assert script is not None
     assert subprocess.run([script, "--version"], capture_output=True, text=True).stdout.startswith("softgrad")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["derive"], "give a SPEC"),
+    (["codegen", "softmax", "-o", "out"], "Missing option '--lang'"),
+    (["derive", "softmax", "--format", "pdf"], "Invalid value for '--format'"),
+    (["derive", "softmax", "--seed", "abc"], "not a valid integer"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_too(args, fragment):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("softgrad: error:") and fragment in result.stderr
+    if args != ["derive"]:  # click's usage errors point to the command's help
+        assert "--help" in result.stderr
+
+
+def test_help_and_version_still_work():
+    assert run("--help").stdout.startswith("Usage: softgrad")
+    assert run("derive", "--help").returncode == 0
+    assert run("--version").stdout.startswith("softgrad, version")

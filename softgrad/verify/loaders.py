@@ -28,6 +28,8 @@ def load_function(reference: str, signature: Signature, dtype: str):
     location, name = split_reference(reference)
     if location.endswith((".c", ".so", ".dylib")):
         return load_c(location, name, signature, dtype)
+    if Path(location).suffix and not location.endswith(".py"):
+        raise SoftgradError(f"cannot load {location!r}: expected a .py, .c or .so file, or a module name")
     if location.endswith(".py"):
         path = Path(location)
         if not path.is_file():
