@@ -55,7 +55,9 @@ def list_catalog() -> None:
             click.echo(f"    {line}")
 
 
-def _spec_text(spec: str | None, spec_file: str | None) -> tuple[str, str | None]:
+def _load_spec(spec: str | None, spec_file: str | None):
+    """The Spec named by a SPEC argument (catalog name or inline text) or by -f FILE (titled by its name)."""
+    from softgrad.derive import load_spec, parse_spec
     from softgrad.files import read_text
 
     if spec is None and spec_file is None:
@@ -64,8 +66,8 @@ def _spec_text(spec: str | None, spec_file: str | None) -> tuple[str, str | None
     if spec is not None and spec_file is not None:
         raise SoftgradError("give a SPEC or -f FILE, not both")
     if spec_file is not None:
-        return read_text(spec_file, "spec file"), Path(spec_file).stem
-    return spec, None
+        return parse_spec(read_text(spec_file, "spec file"), name=Path(spec_file).stem)
+    return load_spec(spec)
 
 
 @main.command()
@@ -84,11 +86,10 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed) -> None:
     SPEC is a catalog name (see `softgrad list`) or a spec such as
     'y[i] = exp(x[i]) / sum(exp(x[k]), k)'.
     """
-    from softgrad.derive import derive_spec, load_spec, parse_spec
+    from softgrad.derive import derive_spec
     from softgrad.files import write_atomically
 
-    text, name = _spec_text(spec, spec_file)
-    parsed = load_spec(text) if spec_file is None else parse_spec(text, name=name)
+    parsed = _load_spec(spec, spec_file)
     document = derive_spec(parsed, wrt=wrt, seed=seed).render(fmt, standalone=standalone)
     if output:
         write_atomically(output, document)
@@ -115,11 +116,10 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, check) -> N
     Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder.
     """
     from softgrad.codegen.emit import emit, kernels_for
-    from softgrad.derive import derive_spec, load_spec, parse_spec
+    from softgrad.derive import derive_spec
     from softgrad.files import write_atomically
 
-    text, name = _spec_text(spec, spec_file)
-    parsed = load_spec(text) if spec_file is None else parse_spec(text, name=name)
+    parsed = _load_spec(spec, spec_file)
     derivation = derive_spec(parsed, wrt=wrt)
     names = list(kernel_names) or None
     files = emit(derivation, lang, names, dtype)

@@ -6,7 +6,7 @@ an explicit Jacobian); reductions are plain scalar symbols computed once per row
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy as sp
 
@@ -50,17 +50,17 @@ class Output:
 @dataclass
 class Kernel:
     name: str
+    kind: str  # forward | vjp | vjp_from_output | jacobian | loss_and_grad
     doc: str
     inputs: list[tuple[str, str]]  # (array name, what it is)
     parameters: list[str]
     reductions: list[Reduction]
     outputs: list[Output]
+    upstream: str | None = None  # the input that is the upstream gradient (VJP kernels)
     steps_per_row: str = "O(n)"
-    common: list[tuple[sp.Symbol, sp.Expr]] = field(default_factory=list)  # CSE of the outputs
 
     def levels(self) -> list[list[Reduction]]:
         """Reductions grouped so that each group needs only earlier groups: one loop per group."""
-        done: set[sp.Symbol] = set()
         remaining = list(self.reductions)
         groups = []
         while remaining:
@@ -68,6 +68,5 @@ class Kernel:
             if not ready:
                 raise ValueError("reductions depend on each other in a cycle")
             groups.append(ready)
-            done |= {r.symbol for r in ready}
             remaining = [r for r in remaining if r not in ready]
         return groups

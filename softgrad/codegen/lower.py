@@ -124,7 +124,7 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
     others = [name for name in spec.inputs if name != wrt]
     parameters = list(spec.parameters)
 
-    def build(name, doc, inputs, outputs, keep=frozenset()):
+    def build(kind, doc, inputs, outputs, keep=frozenset(), upstream=None):
         reductions: list[Reduction] = []
         lowered = []
         for out_name, shape, expr, out_doc in outputs:
@@ -138,7 +138,8 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
             expr = guard_products(expr, spec, wrt)
             expr = hoist_reductions(expr, reductions, free)
             lowered.append(Output(out_name, shape, expr, out_doc))
-        return Kernel(name, doc, inputs, parameters, reductions, lowered)
+        return Kernel(f"{identifier(derivation)}_{kind}", kind, doc, inputs, parameters, reductions, lowered,
+                      upstream)
 
     wrt_input = [(wrt, f"the input {wrt}, (rows, n)")]
     other_inputs = [(name, f"the input {name}, (rows, n)") for name in others]
@@ -152,9 +153,9 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
     if kernel == "forward":
         if vector_output:
             expr = at_loop(output.symbol, row_index)
-            return build(f"{identifier(derivation)}_forward", f"{output.name} = the function, row by row",
+            return build("forward", f"{output.name} = the function, row by row",
                          wrt_input + other_inputs, [(output.name, "vector", expr, f"{output.name}, (rows, n)")])
-        return build(f"{identifier(derivation)}_forward", f"{output.name} per row", wrt_input + other_inputs,
+        return build("forward", f"{output.name} per row", wrt_input + other_inputs,
                      [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)")])
     if kernel in ("vjp", "vjp_from_output"):
         if not vector_output:
@@ -166,24 +167,24 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
         expr = at_loop(result.rhs, row_index)
         doc_out = f"d{wrt} = ∂l/∂{wrt}, (rows, n)"
         if kernel == "vjp":
-            return build(f"{identifier(derivation)}_vjp", f"backward pass: d{wrt} from {wrt} and the upstream gradient",
+            return build("vjp", f"backward pass: d{wrt} from {wrt} and the upstream gradient",
                          wrt_input + other_inputs + [(upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
-                         [(f"d{wrt}", "vector", expr, doc_out)])
+                         [(f"d{wrt}", "vector", expr, doc_out)], upstream=upstream)
         used = {str(b.label) for b in expr.atoms(sp.IndexedBase)}
         if wrt in used:
             raise SoftgradError(f"the vjp needs {wrt} itself, not only the saved output {output.name}")
-        return build(f"{identifier(derivation)}_vjp_from_output",
+        return build("vjp_from_output",
                      f"backward pass from the saved output {output.name} (Caffe style)",
-                     [(output.name, f"the saved output {output.name}, (rows, n)")]
-                     + [(u, f"upstream gradient ∂l/∂{output.name}, (rows, n)") for u in [upstream]],
-                     [(f"d{wrt}", "vector", expr, doc_out)], keep={output.name})
+                     [(output.name, f"the saved output {output.name}, (rows, n)"),
+                      (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
+                     [(f"d{wrt}", "vector", expr, doc_out)], keep={output.name}, upstream=upstream)
     if kernel == "jacobian":
         if not vector_output:
             raise SoftgradError("jacobian applies to vector functions; for a loss use loss_and_grad")
         result = results["jacobian"]
         column = next(s for s in result.lhs.free_symbols if s.is_integer and s != row_index)
         expr = at_loop(result.rhs, row_index, column)
-        return build(f"{identifier(derivation)}_jacobian", "the explicit Jacobian of each row (for small n)",
+        return build("jacobian", "the explicit Jacobian of each row (for small n)",
                      wrt_input + other_inputs, [("J", "matrix", expr, f"J[row, i, j] = ∂{output.name}_i/∂{wrt}_j, (rows, n, n)")])
     if kernel == "loss_and_grad":
         if vector_output:
@@ -192,7 +193,7 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
         column = next(s for s in result.lhs.free_symbols if s.is_integer)
         gradient = at_loop(result.rhs, column)
         note = f" (assumes {'; '.join(c.source for c in spec.constraints)})" if "gradient_constrained" in results else ""
-        return build(f"{identifier(derivation)}_loss_and_grad", f"{output.name} per row and its gradient{note}",
+        return build("loss_and_grad", f"{output.name} per row and its gradient{note}",
                      wrt_input + other_inputs,
                      [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)"),
                       (f"d{wrt}", "vector", gradient, f"∂{output.name}/∂{wrt}, (rows, n)")])

@@ -163,10 +163,6 @@ class MathMLPrinter(MathMLPresentationPrinter):
         return self._element("msup", self._print(expr.arg), self._element("mi", text="T"))
 
 
-def to_text(expr) -> str:
-    return TextPrinter().doprint(expr)
-
-
 def to_latex(expr) -> str:
     return TexPrinter().doprint(expr)
 

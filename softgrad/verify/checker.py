@@ -92,14 +92,13 @@ def _term_scale(signature, problem, arrays) -> np.ndarray | None:
 
 
 def verify(function, signature: Signature, problem: Problem, *, label: str = "function", dtype: str = "float64",
-           size: int = 7, rows: int = 4, seed: int = 0, reduction: str = "sum", keywords: dict | None = None,
+           size: int = 7, rows: int = 4, seed: int = 0, reduction: str = "sum",
            against: str = "finite differences", mode: str = "auto") -> Report:
     """Check `function` (with `signature`) against `problem`; returns the report (never raises on FAIL).
 
     mode: "full" (every element by finite differences), "projections" (random projections and
     bisection), or "auto" (full up to n = 64).
     """
-    keywords = keywords or {}
     rng = np.random.default_rng(seed)
     if mode == "auto":
         mode = "full" if size <= FULL_JACOBIAN_UP_TO or signature.returns == ("J",) else "projections"
@@ -117,7 +116,7 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
         arrays = {"x": x, "t": t, "g": upstream}
         if "y" in signature.takes:
             arrays["y"] = _as_given(problem.forward(x, t), representable)
-        outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype, keywords)))
+        outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype)))
         if reduction == "mean" and "dx" in outputs:
             outputs["dx"] = outputs["dx"] * rows
         first = case == cases[0][0]
@@ -133,7 +132,7 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
         if not report.passed:
             break
     progress.done()
-    _structural_checks(report, function, signature, problem, cases[0], dtype, keywords, rng)
+    _structural_checks(report, function, signature, problem, cases[0], dtype, rng)
     return report
 
 
@@ -309,7 +308,7 @@ def _bisect(problem, one_row, analytic, direction, dtype) -> int:
     return int(candidates[0])
 
 
-def _structural_checks(report, function, signature, problem, case, dtype, keywords, rng):
+def _structural_checks(report, function, signature, problem, case, dtype, rng):
     """Cheap properties: linear in g, vjp(0) = 0, repeatable, and Σ dx = 0 for a shift-invariant forward."""
     _, x, t = case
     arrays = {"x": x, "t": t, "g": rng.normal(size=x.shape)}
@@ -317,18 +316,18 @@ def _structural_checks(report, function, signature, problem, case, dtype, keywor
         arrays["y"] = _as_given(problem.forward(x, t), np.dtype(dtype))
     if "J" in signature.returns:
         return
-    first = call_under_test(function, signature, arrays, dtype, keywords)[-1]
-    again = call_under_test(function, signature, arrays, dtype, keywords)[-1]
+    first = call_under_test(function, signature, arrays, dtype)[-1]
+    again = call_under_test(function, signature, arrays, dtype)[-1]
     tolerance = FLOOR[dtype] * (np.abs(first).max() + 1e-300)
     report.checks.append(("repeatable", bool(np.abs(first - again).max() <= tolerance), ""))
     if "g" in signature.takes:
         other = dict(arrays, g=rng.normal(size=x.shape))
         combined = dict(arrays, g=2 * arrays["g"] - 3 * other["g"])
-        second = call_under_test(function, signature, other, dtype, keywords)[-1]
-        mixed = call_under_test(function, signature, combined, dtype, keywords)[-1]
+        second = call_under_test(function, signature, other, dtype)[-1]
+        mixed = call_under_test(function, signature, combined, dtype)[-1]
         linear = np.abs(mixed - (2 * first - 3 * second)).max() <= 10 * FLOOR[dtype] * (np.abs(mixed).max() + 1e-300)
         report.checks.append(("linear in g", bool(linear), ""))
-        zero = call_under_test(function, signature, dict(arrays, g=np.zeros_like(x)), dtype, keywords)[-1]
+        zero = call_under_test(function, signature, dict(arrays, g=np.zeros_like(x)), dtype)[-1]
         report.checks.append(("vjp(0) = 0", bool(np.abs(zero).max() == 0), ""))
     shifted = problem.forward(x + 1.25, t)
     if np.allclose(shifted, problem.forward(x, t), rtol=1e-12, atol=1e-12):

@@ -96,35 +96,29 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
     output_name = derivation.spec.output.name
     forward_values = cached(("forward",), lambda: exact_outputs(derivation, "forward", arrays, parameters))
     for kernel in kernels:
-        kind = kernel.name[len(kernel.name) - max(len(k) for k in _KINDS if kernel.name.endswith(k)):]
-        given = dict(arrays)
-        upstream_name = next((n for n, what in kernel.inputs if what.startswith("upstream")), None)
-        if upstream_name:
-            given[upstream_name] = upstream
+        kind = kernel.kind
+        given = dict(arrays)  # what the kernel is called with, and what the reference is evaluated at
+        if kernel.upstream:
+            given[kernel.upstream] = upstream
         if kind == "vjp_from_output":
             given[output_name] = forward_values[output_name]
         call_arguments = [given[name].astype(dtype) for name, _ in kernel.inputs] + [parameters[p] for p in derivation.spec.parameters]
         produced = getattr(functions, kernel.name)(*call_arguments)
         produced = produced if isinstance(produced, tuple) else (produced,)
         names = [o.name for o in kernel.outputs if o.shape == "scalar"] + [o.name for o in kernel.outputs if o.shape != "scalar"]
-        reference_arrays = dict(arrays, **({upstream_name: upstream} if upstream_name else {}))
-        if kind == "vjp_from_output":
-            reference_arrays[output_name] = forward_values[output_name]
-        expected = cached((kind,), lambda: exact_outputs(derivation, kind, reference_arrays, parameters))
+        expected = cached((kind,), lambda: exact_outputs(derivation, kind, given, parameters))
         for name, value in zip(names, produced):
             results.append(KernelCheck(kernel.name, name, "exact", normwise_error(value, expected[name]), tolerance))
             gradient = name == f"d{derivation.wrt}"
             if gradient:
-                numeric = cached(("directional", bool(upstream_name)), lambda: forward_directional(
-                    derivation, arrays, parameters, direction, upstream if upstream_name else None))
+                numeric = cached(("directional", bool(kernel.upstream)), lambda: forward_directional(
+                    derivation, arrays, parameters, direction, upstream if kernel.upstream else None))
                 analytic = (np.asarray(value, dtype=np.float64) * direction).sum(-1)
                 magnitude = row_scales(np.abs(expected[name]).sum(-1))
                 error = float((np.abs(analytic - numeric) / magnitude).max()) if rows else 0.0
                 results.append(KernelCheck(kernel.name, name, "finite differences", error, difference_tolerance))
     return results
 
-
-_KINDS = ("forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad")
 
 
 def check_generated(derivation: Derivation, language: str, files: dict[str, str], kernels: list[Kernel],

@@ -49,7 +49,8 @@ def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Pro
             return None
         return lambda *arrays: function(*arrays, *values)
 
-    exact = {k: bind(k) for k in ("vjp", "vjp_from_output", "jacobian", "loss_and_grad") if bind(k)}
+    bound = {k: bind(k) for k in ("vjp", "vjp_from_output", "jacobian", "loss_and_grad")}
+    exact = {k: function for k, function in bound.items() if function is not None}
     forward = bind("forward")
     if not has_target:  # the checker always passes targets; a function without them ignores them
         base = forward

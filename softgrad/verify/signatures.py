@@ -49,7 +49,7 @@ def parse_signature(text: str) -> Signature:
     return SIGNATURES[key]
 
 
-def call_under_test(function, signature: Signature, arrays: dict[str, np.ndarray], dtype, keywords: dict):
+def call_under_test(function, signature: Signature, arrays: dict[str, np.ndarray], dtype):
     """Call the function under test with the signature's arguments; return its outputs as float64 arrays.
 
     Raises SoftgradError for anything that is the function's fault (it raised, wrong count or shape, NaN).
@@ -57,10 +57,10 @@ def call_under_test(function, signature: Signature, arrays: dict[str, np.ndarray
     arguments = [arrays[role].astype(dtype) for role in signature.takes]
     try:
         if signature.single_row:
-            result = np.stack([np.asarray(function(row, **keywords)) for row in arguments[0]])
+            result = np.stack([np.asarray(function(row)) for row in arguments[0]])
             outputs = (result,)
         else:
-            result = function(*arguments, **keywords)
+            result = function(*arguments)
             outputs = result if isinstance(result, tuple) else (result,)
     except SoftgradError:
         raise
