@@ -8,7 +8,11 @@ import jinja2
 import sympy as sp
 
 import softgrad
+from softgrad.codegen import c_math
+from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.kernel import Kernel
+from softgrad.codegen.schedule import Loop, schedule
+from softgrad.codegen.ufuncs import BlockPrinter, UfuncProgram
 from softgrad.codegen.lower import applicable_kernels, identifier, lower
 from softgrad.codegen.printers import CKernelPrinter, NumpyKernelPrinter, assert_printable, prepare
 from softgrad.derive.steps import Derivation
@@ -58,6 +62,80 @@ def _stages(kernel: Kernel, printer, output_printer=None, cse: bool = True) -> d
     return {"levels": levels, "scalars": scalars, "vectors": vectors}
 
 
+@dataclass
+class PrintedLoop:
+    """A schedule's loop as C: per-row values, per-entry temporaries, accumulations and stores."""
+
+    before: list[tuple[str, str]]
+    temporaries: list[tuple[str, str]]
+    reductions: list[tuple[str, str, str]]  # (name, 'sum' | 'max', code)
+    stores: list[tuple[str, str]]
+
+
+def _c_schedule(kernel: Kernel, dtype: str) -> dict:
+    """A kernel's schedule printed as C. Entries are computed in the element type (float32 kernels
+    vectorize in float); sums accumulate and per-row values are computed in double, then rounded once."""
+    plan = schedule(kernel, materialize_sums=dtype == "float32" and not plan_is_matrix(kernel))
+    # an explicit Jacobian is for small n: its entries are computed in double (y(1 − y) cancels in float)
+    entry_dtype = "float64" if plan.matrix else dtype
+    entry = CKernelPrinter(entry_dtype, vector_exp=True)
+    row = CKernelPrinter("float64")
+
+    def code(printer, expr) -> str:
+        expr = prepare(expr)
+        assert_printable(expr)
+        return printer.doprint(expr)
+
+    def loop(item: Loop) -> PrintedLoop:
+        return PrintedLoop([(str(s), code(row, e)) for s, e in item.before],
+                           [(str(s), code(entry, e)) for s, e in item.temporaries],
+                           [(str(s), op, code(entry, e)) for s, op, e in item.reductions],
+                           [(name, code(entry, e)) for name, e in item.stores])
+
+    return {"kernel": kernel, "reduction_loops": [loop(item) for item in plan.reduction_loops],
+            "scalar_temporaries": [(str(s), code(row, e)) for s, e in plan.scalar_temporaries],
+            "scalar_outputs": [(name, code(row, e)) for name, e in plan.scalar_outputs],
+            "output_loop": loop(plan.output_loop) if plan.output_loop else None,
+            "matrix": plan.matrix, "stash": plan.stash,
+            "entry_type": "double" if entry_dtype == "float64" else "float",
+            "entry_suffix": "" if entry_dtype == "float64" else "f"}
+
+
+def _numpy_blocked(kernel: Kernel) -> dict:
+    """A kernel's schedule as NumPy statements for one block of rows (see softgrad.codegen.ufuncs)."""
+    plan = schedule(kernel)
+    printer = BlockPrinter()
+    program = UfuncProgram(printer)
+
+    def row_values(pairs) -> None:
+        program.lines.extend(f"{symbol} = {printer.doprint(prepare(expr))}" for symbol, expr in pairs)
+
+    def entries(loop: Loop) -> None:
+        row_values(loop.before)
+        stored = {expr: f"{name}_block" for name, expr in loop.stores}
+        for symbol, expr in loop.temporaries:  # a stored temporary is computed straight into its output
+            program.hold(symbol, prepare(expr), into=stored.pop(symbol, None))
+        for name, expr in loop.stores:
+            if expr in stored:
+                program.store(f"{name}_block", prepare(expr))
+        for symbol, op, expr in loop.reductions:
+            program.reduce(symbol, op, prepare(expr))
+        program.release_all()
+
+    for loop in plan.reduction_loops:
+        entries(loop)
+    row_values(plan.scalar_temporaries)
+    for name, expr in plan.scalar_outputs:
+        program.lines.append(f"{name}[start:stop] = np.broadcast_to({printer.doprint(prepare(expr))}, (size, 1))[:, 0]")
+    if plan.output_loop:
+        entries(plan.output_loop)
+    return {"kernel": kernel, "blocked": True, "lines": program.lines, "work_buffers": program.buffers_used}
+
+
+def plan_is_matrix(kernel: Kernel) -> bool:
+    return any(o.shape == "matrix" for o in kernel.outputs)
+
+
 def kernels_for(derivation: Derivation, names: list[str] | None) -> list[Kernel]:
     available = applicable_kernels(derivation)
     chosen = names or available
@@ -73,8 +151,10 @@ def _header(derivation: Derivation) -> dict:
 
 
 def emit(derivation: Derivation, language: str, kernel_names: list[str] | None = None,
-         dtype: str = "float64", module: str | None = None) -> dict[str, str]:
-    """Generated files (name → text) for a derivation, deterministic for the same input."""
+         dtype: str = "float64", module: str | None = None, openmp: bool = False) -> dict[str, str]:
+    """Generated files (name → text) for a derivation, deterministic for the same input.
+
+    openmp: C kernels split their rows over OpenMP threads (compile with -fopenmp)."""
     if language not in LANGUAGES:
         raise SoftgradError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
     if dtype not in DTYPES:
@@ -86,16 +166,22 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     if language == "numpy":
         printed = []
         for kernel in kernels:
+            if not plan_is_matrix(kernel):
+                printed.append(_numpy_blocked(kernel))
+                continue
             matrix = NumpyKernelPrinter(matrix=True)
             matrix.reduction_names = {r.symbol.name for r in kernel.reductions}
             has_matrix = any(o.shape == "matrix" for o in kernel.outputs)
-            printed.append({"kernel": kernel, **_stages(kernel, NumpyKernelPrinter(), matrix if has_matrix else None)})
+            printed.append({"kernel": kernel, "blocked": False,
+                            **_stages(kernel, NumpyKernelPrinter(), matrix if has_matrix else None)})
         source = _ENVIRONMENT.get_template("numpy/module.py.j2").render(kernels=printed, **context)
         return {f"{module}.py": source}
     ctype = "float" if dtype == "float32" else "double"
-    printed = [{"kernel": kernel, **_stages(kernel, CKernelPrinter(dtype))} for kernel in kernels]
+    printed = [_c_schedule(kernel, dtype) for kernel in kernels]
     files = {}
     for template, name in (("c/header.h.j2", f"{module}.h"), ("c/source.c.j2", f"{module}.c"),
                            ("c/loader.py.j2", f"{module}_ctypes.py")):
-        files[name] = _ENVIRONMENT.get_template(template).render(kernels=printed, ctype=ctype, **context)
+        files[name] = _ENVIRONMENT.get_template(template).render(
+            kernels=printed, ctype=ctype, openmp=openmp, helpers=c_math.c_source(dtype),
+            compile_flags=" ".join(RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else [])), **context)
     return files

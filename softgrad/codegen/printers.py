@@ -64,10 +64,16 @@ class NumpyKernelPrinter(NumPyPrinter):
 class CKernelPrinter(C99CodePrinter):
     """C99 for one row: an entry x_i is x_row[i]; float32 kernels use the f-suffixed functions."""
 
-    def __init__(self, dtype: str = "float64"):
+    def __init__(self, dtype: str = "float64", vector_exp: bool = False):
         settings = {"type_aliases": {real: float32 if dtype == "float32" else float64}}
         super().__init__(settings)
         self.suffix = "f" if dtype == "float32" else ""
+        self.vector_exp = vector_exp  # loop bodies call softgrad_exp, which vectorizes; per-row code calls libm
+
+    def _print_exp(self, expr):
+        if not self.vector_exp:
+            return super()._print_exp(expr)
+        return f"softgrad_exp{self.suffix}({self._print(expr.args[0])})"
 
     def _print_Indexed(self, expr):
         position = "i" if expr.indices[0] == LOOP else "j"
@@ -78,7 +84,7 @@ class CKernelPrinter(C99CodePrinter):
 
     def _print_guarded_product(self, expr):
         weight, factor = (self._print(a) for a in expr.args)
-        return f"({weight} == 0 ? 0 : {weight} * ({factor}))"
+        return f"softgrad_guarded{self.suffix}({weight}, {factor})"
 
     def _print_softplus(self, expr):
         return f"softgrad_softplus{self.suffix}({self._print(expr.args[0])})"

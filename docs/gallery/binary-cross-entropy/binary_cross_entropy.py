@@ -4,34 +4,76 @@
     L = -sum(t[k] * log(p[k]) + (1 - t[k]) * log(1 - p[k]), k)
 
 Derivatives are with respect to x. Every kernel works along the last axis (or `axis=`) of arrays
-of any leading shape, in the input's floating dtype, with no Python loop over rows or entries.
+of any leading shape, in the input's floating dtype, with no Python loop over entries: rows are taken in
+blocks of about 256 KiB, and each operation is a NumPy ufunc writing into a buffer reused from block to
+block, so temporaries stay in cache and nothing is allocated per operation.
 """
+
+import math
 
 import numpy as np
 
 __all__ = ["binary_cross_entropy_forward", "binary_cross_entropy_loss_and_grad"]
 
+_BLOCK_BYTES = 256 * 1024
 
-def _sigmoid(u):
+
+def _sigmoid(u, out=None):
     """σ(u) without overflow: exp only ever of −|u|."""
     e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+    return np.divide(np.where(u >= 0, 1, e), 1 + e, out=out)
 
 
 def _rows(array, axis, name):
-    """The array with the class axis last (integers become float64)."""
+    """The array as C-contiguous (rows, n), class axis last (integers become float64), and that shape."""
     array = np.asarray(array)
     if array.dtype.kind != "f":
         array = array.astype(np.float64)
     if array.ndim == 0:
         raise ValueError(f"{name} must have a class axis")
-    return np.moveaxis(array, axis, -1)
+    moved = np.moveaxis(array, axis, -1)
+    return np.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), moved.shape[-1]), moved.shape
 
 
-def _same_shape(reference, array, name):
-    if array.shape != reference.shape:
-        raise ValueError(f"{name} has shape {array.shape}, expected {reference.shape}")
-    return array.astype(reference.dtype, copy=False)
+def _same_shape(reference, shape, array, axis, name):
+    rows, its_shape = _rows(array, axis, name)
+    if its_shape != shape:
+        raise ValueError(f"{name} has shape {its_shape}, expected {shape} (class axis last)")
+    return rows.astype(reference.dtype, copy=False)
+
+
+def _blocks(rows):
+    """(start, stop) of blocks of rows of about _BLOCK_BYTES each."""
+    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    return [(start, min(start + step, rows.shape[0])) for start in range(0, rows.shape[0], step)]
+
+
+def _work(rows, count):
+    """count buffers of one block, reused for every block."""
+    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    return [np.empty((min(step, rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
+
+
+def _vector_output(out, shape, dtype, axis):
+    """Where a (rows, n) result is written: into `out` itself when its memory allows, else a new array."""
+    rows = math.prod(shape[:-1])
+    if out is not None:
+        moved = np.moveaxis(out, axis, -1)
+        if moved.shape != shape:
+            raise ValueError(f"out has shape {moved.shape} with the class axis last, expected {shape}")
+        if moved.dtype == dtype and moved.flags.c_contiguous:
+            return moved.reshape(rows, shape[-1])
+    return np.empty((rows, shape[-1]), dtype)
+
+
+def _vector_result(result, shape, axis, out):
+    result = np.moveaxis(result.reshape(shape), -1, axis)
+    if out is None:
+        return result
+    if not np.shares_memory(result, out):
+        np.copyto(out, result)
+    return out
+
 
 
 def binary_cross_entropy_forward(x, t, *, axis=-1):
@@ -41,11 +83,31 @@ def binary_cross_entropy_forward(x, t, *, axis=-1):
     t: the input t, (rows, n)
     Returns L, (rows,).
     """
-    x = _rows(x, axis, "x")
-    t = _same_shape(x, _rows(t, axis, "t"), "t")
+    x, shape = _rows(x, axis, "x")
+    t = _same_shape(x, shape, t, axis, "t")
+    n = shape[-1]
+    L = np.empty(x.shape[0], x.dtype)
+    work = _work(x, 3)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        sum_0 = np.sum(np.broadcast_to(-(1 - t)*np.logaddexp(0, x) + np.where(t == 0, 0, t * (-np.logaddexp(0, -x))), x.shape), axis=-1, keepdims=True)
-        L = np.asarray(-sum_0, dtype=x.dtype)[..., 0]
+        for start, stop in _blocks(x):
+            size = stop - start
+            x_block = x[start:stop]
+            t_block = t[start:stop]
+            work_0 = work[0][:size]
+            work_1 = work[1][:size]
+            work_2 = work[2][:size]
+            np.negative(x_block, out=work_0)
+            np.logaddexp(0, work_0, out=work_0)
+            np.negative(work_0, out=work_0)
+            np.multiply(t_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=t_block == 0)
+            np.subtract(1, t_block, out=work_1)
+            np.logaddexp(0, x_block, out=work_2)
+            np.multiply(work_1, work_2, out=work_1)
+            np.subtract(work_0, work_1, out=work_0)
+            sum_0 = np.add.reduce(work_0, axis=1, keepdims=True)
+            L[start:stop] = np.broadcast_to(-sum_0, (size, 1))[:, 0]
+    L = L.reshape(shape[:-1])
     return L
 
 
@@ -57,13 +119,34 @@ def binary_cross_entropy_loss_and_grad(x, t, *, axis=-1, out=None):
     Returns L, (rows,), ∂L/∂x, (rows, n).
     `out`, if given, receives dx (same shape as the result).
     """
-    x = _rows(x, axis, "x")
-    t = _same_shape(x, _rows(t, axis, "t"), "t")
+    x, shape = _rows(x, axis, "x")
+    t = _same_shape(x, shape, t, axis, "t")
+    n = shape[-1]
+    L = np.empty(x.shape[0], x.dtype)
+    dx = _vector_output(out, shape, x.dtype, axis)
+    work = _work(x, 3)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        sum_0 = np.sum(np.broadcast_to(-(1 - t)*np.logaddexp(0, x) + np.where(t == 0, 0, t * (-np.logaddexp(0, -x))), x.shape), axis=-1, keepdims=True)
-        L = np.asarray(-sum_0, dtype=x.dtype)[..., 0]
-        dx = np.moveaxis(np.broadcast_to(_sigmoid(x) - t, x.shape).astype(x.dtype, copy=False), -1, axis)
-    if out is not None:
-        np.copyto(out, dx)
-        dx = out
+        for start, stop in _blocks(x):
+            size = stop - start
+            x_block = x[start:stop]
+            t_block = t[start:stop]
+            dx_block = dx[start:stop]
+            work_0 = work[0][:size]
+            work_1 = work[1][:size]
+            work_2 = work[2][:size]
+            np.negative(x_block, out=work_0)
+            np.logaddexp(0, work_0, out=work_0)
+            np.negative(work_0, out=work_0)
+            np.multiply(t_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=t_block == 0)
+            np.subtract(1, t_block, out=work_1)
+            np.logaddexp(0, x_block, out=work_2)
+            np.multiply(work_1, work_2, out=work_1)
+            np.subtract(work_0, work_1, out=work_0)
+            sum_0 = np.add.reduce(work_0, axis=1, keepdims=True)
+            L[start:stop] = np.broadcast_to(-sum_0, (size, 1))[:, 0]
+            _sigmoid(x_block, out=dx_block)
+            np.subtract(dx_block, t_block, out=dx_block)
+    dx = _vector_result(dx, shape, axis, out)
+    L = L.reshape(shape[:-1])
     return L, dx

@@ -4,34 +4,76 @@
     L = sum(q[k] * log(q[k] / p[k]), k)
 
 Derivatives are with respect to z. Every kernel works along the last axis (or `axis=`) of arrays
-of any leading shape, in the input's floating dtype, with no Python loop over rows or entries.
+of any leading shape, in the input's floating dtype, with no Python loop over entries: rows are taken in
+blocks of about 256 KiB, and each operation is a NumPy ufunc writing into a buffer reused from block to
+block, so temporaries stay in cache and nothing is allocated per operation.
 """
+
+import math
 
 import numpy as np
 
 __all__ = ["kl_divergence_forward", "kl_divergence_loss_and_grad"]
 
+_BLOCK_BYTES = 256 * 1024
 
-def _sigmoid(u):
+
+def _sigmoid(u, out=None):
     """σ(u) without overflow: exp only ever of −|u|."""
     e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+    return np.divide(np.where(u >= 0, 1, e), 1 + e, out=out)
 
 
 def _rows(array, axis, name):
-    """The array with the class axis last (integers become float64)."""
+    """The array as C-contiguous (rows, n), class axis last (integers become float64), and that shape."""
     array = np.asarray(array)
     if array.dtype.kind != "f":
         array = array.astype(np.float64)
     if array.ndim == 0:
         raise ValueError(f"{name} must have a class axis")
-    return np.moveaxis(array, axis, -1)
+    moved = np.moveaxis(array, axis, -1)
+    return np.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), moved.shape[-1]), moved.shape
 
 
-def _same_shape(reference, array, name):
-    if array.shape != reference.shape:
-        raise ValueError(f"{name} has shape {array.shape}, expected {reference.shape}")
-    return array.astype(reference.dtype, copy=False)
+def _same_shape(reference, shape, array, axis, name):
+    rows, its_shape = _rows(array, axis, name)
+    if its_shape != shape:
+        raise ValueError(f"{name} has shape {its_shape}, expected {shape} (class axis last)")
+    return rows.astype(reference.dtype, copy=False)
+
+
+def _blocks(rows):
+    """(start, stop) of blocks of rows of about _BLOCK_BYTES each."""
+    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    return [(start, min(start + step, rows.shape[0])) for start in range(0, rows.shape[0], step)]
+
+
+def _work(rows, count):
+    """count buffers of one block, reused for every block."""
+    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    return [np.empty((min(step, rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
+
+
+def _vector_output(out, shape, dtype, axis):
+    """Where a (rows, n) result is written: into `out` itself when its memory allows, else a new array."""
+    rows = math.prod(shape[:-1])
+    if out is not None:
+        moved = np.moveaxis(out, axis, -1)
+        if moved.shape != shape:
+            raise ValueError(f"out has shape {moved.shape} with the class axis last, expected {shape}")
+        if moved.dtype == dtype and moved.flags.c_contiguous:
+            return moved.reshape(rows, shape[-1])
+    return np.empty((rows, shape[-1]), dtype)
+
+
+def _vector_result(result, shape, axis, out):
+    result = np.moveaxis(result.reshape(shape), -1, axis)
+    if out is None:
+        return result
+    if not np.shares_memory(result, out):
+        np.copyto(out, result)
+    return out
+
 
 
 def kl_divergence_forward(z, q, *, axis=-1):
@@ -41,16 +83,32 @@ def kl_divergence_forward(z, q, *, axis=-1):
     q: the input q, (rows, n)
     Returns L, (rows,).
     """
-    z = _rows(z, axis, "z")
-    q = _same_shape(z, _rows(q, axis, "q"), "q")
+    z, shape = _rows(z, axis, "z")
+    q = _same_shape(z, shape, q, axis, "q")
+    n = shape[-1]
+    L = np.empty(z.shape[0], z.dtype)
+    work = _work(z, 2)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        max_z = np.max(np.broadcast_to(z, z.shape), axis=-1, keepdims=True)
-        sum_2 = np.sum(np.broadcast_to(np.where(q == 0, 0, q * (np.log(q))), z.shape), axis=-1, keepdims=True)
-        sum_3 = np.sum(np.broadcast_to(q, z.shape), axis=-1, keepdims=True)
-        t1_0 = -max_z + z
-        sum_0 = np.sum(np.broadcast_to(np.exp(t1_0), z.shape), axis=-1, keepdims=True)
-        sum_1 = np.sum(np.broadcast_to(np.where(q == 0, 0, q * (t1_0)), z.shape), axis=-1, keepdims=True)
-        L = np.asarray(-sum_1 + sum_2 + sum_3*np.log(sum_0), dtype=z.dtype)[..., 0]
+        for start, stop in _blocks(z):
+            size = stop - start
+            z_block = z[start:stop]
+            q_block = q[start:stop]
+            work_0 = work[0][:size]
+            work_1 = work[1][:size]
+            max_z = np.maximum.reduce(z_block, axis=1, keepdims=True)
+            np.log(q_block, out=work_0)
+            np.multiply(q_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=q_block == 0)
+            sum_2 = np.add.reduce(work_0, axis=1, keepdims=True)
+            sum_3 = np.add.reduce(q_block, axis=1, keepdims=True)
+            np.subtract(z_block, max_z, out=work_0)
+            np.exp(work_0, out=work_1)
+            sum_0 = np.add.reduce(work_1, axis=1, keepdims=True)
+            np.multiply(q_block, work_0, out=work_1)
+            np.copyto(work_1, 0, where=q_block == 0)
+            sum_1 = np.add.reduce(work_1, axis=1, keepdims=True)
+            L[start:stop] = np.broadcast_to(-sum_1 + sum_2 + sum_3*np.log(sum_0), (size, 1))[:, 0]
+    L = L.reshape(shape[:-1])
     return L
 
 
@@ -62,18 +120,36 @@ def kl_divergence_loss_and_grad(z, q, *, axis=-1, out=None):
     Returns L, (rows,), ∂L/∂z, (rows, n).
     `out`, if given, receives dz (same shape as the result).
     """
-    z = _rows(z, axis, "z")
-    q = _same_shape(z, _rows(q, axis, "q"), "q")
+    z, shape = _rows(z, axis, "z")
+    q = _same_shape(z, shape, q, axis, "q")
+    n = shape[-1]
+    L = np.empty(z.shape[0], z.dtype)
+    dz = _vector_output(out, shape, z.dtype, axis)
+    work = _work(z, 2)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        max_z = np.max(np.broadcast_to(z, z.shape), axis=-1, keepdims=True)
-        sum_2 = np.sum(np.broadcast_to(np.where(q == 0, 0, q * (np.log(q))), z.shape), axis=-1, keepdims=True)
-        sum_3 = np.sum(np.broadcast_to(q, z.shape), axis=-1, keepdims=True)
-        t1_0 = -max_z + z
-        sum_0 = np.sum(np.broadcast_to(np.exp(t1_0), z.shape), axis=-1, keepdims=True)
-        sum_1 = np.sum(np.broadcast_to(np.where(q == 0, 0, q * (t1_0)), z.shape), axis=-1, keepdims=True)
-        L = np.asarray(-sum_1 + sum_2 + sum_3*np.log(sum_0), dtype=z.dtype)[..., 0]
-        dz = np.moveaxis(np.broadcast_to((sum_3*np.exp(-max_z + z))*sum_0**(-1.0) - q, z.shape).astype(z.dtype, copy=False), -1, axis)
-    if out is not None:
-        np.copyto(out, dz)
-        dz = out
+        for start, stop in _blocks(z):
+            size = stop - start
+            z_block = z[start:stop]
+            q_block = q[start:stop]
+            dz_block = dz[start:stop]
+            work_0 = work[0][:size]
+            work_1 = work[1][:size]
+            max_z = np.maximum.reduce(z_block, axis=1, keepdims=True)
+            np.log(q_block, out=work_0)
+            np.multiply(q_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=q_block == 0)
+            sum_2 = np.add.reduce(work_0, axis=1, keepdims=True)
+            sum_3 = np.add.reduce(q_block, axis=1, keepdims=True)
+            np.subtract(z_block, max_z, out=work_0)
+            np.exp(work_0, out=dz_block)
+            sum_0 = np.add.reduce(dz_block, axis=1, keepdims=True)
+            np.multiply(q_block, work_0, out=work_1)
+            np.copyto(work_1, 0, where=q_block == 0)
+            sum_1 = np.add.reduce(work_1, axis=1, keepdims=True)
+            L[start:stop] = np.broadcast_to(-sum_1 + sum_2 + sum_3*np.log(sum_0), (size, 1))[:, 0]
+            row_0 = sum_3*sum_0**(-1.0)
+            np.multiply(dz_block, row_0, out=dz_block)
+            np.subtract(dz_block, q_block, out=dz_block)
+    dz = _vector_result(dz, shape, axis, out)
+    L = L.reshape(shape[:-1])
     return L, dz

@@ -3,34 +3,76 @@
     y[i] = x[i] - log(sum(exp(x[k]), k))
 
 Derivatives are with respect to x. Every kernel works along the last axis (or `axis=`) of arrays
-of any leading shape, in the input's floating dtype, with no Python loop over rows or entries.
+of any leading shape, in the input's floating dtype, with no Python loop over entries: rows are taken in
+blocks of about 256 KiB, and each operation is a NumPy ufunc writing into a buffer reused from block to
+block, so temporaries stay in cache and nothing is allocated per operation.
 """
+
+import math
 
 import numpy as np
 
 __all__ = ["log_softmax_forward", "log_softmax_vjp", "log_softmax_vjp_from_output", "log_softmax_jacobian"]
 
+_BLOCK_BYTES = 256 * 1024
 
-def _sigmoid(u):
+
+def _sigmoid(u, out=None):
     """σ(u) without overflow: exp only ever of −|u|."""
     e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1 / (1 + e), e / (1 + e))
+    return np.divide(np.where(u >= 0, 1, e), 1 + e, out=out)
 
 
 def _rows(array, axis, name):
-    """The array with the class axis last (integers become float64)."""
+    """The array as C-contiguous (rows, n), class axis last (integers become float64), and that shape."""
     array = np.asarray(array)
     if array.dtype.kind != "f":
         array = array.astype(np.float64)
     if array.ndim == 0:
         raise ValueError(f"{name} must have a class axis")
-    return np.moveaxis(array, axis, -1)
+    moved = np.moveaxis(array, axis, -1)
+    return np.ascontiguousarray(moved).reshape(math.prod(moved.shape[:-1]), moved.shape[-1]), moved.shape
 
 
-def _same_shape(reference, array, name):
-    if array.shape != reference.shape:
-        raise ValueError(f"{name} has shape {array.shape}, expected {reference.shape}")
-    return array.astype(reference.dtype, copy=False)
+def _same_shape(reference, shape, array, axis, name):
+    rows, its_shape = _rows(array, axis, name)
+    if its_shape != shape:
+        raise ValueError(f"{name} has shape {its_shape}, expected {shape} (class axis last)")
+    return rows.astype(reference.dtype, copy=False)
+
+
+def _blocks(rows):
+    """(start, stop) of blocks of rows of about _BLOCK_BYTES each."""
+    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    return [(start, min(start + step, rows.shape[0])) for start in range(0, rows.shape[0], step)]
+
+
+def _work(rows, count):
+    """count buffers of one block, reused for every block."""
+    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    return [np.empty((min(step, rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
+
+
+def _vector_output(out, shape, dtype, axis):
+    """Where a (rows, n) result is written: into `out` itself when its memory allows, else a new array."""
+    rows = math.prod(shape[:-1])
+    if out is not None:
+        moved = np.moveaxis(out, axis, -1)
+        if moved.shape != shape:
+            raise ValueError(f"out has shape {moved.shape} with the class axis last, expected {shape}")
+        if moved.dtype == dtype and moved.flags.c_contiguous:
+            return moved.reshape(rows, shape[-1])
+    return np.empty((rows, shape[-1]), dtype)
+
+
+def _vector_result(result, shape, axis, out):
+    result = np.moveaxis(result.reshape(shape), -1, axis)
+    if out is None:
+        return result
+    if not np.shares_memory(result, out):
+        np.copyto(out, result)
+    return out
+
 
 
 def log_softmax_forward(x, *, axis=-1, out=None):
@@ -40,14 +82,23 @@ def log_softmax_forward(x, *, axis=-1, out=None):
     Returns y, (rows, n).
     `out`, if given, receives y (same shape as the result).
     """
-    x = _rows(x, axis, "x")
+    x, shape = _rows(x, axis, "x")
+    n = shape[-1]
+    y = _vector_output(out, shape, x.dtype, axis)
+    work = _work(x, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        max_x = np.max(np.broadcast_to(x, x.shape), axis=-1, keepdims=True)
-        sum_0 = np.sum(np.broadcast_to(np.exp(-max_x + x), x.shape), axis=-1, keepdims=True)
-        y = np.moveaxis(np.broadcast_to(-max_x - np.log(sum_0) + x, x.shape).astype(x.dtype, copy=False), -1, axis)
-    if out is not None:
-        np.copyto(out, y)
-        y = out
+        for start, stop in _blocks(x):
+            size = stop - start
+            x_block = x[start:stop]
+            y_block = y[start:stop]
+            work_0 = work[0][:size]
+            max_x = np.maximum.reduce(x_block, axis=1, keepdims=True)
+            np.subtract(x_block, max_x, out=work_0)
+            np.exp(work_0, out=work_0)
+            sum_0 = np.add.reduce(work_0, axis=1, keepdims=True)
+            row_0 = -max_x - np.log(sum_0)
+            np.add(row_0, x_block, out=y_block)
+    y = _vector_result(y, shape, axis, out)
     return y
 
 
@@ -59,16 +110,25 @@ def log_softmax_vjp(x, g, *, axis=-1, out=None):
     Returns dx = ∂l/∂x, (rows, n).
     `out`, if given, receives dx (same shape as the result).
     """
-    x = _rows(x, axis, "x")
-    g = _same_shape(x, _rows(g, axis, "g"), "g")
+    x, shape = _rows(x, axis, "x")
+    g = _same_shape(x, shape, g, axis, "g")
+    n = shape[-1]
+    dx = _vector_output(out, shape, x.dtype, axis)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        max_x = np.max(np.broadcast_to(x, x.shape), axis=-1, keepdims=True)
-        sum_1 = np.sum(np.broadcast_to(g, x.shape), axis=-1, keepdims=True)
-        sum_0 = np.sum(np.broadcast_to(np.exp(-max_x + x), x.shape), axis=-1, keepdims=True)
-        dx = np.moveaxis(np.broadcast_to(-sum_1*np.exp(-max_x + x)*sum_0**(-1.0) + g, x.shape).astype(x.dtype, copy=False), -1, axis)
-    if out is not None:
-        np.copyto(out, dx)
-        dx = out
+        for start, stop in _blocks(x):
+            size = stop - start
+            x_block = x[start:stop]
+            g_block = g[start:stop]
+            dx_block = dx[start:stop]
+            max_x = np.maximum.reduce(x_block, axis=1, keepdims=True)
+            sum_1 = np.add.reduce(g_block, axis=1, keepdims=True)
+            np.subtract(x_block, max_x, out=dx_block)
+            np.exp(dx_block, out=dx_block)
+            sum_0 = np.add.reduce(dx_block, axis=1, keepdims=True)
+            row_0 = -sum_1*sum_0**(-1.0)
+            np.multiply(dx_block, row_0, out=dx_block)
+            np.add(dx_block, g_block, out=dx_block)
+    dx = _vector_result(dx, shape, axis, out)
     return dx
 
 
@@ -80,14 +140,23 @@ def log_softmax_vjp_from_output(y, g, *, axis=-1, out=None):
     Returns dx = ∂l/∂x, (rows, n).
     `out`, if given, receives dx (same shape as the result).
     """
-    y = _rows(y, axis, "y")
-    g = _same_shape(y, _rows(g, axis, "g"), "g")
+    y, shape = _rows(y, axis, "y")
+    g = _same_shape(y, shape, g, axis, "g")
+    n = shape[-1]
+    dx = _vector_output(out, shape, y.dtype, axis)
+    work = _work(y, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        sum_0 = np.sum(np.broadcast_to(g, y.shape), axis=-1, keepdims=True)
-        dx = np.moveaxis(np.broadcast_to(-sum_0*np.exp(y) + g, y.shape).astype(y.dtype, copy=False), -1, axis)
-    if out is not None:
-        np.copyto(out, dx)
-        dx = out
+        for start, stop in _blocks(y):
+            size = stop - start
+            y_block = y[start:stop]
+            g_block = g[start:stop]
+            dx_block = dx[start:stop]
+            work_0 = work[0][:size]
+            sum_0 = np.add.reduce(g_block, axis=1, keepdims=True)
+            np.exp(y_block, out=work_0)
+            np.multiply(work_0, sum_0, out=work_0)
+            np.subtract(g_block, work_0, out=dx_block)
+    dx = _vector_result(dx, shape, axis, out)
     return dx
 
 
@@ -98,7 +167,8 @@ def log_softmax_jacobian(x, *, axis=-1, out=None):
     Returns J[row, i, j] = ∂y_i/∂x_j, (rows, n, n).
     `out`, if given, receives J (same shape as the result).
     """
-    x = _rows(x, axis, "x")
+    x, shape = _rows(x, axis, "x")
+    x = x.reshape(shape)
     # an explicit Jacobian is for small n: work in float64 (y(1 − y) cancels in float32), round once
     result_dtype = x.dtype
     x = x.astype(np.float64)
