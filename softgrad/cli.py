@@ -108,9 +108,11 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed) -> None:
               help="Element type of the C kernels (NumPy kernels follow their inputs' dtype).")
 @click.option("--wrt", help="The input to differentiate with respect to (default: the first input).")
 @click.option("-o", "--output", "folder", required=True, help="Folder to write the generated files into.")
+@click.option("--openmp", is_flag=True,
+              help="C: split rows over OpenMP threads (compile with -fopenmp; OMP_NUM_THREADS sets how many).")
 @click.option("--check", is_flag=True, help="Compile/import what was generated and verify it; exit 1 on a mismatch.")
 @reports_errors
-def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, check) -> None:
+def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, check) -> None:
     """Generate NumPy or C kernels for SPEC from its derivation.
 
     Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder.
@@ -122,7 +124,9 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, check) -> N
     parsed = _load_spec(spec, spec_file)
     derivation = derive_spec(parsed, wrt=wrt)
     names = list(kernel_names) or None
-    files = emit(derivation, lang, names, dtype)
+    if openmp and lang != "c":
+        raise SoftgradError("--openmp applies to --lang c (NumPy kernels run on one thread)")
+    files = emit(derivation, lang, names, dtype, openmp=openmp)
     if check:
         from softgrad.verify.generated import check_generated
 

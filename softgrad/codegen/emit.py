@@ -97,6 +97,8 @@ def _c_schedule(kernel: Kernel, dtype: str) -> dict:
             "scalar_outputs": [(name, code(row, e)) for name, e in plan.scalar_outputs],
             "output_loop": loop(plan.output_loop) if plan.output_loop else None,
             "matrix": plan.matrix, "stash": plan.stash,
+            # an output that a reduction loop already wrote is in cache: streaming it out would not help
+            "stream": plan.output_loop is not None and not plan.matrix and plan.stash is None,
             "entry_type": "double" if entry_dtype == "float64" else "float",
             "entry_suffix": "" if entry_dtype == "float64" else "f"}
 

@@ -10,6 +10,25 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+/* Outputs at least this large are written with streaming stores, which skip reading each destination line
+ * before overwriting it (a quarter of a backward pass's memory traffic) and leave the cache to the inputs;
+ * smaller outputs are likely read again soon, from cache. Override with -DSOFTGRAD_STREAM_MIN_BYTES=... */
+#ifndef SOFTGRAD_STREAM_MIN_BYTES
+#define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
+#endif
+#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out */
+
+static inline void softgrad_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence(); /* streaming stores are weakly ordered: make them visible before returning */
+#endif
+}
+
 static inline uint64_t softgrad_bits(double v) { uint64_t b; memcpy(&b, &v, sizeof b); return b; }
 static inline double softgrad_from_bits(uint64_t b) { double v; memcpy(&v, &b, sizeof v); return v; }
 /* choose ? a : b by bit masks: gcc does not if-convert a ?: on floating values under -ftrapping-math */
@@ -48,8 +67,32 @@ static inline double softgrad_sigmoid(double u)
 }
 static inline double softgrad_softplus(double v) { return fmax(v, 0) + log1p(softgrad_exp(-fabs(v))); }
 
+static inline void softgrad_stream(double *restrict destination, const double *restrict chunk, size_t count)
+{
+    size_t i = 0;
+#if defined(__AVX__)
+    for (; i < count && ((uintptr_t)(destination + i) & 31); ++i) {
+        destination[i] = chunk[i];
+    }
+    for (; i + 4 <= count; i += 4) {
+        _mm256_stream_pd(destination + i, _mm256_loadu_pd(chunk + i));
+    }
+#elif defined(__SSE2__)
+    for (; i < count && ((uintptr_t)(destination + i) & 15); ++i) {
+        destination[i] = chunk[i];
+    }
+    for (; i + 2 <= count; i += 2) {
+        _mm_stream_pd(destination + i, _mm_loadu_pd(chunk + i));
+    }
+#endif
+    for (; i < count; ++i) {
+        destination[i] = chunk[i];
+    }
+}
+
 void log_softmax_forward(const double *SOFTGRAD_RESTRICT x, double *SOFTGRAD_RESTRICT y, size_t rows, size_t n)
 {
+    const int stream = rows * n * sizeof(double) >= SOFTGRAD_STREAM_MIN_BYTES;
     for (size_t row = 0; row < rows; ++row) {
         const double *SOFTGRAD_RESTRICT x_row = x + row * n;
         double *SOFTGRAD_RESTRICT y_row = y + row * n;
@@ -64,6 +107,19 @@ void log_softmax_forward(const double *SOFTGRAD_RESTRICT x, double *SOFTGRAD_RES
             sum_0 += softgrad_exp(-max_x + x_row[i]);
         }
         const double row_0 = -max_x - log(sum_0);
+        if (stream) {
+            for (size_t start = 0; start < n; start += SOFTGRAD_CHUNK) {
+                const size_t count = n - start < SOFTGRAD_CHUNK ? n - start : SOFTGRAD_CHUNK;
+                double y_chunk[SOFTGRAD_CHUNK];
+#pragma omp simd
+                for (size_t i = start; i < start + count; ++i) {
+                    y_chunk[i - start] = row_0 + x_row[i];
+                }
+                softgrad_stream(y_row + start, y_chunk, count);
+            }
+            softgrad_stream_fence();
+            continue;
+        }
 #pragma omp simd
         for (size_t i = 0; i < n; ++i) {
             y_row[i] = row_0 + x_row[i];
@@ -101,6 +157,7 @@ void log_softmax_vjp(const double *SOFTGRAD_RESTRICT x, const double *SOFTGRAD_R
 
 void log_softmax_vjp_from_output(const double *SOFTGRAD_RESTRICT y, const double *SOFTGRAD_RESTRICT g, double *SOFTGRAD_RESTRICT dx, size_t rows, size_t n)
 {
+    const int stream = rows * n * sizeof(double) >= SOFTGRAD_STREAM_MIN_BYTES;
     for (size_t row = 0; row < rows; ++row) {
         const double *SOFTGRAD_RESTRICT y_row = y + row * n;
         const double *SOFTGRAD_RESTRICT g_row = g + row * n;
@@ -109,6 +166,19 @@ void log_softmax_vjp_from_output(const double *SOFTGRAD_RESTRICT y, const double
 #pragma omp simd reduction(+:sum_0)
         for (size_t i = 0; i < n; ++i) {
             sum_0 += g_row[i];
+        }
+        if (stream) {
+            for (size_t start = 0; start < n; start += SOFTGRAD_CHUNK) {
+                const size_t count = n - start < SOFTGRAD_CHUNK ? n - start : SOFTGRAD_CHUNK;
+                double dx_chunk[SOFTGRAD_CHUNK];
+#pragma omp simd
+                for (size_t i = start; i < start + count; ++i) {
+                    dx_chunk[i - start] = -sum_0*softgrad_exp(y_row[i]) + g_row[i];
+                }
+                softgrad_stream(dx_row + start, dx_chunk, count);
+            }
+            softgrad_stream_fence();
+            continue;
         }
 #pragma omp simd
         for (size_t i = 0; i < n; ++i) {
