@@ -115,13 +115,27 @@ def _numpy_blocked(kernel: Kernel) -> dict:
     def entries(loop: Loop) -> None:
         row_values(loop.before)
         stored = {expr: f"{name}_block" for name, expr in loop.stores}
-        for symbol, expr in loop.temporaries:  # a stored temporary is computed straight into its output
-            program.hold(symbol, prepare(expr), into=stored.pop(symbol, None))
-        for name, expr in loop.stores:
-            if expr in stored:
-                program.store(f"{name}_block", prepare(expr))
-        for symbol, op, expr in loop.reductions:
-            program.reduce(symbol, op, prepare(expr))
+        statements = [("hold", symbol, expr) for symbol, expr in loop.temporaries]
+        statements += [("store", name, expr) for name, expr in loop.stores if expr in stored]
+        statements += [("reduce", (symbol, op), expr) for symbol, op, expr in loop.reductions]
+        held = {symbol for symbol, _ in loop.temporaries}
+        last_use = {}
+        for number, (_, _, expr) in enumerate(statements):
+            for symbol in expr.free_symbols & held:
+                last_use[symbol] = number
+        for number, (kind, target, expr) in enumerate(statements):
+            ending = {s for s, last in last_use.items() if last == number}
+            # a value read once, for the last time, may be overwritten by the statement that reads it
+            program.dying = {s for s in ending if _occurrences(expr, s) == 1}
+            expr = prepare(expr)
+            if kind == "hold":  # a stored temporary is computed straight into its output
+                program.hold(target, expr, into=stored.pop(target, None))
+            elif kind == "store":
+                program.store(f"{target}_block", expr)
+            else:
+                program.reduce(*target, expr)
+            program.dying = set()
+            program.forget(ending)
         program.release_all()
 
     for loop in plan.reduction_loops:
@@ -132,6 +146,10 @@ def _numpy_blocked(kernel: Kernel) -> dict:
     if plan.output_loop:
         entries(plan.output_loop)
     return {"kernel": kernel, "blocked": True, "lines": program.lines, "work_buffers": program.buffers_used}
+
+
+def _occurrences(expr: sp.Expr, symbol: sp.Symbol) -> int:
+    return sum(1 for node in sp.preorder_traversal(expr) if node == symbol)
 
 
 def plan_is_matrix(kernel: Kernel) -> bool:

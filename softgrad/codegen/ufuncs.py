@@ -34,6 +34,7 @@ class UfuncProgram:
         self.buffers_used = 0
         self._free: list[str] = []
         self._names: dict[sp.Expr, str] = {}  # common subexpressions already held in buffers
+        self.dying: set[sp.Symbol] = set()  # held values read for the last time by the current statement
 
     # buffers
     def _take(self) -> str:
@@ -46,6 +47,13 @@ class UfuncProgram:
     def _give_back(self, name: str) -> None:
         if name.startswith("work_") and name not in self._names.values() and name not in self._free:
             self._free.append(name)
+
+    def forget(self, symbols) -> None:
+        """These common subexpressions are not read again: their buffers can be reused."""
+        for symbol in symbols:
+            name = self._names.pop(symbol, None)
+            if name is not None:
+                self._give_back(name)
 
     def release_all(self) -> None:
         """End of a loop: common subexpressions are dead."""
@@ -89,7 +97,8 @@ class UfuncProgram:
         return None
 
     def _owned(self, name: str) -> bool:
-        return name.startswith("work_") and name not in self._names.values()
+        """A work buffer this statement may overwrite: free, or holding only values read here for the last time."""
+        return name.startswith("work_") and all(s in self.dying for s, held in self._names.items() if held == name)
 
     @staticmethod
     def _reads(expr: sp.Expr, block: str) -> bool:

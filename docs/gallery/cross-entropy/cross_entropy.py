@@ -100,9 +100,9 @@ def cross_entropy_forward(x, t, *, axis=-1):
             np.subtract(x_block, max_x, out=work_0)
             np.exp(work_0, out=work_1)
             sum_0 = np.add.reduce(work_1, axis=1, keepdims=True)
-            np.multiply(t_block, work_0, out=work_1)
-            np.copyto(work_1, 0, where=t_block == 0)
-            sum_1 = np.add.reduce(work_1, axis=1, keepdims=True)
+            np.multiply(t_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=t_block == 0)
+            sum_1 = np.add.reduce(work_0, axis=1, keepdims=True)
             L[start:stop] = np.broadcast_to(-sum_1 + sum_2*np.log(sum_0), (size, 1))[:, 0]
     L = L.reshape(shape[:-1])
     return L
@@ -121,7 +121,7 @@ def cross_entropy_loss_and_grad(x, t, *, axis=-1, out=None):
     n = shape[-1]
     L = np.empty(x.shape[0], x.dtype)
     dx = _vector_output(out, shape, x.dtype, axis)
-    work = _work(x, 2)
+    work = _work(x, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start, stop in _blocks(x):
             size = stop - start
@@ -129,15 +129,14 @@ def cross_entropy_loss_and_grad(x, t, *, axis=-1, out=None):
             t_block = t[start:stop]
             dx_block = dx[start:stop]
             work_0 = work[0][:size]
-            work_1 = work[1][:size]
             max_x = np.maximum.reduce(x_block, axis=1, keepdims=True)
             sum_2 = np.add.reduce(t_block, axis=1, keepdims=True)
             np.subtract(x_block, max_x, out=work_0)
             np.exp(work_0, out=dx_block)
             sum_0 = np.add.reduce(dx_block, axis=1, keepdims=True)
-            np.multiply(t_block, work_0, out=work_1)
-            np.copyto(work_1, 0, where=t_block == 0)
-            sum_1 = np.add.reduce(work_1, axis=1, keepdims=True)
+            np.multiply(t_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=t_block == 0)
+            sum_1 = np.add.reduce(work_0, axis=1, keepdims=True)
             L[start:stop] = np.broadcast_to(-sum_1 + sum_2*np.log(sum_0), (size, 1))[:, 0]
             row_0 = sum_2*sum_0**(-1.0)
             np.multiply(dx_block, row_0, out=dx_block)

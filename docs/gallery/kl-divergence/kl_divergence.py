@@ -104,9 +104,9 @@ def kl_divergence_forward(z, q, *, axis=-1):
             np.subtract(z_block, max_z, out=work_0)
             np.exp(work_0, out=work_1)
             sum_0 = np.add.reduce(work_1, axis=1, keepdims=True)
-            np.multiply(q_block, work_0, out=work_1)
-            np.copyto(work_1, 0, where=q_block == 0)
-            sum_1 = np.add.reduce(work_1, axis=1, keepdims=True)
+            np.multiply(q_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=q_block == 0)
+            sum_1 = np.add.reduce(work_0, axis=1, keepdims=True)
             L[start:stop] = np.broadcast_to(-sum_1 + sum_2 + sum_3*np.log(sum_0), (size, 1))[:, 0]
     L = L.reshape(shape[:-1])
     return L
@@ -125,7 +125,7 @@ def kl_divergence_loss_and_grad(z, q, *, axis=-1, out=None):
     n = shape[-1]
     L = np.empty(z.shape[0], z.dtype)
     dz = _vector_output(out, shape, z.dtype, axis)
-    work = _work(z, 2)
+    work = _work(z, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start, stop in _blocks(z):
             size = stop - start
@@ -133,7 +133,6 @@ def kl_divergence_loss_and_grad(z, q, *, axis=-1, out=None):
             q_block = q[start:stop]
             dz_block = dz[start:stop]
             work_0 = work[0][:size]
-            work_1 = work[1][:size]
             max_z = np.maximum.reduce(z_block, axis=1, keepdims=True)
             np.log(q_block, out=work_0)
             np.multiply(q_block, work_0, out=work_0)
@@ -143,9 +142,9 @@ def kl_divergence_loss_and_grad(z, q, *, axis=-1, out=None):
             np.subtract(z_block, max_z, out=work_0)
             np.exp(work_0, out=dz_block)
             sum_0 = np.add.reduce(dz_block, axis=1, keepdims=True)
-            np.multiply(q_block, work_0, out=work_1)
-            np.copyto(work_1, 0, where=q_block == 0)
-            sum_1 = np.add.reduce(work_1, axis=1, keepdims=True)
+            np.multiply(q_block, work_0, out=work_0)
+            np.copyto(work_0, 0, where=q_block == 0)
+            sum_1 = np.add.reduce(work_0, axis=1, keepdims=True)
             L[start:stop] = np.broadcast_to(-sum_1 + sum_2 + sum_3*np.log(sum_0), (size, 1))[:, 0]
             row_0 = sum_3*sum_0**(-1.0)
             np.multiply(dz_block, row_0, out=dz_block)
