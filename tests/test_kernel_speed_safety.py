@@ -223,6 +223,10 @@ def test_numpy_out_is_written_in_place_or_copied_when_it_must_be(numpy_softmax):
     _, gradient = numpy_softmax.cross_entropy_loss_and_grad(x, t, out=strided)
     assert gradient is strided
     np.testing.assert_allclose(strided, expected, atol=1e-15)
+    aliased = x.copy()  # out may be an input: it is then computed elsewhere first
+    _, gradient = numpy_softmax.cross_entropy_loss_and_grad(aliased, t, out=aliased)
+    assert gradient is aliased
+    np.testing.assert_allclose(aliased, expected, atol=1e-15)
     with pytest.raises(ValueError, match="out has shape"):
         numpy_softmax.cross_entropy_loss_and_grad(x, t, out=np.empty((40, 2999)))
 

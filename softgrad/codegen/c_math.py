@@ -77,7 +77,9 @@ STREAMING = """\
 #ifndef SOFTGRAD_STREAM_MIN_BYTES
 #define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
 #endif
+#ifndef SOFTGRAD_CHUNK
 #define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out */
+#endif
 
 static inline void softgrad_stream_fence(void)
 {

@@ -20,7 +20,9 @@
 #ifndef SOFTGRAD_STREAM_MIN_BYTES
 #define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
 #endif
+#ifndef SOFTGRAD_CHUNK
 #define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out */
+#endif
 
 static inline void softgrad_stream_fence(void)
 {
@@ -117,21 +119,20 @@ void binary_cross_entropy_loss_and_grad(const double *SOFTGRAD_RESTRICT x, const
             sum_0 += -(1 - t_row[i])*softgrad_softplus(x_row[i]) + softgrad_guarded(t_row[i], -softgrad_softplus(-x_row[i]));
         }
         L[row] = (double)(-sum_0);
-        if (stream) {
-            for (size_t start = 0; start < n; start += SOFTGRAD_CHUNK) {
-                const size_t count = n - start < SOFTGRAD_CHUNK ? n - start : SOFTGRAD_CHUNK;
+        size_t start = 0;
+        if (stream) { /* whole chunks: computed in L1, then streamed out */
+            for (; start + SOFTGRAD_CHUNK <= n; start += SOFTGRAD_CHUNK) {
                 double dx_chunk[SOFTGRAD_CHUNK];
 #pragma omp simd
-                for (size_t i = start; i < start + count; ++i) {
+                for (size_t i = start; i < start + SOFTGRAD_CHUNK; ++i) {
                     dx_chunk[i - start] = softgrad_sigmoid(x_row[i]) - t_row[i];
                 }
-                softgrad_stream(dx_row + start, dx_chunk, count);
+                softgrad_stream(dx_row + start, dx_chunk, SOFTGRAD_CHUNK);
             }
             softgrad_stream_fence();
-            continue;
         }
 #pragma omp simd
-        for (size_t i = 0; i < n; ++i) {
+        for (size_t i = start; i < n; ++i) {
             dx_row[i] = softgrad_sigmoid(x_row[i]) - t_row[i];
         }
     }

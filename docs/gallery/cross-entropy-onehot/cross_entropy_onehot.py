@@ -55,14 +55,16 @@ def _work(rows, count):
     return [np.empty((min(step, rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
 
 
-def _vector_output(out, shape, dtype, axis):
-    """Where a (rows, n) result is written: into `out` itself when its memory allows, else a new array."""
+def _vector_output(out, shape, dtype, axis, inputs):
+    """Where a (rows, n) result is written: into `out` itself when its memory allows (contiguous, the
+    right dtype, and not overlapping an input that is still to be read), else into a new array."""
     rows = math.prod(shape[:-1])
     if out is not None:
         moved = np.moveaxis(out, axis, -1)
         if moved.shape != shape:
             raise ValueError(f"out has shape {moved.shape} with the class axis last, expected {shape}")
-        if moved.dtype == dtype and moved.flags.c_contiguous:
+        if moved.dtype == dtype and moved.flags.c_contiguous and not any(
+                np.may_share_memory(moved, array) for array in inputs):
             return moved.reshape(rows, shape[-1])
     return np.empty((rows, shape[-1]), dtype)
 
@@ -71,7 +73,7 @@ def _vector_result(result, shape, axis, out):
     result = np.moveaxis(result.reshape(shape), -1, axis)
     if out is None:
         return result
-    if not np.shares_memory(result, out):
+    if not np.may_share_memory(result, out):
         np.copyto(out, result)
     return out
 
@@ -121,7 +123,7 @@ def cross_entropy_onehot_loss_and_grad(x, t, *, axis=-1, out=None):
     t = _same_shape(x, shape, t, axis, "t")
     n = shape[-1]
     L = np.empty(x.shape[0], x.dtype)
-    dx = _vector_output(out, shape, x.dtype, axis)
+    dx = _vector_output(out, shape, x.dtype, axis, (x, t, ))
     work = _work(x, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start, stop in _blocks(x):

@@ -53,14 +53,16 @@ def _work(rows, count):
     return [np.empty((min(step, rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
 
 
-def _vector_output(out, shape, dtype, axis):
-    """Where a (rows, n) result is written: into `out` itself when its memory allows, else a new array."""
+def _vector_output(out, shape, dtype, axis, inputs):
+    """Where a (rows, n) result is written: into `out` itself when its memory allows (contiguous, the
+    right dtype, and not overlapping an input that is still to be read), else into a new array."""
     rows = math.prod(shape[:-1])
     if out is not None:
         moved = np.moveaxis(out, axis, -1)
         if moved.shape != shape:
             raise ValueError(f"out has shape {moved.shape} with the class axis last, expected {shape}")
-        if moved.dtype == dtype and moved.flags.c_contiguous:
+        if moved.dtype == dtype and moved.flags.c_contiguous and not any(
+                np.may_share_memory(moved, array) for array in inputs):
             return moved.reshape(rows, shape[-1])
     return np.empty((rows, shape[-1]), dtype)
 
@@ -69,7 +71,7 @@ def _vector_result(result, shape, axis, out):
     result = np.moveaxis(result.reshape(shape), -1, axis)
     if out is None:
         return result
-    if not np.shares_memory(result, out):
+    if not np.may_share_memory(result, out):
         np.copyto(out, result)
     return out
 
@@ -84,7 +86,7 @@ def log_softmax_forward(x, *, axis=-1, out=None):
     """
     x, shape = _rows(x, axis, "x")
     n = shape[-1]
-    y = _vector_output(out, shape, x.dtype, axis)
+    y = _vector_output(out, shape, x.dtype, axis, (x, ))
     work = _work(x, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start, stop in _blocks(x):
@@ -113,7 +115,7 @@ def log_softmax_vjp(x, g, *, axis=-1, out=None):
     x, shape = _rows(x, axis, "x")
     g = _same_shape(x, shape, g, axis, "g")
     n = shape[-1]
-    dx = _vector_output(out, shape, x.dtype, axis)
+    dx = _vector_output(out, shape, x.dtype, axis, (x, g, ))
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start, stop in _blocks(x):
             size = stop - start
@@ -143,7 +145,7 @@ def log_softmax_vjp_from_output(y, g, *, axis=-1, out=None):
     y, shape = _rows(y, axis, "y")
     g = _same_shape(y, shape, g, axis, "g")
     n = shape[-1]
-    dx = _vector_output(out, shape, y.dtype, axis)
+    dx = _vector_output(out, shape, y.dtype, axis, (y, g, ))
     work = _work(y, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start, stop in _blocks(y):

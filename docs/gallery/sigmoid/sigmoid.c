@@ -20,7 +20,9 @@
 #ifndef SOFTGRAD_STREAM_MIN_BYTES
 #define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
 #endif
+#ifndef SOFTGRAD_CHUNK
 #define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out */
+#endif
 
 static inline void softgrad_stream_fence(void)
 {
@@ -96,21 +98,20 @@ void sigmoid_forward(const double *SOFTGRAD_RESTRICT x, double *SOFTGRAD_RESTRIC
     for (size_t row = 0; row < rows; ++row) {
         const double *SOFTGRAD_RESTRICT x_row = x + row * n;
         double *SOFTGRAD_RESTRICT y_row = y + row * n;
-        if (stream) {
-            for (size_t start = 0; start < n; start += SOFTGRAD_CHUNK) {
-                const size_t count = n - start < SOFTGRAD_CHUNK ? n - start : SOFTGRAD_CHUNK;
+        size_t start = 0;
+        if (stream) { /* whole chunks: computed in L1, then streamed out */
+            for (; start + SOFTGRAD_CHUNK <= n; start += SOFTGRAD_CHUNK) {
                 double y_chunk[SOFTGRAD_CHUNK];
 #pragma omp simd
-                for (size_t i = start; i < start + count; ++i) {
+                for (size_t i = start; i < start + SOFTGRAD_CHUNK; ++i) {
                     y_chunk[i - start] = softgrad_sigmoid(x_row[i]);
                 }
-                softgrad_stream(y_row + start, y_chunk, count);
+                softgrad_stream(y_row + start, y_chunk, SOFTGRAD_CHUNK);
             }
             softgrad_stream_fence();
-            continue;
         }
 #pragma omp simd
-        for (size_t i = 0; i < n; ++i) {
+        for (size_t i = start; i < n; ++i) {
             y_row[i] = softgrad_sigmoid(x_row[i]);
         }
     }
@@ -123,22 +124,21 @@ void sigmoid_vjp(const double *SOFTGRAD_RESTRICT x, const double *SOFTGRAD_RESTR
         const double *SOFTGRAD_RESTRICT x_row = x + row * n;
         const double *SOFTGRAD_RESTRICT g_row = g + row * n;
         double *SOFTGRAD_RESTRICT dx_row = dx + row * n;
-        if (stream) {
-            for (size_t start = 0; start < n; start += SOFTGRAD_CHUNK) {
-                const size_t count = n - start < SOFTGRAD_CHUNK ? n - start : SOFTGRAD_CHUNK;
+        size_t start = 0;
+        if (stream) { /* whole chunks: computed in L1, then streamed out */
+            for (; start + SOFTGRAD_CHUNK <= n; start += SOFTGRAD_CHUNK) {
                 double dx_chunk[SOFTGRAD_CHUNK];
 #pragma omp simd
-                for (size_t i = start; i < start + count; ++i) {
+                for (size_t i = start; i < start + SOFTGRAD_CHUNK; ++i) {
                     const double e_0 = softgrad_sigmoid(x_row[i]);
                     dx_chunk[i - start] = e_0*(1 - e_0)*g_row[i];
                 }
-                softgrad_stream(dx_row + start, dx_chunk, count);
+                softgrad_stream(dx_row + start, dx_chunk, SOFTGRAD_CHUNK);
             }
             softgrad_stream_fence();
-            continue;
         }
 #pragma omp simd
-        for (size_t i = 0; i < n; ++i) {
+        for (size_t i = start; i < n; ++i) {
             const double e_0 = softgrad_sigmoid(x_row[i]);
             dx_row[i] = e_0*(1 - e_0)*g_row[i];
         }
@@ -152,21 +152,20 @@ void sigmoid_vjp_from_output(const double *SOFTGRAD_RESTRICT y, const double *SO
         const double *SOFTGRAD_RESTRICT y_row = y + row * n;
         const double *SOFTGRAD_RESTRICT g_row = g + row * n;
         double *SOFTGRAD_RESTRICT dx_row = dx + row * n;
-        if (stream) {
-            for (size_t start = 0; start < n; start += SOFTGRAD_CHUNK) {
-                const size_t count = n - start < SOFTGRAD_CHUNK ? n - start : SOFTGRAD_CHUNK;
+        size_t start = 0;
+        if (stream) { /* whole chunks: computed in L1, then streamed out */
+            for (; start + SOFTGRAD_CHUNK <= n; start += SOFTGRAD_CHUNK) {
                 double dx_chunk[SOFTGRAD_CHUNK];
 #pragma omp simd
-                for (size_t i = start; i < start + count; ++i) {
+                for (size_t i = start; i < start + SOFTGRAD_CHUNK; ++i) {
                     dx_chunk[i - start] = (1 - y_row[i])*g_row[i]*y_row[i];
                 }
-                softgrad_stream(dx_row + start, dx_chunk, count);
+                softgrad_stream(dx_row + start, dx_chunk, SOFTGRAD_CHUNK);
             }
             softgrad_stream_fence();
-            continue;
         }
 #pragma omp simd
-        for (size_t i = 0; i < n; ++i) {
+        for (size_t i = start; i < n; ++i) {
             dx_row[i] = (1 - y_row[i])*g_row[i]*y_row[i];
         }
     }
