@@ -312,8 +312,8 @@ def _verdict(wording: str, values: list[float], bound: float, sense: str) -> str
         return f"- {wording}: not measured"
     worst = max(values) if sense == "≤" else min(values)
     met = sum(1 for v in values if (v <= bound if sense == "≤" else v >= bound))
-    return (f"- {wording}: {'met' if met == len(values) else 'NOT met'} in {met} of {len(values)} cases "
-            f"(range {min(values):.2f}–{max(values):.2f}, worst {worst:.2f})")
+    return (f"- {wording}: {'met' if met == len(values) else 'NOT met'} ({met} of {len(values)} cases within "
+            f"the bound; range {min(values):.2f}–{max(values):.2f}, worst {worst:.2f})")
 
 
 def markdown(table, probes, scaling_rows, target_lines, rounds) -> str:
