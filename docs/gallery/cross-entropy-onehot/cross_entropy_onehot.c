@@ -50,7 +50,7 @@ static inline double softgrad_exp(double v)
     const double k = rounded - 0x1.8p+52;
     const double half = k * 0x1p-1 + 0x1.8p+52; /* h = round(k / 2) in the low bits */
     const double r = (v - k * 0x1.62e42fecp-1) - k * 0x1.d1cf79abc9e3bp-32;
-    const double p = 0x1p+0 + r * (0x1p+0 + r * (0x1p-1 + r * (0x1.5555555555555p-3 + r * (0x1.5555555555555p-5 + r * (0x1.1111111111111p-7 + r * (0x1.6c16c16c16c17p-10 + r * (0x1.a01a01a01a01ap-13 + r * (0x1.a01a01a01a01ap-16 + r * (0x1.71de3a556c734p-19 + r * (0x1.27e4fb7789f5cp-22 + r * (0x1.ae64567f544e4p-26 + r * (0x1.1eed8eff8d898p-29 + r * (0x1.6124613a86d09p-33)))))))))))));
+    const double p = 0x1p+0 + r * (0x1p+0 + r * (0x1.0000000000012p-1 + r * (0x1.555555555555bp-3 + r * (0x1.555555554e879p-5 + r * (0x1.111111110ef94p-7 + r * (0x1.6c16c189b379fp-10 + r * (0x1.a01a01b251e85p-13 + r * (0x1.a0198d1fda4aap-16 + r * (0x1.71ddf2a82093ep-19 + r * (0x1.28b8302ee0724p-22 + r * (0x1.af683d6885e31p-26)))))))))));
     const double first = softgrad_from_bits((softgrad_bits(rounded) - softgrad_bits(half) + 1023u) << 52);
     const double second = softgrad_from_bits((softgrad_bits(half) + 1023u) << 52);
     return p * first * second;
