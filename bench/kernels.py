@@ -352,7 +352,7 @@ def main() -> None:
 
     shapes = [(256, 1000)] if arguments.quick else [(4096, 1000), (512, 32000), (64, 262144)]
     large = shapes if arguments.quick else shapes[1:]
-    rounds = 3 if arguments.quick else 7
+    rounds = 3 if arguments.quick else 9
     table, probes = [], {"torch": torch.__version__, "values": {}}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -82,8 +82,18 @@ STREAMING = """\
 #define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
 #endif
 #ifndef SOFTGRAD_CHUNK
-#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out */
+#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out (a multiple of 16) */
 #endif
+
+#define SOFTGRAD_LINE 64 /* bytes in a cache line */
+
+/* How many entries of `size` bytes from `row` to the next cache line (at most n). */
+static inline size_t softgrad_entries_to_line(const void *row, size_t size, size_t n)
+{
+    const size_t bytes = (SOFTGRAD_LINE - (uintptr_t)row % SOFTGRAD_LINE) % SOFTGRAD_LINE;
+    const size_t entries = bytes % size == 0 ? bytes / size : 0;
+    return entries < n ? entries : n;
+}
 
 static inline void softgrad_stream_fence(void)
 {

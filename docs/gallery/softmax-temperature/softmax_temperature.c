@@ -21,8 +21,18 @@
 #define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
 #endif
 #ifndef SOFTGRAD_CHUNK
-#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out */
+#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out (a multiple of 16) */
 #endif
+
+#define SOFTGRAD_LINE 64 /* bytes in a cache line */
+
+/* How many entries of `size` bytes from `row` to the next cache line (at most n). */
+static inline size_t softgrad_entries_to_line(const void *row, size_t size, size_t n)
+{
+    const size_t bytes = (SOFTGRAD_LINE - (uintptr_t)row % SOFTGRAD_LINE) % SOFTGRAD_LINE;
+    const size_t entries = bytes % size == 0 ? bytes / size : 0;
+    return entries < n ? entries : n;
+}
 
 static inline void softgrad_stream_fence(void)
 {
@@ -161,9 +171,13 @@ void softmax_temperature_vjp_from_output(const double *SOFTGRAD_RESTRICT y, cons
             sum_0 += g_row[i]*y_row[i];
         }
         const double row_0 = 1.0/T;
-        size_t start = 0;
-        if (stream) { /* whole chunks: computed in L1, then streamed out */
-            for (; start + SOFTGRAD_CHUNK <= n; start += SOFTGRAD_CHUNK) {
+        /* Entries [head, end) go out in whole chunks by streaming stores, starting on a cache line so that
+         * no line is shared with the ordinary stores of the entries before head and from end on. */
+        size_t head = 0, end = 0;
+        if (stream) {
+            head = softgrad_entries_to_line(dx_row, sizeof(double), n);
+            end = head + (n - head) / SOFTGRAD_CHUNK * SOFTGRAD_CHUNK;
+            for (size_t start = head; start < end; start += SOFTGRAD_CHUNK) {
                 double dx_chunk[SOFTGRAD_CHUNK];
 #pragma omp simd
                 for (size_t i = start; i < start + SOFTGRAD_CHUNK; ++i) {
@@ -174,7 +188,11 @@ void softmax_temperature_vjp_from_output(const double *SOFTGRAD_RESTRICT y, cons
             softgrad_stream_fence();
         }
 #pragma omp simd
-        for (size_t i = start; i < n; ++i) {
+        for (size_t i = 0; i < head; ++i) {
+            dx_row[i] = row_0*(-sum_0 + g_row[i])*y_row[i];
+        }
+#pragma omp simd
+        for (size_t i = end; i < n; ++i) {
             dx_row[i] = row_0*(-sum_0 + g_row[i])*y_row[i];
         }
     }
