@@ -39,13 +39,14 @@ class PrintedStage:
     assignments: list[tuple[str, str, str]]  # (name, code, kind: max | sum | scalar | vector | matrix)
 
 
-def _stages(kernel: Kernel, printer, output_printer=None, cse: bool = True) -> dict:
-    """Each reduction level as one loop, scalar outputs, then the vector/matrix outputs, all printed."""
+def _stages(kernel: Kernel, printer, output_printer) -> dict:
+    """The explicit Jacobian in NumPy (small n, whole arrays): each reduction level, the scalar outputs,
+    then the matrix output printed by output_printer."""
 
     def printed(pairs: list[tuple[str, sp.Expr, str]], prefix: str, printer=printer) -> PrintedStage:
         expressions = [prepare(e) for _, e, _ in pairs]
         temporaries = []
-        if cse and expressions:
+        if expressions:
             symbols = sp.numbered_symbols(prefix)
             replacements, expressions = sp.cse(expressions, symbols=symbols, order="canonical")
             temporaries = [(str(s), printer.doprint(prepare(e))) for s, e in replacements]
@@ -58,7 +59,7 @@ def _stages(kernel: Kernel, printer, output_printer=None, cse: bool = True) -> d
               for number, group in enumerate(kernel.levels())]
     scalars = printed([(o.name, o.expr, "scalar") for o in kernel.outputs if o.shape == "scalar"], "s_")
     vectors = printed([(o.name, o.expr, o.shape) for o in kernel.outputs if o.shape != "scalar"], "e_",
-                      output_printer or printer)
+                      output_printer)
     return {"levels": levels, "scalars": scalars, "vectors": vectors}
 
 
@@ -75,9 +76,9 @@ class PrintedLoop:
 def _c_schedule(kernel: Kernel, dtype: str) -> dict:
     """A kernel's schedule printed as C. Entries are computed in the element type (float32 kernels
     vectorize in float); sums accumulate and per-row values are computed in double, then rounded once."""
-    plan = schedule(kernel, materialize_sums=dtype == "float32" and not plan_is_matrix(kernel))
     # an explicit Jacobian is for small n: its entries are computed in double (y(1 − y) cancels in float)
-    entry_dtype = "float64" if plan.matrix else dtype
+    entry_dtype = "float64" if plan_is_matrix(kernel) else dtype
+    plan = schedule(kernel, materialize_sums=entry_dtype == "float32")
     entry = CKernelPrinter(entry_dtype, vector_exp=True)
     row = CKernelPrinter("float64")
 
@@ -191,9 +192,7 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
                 continue
             matrix = NumpyKernelPrinter(matrix=True)
             matrix.reduction_names = {r.symbol.name for r in kernel.reductions}
-            has_matrix = any(o.shape == "matrix" for o in kernel.outputs)
-            printed.append({"kernel": kernel, "blocked": False,
-                            **_stages(kernel, NumpyKernelPrinter(), matrix if has_matrix else None)})
+            printed.append({"kernel": kernel, "blocked": False, **_stages(kernel, NumpyKernelPrinter(), matrix)})
         source = _ENVIRONMENT.get_template("numpy/module.py.j2").render(kernels=printed, **context)
         return {f"{module}.py": source}
     ctype = "float" if dtype == "float32" else "double"
