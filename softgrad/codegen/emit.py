@@ -77,7 +77,7 @@ def _c_schedule(kernel: Kernel, dtype: str) -> dict:
     """A kernel's schedule printed as C. Entries are computed in the element type (float32 kernels
     vectorize in float); sums accumulate and per-row values are computed in double, then rounded once."""
     # an explicit Jacobian is for small n: its entries are computed in double (y(1 − y) cancels in float)
-    entry_dtype = "float64" if plan_is_matrix(kernel) else dtype
+    entry_dtype = "float64" if kernel.explicit_jacobian else dtype
     plan = schedule(kernel, materialize_sums=entry_dtype == "float32")
     entry = CKernelPrinter(entry_dtype, vector_exp=True)
     row = CKernelPrinter("float64")
@@ -97,9 +97,9 @@ def _c_schedule(kernel: Kernel, dtype: str) -> dict:
             "scalar_temporaries": [(str(s), code(row, e)) for s, e in plan.scalar_temporaries],
             "scalar_outputs": [(name, code(row, e)) for name, e in plan.scalar_outputs],
             "output_loop": loop(plan.output_loop) if plan.output_loop else None,
-            "matrix": plan.matrix, "stash": plan.stash,
+            "matrix": kernel.explicit_jacobian,
             # an output that a reduction loop already wrote is in cache: streaming it out would not help
-            "stream": plan.output_loop is not None and not plan.matrix and plan.stash is None,
+            "stream": plan.output_loop is not None and not kernel.explicit_jacobian and plan.stash is None,
             "entry_type": "double" if entry_dtype == "float64" else "float",
             "entry_suffix": "" if entry_dtype == "float64" else "f"}
 
@@ -115,11 +115,12 @@ def _numpy_blocked(kernel: Kernel) -> dict:
 
     def entries(loop: Loop) -> None:
         row_values(loop.before)
-        stored = {expr: f"{name}_block" for name, expr in loop.stores}
-        statements = [("hold", symbol, expr) for symbol, expr in loop.temporaries]
-        statements += [("store", name, expr) for name, expr in loop.stores if expr in stored]
-        statements += [("reduce", (symbol, op), expr) for symbol, op, expr in loop.reductions]
         held = {symbol for symbol, _ in loop.temporaries}
+        # a store of a temporary is no statement of its own: the temporary is computed into the output
+        computed_into = {expr: f"{name}_block" for name, expr in loop.stores if expr in held}
+        statements = [("hold", symbol, expr) for symbol, expr in loop.temporaries]
+        statements += [("store", name, expr) for name, expr in loop.stores if expr not in held]
+        statements += [("reduce", (symbol, op), expr) for symbol, op, expr in loop.reductions]
         last_use = {}
         for number, (_, _, expr) in enumerate(statements):
             for symbol in expr.free_symbols & held:
@@ -129,8 +130,8 @@ def _numpy_blocked(kernel: Kernel) -> dict:
             # a value read once, for the last time, may be overwritten by the statement that reads it
             program.dying = {s for s in ending if _occurrences(expr, s) == 1}
             expr = prepare(expr)
-            if kind == "hold":  # a stored temporary is computed straight into its output
-                program.hold(target, expr, into=stored.pop(target, None))
+            if kind == "hold":
+                program.hold(target, expr, into=computed_into.get(target))
             elif kind == "store":
                 program.store(f"{target}_block", expr)
             else:
@@ -151,10 +152,6 @@ def _numpy_blocked(kernel: Kernel) -> dict:
 
 def _occurrences(expr: sp.Expr, symbol: sp.Symbol) -> int:
     return sum(1 for node in sp.preorder_traversal(expr) if node == symbol)
-
-
-def plan_is_matrix(kernel: Kernel) -> bool:
-    return any(o.shape == "matrix" for o in kernel.outputs)
 
 
 def kernels_for(derivation: Derivation, names: list[str] | None) -> list[Kernel]:
@@ -187,7 +184,7 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     if language == "numpy":
         printed = []
         for kernel in kernels:
-            if not plan_is_matrix(kernel):
+            if not kernel.explicit_jacobian:
                 printed.append(_numpy_blocked(kernel))
                 continue
             matrix = NumpyKernelPrinter(matrix=True)

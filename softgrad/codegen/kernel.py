@@ -59,6 +59,11 @@ class Kernel:
     upstream: str | None = None  # the input that is the upstream gradient (VJP kernels)
     steps_per_row: str = "O(n)"
 
+    @property
+    def explicit_jacobian(self) -> bool:
+        """The output is an (n, n) matrix per row: a double loop over (i, j), for small n."""
+        return any(o.shape == "matrix" for o in self.outputs)
+
     def levels(self) -> list[list[Reduction]]:
         """Reductions grouped so that each group needs only earlier groups: one loop per group."""
         remaining = list(self.reductions)

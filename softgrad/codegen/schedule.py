@@ -44,7 +44,6 @@ class Schedule:
     scalar_temporaries: list[tuple[sp.Symbol, sp.Expr]]
     scalar_outputs: list[tuple[str, sp.Expr]]
     output_loop: Loop | None
-    matrix: bool  # the output loop runs over (i, j): an explicit Jacobian
     stash: str | None  # the output array that holds a reduction loop's per-entry value until the output loop
 
 
@@ -95,7 +94,7 @@ class _Hoister:
 def _stash(kernel: Kernel, levels) -> tuple[int, sp.Expr, str] | None:
     """(level, value, output) when the vector output recomputes an expensive value a reduction loop has."""
     vectors = [o for o in kernel.outputs if o.shape == "vector"]
-    if len(vectors) != 1 or any(o.shape == "matrix" for o in kernel.outputs) or not levels:
+    if len(vectors) != 1 or kernel.explicit_jacobian or not levels:
         return None
     output = vectors[0]
     candidates = [e for e in output.expr.atoms(*EXPENSIVE) if _varies(e) and not
@@ -165,6 +164,5 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
         output_loop = Loop(before, temporaries, [], [(o.name, e) for o, e in zip(vector_outputs, reduced)])
     return Schedule(kernel, reduction_loops, scalar_temporaries,
                     [(o.name, e) for o, e in zip(scalar_outputs, scalar_expressions)], output_loop,
-                    matrix=any(o.shape == "matrix" for o in kernel.outputs),
                     stash=stash[2] if stash else None)
 
