@@ -41,16 +41,20 @@ def _same_shape(reference, shape, array, axis, name):
     return rows.astype(reference.dtype, copy=False)
 
 
+def _block_rows(rows):
+    """How many rows make a block of about _BLOCK_BYTES (at least one)."""
+    return max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+
+
 def _blocks(rows):
-    """(start, stop) of blocks of rows of about _BLOCK_BYTES each."""
-    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
+    """(start, stop) of the blocks of rows."""
+    step = _block_rows(rows)
     return [(start, min(start + step, rows.shape[0])) for start in range(0, rows.shape[0], step)]
 
 
 def _work(rows, count):
     """count buffers of one block, reused for every block."""
-    step = max(1, _BLOCK_BYTES // max(1, rows.shape[1] * rows.itemsize))
-    return [np.empty((min(step, rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
+    return [np.empty((min(_block_rows(rows), rows.shape[0]), rows.shape[1]), rows.dtype) for _ in range(count)]
 
 
 def _vector_output(out, shape, dtype, axis, inputs):
