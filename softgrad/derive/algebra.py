@@ -107,8 +107,19 @@ def cost(expr: sp.Expr) -> int:
 
 
 def tidy(expr: sp.Expr) -> sp.Expr:
-    """The most readable of a few equivalent forms (cancelled, factored, expanded)."""
+    """The most readable of a few equivalent forms (cancelled, factored, expanded).
+
+    Constants such as exp(1000) are held as opaque symbols meanwhile: SymPy's polynomial algorithms
+    would read exp(1000) as e¹⁰⁰⁰, a polynomial of degree 1000 in e."""
     expr = sp.sympify(expr)
+    constants = {e: sp.Dummy(positive=True) for e in expr.atoms(sp.exp) if e.is_number}
+    if constants:
+        masked = _tidy(expr.xreplace(constants))
+        return masked.xreplace({dummy: constant for constant, dummy in constants.items()})
+    return _tidy(expr)
+
+
+def _tidy(expr: sp.Expr) -> sp.Expr:
     candidates = [expr]
     try:
         powers = sp.powsimp(sp.expand(expr, power_exp=True, mul=False, log=False))

@@ -9,6 +9,7 @@ for every index pair the step claims, at several random points.
 from __future__ import annotations
 
 import cmath
+import contextlib
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ def function_table(library) -> dict:
 
 
 _FUNCTIONS = function_table(cmath)
+#: Digits of the mpmath evaluator that takes over where double precision overflows (exp(1000) in a spec).
+WIDE_DIGITS = 30
 
 
 @dataclass
@@ -143,6 +146,29 @@ class Evaluator:
         return self.value(expr.expr, perturbed, indices).imag / COMPLEX_STEP
 
 
+class WideEvaluator(Evaluator):
+    """The same evaluation in mpmath complex numbers: no overflow for constants such as exp(1000).
+
+    Use it inside `wide_precision()`, which sets mpmath's working precision and restores it after."""
+
+    import mpmath as _mpmath
+
+    functions = function_table(_mpmath)
+
+    @staticmethod
+    def number(value: sp.Expr):
+        import mpmath
+
+        return mpmath.mpc(mpmath.mpf(sp.Float(sp.N(value, WIDE_DIGITS + 5), WIDE_DIGITS + 5)._mpf_))
+
+
+def wide_precision():
+    """mpmath's working precision for WideEvaluator, restored on exit (no global state changed)."""
+    import mpmath
+
+    return mpmath.workdps(WIDE_DIGITS)
+
+
 def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, constrained: bool) -> Point:
     """Random positive inputs (so log and sqrt are defined); constrained inputs rescaled to their sum."""
     vectors = {name: [complex(rng.uniform(0.2, 1.2)) for _ in range(size)] for name in inputs}
@@ -161,21 +187,48 @@ class StepChecker:
     def __init__(self, spec: Spec, extra_definitions: list[Definition] = (), extra_inputs: list[str] = (),
                  seed: int = 0):
         self.spec = spec
-        self.evaluator = Evaluator(list(spec.definitions) + list(extra_definitions))
+        self.definitions = list(spec.definitions) + list(extra_definitions)
         self.inputs = list(spec.inputs) + list(extra_inputs)
-        rng = random.Random(seed)
+        self.seed = seed
+        self.wide = False  # True once double precision overflowed: every later check runs in mpmath
+        try:
+            self._sample(Evaluator)
+        except OverflowError:
+            self._widen()
+        self.checked = 0
+        self._explicit: dict[tuple, sp.ImmutableMatrix] = {}
+
+    def _sample(self, evaluator_class) -> None:
+        self.evaluator = evaluator_class(self.definitions)
+        rng = random.Random(self.seed)
         self.points = {
             constrained: [
-                self.evaluator.complete(sample_points(spec, self.inputs, size, rng, constrained))
+                self.evaluator.complete(sample_points(self.spec, self.inputs, size, rng, constrained))
                 for size in SIZES for _ in range(POINTS)
             ]
             for constrained in (False, True)
         }
-        self.checked = 0
-        self._explicit: dict[tuple, sp.ImmutableMatrix] = {}
+
+    def _widen(self) -> None:
+        """Values beyond double precision (exp(1000)): check in mpmath from now on, at the same points."""
+        self.wide = True
+        with wide_precision():
+            self._sample(WideEvaluator)
+
+    def _precision(self):
+        return wide_precision() if self.wide else contextlib.nullcontext()
 
     def check(self, step: Step) -> Step:
         """Mark the step checked, or raise StepCheckFailed with a concrete counterexample."""
+        if not self.wide:
+            try:
+                return self._check(step)
+            except (OverflowError, ZeroDivisionError):
+                self._widen()
+        with self._precision():
+            return self._check(step)
+
+    def _check(self, step: Step) -> Step:
         free = sorted(
             {s for e in [step.lhs, *step.forms] for s in _free_indices(e)}, key=str
         )
@@ -187,21 +240,34 @@ class StepChecker:
                     continue
                 if step.distinct and indices.get(step.distinct[0]) == indices.get(step.distinct[1]):
                     continue
-                expected = self.evaluator.value(step.lhs, point, indices)
+                expected = self._finite(self.evaluator.value(step.lhs, point, indices))
                 for form in step.forms:
-                    got = self._form_value(step, form, point, indices)
+                    got = self._finite(self._form_value(step, form, point, indices))
                     scale = max(abs(expected), 1.0)
                     if not abs(got - expected) <= RELATIVE_TOLERANCE * scale:
                         raise StepCheckFailed(
                             f"step '{step.rule}' failed its check at n = {point.size}, "
-                            f"{_describe(indices)}: {sp.sstr(step.lhs)} = {expected.real:.12g} "
-                            f"but {sp.sstr(form)} = {got.real:.12g}"
+                            f"{_describe(indices)}: {sp.sstr(step.lhs)} = {float(expected.real):.12g} "
+                            f"but {sp.sstr(form)} = {float(got.real):.12g}"
                         )
                     comparisons += 1
         step.checked = True
         step.check_detail = f"{comparisons} comparisons at n = {', '.join(map(str, SIZES))}"
         self.checked += 1
         return step
+
+    def _finite(self, value):
+        """The value, or OverflowError where double precision ran out (an inf or NaN from finite inputs)."""
+        if self.wide:
+            import mpmath
+
+            if not mpmath.isfinite(value):
+                raise StepCheckFailed("a step's value is not finite even in extended precision: "
+                                      "the spec's constants are too large to check")
+            return value
+        if not cmath.isfinite(value):
+            raise OverflowError("double precision overflowed")
+        return value
 
     def _form_value(self, step: Step, form, point: Point, indices: dict) -> complex:
         if isinstance(form, sp.MatrixExpr):
@@ -210,7 +276,7 @@ class StepChecker:
             if key not in self._explicit:
                 self._explicit[key] = _explicit_matrix(form, point)
             explicit = self._explicit[key]
-            return complex(explicit[indices.get(row, 0), indices.get(column, 0) if explicit.shape[1] > 1 else 0])
+            return self.evaluator.number(explicit[indices.get(row, 0), indices.get(column, 0) if explicit.shape[1] > 1 else 0])
         return self.evaluator.value(form, point, indices)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from softgrad.budget import DERIVE_SECONDS, time_limit as _time_limit
 from softgrad.errors import SoftgradError, SpecError
 from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
@@ -39,6 +40,15 @@ class Jacobian:
         return self.kronecker.subs({self.row: row, self.column: column}, simultaneous=True)
 
 
+def _fresh_name(preferred: tuple[str, ...], taken: set[str]) -> str:
+    """The first preferred name the spec does not use, else the first one numbered (g1, g2, …)."""
+    for name in preferred:
+        if name not in taken:
+            return name
+    return next(f"{preferred[0]}{number}" for number in range(1, len(taken) + 2)
+                if f"{preferred[0]}{number}" not in taken)
+
+
 class Engine:
     def __init__(self, spec: Spec, wrt: str | None = None, seed: int = 0):
         self.spec = spec
@@ -50,8 +60,8 @@ class Engine:
         if spec.output.name not in self.dependent:
             raise SpecError(f"{spec.output.name} does not depend on {self.wrt}: nothing to differentiate")
         taken = set().union(*(names_in(d.expr) | {d.name} for d in spec.definitions)) | set(spec.inputs)
-        self.upstream = sp.IndexedBase(next(c for c in ("g", "dy", "grad_out") if c not in taken))
-        self.surrogate = sp.Symbol(next(c for c in ("l", "ell", "loss_") if c not in taken))
+        self.upstream = sp.IndexedBase(_fresh_name(("g", "dy", "grad_out"), taken))
+        self.surrogate = sp.Symbol(_fresh_name(("l", "ell", "loss"), taken))
         self.taken = taken
         extra = []
         if spec.output.is_vector:
@@ -257,8 +267,18 @@ class Engine:
         return general_step, last
 
 
-def derive_spec(spec: Spec, wrt: str | None = None, seed: int = 0) -> Derivation:
-    """Derive the Jacobian (vector output) or gradient (scalar output) of a spec, every step checked."""
+def derive_spec(spec: Spec, wrt: str | None = None, seed: int = 0,
+                time_limit: float | None = DERIVE_SECONDS) -> Derivation:
+    """Derive the Jacobian (vector output) or gradient (scalar output) of a spec, every step checked.
+
+    time_limit: seconds before the derivation stops with TimeLimitExceeded (None: no limit)."""
+    if seed < 0:
+        raise SoftgradError(f"the seed must be 0 or more, not {seed}")
+    with _time_limit(time_limit, f"deriving {spec.output.name}"):
+        return _derive(spec, wrt, seed)
+
+
+def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     engine = Engine(spec, wrt, seed)
     sections: list[Section] = []
 

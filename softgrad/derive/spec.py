@@ -14,12 +14,18 @@ import re
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from softgrad.errors import SpecError
 from softgrad.derive.symbols import class_sum, index, n, sigmoid
 
 MAX_SPEC_CHARACTERS = 20_000
 MAX_NESTING = 100
+MAX_NAME_CHARACTERS = 64
+MAX_NUMBER_CHARACTERS = 40
+#: Every constant a spec writes or computes stays within double precision (the checks and the
+#: generated code work in it); anything larger is refused before SymPy is asked to compute it.
+LARGEST_CONSTANT = sp.Float("1.7976931348623157e308")
 
 #: name → (number of arguments, builder). `sum` and `delta` take indices and are handled apart.
 FUNCTIONS = {
@@ -31,6 +37,9 @@ FUNCTIONS = {
 }
 SPECIAL_FORMS = ("sum", "delta")
 RESERVED = set(FUNCTIONS) | set(SPECIAL_FORMS) | {"given", "n"}
+
+#: Lines end at a newline only: a comment that holds U+2028 or a form feed stays one comment.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 _TOKEN = re.compile(
     r"(?P<space>[ \t]+)|(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
@@ -90,6 +99,23 @@ class Spec:
     def output(self) -> Definition:
         return self.definitions[-1]
 
+    @property
+    def statements(self) -> list[str]:
+        """The spec as softgrad prints it back: one normalised statement per line, no comments.
+
+        Documents and generated files quote these, never the source text: they are printed from the
+        parsed expressions, so they hold only names, numbers and operators, whatever the source held."""
+        lines = [f"{d.name}{f'[{d.index}]' if d.is_vector else ''} = {spec_text(d.expr)}" for d in self.definitions]
+        lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in self.constraints]
+        return lines
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the source text, naming exactly which spec a generated file came from."""
+        import hashlib
+
+        return hashlib.sha256(self.source.encode("utf-8", "surrogatepass")).hexdigest()
+
     def definition(self, name: str) -> Definition | None:
         return next((d for d in self.definitions if d.name == name), None)
 
@@ -103,11 +129,45 @@ def tokenize(text: str, line: int) -> list[Token]:
         match = _TOKEN.match(text, position)
         if match is None:
             raise SpecError(f"unexpected character {text[position]!r}", line, position + 1)
+        if match.lastgroup == "name":
+            _check_name(match.group(), line, position + 1)
+        elif match.lastgroup == "number" and len(match.group()) > MAX_NUMBER_CHARACTERS:
+            raise SpecError(f"number literal longer than {MAX_NUMBER_CHARACTERS} characters", line, position + 1)
         if match.lastgroup != "space":
             tokens.append(Token(match.lastgroup, match.group(), position + 1))
         position = match.end()
     tokens.append(Token("end", "", len(text.rstrip()) + 1))
     return tokens
+
+
+def _check_name(name: str, line: int, column: int) -> None:
+    """Names beginning with '_' are reserved: generated code keeps its own names there."""
+    if name.startswith("_"):
+        raise SpecError(f"names may not begin with '_' ({name!r}): softgrad reserves those for generated code",
+                        line, column)
+    if len(name) > MAX_NAME_CHARACTERS:
+        raise SpecError(f"name longer than {MAX_NAME_CHARACTERS} characters", line, column)
+
+
+def _in_range(value: sp.Expr) -> bool:
+    """A number SymPy computed is finite and within double precision."""
+    if not value.is_Number:
+        return True
+    if not value.is_finite:
+        return False
+    if value.is_Rational and not value.is_Integer:
+        return max(abs(value.p), value.q).bit_length() <= 1100
+    return abs(value) <= LARGEST_CONSTANT
+
+
+def _power_in_range(base: sp.Expr, exponent: sp.Expr) -> bool:
+    """Whether base**exponent of two numbers stays within double precision, decided before computing it."""
+    if not (base.is_Number and exponent.is_Number) or base == 0 or abs(base) == 1:
+        return True
+    import math
+
+    digits = float(abs(exponent)) * abs(math.log10(abs(float(base))))
+    return digits <= 308
 
 
 class _LineParser:
@@ -153,10 +213,11 @@ class _LineParser:
             raise self.error(f"expression nested more than {MAX_NESTING} deep")
         result = self.term(scope)
         while True:
+            operator = self.current
             if self.accept("+"):
-                result = result + self.term(scope)
+                result = self.constant(result + self.term(scope), operator)
             elif self.accept("-"):
-                result = result - self.term(scope)
+                result = self.constant(result - self.term(scope), operator)
             else:
                 self.depth -= 1
                 return result
@@ -164,31 +225,56 @@ class _LineParser:
     def term(self, scope):
         result = self.unary(scope)
         while True:
+            operator = self.current
             if self.accept("*"):
-                result = result * self.unary(scope)
+                result = self.constant(result * self.unary(scope), operator)
             elif self.accept("/"):
-                result = result / self.unary(scope)
+                divisor = self.unary(scope)
+                if divisor.is_zero:
+                    raise self.error("division by zero", operator)
+                result = self.constant(result / divisor, operator)
             else:
                 return result
 
     def unary(self, scope):  # unary := ('-'|'+') unary | power
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"expression nested more than {MAX_NESTING} deep")
         if self.accept("-"):
-            return -self.unary(scope)
-        if self.accept("+"):
-            return self.unary(scope)
-        return self.power(scope)
+            result = self.constant(-self.unary(scope))
+        elif self.accept("+"):
+            result = self.unary(scope)
+        else:
+            result = self.power(scope)
+        self.depth -= 1
+        return result
 
     def power(self, scope):  # power := atom (('**'|'^') unary)?   (right-associative)
         base = self.atom(scope)
+        operator = self.current
         if self.accept("**") or self.accept("^"):
-            return base ** self.unary(scope)
+            exponent = self.unary(scope)
+            if not _power_in_range(base, exponent):
+                raise self.error("constant power out of range of double precision", operator)
+            if base.is_zero and exponent.is_extended_negative:
+                raise self.error("division by zero (0 to a negative power)", operator)
+            return self.constant(base ** exponent, operator)
         return base
+
+    def constant(self, value: sp.Expr, token: Token | None = None) -> sp.Expr:
+        """Refuse a number SymPy computed that double precision cannot hold (1e300 * 1e300)."""
+        if not _in_range(value):
+            raise self.error("constant out of range of double precision", token)
+        return value
 
     def atom(self, scope):
         token = self.current
         if token.kind == "number":
             self.position += 1
-            return sp.Rational(token.text) if re.fullmatch(r"\d+", token.text) else sp.Float(token.text)
+            value = sp.Integer(int(token.text)) if token.text.isdigit() else sp.Float(token.text)
+            if not _in_range(value):
+                raise self.error(f"number {token.text} is out of range of double precision", token)
+            return value
         if self.accept("("):
             inner = self.expression(scope)
             self.expect(")")
@@ -225,7 +311,12 @@ class _LineParser:
         if self.current.text == ",":
             raise self.error(f"{name.text}() takes one argument")
         self.expect(")")
-        return FUNCTIONS[name.text](argument)
+        if name.text in ("log", "sqrt") and argument.is_number and argument.is_extended_nonpositive:
+            if argument.is_zero and name.text == "log":
+                raise self.error("log(0) is not a number", name)
+            if argument.is_extended_negative:
+                raise self.error(f"{name.text} of a negative constant is not a real number", name)
+        return self.constant(FUNCTIONS[name.text](argument), name)
 
     def _find_sum_index(self) -> int:
         """Position of sum's second argument: the comma at bracket depth 0, then a name and ')'."""
@@ -285,6 +376,8 @@ class _LineParser:
     def scalar(self, name: Token, scope):
         if index(name.text) in scope:
             raise self.error(f"index {name.text!r} cannot be used as a value", name)
+        if name.text == "n":
+            raise self.error("'n' (the number of entries) cannot be used as a value", name)
         if name.text in RESERVED:
             raise self.error(f"{name.text!r} is a function and needs arguments", name)
         kind = self.known.get(name.text)
@@ -311,27 +404,32 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
     constraints: list[Constraint] = []
     inputs: list[str] = []
     parameters: list[str] = []
-    for line_number, raw in enumerate(source.splitlines() or [""], start=1):
-        for statement in raw.split(";"):
-            text = statement.split("#", 1)[0]
-            if not text.strip():
-                continue
-            tokens = tokenize(text, line_number)
-            if tokens[0].kind == "name" and tokens[0].text == "given":
-                constraints.append(_constraint(tokens, line_number, known, text.strip()))
-            else:
-                definitions.append(_definition(tokens, line_number, known, text.strip()))
-            for input_name in (v for v, kind in known.items() if kind == "input"):
-                if input_name not in inputs:
-                    inputs.append(input_name)
-            for parameter in (v for v, kind in known.items() if kind == "parameter"):
-                if parameter not in parameters:
-                    parameters.append(parameter)
+    try:
+        for line_number, raw in enumerate(_LINE_BREAK.split(source), start=1):
+            for statement in raw.split("#", 1)[0].split(";"):
+                text = statement
+                if not text.strip():
+                    continue
+                tokens = tokenize(text, line_number)
+                if tokens[0].kind == "name" and tokens[0].text == "given":
+                    constraints.append(_constraint(tokens, line_number, known, text.strip()))
+                else:
+                    definitions.append(_definition(tokens, line_number, known, text.strip()))
+                for input_name in (v for v, kind in known.items() if kind == "input"):
+                    if input_name not in inputs:
+                        inputs.append(input_name)
+                for parameter in (v for v, kind in known.items() if kind == "parameter"):
+                    if parameter not in parameters:
+                        parameters.append(parameter)
+    except RecursionError:
+        raise SpecError("the spec is nested too deeply to process") from None
+    except OverflowError:
+        raise SpecError("a constant in the spec is out of range of double precision") from None
     if not definitions:
         raise SpecError("spec is empty: write at least one definition such as y[i] = exp(x[i])")
     if not inputs:
         raise SpecError("spec has no input: an indexed name that is not defined, such as x[i]")
-    return Spec(source, definitions, inputs, parameters, constraints, name)
+    return Spec(source, definitions, inputs, parameters, constraints, safe_title(name))
 
 
 def _definition(tokens, line_number, known, source) -> Definition:
@@ -353,10 +451,30 @@ def _definition(tokens, line_number, known, source) -> Definition:
     scope = (free_index,) if free_index is not None else ()
     expr = parser.expression(scope)
     parser.finish()
+    _check_real(expr, line_number)
     if target.text in parser.used_inputs or target.text in parser.used_parameters:
         raise parser.error(f"{target.text!r} is used in its own definition", target)
     known[target.text] = "vector" if free_index is not None else "scalar"
     return Definition(target.text, free_index, expr, source, line_number)
+
+
+def safe_title(name: str | None) -> str | None:
+    """A spec's title (a catalog name or a file's stem) reduced to characters that mean nothing in any
+    output format: letters, digits and . _ + - (anything else becomes '_'), at most 64 characters."""
+    if name is None:
+        return None
+    cleaned = re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9._+-]", "_", name))[:MAX_NAME_CHARACTERS].strip("._-")
+    return cleaned or "spec"
+
+
+def _check_real(expr: sp.Expr, line_number: int) -> None:
+    """A definition's value must be a real number wherever its inputs are: no 1/0, log(0) or sqrt(-1)."""
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise SpecError("the expression is undefined (a division by zero, log(0) or an infinite constant)",
+                        line_number)
+    for node in sp.preorder_traversal(expr):
+        if node.is_number and node.is_extended_real is False:
+            raise SpecError(f"the constant {spec_text(node)} is not a real number", line_number)
 
 
 def _constraint(tokens, line_number, known, source) -> Constraint:
@@ -372,3 +490,28 @@ def _constraint(tokens, line_number, known, source) -> Constraint:
             line_number, tokens[0].column,
         )
     return Constraint(str(summed.base), lhs, rhs, source)
+
+
+class _SpecPrinter(StrPrinter):
+    """SymPy expressions back in the spec language: sum(f, k), delta(i, k), exp(1) for e."""
+
+    def _print_Sum(self, expr):
+        (bound, _, _), = expr.limits
+        return f"sum({self._print(expr.function)}, {self._print(bound)})"
+
+    def _print_KroneckerDelta(self, expr):
+        return f"delta({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_Exp1(self, expr):
+        return "exp(1)"
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Indexed(self, expr):
+        return f"{expr.base}[{', '.join(self._print(i) for i in expr.indices)}]"
+
+
+def spec_text(expr: sp.Expr) -> str:
+    """An expression printed in the spec language (parsing the text gives the expression back)."""
+    return _SpecPrinter({"full_prec": False}).doprint(expr)

@@ -79,7 +79,7 @@ class Derivation:
 
     @property
     def title(self) -> str:
-        return self.spec.name or self.spec.output.source
+        return self.spec.name or self.spec.statements[len(self.spec.definitions) - 1]
 
     def render(self, fmt: str = "text", standalone: bool = False) -> str:
         from softgrad.render import render

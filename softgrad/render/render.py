@@ -61,9 +61,9 @@ def _view(derivation: Derivation, equation) -> dict:
         {"title": r.title, "equation": equation(r.lhs, [r.rhs]), "note": r.note} for r in derivation.results.values()
     ]
     return {
-        "title": derivation.title, "name": spec.name, "source": spec.source.strip(), "wrt": derivation.wrt,
+        "title": derivation.title, "name": spec.name, "source": "\n".join(spec.statements), "wrt": derivation.wrt,
         "inputs": spec.inputs, "parameters": spec.parameters,
-        "constraints": [c.source for c in spec.constraints],
+        "constraints": spec.statements[len(spec.definitions):],
         "sections": sections, "results": results, "check_summary": derivation.check_summary,
         "all_checked": all(s.checked for s in derivation.steps), "version": softgrad.__version__,
     }
@@ -105,11 +105,12 @@ def to_json(derivation: Derivation) -> dict:
     return {
         "softgrad": softgrad.__version__,
         "name": derivation.spec.name,
-        "spec": derivation.spec.source.strip(),
+        "spec": "\n".join(derivation.spec.statements),
+        "spec_sha256": derivation.spec.digest,
         "wrt": derivation.wrt,
         "inputs": derivation.spec.inputs,
         "parameters": derivation.spec.parameters,
-        "constraints": [c.source for c in derivation.spec.constraints],
+        "constraints": derivation.spec.statements[len(derivation.spec.definitions):],
         "sections": [
             {
                 "title": section.title,
