@@ -253,7 +253,7 @@ def test_check_fails_with_exit_1_when_generated_code_is_wrong(monkeypatch, tmp_p
     def corrupted(*args, **kwargs):
         files = original(*args, **kwargs)
         (name, text), = files.items()
-        assignment = "    dx = _vector_result(dx, shape, axis, out)\n"
+        assignment = "    dx = _vector_result(dx, _shape, axis, out)\n"
         assert assignment in text
         return {name: text.replace(assignment, assignment + "    dx = dx * 1.000001\n")}
 
@@ -262,4 +262,5 @@ def test_check_fails_with_exit_1_when_generated_code_is_wrong(monkeypatch, tmp_p
                                        "-o", str(tmp_path), "--check"])
     assert result.exit_code == 1
     assert "FAIL softmax_vjp: dx vs exact" in result.output
-    assert "does not match the derivation" in result.output
+    assert "does not match the derivation; nothing was written" in result.output
+    assert list(tmp_path.iterdir()) == []  # a failed check leaves no code behind

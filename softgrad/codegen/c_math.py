@@ -47,11 +47,11 @@ def _literal(value: float, form: _Format) -> str:
 
 
 def _split_ln2(form: _Format) -> tuple[float, float]:
-    mpmath.mp.prec = 200
-    ln2 = mpmath.log(2)
-    scale = mpmath.mpf(2) ** (form.high_part_bits - 1)
-    high = float(mpmath.floor(ln2 * scale) / scale)
-    return high, float(form.numpy_type(float(ln2 - high)))
+    with mpmath.workprec(200):  # restored on leaving: no global mpmath state changed
+        ln2 = mpmath.log(2)
+        scale = mpmath.mpf(2) ** (form.high_part_bits - 1)
+        high = float(mpmath.floor(ln2 * scale) / scale)
+        return high, float(form.numpy_type(float(ln2 - high)))
 
 
 @cache
@@ -60,17 +60,24 @@ def polynomial(dtype: str) -> tuple[float, ...]:
     whose relative error stays below 1/8 of the type's unit roundoff (degree 11 for double, 6 for float;
     a Taylor polynomial needs 13 and 8 for the same accuracy)."""
     form = _FORMATS[dtype]
-    mpmath.mp.prec = 120
-    radius = mpmath.log(2) / 2 * 1.01  # k may round one way or the other near a tie
-    target = mpmath.mpf(2) ** -(form.mantissa_bits + 1) / 8
-    for degree in range(2, 30):
-        coefficients, error = mpmath.chebyfit(mpmath.exp, [-radius, radius], degree + 1, error=True)
-        if error * mpmath.exp(radius) <= target:
-            return tuple(float(c) for c in reversed(coefficients))
+    with mpmath.workprec(120):  # mpmath's precision is global state: restored on leaving
+        radius = mpmath.log(2) / 2 * 1.01  # k may round one way or the other near a tie
+        target = mpmath.mpf(2) ** -(form.mantissa_bits + 1) / 8
+        for degree in range(2, 30):
+            coefficients, error = mpmath.chebyfit(mpmath.exp, [-radius, radius], degree + 1, error=True)
+            if error * mpmath.exp(radius) <= target:
+                return tuple(float(c) for c in reversed(coefficients))
     raise AssertionError("no polynomial is accurate enough")
 
 
 STREAMING = """\
+/* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang. */
+#if defined(__GNUC__)
+#define SOFTGRAD_HELPER static inline __attribute__((unused))
+#else
+#define SOFTGRAD_HELPER static inline
+#endif
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -88,14 +95,14 @@ STREAMING = """\
 #define SOFTGRAD_LINE 64 /* bytes in a cache line */
 
 /* How many entries of `size` bytes from `row` to the next cache line (at most n). */
-static inline size_t softgrad_entries_to_line(const void *row, size_t size, size_t n)
+SOFTGRAD_HELPER size_t softgrad_entries_to_line(const void *row, size_t size, size_t n)
 {
     const size_t bytes = (SOFTGRAD_LINE - (uintptr_t)row % SOFTGRAD_LINE) % SOFTGRAD_LINE;
     const size_t entries = bytes % size == 0 ? bytes / size : 0;
     return entries < n ? entries : n;
 }
 
-static inline void softgrad_stream_fence(void)
+SOFTGRAD_HELPER void softgrad_stream_fence(void)
 {
 #if defined(__SSE2__)
     _mm_sfence(); /* streaming stores are weakly ordered: make them visible before returning */
@@ -134,7 +141,7 @@ def _stream_source(dtype: str) -> str:
         {stream}(destination + i, {load}(chunk + i));
     }}""")
     return f"""\
-static inline void softgrad_stream{s}({t} *restrict destination, const {t} *restrict chunk, size_t count)
+SOFTGRAD_HELPER void softgrad_stream{s}({t} *restrict destination, const {t} *restrict chunk, size_t count)
 {{
     size_t i = 0;
 {chr(10).join(branches)}
@@ -162,10 +169,10 @@ def _helpers(dtype: str) -> str:
     shift = form.mantissa_bits
     bias = form.exponent_bias
     return f"""\
-static inline {bits} softgrad_bits{s}({t} v) {{ {bits} b; memcpy(&b, &v, sizeof b); return b; }}
-static inline {t} softgrad_from_bits{s}({bits} b) {{ {t} v; memcpy(&v, &b, sizeof v); return v; }}
+SOFTGRAD_HELPER {bits} softgrad_bits{s}({t} v) {{ {bits} b; memcpy(&b, &v, sizeof b); return b; }}
+SOFTGRAD_HELPER {t} softgrad_from_bits{s}({bits} b) {{ {t} v; memcpy(&v, &b, sizeof v); return v; }}
 /* choose ? a : b by bit masks: gcc does not if-convert a ?: on floating values under -ftrapping-math */
-static inline {t} softgrad_select{s}(int choose, {t} a, {t} b)
+SOFTGRAD_HELPER {t} softgrad_select{s}(int choose, {t} a, {t} b)
 {{
     const {bits} mask = -({bits})choose;
     return softgrad_from_bits{s}((softgrad_bits{s}(a) & mask) | (softgrad_bits{s}(b) & ~mask));
@@ -173,7 +180,7 @@ static inline {t} softgrad_select{s}(int choose, {t} a, {t} b)
 
 /* exp(v) without branches (vectorizes); within 2 ulp, exp(+inf) = +inf, exp(-inf) = 0, subnormal
  * results rounded correctly, NaN stays NaN. Made by softgrad.codegen.c_math. */
-static inline {t} softgrad_exp{s}({t} v)
+SOFTGRAD_HELPER {t} softgrad_exp{s}({t} v)
 {{
     v = softgrad_select{s}(v < {_literal(form.low, form)}, {_literal(form.low, form)}, v);
     v = softgrad_select{s}(v > {_literal(form.high, form)}, {_literal(form.high, form)}, v);
@@ -187,17 +194,17 @@ static inline {t} softgrad_exp{s}({t} v)
     return p * first * second;
 }}
 
-static inline {t} softgrad_max{s}({t} a, {t} b) {{ return b > a ? b : a; }} /* a max reduction gcc vectorizes */
+SOFTGRAD_HELPER {t} softgrad_max{s}({t} a, {t} b) {{ return b > a ? b : a; }} /* a max reduction gcc vectorizes */
 
 /* w·f, but 0 where w = 0 even if f is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite */
-static inline {t} softgrad_guarded{s}({t} w, {t} f) {{ return softgrad_select{s}(w == 0, 0, w * f); }}
+SOFTGRAD_HELPER {t} softgrad_guarded{s}({t} w, {t} f) {{ return softgrad_select{s}(w == 0, 0, w * f); }}
 
 /* σ(u) and log(1 + exp(v)) without overflow: exp is only ever taken of −|u| */
-static inline {t} softgrad_sigmoid{s}({t} u)
+SOFTGRAD_HELPER {t} softgrad_sigmoid{s}({t} u)
 {{
     const {t} e = softgrad_exp{s}(-fabs{s}(u));
     return softgrad_select{s}(u >= 0, 1 / (1 + e), e / (1 + e));
 }}
-static inline {t} softgrad_softplus{s}({t} v) {{ return fmax{s}(v, 0) + log1p{s}(softgrad_exp{s}(-fabs{s}(v))); }}
+SOFTGRAD_HELPER {t} softgrad_softplus{s}({t} v) {{ return fmax{s}(v, 0) + log1p{s}(softgrad_exp{s}(-fabs{s}(v))); }}
 
 """ + _stream_source(dtype)

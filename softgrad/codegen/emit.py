@@ -21,14 +21,46 @@ from softgrad.errors import SoftgradError
 LANGUAGES = ("numpy", "c")
 DTYPES = ("float64", "float32")
 
-_ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.PackageLoader("softgrad", "templates"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,
-)
+class Verbatim(str):
+    """Source text of softgrad's own (the C math helpers, with their comments): inserted unescaped."""
+
+
+def _python_safe(value: object) -> object:
+    """Every value put into a generated Python file: nothing can end a docstring or start an escape.
+    (Printed code never holds a backslash or three quotes, so this changes only hostile text.)"""
+    if isinstance(value, Verbatim) or not isinstance(value, str):
+        return value
+    return value.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+def _c_safe(value: object) -> object:
+    """Every value put into a generated C file: nothing can end or open a comment, or form a trigraph.
+    (Printed C never holds these sequences, so this changes only hostile text.)"""
+    if isinstance(value, Verbatim) or not isinstance(value, str):
+        return value
+    return value.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?").replace("\\", "/")
+
+
+def _environment(finalize) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("softgrad", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        finalize=finalize,
+    )
+
+
+_PYTHON = _environment(_python_safe)
+_C = _environment(_c_safe)
+
+
+def _render(template: str, **context) -> str:
+    """A code template rendered with the escaping of its own language (by the file it generates)."""
+    environment = _PYTHON if template.endswith(".py.j2") else _C
+    return environment.get_template(template).render(**context)
 
 
 @dataclass
@@ -55,10 +87,10 @@ def _stages(kernel: Kernel, printer, output_printer) -> dict:
         return PrintedStage(temporaries, [(name, printer.doprint(e), kind)
                                           for (name, _, kind), e in zip(pairs, expressions)])
 
-    levels = [printed([(r.symbol.name, r.body, r.op) for r in group], f"t{number}_")
+    levels = [printed([(r.symbol.name, r.body, r.op) for r in group], f"_t{number}_")
               for number, group in enumerate(kernel.levels())]
-    scalars = printed([(o.name, o.expr, "scalar") for o in kernel.outputs if o.shape == "scalar"], "s_")
-    vectors = printed([(o.name, o.expr, o.shape) for o in kernel.outputs if o.shape != "scalar"], "e_",
+    scalars = printed([(o.name, o.expr, "scalar") for o in kernel.outputs if o.shape == "scalar"], "_s")
+    vectors = printed([(o.name, o.expr, o.shape) for o in kernel.outputs if o.shape != "scalar"], "_e",
                       output_printer)
     return {"levels": levels, "scalars": scalars, "vectors": vectors}
 
@@ -93,7 +125,15 @@ def _c_schedule(kernel: Kernel, dtype: str) -> dict:
                            [(str(s), op, code(entry, e)) for s, op, e in item.reductions],
                            [(name, code(entry, e)) for name, e in item.stores])
 
+    expressions = [r.body for r in kernel.reductions] + [o.expr for o in kernel.outputs]
+    read_arrays = {str(entry.base) for e in expressions for entry in e.atoms(sp.Indexed)}
+    read_scalars = {str(symbol) for e in expressions for symbol in e.free_symbols if not symbol.is_integer}
     return {"kernel": kernel, "reduction_loops": [loop(item) for item in plan.reduction_loops],
+            # arguments the formulas do not read (a spec may take an input it ignores): no row pointer,
+            # and a (void) cast so that -Wextra does not flag them
+            "read_arrays": read_arrays,
+            "unread": [name for name, _ in kernel.inputs if name not in read_arrays]
+            + [name for name in kernel.parameters if name not in read_scalars],
             "scalar_temporaries": [(str(s), code(row, e)) for s, e in plan.scalar_temporaries],
             "scalar_outputs": [(name, code(row, e)) for name, e in plan.scalar_outputs],
             "output_loop": loop(plan.output_loop) if plan.output_loop else None,
@@ -117,7 +157,7 @@ def _numpy_blocked(kernel: Kernel) -> dict:
         row_values(loop.before)
         held = {symbol for symbol, _ in loop.temporaries}
         # a store of a temporary is no statement of its own: the temporary is computed into the output
-        computed_into = {expr: f"{name}_block" for name, expr in loop.stores if expr in held}
+        computed_into = {expr: f"_block_{name}" for name, expr in loop.stores if expr in held}
         statements = [("hold", symbol, expr) for symbol, expr in loop.temporaries]
         statements += [("store", name, expr) for name, expr in loop.stores if expr not in held]
         statements += [("reduce", (symbol, op), expr) for symbol, op, expr in loop.reductions]
@@ -133,7 +173,7 @@ def _numpy_blocked(kernel: Kernel) -> dict:
             if kind == "hold":
                 program.hold(target, expr, into=computed_into.get(target))
             elif kind == "store":
-                program.store(f"{target}_block", expr)
+                program.store(f"_block_{target}", expr)
             else:
                 program.reduce(*target, expr)
             program.dying = set()
@@ -144,7 +184,7 @@ def _numpy_blocked(kernel: Kernel) -> dict:
         entries(loop)
     row_values(plan.scalar_temporaries)
     for name, expr in plan.scalar_outputs:
-        program.lines.append(f"{name}[start:stop] = np.broadcast_to({printer.doprint(prepare(expr))}, (size, 1))[:, 0]")
+        program.lines.append(f"{name}[_start:_stop] = np.broadcast_to({printer.doprint(prepare(expr))}, (_size, 1))[:, 0]")
     if plan.output_loop:
         entries(plan.output_loop)
     return {"kernel": kernel, "blocked": True, "lines": program.lines, "work_buffers": program.buffers_used}
@@ -164,8 +204,11 @@ def kernels_for(derivation: Derivation, names: list[str] | None) -> list[Kernel]
 
 
 def _header(derivation: Derivation) -> dict:
+    """What a generated file says about its origin: the spec as softgrad prints it (never its source
+    text, which may hold anything in its comments) and the SHA-256 of that source."""
     return {"version": softgrad.__version__, "spec_name": derivation.spec.name or "inline spec",
-            "spec_lines": derivation.spec.source.strip().splitlines(), "wrt": derivation.wrt}
+            "spec_lines": derivation.spec.statements, "spec_sha256": derivation.spec.digest,
+            "wrt": derivation.wrt}
 
 
 def emit(derivation: Derivation, language: str, kernel_names: list[str] | None = None,
@@ -179,8 +222,8 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
         raise SoftgradError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     kernels = kernels_for(derivation, kernel_names)
     module = module or identifier(derivation)
-    context = dict(_header(derivation), module=module, dtype=dtype,
-                   parameters=derivation.spec.parameters)
+    # every kernel takes the spec's parameters, in the spec's order, under their printed names
+    context = dict(_header(derivation), module=module, dtype=dtype, parameters=kernels[0].parameters)
     if language == "numpy":
         printed = []
         for kernel in kernels:
@@ -190,14 +233,14 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
             matrix = NumpyKernelPrinter(matrix=True)
             matrix.reduction_names = {r.symbol.name for r in kernel.reductions}
             printed.append({"kernel": kernel, "blocked": False, **_stages(kernel, NumpyKernelPrinter(), matrix)})
-        source = _ENVIRONMENT.get_template("numpy/module.py.j2").render(kernels=printed, **context)
+        source = _render("numpy/module.py.j2", kernels=printed, **context)
         return {f"{module}.py": source}
     ctype = "float" if dtype == "float32" else "double"
     printed = [_c_schedule(kernel, dtype) for kernel in kernels]
     files = {}
     for template, name in (("c/header.h.j2", f"{module}.h"), ("c/source.c.j2", f"{module}.c"),
                            ("c/loader.py.j2", f"{module}_ctypes.py")):
-        files[name] = _ENVIRONMENT.get_template(template).render(
-            kernels=printed, ctype=ctype, openmp=openmp, helpers=c_math.c_source(dtype),
+        files[name] = _render(
+            template, kernels=printed, ctype=ctype, openmp=openmp, helpers=Verbatim(c_math.c_source(dtype)),
             compile_flags=" ".join(RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else [])), **context)
     return files

@@ -6,7 +6,7 @@ an explicit Jacobian); reductions are plain scalar symbols computed once per row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -58,6 +58,8 @@ class Kernel:
     outputs: list[Output]
     upstream: str | None = None  # the input that is the upstream gradient (VJP kernels)
     steps_per_row: str = "O(n)"
+    #: printed name → what the derivation calls it (a spec name, d<wrt> or J), for inputs and outputs
+    origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def explicit_jacobian(self) -> bool:

@@ -16,13 +16,15 @@ from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import class_sum
 from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Output, Reduction, guarded_product, softplus
 from softgrad.derive.symbols import sigmoid
+from softgrad.codegen.names import module_identifier, public_names
 from softgrad.errors import SoftgradError
 
 KERNELS = ("forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad")
 
 
 def _maximum_symbol(name: str) -> sp.Symbol:
-    return sp.Symbol(f"max_{name}", real=True)
+    """The row maximum of an input: in the generated code's own namespace (spec names never start with '_')."""
+    return sp.Symbol(f"_max_{name}", real=True)
 
 
 def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
@@ -74,7 +76,7 @@ def guard_products(expr: sp.Expr, spec: Spec, wrt: str) -> sp.Expr:
             return any(s.is_integer and s.name != "n" for s in f.free_symbols)
 
         entrywise = [f for f in e.atoms(sp.log, softplus) if has_entry(f)]
-        shifted = any(s.name.startswith("max_") for s in e.free_symbols) and has_entry(e)
+        shifted = any(s.name.startswith("_max_") for s in e.free_symbols) and has_entry(e)
         return bool(entrywise) or shifted
 
     def guard(e: sp.Mul) -> sp.Expr:
@@ -102,7 +104,7 @@ def hoist_reductions(expr: sp.Expr, reductions: list[Reduction], free: set[sp.Sy
             body = total.function.subs(bound, LOOP)
             existing = next((r for r in reductions if r.op == "sum" and r.body == body), None)
             if existing is None:
-                existing = Reduction(sp.Symbol(f"sum_{len([r for r in reductions if r.op == 'sum'])}", real=True),
+                existing = Reduction(sp.Symbol(f"_sum{len([r for r in reductions if r.op == 'sum'])}", real=True),
                                      "sum", body)
                 reductions.append(existing)
             replacements[total] = existing.symbol
@@ -138,8 +140,8 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
             expr = guard_products(expr, spec, wrt)
             expr = hoist_reductions(expr, reductions, free)
             lowered.append(Output(out_name, shape, expr, out_doc))
-        return Kernel(f"{identifier(derivation)}_{kind}", kind, doc, inputs, parameters, reductions, lowered,
-                      upstream)
+        return hygienic(Kernel(f"{identifier(derivation)}_{kind}", kind, doc, inputs, parameters, reductions,
+                               lowered, upstream))
 
     wrt_input = [(wrt, f"the input {wrt}, (rows, n)")]
     other_inputs = [(name, f"the input {name}, (rows, n)") for name in others]
@@ -213,6 +215,37 @@ def applicable_kernels(derivation: Derivation) -> list[str]:
 
 
 def identifier(derivation: Derivation) -> str:
-    """A C and Python identifier for the spec: its catalog name, or its output's name."""
-    name = derivation.spec.name or derivation.spec.output.name
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "spec"
+    """A C and Python identifier for the spec (its title, or its output's name): see names.module_identifier."""
+    return module_identifier(derivation.spec.name or derivation.spec.output.name)
+
+
+def hygienic(kernel: Kernel) -> Kernel:
+    """The kernel with every name as the generated code prints it (see softgrad.codegen.names): public
+    names (arguments, outputs) safe in C and Python, row maxima named after their (safe) input."""
+    arrays = [name for name, _ in kernel.inputs]
+    public = public_names(arrays + kernel.parameters)
+    renamed_outputs = public_names([o.name for o in kernel.outputs], taken=public.values())
+    replacements: dict[sp.Basic, sp.Basic] = {}
+    for name in arrays:
+        replacements[sp.IndexedBase(name)] = sp.IndexedBase(public[name])
+    for name in kernel.parameters:
+        replacements[sp.Symbol(name, positive=True)] = sp.Symbol(public[name], positive=True)
+    for reduction in kernel.reductions:
+        if reduction.op == "max":
+            (entry,) = reduction.body.atoms(sp.Indexed)
+            replacements[reduction.symbol] = sp.Symbol(f"_max_{public[str(entry.base)]}", real=True)
+
+    def rename(expr: sp.Expr) -> sp.Expr:
+        return expr.xreplace(replacements)
+
+    def described(name: str, doc: str) -> str:
+        return doc if public.get(name, renamed_outputs.get(name, name)) == name else f"{doc} (spec name {name})"
+
+    return Kernel(
+        kernel.name, kernel.kind, kernel.doc,
+        [(public[name], described(name, doc)) for name, doc in kernel.inputs],
+        [public[name] for name in kernel.parameters],
+        [Reduction(rename(r.symbol), r.op, rename(r.body)) for r in kernel.reductions],
+        [Output(renamed_outputs[o.name], o.shape, rename(o.expr), described(o.name, o.doc)) for o in kernel.outputs],
+        public.get(kernel.upstream) if kernel.upstream else None, kernel.steps_per_row,
+        origin={printed: name for name, printed in [*public.items(), *renamed_outputs.items()]})

@@ -1,6 +1,7 @@
 """lower → emit: SymPy's NumPy and C99 printers, taught the kernel's vocabulary.
 
-Vector entries print as array reads (`x` in NumPy, `x_row[i]` in C), reductions as their per-row
+Vector entries print as array reads (`x` in NumPy, `_row_x[_i]` in C: names the generator introduces
+begin with '_', which spec names cannot), reductions as their per-row
 scalars, and the few functions SymPy has no stable spelling for (σ, softplus, the guarded product)
 as overflow-free forms.
 """
@@ -44,7 +45,7 @@ class NumpyKernelPrinter(NumPyPrinter):
         return name
 
     def _print_KroneckerDelta(self, expr):
-        return "identity"
+        return "_identity"
 
     def _print_guarded_product(self, expr):
         weight, factor = (self._print(a) for a in expr.args)
@@ -76,11 +77,11 @@ class CKernelPrinter(C99CodePrinter):
         return f"softgrad_exp{self.suffix}({self._print(expr.args[0])})"
 
     def _print_Indexed(self, expr):
-        position = "i" if expr.indices[0] == LOOP else "j"
-        return f"{expr.base}_row[{position}]"
+        position = "_i" if expr.indices[0] == LOOP else "_j"
+        return f"_row_{expr.base}[{position}]"
 
     def _print_KroneckerDelta(self, expr):
-        return "(i == j)"
+        return "(_i == _j)"
 
     def _print_guarded_product(self, expr):
         weight, factor = (self._print(a) for a in expr.args)

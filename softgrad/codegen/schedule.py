@@ -124,7 +124,7 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
     (a float32 C kernel accumulates in double but computes entries in float)."""
     levels = kernel.levels()
     stash = _stash(kernel, levels)
-    row_names = sp.numbered_symbols("row_", real=True)
+    row_names = sp.numbered_symbols("_row", real=True)
     sums = {r.symbol for r in kernel.reductions if r.op == "sum"}
 
     def hoisted(expressions: list[sp.Expr]):
@@ -143,14 +143,14 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
         if stash and stash[0] == number:
             stored = [stash[1]]
         before, rewritten = hoisted(bodies + stored)
-        temporaries, reduced = _common_subexpressions(rewritten, f"t{number}_")
+        temporaries, reduced = _common_subexpressions(rewritten, f"_t{number}_")
         loop = Loop(before, temporaries, [(r.symbol, r.op, body) for r, body in zip(group, reduced)])
         if stored:
             loop.stores.append((stash[2], reduced[-1]))
         reduction_loops.append(loop)
 
     scalar_outputs = [o for o in kernel.outputs if o.shape == "scalar"]
-    scalar_temporaries, scalar_expressions = _common_subexpressions([o.expr for o in scalar_outputs], "s_")
+    scalar_temporaries, scalar_expressions = _common_subexpressions([o.expr for o in scalar_outputs], "_s")
 
     vector_outputs = [o for o in kernel.outputs if o.shape != "scalar"]
     output_loop = None
@@ -160,7 +160,7 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
             read_back = sp.IndexedBase(stash[2])[LOOP]
             expressions = [e.xreplace({stash[1]: read_back}) for e in expressions]
         before, rewritten = hoisted(expressions)
-        temporaries, reduced = _common_subexpressions(rewritten, "e_")
+        temporaries, reduced = _common_subexpressions(rewritten, "_e")
         output_loop = Loop(before, temporaries, [], [(o.name, e) for o, e in zip(vector_outputs, reduced)])
     return Schedule(kernel, reduction_loops, scalar_temporaries,
                     [(o.name, e) for o, e in zip(scalar_outputs, scalar_expressions)], output_loop,

@@ -1,7 +1,7 @@
 """schedule → NumPy statements: each entry-wise operation one ufunc call writing into a reused buffer.
 
 NumPy evaluates `np.exp(x - m) / s` by allocating an array per operation; on a block of rows that fits
-in cache, the same work done as `np.subtract(x, m, out=w0); np.exp(w0, out=w0); …` allocates nothing and
+in cache, the same work done as `np.subtract(x, m, out=_work0); np.exp(_work0, out=_work0); …` allocates nothing and
 touches memory once. Expressions are walked once: operands are evaluated into work buffers (or straight
 into the destination when nothing else still reads it), and a buffer is reused once its value is dead.
 """
@@ -22,7 +22,7 @@ class BlockPrinter(NumpyKernelPrinter):
     """Entries print as the current block of their array (`x` → `x_block`); per-row values as themselves."""
 
     def _print_Indexed(self, expr):
-        return f"{expr.base}_block"
+        return f"_block_{expr.base}"
 
 
 class UfuncProgram:
@@ -40,12 +40,12 @@ class UfuncProgram:
     def _take(self) -> str:
         if self._free:
             return self._free.pop()
-        name = f"work_{self.buffers_used}"
+        name = f"_work{self.buffers_used}"
         self.buffers_used += 1
         return name
 
     def _give_back(self, name: str) -> None:
-        if name.startswith("work_") and name not in self._names.values() and name not in self._free:
+        if name.startswith("_work") and name not in self._names.values() and name not in self._free:
             self._free.append(name)
 
     def forget(self, symbols) -> None:
@@ -58,7 +58,7 @@ class UfuncProgram:
     def release_all(self) -> None:
         """End of a loop: common subexpressions are dead."""
         self._names.clear()
-        self._free = [f"work_{k}" for k in reversed(range(self.buffers_used))]
+        self._free = [f"_work{k}" for k in reversed(range(self.buffers_used))]
 
     # statements
     def store(self, destination: str, expr: sp.Expr) -> None:
@@ -71,12 +71,14 @@ class UfuncProgram:
     def reduce(self, symbol: sp.Symbol, op: str, expr: sp.Expr) -> None:
         """symbol = max or sum along each row of expr, as a (block rows, 1) column."""
         if not self._is_entrywise(expr):  # the same value at every entry of a row
-            value = f"np.broadcast_to({self.printer.doprint(expr)}, (size, 1))"
+            value = f"np.broadcast_to({self.printer.doprint(expr)}, (_size, 1))"
             self.lines.append(f"{symbol} = {value}" if op == "max" else f"{symbol} = {value} * n")
             return
         result = self.value(expr)
         ufunc = "np.maximum" if op == "max" else "np.add"
         self.lines.append(f"{symbol} = {ufunc}.reduce({result}, axis=1, keepdims=True)")
+        if op == "max":  # a fully masked row (all −inf) is shifted by 0: its entries are −inf anyway
+            self.lines.append(f"np.copyto({symbol}, 0, where={symbol} == -np.inf)")
         self._give_back(result)
 
     def hold(self, symbol: sp.Symbol, expr: sp.Expr, into: str | None = None) -> None:
@@ -98,11 +100,11 @@ class UfuncProgram:
 
     def _owned(self, name: str) -> bool:
         """A work buffer this statement may overwrite: free, or holding only values read here for the last time."""
-        return name.startswith("work_") and all(s in self.dying for s, held in self._names.items() if held == name)
+        return name.startswith("_work") and all(s in self.dying for s, held in self._names.items() if held == name)
 
     @staticmethod
     def _reads(expr: sp.Expr, block: str) -> bool:
-        return any(f"{i.base}_block" == block for i in expr.atoms(sp.Indexed))
+        return any(f"_block_{i.base}" == block for i in expr.atoms(sp.Indexed))
 
     def value(self, expr: sp.Expr, into: str | None = None) -> str:
         """Compute expr; return the name that holds it (into, a work buffer, an input block or a literal)."""

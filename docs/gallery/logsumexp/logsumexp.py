@@ -2,6 +2,8 @@
 
     L = log(sum(exp(x[k]), k))
 
+(the spec as softgrad reads it; the SHA-256 of its source text is 3ab63a98bba5e74df65cde07a7f7df14a3c172433a052d9279180e2424a0697a)
+
 Derivatives are with respect to x. Every kernel works along the last axis (or `axis=`) of arrays
 of any leading shape, in the input's floating dtype, with no Python loop over entries: rows are taken in
 blocks of about 256 KiB, and each operation is a NumPy ufunc writing into a buffer reused from block to
@@ -87,21 +89,22 @@ def logsumexp_forward(x, *, axis=-1):
     x: the input x, (rows, n)
     Returns L, (rows,).
     """
-    x, shape = _rows(x, axis, "x")
-    n = shape[-1]
+    x, _shape = _rows(x, axis, "x")
+    n = _shape[-1]
     L = np.empty(x.shape[0], x.dtype)
-    work = _work(x, 1)
+    _buffers = _work(x, 1)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        for start, stop in _blocks(x):
-            size = stop - start
-            x_block = x[start:stop]
-            work_0 = work[0][:size]
-            max_x = np.maximum.reduce(x_block, axis=1, keepdims=True)
-            np.subtract(x_block, max_x, out=work_0)
-            np.exp(work_0, out=work_0)
-            sum_0 = np.add.reduce(work_0, axis=1, keepdims=True)
-            L[start:stop] = np.broadcast_to(max_x + np.log(sum_0), (size, 1))[:, 0]
-    L = L.reshape(shape[:-1])
+        for _start, _stop in _blocks(x):
+            _size = _stop - _start
+            _block_x = x[_start:_stop]
+            _work0 = _buffers[0][:_size]
+            _max_x = np.maximum.reduce(_block_x, axis=1, keepdims=True)
+            np.copyto(_max_x, 0, where=_max_x == -np.inf)
+            np.subtract(_block_x, _max_x, out=_work0)
+            np.exp(_work0, out=_work0)
+            _sum0 = np.add.reduce(_work0, axis=1, keepdims=True)
+            L[_start:_stop] = np.broadcast_to(_max_x + np.log(_sum0), (_size, 1))[:, 0]
+    L = L.reshape(_shape[:-1])
     return L
 
 
@@ -112,22 +115,23 @@ def logsumexp_loss_and_grad(x, *, axis=-1, out=None):
     Returns L, (rows,), ∂L/∂x, (rows, n).
     `out`, if given, receives dx (same shape as the result).
     """
-    x, shape = _rows(x, axis, "x")
-    n = shape[-1]
+    x, _shape = _rows(x, axis, "x")
+    n = _shape[-1]
     L = np.empty(x.shape[0], x.dtype)
-    dx = _vector_output(out, shape, x.dtype, axis, (x, ))
+    dx = _vector_output(out, _shape, x.dtype, axis, (x, ))
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        for start, stop in _blocks(x):
-            size = stop - start
-            x_block = x[start:stop]
-            dx_block = dx[start:stop]
-            max_x = np.maximum.reduce(x_block, axis=1, keepdims=True)
-            np.subtract(x_block, max_x, out=dx_block)
-            np.exp(dx_block, out=dx_block)
-            sum_0 = np.add.reduce(dx_block, axis=1, keepdims=True)
-            L[start:stop] = np.broadcast_to(max_x + np.log(sum_0), (size, 1))[:, 0]
-            row_0 = sum_0**(-1.0)
-            np.multiply(dx_block, row_0, out=dx_block)
-    dx = _vector_result(dx, shape, axis, out)
-    L = L.reshape(shape[:-1])
+        for _start, _stop in _blocks(x):
+            _size = _stop - _start
+            _block_x = x[_start:_stop]
+            _block_dx = dx[_start:_stop]
+            _max_x = np.maximum.reduce(_block_x, axis=1, keepdims=True)
+            np.copyto(_max_x, 0, where=_max_x == -np.inf)
+            np.subtract(_block_x, _max_x, out=_block_dx)
+            np.exp(_block_dx, out=_block_dx)
+            _sum0 = np.add.reduce(_block_dx, axis=1, keepdims=True)
+            L[_start:_stop] = np.broadcast_to(_max_x + np.log(_sum0), (_size, 1))[:, 0]
+            _row0 = _sum0**(-1.0)
+            np.multiply(_block_dx, _row0, out=_block_dx)
+    dx = _vector_result(dx, _shape, axis, out)
+    L = L.reshape(_shape[:-1])
     return L, dx

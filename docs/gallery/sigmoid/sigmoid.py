@@ -2,6 +2,8 @@
 
     y[i] = sigmoid(x[i])
 
+(the spec as softgrad reads it; the SHA-256 of its source text is 5ba82dba8b932d12c2bb6246b263bedacb957d0ed84b6083a8182eb761b8ed91)
+
 Derivatives are with respect to x. Every kernel works along the last axis (or `axis=`) of arrays
 of any leading shape, in the input's floating dtype, with no Python loop over entries: rows are taken in
 blocks of about 256 KiB, and each operation is a NumPy ufunc writing into a buffer reused from block to
@@ -88,16 +90,16 @@ def sigmoid_forward(x, *, axis=-1, out=None):
     Returns y, (rows, n).
     `out`, if given, receives y (same shape as the result).
     """
-    x, shape = _rows(x, axis, "x")
-    n = shape[-1]
-    y = _vector_output(out, shape, x.dtype, axis, (x, ))
+    x, _shape = _rows(x, axis, "x")
+    n = _shape[-1]
+    y = _vector_output(out, _shape, x.dtype, axis, (x, ))
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        for start, stop in _blocks(x):
-            size = stop - start
-            x_block = x[start:stop]
-            y_block = y[start:stop]
-            _sigmoid(x_block, out=y_block)
-    y = _vector_result(y, shape, axis, out)
+        for _start, _stop in _blocks(x):
+            _size = _stop - _start
+            _block_x = x[_start:_stop]
+            _block_y = y[_start:_stop]
+            _sigmoid(_block_x, out=_block_y)
+    y = _vector_result(y, _shape, axis, out)
     return y
 
 
@@ -109,24 +111,24 @@ def sigmoid_vjp(x, g, *, axis=-1, out=None):
     Returns dx = ∂l/∂x, (rows, n).
     `out`, if given, receives dx (same shape as the result).
     """
-    x, shape = _rows(x, axis, "x")
-    g = _same_shape(x, shape, g, axis, "g")
-    n = shape[-1]
-    dx = _vector_output(out, shape, x.dtype, axis, (x, g, ))
-    work = _work(x, 2)
+    x, _shape = _rows(x, axis, "x")
+    g = _same_shape(x, _shape, g, axis, "g")
+    n = _shape[-1]
+    dx = _vector_output(out, _shape, x.dtype, axis, (x, g, ))
+    _buffers = _work(x, 2)
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        for start, stop in _blocks(x):
-            size = stop - start
-            x_block = x[start:stop]
-            g_block = g[start:stop]
-            dx_block = dx[start:stop]
-            work_0 = work[0][:size]
-            work_1 = work[1][:size]
-            _sigmoid(x_block, out=work_0)
-            np.subtract(1, work_0, out=work_1)
-            np.multiply(work_0, work_1, out=dx_block)
-            np.multiply(dx_block, g_block, out=dx_block)
-    dx = _vector_result(dx, shape, axis, out)
+        for _start, _stop in _blocks(x):
+            _size = _stop - _start
+            _block_x = x[_start:_stop]
+            _block_g = g[_start:_stop]
+            _block_dx = dx[_start:_stop]
+            _work0 = _buffers[0][:_size]
+            _work1 = _buffers[1][:_size]
+            _sigmoid(_block_x, out=_work0)
+            np.subtract(1, _work0, out=_work1)
+            np.multiply(_work0, _work1, out=_block_dx)
+            np.multiply(_block_dx, _block_g, out=_block_dx)
+    dx = _vector_result(dx, _shape, axis, out)
     return dx
 
 
@@ -138,20 +140,20 @@ def sigmoid_vjp_from_output(y, g, *, axis=-1, out=None):
     Returns dx = ∂l/∂x, (rows, n).
     `out`, if given, receives dx (same shape as the result).
     """
-    y, shape = _rows(y, axis, "y")
-    g = _same_shape(y, shape, g, axis, "g")
-    n = shape[-1]
-    dx = _vector_output(out, shape, y.dtype, axis, (y, g, ))
+    y, _shape = _rows(y, axis, "y")
+    g = _same_shape(y, _shape, g, axis, "g")
+    n = _shape[-1]
+    dx = _vector_output(out, _shape, y.dtype, axis, (y, g, ))
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        for start, stop in _blocks(y):
-            size = stop - start
-            y_block = y[start:stop]
-            g_block = g[start:stop]
-            dx_block = dx[start:stop]
-            np.subtract(1, y_block, out=dx_block)
-            np.multiply(dx_block, g_block, out=dx_block)
-            np.multiply(dx_block, y_block, out=dx_block)
-    dx = _vector_result(dx, shape, axis, out)
+        for _start, _stop in _blocks(y):
+            _size = _stop - _start
+            _block_y = y[_start:_stop]
+            _block_g = g[_start:_stop]
+            _block_dx = dx[_start:_stop]
+            np.subtract(1, _block_y, out=_block_dx)
+            np.multiply(_block_dx, _block_g, out=_block_dx)
+            np.multiply(_block_dx, _block_y, out=_block_dx)
+    dx = _vector_result(dx, _shape, axis, out)
     return dx
 
 
@@ -162,15 +164,15 @@ def sigmoid_jacobian(x, *, axis=-1, out=None):
     Returns J[row, i, j] = ∂y_i/∂x_j, (rows, n, n).
     `out`, if given, receives J (same shape as the result).
     """
-    x, shape = _rows(x, axis, "x")
-    x = x.reshape(shape)
+    x, _shape = _rows(x, axis, "x")
+    x = x.reshape(_shape)
     # an explicit Jacobian is for small n: work in float64 (y(1 − y) cancels in float32), round once
-    result_dtype = x.dtype
+    _result_dtype = x.dtype
     x = x.astype(np.float64)
-    identity = np.eye(x.shape[-1])
+    _identity = np.eye(x.shape[-1])
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        e_0 = _sigmoid(x[..., :, None])
-        J = np.broadcast_to(e_0*(1 - e_0)*identity, x.shape + x.shape[-1:]).astype(result_dtype)
+        _e0 = _sigmoid(x[..., :, None])
+        J = np.broadcast_to(_e0*(1 - _e0)*_identity, x.shape + x.shape[-1:]).astype(_result_dtype)
     if out is not None:
         np.copyto(out, J)
         J = out
