@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
+from softgrad.budget import DERIVE_SECONDS
+from softgrad.verify.isolation import DEFAULT_TIMEOUT
 from softgrad.errors import SoftgradError
+
+#: --time-limit: seconds a derivation may take before it stops with a clear error.
+_TIME_LIMIT = click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=DERIVE_SECONDS,
+                           show_default=True, help="Seconds the derivation may take.")
+_SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the random points (0 or more).")
 
 
 def reports_errors(command):
@@ -77,10 +87,11 @@ def _load_spec(spec: str | None, spec_file: str | None):
 @click.option("--format", "fmt", type=click.Choice(["text", "latex", "markdown", "html", "json"]),
               default="text", show_default=True, help="Output format.")
 @click.option("--standalone", is_flag=True, help="With --format latex: a complete document for pdflatex.")
-@click.option("-o", "--output", help="Write to this file (atomically) instead of standard output.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random points steps are checked at.")
+@click.option("-o", "--output", help="Write to this file (atomically) instead of standard output ('-': standard output).")
+@_SEED
+@_TIME_LIMIT
 @reports_errors
-def derive(spec, spec_file, wrt, fmt, standalone, output, seed) -> None:
+def derive(spec, spec_file, wrt, fmt, standalone, output, seed, time_limit) -> None:
     """Derive the Jacobian or gradient of SPEC step by step, every step checked.
 
     SPEC is a catalog name (see `softgrad list`) or a spec such as
@@ -90,7 +101,7 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed) -> None:
     from softgrad.files import write_atomically
 
     parsed = _load_spec(spec, spec_file)
-    document = derive_spec(parsed, wrt=wrt, seed=seed).render(fmt, standalone=standalone)
+    document = derive_spec(parsed, wrt=wrt, seed=seed, time_limit=time_limit).render(fmt, standalone=standalone)
     if output:
         write_atomically(output, document)
     else:
@@ -107,43 +118,49 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed) -> None:
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Element type of the C kernels (NumPy kernels follow their inputs' dtype).")
 @click.option("--wrt", help="The input to differentiate with respect to (default: the first input).")
-@click.option("-o", "--output", "folder", required=True, help="Folder to write the generated files into.")
+@click.option("-o", "--output", "folder", required=True,
+              help="Folder to write the generated files into ('-': the NumPy module to standard output).")
 @click.option("--openmp", is_flag=True,
               help="C: split rows over OpenMP threads (compile with -fopenmp; OMP_NUM_THREADS sets how many).")
-@click.option("--check", is_flag=True, help="Compile/import what was generated and verify it; exit 1 on a mismatch.")
+@click.option("--check", is_flag=True,
+              help="Compile/import what was generated and verify it first; exit 1 (writing nothing) on a mismatch.")
+@click.option("--force", is_flag=True, help="Replace files in the folder that softgrad did not generate.")
+@_TIME_LIMIT
 @reports_errors
-def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, check) -> None:
+def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, check, force, time_limit) -> None:
     """Generate NumPy or C kernels for SPEC from its derivation.
 
-    Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder.
+    Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder: all of
+    them or, if anything fails (--check included), none.
     """
     from softgrad.codegen.emit import emit, kernels_for
     from softgrad.derive import derive_spec
-    from softgrad.files import write_atomically
+    from softgrad.files import write_atomically, write_files
 
     parsed = _load_spec(spec, spec_file)
-    derivation = derive_spec(parsed, wrt=wrt)
+    derivation = derive_spec(parsed, wrt=wrt, time_limit=time_limit)
     names = list(kernel_names) or None
     if openmp and lang != "c":
         raise SoftgradError("--openmp applies to --lang c (NumPy kernels run on one thread)")
     files = emit(derivation, lang, names, dtype, openmp=openmp)
+    if folder == "-" and len(files) != 1:
+        raise SoftgradError(f"-o - writes one file to standard output; --lang {lang} generates {len(files)} "
+                            "(give a folder)")
     if check:
         from softgrad.verify.generated import check_generated
 
         checks = check_generated(derivation, lang, files, kernels_for(derivation, names), dtype)
         for item in checks:
             click.echo(item.line(), err=True)
-    target = Path(folder)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as problem:
-        raise SoftgradError(f"cannot create folder {folder!r}: {problem.strerror}") from None
-    for file_name, content in files.items():
-        write_atomically(target / file_name, content)
-        click.echo(str(target / file_name))
-    if check and not all(item.passed for item in checks):
-        click.echo("softgrad: generated code does not match the derivation", err=True)
-        sys.exit(1)
+        if not all(item.passed for item in checks):
+            click.echo("softgrad: generated code does not match the derivation; nothing was written", err=True)
+            sys.exit(1)
+    if folder == "-":
+        (text,) = files.values()
+        write_atomically("-", text)
+        return
+    for path in write_files(folder, files, force=force):
+        click.echo(str(path))
 
 
 @main.command()
@@ -157,16 +174,18 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, che
 @click.option("--batch", type=int, default=4, show_default=True, help="Rows per batch.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Element type the code under test is called with.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_SEED
 @click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
               help="mean: the code divides the loss gradient by the number of rows.")
 @click.option("--param", "parameters", multiple=True, help="A parameter value, NAME=VALUE (repeatable).")
 @click.option("--mode", type=click.Choice(["auto", "full", "projections"]), default="auto", show_default=True,
               help="full: every element by finite differences; projections: random projections and bisection.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds one call of the code under test may take (it runs in a child process).")
 @reports_errors
 def verify(target, against, forward_reference, formula, signature, wrt, size, batch, dtype, seed, reduction,
-           parameters, mode, as_json) -> None:
+           parameters, mode, as_json, timeout) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
 
     Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
@@ -177,9 +196,13 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
     for item in parameters:
         name, _, value = item.partition("=")
         try:
-            values[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
+        if not math.isfinite(number) or number <= 0:
+            raise SoftgradError(f"--param {name.strip()} must be a finite number > 0 (spec parameters are "
+                                f"positive), not {value.strip()!r}")
+        values[name.strip()] = number
     if formula is not None:
         from softgrad.derive import derive_spec, load_spec
         from softgrad.verify.formula import verify_formula
@@ -204,16 +227,36 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
 
             is_loss = not derive_spec(load_spec(against)).spec.output.is_vector
             chosen = parse_signature("z,t->dz" if is_loss else "x,g->dx")
-        function = load_function(target, chosen, dtype_for_loading)
-        forward = load_function(forward_reference, chosen, "float64") if forward_reference else None
-        result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size, batch=batch,
-                                seed=seed, reduction=reduction, parameters=values, wrt=wrt, label=target, mode=mode)
+        if against is not None:  # a bad spec or parameter is reported before any user code runs
+            from softgrad.verify import reference_problem
+
+            reference_problem(against, wrt, values)
+        function = load_function(target, chosen, dtype_for_loading, timeout)
+        forward = None
+        try:
+            if forward_reference:
+                forward = load_function(forward_reference, chosen, "float64", timeout, role="the forward function")
+            result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size,
+                                    batch=batch, seed=seed, reduction=reduction, parameters=values, wrt=wrt,
+                                    label=target, mode=mode)
+        finally:
+            function.close()
+            if forward is not None:
+                forward.close()
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
     sys.exit(0 if result.passed else 1)
 
 
+def _stop_on_signal(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    """SIGTERM or SIGHUP: unwind like Ctrl-C, so that temporary files and folders are removed."""
+    raise SystemExit(128 + signum)
+
+
 def entry() -> None:
     """The console script: click's own usage errors become one line too (exit 2), like every other."""
+    for number in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if number is not None:
+            signal.signal(number, _stop_on_signal)
     try:
         code = main(standalone_mode=False, prog_name="softgrad")
     except click.UsageError as problem:

@@ -28,7 +28,7 @@ def check_gradient(function, against: str | None = None, signature: str | None =
     if (against is None) == (forward is None):
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
     if against is not None:
-        problem = _reference_problem(against, wrt, tuple(sorted((parameters or {}).items())))
+        problem = reference_problem(against, wrt, parameters or {})
         default = "z,t->dz" if problem.is_loss else "x,g->dx"
     else:
         chosen = parse_signature(signature or "x,g->dx")
@@ -48,6 +48,20 @@ def check_gradient(function, against: str | None = None, signature: str | None =
                   against=against or "the forward function", mode=mode)
 
 
+def reference_problem(against: str, wrt: str | None, parameters: dict[str, float]):
+    """The reference a gradient is checked against: the spec's derivation and its generated kernels.
+    Refuses parameters the spec does not have, and values that are not finite and positive."""
+    import math
+
+    from softgrad.errors import SoftgradError
+
+    for name, value in parameters.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise SoftgradError(f"parameter {name} must be a finite number > 0 (spec parameters are positive), "
+                                f"not {value!r}")
+    return _reference_problem(against, wrt, tuple(sorted((k, float(v)) for k, v in parameters.items())))
+
+
 @functools.lru_cache(maxsize=32)
 def _reference_problem(against: str, wrt: str | None, parameters: tuple):
     """The derivation and its generated reference kernels, made once per (spec, wrt, parameters)."""
@@ -57,6 +71,10 @@ def _reference_problem(against: str, wrt: str | None, parameters: tuple):
 
     derivation = derive_spec(load_spec(against), wrt=wrt)
     given = dict(parameters)
+    unknown = [p for p in given if p not in derivation.spec.parameters]
+    if unknown:
+        known = ", ".join(derivation.spec.parameters) or "none"
+        raise SoftgradError(f"the spec has no parameter {unknown[0]!r} (its parameters: {known})")
     missing = [p for p in derivation.spec.parameters if p not in given]
     if missing:
         raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
@@ -71,4 +89,4 @@ def assert_gradient(function, against: str | None = None, signature: str | None 
     return report
 
 
-__all__ = ["assert_gradient", "check_gradient"]
+__all__ = ["assert_gradient", "check_gradient", "reference_problem"]

@@ -14,7 +14,8 @@ import numpy as np
 from softgrad.verify import differences
 from softgrad.verify.problem import Problem
 from softgrad.verify.report import Report, Worst
-from softgrad.verify.signatures import Signature, call_under_test
+from softgrad.errors import SoftgradError
+from softgrad.verify.signatures import Signature, WrongOutput, call_under_test
 
 FULL_JACOBIAN_UP_TO = 64
 #: The floor of the tolerance, relative to the row's scale, by the dtype of the code under test.
@@ -116,7 +117,11 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
         arrays = {"x": x, "t": t, "g": upstream}
         if "y" in signature.takes:
             arrays["y"] = _as_given(problem.forward(x, t), representable)
-        outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype)))
+        try:
+            outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype)))
+        except WrongOutput as problem:
+            report.fail(f"{problem} (inputs: {case})")
+            break
         if reduction == "mean" and "dx" in outputs:
             outputs["dx"] = outputs["dx"] * rows
         first = case == cases[0][0]
@@ -127,12 +132,18 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
         if "loss" in outputs:
             loss = problem.forward(x, t) * (1 / rows if reduction == "mean" else 1)
             error = np.abs(outputs["loss"] - loss) / _row_scale(loss[:, None])
-            if (error > EXACT_FLOOR[dtype] * 100).any():
+            if not (error <= EXACT_FLOOR[dtype] * 100).all():  # NaN-safe: a NaN error is a failure
                 report.fail(f"loss differs from the forward function by {error.max():.3g} (relative) for {case}")
         if not report.passed:
             break
     progress.done()
-    _structural_checks(report, function, signature, problem, cases[0], dtype, rng)
+    if report.passed:
+        try:
+            _structural_checks(report, function, signature, problem, cases[0], dtype, rng)
+        except WrongOutput as problem_found:
+            report.fail(f"{problem_found} (inputs: {cases[0][0]}, structural checks)")
+    if report.elements == 0 and report.passed:  # never a pass that compared nothing
+        raise SoftgradError("no element was compared: nothing was checked")
     return report
 
 
@@ -177,16 +188,17 @@ def _compare_full(report, signature, problem, case, arrays, outputs, dtype):
     exact = _exact(signature, problem, arrays)
     terms = _term_scale(signature, problem, arrays)
     for role, (value, noise) in numeric.items():
+        _require_finite(value, noise, case)
         analytic = outputs[role]
         scale = _row_scale(value, terms)[(...,) + (None,) * (value.ndim - 1)]
         tolerance = NOISE_FACTOR * noise + FLOOR[dtype] * scale
         error = np.abs(analytic - value)
-        bad = error > tolerance
+        bad = ~(error <= tolerance)  # NaN-safe: what cannot be compared is not a match
         report.elements += analytic.size
         if role in exact:
             exact_tolerance = np.broadcast_to(
                 EXACT_FLOOR[dtype] * _row_scale(exact[role], terms)[(...,) + (None,) * (value.ndim - 1)], analytic.shape)
-            exact_bad = np.abs(analytic - exact[role]) > exact_tolerance
+            exact_bad = ~(np.abs(analytic - exact[role]) <= exact_tolerance)
             if exact_bad.any() and not bad.any():
                 # below what finite differences can see, but not the exact result
                 worst = np.unravel_index(np.argmax(np.abs(analytic - exact[role]) / exact_tolerance), analytic.shape)
@@ -203,6 +215,13 @@ def _compare_full(report, signature, problem, case, arrays, outputs, dtype):
                    f"{FLOOR[dtype]:g} × row scale {scale[worst[0]].item():.3g}")
             _record_worst(report, worst, analytic, value, exact.get(role), tolerance, how, case, arrays)
             report.bad_elements += int(bad.sum())
+
+
+def _require_finite(reference: np.ndarray, tolerance: np.ndarray, case: str) -> None:
+    """A reference or tolerance that is NaN or inf cannot judge anything: stop, never pass."""
+    if not (np.isfinite(reference).all() and np.isfinite(tolerance).all()):
+        raise SoftgradError(f"the reference (the spec's forward function) is not finite for the inputs {case}: "
+                            "it overflows or is undefined there, so the gradient cannot be checked at them")
 
 
 def _where(position) -> str:
@@ -233,8 +252,9 @@ def _compare_projections(report, signature, problem, case, arrays, outputs, dtyp
     direction = None
     for _ in range(probes):
         direction = rng.choice([-1.0, 1.0], size=analytic.shape)
-        error, tolerance, _ = _projection_mismatch(problem, arrays, analytic, direction, dtype)
-        if (error > tolerance).any():
+        error, tolerance, numeric = _projection_mismatch(problem, arrays, analytic, direction, dtype)
+        _require_finite(numeric, tolerance, case)
+        if not (error <= tolerance).all():
             row = int(np.argmax(error / tolerance))
             one_row = {k: (None if v is None else v[row:row + 1]) for k, v in arrays.items()}
             column = _bisect(problem, one_row, analytic[row:row + 1], direction[row:row + 1], dtype)
@@ -255,7 +275,8 @@ def _compare_projections(report, signature, problem, case, arrays, outputs, dtyp
     if "dx" in exact:
         scale = _row_scale(exact["dx"], _term_scale(signature, problem, arrays))[:, None]
         error = np.abs(analytic - exact["dx"]) / (EXACT_FLOOR[dtype] * scale)
-        if (error > 1).any():
+        _require_finite(exact["dx"], scale, case)
+        if not (error <= 1).all():
             position = np.unravel_index(np.argmax(error), error.shape)
             report.fail(f"dx differs from the exact result at {_where(position)} ({case})")
             report.bad_elements += int((error > 1).sum())

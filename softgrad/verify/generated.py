@@ -99,22 +99,24 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
         kind = kernel.kind
         given = dict(arrays)  # what the kernel is called with, and what the reference is evaluated at
         if kernel.upstream:
-            given[kernel.upstream] = upstream
+            given[kernel.origin[kernel.upstream]] = upstream
         if kind == "vjp_from_output":
             given[output_name] = forward_values[output_name]
-        call_arguments = [given[name].astype(dtype) for name, _ in kernel.inputs] + [parameters[p] for p in derivation.spec.parameters]
+        call_arguments = ([given[kernel.origin[name]].astype(dtype) for name, _ in kernel.inputs]
+                          + [parameters[p] for p in derivation.spec.parameters])
         produced = getattr(functions, kernel.name)(*call_arguments)
         produced = produced if isinstance(produced, tuple) else (produced,)
         names = [o.name for o in kernel.outputs if o.shape == "scalar"] + [o.name for o in kernel.outputs if o.shape != "scalar"]
         expected = cached((kind,), lambda: exact_outputs(derivation, kind, given, parameters))
         for name, value in zip(names, produced):
-            results.append(KernelCheck(kernel.name, name, "exact", normwise_error(value, expected[name]), tolerance))
-            gradient = name == f"d{derivation.wrt}"
+            reference = expected[kernel.origin[name]]
+            results.append(KernelCheck(kernel.name, name, "exact", normwise_error(value, reference), tolerance))
+            gradient = kernel.origin[name] == f"d{derivation.wrt}"
             if gradient:
                 numeric = cached(("directional", bool(kernel.upstream)), lambda: forward_directional(
                     derivation, arrays, parameters, direction, upstream if kernel.upstream else None))
                 analytic = (np.asarray(value, dtype=np.float64) * direction).sum(-1)
-                magnitude = row_scales(np.abs(expected[name]).sum(-1))
+                magnitude = row_scales(np.abs(reference).sum(-1))
                 error = float((np.abs(analytic - numeric) / magnitude).max()) if rows else 0.0
                 results.append(KernelCheck(kernel.name, name, "finite differences", error, difference_tolerance))
     return results

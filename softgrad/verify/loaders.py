@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 
 from softgrad.codegen.build import compiler, import_path
 from softgrad.errors import SoftgradError
+from softgrad.files import remove_tree
+from softgrad.verify.isolation import DEFAULT_TIMEOUT, IsolatedFunction
 from softgrad.verify.signatures import Signature
 
 
@@ -23,8 +26,49 @@ def split_reference(reference: str) -> tuple[str, str]:
     return location, name
 
 
-def load_function(reference: str, signature: Signature, dtype: str):
-    """The callable named by `reference`; C functions get a NumPy wrapper with the signature's convention."""
+def load_function(reference: str, signature: Signature, dtype: str, timeout: float = DEFAULT_TIMEOUT,
+                  role: str = "the function under test") -> IsolatedFunction:
+    """The function named by `reference`, loaded and called in a child process (see isolation).
+
+    A C source is compiled here first, into a temporary folder that is removed when the function is
+    closed; the child loads the library."""
+    location, name = split_reference(reference)
+    if not location.endswith(".c"):
+        return IsolatedFunction(reference, signature.text, dtype, timeout, role)
+    path = Path(location)
+    if not path.is_file():
+        raise SoftgradError(f"cannot read {location!r}: no such file")
+    folder = Path(tempfile.mkdtemp(prefix="softgrad-verify-"))
+    try:
+        library = folder / f"lib{path.stem}.so"
+        _compile_user_c(path, library)
+        function = IsolatedFunction(f"{library}:{name}", signature.text, dtype, timeout, role)
+    except BaseException:
+        remove_tree(folder)
+        raise
+    function.__name__ = name
+    closing = function.close
+
+    def close_and_clean() -> None:
+        closing()
+        remove_tree(folder)
+
+    function.close = close_and_clean  # type: ignore[method-assign]
+    return function
+
+
+def _compile_user_c(source: Path, library: Path) -> None:
+    """Compile the user's C file (their code: plain flags, not the generated code's strict ones)."""
+    run = subprocess.run([compiler(), "-std=c99", "-O2", "-shared", "-fPIC", str(source), "-o", str(library), "-lm"],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:300])
+        raise SoftgradError(f"compiling {source} failed: {first}")
+
+
+def load_in_process(reference: str, signature: Signature, dtype: str):
+    """The callable named by `reference`, in this process (the worker child's side of load_function);
+    C functions get a NumPy wrapper with the signature's convention."""
     location, name = split_reference(reference)
     if location.endswith((".c", ".so", ".dylib")):
         return load_c(location, name, signature, dtype)
@@ -50,8 +94,12 @@ def _run_user_code(action, location):
         raise
     except ModuleNotFoundError as problem:
         raise SoftgradError(f"cannot import {location!r}: {problem}") from None
+    except SystemExit as problem:
+        raise SoftgradError(f"importing {location} called sys.exit({problem.code!r})") from None
     except BaseException as problem:  # the user's module failed while loading: its own last line
-        raise SoftgradError(f"importing {location} raised {type(problem).__name__}: {problem}") from None
+        last = str(problem).strip().splitlines()
+        raise SoftgradError(f"importing {location} raised {type(problem).__name__}"
+                            + (f": {last[-1]}" if last else "")) from None
 
 
 #: C conventions: inputs (const pointers), outputs (pointers), then the sizes.
@@ -68,20 +116,21 @@ def load_c(location: str, name: str, signature: Signature, dtype: str):
     path = Path(location)
     if not path.is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
-    if location.endswith(".c"):
+    if location.endswith(".c"):  # in this process: compiled into a folder removed once loaded
         folder = Path(tempfile.mkdtemp(prefix="softgrad-verify-"))
-        library_path = folder / f"lib{path.stem}.so"
-        import subprocess
-
-        run = subprocess.run([compiler(), "-std=c99", "-O2", "-shared", "-fPIC", str(path), "-o", str(library_path),
-                              "-lm"], capture_output=True, text=True)
-        if run.returncode != 0:
-            first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:300])
-            raise SoftgradError(f"compiling {location} failed: {first}")
+        try:
+            _compile_user_c(path, folder / f"lib{path.stem}.so")
+            library = ctypes.CDLL(str(folder / f"lib{path.stem}.so"))
+        except OSError as problem:
+            raise SoftgradError(f"cannot load {location}: {problem}") from None
+        finally:
+            remove_tree(folder)
+        library_path = None
     else:
         library_path = path.resolve()
     try:
-        library = ctypes.CDLL(str(library_path))
+        if library_path is not None:
+            library = ctypes.CDLL(str(library_path))
         function = getattr(library, name)
     except OSError as problem:
         raise SoftgradError(f"cannot load {location}: {problem}") from None

@@ -49,34 +49,79 @@ def parse_signature(text: str) -> Signature:
     return SIGNATURES[key]
 
 
+class WrongOutput(Exception):
+    """The function ran, but what it did cannot be a correct gradient (NaN or inf for finite inputs,
+    complex or integer values, lower precision than asked for, inputs changed in place): a FAIL."""
+
+
 def call_under_test(function, signature: Signature, arrays: dict[str, np.ndarray], dtype):
     """Call the function under test with the signature's arguments; return its outputs as float64 arrays.
 
-    Raises SoftgradError for anything that is the function's fault (it raised, wrong count or shape, NaN).
+    Raises SoftgradError for what makes the check impossible (it raised, exited, crashed, timed out, or
+    returned the wrong number or shape of values) and WrongOutput for a result that is wrong by itself.
+    `function` is an IsolatedFunction (code run in a child process) or any callable (run here).
     """
+    from softgrad.verify.isolation import IsolatedFunction, NotAnArray
+
     arguments = [arrays[role].astype(dtype) for role in signature.takes]
+    originals = [a.copy() for a in arguments]
+    mutated: set[int] = set()
     try:
         if signature.single_row:
-            result = np.stack([np.asarray(function(row)) for row in arguments[0]])
-            outputs = (result,)
+            results = []
+            for row in arguments[0]:
+                results.append(function(row))
+                mutated |= set(getattr(function, "mutated", []) if isinstance(function, IsolatedFunction) else [])
+            if any(isinstance(r, NotAnArray) for r in results):
+                raise SoftgradError(f"the function returned {next(r for r in results if isinstance(r, NotAnArray))}, "
+                                    "not an array")
+            outputs = (np.stack([np.asarray(r) for r in results]),)
         else:
             result = function(*arguments)
             outputs = result if isinstance(result, tuple) else (result,)
+            if isinstance(function, IsolatedFunction):
+                mutated |= set(function.mutated)
     except SoftgradError:
         raise
-    except Exception as problem:  # the user's code failed: report its own last line
-        raise SoftgradError(f"the function under test raised {type(problem).__name__}: {problem}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as problem:  # the user's code failed (or exited): report its own last line
+        if isinstance(problem, SystemExit):
+            raise SoftgradError(f"the function under test called sys.exit({problem.code!r})") from None
+        last = str(problem).strip().splitlines()
+        raise SoftgradError(f"the function under test raised {type(problem).__name__}"
+                            + (f": {last[-1]}" if last else "")) from None
+    if not isinstance(function, IsolatedFunction):
+        mutated |= {k for k, (a, b) in enumerate(zip(originals, arguments)) if not np.array_equal(a, b, equal_nan=True)}
     if len(outputs) != len(signature.returns):
         raise SoftgradError(f"the function returned {len(outputs)} value(s); signature {signature.text} "
                             f"expects {len(signature.returns)}")
+    if mutated:
+        names = ", ".join(signature.takes[k] for k in sorted(mutated))
+        raise WrongOutput(f"the function changed its input {names} in place (a caller's array would be corrupted)")
     checked = []
     rows, size = arrays["x"].shape
     for role, value in zip(signature.returns, outputs):
-        value = np.asarray(value, dtype=np.float64)
+        if isinstance(value, NotAnArray):
+            raise SoftgradError(f"the function's {role} is {value}, not an array")
+        try:
+            value = np.asarray(value)
+        except Exception:  # noqa: BLE001 - anything not array-like
+            raise SoftgradError(f"the function's {role} is a {type(value).__name__}, not an array") from None
         expected = {"dx": (rows, size), "loss": (rows,), "J": (rows, size, size)}[role]
+        if value.dtype.hasobject or value.dtype.kind not in "biufc":
+            raise SoftgradError(f"the function's {role} has dtype {value.dtype}, not a floating array")
         if value.shape != expected:
             raise SoftgradError(f"the function's {role} has shape {value.shape}, expected {expected}")
+        if value.dtype.kind == "c":
+            raise WrongOutput(f"the function's {role} is complex ({value.dtype}); a real function's gradient is real")
+        if value.dtype.kind != "f":
+            raise WrongOutput(f"the function's {role} has dtype {value.dtype}; a gradient needs floating values")
+        if value.dtype.itemsize < np.dtype(dtype).itemsize:
+            raise WrongOutput(f"the function's {role} is {value.dtype} for {np.dtype(dtype)} inputs (precision lost)")
+        value = value.astype(np.float64)
         if not np.isfinite(value).all():
-            raise SoftgradError(f"the function's {role} contains NaN or inf for finite inputs")
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
+            raise WrongOutput(f"the function's {role} is {value[where]} at {where} for finite inputs")
         checked.append(value)
     return checked

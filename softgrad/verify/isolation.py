@@ -1,0 +1,182 @@
+"""Run the code under test in a child process, so that nothing it does can decide the verdict.
+
+The child (softgrad.verify.worker) loads the function and calls it on request. It is judged only by
+what it sends back: a process that exits, is killed by a signal, crashes or does not answer within the
+time limit ends the check with one line saying which (exit status 2), never with a pass. What the code
+prints goes to standard error, so `--json` output stays valid. Messages are a length-prefixed JSON
+header followed by raw array bytes: the parent never unpickles what the child sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from softgrad.errors import SoftgradError
+
+#: Seconds one call may take by default (the first call may compile, e.g. numba or torch.compile).
+DEFAULT_TIMEOUT = 10.0
+#: Loading (importing torch, compiling) may take longer than a call.
+LOAD_TIMEOUT = 60.0
+
+_LENGTH = struct.Struct("<Q")
+
+
+def send(descriptor: int, header: dict, arrays: list[np.ndarray] = ()) -> None:
+    """Write one message: its header (with each array's dtype and shape) and the arrays' bytes."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    header = dict(header, arrays=[{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays])
+    encoded = json.dumps(header).encode("utf-8")
+    payload = b"".join([_LENGTH.pack(len(encoded)), encoded] + [_LENGTH.pack(a.nbytes) + a.tobytes() for a in arrays])
+    view = memoryview(payload)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+class _Reader:
+    """Reads messages from a descriptor, each read bounded by a deadline (None: wait forever)."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+
+    def exactly(self, count: int, deadline: float | None) -> bytes:
+        chunks, remaining = [], count
+        while remaining:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                ready, _, _ = select.select([self.descriptor], [], [], max(left, 0))
+                if not ready:
+                    raise TimeoutError
+            chunk = os.read(self.descriptor, min(remaining, 1 << 22))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def message(self, deadline: float | None = None) -> tuple[dict, list[np.ndarray]]:
+        (length,) = _LENGTH.unpack(self.exactly(_LENGTH.size, deadline))
+        header = json.loads(self.exactly(length, deadline))
+        arrays = []
+        for description in header.get("arrays", []):
+            (size,) = _LENGTH.unpack(self.exactly(_LENGTH.size, deadline))
+            dtype = np.dtype(description["dtype"])
+            if dtype.hasobject:
+                raise ValueError("object arrays are not accepted")
+            data = self.exactly(size, deadline)
+            arrays.append(np.frombuffer(data, dtype=dtype).reshape(description["shape"]).copy())
+        return header, arrays
+
+
+def _describe_ending(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        crash = " (a crash in the code under test)" if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else ""
+        return f"was killed by {name}{crash}"
+    return f"ended the process with exit status {returncode} (sys.exit, os._exit or C exit?)"
+
+
+class IsolatedFunction:
+    """A function of a file or module, called in a child process: `result = isolated(*arrays)`.
+
+    Each call returns what the function returned (an array or a tuple of arrays) and sets
+    `mutated` to the positions of the arguments it changed in place. Use as a context manager (or call close())."""
+
+    def __init__(self, reference: str, signature_text: str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
+                 role: str = "the function under test") -> None:
+        if not timeout > 0:
+            raise SoftgradError("--timeout must be a positive number of seconds")
+        self.reference, self.timeout, self.role = reference, timeout, role
+        self.calls = 0
+        self.mutated: list[int] = []
+        self.__name__ = reference.rsplit(":", 1)[-1]
+        requests_read, self._requests = os.pipe()
+        self._replies, replies_write = os.pipe()
+        self._reader = _Reader(self._replies)
+        environment = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "softgrad.verify.worker", str(requests_read), str(replies_write)],
+                pass_fds=(requests_read, replies_write), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                env=environment, cwd=os.getcwd())
+        finally:
+            os.close(requests_read)
+            os.close(replies_write)
+        self._exchange({"op": "load", "reference": reference, "signature": signature_text, "dtype": dtype},
+                       [], max(timeout, LOAD_TIMEOUT), "while loading")
+
+    def __call__(self, *arrays: np.ndarray):
+        self.calls += 1
+        header, outputs = self._exchange({"op": "call"}, list(arrays), self.timeout, f"in call {self.calls}")
+        self.mutated = header.get("mutated", [])
+        others = header.get("other_outputs", {})
+        results: list[object] = list(outputs)
+        for position, description in sorted((int(k), v) for k, v in others.items()):
+            results.insert(position, NotAnArray(description))
+        return tuple(results) if header.get("tuple") else results[0]
+
+    def _exchange(self, header: dict, arrays: list[np.ndarray], timeout: float, when: str):
+        try:
+            send(self._requests, header, arrays)
+            reply, outputs = self._reader.message(time.monotonic() + timeout)
+        except TimeoutError:
+            self.close()
+            raise SoftgradError(f"{self.role} did not return within {timeout:g} s {when} "
+                                "(an endless loop? --timeout sets the limit)") from None
+        except (EOFError, BrokenPipeError):
+            returncode = self._process.wait()
+            self.close()
+            raise SoftgradError(f"{self.role} {_describe_ending(returncode)} {when}") from None
+        except (ValueError, json.JSONDecodeError):
+            self.close()
+            raise SoftgradError(f"{self.role}'s process sent a malformed answer {when}") from None
+        if "error" in reply:
+            raise SoftgradError(reply["error"])
+        return reply, outputs
+
+    def close(self) -> None:
+        """Stop the child (if it still runs) and release the pipes."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        for descriptor in (self._requests, self._replies):
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+        self._requests = self._replies = -1
+
+    def __enter__(self) -> IsolatedFunction:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_process", None) is not None and self._requests != -1:
+            self.close()
+
+
+class NotAnArray:
+    """An output the child could not send as a numeric array (a string, None, a dict, …)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def __repr__(self) -> str:
+        return self.description

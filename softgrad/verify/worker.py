@@ -1,0 +1,79 @@
+"""The child process of softgrad.verify.isolation: loads the code under test and calls it on request.
+
+    python -m softgrad.verify.worker REQUESTS_FD REPLIES_FD
+
+Its standard output is the parent's standard error (what the code prints never mixes with a report).
+Ctrl-C is left to the parent, which stops this process.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import numpy as np
+
+
+def _outputs(result) -> tuple[bool, list[np.ndarray], dict[int, str]]:
+    """(was a tuple, numeric arrays, {position: description} of outputs that are not numeric arrays)."""
+    is_tuple = isinstance(result, tuple)
+    values = list(result) if is_tuple else [result]
+    arrays, others = [], {}
+    for position, value in enumerate(values):
+        try:
+            array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        except Exception:  # noqa: BLE001 - anything that is not array-like is described, not sent
+            array = None
+        if array is None or array.dtype.hasobject or array.dtype.kind not in "biufc":
+            others[position] = f"a {type(value).__name__}"
+            continue
+        arrays.append(array)
+    return is_tuple, arrays, others
+
+
+def _describe(problem: BaseException) -> str:
+    if isinstance(problem, SystemExit):
+        return f"the function under test called sys.exit({problem.code!r})"
+    last = str(problem).strip().splitlines()
+    return f"the function under test raised {type(problem).__name__}" + (f": {last[-1]}" if last else "")
+
+
+def main(requests: int, replies: int) -> None:
+    from softgrad.verify.isolation import _Reader, send
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reader = _Reader(requests)
+    function = None
+    while True:
+        try:
+            header, arrays = reader.message()
+        except EOFError:
+            return
+        if header["op"] == "load":
+            from softgrad.errors import SoftgradError
+            from softgrad.verify.loaders import load_in_process
+            from softgrad.verify.signatures import parse_signature
+
+            try:
+                function = load_in_process(header["reference"], parse_signature(header["signature"]),
+                                           header["dtype"])
+            except SoftgradError as problem:
+                send(replies, {"error": str(problem)})
+                continue
+            send(replies, {"ok": True})
+            continue
+        copies = [a.copy() for a in arrays]
+        try:
+            result = function(*arrays)
+        except BaseException as problem:  # noqa: BLE001 - whatever the code does is reported, not obeyed
+            send(replies, {"error": _describe(problem)})
+            continue
+        mutated = [position for position, (before, after) in enumerate(zip(copies, arrays))
+                   if not np.array_equal(before, after, equal_nan=True)]
+        is_tuple, outputs, others = _outputs(result)
+        send(replies, {"ok": True, "tuple": is_tuple, "mutated": mutated,
+                       "other_outputs": {str(k): v for k, v in others.items()}}, outputs)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
