@@ -26,6 +26,7 @@ MAX_NUMBER_CHARACTERS = 40
 #: Every constant a spec writes or computes stays within double precision (the checks and the
 #: generated code work in it); anything larger is refused before SymPy is asked to compute it.
 LARGEST_CONSTANT = sp.Float("1.7976931348623157e308")
+SMALLEST_CONSTANT = sp.Float("4.9406564584124654e-324")  # the smallest subnormal
 
 #: name → (number of arguments, builder). `sum` and `delta` take indices and are handled apart.
 FUNCTIONS = {
@@ -157,17 +158,15 @@ def _in_range(value: sp.Expr) -> bool:
         return False
     if value.is_Rational and not value.is_Integer:
         return max(abs(value.p), value.q).bit_length() <= 1100
-    return abs(value) <= LARGEST_CONSTANT
+    return value == 0 or SMALLEST_CONSTANT <= abs(value) <= LARGEST_CONSTANT
 
 
 def _power_in_range(base: sp.Expr, exponent: sp.Expr) -> bool:
     """Whether base**exponent of two numbers stays within double precision, decided before computing it."""
     if not (base.is_Number and exponent.is_Number) or base == 0 or abs(base) == 1:
         return True
-    import math
-
-    digits = float(abs(exponent)) * abs(math.log10(abs(float(base))))
-    return digits <= 308
+    digits = abs(exponent) * abs(sp.log(abs(base), 10))
+    return bool(sp.N(digits, 15) <= 308)
 
 
 class _LineParser:
