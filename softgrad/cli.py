@@ -40,6 +40,9 @@ def reports_errors(command):
         except RecursionError:
             click.echo("softgrad: error: the input is nested too deeply to process", err=True)
             sys.exit(2)
+        except MemoryError:
+            click.echo("softgrad: error: not enough memory for this check (try a smaller --n or --batch)", err=True)
+            sys.exit(2)
         except Exception as problem:  # a bug in softgrad: still one line, and a way to report it
             click.echo(f"softgrad: internal error ({type(problem).__name__}: {problem}); please report it", err=True)
             sys.exit(2)

@@ -435,3 +435,36 @@ def test_fully_masked_rows_agree_with_pytorch():
     masked = torch.full((1, 4), -float("inf"), dtype=torch.float64)
     assert torch.softmax(masked, -1).isnan().all() and torch.log_softmax(masked, -1).isnan().all()
     assert torch.logsumexp(masked, -1).item() == -float("inf")
+
+
+def test_check_builds_with_the_compiler_named_by_cc(tmp_path):
+    """$CC chooses the compiler of --check and verify; clang builds the generated C warning-free too."""
+    require_tool("clang")
+    result = subprocess.run([sys.executable, "-m", "softgrad", "codegen", "cross-entropy", "--lang", "c", "-o", "out",
+                             "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, CC="clang"))
+    assert result.returncode == 0, result.stderr
+    missing = subprocess.run([sys.executable, "-m", "softgrad", "codegen", "softmax", "--lang", "c", "-o", "out2",
+                              "--check"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, CC="no-such-compiler"))
+    assert missing.returncode == 2 and "$CC" in missing.stderr and not (tmp_path / "out2").exists()
+
+
+def test_check_samples_inputs_inside_the_domain(tmp_path):
+    """sqrt(x) is checked at x > 0 (a reference outside the domain would be NaN, not a verdict)."""
+    result = subprocess.run([sys.executable, "-m", "softgrad", "codegen", "y[i] = sqrt(x[i]) / sum(sqrt(x[k]), k)",
+                             "--lang", "numpy", "-o", "out", "--check"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_formula_with_an_imaginary_part_or_nan_never_passes():
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.verify.formula import verify_formula
+
+    derivation = derive_spec(load_spec("softmax"))
+    right = verify_formula("y[i] * (delta(i, j) - y[j])", derivation)
+    assert right.passed and right.formula == "(delta(i, j) - y[j])*y[i]"
+    imaginary = verify_formula("y[i] * (delta(i, j) - y[j]) + sqrt(y[i] - 2) * 0.5 - sqrt(y[i] - 2) / 2 "
+                               "+ log(y[j] - 1) - log(y[j] - 1) + sqrt(y[j] - 3)", derivation)
+    assert not imaginary.passed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,13 @@ STRICT_FLAGS = [*RECOMMENDED_FLAGS, "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
 
 
 def compiler() -> str:
-    """The system C compiler (cc, gcc or clang), or a SoftgradError saying none was found."""
+    """The C compiler: $CC if set, else the system's (cc, gcc or clang); a SoftgradError if none is found."""
+    chosen = os.environ.get("CC", "").strip()
+    if chosen:
+        path = shutil.which(chosen)
+        if path is None:
+            raise SoftgradError(f"the compiler named by $CC ({chosen!r}) was not found")
+        return path
     for name in ("cc", "gcc", "clang"):
         path = shutil.which(name)
         if path:

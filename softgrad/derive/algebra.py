@@ -10,7 +10,7 @@ from __future__ import annotations
 import sympy as sp
 
 from softgrad.derive.spec import Definition, Spec
-from softgrad.derive.symbols import SumExcept, class_sum, fresh_index, names_in
+from softgrad.derive.symbols import SumExcept, class_sum, fresh_index, names_in, sigmoid
 
 
 def sift(expr: sp.Expr) -> sp.Expr:
@@ -213,3 +213,18 @@ def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -
             if cost(trial) < cost(best):
                 best = trial
     return best
+
+
+def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str]:
+    """Inputs whose values must be positive for the spec to be real: those under a log, a square root or
+    a fractional power (outside any exp or σ), definitions inlined."""
+    needed: set[str] = set()
+    for definition in definitions:
+        expr = inline(definition.expr, definitions)
+        arguments = [e.args[0] for e in expr.atoms(sp.log)]
+        arguments += [e.base for e in expr.atoms(sp.Pow) if not e.exp.is_integer]
+        for argument in arguments:
+            # exp and σ are positive (σ < 1 too) whatever their argument: what is inside them is free
+            outside_exp = argument.replace(lambda e: isinstance(e, (sp.exp, sigmoid)), lambda e: sp.S.Half)
+            needed |= {str(i.base) for i in outside_exp.atoms(sp.Indexed)} & set(inputs)
+    return needed

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from softgrad.codegen.kernel import Kernel
+from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.steps import Derivation
 from softgrad.verify.reference import exact_outputs, forward_directional
 
@@ -33,13 +34,18 @@ class KernelCheck:
 
 
 def sample_inputs(derivation: Derivation, rows: int, size: int, seed: int, scale: float = 3.0) -> tuple[dict, dict]:
-    """Random inputs of the spec: the differentiated input ~ N(0, scale²); others in (0, 1), normalised
-    when the spec says they sum to a constant; parameters in (0.5, 2)."""
+    """Random inputs of the spec: the differentiated input ~ N(0, scale²) (positive, up to `scale`, where
+    the spec takes its log or square root); others in (0, 1), normalised when the spec says they sum to
+    a constant; parameters in (0.5, 2)."""
     rng = np.random.default_rng(seed)
     spec = derivation.spec
+    positive = positive_inputs(spec.definitions, spec.inputs)  # under a log or a square root
     arrays = {}
     for name in spec.inputs:
-        arrays[name] = rng.normal(0, scale, (rows, size)) if name == derivation.wrt else rng.uniform(0.05, 1, (rows, size))
+        if name == derivation.wrt and name not in positive:
+            arrays[name] = rng.normal(0, scale, (rows, size))
+        else:
+            arrays[name] = rng.uniform(0.05, 1, (rows, size)) * (scale if name == derivation.wrt else 1)
     for constraint in spec.constraints:
         arrays[constraint.input_name] *= float(constraint.rhs) / arrays[constraint.input_name].sum(-1, keepdims=True)
     parameters = {name: float(rng.uniform(0.5, 2.0)) for name in spec.parameters}

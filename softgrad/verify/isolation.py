@@ -145,8 +145,10 @@ class IsolatedFunction:
         except (ValueError, json.JSONDecodeError):
             self.close()
             raise SoftgradError(f"{self.role}'s process sent a malformed answer {when}") from None
-        if "error" in reply:
+        if "error" in reply:  # loading failed: the message is whole
             raise SoftgradError(reply["error"])
+        if "failed" in reply:  # the code raised or called sys.exit
+            raise SoftgradError(f"{self.role} {reply['failed']}")
         return reply, outputs
 
     def close(self) -> None:

@@ -34,6 +34,13 @@ def _point(evaluator: Evaluator, arrays: dict[str, np.ndarray], row: int, parame
     return evaluator.complete(Point(size, vectors, scalars))
 
 
+def _real(value) -> float:
+    """A reference value as a float: NaN where it is not real (the spec taken outside its domain)."""
+    if isinstance(value, mpmath.mpc):
+        return float(value.real) if value.imag == 0 else float("nan")
+    return float(value)
+
+
 def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndarray],
                   parameters: dict[str, float]) -> dict[str, np.ndarray]:
     """Each output of `kernel` for 2-D input arrays (rows, n), from the derived formulas, in float64."""
@@ -51,11 +58,11 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
                 point.vectors[output.name] = [mpmath.mpf(float(v)) for v in arrays[output.name][row]]
             for name, expr, indices in plans:
                 if not indices:
-                    values[name].append(float(evaluator.value(expr, point, {})))
+                    values[name].append(_real(evaluator.value(expr, point, {})))
                 elif len(indices) == 1:
-                    values[name].append([float(evaluator.value(expr, point, {indices[0]: a})) for a in range(size)])
+                    values[name].append([_real(evaluator.value(expr, point, {indices[0]: a})) for a in range(size)])
                 else:
-                    values[name].append([[float(evaluator.value(expr, point, {indices[0]: a, indices[1]: b}))
+                    values[name].append([[_real(evaluator.value(expr, point, {indices[0]: a, indices[1]: b}))
                                           for b in range(size)] for a in range(size)])
         return {name: np.array(v, dtype=np.float64).reshape((rows,) + np.array(v[0] if v else []).shape)
                 for name, v in values.items()}

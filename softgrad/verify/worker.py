@@ -33,9 +33,9 @@ def _outputs(result) -> tuple[bool, list[np.ndarray], dict[int, str]]:
 
 def _describe(problem: BaseException) -> str:
     if isinstance(problem, SystemExit):
-        return f"the function under test called sys.exit({problem.code!r})"
+        return f"called sys.exit({problem.code!r})"
     last = str(problem).strip().splitlines()
-    return f"the function under test raised {type(problem).__name__}" + (f": {last[-1]}" if last else "")
+    return f"raised {type(problem).__name__}" + (f": {last[-1]}" if last else "")
 
 
 def main(requests: int, replies: int) -> None:
@@ -66,7 +66,7 @@ def main(requests: int, replies: int) -> None:
         try:
             result = function(*arrays)
         except BaseException as problem:  # noqa: BLE001 - whatever the code does is reported, not obeyed
-            send(replies, {"error": _describe(problem)})
+            send(replies, {"failed": _describe(problem)})
             continue
         mutated = [position for position, (before, after) in enumerate(zip(copies, arrays))
                    if not np.array_equal(before, after, equal_nan=True)]
