@@ -468,3 +468,23 @@ def test_a_formula_with_an_imaginary_part_or_nan_never_passes():
     imaginary = verify_formula("y[i] * (delta(i, j) - y[j]) + sqrt(y[i] - 2) * 0.5 - sqrt(y[i] - 2) / 2 "
                                "+ log(y[j] - 1) - log(y[j] - 1) + sqrt(y[j] - 3)", derivation)
     assert not imaginary.passed
+
+
+def test_projection_mode_keeps_every_input_case():
+    """Above n = 64 (random projections) the extreme logits stay: code that overflows there fails."""
+    def naive(x, g):
+        e = np.exp(x)
+        y = e / e.sum(-1, keepdims=True)
+        return y * (g - (g * y).sum(-1, keepdims=True))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        report = check_gradient(naive, against="softmax", n=100)
+    assert not report.passed and "1000²" in report.text()
+
+
+def test_one_hot_targets_at_large_n_need_no_n_by_n_memory():
+    def gradient(z, t):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True) * t.sum(-1, keepdims=True) - t
+
+    assert check_gradient(gradient, against="cross-entropy", n=100_000, batch=2).passed
