@@ -32,8 +32,11 @@ def reports_errors(command):
         except SoftgradError as problem:
             click.echo(f"softgrad: error: {problem}", err=True)
             sys.exit(problem.exit_status)
-        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.ClickException):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for SIGINT
+            click.echo("softgrad: interrupted", err=True)
+            sys.exit(130)
         except BrokenPipeError:  # the reader (e.g. `| head`) has gone: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
