@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -50,13 +50,24 @@ class Report:
         self.failures.append(line)
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """The report as data: the schema softgrad.report/1 (softgrad/schemas/report-1.schema.json)."""
+        import softgrad
+
+        worst = None
         if self.worst is not None:
-            data["worst"]["absolute_error"] = self.worst.absolute_error
-            data["worst"]["relative_error"] = self.worst.relative_error
-        data["checks"] = [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in self.checks]
-        data["verdict"] = "PASS" if self.passed else "FAIL"
-        return data
+            w = self.worst
+            worst = {"row": w.row, "i": w.i, "j": w.j, "analytic": w.analytic, "numeric": w.numeric,
+                     "exact": w.exact, "absolute_error": w.absolute_error,
+                     "relative_error": w.relative_error if w.numeric != 0 else None,
+                     "tolerance": w.tolerance, "tolerance_how": w.tolerance_how, "case": w.case, "kink": w.kink}
+        return {
+            "schema": "softgrad.report/1", "softgrad": softgrad.__version__,
+            "verdict": "PASS" if self.passed else "FAIL",
+            "function": self.function, "signature": self.signature, "against": self.against, "dtype": self.dtype,
+            "mode": self.mode, "seed": self.seed, "step": self.step, "elements": self.elements,
+            "bad_elements": self.bad_elements, "worst": worst, "failures": list(self.failures),
+            "checks": [{"check": name, "ok": ok} for name, ok, _ in self.checks],
+        }
 
     def text(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
@@ -80,7 +91,9 @@ class Report:
                 lines.append("  note: the finite difference crossed a kink (the row's argmax changed)")
         for failure in self.failures:
             lines.append(f"  ✗ {failure}")
-        lines.append(f"  mode: {self.mode}; step h = {self.step:.3g} (absolute, float64 numerical side); seed {self.seed}")
+        lines.append(
+            f"  mode: {self.mode}; step h = {self.step:.3g} (absolute, float64 numerical side); seed {self.seed}"
+        )
         if self.checks:
             lines.append("  checks: " + ", ".join(f"{name} {'ok' if ok else 'FAIL'}" for name, ok, _ in self.checks))
         return "\n".join(lines)
