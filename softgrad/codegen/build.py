@@ -10,8 +10,12 @@ import sys
 import uuid
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from softgrad.errors import SoftgradError
+
+if TYPE_CHECKING:
+    from softgrad.codegen.emit import GeneratedFiles
 
 # What the generated C is written for: -fopenmp-simd turns on the `omp simd` loops (vectorized, reductions
 # in vector lanes), -march=native lets them use this machine's vector width, -ffp-contract=fast fuses
@@ -35,11 +39,17 @@ def compiler() -> str:
     raise SoftgradError("no C compiler found (install gcc or clang)")
 
 
-def compile_shared(source: Path, output: Path, extra_flags: list[str] = (), openmp: bool = False) -> Path:
-    """Compile one C file into a shared library with the strict warning flags (warnings are errors)."""
+#: Flags for C that softgrad did not generate (a user's gradient under test): no warnings made errors.
+USER_FLAGS = ["-std=c99", "-O2"]
+
+
+def compile_shared(source: Path, output: Path, extra_flags: list[str] = (), openmp: bool = False,
+                   generated: bool = True) -> Path:
+    """Compile one C file into a shared library: generated code with the strict warning flags (warnings
+    are errors), a user's code with plain ones."""
     threads = ["-fopenmp"] if openmp else []
-    command = [compiler(), *STRICT_FLAGS, *threads, *extra_flags, "-shared", "-fPIC", str(source), "-o", str(output),
-               "-lm"]
+    flags = STRICT_FLAGS if generated else USER_FLAGS
+    command = [compiler(), *flags, *threads, *extra_flags, "-shared", "-fPIC", str(source), "-o", str(output), "-lm"]
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:300])
@@ -59,10 +69,11 @@ def import_path(path: Path) -> ModuleType:
     return module
 
 
-def load_c(files: dict[str, str], folder: Path, module: str) -> object:
-    """Write generated C files into folder, compile them, and return the loaded ctypes kernels."""
+def load_c(files: GeneratedFiles, folder: Path, module: str | None = None) -> object:
+    """Write generated C files into folder, compile them (with -fopenmp if they were generated for it),
+    and return the loaded ctypes kernels."""
+    module = module or files.module
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
-    openmp = "#pragma omp parallel" in files[f"{module}.c"]
-    library = compile_shared(folder / f"{module}.c", folder / f"lib{module}.so", openmp=openmp)
+    library = compile_shared(folder / f"{module}.c", folder / f"lib{module}.so", openmp=files.openmp)
     return import_path(folder / f"{module}_ctypes.py").load(library)

@@ -8,18 +8,17 @@ common subexpressions are shared. Nothing here knows the catalog's names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sympy as sp
 
+from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Output, Reduction, guarded_product, softplus
+from softgrad.codegen.names import module_identifier, public_names
 from softgrad.derive import algebra
 from softgrad.derive.spec import Spec
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import class_sum
-from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Output, Reduction, guarded_product, softplus
 from softgrad.derive.symbols import sigmoid
-from softgrad.codegen.names import module_identifier, public_names
 from softgrad.errors import SoftgradError
-
-KERNELS = ("forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad")
 
 
 def _maximum_symbol(name: str) -> sp.Symbol:
@@ -117,16 +116,23 @@ def _entry(expr: sp.Expr, spec: Spec, at: sp.Symbol, keep: set[str]) -> sp.Expr:
     return algebra.inline(expr, definitions)
 
 
-def lower(derivation: Derivation, kernel: str) -> Kernel:
-    """The named kernel for a derivation, or a SoftgradError saying why it does not apply."""
-    spec = derivation.spec
-    wrt = derivation.wrt
-    output = spec.output
-    results = derivation.results
-    others = [name for name in spec.inputs if name != wrt]
-    parameters = list(spec.parameters)
+class _Lowering:
+    """What every kernel kind needs of one derivation, and `build`, which lowers its outputs."""
 
-    def build(kind, doc, inputs, outputs, keep=frozenset(), upstream=None):
+    def __init__(self, derivation: Derivation) -> None:
+        self.derivation = derivation
+        self.spec = derivation.spec
+        self.wrt = derivation.wrt
+        self.output = self.spec.output
+        self.results = derivation.results
+        self.inputs = [(name, f"the input {name}, (rows, n)")
+                       for name in [self.wrt, *(n for n in self.spec.inputs if n != self.wrt)]]
+
+    def build(self, kind: str, doc: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str, sp.Expr, str]],
+              keep: frozenset[str] = frozenset(), upstream: str | None = None) -> Kernel:
+        """A kernel whose outputs (name, shape, entry expression, doc) are written in its inputs, stabilized,
+        with every Σ over a whole row made a per-row reduction."""
+        spec = self.spec
         reductions: list[Reduction] = []
         lowered = []
         for out_name, shape, expr, out_doc in outputs:
@@ -137,69 +143,95 @@ def lower(derivation: Derivation, kernel: str) -> Kernel:
             for maximum in maxima:
                 if all(r.symbol != maximum.symbol for r in reductions):
                     reductions.append(maximum)
-            expr = guard_products(expr, spec, wrt)
+            expr = guard_products(expr, spec, self.wrt)
             expr = hoist_reductions(expr, reductions, free)
             lowered.append(Output(out_name, shape, expr, out_doc))
-        return hygienic(Kernel(f"{identifier(derivation)}_{kind}", kind, doc, inputs, parameters, reductions,
-                               lowered, upstream))
+        return hygienic(Kernel(f"{identifier(self.derivation)}_{kind}", kind, doc, inputs, list(spec.parameters),
+                               reductions, lowered, upstream))
 
-    wrt_input = [(wrt, f"the input {wrt}, (rows, n)")]
-    other_inputs = [(name, f"the input {name}, (rows, n)") for name in others]
-    vector_output = output.is_vector
-    row_index = output.index
 
-    def at_loop(expr, *indices):
-        mapping = dict(zip(indices, (LOOP, COLUMN)))
-        return expr.subs(mapping, simultaneous=True)
+def _at_loop(expr: sp.Expr, *indices: sp.Symbol) -> sp.Expr:
+    """A result's indices (in their roles' order) renamed to the kernel's loop indices (i, then j)."""
+    return expr.subs(dict(zip(indices, (LOOP, COLUMN))), simultaneous=True)
 
-    if kernel == "forward":
-        if vector_output:
-            expr = at_loop(output.symbol, row_index)
-            return build("forward", f"{output.name} = the function, row by row",
-                         wrt_input + other_inputs, [(output.name, "vector", expr, f"{output.name}, (rows, n)")])
-        return build("forward", f"{output.name} per row", wrt_input + other_inputs,
-                     [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)")])
-    if kernel in ("vjp", "vjp_from_output"):
-        if not vector_output:
-            raise SoftgradError("vjp applies to vector functions; for a loss use loss_and_grad")
-        result = results["vjp"]
-        # the upstream gradient is the one vector in the VJP that the spec neither takes nor defines
-        upstream = next(name for name in sorted(str(b.label) for b in result.rhs.atoms(sp.IndexedBase))
-                        if name not in spec.inputs and spec.definition(name) is None)
-        expr = at_loop(result.rhs, row_index)
-        doc_out = f"d{wrt} = ∂l/∂{wrt}, (rows, n)"
-        if kernel == "vjp":
-            return build("vjp", f"backward pass: d{wrt} from {wrt} and the upstream gradient",
-                         wrt_input + other_inputs + [(upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
-                         [(f"d{wrt}", "vector", expr, doc_out)], upstream=upstream)
-        used = {str(b.label) for b in expr.atoms(sp.IndexedBase)}
-        if wrt in used:
-            raise SoftgradError(f"the vjp needs {wrt} itself, not only the saved output {output.name}")
-        return build("vjp_from_output",
-                     f"backward pass from the saved output {output.name} (Caffe style)",
-                     [(output.name, f"the saved output {output.name}, (rows, n)"),
-                      (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
-                     [(f"d{wrt}", "vector", expr, doc_out)], keep={output.name}, upstream=upstream)
-    if kernel == "jacobian":
-        if not vector_output:
-            raise SoftgradError("jacobian applies to vector functions; for a loss use loss_and_grad")
-        result = results["jacobian"]
-        column = next(s for s in result.lhs.free_symbols if s.is_integer and s != row_index)
-        expr = at_loop(result.rhs, row_index, column)
-        return build("jacobian", "the explicit Jacobian of each row (for small n)",
-                     wrt_input + other_inputs, [("J", "matrix", expr, f"J[row, i, j] = ∂{output.name}_i/∂{wrt}_j, (rows, n, n)")])
-    if kernel == "loss_and_grad":
-        if vector_output:
-            raise SoftgradError("loss_and_grad applies to scalar functions (losses)")
-        result = results.get("gradient_constrained") or results["gradient"]
-        column = next(s for s in result.lhs.free_symbols if s.is_integer)
-        gradient = at_loop(result.rhs, column)
-        note = f" (assumes {'; '.join(c.source for c in spec.constraints)})" if "gradient_constrained" in results else ""
-        return build("loss_and_grad", f"{output.name} per row and its gradient{note}",
-                     wrt_input + other_inputs,
-                     [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)"),
-                      (f"d{wrt}", "vector", gradient, f"∂{output.name}/∂{wrt}, (rows, n)")])
-    raise SoftgradError(f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})")
+
+def _forward(lowering: _Lowering) -> Kernel:
+    output = lowering.output
+    if output.is_vector:
+        return lowering.build("forward", f"{output.name} = the function, row by row", lowering.inputs,
+                              [(output.name, "vector", _at_loop(output.symbol, output.index),
+                                f"{output.name}, (rows, n)")])
+    return lowering.build("forward", f"{output.name} per row", lowering.inputs,
+                          [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)")])
+
+
+def _vjp_parts(lowering: _Lowering) -> tuple[str, sp.Expr, tuple[str, str, sp.Expr, str]]:
+    if not lowering.output.is_vector:
+        raise SoftgradError("vjp applies to vector functions; for a loss use loss_and_grad")
+    result = lowering.results["vjp"]
+    wrt = lowering.wrt
+    expr = _at_loop(result.rhs, *result.indices)
+    return result.upstream, expr, (f"d{wrt}", "vector", expr, f"d{wrt} = ∂l/∂{wrt}, (rows, n)")
+
+
+def _vjp(lowering: _Lowering) -> Kernel:
+    upstream, _, gradient = _vjp_parts(lowering)
+    wrt, output = lowering.wrt, lowering.output
+    return lowering.build("vjp", f"backward pass: d{wrt} from {wrt} and the upstream gradient",
+                          [*lowering.inputs, (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
+                          [gradient], upstream=upstream)
+
+
+def _vjp_from_output(lowering: _Lowering) -> Kernel:
+    upstream, expr, gradient = _vjp_parts(lowering)
+    wrt, output = lowering.wrt, lowering.output
+    if wrt in {str(b.label) for b in expr.atoms(sp.IndexedBase)}:
+        raise SoftgradError(f"the vjp needs {wrt} itself, not only the saved output {output.name}")
+    return lowering.build("vjp_from_output", f"backward pass from the saved output {output.name} (Caffe style)",
+                          [(output.name, f"the saved output {output.name}, (rows, n)"),
+                           (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
+                          [gradient], keep=frozenset({output.name}), upstream=upstream)
+
+
+def _jacobian(lowering: _Lowering) -> Kernel:
+    if not lowering.output.is_vector:
+        raise SoftgradError("jacobian applies to vector functions; for a loss use loss_and_grad")
+    result = lowering.results["jacobian"]
+    expr = _at_loop(result.rhs, *result.indices)  # (output entry, input entry) → (i, j)
+    name, wrt = lowering.output.name, lowering.wrt
+    return lowering.build("jacobian", "the explicit Jacobian of each row (for small n)", lowering.inputs,
+                          [("J", "matrix", expr, f"J[row, i, j] = ∂{name}_i/∂{wrt}_j, (rows, n, n)")])
+
+
+def _loss_and_grad(lowering: _Lowering) -> Kernel:
+    output, wrt, results = lowering.output, lowering.wrt, lowering.results
+    if output.is_vector:
+        raise SoftgradError("loss_and_grad applies to scalar functions (losses)")
+    result = results.get("gradient_constrained") or results["gradient"]
+    constraints = "; ".join(c.source for c in lowering.spec.constraints)
+    note = f" (assumes {constraints})" if "gradient_constrained" in results else ""
+    return lowering.build("loss_and_grad", f"{output.name} per row and its gradient{note}", lowering.inputs,
+                          [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)"),
+                           (f"d{wrt}", "vector", _at_loop(result.rhs, *result.indices),
+                            f"∂{output.name}/∂{wrt}, (rows, n)")])
+
+
+#: The kernel kinds: name → how to lower a derivation into it (a SoftgradError where it does not apply).
+KERNEL_KINDS: dict[str, Callable[[_Lowering], Kernel]] = {
+    "forward": _forward,
+    "vjp": _vjp,
+    "vjp_from_output": _vjp_from_output,
+    "jacobian": _jacobian,
+    "loss_and_grad": _loss_and_grad,
+}
+KERNELS = tuple(KERNEL_KINDS)
+
+
+def lower(derivation: Derivation, kernel: str) -> Kernel:
+    """The named kernel for a derivation, or a SoftgradError saying why it does not apply."""
+    if kernel not in KERNEL_KINDS:
+        raise SoftgradError(f"unknown kernel {kernel!r} (known: {', '.join(KERNELS)})")
+    return KERNEL_KINDS[kernel](_Lowering(derivation))
 
 
 def applicable_kernels(derivation: Derivation) -> list[str]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from softgrad.budget import DERIVE_SECONDS, time_limit as _time_limit
-from softgrad.errors import SoftgradError, SpecError
+from softgrad.budget import DERIVE_SECONDS
+from softgrad.budget import time_limit as _time_limit
 from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
@@ -21,6 +21,7 @@ from softgrad.derive.rules import differentiate
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, SumExcept, class_sum, fresh_index, index, names_in
+from softgrad.errors import SoftgradError, SpecError
 
 
 @dataclass
@@ -66,9 +67,15 @@ class Engine:
         extra = []
         if spec.output.is_vector:
             bound = fresh_index(taken)
-            extra = [Definition(str(self.surrogate), None,
-                                class_sum(self.upstream[bound] * spec.output.symbol.subs(spec.output.index, bound), bound),
-                                "", 0)]
+            extra = [
+                Definition(
+                    str(self.surrogate),
+                    None,
+                    class_sum(self.upstream[bound] * spec.output.symbol.subs(spec.output.index, bound), bound),
+                    "",
+                    0,
+                )
+            ]
         self.checker = StepChecker(spec, extra, [str(self.upstream.label)] if extra else [], seed)
         # filled in as the derivation proceeds
         self.reductions: list[sp.Expr] = []  # per-row reductions of the VJP
@@ -82,6 +89,19 @@ class Engine:
                 names.add(definition.name)
         return names - {self.wrt}
 
+    def result(self, key: str, title: str, lhs: sp.Expr, rhs: sp.Expr, indices: tuple[sp.Symbol, ...],
+               note: str = "", upstream: str | None = None) -> Result:
+        """A Result with its facts: what it reads (in the spec's order) and its Σs over whole rows."""
+        arrays = {str(entry.base) for entry in rhs.atoms(sp.Indexed)}
+        scalars = {str(symbol) for symbol in rhs.free_symbols}
+        order = [*self.spec.inputs, *(d.name for d in self.spec.definitions), *self.spec.parameters]
+        reads = tuple(name for name in dict.fromkeys(order) if name in arrays or name in scalars)
+        if upstream is not None and upstream not in reads:
+            reads += (upstream,)
+        sums = tuple(total for total in sorted(rhs.atoms(sp.Sum), key=sp.default_sort_key)
+                     if not set(indices) & total.free_symbols)
+        return Result(key, title, lhs, rhs, note, indices, upstream, reads, sums)
+
     def step(self, section: Section, **fields) -> Step:
         return section.add(self.checker.check(Step(**fields)))
 
@@ -91,11 +111,13 @@ class Engine:
         column = fresh_index({str(row)} | self.taken, preferred="jklmpq")
         y_row = definition.symbol
         lhs = Partial(y_row, self.x[column])
-        earlier = [d for d in self.spec.definitions[: self.spec.definitions.index(definition)] if d.name in self.dependent]
+        earlier = [
+            d for d in self.spec.definitions[: self.spec.definitions.index(definition)] if d.name in self.dependent
+        ]
         body = algebra.rename_bound(algebra.inline(definition.expr, earlier), {str(column)})
         forms = [definition.expr] if body == definition.expr else [definition.expr, body]
         self.step(section, rule="definition", lhs=y_row, forms=forms,
-                  reason=f"the function, written in the inputs")
+                  reason="the function, written in the inputs")
 
         top = differentiate(body, self.x[column])
         placeholders, assembled = self._rule_with_placeholders(body, top, column)
@@ -143,14 +165,16 @@ class Engine:
         var = self.x[column]
         parts = [(rule.expr, rule) for rule in top.parts if rule.name != "constant rule"]
         if top.name == "quotient rule":
-            (top_expr, top_rule), (bottom, bottom_rule) = parts
-            constant = sp.Mul(*[f for f in sp.Mul.make_args(body) if not any(i.base == self.x for i in f.atoms(sp.Indexed))])
+            (top_expr, _top_rule), (bottom, _bottom_rule) = parts
+            constant = sp.Mul(
+                *[f for f in sp.Mul.make_args(body) if not any(i.base == self.x for i in f.atoms(sp.Indexed))]
+            )
             assembled = constant * (Partial(top_expr, var) * bottom - top_expr * Partial(bottom, var)) / bottom**2
         elif top.name == "product rule":
             factors = [p for p, _ in parts]
             constant = body / sp.Mul(*factors)
             assembled = constant * sp.Add(*[
-                sp.Mul(*(factors[:m] + [Partial(factors[m], var)] + factors[m + 1:])) for m in range(len(factors))])
+                sp.Mul(*([*factors[:m], Partial(factors[m], var), *factors[m + 1:]])) for m in range(len(factors))])
         else:
             assembled = sp.Add(*[Partial(p, var) for p, _ in parts])
         return parts, assembled
@@ -159,13 +183,13 @@ class Engine:
         definition = jacobian.definition
         out = index(str(jacobian.row))
         bound = fresh_index({str(out)} | self.taken, preferred="jklmpq")
-        g, l = self.upstream, self.surrogate
-        lhs = Partial(l, self.x[out])
+        g, surrogate = self.upstream, self.surrogate
+        lhs = Partial(surrogate, self.x[out])
         y_bound = definition.symbol.subs(definition.index, bound)
         chain = class_sum(g[bound] * Partial(y_bound, self.x[out]), bound)
         substituted = class_sum(g[bound] * jacobian.at(bound, out), bound)
         self.step(section, rule="chain rule", lhs=lhs, forms=[chain, substituted],
-                  reason=f"{g.label}_{bound} = ∂{l}/∂{definition.name}_{bound} is the upstream gradient;"
+                  reason=f"{g.label}_{bound} = ∂{surrogate}/∂{definition.name}_{bound} is the upstream gradient;"
                          f" the Jacobian entry in Kronecker form")
         sifted = algebra.distribute_sums(algebra.sift(substituted))
         final = algebra.tidy(sifted)
@@ -254,16 +278,27 @@ class Engine:
                 lambda e: isinstance(e, sp.Sum) and e.function == name[e.limits[0][0]], lambda e: sp.S.One)
             if simpler != result:
                 result = algebra.back_substitute(simpler, self.spec)
-                last = self.step(section, rule=f"outputs of {definition.name} sum to 1", lhs=last.lhs,
-                                 forms=[result], reason=f"Σ_k {definition.name}_k = 1 by its definition (a normalised ratio)")
+                last = self.step(
+                    section,
+                    rule=f"outputs of {definition.name} sum to 1",
+                    lhs=last.lhs,
+                    forms=[result],
+                    reason=f"Σ_k {definition.name}_k = 1 by its definition (a normalised ratio)",
+                )
                 general_step = last
         for constraint in self.spec.constraints:
             simpler = result.replace(lambda e: isinstance(e, sp.Sum) and algebra.alpha_equal(e, constraint.lhs),
                                      lambda e: constraint.rhs)
             if simpler != result:
                 result = algebra.tidy(simpler)
-                last = self.step(section, rule="target constraint", lhs=last.lhs, forms=[result],
-                                 assumes=(constraint.source.removeprefix("given "),), reason="the targets satisfy the spec's constraint")
+                last = self.step(
+                    section,
+                    rule="target constraint",
+                    lhs=last.lhs,
+                    forms=[result],
+                    assumes=(constraint.source.removeprefix("given "),),
+                    reason="the targets satisfy the spec's constraint",
+                )
         return general_step, last
 
 
@@ -294,19 +329,24 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
             _jacobian_results(results, jacobian, engine)
             vjp = engine.vjp(jacobian, new_section("Vector–Jacobian product (backward pass)"))
             out = jacobian.row
-            results["vjp"] = Result("vjp", "Vector–Jacobian product", Partial(engine.surrogate, engine.x[out]), vjp,
-                                    f"{engine.upstream.label} = ∂{engine.surrogate}/∂{output.name}, the upstream gradient")
+            upstream = str(engine.upstream.label)
+            results["vjp"] = engine.result(
+                "vjp", "Vector–Jacobian product", Partial(engine.surrogate, engine.x[out]), vjp, (out,),
+                f"{upstream} = ∂{engine.surrogate}/∂{output.name}, the upstream gradient", upstream=upstream)
             if engine.vjp_vector is not None:
-                results["vjp_vector"] = Result("vjp_vector", "Backward pass, vector form",
-                                               Partial(engine.surrogate, engine.x[out]), engine.vjp_vector)
+                results["vjp_vector"] = engine.result("vjp_vector", "Backward pass, vector form",
+                                                      Partial(engine.surrogate, engine.x[out]), engine.vjp_vector,
+                                                      (out,), upstream=upstream)
         else:
             general, last = engine.gradient(new_section)
             if engine.jacobian_of_intermediate is not None:
                 _jacobian_results(results, engine.jacobian_of_intermediate, engine)
-            results["gradient"] = Result("gradient", "Gradient (any inputs)", general.lhs, general.result)
+            column = (general.lhs.var.indices[0],)  # ∂L/∂x_j: the input entry j
+            results["gradient"] = engine.result("gradient", "Gradient (any inputs)", general.lhs, general.result,
+                                                column)
             if last is not general:
-                results["gradient_constrained"] = Result(
-                    "gradient_constrained", "Gradient under the constraint", last.lhs, last.result,
+                results["gradient_constrained"] = engine.result(
+                    "gradient_constrained", "Gradient under the constraint", last.lhs, last.result, column,
                     "assuming " + "; ".join(last.assumes))
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {output.name}: {problem}") from None
@@ -319,9 +359,13 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
 def _jacobian_results(results: dict, jacobian: Jacobian, engine: Engine) -> None:
     definition = jacobian.definition
     lhs = Partial(definition.symbol, engine.x[jacobian.column])
-    results["jacobian_equal"] = Result("jacobian_equal", "Jacobian, case i = j", lhs.subs(jacobian.column, jacobian.row),
-                                       jacobian.equal_case)
-    results["jacobian_distinct"] = Result("jacobian_distinct", "Jacobian, case i ≠ j", lhs, jacobian.distinct_case)
-    results["jacobian"] = Result("jacobian", "Jacobian, Kronecker form", lhs, jacobian.kronecker)
+    both = (jacobian.row, jacobian.column)
+    results["jacobian_equal"] = engine.result("jacobian_equal", "Jacobian, case i = j",
+                                              lhs.subs(jacobian.column, jacobian.row), jacobian.equal_case,
+                                              (jacobian.row,))
+    results["jacobian_distinct"] = engine.result("jacobian_distinct", "Jacobian, case i ≠ j", lhs,
+                                                 jacobian.distinct_case, both)
+    results["jacobian"] = engine.result("jacobian", "Jacobian, Kronecker form", lhs, jacobian.kronecker, both)
     if jacobian.matrix is not None:
-        results["jacobian_matrix"] = Result("jacobian_matrix", "Jacobian, matrix form", sp.Symbol("J"), jacobian.matrix)
+        results["jacobian_matrix"] = Result("jacobian_matrix", "Jacobian, matrix form", sp.Symbol("J"),
+                                            jacobian.matrix)

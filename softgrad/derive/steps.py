@@ -53,13 +53,22 @@ class Section:
 
 @dataclass
 class Result:
-    """A named outcome of the derivation (Kronecker form, matrix form, VJP, gradient, …)."""
+    """A named outcome of the derivation (Kronecker form, matrix form, VJP, gradient, …), with the facts
+    code generation and verification need, so that nothing downstream guesses them again.
+
+    indices: the free indices of lhs in their roles' order — (output entry, input entry) for a Jacobian,
+    (input entry,) for a VJP or a gradient; upstream: the upstream gradient's name (VJPs); inputs: the
+    arrays and parameters rhs reads, in the spec's order; reductions: its Σs over a whole row."""
 
     key: str
     title: str
     lhs: sp.Expr
     rhs: sp.Expr
     note: str = ""
+    indices: tuple[sp.Symbol, ...] = ()
+    upstream: str | None = None
+    inputs: tuple[str, ...] = ()
+    reductions: tuple[sp.Expr, ...] = ()
 
 
 @dataclass

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING
 
 import jinja2
 import sympy as sp
 from markupsafe import Markup
 
 import softgrad
-from softgrad.derive.steps import Derivation
 from softgrad.render.printers import equation_text, to_latex, to_mathml
+
+if TYPE_CHECKING:  # only for annotations: derive.steps imports this module (lazily), not the reverse
+    from softgrad.derive.steps import Derivation
 
 FORMATS = ("text", "latex", "markdown", "html", "json")
 
@@ -103,6 +106,7 @@ def to_json(derivation: Derivation) -> dict:
         return {"latex": to_latex(expr), "sympy": sp.sstr(expr)}
 
     return {
+        "schema": "softgrad.derivation/1",  # softgrad/schemas/derivation-1.schema.json, docs/json.md
         "softgrad": softgrad.__version__,
         "name": derivation.spec.name,
         "spec": "\n".join(derivation.spec.statements),
@@ -139,6 +143,8 @@ def latex_display(derivation: Derivation) -> str:
     lines = []
     for step in derivation.steps:
         forms = " = ".join(to_latex(f) for f in step.forms)
-        rule = latex_text(step.rule + (f" ({step.condition})" if step.condition and step.condition not in step.rule else ""))
+        rule = latex_text(
+            step.rule + (f" ({step.condition})" if step.condition and step.condition not in step.rule else "")
+        )
         lines.append(f"{to_latex(step.lhs)} &= {forms} && \\text{{{rule}}}")
     return "$$\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}$$"

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from softgrad.budget import TimeLimitExceeded, time_limit
 from softgrad.derive.check import SIZES, StepChecker
-from softgrad.derive.spec import SpecError, Spec, _LineParser, tokenize
+from softgrad.derive.spec import Spec, SpecError, _LineParser, spec_text, tokenize
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import Partial, index
-from softgrad.budget import TimeLimitExceeded, time_limit
-from softgrad.derive.spec import spec_text
 from softgrad.errors import SoftgradError
 
 #: Seconds the symbolic comparison may take; past it the formula is still checked numerically.
@@ -41,7 +40,10 @@ class FormulaReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"verdict": "PASS" if self.passed else "FAIL", "formula": self.formula, "claim": self.claim,
+        import softgrad
+
+        return {"schema": "softgrad.formula-report/1", "softgrad": softgrad.__version__,
+                "verdict": "PASS" if self.passed else "FAIL", "formula": self.formula, "claim": self.claim,
                 "symbolic": self.symbolic, "counterexample": self.counterexample or None}
 
 
@@ -110,12 +112,8 @@ def verify_formula(text: str, derivation: Derivation, wrt: str | None = None, se
         claim += "  (assuming " + "; ".join(c.source.removeprefix("given ") for c in spec.constraints) + ")"
     if variable == derivation.wrt and key in derivation.results:
         result = derivation.results[key]
-        indices = [s for s in result.lhs.free_symbols if s.is_integer]
-        if output.is_vector:
-            column = next(s for s in result.lhs.free_symbols if s.is_integer and s != output.index)
-            derived = result.rhs.subs({output.index: free[0], column: free[1]}, simultaneous=True)
-        else:
-            derived = result.rhs.subs(indices[0], free[0])
+        # the result's indices in their roles' order, matched to the formula's free indices
+        derived = result.rhs.subs(dict(zip(result.indices, free)), simultaneous=True)
         difference = formula - derived
         if output.is_vector:  # δ_ij y_j = δ_ij y_i: compare the cases i = j and i ≠ j separately
             cases = [difference.subs(free[1], free[0]),

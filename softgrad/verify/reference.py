@@ -45,7 +45,6 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
                   parameters: dict[str, float]) -> dict[str, np.ndarray]:
     """Each output of `kernel` for 2-D input arrays (rows, n), from the derived formulas, in float64."""
     spec = derivation.spec
-    results = derivation.results
     output = spec.output
     with mpmath.workdps(DIGITS):
         evaluator = HighPrecisionEvaluator(spec.definitions)
@@ -64,7 +63,7 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
                 else:
                     values[name].append([[_real(evaluator.value(expr, point, {indices[0]: a, indices[1]: b}))
                                           for b in range(size)] for a in range(size)])
-        return {name: np.array(v, dtype=np.float64).reshape((rows,) + np.array(v[0] if v else []).shape)
+        return {name: np.array(v, dtype=np.float64).reshape((rows, *np.array(v[0] if v else []).shape))
                 for name, v in values.items()}
 
 
@@ -75,13 +74,11 @@ def _plan(derivation: Derivation, kernel: str) -> list[tuple[str, sp.Expr, list[
     if kernel == "forward":
         return [(output.name, output.symbol, [output.index] if output.is_vector else [])]
     if kernel in ("vjp", "vjp_from_output"):
-        return [(f"d{wrt}", results["vjp"].rhs, [output.index])]
+        return [(f"d{wrt}", results["vjp"].rhs, list(results["vjp"].indices))]
     if kernel == "jacobian":
-        column = next(s for s in results["jacobian"].lhs.free_symbols if s.is_integer and s != output.index)
-        return [("J", results["jacobian"].rhs, [output.index, column])]
+        return [("J", results["jacobian"].rhs, list(results["jacobian"].indices))]
     gradient = results.get("gradient_constrained") or results["gradient"]
-    column = next(s for s in gradient.lhs.free_symbols if s.is_integer)
-    return [(output.name, output.symbol, []), (f"d{wrt}", gradient.rhs, [column])]
+    return [(output.name, output.symbol, []), (f"d{wrt}", gradient.rhs, list(gradient.indices))]
 
 
 def forward_directional(derivation: Derivation, arrays: dict[str, np.ndarray], parameters: dict[str, float],
