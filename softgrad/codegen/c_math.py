@@ -70,51 +70,17 @@ def polynomial(dtype: str) -> tuple[float, ...]:
     raise AssertionError("no polynomial is accurate enough")
 
 
-STREAMING = """\
-/* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang. */
-#if defined(__GNUC__)
-#define SOFTGRAD_HELPER static inline __attribute__((unused))
-#else
-#define SOFTGRAD_HELPER static inline
-#endif
-
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
-/* Outputs at least this large are written with streaming stores, which skip reading each destination line
- * before overwriting it (a quarter of a backward pass's memory traffic) and leave the cache to the inputs;
- * smaller outputs are likely read again soon, from cache. Override with -DSOFTGRAD_STREAM_MIN_BYTES=... */
-#ifndef SOFTGRAD_STREAM_MIN_BYTES
-#define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
-#endif
-#ifndef SOFTGRAD_CHUNK
-#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out (a multiple of 16) */
-#endif
-
-#define SOFTGRAD_LINE 64 /* bytes in a cache line */
-
-/* How many entries of `size` bytes from `row` to the next cache line (at most n). */
-SOFTGRAD_HELPER size_t softgrad_entries_to_line(const void *row, size_t size, size_t n)
-{
-    const size_t bytes = (SOFTGRAD_LINE - (uintptr_t)row % SOFTGRAD_LINE) % SOFTGRAD_LINE;
-    const size_t entries = bytes % size == 0 ? bytes / size : 0;
-    return entries < n ? entries : n;
-}
-
-SOFTGRAD_HELPER void softgrad_stream_fence(void)
-{
-#if defined(__SSE2__)
-    _mm_sfence(); /* streaming stores are weakly ordered: make them visible before returning */
-#endif
-}
-"""
-
-
 def c_source(dtype: str) -> str:
-    """The helpers a kernel of this dtype calls: its own type's, and double's for per-row values."""
-    types = _helpers("float64") if dtype == "float64" else _helpers("float64") + "\n" + _helpers("float32")
-    return STREAMING + "\n" + types
+    """The helpers a kernel of this dtype calls (its own type's, and double's for per-row values), as
+    the template c/helpers.c.j2 prints them."""
+    from softgrad.codegen.emit import _render
+
+    return _render("c/helpers.c.j2", helper_types=helper_types(dtype))
+
+
+def helper_types(dtype: str) -> list[dict]:
+    """What c/helpers.c.j2 prints for a kernel of this dtype: double's helpers, then float's if needed."""
+    return [_helper_values("float64")] + ([_helper_values("float32")] if dtype == "float32" else [])
 
 
 _VECTOR_STORES = {  # (dtype, instruction set) → (lanes, stream intrinsic, unaligned load intrinsic)
@@ -125,86 +91,25 @@ _VECTOR_STORES = {  # (dtype, instruction set) → (lanes, stream intrinsic, una
 }
 
 
-def _stream_source(dtype: str) -> str:
-    """softgrad_stream: copy a computed chunk to the output, with streaming stores where the ISA has them."""
-    form = _FORMATS[dtype]
-    t, s = form.ctype, form.suffix
-    branches = []
-    for isa in ("__AVX__", "__SSE2__"):
-        lanes, stream, load = _VECTOR_STORES[dtype, isa]
-        alignment = lanes * (8 if dtype == "float64" else 4) - 1
-        branches.append(f"""#{'if' if not branches else 'elif'} defined({isa})
-    for (; i < count && ((uintptr_t)(destination + i) & {alignment}); ++i) {{
-        destination[i] = chunk[i];
-    }}
-    for (; i + {lanes} <= count; i += {lanes}) {{
-        {stream}(destination + i, {load}(chunk + i));
-    }}""")
-    return f"""\
-SOFTGRAD_HELPER void softgrad_stream{s}({t} *restrict destination, const {t} *restrict chunk, size_t count)
-{{
-    size_t i = 0;
-{chr(10).join(branches)}
-#endif
-    for (; i < count; ++i) {{
-        destination[i] = chunk[i];
-    }}
-}}
-"""
-
-
 @cache
-def _helpers(dtype: str) -> str:
-    """select, max, exp, the guarded product, σ and softplus for one floating type (suffix f for float)."""
+def _helper_values(dtype: str) -> dict:
+    """The numbers of one floating type's helpers, as C literals: exp's clamps, Cody–Waite ln 2, the
+    rounding constant and the Horner form of its polynomial; the vector stores of softgrad_stream."""
     form = _FORMATS[dtype]
-    t, s = form.ctype, form.suffix
     coefficients = [_literal(c, form) for c in polynomial(dtype)]
     horner = coefficients[-1]
     for coefficient in reversed(coefficients[:-1]):
         horner = f"{coefficient} + r * ({horner})"
     high, low = _split_ln2(form)
-    magic = _literal(1.5 * 2.0 ** form.mantissa_bits, form)
-    log2e = _literal(float(1 / mpmath.log(2)), form)
-    bits = form.integer_type
-    shift = form.mantissa_bits
-    bias = form.exponent_bias
-    return f"""\
-SOFTGRAD_HELPER {bits} softgrad_bits{s}({t} v) {{ {bits} b; memcpy(&b, &v, sizeof b); return b; }}
-SOFTGRAD_HELPER {t} softgrad_from_bits{s}({bits} b) {{ {t} v; memcpy(&v, &b, sizeof v); return v; }}
-/* choose ? a : b by bit masks: gcc does not if-convert a ?: on floating values under -ftrapping-math */
-SOFTGRAD_HELPER {t} softgrad_select{s}(int choose, {t} a, {t} b)
-{{
-    const {bits} mask = -({bits})choose;
-    return softgrad_from_bits{s}((softgrad_bits{s}(a) & mask) | (softgrad_bits{s}(b) & ~mask));
-}}
-
-/* exp(v) without branches (vectorizes); within 2 ulp, exp(+inf) = +inf, exp(-inf) = 0, subnormal
- * results rounded correctly, NaN stays NaN. Made by softgrad.codegen.c_math. */
-SOFTGRAD_HELPER {t} softgrad_exp{s}({t} v)
-{{
-    v = softgrad_select{s}(v < {_literal(form.low, form)}, {_literal(form.low, form)}, v);
-    v = softgrad_select{s}(v > {_literal(form.high, form)}, {_literal(form.high, form)}, v);
-    const {t} rounded = v * {log2e} + {magic}; /* k = round(v / ln 2) in the low bits */
-    const {t} k = rounded - {magic};
-    const {t} half = k * {_literal(0.5, form)} + {magic}; /* h = round(k / 2) in the low bits */
-    const {t} r = (v - k * {_literal(high, form)}) - k * {_literal(low, form)};
-    const {t} p = {horner};
-    const {t} first = softgrad_from_bits{s}((softgrad_bits{s}(rounded) - softgrad_bits{s}(half) + {bias}u) << {shift});
-    const {t} second = softgrad_from_bits{s}((softgrad_bits{s}(half) + {bias}u) << {shift});
-    return p * first * second;
-}}
-
-SOFTGRAD_HELPER {t} softgrad_max{s}({t} a, {t} b) {{ return b > a ? b : a; }} /* a max reduction gcc vectorizes */
-
-/* w·f, but 0 where w = 0 even if f is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite */
-SOFTGRAD_HELPER {t} softgrad_guarded{s}({t} w, {t} f) {{ return softgrad_select{s}(w == 0, 0, w * f); }}
-
-/* σ(u) and log(1 + exp(v)) without overflow: exp is only ever taken of −|u| */
-SOFTGRAD_HELPER {t} softgrad_sigmoid{s}({t} u)
-{{
-    const {t} e = softgrad_exp{s}(-fabs{s}(u));
-    return softgrad_select{s}(u >= 0, 1 / (1 + e), e / (1 + e));
-}}
-SOFTGRAD_HELPER {t} softgrad_softplus{s}({t} v) {{ return fmax{s}(v, 0) + log1p{s}(softgrad_exp{s}(-fabs{s}(v))); }}
-
-""" + _stream_source(dtype)
+    streams = []
+    for isa in ("__AVX__", "__SSE2__"):
+        lanes, stream, load = _VECTOR_STORES[dtype, isa]
+        streams.append({"isa": isa, "lanes": lanes, "stream": stream, "load": load,
+                        "alignment": lanes * (8 if dtype == "float64" else 4) - 1})
+    return {
+        "t": form.ctype, "s": form.suffix, "bits": form.integer_type, "horner": horner,
+        "low": _literal(form.low, form), "high": _literal(form.high, form),
+        "magic": _literal(1.5 * 2.0 ** form.mantissa_bits, form), "log2e": _literal(float(1 / mpmath.log(2)), form),
+        "half": _literal(0.5, form), "ln2_high": _literal(high, form), "ln2_low": _literal(low, form),
+        "bias": form.exponent_bias, "shift": form.mantissa_bits, "streams": streams,
+    }

@@ -158,7 +158,9 @@ class UfuncProgram:
             return into is not None and self._reads(term, into)
 
         if expr.is_Add:
-            terms = sorted(expr.args, key=lambda t: (t.could_extract_minus_sign(), not reads(t), sp.default_sort_key(t)))
+            terms = sorted(
+                expr.args, key=lambda t: (t.could_extract_minus_sign(), not reads(t), sp.default_sort_key(t))
+            )
             if terms[0].could_extract_minus_sign():  # every term negative: −(a + b + …)
                 return [("first", -terms[0])] + [("add", -t) for t in terms[1:]] + [("np.negative", None)]
             return [("first", terms[0])] + [
