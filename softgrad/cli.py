@@ -12,13 +12,13 @@ from pathlib import Path
 import click
 
 from softgrad.budget import DERIVE_SECONDS
-from softgrad.verify.isolation import DEFAULT_TIMEOUT
 from softgrad.errors import SoftgradError
+from softgrad.verify.isolation import DEFAULT_TIMEOUT
 
 #: --time-limit: seconds a derivation may take before it stops with a clear error.
 _TIME_LIMIT = click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=DERIVE_SECONDS,
-                           show_default=True, help="Seconds the derivation may take.")
-_SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                           show_default=True, metavar="SECONDS", help="Seconds the derivation may take.")
+_SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
                      help="Seed of the random points (0 or more).")
 
 
@@ -88,12 +88,13 @@ def _load_spec(spec: str | None, spec_file: str | None):
 
 @main.command()
 @click.argument("spec", required=False)
-@click.option("-f", "--file", "spec_file", help="Read the spec from FILE.")
-@click.option("--wrt", help="The input to differentiate with respect to (default: the first input).")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the spec from FILE.")
+@click.option("--wrt", metavar="NAME", help="The input to differentiate with respect to (default: the first input).")
 @click.option("--format", "fmt", type=click.Choice(["text", "latex", "markdown", "html", "json"]),
               default="text", show_default=True, help="Output format.")
 @click.option("--standalone", is_flag=True, help="With --format latex: a complete document for pdflatex.")
-@click.option("-o", "--output", help="Write to this file (atomically) instead of standard output ('-': standard output).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write to this file (atomically) instead of standard output ('-': standard output).")
 @_SEED
 @_TIME_LIMIT
 @reports_errors
@@ -116,16 +117,23 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed, time_limit) -> N
 
 @main.command()
 @click.argument("spec", required=False)
-@click.option("-f", "--file", "spec_file", help="Read the spec from FILE.")
+@click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the spec from FILE.")
 @click.option("--lang", type=click.Choice(["numpy", "c"]), required=True, help="Target language.")
 @click.option("--kernel", "kernel_names", multiple=True,
               type=click.Choice(["forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad"]),
               help="Kernels to generate (repeatable; default: all that apply).")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
-              help="Element type of the C kernels (NumPy kernels follow their inputs' dtype).")
-@click.option("--wrt", help="The input to differentiate with respect to (default: the first input).")
-@click.option("-o", "--output", "folder", required=True,
-              help="Folder to write the generated files into ('-': the NumPy module to standard output).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]),
+              help="Element type of the C kernels [default: float64] (NumPy kernels follow their inputs' dtype).")
+@click.option("--wrt", metavar="NAME", help="The input to differentiate with respect to (default: the first input).")
+@click.option(
+    "-o",
+    "--output",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False, allow_dash=True),
+    metavar="DIR",
+    help="Folder to write the generated files into ('-': the NumPy module to standard output).",
+)
 @click.option("--openmp", is_flag=True,
               help="C: split rows over OpenMP threads (compile with -fopenmp; OMP_NUM_THREADS sets how many).")
 @click.option("--check", is_flag=True,
@@ -148,6 +156,9 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, che
     names = list(kernel_names) or None
     if openmp and lang != "c":
         raise SoftgradError("--openmp applies to --lang c (NumPy kernels run on one thread)")
+    if dtype is not None and lang != "c":
+        raise SoftgradError("--dtype applies to --lang c (NumPy kernels compute in their inputs' dtype)")
+    dtype = dtype or "float64"
     files = emit(derivation, lang, names, dtype, openmp=openmp)
     if folder == "-" and len(files) != 1:
         raise SoftgradError(f"-o - writes one file to standard output; --lang {lang} generates {len(files)} "
@@ -171,23 +182,34 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, che
 
 @main.command()
 @click.argument("target", required=False)
-@click.option("--against", help="The spec (catalog name or inline) the gradient should equal.")
-@click.option("--fn", "forward_reference", help="Without a spec: the forward function, as FILE:FUNCTION.")
-@click.option("--formula", help="Check a formula (Jacobian entry or gradient component) against --against.")
-@click.option("--signature", help="Calling convention: x,g->dx | y,g->dx | z,t->dz | z,t->loss,dz | x->J.")
-@click.option("--wrt", help="The variable differentiated (an input, or for --formula also an intermediate).")
-@click.option("--n", "size", type=int, default=7, show_default=True, help="Entries per row.")
-@click.option("--batch", type=int, default=4, show_default=True, help="Rows per batch.")
+@click.option("--against", metavar="SPEC", help="The spec (catalog name or inline) the gradient should equal.")
+@click.option(
+    "--fn", "forward_reference", metavar="FILE:FUNCTION", help="Without a spec: the forward function, as FILE:FUNCTION."
+)
+@click.option(
+    "--formula", metavar="FORMULA", help="Check a formula (Jacobian entry or gradient component) against --against."
+)
+@click.option(
+    "--signature", metavar="SIGNATURE", help="Calling convention: x,g->dx | y,g->dx | z,t->dz | z,t->loss,dz | x->J."
+)
+@click.option(
+    "--wrt", metavar="NAME", help="The variable differentiated (an input, or for --formula also an intermediate)."
+)
+@click.option("--n", "size", type=click.IntRange(min=1), default=7, show_default=True, help="Entries per row.")
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Rows per batch.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Element type the code under test is called with.")
 @_SEED
 @click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
               help="mean: the code divides the loss gradient by the number of rows.")
-@click.option("--param", "parameters", multiple=True, help="A parameter value, NAME=VALUE (repeatable).")
+@click.option(
+    "--param", "parameters", multiple=True, metavar="NAME=VALUE", help="A parameter value, NAME=VALUE (repeatable)."
+)
 @click.option("--mode", type=click.Choice(["auto", "full", "projections"]), default="auto", show_default=True,
               help="full: every element by finite differences; projections: random projections and bisection.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
+              metavar="SECONDS",
               help="Seconds one call of the code under test may take (it runs in a child process).")
 @reports_errors
 def verify(target, against, forward_reference, formula, signature, wrt, size, batch, dtype, seed, reduction,
@@ -242,9 +264,10 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
         try:
             if forward_reference:
                 forward = load_function(forward_reference, chosen, "float64", timeout, role="the forward function")
-            result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size,
-                                    batch=batch, seed=seed, reduction=reduction, parameters=values, wrt=wrt,
-                                    label=target, mode=mode)
+            with _ProgressBar(enabled=size * batch >= 100_000) as progress:
+                result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size,
+                                        batch=batch, seed=seed, reduction=reduction, parameters=values, wrt=wrt,
+                                        label=target, mode=mode, progress=progress)
         finally:
             function.close()
             if forward is not None:
@@ -253,7 +276,31 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
     sys.exit(0 if result.passed else 1)
 
 
-def _stop_on_signal(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+class _ProgressBar:
+    """verify's progress callback drawn with click's progress bar on stderr: only for long checks, and
+    only when stderr is a terminal (never in a pipe, a log or --json output)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, done: int, total: int, case: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="verify", file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos, current_item=case)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _stop_on_signal(signum, frame) -> None:
     """SIGTERM or SIGHUP: unwind like Ctrl-C, so that temporary files and folders are removed."""
     raise SystemExit(128 + signum)
 

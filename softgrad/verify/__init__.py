@@ -18,8 +18,10 @@ from softgrad.verify.report import Report
 def check_gradient(function, against: str | None = None, signature: str | None = None, *, forward=None,
                    dtype: str = "float64", n: int = 7, batch: int = 4, seed: int = 0, reduction: str = "sum",
                    parameters: dict[str, float] | None = None, wrt: str | None = None,
-                   label: str | None = None, mode: str = "auto") -> Report:
-    """The verify report for `function` against a spec (catalog name or spec text) or a forward function."""
+                   label: str | None = None, mode: str = "auto", progress=None) -> Report:
+    """The verify report for `function` against a spec (catalog name or spec text) or a forward function.
+
+    progress(done, total, case), if given, is told of each input case as its check starts."""
     from softgrad.errors import SoftgradError
     from softgrad.verify.checker import verify
     from softgrad.verify.problem import Problem
@@ -45,7 +47,7 @@ def check_gradient(function, against: str | None = None, signature: str | None =
         raise SoftgradError("--n and --batch must be at least 1")
     return verify(function, chosen, problem, label=label or getattr(function, "__name__", "function"),
                   dtype=dtype, size=n, rows=batch, seed=seed, reduction=reduction,
-                  against=against or "the forward function", mode=mode)
+                  against=against or "the forward function", mode=mode, progress=progress)
 
 
 def reference_problem(against: str, wrt: str | None, parameters: dict[str, float]):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from softgrad.codegen.emit import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
 from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.steps import Derivation
@@ -87,7 +88,7 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
     cache = {} if cache is None else cache
 
     def cached(key, compute):
-        key = (id(derivation), rows, size, seed, scale) + key
+        key = (id(derivation), rows, size, seed, scale, *key)
         if key not in cache:
             cache[key] = compute()
         return cache[key]
@@ -112,7 +113,9 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
                           + [parameters[p] for p in derivation.spec.parameters])
         produced = getattr(functions, kernel.name)(*call_arguments)
         produced = produced if isinstance(produced, tuple) else (produced,)
-        names = [o.name for o in kernel.outputs if o.shape == "scalar"] + [o.name for o in kernel.outputs if o.shape != "scalar"]
+        names = [o.name for o in kernel.outputs if o.shape == "scalar"] + [
+            o.name for o in kernel.outputs if o.shape != "scalar"
+        ]
         expected = cached((kind,), lambda: exact_outputs(derivation, kind, given, parameters))
         for name, value in zip(names, produced):
             reference = expected[kernel.origin[name]]
@@ -129,7 +132,7 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
 
 
 
-def check_generated(derivation: Derivation, language: str, files: dict[str, str], kernels: list[Kernel],
+def check_generated(derivation: Derivation, language: str, files: GeneratedFiles, kernels: list[Kernel],
                     dtype: str = "float64") -> list[KernelCheck]:
     """Build generated files in a temporary folder (compile C with the strict flags) and check them."""
     import tempfile
@@ -140,8 +143,7 @@ def check_generated(derivation: Derivation, language: str, files: dict[str, str]
     with tempfile.TemporaryDirectory(prefix="softgrad-check-") as folder:
         folder = Path(folder)
         if language == "c":
-            module = next(name for name in files if name.endswith(".c"))[:-2]
-            functions = load_c(files, folder, module)
+            functions = load_c(files, folder)
         else:
             (name, text), = files.items()
             (folder / name).write_text(text, encoding="utf-8")
@@ -155,7 +157,7 @@ def check_generated(derivation: Derivation, language: str, files: dict[str, str]
 
 def _empty_batch_check(derivation: Derivation, kernels: list[Kernel], functions, dtype: str) -> KernelCheck:
     """rows = 0 must work and return empty outputs."""
-    arrays, parameters = sample_inputs(derivation, 0, 5, 0)
+    _arrays, parameters = sample_inputs(derivation, 0, 5, 0)
     try:
         for kernel in kernels:
             given = [np.zeros((0, 5), dtype=dtype) for _ in kernel.inputs]

@@ -84,7 +84,9 @@ def _describe_ending(returncode: int) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        crash = " (a crash in the code under test)" if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else ""
+        crash = (
+            " (a crash in the code under test)" if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") else ""
+        )
         return f"was killed by {name}{crash}"
     return f"ended the process with exit status {returncode} (sys.exit, os._exit or C exit?)"
 

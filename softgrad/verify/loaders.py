@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from softgrad.codegen.build import compiler, import_path
+from softgrad.codegen.build import compile_shared, import_path
 from softgrad.errors import SoftgradError
 from softgrad.files import remove_tree
 from softgrad.verify.isolation import DEFAULT_TIMEOUT, IsolatedFunction
@@ -59,11 +58,7 @@ def load_function(reference: str, signature: Signature, dtype: str, timeout: flo
 
 def _compile_user_c(source: Path, library: Path) -> None:
     """Compile the user's C file (their code: plain flags, not the generated code's strict ones)."""
-    run = subprocess.run([compiler(), "-std=c99", "-O2", "-shared", "-fPIC", str(source), "-o", str(library), "-lm"],
-                         capture_output=True, text=True)
-    if run.returncode != 0:
-        first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:300])
-        raise SoftgradError(f"compiling {source} failed: {first}")
+    compile_shared(source, library, generated=False)
 
 
 def load_in_process(reference: str, signature: Signature, dtype: str):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit

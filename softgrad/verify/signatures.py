@@ -106,7 +106,7 @@ def call_under_test(function, signature: Signature, arrays: dict[str, np.ndarray
             raise SoftgradError(f"the function's {role} is {value}, not an array")
         try:
             value = np.asarray(value)
-        except Exception:  # noqa: BLE001 - anything not array-like
+        except Exception:
             raise SoftgradError(f"the function's {role} is a {type(value).__name__}, not an array") from None
         expected = {"dx": (rows, size), "loss": (rows,), "J": (rows, size, size)}[role]
         if value.dtype.hasobject or value.dtype.kind not in "biufc":

@@ -1,0 +1,184 @@
+"""Comparing a gradient with its references: finite differences (full Jacobian or random projections)
+and the exact derived result, with tolerances from the differences' own noise plus a per-dtype floor."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softgrad.errors import SoftgradError
+from softgrad.verify import differences
+from softgrad.verify.localise import bisect, record_worst, where
+from softgrad.verify.report import Worst
+
+#: The floor of the tolerance, relative to the row's scale, by the dtype of the code under test.
+FLOOR = {"float64": 1e-8, "float32": 1e-4}
+#: Against the exact result: no finite-difference noise, so much tighter for float64.
+EXACT_FLOOR = {"float64": 1e-11, "float32": 2e-5}
+NOISE_FACTOR = 4.0
+
+
+def row_scale(reference: np.ndarray, terms: np.ndarray | None = None) -> np.ndarray:
+    """Per row: the largest |value|, or the size of the terms it is computed from if larger (a correct
+    float32 y(g − Σgy) errs by ~eps·|y||g| however small dx is), and at least 1e-3 of the batch's."""
+    flat = np.abs(reference).reshape(reference.shape[0], -1).max(axis=1)
+    if terms is not None:
+        flat = np.maximum(flat, terms)
+    batch = flat.max() if flat.size else 0.0
+    return np.maximum(flat, max(1e-3 * batch, 1e-300))
+
+
+def term_scale(signature, problem, arrays) -> np.ndarray | None:
+    """The magnitude of what a gradient is built from: max|g|·max|f(x)| for a VJP, Σ|t| for a loss."""
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    if problem.is_loss:
+        return None if t is None else np.abs(t).sum(-1)
+    if signature.returns == ("J",):
+        return None
+    return np.abs(g).max(-1) * np.abs(problem.forward(x, t)).max(-1)
+
+
+def numeric_gradient(signature, problem, arrays):
+    """Finite-difference reference for the signature's outputs, with its noise: (values, noise)."""
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    rows = len(x)
+
+    def forward(stacked):
+        repeat = len(stacked) // rows
+        return problem.forward(stacked, None if t is None else np.tile(t, (repeat, 1)))
+
+    if problem.is_loss:
+        difference = differences.jacobian(lambda s: forward(s)[:, None], x)
+        return {"dx": (difference.value[:, 0, :], difference.noise[:, 0, :])}
+    if signature.returns == ("J",):
+        difference = differences.jacobian(forward, x)
+        return {"J": (difference.value, difference.noise)}
+
+    def weighted(stacked):  # ⟨g, f(x)⟩ per perturbed row: the VJP without an n × n Jacobian
+        repeat = len(stacked) // rows
+        return (forward(stacked) * np.tile(g, (repeat, 1))).sum(-1)[:, None]
+
+    difference = differences.jacobian(weighted, x)
+    return {"dx": (difference.value[:, 0, :], difference.noise[:, 0, :])}
+
+
+def exact_gradient(signature, problem, arrays):
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    if not problem.exact:
+        return {}
+    if problem.is_loss:
+        _, dx = problem.exact["loss_and_grad"](x, *([t] if t is not None else []))
+        return {"dx": dx}
+    if signature.returns == ("J",):
+        return {"J": problem.exact["jacobian"](x)}
+    return {"dx": problem.exact["vjp"](x, *([t] if problem.has_target else []), g)}
+
+
+def compare_full(report, signature, problem, case, arrays, outputs, dtype):
+    numeric = numeric_gradient(signature, problem, arrays)
+    exact = exact_gradient(signature, problem, arrays)
+    terms = term_scale(signature, problem, arrays)
+    for role, (value, noise) in numeric.items():
+        require_finite(value, noise, case)
+        analytic = outputs[role]
+        scale = row_scale(value, terms)[(...,) + (None,) * (value.ndim - 1)]
+        tolerance = NOISE_FACTOR * noise + FLOOR[dtype] * scale
+        error = np.abs(analytic - value)
+        bad = ~(error <= tolerance)  # NaN-safe: what cannot be compared is not a match
+        report.elements += analytic.size
+        if role in exact:
+            exact_tolerance = np.broadcast_to(
+                EXACT_FLOOR[dtype] * row_scale(exact[role], terms)[(...,) + (None,) * (value.ndim - 1)], analytic.shape
+            )
+            exact_bad = ~(np.abs(analytic - exact[role]) <= exact_tolerance)
+            if exact_bad.any() and not bad.any():
+                # below what finite differences can see, but not the exact result
+                worst = np.unravel_index(np.argmax(np.abs(analytic - exact[role]) / exact_tolerance), analytic.shape)
+                report.fail(f"{role} differs from the exact result by {np.abs(analytic - exact[role])[worst]:.3g} "
+                            f"at {where(worst)} (tolerance {exact_tolerance[worst]:.3g}, {case}); "
+                            "too small for finite differences to see")
+                record_worst(report, worst, analytic, value, exact.get(role), exact_tolerance,
+                              f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case, arrays)
+                report.bad_elements += int(exact_bad.sum())
+        if bad.any():
+            worst = np.unravel_index(np.argmax(error / tolerance), analytic.shape)
+            report.fail(f"{role} does not match finite differences at {int(bad.sum())} element(s) ({case})")
+            how = (f"{NOISE_FACTOR:g} × difference noise {noise[worst]:.2g} + {dtype} floor "
+                   f"{FLOOR[dtype]:g} × row scale {scale[worst[0]].item():.3g}")
+            record_worst(report, worst, analytic, value, exact.get(role), tolerance, how, case, arrays)
+            report.bad_elements += int(bad.sum())
+
+
+def require_finite(reference: np.ndarray, tolerance: np.ndarray, case: str) -> None:
+    """A reference or tolerance that is NaN or inf cannot judge anything: stop, never pass."""
+    if not (np.isfinite(reference).all() and np.isfinite(tolerance).all()):
+        raise SoftgradError(f"the reference (the spec's forward function) is not finite for the inputs {case}: "
+                            "it overflows or is undefined there, so the gradient cannot be checked at them")
+
+
+def compare_projections(report, signature, problem, case, arrays, outputs, dtype, rng, probes: int = 3):
+    """⟨dx, u⟩ against the directional difference of the forward along u; bisection on a mismatch."""
+    analytic = outputs["dx"]
+    report.elements += analytic.size
+    direction = None
+    for _ in range(probes):
+        direction = rng.choice([-1.0, 1.0], size=analytic.shape)
+        error, tolerance, numeric = projection_mismatch(problem, arrays, analytic, direction, dtype)
+        require_finite(numeric, tolerance, case)
+        if not (error <= tolerance).all():
+            row = int(np.argmax(error / tolerance))
+            one_row = {k: (None if v is None else v[row:row + 1]) for k, v in arrays.items()}
+            column = bisect(_signed_mismatch(problem, one_row, analytic[row:row + 1], direction[row:row + 1], dtype),
+                            analytic.shape[1])
+            single = np.zeros((1, analytic.shape[1]))
+            single[0, column] = 1.0
+            _, element_tolerance, element_numeric = projection_mismatch(problem, one_row, analytic[row:row + 1],
+                                                                          single, dtype)
+            exact = exact_gradient(signature, problem, one_row).get("dx")
+            report.fail(f"dx projected on a random ±1 direction differs from finite differences in row {row} "
+                        f"({case}); bisection found element {column}")
+            report.bad_elements += 1
+            report.worst = Worst(row, column, None, float(analytic[row, column]), float(element_numeric[0]),
+                                 None if exact is None else float(exact[0, column]), float(element_tolerance[0]),
+                                 f"{NOISE_FACTOR:g} × difference noise + {dtype} floor {FLOOR[dtype]:g} × |dx_i|",
+                                 case, False)
+            return
+    exact = exact_gradient(signature, problem, arrays)
+    if "dx" in exact:
+        scale = row_scale(exact["dx"], term_scale(signature, problem, arrays))[:, None]
+        error = np.abs(analytic - exact["dx"]) / (EXACT_FLOOR[dtype] * scale)
+        require_finite(exact["dx"], scale, case)
+        if not (error <= 1).all():
+            position = np.unravel_index(np.argmax(error), error.shape)
+            report.fail(f"dx differs from the exact result at {where(position)} ({case})")
+            report.bad_elements += int((error > 1).sum())
+            report.worst = Worst(int(position[0]), int(position[1]), None, float(analytic[position]),
+                                 float(exact["dx"][position]), float(exact["dx"][position]),
+                                 float(EXACT_FLOOR[dtype] * scale[position[0], 0]),
+                                 f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case, False)
+
+
+def projection_mismatch(problem, arrays, analytic, direction, dtype):
+    """Per row: |⟨dx, u⟩ − D_u|, its tolerance, and D_u (the directional difference of the forward)."""
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    rows = len(x)
+
+    def objective(stacked):
+        repeat = len(stacked) // rows
+        values = problem.forward(stacked, None if t is None else np.tile(t, (repeat, 1)))
+        return values if problem.is_loss else (values * np.tile(g, (repeat, 1))).sum(-1)
+
+    numeric = differences.directional(objective, x, direction)
+    projected = (analytic * direction).sum(-1)
+    scale = np.abs(analytic * direction).sum(-1)
+    tolerance = NOISE_FACTOR * numeric.noise + FLOOR[dtype] * np.maximum(scale, 1e-3 * scale.max() + 1e-300)
+    return np.abs(projected - numeric.value), tolerance, numeric.value
+
+
+def _signed_mismatch(problem, one_row, analytic, direction, dtype):
+    """For bisect: the signed projected mismatch of one row with the direction restricted to a mask."""
+    def signed(mask: np.ndarray) -> float:
+        masked = np.where(mask[None, :], direction, 0.0)
+        _, _, numeric = projection_mismatch(problem, one_row, analytic, masked, dtype)
+        return float((analytic * masked).sum() - numeric[0])
+
+    return signed

@@ -1,0 +1,51 @@
+"""Finding where a gradient is wrong: the worst element, and bisection of a projected mismatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from softgrad.verify import differences
+from softgrad.verify.report import Worst
+
+
+def where(position) -> str:
+    names = ["row", "i", "j"]
+    return ", ".join(f"{n} {int(p)}" for n, p in zip(names, position))
+
+
+def record_worst(report, position, analytic, numeric, exact, tolerance, how, case, arrays):
+    if report.worst is not None:
+        return
+    row, i = int(position[0]), int(position[1])
+    j = int(position[2]) if len(position) > 2 else None
+    x = arrays["x"][row]
+    column = j if j is not None else i
+    step = differences.DEFAULT_STEP
+    plus, minus = x.copy(), x.copy()
+    plus[column] += step
+    minus[column] -= step
+    report.worst = Worst(row, i, j, float(analytic[position]), float(numeric[position]),
+                         None if exact is None else float(exact[position]), float(tolerance[position]), how, case,
+                         bool(np.argmax(plus) != np.argmax(minus)))
+
+
+def bisect(signed_mismatch: Callable[[np.ndarray], float], size: int) -> int:
+    """The entry of one row that carries a mismatch, by halving: `signed_mismatch(mask)` is the signed
+    mismatch of the comparison restricted to the masked entries. Both sides of the comparison are linear
+    in the direction, so the other half's mismatch is the whole's minus this half's: one evaluation per
+    level."""
+    candidates = np.arange(size)
+    whole = signed_mismatch(np.ones(size, dtype=bool))
+    while len(candidates) > 1:
+        first, second = np.array_split(candidates, 2)
+        mask = np.zeros(size, dtype=bool)
+        mask[first] = True
+        in_first = signed_mismatch(mask)
+        in_second = whole - in_first
+        if abs(in_first) >= abs(in_second):
+            candidates, whole = first, in_first
+        else:
+            candidates, whole = second, in_second
+    return int(candidates[0])
