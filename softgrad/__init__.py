@@ -9,4 +9,4 @@ from __future__ import annotations
 from softgrad import derive
 
 __version__ = "0.1.0"
-__all__ = ["derive", "__version__"]
+__all__ = ["__version__", "derive"]

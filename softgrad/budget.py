@@ -38,7 +38,7 @@ def time_limit(seconds: float | None, what: str) -> Iterator[None]:
     if seconds <= 0:
         raise SoftgradError("a time limit must be positive")
 
-    def expired(signum, frame):  # noqa: ARG001 - the signature signal handlers have
+    def expired(signum, frame):
         raise _Expired
 
     previous_handler = signal.signal(signal.SIGALRM, expired)

@@ -8,10 +8,14 @@ and a file softgrad did not generate is never overwritten unless the caller says
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from softgrad.errors import SoftgradError
@@ -64,15 +68,16 @@ def write_atomically(path: str | Path, text: str) -> None:
         return
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    try:
-        staged = _stage(folder, target.name, text)
-    except OSError as problem:
-        raise SoftgradError(f"cannot write {str(path)!r}: {problem.strerror}") from None
-    try:
-        os.replace(staged, target)
-    except OSError as problem:
-        staged.unlink(missing_ok=True)
-        raise SoftgradError(f"cannot write {str(path)!r}: {problem.strerror}") from None
+    with _signals_deferred():  # one short write and a rename: a signal waits, so no temporary file is left
+        try:
+            staged = _stage(folder, target.name, text)
+        except OSError as problem:
+            raise SoftgradError(f"cannot write {str(path)!r}: {problem.strerror}") from None
+        try:
+            os.replace(staged, target)
+        except OSError as problem:
+            staged.unlink(missing_ok=True)
+            raise SoftgradError(f"cannot write {str(path)!r}: {problem.strerror}") from None
 
 
 def is_generated(path: Path) -> bool:
@@ -88,7 +93,8 @@ def write_files(folder: str | Path, files: dict[str, str], force: bool = False) 
     """Write a set of generated files into folder, all or nothing; returns their paths.
 
     Refuses (before writing anything) to replace a file that softgrad did not generate, unless force.
-    All files are staged in the folder first; only when every one is written are they moved in."""
+    All files are staged in a hidden folder inside it first; only when every one is written are they
+    moved in (a signal meanwhile is held until the last one is), and the staging folder is removed."""
     target = Path(folder)
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -101,18 +107,43 @@ def write_files(folder: str | Path, files: dict[str, str], force: bool = False) 
         if destination.exists() and not force and not is_generated(destination):
             raise SoftgradError(f"refusing to overwrite {str(destination)!r}: softgrad did not generate it "
                                 "(use --force to replace it)")
-    staged: list[Path] = []
+    staging: Path | None = None
     try:
-        for name, text in files.items():
-            staged.append(_stage(target, name, text))
-        for temporary, destination in zip(staged, destinations):
-            os.replace(temporary, destination)
+        with _signals_deferred():  # the folder is made and remembered, or not made
+            staging = Path(tempfile.mkdtemp(dir=target, prefix=".softgrad-"))
+        staged = [_stage(staging, name, text) for name, text in files.items()]
+        with _signals_deferred():  # the renames are all done, or (on an OS error) stop where they failed
+            for temporary, destination in zip(staged, destinations):
+                os.replace(temporary, destination)
     except OSError as problem:
         raise SoftgradError(f"cannot write into {str(folder)!r}: {problem.strerror}") from None
     finally:
-        for temporary in staged:
-            temporary.unlink(missing_ok=True)
+        if staging is not None:  # whatever was staged and not moved in, a signal or an error included
+            remove_tree(staging)
     return destinations
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, so a set of renames is not cut in half:
+    a signal that arrives meanwhile is remembered and raised again once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    received: list[int] = []
+
+    def remember(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {number: signal.signal(number, remember) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in received:
+            signal.raise_signal(number)
 
 
 def remove_tree(path: str | Path) -> None:

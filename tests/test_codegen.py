@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_module, require_tool
 
 import softgrad
 from softgrad.codegen.build import import_path, load_c
@@ -14,8 +15,6 @@ from softgrad.codegen.lower import identifier, lower
 from softgrad.derive.catalog import CATALOG
 from softgrad.errors import SoftgradError
 from softgrad.verify.generated import check_kernels
-
-from conftest import require_module, require_tool
 
 REFERENCES: dict = {}  # high-precision references, shared by every language and dtype
 
@@ -43,6 +42,7 @@ def built(tmp_path_factory):
     return build
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("language", ["numpy", "c"])
 @pytest.mark.parametrize("name", list(CATALOG))
@@ -64,7 +64,7 @@ def test_every_kernel_matches_exact_result_and_finite_differences(built, name, l
 
 
 def test_rows_zero_and_n_one(built):
-    derivation, kernels, functions = built("softmax")
+    _derivation, _kernels, functions = built("softmax")
     for language in ("numpy", "c"):
         module = functions[language, "float64"]
         assert module.softmax_forward(np.zeros((0, 4))).shape == (0, 4)
@@ -165,7 +165,8 @@ def test_extreme_and_masked_logits_stay_finite_and_right(built, name, language, 
         if dtype == "float32":  # the reference gets the same float32-rounded inputs
             other = None if other is None else other.astype(dtype).astype(np.float64)
             upstream = upstream.astype(dtype).astype(np.float64)
-        cast = (lambda a: a if a is None else a.astype(dtype))
+        def cast(a):
+            return (a if a is None else a.astype(dtype))
         got = _ours(functions[language, dtype], derivation, cast(case), cast(other), 1.3, cast(upstream))
         for value in got:
             finite_classes = np.isfinite(case) if np.ndim(value) == 2 else np.ones(case.shape[0], bool)
@@ -183,6 +184,7 @@ def test_extreme_and_masked_logits_stay_finite_and_right(built, name, language, 
                 assert (got[0][:, ~keep] == 0).all() if (~keep).any() else True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [
     "y[i] = x[i]**2 / sum(x[k]**2, k)",
     "y[i] = exp(x[i]) / sum(exp(x[k]), k)\nH = -sum(y[k] * log(y[k]), k)",
@@ -208,7 +210,7 @@ def test_vjp_reductions_are_per_row_scalars():
 
 
 def test_numpy_kernels_take_any_leading_shape_and_axis(built):
-    derivation, _, functions = built("softmax")
+    _derivation, _, functions = built("softmax")
     module = functions["numpy", "float64"]
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 5, 3))

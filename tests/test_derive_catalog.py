@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import sympy as sp
+from expectations import EXPECTED, FORWARD
 
 import softgrad
 from softgrad.derive.catalog import CATALOG
 from softgrad.derive.check import Evaluator, Point
 from softgrad.derive.symbols import Partial
-
-from expectations import EXPECTED, FORWARD
 
 ROWS, SIZE = 4, 5
 

@@ -48,7 +48,13 @@ def test_loss_steps_follow_the_reference_order(name):
     d = softgrad.derive(name)
     order = rules(d, "Gradient")
     intermediate = d.spec.definitions[0].name
-    expected = ["definition", f"differentiate with respect to {intermediate}", "chain rule", "split the sum: k = j and k ≠ j", "combine"]
+    expected = [
+        "definition",
+        f"differentiate with respect to {intermediate}",
+        "chain rule",
+        "split the sum: k = j and k ≠ j",
+        "combine",
+    ]
     if name == "cross-entropy-onehot":
         expected.append("target constraint")
     assert order == expected
@@ -97,8 +103,12 @@ def test_wrt_another_input():
 def test_a_wrong_step_fails_its_check_with_a_counterexample():
     spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)")
     checker = StepChecker(spec)
-    typo = Step(rule="Kronecker combination", lhs=Partial(y[i], x[j]), forms=[y[j] * (delta(i, j) - y[i]) + y[i] * y[j] * 0.001],
-                reason="an index typo")
+    typo = Step(
+        rule="Kronecker combination",
+        lhs=Partial(y[i], x[j]),
+        forms=[y[j] * (delta(i, j) - y[i]) + y[i] * y[j] * 0.001],
+        reason="an index typo",
+    )
     with pytest.raises(StepCheckFailed, match=r"n = \d+, i = \d+, j = \d+"):
         checker.check(typo)
 

@@ -10,13 +10,14 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 
 import softgrad
 
-from conftest import require_tool
+pytestmark = pytest.mark.slow  # subprocesses, compilers and browsers: CI runs them; -m 'not slow' skips
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNABLE = re.compile(r"^```sh runnable\n(.*?)^```", re.S | re.M)
 
 
@@ -71,8 +72,11 @@ def test_gallery_is_current(tmp_path):
                             capture_output=True, text=True, env=dict(_environment(), PYTHONHASHSEED="12345"),
                             timeout=600)
     assert result.returncode == 0, result.stderr
-    committed = {p.relative_to(ROOT / "docs" / "gallery"): p.read_bytes() for p in (ROOT / "docs" / "gallery").rglob("*")
-                 if p.is_file()}
+    committed = {
+        p.relative_to(ROOT / "docs" / "gallery"): p.read_bytes()
+        for p in (ROOT / "docs" / "gallery").rglob("*")
+        if p.is_file()
+    }
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     stale = sorted(str(name) for name in set(committed) | set(fresh) if committed.get(name) != fresh.get(name))
     assert not stale, f"docs/gallery is stale (run python docs/make_gallery.py): {stale[:5]}"
@@ -90,7 +94,8 @@ addEventListener('load', () => {
   }).length;
   const maths = [...document.querySelectorAll('math')];
   const tall = maths.filter(m => m.getBoundingClientRect().height > 20).length;
-  document.body.setAttribute('data-probe', `fractions=${fractions.length} stacked=${stacked} maths=${maths.length} tall=${tall}`);
+  document.body.setAttribute('data-probe',
+    `fractions=${fractions.length} stacked=${stacked} maths=${maths.length} tall=${tall}`);
 });
 </script></body>"""
 

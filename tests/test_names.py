@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IN_CI, require_module, require_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import IN_CI, require_module, require_tool
 
 import softgrad
 from softgrad.codegen.build import STRICT_FLAGS, compile_shared, import_path
@@ -20,6 +19,8 @@ from softgrad.codegen.emit import emit
 from softgrad.codegen.lower import identifier
 from softgrad.codegen.names import C_MACROS, RESERVED, is_reserved, module_identifier, public_names
 from softgrad.derive.spec import RESERVED as SPEC_LANGUAGE_WORDS
+
+pytestmark = pytest.mark.slow  # subprocesses, compilers and browsers: CI runs them; -m 'not slow' skips
 
 #: Names a user might write that mean something to C, C++, Python, NumPy, or to the generated code
 #: itself (its loop variables, buffers, helpers and arguments before they were made hygienic).
@@ -42,7 +43,9 @@ SPEC_NAMES = [name for name in HOSTILE_NAMES if name not in SPEC_LANGUAGE_WORDS]
 
 def test_every_macro_of_the_generated_files_headers_is_reserved(tmp_path):
     """Ask gcc and clang (ISO and GNU modes) which macros the headers of the generated C define."""
-    source = "#include <stddef.h>\n#include <math.h>\n#include <stdint.h>\n#include <string.h>\n#include <immintrin.h>\n"
+    source = (
+        "#include <stddef.h>\n#include <math.h>\n#include <stdint.h>\n#include <string.h>\n#include <immintrin.h>\n"
+    )
     (tmp_path / "headers.c").write_text(source)
     for name in ("gcc", "clang"):
         compiler = require_tool(name)

@@ -5,12 +5,11 @@ import subprocess
 import xml.dom.minidom
 
 import pytest
+from conftest import require_tool
 
 import softgrad
 from softgrad.derive.catalog import CATALOG
 from softgrad.render.render import latex_text
-
-from conftest import require_tool
 
 
 @pytest.fixture(scope="module", params=list(CATALOG))

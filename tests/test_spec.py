@@ -2,7 +2,8 @@
 
 import pytest
 import sympy as sp
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softgrad.derive.spec import parse_spec
 from softgrad.derive.symbols import class_sum, index, sigmoid

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
+from conftest import IN_CI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import IN_CI
 
 from softgrad.derive import parse_spec
 from softgrad.errors import SpecError

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_tool
 
-from softgrad.errors import SoftgradError
 from softgrad.verify import assert_gradient, check_gradient
 from softgrad.verify.loaders import load_function
 from softgrad.verify.signatures import parse_signature
-
-from conftest import require_tool
 
 CORPUS = Path(__file__).parent / "corpus"
 sys.path.insert(0, str(CORPUS))
@@ -80,6 +78,7 @@ C_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("function, against, signature, dtype, correct", C_CASES)
 def test_c_gradients(function, against, signature, dtype, correct):
     require_tool("cc")
@@ -160,6 +159,7 @@ def test_json_report():
     assert {"analytic", "numeric", "exact", "tolerance", "absolute_error", "relative_error"} <= set(data["worst"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("formula, against, wrt, passes", [
     ("y[i]*(delta(i,j) - y[j])", "softmax", None, True),
     ("y[j]*(delta(i,j) - y[i])", "softmax", None, True),
@@ -178,6 +178,7 @@ def test_formulas(formula, against, wrt, passes):
         assert "counterexample: n = " in result.stdout and "the formula gives" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragment", [
     (["missing.py:f", "--against", "softmax"], "no such file"),
     (["gradients.py:nope", "--against", "softmax"], "has no function 'nope'"),
@@ -203,6 +204,7 @@ def test_an_unquoted_signature_gets_a_hint(tmp_path):
     assert result.returncode == 2 and "quote it" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_prebuilt_shared_library(tmp_path):
     cc = require_tool("cc")
     library = tmp_path / "libgradients.so"

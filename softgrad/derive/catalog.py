@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from softgrad.errors import SoftgradError
 from softgrad.derive.spec import Spec, parse_spec
+from softgrad.errors import SoftgradError
 
 
 @dataclass(frozen=True)
@@ -46,5 +46,7 @@ def load_spec(text: str) -> Spec:
         return parse_spec(CATALOG[name].source, name=name)
     if "=" not in text:
         known = ", ".join(CATALOG)
-        raise SoftgradError(f"unknown catalog entry {name!r} (known: {known}); or write a spec such as 'y[i] = exp(x[i])'")
+        raise SoftgradError(
+            f"unknown catalog entry {name!r} (known: {known}); or write a spec such as 'y[i] = exp(x[i])'"
+        )
     return parse_spec(text)

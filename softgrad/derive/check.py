@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from softgrad.errors import StepCheckFailed
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
-from softgrad.derive.symbols import Partial, SumExcept, n as size_symbol, sigmoid
+from softgrad.derive.symbols import Partial, SumExcept, sigmoid
+from softgrad.derive.symbols import n as size_symbol
+from softgrad.errors import StepCheckFailed
 
 SIZES = (1, 2, 3, 5)
 POINTS = 2
@@ -271,12 +272,14 @@ class StepChecker:
 
     def _form_value(self, step: Step, form, point: Point, indices: dict) -> complex:
         if isinstance(form, sp.MatrixExpr):
-            row, column = (list(step.matrix_axes) + [None, None])[:2]
+            row, column = ([*list(step.matrix_axes), None, None])[:2]
             key = (id(point), form)
             if key not in self._explicit:
                 self._explicit[key] = _explicit_matrix(form, point)
             explicit = self._explicit[key]
-            return self.evaluator.number(explicit[indices.get(row, 0), indices.get(column, 0) if explicit.shape[1] > 1 else 0])
+            return self.evaluator.number(
+                explicit[indices.get(row, 0), indices.get(column, 0) if explicit.shape[1] > 1 else 0]
+            )
         return self.evaluator.value(form, point, indices)
 
 

@@ -23,7 +23,7 @@ class Rule:
     var: sp.Indexed
     result: sp.Expr
     reason: str
-    parts: tuple["Rule", ...] = ()
+    parts: tuple[Rule, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -94,7 +94,7 @@ def _product(expr: sp.Mul, var: sp.Indexed) -> Rule:
         result = constant * (parts[0].result * bottom - top * parts[1].result) / bottom**2
         return Rule("quotient rule", expr, var, result, "(N/D)' = (N' D − N D') / D²", parts)
     parts = tuple(differentiate(f, var) for f in varying)
-    terms = [sp.Mul(*(varying[:m] + [parts[m].result] + varying[m + 1:])) for m in range(len(varying))]
+    terms = [sp.Mul(*([*varying[:m], parts[m].result, *varying[m + 1:]])) for m in range(len(varying))]
     return Rule("product rule", expr, var, constant * sp.Add(*terms), "(uv)' = u'v + uv'", parts)
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
+from softgrad.derive.symbols import class_sum, index, sigmoid
 from softgrad.errors import SpecError
-from softgrad.derive.symbols import class_sum, index, n, sigmoid
 
 MAX_SPEC_CHARACTERS = 20_000
 MAX_NESTING = 100
@@ -292,7 +292,7 @@ class _LineParser:
         if name.text == "sum":
             bound_position = self._find_sum_index()
             bound = self._index_at(bound_position, scope, binding=True)
-            inner = self.expression(scope + (bound,))
+            inner = self.expression((*scope, bound))
             self.expect(",")
             self.position += 1  # the index name, already validated
             self.expect(")")

@@ -123,7 +123,9 @@ class MathMLPrinter(MathMLPresentationPrinter):
 
     def _wrapped(self, expr):
         if expr.is_Add:
-            return self._element("mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")"))
+            return self._element(
+                "mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")")
+            )
         return self._print(expr)
 
     def _print_Partial(self, expr: Partial):
