@@ -30,15 +30,14 @@ class TimeLimitExceeded(SoftgradError):
 @contextmanager
 def time_limit(seconds: float | None, what: str) -> Iterator[None]:
     """Run the body with a budget of `seconds` (None: no limit); past it, raise TimeLimitExceeded."""
-    usable = (seconds is not None and hasattr(signal, "setitimer")
-              and threading.current_thread() is threading.main_thread())
-    if not usable:
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if seconds is None or not usable:
         yield
         return
     if seconds <= 0:
         raise SoftgradError("a time limit must be positive")
 
-    def expired(signum, frame):
+    def expired(signum: int, frame: object) -> None:
         raise _Expired
 
     previous_handler = signal.signal(signal.SIGALRM, expired)

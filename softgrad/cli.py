@@ -7,13 +7,20 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from softgrad.budget import DERIVE_SECONDS
 from softgrad.errors import SoftgradError
 from softgrad.verify.isolation import DEFAULT_TIMEOUT
+
+if TYPE_CHECKING:
+    from softgrad.derive.spec import Spec
+    from softgrad.verify.formula import FormulaReport
+    from softgrad.verify.report import Report
 
 #: --time-limit: seconds a derivation may take before it stops with a clear error.
 _TIME_LIMIT = click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=DERIVE_SECONDS,
@@ -22,11 +29,11 @@ _SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_defau
                      help="Seed of the random points (0 or more).")
 
 
-def reports_errors(command):
+def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
     """Every failure ends in one line on stderr: exit 2 for 'could not run', never a traceback."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             return command(*args, **kwargs)
         except SoftgradError as problem:
@@ -71,7 +78,7 @@ def list_catalog() -> None:
             click.echo(f"    {line}")
 
 
-def _load_spec(spec: str | None, spec_file: str | None):
+def _load_spec(spec: str | None, spec_file: str | None) -> Spec:
     """The Spec named by a SPEC argument (catalog name or inline text) or by -f FILE (titled by its name)."""
     from softgrad.derive import load_spec, parse_spec
     from softgrad.files import read_text
@@ -83,6 +90,7 @@ def _load_spec(spec: str | None, spec_file: str | None):
         raise SoftgradError("give a SPEC or -f FILE, not both")
     if spec_file is not None:
         return parse_spec(read_text(spec_file, "spec file"), name=Path(spec_file).stem)
+    assert spec is not None
     return load_spec(spec)
 
 
@@ -98,7 +106,8 @@ def _load_spec(spec: str | None, spec_file: str | None):
 @_SEED
 @_TIME_LIMIT
 @reports_errors
-def derive(spec, spec_file, wrt, fmt, standalone, output, seed, time_limit) -> None:
+def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, standalone: bool, output: str | None,
+           seed: int, time_limit: float) -> None:
     """Derive the Jacobian or gradient of SPEC step by step, every step checked.
 
     SPEC is a catalog name (see `softgrad list`) or a spec such as
@@ -141,7 +150,8 @@ def derive(spec, spec_file, wrt, fmt, standalone, output, seed, time_limit) -> N
 @click.option("--force", is_flag=True, help="Replace files in the folder that softgrad did not generate.")
 @_TIME_LIMIT
 @reports_errors
-def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, check, force, time_limit) -> None:
+def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tuple[str, ...], dtype: str | None,
+            wrt: str | None, folder: str, openmp: bool, check: bool, force: bool, time_limit: float) -> None:
     """Generate NumPy or C kernels for SPEC from its derivation.
 
     Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder: all of
@@ -212,8 +222,9 @@ def codegen(spec, spec_file, lang, kernel_names, dtype, wrt, folder, openmp, che
               metavar="SECONDS",
               help="Seconds one call of the code under test may take (it runs in a child process).")
 @reports_errors
-def verify(target, against, forward_reference, formula, signature, wrt, size, batch, dtype, seed, reduction,
-           parameters, mode, as_json, timeout) -> None:
+def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
+           signature: str | None, wrt: str | None, size: int, batch: int, dtype: str, seed: int, reduction: str,
+           parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
 
     Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
@@ -237,7 +248,7 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
 
         if against is None or target is not None:
             raise SoftgradError("--formula needs --against SPEC and no function to load")
-        result = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
+        result: Report | FormulaReport = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
     else:
         from softgrad.verify import check_gradient
         from softgrad.verify.loaders import load_function
@@ -252,6 +263,8 @@ def verify(target, against, forward_reference, formula, signature, wrt, size, ba
         dtype_for_loading = dtype
         if chosen is None:
             from softgrad.derive import derive_spec, load_spec
+
+            assert against is not None  # without --fn, --against was required above
 
             is_loss = not derive_spec(load_spec(against)).spec.output.is_vector
             chosen = parse_signature("z,t->dz" if is_loss else "x,g->dx")
@@ -282,7 +295,7 @@ class _ProgressBar:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self.bar = None
+        self.bar: Any = None
 
     def __call__(self, done: int, total: int, case: str) -> None:
         if not self.enabled:
@@ -300,7 +313,7 @@ class _ProgressBar:
             self.bar.__exit__(None, None, None)
 
 
-def _stop_on_signal(signum, frame) -> None:
+def _stop_on_signal(signum: int, frame: object) -> None:
     """SIGTERM or SIGHUP: unwind like Ctrl-C, so that temporary files and folders are removed."""
     raise SystemExit(128 + signum)
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -43,7 +44,7 @@ def compiler() -> str:
 USER_FLAGS = ["-std=c99", "-O2"]
 
 
-def compile_shared(source: Path, output: Path, extra_flags: list[str] = (), openmp: bool = False,
+def compile_shared(source: Path, output: Path, extra_flags: Sequence[str] = (), openmp: bool = False,
                    generated: bool = True) -> Path:
     """Compile one C file into a shared library: generated code with the strict warning flags (warnings
     are errors), a user's code with plain ones."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import mpmath
 import numpy as np
@@ -78,7 +79,7 @@ def c_source(dtype: str) -> str:
     return _render("c/helpers.c.j2", helper_types=helper_types(dtype))
 
 
-def helper_types(dtype: str) -> list[dict]:
+def helper_types(dtype: str) -> list[dict[str, Any]]:
     """What c/helpers.c.j2 prints for a kernel of this dtype: double's helpers, then float's if needed."""
     return [_helper_values("float64")] + ([_helper_values("float32")] if dtype == "float32" else [])
 
@@ -92,7 +93,7 @@ _VECTOR_STORES = {  # (dtype, instruction set) → (lanes, stream intrinsic, una
 
 
 @cache
-def _helper_values(dtype: str) -> dict:
+def _helper_values(dtype: str) -> dict[str, Any]:
     """The numbers of one floating type's helpers, as C literals: exp's clamps, Cody–Waite ln 2, the
     rounding constant and the Horner form of its polynomial; the vector stores of softgrad_stream."""
     form = _FORMATS[dtype]

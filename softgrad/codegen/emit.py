@@ -3,6 +3,9 @@ backend's Jinja2 templates. Nothing here depends on the target language."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jinja2
 
 import softgrad
@@ -45,7 +48,7 @@ def _c_safe(value: object) -> object:
     return value.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?").replace("\\", "/")
 
 
-def _environment(finalize) -> jinja2.Environment:
+def _environment(finalize: Callable[[object], object]) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("softgrad", "templates"),
         undefined=jinja2.StrictUndefined,
@@ -61,7 +64,7 @@ _PYTHON = _environment(_python_safe)
 _C = _environment(_c_safe)
 
 
-def _render(template: str, **context) -> str:
+def _render(template: str, **context: Any) -> str:
     """A code template rendered with the escaping of its own language (by the file it generates)."""
     environment = _PYTHON if template.endswith(".py.j2") else _C
     return environment.get_template(template).render(**context)
@@ -76,7 +79,7 @@ def kernels_for(derivation: Derivation, names: list[str] | None) -> list[Kernel]
     return [lower(derivation, name) for name in chosen]
 
 
-def _header(derivation: Derivation) -> dict:
+def _header(derivation: Derivation) -> dict[str, Any]:
     """What a generated file says about its origin: the spec as softgrad prints it (never its source
     text, which may hold anything in its comments) and the SHA-256 of that source."""
     return {"version": softgrad.__version__, "spec_name": derivation.spec.name or "inline spec",

@@ -45,6 +45,7 @@ class Output:
     shape: str  # "vector" | "scalar" | "matrix"
     expr: sp.Expr
     doc: str
+    role: str = "value"  # "gradient" for the gradient of the differentiated input (VJPs, loss gradients)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from softgrad.codegen.names import module_identifier, public_names
 from softgrad.derive import algebra
 from softgrad.derive.spec import Spec
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import sigmoid
+from softgrad.derive.symbols import n, sigmoid
 from softgrad.errors import SoftgradError
 
 
@@ -65,17 +65,19 @@ def stable_logs(expr: sp.Expr) -> sp.Expr:
         lambda e: -softplus((-(e.args[0] - 1)).args[0]))
 
 
-def guard_products(expr: sp.Expr, spec: Spec, wrt: str) -> sp.Expr:
-    """t·log(…) and t·(x − m) → guarded products, so that t = 0 against a masked class gives 0, not NaN."""
+def guard_products(expr: sp.Expr, spec: Spec, wrt: str, shifts: set[sp.Symbol] | frozenset[sp.Symbol] = frozenset()
+                   ) -> sp.Expr:
+    """t·log(…) and t·(x − m) → guarded products, so that t = 0 against a masked class gives 0, not NaN.
+    shifts: the row maxima the stabilization subtracted (the m of x − m)."""
     others = {sp.IndexedBase(name) for name in spec.inputs if name != wrt}
 
     def can_be_infinite(e: sp.Expr) -> bool:
         """An entrywise log, softplus or shifted input: ±inf for a masked or saturated entry."""
         def has_entry(f: sp.Expr) -> bool:  # an index free in f: it reads one entry, not a whole row
-            return any(s.is_integer and s.name != "n" for s in f.free_symbols)
+            return any(s.is_integer and s != n for s in f.free_symbols)
 
         entrywise = [f for f in e.atoms(sp.log, softplus) if has_entry(f)]
-        shifted = any(s.name.startswith("_max_") for s in e.free_symbols) and has_entry(e)
+        shifted = bool(e.free_symbols & set(shifts)) and has_entry(e)
         return bool(entrywise) or shifted
 
     def guard(e: sp.Mul) -> sp.Expr:
@@ -128,14 +130,15 @@ class _Lowering:
         self.inputs = [(name, f"the input {name}, (rows, n)")
                        for name in [self.wrt, *(n for n in self.spec.inputs if n != self.wrt)]]
 
-    def build(self, kind: str, doc: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str, sp.Expr, str]],
+    def build(self, kind: str, doc: str, inputs: list[tuple[str, str]],
+              outputs: list[tuple[str, str, sp.Expr, str, str]],
               keep: frozenset[str] = frozenset(), upstream: str | None = None) -> Kernel:
-        """A kernel whose outputs (name, shape, entry expression, doc) are written in its inputs, stabilized,
+        """A kernel whose outputs (name, shape, entry expression, doc, role) are written in its inputs, stabilized,
         with every Σ over a whole row made a per-row reduction."""
         spec = self.spec
         reductions: list[Reduction] = []
         lowered = []
-        for out_name, shape, expr, out_doc in outputs:
+        for out_name, shape, expr, out_doc, role in outputs:
             free = {LOOP} if shape == "vector" else ({LOOP, COLUMN} if shape == "matrix" else set())
             expr = _entry(expr, spec, LOOP, set(keep))
             expr, maxima = stabilize(expr, spec) if not keep else (expr, [])
@@ -143,9 +146,9 @@ class _Lowering:
             for maximum in maxima:
                 if all(r.symbol != maximum.symbol for r in reductions):
                     reductions.append(maximum)
-            expr = guard_products(expr, spec, self.wrt)
+            expr = guard_products(expr, spec, self.wrt, {r.symbol for r in reductions if r.op == "max"})
             expr = hoist_reductions(expr, reductions, free)
-            lowered.append(Output(out_name, shape, expr, out_doc))
+            lowered.append(Output(out_name, shape, expr, out_doc, role))
         return hygienic(Kernel(f"{identifier(self.derivation)}_{kind}", kind, doc, inputs, list(spec.parameters),
                                reductions, lowered, upstream))
 
@@ -160,18 +163,19 @@ def _forward(lowering: _Lowering) -> Kernel:
     if output.is_vector:
         return lowering.build("forward", f"{output.name} = the function, row by row", lowering.inputs,
                               [(output.name, "vector", _at_loop(output.symbol, output.index),
-                                f"{output.name}, (rows, n)")])
+                                f"{output.name}, (rows, n)", "value")])
     return lowering.build("forward", f"{output.name} per row", lowering.inputs,
-                          [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)")])
+                          [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)", "value")])
 
 
-def _vjp_parts(lowering: _Lowering) -> tuple[str, sp.Expr, tuple[str, str, sp.Expr, str]]:
+def _vjp_parts(lowering: _Lowering) -> tuple[str, sp.Expr, tuple[str, str, sp.Expr, str, str]]:
     if not lowering.output.is_vector:
         raise SoftgradError("vjp applies to vector functions; for a loss use loss_and_grad")
     result = lowering.results["vjp"]
     wrt = lowering.wrt
     expr = _at_loop(result.rhs, *result.indices)
-    return result.upstream, expr, (f"d{wrt}", "vector", expr, f"d{wrt} = ∂l/∂{wrt}, (rows, n)")
+    assert result.upstream is not None, "a VJP result names its upstream gradient"
+    return result.upstream, expr, (f"d{wrt}", "vector", expr, f"d{wrt} = ∂l/∂{wrt}, (rows, n)", "gradient")
 
 
 def _vjp(lowering: _Lowering) -> Kernel:
@@ -200,7 +204,7 @@ def _jacobian(lowering: _Lowering) -> Kernel:
     expr = _at_loop(result.rhs, *result.indices)  # (output entry, input entry) → (i, j)
     name, wrt = lowering.output.name, lowering.wrt
     return lowering.build("jacobian", "the explicit Jacobian of each row (for small n)", lowering.inputs,
-                          [("J", "matrix", expr, f"J[row, i, j] = ∂{name}_i/∂{wrt}_j, (rows, n, n)")])
+                          [("J", "matrix", expr, f"J[row, i, j] = ∂{name}_i/∂{wrt}_j, (rows, n, n)", "jacobian")])
 
 
 def _loss_and_grad(lowering: _Lowering) -> Kernel:
@@ -211,9 +215,9 @@ def _loss_and_grad(lowering: _Lowering) -> Kernel:
     constraints = "; ".join(c.source for c in lowering.spec.constraints)
     note = f" (assumes {constraints})" if "gradient_constrained" in results else ""
     return lowering.build("loss_and_grad", f"{output.name} per row and its gradient{note}", lowering.inputs,
-                          [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)"),
+                          [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)", "value"),
                            (f"d{wrt}", "vector", _at_loop(result.rhs, *result.indices),
-                            f"∂{output.name}/∂{wrt}, (rows, n)")])
+                            f"∂{output.name}/∂{wrt}, (rows, n)", "gradient")])
 
 
 #: The kernel kinds: name → how to lower a derivation into it (a SoftgradError where it does not apply).
@@ -278,6 +282,7 @@ def hygienic(kernel: Kernel) -> Kernel:
         [(public[name], described(name, doc)) for name, doc in kernel.inputs],
         [public[name] for name in kernel.parameters],
         [Reduction(rename(r.symbol), r.op, rename(r.body)) for r in kernel.reductions],
-        [Output(renamed_outputs[o.name], o.shape, rename(o.expr), described(o.name, o.doc)) for o in kernel.outputs],
+        [Output(renamed_outputs[o.name], o.shape, rename(o.expr), described(o.name, o.doc), o.role)
+         for o in kernel.outputs],
         public.get(kernel.upstream) if kernel.upstream else None, kernel.steps_per_row,
         origin={printed: name for name, printed in [*public.items(), *renamed_outputs.items()]})

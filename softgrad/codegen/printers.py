@@ -8,6 +8,8 @@ as overflow-free forms.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sympy as sp
 from sympy.codegen.ast import float32, float64, real
 from sympy.codegen.rewriting import create_expand_pow_optimization, optimize
@@ -32,32 +34,32 @@ class NumpyKernelPrinter(NumPyPrinter):
         self.matrix = matrix
         self.reduction_names: set[str] = set()
 
-    def _print_Indexed(self, expr):
+    def _print_Indexed(self, expr: Any) -> Any:
         name = str(expr.base)
         if not self.matrix:
             return name
         return f"{name}[..., :, None]" if expr.indices[0] == LOOP else f"{name}[..., None, :]"
 
-    def _print_Symbol(self, expr):
+    def _print_Symbol(self, expr: Any) -> Any:
         name = super()._print_Symbol(expr)
         if self.matrix and name in self.reduction_names:
             return f"{name}[..., None]"
         return name
 
-    def _print_KroneckerDelta(self, expr):
+    def _print_KroneckerDelta(self, expr: Any) -> Any:
         return "_identity"
 
-    def _print_guarded_product(self, expr):
+    def _print_guarded_product(self, expr: Any) -> Any:
         weight, factor = (self._print(a) for a in expr.args)
         return f"np.where({weight} == 0, 0, {weight} * ({factor}))"
 
-    def _print_softplus(self, expr):
+    def _print_softplus(self, expr: Any) -> Any:
         return f"np.logaddexp(0, {self._print(expr.args[0])})"
 
-    def _print_sigmoid(self, expr):
+    def _print_sigmoid(self, expr: Any) -> Any:
         return f"_sigmoid({self._print(expr.args[0])})"
 
-    def _module_format(self, fqn, register=True):
+    def _module_format(self, fqn: str, register: bool = True) -> str:
         # `numpy.exp` → `np.exp`: the generated module imports numpy as np
         return "np." + fqn.split(".", 1)[1] if fqn.startswith("numpy.") else super()._module_format(fqn, register)
 
@@ -71,26 +73,26 @@ class CKernelPrinter(C99CodePrinter):
         self.suffix = "f" if dtype == "float32" else ""
         self.vector_exp = vector_exp  # loop bodies call softgrad_exp, which vectorizes; per-row code calls libm
 
-    def _print_exp(self, expr):
+    def _print_exp(self, expr: Any) -> Any:
         if not self.vector_exp:
             return super()._print_exp(expr)
         return f"softgrad_exp{self.suffix}({self._print(expr.args[0])})"
 
-    def _print_Indexed(self, expr):
+    def _print_Indexed(self, expr: Any) -> Any:
         position = "_i" if expr.indices[0] == LOOP else "_j"
         return f"_row_{expr.base}[{position}]"
 
-    def _print_KroneckerDelta(self, expr):
+    def _print_KroneckerDelta(self, expr: Any) -> Any:
         return "(_i == _j)"
 
-    def _print_guarded_product(self, expr):
+    def _print_guarded_product(self, expr: Any) -> Any:
         weight, factor = (self._print(a) for a in expr.args)
         return f"softgrad_guarded{self.suffix}({weight}, {factor})"
 
-    def _print_softplus(self, expr):
+    def _print_softplus(self, expr: Any) -> Any:
         return f"softgrad_softplus{self.suffix}({self._print(expr.args[0])})"
 
-    def _print_sigmoid(self, expr):
+    def _print_sigmoid(self, expr: Any) -> Any:
         return f"softgrad_sigmoid{self.suffix}({self._print(expr.args[0])})"
 
 

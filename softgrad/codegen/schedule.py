@@ -10,11 +10,13 @@ Both emitters (C and NumPy) print this schedule; neither knows which spec it cam
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, softplus
+from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Reduction, softplus
 from softgrad.derive.symbols import sigmoid
 
 EXPENSIVE = (sp.exp, sp.log, sigmoid, softplus, sp.Pow)
@@ -64,7 +66,7 @@ def _worth_hoisting(expr: sp.Expr) -> bool:
 class _Hoister:
     """Replaces maximal row-invariant parts of loop bodies by named per-row values."""
 
-    def __init__(self, names) -> None:
+    def __init__(self, names: Iterator[sp.Symbol]) -> None:
         self.names = names
         self.assignments: list[tuple[sp.Symbol, sp.Expr]] = []
 
@@ -91,7 +93,7 @@ class _Hoister:
         return expr.func(*[self(a) for a in expr.args])
 
 
-def _stash(kernel: Kernel, levels) -> tuple[int, sp.Expr, str] | None:
+def _stash(kernel: Kernel, levels: list[list[Reduction]]) -> tuple[int, sp.Expr, str] | None:
     """(level, value, output) when the vector output recomputes an expensive value a reduction loop has."""
     vectors = [o for o in kernel.outputs if o.shape == "vector"]
     if len(vectors) != 1 or kernel.explicit_jacobian or not levels:
@@ -112,7 +114,7 @@ def _stash(kernel: Kernel, levels) -> tuple[int, sp.Expr, str] | None:
     return best[1], best[2], output.name
 
 
-def _common_subexpressions(expressions: list[sp.Expr], prefix: str):
+def _common_subexpressions(expressions: list[sp.Expr], prefix: str) -> tuple[list[Any], list[sp.Expr]]:
     if not expressions:
         return [], []
     replacements, reduced = sp.cse(expressions, symbols=sp.numbered_symbols(prefix, real=True), order="canonical")
@@ -127,7 +129,7 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
     row_names = sp.numbered_symbols("_row", real=True)
     sums = {r.symbol for r in kernel.reductions if r.op == "sum"}
 
-    def hoisted(expressions: list[sp.Expr]):
+    def hoisted(expressions: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
         hoister = _Hoister(row_names)
         rewritten = [hoister(e) for e in expressions]
         if materialize_sums:
@@ -145,7 +147,7 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
         before, rewritten = hoisted(bodies + stored)
         temporaries, reduced = _common_subexpressions(rewritten, f"_t{number}_")
         loop = Loop(before, temporaries, [(r.symbol, r.op, body) for r, body in zip(group, reduced)])
-        if stored:
+        if stored and stash is not None:
             loop.stores.append((stash[2], reduced[-1]))
         reduction_loops.append(loop)
 

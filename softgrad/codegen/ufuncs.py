@@ -8,6 +8,9 @@ into the destination when nothing else still reads it), and a buffer is reused o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import sympy as sp
 
 from softgrad.codegen.kernel import guarded_product, softplus
@@ -21,7 +24,7 @@ _FUNCTIONS = {sp.exp: "np.exp", sp.log: "np.log", sp.Abs: "np.abs", sp.tanh: "np
 class BlockPrinter(NumpyKernelPrinter):
     """Entries print as the current block of their array (`x` → `x_block`); per-row values as themselves."""
 
-    def _print_Indexed(self, expr):
+    def _print_Indexed(self, expr: Any) -> Any:
         return f"_block_{expr.base}"
 
 
@@ -48,7 +51,7 @@ class UfuncProgram:
         if name.startswith("_work") and name not in self._names.values() and name not in self._free:
             self._free.append(name)
 
-    def forget(self, symbols) -> None:
+    def forget(self, symbols: Iterable[sp.Symbol]) -> None:
         """These common subexpressions are not read again: their buffers can be reused."""
         for symbol in symbols:
             name = self._names.pop(symbol, None)

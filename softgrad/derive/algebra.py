@@ -181,7 +181,7 @@ def _substitute(expr: sp.Expr, pattern: sp.Expr, value: sp.Expr) -> sp.Expr:
 def alpha_equal(first: sp.Sum, second: sp.Sum) -> bool:
     """Two sums over the class axis that differ only in the name of their index."""
     a, b = first.limits[0][0], second.limits[0][0]
-    return first.limits[0][1:] == second.limits[0][1:] and first.function.subs(a, b) == second.function
+    return bool(first.limits[0][1:] == second.limits[0][1:] and first.function.subs(a, b) == second.function)
 
 
 def outputs_sum_to_one(definition: Definition) -> bool:
@@ -192,7 +192,7 @@ def outputs_sum_to_one(definition: Definition) -> bool:
     if not isinstance(denominator, sp.Sum):
         return False
     bound = denominator.limits[0][0]
-    return sp.simplify(denominator.function.subs(bound, definition.index) - numerator) == 0
+    return bool(sp.simplify(denominator.function.subs(bound, definition.index) - numerator) == 0)
 
 
 def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -> sp.Expr:

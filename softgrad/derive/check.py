@@ -12,7 +12,9 @@ import cmath
 import contextlib
 import itertools
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sympy as sp
 
@@ -27,7 +29,7 @@ POINTS = 2
 COMPLEX_STEP = 1e-30
 RELATIVE_TOLERANCE = 1e-9
 
-def function_table(library) -> dict:
+def function_table(library: Any) -> dict[Any, Callable[[Any], Any]]:
     """The spec language's functions computed with a math library (cmath here, mpmath for references)."""
     return {
         sp.exp: library.exp,
@@ -49,7 +51,7 @@ class Point:
     size: int
     vectors: dict[str, list[complex]]
     scalars: dict[str, complex]
-    sums: dict = field(default_factory=dict, repr=False)  # memoized Σ values at this point
+    sums: dict[Any, Any] = field(default_factory=dict, repr=False)  # memoized Σ values at this point
 
 
 class Evaluator:
@@ -58,12 +60,12 @@ class Evaluator:
     functions = _FUNCTIONS
 
     @staticmethod
-    def number(value: sp.Expr):
+    def number(value: sp.Expr) -> Any:
         return complex(value)
 
     def __init__(self, definitions: list[Definition]):
         self.definitions = definitions
-        self._perturbed: dict[tuple, Point] = {}  # (point id, vector, entry) → point with that entry + ih
+        self._perturbed: dict[tuple[Any, ...], Point] = {}  # (point id, vector, entry) → point with that entry + ih
 
     def complete(self, point: Point, frozen: str | None = None) -> Point:
         """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
@@ -84,7 +86,7 @@ class Evaluator:
                 scalars[definition.name] = self.value(definition.expr, inner, {})
         return Point(point.size, vectors, scalars)
 
-    def value(self, expr: sp.Basic, point: Point, indices: dict) -> complex:
+    def value(self, expr: sp.Basic, point: Point, indices: dict[Any, int]) -> Any:
         if expr.is_Number:
             return self.number(expr)
         if isinstance(expr, sp.Indexed):
@@ -98,7 +100,7 @@ class Evaluator:
         if expr.is_Add:
             return sum(self.value(a, point, indices) for a in expr.args)
         if expr.is_Mul:
-            product = 1
+            product: Any = 1
             for factor in expr.args:
                 product *= self.value(factor, point, indices)
             return product
@@ -129,10 +131,10 @@ class Evaluator:
         raise TypeError(f"cannot evaluate {expr.func.__name__}")
 
     @staticmethod
-    def _index(index_expr, indices) -> int:
+    def _index(index_expr: sp.Expr, indices: dict[sp.Symbol, int]) -> int:
         return indices[index_expr] if index_expr in indices else int(index_expr)
 
-    def _partial(self, expr: Partial, point: Point, indices: dict) -> complex:
+    def _partial(self, expr: Partial, point: Point, indices: dict[Any, int]) -> Any:
         """∂expr/∂var by the complex step: Im f(v + ih) / h, every definition downstream recomputed."""
         var = expr.var
         name, position = str(var.base), self._index(var.indices[0], indices)
@@ -157,17 +159,18 @@ class WideEvaluator(Evaluator):
     functions = function_table(_mpmath)
 
     @staticmethod
-    def number(value: sp.Expr):
+    def number(value: sp.Expr) -> Any:
         import mpmath
 
         return mpmath.mpc(mpmath.mpf(sp.Float(sp.N(value, WIDE_DIGITS + 5), WIDE_DIGITS + 5)._mpf_))
 
 
-def wide_precision():
+def wide_precision() -> contextlib.AbstractContextManager[Any]:
     """mpmath's working precision for WideEvaluator, restored on exit (no global state changed)."""
     import mpmath
 
-    return mpmath.workdps(WIDE_DIGITS)
+    context: contextlib.AbstractContextManager[Any] = mpmath.workdps(WIDE_DIGITS)
+    return context
 
 
 def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, constrained: bool) -> Point:
@@ -185,7 +188,7 @@ def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, 
 class StepChecker:
     """Checks steps of one derivation; extra definitions (e.g. a surrogate loss for VJPs) may be added."""
 
-    def __init__(self, spec: Spec, extra_definitions: list[Definition] = (), extra_inputs: list[str] = (),
+    def __init__(self, spec: Spec, extra_definitions: Sequence[Definition] = (), extra_inputs: Sequence[str] = (),
                  seed: int = 0):
         self.spec = spec
         self.definitions = list(spec.definitions) + list(extra_definitions)
@@ -197,9 +200,9 @@ class StepChecker:
         except OverflowError:
             self._widen()
         self.checked = 0
-        self._explicit: dict[tuple, sp.ImmutableMatrix] = {}
+        self._explicit: dict[tuple[Any, ...], sp.ImmutableMatrix] = {}
 
-    def _sample(self, evaluator_class) -> None:
+    def _sample(self, evaluator_class: type[Evaluator]) -> None:
         self.evaluator = evaluator_class(self.definitions)
         rng = random.Random(self.seed)
         self.points = {
@@ -216,7 +219,7 @@ class StepChecker:
         with wide_precision():
             self._sample(WideEvaluator)
 
-    def _precision(self):
+    def _precision(self) -> contextlib.AbstractContextManager[Any]:
         return wide_precision() if self.wide else contextlib.nullcontext()
 
     def check(self, step: Step) -> Step:
@@ -257,7 +260,7 @@ class StepChecker:
         self.checked += 1
         return step
 
-    def _finite(self, value):
+    def _finite(self, value: Any) -> Any:
         """The value, or OverflowError where double precision ran out (an inf or NaN from finite inputs)."""
         if self.wide:
             import mpmath
@@ -270,7 +273,7 @@ class StepChecker:
             raise OverflowError("double precision overflowed")
         return value
 
-    def _form_value(self, step: Step, form, point: Point, indices: dict) -> complex:
+    def _form_value(self, step: Step, form: sp.Expr, point: Point, indices: dict[sp.Symbol, int]) -> Any:
         if isinstance(form, sp.MatrixExpr):
             row, column = ([*list(step.matrix_axes), None, None])[:2]
             key = (id(point), form)
@@ -289,7 +292,7 @@ def _free_indices(expr: sp.Basic) -> set[sp.Symbol]:
     return {s for s in expr.free_symbols if s.is_integer and s != size_symbol}
 
 
-def _describe(indices: dict) -> str:
+def _describe(indices: dict[Any, int]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in indices.items()) or "no index"
 
 

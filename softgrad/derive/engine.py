@@ -8,7 +8,9 @@ then known facts (normalised outputs) and declared constraints. Every step is ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
@@ -17,7 +19,7 @@ from softgrad.budget import time_limit as _time_limit
 from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
-from softgrad.derive.rules import differentiate
+from softgrad.derive.rules import Rule, differentiate
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, SumExcept, class_sum, fresh_index, index, names_in
@@ -102,7 +104,7 @@ class Engine:
                      if not set(indices) & total.free_symbols)
         return Result(key, title, lhs, rhs, note, indices, upstream, reads, sums)
 
-    def step(self, section: Section, **fields) -> Step:
+    def step(self, section: Section, **fields: Any) -> Step:
         return section.add(self.checker.check(Step(**fields)))
 
     # ----------------------------------------------------------------- vector outputs
@@ -158,7 +160,7 @@ class Engine:
                       reason="entry (i, j) of the Jacobian matrix J = ∂y/∂x")
         return Jacobian(definition, row, column, equal_case, distinct_case, diagonal, kronecker, matrix)
 
-    def _rule_with_placeholders(self, body: sp.Expr, top, column) -> tuple[list, sp.Expr]:
+    def _rule_with_placeholders(self, body: sp.Expr, top: Rule, column: sp.Symbol) -> tuple[list[Any], sp.Expr]:
         """The outermost rule with its parts' derivatives left as ∂(part)/∂x_j, as written by hand."""
         if top.name not in ("quotient rule", "product rule", "sum rule") or isinstance(body, sp.Sum):
             return [], top.result
@@ -210,7 +212,7 @@ class Engine:
         return final
 
     # ----------------------------------------------------------------- scalar outputs
-    def gradient(self, section_factory) -> tuple[sp.Expr, Step]:
+    def gradient(self, section_factory: Callable[[str], Section]) -> tuple[Step, Step]:
         output = self.spec.output
         loss = output.symbol
         intermediates = [d for d in self.spec.definitions[:-1] if d.name in self.dependent]
@@ -229,7 +231,8 @@ class Engine:
         last = self.step(section, rule=rule.name, lhs=Partial(loss, self.x[column]), forms=forms, reason=rule.reason)
         return self._facts(section, last)
 
-    def _gradient_through(self, intermediate: Definition, section_factory):
+    def _gradient_through(self, intermediate: Definition,
+                          section_factory: Callable[[str], Section]) -> tuple[Step, Step]:
         output = self.spec.output
         jacobian = self.jacobian(intermediate, section_factory(f"Jacobian of {intermediate.name}"))
         section = section_factory(f"Gradient of {output.name}")
@@ -356,7 +359,7 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     return derivation
 
 
-def _jacobian_results(results: dict, jacobian: Jacobian, engine: Engine) -> None:
+def _jacobian_results(results: dict[str, Any], jacobian: Jacobian, engine: Engine) -> None:
     definition = jacobian.definition
     lhs = Partial(definition.symbol, engine.x[jacobian.column])
     both = (jacobian.row, jacobian.column)

@@ -6,6 +6,8 @@ do not depend on it); returns None otherwise, and the derivation then shows the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import sympy as sp
 from sympy.matrices.expressions import DiagMatrix, HadamardPower, HadamardProduct, OneMatrix
 
@@ -16,7 +18,7 @@ def vector_symbol(name: str) -> sp.MatrixSymbol:
     return sp.MatrixSymbol(name, n, 1)
 
 
-def vectorize(expr: sp.Expr, at: sp.Symbol):
+def vectorize(expr: sp.Expr, at: sp.Symbol) -> Any:
     """("vector", column expression) or ("scalar", expression) for an entry expression at index `at`."""
     if at not in expr.free_symbols:
         if not expr.atoms(sp.Indexed):
@@ -53,7 +55,7 @@ def vectorize(expr: sp.Expr, at: sp.Symbol):
     return None
 
 
-def _as_vector(kind: str, value):
+def _as_vector(kind: str, value: Any) -> Any:
     if kind == "vector":
         return value
     if kind == "dot":
@@ -61,7 +63,7 @@ def _as_vector(kind: str, value):
     return value * OneMatrix(n, 1)
 
 
-def _inner_product(total: sp.Sum):
+def _inner_product(total: sp.Sum) -> Any:
     """Σ_j a_j b_j → aᵀb for two vectors (the reduction a VJP needs once per row)."""
     bound = total.limits[0][0]
     factors = sp.Mul.make_args(total.function)
@@ -73,7 +75,7 @@ def _inner_product(total: sp.Sum):
     return None
 
 
-def jacobian_matrix(diagonal: sp.Expr, off: sp.Expr, row: sp.Symbol, column: sp.Symbol):
+def jacobian_matrix(diagonal: sp.Expr, off: sp.Expr, row: sp.Symbol, column: sp.Symbol) -> Any:
     """J = diag(P) + Σ u vᵀ from ∂y_i/∂x_j = δ_ij P_i + Q_ij, when Q separates into i-part × j-part."""
     terms = []
     if diagonal != 0:

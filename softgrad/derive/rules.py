@@ -6,7 +6,9 @@ of sums) and whose `name`/`reason` say which rule of calculus justifies it, as a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
@@ -25,7 +27,7 @@ class Rule:
     reason: str
     parts: tuple[Rule, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "rule": self.name,
             "expr": sp.srepr(self.expr),
@@ -36,7 +38,7 @@ class Rule:
 
 
 #: Derivatives of the one-argument functions of the spec language, f'(u).
-OUTER_DERIVATIVES = {
+OUTER_DERIVATIVES: dict[Any, Callable[[Any], Any]] = {
     sp.exp: lambda u: sp.exp(u),
     sp.log: lambda u: 1 / u,
     sp.tanh: lambda u: 1 - sp.tanh(u) ** 2,
@@ -90,9 +92,9 @@ def _product(expr: sp.Mul, var: sp.Indexed) -> Rule:
     denominator = [1 / f for f in varying if f.is_Pow and f.exp.is_negative]
     if len(numerator) == 1 and len(denominator) == 1:
         top, bottom = numerator[0], denominator[0]
-        parts = (differentiate(top, var), differentiate(bottom, var))
-        result = constant * (parts[0].result * bottom - top * parts[1].result) / bottom**2
-        return Rule("quotient rule", expr, var, result, "(N/D)' = (N' D − N D') / D²", parts)
+        top_rule, bottom_rule = differentiate(top, var), differentiate(bottom, var)
+        result = constant * (top_rule.result * bottom - top * bottom_rule.result) / bottom**2
+        return Rule("quotient rule", expr, var, result, "(N/D)' = (N' D − N D') / D²", (top_rule, bottom_rule))
     parts = tuple(differentiate(f, var) for f in varying)
     terms = [sp.Mul(*([*varying[:m], parts[m].result, *varying[m + 1:]])) for m in range(len(varying))]
     return Rule("product rule", expr, var, constant * sp.Add(*terms), "(uv)' = u'v + uv'", parts)

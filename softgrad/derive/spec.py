@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import sympy as sp
 from sympy.printing.str import StrPrinter
@@ -46,6 +47,10 @@ _TOKEN = re.compile(
     r"(?P<space>[ \t]+)|(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>\*\*|[-+*/^()\[\],=])"
 )
+
+
+#: The indices free at a point of an expression (the definition's own, and those of enclosing sums).
+Scope = tuple[sp.Symbol, ...]
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ def tokenize(text: str, line: int) -> list[Token]:
         elif match.lastgroup == "number" and len(match.group()) > MAX_NUMBER_CHARACTERS:
             raise SpecError(f"number literal longer than {MAX_NUMBER_CHARACTERS} characters", line, position + 1)
         if match.lastgroup != "space":
-            tokens.append(Token(match.lastgroup, match.group(), position + 1))
+            tokens.append(Token(str(match.lastgroup), match.group(), position + 1))
         position = match.end()
     tokens.append(Token("end", "", len(text.rstrip()) + 1))
     return tokens
@@ -157,8 +162,8 @@ def _in_range(value: sp.Expr) -> bool:
     if not value.is_finite:
         return False
     if value.is_Rational and not value.is_Integer:
-        return max(abs(value.p), value.q).bit_length() <= 1100
-    return value == 0 or SMALLEST_CONSTANT <= abs(value) <= LARGEST_CONSTANT
+        return bool(max(abs(value.p), value.q).bit_length() <= 1100)
+    return bool(value == 0 or SMALLEST_CONSTANT <= abs(value) <= LARGEST_CONSTANT)
 
 
 def _power_in_range(base: sp.Expr, exponent: sp.Expr) -> bool:
@@ -221,7 +226,7 @@ class _LineParser:
                 self.depth -= 1
                 return result
 
-    def term(self, scope):
+    def term(self, scope: Scope) -> sp.Expr:
         result = self.unary(scope)
         while True:
             operator = self.current
@@ -235,7 +240,7 @@ class _LineParser:
             else:
                 return result
 
-    def unary(self, scope):  # unary := ('-'|'+') unary | power
+    def unary(self, scope: Scope) -> sp.Expr:  # unary := ('-'|'+') unary | power
         self.depth += 1
         if self.depth > MAX_NESTING:
             raise self.error(f"expression nested more than {MAX_NESTING} deep")
@@ -248,7 +253,7 @@ class _LineParser:
         self.depth -= 1
         return result
 
-    def power(self, scope):  # power := atom (('**'|'^') unary)?   (right-associative)
+    def power(self, scope: Scope) -> sp.Expr:  # power := atom (('**'|'^') unary)?   (right-associative)
         base = self.atom(scope)
         operator = self.current
         if self.accept("**") or self.accept("^"):
@@ -266,7 +271,7 @@ class _LineParser:
             raise self.error("constant out of range of double precision", token)
         return value
 
-    def atom(self, scope):
+    def atom(self, scope: Scope) -> sp.Expr:
         token = self.current
         if token.kind == "number":
             self.position += 1
@@ -287,7 +292,7 @@ class _LineParser:
             return self.indexed(token, scope)
         return self.scalar(token, scope)
 
-    def call(self, name: Token, scope):
+    def call(self, name: Token, scope: Scope) -> sp.Expr:
         self.expect("(")
         if name.text == "sum":
             bound_position = self._find_sum_index()
@@ -332,7 +337,7 @@ class _LineParser:
                 return position + 1
         raise self.error("sum() is missing its closing ')'")
 
-    def _index_at(self, position: int, scope, binding: bool) -> sp.Symbol:
+    def _index_at(self, position: int, scope: Scope, binding: bool) -> sp.Symbol:
         token = self.tokens[position]
         if token.kind != "name":
             raise SpecError(f"expected an index name, found {token.text or 'end of line'!r}", self.line, token.column)
@@ -348,7 +353,7 @@ class _LineParser:
             raise SpecError(f"{token.text!r} cannot be used as an index", self.line, token.column)
         return symbol
 
-    def index_use(self, scope) -> sp.Symbol:
+    def index_use(self, scope: Scope) -> sp.Symbol:
         token = self.expect_name("an index")
         symbol = index(token.text)
         if symbol not in scope:
@@ -357,7 +362,7 @@ class _LineParser:
             )
         return symbol
 
-    def indexed(self, name: Token, scope):
+    def indexed(self, name: Token, scope: Scope) -> sp.Expr:
         kind = self.known.get(name.text)
         if name.text in RESERVED:
             raise self.error(f"{name.text!r} is reserved and cannot be indexed", name)
@@ -372,7 +377,7 @@ class _LineParser:
             raise self.error("expected ']' (one index name per vector, no arithmetic on indices)")
         return sp.IndexedBase(name.text)[idx]
 
-    def scalar(self, name: Token, scope):
+    def scalar(self, name: Token, scope: Scope) -> sp.Expr:
         if index(name.text) in scope:
             raise self.error(f"index {name.text!r} cannot be used as a value", name)
         if name.text == "n":
@@ -431,7 +436,7 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
     return Spec(source, definitions, inputs, parameters, constraints, safe_title(name))
 
 
-def _definition(tokens, line_number, known, source) -> Definition:
+def _definition(tokens: list[Token], line_number: int, known: dict[str, str], source: str) -> Definition:
     parser = _LineParser(tokens, line_number, known)
     target = parser.expect_name("a name to define, e.g. y[i] = …")
     if target.text in RESERVED:
@@ -476,7 +481,7 @@ def _check_real(expr: sp.Expr, line_number: int) -> None:
             raise SpecError(f"the constant {spec_text(node)} is not a real number", line_number)
 
 
-def _constraint(tokens, line_number, known, source) -> Constraint:
+def _constraint(tokens: list[Token], line_number: int, known: dict[str, str], source: str) -> Constraint:
     parser = _LineParser(tokens[1:], line_number, known)
     lhs = parser.expression(())
     parser.expect("=")
@@ -494,23 +499,23 @@ def _constraint(tokens, line_number, known, source) -> Constraint:
 class _SpecPrinter(StrPrinter):
     """SymPy expressions back in the spec language: sum(f, k), delta(i, k), exp(1) for e."""
 
-    def _print_Sum(self, expr):
+    def _print_Sum(self, expr: Any) -> Any:
         (bound, _, _), = expr.limits
         return f"sum({self._print(expr.function)}, {self._print(bound)})"
 
-    def _print_KroneckerDelta(self, expr):
+    def _print_KroneckerDelta(self, expr: Any) -> Any:
         return f"delta({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
-    def _print_Exp1(self, expr):
+    def _print_Exp1(self, expr: Any) -> Any:
         return "exp(1)"
 
-    def _print_Float(self, expr):
+    def _print_Float(self, expr: Any) -> Any:
         return repr(float(expr))
 
-    def _print_Indexed(self, expr):
+    def _print_Indexed(self, expr: Any) -> Any:
         return f"{expr.base}[{', '.join(self._print(i) for i in expr.indices)}]"
 
 
 def spec_text(expr: sp.Expr) -> str:
     """An expression printed in the spec language (parsing the text gives the expression back)."""
-    return _SpecPrinter({"full_prec": False}).doprint(expr)
+    return str(_SpecPrinter({"full_prec": False}).doprint(expr))

@@ -7,6 +7,8 @@ step can show them, and both have an exact numeric meaning so the checker can te
 
 from __future__ import annotations
 
+from typing import Any
+
 import sympy as sp
 
 #: Length of the class axis: every vector in a spec has n entries, indexed 0 … n-1.
@@ -49,10 +51,10 @@ class sigmoid(sp.Function):
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         return sigmoid(self.args[0]) * (1 - sigmoid(self.args[0]))
 
-    def _eval_rewrite_as_exp(self, arg, **kwargs):
+    def _eval_rewrite_as_exp(self, arg: Any, **kwargs: Any) -> Any:
         return 1 / (1 + sp.exp(-arg))
 
-    def _latex(self, printer, exp=None):
+    def _latex(self, printer: Any, exp: str | None = None) -> str:
         body = r"\sigma\left(%s\right)" % printer._print(self.args[0])
         return body if exp is None else r"%s^{%s}" % (body, exp)
 
@@ -62,8 +64,9 @@ class Partial(sp.Expr):
 
     is_commutative = True
 
-    def __new__(cls, expr: sp.Expr, var: sp.Expr):
-        return sp.Expr.__new__(cls, sp.sympify(expr), sp.sympify(var))
+    def __new__(cls, expr: sp.Expr, var: sp.Expr) -> Partial:
+        new: Partial = sp.Expr.__new__(cls, sp.sympify(expr), sp.sympify(var))
+        return new
 
     @property
     def expr(self) -> sp.Expr:
@@ -73,7 +76,7 @@ class Partial(sp.Expr):
     def var(self) -> sp.Expr:
         return self.args[1]
 
-    def _eval_subs(self, old, new):
+    def _eval_subs(self, old: Any, new: Any) -> Any:
         # Substituting into the differentiated expression would change what is differentiated;
         # only renaming an index (a Symbol) is meaningful and is applied to both parts.
         if isinstance(old, sp.Symbol) and isinstance(new, sp.Symbol):
@@ -86,8 +89,9 @@ class SumExcept(sp.Expr):
 
     is_commutative = True
 
-    def __new__(cls, summand: sp.Expr, bound: sp.Symbol, skip: sp.Symbol):
-        return sp.Expr.__new__(cls, sp.sympify(summand), bound, skip)
+    def __new__(cls, summand: sp.Expr, bound: sp.Symbol, skip: sp.Symbol) -> SumExcept:
+        new: SumExcept = sp.Expr.__new__(cls, sp.sympify(summand), bound, skip)
+        return new
 
     @property
     def summand(self) -> sp.Expr:
@@ -102,8 +106,9 @@ class SumExcept(sp.Expr):
         return self.args[2]
 
     @property
-    def free_symbols(self):
-        return (self.summand.free_symbols - {self.bound}) | {self.skip}
+    def free_symbols(self) -> set[Any]:
+        symbols: set[Any] = (self.summand.free_symbols - {self.bound}) | {self.skip}
+        return symbols
 
     def as_full_sum(self) -> sp.Expr:
         """The same value as a full sum minus the skipped term."""

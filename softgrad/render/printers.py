@@ -5,6 +5,8 @@ One subclass per target (terminal, LaTeX, MathML); everything else is SymPy's ow
 
 from __future__ import annotations
 
+from typing import Any
+
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.mathml import MathMLPresentationPrinter
@@ -21,23 +23,23 @@ def _is_atom_like(expr: sp.Expr) -> bool:
 class TextPrinter(PrettyPrinter):
     """Unicode pretty printing for a terminal; vector entries as subscripts (yᵢ)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__({"use_unicode": True, "wrap_line": False})
 
-    def _print_Indexed(self, expr):
+    def _print_Indexed(self, expr: Any) -> Any:
         return self._print(sp.Symbol(f"{expr.base}_{expr.indices[0]}"))
 
-    def _print_KroneckerDelta(self, expr):
+    def _print_KroneckerDelta(self, expr: Any) -> Any:
         return self._print(sp.Symbol(f"δ_{expr.args[0]}{expr.args[1]}"))
 
-    def _print_Sum(self, expr):
+    def _print_Sum(self, expr: Any) -> Any:
         sign = self._print(sp.Symbol(f"Σ_{expr.limits[0][0]}"))
         body = self._print(expr.function)
         if expr.function.is_Add:
             body = prettyForm(*body.parens())
         return prettyForm(*prettyForm(*sign.right(" ")).right(body), binding=prettyForm.MUL)
 
-    def _print_Partial(self, expr: Partial):
+    def _print_Partial(self, expr: Partial) -> Any:
         top = prettyForm("∂")
         inner = self._print(expr.expr)
         if not _is_atom_like(expr.expr):
@@ -46,62 +48,62 @@ class TextPrinter(PrettyPrinter):
         bottom = prettyForm(*prettyForm("∂").right(self._print(expr.var)))
         return prettyForm.__truediv__(top, bottom)
 
-    def _print_SumExcept(self, expr: SumExcept):
+    def _print_SumExcept(self, expr: SumExcept) -> Any:
         sign = prettyForm(f"Σ_{expr.bound}≠{expr.skip} ")
         body = self._print(expr.summand)
         if expr.summand.is_Add:
             body = prettyForm(*body.parens())
         return prettyForm(*sign.right(body), binding=prettyForm.MUL)
 
-    def _print_sigmoid(self, expr):
+    def _print_sigmoid(self, expr: Any) -> Any:
         return prettyForm(*prettyForm("σ").right(prettyForm(*self._print(expr.args[0]).parens())))
 
-    def _print_DiagMatrix(self, expr):
+    def _print_DiagMatrix(self, expr: Any) -> Any:
         return prettyForm(*prettyForm("diag").right(prettyForm(*self._print(expr.args[0]).parens())))
 
 
 class TexPrinter(LatexPrinter):
     """LaTeX with Σ_k, ∂y_i/∂x_j fractions, σ, diag and ⊙."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__({"mul_symbol": None})
 
-    def _print_Sum(self, expr):
+    def _print_Sum(self, expr: Any) -> Any:
         body = self._print(expr.function)
         if expr.function.is_Add:
             body = r"\left(%s\right)" % body
         return r"\sum_{%s} %s" % (self._print(expr.limits[0][0]), body)
 
-    def _print_SumExcept(self, expr: SumExcept):
+    def _print_SumExcept(self, expr: SumExcept) -> Any:
         body = self._print(expr.summand)
         if expr.summand.is_Add:
             body = r"\left(%s\right)" % body
         return r"\sum_{%s \neq %s} %s" % (self._print(expr.bound), self._print(expr.skip), body)
 
-    def _print_Partial(self, expr: Partial):
+    def _print_Partial(self, expr: Partial) -> Any:
         var = self._print(expr.var)
         if _is_atom_like(expr.expr):
             return r"\frac{\partial %s}{\partial %s}" % (self._print(expr.expr), var)
         return r"\frac{\partial}{\partial %s}\left(%s\right)" % (var, self._print(expr.expr))
 
-    def _print_KroneckerDelta(self, expr, exp=None):
+    def _print_KroneckerDelta(self, expr: Any, exp: str | None = None) -> Any:
         body = r"\delta_{%s%s}" % (self._print(expr.args[0]), self._print(expr.args[1]))
         return body if exp is None else r"%s^{%s}" % (body, exp)
 
-    def _print_DiagMatrix(self, expr):
+    def _print_DiagMatrix(self, expr: Any) -> Any:
         return r"\operatorname{diag}\left(%s\right)" % self._print(expr.args[0])
 
-    def _print_HadamardProduct(self, expr):
+    def _print_HadamardProduct(self, expr: Any) -> Any:
         return r" \odot ".join(self.parenthesize(a, 60) for a in expr.args)
 
-    def _print_OneMatrix(self, expr):
+    def _print_OneMatrix(self, expr: Any) -> Any:
         return r"\mathbf{1}"
 
 
 class MathMLPrinter(MathMLPresentationPrinter):
     """Presentation MathML with the same notation, for one self-contained HTML page."""
 
-    def _element(self, tag: str, *children, text: str | None = None):
+    def _element(self, tag: str, *children: Any, text: str | None = None) -> Any:
         node = self.dom.createElement(tag)
         if text is not None:
             node.appendChild(self.dom.createTextNode(text))
@@ -109,48 +111,48 @@ class MathMLPrinter(MathMLPresentationPrinter):
             node.appendChild(child)
         return node
 
-    def _print_Exp1(self, expr):
+    def _print_Exp1(self, expr: Any) -> Any:
         return self._element("mi", text="e")
 
-    def _print_Sum(self, expr):
+    def _print_Sum(self, expr: Any) -> Any:
         sign = self._element("munder", self._element("mo", text="∑"), self._print(expr.limits[0][0]))
         return self._element("mrow", sign, self._wrapped(expr.function))
 
-    def _print_SumExcept(self, expr: SumExcept):
+    def _print_SumExcept(self, expr: SumExcept) -> Any:
         under = self._element("mrow", self._print(expr.bound), self._element("mo", text="≠"), self._print(expr.skip))
         sign = self._element("munder", self._element("mo", text="∑"), under)
         return self._element("mrow", sign, self._wrapped(expr.summand))
 
-    def _wrapped(self, expr):
+    def _wrapped(self, expr: Any) -> Any:
         if expr.is_Add:
             return self._element(
                 "mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")")
             )
         return self._print(expr)
 
-    def _print_Partial(self, expr: Partial):
+    def _print_Partial(self, expr: Partial) -> Any:
         top = self._element("mrow", self._element("mo", text="∂"), self._wrapped_partial(expr.expr))
         bottom = self._element("mrow", self._element("mo", text="∂"), self._print(expr.var))
         return self._element("mfrac", top, bottom)
 
-    def _wrapped_partial(self, expr):
+    def _wrapped_partial(self, expr: Any) -> Any:
         if _is_atom_like(expr):
             return self._print(expr)
         return self._element("mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")"))
 
-    def _print_KroneckerDelta(self, expr):
+    def _print_KroneckerDelta(self, expr: Any) -> Any:
         indices = self._element("mrow", self._print(expr.args[0]), self._print(expr.args[1]))
         return self._element("msub", self._element("mi", text="δ"), indices)
 
-    def _print_sigmoid(self, expr):
+    def _print_sigmoid(self, expr: Any) -> Any:
         return self._element("mrow", self._element("mi", text="σ"), self._element("mo", text="("),
                              self._print(expr.args[0]), self._element("mo", text=")"))
 
-    def _print_DiagMatrix(self, expr):
+    def _print_DiagMatrix(self, expr: Any) -> Any:
         return self._element("mrow", self._element("mi", text="diag"), self._element("mo", text="("),
                              self._print(expr.args[0]), self._element("mo", text=")"))
 
-    def _print_HadamardProduct(self, expr):
+    def _print_HadamardProduct(self, expr: Any) -> Any:
         row = self._element("mrow")
         for position, factor in enumerate(expr.args):
             if position:
@@ -158,25 +160,25 @@ class MathMLPrinter(MathMLPresentationPrinter):
             row.appendChild(self._wrapped(factor) if not isinstance(factor, sp.MatrixSymbol) else self._print(factor))
         return row
 
-    def _print_OneMatrix(self, expr):
+    def _print_OneMatrix(self, expr: Any) -> Any:
         return self._element("mn", text="𝟏")
 
-    def _print_Transpose(self, expr):
+    def _print_Transpose(self, expr: Any) -> Any:
         return self._element("msup", self._print(expr.arg), self._element("mi", text="T"))
 
 
-def to_latex(expr) -> str:
-    return TexPrinter().doprint(expr)
+def to_latex(expr: Any) -> str:
+    return str(TexPrinter().doprint(expr))
 
 
-def to_mathml(expr) -> str:
-    return MathMLPrinter().doprint(expr)
+def to_mathml(expr: Any) -> str:
+    return str(MathMLPrinter().doprint(expr))
 
 
-def equation_text(lhs, forms) -> str:
+def equation_text(lhs: Any, forms: list[Any]) -> str:
     """lhs = form = form … as one multi-line unicode picture."""
     printer = TextPrinter()
     picture = printer._print(lhs)
     for form in forms:
         picture = prettyForm(*picture.right(" = ", printer._print(form)))
-    return picture.render(wrap_line=False)
+    return str(picture.render(wrap_line=False))

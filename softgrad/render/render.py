@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import sympy as sp
@@ -45,7 +46,7 @@ def latex_text(text: str) -> str:
 _ENVIRONMENT.filters["latex_text"] = latex_text
 
 
-def _view(derivation: Derivation, equation) -> dict:
+def _view(derivation: Derivation, equation: Callable[[Any, list[Any]], Any]) -> dict[str, Any]:
     """What every template sees: the spec, and each step with its equation printed for the target."""
     spec = derivation.spec
     sections = []
@@ -72,11 +73,11 @@ def _view(derivation: Derivation, equation) -> dict:
     }
 
 
-def _latex_lines(lhs, forms) -> list[str]:
+def _latex_lines(lhs: Any, forms: list[Any]) -> list[str]:
     return [to_latex(lhs)] + [to_latex(f) for f in forms]
 
 
-def _mathml(lhs, forms) -> Markup:
+def _mathml(lhs: Any, forms: list[Any]) -> Markup:
     pieces = [to_mathml(lhs)] + [to_mathml(f) for f in forms]
     return Markup('<math display="block"><mrow>' + "<mo>=</mo>".join(pieces) + "</mrow></math>")
 
@@ -99,10 +100,10 @@ def render(derivation: Derivation, fmt: str = "text", standalone: bool = False) 
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
-def to_json(derivation: Derivation) -> dict:
+def to_json(derivation: Derivation) -> dict[str, Any]:
     """Steps and results as data: each expression as LaTeX and as SymPy's own string form."""
 
-    def expression(expr) -> dict:
+    def expression(expr: Any) -> dict[str, str]:
         return {"latex": to_latex(expr), "sympy": sp.sstr(expr)}
 
     return {

@@ -9,16 +9,23 @@ For test suites:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from softgrad.verify.report import Report
 
+if TYPE_CHECKING:
+    from softgrad.verify.problem import Problem
 
-def check_gradient(function, against: str | None = None, signature: str | None = None, *, forward=None,
+
+def check_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None, *,
+                   forward: Callable[..., Any] | None = None,
                    dtype: str = "float64", n: int = 7, batch: int = 4, seed: int = 0, reduction: str = "sum",
                    parameters: dict[str, float] | None = None, wrt: str | None = None,
-                   label: str | None = None, mode: str = "auto", progress=None) -> Report:
+                   label: str | None = None, mode: str = "auto",
+                   progress: Callable[[int, int, str], None] | None = None) -> Report:
     """The verify report for `function` against a spec (catalog name or spec text) or a forward function.
 
     progress(done, total, case), if given, is told of each input case as its check starts."""
@@ -35,8 +42,11 @@ def check_gradient(function, against: str | None = None, signature: str | None =
     else:
         chosen = parse_signature(signature or "x,g->dx")
         is_loss = chosen.for_loss
+        given_forward = forward
+        assert given_forward is not None  # exactly one of against and forward was given
         problem = Problem(getattr(forward, "__name__", "forward"), is_loss,
-                          (lambda x, t=None: np.asarray(forward(x, t) if is_loss else forward(x), dtype=np.float64)),
+                          (lambda x, t=None: np.asarray(given_forward(x, t) if is_loss else given_forward(x),
+                                                        dtype=np.float64)),
                           {}, None, is_loss)
         default = chosen.text
     chosen = parse_signature(signature or default)
@@ -45,12 +55,12 @@ def check_gradient(function, against: str | None = None, signature: str | None =
         raise SoftgradError(f"signature {chosen.text} does not fit {kind}")
     if n < 1 or batch < 1:
         raise SoftgradError("--n and --batch must be at least 1")
-    return verify(function, chosen, problem, label=label or getattr(function, "__name__", "function"),
+    return verify(function, chosen, problem, label=label or str(getattr(function, "__name__", "function")),
                   dtype=dtype, size=n, rows=batch, seed=seed, reduction=reduction,
                   against=against or "the forward function", mode=mode, progress=progress)
 
 
-def reference_problem(against: str, wrt: str | None, parameters: dict[str, float]):
+def reference_problem(against: str, wrt: str | None, parameters: dict[str, float]) -> Problem:
     """The reference a gradient is checked against: the spec's derivation and its generated kernels.
     Refuses parameters the spec does not have, and values that are not finite and positive."""
     import math
@@ -65,7 +75,7 @@ def reference_problem(against: str, wrt: str | None, parameters: dict[str, float
 
 
 @functools.lru_cache(maxsize=32)
-def _reference_problem(against: str, wrt: str | None, parameters: tuple):
+def _reference_problem(against: str, wrt: str | None, parameters: tuple[tuple[str, float], ...]) -> Problem:
     """The derivation and its generated reference kernels, made once per (spec, wrt, parameters)."""
     from softgrad.derive import derive_spec, load_spec
     from softgrad.errors import SoftgradError
@@ -83,7 +93,8 @@ def _reference_problem(against: str, wrt: str | None, parameters: tuple):
     return from_derivation(derivation, {name: float(given[name]) for name in derivation.spec.parameters})
 
 
-def assert_gradient(function, against: str | None = None, signature: str | None = None, **options) -> Report:
+def assert_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None,
+                    **options: Any) -> Report:
     """Raise AssertionError with the full report if `function` is not the gradient; return the report."""
     report = check_gradient(function, against, signature, **options)
     if not report.passed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from softgrad.verify.problem import Problem
@@ -31,7 +33,7 @@ def make_cases(
     return [(f"{name}, {target_name}", x, t) for name, x in cases for target_name, t in targets]
 
 
-def as_given(array, dtype):
+def as_given(array: np.ndarray | None, dtype: np.dtype[Any]) -> np.ndarray | None:
     """The values the code under test really receives (rounded to its dtype), kept in float64: every
     reference is computed at exactly the point the code was called at."""
     return None if array is None else array.astype(dtype).astype(np.float64)

@@ -8,6 +8,7 @@ module runs them in order and reports progress through a callback.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +27,21 @@ FULL_JACOBIAN_UP_TO = 64
 Progress = Callable[[int, int, str], None]
 
 
-def verify(function, signature: Signature, problem: Problem, *, label: str = "function", dtype: str = "float64",
-           size: int = 7, rows: int = 4, seed: int = 0, reduction: str = "sum",
-           against: str = "finite differences", mode: str = "auto", progress: Progress | None = None) -> Report:
+def verify(
+    function: Callable[..., Any],
+    signature: Signature,
+    problem: Problem,
+    *,
+    label: str = "function",
+    dtype: str = "float64",
+    size: int = 7,
+    rows: int = 4,
+    seed: int = 0,
+    reduction: str = "sum",
+    against: str = "finite differences",
+    mode: str = "auto",
+    progress: Progress | None = None,
+) -> Report:
     """Check `function` (with `signature`) against `problem`; returns the report (never raises on FAIL).
 
     mode: "full" (every element by finite differences), "projections" (random projections and
@@ -39,9 +52,10 @@ def verify(function, signature: Signature, problem: Problem, *, label: str = "fu
         mode = "full" if size <= FULL_JACOBIAN_UP_TO or signature.returns == ("J",) else "projections"
     mode = {"full": "full Jacobian", "projections": "random projections"}[mode]
     report = Report(label, signature.text, against, dtype, mode, seed, differences.DEFAULT_STEP, 0)
-    cases = make_cases(problem, rows, size, rng)  # projections too: extreme logits, near ties, every target kind
+    made = make_cases(problem, rows, size, rng)  # projections too: extreme logits, near ties, every target kind
     representable = np.dtype(dtype)
-    cases = [(case, as_given(x, representable), as_given(t, representable)) for case, x, t in cases]
+    cases: list[tuple[str, Any, Any]] = [(case, as_given(x, representable), as_given(t, representable))
+                                          for case, x, t in made]
     for number, (case, x, t) in enumerate(cases):
         if progress is not None:
             progress(number, len(cases), case)

@@ -3,12 +3,16 @@ and the exact derived result, with tolerances from the differences' own noise pl
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from softgrad.errors import SoftgradError
 from softgrad.verify import differences
 from softgrad.verify.localise import bisect, record_worst, where
-from softgrad.verify.report import Worst
+from softgrad.verify.problem import Problem
+from softgrad.verify.report import Report, Worst
+from softgrad.verify.signatures import Arrays, Signature
 
 #: The floor of the tolerance, relative to the row's scale, by the dtype of the code under test.
 FLOOR = {"float64": 1e-8, "float32": 1e-4}
@@ -24,27 +28,28 @@ def row_scale(reference: np.ndarray, terms: np.ndarray | None = None) -> np.ndar
     if terms is not None:
         flat = np.maximum(flat, terms)
     batch = flat.max() if flat.size else 0.0
-    return np.maximum(flat, max(1e-3 * batch, 1e-300))
+    return np.asarray(np.maximum(flat, max(1e-3 * batch, 1e-300)))
 
 
-def term_scale(signature, problem, arrays) -> np.ndarray | None:
+def term_scale(signature: Signature, problem: Problem, arrays: Arrays) -> np.ndarray | None:
     """The magnitude of what a gradient is built from: max|g|·max|f(x)| for a VJP, Σ|t| for a loss."""
     x, t, g = arrays["x"], arrays["t"], arrays["g"]
     if problem.is_loss:
         return None if t is None else np.abs(t).sum(-1)
     if signature.returns == ("J",):
         return None
-    return np.abs(g).max(-1) * np.abs(problem.forward(x, t)).max(-1)
+    return np.asarray(np.abs(g).max(-1) * np.abs(problem.forward(x, t)).max(-1))
 
 
-def numeric_gradient(signature, problem, arrays):
+def numeric_gradient(signature: Signature, problem: Problem,
+                     arrays: Arrays) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Finite-difference reference for the signature's outputs, with its noise: (values, noise)."""
     x, t, g = arrays["x"], arrays["t"], arrays["g"]
     rows = len(x)
 
-    def forward(stacked):
+    def forward(stacked: np.ndarray) -> np.ndarray:
         repeat = len(stacked) // rows
-        return problem.forward(stacked, None if t is None else np.tile(t, (repeat, 1)))
+        return np.asarray(problem.forward(stacked, None if t is None else np.tile(t, (repeat, 1))))
 
     if problem.is_loss:
         difference = differences.jacobian(lambda s: forward(s)[:, None], x)
@@ -53,15 +58,15 @@ def numeric_gradient(signature, problem, arrays):
         difference = differences.jacobian(forward, x)
         return {"J": (difference.value, difference.noise)}
 
-    def weighted(stacked):  # ⟨g, f(x)⟩ per perturbed row: the VJP without an n × n Jacobian
+    def weighted(stacked: np.ndarray) -> np.ndarray:  # ⟨g, f(x)⟩ per perturbed row: the VJP without an n × n Jacobian
         repeat = len(stacked) // rows
-        return (forward(stacked) * np.tile(g, (repeat, 1))).sum(-1)[:, None]
+        return np.asarray((forward(stacked) * np.tile(g, (repeat, 1))).sum(-1)[:, None])
 
     difference = differences.jacobian(weighted, x)
     return {"dx": (difference.value[:, 0, :], difference.noise[:, 0, :])}
 
 
-def exact_gradient(signature, problem, arrays):
+def exact_gradient(signature: Signature, problem: Problem, arrays: Arrays) -> dict[str, np.ndarray]:
     x, t, g = arrays["x"], arrays["t"], arrays["g"]
     if not problem.exact:
         return {}
@@ -73,7 +78,8 @@ def exact_gradient(signature, problem, arrays):
     return {"dx": problem.exact["vjp"](x, *([t] if problem.has_target else []), g)}
 
 
-def compare_full(report, signature, problem, case, arrays, outputs, dtype):
+def compare_full(report: Report, signature: Signature, problem: Problem, case: str, arrays: Arrays,
+                 outputs: dict[str, np.ndarray], dtype: str) -> None:
     numeric = numeric_gradient(signature, problem, arrays)
     exact = exact_gradient(signature, problem, arrays)
     terms = term_scale(signature, problem, arrays)
@@ -115,7 +121,8 @@ def require_finite(reference: np.ndarray, tolerance: np.ndarray, case: str) -> N
                             "it overflows or is undefined there, so the gradient cannot be checked at them")
 
 
-def compare_projections(report, signature, problem, case, arrays, outputs, dtype, rng, probes: int = 3):
+def compare_projections(report: Report, signature: Signature, problem: Problem, case: str, arrays: Arrays,
+                        outputs: dict[str, np.ndarray], dtype: str, rng: np.random.Generator, probes: int = 3) -> None:
     """⟨dx, u⟩ against the directional difference of the forward along u; bisection on a mismatch."""
     analytic = outputs["dx"]
     report.elements += analytic.size
@@ -133,14 +140,22 @@ def compare_projections(report, signature, problem, case, arrays, outputs, dtype
             single[0, column] = 1.0
             _, element_tolerance, element_numeric = projection_mismatch(problem, one_row, analytic[row:row + 1],
                                                                           single, dtype)
-            exact = exact_gradient(signature, problem, one_row).get("dx")
+            exact_row = exact_gradient(signature, problem, one_row).get("dx")
             report.fail(f"dx projected on a random ±1 direction differs from finite differences in row {row} "
                         f"({case}); bisection found element {column}")
             report.bad_elements += 1
-            report.worst = Worst(row, column, None, float(analytic[row, column]), float(element_numeric[0]),
-                                 None if exact is None else float(exact[0, column]), float(element_tolerance[0]),
-                                 f"{NOISE_FACTOR:g} × difference noise + {dtype} floor {FLOOR[dtype]:g} × |dx_i|",
-                                 case, False)
+            report.worst = Worst(
+                row,
+                column,
+                None,
+                float(analytic[row, column]),
+                float(element_numeric[0]),
+                None if exact_row is None else float(exact_row[0, column]),
+                float(element_tolerance[0]),
+                f"{NOISE_FACTOR:g} × difference noise + {dtype} floor {FLOOR[dtype]:g} × |dx_i|",
+                case,
+                False,
+            )
             return
     exact = exact_gradient(signature, problem, arrays)
     if "dx" in exact:
@@ -157,15 +172,16 @@ def compare_projections(report, signature, problem, case, arrays, outputs, dtype
                                  f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case, False)
 
 
-def projection_mismatch(problem, arrays, analytic, direction, dtype):
+def projection_mismatch(problem: Problem, arrays: Arrays, analytic: np.ndarray, direction: np.ndarray,
+                        dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: |⟨dx, u⟩ − D_u|, its tolerance, and D_u (the directional difference of the forward)."""
     x, t, g = arrays["x"], arrays["t"], arrays["g"]
     rows = len(x)
 
-    def objective(stacked):
+    def objective(stacked: np.ndarray) -> np.ndarray:
         repeat = len(stacked) // rows
         values = problem.forward(stacked, None if t is None else np.tile(t, (repeat, 1)))
-        return values if problem.is_loss else (values * np.tile(g, (repeat, 1))).sum(-1)
+        return np.asarray(values if problem.is_loss else (values * np.tile(g, (repeat, 1))).sum(-1))
 
     numeric = differences.directional(objective, x, direction)
     projected = (analytic * direction).sum(-1)
@@ -174,7 +190,8 @@ def projection_mismatch(problem, arrays, analytic, direction, dtype):
     return np.abs(projected - numeric.value), tolerance, numeric.value
 
 
-def _signed_mismatch(problem, one_row, analytic, direction, dtype):
+def _signed_mismatch(problem: Problem, one_row: Arrays, analytic: np.ndarray, direction: np.ndarray,
+                     dtype: str) -> Callable[[np.ndarray], float]:
     """For bisect: the signed projected mismatch of one row with the direction restricted to a mask."""
     def signed(mask: np.ndarray) -> float:
         masked = np.where(mask[None, :], direction, 0.0)

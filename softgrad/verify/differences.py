@@ -7,6 +7,7 @@ the step actually taken is the representable one, (x + h) − x.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,9 @@ class Difference:
     step: float
 
 
-def directional(function, x: np.ndarray, direction: np.ndarray, step: float = DEFAULT_STEP) -> Difference:
+def directional(
+    function: Callable[[np.ndarray], np.ndarray], x: np.ndarray, direction: np.ndarray, step: float = DEFAULT_STEP
+) -> Difference:
     """d/ds of function(x + s·direction) at s = 0, per row; function maps (rows, n) → (rows,)."""
     values = {}
     for scale in (1.0, 0.5):
@@ -43,7 +46,7 @@ def directional(function, x: np.ndarray, direction: np.ndarray, step: float = DE
     return Difference(richardson, noise, step)
 
 
-def jacobian(function, x: np.ndarray, step: float = DEFAULT_STEP) -> Difference:
+def jacobian(function: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = DEFAULT_STEP) -> Difference:
     """The full Jacobian of a row-wise function, (rows, n) → (rows, m): shape (rows, m, n).
 
     All 4n perturbed copies of the batch are evaluated in one vectorized call; each difference is

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
 from softgrad.budget import TimeLimitExceeded, time_limit
 from softgrad.derive.check import SIZES, StepChecker
-from softgrad.derive.spec import Spec, SpecError, _LineParser, spec_text, tokenize
+from softgrad.derive.spec import Definition, Spec, Token, _LineParser, spec_text, tokenize
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import Partial, index
-from softgrad.errors import SoftgradError
+from softgrad.errors import SoftgradError, SpecError
 
 #: Seconds the symbolic comparison may take; past it the formula is still checked numerically.
 SIMPLIFY_SECONDS = 10.0
@@ -39,7 +40,7 @@ class FormulaReport:
             lines.append(f"  numeric: equal at n = {', '.join(map(str, SIZES))}, every index pair, random points")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         import softgrad
 
         return {"schema": "softgrad.formula-report/1", "softgrad": softgrad.__version__,
@@ -73,7 +74,7 @@ def parse_formula(text: str, spec: Spec) -> tuple[sp.Expr, list[sp.Symbol]]:
     return expr, free
 
 
-def _sum_indices(tokens) -> set[str]:
+def _sum_indices(tokens: list[Token]) -> set[str]:
     names = set()
     for position, token in enumerate(tokens):
         if token.text == "sum" and tokens[position + 1].text == "(":
@@ -148,6 +149,6 @@ def verify_formula(text: str, derivation: Derivation, wrt: str | None = None, se
     return FormulaReport(printed, claim, True, symbolic)
 
 
-def _claim(output, variable: str, free) -> str:
+def _claim(output: Definition, variable: str, free: list[sp.Symbol]) -> str:
     target = f"{output.name}_{free[0]}" if output.is_vector else output.name
     return f"∂{target}/∂{variable}_{free[-1]}"

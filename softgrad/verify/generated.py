@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +36,9 @@ class KernelCheck:
                 f"error {self.error:.2e} (tolerance {self.tolerance:.0e})")
 
 
-def sample_inputs(derivation: Derivation, rows: int, size: int, seed: int, scale: float = 3.0) -> tuple[dict, dict]:
+def sample_inputs(
+    derivation: Derivation, rows: int, size: int, seed: int, scale: float = 3.0
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Random inputs of the spec: the differentiated input ~ N(0, scale²) (positive, up to `scale`, where
     the spec takes its log or square root); others in (0, 1), normalised when the spec says they sum to
     a constant; parameters in (0.5, 2)."""
@@ -61,7 +65,7 @@ def row_scales(magnitudes: np.ndarray) -> np.ndarray:
     batch = float(magnitudes.max()) if magnitudes.size else 0.0
     if batch <= 1e-9:
         return np.ones_like(magnitudes)
-    return np.maximum(magnitudes, 1e-3 * batch)
+    return np.asarray(np.maximum(magnitudes, 1e-3 * batch))
 
 
 def normwise_error(got: np.ndarray, expected: np.ndarray) -> float:
@@ -78,8 +82,8 @@ def normwise_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(error.max())
 
 
-def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtype: str = "float64",
-                  rows: int = 4, size: int = 7, seed: int = 0, cache: dict | None = None,
+def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any, dtype: str = "float64",
+                  rows: int = 4, size: int = 7, seed: int = 0, cache: dict[Any, Any] | None = None,
                   scale: float = 3.0) -> list[KernelCheck]:
     """Call each generated kernel on random batches; compare with the references.
 
@@ -87,7 +91,7 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
     """
     cache = {} if cache is None else cache
 
-    def cached(key, compute):
+    def cached(key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         key = (id(derivation), rows, size, seed, scale, *key)
         if key not in cache:
             cache[key] = compute()
@@ -120,7 +124,7 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions, dtyp
         for name, value in zip(names, produced):
             reference = expected[kernel.origin[name]]
             results.append(KernelCheck(kernel.name, name, "exact", normwise_error(value, reference), tolerance))
-            gradient = kernel.origin[name] == f"d{derivation.wrt}"
+            gradient = next(o for o in kernel.outputs if o.name == name).role == "gradient"
             if gradient:
                 numeric = cached(("directional", bool(kernel.upstream)), lambda: forward_directional(
                     derivation, arrays, parameters, direction, upstream if kernel.upstream else None))
@@ -140,8 +144,8 @@ def check_generated(derivation: Derivation, language: str, files: GeneratedFiles
 
     from softgrad.codegen.build import import_path, load_c
 
-    with tempfile.TemporaryDirectory(prefix="softgrad-check-") as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
+        folder = Path(temporary)
         if language == "c":
             functions = load_c(files, folder)
         else:
@@ -155,7 +159,7 @@ def check_generated(derivation: Derivation, language: str, files: GeneratedFiles
         return results
 
 
-def _empty_batch_check(derivation: Derivation, kernels: list[Kernel], functions, dtype: str) -> KernelCheck:
+def _empty_batch_check(derivation: Derivation, kernels: list[Kernel], functions: Any, dtype: str) -> KernelCheck:
     """rows = 0 must work and return empty outputs."""
     _arrays, parameters = sample_inputs(derivation, 0, 5, 0)
     try:

@@ -17,7 +17,9 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +33,7 @@ LOAD_TIMEOUT = 60.0
 _LENGTH = struct.Struct("<Q")
 
 
-def send(descriptor: int, header: dict, arrays: list[np.ndarray] = ()) -> None:
+def send(descriptor: int, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
     """Write one message: its header (with each array's dtype and shape) and the arrays' bytes."""
     arrays = [np.ascontiguousarray(a) for a in arrays]
     header = dict(header, arrays=[{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays])
@@ -64,7 +66,7 @@ class _Reader:
             remaining -= len(chunk)
         return b"".join(chunks)
 
-    def message(self, deadline: float | None = None) -> tuple[dict, list[np.ndarray]]:
+    def message(self, deadline: float | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
         (length,) = _LENGTH.unpack(self.exactly(_LENGTH.size, deadline))
         header = json.loads(self.exactly(length, deadline))
         arrays = []
@@ -122,7 +124,7 @@ class IsolatedFunction:
         self._exchange({"op": "load", "reference": reference, "signature": signature_text, "dtype": dtype},
                        [], max(timeout, LOAD_TIMEOUT), "while loading")
 
-    def __call__(self, *arrays: np.ndarray):
+    def __call__(self, *arrays: np.ndarray) -> Any:
         self.calls += 1
         header, outputs = self._exchange({"op": "call"}, list(arrays), self.timeout, f"in call {self.calls}")
         self.mutated = header.get("mutated", [])
@@ -132,7 +134,8 @@ class IsolatedFunction:
             results.insert(position, NotAnArray(description))
         return tuple(results) if header.get("tuple") else results[0]
 
-    def _exchange(self, header: dict, arrays: list[np.ndarray], timeout: float, when: str):
+    def _exchange(self, header: dict[str, Any], arrays: list[np.ndarray], timeout: float,
+                  when: str) -> tuple[dict[str, Any], list[np.ndarray]]:
         try:
             send(self._requests, header, arrays)
             reply, outputs = self._reader.message(time.monotonic() + timeout)
@@ -168,7 +171,7 @@ class IsolatedFunction:
     def __enter__(self) -> IsolatedFunction:
         return self
 
-    def __exit__(self, *exception) -> None:
+    def __exit__(self, *exception: object) -> None:
         self.close()
 
     def __del__(self) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import ctypes
 import importlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
 
 import numpy as np
 
@@ -61,7 +64,7 @@ def _compile_user_c(source: Path, library: Path) -> None:
     compile_shared(source, library, generated=False)
 
 
-def load_in_process(reference: str, signature: Signature, dtype: str):
+def load_in_process(reference: str, signature: Signature, dtype: str) -> Callable[..., Any]:
     """The callable named by `reference`, in this process (the worker child's side of load_function);
     C functions get a NumPy wrapper with the signature's convention."""
     location, name = split_reference(reference)
@@ -79,10 +82,10 @@ def load_in_process(reference: str, signature: Signature, dtype: str):
     function = getattr(module, name, None)
     if not callable(function):
         raise SoftgradError(f"{location} has no function {name!r}")
-    return function
+    return cast(Callable[..., Any], function)
 
 
-def _run_user_code(action, location):
+def _run_user_code(action: Callable[[], ModuleType], location: str) -> ModuleType:
     try:
         return action()
     except SoftgradError:
@@ -107,7 +110,7 @@ C_ARGUMENTS = {
 }
 
 
-def load_c(location: str, name: str, signature: Signature, dtype: str):
+def load_c(location: str, name: str, signature: Signature, dtype: str) -> Callable[..., Any]:
     path = Path(location)
     if not path.is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
@@ -135,13 +138,13 @@ def load_c(location: str, name: str, signature: Signature, dtype: str):
     pointer = ctypes.POINTER(scalar)
     numpy_type = np.float32 if dtype == "float32" else np.float64
 
-    def as_pointer(array):
+    def as_pointer(array: np.ndarray) -> Any:
         return array.ctypes.data_as(pointer)
 
     if signature.single_row:
         function.argtypes = [pointer, pointer, ctypes.c_size_t]
 
-        def jacobian(row):
+        def jacobian(row: np.ndarray) -> np.ndarray:
             row = np.ascontiguousarray(row, dtype=numpy_type)
             out = np.empty((row.size, row.size), dtype=numpy_type)
             function(as_pointer(row), as_pointer(out), row.size)
@@ -151,12 +154,12 @@ def load_c(location: str, name: str, signature: Signature, dtype: str):
     outputs = len(signature.returns)
     function.argtypes = [pointer] * (len(signature.takes) + outputs) + [ctypes.c_size_t, ctypes.c_size_t]
 
-    def call(*arrays):
-        arrays = [np.ascontiguousarray(a, dtype=numpy_type) for a in arrays]
-        rows, size = arrays[0].shape
+    def call(*arrays: np.ndarray) -> Any:
+        contiguous = [np.ascontiguousarray(a, dtype=numpy_type) for a in arrays]
+        rows, size = contiguous[0].shape
         results = [np.empty(rows, dtype=numpy_type) if role == "loss" else np.empty((rows, size), dtype=numpy_type)
                    for role in signature.returns]
-        function(*[as_pointer(a) for a in arrays + results], rows, size)
+        function(*[as_pointer(a) for a in [*contiguous, *results]], rows, size)
         return tuple(results) if outputs > 1 else results[0]
 
     return call

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from softgrad.verify import differences
-from softgrad.verify.report import Worst
+from softgrad.verify.report import Report, Worst
+from softgrad.verify.signatures import Arrays
 
 
-def where(position) -> str:
+def where(position: tuple[Any, ...]) -> str:
     names = ["row", "i", "j"]
     return ", ".join(f"{n} {int(p)}" for n, p in zip(names, position))
 
 
-def record_worst(report, position, analytic, numeric, exact, tolerance, how, case, arrays):
+def record_worst(report: Report, position: tuple[Any, ...], analytic: np.ndarray, numeric: np.ndarray,
+                 exact: np.ndarray | None, tolerance: np.ndarray, how: str, case: str, arrays: Arrays) -> None:
     if report.worst is not None:
         return
     row, i = int(position[0]), int(position[1])

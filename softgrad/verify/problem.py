@@ -6,6 +6,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit
@@ -23,8 +26,8 @@ class Problem:
 
     label: str
     is_loss: bool
-    forward: Callable
-    exact: dict[str, Callable] = field(default_factory=dict)
+    forward: Callable[..., Any]
+    exact: dict[str, Callable[..., Any]] = field(default_factory=dict)
     constraint: float | None = None  # targets sum to this
     has_target: bool = False
 
@@ -41,7 +44,7 @@ def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Pro
     others = [i for i in derivation.spec.inputs if i != derivation.wrt]
     has_target = bool(others)
 
-    def bind(kernel):
+    def bind(kernel: str) -> Callable[..., Any] | None:
         function = getattr(module, f"{prefix}_{kernel}", None)
         if function is None:
             return None
@@ -49,11 +52,12 @@ def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Pro
 
     bound = {k: bind(k) for k in ("vjp", "vjp_from_output", "jacobian", "loss_and_grad")}
     exact = {k: function for k, function in bound.items() if function is not None}
-    forward = bind("forward")
+    base = bind("forward")
+    assert base is not None, "every derivation has a forward kernel"
+    forward = base
     if not has_target:  # the checker always passes targets; a function without them ignores them
-        base = forward
 
-        def forward(x, t=None):
+        def forward(x: np.ndarray, t: np.ndarray | None = None) -> Any:
             return base(x)
     constraint = float(derivation.spec.constraints[0].rhs) if derivation.spec.constraints else None
     return Problem(derivation.spec.name or derivation.spec.output.source, not derivation.spec.output.is_vector,

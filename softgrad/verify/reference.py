@@ -7,6 +7,8 @@ difference at that precision — a reference that shares nothing with the derive
 
 from __future__ import annotations
 
+from typing import Any
+
 import mpmath
 import numpy as np
 import sympy as sp
@@ -23,7 +25,7 @@ class HighPrecisionEvaluator(Evaluator):
     functions = function_table(mpmath)
 
     @staticmethod
-    def number(value: sp.Expr):
+    def number(value: sp.Expr) -> Any:
         return mpmath.mpf(sp.Float(value, DIGITS)._mpf_)
 
 
@@ -34,7 +36,7 @@ def _point(evaluator: Evaluator, arrays: dict[str, np.ndarray], row: int, parame
     return evaluator.complete(Point(size, vectors, scalars))
 
 
-def _real(value) -> float:
+def _real(value: Any) -> float:
     """A reference value as a float: NaN where it is not real (the spec taken outside its domain)."""
     if isinstance(value, mpmath.mpc):
         return float(value.real) if value.imag == 0 else float("nan")
@@ -50,7 +52,7 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
         evaluator = HighPrecisionEvaluator(spec.definitions)
         rows, size = next(iter(arrays.values())).shape
         plans = _plan(derivation, kernel)
-        values = {name: [] for name, _, _ in plans}
+        values: dict[str, list[Any]] = {name: [] for name, _, _ in plans}
         for row in range(rows):
             point = _point(evaluator, arrays, row, parameters)
             if kernel == "vjp_from_output":  # the saved output is given, not recomputed
@@ -104,6 +106,7 @@ def forward_directional(derivation: Derivation, arrays: dict[str, np.ndarray], p
                                                             for b, d in zip(base, direction[row])]}, point.scalars)
                 point = evaluator.complete(point)
                 if output.is_vector:
+                    assert upstream is not None, "a vector function is checked through its upstream gradient"
                     value = sum(mpmath.mpf(float(u)) * point.vectors[output.name][a]
                                 for a, u in enumerate(upstream[row]))
                 else:

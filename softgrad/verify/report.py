@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Report:
         self.passed = False
         self.failures.append(line)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The report as data: the schema softgrad.report/1 (softgrad/schemas/report-1.schema.json)."""
         import softgrad
 

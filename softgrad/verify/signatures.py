@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from softgrad.errors import SoftgradError
+
+#: The arrays of one check, by role: x (the differentiated input), t (targets or None), g (upstream), y.
+Arrays = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class WrongOutput(Exception):
     complex or integer values, lower precision than asked for, inputs changed in place): a FAIL."""
 
 
-def call_under_test(function, signature: Signature, arrays: dict[str, np.ndarray], dtype):
+def call_under_test(function: Callable[..., Any], signature: Signature, arrays: Arrays,
+                    dtype: Any) -> list[np.ndarray]:
     """Call the function under test with the signature's arguments; return its outputs as float64 arrays.
 
     Raises SoftgradError for what makes the check impossible (it raised, exited, crashed, timed out, or

@@ -14,10 +14,10 @@ import sys
 import numpy as np
 
 
-def _outputs(result) -> tuple[bool, list[np.ndarray], dict[int, str]]:
+def _outputs(result: object) -> tuple[bool, list[np.ndarray], dict[int, str]]:
     """(was a tuple, numeric arrays, {position: description} of outputs that are not numeric arrays)."""
     is_tuple = isinstance(result, tuple)
-    values = list(result) if is_tuple else [result]
+    values = list(result) if isinstance(result, tuple) else [result]
     arrays, others = [], {}
     for position, value in enumerate(values):
         try:
@@ -64,6 +64,7 @@ def main(requests: int, replies: int) -> None:
             continue
         copies = [a.copy() for a in arrays]
         try:
+            assert function is not None, "the first request loads the function"
             result = function(*arrays)
         except BaseException as problem:
             send(replies, {"failed": _describe(problem)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from softgrad.codegen.backends import c, numpy
 from softgrad.codegen.kernel import Kernel
@@ -16,8 +17,8 @@ class Backend:
     files(module) → [(template, file name)]; whether it has element types and threads of its own."""
 
     name: str
-    print_kernel: Callable[[Kernel, str], dict]
-    context: Callable[[str, bool], dict]
+    print_kernel: Callable[[Kernel, str], dict[str, Any]]
+    context: Callable[[str, bool], dict[str, Any]]
     files: Callable[[str], list[tuple[str, str]]]
     has_dtype: bool
     has_threads: bool

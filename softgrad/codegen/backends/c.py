@@ -9,6 +9,7 @@ rounded once; an explicit Jacobian computes in double (y(1 − y) cancels in flo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
@@ -36,7 +37,7 @@ class PrintedLoop:
     stores: list[tuple[str, str]]
 
 
-def print_kernel(kernel: Kernel, dtype: str) -> dict:
+def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
     """What the C templates show of one kernel."""
     entry_dtype = "float64" if kernel.explicit_jacobian else dtype
     entry_type, suffix = _CTYPE[entry_dtype], _SUFFIX[entry_dtype]
@@ -47,7 +48,7 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict:
     def code(printer: CKernelPrinter, expr: sp.Expr) -> str:
         expr = prepare(expr)
         assert_printable(expr)
-        return printer.doprint(expr)
+        return str(printer.doprint(expr))
 
     def loop(item: Loop, cast: str = "") -> PrintedLoop:
         maxima = [str(s) for s, op, _ in item.reductions if op == "max"]
@@ -84,7 +85,7 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict:
             "entry_type": entry_type, "entry_suffix": suffix}
 
 
-def context(dtype: str, openmp: bool) -> dict:
+def context(dtype: str, openmp: bool) -> dict[str, Any]:
     """What the C templates show besides the kernels: the element type, threads, helpers, build flags."""
     return {"ctype": _CTYPE[dtype], "openmp": openmp, "helper_types": c_math.helper_types(dtype),
             "compile_flags": " ".join(RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else []))}

@@ -7,6 +7,7 @@ block (softgrad.codegen.ufuncs); the explicit Jacobian, for small n, is whole-ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 
@@ -16,7 +17,7 @@ from softgrad.codegen.schedule import Loop, schedule
 from softgrad.codegen.ufuncs import BlockPrinter, UfuncProgram
 
 
-def print_kernel(kernel: Kernel, dtype: str) -> dict:
+def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
     """What the NumPy template shows of one kernel (NumPy kernels follow their inputs' dtype)."""
     if not kernel.explicit_jacobian:
         return _numpy_blocked(kernel)
@@ -25,7 +26,7 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict:
     return {"kernel": kernel, "blocked": False, **_stages(kernel, NumpyKernelPrinter(), matrix)}
 
 
-def context(dtype: str, openmp: bool) -> dict:
+def context(dtype: str, openmp: bool) -> dict[str, Any]:
     """Nothing besides the kernels: one module for every floating dtype, on one thread."""
     return {}
 
@@ -43,11 +44,12 @@ class PrintedStage:
     assignments: list[tuple[str, str, str]]  # (name, code, kind: max | sum | scalar | vector | matrix)
 
 
-def _stages(kernel: Kernel, printer, output_printer) -> dict:
+def _stages(kernel: Kernel, printer: NumpyKernelPrinter, output_printer: NumpyKernelPrinter) -> dict[str, Any]:
     """The explicit Jacobian in NumPy (small n, whole arrays): each reduction level, the scalar outputs,
     then the matrix output printed by output_printer."""
 
-    def printed(pairs: list[tuple[str, sp.Expr, str]], prefix: str, printer=printer) -> PrintedStage:
+    def printed(pairs: list[tuple[str, sp.Expr, str]], prefix: str,
+                printer: NumpyKernelPrinter = printer) -> PrintedStage:
         expressions = [prepare(e) for _, e, _ in pairs]
         temporaries = []
         if expressions:
@@ -68,13 +70,13 @@ def _stages(kernel: Kernel, printer, output_printer) -> dict:
 
 
 
-def _numpy_blocked(kernel: Kernel) -> dict:
+def _numpy_blocked(kernel: Kernel) -> dict[str, Any]:
     """A kernel's schedule as NumPy statements for one block of rows (see softgrad.codegen.ufuncs)."""
     plan = schedule(kernel)
     printer = BlockPrinter()
     program = UfuncProgram(printer)
 
-    def row_values(pairs) -> None:
+    def row_values(pairs: list[tuple[sp.Symbol, sp.Expr]]) -> None:
         program.lines.extend(f"{symbol} = {printer.doprint(prepare(expr))}" for symbol, expr in pairs)
 
     def entries(loop: Loop) -> None:
@@ -99,7 +101,8 @@ def _numpy_blocked(kernel: Kernel) -> dict:
             elif kind == "store":
                 program.store(f"_block_{target}", expr)
             else:
-                program.reduce(*target, expr)
+                symbol, op = target
+                program.reduce(symbol, op, expr)
             program.dying = set()
             program.forget(ending)
         program.release_all()
