@@ -373,13 +373,6 @@ entry()
 """
 
 
-def test_a_signal_while_files_are_moved_in_leaves_all_of_them_and_no_temporary_file(tmp_path):
-    run = subprocess.run([sys.executable, "-c", SIGNAL_MIDWAY], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 128 + signal.SIGTERM, run.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["softmax.c", "softmax.h", "softmax_ctypes.py"]
-
-
 SIGNAL_WHILE_STAGING = """
 import os, signal, sys
 sys.argv = ["softgrad", "codegen", "softmax", "--lang", "c", "-o", "out"]
@@ -397,11 +390,14 @@ entry()
 """
 
 
-def test_a_signal_while_files_are_staged_leaves_nothing(tmp_path):
-    run = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_STAGING], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+@pytest.mark.parametrize("script, left", [
+    (SIGNAL_MIDWAY, ["softmax.c", "softmax.h", "softmax_ctypes.py"]),  # held until every file is in
+    (SIGNAL_WHILE_STAGING, []),  # nothing moved in yet: nothing left, not even a temporary file
+], ids=["while moving in", "while staging"])
+def test_a_signal_leaves_all_files_or_none_and_no_temporary_file(tmp_path, script, left):
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 128 + signal.SIGTERM, run.stderr
-    assert list((tmp_path / "out").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == left
 
 
 # ---------------------------------------------------------------- masked rows
