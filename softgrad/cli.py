@@ -258,20 +258,14 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
             raise SoftgradError("name the gradient to check, e.g. grad.py:softmax_backward (or use --formula)")
         if (against is None) == (forward_reference is None):
             raise SoftgradError("give --against SPEC, or --fn FILE:FUNCTION for the forward function")
-        default = signature or ("x,g->dx" if forward_reference else None)
-        chosen = parse_signature(default) if default else None
-        dtype_for_loading = dtype
-        if chosen is None:
-            from softgrad.derive import derive_spec, load_spec
-
-            assert against is not None  # without --fn, --against was required above
-
-            is_loss = not derive_spec(load_spec(against)).spec.output.is_vector
-            chosen = parse_signature("z,t->dz" if is_loss else "x,g->dx")
-        if against is not None:  # a bad spec or parameter is reported before any user code runs
+        is_loss = None
+        if against is not None:  # derived once (cached); a bad spec or parameter is reported before user code runs
             from softgrad.verify import reference_problem
 
-            reference_problem(against, wrt, values)
+            is_loss = reference_problem(against, wrt, values).is_loss
+        default = signature or ("x,g->dx" if forward_reference else ("z,t->dz" if is_loss else "x,g->dx"))
+        chosen = parse_signature(default)
+        dtype_for_loading = dtype
         function = load_function(target, chosen, dtype_for_loading, timeout)
         forward = None
         try:
