@@ -4,6 +4,7 @@ import pytest
 import sympy as sp
 
 import softgrad
+from softgrad.derive import CATALOG
 from softgrad.derive.check import StepChecker
 from softgrad.derive.spec import parse_spec
 from softgrad.derive.steps import Step
@@ -132,3 +133,37 @@ def test_nothing_depends_on_the_catalog_names():
     named, anonymous = softgrad.derive("kl-divergence"), softgrad.derive(
         "p[i] = exp(z[i]) / sum(exp(z[k]), k)\nL = sum(q[k] * log(q[k] / p[k]), k)")
     assert {k: v.rhs for k, v in named.results.items()} == {k: v.rhs for k, v in anonymous.results.items()}
+
+
+OUTSIDE_THE_CATALOG = [
+    "y[i] = exp(-x[i]) / sum(exp(-x[k]), k)",  # softmin
+    "y[i] = x[i]^2 / sum(x[k]^2, k)",  # spherical softmax
+    "y[i] = (1 + x[i] + x[i]^2/2) / sum(1 + x[k] + x[k]^2/2, k)",  # Taylor softmax
+    "y[i] = x[i] / sqrt(sum(x[k]^2, k))",  # L2 normalisation
+    "y[i] = 0.5*x[i]*(1 + tanh(0.7978845608*(x[i] + 0.044715*x[i]^3)))",  # GELU, tanh form
+    "y[i] = x[i]*sigmoid(x[i])",  # SiLU
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); H = -sum(p[k]*log(p[k]), k)",  # softmax entropy
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*(1-p[k])^2*log(p[k]), k)",  # focal loss, γ = 2
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum((0.9*t[k] + 0.1*s)*log(p[k]), k)",  # label smoothing
+    "y[i] = tanh(x[i])",
+]
+
+
+@pytest.mark.parametrize("spec", list(CATALOG) + OUTSIDE_THE_CATALOG)
+def test_no_step_is_checked_on_nothing(spec):
+    """Every step compares at least one index pair, and says at which sizes (a case i ≠ j has none at n = 1)."""
+    derivation = softgrad.derive(spec)
+    for step in derivation.steps:
+        count, _, sizes = step.check_detail.partition(" comparisons at n = ")
+        assert step.checked and int(count) > 0, (step.rule, step.check_detail)
+        assert sizes and ("1" not in sizes.split(", ") or not step.distinct), (step.rule, step.check_detail)
+
+
+def test_inputs_are_sampled_from_their_domain():
+    """Signed where the spec allows (and up to magnitude 10), positive under a log or a square root."""
+    checker = StepChecker(parse_spec("y[i] = sqrt(u[i]) * x[i] / sum(exp(x[k]), k)"))
+    points = checker.points[False]
+    xs = [v.real for p in points for v in p.vectors["x"]]
+    us = [v.real for p in points for v in p.vectors["u"]]
+    assert min(xs) < 0 < max(xs) and max(abs(v) for v in xs) > 2
+    assert min(us) > 0

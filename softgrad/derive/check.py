@@ -18,6 +18,7 @@ from typing import Any
 
 import sympy as sp
 
+from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid
@@ -173,14 +174,27 @@ def wide_precision() -> contextlib.AbstractContextManager[Any]:
     return context
 
 
-def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, constrained: bool) -> Point:
-    """Random positive inputs (so log and sqrt are defined); constrained inputs rescaled to their sum."""
-    vectors = {name: [complex(rng.uniform(0.2, 1.2)) for _ in range(size)] for name in inputs}
+#: The ranges inputs are drawn from, one per point at each size: ordinary values (reaching near 0), then
+#: values up to magnitude 10. Inputs the spec takes a log or root of are drawn positive.
+SIGNED_RANGES = ((-2.0, 2.0), (-10.0, 10.0))
+POSITIVE_RANGES = ((0.2, 1.2), (0.05, 10.0))
+
+
+def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, constrained: bool,
+                  positive: set[str] | frozenset[str] = frozenset(), scale: int = 0) -> Point:
+    """Random inputs from each input's domain: signed, or positive for those in `positive` (under a log or a
+    square root, or targets a constraint normalises); constrained inputs rescaled to their sum. `scale`
+    picks the range (see SIGNED_RANGES)."""
+    def draw(name: str) -> complex:
+        low, high = (POSITIVE_RANGES if name in positive else SIGNED_RANGES)[scale]
+        return complex(rng.uniform(low, high))
+
+    vectors = {name: [draw(name) for _ in range(size)] for name in inputs}
     if constrained:
         for constraint in spec.constraints:
             values = vectors[constraint.input_name]
-            scale = complex(float(constraint.rhs)) / sum(values)
-            vectors[constraint.input_name] = [v * scale for v in values]
+            factor = complex(float(constraint.rhs)) / sum(values)
+            vectors[constraint.input_name] = [v * factor for v in values]
     scalars = {name: complex(rng.uniform(0.5, 2.0)) for name in spec.parameters}
     return Point(size, vectors, scalars)
 
@@ -205,10 +219,13 @@ class StepChecker:
     def _sample(self, evaluator_class: type[Evaluator]) -> None:
         self.evaluator = evaluator_class(self.definitions)
         rng = random.Random(self.seed)
+        # targets that a constraint normalises stay positive (their sum must not come near 0)
+        positive = positive_inputs(self.definitions, self.inputs) | {c.input_name for c in self.spec.constraints}
         self.points = {
             constrained: [
-                self.evaluator.complete(sample_points(self.spec, self.inputs, size, rng, constrained))
-                for size in SIZES for _ in range(POINTS)
+                self.evaluator.complete(sample_points(self.spec, self.inputs, size, rng, constrained, positive,
+                                                      scale % len(SIGNED_RANGES)))
+                for size in SIZES for scale in range(POINTS)
             ]
             for constrained in (False, True)
         }
@@ -236,13 +253,17 @@ class StepChecker:
         free = sorted(
             {s for e in [step.lhs, *step.forms] for s in _free_indices(e)}, key=str
         )
-        comparisons = 0
+        # a case restriction applies where both of its indices are still free: in the case i = j the
+        # step is usually written with j already replaced by i, and then every pair it has is in the case
+        equal = step.equal if step.equal and set(step.equal) <= set(free) else None
+        distinct = step.distinct if step.distinct and set(step.distinct) <= set(free) else None
+        comparisons: dict[int, int] = {}
         for point in self.points[bool(step.assumes)]:
             for values in itertools.product(range(point.size), repeat=len(free)):
                 indices = dict(zip(free, values))
-                if step.equal and indices.get(step.equal[0]) != indices.get(step.equal[1]):
+                if equal and indices[equal[0]] != indices[equal[1]]:
                     continue
-                if step.distinct and indices.get(step.distinct[0]) == indices.get(step.distinct[1]):
+                if distinct and indices[distinct[0]] == indices[distinct[1]]:
                     continue
                 expected = self._finite(self.evaluator.value(step.lhs, point, indices))
                 for form in step.forms:
@@ -254,9 +275,13 @@ class StepChecker:
                             f"{_describe(indices)}: {sp.sstr(step.lhs)} = {float(expected.real):.12g} "
                             f"but {sp.sstr(form)} = {float(got.real):.12g}"
                         )
-                    comparisons += 1
+                    comparisons[point.size] = comparisons.get(point.size, 0) + 1
+        if not comparisons:  # never "checked" on nothing
+            raise StepCheckFailed(f"step '{step.rule}' had no index pair to compare at n = "
+                                  f"{', '.join(map(str, SIZES))}: it cannot be called checked")
         step.checked = True
-        step.check_detail = f"{comparisons} comparisons at n = {', '.join(map(str, SIZES))}"
+        sizes = sorted(comparisons)
+        step.check_detail = f"{sum(comparisons.values())} comparisons at n = {', '.join(map(str, sizes))}"
         self.checked += 1
         return step
 
