@@ -28,14 +28,10 @@ class GeneratedFiles(dict[str, str]):
         self.language, self.module, self.dtype, self.openmp = language, module, dtype, openmp
 
 
-class Verbatim(str):
-    """Source text of softgrad's own (the C math helpers, with their comments): inserted unescaped."""
-
-
 def _python_safe(value: object) -> object:
     """Every value put into a generated Python file: nothing can end a docstring or start an escape.
     (Printed code never holds a backslash or three quotes, so this changes only hostile text.)"""
-    if isinstance(value, Verbatim) or not isinstance(value, str):
+    if not isinstance(value, str):
         return value
     return value.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
@@ -43,7 +39,7 @@ def _python_safe(value: object) -> object:
 def _c_safe(value: object) -> object:
     """Every value put into a generated C file: nothing can end or open a comment, or form a trigraph.
     (Printed C never holds these sequences, so this changes only hostile text.)"""
-    if isinstance(value, Verbatim) or not isinstance(value, str):
+    if not isinstance(value, str):
         return value
     return value.replace("*/", "* /").replace("/*", "/ *").replace("??", "? ?").replace("\\", "/")
 

@@ -17,7 +17,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +100,10 @@ class IsolatedFunction:
     `mutated` to the positions of the arguments it changed in place. Use as a context manager (or call close())."""
 
     def __init__(self, reference: str, signature_text: str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
-                 role: str = "the function under test") -> None:
+                 role: str = "the function under test", cleanup: Callable[[], None] | None = None) -> None:
         if not timeout > 0:
             raise SoftgradError("--timeout must be a positive number of seconds")
-        self.reference, self.timeout, self.role = reference, timeout, role
+        self.reference, self.timeout, self.role, self._cleanup = reference, timeout, role, cleanup
         self.calls = 0
         self.mutated: list[int] = []
         self.__name__ = reference.rsplit(":", 1)[-1]
@@ -167,6 +167,9 @@ class IsolatedFunction:
             except OSError:
                 pass
         self._requests = self._replies = -1
+        if self._cleanup is not None:  # e.g. the folder a C source was compiled in
+            cleanup, self._cleanup = self._cleanup, None
+            cleanup()
 
     def __enter__(self) -> IsolatedFunction:
         return self

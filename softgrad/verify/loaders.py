@@ -44,18 +44,12 @@ def load_function(reference: str, signature: Signature, dtype: str, timeout: flo
     try:
         library = folder / f"lib{path.stem}.so"
         _compile_user_c(path, library)
-        function = IsolatedFunction(f"{library}:{name}", signature.text, dtype, timeout, role)
+        function = IsolatedFunction(f"{library}:{name}", signature.text, dtype, timeout, role,
+                                    cleanup=lambda: remove_tree(folder))
     except BaseException:
         remove_tree(folder)
         raise
     function.__name__ = name
-    closing = function.close
-
-    def close_and_clean() -> None:
-        closing()
-        remove_tree(folder)
-
-    function.close = close_and_clean  # type: ignore[method-assign]
     return function
 
 
