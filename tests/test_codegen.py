@@ -257,7 +257,8 @@ def test_check_fails_with_exit_1_when_generated_code_is_wrong(monkeypatch, tmp_p
         (name, text), = files.items()
         assignment = "    dx = _vector_result(dx, _shape, axis, out)\n"
         assert assignment in text
-        return {name: text.replace(assignment, assignment + "    dx = dx * 1.000001\n")}
+        files[name] = text.replace(assignment, assignment + "    dx = dx * 1.000001\n")
+        return files  # the same GeneratedFiles, one file corrupted
 
     monkeypatch.setattr(emit_module, "emit", corrupted)
     result = CliRunner().invoke(main, ["codegen", "softmax", "--lang", "numpy", "--kernel", "vjp",

@@ -178,7 +178,7 @@ def test_streaming_stores_give_the_cached_results_bit_for_bit(tmp_path):
 def test_openmp_is_refused_for_numpy():
     result = subprocess.run([sys.executable, "-m", "softgrad", "codegen", "softmax", "--lang", "numpy", "--openmp",
                              "-o", "unused"], capture_output=True, text=True)
-    assert result.returncode == 2 and "--openmp applies to --lang c" in result.stderr
+    assert result.returncode == 2 and "--openmp does not apply to --lang numpy" in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -84,17 +84,21 @@ def _header(derivation: Derivation) -> dict[str, Any]:
 
 
 def emit(derivation: Derivation, language: str, kernel_names: list[str] | None = None,
-         dtype: str = "float64", module: str | None = None, openmp: bool = False) -> GeneratedFiles:
+         dtype: str | None = None, module: str | None = None, openmp: bool = False) -> GeneratedFiles:
     """Generated files (name → text) for a derivation, deterministic for the same input.
 
-    openmp: C kernels split their rows over OpenMP threads (compile with -fopenmp)."""
+    dtype: the element type of a target that has one (C; default float64; NumPy kernels follow their
+    inputs). openmp: C kernels split their rows over OpenMP threads (compile with -fopenmp)."""
     if language not in LANGUAGES:
         raise SoftgradError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
-    if dtype not in DTYPES:
-        raise SoftgradError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     backend = BACKENDS[language]
     if openmp and not backend.has_threads:
-        raise SoftgradError(f"--openmp applies to a target with threads, not {language}")
+        raise SoftgradError(f"--openmp does not apply to --lang {language} (its kernels run on one thread)")
+    if dtype is not None and not backend.has_dtype:
+        raise SoftgradError(f"--dtype does not apply to --lang {language} (its kernels compute in their inputs' dtype)")
+    dtype = dtype or "float64"
+    if dtype not in DTYPES:
+        raise SoftgradError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     kernels = kernels_for(derivation, kernel_names)
     module = module or identifier(derivation)
     # every kernel takes the spec's parameters, in the spec's order, under their printed names

@@ -70,7 +70,7 @@ def reference_problem(against: str, wrt: str | None, parameters: dict[str, float
     for name, value in parameters.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise SoftgradError(f"parameter {name} must be a finite number > 0 (spec parameters are positive), "
-                                f"not {value!r}")
+                                f"not {value!r} (--param {name}=VALUE)")
     return _reference_problem(against, wrt, tuple(sorted((k, float(v)) for k, v in parameters.items())))
 
 

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from softgrad.budget import CALL_SECONDS, LOAD_SECONDS
 from softgrad.errors import SoftgradError
 
-#: Seconds one call may take by default (the first call may compile, e.g. numba or torch.compile).
-DEFAULT_TIMEOUT = 10.0
-#: Loading (importing torch, compiling) may take longer than a call.
-LOAD_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = CALL_SECONDS
+LOAD_TIMEOUT = LOAD_SECONDS
 
 _LENGTH = struct.Struct("<Q")
 
