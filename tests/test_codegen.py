@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import require_module, require_tool
+from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
 from softgrad.codegen.build import import_path, load_c
@@ -14,7 +15,7 @@ from softgrad.codegen.emit import emit, kernels_for
 from softgrad.codegen.lower import identifier, lower
 from softgrad.derive.catalog import CATALOG
 from softgrad.errors import SoftgradError
-from softgrad.verify.generated import check_kernels
+from softgrad.verify.generated import check_generated, check_kernels
 
 REFERENCES: dict = {}  # high-precision references, shared by every language and dtype
 
@@ -267,3 +268,18 @@ def test_check_fails_with_exit_1_when_generated_code_is_wrong(monkeypatch, tmp_p
     assert "FAIL softmax_vjp: dx vs exact" in result.output
     assert "does not match the derivation; nothing was written" in result.output
     assert list(tmp_path.iterdir()) == []  # a failed check leaves no code behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("language", ["numpy", "c"])
+@pytest.mark.parametrize("spec", OUTSIDE_THE_CATALOG)
+def test_every_kernel_of_functions_outside_the_catalog_runs_and_matches(spec, language):
+    """Generated kernels of specs the catalog does not have build, run and match the exact result and
+    finite differences (the NumPy VJPs of GELU-tanh and Mish once raised NameError)."""
+    if language == "c":
+        require_tool("cc")
+    derivation = softgrad.derive(spec)
+    files = emit(derivation, language)
+    checks = check_generated(derivation, language, files, kernels_for(derivation, None))
+    failed = [check.line() for check in checks if not check.passed]
+    assert not failed, failed

@@ -2,6 +2,7 @@
 
 import pytest
 import sympy as sp
+from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
 from softgrad.derive import CATALOG
@@ -135,18 +136,6 @@ def test_nothing_depends_on_the_catalog_names():
     assert {k: v.rhs for k, v in named.results.items()} == {k: v.rhs for k, v in anonymous.results.items()}
 
 
-OUTSIDE_THE_CATALOG = [
-    "y[i] = exp(-x[i]) / sum(exp(-x[k]), k)",  # softmin
-    "y[i] = x[i]^2 / sum(x[k]^2, k)",  # spherical softmax
-    "y[i] = (1 + x[i] + x[i]^2/2) / sum(1 + x[k] + x[k]^2/2, k)",  # Taylor softmax
-    "y[i] = x[i] / sqrt(sum(x[k]^2, k))",  # L2 normalisation
-    "y[i] = 0.5*x[i]*(1 + tanh(0.7978845608*(x[i] + 0.044715*x[i]^3)))",  # GELU, tanh form
-    "y[i] = x[i]*sigmoid(x[i])",  # SiLU
-    "p[i] = exp(z[i]) / sum(exp(z[k]), k); H = -sum(p[k]*log(p[k]), k)",  # softmax entropy
-    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*(1-p[k])^2*log(p[k]), k)",  # focal loss, γ = 2
-    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum((0.9*t[k] + 0.1*s)*log(p[k]), k)",  # label smoothing
-    "y[i] = tanh(x[i])",
-]
 
 
 @pytest.mark.parametrize("spec", list(CATALOG) + OUTSIDE_THE_CATALOG)

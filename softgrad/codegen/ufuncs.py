@@ -117,7 +117,9 @@ class UfuncProgram:
         steps = self._steps(expr, into)
         if steps is None:  # no ufunc spelling: NumPy's own expression (allocates, still correct)
             destination = into or self._take()
-            self.lines.append(f"np.copyto({destination}, {self.printer.doprint(expr)})")
+            # a common subexpression it reads lives in a buffer under another name: print that name
+            held = {symbol: sp.Symbol(name) for symbol, name in self._names.items() if symbol in expr.free_symbols}
+            self.lines.append(f"np.copyto({destination}, {self.printer.doprint(expr.xreplace(held))})")
             return destination
         if into is not None and any(self._reads(operand, into) for _, operand in steps[1:] if operand is not None):
             into = None  # a later operand still reads the destination: build the result elsewhere first

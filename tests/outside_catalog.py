@@ -1,0 +1,15 @@
+"""Functions users write that the catalog does not have: every test that claims generality runs them."""
+
+OUTSIDE_THE_CATALOG = [
+    "y[i] = exp(-x[i]) / sum(exp(-x[k]), k)",  # softmin
+    "y[i] = x[i]^2 / sum(x[k]^2, k)",  # spherical softmax
+    "y[i] = (1 + x[i] + x[i]^2/2) / sum(1 + x[k] + x[k]^2/2, k)",  # Taylor softmax
+    "y[i] = x[i] / sqrt(sum(x[k]^2, k))",  # L2 normalisation
+    "y[i] = 0.5*x[i]*(1 + tanh(0.7978845608*(x[i] + 0.044715*x[i]^3)))",  # GELU, tanh form
+    "y[i] = x[i]*sigmoid(x[i])",  # SiLU
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); H = -sum(p[k]*log(p[k]), k)",  # softmax entropy
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*(1-p[k])^2*log(p[k]), k)",  # focal loss, γ = 2
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum((0.9*t[k] + 0.1*s)*log(p[k]), k)",  # label smoothing
+    "y[i] = tanh(x[i])",
+    "y[i] = x[i]*tanh(log(1 + exp(x[i])))",  # Mish
+]
