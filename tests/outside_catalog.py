@@ -12,4 +12,5 @@ OUTSIDE_THE_CATALOG = [
     "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum((0.9*t[k] + 0.1*s)*log(p[k]), k)",  # label smoothing
     "y[i] = tanh(x[i])",
     "y[i] = x[i]*tanh(log(1 + exp(x[i])))",  # Mish
+    "y[i] = log(1 + exp(x[i]))",  # softplus, written out
 ]

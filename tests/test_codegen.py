@@ -283,3 +283,26 @@ def test_every_kernel_of_functions_outside_the_catalog_runs_and_matches(spec, la
     checks = check_generated(derivation, language, files, kernels_for(derivation, None))
     failed = [check.line() for check in checks if not check.passed]
     assert not failed, failed
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_softplus_and_logistic_ratios_written_out_stay_finite(language, tmp_path):
+    """log(1 + exp(x)) and its gradient exp(x)/(1 + exp(x)) overflow to inf and inf/inf at x ≈ 800 when
+    computed as written: the generated code uses softplus and σ, which do not."""
+    if language == "c":
+        require_tool("cc")
+    derivation = softgrad.derive("y[i] = log(1 + exp(x[i]))")
+    files = emit(derivation, language)
+    if language == "c":
+        module = load_c(files, tmp_path)
+    else:
+        ((name, text),) = files.items()
+        (tmp_path / name).write_text(text)
+        module = import_path(tmp_path / name)
+    x = np.array([[-800.0, -30.0, 0.0, 30.0, 300.0, 800.0]])
+    value = module.y_forward(x)
+    gradient = module.y_vjp(x, np.ones_like(x))
+    np.testing.assert_allclose(value, np.logaddexp(0, x), rtol=1e-15)
+    with np.errstate(over="ignore"):  # exp(800) in the reference σ(−800) = 1/(1 + inf) = 0, exactly
+        expected = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(gradient, expected, rtol=1e-15, atol=1e-300)

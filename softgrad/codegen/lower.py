@@ -55,8 +55,44 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
     return expr, reductions
 
 
+def _one_plus_exp(e: sp.Expr) -> sp.Expr | None:
+    """u where e is 1 + exp(u), else None."""
+    if e.is_Add and len(e.args) == 2 and sp.S.One in e.args:
+        other = e.args[0] if e.args[1] == 1 else e.args[1]
+        if isinstance(other, sp.exp):
+            return other.args[0]
+    return None
+
+
+def _ratios_as_sigmoids(product: sp.Expr) -> sp.Expr:
+    """exp(u)/(1 + exp(u)) → σ(u) within one product: both sides overflow for large u (inf/inf), σ not."""
+    factors = list(sp.Mul.make_args(product))
+    changed = False
+    for position, factor in enumerate(factors):
+        u = _one_plus_exp(factor.base) if factor.is_Pow and factor.exp == -1 else None
+        numerator = next((k for k, f in enumerate(factors) if isinstance(f, sp.exp) and f.args[0] == u), None)
+        if u is not None and numerator is not None:
+            factors[position], factors[numerator] = sigmoid(u), sp.S.One
+            changed = True
+    return sp.Mul(*factors) if changed else product
+
+
+def _reciprocal_as_sigmoid(power: sp.Expr) -> sp.Expr:
+    """1/(1 + exp(u)) → σ(−u)."""
+    u = _one_plus_exp(power.base)
+    assert u is not None, "called on 1/(1 + exp(u)) only"
+    return sigmoid(-u)
+
+
 def stable_logs(expr: sp.Expr) -> sp.Expr:
-    """log σ(u) = −softplus(−u) and log(1 − σ(u)) = −softplus(u): finite where σ rounds to 0 or 1."""
+    """Forms that stay finite where the naive ones overflow: log(1 + exp(u)) = softplus(u),
+    exp(u)/(1 + exp(u)) = σ(u), 1/(1 + exp(u)) = σ(−u); log σ(u) = −softplus(−u) and
+    log(1 − σ(u)) = −softplus(u), finite where σ rounds to 0 or 1."""
+    expr = expr.replace(lambda e: isinstance(e, sp.log) and _one_plus_exp(e.args[0]) is not None,
+                        lambda e: softplus(_one_plus_exp(e.args[0])))
+    expr = expr.replace(lambda e: e.is_Mul, _ratios_as_sigmoids)
+    expr = expr.replace(lambda e: e.is_Pow and e.exp == -1 and _one_plus_exp(e.base) is not None,
+                        _reciprocal_as_sigmoid)
     expr = expr.replace(lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sigmoid),
                         lambda e: -softplus(-e.args[0].args[0]))
     return expr.replace(
