@@ -214,3 +214,36 @@ def test_a_prebuilt_shared_library(tmp_path):
     wrong = run(f"{library}:cross_entropy_grad_p_minus_t", "--against", "cross-entropy", "--signature", "z,t->dz")
     assert right.returncode == 0 and right.stdout.startswith("PASS"), right.stdout + right.stderr
     assert wrong.returncode == 1 and "worst element" in wrong.stdout
+
+
+def _negated(x, g):
+    return -gradients.softmax_vjp(x, g)
+
+
+@pytest.mark.parametrize("function, against, options, hint", [
+    (_negated, "softmax", {}, "a sign flip?"),
+    (_negated, "softmax", {"n": 200}, "a sign flip?"),  # random projections: the hint comes from the exact result
+    (gradients.cross_entropy_grad_mean, "cross-entropy", {}, "1/4 of the reference everywhere"),
+    (gradients.cross_entropy_grad, "cross-entropy", {"reduction": "mean"}, "4× the reference everywhere"),
+    (lambda x, g: 2 * gradients.softmax_vjp(x, g), "softmax", {}, "2× the reference everywhere"),
+])
+def test_a_constant_factor_is_named(function, against, options, hint):
+    report = check_gradient(function, against, **options)
+    assert not report.passed and any(hint in line for line in report.hints), report.text()
+    assert "hint: " in report.text()
+
+
+def test_no_hint_where_the_error_is_not_a_constant_factor():
+    report = check_gradient(gradients.softmax_vjp_sign, "softmax", "x,g->dx")  # only the Σ term's sign is wrong
+    assert not report.passed and report.hints == []
+
+
+def test_no_relative_error_is_printed_when_the_reference_is_zero():
+    from softgrad.verify.report import Report, Worst
+
+    report = Report("f", "x,g->dx", "softmax", "float64", "full Jacobian", 0, 6e-6, 28)
+    report.fail("dx does not match finite differences at 1 element(s) (logits ~ N(0, 1²))")
+    report.worst = Worst(0, 3, None, 0.25, 0.0, 0.0, 1e-8, "tolerance", "logits ~ N(0, 1²)", False)
+    text = report.text()
+    assert "no relative error (the reference is 0)" in text and "e+29" not in text
+    assert report.to_dict()["worst"]["relative_error"] is None

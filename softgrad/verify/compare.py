@@ -9,6 +9,7 @@ import numpy as np
 
 from softgrad.errors import SoftgradError
 from softgrad.verify import differences
+from softgrad.verify.hints import constant_factor_hints
 from softgrad.verify.localise import bisect, record_worst, where
 from softgrad.verify.problem import Problem
 from softgrad.verify.report import Report, Worst
@@ -112,6 +113,7 @@ def compare_full(report: Report, signature: Signature, problem: Problem, case: s
                    f"{FLOOR[dtype]:g} × row scale {scale[worst[0]].item():.3g}")
             record_worst(report, worst, analytic, value, exact.get(role), tolerance, how, case, arrays)
             report.bad_elements += int(bad.sum())
+            report.hint(*constant_factor_hints(analytic, exact.get(role, value), tolerance, len(analytic), role))
 
 
 def require_finite(reference: np.ndarray, tolerance: np.ndarray, case: str) -> None:
@@ -144,6 +146,9 @@ def compare_projections(report: Report, signature: Signature, problem: Problem, 
             report.fail(f"dx projected on a random ±1 direction differs from finite differences in row {row} "
                         f"({case}); bisection found element {column}")
             report.bad_elements += 1
+            whole = exact_gradient(signature, problem, arrays).get("dx")
+            if whole is not None:  # the exact result of the whole batch shows whether it is a constant factor
+                report.hint(*constant_factor_hints(analytic, whole, EXACT_FLOOR[dtype] * np.abs(whole), len(analytic)))
             report.worst = Worst(
                 row,
                 column,
@@ -166,6 +171,7 @@ def compare_projections(report: Report, signature: Signature, problem: Problem, 
             position = np.unravel_index(np.argmax(error), error.shape)
             report.fail(f"dx differs from the exact result at {where(position)} ({case})")
             report.bad_elements += int((error > 1).sum())
+            report.hint(*constant_factor_hints(analytic, exact["dx"], EXACT_FLOOR[dtype] * scale, len(analytic)))
             report.worst = Worst(int(position[0]), int(position[1]), None, float(analytic[position]),
                                  float(exact["dx"][position]), float(exact["dx"][position]),
                                  float(EXACT_FLOOR[dtype] * scale[position[0], 0]),

@@ -45,6 +45,11 @@ class Report:
     worst: Worst | None = None
     failures: list[str] = field(default_factory=list)  # one line per failed comparison or check
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, ok, detail)
+    hints: list[str] = field(default_factory=list)  # what a failure looks like (a sign flip, a reduction factor)
+
+    def hint(self, *lines: str) -> None:
+        """Add hints (each once) about what kind of mistake a failure looks like."""
+        self.hints.extend(line for line in lines if line not in self.hints)
 
     def fail(self, line: str) -> None:
         self.passed = False
@@ -68,6 +73,7 @@ class Report:
             "mode": self.mode, "seed": self.seed, "step": self.step, "elements": self.elements,
             "bad_elements": self.bad_elements, "worst": worst, "failures": list(self.failures),
             "checks": [{"check": name, "ok": ok} for name, ok, _ in self.checks],
+            "hints": list(self.hints),
         }
 
     def text(self) -> str:
@@ -84,12 +90,16 @@ class Report:
             if w.exact is not None:
                 lines.append(f"    exact (the derived result)            {w.exact: .12g}")
             lines += [
-                f"    absolute error {w.absolute_error:.3g}, relative error {w.relative_error:.3g}",
+                f"    absolute error {w.absolute_error:.3g}, "
+                + (f"relative error {w.relative_error:.3g}" if w.numeric != 0
+                   else "no relative error (the reference is 0)"),
                 f"    tolerance {w.tolerance:.3g}: {w.tolerance_how}",
                 f"  bad elements: {self.bad_elements} of {self.elements}",
             ]
             if w.kink:
                 lines.append("  note: the finite difference crossed a kink (the row's argmax changed)")
+        for hint in self.hints:
+            lines.append(f"  hint: {hint}")
         for failure in self.failures:
             lines.append(f"  ✗ {failure}")
         lines.append(
