@@ -16,7 +16,7 @@ from softgrad.codegen.build import compile_shared, import_path
 from softgrad.errors import SoftgradError
 from softgrad.files import remove_tree
 from softgrad.verify.isolation import DEFAULT_TIMEOUT, IsolatedFunction
-from softgrad.verify.signatures import Signature
+from softgrad.verify.signatures import Signature, describe_failure
 
 
 def split_reference(reference: str) -> tuple[str, str]:
@@ -86,12 +86,8 @@ def _run_user_code(action: Callable[[], ModuleType], location: str) -> ModuleTyp
         raise
     except ModuleNotFoundError as problem:
         raise SoftgradError(f"cannot import {location!r}: {problem}") from None
-    except SystemExit as problem:
-        raise SoftgradError(f"importing {location} called sys.exit({problem.code!r})") from None
-    except BaseException as problem:  # the user's module failed while loading: its own last line
-        last = str(problem).strip().splitlines()
-        raise SoftgradError(f"importing {location} raised {type(problem).__name__}"
-                            + (f": {last[-1]}" if last else "")) from None
+    except BaseException as problem:  # the user's module failed (or exited) while loading: its own last line
+        raise SoftgradError(f"importing {location} {describe_failure(problem)}") from None
 
 
 #: C conventions: inputs (const pointers), outputs (pointers), then the sizes.

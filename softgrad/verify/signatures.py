@@ -54,6 +54,14 @@ def parse_signature(text: str) -> Signature:
     return SIGNATURES[key]
 
 
+def describe_failure(problem: BaseException) -> str:
+    """What the user's code did, in a few words: 'called sys.exit(0)' or 'raised ValueError: <its last line>'."""
+    if isinstance(problem, SystemExit):
+        return f"called sys.exit({problem.code!r})"
+    last = str(problem).strip().splitlines()
+    return f"raised {type(problem).__name__}" + (f": {last[-1]}" if last else "")
+
+
 class WrongOutput(Exception):
     """The function ran, but what it did cannot be a correct gradient (NaN or inf for finite inputs,
     complex or integer values, lower precision than asked for, inputs changed in place): a FAIL."""
@@ -70,7 +78,8 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
     from softgrad.verify.isolation import IsolatedFunction, NotAnArray
 
     arguments = [arrays[role].astype(dtype) for role in signature.takes]
-    originals = [a.copy() for a in arguments]
+    in_process = not isinstance(function, IsolatedFunction)  # a child compares its inputs itself
+    originals = [a.copy() for a in arguments] if in_process else []
     mutated: set[int] = set()
     try:
         if signature.single_row:
@@ -92,12 +101,8 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
     except KeyboardInterrupt:
         raise
     except BaseException as problem:  # the user's code failed (or exited): report its own last line
-        if isinstance(problem, SystemExit):
-            raise SoftgradError(f"the function under test called sys.exit({problem.code!r})") from None
-        last = str(problem).strip().splitlines()
-        raise SoftgradError(f"the function under test raised {type(problem).__name__}"
-                            + (f": {last[-1]}" if last else "")) from None
-    if not isinstance(function, IsolatedFunction):
+        raise SoftgradError(f"the function under test {describe_failure(problem)}") from None
+    if in_process:
         mutated |= {k for k, (a, b) in enumerate(zip(originals, arguments)) if not np.array_equal(a, b, equal_nan=True)}
     if len(outputs) != len(signature.returns):
         raise SoftgradError(f"the function returned {len(outputs)} value(s); signature {signature.text} "

@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from softgrad.verify.signatures import describe_failure
+
 
 def _outputs(result: object) -> tuple[bool, list[np.ndarray], dict[int, str]]:
     """(was a tuple, numeric arrays, {position: description} of outputs that are not numeric arrays)."""
@@ -29,13 +31,6 @@ def _outputs(result: object) -> tuple[bool, list[np.ndarray], dict[int, str]]:
             continue
         arrays.append(array)
     return is_tuple, arrays, others
-
-
-def _describe(problem: BaseException) -> str:
-    if isinstance(problem, SystemExit):
-        return f"called sys.exit({problem.code!r})"
-    last = str(problem).strip().splitlines()
-    return f"raised {type(problem).__name__}" + (f": {last[-1]}" if last else "")
 
 
 def main(requests: int, replies: int) -> None:
@@ -67,7 +62,7 @@ def main(requests: int, replies: int) -> None:
             assert function is not None, "the first request loads the function"
             result = function(*arrays)
         except BaseException as problem:
-            send(replies, {"failed": _describe(problem)})
+            send(replies, {"failed": describe_failure(problem)})
             continue
         mutated = [position for position, (before, after) in enumerate(zip(copies, arrays))
                    if not np.array_equal(before, after, equal_nan=True)]
