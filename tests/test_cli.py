@@ -58,7 +58,7 @@ def test_failure_leaves_no_file_and_keeps_an_old_one(tmp_path):
     "spec, fragment",
     [
         ("y[i] = exp(x[i]", "col 16: expected ')'"),
-        ("y[i] = softplus(x[i])", "unknown function 'softplus'"),
+        ("y[i] = softsign(x[i])", "unknown function 'softsign'"),
         ("y[i] = x[j]", "undefined index 'j'"),
         ("y[i] = sum(exp(x[i]), i)", "cannot sum over index 'i'"),
         ("", "unknown catalog entry"),

@@ -92,7 +92,7 @@ addEventListener('load', () => {
     const [top, bottom] = [...f.children].map(c => c.getBoundingClientRect());
     return top && bottom && top.height > 0 && top.bottom <= bottom.top + 1;
   }).length;
-  const maths = [...document.querySelectorAll('math')];
+  const maths = [...document.querySelectorAll('math[display="block"]')];
   const tall = maths.filter(m => m.getBoundingClientRect().height > 20).length;
   document.body.setAttribute('data-probe',
     `fractions=${fractions.length} stacked=${stacked} maths=${maths.length} tall=${tall}`);

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from softgrad.derive.symbols import index
+from softgrad.derive.symbols import index, softplus
+
+__all__ = ["COLUMN", "LOOP", "Kernel", "Output", "Reduction", "guarded_product", "softplus"]
 
 LOOP = index("i")
 COLUMN = index("j")
@@ -20,12 +22,6 @@ class guarded_product(sp.Function):
     """a·b, but 0 where a = 0 even if b is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite."""
 
     nargs = 2
-
-
-class softplus(sp.Function):
-    """log(1 + exp(v)), printed in an overflow-free form (max(v, 0) + log1p(exp(−|v|)))."""
-
-    nargs = 1
 
 
 @dataclass

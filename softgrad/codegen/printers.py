@@ -17,6 +17,7 @@ from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
 from softgrad.codegen.kernel import COLUMN, LOOP
+from softgrad.derive.symbols import n
 
 _expand_small_powers = create_expand_pow_optimization(4)
 
@@ -59,6 +60,24 @@ class NumpyKernelPrinter(NumPyPrinter):
     def _print_sigmoid(self, expr: Any) -> Any:
         return f"_sigmoid({self._print(expr.args[0])})"
 
+    def _print_erf(self, expr: Any) -> Any:
+        return f"_erf({self._print(expr.args[0])})"
+
+    def _print_Heaviside(self, expr: Any) -> Any:
+        return f"np.heaviside({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _nested(self, function: str, arguments: Any) -> str:
+        printed = str(self._print(arguments[-1]))
+        for argument in reversed(arguments[:-1]):
+            printed = f"{function}({self._print(argument)}, {printed})"
+        return printed
+
+    def _print_Max(self, expr: Any) -> Any:
+        return self._nested("np.maximum", expr.args)
+
+    def _print_Min(self, expr: Any) -> Any:
+        return self._nested("np.minimum", expr.args)
+
     def _module_format(self, fqn: str, register: bool = True) -> str:
         # `numpy.exp` → `np.exp`: the generated module imports numpy as np
         return "np." + fqn.split(".", 1)[1] if fqn.startswith("numpy.") else super()._module_format(fqn, register)
@@ -72,6 +91,7 @@ class CKernelPrinter(C99CodePrinter):
         super().__init__(settings)
         self.suffix = "f" if dtype == "float32" else ""
         self.vector_exp = vector_exp  # loop bodies call softgrad_exp, which vectorizes; per-row code calls libm
+        self.math_macros: dict[Any, str] = {}  # constants as numbers: M_SQRT1_2 and friends are not ISO C
 
     def _print_exp(self, expr: Any) -> Any:
         if not self.vector_exp:
@@ -95,9 +115,25 @@ class CKernelPrinter(C99CodePrinter):
     def _print_sigmoid(self, expr: Any) -> Any:
         return f"softgrad_sigmoid{self.suffix}({self._print(expr.args[0])})"
 
+    def _print_NumberSymbol(self, expr: Any) -> Any:
+        return str(self._print(sp.Float(expr, 17)))  # π as a number: no declaration the printer would add
+
+    _print_Pi = _print_Exp1 = _print_NumberSymbol
+
+    def _print_Heaviside(self, expr: Any) -> Any:
+        """H(u) without a branch: (u > 0) + ½ (u == 0), in the kernel's floating type."""
+        u = self._print(expr.args[0])
+        real = "float" if self.suffix else "double"
+        return f"(({real})({u} > 0) + ({real})0.5 * ({real})({u} == 0))"
+
+    def _print_sign(self, expr: Any) -> Any:
+        u = self._print(expr.args[0])
+        real = "float" if self.suffix else "double"
+        return f"(({real})({u} > 0) - ({real})({u} < 0))"
+
 
 def assert_printable(expr: sp.Expr) -> None:
     """Indices other than the loop indices would print as nonsense: refuse them early."""
-    stray = {s for s in expr.free_symbols if s.is_integer and s not in (LOOP, COLUMN)}
+    stray = {s for s in expr.free_symbols if s.is_integer and s not in (LOOP, COLUMN, n)}
     if stray:
         raise ValueError(f"expression still has free indices {stray}: {expr}")

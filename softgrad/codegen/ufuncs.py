@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import sympy as sp
+from sympy.codegen.cfunctions import log1p
 
 from softgrad.codegen.kernel import guarded_product, softplus
 from softgrad.codegen.printers import NumpyKernelPrinter
 from softgrad.derive.symbols import sigmoid
 
 _FUNCTIONS = {sp.exp: "np.exp", sp.log: "np.log", sp.Abs: "np.abs", sp.tanh: "np.tanh", sp.sin: "np.sin",
-              sp.cos: "np.cos", sp.sqrt: "np.sqrt"}
+              sp.cos: "np.cos", sp.sqrt: "np.sqrt", sp.sign: "np.sign", log1p: "np.log1p", sp.erf: "_erf"}
 
 
 class BlockPrinter(NumpyKernelPrinter):

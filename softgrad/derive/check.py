@@ -11,17 +11,19 @@ from __future__ import annotations
 import cmath
 import contextlib
 import itertools
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy as sp
+from sympy.codegen.cfunctions import log1p
 
 from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
-from softgrad.derive.symbols import Partial, SumExcept, sigmoid
+from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
 from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import StepCheckFailed
 
@@ -30,14 +32,56 @@ POINTS = 2
 COMPLEX_STEP = 1e-30
 RELATIVE_TOLERANCE = 1e-9
 
-def function_table(library: Any) -> dict[Any, Callable[[Any], Any]]:
-    """The spec language's functions computed with a math library (cmath here, mpmath for references)."""
-    return {
+def _first_order(function: Callable[[float], float], derivative: Callable[[float], float]) -> Callable[[Any], Any]:
+    """f(x + ih) = f(x) + ih f'(x) for a real-analytic f that cmath lacks: exact for the complex step."""
+    def value(z: Any) -> complex:
+        z = complex(z)
+        return complex(function(z.real), z.imag * derivative(z.real) if z.imag else 0.0)
+    return value
+
+
+def _real_part(library: Any) -> Callable[[Any], Any]:
+    return (lambda z: complex(z).real) if library is cmath else library.re
+
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _logistic(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
+    """The spec language's functions computed with a math library (cmath here, mpmath for references).
+
+    Kinked functions (abs, min, max, sign, the step H) decide by the real part, which is the value a
+    complex step carries; they are analytic on each side of the kink."""
+    real = _real_part(library)
+
+    def sign(u: Any) -> Any:
+        return (real(u) > 0) - (real(u) < 0)
+
+    table: dict[Any, Callable[..., Any]] = {
         sp.exp: library.exp,
         sp.log: library.log,
         sp.tanh: library.tanh,
         sigmoid: lambda u: 1 / (1 + library.exp(-u)),
+        sp.Abs: lambda u: u if real(u) >= 0 else -u,
+        sp.sign: sign,
+        sp.Heaviside: lambda u, at_zero: 1.0 if real(u) > 0 else (0.0 if real(u) < 0 else at_zero),
+        sp.Max: lambda *values: max(values, key=real),
+        sp.Min: lambda *values: min(values, key=real),
     }
+    if library is cmath:
+        table[sp.erf] = _first_order(math.erf, lambda x: 2 / math.sqrt(math.pi) * math.exp(-x * x))
+        table[log1p] = _first_order(math.log1p, lambda x: 1 / (1 + x))
+        table[softplus] = _first_order(_softplus, _logistic)
+    else:
+        table[sp.erf] = library.erf
+        table[log1p] = library.log1p
+        table[softplus] = lambda u: library.log(1 + library.exp(u))
+    return table
 
 
 _FUNCTIONS = function_table(cmath)
@@ -88,7 +132,7 @@ class Evaluator:
         return Point(point.size, vectors, scalars)
 
     def value(self, expr: sp.Basic, point: Point, indices: dict[Any, int]) -> Any:
-        if expr.is_Number:
+        if expr.is_Number or expr.is_NumberSymbol:  # 2, 1/2, π, e
             return self.number(expr)
         if isinstance(expr, sp.Indexed):
             return point.vectors[str(expr.base)][int(self._index(expr.indices[0], indices))]
@@ -128,7 +172,7 @@ class Evaluator:
             return self._partial(expr, point, indices)
         function = self.functions.get(expr.func)
         if function is not None:
-            return function(self.value(expr.args[0], point, indices))
+            return function(*(self.value(argument, point, indices) for argument in expr.args))
         raise TypeError(f"cannot evaluate {expr.func.__name__}")
 
     @staticmethod

@@ -19,6 +19,7 @@ from softgrad.budget import time_limit as _time_limit
 from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
+from softgrad.derive.prose import prose, words
 from softgrad.derive.rules import Rule, differentiate
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
@@ -52,10 +53,56 @@ def _fresh_name(preferred: tuple[str, ...], taken: set[str]) -> str:
                 if f"{preferred[0]}{number}" not in taken)
 
 
+#: Names that code and papers give targets; used only where the structure cannot tell targets apart.
+TARGET_NAMES = frozenset({"t", "target", "targets", "label", "labels", "y_true", "onehot", "truth"})
+
+
+def _affine_in(expr: sp.Expr, name: str) -> bool:
+    """Whether expr is affine in the entries of the input `name` (as a loss is in its targets): they are
+    reached only through sums and products with at most one factor that reads them."""
+    def degree(e: sp.Expr) -> int | None:  # 0: does not read it, 1: affine, None: anything else
+        if not any(str(entry.base) == name for entry in e.atoms(sp.Indexed)):
+            return 0
+        if isinstance(e, sp.Indexed):
+            return 1
+        if isinstance(e, sp.Sum):
+            return degree(e.function)
+        if e.is_Add or e.is_Mul:
+            degrees = [degree(a) for a in e.args]
+            known = [d for d in degrees if d is not None]
+            if len(known) < len(degrees):
+                return None
+            total = max(known) if e.is_Add else sum(known)
+            return total if total <= 1 else None
+        return None
+
+    return degree(expr) == 1
+
+
+def default_wrt(spec: Spec) -> tuple[str, str]:
+    """The input to differentiate when none is asked for, and why: for a loss, the first input that is not
+    target-like (constrained, or entering the loss linearly where another input does not, or, when the
+    structure cannot tell, named like targets); otherwise the first input."""
+    if len(spec.inputs) == 1:
+        return spec.inputs[0], ""
+    if spec.output.is_vector:
+        return spec.inputs[0], f"the first input (of {', '.join(spec.inputs)})"
+    constrained = {c.input_name for c in spec.constraints}
+    loss = algebra.inline(spec.output.expr, spec.definitions[:-1])
+    affine = {name for name in spec.inputs if _affine_in(loss, name)}
+    if affine == set(spec.inputs):
+        affine = {name for name in spec.inputs if name in TARGET_NAMES}
+    targets = [name for name in spec.inputs if name in constrained or name in affine]
+    chosen = next((name for name in spec.inputs if name not in targets), spec.inputs[0])
+    if not targets or chosen in targets:
+        return chosen, f"the first input (of {', '.join(spec.inputs)})"
+    return chosen, f"{', '.join(targets)} look{'s' if len(targets) == 1 else ''} like targets of the loss"
+
+
 class Engine:
     def __init__(self, spec: Spec, wrt: str | None = None, seed: int = 0):
         self.spec = spec
-        self.wrt = wrt or spec.inputs[0]
+        self.wrt, self.wrt_reason = (wrt, "") if wrt else default_wrt(spec)
         if self.wrt not in spec.inputs:
             raise SpecError(f"--wrt {self.wrt!r} is not an input of this spec (inputs: {', '.join(spec.inputs)})")
         self.x = sp.IndexedBase(self.wrt)
@@ -119,12 +166,13 @@ class Engine:
         body = algebra.rename_bound(algebra.inline(definition.expr, earlier), {str(column)})
         forms = [definition.expr] if body == definition.expr else [definition.expr, body]
         self.step(section, rule="definition", lhs=y_row, forms=forms,
-                  reason="the function, written in the inputs")
+                  reason=words("the function, written in the inputs"))
 
         top = differentiate(body, self.x[column])
         placeholders, assembled = self._rule_with_placeholders(body, top, column)
         if placeholders:
-            self.step(section, rule=top.name, lhs=lhs, forms=[assembled], reason=top.reason)
+            self.step(section, rule=top.name, lhs=lhs, forms=[assembled], reason=top.reason,
+                      ordered=top.name == "quotient rule")
             for part, rule in placeholders:
                 forms = [rule.result]
                 if isinstance(part, sp.Sum):
@@ -132,20 +180,23 @@ class Engine:
                 self.step(section, rule=rule.name, lhs=Partial(part, self.x[column]), forms=forms, reason=rule.reason)
             raw = top.result
             self.step(section, rule="substitute the parts", lhs=lhs, forms=[raw],
-                      reason="the derivatives of the parts, put into the rule")
+                      reason=words("the derivatives of the parts, put into the rule"))
         else:
             raw = top.result
             self.step(section, rule=top.name, lhs=lhs, forms=[raw], reason=top.reason)
 
         equal_raw = raw.subs(column, row)
         equal_case = algebra.back_substitute(equal_raw, self.spec, definition)
-        self.step(section, rule="case i = j", lhs=lhs.subs(column, row), forms=[equal_raw, equal_case],
-                  equal=(row, column), reason=f"δ_{row}{row} = 1; the result written in {definition.name}")
+        self.step(section, rule=f"case {row} = {column}", lhs=lhs.subs(column, row), forms=[equal_raw, equal_case],
+                  equal=(row, column), reason=prose("{delta} = 1; the result written in {y}",
+                                                    delta=sp.KroneckerDelta(row, row, evaluate=False),
+                                                    y=sp.Symbol(definition.name)))
         distinct_raw = raw.replace(lambda e: isinstance(e, sp.KroneckerDelta), lambda e: sp.S.Zero)
         distinct_case = algebra.back_substitute(distinct_raw, self.spec, definition)
-        self.step(section, rule="case i ≠ j", lhs=lhs, forms=[distinct_raw, distinct_case], distinct=(row, column),
-                  reason=(f"δ_{row}{column} = 0" + (f": {definition.name}_{row} depends on {self.wrt}_{row} alone,"
-                                                    " so the Jacobian is diagonal" if distinct_case == 0 else "")))
+        diagonal_note = ": {y} depends on {x} alone, so the Jacobian is diagonal" if distinct_case == 0 else ""
+        self.step(section, rule=f"case {row} ≠ {column}", lhs=lhs, forms=[distinct_raw, distinct_case],
+                  distinct=(row, column), reason=prose("{delta} = 0" + diagonal_note, y=definition.symbol,
+                                                       delta=sp.KroneckerDelta(row, column), x=self.x[row]))
 
         diagonal = algebra.tidy(equal_case - distinct_case.subs(column, row))
         delta = sp.KroneckerDelta(row, column)
@@ -153,11 +204,13 @@ class Engine:
         kronecker = algebra.tidy(combined_raw)
         forms = [combined_raw] if kronecker == combined_raw else [combined_raw, kronecker]
         self.step(section, rule="Kronecker combination", lhs=lhs, forms=forms,
-                  reason=f"δ_{row}{column} is 1 if {row} = {column}, else 0: one formula for both cases")
+                  reason=prose("{delta} is 1 if {i} = {j}, else 0: one formula for both cases",
+                               delta=sp.KroneckerDelta(row, column), i=row, j=column))
         matrix = jacobian_matrix(diagonal, distinct_case, row, column)
         if matrix is not None:
             self.step(section, rule="matrix form", lhs=lhs, forms=[matrix], matrix_axes=(row, column),
-                      reason="entry (i, j) of the Jacobian matrix J = ∂y/∂x")
+                      reason=prose("entry ({i}, {j}) of the Jacobian matrix J = {jacobian}", i=row, j=column,
+                                   jacobian=Partial(sp.Symbol(definition.name), sp.Symbol(self.wrt))))
         return Jacobian(definition, row, column, equal_case, distinct_case, diagonal, kronecker, matrix)
 
     def _rule_with_placeholders(self, body: sp.Expr, top: Rule, column: sp.Symbol) -> tuple[list[Any], sp.Expr]:
@@ -171,7 +224,12 @@ class Engine:
             constant = sp.Mul(
                 *[f for f in sp.Mul.make_args(body) if not any(i.base == self.x for i in f.atoms(sp.Indexed))]
             )
-            assembled = constant * (Partial(top_expr, var) * bottom - top_expr * Partial(bottom, var)) / bottom**2
+            # built unevaluated, so that it prints in the rule's own order: (N′ D − N D′) / D²
+            numerator = sp.Add(sp.Mul(Partial(top_expr, var), bottom, evaluate=False),
+                               sp.Mul(-1, top_expr, Partial(bottom, var), evaluate=False), evaluate=False)
+            assembled = sp.Mul(numerator, sp.Pow(bottom, -2, evaluate=False), evaluate=False)
+            if constant != 1:
+                assembled = sp.Mul(constant, assembled, evaluate=False)
         elif top.name == "product rule":
             factors = [p for p, _ in parts]
             constant = body / sp.Mul(*factors)
@@ -191,22 +249,25 @@ class Engine:
         chain = class_sum(g[bound] * Partial(y_bound, self.x[out]), bound)
         substituted = class_sum(g[bound] * jacobian.at(bound, out), bound)
         self.step(section, rule="chain rule", lhs=lhs, forms=[chain, substituted],
-                  reason=f"{g.label}_{bound} = ∂{surrogate}/∂{definition.name}_{bound} is the upstream gradient;"
-                         f" the Jacobian entry in Kronecker form")
+                  reason=prose("{g} = {derivative} is the upstream gradient; the Jacobian entry in Kronecker form",
+                               g=g[bound], derivative=Partial(surrogate, y_bound)))
         sifted = algebra.distribute_sums(algebra.sift(substituted))
         final = algebra.tidy(sifted)
         forms = [sifted] if final == sifted else [sifted, final]
         reductions = sorted((s for s in final.atoms(sp.Sum) if out not in s.free_symbols), key=sp.default_sort_key)
         quadratic = [s for s in final.atoms(sp.Sum) if out in s.free_symbols]
-        reason = "the δ keeps one term of the sum; factors that do not depend on " f"{bound} leave it"
+        reason = prose("the Kronecker delta keeps one term of the sum; factors that do not depend on {j} leave it",
+                       j=bound)
         if reductions and not quadratic:
-            names = ", ".join(sp.sstr(r) for r in reductions)
-            reason += f". {names} does not depend on {out}: one reduction per row, so the backward pass is O(n)"
+            for position, total in enumerate(reductions):
+                reason += prose(". {total}" if position == 0 else ", {total}", total=total)
+            verb = " does" if len(reductions) == 1 else " do"
+            reason += prose(verb + " not depend on {i}: one reduction per row, so the backward pass is O(n)", i=out)
         self.step(section, rule="sift and factor", lhs=lhs, forms=forms, reason=reason)
         vector = vectorize(final, out)
         if vector is not None and vector[0] == "vector":
             self.step(section, rule="vector form", lhs=lhs, forms=[vector[1]], matrix_axes=(out,),
-                      reason="the same, for the whole vector (∘ is the elementwise product)")
+                      reason=words("the same, for the whole vector (∘ is the elementwise product)"))
         self.vjp_vector = vector[1] if vector is not None and vector[0] == "vector" else None
         self.reductions = reductions
         return final
@@ -224,7 +285,8 @@ class Engine:
         column = fresh_index(self.taken, preferred="jklmpq")
         body = algebra.rename_bound(algebra.inline(output.expr, intermediates), {str(column)})
         forms = [output.expr] if body == output.expr else [output.expr, body]
-        self.step(section, rule="definition", lhs=loss, forms=forms, reason="the function, written in the inputs")
+        self.step(section, rule="definition", lhs=loss, forms=forms,
+                  reason=words("the function, written in the inputs"))
         rule = differentiate(body, self.x[column])
         result = algebra.back_substitute(rule.result, self.spec)
         forms = [rule.result] if result == rule.result else [rule.result, result]
@@ -239,33 +301,36 @@ class Engine:
         loss = output.symbol
         column = index(str(jacobian.column))
         bound = fresh_index({str(column)} | {str(intermediate.index)}, preferred="klmpq")
-        self.step(section, rule="definition", lhs=loss, forms=[output.expr], reason="the loss, in terms of "
-                  f"{intermediate.name}")
+        self.step(section, rule="definition", lhs=loss, forms=[output.expr],
+                  reason=prose("the loss, in terms of {p}", p=sp.Symbol(intermediate.name)))
         u = sp.IndexedBase(intermediate.name)
         body = algebra.rename_bound(output.expr, {str(bound)})
         outer = differentiate(body, u[bound])
         outer_result = algebra.tidy(outer.result)
         forms = [outer.result] if outer_result == outer.result else [outer.result, outer_result]
         self.step(section, rule=f"differentiate with respect to {intermediate.name}", lhs=Partial(loss, u[bound]),
-                  forms=forms, reason=f"{outer.name}: {outer.reason}")
+                  forms=forms, reason=words(f"{outer.name}: ") + outer.reason)
 
         lhs = Partial(loss, self.x[column])
         chain = class_sum(Partial(loss, u[bound]) * Partial(u[bound], self.x[column]), bound)
         substituted = class_sum(outer_result * jacobian.at(bound, column), bound)
         self.step(section, rule="chain rule", lhs=lhs, forms=[chain, substituted],
-                  reason=f"through every {intermediate.name}_{bound}, with the Jacobian in Kronecker form")
+                  reason=prose("through every {p}, with the Jacobian in Kronecker form", p=u[bound]))
 
         at_column = algebra.tidy(outer_result.subs(bound, column) * jacobian.equal_case.subs(jacobian.row, column))
         off = algebra.tidy(outer_result * jacobian.distinct_case.subs({jacobian.row: bound}))
         split = at_column + (SumExcept(off, bound, column) if off != 0 else 0)
         self.step(section, rule=f"split the sum: {bound} = {column} and {bound} ≠ {column}", lhs=lhs,
-                  forms=[split], reason=f"the term {bound} = {column} uses the case i = j, the others the case i ≠ j")
+                  forms=[split], reason=words(f"the term {bound} = {column} uses the case {jacobian.row} = "
+                                              f"{jacobian.column}, the others the case "
+                                              f"{jacobian.row} ≠ {jacobian.column}"))
 
         whole = algebra.distribute_sums(algebra.expand_sum_except(split))
         general = algebra.back_substitute(whole, self.spec)
         forms = [whole] if general == whole else [whole, general]
         last = self.step(section, rule="combine", lhs=lhs, forms=forms,
-                         reason=f"Σ_{{{bound}≠{column}}} = Σ_{bound} − (term {bound} = {column}); collect terms")
+                         reason=words(f"the sum over {bound} ≠ {column} is the whole sum minus the term {bound} = "
+                                      f"{column}; collect terms"))
         self.jacobian_of_intermediate = jacobian
         return self._facts(section, last)
 
@@ -286,7 +351,8 @@ class Engine:
                     rule=f"outputs of {definition.name} sum to 1",
                     lhs=last.lhs,
                     forms=[result],
-                    reason=f"Σ_k {definition.name}_k = 1 by its definition (a normalised ratio)",
+                    reason=prose("{total} = 1 by its definition (a normalised ratio)",
+                                 total=class_sum(name[definition.index], definition.index)),
                 )
                 general_step = last
         for constraint in self.spec.constraints:
@@ -300,7 +366,8 @@ class Engine:
                     lhs=last.lhs,
                     forms=[result],
                     assumes=(constraint.source.removeprefix("given "),),
-                    reason="the targets satisfy the spec's constraint",
+                    reason=prose("the targets satisfy the spec's constraint {lhs} = {rhs}", lhs=constraint.lhs,
+                                 rhs=constraint.rhs),
                 )
         return general_step, last
 
@@ -353,7 +420,7 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
                     "assuming " + "; ".join(last.assumes))
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {output.name}: {problem}") from None
-    derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions)
+    derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions, wrt_reason=engine.wrt_reason)
     derivation.check_summary = (
         f"{engine.checker.checked} steps checked numerically (n = 1, 2, 3, 5; every index pair; random points)")
     return derivation
@@ -363,10 +430,11 @@ def _jacobian_results(results: dict[str, Any], jacobian: Jacobian, engine: Engin
     definition = jacobian.definition
     lhs = Partial(definition.symbol, engine.x[jacobian.column])
     both = (jacobian.row, jacobian.column)
-    results["jacobian_equal"] = engine.result("jacobian_equal", "Jacobian, case i = j",
+    row, column = jacobian.row, jacobian.column
+    results["jacobian_equal"] = engine.result("jacobian_equal", f"Jacobian, case {row} = {column}",
                                               lhs.subs(jacobian.column, jacobian.row), jacobian.equal_case,
                                               (jacobian.row,))
-    results["jacobian_distinct"] = engine.result("jacobian_distinct", "Jacobian, case i ≠ j", lhs,
+    results["jacobian_distinct"] = engine.result("jacobian_distinct", f"Jacobian, case {row} ≠ {column}", lhs,
                                                  jacobian.distinct_case, both)
     results["jacobian"] = engine.result("jacobian", "Jacobian, Kronecker form", lhs, jacobian.kronecker, both)
     if jacobian.matrix is not None:

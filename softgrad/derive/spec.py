@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sympy as sp
+from sympy.codegen.cfunctions import log1p
 from sympy.printing.str import StrPrinter
 
-from softgrad.derive.symbols import class_sum, index, sigmoid
+from softgrad.derive.symbols import class_sum, index, sigmoid, softplus
+from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SpecError
 
 MAX_SPEC_CHARACTERS = 20_000
@@ -29,16 +31,22 @@ MAX_NUMBER_CHARACTERS = 40
 LARGEST_CONSTANT = sp.Float("1.7976931348623157e308")
 SMALLEST_CONSTANT = sp.Float("4.9406564584124654e-324")  # the smallest subnormal
 
-#: name → (number of arguments, builder). `sum` and `delta` take indices and are handled apart.
-FUNCTIONS = {
+#: name → builder, each of one argument. `sum` and `delta` take indices and are handled apart.
+FUNCTIONS: dict[str, Any] = {
     "exp": sp.exp,
     "log": sp.log,
+    "log1p": log1p,
     "sqrt": sp.sqrt,
     "tanh": sp.tanh,
     "sigmoid": sigmoid,
+    "softplus": softplus,
+    "erf": sp.erf,
+    "abs": sp.Abs,
 }
+#: Functions of two or more arguments (kinks where they switch; see rules.py).
+VARIADIC_FUNCTIONS: dict[str, Any] = {"min": sp.Min, "max": sp.Max}
 SPECIAL_FORMS = ("sum", "delta")
-RESERVED = set(FUNCTIONS) | set(SPECIAL_FORMS) | {"given", "n"}
+RESERVED = set(FUNCTIONS) | set(VARIADIC_FUNCTIONS) | set(SPECIAL_FORMS) | {"given", "n"}
 
 #: Lines end at a newline only: a comment that holds U+2028 or a form feed stays one comment.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -308,8 +316,16 @@ class _LineParser:
             second = self.index_use(scope)
             self.expect(")")
             return sp.KroneckerDelta(first, second)
+        if name.text in VARIADIC_FUNCTIONS:
+            arguments = [self.expression(scope)]
+            while self.accept(","):
+                arguments.append(self.expression(scope))
+            self.expect(")")
+            if len(arguments) < 2:
+                raise self.error(f"{name.text}() takes two or more arguments, e.g. {name.text}(x[i], 0)", name)
+            return self.constant(VARIADIC_FUNCTIONS[name.text](*arguments), name)
         if name.text not in FUNCTIONS:
-            known = ", ".join(sorted(set(FUNCTIONS) | set(SPECIAL_FORMS)))
+            known = ", ".join(sorted(set(FUNCTIONS) | set(VARIADIC_FUNCTIONS) | set(SPECIAL_FORMS)))
             raise self.error(f"unknown function {name.text!r} (known: {known})", name)
         argument = self.expression(scope)
         if self.current.text == ",":
@@ -320,6 +336,8 @@ class _LineParser:
                 raise self.error("log(0) is not a number", name)
             if argument.is_extended_negative:
                 raise self.error(f"{name.text} of a negative constant is not a real number", name)
+        if name.text == "log1p" and argument.is_number and (argument + 1).is_extended_nonpositive:
+            raise self.error("log1p of a constant at or below -1 is not a real number", name)
         return self.constant(FUNCTIONS[name.text](argument), name)
 
     def _find_sum_index(self) -> int:
@@ -381,7 +399,7 @@ class _LineParser:
         if index(name.text) in scope:
             raise self.error(f"index {name.text!r} cannot be used as a value", name)
         if name.text == "n":
-            raise self.error("'n' (the number of entries) cannot be used as a value", name)
+            return size_symbol  # the number of entries of the class axis
         if name.text in RESERVED:
             raise self.error(f"{name.text!r} is a function and needs arguments", name)
         kind = self.known.get(name.text)
@@ -508,6 +526,15 @@ class _SpecPrinter(StrPrinter):
 
     def _print_Exp1(self, expr: Any) -> Any:
         return "exp(1)"
+
+    def _print_Abs(self, expr: Any) -> Any:
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Min(self, expr: Any) -> Any:
+        return f"min({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Max(self, expr: Any) -> Any:
+        return f"max({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_Float(self, expr: Any) -> Any:
         return repr(float(expr))

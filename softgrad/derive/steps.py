@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from softgrad.derive.prose import Prose
 from softgrad.derive.spec import Spec
 
 
@@ -20,11 +21,12 @@ class Step:
     rule: str
     lhs: sp.Expr
     forms: list[sp.Expr]
-    reason: str
+    reason: Prose
     equal: tuple[sp.Symbol, sp.Symbol] | None = None
     distinct: tuple[sp.Symbol, sp.Symbol] | None = None
     assumes: tuple[str, ...] = ()
     matrix_axes: tuple[sp.Symbol, ...] = ()  # for a matrix form: which indices pick its row, column
+    ordered: bool = False  # print the forms' terms in the order they were built (a rule's stated order)
     checked: bool = False
     check_detail: str = ""
 
@@ -81,6 +83,7 @@ class Derivation:
     results: dict[str, Result]
     reductions: list[sp.Expr] = field(default_factory=list)
     check_summary: str = ""
+    wrt_reason: str = ""  # why `wrt` was chosen when --wrt was not given ("" when it was, or had to be)
 
     @property
     def steps(self) -> list[Step]:

@@ -59,6 +59,28 @@ class sigmoid(sp.Function):
         return body if exp is None else r"%s^{%s}" % (body, exp)
 
 
+class softplus(sp.Function):
+    """softplus(u) = log(1 + exp(u)), the smooth ReLU; softplus' = σ."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sigmoid(self.args[0])
+
+    def _eval_rewrite_as_log(self, arg: Any, **kwargs: Any) -> Any:
+        return sp.log(1 + sp.exp(arg))
+
+    def _latex(self, printer: Any, exp: str | None = None) -> str:
+        body = r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+        return body if exp is None else r"%s^{%s}" % (body, exp)
+
+
+def step(argument: sp.Expr) -> sp.Expr:
+    """The unit step H(u): 1 for u > 0, 0 for u < 0 and ½ at u = 0 (where max and min switch; frameworks
+    split a tie's gradient in half, as torch.maximum does)."""
+    return sp.Heaviside(argument, sp.S.Half)
+
+
 class Partial(sp.Expr):
     """∂expr/∂var written out, never evaluated: what the tutorials write before applying a rule."""
 

@@ -11,7 +11,9 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.mathml import MathMLPresentationPrinter
 from sympy.printing.pretty.pretty import PrettyPrinter
+from sympy.printing.pretty.pretty_symbology import pretty_symbol
 from sympy.printing.pretty.stringpict import prettyForm
+from sympy.printing.str import StrPrinter
 
 from softgrad.derive.symbols import Partial, SumExcept
 
@@ -23,8 +25,8 @@ def _is_atom_like(expr: sp.Expr) -> bool:
 class TextPrinter(PrettyPrinter):
     """Unicode pretty printing for a terminal; vector entries as subscripts (yᵢ)."""
 
-    def __init__(self) -> None:
-        super().__init__({"use_unicode": True, "wrap_line": False})
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__({"use_unicode": True, "wrap_line": False, **(settings or {})})
 
     def _print_Indexed(self, expr: Any) -> Any:
         return self._print(sp.Symbol(f"{expr.base}_{expr.indices[0]}"))
@@ -61,12 +63,28 @@ class TextPrinter(PrettyPrinter):
     def _print_DiagMatrix(self, expr: Any) -> Any:
         return prettyForm(*prettyForm("diag").right(prettyForm(*self._print(expr.args[0]).parens())))
 
+    def _named(self, name: str, arguments: Any) -> Any:
+        inner = self._print_seq(arguments, delimiter=", ")
+        return prettyForm(*prettyForm(name).right(prettyForm(*inner.parens())), binding=prettyForm.FUNC)
+
+    def _print_Heaviside(self, expr: Any) -> Any:
+        return self._named("H", expr.args[:1])
+
+    def _print_Max(self, expr: Any) -> Any:
+        return self._named("max", expr.args)
+
+    def _print_Min(self, expr: Any) -> Any:
+        return self._named("min", expr.args)
+
+    def _print_softplus(self, expr: Any) -> Any:
+        return self._named("softplus", expr.args)
+
 
 class TexPrinter(LatexPrinter):
     """LaTeX with Σ_k, ∂y_i/∂x_j fractions, σ, diag and ⊙."""
 
-    def __init__(self) -> None:
-        super().__init__({"mul_symbol": None})
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__({"mul_symbol": None, **(settings or {})})
 
     def _print_Sum(self, expr: Any) -> Any:
         body = self._print(expr.function)
@@ -98,6 +116,10 @@ class TexPrinter(LatexPrinter):
 
     def _print_OneMatrix(self, expr: Any) -> Any:
         return r"\mathbf{1}"
+
+    def _print_Heaviside(self, expr: Any, exp: str | None = None) -> Any:
+        body = r"H\left(%s\right)" % self._print(expr.args[0])
+        return body if exp is None else r"%s^{%s}" % (body, exp)
 
 
 class MathMLPrinter(MathMLPresentationPrinter):
@@ -145,8 +167,25 @@ class MathMLPrinter(MathMLPresentationPrinter):
         return self._element("msub", self._element("mi", text="δ"), indices)
 
     def _print_sigmoid(self, expr: Any) -> Any:
-        return self._element("mrow", self._element("mi", text="σ"), self._element("mo", text="("),
-                             self._print(expr.args[0]), self._element("mo", text=")"))
+        return self._named("σ", expr.args)
+
+    def _named(self, name: str, arguments: Any) -> Any:
+        row = self._element("mrow", self._element("mi", text=name), self._element("mo", text="("))
+        for position, argument in enumerate(arguments):
+            if position:
+                row.appendChild(self._element("mo", text=","))
+            row.appendChild(self._print(argument))
+        row.appendChild(self._element("mo", text=")"))
+        return row
+
+    def _print_Heaviside(self, expr: Any) -> Any:
+        return self._named("H", expr.args[:1])
+
+    def _print_softplus(self, expr: Any) -> Any:
+        return self._named("softplus", expr.args)
+
+    def _print_log1p(self, expr: Any) -> Any:
+        return self._named("log1p", expr.args)
 
     def _print_DiagMatrix(self, expr: Any) -> Any:
         return self._element("mrow", self._element("mi", text="diag"), self._element("mo", text="("),
@@ -167,17 +206,92 @@ class MathMLPrinter(MathMLPresentationPrinter):
         return self._element("msup", self._print(expr.arg), self._element("mi", text="T"))
 
 
-def to_latex(expr: Any) -> str:
-    return str(TexPrinter().doprint(expr))
+class LinearTextPrinter(StrPrinter):
+    """One line of Unicode, for math inside a sentence: xᵢ, Σ_k exp(x_k), δ_ij, ∂l/∂xᵢ, σ(u)."""
+
+    printmethod = "_softgrad_linear_text"  # not Indexed's own _sympystr (x[i])
+
+    def _print_Indexed(self, expr: Any) -> Any:
+        return pretty_symbol(f"{expr.base}_{expr.indices[0]}")
+
+    def _print_Symbol(self, expr: Any) -> Any:
+        return pretty_symbol(expr.name)
+
+    def _print_IndexedBase(self, expr: Any) -> Any:
+        return pretty_symbol(str(expr.label))
+
+    def _print_KroneckerDelta(self, expr: Any) -> Any:
+        return pretty_symbol(f"δ_{expr.args[0]}{expr.args[1]}")
+
+    def _print_Sum(self, expr: Any) -> Any:
+        body = self._print(expr.function)
+        if expr.function.is_Add:
+            body = f"({body})"
+        return f"Σ_{self._print(expr.limits[0][0])} {body}"
+
+    def _print_SumExcept(self, expr: SumExcept) -> Any:
+        body = self._print(expr.summand)
+        return f"Σ_{expr.bound}≠{expr.skip} " + (f"({body})" if expr.summand.is_Add else body)
+
+    def _print_Partial(self, expr: Partial) -> Any:
+        inner = self._print(expr.expr)
+        if not _is_atom_like(expr.expr):
+            inner = f"({inner})"
+        return f"∂{inner}/∂{self._print(expr.var)}"
+
+    def _print_Exp1(self, expr: Any) -> Any:
+        return "e"
+
+    def _print_Equality(self, expr: Any) -> Any:
+        return f"{self._print(expr.lhs)} = {self._print(expr.rhs)}"
+
+    def _print_sigmoid(self, expr: Any) -> Any:
+        return f"σ({self._print(expr.args[0])})"
+
+    def _print_Heaviside(self, expr: Any) -> Any:
+        return f"H({self._print(expr.args[0])})"
+
+    def _print_Abs(self, expr: Any) -> Any:
+        return f"|{self._print(expr.args[0])}|"
+
+    def _print_Max(self, expr: Any) -> Any:
+        return f"max({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr: Any) -> Any:
+        return f"min({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_DiagMatrix(self, expr: Any) -> Any:
+        return f"diag({self._print(expr.args[0])})"
+
+    def _print_Transpose(self, expr: Any) -> Any:
+        return f"{self.parenthesize(expr.arg, 1000)}ᵀ"
 
 
-def to_mathml(expr: Any) -> str:
-    return str(MathMLPrinter().doprint(expr))
+def inline_text(expr: Any) -> str:
+    """An expression on one line of Unicode (for reasons and other sentences)."""
+    printed = str(LinearTextPrinter().doprint(expr))
+    return printed.replace("**", "^").replace("*", "·")
 
 
-def equation_text(lhs: Any, forms: list[Any]) -> str:
+def to_latex(expr: Any, ordered: bool = False) -> str:
+    """LaTeX math; `ordered` prints sums and products in the order they were built (a rule's own order)."""
+    return str(TexPrinter({"order": "none"} if ordered else None).doprint(expr))
+
+
+def to_mathml(expr: Any, ordered: bool = False) -> str:
+    """Presentation MathML, minus signs as U+2212."""
+    printed = str(MathMLPrinter({"order": "none"} if ordered else None).doprint(expr))
+    return printed.replace("<mo>-</mo>", "<mo>\u2212</mo>")
+
+
+def inline_mathml(expr: Any) -> str:
+    """MathML for math inside a sentence."""
+    return f"<math>{to_mathml(expr)}</math>"
+
+
+def equation_text(lhs: Any, forms: list[Any], ordered: bool = False) -> str:
     """lhs = form = form … as one multi-line unicode picture."""
-    printer = TextPrinter()
+    printer = TextPrinter({"order": "none"} if ordered else None)
     picture = printer._print(lhs)
     for form in forms:
         picture = prettyForm(*picture.right(" = ", printer._print(form)))

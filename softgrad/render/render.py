@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable
@@ -12,7 +13,8 @@ import sympy as sp
 from markupsafe import Markup
 
 import softgrad
-from softgrad.render.printers import equation_text, to_latex, to_mathml
+from softgrad.derive.prose import Prose
+from softgrad.render.printers import equation_text, inline_mathml, to_latex, to_mathml
 
 if TYPE_CHECKING:  # only for annotations: derive.steps imports this module (lazily), not the reverse
     from softgrad.derive.steps import Derivation
@@ -46,8 +48,22 @@ def latex_text(text: str) -> str:
 _ENVIRONMENT.filters["latex_text"] = latex_text
 
 
-def _view(derivation: Derivation, equation: Callable[[Any, list[Any]], Any]) -> dict[str, Any]:
-    """What every template sees: the spec, and each step with its equation printed for the target."""
+def _markdown_words(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>|$])", r"\\\1", text)
+
+
+#: How each format prints a reason: its words escaped, its math by the format's printer.
+REASON_PRINTERS: dict[str, Callable[[Prose], Any]] = {
+    "text": lambda reason: reason.text(),
+    "latex": lambda reason: reason.render(latex_text, lambda e: f"${to_latex(e)}$"),
+    "markdown": lambda reason: reason.render(_markdown_words, lambda e: f"${to_latex(e)}$"),
+    "html": lambda reason: Markup(reason.render(html.escape, inline_mathml)),
+}
+
+
+def _view(derivation: Derivation, equation: Callable[..., Any], fmt: str) -> dict[str, Any]:
+    """What every template sees: the spec, and each step with its equation and reason printed for the target."""
+    reason_for = REASON_PRINTERS[fmt]
     spec = derivation.spec
     sections = []
     number = 0
@@ -56,9 +72,9 @@ def _view(derivation: Derivation, equation: Callable[[Any, list[Any]], Any]) -> 
         for step in section.steps:
             number += 1
             steps.append({
-                "number": number, "rule": step.rule, "reason": step.reason, "condition": step.condition,
+                "number": number, "rule": step.rule, "reason": reason_for(step.reason), "condition": step.condition,
                 "assumes": list(step.assumes), "checked": step.checked, "check_detail": step.check_detail,
-                "equation": equation(step.lhs, step.forms),
+                "equation": equation(step.lhs, step.forms, step.ordered),
             })
         sections.append({"title": section.title, "steps": steps})
     results = [
@@ -66,6 +82,7 @@ def _view(derivation: Derivation, equation: Callable[[Any, list[Any]], Any]) -> 
     ]
     return {
         "title": derivation.title, "name": spec.name, "source": "\n".join(spec.statements), "wrt": derivation.wrt,
+        "wrt_reason": derivation.wrt_reason,
         "inputs": spec.inputs, "parameters": spec.parameters,
         "constraints": spec.statements[len(spec.definitions):],
         "sections": sections, "results": results, "check_summary": derivation.check_summary,
@@ -73,12 +90,12 @@ def _view(derivation: Derivation, equation: Callable[[Any, list[Any]], Any]) -> 
     }
 
 
-def _latex_lines(lhs: Any, forms: list[Any]) -> list[str]:
-    return [to_latex(lhs)] + [to_latex(f) for f in forms]
+def _latex_lines(lhs: Any, forms: list[Any], ordered: bool = False) -> list[str]:
+    return [to_latex(lhs)] + [to_latex(f, ordered) for f in forms]
 
 
-def _mathml(lhs: Any, forms: list[Any]) -> Markup:
-    pieces = [to_mathml(lhs)] + [to_mathml(f) for f in forms]
+def _mathml(lhs: Any, forms: list[Any], ordered: bool = False) -> Markup:
+    pieces = [to_mathml(lhs)] + [to_mathml(f, ordered) for f in forms]
     return Markup('<math display="block"><mrow>' + "<mo>=</mo>".join(pieces) + "</mrow></math>")
 
 
@@ -87,11 +104,11 @@ def render(derivation: Derivation, fmt: str = "text", standalone: bool = False) 
     if fmt == "json":
         return json.dumps(to_json(derivation), indent=2, ensure_ascii=False) + "\n"
     if fmt == "text":
-        view = _view(derivation, equation_text)
+        view = _view(derivation, equation_text, fmt)
     elif fmt in ("latex", "markdown"):
-        view = _view(derivation, _latex_lines)
+        view = _view(derivation, _latex_lines, fmt)
     elif fmt == "html":
-        view = _view(derivation, _mathml)
+        view = _view(derivation, _mathml, fmt)
     else:
         raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     template = {"text": "text/derivation.txt.j2", "latex": "latex/derivation.tex.j2",
@@ -103,8 +120,8 @@ def render(derivation: Derivation, fmt: str = "text", standalone: bool = False) 
 def to_json(derivation: Derivation) -> dict[str, Any]:
     """Steps and results as data: each expression as LaTeX and as SymPy's own string form."""
 
-    def expression(expr: Any) -> dict[str, str]:
-        return {"latex": to_latex(expr), "sympy": sp.sstr(expr)}
+    def expression(expr: Any, ordered: bool = False) -> dict[str, str]:
+        return {"latex": to_latex(expr, ordered), "sympy": sp.sstr(expr, order="none" if ordered else None)}
 
     return {
         "schema": "softgrad.derivation/1",  # softgrad/schemas/derivation-1.schema.json, docs/json.md
@@ -113,6 +130,7 @@ def to_json(derivation: Derivation) -> dict[str, Any]:
         "spec": "\n".join(derivation.spec.statements),
         "spec_sha256": derivation.spec.digest,
         "wrt": derivation.wrt,
+        "wrt_reason": derivation.wrt_reason or None,
         "inputs": derivation.spec.inputs,
         "parameters": derivation.spec.parameters,
         "constraints": derivation.spec.statements[len(derivation.spec.definitions):],
@@ -121,9 +139,10 @@ def to_json(derivation: Derivation) -> dict[str, Any]:
                 "title": section.title,
                 "steps": [
                     {
-                        "rule": step.rule, "reason": step.reason, "condition": step.condition or None,
+                        "rule": step.rule, "reason": step.reason.text(),
+                        "reason_latex": REASON_PRINTERS["latex"](step.reason), "condition": step.condition or None,
                         "assumes": list(step.assumes), "checked": step.checked, "check": step.check_detail,
-                        "lhs": expression(step.lhs), "forms": [expression(f) for f in step.forms],
+                        "lhs": expression(step.lhs), "forms": [expression(f, step.ordered) for f in step.forms],
                     }
                     for step in section.steps
                 ],
@@ -143,7 +162,7 @@ def latex_display(derivation: Derivation) -> str:
     """All steps as one display-math block (for Jupyter's text/latex): equations with their rules."""
     lines = []
     for step in derivation.steps:
-        forms = " = ".join(to_latex(f) for f in step.forms)
+        forms = " = ".join(to_latex(f, step.ordered) for f in step.forms)
         rule = latex_text(
             step.rule + (f" ({step.condition})" if step.condition and step.condition not in step.rule else "")
         )

@@ -25,6 +25,16 @@ def _sigmoid(u, out=None):
     return np.divide(np.where(u >= 0, 1, e), 1 + e, out=out)
 
 
+def _erf(u, out=None):
+    """erf entrywise, with math.erf per entry (NumPy has no erf): correct, not fast."""
+    u = np.asarray(u)
+    values = np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
+    if out is None:
+        return values
+    np.copyto(out, values)
+    return out
+
+
 def _rows(array, axis, name):
     """The array as C-contiguous (rows, n), class axis last (integers become float64), and that shape."""
     array = np.asarray(array)

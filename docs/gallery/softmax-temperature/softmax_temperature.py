@@ -25,6 +25,16 @@ def _sigmoid(u, out=None):
     return np.divide(np.where(u >= 0, 1, e), 1 + e, out=out)
 
 
+def _erf(u, out=None):
+    """erf entrywise, with math.erf per entry (NumPy has no erf): correct, not fast."""
+    u = np.asarray(u)
+    values = np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
+    if out is None:
+        return values
+    np.copyto(out, values)
+    return out
+
+
 def _rows(array, axis, name):
     """The array as C-contiguous (rows, n), class axis last (integers become float64), and that shape."""
     array = np.asarray(array)
@@ -192,6 +202,7 @@ def softmax_temperature_jacobian(x, T, *, axis=-1, out=None):
     """
     x, _shape = _rows(x, axis, "x")
     x = x.reshape(_shape)
+    n = _shape[-1]
     # an explicit Jacobian is for small n: work in float64 (y(1 − y) cancels in float32), round once
     _result_dtype = x.dtype
     x = x.astype(np.float64)
@@ -200,9 +211,9 @@ def softmax_temperature_jacobian(x, T, *, axis=-1, out=None):
         _max_x = np.max(np.broadcast_to(x, x.shape), axis=-1, keepdims=True)
         np.copyto(_max_x, 0, where=_max_x == -np.inf)  # a fully masked row is shifted by 0
         _sum0 = np.sum(np.broadcast_to(np.exp((-_max_x + x)*T**(-1.0)), x.shape), axis=-1, keepdims=True)
-        _e0 = _sum0[..., None]**(-1.0)
-        _e1 = T**(-1.0)
-        J = np.broadcast_to(_e0*_e1*(-_e0*np.exp(_e1*(-_max_x[..., None] + x[..., None, :])) + _identity)*np.exp(_e1*(-_max_x[..., None] + x[..., :, None])), x.shape + x.shape[-1:]).astype(_result_dtype)
+        _e0 = T**(-1.0)
+        _e1 = _sum0[..., None]**(-1.0)
+        J = np.broadcast_to(_e0*_e1*(-_e1*np.exp(_e0*(-_max_x[..., None] + x[..., None, :])) + _identity)*np.exp(_e0*(-_max_x[..., None] + x[..., :, None])), x.shape + x.shape[-1:]).astype(_result_dtype)
     if out is not None:
         np.copyto(out, J)
         J = out

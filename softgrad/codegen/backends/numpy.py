@@ -50,7 +50,7 @@ def _stages(kernel: Kernel, printer: NumpyKernelPrinter, output_printer: NumpyKe
 
     def printed(pairs: list[tuple[str, sp.Expr, str]], prefix: str,
                 printer: NumpyKernelPrinter = printer) -> PrintedStage:
-        expressions = [prepare(e) for _, e, _ in pairs]
+        expressions = [e for _, e, _ in pairs]  # small powers multiplied out after CSE: it re-evaluates them
         temporaries = []
         if expressions:
             symbols = sp.numbered_symbols(prefix)
@@ -58,7 +58,7 @@ def _stages(kernel: Kernel, printer: NumpyKernelPrinter, output_printer: NumpyKe
             temporaries = [(str(s), printer.doprint(prepare(e))) for s, e in replacements]
         for e in expressions:
             assert_printable(e)
-        return PrintedStage(temporaries, [(name, printer.doprint(e), kind)
+        return PrintedStage(temporaries, [(name, printer.doprint(prepare(e)), kind)
                                           for (name, _, kind), e in zip(pairs, expressions)])
 
     levels = [printed([(r.symbol.name, r.body, r.op) for r in group], f"_t{number}_")
