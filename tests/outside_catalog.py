@@ -13,4 +13,20 @@ OUTSIDE_THE_CATALOG = [
     "y[i] = tanh(x[i])",
     "y[i] = x[i]*tanh(log(1 + exp(x[i])))",  # Mish
     "y[i] = log(1 + exp(x[i]))",  # softplus, written out
+    "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; y[i] = (x[i] - m)/sqrt(v + 0.00001)",  # layer norm
+    "y[i] = x[i]/sqrt(sum(x[k]^2, k)/n + 0.00001)",  # RMSNorm
+    "y[i] = 0.5*x[i]*(1 + erf(x[i]/sqrt(2)))",  # GELU, erf form
+    "y[i] = max(x[i], 0)",  # ReLU
+    "y[i] = max(x[i], 0.01*x[i])",  # leaky ReLU
+    "y[i] = x[i]/(1 + abs(x[i]))",  # softsign
+    "y[i] = softplus(x[i])",
+    "y[i] = log1p(x[i]^2)",
+    "y[i] = x[i] - sum(x[k], k)/n",  # mean centering
+    "y[i] = exp(x[i] + b[i]) / sum(exp(x[k] + b[k]), k)",  # softmax with a bias input
+    "L = sum(softplus(x[k]) - t[k]*x[k], k)",  # binary cross-entropy with logits, stable form
+    "L = sum(max(0, 1 - t[k]*x[k]), k)",  # hinge loss
+    "L = sum((x[k] - t[k])^2, k)/n",  # mean squared error
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = sum(p[k]^2, k)",  # collision probability
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*log(p[k]), k) + sum(t[k]*(1 - p[k]), k)",  # Poly-1
+    "p[i] = sigmoid(x[i]); L = -sum(t[k]*(1 - p[k])^2*log(p[k]) + (1 - t[k])*p[k]^2*log(1 - p[k]), k)",  # sigmoid focal
 ]

@@ -29,6 +29,9 @@ class Step:
     ordered: bool = False  # print the forms' terms in the order they were built (a rule's stated order)
     checked: bool = False
     check_detail: str = ""
+    check_sizes: tuple[int, ...] = ()  # the sizes n at which at least one index pair was compared
+    proved: bool = False  # the sides are identical at every size of proof_detail (softgrad.derive.proof)
+    proof_detail: str = ""
 
     @property
     def condition(self) -> str:

@@ -74,6 +74,8 @@ def _view(derivation: Derivation, equation: Callable[..., Any], fmt: str) -> dic
             steps.append({
                 "number": number, "rule": step.rule, "reason": reason_for(step.reason), "condition": step.condition,
                 "assumes": list(step.assumes), "checked": step.checked, "check_detail": step.check_detail,
+                "verdict": "proved" if step.proved else ("checked numerically" if step.checked else "NOT CHECKED"),
+                "verdict_detail": "; ".join(filter(None, [step.proof_detail, step.check_detail])),
                 "equation": equation(step.lhs, step.forms, step.ordered),
             })
         sections.append({"title": section.title, "steps": steps})
@@ -142,6 +144,7 @@ def to_json(derivation: Derivation) -> dict[str, Any]:
                         "rule": step.rule, "reason": step.reason.text(),
                         "reason_latex": REASON_PRINTERS["latex"](step.reason), "condition": step.condition or None,
                         "assumes": list(step.assumes), "checked": step.checked, "check": step.check_detail,
+                        "proved": step.proved, "proof": step.proof_detail or None,
                         "lhs": expression(step.lhs), "forms": [expression(f, step.ordered) for f in step.forms],
                     }
                     for step in section.steps

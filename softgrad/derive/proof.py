@@ -1,0 +1,251 @@
+"""Exact proofs of steps at concrete sizes: both sides written out for n = 1…4 and their difference
+simplified to 0 by SymPy, independently of the rules that produced the step.
+
+At a concrete n every Σ is a finite sum, every δ is 0 or 1, and ∂/∂x_j is SymPy's own diff of the
+function written out entry by entry. Every exp(a + 2b) becomes E_a·E_b² with E_a = exp(a) a positive
+symbol, so softmax-like expressions are rational functions of the E's; a root u^(1/q) becomes a
+symbol s with s^q = u remembered. What is still not rational (log Σ E, erf, |u|, H(u), …) is an
+independent symbol: a rational function that is 0 with its atoms independent is 0 whatever values they
+take, so the proof stays sound; it is only less often found.
+
+Why one index pair per pattern suffices: the spec language has no index arithmetic or index
+constants, so every expression is equivariant under permuting the entries. The difference at
+(i, j) = (2, 0) is the difference at (0, 1) with the inputs permuted, and an expression that is 0
+for all inputs stays 0 when they are permuted. So each pattern of equal and distinct indices is
+proved once, at the smallest representative values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sympy as sp
+
+from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.steps import Step
+from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
+from softgrad.derive.symbols import n as size_symbol
+
+PROOF_SIZES = (1, 2, 3, 4)
+#: A difference larger than this (SymPy operations) is not simplified: the step stays "checked numerically".
+LARGEST_DIFFERENCE = 4000
+
+
+class _Unprovable(Exception):
+    """Something the prover does not write out (a form it cannot expand): fall back to the numeric check."""
+
+
+def index_patterns(free: Sequence[sp.Symbol], size: int) -> Iterator[dict[sp.Symbol, int]]:
+    """One assignment per pattern of equal and distinct indices (set partitions with ≤ size blocks),
+    blocks numbered in order of first appearance: (i, j) → {i: 0, j: 0} and {i: 0, j: 1}."""
+    def partitions(count: int) -> Iterator[list[int]]:
+        if count == 0:
+            yield []
+            return
+        for rest in partitions(count - 1):
+            for block in range(max(rest, default=-1) + 2):
+                if block < size:
+                    yield [*rest, block]
+
+    for blocks in partitions(len(free)):
+        yield dict(zip(free, blocks))
+
+
+class Prover:
+    """Writes steps out at concrete sizes and asks SymPy whether the sides are identical."""
+
+    def __init__(self, spec: Spec, definitions: Sequence[Definition], inputs: Sequence[str]):
+        self.spec = spec
+        self.definitions = {d.name: d for d in definitions}
+        self.inputs = set(inputs)
+
+    def prove(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
+              distinct: tuple[sp.Symbol, sp.Symbol] | None) -> list[int]:
+        """The sizes at which every form of the step equals its left-hand side exactly (all patterns)."""
+        proved = []
+        for size in PROOF_SIZES:
+            try:
+                patterns = [p for p in index_patterns(free, size)
+                            if not (equal and p[equal[0]] != p[equal[1]])
+                            and not (distinct and p[distinct[0]] == p[distinct[1]])]
+                if not patterns:
+                    continue
+                if all(self._identical(step, form, size, pattern) for form in step.forms for pattern in patterns):
+                    proved.append(size)
+                else:
+                    return []  # a difference that did not simplify to 0: no claim at any size
+            except _Unprovable:
+                return []
+        return proved
+
+    def _identical(self, step: Step, form: sp.Expr, size: int, pattern: dict[sp.Symbol, int]) -> bool:
+        writer = _Writer(self, size, bool(step.assumes))
+        left = writer.write(step.lhs, pattern)
+        right = writer.matrix_entry(form, step, pattern) if isinstance(form, sp.MatrixExpr) else \
+            writer.write(form, pattern)
+        return _is_zero(writer.finish(left - right))
+
+
+def _is_zero(difference: sp.Expr) -> bool:
+    if difference == 0:
+        return True
+    if sp.count_ops(difference) > LARGEST_DIFFERENCE:
+        return False
+    atoms: dict[sp.Expr, sp.Symbol] = {}
+    roots: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # s → (q, u) with s^q = u
+
+    def atom(key: sp.Expr, positive: bool = False) -> sp.Symbol:
+        if key not in atoms:
+            atoms[key] = sp.Dummy("atom", positive=positive)
+        return atoms[key]
+
+    def atomize(expr: sp.Expr) -> sp.Expr:
+        """Non-rational parts as independent symbols (innermost first, so equal parts share a symbol):
+        exp(a + 2b) = exp(a)·exp(b)², u^(p/q) = (u^(1/q))^p with the root remembered."""
+        if expr.is_Atom:
+            return expr
+        arguments = [atomize(a) for a in expr.args]
+        rebuilt = expr.func(*arguments) if arguments != list(expr.args) else expr
+        if rebuilt.is_Atom or rebuilt.is_Add or rebuilt.is_Mul or (rebuilt.is_Pow and rebuilt.exp.is_Integer):
+            return rebuilt
+        if isinstance(rebuilt, sp.exp):
+            product = sp.S.One
+            for term in sp.Add.make_args(sp.expand(rebuilt.args[0])):
+                coefficient, rest = term.as_coeff_Mul()
+                if coefficient.is_Integer:
+                    product *= atom(sp.exp(rest), positive=True) ** coefficient
+                else:
+                    product *= atom(sp.exp(term), positive=True)
+            return product
+        if rebuilt.is_Pow and rebuilt.exp.is_Rational:
+            root = atom(rebuilt.base ** sp.Rational(1, rebuilt.exp.q))
+            roots[root] = (int(rebuilt.exp.q), rebuilt.base)
+            return root ** rebuilt.exp.p
+        if isinstance(rebuilt, (sp.Abs, sp.sign)):  # |u| = a with a² = u², sign(u) = a/u (u ≠ 0)
+            magnitude = atom(sp.Abs(rebuilt.args[0]))
+            roots[magnitude] = (2, rebuilt.args[0] ** 2)
+            return magnitude if isinstance(rebuilt, sp.Abs) else magnitude / rebuilt.args[0]
+        return atom(rebuilt)  # log(…), erf(…), H(…)
+
+    try:
+        numerator, _ = sp.fraction(sp.cancel(sp.together(atomize(difference))))
+        for root, (degree, radicand) in roots.items():  # reduce modulo s^q − u: 0 wherever s^q = u
+            numerator = sp.rem(sp.expand(numerator), root**degree - radicand, root)
+        return bool(sp.expand(numerator) == 0)
+    except (sp.PolynomialError, RecursionError, ValueError, TypeError):
+        return False
+
+
+class _Writer:
+    """One step's expressions written out at one size: Σ as finite sums, entries as symbols."""
+
+    def __init__(self, prover: Prover, size: int, constrained: bool):
+        self.prover = prover
+        self.size = size
+        self.constrained = constrained
+        self.frozen: frozenset[str] = frozenset()
+        self.cache: dict[Any, Any] = {}
+
+    def entry(self, name: str, position: int) -> sp.Expr:
+        return sp.Symbol(f"{name}_{position}", real=True)
+
+    def write(self, expr: sp.Basic, indices: dict[Any, int]) -> Any:
+        """expr at these index values, written out (each part once: results are kept per writer)."""
+        used = {str(s) for s in expr.free_symbols}
+        relevant = {str(k): v for k, v in indices.items() if str(k) in used}
+        key = (expr, tuple(sorted(relevant.items())))
+        if key not in self.cache:
+            self.cache[key] = self._write(expr, relevant)
+        return self.cache[key]
+
+    def _write(self, expr: sp.Basic, indices: dict[str, int]) -> Any:
+        if expr.is_Number or expr.is_NumberSymbol:
+            return expr
+        if isinstance(expr, sp.Indexed):
+            name, position = str(expr.base), self._index(expr.indices[0], indices)
+            definition = self.prover.definitions.get(name)
+            if definition is None or name in self.frozen:
+                return self.entry(name, position)
+            return self.write(definition.expr, {definition.index: position})
+        if expr.is_Symbol:
+            if str(expr) in indices:
+                return sp.Integer(indices[str(expr)])
+            if expr == size_symbol:
+                return sp.Integer(self.size)
+            definition = self.prover.definitions.get(str(expr))
+            if definition is not None and str(expr) not in self.frozen:
+                return self.write(definition.expr, {})
+            return expr
+        if isinstance(expr, sp.KroneckerDelta):
+            first, second = (self._index(a, indices) for a in expr.args)
+            return sp.Integer(int(first == second))
+        if isinstance(expr, sp.Sum):
+            bound = str(expr.limits[0][0])
+            return sp.Add(*[self.write(expr.function, {**indices, bound: a}) for a in range(self.size)])
+        if isinstance(expr, SumExcept):
+            skip = self._index(expr.skip, indices)
+            return sp.Add(*[self.write(expr.summand, {**indices, str(expr.bound): a})
+                            for a in range(self.size) if a != skip])
+        if isinstance(expr, Partial):
+            return self._partial(expr, indices)
+        if isinstance(expr, sp.MatrixExpr):
+            raise _Unprovable("a matrix inside an expression")
+        if expr.args:
+            return expr.func(*[self.write(a, indices) for a in expr.args])
+        raise _Unprovable(f"cannot write out {expr.func.__name__}")
+
+    def _index(self, index: sp.Expr, indices: dict[str, int]) -> int:
+        if str(index) in indices:
+            return indices[str(index)]
+        if index.is_Integer:
+            return int(index)
+        raise _Unprovable(f"index {index} has no value")
+
+    def _partial(self, expr: Partial, indices: dict[str, int]) -> sp.Expr:
+        """∂expr/∂var by SymPy's diff, with var's array held as symbols (a definition frozen, as the
+        numeric check does), then everything downstream written out."""
+        name, position = str(expr.var.base), self._index(expr.var.indices[0], indices)
+        inner = _Writer(self.prover, self.size, self.constrained)
+        inner.frozen = self.frozen | {name}
+        written = inner.write(expr.expr, indices)
+        derivative = sp.diff(written, self.entry(name, position))
+        if name in self.prover.definitions:  # ∂L/∂y_k: the y's put back in terms of the inputs
+            values = {self.entry(name, a): self.write(sp.IndexedBase(name)[a], {}) for a in range(self.size)}
+            derivative = derivative.xreplace(values)
+        return derivative
+
+    def matrix_entry(self, form: sp.MatrixExpr, step: Step, indices: dict[Any, int]) -> sp.Expr:
+        """Entry (row, column) of a matrix form, its vectors replaced by columns of entry symbols."""
+        concrete = form.subs(size_symbol, self.size)
+        replacements = {}
+        for symbol in concrete.atoms(sp.MatrixSymbol):
+            replacements[symbol] = sp.ImmutableMatrix(
+                [[self.write(sp.IndexedBase(str(symbol.name))[a], {})] for a in range(self.size)])
+        explicit = sp.ImmutableMatrix(concrete.xreplace(replacements).doit().as_explicit())
+        row, column = ([*list(step.matrix_axes), None, None])[:2]
+        at_row = indices.get(row, 0) if row is not None else 0
+        at_column = indices.get(column, 0) if column is not None and explicit.shape[1] > 1 else 0
+        return sp.sympify(explicit[at_row, at_column])
+
+    def finish(self, difference: sp.Expr) -> sp.Expr:
+        """Functions in exp form, decimals as the exact decimals they spell, the constraint applied."""
+        # a decimal is the exact number it spells to 15 digits: 0.1·3 computed in floating point is 3/10
+        replacements: dict[sp.Basic, sp.Basic] = {
+            f: sp.Rational(format(float(f), ".15g")) for f in difference.atoms(sp.Float)}
+        if self.constrained:
+            for constraint in self.prover.spec.constraints:
+                last = self.entry(constraint.input_name, self.size - 1)
+                others = sp.Add(*[self.entry(constraint.input_name, a) for a in range(self.size - 1)])
+                replacements[last] = constraint.rhs - others
+        difference = difference.xreplace(replacements) if replacements else difference
+        difference = difference.replace(lambda e: isinstance(e, sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
+        difference = difference.replace(lambda e: isinstance(e, softplus), lambda e: sp.log(1 + sp.exp(e.args[0])))
+        difference = difference.replace(lambda e: isinstance(e, sp.tanh),
+                                        lambda e: (1 - sp.exp(-2 * e.args[0])) / (1 + sp.exp(-2 * e.args[0])))
+        return sp.expand_log(difference, force=True)
+
+
+def proof_note(sizes: list[int]) -> str:
+    return f"proved exactly at n = {', '.join(map(str, sizes))}" if sizes else ""
+

@@ -1,0 +1,107 @@
+"""Steps are proved exactly where SymPy can, and a proof is never claimed for a step that is not an identity."""
+
+import random
+
+import mpmath
+import pytest
+import sympy as sp
+from outside_catalog import OUTSIDE_THE_CATALOG
+
+import softgrad
+from softgrad.derive.catalog import CATALOG
+from softgrad.derive.check import SIZES, Point, StepChecker, WideEvaluator, wide_precision
+from softgrad.derive.engine import Engine
+from softgrad.derive.proof import Prover, index_patterns
+from softgrad.derive.spec import parse_spec
+from softgrad.derive.steps import Step
+from softgrad.derive.symbols import Partial, index
+
+EVERY_SPEC = list(CATALOG) + OUTSIDE_THE_CATALOG
+
+
+def test_the_corpus_has_at_least_25_functions_outside_the_catalog():
+    assert len(set(OUTSIDE_THE_CATALOG)) >= 25
+
+
+def test_index_patterns_are_the_set_partitions_that_fit():
+    i, j, k = (index(name) for name in "ijk")
+    assert list(index_patterns([i, j], 1)) == [{i: 0, j: 0}]
+    assert list(index_patterns([i, j], 4)) == [{i: 0, j: 0}, {i: 0, j: 1}]
+    assert len(list(index_patterns([i, j, k], 4))) == 5  # the Bell number B3
+
+
+@pytest.mark.parametrize("spec", list(CATALOG))
+def test_every_catalog_step_is_proved(spec):
+    derivation = softgrad.derive(spec)
+    unproved = [step.rule for step in derivation.steps if not step.proved]
+    assert not unproved
+    assert "proved exactly" in derivation.check_summary
+
+
+@pytest.mark.parametrize("spec", EVERY_SPEC)
+def test_every_step_is_compared_at_every_size_it_has_pairs_for(spec):
+    """n = 1 has no pair i ≠ j; every other size has pairs for every step, and each is compared."""
+    for step in softgrad.derive(spec).steps:
+        expected = [size for size in SIZES if size >= 2] if step.distinct else list(SIZES)
+        assert list(step.check_sizes) == expected, (step.rule, step.check_detail)
+
+
+def _differences_at(step: Step, checker: StepChecker, size: int, rng: random.Random) -> list[float]:
+    """|lhs − form| of a step at `size` and random signed inputs, in 40-digit arithmetic (not the prover's)."""
+    differences = []
+    free = sorted({s for e in [step.lhs, *step.forms] if not isinstance(e, sp.MatrixExpr)
+                   for s in e.free_symbols if s.is_integer and str(s) != "n"}, key=str)
+    positive = {c.input_name for c in checker.spec.constraints} | set(checker.spec.inputs)
+    with wide_precision(), mpmath.workdps(40):
+        evaluator = WideEvaluator(checker.definitions)
+        for _ in range(2):
+            vectors = {name: [mpmath.mpc(rng.uniform(0.1, 2.0) if name in positive else rng.uniform(-3, 3))
+                              for _ in range(size)] for name in checker.inputs}
+            for constraint in checker.spec.constraints:
+                total = sum(vectors[constraint.input_name])
+                vectors[constraint.input_name] = [v / total for v in vectors[constraint.input_name]]
+            scalars = {name: complex(rng.uniform(0.5, 2.0)) for name in checker.spec.parameters}
+            point = evaluator.complete(Point(size, vectors, scalars))
+            for pattern in index_patterns(free, size):
+                if step.equal and set(step.equal) <= set(free) and pattern[step.equal[0]] != pattern[step.equal[1]]:
+                    continue
+                if step.distinct and set(step.distinct) <= set(free) and \
+                        pattern[step.distinct[0]] == pattern[step.distinct[1]]:
+                    continue
+                expected = evaluator.value(step.lhs, point, pattern)
+                for form in step.forms:
+                    if isinstance(form, sp.MatrixExpr):
+                        continue
+                    got = evaluator.value(form, point, pattern)
+                    differences.append(float(abs(got - expected) / max(1, abs(expected))))
+    return differences
+
+
+@pytest.mark.parametrize("spec", EVERY_SPEC)
+def test_a_proved_step_holds_at_a_size_neither_check_used(spec):
+    """n = 6 is neither a proof size nor a numeric check size: a false proof would show there."""
+    derivation = softgrad.derive(spec)
+    checker = Engine(derivation.spec, derivation.wrt).checker  # with the VJP's upstream gradient and loss
+    rng = random.Random(7)
+    for step in derivation.steps:
+        if step.proved:
+            assert max(_differences_at(step, checker, 6, rng), default=0.0) < 1e-25, step.rule
+
+
+def test_a_wrong_step_is_neither_proved_nor_checked():
+    spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)")
+    y, x = sp.IndexedBase("y"), sp.IndexedBase("x")
+    i, j = index("i"), index("j")
+    wrong = Step("made up", Partial(y[i], x[j]), [y[i] * (sp.KroneckerDelta(i, j) - y[i])], reason=None)  # type: ignore[arg-type]
+    prover = Prover(spec, spec.definitions, spec.inputs)
+    assert prover.prove(wrong, [i, j], None, None) == []
+    right = Step("right", Partial(y[i], x[j]), [y[i] * (sp.KroneckerDelta(i, j) - y[j])], reason=None)  # type: ignore[arg-type]
+    assert prover.prove(right, [i, j], None, None) == [1, 2, 3, 4]
+
+
+def test_a_step_that_holds_only_at_some_sizes_is_not_proved():
+    """Σ_k x_k = x_i holds at n = 1 only: the prover must not claim it."""
+    spec = parse_spec("y[i] = sum(x[k], k)")
+    y, x = sp.IndexedBase("y"), sp.IndexedBase("x")
+    wrong = Step("made up", y[index("i")], [x[index("i")]], reason=None)  # type: ignore[arg-type]
+    assert Prover(spec, spec.definitions, spec.inputs).prove(wrong, [index("i")], None, None) == []
