@@ -63,7 +63,7 @@ def test_readme_first_command_works_in_a_fresh_virtual_environment(tmp_path):
     result = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, text=True, env=environment,
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Kronecker combination" in result.stdout and "✓ checked" in result.stdout
+    assert "Kronecker combination" in result.stdout and "✓ proved" in result.stdout
 
 
 def test_gallery_is_current(tmp_path):

@@ -33,14 +33,16 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
     Returns the rewritten expression and the max reductions it needs (none if nothing was rewritten).
     """
     reductions = []
+    restore: list[tuple[sp.IndexedBase, sp.IndexedBase, sp.Expr]] = []
     for name in spec.inputs:
         base = sp.IndexedBase(name)
         if not any(any(i.base == base for i in e.atoms(sp.Indexed)) for e in expr.atoms(sp.exp)):
             continue
         maximum = _maximum_symbol(name)
+        sign = _exponent_sign(expr, base)  # exp(−x_i)/Σ exp(−x_k) (softmin) is shifted by max(−x)
         shifted_base = sp.IndexedBase(f"shifted_{name}")
         trial = expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == base,
-                             lambda e: shifted_base[e.indices[0]] + maximum)
+                             lambda e: shifted_base[e.indices[0]] + sign * maximum)
         trial = trial.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.exp(sp.expand(e.args[0])))
         trial = sp.expand(trial, power_exp=True, mul=False, multinomial=False, log=False, deep=True)
         trial = algebra.distribute_sums(trial)
@@ -48,11 +50,94 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
         trial = algebra.distribute_sums(sp.expand_log(trial, force=True))
         if any(maximum in e.free_symbols for e in trial.atoms(sp.exp)) or any(
                 maximum in e.free_symbols for e in trial.atoms(sp.log)):
-            continue  # the shift does not cancel: it would not help
-        expr = trial.replace(lambda e: isinstance(e, sp.Indexed) and e.base == shifted_base,
-                             lambda e: base[e.indices[0]] - maximum)
-        reductions.append(Reduction(maximum, "max", base[LOOP]))
+            # exp(x_i) / (1 + Σ exp(x_k)): a row shift that stays, for a row reduction of exponentials only
+            # (an entrywise exp(x_i)/(1 + exp(x_i)) is σ's business: a row shift would underflow it)
+            row_sums = [total for total in expr.atoms(sp.Sum)
+                        if any(power.has(base) for power in total.function.atoms(sp.exp))]
+            floored = _floored_shift(expr, base, maximum) if row_sums else None
+            if floored is None:
+                continue
+            expr = floored
+        else:
+            expr = trial  # shifted entries stay symbols until every input is done: a later expansion would
+            restore.append((shifted_base, base, sign * maximum))  # split exp(x − m) and cancel its m again
+        reductions.append(Reduction(maximum, "max", sign * base[LOOP]))
+    for shifted_base, base, shift in restore:
+        expr = expr.replace(lambda e, shifted_base=shifted_base: isinstance(e, sp.Indexed) and e.base == shifted_base,
+                            lambda e, base=base, shift=shift: base[e.indices[0]] - shift)
     return expr, reductions
+
+
+def without_removable_divisions(expr: sp.Expr, free: set[sp.Symbol]) -> sp.Expr:
+    """The expression with divisions by an entry cancelled where they cancel exactly: (1 − p)·p²/(1 − p) is
+    0·inf = NaN at p = 1 in floating point, p² after cancelling (focal losses have such terms)."""
+    def divisions(e: sp.Expr) -> int:
+        return sum(1 for power in e.atoms(sp.Pow) if power.exp.is_negative
+                   and any(set(entry.indices) & free for entry in power.base.atoms(sp.Indexed)))
+
+    if not divisions(expr):
+        return expr
+    try:
+        cancelled = sp.cancel(expr)
+    except (sp.PolynomialError, ValueError):
+        return expr
+    if divisions(cancelled) >= divisions(expr):
+        return expr
+    factored = sp.factor_terms(cancelled)
+    return factored if divisions(factored) <= divisions(cancelled) else cancelled
+
+
+def _exponent_sign(expr: sp.Expr, base: sp.IndexedBase) -> int:
+    """−1 where the input enters every exponential with a negative coefficient (exp(−x)), else 1."""
+    coefficients = [sp.expand(power.args[0]).coeff(entry) for power in expr.atoms(sp.exp)
+                    for entry in power.args[0].atoms(sp.Indexed) if entry.base == base]
+    return -1 if coefficients and all(c.is_negative for c in coefficients) else 1
+
+
+def _expand(expr: sp.Expr) -> sp.Expr:
+    """Products multiplied out, exponentials left whole: exp(x − M) stays one shifted exponential."""
+    return sp.expand(expr, power_exp=False, power_base=False, log=False)
+
+
+def _floored_shift(expr: sp.Expr, base: sp.IndexedBase, maximum: sp.Symbol) -> sp.Expr | None:
+    """The same expression with every exp(u) of the input written E·exp(u − M), M = max(0, max x), and
+    E = exp(M) cancelled between numerator and denominator: what is left of E must be negative powers,
+    exp(−M) ≤ 1, which cannot overflow (a log(c + E·s) becomes M + log(c·exp(−M) + s)).
+    None where E does not cancel that way (the expression is not scale-free in the exponentials)."""
+    floor = sp.Max(0, maximum)
+    scale = sp.Dummy("E", positive=True)
+
+    def reads(e: sp.Expr) -> bool:
+        return any(entry.base == base for entry in e.atoms(sp.Indexed))
+
+    def split(power: sp.Expr) -> sp.Expr:
+        return scale * _shifted_exp(power.args[0])  # held whole: SymPy would split exp(u − M) again
+
+    def logarithm(log: sp.Expr) -> sp.Expr:
+        argument = _expand(log.args[0])
+        degree = sp.degree(argument, scale) if argument.has(scale) else 0
+        # every power of E left in the argument is ≤ 0 now: exp(−k·M) ≤ 1, safe to write out at once
+        return degree * floor + sp.log(_expand(argument / scale**degree).xreplace({scale: sp.exp(floor)}))
+
+    try:
+        written = expr.replace(lambda e: isinstance(e, sp.exp) and reads(e), split)
+        written = algebra.distribute_sums(written)  # E leaves the sums: Σ_k E·exp(x_k − M) = E·Σ_k exp(x_k − M)
+        written = written.replace(lambda e: isinstance(e, sp.log) and e.has(scale), logarithm)
+        numerator, denominator = sp.fraction(sp.cancel(sp.together(written)))
+        top = sp.degree(denominator, scale) if denominator.has(scale) else 0
+        if (sp.degree(numerator, scale) if numerator.has(scale) else 0) > top:
+            return None
+        written = _expand(numerator / scale**top) / _expand(denominator / scale**top)
+    except (sp.PolynomialError, ValueError):
+        return None
+    written = written.xreplace({scale: sp.exp(floor)})
+    return written.replace(lambda e: isinstance(e, _shifted_exp), lambda e: sp.exp(e.args[0] - floor))
+
+
+class _shifted_exp(sp.Function):
+    """exp(u − M) for the floored row shift M, kept as one opaque factor while E is cancelled."""
+
+    nargs = 1
 
 
 def _one_plus_exp(e: sp.Expr) -> sp.Expr | None:
@@ -176,6 +261,7 @@ class _Lowering:
         lowered = []
         for out_name, shape, expr, out_doc, role in outputs:
             free = {LOOP} if shape == "vector" else ({LOOP, COLUMN} if shape == "matrix" else set())
+            expr = without_removable_divisions(expr, free)
             expr = _entry(expr, spec, LOOP, set(keep))
             expr, maxima = stabilize(expr, spec) if not keep else (expr, [])
             expr = stable_logs(expr)
@@ -225,7 +311,8 @@ def _vjp(lowering: _Lowering) -> Kernel:
 def _vjp_from_output(lowering: _Lowering) -> Kernel:
     upstream, expr, gradient = _vjp_parts(lowering)
     wrt, output = lowering.wrt, lowering.output
-    if wrt in {str(b.label) for b in expr.atoms(sp.IndexedBase)}:
+    needs = _entry(expr, lowering.spec, LOOP, {output.name})  # named scalars (a variance) read the input too
+    if wrt in {str(b.label) for b in needs.atoms(sp.IndexedBase)}:
         raise SoftgradError(f"the vjp needs {wrt} itself, not only the saved output {output.name}")
     return lowering.build("vjp_from_output", f"backward pass from the saved output {output.name} (Caffe style)",
                           [(output.name, f"the saved output {output.name}, (rows, n)"),

@@ -49,6 +49,35 @@ def distribute_sums(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda e: isinstance(e, sp.Sum), split)
 
 
+def sums_of_constants(expr: sp.Expr) -> sp.Expr:
+    """Σ_k c = c·n for c that does not depend on k."""
+    return expr.replace(lambda e: isinstance(e, sp.Sum) and e.limits[0][0] not in e.function.free_symbols,
+                        lambda e: e.function * (e.limits[0][2] + 1))
+
+
+def defined_sums(spec: Spec) -> list[tuple[sp.Sum, sp.Expr]]:
+    """(Σ_k f_k, its value) for each scalar definition s = c·Σ_k f_k: Σ_k f_k = s/c (a mean: Σ_k x_k = n·m)."""
+    pairs = []
+    for definition in spec.definitions:
+        if definition.is_vector:
+            continue
+        constant, varying = definition.expr.as_independent(*definition.expr.atoms(sp.Sum), as_Add=False)
+        if isinstance(varying, sp.Sum) and constant != 0 and not varying.free_symbols & {
+                s for s in varying.free_symbols if s.is_integer and s.name != "n"}:
+            pairs.append((varying, definition.symbol / constant))
+    return pairs
+
+
+def simplify_with_definitions(expr: sp.Expr, spec: Spec) -> sp.Expr:
+    """Sums split term by term, Σ_k c = c·n, and every sum the spec names replaced by its name: what is
+    left of Σ_k (x_k − m) for a mean m is n·m − n·m = 0."""
+    expr = sums_of_constants(distribute_sums(expr))
+    for total, value in defined_sums(spec):
+        expr = expr.replace(lambda e, total=total: isinstance(e, sp.Sum) and alpha_equal(e, total),
+                            lambda e, value=value: value)
+    return tidy(sums_of_constants(expr))
+
+
 def expand_sum_except(expr: sp.Expr) -> sp.Expr:
     """Σ_{k≠j} f(k) → Σ_k f(k) − f(j)."""
     return expr.replace(lambda e: isinstance(e, SumExcept), lambda e: e.as_full_sum())
@@ -195,24 +224,46 @@ def outputs_sum_to_one(definition: Definition) -> bool:
     return bool(sp.simplify(denominator.function.subs(bound, definition.index) - numerator) == 0)
 
 
+#: Beyond this size (SymPy operations) a result is not also tried written wholly in the inputs.
+LARGEST_INLINED_START = 80
+
+
 def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -> sp.Expr:
-    """Rewrite expr in the spec's defined names wherever that makes it simpler."""
+    """Rewrite expr in the spec's defined names wherever that makes it simpler.
+
+    Two starts are tried: expr as given, and expr written wholly in the inputs (where terms such as
+    g·x²/Σx² − g·y² cancel). Entries are replaced at free indices and inside sums; what a sum then has
+    as a constant factor leaves it."""
     definitions = spec.definitions if upto is None else spec.definitions[: spec.definitions.index(upto) + 1]
-    free = sorted((s for s in expr.free_symbols if s.is_integer), key=str)
-    best = tidy(expr)
-    for definition in reversed(definitions):
-        positions = free if definition.index is not None else [None]
-        for pattern, value in inversions(definition):
-            trial = best
-            for at in positions:
-                if at is None:
-                    trial = _substitute(trial, pattern, value)
-                else:
-                    trial = _substitute(trial, pattern.subs(definition.index, at), value.subs(definition.index, at))
-            trial = tidy(trial)
-            if cost(trial) < cost(best):
-                best = trial
-    return best
+    starts = [tidy(expr)]
+    inlined = inline(expr, [d for d in definitions if d.is_vector])  # named scalars (m, v) stay
+    if inlined != expr and sp.count_ops(inlined) <= LARGEST_INLINED_START:
+        starts.append(tidy(inlined))
+    results = []
+    for best in starts:
+        for definition in reversed(definitions):
+            for pattern, value in inversions(definition):
+                # the definition's own sums stay whole (x_k in Σ x_k² is not rewritten as y_k·√Σx²)
+                own = [] if pattern.atoms(sp.Sum) else list(definition.expr.atoms(sp.Sum))
+                masks = {found: sp.Dummy("sum") for found in best.atoms(sp.Sum)
+                         if any(alpha_equal(found, total) for total in own)}
+                trial = best.xreplace(masks)
+                positions: list[sp.Symbol | None] = [None]
+                if definition.index is not None:
+                    positions = sorted({s for s in trial.free_symbols if s.is_integer and s.name != "n"}
+                                       | {total.limits[0][0] for total in trial.atoms(sp.Sum)}, key=str)
+                for at in positions:
+                    if at is None:
+                        trial = _substitute(trial, pattern, value)
+                    else:
+                        trial = _substitute(trial, pattern.subs(definition.index, at),
+                                            value.subs(definition.index, at))
+                trial = trial.xreplace({dummy: total for total, dummy in masks.items()})
+                trial = tidy(distribute_sums(trial)) if trial != best else best
+                if cost(trial) < cost(best):
+                    best = trial
+        results.append(best)
+    return min(results, key=lambda e: (cost(e), len(str(e))))
 
 
 def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str]:

@@ -226,7 +226,7 @@ class _Writer:
         row, column = ([*list(step.matrix_axes), None, None])[:2]
         at_row = indices.get(row, 0) if row is not None else 0
         at_column = indices.get(column, 0) if column is not None and explicit.shape[1] > 1 else 0
-        return sp.sympify(explicit[at_row, at_column])
+        return self.write(sp.sympify(explicit[at_row, at_column]), {})  # named scalars (m, v) written out too
 
     def finish(self, difference: sp.Expr) -> sp.Expr:
         """Functions in exp form, decimals as the exact decimals they spell, the constraint applied."""

@@ -6,7 +6,9 @@ of sums) and whose `name`/`reason` say which rule of calculus justifies it, as a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,15 +63,37 @@ def placeholder(expr: sp.Expr, var: sp.Indexed, preferred: str = "uvwsr") -> sp.
     return sp.Symbol(next((letter for letter in preferred if letter not in taken), "u_0"))
 
 
+#: Named scalar intermediates (a mean m, a variance v) and their derivatives ∂m/∂x_j, while a derivation
+#: differentiates through them: m stays m in the result, as a textbook keeps it.
+_THROUGH: ContextVar[dict[sp.Symbol, sp.Expr] | None] = ContextVar("through", default=None)
+
+
+@contextmanager
+def through(derivatives: dict[sp.Symbol, sp.Expr]) -> Iterator[None]:
+    """Within this block, `differentiate` treats each named scalar as a function of the variable with
+    the given derivative (the chain rule through it) instead of as a constant."""
+    token = _THROUGH.set(dict(derivatives))
+    try:
+        yield
+    finally:
+        _THROUGH.reset(token)
+
+
 def depends(expr: sp.Expr, var: sp.Indexed) -> bool:
-    """Whether expr mentions the vector that var is an entry of."""
-    return any(item.base == var.base for item in expr.atoms(sp.Indexed))
+    """Whether expr mentions the vector that var is an entry of, or a named scalar that depends on it."""
+    if any(item.base == var.base for item in expr.atoms(sp.Indexed)):
+        return True
+    named = _THROUGH.get()
+    return bool(named) and any(symbol in named for symbol in expr.free_symbols)  # type: ignore[operator]
 
 
 def differentiate(expr: sp.Expr, var: sp.Indexed) -> Rule:
     """d(expr)/d(var) for var = x[j], by the rule that fits the outermost operation."""
     if not depends(expr, var):
         return Rule("constant rule", expr, var, sp.S.Zero, prose("does not depend on {x}", x=var.base))
+    if isinstance(expr, sp.Symbol):  # a named intermediate: its derivative, found before
+        return Rule("named intermediate", expr, var, (_THROUGH.get() or {})[expr],
+                    prose("{derivative} as found above", derivative=Partial(expr, var)))
     if isinstance(expr, sp.Indexed):
         delta = sp.KroneckerDelta(expr.indices[0], var.indices[0])
         return Rule("index rule", expr, var, delta,

@@ -63,6 +63,19 @@ class TextPrinter(PrettyPrinter):
     def _print_DiagMatrix(self, expr: Any) -> Any:
         return prettyForm(*prettyForm("diag").right(prettyForm(*self._print(expr.args[0]).parens())))
 
+    def _print_MatAdd(self, expr: Any) -> Any:
+        """A − c·B rather than SymPy's A −c⋅B with the sign inside a fraction's numerator."""
+        picture = None
+        for term in expr.args:
+            coefficient = term.as_coeff_mmul()[0]
+            negative = sp.S(coefficient).could_extract_minus_sign()
+            printed = self._print(-term if negative else term)
+            if picture is None:
+                picture = prettyForm(*prettyForm("-").right(printed)) if negative else printed
+            else:
+                picture = prettyForm(*picture.right(" - " if negative else " + ", printed))
+        return picture
+
     def _named(self, name: str, arguments: Any) -> Any:
         inner = self._print_seq(arguments, delimiter=", ")
         return prettyForm(*prettyForm(name).right(prettyForm(*inner.parens())), binding=prettyForm.FUNC)
@@ -265,6 +278,32 @@ class LinearTextPrinter(StrPrinter):
 
     def _print_Transpose(self, expr: Any) -> Any:
         return f"{self.parenthesize(expr.arg, 1000)}ᵀ"
+
+
+#: The widest a result may print in a terminal before parts of it are named, as a textbook would.
+WIDEST_RESULT = 200
+
+
+def abbreviate(lhs: Any, rhs: Any, taken: set[str], widest: int = WIDEST_RESULT) -> tuple[Any, list[tuple[Any, Any]]]:
+    """rhs with its most repeated function applications named (t = tanh(…)) until `lhs = rhs` prints in
+    `widest` columns: (the shorter rhs, [(name, what it stands for), …]). The names are letters the
+    derivation does not use."""
+    letters = [letter for letter in "tuvwsrabcdefh" if letter not in taken]
+    where: list[tuple[Any, Any]] = []
+
+    def width(expr: Any) -> int:
+        return max(len(line) for line in equation_text(lhs, [expr]).splitlines())
+
+    while width(rhs) > widest and letters:
+        applications = [e for e in sp.preorder_traversal(rhs) if isinstance(e, sp.Function)
+                        and not isinstance(e, sp.KroneckerDelta) and sp.count_ops(e) > 2]
+        if not applications:
+            break
+        chosen = max(applications, key=lambda e: (applications.count(e) * sp.count_ops(e), sp.default_sort_key(e)))
+        name = sp.Symbol(letters.pop(0))
+        rhs = rhs.xreplace({chosen: name})
+        where.append((name, chosen))
+    return rhs, where
 
 
 def inline_text(expr: Any) -> str:

@@ -14,7 +14,7 @@ from markupsafe import Markup
 
 import softgrad
 from softgrad.derive.prose import Prose
-from softgrad.render.printers import equation_text, inline_mathml, to_latex, to_mathml
+from softgrad.render.printers import abbreviate, equation_text, inline_mathml, to_latex, to_mathml
 
 if TYPE_CHECKING:  # only for annotations: derive.steps imports this module (lazily), not the reverse
     from softgrad.derive.steps import Derivation
@@ -79,9 +79,17 @@ def _view(derivation: Derivation, equation: Callable[..., Any], fmt: str) -> dic
                 "equation": equation(step.lhs, step.forms, step.ordered),
             })
         sections.append({"title": section.title, "steps": steps})
-    results = [
-        {"title": r.title, "equation": equation(r.lhs, [r.rhs]), "note": r.note} for r in derivation.results.values()
-    ]
+    taken = {str(s) for r in derivation.results.values() for s in r.rhs.free_symbols} | set(spec.inputs) | {
+        d.name for d in spec.definitions}
+    results = []
+    for r in derivation.results.values():
+        where: list[tuple[Any, Any]]
+        if isinstance(r.rhs, sp.MatrixExpr):
+            rhs, where = r.rhs, []
+        else:
+            rhs, where = abbreviate(r.lhs, r.rhs, taken)
+        results.append({"title": r.title, "equation": equation(r.lhs, [rhs]), "note": r.note,
+                        "where": [equation(name, [value]) for name, value in where]})
     return {
         "title": derivation.title, "name": spec.name, "source": "\n".join(spec.statements), "wrt": derivation.wrt,
         "wrt_reason": derivation.wrt_reason,

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from softgrad.codegen.emit import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
-from softgrad.derive.algebra import positive_inputs
+from softgrad.derive.algebra import inline, positive_inputs
 from softgrad.derive.steps import Derivation
 from softgrad.verify.reference import exact_outputs, forward_directional
 
@@ -57,6 +58,40 @@ def sample_inputs(
     return arrays, parameters
 
 
+def extreme_logits_apply(derivation: Derivation) -> bool:
+    """Logits of magnitude 1000 make sense for a signed differentiated input (not one under a log)."""
+    spec = derivation.spec
+    return derivation.wrt not in positive_inputs(spec.definitions, spec.inputs)
+
+
+def masks_apply(derivation: Derivation) -> bool:
+    """−inf masks make sense where the differentiated input enters only through exp (softmax-like), and
+    no other input is under a log (KL's q log q: a masked class's target 0 would leave it undefined)."""
+    spec = derivation.spec
+    if set(positive_inputs(spec.definitions, spec.inputs)) - {derivation.wrt}:
+        return False
+    base = sp.IndexedBase(derivation.wrt)
+    written = inline(spec.output.expr, spec.definitions[:-1])
+    hidden = written.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.S.One)
+    coefficients = [sp.expand(power.args[0]).coeff(entry) for power in written.atoms(sp.exp)
+                    for entry in power.args[0].atoms(sp.Indexed) if entry.base == base]
+    return (written.has(base) and not any(entry.base == base for entry in hidden.atoms(sp.Indexed))
+            and all(c.is_positive for c in coefficients))  # exp(−x) masks with +inf, not −inf
+
+
+def extreme_logits(derivation: Derivation, rows: int, size: int, seed: int) -> np.ndarray:
+    """Rows of logits of magnitude 1000 (one dominating, all large, all very negative, near ties), with
+    −inf masks in the last row where masks apply (never a whole row: that row would be undefined)."""
+    rng = np.random.default_rng(seed + 7)
+    logits = rng.normal(0, 1, (rows, size))
+    patterns = [1000.0 + logits[0], 1000.0 * np.sign(logits[1]) + logits[1], -1000.0 + logits[2]]
+    for row, pattern in enumerate(patterns[:rows]):
+        logits[row] = pattern
+    if rows > 3 and masks_apply(derivation):
+        logits[3, ::2] = -np.inf
+    return logits
+
+
 def row_scales(magnitudes: np.ndarray) -> np.ndarray:
     """The size each row's error is measured against: the row's own magnitude, but at least 1e-3 of the
     batch's (a row whose exact value is 0 is judged against its neighbours), and 1 — an absolute
@@ -68,15 +103,22 @@ def row_scales(magnitudes: np.ndarray) -> np.ndarray:
     return np.asarray(np.maximum(magnitudes, 1e-3 * batch))
 
 
-def normwise_error(got: np.ndarray, expected: np.ndarray) -> float:
-    """max over rows of max|got − expected| / (the row's scale, see row_scales)."""
+def normwise_error(got: np.ndarray, expected: np.ndarray, magnitudes: np.ndarray | None = None) -> float:
+    """max over rows of max|got − expected| / (the row's scale, see row_scales): the row's largest exact
+    value, or, where given, the largest magnitude of the sums the formula adds up (reference.magnitude)."""
     got = np.asarray(got, dtype=np.float64).reshape(expected.shape[0], -1)
     expected = expected.reshape(expected.shape[0], -1)
     if got.shape != expected.shape:
         return float("inf")
     if got.size == 0:
         return 0.0
-    scale = row_scales(np.abs(expected).max(axis=1))
+    judged = np.isfinite(expected)  # where the exact value is itself ±inf or undefined, nothing is judged
+    got, expected = np.where(judged, got, 0.0), np.where(judged, expected, 0.0)
+    largest = np.abs(expected).max(axis=1)
+    if magnitudes is not None:
+        sizes = np.abs(magnitudes.reshape(expected.shape))
+        largest = np.maximum(largest, np.where(judged & np.isfinite(sizes), sizes, 0.0).max(axis=1))
+    scale = row_scales(largest)
     error = np.abs(got - expected).max(axis=1) / scale
     error[~np.isfinite(got).all(axis=1)] = np.inf
     return float(error.max())
@@ -84,10 +126,12 @@ def normwise_error(got: np.ndarray, expected: np.ndarray) -> float:
 
 def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any, dtype: str = "float64",
                   rows: int = 4, size: int = 7, seed: int = 0, cache: dict[Any, Any] | None = None,
-                  scale: float = 3.0) -> list[KernelCheck]:
+                  scale: float = 3.0, extremes: bool = False) -> list[KernelCheck]:
     """Call each generated kernel on random batches; compare with the references.
 
     `cache` (any dict) keeps the high-precision references between calls with the same inputs.
+    `extremes`: the differentiated input gets logits of magnitude 1000 (and −inf masks where it only
+    enters through exp), judged against the exact values where those are finite; no finite differences.
     """
     cache = {} if cache is None else cache
 
@@ -98,6 +142,15 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any,
         return cache[key]
 
     arrays, parameters = sample_inputs(derivation, rows, size, seed, scale)
+    if extremes:
+        arrays[derivation.wrt] = extreme_logits(derivation, rows, size, seed)
+        masked = np.isneginf(arrays[derivation.wrt])
+        for name in derivation.spec.inputs:  # no target mass on a masked class (its loss would be +inf)
+            if name != derivation.wrt and arrays[name].shape == masked.shape:
+                arrays[name] = np.where(masked, 0.0, arrays[name])
+        for constraint in derivation.spec.constraints:
+            values = arrays[constraint.input_name]
+            arrays[constraint.input_name] = values * float(constraint.rhs) / values.sum(-1, keepdims=True)
     rng = np.random.default_rng(seed + 1)
     upstream = rng.normal(size=(rows, size))
     direction = rng.choice([-1.0, 1.0], size=(rows, size))
@@ -121,9 +174,15 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any,
             o.name for o in kernel.outputs if o.shape != "scalar"
         ]
         expected = cached((kind,), lambda: exact_outputs(derivation, kind, given, parameters))
+        sizes = cached((kind, "magnitudes"), lambda: exact_outputs(derivation, kind, given, parameters, True))
         for name, value in zip(names, produced):
             reference = expected[kernel.origin[name]]
-            results.append(KernelCheck(kernel.name, name, "exact", normwise_error(value, reference), tolerance))
+            error = normwise_error(value, reference, sizes[kernel.origin[name]])
+            if extremes:  # x − max x of magnitude 1000 is rounded to 1000 ulps of 1
+                results.append(KernelCheck(kernel.name, name, "exact, logits of magnitude 1000 and −inf masks",
+                                           error, tolerance * 1e3))
+                continue
+            results.append(KernelCheck(kernel.name, name, "exact", error, tolerance))
             gradient = next(o for o in kernel.outputs if o.name == name).role == "gradient"
             if gradient:
                 numeric = cached(("directional", bool(kernel.upstream)), lambda: forward_directional(
@@ -155,6 +214,8 @@ def check_generated(derivation: Derivation, language: str, files: GeneratedFiles
         results = []
         for size in (1, 2, 7):
             results += check_kernels(derivation, kernels, functions, dtype, rows=3, size=size)
+        if extreme_logits_apply(derivation):
+            results += check_kernels(derivation, kernels, functions, dtype, rows=4, size=6, extremes=True)
         results.append(_empty_batch_check(derivation, kernels, functions, dtype))
         return results
 

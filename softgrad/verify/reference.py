@@ -43,28 +43,53 @@ def _real(value: Any) -> float:
     return float(value)
 
 
+def magnitude(expr: sp.Expr) -> sp.Expr:
+    """The formula with every sum taken of absolute values (Σ|terms|, |a| + |b|): what rounding errors in
+    computing it scale with. Where the exact value cancels to far less than this (layer norm at n = 2),
+    no kernel can do better than a few units of roundoff relative to it."""
+    def absolute(e: sp.Expr) -> sp.Expr:
+        if isinstance(e, sp.Sum):
+            return sp.Sum(absolute(e.function), *e.limits)
+        if e.is_Add:
+            return sp.Add(*[sp.Abs(absolute(term), evaluate=False) for term in e.args])
+        if e.is_Mul:
+            return sp.Mul(*[absolute(factor) for factor in e.args])
+        return e
+
+    return sp.Abs(absolute(expr), evaluate=False)
+
+
 def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndarray],
-                  parameters: dict[str, float]) -> dict[str, np.ndarray]:
-    """Each output of `kernel` for 2-D input arrays (rows, n), from the derived formulas, in float64."""
+                  parameters: dict[str, float], magnitudes: bool = False) -> dict[str, np.ndarray]:
+    """Each output of `kernel` for 2-D input arrays (rows, n), from the derived formulas, in float64
+    (with `magnitudes`, the size its rounding errors scale with instead: see `magnitude`)."""
     spec = derivation.spec
     output = spec.output
     with mpmath.workdps(DIGITS):
         evaluator = HighPrecisionEvaluator(spec.definitions)
         rows, size = next(iter(arrays.values())).shape
         plans = _plan(derivation, kernel)
+        if magnitudes:
+            plans = [(name, magnitude(expr), indices) for name, expr, indices in plans]
         values: dict[str, list[Any]] = {name: [] for name, _, _ in plans}
         for row in range(rows):
             point = _point(evaluator, arrays, row, parameters)
             if kernel == "vjp_from_output":  # the saved output is given, not recomputed
                 point.vectors[output.name] = [mpmath.mpf(float(v)) for v in arrays[output.name][row]]
+            def value(expr: sp.Expr, at: dict[Any, int]) -> float:
+                try:
+                    return _real(evaluator.value(expr, point, at))
+                except ZeroDivisionError:  # 1/(1 − p) at p = 1 exactly: undefined there, judged nowhere
+                    return float("nan")
+
             for name, expr, indices in plans:
                 if not indices:
-                    values[name].append(_real(evaluator.value(expr, point, {})))
+                    values[name].append(value(expr, {}))
                 elif len(indices) == 1:
-                    values[name].append([_real(evaluator.value(expr, point, {indices[0]: a})) for a in range(size)])
+                    values[name].append([value(expr, {indices[0]: a}) for a in range(size)])
                 else:
-                    values[name].append([[_real(evaluator.value(expr, point, {indices[0]: a, indices[1]: b}))
-                                          for b in range(size)] for a in range(size)])
+                    values[name].append([[value(expr, {indices[0]: a, indices[1]: b}) for b in range(size)]
+                                         for a in range(size)])
         return {name: np.array(v, dtype=np.float64).reshape((rows, *np.array(v[0] if v else []).shape))
                 for name, v in values.items()}
 
