@@ -54,7 +54,7 @@ def _differences_at(step: Step, checker: StepChecker, size: int, rng: random.Ran
     positive = {c.input_name for c in checker.spec.constraints} | set(checker.spec.inputs)
     with wide_precision(), mpmath.workdps(40):
         evaluator = WideEvaluator(checker.definitions)
-        for _ in range(2):
+        for _ in range(1):
             vectors = {name: [mpmath.mpc(rng.uniform(0.1, 2.0) if name in positive else rng.uniform(-3, 3))
                               for _ in range(size)] for name in checker.inputs}
             for constraint in checker.spec.constraints:

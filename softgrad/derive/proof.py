@@ -59,6 +59,14 @@ class Prover:
         self.spec = spec
         self.definitions = {d.name: d for d in definitions}
         self.inputs = set(inputs)
+        self._writers: dict[tuple[int, bool, frozenset[str]], _Writer] = {}
+
+    def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset()) -> _Writer:
+        """One writer per size (and frozen names): what it has written is reused by every later step."""
+        key = (size, constrained, frozen)
+        if key not in self._writers:
+            self._writers[key] = _Writer(self, size, constrained, frozen)
+        return self._writers[key]
 
     def prove(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
               distinct: tuple[sp.Symbol, sp.Symbol] | None) -> list[int]:
@@ -80,7 +88,7 @@ class Prover:
         return proved
 
     def _identical(self, step: Step, form: sp.Expr, size: int, pattern: dict[sp.Symbol, int]) -> bool:
-        writer = _Writer(self, size, bool(step.assumes))
+        writer = self.writer(size, bool(step.assumes))
         left = writer.write(step.lhs, pattern)
         right = writer.matrix_entry(form, step, pattern) if isinstance(form, sp.MatrixExpr) else \
             writer.write(form, pattern)
@@ -140,11 +148,11 @@ def _is_zero(difference: sp.Expr) -> bool:
 class _Writer:
     """One step's expressions written out at one size: Σ as finite sums, entries as symbols."""
 
-    def __init__(self, prover: Prover, size: int, constrained: bool):
+    def __init__(self, prover: Prover, size: int, constrained: bool, frozen: frozenset[str] = frozenset()):
         self.prover = prover
         self.size = size
         self.constrained = constrained
-        self.frozen: frozenset[str] = frozenset()
+        self.frozen = frozen
         self.cache: dict[Any, Any] = {}
 
     def entry(self, name: str, position: int) -> sp.Expr:
@@ -206,8 +214,7 @@ class _Writer:
         """∂expr/∂var by SymPy's diff, with var's array held as symbols (a definition frozen, as the
         numeric check does), then everything downstream written out."""
         name, position = str(expr.var.base), self._index(expr.var.indices[0], indices)
-        inner = _Writer(self.prover, self.size, self.constrained)
-        inner.frozen = self.frozen | {name}
+        inner = self.prover.writer(self.size, self.constrained, self.frozen | {name})
         written = inner.write(expr.expr, indices)
         derivative = sp.diff(written, self.entry(name, position))
         if name in self.prover.definitions:  # ∂L/∂y_k: the y's put back in terms of the inputs

@@ -284,26 +284,28 @@ class LinearTextPrinter(StrPrinter):
 WIDEST_RESULT = 200
 
 
-def abbreviate(lhs: Any, rhs: Any, taken: set[str], widest: int = WIDEST_RESULT) -> tuple[Any, list[tuple[Any, Any]]]:
-    """rhs with its most repeated function applications named (t = tanh(…)) until `lhs = rhs` prints in
-    `widest` columns: (the shorter rhs, [(name, what it stands for), …]). The names are letters the
-    derivation does not use."""
-    letters = [letter for letter in "tuvwsrabcdefh" if letter not in taken]
+def abbreviate(lhs: Any, forms: list[Any], taken: set[str], widest: int = WIDEST_RESULT
+               ) -> tuple[list[Any], list[tuple[Any, Any]]]:
+    """The forms of `lhs = form = …` with their most repeated parts named (t = tanh(…), S = Σ_k (…)) until
+    each prints in `widest` columns: (the shorter forms, [(name, what it stands for), …]). The names are
+    letters the derivation does not use, shared by all the forms."""
+    letters = [letter for letter in "tuvwsrabcdefhSTUVW" if letter not in taken]
     where: list[tuple[Any, Any]] = []
 
     def width(expr: Any) -> int:
         return max(len(line) for line in equation_text(lhs, [expr]).splitlines())
 
-    while width(rhs) > widest and letters:
-        applications = [e for e in sp.preorder_traversal(rhs) if isinstance(e, sp.Function)
-                        and not isinstance(e, sp.KroneckerDelta) and sp.count_ops(e) > 2]
-        if not applications:
+    while any(width(form) > widest for form in forms) and letters:
+        parts = [e for form in forms if not isinstance(form, sp.MatrixExpr) for e in sp.preorder_traversal(form)
+                 if isinstance(e, (sp.Function, sp.Sum)) and not isinstance(e, sp.KroneckerDelta)
+                 and sp.count_ops(e) > 2]
+        if not parts:
             break
-        chosen = max(applications, key=lambda e: (applications.count(e) * sp.count_ops(e), sp.default_sort_key(e)))
+        chosen = max(parts, key=lambda e: (parts.count(e) * sp.count_ops(e), sp.default_sort_key(e)))
         name = sp.Symbol(letters.pop(0))
-        rhs = rhs.xreplace({chosen: name})
+        forms = [form if isinstance(form, sp.MatrixExpr) else form.xreplace({chosen: name}) for form in forms]
         where.append((name, chosen))
-    return rhs, where
+    return forms, where
 
 
 def inline_text(expr: Any) -> str:

@@ -65,29 +65,32 @@ def _view(derivation: Derivation, equation: Callable[..., Any], fmt: str) -> dic
     """What every template sees: the spec, and each step with its equation and reason printed for the target."""
     reason_for = REASON_PRINTERS[fmt]
     spec = derivation.spec
+    taken = {str(s) for r in derivation.results.values() for s in r.rhs.free_symbols} | set(spec.inputs) | {
+        d.name for d in spec.definitions} | {str(s) for step in derivation.steps for e in [step.lhs, *step.forms]
+                                             for s in e.free_symbols}
     sections = []
     number = 0
     for section in derivation.sections:
         steps = []
         for step in section.steps:
             number += 1
+            forms, where = (step.forms, []) if step.ordered else abbreviate(step.lhs, step.forms, taken)
             steps.append({
                 "number": number, "rule": step.rule, "reason": reason_for(step.reason), "condition": step.condition,
                 "assumes": list(step.assumes), "checked": step.checked, "check_detail": step.check_detail,
                 "verdict": "proved" if step.proved else ("checked numerically" if step.checked else "NOT CHECKED"),
                 "verdict_detail": "; ".join(filter(None, [step.proof_detail, step.check_detail])),
-                "equation": equation(step.lhs, step.forms, step.ordered),
+                "equation": equation(step.lhs, forms, step.ordered),
+                "where": [equation(name, [value]) for name, value in where],
             })
         sections.append({"title": section.title, "steps": steps})
-    taken = {str(s) for r in derivation.results.values() for s in r.rhs.free_symbols} | set(spec.inputs) | {
-        d.name for d in spec.definitions}
     results = []
     for r in derivation.results.values():
         where: list[tuple[Any, Any]]
         if isinstance(r.rhs, sp.MatrixExpr):
             rhs, where = r.rhs, []
         else:
-            rhs, where = abbreviate(r.lhs, r.rhs, taken)
+            (rhs,), where = abbreviate(r.lhs, [r.rhs], taken)
         results.append({"title": r.title, "equation": equation(r.lhs, [rhs]), "note": r.note,
                         "where": [equation(name, [value]) for name, value in where]})
     return {
