@@ -86,7 +86,6 @@ def _view(derivation: Derivation, equation: Callable[..., Any], fmt: str) -> dic
         sections.append({"title": section.title, "steps": steps})
     results = []
     for r in derivation.results.values():
-        where: list[tuple[Any, Any]]
         if isinstance(r.rhs, sp.MatrixExpr):
             rhs, where = r.rhs, []
         else:
