@@ -285,6 +285,15 @@ def test_every_kernel_of_functions_outside_the_catalog_runs_and_matches(spec, la
     assert not failed, failed
 
 
+def build_module(files, language, folder):
+    """Generated files built and loaded: C compiled with the strict flags, NumPy imported."""
+    if language == "c":
+        return load_c(files, folder)
+    ((name, text),) = files.items()
+    (folder / name).write_text(text)
+    return import_path(folder / name)
+
+
 @pytest.mark.parametrize("language", ["numpy", "c"])
 def test_softplus_and_logistic_ratios_written_out_stay_finite(language, tmp_path):
     """log(1 + exp(x)) and its gradient exp(x)/(1 + exp(x)) overflow to inf and inf/inf at x ≈ 800 when
@@ -292,13 +301,7 @@ def test_softplus_and_logistic_ratios_written_out_stay_finite(language, tmp_path
     if language == "c":
         require_tool("cc")
     derivation = softgrad.derive("y[i] = log(1 + exp(x[i]))")
-    files = emit(derivation, language)
-    if language == "c":
-        module = load_c(files, tmp_path)
-    else:
-        ((name, text),) = files.items()
-        (tmp_path / name).write_text(text)
-        module = import_path(tmp_path / name)
+    module = build_module(emit(derivation, language), language, tmp_path)
     x = np.array([[-800.0, -30.0, 0.0, 30.0, 300.0, 800.0]])
     value = module.y_forward(x)
     gradient = module.y_vjp(x, np.ones_like(x))
@@ -333,13 +336,7 @@ def test_layer_norm_backward_is_accurate_far_from_zero_mean(language, dtype, mea
     if language == "c":
         require_tool("cc")
     derivation = softgrad.derive(LAYER_NORM)
-    files = emit(derivation, language, dtype=dtype if language == "c" else None)
-    if language == "c":
-        module = load_c(files, tmp_path)
-    else:
-        ((name, text),) = files.items()
-        (tmp_path / name).write_text(text)
-        module = import_path(tmp_path / name)
+    module = build_module(emit(derivation, language, dtype=dtype if language == "c" else None), language, tmp_path)
     rng = np.random.default_rng(3)
     x = (mean + rng.normal(size=(3, 1024))).astype(dtype)
     g = rng.normal(size=(3, 1024)).astype(dtype)
@@ -363,15 +360,9 @@ def test_an_implicit_zero_logit_does_not_overflow(language, tmp_path):
         ("L = log(1 + sum(exp(x[k]), k))", "L_forward", (shifted + np.log(denominator))[:, 0]),
     ]:
         derivation = softgrad.derive(spec)
-        files = emit(derivation, language)
         folder = tmp_path / kernel
         folder.mkdir()
-        if language == "c":
-            module = load_c(files, folder)
-        else:
-            ((name, text),) = files.items()
-            (folder / name).write_text(text)
-            module = import_path(folder / name)
+        module = build_module(emit(derivation, language), language, folder)
         got = getattr(module, kernel)(x)
         assert np.isfinite(got).all(), got
         np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-300)

@@ -39,7 +39,7 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
         if not any(any(i.base == base for i in e.atoms(sp.Indexed)) for e in expr.atoms(sp.exp)):
             continue
         maximum = _maximum_symbol(name)
-        sign = _exponent_sign(expr, base)  # exp(−x_i)/Σ exp(−x_k) (softmin) is shifted by max(−x)
+        sign = exponent_sign(expr, base)  # exp(−x_i)/Σ exp(−x_k) (softmin) is shifted by max(−x)
         shifted_base = sp.IndexedBase(f"shifted_{name}")
         trial = expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == base,
                              lambda e: shifted_base[e.indices[0]] + sign * maximum)
@@ -87,10 +87,15 @@ def without_removable_divisions(expr: sp.Expr, free: set[sp.Symbol]) -> sp.Expr:
     return factored if divisions(factored) <= divisions(cancelled) else cancelled
 
 
-def _exponent_sign(expr: sp.Expr, base: sp.IndexedBase) -> int:
+def exponent_coefficients(expr: sp.Expr, base: sp.IndexedBase) -> list[sp.Expr]:
+    """The coefficient of each entry of the input in each exponential's argument (−1 in exp(−x_i))."""
+    return [sp.expand(power.args[0]).coeff(entry) for power in expr.atoms(sp.exp)
+            for entry in power.args[0].atoms(sp.Indexed) if entry.base == base]
+
+
+def exponent_sign(expr: sp.Expr, base: sp.IndexedBase) -> int:
     """−1 where the input enters every exponential with a negative coefficient (exp(−x)), else 1."""
-    coefficients = [sp.expand(power.args[0]).coeff(entry) for power in expr.atoms(sp.exp)
-                    for entry in power.args[0].atoms(sp.Indexed) if entry.base == base]
+    coefficients = exponent_coefficients(expr, base)
     return -1 if coefficients and all(c.is_negative for c in coefficients) else 1
 
 

@@ -11,6 +11,7 @@ import sympy as sp
 
 from softgrad.codegen.emit import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
+from softgrad.codegen.lower import exponent_coefficients
 from softgrad.derive.algebra import inline, positive_inputs
 from softgrad.derive.steps import Derivation
 from softgrad.verify.reference import exact_outputs, forward_directional
@@ -73,10 +74,8 @@ def masks_apply(derivation: Derivation) -> bool:
     base = sp.IndexedBase(derivation.wrt)
     written = inline(spec.output.expr, spec.definitions[:-1])
     hidden = written.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.S.One)
-    coefficients = [sp.expand(power.args[0]).coeff(entry) for power in written.atoms(sp.exp)
-                    for entry in power.args[0].atoms(sp.Indexed) if entry.base == base]
     return (written.has(base) and not any(entry.base == base for entry in hidden.atoms(sp.Indexed))
-            and all(c.is_positive for c in coefficients))  # exp(−x) masks with +inf, not −inf
+            and all(c.is_positive for c in exponent_coefficients(written, base)))  # exp(−x) masks with +inf
 
 
 def extreme_logits(derivation: Derivation, rows: int, size: int, seed: int) -> np.ndarray:
