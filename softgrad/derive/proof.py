@@ -251,8 +251,3 @@ class _Writer:
         difference = difference.replace(lambda e: isinstance(e, sp.tanh),
                                         lambda e: (1 - sp.exp(-2 * e.args[0])) / (1 + sp.exp(-2 * e.args[0])))
         return sp.expand_log(difference, force=True)
-
-
-def proof_note(sizes: list[int]) -> str:
-    return f"proved exactly at n = {', '.join(map(str, sizes))}" if sizes else ""
-

@@ -31,10 +31,6 @@ class Prose:
     def expressions(self) -> Iterator[sp.Basic]:
         return (piece for piece in self.pieces if not isinstance(piece, str))
 
-    def words(self) -> str:
-        """The plain words, without the math (what tests search for leaked internals)."""
-        return "".join(piece for piece in self.pieces if isinstance(piece, str))
-
     def render(self, words: Callable[[str], str], math: Callable[[sp.Basic], str]) -> str:
         """Each word run through `words` (escaping), each expression through `math` (a printer)."""
         return "".join(words(piece) if isinstance(piece, str) else math(piece) for piece in self.pieces)
