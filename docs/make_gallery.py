@@ -1,4 +1,5 @@
-"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown) and generated NumPy and C.
+"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown) and generated NumPy and C, and
+each example of docs/examples/ (specs with several indices: derivation and NumPy).
 
     python docs/make_gallery.py            # writes docs/gallery/
     python docs/make_gallery.py OUTDIR     # writes elsewhere (the staleness test compares the two)
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import softgrad
 from softgrad.codegen.emit import emit
+from softgrad.derive import derive_spec, parse_spec
 from softgrad.derive.catalog import CATALOG
+
+EXAMPLES = Path(__file__).parent / "examples"
 
 
 def write_gallery(folder: Path) -> list[Path]:
@@ -29,6 +33,21 @@ def write_gallery(folder: Path) -> list[Path]:
             written.append(entry_folder / file_name)
             links.append(f"[{file_name}]({name}/{file_name})")
         index.append(f"- **{name}** — {entry.summary}: " + ", ".join(links))
+    index += ["", "## Several indices", "", "Specs from `docs/examples/` (weights, batches, labels, attention):", ""]
+    for path in sorted(EXAMPLES.glob("*.spec")):
+        name = path.stem
+        source = path.read_text(encoding="utf-8")
+        derivation = derive_spec(parse_spec(source, name=name))
+        entry_folder = folder / name
+        entry_folder.mkdir(parents=True, exist_ok=True)
+        files = {"derivation.md": derivation.render("markdown"), **emit(derivation, "numpy")}
+        links = []
+        for file_name, text in files.items():
+            (entry_folder / file_name).write_text(text, encoding="utf-8")
+            written.append(entry_folder / file_name)
+            links.append(f"[{file_name}]({name}/{file_name})")
+        summary = source.splitlines()[0].lstrip("# ").rstrip(".")
+        index.append(f"- **{name}** — {summary}: " + ", ".join(links))
     (folder / "README.md").write_text("\n".join(index) + "\n", encoding="utf-8")
     written.append(folder / "README.md")
     return written

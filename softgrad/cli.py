@@ -168,8 +168,10 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
                             "(give a folder)")
     if check:
         from softgrad.verify.generated import check_generated
+        from softgrad.verify.tensor_generated import check_tensor_module
 
-        checks = check_generated(derivation, lang, files, kernels_for(derivation, names), files.dtype)
+        checks = check_tensor_module(derivation, files) if derivation.tensor is not None else check_generated(
+            derivation, lang, files, kernels_for(derivation, names), files.dtype)
         for item in checks:
             click.echo(item.line(), err=True)
         if not all(item.passed for item in checks):

@@ -99,6 +99,8 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     dtype = dtype or "float64"
     if dtype not in DTYPES:
         raise SoftgradError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+    if derivation.tensor is not None:
+        return _emit_tensor(derivation, language, kernel_names, dtype, module, openmp)
     kernels = kernels_for(derivation, kernel_names)
     module = module or identifier(derivation)
     # every kernel takes the spec's parameters, in the spec's order, under their printed names
@@ -108,4 +110,20 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
     for template, name in backend.files(module):
         files[name] = _render(template, **context)
+    return files
+
+
+def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str,
+                 module: str | None, openmp: bool) -> GeneratedFiles:
+    """Files for a spec with several index ranges: one NumPy module with forward() and gradients()."""
+    from softgrad.codegen.tensor_numpy import emit_tensor_numpy
+
+    if language != "numpy":
+        raise SoftgradError(f"--lang {language} is not available yet for specs with several indices (use --lang numpy)")
+    if kernel_names:
+        raise SoftgradError("--kernel does not apply to specs with several indices: the module has forward() and "
+                            "gradients()")
+    module = module or identifier(derivation)
+    files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
+    files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
     return files

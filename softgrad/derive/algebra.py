@@ -167,10 +167,11 @@ def inversions(definition: Definition) -> list[tuple[sp.Expr, sp.Expr]]:
     """
     target = definition.symbol
     body = definition.expr
+    own = set(definition.indices)  # an array's indices, all of them (one for a vector)
 
     def varies(e: sp.Expr) -> bool:
-        if definition.index is not None:
-            return definition.index in e.free_symbols
+        if own:
+            return bool(own <= e.free_symbols)
         return bool(e.atoms(sp.Indexed))
 
     pairs = [(body, target)]

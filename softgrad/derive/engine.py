@@ -57,7 +57,7 @@ def _fresh_name(preferred: tuple[str, ...], taken: set[str]) -> str:
 TARGET_NAMES = frozenset({"t", "target", "targets", "label", "labels", "y_true", "onehot", "truth"})
 
 
-def _affine_in(expr: sp.Expr, name: str) -> bool:
+def affine_in(expr: sp.Expr, name: str) -> bool:
     """Whether expr is affine in the entries of the input `name` (as a loss is in its targets): they are
     reached only through sums and products with at most one factor that reads them."""
     def degree(e: sp.Expr) -> int | None:  # 0: does not read it, 1: affine, None: anything else
@@ -89,7 +89,7 @@ def default_wrt(spec: Spec) -> tuple[str, str]:
         return spec.inputs[0], f"the first input (of {', '.join(spec.inputs)})"
     constrained = {c.input_name for c in spec.constraints}
     loss = algebra.inline(spec.output.expr, spec.definitions[:-1])
-    affine = {name for name in spec.inputs if _affine_in(loss, name)}
+    affine = {name for name in spec.inputs if affine_in(loss, name)}
     if affine == set(spec.inputs) or not affine:  # the structure cannot tell (hinge, squared error): names
         affine = {name for name in spec.inputs if name in TARGET_NAMES}
     targets = [name for name in spec.inputs if name in constrained or name in affine]
@@ -410,6 +410,12 @@ def derive_spec(spec: Spec, wrt: str | None = None, seed: int = 0,
 
 
 def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
+    if spec.tensor:
+        from softgrad.derive.tensor import derive_tensor
+
+        return derive_tensor(spec, wrt, seed)
+    if wrt is not None and "," in wrt:
+        raise SpecError("several --wrt inputs need a spec with several index ranges; for one vector, give one input")
     engine = Engine(spec, wrt, seed)
     sections: list[Section] = []
 

@@ -5,7 +5,9 @@
     given sum(t[k], k) = 1                    # a constraint on an input
 
 Indexed names that are not defined are inputs; bare names that are not defined are scalar
-parameters (assumed positive, e.g. a temperature T). Nothing here evaluates user text.
+parameters (assumed positive, e.g. a temperature T). Arrays may have several indices (`W[c, d]`);
+an integer input used in an index position picks an entry (`p[b, label[b]]`). Each index ranges over
+an axis; axes that share an index are one range, found by unification. Nothing here evaluates user text.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ FUNCTIONS: dict[str, Any] = {
 }
 #: Functions of two or more arguments (kinks where they switch; see rules.py).
 VARIADIC_FUNCTIONS: dict[str, Any] = {"min": sp.Min, "max": sp.Max}
-SPECIAL_FORMS = ("sum", "delta")
+SPECIAL_FORMS = ("sum", "delta", "size")
 RESERVED = set(FUNCTIONS) | set(VARIADIC_FUNCTIONS) | set(SPECIAL_FORMS) | {"given", "n"}
 
 #: Lines end at a newline only: a comment that holds U+2028 or a form feed stays one comment.
@@ -70,18 +72,23 @@ class Token:
 
 @dataclass
 class Definition:
-    """One line `name[index] = expr` (index is None for a scalar)."""
+    """One line `name[indices] = expr` (index is None for a scalar; the first index of an array)."""
 
     name: str
     index: sp.Symbol | None
     expr: sp.Expr
     source: str
     line: int
+    indices: tuple[sp.Symbol, ...] = ()  # all of them (`index` alone for a one-index spec)
+
+    def __post_init__(self) -> None:
+        if not self.indices and self.index is not None:
+            self.indices = (self.index,)
 
     @property
     def symbol(self) -> sp.Expr:
-        """The defined quantity as it appears in formulas: y[i] or L."""
-        return sp.IndexedBase(self.name)[self.index] if self.index is not None else sp.Symbol(self.name)
+        """The defined quantity as it appears in formulas: y[i], P[i, j] or L."""
+        return sp.IndexedBase(self.name)[self.indices] if self.indices else sp.Symbol(self.name)
 
     @property
     def is_vector(self) -> bool:
@@ -96,6 +103,7 @@ class Constraint:
     lhs: sp.Expr
     rhs: sp.Expr
     source: str
+    line: int = 0
 
 
 @dataclass
@@ -108,6 +116,16 @@ class Spec:
     parameters: list[str]
     constraints: list[Constraint] = field(default_factory=list)
     name: str | None = None
+    #: For specs with several ranges: each array's axes by range name, label inputs with the range their
+    #: values pick from, and each range's size symbol (n_b). One-index specs leave these empty.
+    axes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, sp.Symbol] = field(default_factory=dict)
+
+    @property
+    def tensor(self) -> bool:
+        """Whether the spec has arrays of several indices or labels (the tensor pipeline derives it)."""
+        return bool(self.axes)
 
     @property
     def output(self) -> Definition:
@@ -119,7 +137,7 @@ class Spec:
 
         Documents and generated files quote these, never the source text: they are printed from the
         parsed expressions, so they hold only names, numbers and operators, whatever the source held."""
-        lines = [f"{d.name}{f'[{d.index}]' if d.is_vector else ''} = {spec_text(d.expr)}" for d in self.definitions]
+        lines = [f"{d.name}{_brackets(d.indices)} = {spec_text(d.expr)}" for d in self.definitions]
         lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in self.constraints]
         return lines
 
@@ -132,6 +150,10 @@ class Spec:
 
     def definition(self, name: str) -> Definition | None:
         return next((d for d in self.definitions if d.name == name), None)
+
+
+def _brackets(indices: tuple[sp.Symbol, ...]) -> str:
+    return "[" + ", ".join(map(str, indices)) + "]" if indices else ""
 
 
 def tokenize(text: str, line: int) -> list[Token]:
@@ -182,12 +204,50 @@ def _power_in_range(base: sp.Expr, exponent: sp.Expr) -> bool:
     return bool(sp.N(digits, 15) <= 308)
 
 
+class _Layout:
+    """What the lines say about shapes: each array's number of indices, and which axes share a range.
+
+    A range is a class of nodes joined by union–find: an array's axis ("axis", name, position), an
+    index name within one statement ("index", line, name) and a label's values ("values", name)."""
+
+    def __init__(self) -> None:
+        self.arity: dict[str, int] = {}
+        self.parent: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self.first_name: dict[tuple[Any, ...], str] = {}  # node → the index name first seen on it
+        self.labels: list[str] = []
+        self.sized: list[tuple[sp.Symbol, tuple[Any, ...]]] = []  # size(k) placeholders and their node
+        self.n_used: list[tuple[int, int]] = []  # where `n` was written (line, column)
+
+    def find(self, node: tuple[Any, ...]) -> tuple[Any, ...]:
+        self.parent.setdefault(node, node)
+        while self.parent[node] != node:
+            self.parent[node] = self.parent[self.parent[node]]
+            node = self.parent[node]
+        return node
+
+    def join(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
+        a, b = self.find(first), self.find(second)
+        if a != b:
+            self.parent[b] = a
+            if a not in self.first_name and b in self.first_name:
+                self.first_name[a] = self.first_name[b]
+
+    def name_range(self, node: tuple[Any, ...], name: str) -> None:
+        root = self.find(node)
+        self.first_name.setdefault(root, name)
+
+    @property
+    def several_ranges(self) -> bool:
+        return bool(self.labels) or any(count != 1 for count in self.arity.values())
+
+
 class _LineParser:
     """Recursive descent over one line's tokens, building SymPy objects and checking index scope."""
 
-    def __init__(self, tokens: list[Token], line: int, known: dict[str, str]):
+    def __init__(self, tokens: list[Token], line: int, known: dict[str, str], layout: _Layout | None = None):
         self.tokens, self.position, self.line = tokens, 0, line
-        self.known = known  # name -> "vector" | "scalar" | "input" | "parameter"
+        self.known = known  # name -> "vector" | "scalar" | "input" | "parameter" | "label"
+        self.layout = layout if layout is not None else _Layout()
         self.used_inputs: list[str] = []
         self.used_parameters: list[str] = []
         self.depth = 0
@@ -304,18 +364,34 @@ class _LineParser:
         self.expect("(")
         if name.text == "sum":
             bound_position = self._find_sum_index()
-            bound = self._index_at(bound_position, scope, binding=True)
-            inner = self.expression((*scope, bound))
+            bounds = self._indices_at(bound_position, scope)
+            inner = self.expression((*scope, *bounds))
             self.expect(",")
-            self.position += 1  # the index name, already validated
+            self.position += 2 * len(bounds) - 1  # the index names and their commas, already validated
             self.expect(")")
-            return class_sum(inner, bound)
+            for bound in reversed(bounds):  # sum(f, b, k) = Σ_b Σ_k f
+                inner = class_sum(inner, bound)
+            return inner
         if name.text == "delta":
-            first = self.index_use(scope)
+            first = self.index_or_label(scope)
             self.expect(",")
-            second = self.index_use(scope)
+            second = self.index_or_label(scope)
             self.expect(")")
+            if isinstance(first, sp.Symbol) and isinstance(second, sp.Indexed):
+                self.layout.join(("index", self.line, str(first)), ("values", str(second.base)))
+            if isinstance(second, sp.Symbol) and isinstance(first, sp.Indexed):
+                self.layout.join(("index", self.line, str(second)), ("values", str(first.base)))
             return sp.KroneckerDelta(first, second)
+        if name.text == "size":
+            token = self.expect_name("an index")
+            size_of = index(token.text)
+            uses = [t for t in self.tokens if t.kind == "name" and t.text == token.text and t is not token]
+            if size_of not in scope and (not uses or token.text in self.known or token.text in RESERVED):
+                raise self.error(f"size({token.text}): {token.text!r} is not an index of this statement", token)
+            self.expect(")")
+            placeholder = sp.Symbol(f"_size_{self.line}_{size_of}_{token.column}", integer=True, positive=True)
+            self.layout.sized.append((placeholder, ("index", self.line, str(size_of))))
+            return placeholder
         if name.text in VARIADIC_FUNCTIONS:
             arguments = [self.expression(scope)]
             while self.accept(","):
@@ -355,30 +431,56 @@ class _LineParser:
                 return position + 1
         raise self.error("sum() is missing its closing ')'")
 
-    def _index_at(self, position: int, scope: Scope, binding: bool) -> sp.Symbol:
-        token = self.tokens[position]
-        if token.kind != "name":
-            raise SpecError(f"expected an index name, found {token.text or 'end of line'!r}", self.line, token.column)
-        if self.tokens[position + 1].text != ")":
-            raise SpecError("sum() takes one index as its second argument", self.line, self.tokens[position + 1].column)
-        symbol = index(token.text)
-        if binding and symbol in scope:
-            raise SpecError(
-                f"cannot sum over index {token.text!r}: it is already free here (rename the summation index)",
-                self.line, token.column,
-            )
-        if token.text in RESERVED or token.text in self.known:
-            raise SpecError(f"{token.text!r} cannot be used as an index", self.line, token.column)
-        return symbol
+    def _indices_at(self, position: int, scope: Scope) -> list[sp.Symbol]:
+        """The summation indices after sum's expression: one or more names, comma-separated, then ')'."""
+        bounds: list[sp.Symbol] = []
+        while True:
+            token = self.tokens[position]
+            if token.kind != "name":
+                raise SpecError(f"expected an index name, found {token.text or 'end of line'!r}", self.line,
+                                token.column)
+            symbol = index(token.text)
+            if symbol in scope:
+                raise SpecError(
+                    f"cannot sum over index {token.text!r}: it is already free here (rename the summation index)",
+                    self.line, token.column,
+                )
+            if symbol in bounds:
+                raise SpecError(f"index {token.text!r} is summed over twice", self.line, token.column)
+            if token.text in RESERVED or token.text in self.known:
+                raise SpecError(f"{token.text!r} cannot be used as an index", self.line, token.column)
+            bounds.append(symbol)
+            after = self.tokens[position + 1]
+            if after.text == ")":
+                return bounds
+            if after.text != ",":
+                raise SpecError("sum() takes an expression and then index names: sum(f, k) or sum(f, b, k)",
+                                self.line, after.column)
+            position += 2
 
     def index_use(self, scope: Scope) -> sp.Symbol:
         token = self.expect_name("an index")
         symbol = index(token.text)
         if symbol not in scope:
             raise self.error(
-                f"undefined index {token.text!r}: use the left-hand side's index or sum over it", token
+                f"undefined index {token.text!r}: use the left-hand side's indices or sum over it", token
             )
         return symbol
+
+    def index_or_label(self, scope: Scope) -> sp.Expr:
+        """An index name, or a label input's entry used as an index (`label[b]`, an integer class index)."""
+        token = self.current
+        if token.kind == "name" and self.tokens[self.position + 1].text == "[":
+            if self.known.get(token.text, "label") != "label" or token.text in RESERVED:
+                raise self.error(f"{token.text!r} is not a label input: only an integer input can pick an "
+                                 "entry (no arithmetic on indices)", token)
+            if token.text not in self.known:
+                self.known[token.text] = "label"
+                self.used_inputs.append(token.text)
+                self.layout.labels.append(token.text)
+            self.position += 1
+            return self.array_entry(token, scope)
+        return self.index_use(scope)
 
     def indexed(self, name: Token, scope: Scope) -> sp.Expr:
         kind = self.known.get(name.text)
@@ -386,19 +488,42 @@ class _LineParser:
             raise self.error(f"{name.text!r} is reserved and cannot be indexed", name)
         if kind in ("scalar", "parameter"):
             raise self.error(f"{name.text!r} is a scalar and cannot be indexed", name)
+        if kind == "label":
+            raise self.error(f"{name.text!r} holds class indices: use it inside brackets to pick an entry, "
+                             f"e.g. p[b, {name.text}[b]]", name)
         if kind is None:
             self.known[name.text] = "input"
             self.used_inputs.append(name.text)
+        return self.array_entry(name, scope)
+
+    def array_entry(self, name: Token, scope: Scope) -> sp.Expr:
+        """name[a, b, …]: index names (or label picks), as many as the array has everywhere else."""
         self.expect("[")
-        idx = self.index_use(scope)
+        positions: list[sp.Expr] = [self.index_or_label(scope)]
+        while self.accept(","):
+            positions.append(self.index_or_label(scope))
         if not self.accept("]"):
-            raise self.error("expected ']' (one index name per vector, no arithmetic on indices)")
-        return sp.IndexedBase(name.text)[idx]
+            raise self.error("expected ']' (index names separated by commas, no arithmetic on indices)")
+        expected = self.layout.arity.setdefault(name.text, len(positions))
+        if expected != len(positions):
+            raise self.error(f"{name.text!r} has {expected} ind{'ex' if expected == 1 else 'ices'} elsewhere, "
+                             f"{len(positions)} here", name)
+        for axis, position in enumerate(positions):
+            node = ("axis", name.text, axis)
+            if isinstance(position, sp.Indexed):  # a label pick: the label's values run over this axis
+                if str(position.base) == name.text:
+                    raise self.error(f"{name.text!r} cannot pick its own entries", name)
+                self.layout.join(node, ("values", str(position.base)))
+            else:
+                self.layout.join(node, ("index", self.line, str(position)))
+                self.layout.name_range(node, str(position))
+        return sp.IndexedBase(name.text)[tuple(positions)]
 
     def scalar(self, name: Token, scope: Scope) -> sp.Expr:
         if index(name.text) in scope:
             raise self.error(f"index {name.text!r} cannot be used as a value", name)
         if name.text == "n":
+            self.layout.n_used.append((self.line, name.column))
             return size_symbol  # the number of entries of the class axis
         if name.text in RESERVED:
             raise self.error(f"{name.text!r} is a function and needs arguments", name)
@@ -422,6 +547,7 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
     if len(source) > MAX_SPEC_CHARACTERS:
         raise SpecError(f"spec is too long ({len(source)} characters; the limit is {MAX_SPEC_CHARACTERS})")
     known: dict[str, str] = {}
+    layout = _Layout()
     definitions: list[Definition] = []
     constraints: list[Constraint] = []
     inputs: list[str] = []
@@ -434,10 +560,10 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
                     continue
                 tokens = tokenize(text, line_number)
                 if tokens[0].kind == "name" and tokens[0].text == "given":
-                    constraints.append(_constraint(tokens, line_number, known, text.strip()))
+                    constraints.append(_constraint(tokens, line_number, known, text.strip(), layout))
                 else:
-                    definitions.append(_definition(tokens, line_number, known, text.strip()))
-                for input_name in (v for v, kind in known.items() if kind == "input"):
+                    definitions.append(_definition(tokens, line_number, known, text.strip(), layout))
+                for input_name in (v for v, kind in known.items() if kind in ("input", "label")):
                     if input_name not in inputs:
                         inputs.append(input_name)
                 for parameter in (v for v, kind in known.items() if kind == "parameter"):
@@ -451,33 +577,92 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
         raise SpecError("spec is empty: write at least one definition such as y[i] = exp(x[i])")
     if not inputs:
         raise SpecError("spec has no input: an indexed name that is not defined, such as x[i]")
-    return Spec(source, definitions, inputs, parameters, constraints, safe_title(name))
+    spec = Spec(source, definitions, inputs, parameters, constraints, safe_title(name))
+    return _with_ranges(spec, layout)
 
 
-def _definition(tokens: list[Token], line_number: int, known: dict[str, str], source: str) -> Definition:
-    parser = _LineParser(tokens, line_number, known)
+def _with_ranges(spec: Spec, layout: _Layout) -> Spec:
+    """Give each range its size: n for a one-index spec (as always); for several ranges, a symbol n_k per
+    range (named by the first index that runs over it) in every sum's limits and for every size(k)."""
+    if not layout.several_ranges:
+        sizes = {placeholder: size_symbol for placeholder, _ in layout.sized}
+        for definition in spec.definitions:
+            definition.expr = definition.expr.xreplace(sizes)
+        return spec
+    if layout.n_used:
+        line, column = layout.n_used[0]
+        raise SpecError("this spec has several index ranges, so 'n' is ambiguous: write size(k) for the size "
+                        "of the range of index k", line, column)
+    names: dict[tuple[Any, ...], str] = {}
+    for node in layout.parent:  # in first-seen order: ranges are named by their first index
+        root = layout.find(node)
+        if root not in names:
+            base = layout.first_name.get(root, "k")
+            name, number = base, 2
+            while name in names.values():
+                name, number = f"{base}{number}", number + 1
+            names[root] = name
+    sizes = {name: sp.Symbol(f"n_{name}", integer=True, positive=True) for name in names.values()}
+    clash = sorted(set(spec.parameters) & {str(symbol) for symbol in sizes.values()})
+    if clash:
+        raise SpecError(f"the parameter name {clash[0]!r} is reserved for the size of a range; rename it")
+
+    def size_of(node: tuple[Any, ...]) -> sp.Symbol:
+        return sizes[names[layout.find(node)]]
+
+    def limits(expr: sp.Expr, line: int) -> sp.Expr:
+        def limited(total: sp.Sum) -> sp.Sum:
+            return sp.Sum(total.function, *[(bound, 0, size_of(("index", line, str(bound))) - 1)
+                                            for bound, _, _ in total.limits])
+
+        expr = expr.xreplace({placeholder: size_of(node) for placeholder, node in layout.sized})
+        return expr.replace(lambda e: isinstance(e, sp.Sum), limited)
+
+    for definition in spec.definitions:
+        definition.expr = limits(definition.expr, definition.line)
+    for constraint in spec.constraints:
+        constraint.lhs = limits(constraint.lhs, constraint.line)
+    arrays = [*spec.inputs, *(d.name for d in spec.definitions if d.is_vector)]
+    spec.axes = {array: tuple(names[layout.find(("axis", array, axis))]
+                              for axis in range(layout.arity.get(array, 0))) for array in arrays}
+    spec.labels = {label: names[layout.find(("values", label))] for label in layout.labels}
+    spec.sizes = sizes
+    return spec
+
+
+def _definition(tokens: list[Token], line_number: int, known: dict[str, str], source: str,
+                layout: _Layout | None = None) -> Definition:
+    parser = _LineParser(tokens, line_number, known, layout)
     target = parser.expect_name("a name to define, e.g. y[i] = …")
     if target.text in RESERVED:
         raise parser.error(f"{target.text!r} is reserved and cannot be defined", target)
     if target.text in known:
         what = "defined" if known[target.text] in ("vector", "scalar") else "used as an input"
         raise parser.error(f"{target.text!r} is already {what}", target)
-    free_index = None
+    free: list[sp.Symbol] = []
     if parser.accept("["):
-        index_token = parser.expect_name("an index name")
-        if index_token.text in RESERVED or index_token.text in known:
-            raise parser.error(f"{index_token.text!r} cannot be used as an index", index_token)
-        free_index = index(index_token.text)
+        while True:
+            index_token = parser.expect_name("an index name")
+            if index_token.text in RESERVED or index_token.text in known:
+                raise parser.error(f"{index_token.text!r} cannot be used as an index", index_token)
+            if index(index_token.text) in free:
+                raise parser.error(f"index {index_token.text!r} appears twice on the left-hand side", index_token)
+            free.append(index(index_token.text))
+            node = ("axis", target.text, len(free) - 1)
+            parser.layout.join(node, ("index", line_number, index_token.text))
+            parser.layout.name_range(node, index_token.text)
+            if not parser.accept(","):
+                break
         parser.expect("]")
+        parser.layout.arity[target.text] = len(free)
     parser.expect("=")
-    scope = (free_index,) if free_index is not None else ()
-    expr = parser.expression(scope)
+    expr = parser.expression(tuple(free))
     parser.finish()
     _check_real(expr, line_number)
     if target.text in parser.used_inputs or target.text in parser.used_parameters:
         raise parser.error(f"{target.text!r} is used in its own definition", target)
-    known[target.text] = "vector" if free_index is not None else "scalar"
-    return Definition(target.text, free_index, expr, source, line_number)
+    known[target.text] = "vector" if free else "scalar"
+    return Definition(target.text, free[0] if free else None, expr, source, line_number, tuple(free))
 
 
 def safe_title(name: str | None) -> str | None:
@@ -499,27 +684,37 @@ def _check_real(expr: sp.Expr, line_number: int) -> None:
             raise SpecError(f"the constant {spec_text(node)} is not a real number", line_number)
 
 
-def _constraint(tokens: list[Token], line_number: int, known: dict[str, str], source: str) -> Constraint:
-    parser = _LineParser(tokens[1:], line_number, known)
-    lhs = parser.expression(())
-    parser.expect("=")
-    rhs = parser.expression(())
-    parser.finish()
+def _constraint(tokens: list[Token], line_number: int, known: dict[str, str], source: str,
+                layout: _Layout | None = None) -> Constraint:
+    scope: Scope = ()
+    while True:  # an index left free in a constraint holds for each of its values: sum(T[b, k], k) = 1
+        parser = _LineParser(tokens[1:], line_number, dict(known), layout)
+        try:
+            lhs = parser.expression(scope)
+            parser.expect("=")
+            rhs = parser.expression(scope)
+            parser.finish()
+            break
+        except SpecError as problem:
+            free = re.match(r"undefined index '(\w+)'", problem.problem)
+            if free is None or len(scope) >= 8:
+                raise
+            scope = (*scope, index(free.group(1)))
     summed = lhs.function if isinstance(lhs, sp.Sum) else None
     if not (isinstance(summed, sp.Indexed) and rhs.is_number and known.get(str(summed.base)) == "input"):
         raise SpecError(
             "only constraints of the form 'given sum(t[k], k) = c' on an input are supported",
             line_number, tokens[0].column,
         )
-    return Constraint(str(summed.base), lhs, rhs, source)
+    return Constraint(str(summed.base), lhs, rhs, source, line_number)
 
 
 class _SpecPrinter(StrPrinter):
     """SymPy expressions back in the spec language: sum(f, k), delta(i, k), exp(1) for e."""
 
     def _print_Sum(self, expr: Any) -> Any:
-        (bound, _, _), = expr.limits
-        return f"sum({self._print(expr.function)}, {self._print(bound)})"
+        bounds = ", ".join(self._print(bound) for bound, _, _ in reversed(expr.limits))  # outermost first
+        return f"sum({self._print(expr.function)}, {bounds})"
 
     def _print_KroneckerDelta(self, expr: Any) -> Any:
         return f"delta({self._print(expr.args[0])}, {self._print(expr.args[1])})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import sympy as sp
 
@@ -87,6 +88,8 @@ class Derivation:
     reductions: list[sp.Expr] = field(default_factory=list)
     check_summary: str = ""
     wrt_reason: str = ""  # why `wrt` was chosen when --wrt was not given ("" when it was, or had to be)
+    #: For a spec with several index ranges: the backward arrays and gradients (derive.tensor.TensorDerivation).
+    tensor: Any = None
 
     @property
     def steps(self) -> list[Step]:

@@ -18,6 +18,16 @@ from sympy.printing.str import StrPrinter
 from softgrad.derive.symbols import Partial, SumExcept
 
 
+def _simple(expr: Any) -> bool:
+    """One index that prints as one letter: x_i rather than W[c, d]."""
+    return isinstance(expr, sp.Symbol) and len(expr.name) == 1
+
+
+def _bounds(expr: Any) -> list[Any]:
+    """A sum's indices, outermost first."""
+    return [limit[0] for limit in reversed(expr.limits)]
+
+
 def _is_atom_like(expr: sp.Expr) -> bool:
     return isinstance(expr, (sp.Indexed, sp.Symbol)) or (isinstance(expr, sp.Function) and len(expr.args) == 1)
 
@@ -29,13 +39,19 @@ class TextPrinter(PrettyPrinter):
         super().__init__({"use_unicode": True, "wrap_line": False, **(settings or {})})
 
     def _print_Indexed(self, expr: Any) -> Any:
-        return self._print(sp.Symbol(f"{expr.base}_{expr.indices[0]}"))
+        if len(expr.indices) == 1 and isinstance(expr.indices[0], sp.Symbol):
+            return self._print(sp.Symbol(f"{expr.base}_{expr.indices[0]}"))
+        return prettyForm(inline_text(expr))
 
     def _print_KroneckerDelta(self, expr: Any) -> Any:
+        if not all(_simple(a) for a in expr.args):
+            return prettyForm(inline_text(expr))
         return self._print(sp.Symbol(f"δ_{expr.args[0]}{expr.args[1]}"))
 
     def _print_Sum(self, expr: Any) -> Any:
-        sign = self._print(sp.Symbol(f"Σ_{expr.limits[0][0]}"))
+        bounds = _bounds(expr)
+        sign = self._print(sp.Symbol(f"Σ_{bounds[0]}")) if len(bounds) == 1 else prettyForm(
+            "Σ_" + ",".join(map(str, bounds)))
         body = self._print(expr.function)
         if expr.function.is_Add:
             body = prettyForm(*body.parens())
@@ -103,7 +119,7 @@ class TexPrinter(LatexPrinter):
         body = self._print(expr.function)
         if expr.function.is_Add:
             body = r"\left(%s\right)" % body
-        return r"\sum_{%s} %s" % (self._print(expr.limits[0][0]), body)
+        return r"\sum_{%s} %s" % (", ".join(self._print(b) for b in _bounds(expr)), body)
 
     def _print_SumExcept(self, expr: SumExcept) -> Any:
         body = self._print(expr.summand)
@@ -118,7 +134,8 @@ class TexPrinter(LatexPrinter):
         return r"\frac{\partial}{\partial %s}\left(%s\right)" % (var, self._print(expr.expr))
 
     def _print_KroneckerDelta(self, expr: Any, exp: str | None = None) -> Any:
-        body = r"\delta_{%s%s}" % (self._print(expr.args[0]), self._print(expr.args[1]))
+        separator = "" if all(_simple(a) for a in expr.args) else ", "
+        body = r"\delta_{%s%s%s}" % (self._print(expr.args[0]), separator, self._print(expr.args[1]))
         return body if exp is None else r"%s^{%s}" % (body, exp)
 
     def _print_DiagMatrix(self, expr: Any) -> Any:
@@ -150,7 +167,12 @@ class MathMLPrinter(MathMLPresentationPrinter):
         return self._element("mi", text="e")
 
     def _print_Sum(self, expr: Any) -> Any:
-        sign = self._element("munder", self._element("mo", text="∑"), self._print(expr.limits[0][0]))
+        under = self._element("mrow")
+        for position, bound in enumerate(_bounds(expr)):
+            if position:
+                under.appendChild(self._element("mo", text=","))
+            under.appendChild(self._print(bound))
+        sign = self._element("munder", self._element("mo", text="∑"), under)
         return self._element("mrow", sign, self._wrapped(expr.function))
 
     def _print_SumExcept(self, expr: SumExcept) -> Any:
@@ -176,8 +198,18 @@ class MathMLPrinter(MathMLPresentationPrinter):
         return self._element("mrow", self._element("mo", text="("), self._print(expr), self._element("mo", text=")"))
 
     def _print_KroneckerDelta(self, expr: Any) -> Any:
-        indices = self._element("mrow", self._print(expr.args[0]), self._print(expr.args[1]))
-        return self._element("msub", self._element("mi", text="δ"), indices)
+        pieces = [self._print(expr.args[0]), self._print(expr.args[1])]
+        if not all(_simple(a) for a in expr.args):
+            pieces.insert(1, self._element("mo", text=","))
+        return self._element("msub", self._element("mi", text="δ"), self._element("mrow", *pieces))
+
+    def _print_Indexed(self, expr: Any) -> Any:
+        indices = self._element("mrow")
+        for position, index in enumerate(expr.indices):
+            if position:
+                indices.appendChild(self._element("mo", text=","))
+            indices.appendChild(self._print(index))
+        return self._element("msub", self._element("mi", text=str(expr.base.label)), indices)
 
     def _print_sigmoid(self, expr: Any) -> Any:
         return self._named("σ", expr.args)
@@ -225,7 +257,9 @@ class LinearTextPrinter(StrPrinter):
     printmethod = "_softgrad_linear_text"  # not Indexed's own _sympystr (x[i])
 
     def _print_Indexed(self, expr: Any) -> Any:
-        return pretty_symbol(f"{expr.base}_{expr.indices[0]}")
+        if len(expr.indices) == 1 and isinstance(expr.indices[0], sp.Symbol):
+            return pretty_symbol(f"{expr.base}_{expr.indices[0]}")
+        return f"{pretty_symbol(str(expr.base))}[{', '.join(self._print(i) for i in expr.indices)}]"
 
     def _print_Symbol(self, expr: Any) -> Any:
         return pretty_symbol(expr.name)
@@ -234,13 +268,15 @@ class LinearTextPrinter(StrPrinter):
         return pretty_symbol(str(expr.label))
 
     def _print_KroneckerDelta(self, expr: Any) -> Any:
+        if not all(_simple(a) for a in expr.args):
+            return f"δ({self._print(expr.args[0])}, {self._print(expr.args[1])})"
         return pretty_symbol(f"δ_{expr.args[0]}{expr.args[1]}")
 
     def _print_Sum(self, expr: Any) -> Any:
         body = self._print(expr.function)
         if expr.function.is_Add:
             body = f"({body})"
-        return f"Σ_{self._print(expr.limits[0][0])} {body}"
+        return f"Σ_{','.join(self._print(b) for b in _bounds(expr))} {body}"
 
     def _print_SumExcept(self, expr: SumExcept) -> Any:
         body = self._print(expr.summand)

@@ -1,0 +1,313 @@
+"""Lowering of tensor derivations (several index ranges) to NumPy: every statement an array expression.
+
+Each subexpression becomes array code whose axes are its own indices, in a fixed order. Entrywise
+operations broadcast; a sum of a product is one `np.einsum(…, optimize=True)` (BLAS for the
+contractions: Σ_d W_cd X_bd is a matrix product); a sum of anything else is `np.sum` over its axes.
+Label picks (P[b, label_b]) are advanced indexing. Stability: a normalised exponential
+(P = exp(E)/Σ_k exp(E)) is shifted by its row maximum, log P is computed as E − max − log Σ, and a
+log Σ exp is shifted the same way. No Python loop runs over entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy as sp
+from sympy.codegen.cfunctions import log1p
+
+from softgrad.codegen.names import public_names
+from softgrad.derive import tensor_algebra as ta
+from softgrad.derive.spec import Definition
+from softgrad.derive.steps import Derivation
+from softgrad.derive.symbols import sigmoid, softplus
+from softgrad.errors import SoftgradError
+
+_FUNCTIONS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.Abs: "np.abs", log1p: "np.log1p",
+              sigmoid: "_sigmoid", softplus: "_softplus", sp.erf: "_erf", sp.sign: "np.sign"}
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass
+class Statement:
+    name: str  # the printed name of the array computed
+    lines: list[str]
+    comment: str = ""
+
+
+@dataclass
+class TensorModule:
+    """What the NumPy template prints: arguments, size checks, the forward and backward statements."""
+
+    inputs: list[tuple[str, str, tuple[str, ...]]]  # (printed name, spec name, ranges)
+    labels: dict[str, str]  # printed label name → range of its values
+    parameters: list[str]
+    sizes: list[tuple[str, str, int]]  # (size variable, input printed name, axis) that fixes each range
+    forward: list[Statement]
+    output: str
+    output_is_scalar: bool
+    backward: list[Statement] = field(default_factory=list)
+    upstream: str | None = None
+    gradients: list[tuple[str, str]] = field(default_factory=list)  # (input printed name, gradient printed name)
+    output_ranges: tuple[str, ...] = ()
+
+    @property
+    def output_rank(self) -> int:
+        return len(self.output_ranges)
+
+
+class _Compiler:
+    def __init__(self, derivation: Derivation, printed: dict[str, str]):
+        self.spec = derivation.spec
+        self.tensor = derivation.tensor
+        self.axes = self.tensor.axes
+        self.printed = printed
+        self.normalised: dict[str, tuple[sp.Expr, sp.Symbol, sp.Symbol]] = {}  # P → (exponent, free, bound)
+        self.logs_needed: set[str] = set()
+        self.temporary = 0
+
+    def size(self, range_name: str) -> str:
+        return f"_n_{range_name}"
+
+    def ranges_of(self, expr: sp.Expr, known: dict[sp.Symbol, str]) -> dict[sp.Symbol, str]:
+        ranges = dict(known)
+        for total in expr.atoms(sp.Sum):
+            for bound, _, high in total.limits:
+                ranges[bound] = next(r for r, s in self.spec.sizes.items() if s == high + 1)
+        for entry in expr.atoms(sp.Indexed):
+            for axis, position in enumerate(entry.indices):
+                if isinstance(position, sp.Symbol) and str(entry.base) in self.axes:
+                    ranges.setdefault(position, self.axes[str(entry.base)][axis])
+        return ranges
+
+    # ------------------------------------------------------------ expressions
+    def compile(self, e: sp.Expr, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        if e.is_Number:
+            return (repr(float(e)) if not e.is_Integer else str(int(e))), ()
+        if e.is_NumberSymbol:
+            return repr(float(e)), ()
+        if isinstance(e, sp.Symbol):
+            if str(e).startswith("n_") and str(e)[2:] in self.spec.sizes:
+                return self.size(str(e)[2:]), ()
+            if e in ranges:
+                return f"np.arange({self.size(ranges[e])})", (e,)
+            return self.printed[str(e)], ()
+        if isinstance(e, sp.Indexed):
+            return self.entry(e, ranges, order)
+        if isinstance(e, sp.KroneckerDelta):
+            first = self.compile(e.args[0], ranges, order)
+            second = self.compile(e.args[1], ranges, order)
+            want = self.union([first[1], second[1]], order)
+            return (f"np.equal({self.align(*first, want)}, {self.align(*second, want)}).astype(_dtype)", want)
+        if e.is_Add or e.is_Mul:
+            pieces = [self.compile(a, ranges, order) for a in e.args]
+            want = self.union([p[1] for p in pieces], order)
+            if e.is_Mul:
+                return "(" + " * ".join(self.align(code, have, want) for code, have in pieces) + ")", want
+            text = ""
+            for term, (code, have) in zip(e.args, pieces):
+                negative = term.is_Mul and term.args[0] == -1
+                if negative:
+                    code, have = self.compile(-term, ranges, order)
+                aligned = self.align(code, have, want)
+                text += (" - " if negative else " + ") + aligned if text else ("-" if negative else "") + aligned
+            return f"({text})", want
+        if e.is_Pow:
+            base = self.compile(e.base, ranges, order)
+            if e.exp == sp.Rational(1, 2):
+                return f"np.sqrt({base[0]})", base[1]
+            if e.exp == -sp.Rational(1, 2):
+                return f"(1 / np.sqrt({base[0]}))", base[1]
+            if e.exp.is_Integer and e.exp == 2:
+                return f"np.square({base[0]})", base[1]
+            if e.exp.is_Integer and e.exp == -1:
+                return f"(1 / {base[0]})", base[1]
+            exponent = self.compile(e.exp, ranges, order)
+            want = self.union([base[1], exponent[1]], order)
+            return f"np.power({self.align(*base, want)}, {self.align(*exponent, want)})", want
+        if isinstance(e, sp.Sum):
+            return self.total(e, ranges, order)
+        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Indexed) and str(e.args[0].base) in self.normalised:
+            name = str(e.args[0].base)
+            self.logs_needed.add(name)
+            return self.entry(e.args[0], ranges, order, log=True)
+        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum) and isinstance(e.args[0].function, sp.exp):
+            return self.log_sum_exp(e.args[0], ranges, order)
+        if isinstance(e, (sp.Max, sp.Min)):
+            pieces = [self.compile(a, ranges, order) for a in e.args]
+            want = self.union([p[1] for p in pieces], order)
+            code = self.align(*pieces[0], want)
+            for piece in pieces[1:]:
+                code = f"np.{'maximum' if isinstance(e, sp.Max) else 'minimum'}({code}, {self.align(*piece, want)})"
+            return code, want
+        if isinstance(e, sp.Heaviside):
+            inner = self.compile(e.args[0], ranges, order)
+            return f"np.heaviside({inner[0]}, 0.5)", inner[1]
+        function = _FUNCTIONS.get(e.func)
+        if function is not None and len(e.args) == 1:
+            inner = self.compile(e.args[0], ranges, order)
+            return f"{function}({inner[0]})", inner[1]
+        raise SoftgradError(f"cannot generate NumPy code for {type(e).__name__} in a spec with several indices")
+
+    def entry(self, e: sp.Indexed, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
+              log: bool = False) -> tuple[str, tuple[Any, ...]]:
+        name = ("_log_" if log else "") + self.printed[str(e.base)]
+        positions = list(e.indices)
+        if all(isinstance(p, sp.Symbol) for p in positions) and len(set(positions)) == len(positions):
+            return name, tuple(positions)
+        # label picks and repeated indices: advanced indexing with one index array per axis
+        pieces = [self.compile(p, ranges, order) for p in positions]
+        want = self.union([p[1] for p in pieces], order)
+        grids = [f"{self.align(code, have, want)}.astype(np.intp)" if have else code for code, have in pieces]
+        return f"{name}[{', '.join(grids)}]", want
+
+    def total(self, e: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        bounds = [limit[0] for limit in e.limits]
+        inner_order = order + [b for b in reversed(bounds) if b not in order]
+        factors = sp.Mul.make_args(e.function)
+        scalars = [f for f in factors if not (f.free_symbols & set(bounds))]
+        varying = [f for f in factors if f.free_symbols & set(bounds)]
+        scale = [self.compile(f, ranges, order) for f in scalars]
+        missing = [b for b in bounds if not any(b in f.free_symbols for f in varying)]
+        if len(varying) >= 2:  # einsum takes each operand in its own axis order: none is transposed for it
+            pieces = [self.compile(f, ranges, []) for f in varying]
+            symbols = self.union([p[1] for p in pieces], inner_order)
+            letter = {s: _LETTERS[k] for k, s in enumerate(symbols)}
+            result = tuple(s for s in symbols if s not in bounds)
+            subscripts = ",".join("".join(letter[s] for s in have) for _, have in pieces)
+            code = (f'np.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
+                    f'{", ".join(code for code, _ in pieces)}, optimize=True)')
+        elif varying:
+            inner, have = self.compile(varying[0], ranges, inner_order)
+            axes = tuple(have.index(b) for b in bounds if b in have)
+            result = tuple(s for s in have if s not in bounds)
+            code = f"np.sum({inner}, axis={axes if len(axes) > 1 else axes[0]})"
+        else:
+            code, result = "1", ()
+        pieces = [(code, result)] + scale + [(self.size(ranges[b]), ()) for b in missing]
+        want = self.union([p[1] for p in pieces], order)
+        return "(" + " * ".join(self.align(c, h, want) for c, h in pieces) + ")", want
+
+    def log_sum_exp(self, total: sp.Sum, ranges: dict[sp.Symbol, str],
+                    order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        """log Σ_k exp(E) = M + log Σ_k exp(E − M), M the maximum over k (−inf rows stay −inf)."""
+        bounds = [limit[0] for limit in total.limits]
+        inner_order = order + [b for b in reversed(bounds) if b not in order]
+        exponent, have = self.compile(total.function.args[0], ranges, inner_order)
+        axes = tuple(have.index(b) for b in bounds if b in have)
+        result = tuple(s for s in have if s not in bounds)
+        axis = axes if len(axes) > 1 else axes[0]
+        shift = self.temp()
+        self.pending.append(f"{shift} = np.max({exponent}, axis={axis}, keepdims=True)")
+        self.pending.append(f"{shift} = np.where(np.isfinite({shift}), {shift}, 0)")
+        code = (f"(np.squeeze({shift}, axis={axis}) + np.log(np.sum(np.exp({exponent} - {shift}), axis={axis})))")
+        return code, result
+
+    def temp(self) -> str:
+        self.temporary += 1
+        return f"_t{self.temporary}"
+
+    @staticmethod
+    def union(groups: list[tuple[Any, ...]], order: list[sp.Symbol]) -> tuple[Any, ...]:
+        found = [s for group in groups for s in group]
+        ranked = [s for s in order if s in found]
+        return tuple(ranked + [s for s in dict.fromkeys(found) if s not in ranked])
+
+    @staticmethod
+    def align(code: str, have: tuple[Any, ...], want: tuple[Any, ...]) -> str:
+        """Array code with axes `have` arranged as `want` (transposed, size-1 axes where it has none)."""
+        if have == want or not have:
+            return code
+        present = [s for s in want if s in have]
+        permutation = [have.index(s) for s in present]
+        if permutation != list(range(len(have))):
+            code = f"np.transpose({code}, {tuple(permutation)})"
+        if len(present) != len(want):
+            code = f"{code}[{', '.join(':' if s in have else 'None' for s in want)}]"
+        return code
+
+    # ------------------------------------------------------------ statements
+    def statement(self, definition: Definition, comment: str = "") -> Statement:
+        self.pending: list[str] = []
+        name = self.printed[definition.name]
+        order = list(definition.indices)
+        known = {s: r for s, r in zip(definition.indices, self.axes.get(definition.name, ()))}
+        ranges = self.ranges_of(definition.expr, known)
+        normalised = self._normalised(definition)
+        if normalised is not None:
+            exponent, free, _bound = normalised
+            code, have = self.compile(exponent, ranges, order)
+            full = tuple(definition.indices)
+            code = self.align(code, have, full) if set(have) == set(full) else \
+                f"np.broadcast_to({self.align(code, have, full)}, ({', '.join(self.size(known[s]) for s in full)}))"
+            axis = full.index(free)
+            lines = [*self.pending, f"_shifted = {code}",
+                     f"_shifted = _shifted - _finite(np.max(_shifted, axis={axis}, keepdims=True))",
+                     "_exp = np.exp(_shifted)",
+                     f"_total = np.sum(_exp, axis={axis}, keepdims=True)",
+                     f"{name} = _exp / _total",
+                     f"_log_{name} = _shifted - np.log(_total)"]
+            self.normalised[definition.name] = normalised
+            return Statement(name, lines, comment)
+        code, have = self.compile(definition.expr, ranges, order)
+        full = tuple(definition.indices)
+        if set(have) != set(full):
+            shape = ", ".join(self.size(known[s]) for s in full)
+            code = f"np.broadcast_to({self.align(code, have, full)}, ({shape}{',' if len(full) == 1 else ''})).copy()"
+        else:
+            code = self.align(code, have, full)
+        lines = [*self.pending, f"{name} = np.asarray({code}, dtype=_dtype)"]
+        return Statement(name, lines, comment)
+
+    def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol, sp.Symbol] | None:
+        """exp(E)/Σ_k exp(E[k]) over one of the definition's indices: (E, that index, k)."""
+        free = ta.outputs_sum_to_one(definition)
+        if free is None:
+            return None
+        numerator, denominator = sp.fraction(sp.together(definition.expr))
+        if not isinstance(numerator, sp.exp):
+            return None
+        return numerator.args[0], free, denominator.limits[0][0]
+
+
+def lower_tensor(derivation: Derivation) -> TensorModule:
+    """The NumPy module's parts for a tensor derivation."""
+    tensor = derivation.tensor
+    spec = derivation.spec
+    names = [*spec.inputs, *spec.parameters, *(d.name for d in spec.definitions),
+             *([tensor.upstream] if tensor.upstream else []), *(d.name for d in tensor.backward)]
+    printed = public_names(names)
+    compiler = _Compiler(derivation, printed)
+    forward = [compiler.statement(d) for d in spec.definitions]
+    sizes: list[tuple[str, str, int]] = []
+    fixed: set[str] = set()
+    sources = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
+    for name in sources:
+        for axis, range_name in enumerate(tensor.axes.get(name, ())):
+            if range_name not in fixed:
+                fixed.add(range_name)
+                sizes.append((compiler.size(range_name), printed[name], axis))
+    for range_name in spec.sizes:
+        if range_name not in fixed and range_name not in spec.labels.values():
+            raise SoftgradError(f"the size of range {range_name} is not fixed by any input: index it in an input")
+    for range_name in spec.labels.values():
+        if range_name not in fixed:
+            raise SoftgradError(f"the number of classes (range {range_name}) is not fixed by any input array")
+    backward = [compiler.statement(d) for d in tensor.backward]
+    for statement in forward:  # log P only where the spec or a gradient reads it
+        statement.lines = [line for line in statement.lines
+                           if not (line.startswith("_log_") and line.split(" ")[0][5:] not in
+                                   {printed[n] for n in compiler.logs_needed})]
+    inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]
+    return TensorModule(
+        inputs=inputs, labels={printed[k]: v for k, v in spec.labels.items()},
+        parameters=[printed[p] for p in spec.parameters], sizes=sizes, forward=forward,
+        output=printed[spec.output.name], output_is_scalar=not spec.output.is_vector, backward=backward,
+        upstream=printed[tensor.upstream] if tensor.upstream else None,
+        gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
+        output_ranges=tuple(tensor.axes.get(spec.output.name, ())))
+
+
+def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:
+    """The NumPy module's text."""
+    return str(render("numpy/tensor.py.j2", module=lower_tensor(derivation), **header))

@@ -1,0 +1,540 @@
+"""Derivations for specs with several index ranges (weights, batches, labels, attention): reverse mode
+in index notation, every step checked.
+
+For each array X that a requested gradient flows through, last definition first:
+
+    ∂ℓ/∂X[q] = Σ_C Σ_a ∂ℓ/∂C[a] · ∂C[a]/∂X[q]       the chain rule over X's consumers C
+             = …                                    ∂C/∂X from C's definition: products of Kronecker deltas
+             = …                                    the deltas sifted out of the sums
+             = …                                    rewritten in the spec's names (exp(S)/Σexp(S) → P)
+             = …                                    row reductions moved through definitions (Σ P dP → Σ dO O)
+
+ℓ is the loss (a scalar output) or Σ dO·O for an array output O with upstream gradient dO. An adjoint
+that is a plain entrywise formula is substituted into the next step (as a textbook does with
+∂L/∂P = −T/P); one that holds a sum stays a named array (dP, dS), which is also how the code computes
+it: once, not per entry that reads it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy as sp
+from sympy.matrices.expressions import HadamardProduct, OneMatrix
+
+from softgrad.derive import tensor_algebra as ta
+from softgrad.derive.algebra import cost
+from softgrad.derive.algebra import tidy as _tidy
+from softgrad.derive.engine import affine_in
+from softgrad.derive.prose import Prose, prose, words
+from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.steps import Derivation, Result, Section, Step
+from softgrad.derive.symbols import Partial
+from softgrad.derive.tensor_check import TensorChecker
+from softgrad.errors import SoftgradError, SpecError
+
+#: Names that code and papers give targets; used only where the structure cannot tell targets apart.
+TARGET_NAMES = frozenset({"t", "T", "target", "targets", "y_true", "onehot", "truth", "Y"})
+
+
+@dataclass
+class Adjoint:
+    """∂ℓ/∂X at indices `indices`: a named array (`name`) or an entrywise formula to substitute."""
+
+    array: str
+    name: str
+    indices: tuple[sp.Symbol, ...]
+    expr: sp.Expr
+    named: bool
+
+    def entry(self, positions: tuple[sp.Expr, ...]) -> sp.Expr:
+        if self.named:
+            return sp.IndexedBase(self.name)[positions] if positions else sp.Symbol(self.name)
+        return self.expr.xreplace(dict(zip(self.indices, positions)))
+
+
+@dataclass
+class TensorDerivation:
+    """What codegen and verify need beyond the document: the backward arrays in order, and which of them
+    is the gradient of each requested input."""
+
+    forward: list[Definition]
+    backward: list[Definition] = field(default_factory=list)
+    gradients: dict[str, str] = field(default_factory=dict)  # input → its adjoint array's name
+    upstream: str | None = None  # dO for an array output
+    axes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def tidy(expr: sp.Expr) -> sp.Expr:
+    """The most readable form, with the floats calculus makes (1.0·v) written as the rationals they are."""
+    return ta.exact_numbers(_tidy(ta.exact_numbers(expr)))
+
+
+def _inline(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
+    by_name = {d.name: d for d in definitions}
+    for _ in range(len(definitions) + 1):
+        replacements: dict[Any, Any] = {}
+        for entry in expr.atoms(sp.Indexed):
+            if str(entry.base) in by_name:
+                replacements[entry] = ta.at(by_name[str(entry.base)], tuple(entry.indices), taken | ta.names(expr))
+        for symbol in expr.atoms(sp.Symbol):
+            if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
+                replacements[symbol] = by_name[str(symbol)].expr
+        if not replacements:
+            return expr
+        expr = expr.xreplace(replacements)
+    return expr
+
+
+def default_inputs(spec: Spec) -> tuple[list[str], str]:
+    """Every input a gradient is wanted for, and why: labels never; for a loss, not its targets
+    (constrained, or entering it linearly where other inputs do not, or named like targets)."""
+    candidates = [name for name in spec.inputs if name not in spec.labels]
+    if spec.output.is_vector:
+        return candidates, "every input" + (" (labels are class indices)" if spec.labels else "")
+    constrained = {c.input_name for c in spec.constraints}
+    loss = _inline(spec.output.expr, spec.definitions[:-1], set())
+    affine = {name for name in candidates if affine_in(loss, name)}
+    if affine == set(candidates) or not affine:
+        affine = {name for name in candidates if name in TARGET_NAMES}
+    targets = [name for name in candidates if name in constrained or name in affine]
+    chosen = [name for name in candidates if name not in targets] or candidates
+    reason = "every input"
+    if targets and set(chosen) != set(candidates):
+        reason += f" but {', '.join(targets)}, which look{'s' if len(targets) == 1 else ''} like targets of the loss"
+    if spec.labels:
+        reason += f"; {', '.join(spec.labels)} {'holds' if len(spec.labels) == 1 else 'hold'} class indices"
+    return chosen, reason
+
+
+def positive_inputs(spec: Spec) -> set[str]:
+    """Inputs read directly under a log, a square root or a fractional power (outside an exp): the checks
+    draw them positive."""
+    needed: set[str] = set()
+    for definition in spec.definitions:
+        arguments = [e.args[0] for e in definition.expr.atoms(sp.log)]
+        arguments += [e.base for e in definition.expr.atoms(sp.Pow) if not e.exp.is_integer]
+        for argument in arguments:
+            outside = argument.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.S.Half)
+            needed |= {str(i.base) for i in outside.atoms(sp.Indexed)}
+    return needed & set(spec.inputs)
+
+
+def _fresh_name(preferred: list[str], taken: set[str]) -> str:
+    for name in preferred:
+        if name not in taken:
+            taken.add(name)
+            return name
+    number = 1
+    while f"{preferred[0]}{number}" in taken:
+        number += 1
+    taken.add(f"{preferred[0]}{number}")
+    return f"{preferred[0]}{number}"
+
+
+class TensorEngine:
+    def __init__(self, spec: Spec, wrt: str | None, seed: int):
+        self.spec = spec
+        self.definitions = {d.name: d for d in spec.definitions}
+        if wrt:
+            self.wrt = [name.strip() for name in wrt.split(",") if name.strip()]
+            self.wrt_reason = ""
+            for name in self.wrt:
+                if name not in spec.inputs:
+                    raise SpecError(f"--wrt {name!r} is not an input of this spec (inputs: {', '.join(spec.inputs)})")
+                if name in spec.labels:
+                    raise SpecError(f"--wrt {name!r}: {name} holds integer class indices, which have no gradient")
+        else:
+            self.wrt, self.wrt_reason = default_inputs(spec)
+        self.taken = set(spec.inputs) | set(spec.parameters) | {d.name for d in spec.definitions}
+        for definition in spec.definitions:
+            self.taken |= ta.names(definition.expr) | {str(i) for i in definition.indices}
+        self.taken |= set(spec.sizes) | {str(s) for s in spec.sizes.values()}
+        self.axes = dict(spec.axes)
+        output = spec.output
+        surrogate = None
+        self.upstream: str | None = None
+        if output.is_vector:
+            self.upstream = _fresh_name([f"d{output.name}", f"grad_{output.name}", "g"], self.taken)
+            self.axes[self.upstream] = self.axes[output.name]
+            loss_name = _fresh_name(["l", "ell", "loss"], self.taken)
+            taken = set(self.taken)
+            positions = tuple(ta.fresh(taken, [r, *"klmpq"]) for r in self.axes[output.name])
+            limits = [(p, 0, spec.sizes[r] - 1) for p, r in zip(positions, self.axes[output.name])]
+            surrogate = Definition(loss_name, None, sp.Sum(sp.IndexedBase(self.upstream)[positions]
+                                                           * sp.IndexedBase(output.name)[positions],
+                                                           *reversed(limits)), "", 0)
+            self.loss = sp.Symbol(loss_name)
+        else:
+            self.loss = sp.Symbol(output.name)
+        self.checker = TensorChecker(spec, self.axes, surrogate, positive_inputs(spec), seed)
+        self.adjoints: dict[str, Adjoint] = {}
+        self.result = TensorDerivation(list(spec.definitions), upstream=self.upstream)
+
+    def step(self, section: Section, **fields: Any) -> Step:
+        return section.add(self.checker.check(Step(**fields)))
+
+    # ---------------------------------------------------------------- the pass
+    def needed(self) -> list[str]:
+        """Arrays the gradients flow through, last first: definitions that depend on a requested input."""
+        depends = set(self.wrt)
+        for definition in self.spec.definitions:
+            reads = {str(e.base) for e in definition.expr.atoms(sp.Indexed)} | {str(s) for s in
+                                                                                 definition.expr.free_symbols}
+            if reads & depends:
+                depends.add(definition.name)
+        if self.spec.output.name not in depends:
+            raise SpecError(f"{self.spec.output.name} does not depend on {', '.join(self.wrt)}: nothing to "
+                            "differentiate")
+        return [d.name for d in reversed(self.spec.definitions[:-1]) if d.name in depends] + self.wrt
+
+    def run(self, sections: list[Section], results: dict[str, Result]) -> None:
+        output = self.spec.output
+        if output.is_vector:
+            self.adjoints[output.name] = Adjoint(output.name, str(self.upstream), output.indices,
+                                                 sp.IndexedBase(str(self.upstream))[output.indices], True)
+        else:
+            self.adjoints[output.name] = Adjoint(output.name, "1", (), sp.S.One, False)
+        for name in self.needed():
+            adjoint, section = self.backward(name)
+            sections.append(section)
+            self.adjoints[name] = adjoint
+            if adjoint.named:
+                definition = Definition(adjoint.name, adjoint.indices[0] if adjoint.indices else None, adjoint.expr,
+                                        "", 0, adjoint.indices)
+                self.axes[adjoint.name] = self.axes.get(name, ())
+                self.checker.backward.append(definition)
+                self.result.backward.append(definition)
+            if name in self.wrt:
+                self.result.gradients[name] = adjoint.name
+                lhs = Partial(self.loss, self._entry(name, adjoint.indices))
+                reads = tuple(n for n in dict.fromkeys([*self.spec.inputs, *(d.name for d in self.spec.definitions),
+                                                        *(d.name for d in self.result.backward), *self.spec.parameters,
+                                                        *([self.upstream] if self.upstream else [])])
+                              if n in ta.names(adjoint.expr))
+                results[adjoint.name] = Result(adjoint.name, f"Gradient with respect to {name}", lhs, adjoint.expr,
+                                               self._note(name), adjoint.indices, self.upstream, reads)
+                last = section.steps[-1]
+                if last.rule == "matrix form":
+                    results[f"{adjoint.name}_matrix"] = Result(f"{adjoint.name}_matrix",
+                                                               f"Gradient with respect to {name}, matrix form",
+                                                               sp.Symbol(adjoint.name), last.result)
+            elif adjoint.named:
+                results[adjoint.name] = Result(adjoint.name, f"Backward array {adjoint.name} = ∂{self.loss}/∂{name}",
+                                               Partial(self.loss, self._entry(name, adjoint.indices)), adjoint.expr,
+                                               "computed once and read by the gradients below", adjoint.indices,
+                                               self.upstream)
+        self.result.axes = self.axes
+
+    def _note(self, name: str) -> str:
+        if self.upstream:
+            return f"{self.upstream} = ∂{self.loss}/∂{self.spec.output.name}, the upstream gradient"
+        return ""
+
+    def _entry(self, name: str, positions: tuple[sp.Expr, ...]) -> sp.Expr:
+        return sp.IndexedBase(name)[positions] if positions else sp.Symbol(name)
+
+    def _positions(self, name: str, taken: set[str]) -> tuple[sp.Symbol, ...]:
+        return tuple(ta.fresh(taken, [r, *(f"{r}{n}" for n in range(1, 5)), *"pqrsuvw"])
+                     for r in self.axes.get(name, ()))
+
+    def backward(self, name: str) -> tuple[Adjoint, Section]:
+        is_input = name in self.spec.inputs
+        section = Section(f"Gradient with respect to {name}" if is_input else
+                          f"Backward through {name}")
+        taken = set(self.taken) - {str(i) for d in self.spec.definitions for i in d.indices} - set(self.spec.sizes)
+        q = self._positions(name, taken)
+        var = self._entry(name, q)
+        lhs = Partial(self.loss, var)
+        consumers = [d for d in self.spec.definitions if d.name in self.adjoints and name in ta.names(d.expr)]
+        generic, named, raw = [], [], []
+        for consumer in consumers:
+            a = self._positions(consumer.name, taken)
+            limits = [(p, 0, self.spec.sizes[r] - 1) for p, r in zip(a, self.axes.get(consumer.name, ()))]
+
+            def summed(e: sp.Expr, limits: list[Any] = limits) -> sp.Expr:
+                return sp.Sum(e, *reversed(limits)) if limits else e
+
+            entry = self._entry(consumer.name, a)
+            adjoint = self.adjoints[consumer.name].entry(a)
+            outer = Partial(self.loss, entry) if entry != self.loss else sp.S.One
+            generic.append(summed(outer * Partial(entry, var)))
+            named.append(summed(adjoint * Partial(entry, var)))
+            body = ta.at(consumer, a, taken | {str(s) for s in q})
+            raw.append(summed(adjoint * ta.exact_numbers(sp.diff(body, var))))
+        chain = [sp.Add(*generic)]
+        if sp.Add(*named) != chain[0]:
+            chain.append(sp.Add(*named))
+        who = ", ".join(c.name for c in consumers)
+        reason = prose("through every entry of " + who + " that reads {x}", x=var) if len(consumers) == 1 else prose(
+            "through every entry of each array that reads {x} (" + who + ")", x=var)
+        if self.adjoints[consumers[0].name].named and consumers[0].name != self.spec.output.name:
+            reason += words("; " + ", ".join(self.adjoints[c.name].name for c in consumers) + " found above")
+        self.step(section, rule="chain rule", lhs=lhs, forms=chain, reason=reason)
+
+        derivative = sp.Add(*raw)
+        self.step(section, rule="differentiate " + who, lhs=lhs, forms=[derivative],
+                  reason=words(f"from the definition of {who}: the derivative of one entry of {name} with respect "
+                               "to another is a product of Kronecker deltas, 1 where every index coincides, else 0"))
+        sifted = ta.sift(derivative)
+        sifted = ta.distribute(sifted)
+        current = tidy(sifted)
+        self.step(section, rule="sift the deltas", lhs=lhs, forms=[sifted] if current == sifted else [sifted, current],
+                  reason=words("a Kronecker delta keeps one term of each sum over its index; what does not depend "
+                               "on a summation index leaves that sum"))
+        renamed = ta.in_names(current, self.spec.definitions, taken)
+        if renamed != current:
+            current = renamed
+            self.step(section, rule="in the spec's names", lhs=lhs, forms=[current],
+                      reason=words("each definition read backwards (a numerator is its ratio times the "
+                                   "denominator), kept where the result gets shorter"))
+        current = self._facts(section, lhs, current)
+        current = self._through_definitions(section, lhs, current, taken)
+        current = self._inline_reductions(section, lhs, current, taken)
+        combined = tidy(ta.combine_sums(current))
+        if combined != current and cost(combined) <= cost(current):
+            current = combined
+            self.step(section, rule="collect", lhs=lhs, forms=[current],
+                      reason=words("sums over the same index written as one sum, common factors taken out"))
+        matrix = matrix_form(current, q, self.axes, self.spec.sizes)
+        if matrix is not None and len(q) == 2:
+            self.step(section, rule="matrix form", lhs=lhs, forms=[matrix], matrix_axes=q,
+                      reason=prose("entry ({r}, {c}) of the matrix; ᵀ transposes, ∘ multiplies entrywise",
+                                   r=q[0], c=q[1]))
+        is_named = is_input or bool(current.atoms(sp.Sum))
+        adjoint_name = _fresh_name([f"d{name}", f"grad_{name}"], self.taken) if is_named else f"∂{self.loss}/∂{name}"
+        return Adjoint(name, adjoint_name, q, current, is_named), section
+
+    def _facts(self, section: Section, lhs: sp.Expr, expr: sp.Expr) -> sp.Expr:
+        """Rows of a normalised definition sum to 1; a declared constraint's sums are its value."""
+        for definition in self.spec.definitions:
+            free = ta.outputs_sum_to_one(definition)
+            if free is None:
+                continue
+            axis = definition.indices.index(free)
+
+            def row_of_ones(e: sp.Expr, base: str = definition.name, axis: int = axis) -> bool:
+                if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
+                    return False
+                bound = e.limits[0][0]
+                entry = e.function
+                return bool(str(entry.base) == base and entry.indices[axis] == bound
+                        and all(bound not in p.free_symbols for k, p in enumerate(entry.indices) if k != axis))
+
+            simpler = expr.replace(row_of_ones, lambda e: sp.S.One)
+            if simpler != expr:
+                expr = tidy(simpler)
+                bound = sp.Symbol("k", integer=True) if "k" not in map(str, definition.indices) else sp.Symbol(
+                    "m", integer=True)
+                row = sp.Sum(definition.symbol.xreplace({free: bound}),
+                             (bound, 0, self.spec.sizes[self.axes[definition.name][axis]] - 1))
+                self.step(section, rule=f"rows of {definition.name} sum to 1", lhs=lhs, forms=[expr],
+                          reason=prose("{total} = 1 by its definition (a normalised ratio)", total=row))
+        for constraint in self.spec.constraints:
+            summed_axis = list(constraint.lhs.function.indices).index(constraint.lhs.limits[0][0])
+
+            def constrained(e: sp.Expr, constraint: Any = constraint, axis: int = summed_axis) -> bool:
+                if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
+                    return False
+                entry, bound = e.function, e.limits[0][0]
+                return bool(entry.base == constraint.lhs.function.base and entry.indices[axis] == bound
+                            and e.limits[0][1:] == constraint.lhs.limits[0][1:])
+
+            simpler = expr.replace(constrained, lambda e, constraint=constraint: constraint.rhs)
+            if simpler != expr:
+                expr = tidy(simpler)
+                self.step(section, rule="target constraint", lhs=lhs, forms=[expr],
+                          assumes=(constraint.source.removeprefix("given "),),
+                          reason=prose("the targets satisfy the spec's constraint {lhs} = {rhs}", lhs=constraint.lhs,
+                                       rhs=constraint.rhs))
+        return expr
+
+    def _through_definitions(self, section: Section, lhs: sp.Expr, expr: sp.Expr, taken: set[str]) -> sp.Expr:
+        """Σ_k A[…k] dB[…k] with dB = Σ_e G·H: swap the sums, and where the inner sum is a forward
+        definition (O = Σ_j P V) read it by name — Σ_k P_ik dP_ik = Σ_e dO_ie O_ie, the per-row reduction
+        fused attention kernels use: it reads no n×n array."""
+        named = {a.name: a for a in self.adjoints.values() if a.named and a.expr.atoms(sp.Sum)}
+        for total in sorted(expr.atoms(sp.Sum), key=sp.default_sort_key):
+            if len(total.limits) != 1:
+                continue
+            bound = total.limits[0]
+            for factor in sp.Mul.make_args(total.function):
+                adjoint = named.get(str(factor.base)) if isinstance(factor, sp.Indexed) else None
+                if adjoint is None or not isinstance(adjoint.expr, sp.Sum) or len(adjoint.expr.limits) != 1:
+                    continue
+                inner = ta.rename_bound(adjoint.expr, taken | ta.names(expr)).xreplace(
+                    dict(zip(adjoint.indices, factor.indices)))
+                rest = total.function / factor
+                double = sp.Sum(rest * inner.function, inner.limits[0], bound)
+                found = self._read_as_definition(rest * inner.function, bound, inner.limits[0])
+                if found is None:
+                    continue
+                outer_factors, definition_entry = found
+                swapped = sp.Sum(outer_factors * sp.Sum(
+                    sp.Mul(*[f for f in sp.Mul.make_args(rest * inner.function) if bound[0] in f.free_symbols]),
+                    bound), inner.limits[0])
+                reduced = sp.Sum(outer_factors * definition_entry, inner.limits[0])
+                new = expr.xreplace({total: reduced})
+                self.step(section, rule=f"the row reduction through {definition_entry.base}", lhs=lhs,
+                          forms=[expr.xreplace({total: double}), expr.xreplace({total: swapped}), new],
+                          reason=prose("{adjoint} written out and the two sums swapped: the inner sum is the "
+                                       "definition of {entry}, so {total} = {reduced} reads only arrays of the "
+                                       "forward pass and the upstream gradient, and no row of an n×n array",
+                                       adjoint=factor, entry=definition_entry, total=total, reduced=reduced))
+                return new
+        return expr
+
+    def _inline_reductions(self, section: Section, lhs: sp.Expr, expr: sp.Expr, taken: set[str]) -> sp.Expr:
+        """Named backward arrays that are per-row reductions (dm, dv of a normalisation) written out, and the
+        result rewritten in the spec's names: kept when that reads shorter than the pieces together, as the
+        textbook's (g − mean(g) − x̂·mean(g x̂))/σ is."""
+        reductions = {a.name: a for a in self.adjoints.values()
+                      if a.named and a.expr.atoms(sp.Sum) and a.array not in self.spec.inputs}
+        free = ta.index_symbols(expr) - ta.bound_indices(expr)
+        # only reductions: arrays with fewer free indices than the result (dm_b in ∂l/∂x_bk), never one of the
+        # same shape (dP in dS), which is computed once as it is
+        used = [entry for entry in expr.atoms(sp.Indexed) if str(entry.base) in reductions
+                and len(set(entry.indices)) < len(free)]
+        labels = {base.label for base in expr.atoms(sp.IndexedBase)}
+        used += [symbol for symbol in expr.atoms(sp.Symbol) if str(symbol) in reductions and symbol not in labels]
+        if not used:
+            return expr
+        replacements = {}
+        for entry in used:
+            adjoint = reductions[str(getattr(entry, "base", entry))]
+            body = ta.rename_bound(adjoint.expr, set(taken) | ta.names(expr))
+            replacements[entry] = body.xreplace(dict(zip(adjoint.indices, getattr(entry, "indices", ()))))
+        written = expr.xreplace(replacements)
+        candidate = ta.in_names(tidy(ta.distribute(written)), self.spec.definitions, taken)
+        candidate = tidy(ta.combine_sums(candidate))
+        if cost(candidate) >= cost(expr) + 10:  # only where the written-out form is about as short
+            return expr
+        self.step(section, rule="write out the row reductions", lhs=lhs, forms=[written, candidate],
+                  reason=words(", ".join(sorted({str(getattr(e, 'base', e)) for e in used})) +
+                               " written out; the result in the spec's names"))
+        return candidate
+
+    def _read_as_definition(self, product: sp.Expr, inner: tuple[Any, ...],
+                            outer: tuple[Any, ...]) -> tuple[sp.Expr, sp.Expr] | None:
+        bound = inner[0]
+        factors = sp.Mul.make_args(product)
+        inside = sp.Mul(*[f for f in factors if bound in f.free_symbols])
+        outside = sp.Mul(*[f for f in factors if bound not in f.free_symbols])
+        candidate = sp.Sum(inside, inner)
+        free = sorted(ta.index_symbols(candidate), key=str)
+        for definition in self.spec.definitions:
+            if not isinstance(definition.expr, sp.Sum) or len(definition.indices) != len(free):
+                continue
+            for order in itertools.permutations(free):
+                body = ta.at(definition, tuple(order), set(self.taken) | ta.names(candidate))
+                if isinstance(body, sp.Sum) and ta.same_sum(body, candidate):
+                    return outside, sp.IndexedBase(definition.name)[tuple(order)]
+        return None
+
+
+def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tuple[str, ...]],
+                sizes: dict[str, sp.Symbol]) -> Any:
+    """The matrix reading of a two-index result (A_ij → A, A_ji → Aᵀ, Σ_k A_ik B_kj → AB, entrywise
+    products → ∘, a row's reduction → v𝟙ᵀ), or None where it has none."""
+    if len(free) != 2:
+        return None
+    ranges: dict[sp.Symbol, sp.Expr] = {}
+    for entry in expr.atoms(sp.Indexed):
+        for axis, position in enumerate(entry.indices):
+            if isinstance(position, sp.Symbol) and str(entry.base) in axes:
+                ranges.setdefault(position, sizes[axes[str(entry.base)][axis]])
+    for total in expr.atoms(sp.Sum):
+        for bound, _, high in total.limits:
+            ranges[bound] = high + 1
+    if not all(s in ranges for s in free):
+        return None
+
+    def form(e: sp.Expr, row: sp.Symbol, column: sp.Symbol | None) -> Any:
+        used = {s for s in (row, column) if s is not None and s in e.free_symbols}
+        if not used:
+            if e.atoms(sp.Indexed) - {x for x in e.atoms(sp.Indexed) if False}:
+                if not all(isinstance(t, sp.Sum) for t in sp.Mul.make_args(e) if t.atoms(sp.Indexed)):
+                    return None
+            return e  # a scalar
+        if isinstance(e, sp.Indexed):
+            if len(e.indices) == 2 and tuple(e.indices) == (row, column):
+                return sp.MatrixSymbol(str(e.base), ranges[row], ranges[column])
+            if len(e.indices) == 2 and tuple(e.indices) == (column, row):
+                return sp.MatrixSymbol(str(e.base), ranges[column], ranges[row]).T
+            if len(e.indices) == 1 and e.indices[0] == row:
+                vector = sp.MatrixSymbol(str(e.base), ranges[row], 1)
+                return vector if column is None else vector * OneMatrix(1, ranges[column])
+            if len(e.indices) == 1 and column is not None and e.indices[0] == column:
+                return OneMatrix(ranges[row], 1) * sp.MatrixSymbol(str(e.base), ranges[column], 1).T
+            return None
+        if e.is_Add and column is not None and not getattr(form, "swapping", False):
+            form.swapping = True  # type: ignore[attr-defined]
+            try:
+                swapped = form(e, column, row)  # (P − T)ᵀ rather than −Tᵀ + Pᵀ
+            finally:
+                form.swapping = False  # type: ignore[attr-defined]
+            if isinstance(swapped, sp.MatrixExpr) and not swapped.atoms(sp.Transpose):
+                return sp.Transpose(swapped)
+        if e.is_Add:
+            pieces = [form(a, row, column) for a in e.args]
+            if any(p is None for p in pieces):
+                return None
+            return sp.MatAdd(*pieces)
+        if e.is_Mul:
+            scalars = [f for f in e.args if not ({row, column} & f.free_symbols)]
+            matrices = [form(f, row, column) for f in e.args if {row, column} & f.free_symbols]
+            if any(m is None or not isinstance(m, sp.MatrixExpr) for m in matrices):
+                return None
+            if any(form(s, row, column) is None for s in scalars):
+                return None
+            body = matrices[0] if len(matrices) == 1 else HadamardProduct(*matrices)
+            coefficient = sp.Mul(*scalars)
+            return sp.MatMul(coefficient, body) if coefficient != 1 else body
+        if isinstance(e, sp.Sum) and len(e.limits) == 1:
+            bound = e.limits[0][0]
+            factors = sp.Mul.make_args(e.function)
+            with_row = sp.Mul(*[f for f in factors if row in f.free_symbols])
+            with_column = sp.Mul(*[f for f in factors if column is not None and column in f.free_symbols])
+            rest = sp.Mul(*[f for f in factors if not ({row, column} & f.free_symbols)])
+            if rest.free_symbols & {bound}:
+                if column is None:
+                    left = form(with_row * rest, row, bound)
+                    return None if left is None else left * OneMatrix(ranges[bound], 1)
+                return None
+            left = form(with_row * rest, row, bound)
+            if column is None:
+                return None if left is None else left * OneMatrix(ranges[bound], 1)
+            right = form(with_column, bound, column)
+            if left is None or right is None or not isinstance(left, sp.MatrixExpr) or not isinstance(
+                    right, sp.MatrixExpr):
+                return None
+            return sp.MatMul(left, right)
+        return None
+
+    try:
+        result = form(expr, free[0], free[1])
+    except (sp.ShapeError, TypeError, ValueError):
+        return None
+    return result if isinstance(result, sp.MatrixExpr) else None
+
+
+def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
+    """The reverse-mode derivation of a spec with several index ranges; every step checked."""
+    engine = TensorEngine(spec, wrt, seed)
+    sections: list[Section] = []
+    results: dict[str, Result] = {}
+    try:
+        engine.run(sections, results)
+    except NotImplementedError as problem:
+        raise SoftgradError(f"cannot derive {spec.output.name}: {problem}") from None
+    derivation = Derivation(spec, ",".join(engine.wrt), sections, results, [],
+                            wrt_reason=engine.wrt_reason)
+    derivation.tensor = engine.result
+    derivation.check_summary = (f"{len(derivation.steps)} steps, each checked numerically entry by entry at "
+                                f"{engine.checker.sizes_text} ({3} random points each)")
+    return derivation
+
+
+__all__ = ["Prose", "TensorDerivation", "derive_tensor", "matrix_form"]

@@ -1,0 +1,319 @@
+"""Algebra on expressions with several index ranges: sums of several limits, sifting products of Kronecker
+deltas, renaming bound indices, and rewriting results in the spec's defined names.
+
+These generalise `algebra` (one class axis) to arrays with any number of indices. A sum carries its
+range in its limits (k from 0 to n_c − 1), so renaming or sifting never mixes ranges.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import sympy as sp
+
+from softgrad.derive.algebra import cost, inversions, tidy
+from softgrad.derive.spec import Definition
+
+
+def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
+    return {limit[0] for total in expr.atoms(sp.Sum) for limit in total.limits}
+
+
+def index_symbols(expr: sp.Basic) -> set[sp.Symbol]:
+    """Free index symbols of expr: integer symbols in an entry's positions (sizes n_k are not indices)."""
+    found: set[sp.Symbol] = set()
+    for entry in expr.atoms(sp.Indexed):
+        for position in entry.indices:
+            found |= {s for s in position.free_symbols if not str(s).startswith("n_")}
+    for delta in expr.atoms(sp.KroneckerDelta):
+        found |= {s for s in delta.free_symbols if not str(s).startswith("n_")}
+    return {s for s in found if s.is_integer and s in expr.free_symbols}
+
+
+def fresh(taken: set[str], preferred: Iterable[str]) -> sp.Symbol:
+    for letter in [*preferred, *(f"k{number}" for number in range(1, 999))]:
+        if letter not in taken:
+            taken.add(letter)
+            return sp.Symbol(letter, integer=True)
+    raise ValueError("no fresh index")  # pragma: no cover
+
+
+def names(expr: sp.Basic) -> set[str]:
+    return {str(s) for s in expr.atoms(sp.Symbol)} | {str(b.label) for b in expr.atoms(sp.IndexedBase)}
+
+
+def rename_bound(expr: sp.Expr, taken: set[str]) -> sp.Expr:
+    """Every summation index renamed to a letter not in `taken` (which grows), so that substituting free
+    indices into the expression can never capture one."""
+    def rename(total: sp.Sum) -> sp.Expr:
+        function, limits = total.function, []
+        for bound, low, high in total.limits:
+            if str(bound) in taken:
+                new = fresh(taken, [f"{bound}{number}" for number in range(1, 9)])
+                function = function.xreplace({bound: new})
+                bound = new
+            taken.add(str(bound))
+            limits.append((bound, low, high))
+        return sp.Sum(function, *limits)
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), rename)
+
+
+def at(definition: Definition, positions: tuple[sp.Expr, ...], taken: set[str]) -> sp.Expr:
+    """A definition's right-hand side at the given index positions, bound indices kept apart from them."""
+    body = rename_bound(definition.expr, set(taken) | {str(p) for p in positions} - set(map(str, definition.indices)))
+    return body.xreplace(dict(zip(definition.indices, positions)))
+
+
+def exact_numbers(expr: sp.Expr) -> sp.Expr:
+    """Floats that calculus made from the spec's own (1.0·v, 0.5) written as the small rationals they are;
+    the spec's constants such as 1e-5 stay as written."""
+    def simple(value: sp.Float) -> sp.Expr:
+        rational = sp.Rational(str(value)).limit_denominator(16)
+        return rational if float(rational) == float(value) and rational.q <= 16 and abs(rational.p) <= 64 else value
+
+    return expr.replace(lambda e: isinstance(e, sp.Float), simple)
+
+
+def _powers_of_deltas(expr: sp.Expr) -> sp.Expr:
+    return expr.replace(lambda e: e.is_Pow and isinstance(e.base, sp.KroneckerDelta) and e.exp.is_positive,
+                        lambda e: e.base)
+
+
+def sift(expr: sp.Expr) -> sp.Expr:
+    """Σ_k f(k) δ(k, a) = f(a) for every limit of every sum; what is constant in a limit leaves it, and
+    Σ_k c = c·n_k."""
+    def one(total: sp.Sum) -> sp.Expr:
+        pieces = []
+        for term in sp.Add.make_args(sp.expand(_powers_of_deltas(total.function))):
+            limits = list(total.limits)
+            changed = True
+            while changed:
+                changed = False
+                for limit in limits:
+                    bound = limit[0]
+                    delta = next((f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta)
+                                  and bound in f.args and len([a for a in f.args if bound in a.free_symbols]) == 1),
+                                 None)
+                    if delta is None:
+                        continue
+                    other = delta.args[0] if delta.args[1] == bound else delta.args[1]
+                    term = _powers_of_deltas((term / delta).xreplace({bound: other}))
+                    limits.remove(limit)
+                    changed = True
+                    break
+            pieces.append(factor_out(term, limits))
+        return sp.Add(*pieces)
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), one)
+
+
+def collapse_deltas(expr: sp.Expr) -> sp.Expr:
+    """δ(c, label_b)·f(c) = δ(c, label_b)·f(label_b): where the delta is not zero its two sides are equal,
+    so an index that meets a label's entry takes the entry's value in the rest of the product."""
+    def one(product: sp.Mul) -> sp.Expr:
+        for delta in [f for f in product.args if isinstance(f, sp.KroneckerDelta)]:
+            first, second = delta.args
+            if isinstance(first, sp.Symbol) and not isinstance(second, sp.Symbol):
+                index, value = first, second
+            elif isinstance(second, sp.Symbol) and not isinstance(first, sp.Symbol):
+                index, value = second, first
+            else:
+                continue
+            rest = product / delta
+            if index in rest.free_symbols:
+                return delta * rest.xreplace({index: value})
+        return product
+
+    return expr.replace(lambda e: e.is_Mul and any(isinstance(f, sp.KroneckerDelta) for f in e.args), one)
+
+
+def factor_out(term: sp.Expr, limits: list[tuple[sp.Expr, ...]]) -> sp.Expr:
+    """Σ over `limits` of one product: factors that do not depend on a limit's index leave the sum, and a
+    limit nothing depends on becomes a factor n_k."""
+    if not limits:
+        return term
+    bounds = {limit[0] for limit in limits}
+    outside = sp.Mul(*[f for f in sp.Mul.make_args(term) if not f.free_symbols & bounds])
+    inside = sp.Mul(*[f for f in sp.Mul.make_args(term) if f.free_symbols & bounds])
+    used = [limit for limit in limits if limit[0] in inside.free_symbols]
+    for limit in limits:
+        if limit not in used:
+            outside *= limit[2] - limit[1] + 1
+    return outside * (sp.Sum(inside, *used) if used else inside)
+
+
+def distribute(expr: sp.Expr) -> sp.Expr:
+    """Σ(a + b) → Σa + Σb, each with its constant factors outside."""
+    def one(total: sp.Sum) -> sp.Expr:
+        return sp.Add(*[factor_out(term, list(total.limits)) for term in sp.Add.make_args(sp.expand(total.function))])
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), one)
+
+
+def same_sum(first: sp.Sum, second: sp.Sum) -> bool:
+    """Two sums equal up to the names (and order) of their summation indices."""
+    if len(first.limits) != len(second.limits):
+        return False
+    for order in itertools.permutations(second.limits):
+        if [limit[1:] for limit in first.limits] != [limit[1:] for limit in order]:
+            continue
+        renaming = {b: a[0] for a, b in zip(first.limits, [limit[0] for limit in order])}
+        if second.function.xreplace(renaming) == first.function:
+            return True
+    return False
+
+
+def combine_sums(expr: sp.Expr) -> sp.Expr:
+    """c₁ Σ_b f + c₂ Σ_b g → Σ_b (c₁ f + c₂ g), its summand factored: one sum where a textbook writes one
+    (in every sum of the expression, innermost first)."""
+    return expr.replace(lambda e: e.is_Add and len([t for t in e.args if t.has(sp.Sum)]) > 1, _combine_one)
+
+
+def _combine_one(expr: sp.Expr) -> sp.Expr:
+    groups: dict[tuple[Any, ...], list[sp.Expr]] = {}
+    rest = []
+    for term in sp.Add.make_args(sp.expand(expr, power_base=False, power_exp=False, log=False, deep=False)):
+        sums = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.Sum)]
+        if len(sums) != 1:
+            rest.append(term)
+            continue
+        total = sums[0]
+        # only sums over the same entries combine: one that has fewer free indices stays a smaller reduction
+        key = (tuple((limit[1], limit[2]) for limit in total.limits),
+               tuple(sorted(map(str, index_symbols(total) - {limit[0] for limit in total.limits}))))
+        coefficient = term / total
+        bounds = tuple(limit[0] for limit in total.limits)
+        # a coefficient with an index the sum does not have would put O(n) work inside every entry
+        if any(b in coefficient.free_symbols for b in bounds) or index_symbols(coefficient) - total.free_symbols:
+            rest.append(term)
+            continue
+        groups.setdefault(key, []).append((bounds, coefficient * total.function, total.limits))
+    for members in groups.values():
+        if len(members) == 1:
+            bounds, function, limits = members[0]
+            rest.append(sp.Sum(function, *limits) if True else function)
+            continue
+        bounds, _, limits = members[0]
+        summand = sp.Add(*[function.xreplace(dict(zip(other, bounds))) for other, function, _ in members])
+        rest.append(sp.Sum(sp.factor_terms(summand), *limits))
+    return sp.Add(*rest)
+
+
+def unify_sums(expr: sp.Expr) -> sp.Expr:
+    """Sums equal up to the names of their indices written one way, so that they cancel and collect."""
+    representatives: list[sp.Sum] = []
+    renaming = {}
+    for total in sorted(expr.atoms(sp.Sum), key=lambda e: (sp.count_ops(e), sp.default_sort_key(e))):
+        match = next((r for r in representatives if r != total and same_sum(r, total)), None)
+        if match is None:
+            representatives.append(total)
+        else:
+            renaming[total] = match
+    return expr.xreplace(renaming) if renaming else expr
+
+
+def substitute(expr: sp.Expr, pattern: sp.Expr, value: sp.Expr) -> sp.Expr:
+    """expr with pattern replaced by value, sums matched whatever their indices are called."""
+    for pattern_sum in pattern.atoms(sp.Sum):
+        for found in expr.atoms(sp.Sum):
+            if found != pattern_sum and same_sum(found, pattern_sum):
+                expr = expr.xreplace({found: pattern_sum})
+    # SymPy's subs does not look inside a sum for what involves its index; the summand is substituted here
+    inside = expr.replace(lambda e: isinstance(e, sp.Sum) and e != pattern and not pattern.has(e),
+                          lambda e: sp.Sum(e.function.subs(pattern, value), *e.limits))
+    return inside.subs(pattern, value)
+
+
+def _assignments(pattern: sp.Expr, definition: Definition, expr: sp.Expr) -> list[dict[sp.Symbol, sp.Expr]]:
+    """Where a pattern might occur in expr: index assignments read off entries of the same arrays (each
+    entry of the pattern that carries the definition's indices constrains them; all must agree)."""
+    own = list(definition.indices)
+    if not own:
+        return [{}]
+    anchors = [e for e in pattern.atoms(sp.Indexed) if set(own) & set(e.indices)]
+    options: list[list[dict[sp.Symbol, sp.Expr]]] = []
+    for anchor in sorted(anchors, key=sp.default_sort_key):
+        found = []
+        for entry in expr.atoms(sp.Indexed):
+            if entry.base != anchor.base:
+                continue
+            assignment: dict[sp.Symbol, sp.Expr] = {}
+            for mine, theirs in zip(anchor.indices, entry.indices):
+                if mine in own and assignment.setdefault(mine, theirs) != theirs:
+                    break
+            else:
+                if assignment not in found:
+                    found.append(assignment)
+        options.append(found)
+    combined: list[dict[sp.Symbol, sp.Expr]] = []
+    for choice in itertools.islice(itertools.product(*options), 256):
+        merged: dict[sp.Symbol, sp.Expr] = {}
+        if all(merged.setdefault(k, v) == v for part in choice for k, v in part.items()):
+            if len(merged) == len(own) and merged not in combined:
+                combined.append(merged)
+    return combined
+
+
+def _apart(pattern: sp.Expr, value: sp.Expr, avoid: set[str]) -> tuple[sp.Expr, sp.Expr]:
+    """pattern and value with their summation indices renamed (the same way in both) away from `avoid`."""
+    renaming = {}
+    local = set(avoid)
+    for bound in sorted(bound_indices(pattern) | bound_indices(value), key=str):
+        if str(bound) in local:
+            renaming[bound] = fresh(local, [f"{bound}{number}" for number in range(1, 9)])
+        local.add(str(bound))
+    return pattern.xreplace(renaming), value.xreplace(renaming)
+
+
+def in_names(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
+    """expr rewritten in the spec's defined names wherever that makes it simpler (exp(S_ij)/Σ_k exp(S_ik) →
+    P_ij): each definition inverted, tried at every place its arrays occur, kept when the cost drops.
+    A definition's own sums stay whole (the x_k of Σ_k x_k² are not rewritten)."""
+    best = tidy(exact_numbers(expr))
+    for _ in range(2):
+        start = best
+        for definition in reversed(definitions):
+            if not definition.is_vector and not definition.expr.atoms(sp.Indexed):
+                continue
+            own = list(definition.expr.atoms(sp.Sum))
+            for pattern, value in inversions(definition):
+                for assignment in _assignments(pattern, definition, best):
+                    avoid = set(taken) | names(best) | {str(v) for v in assignment.values()}
+                    local_pattern, local_value = _apart(pattern, value, avoid - set(map(str, definition.indices)))
+                    local_pattern = local_pattern.xreplace(assignment)
+                    local_value = local_value.xreplace(assignment)
+                    masks = {} if pattern.atoms(sp.Sum) else {
+                        found: sp.Dummy("sum") for found in best.atoms(sp.Sum)
+                        if any(same_sum(found, total.xreplace(assignment)) for total in own)}
+                    trial = substitute(best.xreplace(masks), local_pattern, local_value)
+                    trial = unify_sums(trial.xreplace({dummy: total for total, dummy in masks.items()}))
+                    if trial == best:
+                        continue
+                    trial = exact_numbers(tidy(unify_sums(distribute(trial))))
+                    if cost(trial) < cost(best):
+                        best = trial
+        collapsed = exact_numbers(tidy(collapse_deltas(sp.expand(best))))
+        if cost(collapsed) < cost(best):
+            best = collapsed
+        if best == start:
+            break
+    return best
+
+
+def outputs_sum_to_one(definition: Definition) -> sp.Symbol | None:
+    """For P[…, c] = N(c)/Σ_k N(k): the index c whose sum of P is 1 (a structural fact), else None."""
+    if len(definition.indices) < 1:
+        return None
+    numerator, denominator = sp.fraction(sp.together(definition.expr))
+    if not isinstance(denominator, sp.Sum) or len(denominator.limits) != 1:
+        return None
+    bound = denominator.limits[0][0]
+    for free in definition.indices:
+        if free in denominator.free_symbols:
+            continue
+        if sp.simplify(denominator.function.xreplace({bound: free}) - numerator) == 0:
+            return free
+    return None

@@ -1,0 +1,274 @@
+"""The machine check of every step of a tensor derivation: both sides evaluated entry by entry.
+
+The ranges get small, different sizes (so that a transposed index or a sum over the wrong axis shows),
+in two assignments; the inputs get random values (labels random classes, constrained targets rows that
+satisfy the constraint). A written-out derivative ∂ℓ/∂X[q] is computed from the forward function by a
+complex step (exact to rounding, independent of the rules that produced the right-hand side).
+"""
+
+from __future__ import annotations
+
+import cmath
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from softgrad.derive.check import function_table
+from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.steps import Step
+from softgrad.derive.symbols import Partial
+from softgrad.errors import StepCheckFailed
+
+COMPLEX_STEP = 1e-30
+TOLERANCE = 1e-9
+POINTS = 3
+_FUNCTIONS = function_table(cmath)
+
+
+@dataclass
+class Point:
+    sizes: dict[sp.Symbol, int]
+    arrays: dict[str, Any]
+    scalars: dict[str, complex]
+    derivatives: dict[tuple[Any, ...], Point] = field(default_factory=dict)  # perturbed copies, by entry
+
+
+class TensorChecker:
+    """Evaluates forward definitions, the derivation's named backward arrays and each step's forms."""
+
+    def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]], surrogate: Definition | None,
+                 positive: set[str], seed: int = 0):
+        self.spec = spec
+        self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
+        self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
+        self.backward: list[Definition] = []  # named adjoints, appended as they are derived
+        self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
+        rng = random.Random(seed)
+        ranges = list(spec.sizes)
+        assignments = [[2 + (position + shift) % 3 for position in range(len(ranges))] for shift in (0, 1)]
+        self.points: list[Point] = []
+        for sizes in assignments:
+            size_of = {spec.sizes[name]: size for name, size in zip(ranges, sizes)}
+            by_name = dict(zip(ranges, sizes))
+            for _ in range(POINTS):
+                self.points.append(self._point(size_of, by_name, positive, rng))
+        self.sizes_text = " and ".join(", ".join(f"n_{name} = {size}" for name, size in zip(ranges, sizes))
+                                       for sizes in assignments)
+
+    def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
+               rng: random.Random) -> Point:
+        arrays: dict[str, Any] = {}
+        constrained = {c.input_name: c for c in self.spec.constraints}
+        for name, ranges in self.axes.items():
+            if name in self.spec.labels:
+                high = by_name[self.spec.labels[name]]
+                arrays[name] = np.array([rng.randrange(high) for _ in range(_count(ranges, by_name))],
+                                        dtype=complex).reshape([by_name[r] for r in ranges])
+            elif name in self.spec.inputs or name not in {d.name for d in self.spec.definitions}:
+                shape = [by_name[r] for r in ranges]
+                values = [rng.uniform(0.2, 2.0) if name in positive or name in constrained else rng.gauss(0, 1)
+                          for _ in range(_count(ranges, by_name))]
+                arrays[name] = np.array(values, dtype=complex).reshape(shape)
+        for name, constraint in constrained.items():
+            axis = _summed_axis(constraint)
+            total = arrays[name].sum(axis=axis, keepdims=True)
+            arrays[name] = arrays[name] / total * complex(constraint.rhs)
+        scalars = {p: complex(rng.uniform(0.5, 2.0)) for p in self.spec.parameters}
+        point = Point(size_of, arrays, scalars)
+        self._complete(point, self.forward)
+        return point
+
+    # ------------------------------------------------------------ evaluation
+    def _complete(self, point: Point, definitions: list[Definition], after: str | None = None) -> None:
+        started = after is None
+        for definition in definitions:
+            if not started:
+                started = definition.name == after
+                continue
+            if definition.is_vector:
+                ranges = self.axes[definition.name]
+                shape = tuple(point.sizes[self.spec.sizes[r]] for r in ranges)
+                values = np.empty(shape, dtype=complex)
+                for entry in itertools.product(*(range(s) for s in shape)):
+                    values[entry] = self.value(definition.expr, point, dict(zip(definition.indices, entry)))
+                point.arrays[definition.name] = values
+            else:
+                point.scalars[definition.name] = self.value(definition.expr, point, {})
+
+    def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
+        if expr.is_Number or expr.is_NumberSymbol:
+            return complex(expr)
+        if isinstance(expr, sp.Indexed):
+            entry = tuple(round(complex(self.value(i, point, env)).real) for i in expr.indices)
+            return point.arrays[str(expr.base)][entry]
+        if expr.is_Symbol:
+            if expr in env:
+                return env[expr]
+            if expr in point.sizes:
+                return point.sizes[expr]
+            return point.scalars[str(expr)]
+        if expr.is_Add:
+            return sum((self.value(a, point, env) for a in expr.args), 0j)
+        if expr.is_Mul:
+            result = 1 + 0j
+            for factor in expr.args:
+                result *= self.value(factor, point, env)
+            return result
+        if expr.is_Pow:
+            base, exponent = self.value(expr.base, point, env), self.value(expr.exp, point, env)
+            if exponent.imag == 0 and exponent.real == int(exponent.real):
+                return base ** int(exponent.real)
+            return cmath.exp(exponent * cmath.log(base))
+        if isinstance(expr, sp.KroneckerDelta):
+            first, second = (round(complex(self.value(a, point, env)).real) for a in expr.args)
+            return 1.0 if first == second else 0.0
+        if isinstance(expr, sp.Sum):
+            total = 0j
+            ranges = [range(int(self.value(low, point, env).real), int(self.value(high, point, env).real) + 1)
+                      for _, low, high in expr.limits]
+            bounds = [limit[0] for limit in expr.limits]
+            for entry in itertools.product(*ranges):
+                total += self.value(expr.function, point, {**env, **dict(zip(bounds, entry))})
+            return total
+        if isinstance(expr, Partial):
+            return self._derivative(expr, point, env)
+        function = _FUNCTIONS.get(expr.func)
+        if function is not None:
+            return function(*(self.value(a, point, env) for a in expr.args))
+        raise NotImplementedError(f"cannot evaluate {expr.func.__name__}")
+
+    def _derivative(self, partial: Partial, point: Point, env: dict[Any, int]) -> complex:
+        """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
+        definition C is the derivative of C's own formula, its other arrays held (the chain rule's factor)."""
+        var = partial.var
+        definitions = {d.name: d for d in self.forward}
+        target = partial.expr
+        target_name = str(target.base) if isinstance(target, sp.Indexed) else str(target)
+        if target != self.loss and target_name in definitions:
+            definition = definitions[target_name]
+            step_point = Point(point.sizes, {k: v.copy() for k, v in point.arrays.items()}, dict(point.scalars))
+            name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
+            entry = tuple(round(complex(self.value(i, point, env)).real) for i in getattr(var, "indices", ()))
+            if isinstance(var, sp.Indexed):
+                step_point.arrays[name][entry] += COMPLEX_STEP * 1j
+            else:
+                step_point.scalars[name] += COMPLEX_STEP * 1j
+            at = {index: round(complex(self.value(p, point, env)).real)
+                  for index, p in zip(definition.indices, getattr(target, "indices", ()))}
+            return complex(self.value(definition.expr, step_point, at)).imag / COMPLEX_STEP
+        name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
+        entry = tuple(round(complex(self.value(i, point, env)).real) for i in getattr(var, "indices", ()))
+        key = (name, entry)
+        perturbed = point.derivatives.get(key)
+        if perturbed is None:
+            arrays = {k: v.copy() for k, v in point.arrays.items()}
+            scalars = dict(point.scalars)
+            if isinstance(var, sp.Indexed):
+                arrays[name][entry] += COMPLEX_STEP * 1j
+            else:
+                scalars[name] += COMPLEX_STEP * 1j
+            moved = Point(point.sizes, arrays, scalars)
+            self._complete(moved, self.forward, after=name if name not in self.spec.inputs else None)
+            point.derivatives[key] = perturbed = moved
+        return complex(self.value(partial.expr, perturbed, env)).imag / COMPLEX_STEP
+
+    def matrix_value(self, expr: Any, point: Point) -> Any:
+        if isinstance(expr, sp.MatrixSymbol):
+            values = point.arrays[str(expr.name)]
+            return values.reshape(-1, 1) if values.ndim == 1 else values
+        if isinstance(expr, sp.OneMatrix):
+            return np.ones((int(self.value(expr.shape[0], point, {}).real),
+                            int(self.value(expr.shape[1], point, {}).real)))
+        if isinstance(expr, sp.Transpose):
+            return self.matrix_value(expr.arg, point).T
+        if isinstance(expr, sp.MatMul):
+            scalar, matrices = 1 + 0j, []
+            for factor in expr.args:
+                if isinstance(factor, sp.MatrixExpr):
+                    matrices.append(self.matrix_value(factor, point))
+                else:
+                    scalar *= self.value(factor, point, {})
+            result = matrices[0]
+            for matrix in matrices[1:]:
+                result = result @ matrix
+            return scalar * result
+        if isinstance(expr, sp.MatAdd):
+            return sum(self.matrix_value(term, point) for term in expr.args)
+        if isinstance(expr, sp.HadamardProduct):
+            result = self.matrix_value(expr.args[0], point)
+            for factor in expr.args[1:]:
+                result = result * self.matrix_value(factor, point)
+            return result
+        raise NotImplementedError(f"cannot evaluate the matrix expression {type(expr).__name__}")
+
+    # ------------------------------------------------------------ checking
+    def check(self, step: Step) -> Step:
+        """Every form of the step equals its left-hand side at every entry, at every point; or raise."""
+        free = sorted({s for e in [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
+                       for s in _free_indices(e)}, key=str)
+        ranges = {s: self._range_of(s, step) for s in free}
+        compared = 0
+        for number, point in enumerate(self.points):
+            full = Point(point.sizes, dict(point.arrays), dict(point.scalars), point.derivatives)
+            self._complete(full, self.backward)
+            matrices = [self.matrix_value(f, full) if isinstance(f, sp.MatrixExpr) else None for f in step.forms]
+            sizes = [range(full.sizes[self.spec.sizes[ranges[s]]]) for s in free]
+            for entry in itertools.product(*sizes):
+                env = dict(zip(free, entry))
+                expected = complex(self.value(step.lhs, full, env))
+                for position, form in enumerate(step.forms):
+                    matrix = matrices[position]
+                    if matrix is not None:
+                        axes = tuple(env[a] for a in step.matrix_axes)
+                        got = complex(matrix[axes if len(axes) == 2 else (*axes, 0)])
+                    else:
+                        got = complex(self.value(form, full, env))
+                    compared += 1
+                    if not (abs(got - expected) <= TOLERANCE * max(1.0, abs(expected))):
+                        where = ", ".join(f"{s} = {v}" for s, v in env.items())
+                        raise StepCheckFailed(
+                            f"step '{step.rule}' does not hold: form {position + 1} is {got.real:.6g}, the "
+                            f"left-hand side {expected.real:.6g} (at {where or 'the scalar'}, point {number + 1})")
+        step.checked = True
+        step.check_detail = (f"every entry at {self.sizes_text} ({POINTS} random points each, {compared} "
+                             "comparisons)")
+        step.check_sizes = tuple(sorted({size for p in self.points for size in p.sizes.values()}))
+        return step
+
+    def _range_of(self, symbol: sp.Symbol, step: Step) -> str:
+        for expr in [step.lhs, *step.forms]:
+            if isinstance(expr, sp.MatrixExpr):
+                continue
+            for entry in sp.preorder_traversal(expr):
+                if isinstance(entry, sp.Indexed) and str(entry.base) in self.axes:
+                    for axis, position in enumerate(entry.indices):
+                        if position == symbol:
+                            return self.axes[str(entry.base)][axis]
+        raise StepCheckFailed(f"cannot tell the range of index {symbol} in step '{step.rule}'")
+
+
+def _free_indices(expr: sp.Expr) -> set[sp.Symbol]:
+    bound = {limit[0] for total in expr.atoms(sp.Sum) for limit in total.limits}
+    found = set()
+    for entry in expr.atoms(sp.Indexed):
+        for position in entry.indices:
+            found |= {s for s in position.free_symbols if s.is_Symbol and s.is_integer
+                      and not str(s).startswith("n_")}
+    return {s for s in found if s not in bound and s in expr.free_symbols}
+
+
+def _count(ranges: tuple[str, ...], by_name: dict[str, int]) -> int:
+    count = 1
+    for name in ranges:
+        count *= by_name[name]
+    return count
+
+
+def _summed_axis(constraint: Any) -> int:
+    summed = constraint.lhs.function
+    bound = constraint.lhs.limits[0][0]
+    return list(summed.indices).index(bound)

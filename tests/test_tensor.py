@@ -1,0 +1,246 @@
+"""Specs with several index ranges: weights, batches, labels and attention — parsed, derived (every step
+checked), generated as NumPy, and compared with PyTorch's autograd in float64."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import require_module
+
+from softgrad.codegen.build import import_path
+from softgrad.codegen.emit import emit
+from softgrad.derive import derive_spec, parse_spec
+from softgrad.errors import SoftgradError, SpecError
+from softgrad.verify.tensor_generated import check_tensor_module
+
+EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
+
+
+def _example(name):
+    return parse_spec((EXAMPLES / f"{name}.spec").read_text(), name=name)
+
+
+_DERIVED = {}
+
+
+def derived(name):
+    if name not in _DERIVED:
+        _DERIVED[name] = derive_spec(_example(name), time_limit=None)
+    return _DERIVED[name]
+
+
+def generated(name, tmp_path):
+    ((file_name, text),) = emit(derived(name), "numpy").items()
+    (tmp_path / file_name).write_text(text)
+    return import_path(tmp_path / file_name)
+
+
+# ------------------------------------------------------------------ the language
+def test_several_indices_sums_sizes_and_ranges():
+    spec = _example("softmax-regression")
+    assert spec.tensor and spec.axes["W"] == ("c", "d") and spec.axes["X"] == ("b", "d")
+    assert spec.axes["bias"] == ("c",) and spec.axes["P"] == ("b", "c")
+    loss = spec.output.expr
+    total = next(iter(loss.atoms(sp.Sum)))
+    assert [limit[0].name for limit in total.limits] == ["c", "b"]  # sum(…, b, c): Σ_b Σ_c
+    assert sp.Symbol("n_b", integer=True, positive=True) in loss.free_symbols  # size(b)
+
+
+def test_labels_pick_an_entry_and_run_over_the_class_range():
+    spec = _example("softmax-regression-labels")
+    assert spec.labels == {"label": "c"} and "label" in spec.inputs
+    assert "P[b, label[b]]" in spec.statements[-1]
+
+
+def test_attention_ranges_are_unified_not_guessed():
+    spec = _example("attention")
+    assert spec.axes["Q"] == ("i", "e") and spec.axes["K"] == ("j", "e")
+    assert spec.axes["V"][0] == "j" and spec.axes["V"][1] != "e"  # value features: a range of their own
+    assert spec.axes["P"] == ("i", "j")
+
+
+def test_one_index_specs_are_unchanged():
+    spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k) / size(k)")
+    assert not spec.tensor and sp.Symbol("n", integer=True, positive=True) in spec.output.expr.free_symbols
+
+
+@pytest.mark.parametrize("source, message", [
+    ("z[b, c] = W[c] + W[b, c]", "'W' has 1 index elsewhere, 2 here"),
+    ("y[b] = W[b, c]", "undefined index 'c'"),
+    ("y[b, c] = x[b, c] / n", "'n' is ambiguous"),
+    ("y[b, c] = x[b, c] * label[b]\nL = sum(P[b, label[b]], b)", "'label' is not a label input"),
+    ("L = sum(P[b, label[b]] * label[b], b)", "holds class indices"),
+    ("y[b, b] = x[b, b]", "appears twice on the left-hand side"),
+    ("y[b, c] = sum(x[b, k], k, k)", "summed over twice"),
+    ("y[b, c] = x[b, c] / size(q)", "'q' is not an index of this statement"),
+])
+def test_malformed_tensor_specs_are_one_clear_error(source, message):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(source)
+    assert message in str(caught.value)
+
+
+# ------------------------------------------------------------------ the derivations
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
+def test_every_step_is_checked_entry_by_entry(name):
+    derivation = derived(name)
+    assert derivation.steps and all(step.checked for step in derivation.steps)
+    assert all("every entry at" in step.check_detail for step in derivation.steps)
+
+
+def test_a_wrong_step_is_caught():
+    from softgrad.derive.steps import Step
+    from softgrad.derive.symbols import Partial
+    from softgrad.derive.tensor import TensorEngine
+    from softgrad.errors import StepCheckFailed
+
+    engine = TensorEngine(_example("softmax-regression"), None, 0)
+    W, X, P, T = (sp.IndexedBase(name) for name in "WXPT")
+    b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
+    n_b = engine.spec.sizes["b"]
+    engine.axes.update(engine.spec.axes)
+    right = sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, n_b - 1)) / n_b
+    engine.checker.check(Step("right", Partial(engine.loss, W[c, d]), [right], None))
+    for wrong in (-right, right * 2, sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, n_b - 1)),
+                  right.xreplace({T: P})):
+        with pytest.raises(StepCheckFailed):
+            engine.checker.check(Step("wrong", Partial(engine.loss, W[c, d]), [wrong], None))
+
+
+def test_softmax_regression_gives_the_textbook_gradients():
+    derivation = derived("softmax-regression")
+    assert derivation.wrt == "W,X,bias" and "T" in derivation.wrt_reason
+    results = derivation.results
+    assert str(results["dW_matrix"].rhs) == "1/n_b*((P - T).T*X)"  # (P − T)ᵀ X / B
+    assert str(results["dbias"].rhs) == "Sum(P[b, c] - T[b, c], (b, 0, n_b - 1))/n_b"
+
+
+def test_labels_derive_through_the_kronecker_delta():
+    derivation = derived("softmax-regression-labels")
+    gradient = derivation.results["dW"].rhs
+    assert gradient.has(sp.KroneckerDelta) and "label[b]" in str(gradient)
+    assert not any(isinstance(f, sp.Pow) and f.exp < 0 and f.base.has(sp.IndexedBase("P"))
+                   for f in sp.preorder_traversal(gradient))  # (P − δ)·X/n_b: no 1/P left
+
+
+def test_attention_backward_uses_the_row_reduction_not_the_jacobian():
+    derivation = derived("attention")
+    assert any(step.rule == "the row reduction through O" for step in derivation.steps)
+    dS = next(d for d in derivation.tensor.backward if d.name == "dS")
+    reductions = [s for s in dS.expr.atoms(sp.Sum)]
+    assert len(reductions) == 1
+    reads = {str(e.base) for e in reductions[0].atoms(sp.Indexed)}
+    assert reads == {"O", "dO"}  # Σ_f dO[i,f]·O[i,f]: O(n·d), no n×n array
+    assert str(derivation.results["dV_matrix"].rhs) == "P.T*dO"
+
+
+def test_layer_norm_parameters_and_input():
+    derivation = derived("layer-norm-affine")
+    assert str(derivation.results["dgamma"].rhs) == "Sum(dy[b, k]*xhat[b, k], (b, 0, n_b - 1))"
+    assert str(derivation.results["dbeta"].rhs) == "Sum(dy[b, k], (b, 0, n_b - 1))"
+    dx = derivation.results["dx"].rhs
+    assert not any(len(s.limits) > 1 for s in dx.atoms(sp.Sum))  # O(n) per row: no double sum
+
+
+def test_wrt_selects_inputs_and_refuses_labels():
+    derivation = derive_spec(_example("softmax-regression"), wrt="W,bias", time_limit=None)
+    assert list(derivation.tensor.gradients) == ["W", "bias"]
+    with pytest.raises(SpecError, match="class indices"):
+        derive_spec(_example("softmax-regression-labels"), wrt="label", time_limit=None)
+    with pytest.raises(SpecError, match="not an input"):
+        derive_spec(_example("softmax-regression"), wrt="W,Z", time_limit=None)
+
+
+# ------------------------------------------------------------------ generated NumPy against torch
+def _torch_reference(torch, name, arrays):
+    t = {k: torch.tensor(v, requires_grad=k not in ("T", "label", "dO", "dy")) for k, v in arrays.items()}
+    if name in ("softmax-regression", "softmax-regression-labels"):
+        z = t["X"] @ t["W"].T + t["bias"]
+        if name == "softmax-regression":
+            loss = -(t["T"] * torch.log_softmax(z, 1)).sum() / z.shape[0]
+        else:
+            loss = torch.nn.functional.cross_entropy(z, t["label"])
+        loss.backward()
+        return loss.item(), {k: t[k].grad.numpy() for k in ("W", "X", "bias")}
+    if name == "attention":
+        out = torch.softmax(t["Q"] @ t["K"].T / np.sqrt(t["Q"].shape[1]), 1) @ t["V"]
+        out.backward(t["dO"])
+        return out.detach().numpy(), {k: t[k].grad.numpy() for k in ("Q", "K", "V")}
+    if name == "layer-norm-affine":
+        out = torch.nn.functional.layer_norm(t["x"], t["x"].shape[1:], t["gamma"], t["beta"], eps=1e-5)
+        out.backward(t["dy"])
+        return out.detach().numpy(), {k: t[k].grad.numpy() for k in ("x", "gamma", "beta")}
+    h = torch.tanh(t["X"] @ t["W1"].T)
+    loss = -(t["T"] * torch.log_softmax(h @ t["W2"].T, 1)).sum() / h.shape[0]
+    loss.backward()
+    return loss.item(), {k: t[k].grad.numpy() for k in ("W1", "X", "W2")}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
+def test_generated_numpy_matches_torch_autograd(name, tmp_path):
+    torch = require_module("torch")
+    from softgrad.verify.tensor_generated import sample_tensor_inputs
+
+    derivation = derived(name)
+    module = generated(name, tmp_path)
+    sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
+    arrays, _ = sample_tensor_inputs(derivation, sizes, seed=4, scale=2.0)
+    arguments = [arrays[n] for n in derivation.spec.inputs]
+    if derivation.tensor.upstream:
+        arguments.append(arrays[derivation.tensor.upstream])
+    returned = module.gradients(*arguments)
+    expected_output, expected = _torch_reference(torch, name, arrays)
+    output = module.forward(*[arrays[n] for n in derivation.spec.inputs])
+    np.testing.assert_allclose(output, expected_output, rtol=1e-12, atol=1e-12)
+    gradients = returned[1:] if not derivation.spec.output.is_vector else returned
+    for input_name, gradient in zip(derivation.tensor.gradients, gradients):
+        np.testing.assert_allclose(gradient, expected[input_name], rtol=1e-10, atol=1e-12, err_msg=input_name)
+
+
+def test_generated_numpy_has_no_python_loop_over_entries_and_uses_einsum(tmp_path):
+    for name in ("attention", "softmax-regression"):
+        ((_, text),) = emit(derived(name), "numpy").items()
+        body = text[text.index("def forward"):]
+        code = "\n".join(line for line in body.splitlines() if not line.strip().startswith(('"""', "def ")))
+        assert " for " not in code and "while" not in code
+        assert "np.einsum(" in body and "optimize=True" in body
+        assert "_finite(np.max(" in body  # the row maximum shift of the softmax
+
+
+def test_generated_numpy_checks_shapes_and_labels(tmp_path):
+    module = generated("softmax-regression-labels", tmp_path)
+    W, X, bias = np.ones((4, 3)), np.ones((5, 3)), np.ones(4)
+    with pytest.raises(ValueError, match="index d: X has 2 entries along axis 1, but W has 3"):
+        module.gradients(W, np.ones((5, 2)), bias, np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="class indices from 0 to 3"):
+        module.gradients(W, X, bias, np.array([0, 1, 2, 3, 4]))
+    with pytest.raises(ValueError, match="must be integers"):
+        module.gradients(W, X, bias, np.full(5, 0.5))
+    _, dW, dX, dbias = module.gradients(W, X, bias, np.array([0, 1, 2, 3, 0]))
+    assert dW.shape == (4, 3) and dX.shape == (5, 3) and dbias.shape == (4,)
+
+
+def test_generated_numpy_is_stable_at_logits_of_1000(tmp_path):
+    module = generated("softmax-regression", tmp_path)
+    X, W = np.array([[1000.0, -1000.0]]), np.eye(2)
+    loss, *gradients = module.gradients(W, X, np.zeros(2), np.array([[0.0, 1.0]]))
+    assert np.isfinite(loss) and loss == pytest.approx(2000.0) and all(np.all(np.isfinite(g)) for g in gradients)
+
+
+@pytest.mark.parametrize("name", ["attention", "softmax-regression-labels"])
+def test_codegen_check_passes_and_catches_a_wrong_module(name):
+    derivation = derived(name)
+    files = emit(derivation, "numpy")
+    assert all(check.passed for check in check_tensor_module(derivation, files))
+    ((file_name, text),) = files.items()
+    gradient = next(iter(derivation.tensor.gradients.values()))
+    line = next(line for line in text.splitlines() if line.strip().startswith(f"{gradient} = "))
+    broken = type(files)({file_name: text.replace(line, line + f"\n    {gradient} = {gradient} * 1.001")},
+                         language="numpy", module=files.module, dtype="float64", openmp=False)
+    assert not all(check.passed for check in check_tensor_module(derivation, broken))
+
+
+def test_c_is_refused_with_a_clear_message():
+    with pytest.raises(SoftgradError, match="not available yet"):
+        emit(derived("attention"), "c")
