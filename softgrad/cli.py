@@ -216,10 +216,16 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=CALL_SECONDS, show_default=True,
               metavar="SECONDS",
               help="Seconds one call of the code under test may take (it runs in a child process).")
+@click.option("--size", "sizes", metavar="INDEX=N,…",
+              help="For specs with several indices: the size of each index's range (default: small, all different).")
+@click.option("--extremes", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="For specs with several indices: also check at inputs of order 1000 (off: where the code's "
+                   "documented contract excludes them; the report says so).")
 @reports_errors
 def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
            signature: str | None, wrt: str | None, size: int, batch: int, dtype: str, seed: int, reduction: str,
-           parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float) -> None:
+           parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float, sizes: str | None,
+           extremes: str) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
 
     Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
@@ -233,6 +239,12 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
             values[name.strip()] = float(value)  # its domain is checked with the spec (reference_problem)
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
+    if against is not None and target is not None and formula is None and _is_tensor(against):
+        result = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on")
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
+        sys.exit(0 if result.passed else 1)
+    if sizes is not None:
+        raise SoftgradError("--size applies to specs with several indices; for one-index specs use --n and --batch")
     if formula is not None:
         from softgrad.derive import derive_spec, load_spec
         from softgrad.verify.formula import verify_formula
@@ -272,6 +284,40 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
                 forward.close()
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
     sys.exit(0 if result.passed else 1)
+
+
+def _is_tensor(against: str) -> bool:
+    from softgrad.derive import load_spec
+
+    return load_spec(against).tensor
+
+
+def _verify_tensor(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
+                   values: dict[str, float], timeout: float, extremes: bool) -> Any:
+    """verify for a spec with several indices: a signature naming every input and output is required."""
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.verify.loaders import load_function
+    from softgrad.verify.tensor_verify import parse_sizes, parse_tensor_signature, verify_tensor
+
+    spec = load_spec(against)
+    if signature is None:
+        example = ",".join(spec.inputs) + "->" + ",".join("d" + n for n in spec.inputs if n not in spec.labels)
+        raise SoftgradError(f"a spec with several indices needs --signature naming the function's inputs and outputs, "
+                            f"e.g. --signature '{example}'")
+    outputs = signature.replace(" ", "").split("->", 1)[-1].split(",")
+    wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
+    derivation = derive_spec(spec, wrt=wrt)
+    chosen = parse_tensor_signature(signature, derivation)
+    missing = [p for p in spec.parameters if p not in values]
+    if missing:
+        raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
+    function = load_function(target, chosen, dtype, timeout)
+    try:
+        return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation), label=target,
+                             against=spec.name or against, dtype=dtype, seed=seed, parameters=values,
+                             extremes=extremes)
+    finally:
+        function.close()
 
 
 class _ProgressBar:

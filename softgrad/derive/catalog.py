@@ -44,6 +44,12 @@ def load_spec(text: str) -> Spec:
     name = text.strip()
     if name in CATALOG:
         return parse_spec(CATALOG[name].source, name=name)
+    if "=" not in text and name.endswith(".spec"):  # a spec file, named as the gallery's examples are
+        from pathlib import Path
+
+        from softgrad.files import read_text
+
+        return parse_spec(read_text(name, "spec file"), name=Path(name).stem)
     if "=" not in text:
         known = ", ".join(CATALOG)
         raise SoftgradError(

@@ -28,7 +28,7 @@ def split_reference(reference: str) -> tuple[str, str]:
     return location, name
 
 
-def load_function(reference: str, signature: Signature, dtype: str, timeout: float = DEFAULT_TIMEOUT,
+def load_function(reference: str, signature: Signature | Any, dtype: str, timeout: float = DEFAULT_TIMEOUT,
                   role: str = "the function under test") -> IsolatedFunction:
     """The function named by `reference`, loaded and called in a child process (see isolation).
 
@@ -58,11 +58,14 @@ def _compile_user_c(source: Path, library: Path) -> None:
     compile_shared(source, library, generated=False)
 
 
-def load_in_process(reference: str, signature: Signature, dtype: str) -> Callable[..., Any]:
+def load_in_process(reference: str, signature: Signature | None, dtype: str) -> Callable[..., Any]:
     """The callable named by `reference`, in this process (the worker child's side of load_function);
-    C functions get a NumPy wrapper with the signature's convention."""
+    C functions get a NumPy wrapper with the signature's convention (a one-index signature: signature
+    None, for specs with several indices, is Python only)."""
     location, name = split_reference(reference)
     if location.endswith((".c", ".so", ".dylib")):
+        if signature is None:
+            raise SoftgradError("C functions can be checked against one-index specs only, so far")
         return load_c(location, name, signature, dtype)
     if Path(location).suffix and not location.endswith(".py"):
         raise SoftgradError(f"cannot load {location!r}: expected a .py, .c or .so file, or a module name")

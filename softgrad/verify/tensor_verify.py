@@ -1,0 +1,344 @@
+"""Verify code for a spec with several index ranges: any inputs and outputs, named by a signature.
+
+    softgrad verify grad.py:softmax_regression --against softmax-regression.spec \
+        --signature "X,W,bias,T->loss,dW,dbias" --size b=8,c=10,d=5
+
+The function is called with the named arrays (each axis in the spec's index order) and must return the
+named outputs: `loss` (or the spec's output name) and `d<input>` for each gradient. Every returned
+element is compared with the exact result (the spec's generated code, itself checked against the
+derivation) and, at inputs of order 1, with central finite differences of the spec's forward function.
+The report names the worst element by array and full index (dW[3, 1]).
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softgrad.codegen.build import import_path
+from softgrad.codegen.emit import emit
+from softgrad.derive.steps import Derivation
+from softgrad.errors import SoftgradError
+from softgrad.verify.tensor_generated import sample_tensor_inputs
+
+#: Relative tolerance (to the largest entry of the exact array) per dtype the code is called with.
+TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
+DIFFERENCE_TOLERANCE = 1e-6  # against central differences (step 1e-6) in float64
+#: Default sizes of the ranges, all different, so that an array read along the wrong axis shows.
+DEFAULT_SIZES = (5, 6, 4, 7, 3, 8, 9, 10)
+
+
+@dataclass
+class TensorSignature:
+    text: str
+    takes: tuple[str, ...]
+    returns: tuple[str, ...]
+    gradients: dict[str, str]  # returned name → the input it is the gradient of
+    output_name: str | None  # the returned name of the forward output, if any
+
+
+def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature:
+    """`X,W,bias,T->loss,dW,dbias`: every spec input taken (and the upstream gradient for an array output),
+    outputs among the spec's output (`loss` or its name) and d<input> for inputs."""
+    spec, tensor = derivation.spec, derivation.tensor
+    if "->" not in text:
+        raise SoftgradError(f"a signature is INPUTS->OUTPUTS, e.g. {','.join(spec.inputs)}->"
+                            f"{','.join('d' + n for n in spec.inputs if n not in spec.labels)}; got {text!r}")
+    left, right = text.replace(" ", "").split("->", 1)
+    takes, returns = tuple(filter(None, left.split(","))), tuple(filter(None, right.split(",")))
+    allowed = set(spec.inputs) | ({tensor.upstream} if tensor.upstream else set())
+    for name in takes:
+        if name not in allowed:
+            raise SoftgradError(f"signature input {name!r} is not an input of the spec (inputs: "
+                                f"{', '.join(sorted(allowed))})")
+    missing = [name for name in [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])] if name not in takes]
+    if missing:
+        raise SoftgradError(f"the signature does not pass {', '.join(missing)}, which the spec needs")
+    if len(set(takes)) != len(takes) or len(set(returns)) != len(returns):
+        raise SoftgradError(f"a name appears twice in the signature {text!r}")
+    gradients, output_name = {}, None
+    for name in returns:
+        if name in ("loss", spec.output.name):
+            output_name = name
+        elif name.startswith("d") and name[1:] in spec.inputs and name[1:] not in spec.labels:
+            gradients[name] = name[1:]
+        else:
+            inputs = ", ".join(n for n in spec.inputs if n not in spec.labels)
+            raise SoftgradError(f"signature output {name!r}: expected 'loss' (or {spec.output.name}) or d<input> "
+                                f"for an input of the spec ({inputs})")
+    if not gradients:
+        raise SoftgradError("the signature returns no gradient (d<input>)")
+    return TensorSignature(text, takes, returns, gradients, output_name)
+
+
+def parse_sizes(text: str | None, derivation: Derivation) -> dict[str, int]:
+    """`b=8,c=10` → sizes by range; any index letter the spec uses for a range names it."""
+    spec = derivation.spec
+    aliases = {name: name for name in spec.sizes}
+    for definition in spec.definitions:
+        for symbol, range_name in zip(definition.indices, derivation.tensor.axes.get(definition.name, ())):
+            aliases.setdefault(str(symbol), range_name)
+    sizes = {name: DEFAULT_SIZES[position % len(DEFAULT_SIZES)] for position, name in enumerate(spec.sizes)}
+    for item in filter(None, (text or "").replace(" ", "").split(",")):
+        name, _, value = item.partition("=")
+        if name not in aliases:
+            known = ", ".join(sorted(aliases))
+            raise SoftgradError(f"--size {item!r}: the spec has no index {name!r} (indices: {known})")
+        if not value.isdigit() or not 1 <= int(value) <= 4096:
+            raise SoftgradError(f"--size {item!r}: the size must be a whole number from 1 to 4096")
+        sizes[aliases[name]] = int(value)
+    return sizes
+
+
+@dataclass
+class Mismatch:
+    output: str
+    index: tuple[int, ...]
+    got: float
+    expected: float
+    error: float
+    tolerance: float
+    case: str
+    against: str
+
+    def where(self) -> str:
+        return f"{self.output}[{', '.join(map(str, self.index))}]" if self.index else self.output
+
+
+@dataclass
+class TensorReport:
+    function: str
+    signature: str
+    against: str
+    dtype: str
+    sizes: dict[str, int]
+    elements: int = 0
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+    worst: Mismatch | None = None
+    bad_elements: dict[str, int] = field(default_factory=dict)  # per input case
+    hints: list[str] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, line: str) -> None:
+        self.passed = False
+        self.failures.append(line)
+
+    def text(self) -> str:
+        sizes = ", ".join(f"n_{k} = {v}" for k, v in self.sizes.items())
+        lines = [f"{'PASS' if self.passed else 'FAIL'}  {self.function} against {self.against}",
+                 f"  signature {self.signature}, {self.dtype}, sizes {sizes}",
+                 f"  {self.elements} elements compared over {len(self.cases)} input cases: {'; '.join(self.cases)}"]
+        if self.worst is not None and not self.passed:
+            worst = self.worst
+            lines.append(f"  worst element {worst.where()} ({worst.case}): got {worst.got:.6g}, expected "
+                         f"{worst.expected:.6g} ({worst.against}); error {worst.error:.2e} > tolerance "
+                         f"{worst.tolerance:.0e}")
+        for case, count in self.bad_elements.items():
+            lines.append(f"  bad elements for {case}: {count}")
+        lines += [f"  {line}" for line in self.failures]
+        lines += [f"  note: {note}" for note in self.notes]
+        lines += [f"  hint: {hint}" for hint in self.hints]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        import softgrad
+
+        worst = self.worst
+        return {"schema": "softgrad.tensor-report/1", "softgrad": softgrad.__version__, "passed": self.passed,
+                "function": self.function, "signature": self.signature, "against": self.against,
+                "dtype": self.dtype, "sizes": self.sizes, "elements": self.elements, "cases": self.cases,
+                "failures": self.failures, "hints": self.hints, "notes": self.notes, "bad_elements": self.bad_elements,
+                "worst": None if worst is None else {
+                    "output": worst.output, "index": list(worst.index), "got": worst.got,
+                    "expected": worst.expected, "error": worst.error, "tolerance": worst.tolerance,
+                    "case": worst.case, "against": worst.against}}
+
+
+def _reference(derivation: Derivation) -> Any:
+    (name, text), = emit(derivation, "numpy").items()
+    with tempfile.TemporaryDirectory(prefix="softgrad-reference-") as folder:
+        path = Path(folder) / name
+        path.write_text(text, encoding="utf-8")
+        return import_path(path)
+
+
+def verify_tensor(function: Callable[..., Any], derivation: Derivation, signature: TensorSignature,
+                  sizes: dict[str, int], *, label: str, against: str, dtype: str = "float64", seed: int = 0,
+                  parameters: dict[str, float] | None = None, extremes: bool = True) -> TensorReport:
+    """Check `function` against the derivation; returns the report (never raises on FAIL).
+
+    extremes: also call it at inputs of order 1000: its outputs must be finite where the spec's are, and
+    equal to the exact ones within a tolerance that grows as the square of the inputs' order (what
+    rounding allows in products of two inputs, such as attention's Q·Kᵀ)."""
+    spec = derivation.spec
+    values = parameters or {}
+    reference = _reference(derivation)
+    report = TensorReport(label, signature.text, against, dtype, sizes)
+    cases = [("inputs of order 1", 1.0, True), ("inputs of order 10", 10.0, False)]
+    if extremes:
+        cases.append(("inputs of order 1000", 1000.0, False))
+    else:
+        report.notes.append("--extremes off: not called at inputs of order 1000")
+    for number, (case, scale, with_differences) in enumerate(cases):
+        tolerance = TOLERANCE[dtype] * max(1.0, scale / 10) ** 2
+        arrays, _ = sample_tensor_inputs(derivation, sizes, seed + number, scale=scale)
+        report.cases.append(case)
+        exact_output, exact = _exact(reference, derivation, arrays, values)
+        if not all(np.all(np.isfinite(e)) for e in exact.values()) or not np.all(np.isfinite(exact_output)):
+            report.fail(f"the spec's own reference is not finite for {case}: nothing can be compared there")
+            continue
+        got = _call(function, signature, arrays, values, dtype, sizes, derivation)
+        not_finite = next(((name, value) for name, value in got.items() if not np.all(np.isfinite(value))), None)
+        if not_finite is not None:
+            name, value = not_finite
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0]) if value.ndim else ()
+            where = f"{name}[{', '.join(map(str, index))}]" if index else name
+            report.fail(f"the function's {where} is {value[index]} for {case}, where the exact value is finite "
+                        "(an overflow, or a log of 0, in the code?)")
+            continue
+        bad = 0
+        for returned, input_name in signature.gradients.items():
+            bad += _compare(report, returned, got[returned], exact[input_name], case, "exact", tolerance)
+        if signature.output_name is not None:
+            bad += _compare(report, signature.output_name, got[signature.output_name], exact_output, case, "exact",
+                            tolerance)
+        if with_differences and dtype == "float64":
+            for returned, input_name in signature.gradients.items():
+                numeric = _differences(reference, derivation, arrays, values, input_name)
+                bad += _compare(report, returned, got[returned], numeric, case, "finite differences",
+                                DIFFERENCE_TOLERANCE)
+        if bad:
+            report.bad_elements[case] = bad
+            report.fail(f"{bad} element(s) differ for {case}")
+            _hints(report, got, exact, signature, sizes, spec)
+    if report.elements == 0 and report.passed:  # never a pass that compared nothing
+        raise SoftgradError("no element was compared: nothing was checked")
+    return report
+
+
+def _exact(reference: Any, derivation: Derivation, arrays: dict[str, Any],
+           values: dict[str, float]) -> tuple[Any, dict[str, Any]]:
+    spec, tensor = derivation.spec, derivation.tensor
+    inputs = [arrays[n] for n in spec.inputs]
+    parameters = [values[p] for p in spec.parameters]
+    output = np.asarray(reference.forward(*inputs, *parameters), dtype=np.float64)
+    returned = reference.gradients(*inputs, *([arrays[tensor.upstream]] if tensor.upstream else []), *parameters)
+    gradients = returned[1:] if not spec.output.is_vector else returned
+    return output, dict(zip(tensor.gradients, (np.asarray(g, dtype=np.float64) for g in gradients)))
+
+
+def _differences(reference: Any, derivation: Derivation, arrays: dict[str, Any], values: dict[str, float],
+                 input_name: str, step: float = 1e-6) -> Any:
+    """∂ℓ/∂input by central differences of the reference forward, every entry (ℓ = Σ dO·O for an array)."""
+    spec, tensor = derivation.spec, derivation.tensor
+    upstream = arrays.get(tensor.upstream) if tensor.upstream else None
+    parameters = [values[p] for p in spec.parameters]
+
+    def loss(changed: dict[str, Any]) -> float:
+        output = np.asarray(reference.forward(*[changed[n] for n in spec.inputs], *parameters), dtype=np.float64)
+        return float(np.sum(output * upstream)) if upstream is not None else float(output)
+
+    base = np.asarray(arrays[input_name], dtype=np.float64)
+    numeric = np.zeros_like(base)
+    for entry in itertools.product(*(range(s) for s in base.shape)):
+        plus, minus = base.copy(), base.copy()
+        plus[entry] += step
+        minus[entry] -= step
+        numeric[entry] = (loss(dict(arrays, **{input_name: plus})) - loss(dict(arrays, **{input_name: minus}))) / (
+            2 * step)
+    return numeric
+
+
+def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict[str, Any],
+          values: dict[str, float], dtype: str, sizes: dict[str, int], derivation: Derivation) -> dict[str, Any]:
+    from softgrad.verify.isolation import NotAnArray
+    from softgrad.verify.signatures import describe_failure
+
+    spec, tensor = derivation.spec, derivation.tensor
+    arguments = [arrays[n] if n in spec.labels else np.asarray(arrays[n], dtype=dtype) for n in signature.takes]
+    try:
+        result = function(*arguments, *[values[p] for p in spec.parameters])
+    except SoftgradError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as problem:
+        raise SoftgradError(f"the function under test {describe_failure(problem)}") from None
+    outputs = result if isinstance(result, tuple) else (result,)
+    if len(outputs) != len(signature.returns):
+        raise SoftgradError(f"the function returned {len(outputs)} value(s); the signature {signature.text} expects "
+                            f"{len(signature.returns)}")
+    got = {}
+    for name, value in zip(signature.returns, outputs):
+        if isinstance(value, NotAnArray):
+            raise SoftgradError(f"the function's {name} is {value}, not an array")
+        value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        if value.dtype.hasobject or value.dtype.kind not in "biuf":
+            raise SoftgradError(f"the function's {name} has dtype {value.dtype}, not a floating array")
+        if name in signature.gradients:
+            ranges = tensor.axes[signature.gradients[name]]
+            expected = tuple(sizes[r] for r in ranges)
+        else:
+            expected = tuple(sizes[r] for r in tensor.axes.get(spec.output.name, ()))
+        if value.shape != expected and not (expected == () and value.size == 1):
+            transposed = " (transposed: the spec's axes are " + ", ".join(
+                ranges) + ")" if name in signature.gradients and value.shape == expected[::-1] else ""
+            raise SoftgradError(f"the function's {name} has shape {value.shape}, expected {expected}{transposed}")
+        got[name] = value.astype(np.float64).reshape(expected)
+    return got
+
+
+def _compare(report: TensorReport, name: str, got: Any, expected: Any, case: str, against: str,
+             tolerance: float) -> int:
+    scale = max(1.0, float(np.max(np.abs(expected))) if np.size(expected) else 1.0)
+    error = np.abs(got - expected) / scale
+    report.elements += int(np.size(error))
+    bad = int(np.count_nonzero(~(error <= tolerance)))
+    if bad:
+        index = tuple(int(i) for i in np.unravel_index(int(np.nanargmax(error)), np.shape(error)))
+        worst = Mismatch(name, index, float(np.asarray(got)[index]), float(np.asarray(expected)[index]),
+                         float(error[index]), tolerance, case, against)
+        if report.worst is None or worst.error > report.worst.error:
+            report.worst = worst
+    return bad
+
+
+def _hints(report: TensorReport, got: dict[str, Any], exact: dict[str, Any], signature: TensorSignature,
+           sizes: dict[str, int], spec: Any) -> None:
+    def close(a: Any, b: Any) -> bool:
+        return bool(np.allclose(a, b, rtol=1e-6, atol=1e-9 * max(1.0, float(np.max(np.abs(b))))))
+
+    for returned, input_name in signature.gradients.items():
+        value, reference = got[returned], exact[input_name]
+        if not np.any(reference) or close(value, reference):
+            continue
+        if close(value, -reference):
+            hint = f"{returned} is the exact gradient with its sign flipped"
+        else:
+            hint = ""
+            for range_name, size in sizes.items():
+                if size > 1 and close(value, reference * size):
+                    hint = (f"{returned} is {size} times the exact gradient (n_{range_name}): looks like a mean/sum "
+                            "reduction mismatch")
+                elif size > 1 and close(value, reference / size):
+                    hint = (f"{returned} is the exact gradient divided by {size} (n_{range_name}): looks like a "
+                            "mean/sum reduction mismatch")
+            if not hint and value.ndim == 2 and value.shape[0] == value.shape[1] and close(value, reference.T):
+                hint = f"{returned} is the exact gradient transposed"
+            factor = float(np.sum(value * reference) / np.sum(reference * reference))
+            if not hint and factor > 0 and close(value, factor * reference):
+                named = [f"√n_{r}" for r, size in sizes.items() if abs(factor - size ** 0.5) < 1e-6 * size or abs(
+                    1 / factor - size ** 0.5) < 1e-6 * size]
+                hint = (f"{returned} is {factor:.6g} times the exact gradient" +
+                        (f" ({'1/' if factor < 1 else ''}{named[0]}: a scale applied twice or left out?)" if named
+                         else " (a constant factor: a scale left out?)"))
+        if hint and hint not in report.hints:
+            report.hints.append(hint)

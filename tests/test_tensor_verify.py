@@ -1,0 +1,103 @@
+"""verify for specs with several indices: functions written as course solutions and papers write them,
+checked with a signature that names every input and output, right ones pass, wrong ones fail with the
+worst element named by array and full index."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from softgrad.derive import derive_spec, load_spec
+from softgrad.errors import SoftgradError
+from softgrad.verify.tensor_verify import parse_sizes, parse_tensor_signature, verify_tensor
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+import tensor_code  # noqa: E402
+
+CASES = {  # function → (spec, signature, right?)
+    "softmax_regression": ("softmax-regression", "X,W,bias,T->loss,dW,dbias", True),
+    "sum_reduction": ("softmax-regression", "X,W,bias,T->loss,dW,dbias", False),
+    "labels_mean_loss": ("softmax-regression-labels", "X,W,bias,label->loss,dW,dX,dbias", True),
+    "labels_sign_flip": ("softmax-regression-labels", "X,W,bias,label->loss,dW,dX,dbias", False),
+    "attention_backward": ("attention", "Q,K,V,dO->dQ,dK,dV", True),
+    "attention_wrong_scale": ("attention", "Q,K,V,dO->dQ,dK,dV", False),
+    "layer_norm_backward": ("layer-norm-affine", "x,gamma,beta,dy->dx,dgamma,dbeta", True),
+    "layer_norm_transposed_dgamma": ("layer-norm-affine", "x,gamma,beta,dy->dx,dgamma,dbeta", False),
+    "naive": ("softmax-regression", "X,W,bias,T->loss,dW,dbias", True),  # right, except at large logits
+}
+
+
+def _check(function_name, seed=0, extremes=False, sizes=None):
+    spec_name, signature, _ = CASES[function_name]
+    spec = load_spec(str(EXAMPLES / f"{spec_name}.spec"))
+    outputs = signature.split("->")[1].split(",")
+    wrt = ",".join(o[1:] for o in outputs if o.startswith("d") and o[1:] in spec.inputs)
+    derivation = derive_spec(spec, wrt=wrt, time_limit=None)
+    chosen = parse_tensor_signature(signature, derivation)
+    return verify_tensor(getattr(tensor_code, function_name), derivation, chosen, parse_sizes(sizes, derivation),
+                         label=function_name, against=spec_name, seed=seed, extremes=extremes)
+
+
+@pytest.mark.parametrize("function_name", list(CASES))
+def test_right_code_passes_and_wrong_code_fails(function_name):
+    report = _check(function_name)
+    assert report.passed == CASES[function_name][2], report.text()
+    assert report.elements > 0
+
+
+def test_the_report_names_the_worst_element_and_the_reduction_factor():
+    report = _check("sum_reduction", sizes="b=8,c=10,d=5")
+    assert report.worst is not None and report.worst.output in ("dW", "dbias")
+    text = report.text()
+    assert f"{report.worst.output}[" in text and "n_b = 8" in text
+    assert any("8 times the exact gradient (n_b): looks like a mean/sum reduction mismatch" in h for h in report.hints)
+
+
+def test_sign_flip_and_scale_hints():
+    assert any("sign flipped" in h for h in _check("labels_sign_flip").hints)
+    assert any("√n_e" in h for h in _check("attention_wrong_scale").hints)
+
+
+def test_extremes_find_code_that_overflows_and_can_be_turned_off():
+    report = _check("naive", extremes=True)
+    assert not report.passed and "inputs of order 1000" in report.text()
+    quiet = _check("naive", extremes=False)
+    assert quiet.passed and "--extremes off" in quiet.text()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_no_false_alarm_on_right_code_over_seeds(seed):
+    for function_name, (_, _, right) in CASES.items():
+        if right and function_name != "naive":
+            assert _check(function_name, seed=seed, extremes=True).passed, function_name
+
+
+@pytest.mark.parametrize("signature, message", [
+    ("X,W,bias->dW", "does not pass T"),
+    ("X,W,bias,T->dT2", "signature output 'dT2'"),
+    ("X,W,bias,T,Z->dW", "not an input of the spec"),
+    ("X,W,bias,T->loss", "returns no gradient"),
+    ("X,W,bias,T", "INPUTS->OUTPUTS"),
+])
+def test_bad_signatures_are_one_clear_error(signature, message):
+    derivation = derive_spec(load_spec(str(EXAMPLES / "softmax-regression.spec")), time_limit=None)
+    with pytest.raises(SoftgradError, match=message):
+        parse_tensor_signature(signature, derivation)
+
+
+def test_cli_exit_status_and_report(tmp_path):
+    spec = str(EXAMPLES / "softmax-regression-labels.spec")
+    corpus = str(Path(__file__).parent / "corpus" / "tensor_code.py")
+    common = [sys.executable, "-m", "softgrad", "verify", "--against", spec,
+              "--signature", "X,W,bias,label->loss,dW,dX,dbias", "--size", "b=6,c=4,d=3"]
+    right = subprocess.run([*common, f"{corpus}:labels_mean_loss"], capture_output=True, text=True)
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert right.stdout.startswith("PASS")
+    wrong = subprocess.run([*common, f"{corpus}:labels_sign_flip"], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "worst element dW[" in wrong.stdout
+    unknown = subprocess.run([*common[:-2], "--size", "q=3", f"{corpus}:labels_mean_loss"], capture_output=True,
+                             text=True)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "no index 'q'" in unknown.stderr
