@@ -240,9 +240,9 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
     if against is not None and target is not None and formula is None and _is_tensor(against):
-        result = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on")
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
-        sys.exit(0 if result.passed else 1)
+        report = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on")
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text())
+        sys.exit(0 if report.passed else 1)
     if sizes is not None:
         raise SoftgradError("--size applies to specs with several indices; for one-index specs use --n and --batch")
     if formula is not None:
