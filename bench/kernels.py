@@ -33,6 +33,9 @@ from softgrad.codegen.build import RECOMMENDED_FLAGS, compile_shared, import_pat
 from softgrad.codegen.emit import emit
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from sections import replace_section  # noqa: E402
+
 BLOCK_BYTES = 256 * 1024
 ENTRIES = ("softmax", "log-softmax", "cross-entropy")
 
@@ -374,7 +377,7 @@ def main() -> None:
     document = markdown(table, probes, scaling_rows, targets(table, large, probes["values"]), rounds)
     print(document)
     if not arguments.quick:
-        (ROOT / "results.md").write_text(document)
+        replace_section(ROOT / "results.md", "kernels", document)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Regenerate docs/gallery/: every catalog entry's derivation (Markdown) and generated NumPy and C, and
-each example of docs/examples/ (specs with several indices: derivation and NumPy).
+each example of docs/examples/ (specs with several indices: derivation, NumPy and C).
 
     python docs/make_gallery.py            # writes docs/gallery/
     python docs/make_gallery.py OUTDIR     # writes elsewhere (the staleness test compares the two)
@@ -41,6 +41,7 @@ def write_gallery(folder: Path) -> list[Path]:
         entry_folder = folder / name
         entry_folder.mkdir(parents=True, exist_ok=True)
         files = {"derivation.md": derivation.render("markdown"), **emit(derivation, "numpy")}
+        files.update({k: v for k, v in emit(derivation, "c").items() if not k.endswith("_ctypes.py")})
         links = []
         for file_name, text in files.items():
             (entry_folder / file_name).write_text(text, encoding="utf-8")

@@ -118,12 +118,17 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
     """Files for a spec with several index ranges: one NumPy module with forward() and gradients()."""
     from softgrad.codegen.tensor_numpy import emit_tensor_numpy
 
-    if language != "numpy":
-        raise SoftgradError(f"--lang {language} is not available yet for specs with several indices (use --lang numpy)")
+    if openmp:
+        raise SoftgradError("--openmp does not apply to specs with several indices yet (their C is one thread)")
     if kernel_names:
         raise SoftgradError("--kernel does not apply to specs with several indices: the module has forward() and "
                             "gradients()")
     module = module or identifier(derivation)
     files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
-    files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
+    if language == "c":
+        from softgrad.codegen.tensor_c import emit_tensor_c
+
+        files.update(emit_tensor_c(derivation, _header(derivation), _render, module, dtype))
+    else:
+        files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
     return files

@@ -105,7 +105,9 @@ class _Compiler:
             if e.is_Mul:
                 return "(" + " * ".join(self.align(code, have, want) for code, have in pieces) + ")", want
             text = ""
-            for term, (code, have) in zip(e.args, pieces):
+            # a − b, not −b + a
+            terms = sorted(zip(e.args, pieces), key=lambda item: bool(item[0].could_extract_minus_sign()))
+            for term, (code, have) in terms:
                 negative = term.is_Mul and term.args[0] == -1
                 if negative:
                     code, have = self.compile(-term, ranges, order)
@@ -169,7 +171,10 @@ class _Compiler:
         varying = [f for f in factors if f.free_symbols & set(bounds)]
         scale = [self.compile(f, ranges, order) for f in scalars]
         missing = [b for b in bounds if not any(b in f.free_symbols for f in varying)]
-        if len(varying) >= 2:  # einsum takes each operand in its own axis order: none is transposed for it
+        product = self.matrix_product(varying, bounds, ranges, order) if len(varying) == 2 else None
+        if product is not None:
+            code, result = product
+        elif len(varying) >= 2:  # einsum takes each operand in its own axis order: none is transposed for it
             pieces = [self.compile(f, ranges, []) for f in varying]
             symbols = self.union([p[1] for p in pieces], inner_order)
             letter = {s: _LETTERS[k] for k, s in enumerate(symbols)}
@@ -187,6 +192,33 @@ class _Compiler:
         pieces = [(code, result)] + scale + [(self.size(ranges[b]), ()) for b in missing]
         want = self.union([p[1] for p in pieces], order)
         return "(" + " * ".join(self.align(c, h, want) for c, h in pieces) + ")", want
+
+    def matrix_product(self, factors: list[sp.Expr], bounds: list[sp.Symbol], ranges: dict[sp.Symbol, str],
+                       order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+        """Σ_k A_ik B_kj as `A @ B` (transposed views where the axes are the other way round: BLAS reads
+        them without a copy), when the sum is one matrix or matrix–vector product."""
+        if len(bounds) != 1:
+            return None
+        (bound,) = bounds
+        (first, have_first), (second, have_second) = (self.compile(f, ranges, []) for f in factors)
+        if bound not in have_first or bound not in have_second or not 1 <= len(have_first) <= 2 \
+                or not 1 <= len(have_second) <= 2:
+            return None
+        left = [s for s in have_first if s != bound]
+        right = [s for s in have_second if s != bound]
+        if set(left) & set(right) or len(left) + len(right) == 0:
+            return None
+        if len(left) == 1 and len(right) == 1 and list(self.union([tuple(left + right)], order)) == right + left:
+            # the statement wants the other orientation: Σ_k B_kj A_ik computed as Bᵀ Aᵀ, never transposed after
+            (first, have_first), (second, have_second) = (second, have_second), (first, have_first)
+            left, right = right, left
+        if len(have_first) == 2:
+            first = first if have_first[1] == bound else f"{first}.T"
+        if len(have_second) == 2:
+            second = second if have_second[0] == bound else f"{second}.T"
+        if len(have_first) == 1:  # v_k B_kj: vector–matrix
+            return f"({first} @ {second})", tuple(right)
+        return f"({first} @ {second})", tuple(left + right)
 
     def log_sum_exp(self, total: sp.Sum, ranges: dict[sp.Symbol, str],
                     order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
@@ -270,13 +302,27 @@ class _Compiler:
         return numerator.args[0], free, denominator.limits[0][0]
 
 
+def printed_names(derivation: Derivation) -> dict[str, str]:
+    """Every name a tensor module prints (inputs, parameters, forward and backward arrays) made safe in
+    C and Python (softgrad.codegen.names)."""
+    tensor, spec = derivation.tensor, derivation.spec
+    return public_names([*spec.inputs, *spec.parameters, *(d.name for d in spec.definitions),
+                         *([tensor.upstream] if tensor.upstream else []), *(d.name for d in tensor.backward)])
+
+
+def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str, Any]:
+    """What the shared shape check of the generated modules needs: arrays with their ranges, labels."""
+    tensor, spec = derivation.tensor, derivation.spec
+    names = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
+    return {"checked": [(printed[n], tensor.axes[n]) for n in names],
+            "labels": {printed[n]: r for n, r in spec.labels.items()}}
+
+
 def lower_tensor(derivation: Derivation) -> TensorModule:
     """The NumPy module's parts for a tensor derivation."""
     tensor = derivation.tensor
     spec = derivation.spec
-    names = [*spec.inputs, *spec.parameters, *(d.name for d in spec.definitions),
-             *([tensor.upstream] if tensor.upstream else []), *(d.name for d in tensor.backward)]
-    printed = public_names(names)
+    printed = printed_names(derivation)
     compiler = _Compiler(derivation, printed)
     forward = [compiler.statement(d) for d in spec.definitions]
     sizes: list[tuple[str, str, int]] = []
@@ -310,4 +356,5 @@ def lower_tensor(derivation: Derivation) -> TensorModule:
 
 def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:
     """The NumPy module's text."""
-    return str(render("numpy/tensor.py.j2", module=lower_tensor(derivation), **header))
+    return str(render("numpy/tensor.py.j2", module=lower_tensor(derivation),
+                      **checked_arrays(derivation, printed_names(derivation)), **header))

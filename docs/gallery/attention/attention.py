@@ -42,11 +42,11 @@ def _finite(shift):
     return np.where(np.isfinite(shift), shift, 0)
 
 
-def _arrays(Q, K, V, dO=None):
+def _arrays(named, dtype=None):
     """The inputs as arrays of one floating dtype (labels as integers), shapes checked against each other."""
-    named = {"Q": Q, "K": K, "V": V, "dO": dO, }
     ranks = {"Q": 2, "K": 2, "V": 2, "dO": 2, }
     labels = {}
+    axes = {"Q": ['i', 'e'], "K": ['j', 'e'], "V": ['j', 'f'], "dO": ['i', 'f'], }
     arrays = {}
     for name, value in named.items():
         if value is None:
@@ -60,11 +60,11 @@ def _arrays(Q, K, V, dO=None):
             value = value.astype(np.intp)
         arrays[name] = value
     floats = [v.dtype for n, v in arrays.items() if n not in labels]
-    dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
+    if dtype is None:
+        dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
     for name in arrays:
         if name not in labels:
             arrays[name] = arrays[name].astype(dtype, copy=False)
-    axes = {"Q": ['i', 'e'], "K": ['j', 'e'], "V": ['j', 'f'], "dO": ['i', 'f'], }
     sizes, seen = {}, {}
     for name, ranges in axes.items():
         if name not in arrays:
@@ -81,12 +81,12 @@ def _arrays(Q, K, V, dO=None):
         if values.size and (values.min() < 0 or values.max() >= sizes[range_name]):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
-    return arrays, sizes, dtype
+    return arrays, sizes, np.dtype(dtype)
 
 
 def forward(Q, K, V):
     """O from the inputs (see the module's docstring for the axes)."""
-    _arrays_, _sizes, _dtype = _arrays(Q, K, V)
+    _arrays_, _sizes, _dtype = _arrays({"Q": Q, "K": K, "V": V, })
     Q = _arrays_["Q"]
     K = _arrays_["K"]
     V = _arrays_["V"]
@@ -94,19 +94,19 @@ def forward(Q, K, V):
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
-    S = np.asarray(((1 / np.sqrt(_n_e)) * (np.einsum("bc,ac->ab", K, Q, optimize=True))), dtype=_dtype)
+    S = np.asarray(((1 / np.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
     _shifted = S
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
     _total = np.sum(_exp, axis=1, keepdims=True)
     P = _exp / _total
-    O = np.asarray((np.einsum("ac,cb->ab", P, V, optimize=True)), dtype=_dtype)
+    O = np.asarray(((P @ V)), dtype=_dtype)
     return O
 
 
 def gradients(Q, K, V, dO):
     """(dQ, dK, dV): the gradients of l = Σ dO·O with respect to Q, K, V."""
-    _arrays_, _sizes, _dtype = _arrays(Q, K, V, dO)
+    _arrays_, _sizes, _dtype = _arrays({"Q": Q, "K": K, "V": V, "dO": dO, })
     Q = _arrays_["Q"]
     K = _arrays_["K"]
     V = _arrays_["V"]
@@ -115,16 +115,16 @@ def gradients(Q, K, V, dO):
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
-    S = np.asarray(((1 / np.sqrt(_n_e)) * (np.einsum("bc,ac->ab", K, Q, optimize=True))), dtype=_dtype)
+    S = np.asarray(((1 / np.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
     _shifted = S
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
     _total = np.sum(_exp, axis=1, keepdims=True)
     P = _exp / _total
-    O = np.asarray((np.einsum("ac,cb->ab", P, V, optimize=True)), dtype=_dtype)
-    dP = np.asarray((np.einsum("bc,ac->ab", V, dO, optimize=True)), dtype=_dtype)
-    dS = np.asarray(((-(np.einsum("ab,ab->a", O, dO, optimize=True))[:, None] + dP) * P), dtype=_dtype)
-    dQ = np.asarray(((1 / np.sqrt(_n_e)) * (np.einsum("cb,ac->ab", K, dS, optimize=True))), dtype=_dtype)
-    dK = np.asarray(((1 / np.sqrt(_n_e)) * (np.einsum("cb,ca->ab", Q, dS, optimize=True))), dtype=_dtype)
-    dV = np.asarray((np.einsum("ca,cb->ab", P, dO, optimize=True)), dtype=_dtype)
+    O = np.asarray(((P @ V)), dtype=_dtype)
+    dP = np.asarray(((dO @ V.T)), dtype=_dtype)
+    dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO, optimize=True))[:, None]) * P), dtype=_dtype)
+    dQ = np.asarray(((1 / np.sqrt(_n_e)) * ((dS @ K))), dtype=_dtype)
+    dK = np.asarray(((1 / np.sqrt(_n_e)) * ((dS.T @ Q))), dtype=_dtype)
+    dV = np.asarray(((P.T @ dO)), dtype=_dtype)
     return (dQ, dK, dV)

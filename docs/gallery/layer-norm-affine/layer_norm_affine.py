@@ -43,11 +43,11 @@ def _finite(shift):
     return np.where(np.isfinite(shift), shift, 0)
 
 
-def _arrays(x, gamma, beta, dy=None):
+def _arrays(named, dtype=None):
     """The inputs as arrays of one floating dtype (labels as integers), shapes checked against each other."""
-    named = {"x": x, "gamma": gamma, "beta": beta, "dy": dy, }
     ranks = {"x": 2, "gamma": 1, "beta": 1, "dy": 2, }
     labels = {}
+    axes = {"x": ['b', 'k'], "gamma": ['k'], "beta": ['k'], "dy": ['b', 'k'], }
     arrays = {}
     for name, value in named.items():
         if value is None:
@@ -61,11 +61,11 @@ def _arrays(x, gamma, beta, dy=None):
             value = value.astype(np.intp)
         arrays[name] = value
     floats = [v.dtype for n, v in arrays.items() if n not in labels]
-    dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
+    if dtype is None:
+        dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
     for name in arrays:
         if name not in labels:
             arrays[name] = arrays[name].astype(dtype, copy=False)
-    axes = {"x": ['b', 'k'], "gamma": ['k'], "beta": ['k'], "dy": ['b', 'k'], }
     sizes, seen = {}, {}
     for name, ranges in axes.items():
         if name not in arrays:
@@ -82,27 +82,27 @@ def _arrays(x, gamma, beta, dy=None):
         if values.size and (values.min() < 0 or values.max() >= sizes[range_name]):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
-    return arrays, sizes, dtype
+    return arrays, sizes, np.dtype(dtype)
 
 
 def forward(x, gamma, beta):
     """y from the inputs (see the module's docstring for the axes)."""
-    _arrays_, _sizes, _dtype = _arrays(x, gamma, beta)
+    _arrays_, _sizes, _dtype = _arrays({"x": x, "gamma": gamma, "beta": beta, })
     x = _arrays_["x"]
     gamma = _arrays_["gamma"]
     beta = _arrays_["beta"]
     _n_b = _sizes["b"]
     _n_k = _sizes["k"]
     m = np.asarray(((1 / _n_k) * (np.sum(x, axis=1))), dtype=_dtype)
-    v = np.asarray(((1 / _n_k) * (np.sum(np.square((-m[:, None] + x)), axis=1))), dtype=_dtype)
-    xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (-m[:, None] + x)), dtype=_dtype)
+    v = np.asarray(((1 / _n_k) * (np.sum(np.square((x - m[:, None])), axis=1))), dtype=_dtype)
+    xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
     y = np.asarray(((gamma[None, :] * xhat) + beta[None, :]), dtype=_dtype)
     return y
 
 
 def gradients(x, gamma, beta, dy):
     """(dx, dgamma, dbeta): the gradients of l = Σ dy·y with respect to x, gamma, beta."""
-    _arrays_, _sizes, _dtype = _arrays(x, gamma, beta, dy)
+    _arrays_, _sizes, _dtype = _arrays({"x": x, "gamma": gamma, "beta": beta, "dy": dy, })
     x = _arrays_["x"]
     gamma = _arrays_["gamma"]
     beta = _arrays_["beta"]
@@ -110,12 +110,12 @@ def gradients(x, gamma, beta, dy):
     _n_b = _sizes["b"]
     _n_k = _sizes["k"]
     m = np.asarray(((1 / _n_k) * (np.sum(x, axis=1))), dtype=_dtype)
-    v = np.asarray(((1 / _n_k) * (np.sum(np.square((-m[:, None] + x)), axis=1))), dtype=_dtype)
-    xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (-m[:, None] + x)), dtype=_dtype)
+    v = np.asarray(((1 / _n_k) * (np.sum(np.square((x - m[:, None])), axis=1))), dtype=_dtype)
+    xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
     y = np.asarray(((gamma[None, :] * xhat) + beta[None, :]), dtype=_dtype)
     dv = np.asarray((-1 * (1 / (2e-05 + (2 * v))) * (np.einsum("b,ab,ab->a", gamma, dy, xhat, optimize=True))), dtype=_dtype)
-    dm = np.asarray((-1 * (1 / np.sqrt((1e-05 + v))) * (np.einsum("b,ab->a", gamma, dy, optimize=True))), dtype=_dtype)
-    dx = np.asarray((((1 / _n_k) * dm)[:, None] + ((1 / np.sqrt((1e-05 + v)))[:, None] * gamma[None, :] * dy) + (-2 * (1 / _n_k) * dv * m)[:, None] + (2 * (1 / _n_k) * dv[:, None] * x)), dtype=_dtype)
+    dm = np.asarray((-1 * (1 / np.sqrt((1e-05 + v))) * ((gamma @ dy.T))), dtype=_dtype)
+    dx = np.asarray((((1 / _n_k) * dm)[:, None] + ((1 / np.sqrt((1e-05 + v)))[:, None] * gamma[None, :] * dy) + (2 * (1 / _n_k) * dv[:, None] * x) + (-2 * (1 / _n_k) * dv * m)[:, None]), dtype=_dtype)
     dgamma = np.asarray((np.einsum("ba,ba->a", dy, xhat, optimize=True)), dtype=_dtype)
     dbeta = np.asarray((np.sum(dy, axis=0)), dtype=_dtype)
     return (dx, dgamma, dbeta)

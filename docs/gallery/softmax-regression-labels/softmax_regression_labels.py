@@ -42,11 +42,11 @@ def _finite(shift):
     return np.where(np.isfinite(shift), shift, 0)
 
 
-def _arrays(W, X, bias, label):
+def _arrays(named, dtype=None):
     """The inputs as arrays of one floating dtype (labels as integers), shapes checked against each other."""
-    named = {"W": W, "X": X, "bias": bias, "label": label, }
     ranks = {"W": 2, "X": 2, "bias": 1, "label": 1, }
     labels = {"label": "c", }
+    axes = {"W": ['c', 'd'], "X": ['b', 'd'], "bias": ['c'], "label": ['b'], }
     arrays = {}
     for name, value in named.items():
         if value is None:
@@ -60,11 +60,11 @@ def _arrays(W, X, bias, label):
             value = value.astype(np.intp)
         arrays[name] = value
     floats = [v.dtype for n, v in arrays.items() if n not in labels]
-    dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
+    if dtype is None:
+        dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
     for name in arrays:
         if name not in labels:
             arrays[name] = arrays[name].astype(dtype, copy=False)
-    axes = {"W": ['c', 'd'], "X": ['b', 'd'], "bias": ['c'], "label": ['b'], }
     sizes, seen = {}, {}
     for name, ranges in axes.items():
         if name not in arrays:
@@ -81,12 +81,12 @@ def _arrays(W, X, bias, label):
         if values.size and (values.min() < 0 or values.max() >= sizes[range_name]):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
-    return arrays, sizes, dtype
+    return arrays, sizes, np.dtype(dtype)
 
 
 def forward(W, X, bias, label):
     """L from the inputs (see the module's docstring for the axes)."""
-    _arrays_, _sizes, _dtype = _arrays(W, X, bias, label)
+    _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "label": label, })
     W = _arrays_["W"]
     X = _arrays_["X"]
     bias = _arrays_["bias"]
@@ -94,7 +94,7 @@ def forward(W, X, bias, label):
     _n_c = _sizes["c"]
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
-    z = np.asarray((bias[None, :] + (np.einsum("bc,ac->ab", W, X, optimize=True))), dtype=_dtype)
+    z = np.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
     _shifted = z
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
@@ -107,7 +107,7 @@ def forward(W, X, bias, label):
 
 def gradients(W, X, bias, label):
     """(L, dW, dX, dbias): the gradients of L with respect to W, X, bias."""
-    _arrays_, _sizes, _dtype = _arrays(W, X, bias, label)
+    _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "label": label, })
     W = _arrays_["W"]
     X = _arrays_["X"]
     bias = _arrays_["bias"]
@@ -115,7 +115,7 @@ def gradients(W, X, bias, label):
     _n_c = _sizes["c"]
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
-    z = np.asarray((bias[None, :] + (np.einsum("bc,ac->ab", W, X, optimize=True))), dtype=_dtype)
+    z = np.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
     _shifted = z
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
@@ -123,7 +123,7 @@ def gradients(W, X, bias, label):
     P = _exp / _total
     _log_P = _shifted - np.log(_total)
     L = np.asarray((-1 * (1 / _n_b) * (np.sum(_log_P[np.arange(_n_b).astype(np.intp), label.astype(np.intp)], axis=0))), dtype=_dtype)
-    dW = np.asarray(((1 / _n_b) * (np.einsum("ac,cb->ab", (-np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype) + np.transpose(P, (1, 0))), X, optimize=True))), dtype=_dtype)
-    dX = np.asarray(((1 / _n_b) * (-W[label[:, None].astype(np.intp), np.arange(_n_d)[None, :].astype(np.intp)] + (np.einsum("ac,cb->ab", P, W, optimize=True)))), dtype=_dtype)
-    dbias = np.asarray(((1 / _n_b) * (np.sum((-np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype) + np.transpose(P, (1, 0))), axis=1))), dtype=_dtype)
+    dW = np.asarray(((1 / _n_b) * (((np.transpose(P, (1, 0)) - np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype)) @ X))), dtype=_dtype)
+    dX = np.asarray(((1 / _n_b) * (((P @ W)) - W[label[:, None].astype(np.intp), np.arange(_n_d)[None, :].astype(np.intp)])), dtype=_dtype)
+    dbias = np.asarray(((1 / _n_b) * (np.sum((np.transpose(P, (1, 0)) - np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype)), axis=1))), dtype=_dtype)
     return (L, dW, dX, dbias)

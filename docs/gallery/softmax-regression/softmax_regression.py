@@ -43,11 +43,11 @@ def _finite(shift):
     return np.where(np.isfinite(shift), shift, 0)
 
 
-def _arrays(W, X, bias, T):
+def _arrays(named, dtype=None):
     """The inputs as arrays of one floating dtype (labels as integers), shapes checked against each other."""
-    named = {"W": W, "X": X, "bias": bias, "T": T, }
     ranks = {"W": 2, "X": 2, "bias": 1, "T": 2, }
     labels = {}
+    axes = {"W": ['c', 'd'], "X": ['b', 'd'], "bias": ['c'], "T": ['b', 'c'], }
     arrays = {}
     for name, value in named.items():
         if value is None:
@@ -61,11 +61,11 @@ def _arrays(W, X, bias, T):
             value = value.astype(np.intp)
         arrays[name] = value
     floats = [v.dtype for n, v in arrays.items() if n not in labels]
-    dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
+    if dtype is None:
+        dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
     for name in arrays:
         if name not in labels:
             arrays[name] = arrays[name].astype(dtype, copy=False)
-    axes = {"W": ['c', 'd'], "X": ['b', 'd'], "bias": ['c'], "T": ['b', 'c'], }
     sizes, seen = {}, {}
     for name, ranges in axes.items():
         if name not in arrays:
@@ -82,12 +82,12 @@ def _arrays(W, X, bias, T):
         if values.size and (values.min() < 0 or values.max() >= sizes[range_name]):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
-    return arrays, sizes, dtype
+    return arrays, sizes, np.dtype(dtype)
 
 
 def forward(W, X, bias, T):
     """L from the inputs (see the module's docstring for the axes)."""
-    _arrays_, _sizes, _dtype = _arrays(W, X, bias, T)
+    _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "T": T, })
     W = _arrays_["W"]
     X = _arrays_["X"]
     bias = _arrays_["bias"]
@@ -95,7 +95,7 @@ def forward(W, X, bias, T):
     _n_c = _sizes["c"]
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
-    z = np.asarray((bias[None, :] + (np.einsum("bc,ac->ab", W, X, optimize=True))), dtype=_dtype)
+    z = np.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
     _shifted = z
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
@@ -108,7 +108,7 @@ def forward(W, X, bias, T):
 
 def gradients(W, X, bias, T):
     """(L, dW, dX, dbias): the gradients of L with respect to W, X, bias."""
-    _arrays_, _sizes, _dtype = _arrays(W, X, bias, T)
+    _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "T": T, })
     W = _arrays_["W"]
     X = _arrays_["X"]
     bias = _arrays_["bias"]
@@ -116,7 +116,7 @@ def gradients(W, X, bias, T):
     _n_c = _sizes["c"]
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
-    z = np.asarray((bias[None, :] + (np.einsum("bc,ac->ab", W, X, optimize=True))), dtype=_dtype)
+    z = np.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
     _shifted = z
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
@@ -124,7 +124,7 @@ def gradients(W, X, bias, T):
     P = _exp / _total
     _log_P = _shifted - np.log(_total)
     L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
-    dW = np.asarray(((1 / _n_b) * (np.einsum("ca,cb->ab", (-T + P), X, optimize=True))), dtype=_dtype)
-    dX = np.asarray(((1 / _n_b) * (np.einsum("ac,cb->ab", (-T + P), W, optimize=True))), dtype=_dtype)
-    dbias = np.asarray(((1 / _n_b) * (np.sum((-np.transpose(T, (1, 0)) + np.transpose(P, (1, 0))), axis=1))), dtype=_dtype)
+    dW = np.asarray(((1 / _n_b) * (((P - T).T @ X))), dtype=_dtype)
+    dX = np.asarray(((1 / _n_b) * (((P - T) @ W))), dtype=_dtype)
+    dbias = np.asarray(((1 / _n_b) * (np.sum((np.transpose(P, (1, 0)) - np.transpose(T, (1, 0))), axis=1))), dtype=_dtype)
     return (L, dW, dX, dbias)

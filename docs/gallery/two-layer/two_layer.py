@@ -44,11 +44,11 @@ def _finite(shift):
     return np.where(np.isfinite(shift), shift, 0)
 
 
-def _arrays(W1, X, W2, T):
+def _arrays(named, dtype=None):
     """The inputs as arrays of one floating dtype (labels as integers), shapes checked against each other."""
-    named = {"W1": W1, "X": X, "W2": W2, "T": T, }
     ranks = {"W1": 2, "X": 2, "W2": 2, "T": 2, }
     labels = {}
+    axes = {"W1": ['j', 'd'], "X": ['b', 'd'], "W2": ['c', 'j'], "T": ['b', 'c'], }
     arrays = {}
     for name, value in named.items():
         if value is None:
@@ -62,11 +62,11 @@ def _arrays(W1, X, W2, T):
             value = value.astype(np.intp)
         arrays[name] = value
     floats = [v.dtype for n, v in arrays.items() if n not in labels]
-    dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
+    if dtype is None:
+        dtype = np.result_type(*floats, np.float32) if any(d.kind == "f" for d in floats) else np.dtype(np.float64)
     for name in arrays:
         if name not in labels:
             arrays[name] = arrays[name].astype(dtype, copy=False)
-    axes = {"W1": ['j', 'd'], "X": ['b', 'd'], "W2": ['c', 'j'], "T": ['b', 'c'], }
     sizes, seen = {}, {}
     for name, ranges in axes.items():
         if name not in arrays:
@@ -83,12 +83,12 @@ def _arrays(W1, X, W2, T):
         if values.size and (values.min() < 0 or values.max() >= sizes[range_name]):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
-    return arrays, sizes, dtype
+    return arrays, sizes, np.dtype(dtype)
 
 
 def forward(W1, X, W2, T):
     """L from the inputs (see the module's docstring for the axes)."""
-    _arrays_, _sizes, _dtype = _arrays(W1, X, W2, T)
+    _arrays_, _sizes, _dtype = _arrays({"W1": W1, "X": X, "W2": W2, "T": T, })
     W1 = _arrays_["W1"]
     X = _arrays_["X"]
     W2 = _arrays_["W2"]
@@ -97,8 +97,8 @@ def forward(W1, X, W2, T):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     _n_c = _sizes["c"]
-    h = np.asarray(np.tanh((np.einsum("bc,ac->ab", W1, X, optimize=True))), dtype=_dtype)
-    z = np.asarray((np.einsum("bc,ac->ab", W2, h, optimize=True)), dtype=_dtype)
+    h = np.asarray(np.tanh(((X @ W1.T))), dtype=_dtype)
+    z = np.asarray(((h @ W2.T)), dtype=_dtype)
     _shifted = z
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
@@ -111,7 +111,7 @@ def forward(W1, X, W2, T):
 
 def gradients(W1, X, W2, T):
     """(L, dW1, dX, dW2): the gradients of L with respect to W1, X, W2."""
-    _arrays_, _sizes, _dtype = _arrays(W1, X, W2, T)
+    _arrays_, _sizes, _dtype = _arrays({"W1": W1, "X": X, "W2": W2, "T": T, })
     W1 = _arrays_["W1"]
     X = _arrays_["X"]
     W2 = _arrays_["W2"]
@@ -120,8 +120,8 @@ def gradients(W1, X, W2, T):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     _n_c = _sizes["c"]
-    h = np.asarray(np.tanh((np.einsum("bc,ac->ab", W1, X, optimize=True))), dtype=_dtype)
-    z = np.asarray((np.einsum("bc,ac->ab", W2, h, optimize=True)), dtype=_dtype)
+    h = np.asarray(np.tanh(((X @ W1.T))), dtype=_dtype)
+    z = np.asarray(((h @ W2.T)), dtype=_dtype)
     _shifted = z
     _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
     _exp = np.exp(_shifted)
@@ -129,8 +129,8 @@ def gradients(W1, X, W2, T):
     P = _exp / _total
     _log_P = _shifted - np.log(_total)
     L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
-    dh = np.asarray(((1 / _n_b) * (np.einsum("ac,cb->ab", (-T + P), W2, optimize=True))), dtype=_dtype)
+    dh = np.asarray(((1 / _n_b) * (((P - T) @ W2))), dtype=_dtype)
     dW1 = np.asarray((np.einsum("ca,cb,ca->ab", (1 - np.square(h)), X, dh, optimize=True)), dtype=_dtype)
     dX = np.asarray((np.einsum("ac,cb,ac->ab", (1 - np.square(h)), W1, dh, optimize=True)), dtype=_dtype)
-    dW2 = np.asarray(((1 / _n_b) * (np.einsum("ca,cb->ab", (-T + P), h, optimize=True))), dtype=_dtype)
+    dW2 = np.asarray(((1 / _n_b) * (((P - T).T @ h))), dtype=_dtype)
     return (L, dW1, dX, dW2)
