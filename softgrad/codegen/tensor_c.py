@@ -245,14 +245,10 @@ class _Compiler:
                             and str(e.args[0].base) in self.normalised, replace)
 
     def normalised_form(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
-        free = ta.outputs_sum_to_one(definition)
-        if free is None:
-            return None
-        numerator, _ = sp.fraction(sp.together(definition.expr))
-        if not isinstance(numerator, sp.exp):
-            return None
-        self.normalised.add(definition.name)
-        return numerator.args[0], free
+        form = ta.normalised_exponential(definition)
+        if form is not None:
+            self.normalised.add(definition.name)
+        return form
 
     def normalised_statement(self, definition: Definition, form: tuple[sp.Expr, sp.Symbol],
                              ranges: dict[sp.Symbol, str], target: str) -> list[str]:

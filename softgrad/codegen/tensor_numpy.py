@@ -62,7 +62,7 @@ class _Compiler:
         self.tensor = derivation.tensor
         self.axes = self.tensor.axes
         self.printed = printed
-        self.normalised: dict[str, tuple[sp.Expr, sp.Symbol, sp.Symbol]] = {}  # P → (exponent, free, bound)
+        self.normalised: dict[str, tuple[sp.Expr, sp.Symbol]] = {}  # P → (exponent, the index rows sum over)
         self.logs_needed: set[str] = set()
         self.temporary = 0
 
@@ -267,7 +267,7 @@ class _Compiler:
         ranges = self.ranges_of(definition.expr, known)
         normalised = self._normalised(definition)
         if normalised is not None:
-            exponent, free, _bound = normalised
+            exponent, free = normalised
             code, have = self.compile(exponent, ranges, order)
             full = tuple(definition.indices)
             code = self.align(code, have, full) if set(have) == set(full) else \
@@ -291,15 +291,8 @@ class _Compiler:
         lines = [*self.pending, f"{name} = np.asarray({code}, dtype=_dtype)"]
         return Statement(name, lines, comment)
 
-    def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol, sp.Symbol] | None:
-        """exp(E)/Σ_k exp(E[k]) over one of the definition's indices: (E, that index, k)."""
-        free = ta.outputs_sum_to_one(definition)
-        if free is None:
-            return None
-        numerator, denominator = sp.fraction(sp.together(definition.expr))
-        if not isinstance(numerator, sp.exp):
-            return None
-        return numerator.args[0], free, denominator.limits[0][0]
+    def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
+        return ta.normalised_exponential(definition)
 
 
 def printed_names(derivation: Derivation) -> dict[str, str]:

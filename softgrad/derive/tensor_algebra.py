@@ -317,3 +317,13 @@ def outputs_sum_to_one(definition: Definition) -> sp.Symbol | None:
         if sp.simplify(denominator.function.xreplace({bound: free}) - numerator) == 0:
             return free
     return None
+
+
+def normalised_exponential(definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
+    """For P[…, c] = exp(E_c)/Σ_k exp(E_k): (E, c), the exponent and the index the rows sum over — what
+    generated code shifts by its maximum; else None."""
+    free = outputs_sum_to_one(definition)
+    if free is None:
+        return None
+    numerator, _ = sp.fraction(sp.together(definition.expr))
+    return (numerator.args[0], free) if isinstance(numerator, sp.exp) else None
