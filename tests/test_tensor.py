@@ -275,3 +275,26 @@ def test_generated_c_in_float32_passes_its_check_and_hostile_names_compile():
         assert all(check.passed for check in checks), [check.line() for check in checks]
     source = emit(derivation, "c")["hostile.c"]
     assert "double_" in source and "int_" in source and "free_" in source  # renamed, never shadowing C
+
+
+@pytest.mark.parametrize("name", ["attention", "softmax-regression-labels"])
+def test_tensor_derivations_render_in_every_format(name, tmp_path):
+    import json
+    import subprocess
+
+    import jsonschema
+    from conftest import require_tool
+
+    derivation = derived(name)
+    for fmt in ("text", "latex", "markdown", "html"):
+        document = derivation.render(fmt)
+        for leak in ("Sum(", "Indexed", "KroneckerDelta", "Partial(", "IndexedBase"):
+            assert leak not in document, (fmt, leak)
+    schema = json.loads((Path(__file__).parent.parent / "softgrad" / "schemas" / "derivation-1.schema.json")
+                        .read_text())
+    jsonschema.validate(json.loads(derivation.render("json")), schema)
+    pdflatex = require_tool("pdflatex")
+    (tmp_path / "d.tex").write_text(derivation.render("latex", standalone=True))
+    run = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:]

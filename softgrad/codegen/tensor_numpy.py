@@ -101,12 +101,13 @@ class _Compiler:
             return (f"np.equal({self.align(*first, want)}, {self.align(*second, want)}).astype(_dtype)", want)
         if e.is_Add or e.is_Mul:
             pieces = [self.compile(a, ranges, order) for a in e.args]
-            want = self.union([p[1] for p in pieces], order)
             if e.is_Mul:
+                want = self.union([p[1] for p in pieces], order)
                 return "(" + " * ".join(self.align(code, have, want) for code, have in pieces) + ")", want
             text = ""
-            # a − b, not −b + a
+            # a − b, not −b + a; the axes in the order of the first terms (arrays before the deltas subtracted)
             terms = sorted(zip(e.args, pieces), key=lambda item: bool(item[0].could_extract_minus_sign()))
+            want = self.union([have for _, (_, have) in terms], order)
             for term, (code, have) in terms:
                 negative = term.is_Mul and term.args[0] == -1
                 if negative:
@@ -182,8 +183,8 @@ class _Compiler:
             subscripts = ",".join("".join(letter[s] for s in have) for _, have in pieces)
             code = (f'np.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
                     f'{", ".join(code for code, _ in pieces)}, optimize=True)')
-        elif varying:
-            inner, have = self.compile(varying[0], ranges, inner_order)
+        elif varying:  # summed in the summand's own axis order: nothing is transposed for the sum
+            inner, have = self.compile(varying[0], ranges, [])
             axes = tuple(have.index(b) for b in bounds if b in have)
             result = tuple(s for s in have if s not in bounds)
             code = f"np.sum({inner}, axis={axes if len(axes) > 1 else axes[0]})"
@@ -273,12 +274,13 @@ class _Compiler:
             code = self.align(code, have, full) if set(have) == set(full) else \
                 f"np.broadcast_to({self.align(code, have, full)}, ({', '.join(self.size(known[s]) for s in full)}))"
             axis = full.index(free)
-            lines = [*self.pending, f"_shifted = {code}",
-                     f"_shifted = _shifted - _finite(np.max(_shifted, axis={axis}, keepdims=True))",
-                     "_exp = np.exp(_shifted)",
-                     f"_total = np.sum(_exp, axis={axis}, keepdims=True)",
-                     f"{name} = _exp / _total",
-                     f"_log_{name} = _shifted - np.log(_total)"]
+            # two arrays allocated (the shifted exponent and the result), every other step in place
+            lines = [*self.pending, f"_exponent = {code}",
+                     f"_shifted = _exponent - _finite(np.max(_exponent, axis={axis}, keepdims=True))",
+                     f"{name} = np.exp(_shifted)",
+                     f"_total = np.sum({name}, axis={axis}, keepdims=True)",
+                     f"{name} /= _total",
+                     f"_log_{name} = np.subtract(_shifted, np.log(_total), out=_shifted)"]
             self.normalised[definition.name] = normalised
             return Statement(name, lines, comment)
         code, have = self.compile(definition.expr, ranges, order)

@@ -227,6 +227,18 @@ class TensorEngine:
                                                "computed once and read by the gradients below", adjoint.indices,
                                                self.upstream)
         self.result.axes = self.axes
+        self._drop_unread(results)
+
+    def _drop_unread(self, results: dict[str, Result]) -> None:
+        """Backward arrays that no gradient reads any more (written out into the results) are not computed."""
+        needed = set(self.result.gradients.values())
+        for definition in reversed(self.result.backward):
+            if definition.name in needed:
+                needed |= ta.names(definition.expr)
+        unread = [d.name for d in self.result.backward if d.name not in needed]
+        self.result.backward = [d for d in self.result.backward if d.name in needed]
+        for name in unread:
+            results.pop(name, None)
 
     def _note(self, name: str) -> str:
         if self.upstream:
@@ -409,7 +421,8 @@ class TensorEngine:
         written = expr.xreplace(replacements)
         candidate = ta.in_names(tidy(ta.distribute(written)), self.spec.definitions, taken)
         candidate = tidy(ta.combine_sums(candidate))
-        if cost(candidate) >= cost(expr) + 10:  # only where the written-out form is about as short
+        budget = cost(expr) + sum(cost(reductions[str(getattr(e, "base", e))].expr) for e in used)
+        if cost(candidate) >= budget:  # only where the written-out form is shorter than the pieces together
             return expr
         self.step(section, rule="write out the row reductions", lhs=lhs, forms=[written, candidate],
                   reason=words(", ".join(sorted({str(getattr(e, 'base', e)) for e in used})) +

@@ -268,6 +268,19 @@ def _apart(pattern: sp.Expr, value: sp.Expr, avoid: set[str]) -> tuple[sp.Expr, 
     return pattern.xreplace(renaming), value.xreplace(renaming)
 
 
+def _rewrite(expr: sp.Expr, definition: Definition, pattern: sp.Expr, value: sp.Expr,
+             assignment: dict[sp.Symbol, sp.Expr], own: list[sp.Sum], taken: set[str]) -> sp.Expr:
+    """expr with one instance of a definition's inversion substituted (its own sums protected)."""
+    avoid = set(taken) | names(expr) | {str(v) for v in assignment.values()}
+    local_pattern, local_value = _apart(pattern, value, avoid - set(map(str, definition.indices)))
+    local_pattern, local_value = local_pattern.xreplace(assignment), local_value.xreplace(assignment)
+    masks = {} if pattern.atoms(sp.Sum) else {
+        found: sp.Dummy("sum") for found in expr.atoms(sp.Sum)
+        if any(same_sum(found, total.xreplace(assignment)) for total in own)}
+    trial = substitute(expr.xreplace(masks), local_pattern, local_value)
+    return unify_sums(trial.xreplace({dummy: total for total, dummy in masks.items()}))
+
+
 def in_names(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
     """expr rewritten in the spec's defined names wherever that makes it simpler (exp(S_ij)/Σ_k exp(S_ik) →
     P_ij): each definition inverted, tried at every place its arrays occur, kept when the cost drops.
@@ -280,16 +293,15 @@ def in_names(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> s
                 continue
             own = list(definition.expr.atoms(sp.Sum))
             for pattern, value in inversions(definition):
-                for assignment in _assignments(pattern, definition, best):
-                    avoid = set(taken) | names(best) | {str(v) for v in assignment.values()}
-                    local_pattern, local_value = _apart(pattern, value, avoid - set(map(str, definition.indices)))
-                    local_pattern = local_pattern.xreplace(assignment)
-                    local_value = local_value.xreplace(assignment)
-                    masks = {} if pattern.atoms(sp.Sum) else {
-                        found: sp.Dummy("sum") for found in best.atoms(sp.Sum)
-                        if any(same_sum(found, total.xreplace(assignment)) for total in own)}
-                    trial = substitute(best.xreplace(masks), local_pattern, local_value)
-                    trial = unify_sums(trial.xreplace({dummy: total for total, dummy in masks.items()}))
+                assignments = _assignments(pattern, definition, best)
+                # each place alone, then every place at once (terms cancel only when all are rewritten)
+                trials = [[assignment] for assignment in assignments]
+                if len(assignments) > 1:
+                    trials.append(assignments)
+                for group in trials:
+                    trial = best
+                    for assignment in group:
+                        trial = _rewrite(trial, definition, pattern, value, assignment, own, taken)
                     if trial == best:
                         continue
                     trial = exact_numbers(tidy(unify_sums(distribute(trial))))

@@ -95,11 +95,11 @@ def forward(Q, K, V):
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
     S = np.asarray(((1 / np.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
-    _shifted = S
-    _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
-    _exp = np.exp(_shifted)
-    _total = np.sum(_exp, axis=1, keepdims=True)
-    P = _exp / _total
+    _exponent = S
+    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+    P = np.exp(_shifted)
+    _total = np.sum(P, axis=1, keepdims=True)
+    P /= _total
     O = np.asarray(((P @ V)), dtype=_dtype)
     return O
 
@@ -116,11 +116,11 @@ def gradients(Q, K, V, dO):
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
     S = np.asarray(((1 / np.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
-    _shifted = S
-    _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
-    _exp = np.exp(_shifted)
-    _total = np.sum(_exp, axis=1, keepdims=True)
-    P = _exp / _total
+    _exponent = S
+    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+    P = np.exp(_shifted)
+    _total = np.sum(P, axis=1, keepdims=True)
+    P /= _total
     O = np.asarray(((P @ V)), dtype=_dtype)
     dP = np.asarray(((dO @ V.T)), dtype=_dtype)
     dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO, optimize=True))[:, None]) * P), dtype=_dtype)

@@ -68,7 +68,7 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
 {
     (void)_n_b;
     (void)_n_k;
-    size_t _size = 1 + _n_b * 1 + _n_b * 1 + _n_b * _n_k * 1 + _n_b * _n_k * 1 + _n_b * 1 + _n_b * 1;
+    size_t _size = 1 + _n_b * 1 + _n_b * 1 + _n_b * _n_k * 1 + _n_b * _n_k * 1;
     softgrad_real *_work = (softgrad_real *)malloc(_size * sizeof(softgrad_real));
     if (_work == NULL) return -1;
     softgrad_real *_next = _work;
@@ -81,10 +81,6 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     _next += _n_b * _n_k * 1;
     softgrad_real *y = _next;
     _next += _n_b * _n_k * 1;
-    softgrad_real *dv = _next;
-    _next += _n_b * 1;
-    softgrad_real *dm = _next;
-    _next += _n_b * 1;
 
     /* m[b] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
@@ -114,26 +110,18 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
             y[(_ix_b) * _n_k + _ix_k] = beta[_ix_k] + gamma[_ix_k]*xhat[(_ix_b) * _n_k + _ix_k];
         }
     }
-    /* dv[b] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _s3 = 0;
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _s3 += dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k]*xhat[(_ix_b) * _n_k + _ix_k];
-        }
-        dv[_ix_b] = -_s3/((softgrad_real)2*v[_ix_b] + (softgrad_real)2e-05);
-    }
-    /* dm[b] (a matrix product: BLAS gemv would replace this loop nest) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _s4 = 0;
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _s4 += dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k];
-        }
-        dm[_ix_b] = -_s4/sqrt(v[_ix_b] + (softgrad_real)1e-05);
-    }
     /* dx[b, k] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        softgrad_real _s3 = 0;
+        for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+            _s3 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2];
+        }
+        softgrad_real _s4 = 0;
+        for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+            _s4 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2]*xhat[(_ix_b) * _n_k + _ix_k2];
+        }
         for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            dx[(_ix_b) * _n_k + _ix_k] = dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k]/sqrt(v[_ix_b] + (softgrad_real)1e-05) + dm[_ix_b]/(softgrad_real)_n_k - (softgrad_real)2*dv[_ix_b]*m[_ix_b]/(softgrad_real)_n_k + (softgrad_real)2*dv[_ix_b]*x[(_ix_b) * _n_k + _ix_k]/(softgrad_real)_n_k;
+            dx[(_ix_b) * _n_k + _ix_k] = (-_s3/(softgrad_real)_n_k - _s4*xhat[(_ix_b) * _n_k + _ix_k]/(softgrad_real)_n_k + dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k])/sqrt(v[_ix_b] + (softgrad_real)1e-05);
         }
     }
     /* dgamma[k] (a matrix product: BLAS gemm would replace this loop nest) */

@@ -95,12 +95,12 @@ def forward(W, X, bias, label):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     z = np.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
-    _shifted = z
-    _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
-    _exp = np.exp(_shifted)
-    _total = np.sum(_exp, axis=1, keepdims=True)
-    P = _exp / _total
-    _log_P = _shifted - np.log(_total)
+    _exponent = z
+    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+    P = np.exp(_shifted)
+    _total = np.sum(P, axis=1, keepdims=True)
+    P /= _total
+    _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
     L = np.asarray((-1 * (1 / _n_b) * (np.sum(_log_P[np.arange(_n_b).astype(np.intp), label.astype(np.intp)], axis=0))), dtype=_dtype)
     return L
 
@@ -116,14 +116,14 @@ def gradients(W, X, bias, label):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     z = np.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
-    _shifted = z
-    _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
-    _exp = np.exp(_shifted)
-    _total = np.sum(_exp, axis=1, keepdims=True)
-    P = _exp / _total
-    _log_P = _shifted - np.log(_total)
+    _exponent = z
+    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+    P = np.exp(_shifted)
+    _total = np.sum(P, axis=1, keepdims=True)
+    P /= _total
+    _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
     L = np.asarray((-1 * (1 / _n_b) * (np.sum(_log_P[np.arange(_n_b).astype(np.intp), label.astype(np.intp)], axis=0))), dtype=_dtype)
-    dW = np.asarray(((1 / _n_b) * (((np.transpose(P, (1, 0)) - np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype)) @ X))), dtype=_dtype)
+    dW = np.asarray(((1 / _n_b) * (((P - np.transpose(np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype), (1, 0))).T @ X))), dtype=_dtype)
     dX = np.asarray(((1 / _n_b) * (((P @ W)) - W[label[:, None].astype(np.intp), np.arange(_n_d)[None, :].astype(np.intp)])), dtype=_dtype)
-    dbias = np.asarray(((1 / _n_b) * (np.sum((np.transpose(P, (1, 0)) - np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype)), axis=1))), dtype=_dtype)
+    dbias = np.asarray(((1 / _n_b) * (np.sum((P - np.transpose(np.equal(np.arange(_n_c)[:, None], label[None, :]).astype(_dtype), (1, 0))), axis=0))), dtype=_dtype)
     return (L, dW, dX, dbias)

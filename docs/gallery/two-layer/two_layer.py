@@ -99,12 +99,12 @@ def forward(W1, X, W2, T):
     _n_c = _sizes["c"]
     h = np.asarray(np.tanh(((X @ W1.T))), dtype=_dtype)
     z = np.asarray(((h @ W2.T)), dtype=_dtype)
-    _shifted = z
-    _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
-    _exp = np.exp(_shifted)
-    _total = np.sum(_exp, axis=1, keepdims=True)
-    P = _exp / _total
-    _log_P = _shifted - np.log(_total)
+    _exponent = z
+    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+    P = np.exp(_shifted)
+    _total = np.sum(P, axis=1, keepdims=True)
+    P /= _total
+    _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
     L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
     return L
 
@@ -122,12 +122,12 @@ def gradients(W1, X, W2, T):
     _n_c = _sizes["c"]
     h = np.asarray(np.tanh(((X @ W1.T))), dtype=_dtype)
     z = np.asarray(((h @ W2.T)), dtype=_dtype)
-    _shifted = z
-    _shifted = _shifted - _finite(np.max(_shifted, axis=1, keepdims=True))
-    _exp = np.exp(_shifted)
-    _total = np.sum(_exp, axis=1, keepdims=True)
-    P = _exp / _total
-    _log_P = _shifted - np.log(_total)
+    _exponent = z
+    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+    P = np.exp(_shifted)
+    _total = np.sum(P, axis=1, keepdims=True)
+    P /= _total
+    _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
     L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
     dh = np.asarray(((1 / _n_b) * (((P - T) @ W2))), dtype=_dtype)
     dW1 = np.asarray((np.einsum("ca,cb,ca->ab", (1 - np.square(h)), X, dh, optimize=True)), dtype=_dtype)
