@@ -39,7 +39,7 @@ def generated(name: str, wrt: str | None, folder: Path):
 
 
 def attention_by_hand(Q, K, V, dO):
-    scale = 1 / np.sqrt(Q.shape[1])
+    scale = Q.dtype.type(1 / np.sqrt(Q.shape[1]))  # in the inputs' dtype: float32 stays float32
     S = (Q @ K.T) * scale
     S -= S.max(axis=1, keepdims=True)
     P = np.exp(S)
@@ -56,7 +56,7 @@ def softmax_regression_by_hand(W, X, bias, T):
     z -= z.max(axis=1, keepdims=True)
     P = np.exp(z)
     P /= P.sum(axis=1, keepdims=True)
-    return (P - T).T @ X / X.shape[0]
+    return (P - T).T @ X / X.dtype.type(X.shape[0])
 
 
 def timed(function, arguments, rounds: int) -> list[float]:
@@ -112,7 +112,7 @@ def main() -> None:
                         f"{hand:.1f} | {ratio:.2f} |")
             targets.append(("softmax regression dW ≤ 1.2×", f"(B {B}, D {D}, C {C}) {dtype}", ratio, 1.2))
     lines = ["## Specs with several indices: generated NumPy against NumPy by hand", "",
-             "`python bench/tensors.py` (one thread of BLAS as NumPy is built here; medians of "
+             "`python bench/tensors.py` (NumPy's BLAS with its default threads on this 2-core machine; medians of "
              f"{rounds} interleaved rounds; ratio = generated / by hand, < 1 is faster). The generated attention "
              "backward recomputes the forward as the hand-written one does; softmax regression's generated "
              "gradients() also returns the loss.", "",

@@ -25,6 +25,8 @@ from softgrad.errors import SoftgradError
 
 _FUNCTIONS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.Abs: "np.abs", log1p: "np.log1p",
               sigmoid: "_sigmoid", softplus: "_softplus", sp.erf: "_erf", sp.sign: "np.sign"}
+_SCALAR_FUNCTIONS = {sp.exp: "math.exp", sp.log: "math.log", sp.tanh: "math.tanh", log1p: "math.log1p",
+                     sp.erf: "math.erf"}
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -117,10 +119,12 @@ class _Compiler:
             return f"({text})", want
         if e.is_Pow:
             base = self.compile(e.base, ranges, order)
+            # a scalar stays a Python float (NumPy's weak scalar): float32 arrays stay float32
+            root = "np.sqrt" if base[1] else "math.sqrt"
             if e.exp == sp.Rational(1, 2):
-                return f"np.sqrt({base[0]})", base[1]
+                return f"{root}({base[0]})", base[1]
             if e.exp == -sp.Rational(1, 2):
-                return f"(1 / np.sqrt({base[0]}))", base[1]
+                return f"(1 / {root}({base[0]}))", base[1]
             if e.exp.is_Integer and e.exp == 2:
                 return f"np.square({base[0]})", base[1]
             if e.exp.is_Integer and e.exp == -1:
@@ -149,6 +153,8 @@ class _Compiler:
         function = _FUNCTIONS.get(e.func)
         if function is not None and len(e.args) == 1:
             inner = self.compile(e.args[0], ranges, order)
+            if not inner[1] and e.func in _SCALAR_FUNCTIONS:  # a Python float, weak beside float32 arrays
+                return f"{_SCALAR_FUNCTIONS[e.func]}({inner[0]})", ()
             return f"{function}({inner[0]})", inner[1]
         raise SoftgradError(f"cannot generate NumPy code for {type(e).__name__} in a spec with several indices")
 

@@ -94,7 +94,7 @@ def forward(Q, K, V):
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
-    S = np.asarray(((1 / np.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
+    S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
     _exponent = S
     _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
     P = np.exp(_shifted)
@@ -115,7 +115,7 @@ def gradients(Q, K, V, dO):
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
-    S = np.asarray(((1 / np.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
+    S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
     _exponent = S
     _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
     P = np.exp(_shifted)
@@ -124,7 +124,7 @@ def gradients(Q, K, V, dO):
     O = np.asarray(((P @ V)), dtype=_dtype)
     dP = np.asarray(((dO @ V.T)), dtype=_dtype)
     dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO, optimize=True))[:, None]) * P), dtype=_dtype)
-    dQ = np.asarray(((1 / np.sqrt(_n_e)) * ((dS @ K))), dtype=_dtype)
-    dK = np.asarray(((1 / np.sqrt(_n_e)) * ((dS.T @ Q))), dtype=_dtype)
+    dQ = np.asarray(((1 / math.sqrt(_n_e)) * ((dS @ K))), dtype=_dtype)
+    dK = np.asarray(((1 / math.sqrt(_n_e)) * ((dS.T @ Q))), dtype=_dtype)
     dV = np.asarray(((P.T @ dO)), dtype=_dtype)
     return (dQ, dK, dV)
