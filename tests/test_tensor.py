@@ -241,6 +241,7 @@ def test_codegen_check_passes_and_catches_a_wrong_module(name):
     assert not all(check.passed for check in check_tensor_module(derivation, broken))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
 def test_generated_c_matches_the_numpy_module(name, tmp_path):
     from conftest import require_tool
@@ -261,6 +262,7 @@ def test_generated_c_matches_the_numpy_module(name, tmp_path):
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_generated_c_in_float32_passes_its_check_and_hostile_names_compile():
     from conftest import require_tool
 
@@ -277,6 +279,7 @@ def test_generated_c_in_float32_passes_its_check_and_hostile_names_compile():
     assert "double_" in source and "int_" in source and "free_" in source  # renamed, never shadowing C
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["attention", "softmax-regression-labels"])
 def test_tensor_derivations_render_in_every_format(name, tmp_path):
     import json

@@ -2,6 +2,7 @@
 checked with a signature that names every input and output, right ones pass, wrong ones fail with the
 worst element named by array and full index."""
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,17 @@ CASES = {  # function → (spec, signature, right?)
 }
 
 
-def _check(function_name, seed=0, extremes=False, sizes=None):
-    spec_name, signature, _ = CASES[function_name]
+@functools.cache
+def _derived(spec_name, signature):
     spec = load_spec(str(EXAMPLES / f"{spec_name}.spec"))
     outputs = signature.split("->")[1].split(",")
     wrt = ",".join(o[1:] for o in outputs if o.startswith("d") and o[1:] in spec.inputs)
-    derivation = derive_spec(spec, wrt=wrt, time_limit=None)
+    return derive_spec(spec, wrt=wrt, time_limit=None)
+
+
+def _check(function_name, seed=0, extremes=False, sizes=None):
+    spec_name, signature, _ = CASES[function_name]
+    derivation = _derived(spec_name, signature)
     chosen = parse_tensor_signature(signature, derivation)
     return verify_tensor(getattr(tensor_code, function_name), derivation, chosen, parse_sizes(sizes, derivation),
                          label=function_name, against=spec_name, seed=seed, extremes=extremes)
@@ -68,6 +74,7 @@ def test_extremes_find_code_that_overflows_and_can_be_turned_off():
     assert quiet.passed and "--extremes off" in quiet.text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10))
 def test_no_false_alarm_on_right_code_over_seeds(seed):
     for function_name, (_, _, right) in CASES.items():
@@ -83,11 +90,12 @@ def test_no_false_alarm_on_right_code_over_seeds(seed):
     ("X,W,bias,T", "INPUTS->OUTPUTS"),
 ])
 def test_bad_signatures_are_one_clear_error(signature, message):
-    derivation = derive_spec(load_spec(str(EXAMPLES / "softmax-regression.spec")), time_limit=None)
+    derivation = _derived("softmax-regression", "X,W,bias,T->loss,dW,dbias")
     with pytest.raises(SoftgradError, match=message):
         parse_tensor_signature(signature, derivation)
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_report(tmp_path):
     spec = str(EXAMPLES / "softmax-regression-labels.spec")
     corpus = str(Path(__file__).parent / "corpus" / "tensor_code.py")
