@@ -301,3 +301,16 @@ def test_tensor_derivations_render_in_every_format(name, tmp_path):
     run = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "d.tex"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-2000:]
+
+
+def test_the_softmax_jacobian_is_derived_by_cases_inside_the_backward_pass():
+    derivation = derived("attention")
+    rules = [step.rule for step in derivation.steps]
+    start = rules.index("the Jacobian of P")
+    assert rules[start + 1].startswith("case ") and "=" in rules[start + 1]
+    assert "≠" in rules[start + 2] and rules[start + 3] == "Kronecker combination"
+    distinct = derivation.steps[start + 2]
+    assert distinct.distinct is not None and distinct.checked  # checked only where the indices differ
+    combined = derivation.steps[start + 3].result
+    assert combined.has(sp.KroneckerDelta) and sp.simplify(
+        combined - combined.subs(sp.KroneckerDelta(*combined.atoms(sp.KroneckerDelta).pop().args), 0)) != 0

@@ -67,6 +67,10 @@ class TensorDerivation:
     axes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+def in_names(expr: sp.Expr, spec: Spec, taken: set[str]) -> sp.Expr:
+    return tidy(ta.in_names(expr, spec.definitions, taken))
+
+
 def tidy(expr: sp.Expr) -> sp.Expr:
     """The most readable form, with the floats calculus makes (1.0·v) written as the rationals they are."""
     return ta.exact_numbers(_tidy(ta.exact_numbers(expr)))
@@ -285,6 +289,8 @@ class TensorEngine:
         if self.adjoints[consumers[0].name].named and consumers[0].name != self.spec.output.name:
             reason += words("; " + ", ".join(self.adjoints[c.name].name for c in consumers) + " found above")
         self.step(section, rule="chain rule", lhs=lhs, forms=chain, reason=reason)
+        for consumer in consumers:
+            self._cases(section, consumer, var, q, taken)
 
         derivative = sp.Add(*raw)
         self.step(section, rule="differentiate " + who, lhs=lhs, forms=[derivative],
@@ -318,6 +324,50 @@ class TensorEngine:
         is_named = is_input or bool(current.atoms(sp.Sum))
         adjoint_name = _fresh_name([f"d{name}", f"grad_{name}"], self.taken) if is_named else f"∂{self.loss}/∂{name}"
         return Adjoint(name, adjoint_name, q, current, is_named), section
+
+    def _cases(self, section: Section, consumer: Definition, var: sp.Expr, q: tuple[sp.Symbol, ...],
+               taken: set[str]) -> None:
+        """∂C[a]/∂X[q] by cases, as tutorials derive a softmax's Jacobian: where it is zero unless some indices
+        coincide (a delta that multiplies every term), say so and set them equal; then, for an index pair
+        whose delta multiplies only some terms, the case of equal indices, the case of distinct ones, and
+        their Kronecker combination. Shown only where the distinct case is not zero (a coupling such as
+        −P_bc P_bk, not an entrywise function)."""
+        local = set(taken) | {str(s) for s in q}
+        a = self._positions(consumer.name, local)
+        entry = self._entry(consumer.name, a)
+        body = ta.at(consumer, a, local)
+        derivative = tidy(ta.sift(ta.exact_numbers(sp.diff(body, var))))
+        expanded = sp.expand(derivative)
+        terms = sp.Add.make_args(expanded)
+        pairs = [d for d in expanded.atoms(sp.KroneckerDelta) if set(d.args) & set(a) and set(d.args) & set(q)]
+        common = [d for d in pairs if all(d in sp.Mul.make_args(t) for t in terms)]
+        partial = [d for d in pairs if d not in common and not (set(d.args) & {x for c in common for x in c.args}
+                                                               & set(a))]
+        if not partial:
+            return
+        coincide = {next(x for x in d.args if x in a): next(x for x in d.args if x in q) for d in common}
+        lhs = Partial(entry.xreplace(coincide), var)
+        rest = in_names(tidy(expanded.xreplace({d: sp.S.One for d in common}).xreplace(coincide)), self.spec, local)
+        split = partial[0]
+        row, column = next(x for x in split.args if x in a), next(x for x in split.args if x in q)
+        if coincide:
+            self.step(section, rule=f"the Jacobian of {consumer.name}", lhs=lhs, forms=[rest],
+                      reason=prose("from the definition of " + consumer.name + "; it is zero unless " +
+                                   ", ".join(f"{k} = {v}" for k, v in coincide.items()) + ", so those indices "
+                                   "are set equal"))
+        equal = in_names(tidy(rest.xreplace({row: column})), self.spec, local)
+        self.step(section, rule=f"case {row} = {column}", lhs=lhs.xreplace({row: column}), forms=[equal],
+                  reason=prose("{delta} = 1", delta=sp.KroneckerDelta(column, column, evaluate=False)))
+        distinct = in_names(tidy(rest.xreplace({split: sp.S.Zero})), self.spec, local)
+        if distinct == 0:
+            return
+        self.step(section, rule=f"case {row} ≠ {column}", lhs=lhs, forms=[distinct], distinct=(row, column),
+                  reason=prose("{delta} = 0", delta=sp.KroneckerDelta(row, column)))
+        diagonal = tidy(equal - distinct.xreplace({row: column}))  # what the equal case adds, at row = column
+        combined = sp.KroneckerDelta(row, column) * diagonal + distinct
+        self.step(section, rule="Kronecker combination", lhs=lhs, forms=[combined, tidy(combined)],
+                  reason=prose("{delta} is 1 if {i} = {j}, else 0: one formula for both cases",
+                               delta=sp.KroneckerDelta(row, column), i=row, j=column))
 
     def _facts(self, section: Section, lhs: sp.Expr, expr: sp.Expr) -> sp.Expr:
         """Rows of a normalised definition sum to 1; a declared constraint's sums are its value."""
