@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from softgrad.derive.spec import Spec
     from softgrad.verify.formula import FormulaReport
     from softgrad.verify.report import Report
+    from softgrad.verify.tensor_verify import TensorReport
 
 #: --time-limit: seconds a derivation may take before it stops with a clear error.
 _TIME_LIMIT = click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=DERIVE_SECONDS,
@@ -95,7 +96,9 @@ def _load_spec(spec: str | None, spec_file: str | None) -> Spec:
 @main.command()
 @click.argument("spec", required=False)
 @click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the spec from FILE.")
-@click.option("--wrt", metavar="NAME", help="The input to differentiate with respect to (default: the first input).")
+@click.option("--wrt", metavar="NAME[,NAME…]",
+              help="The input(s) to differentiate with respect to (several only for specs with several indices; "
+                   "default: the first input, or every input of a spec with several indices but targets and labels).")
 @click.option("--format", "fmt", type=click.Choice(["text", "latex", "markdown", "html", "json"]),
               default="text", show_default=True, help="Output format.")
 @click.option("--standalone", is_flag=True, help="With --format latex: a complete document for pdflatex.")
@@ -131,7 +134,9 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
               help="Kernels to generate (repeatable; default: all that apply).")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]),
               help="Element type of the C kernels [default: float64] (NumPy kernels follow their inputs' dtype).")
-@click.option("--wrt", metavar="NAME", help="The input to differentiate with respect to (default: the first input).")
+@click.option("--wrt", metavar="NAME[,NAME…]",
+              help="The input(s) to differentiate with respect to (several only for specs with several indices; "
+                   "default: the first input, or every input of a spec with several indices but targets and labels).")
 @click.option(
     "-o",
     "--output",
@@ -251,7 +256,8 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
 
         if against is None or target is not None:
             raise SoftgradError("--formula needs --against SPEC and no function to load")
-        result: Report | FormulaReport = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
+        result: Report | FormulaReport | TensorReport = verify_formula(formula, derive_spec(load_spec(against)), wrt,
+                                                                       seed)
     else:
         from softgrad.verify import check_gradient
         from softgrad.verify.loaders import load_function
@@ -294,28 +300,20 @@ def _is_tensor(against: str) -> bool:
 
 def _verify_tensor(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
                    values: dict[str, float], timeout: float, extremes: bool) -> Any:
-    """verify for a spec with several indices: a signature naming every input and output is required."""
-    from softgrad.derive import derive_spec, load_spec
+    """verify for a spec with several indices: the function loaded in its child process, then checked."""
+    from softgrad.derive import load_spec
+    from softgrad.verify import check_gradient
     from softgrad.verify.loaders import load_function
-    from softgrad.verify.tensor_verify import parse_sizes, parse_tensor_signature, verify_tensor
 
-    spec = load_spec(against)
-    if signature is None:
-        example = ",".join(spec.inputs) + "->" + ",".join("d" + n for n in spec.inputs if n not in spec.labels)
+    if signature is None:  # reported before any user code is loaded
+        from softgrad.verify.tensor_verify import example_signature
+
         raise SoftgradError(f"a spec with several indices needs --signature naming the function's inputs and outputs, "
-                            f"e.g. --signature '{example}'")
-    outputs = signature.replace(" ", "").split("->", 1)[-1].split(",")
-    wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
-    derivation = derive_spec(spec, wrt=wrt)
-    chosen = parse_tensor_signature(signature, derivation)
-    missing = [p for p in spec.parameters if p not in values]
-    if missing:
-        raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
-    function = load_function(target, chosen, dtype, timeout)
+                            f"e.g. --signature '{example_signature(load_spec(against))}'")
+    function = load_function(target, signature, dtype, timeout)
     try:
-        return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation), label=target,
-                             against=spec.name or against, dtype=dtype, seed=seed, parameters=values,
-                             extremes=extremes)
+        return check_gradient(function, against, signature, dtype=dtype, seed=seed, parameters=values, sizes=sizes,
+                              extremes=extremes, label=target)
     finally:
         function.close()
 

@@ -109,3 +109,16 @@ def test_cli_exit_status_and_report(tmp_path):
     unknown = subprocess.run([*common[:-2], "--size", "q=3", f"{corpus}:labels_mean_loss"], capture_output=True,
                              text=True)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "no index 'q'" in unknown.stderr
+
+
+def test_python_api_checks_tensor_specs_in_process():
+    from softgrad.verify import assert_gradient, check_gradient
+
+    spec = str(EXAMPLES / "softmax-regression-labels.spec")
+    report = assert_gradient(tensor_code.labels_mean_loss, against=spec,
+                             signature="X,W,bias,label->loss,dW,dX,dbias", sizes="b=7")
+    assert report.passed and report.sizes["b"] == 7
+    assert not check_gradient(tensor_code.labels_sign_flip, against=spec,
+                              signature="X,W,bias,label->loss,dW,dX,dbias").passed
+    with pytest.raises(SoftgradError, match="W,X,bias,label->loss,dW,dX,dbias"):
+        check_gradient(tensor_code.labels_mean_loss, against=spec)

@@ -18,6 +18,7 @@ from softgrad.verify.report import Report
 
 if TYPE_CHECKING:
     from softgrad.verify.problem import Problem
+    from softgrad.verify.tensor_verify import TensorReport
 
 
 def check_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None, *,
@@ -25,15 +26,25 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                    dtype: str = "float64", n: int = 7, batch: int = 4, seed: int = 0, reduction: str = "sum",
                    parameters: dict[str, float] | None = None, wrt: str | None = None,
                    label: str | None = None, mode: str = "auto",
-                   progress: Callable[[int, int, str], None] | None = None) -> Report:
-    """The verify report for `function` against a spec (catalog name or spec text) or a forward function.
+                   progress: Callable[[int, int, str], None] | None = None, sizes: str | None = None,
+                   extremes: bool = True) -> Report | TensorReport:
+    """The verify report for `function` against a spec (catalog name, spec text or .spec file) or a forward
+    function.
 
-    progress(done, total, case), if given, is told of each input case as its check starts."""
+    progress(done, total, case), if given, is told of each input case as its check starts. For a spec with
+    several indices, `signature` names the function's arrays ("X,W,bias,T->loss,dW,dbias"), `sizes` the
+    ranges' sizes ("b=8,c=10"), and the result is a TensorReport (same passed, text() and to_dict())."""
     from softgrad.errors import SoftgradError
     from softgrad.verify.checker import verify
     from softgrad.verify.problem import Problem
     from softgrad.verify.signatures import parse_signature
 
+    if against is not None:
+        from softgrad.derive import load_spec
+
+        if load_spec(against).tensor:
+            return _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {}, extremes,
+                                 label)
     if (against is None) == (forward is None):
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
     if against is not None:
@@ -58,6 +69,26 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     return verify(function, chosen, problem, label=label or str(getattr(function, "__name__", "function")),
                   dtype=dtype, size=n, rows=batch, seed=seed, reduction=reduction,
                   against=against or "the forward function", mode=mode, progress=progress)
+
+
+def _check_tensor(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
+                  dtype: str, seed: int, parameters: dict[str, float], extremes: bool,
+                  label: str | None) -> TensorReport:
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.errors import SoftgradError
+    from softgrad.verify.tensor_verify import example_signature, parse_sizes, parse_tensor_signature, verify_tensor
+
+    spec = load_spec(against)
+    if signature is None:
+        raise SoftgradError("a spec with several indices needs a signature naming the function's arrays, e.g. "
+                            + example_signature(spec))
+    outputs = signature.replace(" ", "").split("->", 1)[-1].split(",")
+    wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
+    derivation = derive_spec(spec, wrt=wrt)
+    chosen = parse_tensor_signature(signature, derivation)
+    return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation),
+                         label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
+                         dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)
 
 
 def reference_problem(against: str, wrt: str | None, parameters: dict[str, float]) -> Problem:
@@ -94,7 +125,7 @@ def _reference_problem(against: str, wrt: str | None, parameters: tuple[tuple[st
 
 
 def assert_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None,
-                    **options: Any) -> Report:
+                    **options: Any) -> Report | TensorReport:
     """Raise AssertionError with the full report if `function` is not the gradient; return the report."""
     report = check_gradient(function, against, signature, **options)
     if not report.passed:

@@ -28,15 +28,16 @@ def split_reference(reference: str) -> tuple[str, str]:
     return location, name
 
 
-def load_function(reference: str, signature: Signature | Any, dtype: str, timeout: float = DEFAULT_TIMEOUT,
+def load_function(reference: str, signature: Signature | str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
                   role: str = "the function under test") -> IsolatedFunction:
     """The function named by `reference`, loaded and called in a child process (see isolation).
 
     A C source is compiled here first, into a temporary folder that is removed when the function is
     closed; the child loads the library."""
     location, name = split_reference(reference)
+    text = signature if isinstance(signature, str) else signature.text
     if not location.endswith(".c"):
-        return IsolatedFunction(reference, signature.text, dtype, timeout, role)
+        return IsolatedFunction(reference, text, dtype, timeout, role)
     path = Path(location)
     if not path.is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
@@ -44,7 +45,7 @@ def load_function(reference: str, signature: Signature | Any, dtype: str, timeou
     try:
         library = folder / f"lib{path.stem}.so"
         _compile_user_c(path, library)
-        function = IsolatedFunction(f"{library}:{name}", signature.text, dtype, timeout, role,
+        function = IsolatedFunction(f"{library}:{name}", text, dtype, timeout, role,
                                     cleanup=lambda: remove_tree(folder))
     except BaseException:
         remove_tree(folder)

@@ -43,6 +43,13 @@ class TensorSignature:
     output_name: str | None  # the returned name of the forward output, if any
 
 
+def example_signature(spec: Any) -> str:
+    """A signature that names every array of the spec: its inputs (and dO for an array output) → gradients."""
+    takes = [*spec.inputs, *([f"d{spec.output.name}"] if spec.output.is_vector else [])]
+    returns = ([] if spec.output.is_vector else ["loss"]) + ["d" + n for n in spec.inputs if n not in spec.labels]
+    return ",".join(takes) + "->" + ",".join(returns)
+
+
 def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature:
     """`X,W,bias,T->loss,dW,dbias`: every spec input taken (and the upstream gradient for an array output),
     outputs among the spec's output (`loss` or its name) and d<input> for inputs."""
@@ -180,6 +187,9 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     rounding allows in products of two inputs, such as attention's Q·Kᵀ)."""
     spec = derivation.spec
     values = parameters or {}
+    missing = [p for p in spec.parameters if p not in values]
+    if missing:
+        raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
     reference = _reference(derivation)
     report = TensorReport(label, signature.text, against, dtype, sizes)
     cases = [("inputs of order 1", 1.0, True), ("inputs of order 10", 10.0, False)]
