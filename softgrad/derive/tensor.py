@@ -230,6 +230,11 @@ class TensorEngine:
                                                Partial(self.loss, self._entry(name, adjoint.indices)), adjoint.expr,
                                                "computed once and read by the gradients below", adjoint.indices,
                                                self.upstream)
+                last = section.steps[-1]
+                if last.rule == "matrix form":
+                    results[f"{adjoint.name}_matrix"] = Result(f"{adjoint.name}_matrix",
+                                                               f"Backward array {adjoint.name}, matrix form",
+                                                               sp.Symbol(adjoint.name), last.result)
         self.result.axes = self.axes
         self._drop_unread(results)
 
@@ -243,6 +248,7 @@ class TensorEngine:
         self.result.backward = [d for d in self.result.backward if d.name in needed]
         for name in unread:
             results.pop(name, None)
+            results.pop(f"{name}_matrix", None)
 
     def _note(self, name: str) -> str:
         if self.upstream:
@@ -569,6 +575,10 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
             left = form(with_row * rest, row, bound)
             if column is None:
                 return None if left is None else left * OneMatrix(ranges[bound], 1)
+            if with_column == 1:  # a reduction of each row, the same in every column: v 𝟙ᵀ
+                if not isinstance(left, sp.MatrixExpr):
+                    return None
+                return sp.MatMul(left, OneMatrix(ranges[bound], 1), sp.Transpose(OneMatrix(ranges[column], 1)))
             right = form(with_column, bound, column)
             if left is None or right is None or not isinstance(left, sp.MatrixExpr) or not isinstance(
                     right, sp.MatrixExpr):

@@ -82,7 +82,8 @@ class TextPrinter(PrettyPrinter):
     def _print_MatAdd(self, expr: Any) -> Any:
         """A − c·B rather than SymPy's A −c⋅B with the sign inside a fraction's numerator."""
         picture = None
-        for term in expr.args:
+        # positive terms first: dP − (O∘dO)𝟙𝟙ᵀ rather than −(O∘dO)𝟙𝟙ᵀ + dP
+        for term in sorted(expr.args, key=lambda t: bool(sp.S(t.as_coeff_mmul()[0]).could_extract_minus_sign())):
             coefficient = term.as_coeff_mmul()[0]
             negative = sp.S(coefficient).could_extract_minus_sign()
             printed = self._print(-term if negative else term)
