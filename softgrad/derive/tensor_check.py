@@ -46,6 +46,7 @@ class TensorChecker:
         self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
         self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
+        self._compiled: dict[sp.Basic, Any] = {}
         self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
         rng = random.Random(seed)
         ranges = list(spec.sizes)
@@ -100,45 +101,81 @@ class TensorChecker:
                 point.scalars[definition.name] = self.value(definition.expr, point, {})
 
     def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
+        """expr's value at one point, its free indices bound by `env` (complex arithmetic)."""
+        return self.compiled(expr)(point, env)
+
+    def compiled(self, expr: sp.Basic) -> Any:
+        """expr as a Python closure (point, env) → value, made once per expression: evaluating the same
+        formulas at every entry of every point then costs no more SymPy dispatch."""
+        function = self._compiled.get(expr)
+        if function is None:
+            function = self._compiled[expr] = self._compile(expr)
+        return function
+
+    def _compile(self, expr: sp.Basic) -> Any:
         if expr.is_Number or expr.is_NumberSymbol:
-            return complex(expr)
+            constant = complex(expr)
+            return lambda point, env: constant
         if isinstance(expr, sp.Indexed):
-            entry = tuple(round(complex(self.value(i, point, env)).real) for i in expr.indices)
-            return point.arrays[str(expr.base)][entry]
+            name = str(expr.base)
+            positions = [self.compiled(i) for i in expr.indices]
+            return lambda point, env: point.arrays[name][tuple(round(complex(p(point, env)).real)
+                                                               for p in positions)]
         if expr.is_Symbol:
-            if expr in env:
-                return env[expr]
-            if expr in point.sizes:
-                return point.sizes[expr]
-            return point.scalars[str(expr)]
+            key = str(expr)
+
+            def symbol(point: Point, env: dict[Any, int]) -> Any:
+                if expr in env:
+                    return env[expr]
+                if expr in point.sizes:
+                    return point.sizes[expr]
+                return point.scalars[key]
+            return symbol
         if expr.is_Add:
-            return sum((self.value(a, point, env) for a in expr.args), 0j)
+            terms = [self.compiled(a) for a in expr.args]
+            return lambda point, env: sum((t(point, env) for t in terms), 0j)
         if expr.is_Mul:
-            result = 1 + 0j
-            for factor in expr.args:
-                result *= self.value(factor, point, env)
-            return result
+            factors = [self.compiled(a) for a in expr.args]
+
+            def product(point: Point, env: dict[Any, int]) -> Any:
+                result = 1 + 0j
+                for factor in factors:
+                    result *= factor(point, env)
+                return result
+            return product
         if expr.is_Pow:
-            base, exponent = self.value(expr.base, point, env), self.value(expr.exp, point, env)
-            if exponent.imag == 0 and exponent.real == int(exponent.real):
-                return base ** int(exponent.real)
-            return cmath.exp(exponent * cmath.log(base))
+            base, exponent = self.compiled(expr.base), self.compiled(expr.exp)
+
+            def power(point: Point, env: dict[Any, int]) -> Any:
+                b, e = base(point, env), exponent(point, env)
+                if e.imag == 0 and e.real == int(e.real):
+                    return b ** int(e.real)
+                return cmath.exp(e * cmath.log(b))
+            return power
         if isinstance(expr, sp.KroneckerDelta):
-            first, second = (round(complex(self.value(a, point, env)).real) for a in expr.args)
-            return 1.0 if first == second else 0.0
+            first, second = (self.compiled(a) for a in expr.args)
+            return lambda point, env: 1.0 if round(complex(first(point, env)).real) == round(
+                complex(second(point, env)).real) else 0.0
         if isinstance(expr, sp.Sum):
-            total = 0j
-            ranges = [range(int(self.value(low, point, env).real), int(self.value(high, point, env).real) + 1)
-                      for _, low, high in expr.limits]
             bounds = [limit[0] for limit in expr.limits]
-            for entry in itertools.product(*ranges):
-                total += self.value(expr.function, point, {**env, **dict(zip(bounds, entry))})
+            lows = [self.compiled(limit[1]) for limit in expr.limits]
+            highs = [self.compiled(limit[2]) for limit in expr.limits]
+            summand = self.compiled(expr.function)
+
+            def total(point: Point, env: dict[Any, int]) -> Any:
+                ranges = [range(int(low(point, env).real), int(high(point, env).real) + 1)
+                          for low, high in zip(lows, highs)]
+                result = 0j
+                for entry in itertools.product(*ranges):
+                    result += summand(point, {**env, **dict(zip(bounds, entry))})
+                return result
             return total
         if isinstance(expr, Partial):
-            return self._derivative(expr, point, env)
+            return lambda point, env: self._derivative(expr, point, env)
         function = _FUNCTIONS.get(expr.func)
         if function is not None:
-            return function(*(self.value(a, point, env) for a in expr.args))
+            arguments = [self.compiled(a) for a in expr.args]
+            return lambda point, env: function(*(a(point, env) for a in arguments))
         raise NotImplementedError(f"cannot evaluate {expr.func.__name__}")
 
     def _derivative(self, partial: Partial, point: Point, env: dict[Any, int]) -> complex:
