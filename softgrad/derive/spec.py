@@ -48,7 +48,8 @@ FUNCTIONS: dict[str, Any] = {
 #: Functions of two or more arguments (kinks where they switch; see rules.py).
 VARIADIC_FUNCTIONS: dict[str, Any] = {"min": sp.Min, "max": sp.Max}
 SPECIAL_FORMS = ("sum", "delta", "size")
-RESERVED = set(FUNCTIONS) | set(VARIADIC_FUNCTIONS) | set(SPECIAL_FORMS) | {"given", "n"}
+#: `size` is a form only when called (size(k)); as a name it stays the user's, as it always was.
+RESERVED = set(FUNCTIONS) | set(VARIADIC_FUNCTIONS) | {"sum", "delta"} | {"given", "n"}
 
 #: Lines end at a newline only: a comment that holds U+2028 or a form feed stays one comment.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -593,6 +594,13 @@ def _with_ranges(spec: Spec, layout: _Layout) -> Spec:
         line, column = layout.n_used[0]
         raise SpecError("this spec has several index ranges, so 'n' is ambiguous: write size(k) for the size "
                         "of the range of index k", line, column)
+    statements = [(d.expr, d.line) for d in spec.definitions] + [(c.lhs, c.line) for c in spec.constraints]
+    for expr, line in statements:  # a summation index that no array uses is a range too
+        for total in expr.atoms(sp.Sum):
+            for bound, _, _ in total.limits:
+                layout.name_range(("index", line, str(bound)), str(bound))
+    for _, node in layout.sized:
+        layout.name_range(node, str(node[2]))
     names: dict[tuple[Any, ...], str] = {}
     for node in layout.parent:  # in first-seen order: ranges are named by their first index
         root = layout.find(node)
