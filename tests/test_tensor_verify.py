@@ -122,3 +122,18 @@ def test_python_api_checks_tensor_specs_in_process():
                               signature="X,W,bias,label->loss,dW,dX,dbias").passed
     with pytest.raises(SoftgradError, match="W,X,bias,label->loss,dW,dX,dbias"):
         check_gradient(tensor_code.labels_mean_loss, against=spec)
+
+
+@pytest.mark.parametrize("function_name", ["labels_mean_loss", "labels_sign_flip"])
+def test_reports_validate_against_their_schema(function_name):
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "softgrad" / "schemas" / "tensor-report-1.schema.json").read_text())
+    report = _check(function_name)
+    document = json.loads(json.dumps(report.to_dict()))
+    jsonschema.validate(document, schema)
+    assert (document["verdict"] == "PASS") == report.passed
+    if not report.passed:
+        assert document["worst"]["output"] in ("dW", "dX", "dbias", "loss") and document["worst"]["index"]

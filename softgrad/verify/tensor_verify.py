@@ -156,10 +156,12 @@ class TensorReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as data: the schema softgrad.tensor-report/1 (softgrad/schemas/tensor-report-1.schema.json)."""
         import softgrad
 
         worst = self.worst
-        return {"schema": "softgrad.tensor-report/1", "softgrad": softgrad.__version__, "passed": self.passed,
+        return {"schema": "softgrad.tensor-report/1", "softgrad": softgrad.__version__,
+                "verdict": "PASS" if self.passed else "FAIL",
                 "function": self.function, "signature": self.signature, "against": self.against,
                 "dtype": self.dtype, "sizes": self.sizes, "elements": self.elements, "cases": self.cases,
                 "failures": self.failures, "hints": self.hints, "notes": self.notes, "bad_elements": self.bad_elements,
