@@ -28,11 +28,11 @@ from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.algebra import cost
 from softgrad.derive.algebra import tidy as _tidy
 from softgrad.derive.engine import affine_in
-from softgrad.derive.prose import Prose, prose, words
+from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial
-from softgrad.derive.tensor_check import TensorChecker
+from softgrad.derive.tensor_check import POINTS, TensorChecker
 from softgrad.errors import SoftgradError, SpecError
 
 #: Names that code and papers give targets; used only where the structure cannot tell targets apart.
@@ -60,7 +60,6 @@ class TensorDerivation:
     """What codegen and verify need beyond the document: the backward arrays in order, and which of them
     is the gradient of each requested input."""
 
-    forward: list[Definition]
     backward: list[Definition] = field(default_factory=list)
     gradients: dict[str, str] = field(default_factory=dict)  # input → its adjoint array's name
     upstream: str | None = None  # dO for an array output
@@ -141,7 +140,6 @@ def _fresh_name(preferred: list[str], taken: set[str]) -> str:
 class TensorEngine:
     def __init__(self, spec: Spec, wrt: str | None, seed: int):
         self.spec = spec
-        self.definitions = {d.name: d for d in spec.definitions}
         if wrt:
             self.wrt = [name.strip() for name in wrt.split(",") if name.strip()]
             self.wrt_reason = ""
@@ -175,7 +173,7 @@ class TensorEngine:
             self.loss = sp.Symbol(output.name)
         self.checker = TensorChecker(spec, self.axes, surrogate, positive_inputs(spec), seed)
         self.adjoints: dict[str, Adjoint] = {}
-        self.result = TensorDerivation(list(spec.definitions), upstream=self.upstream)
+        self.result = TensorDerivation(upstream=self.upstream)
 
     def step(self, section: Section, **fields: Any) -> Step:
         return section.add(self.checker.check(Step(**fields)))
@@ -213,28 +211,26 @@ class TensorEngine:
                 self.result.backward.append(definition)
             if name in self.wrt:
                 self.result.gradients[name] = adjoint.name
-                lhs = Partial(self.loss, self._entry(name, adjoint.indices))
                 reads = tuple(n for n in dict.fromkeys([*self.spec.inputs, *(d.name for d in self.spec.definitions),
                                                         *(d.name for d in self.result.backward), *self.spec.parameters,
                                                         *([self.upstream] if self.upstream else [])])
                               if n in ta.names(adjoint.expr))
-                results[adjoint.name] = Result(adjoint.name, f"Gradient with respect to {name}", lhs, adjoint.expr,
-                                               self._note(name), adjoint.indices, self.upstream, reads)
-                last = section.steps[-1]
-                if last.rule == "matrix form":
-                    results[f"{adjoint.name}_matrix"] = Result(f"{adjoint.name}_matrix",
-                                                               f"Gradient with respect to {name}, matrix form",
-                                                               sp.Symbol(adjoint.name), last.result)
+                title, note = f"Gradient with respect to {name}", self._note()
+                matrix_title = f"{title}, matrix form"
             elif adjoint.named:
-                results[adjoint.name] = Result(adjoint.name, f"Backward array {adjoint.name} = ∂{self.loss}/∂{name}",
-                                               Partial(self.loss, self._entry(name, adjoint.indices)), adjoint.expr,
-                                               "computed once and read by the gradients below", adjoint.indices,
-                                               self.upstream)
-                last = section.steps[-1]
-                if last.rule == "matrix form":
-                    results[f"{adjoint.name}_matrix"] = Result(f"{adjoint.name}_matrix",
-                                                               f"Backward array {adjoint.name}, matrix form",
-                                                               sp.Symbol(adjoint.name), last.result)
+                reads = ()
+                title = f"Backward array {adjoint.name} = ∂{self.loss}/∂{name}"
+                note = "computed once and read by the gradients below"
+                matrix_title = f"Backward array {adjoint.name}, matrix form"
+            else:
+                continue
+            lhs = Partial(self.loss, self._entry(name, adjoint.indices))
+            results[adjoint.name] = Result(adjoint.name, title, lhs, adjoint.expr, note, adjoint.indices,
+                                           self.upstream, reads)
+            last = section.steps[-1]
+            if last.rule == "matrix form":
+                results[f"{adjoint.name}_matrix"] = Result(f"{adjoint.name}_matrix", matrix_title,
+                                                           sp.Symbol(adjoint.name), last.result)
         self.result.axes = self.axes
         self._drop_unread(results)
 
@@ -250,7 +246,7 @@ class TensorEngine:
             results.pop(name, None)
             results.pop(f"{name}_matrix", None)
 
-    def _note(self, name: str) -> str:
+    def _note(self) -> str:
         if self.upstream:
             return f"{self.upstream} = ∂{self.loss}/∂{self.spec.output.name}, the upstream gradient"
         return ""
@@ -436,7 +432,7 @@ class TensorEngine:
                     dict(zip(adjoint.indices, factor.indices)))
                 rest = total.function / factor
                 double = sp.Sum(rest * inner.function, inner.limits[0], bound)
-                found = self._read_as_definition(rest * inner.function, bound, inner.limits[0])
+                found = self._read_as_definition(rest * inner.function, bound)
                 if found is None:
                     continue
                 outer_factors, definition_entry = found
@@ -485,8 +481,9 @@ class TensorEngine:
                                " written out; the result in the spec's names"))
         return candidate
 
-    def _read_as_definition(self, product: sp.Expr, inner: tuple[Any, ...],
-                            outer: tuple[Any, ...]) -> tuple[sp.Expr, sp.Expr] | None:
+    def _read_as_definition(self, product: sp.Expr, inner: tuple[Any, ...]) -> tuple[sp.Expr, sp.Expr] | None:
+        """Σ over `inner` of the factors of `product` that read its index, as an entry of a forward definition
+        whose body is that sum (up to the names of indices): (the other factors, the entry), or None."""
         bound = inner[0]
         factors = sp.Mul.make_args(product)
         inside = sp.Mul(*[f for f in factors if bound in f.free_symbols])
@@ -520,12 +517,11 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
     if not all(s in ranges for s in free):
         return None
 
-    def form(e: sp.Expr, row: sp.Symbol, column: sp.Symbol | None) -> Any:
+    def form(e: sp.Expr, row: sp.Symbol, column: sp.Symbol | None, swap: bool = True) -> Any:
         used = {s for s in (row, column) if s is not None and s in e.free_symbols}
         if not used:
-            if e.atoms(sp.Indexed) - {x for x in e.atoms(sp.Indexed) if False}:
-                if not all(isinstance(t, sp.Sum) for t in sp.Mul.make_args(e) if t.atoms(sp.Indexed)):
-                    return None
+            if not all(isinstance(t, sp.Sum) for t in sp.Mul.make_args(e) if t.atoms(sp.Indexed)):
+                return None
             return e  # a scalar
         if isinstance(e, sp.Indexed):
             if len(e.indices) == 2 and tuple(e.indices) == (row, column):
@@ -538,25 +534,21 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
             if len(e.indices) == 1 and column is not None and e.indices[0] == column:
                 return OneMatrix(ranges[row], 1) * sp.MatrixSymbol(str(e.base), ranges[column], 1).T
             return None
-        if e.is_Add and column is not None and not getattr(form, "swapping", False):
-            form.swapping = True  # type: ignore[attr-defined]
-            try:
-                swapped = form(e, column, row)  # (P − T)ᵀ rather than −Tᵀ + Pᵀ
-            finally:
-                form.swapping = False  # type: ignore[attr-defined]
+        if e.is_Add and column is not None and swap:
+            swapped = form(e, column, row, swap=False)  # (P − T)ᵀ rather than −Tᵀ + Pᵀ
             if isinstance(swapped, sp.MatrixExpr) and not swapped.atoms(sp.Transpose):
                 return sp.Transpose(swapped)
         if e.is_Add:
-            pieces = [form(a, row, column) for a in e.args]
+            pieces = [form(a, row, column, swap=swap) for a in e.args]
             if any(p is None for p in pieces):
                 return None
             return sp.MatAdd(*pieces)
         if e.is_Mul:
             scalars = [f for f in e.args if not ({row, column} & f.free_symbols)]
-            matrices = [form(f, row, column) for f in e.args if {row, column} & f.free_symbols]
+            matrices = [form(f, row, column, swap=swap) for f in e.args if {row, column} & f.free_symbols]
             if any(m is None or not isinstance(m, sp.MatrixExpr) for m in matrices):
                 return None
-            if any(form(s, row, column) is None for s in scalars):
+            if any(form(s, row, column, swap=swap) is None for s in scalars):
                 return None
             body = matrices[0] if len(matrices) == 1 else HadamardProduct(*matrices)
             coefficient = sp.Mul(*scalars)
@@ -569,17 +561,17 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
             rest = sp.Mul(*[f for f in factors if not ({row, column} & f.free_symbols)])
             if rest.free_symbols & {bound}:
                 if column is None:
-                    left = form(with_row * rest, row, bound)
+                    left = form(with_row * rest, row, bound, swap=swap)
                     return None if left is None else left * OneMatrix(ranges[bound], 1)
                 return None
-            left = form(with_row * rest, row, bound)
+            left = form(with_row * rest, row, bound, swap=swap)
             if column is None:
                 return None if left is None else left * OneMatrix(ranges[bound], 1)
             if with_column == 1:  # a reduction of each row, the same in every column: v 𝟙ᵀ
                 if not isinstance(left, sp.MatrixExpr):
                     return None
                 return sp.MatMul(left, OneMatrix(ranges[bound], 1), sp.Transpose(OneMatrix(ranges[column], 1)))
-            right = form(with_column, bound, column)
+            right = form(with_column, bound, column, swap=swap)
             if left is None or right is None or not isinstance(left, sp.MatrixExpr) or not isinstance(
                     right, sp.MatrixExpr):
                 return None
@@ -606,8 +598,8 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
                             wrt_reason=engine.wrt_reason)
     derivation.tensor = engine.result
     derivation.check_summary = (f"{len(derivation.steps)} steps, each checked numerically entry by entry at "
-                                f"{engine.checker.sizes_text} ({3} random points each)")
+                                f"{engine.checker.sizes_text} ({POINTS} random points each)")
     return derivation
 
 
-__all__ = ["Prose", "TensorDerivation", "derive_tensor", "matrix_form"]
+__all__ = ["TensorDerivation", "derive_tensor", "matrix_form"]
