@@ -106,6 +106,12 @@ class Constraint:
     source: str
     line: int = 0
 
+    @property
+    def summed_axis(self) -> int:
+        """The axis of the input that the constraint sums over (1 for sum(T[b, k], k))."""
+        summed = self.lhs.function
+        return list(summed.indices).index(self.lhs.limits[0][0])
+
 
 @dataclass
 class Spec:

@@ -397,9 +397,7 @@ class TensorEngine:
                 self.step(section, rule=f"rows of {definition.name} sum to 1", lhs=lhs, forms=[expr],
                           reason=prose("{total} = 1 by its definition (a normalised ratio)", total=row))
         for constraint in self.spec.constraints:
-            summed_axis = list(constraint.lhs.function.indices).index(constraint.lhs.limits[0][0])
-
-            def constrained(e: sp.Expr, constraint: Any = constraint, axis: int = summed_axis) -> bool:
+            def constrained(e: sp.Expr, constraint: Any = constraint, axis: int = constraint.summed_axis) -> bool:
                 if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
                     return False
                 entry, bound = e.function, e.limits[0][0]

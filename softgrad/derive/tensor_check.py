@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import cmath
 import itertools
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +47,7 @@ class TensorChecker:
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
         self._compiled: dict[sp.Basic, Any] = {}
         self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
-        rng = random.Random(seed)
+        rng = np.random.default_rng(seed)
         ranges = list(spec.sizes)
         assignments = [[2 + (position + shift) % 3 for position in range(len(ranges))] for shift in (0, 1)]
         self.points: list[Point] = []
@@ -61,25 +60,12 @@ class TensorChecker:
                                        for sizes in assignments)
 
     def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
-               rng: random.Random) -> Point:
-        arrays: dict[str, Any] = {}
-        constrained = {c.input_name: c for c in self.spec.constraints}
-        for name, ranges in self.axes.items():
-            if name in self.spec.labels:
-                high = by_name[self.spec.labels[name]]
-                arrays[name] = np.array([rng.randrange(high) for _ in range(_count(ranges, by_name))],
-                                        dtype=complex).reshape([by_name[r] for r in ranges])
-            elif name in self.spec.inputs or name not in {d.name for d in self.spec.definitions}:
-                shape = [by_name[r] for r in ranges]
-                values = [rng.uniform(0.2, 2.0) if name in positive or name in constrained else rng.gauss(0, 1)
-                          for _ in range(_count(ranges, by_name))]
-                arrays[name] = np.array(values, dtype=complex).reshape(shape)
-        for name, constraint in constrained.items():
-            axis = _summed_axis(constraint)
-            total = arrays[name].sum(axis=axis, keepdims=True)
-            arrays[name] = arrays[name] / total * complex(constraint.rhs)
-        scalars = {p: complex(rng.uniform(0.5, 2.0)) for p in self.spec.parameters}
-        point = Point(size_of, arrays, scalars)
+               rng: np.random.Generator) -> Point:
+        defined = {d.name for d in self.spec.definitions}
+        given = [name for name in self.axes if name not in defined]  # the inputs and the upstream gradient
+        arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng)
+        point = Point(size_of, {name: values.astype(complex) for name, values in arrays.items()},
+                      {name: complex(value) for name, value in scalars.items()})
         self._complete(point, self.forward)
         return point
 
@@ -300,14 +286,25 @@ def _free_indices(expr: sp.Expr) -> set[sp.Symbol]:
     return {s for s in found if s not in bound and s in expr.free_symbols}
 
 
-def _count(ranges: tuple[str, ...], by_name: dict[str, int]) -> int:
-    count = 1
-    for name in ranges:
-        count *= by_name[name]
-    return count
-
-
-def _summed_axis(constraint: Any) -> int:
-    summed = constraint.lhs.function
-    bound = constraint.lhs.limits[0][0]
-    return list(summed.indices).index(bound)
+def sample_inputs(spec: Spec, axes: dict[str, tuple[str, ...]], names: list[str], sizes: dict[str, int],
+                  positive: set[str], rng: np.random.Generator,
+                  scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
+    """Random arrays for `names` at the given range sizes, and the spec's parameters: labels random classes,
+    inputs under a log or root (and constrained ones) positive, others normal of the given scale;
+    constrained inputs then satisfy their constraint (rows summing to its value)."""
+    constrained = {c.input_name for c in spec.constraints}
+    arrays: dict[str, Any] = {}
+    for name in names:
+        shape = tuple(sizes[r] for r in axes[name])
+        if name in spec.labels:
+            arrays[name] = rng.integers(0, sizes[spec.labels[name]], size=shape)
+        elif name in positive or name in constrained:
+            arrays[name] = rng.uniform(0.2, 2.0, size=shape)
+        else:
+            arrays[name] = rng.normal(0, scale, size=shape)
+    for constraint in spec.constraints:
+        values = arrays[constraint.input_name]
+        arrays[constraint.input_name] = (values / values.sum(axis=constraint.summed_axis, keepdims=True)
+                                         * float(constraint.rhs))
+    parameters = {name: float(rng.uniform(0.5, 2.0)) for name in spec.parameters}
+    return arrays, parameters

@@ -21,7 +21,7 @@ from softgrad.codegen.build import import_path, load_c
 from softgrad.codegen.emit import GeneratedFiles
 from softgrad.derive.steps import Derivation
 from softgrad.derive.tensor import positive_inputs
-from softgrad.derive.tensor_check import Point, TensorChecker
+from softgrad.derive.tensor_check import Point, TensorChecker, sample_inputs
 from softgrad.verify.generated import KernelCheck
 
 TOLERANCE = {"float64": 1e-11, "float32": 2e-5}
@@ -29,26 +29,11 @@ TOLERANCE = {"float64": 1e-11, "float32": 2e-5}
 
 def sample_tensor_inputs(derivation: Derivation, sizes: dict[str, int], seed: int,
                          scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
-    """Random inputs at the given range sizes: labels random classes, constrained inputs rows that satisfy
-    the constraint, inputs under a log or root positive, others normal."""
+    """Random inputs (and upstream gradient) of a tensor derivation at the given range sizes, as the step
+    checks draw them (derive.tensor_check.sample_inputs)."""
     spec, tensor = derivation.spec, derivation.tensor
-    rng = np.random.default_rng(seed)
-    positive = positive_inputs(derivation.spec)
-    arrays: dict[str, Any] = {}
-    for name in [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]:
-        shape = tuple(sizes[r] for r in tensor.axes[name])
-        if name in spec.labels:
-            arrays[name] = rng.integers(0, sizes[spec.labels[name]], size=shape)
-        elif name in positive or name in {c.input_name for c in spec.constraints}:
-            arrays[name] = rng.uniform(0.1, 1.0, size=shape)
-        else:
-            arrays[name] = rng.normal(0, scale, size=shape)
-    for constraint in spec.constraints:
-        axis = list(constraint.lhs.function.indices).index(constraint.lhs.limits[0][0])
-        values = arrays[constraint.input_name]
-        arrays[constraint.input_name] = values / values.sum(axis=axis, keepdims=True) * float(constraint.rhs)
-    parameters = {name: float(rng.uniform(0.5, 2.0)) for name in spec.parameters}
-    return arrays, parameters
+    names = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
+    return sample_inputs(spec, tensor.axes, names, sizes, positive_inputs(spec), np.random.default_rng(seed), scale)
 
 
 def _call(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float],
