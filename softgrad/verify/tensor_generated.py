@@ -36,8 +36,9 @@ def sample_tensor_inputs(derivation: Derivation, sizes: dict[str, int], seed: in
     return sample_inputs(spec, tensor.axes, names, sizes, positive_inputs(spec), np.random.default_rng(seed), scale)
 
 
-def _call(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float],
-          function: str) -> Any:
+def call_module(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float],
+                function: str) -> Any:
+    """A generated module's forward() or gradients() called with the spec's arrays and parameters."""
     spec, tensor = derivation.spec, derivation.tensor
     arguments = [arrays[name] for name in spec.inputs]
     if function == "gradients" and tensor.upstream:
@@ -45,9 +46,10 @@ def _call(module: Any, derivation: Derivation, arrays: dict[str, Any], parameter
     return getattr(module, function)(*arguments, *[parameters[p] for p in spec.parameters])
 
 
-def _gradients(module: Any, derivation: Derivation, arrays: dict[str, Any],
-               parameters: dict[str, float]) -> dict[str, Any]:
-    returned = _call(module, derivation, arrays, parameters, "gradients")
+def module_gradients(module: Any, derivation: Derivation, arrays: dict[str, Any],
+                     parameters: dict[str, float]) -> dict[str, Any]:
+    """input → its gradient, as a generated module's gradients() returns them (the loss left out)."""
+    returned = call_module(module, derivation, arrays, parameters, "gradients")
     names = list(derivation.tensor.gradients)
     if not derivation.spec.output.is_vector:
         returned = returned[1:]
@@ -57,13 +59,7 @@ def _gradients(module: Any, derivation: Derivation, arrays: dict[str, Any],
 def check_tensor_module(derivation: Derivation, files: GeneratedFiles, seed: int = 0) -> list[KernelCheck]:
     """Import the generated module from a temporary folder and run the three comparisons."""
     with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
-        if files.language == "c":
-            module: Any = load_c(files, Path(temporary))
-        else:
-            (name, text), = files.items()
-            path = Path(temporary) / name
-            path.write_text(text, encoding="utf-8")
-            module = import_path(path)
+        module = load_module(files, Path(temporary))
         dtype = files.dtype if files.language == "c" else "float64"
         return [*_against_derivation(module, derivation, seed, dtype),
                 *_against_differences(module, derivation, seed, dtype), _extremes(module, derivation, seed)]
@@ -80,7 +76,7 @@ def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: s
         values = {name: np.asarray(value, dtype=complex) for name, value in arrays.items()}
         full = Point(point.sizes, values, {k: complex(v) for k, v in parameters.items()})
         checker._complete(full, checker.forward + checker.backward)
-        generated = _gradients(module, derivation, arrays, parameters)
+        generated = module_gradients(module, derivation, arrays, parameters)
         for name, gradient in tensor.gradients.items():
             exact = full.arrays[gradient].real
             error = float(np.max(np.abs(np.asarray(generated[name]) - exact)) / max(1.0, float(np.max(np.abs(exact)))))
@@ -89,10 +85,21 @@ def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: s
             for name, error in worst.items()]
 
 
-def _loss(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float],
-          upstream: Any) -> float:
-    output = np.asarray(_call(module, derivation, arrays, parameters, "forward"), dtype=np.float64)
-    return float(np.sum(output * upstream)) if upstream is not None else float(output)
+def module_loss(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float]) -> float:
+    """ℓ from a generated module's forward(): the loss, or Σ dO·O with the upstream gradient in `arrays`."""
+    output = np.asarray(call_module(module, derivation, arrays, parameters, "forward"), dtype=np.float64)
+    upstream = derivation.tensor.upstream
+    return float(np.sum(output * arrays[upstream])) if upstream else float(output)
+
+
+def load_module(files: GeneratedFiles, folder: Path) -> Any:
+    """A generated module (NumPy) or library (C, compiled with its loader) from a folder, ready to call."""
+    if files.language == "c":
+        return load_c(files, folder)
+    (name, text), = files.items()
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return import_path(path)
 
 
 def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
@@ -100,8 +107,7 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
     rng = random.Random(seed)
     sizes = {name: rng.randint(3, 6) for name in spec.sizes}
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 1)
-    upstream = arrays.get(tensor.upstream) if tensor.upstream else None
-    gradients = _gradients(module, derivation, arrays, parameters)
+    gradients = module_gradients(module, derivation, arrays, parameters)
     checks = []
     directions = np.random.default_rng(seed + 2)
     for name in tensor.gradients:
@@ -109,8 +115,8 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
         step = 1e-6 if dtype == "float64" else 1e-2
         plus = dict(arrays, **{name: arrays[name] + step * direction})
         minus = dict(arrays, **{name: arrays[name] - step * direction})
-        numeric = (_loss(module, derivation, plus, parameters, upstream)
-                   - _loss(module, derivation, minus, parameters, upstream)) / (2 * step)
+        numeric = (module_loss(module, derivation, plus, parameters)
+                   - module_loss(module, derivation, minus, parameters)) / (2 * step)
         analytic = float(np.sum(np.asarray(gradients[name]) * direction))
         error = abs(numeric - analytic) / max(1.0, abs(analytic))
         checks.append(KernelCheck("gradients", f"d{name}", "finite differences of forward()", error,
@@ -124,7 +130,7 @@ def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 3, scale=1000.0)
     try:
         with np.errstate(all="ignore"):
-            returned = _call(module, derivation, arrays, parameters, "gradients")
+            returned = call_module(module, derivation, arrays, parameters, "gradients")
         finite = all(np.all(np.isfinite(np.asarray(value))) for value in returned)
     except Exception:  # a crash at extreme inputs is a failed check, reported like the others
         finite = False

@@ -21,11 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
-from softgrad.verify.tensor_generated import sample_tensor_inputs
+from softgrad.verify.tensor_generated import (
+    call_module,
+    load_module,
+    module_gradients,
+    module_loss,
+    sample_tensor_inputs,
+)
 
 #: Relative tolerance (to the largest entry of the exact array) per dtype the code is called with.
 TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
@@ -172,11 +177,9 @@ class TensorReport:
 
 
 def _reference(derivation: Derivation) -> Any:
-    (name, text), = emit(derivation, "numpy").items()
+    """The spec's generated NumPy module: the exact result every element is compared with."""
     with tempfile.TemporaryDirectory(prefix="softgrad-reference-") as folder:
-        path = Path(folder) / name
-        path.write_text(text, encoding="utf-8")
-        return import_path(path)
+        return load_module(emit(derivation, "numpy"), Path(folder))
 
 
 def verify_tensor(function: Callable[..., Any], derivation: Derivation, signature: TensorSignature,
@@ -238,33 +241,22 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
 
 def _exact(reference: Any, derivation: Derivation, arrays: dict[str, Any],
            values: dict[str, float]) -> tuple[Any, dict[str, Any]]:
-    spec, tensor = derivation.spec, derivation.tensor
-    inputs = [arrays[n] for n in spec.inputs]
-    parameters = [values[p] for p in spec.parameters]
-    output = np.asarray(reference.forward(*inputs, *parameters), dtype=np.float64)
-    returned = reference.gradients(*inputs, *([arrays[tensor.upstream]] if tensor.upstream else []), *parameters)
-    gradients = returned[1:] if not spec.output.is_vector else returned
-    return output, dict(zip(tensor.gradients, (np.asarray(g, dtype=np.float64) for g in gradients)))
+    output = np.asarray(call_module(reference, derivation, arrays, values, "forward"), dtype=np.float64)
+    gradients = module_gradients(reference, derivation, arrays, values)
+    return output, {name: np.asarray(gradient, dtype=np.float64) for name, gradient in gradients.items()}
 
 
 def _differences(reference: Any, derivation: Derivation, arrays: dict[str, Any], values: dict[str, float],
                  input_name: str, step: float = 1e-6) -> Any:
     """∂ℓ/∂input by central differences of the reference forward, every entry (ℓ = Σ dO·O for an array)."""
-    spec, tensor = derivation.spec, derivation.tensor
-    upstream = arrays.get(tensor.upstream) if tensor.upstream else None
-    parameters = [values[p] for p in spec.parameters]
-
-    def loss(changed: dict[str, Any]) -> float:
-        output = np.asarray(reference.forward(*[changed[n] for n in spec.inputs], *parameters), dtype=np.float64)
-        return float(np.sum(output * upstream)) if upstream is not None else float(output)
-
     base = np.asarray(arrays[input_name], dtype=np.float64)
     numeric = np.zeros_like(base)
     for entry in itertools.product(*(range(s) for s in base.shape)):
         plus, minus = base.copy(), base.copy()
         plus[entry] += step
         minus[entry] -= step
-        numeric[entry] = (loss(dict(arrays, **{input_name: plus})) - loss(dict(arrays, **{input_name: minus}))) / (
+        numeric[entry] = (module_loss(reference, derivation, dict(arrays, **{input_name: plus}), values)
+                          - module_loss(reference, derivation, dict(arrays, **{input_name: minus}), values)) / (
             2 * step)
     return numeric
 
