@@ -202,23 +202,15 @@ class _Compiler:
         return inner
 
     def reduction(self, total: sp.Sum, temporary: sp.Symbol, ranges: dict[sp.Symbol, str]) -> list[str]:
+        """`temporary` = the sum, in loops of its own (`ranges` knows its indices: every sum of the statement)."""
         bounds = [limit[0] for limit in reversed(total.limits)]
-        local = dict(ranges)
-        for bound, _, high in total.limits:
-            local[bound] = next(r for r, s in self.spec.sizes.items() if s == high + 1)
         return [f"softgrad_real {temporary} = 0;",
-                *self.nest(total.function, bounds, local, lambda code: f"{temporary} += {code};")]
+                *self.nest(total.function, bounds, ranges, lambda code: f"{temporary} += {code};")]
 
     # ------------------------------------------------------------ statements
-    def ranges_of(self, definition: Definition) -> dict[sp.Symbol, str]:
-        ranges = {s: r for s, r in zip(definition.indices, self.axes.get(definition.name, ()))}
-        for total in definition.expr.atoms(sp.Sum):
-            for bound, _, high in total.limits:
-                ranges[bound] = next(r for r, s in self.spec.sizes.items() if s == high + 1)
-        return ranges
-
     def statement(self, definition: Definition, target: str) -> CStatement:
-        ranges = self.ranges_of(definition)
+        ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
+                                 dict(zip(definition.indices, self.axes.get(definition.name, ()))))
         loops = list(definition.indices)
         expr = self.with_logs(definition.expr)
         normalised = self.normalised_form(definition)

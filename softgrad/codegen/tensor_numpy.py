@@ -34,7 +34,6 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 class Statement:
     name: str  # the printed name of the array computed
     lines: list[str]
-    comment: str = ""
 
 
 @dataclass
@@ -70,17 +69,6 @@ class _Compiler:
 
     def size(self, range_name: str) -> str:
         return f"_n_{range_name}"
-
-    def ranges_of(self, expr: sp.Expr, known: dict[sp.Symbol, str]) -> dict[sp.Symbol, str]:
-        ranges = dict(known)
-        for total in expr.atoms(sp.Sum):
-            for bound, _, high in total.limits:
-                ranges[bound] = next(r for r, s in self.spec.sizes.items() if s == high + 1)
-        for entry in expr.atoms(sp.Indexed):
-            for axis, position in enumerate(entry.indices):
-                if isinstance(position, sp.Symbol) and str(entry.base) in self.axes:
-                    ranges.setdefault(position, self.axes[str(entry.base)][axis])
-        return ranges
 
     # ------------------------------------------------------------ expressions
     def compile(self, e: sp.Expr, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
@@ -266,12 +254,12 @@ class _Compiler:
         return code
 
     # ------------------------------------------------------------ statements
-    def statement(self, definition: Definition, comment: str = "") -> Statement:
+    def statement(self, definition: Definition) -> Statement:
         self.pending: list[str] = []
         name = self.printed[definition.name]
         order = list(definition.indices)
         known = {s: r for s, r in zip(definition.indices, self.axes.get(definition.name, ()))}
-        ranges = self.ranges_of(definition.expr, known)
+        ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes, known)
         normalised = self._normalised(definition)
         if normalised is not None:
             exponent, free = normalised
@@ -288,7 +276,7 @@ class _Compiler:
                      f"{name} /= _total",
                      f"_log_{name} = np.subtract(_shifted, np.log(_total), out=_shifted)"]
             self.normalised[definition.name] = normalised
-            return Statement(name, lines, comment)
+            return Statement(name, lines)
         code, have = self.compile(definition.expr, ranges, order)
         full = tuple(definition.indices)
         if set(have) != set(full):
@@ -297,7 +285,7 @@ class _Compiler:
         else:
             code = self.align(code, have, full)
         lines = [*self.pending, f"{name} = np.asarray({code}, dtype=_dtype)"]
-        return Statement(name, lines, comment)
+        return Statement(name, lines)
 
     def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
         return ta.normalised_exponential(definition)

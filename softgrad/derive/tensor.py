@@ -504,14 +504,7 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
     products → ∘, a row's reduction → v𝟙ᵀ), or None where it has none."""
     if len(free) != 2:
         return None
-    ranges: dict[sp.Symbol, sp.Expr] = {}
-    for entry in expr.atoms(sp.Indexed):
-        for axis, position in enumerate(entry.indices):
-            if isinstance(position, sp.Symbol) and str(entry.base) in axes:
-                ranges.setdefault(position, sizes[axes[str(entry.base)][axis]])
-    for total in expr.atoms(sp.Sum):
-        for bound, _, high in total.limits:
-            ranges[bound] = high + 1
+    ranges = {index: sizes[name] for index, name in ta.index_ranges(expr, axes, sizes).items()}
     if not all(s in ranges for s in free):
         return None
 

@@ -32,6 +32,22 @@ def index_symbols(expr: sp.Basic) -> set[sp.Symbol]:
     return {s for s in found if s.is_integer and s in expr.free_symbols}
 
 
+def index_ranges(expr: sp.Expr, axes: dict[str, tuple[str, ...]], sizes: dict[str, sp.Symbol],
+                  known: dict[sp.Symbol, str] | None = None) -> dict[sp.Symbol, str]:
+    """The range (by name) of every index of expr: a summation index by its limits, any other by the axis of
+    an array it indexes; `known` ranges (a definition's own indices) are kept."""
+    by_size = {size: name for name, size in sizes.items()}
+    ranges = dict(known or {})
+    for total in expr.atoms(sp.Sum):
+        for bound, _, high in total.limits:
+            ranges[bound] = by_size[high + 1]
+    for entry in expr.atoms(sp.Indexed):
+        for axis, position in enumerate(entry.indices):
+            if isinstance(position, sp.Symbol) and str(entry.base) in axes:
+                ranges.setdefault(position, axes[str(entry.base)][axis])
+    return ranges
+
+
 def fresh(taken: set[str], preferred: Iterable[str]) -> sp.Symbol:
     for letter in [*preferred, *(f"k{number}" for number in range(1, 999))]:
         if letter not in taken:
