@@ -46,6 +46,7 @@ class TensorChecker:
         self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
         self._compiled: dict[sp.Basic, Any] = {}
+        self._definitions = {d.name: d for d in self.forward}
         self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
         rng = np.random.default_rng(seed)
         ranges = list(spec.sizes)
@@ -167,37 +168,33 @@ class TensorChecker:
     def _derivative(self, partial: Partial, point: Point, env: dict[Any, int]) -> complex:
         """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
         definition C is the derivative of C's own formula, its other arrays held (the chain rule's factor)."""
-        var = partial.var
-        definitions = {d.name: d for d in self.forward}
         target = partial.expr
-        target_name = str(target.base) if isinstance(target, sp.Indexed) else str(target)
-        if target != self.loss and target_name in definitions:
-            definition = definitions[target_name]
-            step_point = Point(point.sizes, {k: v.copy() for k, v in point.arrays.items()}, dict(point.scalars))
-            name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
-            entry = tuple(round(complex(self.value(i, point, env)).real) for i in getattr(var, "indices", ()))
-            if isinstance(var, sp.Indexed):
-                step_point.arrays[name][entry] += COMPLEX_STEP * 1j
-            else:
-                step_point.scalars[name] += COMPLEX_STEP * 1j
+        definition = self._definitions.get(str(target.base) if isinstance(target, sp.Indexed) else str(target))
+        if target != self.loss and definition is not None:
+            moved = self._perturbed(point, partial.var, env, recompute=False)
             at = {index: round(complex(self.value(p, point, env)).real)
                   for index, p in zip(definition.indices, getattr(target, "indices", ()))}
-            return complex(self.value(definition.expr, step_point, at)).imag / COMPLEX_STEP
+            return complex(self.value(definition.expr, moved, at)).imag / COMPLEX_STEP
+        moved = self._perturbed(point, partial.var, env, recompute=True)
+        return complex(self.value(target, moved, env)).imag / COMPLEX_STEP
+
+    def _perturbed(self, point: Point, var: sp.Expr, env: dict[Any, int], recompute: bool) -> Point:
+        """The point with X[q] (or a scalar X) moved by a complex step, made once per entry: with everything
+        computed from X recomputed (recompute) or not (the other arrays held)."""
         name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
         entry = tuple(round(complex(self.value(i, point, env)).real) for i in getattr(var, "indices", ()))
-        key = (name, entry)
-        perturbed = point.derivatives.get(key)
-        if perturbed is None:
-            arrays = {k: v.copy() for k, v in point.arrays.items()}
-            scalars = dict(point.scalars)
+        key = (name, entry, recompute)
+        moved = point.derivatives.get(key)
+        if moved is None:
+            moved = Point(point.sizes, {k: v.copy() for k, v in point.arrays.items()}, dict(point.scalars))
             if isinstance(var, sp.Indexed):
-                arrays[name][entry] += COMPLEX_STEP * 1j
+                moved.arrays[name][entry] += COMPLEX_STEP * 1j
             else:
-                scalars[name] += COMPLEX_STEP * 1j
-            moved = Point(point.sizes, arrays, scalars)
-            self._complete(moved, self.forward, after=name if name not in self.spec.inputs else None)
-            point.derivatives[key] = perturbed = moved
-        return complex(self.value(partial.expr, perturbed, env)).imag / COMPLEX_STEP
+                moved.scalars[name] += COMPLEX_STEP * 1j
+            if recompute:
+                self._complete(moved, self.forward, after=name if name not in self.spec.inputs else None)
+            point.derivatives[key] = moved
+        return moved
 
     def matrix_value(self, expr: Any, point: Point) -> Any:
         if isinstance(expr, sp.MatrixSymbol):
