@@ -67,11 +67,12 @@ class TensorChecker:
         arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng)
         point = Point(size_of, {name: values.astype(complex) for name, values in arrays.items()},
                       {name: complex(value) for name, value in scalars.items()})
-        self._complete(point, self.forward)
+        self.complete(point, self.forward)
         return point
 
     # ------------------------------------------------------------ evaluation
-    def _complete(self, point: Point, definitions: list[Definition], after: str | None = None) -> None:
+    def complete(self, point: Point, definitions: list[Definition], after: str | None = None) -> None:
+        """Compute `definitions` in order at the point (all of them, or those after `after`)."""
         started = after is None
         for definition in definitions:
             if not started:
@@ -192,7 +193,7 @@ class TensorChecker:
             else:
                 moved.scalars[name] += COMPLEX_STEP * 1j
             if recompute:
-                self._complete(moved, self.forward, after=name if name not in self.spec.inputs else None)
+                self.complete(moved, self.forward, after=name if name not in self.spec.inputs else None)
             point.derivatives[key] = moved
         return moved
 
@@ -234,7 +235,7 @@ class TensorChecker:
         compared = 0
         for number, point in enumerate(self.points):
             full = Point(point.sizes, dict(point.arrays), dict(point.scalars), point.derivatives)
-            self._complete(full, self.backward)
+            self.complete(full, self.backward)
             matrices = [self.matrix_value(f, full) if isinstance(f, sp.MatrixExpr) else None for f in step.forms]
             sizes = [range(full.sizes[self.spec.sizes[ranges[s]]]) for s in free]
             for entry in itertools.product(*sizes):

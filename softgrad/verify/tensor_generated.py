@@ -75,7 +75,7 @@ def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: s
         arrays, parameters = sample_tensor_inputs(derivation, sizes, seed)
         values = {name: np.asarray(value, dtype=complex) for name, value in arrays.items()}
         full = Point(point.sizes, values, {k: complex(v) for k, v in parameters.items()})
-        checker._complete(full, checker.forward + checker.backward)
+        checker.complete(full, checker.forward + checker.backward)
         generated = module_gradients(module, derivation, arrays, parameters)
         for name, gradient in tensor.gradients.items():
             exact = full.arrays[gradient].real
