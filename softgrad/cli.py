@@ -210,8 +210,14 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Element type the code under test is called with.")
 @_SEED
-@click.option("--reduction", type=click.Choice(["sum", "mean"]), default="sum", show_default=True,
-              help="mean: the code divides the loss gradient by the number of rows.")
+@click.option("--reduction", type=click.Choice(["sum", "mean", "none"]), default="sum", show_default=True,
+              help="How the code reduces a loss over the rows: sum, mean (loss and gradient divided by the rows), "
+                   "none (one loss per row).")
+@click.option("--targets", type=click.Choice(["labels", "onehot", "soft", "unnormalized"]),
+              help="The targets the code takes (default: class labels if the signature takes them, else every "
+                   "kind the spec admits).")
+@click.option("--layout", type=click.Choice(["classes-last", "classes-first"]), default="classes-last",
+              show_default=True, help="Where the code puts the class axis: (rows, n) or (n, rows).")
 @click.option(
     "--param", "parameters", multiple=True, metavar="NAME=VALUE", help="A parameter value, NAME=VALUE (repeatable)."
 )
@@ -224,13 +230,13 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option("--size", "sizes", metavar="INDEX=N,…",
               help="For specs with several indices: the size of each index's range (default: small, all different).")
 @click.option("--extremes", type=click.Choice(["on", "off"]), default="on", show_default=True,
-              help="For specs with several indices: also check at inputs of order 1000 (off: where the code's "
-                   "documented contract excludes them; the report says so).")
+              help="Also check at inputs of order 1000 (off: where the code's documented contract excludes them; "
+                   "the report says so).")
 @reports_errors
 def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
            signature: str | None, wrt: str | None, size: int, batch: int, dtype: str, seed: int, reduction: str,
-           parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float, sizes: str | None,
-           extremes: str) -> None:
+           targets: str | None, layout: str, parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float,
+           sizes: str | None, extremes: str) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
 
     Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
@@ -267,15 +273,14 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
             raise SoftgradError("name the gradient to check, e.g. grad.py:softmax_backward (or use --formula)")
         if (against is None) == (forward_reference is None):
             raise SoftgradError("give --against SPEC, or --fn FILE:FUNCTION for the forward function")
-        is_loss = None
+        default = signature or "x,g->dx"
         if against is not None:  # derived once (cached); a bad spec or parameter is reported before user code runs
-            from softgrad.verify import reference_problem
+            from softgrad.verify import default_signature, reference_problem
 
-            is_loss = reference_problem(against, wrt, values).is_loss
-        default = signature or ("x,g->dx" if forward_reference else ("z,t->dz" if is_loss else "x,g->dx"))
+            default = signature or default_signature(reference_problem(against, wrt, values))
         chosen = parse_signature(default)
         dtype_for_loading = dtype
-        function = load_function(target, chosen, dtype_for_loading, timeout)
+        function = load_function(target, chosen, dtype_for_loading, timeout, layout=layout)
         forward = None
         try:
             if forward_reference:
@@ -283,7 +288,8 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
             with _ProgressBar(enabled=size * batch >= 100_000) as progress:
                 result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size,
                                         batch=batch, seed=seed, reduction=reduction, parameters=values, wrt=wrt,
-                                        label=target, mode=mode, progress=progress)
+                                        label=target, mode=mode, progress=progress, targets=targets,
+                                        layout=layout, extremes=extremes == "on")
         finally:
             function.close()
             if forward is not None:

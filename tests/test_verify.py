@@ -50,7 +50,7 @@ def test_wrong_python_gradients_fail(function, against, signature, worst_column)
     report = check_gradient(getattr(gradients, function), against, signature)
     assert not report.passed
     if worst_column is not None:
-        assert report.worst.i == worst_column and report.bad_elements == 4  # one bad element per row
+        assert report.worst.i == worst_column and report.case_counts[0][1] == 4  # one bad element per row
 
 
 def test_the_worst_element_is_reported_with_both_values():
@@ -60,7 +60,8 @@ def test_the_worst_element_is_reported_with_both_values():
     assert worst.analytic == pytest.approx(worst.numeric * 1.001, rel=1e-6)
     assert worst.exact == pytest.approx(worst.numeric, rel=1e-8)
     text = report.text()
-    for label in ("worst element: row", "analytic", "numeric", "exact", "tolerance", "bad elements: 4 of 28", "seed 0"):
+    for label in ("worst element: row", "analytic", "numeric", "exact", "tolerance", "bad elements: 18 of 168",
+                  "4 of 28 with logits ~ N(0, 1²)", "seed 0"):
         assert label in text
 
 
@@ -155,7 +156,8 @@ def test_json_report():
     result = run("gradients.py:softmax_vjp_one_element", "--against", "softmax", "--json")
     assert result.returncode == 1
     data = json.loads(result.stdout)
-    assert data["verdict"] == "FAIL" and data["worst"]["i"] == 3 and data["bad_elements"] == 4
+    assert data["verdict"] == "FAIL" and data["worst"]["i"] == 3 and data["bad_elements"] == 18
+    assert data["cases"][0] == {"case": "logits ~ N(0, 1²)", "bad_elements": 4, "elements": 28}
     assert {"analytic", "numeric", "exact", "tolerance", "absolute_error", "relative_error"} <= set(data["worst"])
 
 
@@ -245,5 +247,5 @@ def test_no_relative_error_is_printed_when_the_reference_is_zero():
     report.fail("dx does not match finite differences at 1 element(s) (logits ~ N(0, 1²))")
     report.worst = Worst(0, 3, None, 0.25, 0.0, 0.0, 1e-8, "tolerance", "logits ~ N(0, 1²)", False)
     text = report.text()
-    assert "no relative error (the reference is 0)" in text and "e+29" not in text
+    assert "no relative error (the reference is 0, to within the tolerance)" in text and "e+29" not in text
     assert report.to_dict()["worst"]["relative_error"] is None

@@ -162,6 +162,12 @@ class Evaluator:
                 point.sums[key] = sum(self.value(expr.function, point, {**indices, bound: a})
                                       for a in range(point.size))
             return point.sums[key]
+        if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
+            bound = expr.limits[0][0]
+            product = self.value(sp.S.One, point, indices)
+            for a in range(point.size):
+                product = product * self.value(expr.function, point, {**indices, bound: a})
+            return product
         if isinstance(expr, SumExcept):
             skip = self._index(expr.skip, indices)
             return sum(

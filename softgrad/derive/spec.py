@@ -159,6 +159,26 @@ class Spec:
         return next((d for d in self.definitions if d.name == name), None)
 
 
+def from_intermediate(spec: Spec, name: str) -> Spec:
+    """The spec with intermediate `name` made an input: its definition, and what only it needed, dropped.
+
+    verify --wrt p checks code whose input is an intermediate (the probabilities of a cross-entropy):
+    the rest of the spec, printed back from its parsed statements and parsed again, is the reference."""
+    definition = spec.definition(name)
+    if definition is None or definition is spec.output:
+        known = ", ".join(d.name for d in spec.definitions[:-1]) or "none"
+        raise SpecError(f"{name!r} is not an intermediate of this spec (its inputs: {', '.join(spec.inputs)}; "
+                        f"intermediates: {known})")
+    kept = [d for d in spec.definitions if d is not definition]
+    needed = {spec.output.name}
+    for later in reversed(kept):  # keep what the output needs, through the kept definitions
+        if later.name in needed:
+            needed |= {str(e.base) for e in later.expr.atoms(sp.Indexed)} | {str(s) for s in later.expr.free_symbols}
+    lines = [f"{d.name}{_brackets(d.indices)} = {spec_text(d.expr)}" for d in kept if d.name in needed]
+    lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in spec.constraints]
+    return parse_spec("\n".join(lines), name=f"{spec.name or 'spec'}, from {name}")
+
+
 def _brackets(indices: tuple[sp.Symbol, ...]) -> str:
     return "[" + ", ".join(map(str, indices)) + "]" if indices else ""
 

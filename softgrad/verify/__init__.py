@@ -27,13 +27,19 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                    parameters: dict[str, float] | None = None, wrt: str | None = None,
                    label: str | None = None, mode: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None, sizes: str | None = None,
-                   extremes: bool = True) -> Report | TensorReport:
+                   extremes: bool = True, targets: str | None = None,
+                   layout: str = "classes-last") -> Report | TensorReport:
     """The verify report for `function` against a spec (catalog name, spec text or .spec file) or a forward
     function.
 
-    progress(done, total, case), if given, is told of each input case as its check starts. For a spec with
-    several indices, `signature` names the function's arrays ("X,W,bias,T->loss,dW,dbias"), `sizes` the
-    ranges' sizes ("b=8,c=10"), and the result is a TensorReport (same passed, text() and to_dict())."""
+    `function` may be a function, a layer class or instance with forward() and backward(), a
+    torch.autograd.Function or nn.Module, or a jax.custom_vjp function (see adapters). reduction: sum,
+    mean or none (one loss per row); targets: labels, onehot, soft or unnormalized (default: what the
+    signature and the spec say); layout: classes-last or classes-first; extremes: False skips inputs of
+    order 1000. progress(done, total, case), if given, is told of each input case as its check starts.
+    For a spec with several indices, `signature` names the function's arrays ("X,W,bias,T->loss,dW,dbias"),
+    `sizes` the ranges' sizes ("b=8,c=10"), and the result is a TensorReport (same passed, text(),
+    to_dict())."""
     from softgrad.errors import SoftgradError
     from softgrad.verify.checker import verify
     from softgrad.verify.problem import Problem
@@ -49,7 +55,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
     if against is not None:
         problem = reference_problem(against, wrt, parameters or {})
-        default = "z,t->dz" if problem.is_loss else "x,g->dx"
+        default = default_signature(problem)
     else:
         chosen = parse_signature(signature or "x,g->dx")
         is_loss = chosen.for_loss
@@ -63,12 +69,29 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     chosen = parse_signature(signature or default)
     if chosen.for_loss != problem.is_loss:
         kind = "a loss" if problem.is_loss else "a vector function"
-        raise SoftgradError(f"signature {chosen.text} does not fit {kind}")
+        raise SoftgradError(f"signature {chosen.text} does not fit {kind} (e.g. {default_signature(problem)})")
+    if chosen.has_targets and not problem.has_target and against is not None:
+        raise SoftgradError(f"signature {chosen.text} takes targets, but {against} has none (e.g. "
+                            f"{default_signature(problem)})")
     if n < 1 or batch < 1:
         raise SoftgradError("--n and --batch must be at least 1")
-    return verify(function, chosen, problem, label=label or str(getattr(function, "__name__", "function")),
-                  dtype=dtype, size=n, rows=batch, seed=seed, reduction=reduction,
-                  against=against or "the forward function", mode=mode, progress=progress)
+    if reduction not in ("sum", "mean", "none") or layout not in ("classes-last", "classes-first"):
+        raise SoftgradError(f"reduction is sum, mean or none and layout classes-last or classes-first, not "
+                            f"{reduction!r} and {layout!r}")
+    from softgrad.verify.isolation import IsolatedFunction
+
+    how = function.how if isinstance(function, IsolatedFunction) else ""
+    name = label or str(getattr(function, "__name__", "function"))
+    if not isinstance(function, IsolatedFunction):  # code passed in from Python: the same adapters as loading
+        from softgrad.verify.adapters import adapt
+
+        function, how = adapt(function, chosen, name)
+    report = verify(function, chosen, problem, label=name, dtype=dtype, size=n, rows=batch, seed=seed,
+                    reduction=reduction, against=against or "the forward function", mode=mode, progress=progress,
+                    targets=targets, layout=layout, extremes=extremes)
+    if how:
+        report.conventions.insert(0, how)
+    return report
 
 
 def _check_tensor(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
@@ -89,6 +112,13 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
     return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)
+
+
+def default_signature(problem: Problem) -> str:
+    """The calling convention verify assumes when none is given: a VJP, or a loss's gradient."""
+    if not problem.is_loss:
+        return "x,g->dx"
+    return "z,t->dz" if problem.has_target else "x->dx"
 
 
 def reference_problem(against: str, wrt: str | None, parameters: dict[str, float]) -> Problem:
@@ -112,7 +142,12 @@ def _reference_problem(against: str, wrt: str | None, parameters: tuple[tuple[st
     from softgrad.errors import SoftgradError
     from softgrad.verify.problem import from_derivation
 
-    derivation = derive_spec(load_spec(against), wrt=wrt)
+    spec = load_spec(against)
+    if wrt is not None and spec.definition(wrt) is not None:  # an intermediate (--wrt p): the rest of the spec
+        from softgrad.derive.spec import from_intermediate
+
+        spec = from_intermediate(spec, wrt)
+    derivation = derive_spec(spec, wrt=wrt)
     given = dict(parameters)
     unknown = [p for p in given if p not in derivation.spec.parameters]
     if unknown:
@@ -133,4 +168,4 @@ def assert_gradient(function: Callable[..., Any], against: str | None = None, si
     return report
 
 
-__all__ = ["assert_gradient", "check_gradient", "reference_problem"]
+__all__ = ["assert_gradient", "check_gradient", "default_signature", "reference_problem"]

@@ -14,8 +14,9 @@ import numpy as np
 
 from softgrad.errors import SoftgradError
 from softgrad.verify import differences
-from softgrad.verify.cases import as_given, make_cases
-from softgrad.verify.compare import EXACT_FLOOR, compare_full, compare_projections, row_scale
+from softgrad.verify.cases import Case, as_given, make_cases, target_kinds
+from softgrad.verify.compare import EXACT_FLOOR, compare_full, compare_projections
+from softgrad.verify.hints import mistake_hints
 from softgrad.verify.problem import Problem
 from softgrad.verify.report import Report
 from softgrad.verify.signatures import Signature, WrongOutput, call_under_test
@@ -41,54 +42,108 @@ def verify(
     against: str = "finite differences",
     mode: str = "auto",
     progress: Progress | None = None,
+    targets: str | None = None,
+    layout: str = "classes-last",
+    extremes: bool = True,
 ) -> Report:
     """Check `function` (with `signature`) against `problem`; returns the report (never raises on FAIL).
 
     mode: "full" (every element by finite differences), "projections" (random projections and
-    bisection), or "auto" (full up to n = 64). progress: told of each input case as it starts.
+    bisection), or "auto" (full up to n = 64). reduction: how the code reduces a loss over the rows
+    (sum, mean, or none: one loss per row). targets: the kind the code takes (None: every kind the spec
+    admits, or labels if the signature takes them). layout: where the code puts the class axis.
+    extremes: False skips the inputs of order 1000. progress: told of each input case as it starts.
     """
     rng = np.random.default_rng(seed)
     if mode == "auto":
         mode = "full" if size <= FULL_JACOBIAN_UP_TO or signature.returns == ("J",) else "projections"
     mode = {"full": "full Jacobian", "projections": "random projections"}[mode]
-    report = Report(label, signature.text, against, dtype, mode, seed, differences.DEFAULT_STEP, 0)
-    made = make_cases(problem, rows, size, rng)  # projections too: extreme logits, near ties, every target kind
+    kinds, why = target_kinds(problem, targets, "label" in signature.takes)
+    report = Report(label, signature.text, against, dtype, mode, seed, differences.DEFAULT_STEP, 0,
+                    conventions=_conventions(why, reduction, layout, extremes, problem))
     representable = np.dtype(dtype)
-    cases: list[tuple[str, Any, Any]] = [(case, as_given(x, representable), as_given(t, representable))
-                                          for case, x, t in made]
-    for number, (case, x, t) in enumerate(cases):
+    cases = [Case(case.name, case.x.astype(representable).astype(np.float64), as_given(case.t, representable),
+                  case.labels, case.extreme)  # projections too: extreme logits, near ties, every target kind
+             for case in make_cases(problem, rows, size, rng, kinds, extremes)]
+    for number, case in enumerate(cases):
         if progress is not None:
-            progress(number, len(cases), case)
+            progress(number, len(cases), case.name)
+        failures_before, bad_before = len(report.failures), report.bad_elements
+        x, t = case.x, case.t
         upstream = as_given(rng.normal(size=x.shape), representable)
-        arrays = {"x": x, "t": t, "g": upstream}
+        arrays = {"x": x, "t": t, "g": upstream, "label": case.labels}
         if "y" in signature.takes:
             arrays["y"] = as_given(problem.forward(x, t), representable)
         try:
-            outputs = dict(zip(signature.returns, call_under_test(function, signature, arrays, dtype)))
+            outputs = call_under_test(function, signature, arrays, dtype, layout)
         except WrongOutput as wrong:
-            report.fail(f"{wrong} (inputs: {case})")
-            break
+            report.fail(f"{wrong} (inputs: {case.name})")
+            report.case_counts.append((case.name, x.size, x.size))
+            report.bad_elements += x.size
+            report.elements += x.size
+            continue
         if reduction == "mean" and "dx" in outputs:
             outputs["dx"] = outputs["dx"] * rows
         first = number == 0
         if mode == "full Jacobian" and (first or size <= FULL_JACOBIAN_UP_TO or "J" in outputs):
-            compare_full(report, signature, problem, case, arrays, outputs, dtype)
+            compare_full(report, signature, problem, case.name, arrays, outputs, dtype)
         else:
-            compare_projections(report, signature, problem, case, arrays, outputs, dtype, rng)
+            compare_projections(report, signature, problem, case.name, arrays, outputs, dtype, rng)
         if "loss" in outputs:
-            loss = problem.forward(x, t) * (1 / rows if reduction == "mean" else 1)
-            error = np.abs(outputs["loss"] - loss) / row_scale(loss[:, None])
-            if not (error <= EXACT_FLOOR[dtype] * 100).all():  # NaN-safe: a NaN error is a failure
-                report.fail(f"loss differs from the forward function by {error.max():.3g} (relative) for {case}")
-        if not report.passed:
-            break
+            compare_loss(report, outputs["loss"], problem.forward(x, t), reduction, dtype, case.name)
+        if len(report.failures) > failures_before:
+            report.case_counts.append((case.name, report.bad_elements - bad_before, outputs.get("dx", x).size))
+            if not report.hints:
+                report.hint(*mistake_hints(problem, signature, arrays, outputs, dtype))
     if progress is not None:
         progress(len(cases), len(cases), "done")
     if report.passed:
         try:
-            structural_checks(report, function, signature, problem, cases[0], dtype, rng)
+            structural_checks(report, function, signature, problem, cases[0], dtype, rng, layout)
         except WrongOutput as wrong:
-            report.fail(f"{wrong} (inputs: {cases[0][0]}, structural checks)")
+            report.fail(f"{wrong} (inputs: {cases[0].name}, structural checks)")
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     return report
+
+
+def compare_loss(report: Report, loss: np.ndarray, per_row: np.ndarray, reduction: str, dtype: str,
+                 case: str) -> None:
+    """The loss the code returned against the forward: one number (sum or mean over rows) or one per row."""
+    rows = len(per_row)
+    if loss.ndim == 0 and reduction == "none":
+        raise SoftgradError("the function's loss is one number, but --reduction none expects one per row "
+                            "(give --reduction mean or sum)")
+    divide = rows if reduction == "mean" else 1
+    expected = per_row.sum() / divide if loss.ndim == 0 else per_row / divide
+    scale = np.maximum(np.abs(per_row).sum() if loss.ndim == 0 else np.abs(per_row), 1e-300) / divide
+    error = np.abs(loss - expected) / scale
+    if (error <= EXACT_FLOOR[dtype] * 100).all():  # NaN-safe: a NaN error is a failure
+        return
+    report.fail(f"loss differs from the forward function by {np.max(error):.3g} (relative) for {case}")
+    if loss.ndim == 0 and rows > 1:
+        close = EXACT_FLOOR[dtype] * 100 * scale
+        if abs(loss - expected * rows) <= close * rows:
+            report.hint(f"the loss is {rows}× the expected one: it looks like the sum over the {rows} rows where a "
+                        "mean was declared (a mean/sum reduction mismatch; --reduction sum)")
+        elif abs(loss - expected / rows) <= close / rows:
+            report.hint(f"the loss is 1/{rows} of the expected one: it looks like the mean over the {rows} rows "
+                        "(a mean/sum reduction mismatch; --reduction mean)")
+
+
+def _conventions(why: str, reduction: str, layout: str, extremes: bool, problem: Problem) -> list[str]:
+    """What the report says about how the code was called and which inputs it was checked at."""
+    lines = []
+    if why:
+        lines.append(f"targets: {why}")
+    if problem.is_loss:
+        lines.append({"sum": "reduction: sum over rows", "mean": "reduction: mean over rows (--reduction mean)",
+                      "none": "reduction: none, one loss per row (--reduction none)"}[reduction])
+    if layout != "classes-last":
+        lines.append("layout: class axis first, arrays (n, rows) (--layout classes-first)")
+    if problem.simplex:
+        lines.append("inputs: probabilities on the simplex (the spec reads them under a log)")
+    if not extremes:
+        lines.append("extremes off: inputs of order 1000 (near-degenerate probabilities) not checked, as the "
+                     "code's contract excludes them (--extremes off)")
+    return lines

@@ -99,7 +99,8 @@ class IsolatedFunction:
     `mutated` to the positions of the arguments it changed in place. Use as a context manager (or call close())."""
 
     def __init__(self, reference: str, signature_text: str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
-                 role: str = "the function under test", cleanup: Callable[[], None] | None = None) -> None:
+                 role: str = "the function under test", cleanup: Callable[[], None] | None = None,
+                 layout: str = "classes-last") -> None:
         if not timeout > 0:
             raise SoftgradError("--timeout must be a positive number of seconds")
         self.reference, self.timeout, self.role, self._cleanup = reference, timeout, role, cleanup
@@ -120,8 +121,10 @@ class IsolatedFunction:
         finally:
             os.close(requests_read)
             os.close(replies_write)
-        self._exchange({"op": "load", "reference": reference, "signature": signature_text, "dtype": dtype},
-                       [], max(timeout, LOAD_TIMEOUT), "while loading")
+        reply, _ = self._exchange({"op": "load", "reference": reference, "signature": signature_text, "dtype": dtype,
+                                   "layout": layout}, [], max(timeout, LOAD_TIMEOUT), "while loading")
+        #: How the code is called (a layer's forward then backward, torch autograd, jax.vjp); "" for a function.
+        self.how = str(reply.get("how", ""))
 
     def __call__(self, *arrays: np.ndarray) -> Any:
         self.calls += 1

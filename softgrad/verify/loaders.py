@@ -15,6 +15,7 @@ import numpy as np
 from softgrad.codegen.build import compile_shared, import_path
 from softgrad.errors import SoftgradError
 from softgrad.files import remove_tree
+from softgrad.verify.adapters import _has_forward_and_backward, adapt
 from softgrad.verify.isolation import DEFAULT_TIMEOUT, IsolatedFunction
 from softgrad.verify.signatures import Signature, describe_failure
 
@@ -29,7 +30,7 @@ def split_reference(reference: str) -> tuple[str, str]:
 
 
 def load_function(reference: str, signature: Signature | str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
-                  role: str = "the function under test") -> IsolatedFunction:
+                  role: str = "the function under test", layout: str = "classes-last") -> IsolatedFunction:
     """The function named by `reference`, loaded and called in a child process (see isolation).
 
     A C source is compiled here first, into a temporary folder that is removed when the function is
@@ -37,7 +38,7 @@ def load_function(reference: str, signature: Signature | str, dtype: str, timeou
     location, name = split_reference(reference)
     text = signature if isinstance(signature, str) else signature.text
     if not location.endswith(".c"):
-        return IsolatedFunction(reference, text, dtype, timeout, role)
+        return IsolatedFunction(reference, text, dtype, timeout, role, layout=layout)
     path = Path(location)
     if not path.is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
@@ -46,7 +47,7 @@ def load_function(reference: str, signature: Signature | str, dtype: str, timeou
         library = folder / f"lib{path.stem}.so"
         _compile_user_c(path, library)
         function = IsolatedFunction(f"{library}:{name}", text, dtype, timeout, role,
-                                    cleanup=lambda: remove_tree(folder))
+                                    cleanup=lambda: remove_tree(folder), layout=layout)
     except BaseException:
         remove_tree(folder)
         raise
@@ -59,15 +60,17 @@ def _compile_user_c(source: Path, library: Path) -> None:
     compile_shared(source, library, generated=False)
 
 
-def load_in_process(reference: str, signature: Signature | None, dtype: str) -> Callable[..., Any]:
-    """The callable named by `reference`, in this process (the worker child's side of load_function);
-    C functions get a NumPy wrapper with the signature's convention (a one-index signature: signature
-    None, for specs with several indices, is Python only)."""
+def load_in_process(reference: str, signature: Signature | None, dtype: str,
+                    layout: str = "classes-last") -> tuple[Callable[..., Any], str]:
+    """The callable named by `reference`, in this process (the worker child's side of load_function), and
+    how it is called ("" for a plain function). C functions get a NumPy wrapper with the signature's
+    convention; classes and framework code an adapter (see adapters). A signature of None (specs with
+    several indices) takes Python functions as they are."""
     location, name = split_reference(reference)
     if location.endswith((".c", ".so", ".dylib")):
         if signature is None:
             raise SoftgradError("C functions can be checked against one-index specs only, so far")
-        return load_c(location, name, signature, dtype)
+        return load_c(location, name, signature, dtype, layout), ""
     if Path(location).suffix and not location.endswith(".py"):
         raise SoftgradError(f"cannot load {location!r}: expected a .py, .c or .so file, or a module name")
     if location.endswith(".py"):
@@ -78,9 +81,11 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str) -> 
     else:
         module = _run_user_code(lambda: importlib.import_module(location), location)
     function = getattr(module, name, None)
-    if not callable(function):
+    if not callable(function) and not _has_forward_and_backward(function):
         raise SoftgradError(f"{location} has no function {name!r}")
-    return cast(Callable[..., Any], function)
+    if signature is None:
+        return cast(Callable[..., Any], function), ""
+    return adapt(function, signature, name)
 
 
 def _run_user_code(action: Callable[[], ModuleType], location: str) -> ModuleType:
@@ -94,17 +99,18 @@ def _run_user_code(action: Callable[[], ModuleType], location: str) -> ModuleTyp
         raise SoftgradError(f"importing {location} {describe_failure(problem)}") from None
 
 
-#: C conventions: inputs (const pointers), outputs (pointers), then the sizes.
-C_ARGUMENTS = {
-    "x,g->dx": "const T *x, const T *g, T *dx, size_t rows, size_t n",
-    "y,g->dx": "const T *y, const T *g, T *dx, size_t rows, size_t n",
-    "z,t->dz": "const T *z, const T *t, T *dz, size_t rows, size_t n",
-    "z,t->loss,dz": "const T *z, const T *t, T *loss, T *dz, size_t rows, size_t n",
-    "x->J": "const T *x, T *J, size_t n   (one row; J is n × n, row-major)",
-}
+def c_arguments(signature: Signature) -> str:
+    """The C prototype's arguments for a signature: inputs (const pointers; labels int64_t), outputs, sizes."""
+    names = {"x": "x", "g": "g", "y": "y", "t": "t", "label": "label"}
+    inputs = [f"const {'int64_t' if r == 'label' else 'T'} *{names[r]}" for r in signature.takes]
+    if signature.single_row:
+        return "const T *x, T *J, size_t n   (one row; J is n × n, row-major)"
+    outputs = [f"T *{'loss' if r == 'loss' else 'dx'}" for r in signature.returns]
+    return ", ".join(inputs + outputs + ["size_t rows", "size_t n"])
 
 
-def load_c(location: str, name: str, signature: Signature, dtype: str) -> Callable[..., Any]:
+def load_c(location: str, name: str, signature: Signature, dtype: str,
+           layout: str = "classes-last") -> Callable[..., Any]:
     path = Path(location)
     if not path.is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
@@ -146,14 +152,20 @@ def load_c(location: str, name: str, signature: Signature, dtype: str) -> Callab
 
         return jacobian
     outputs = len(signature.returns)
-    function.argtypes = [pointer] * (len(signature.takes) + outputs) + [ctypes.c_size_t, ctypes.c_size_t]
+    label_pointer = ctypes.POINTER(ctypes.c_int64)
+    function.argtypes = ([label_pointer if role == "label" else pointer for role in signature.takes]
+                         + [pointer] * outputs + [ctypes.c_size_t, ctypes.c_size_t])
+    first = layout == "classes-first"
 
     def call(*arrays: np.ndarray) -> Any:
-        contiguous = [np.ascontiguousarray(a, dtype=numpy_type) for a in arrays]
-        rows, size = contiguous[0].shape
-        results = [np.empty(rows, dtype=numpy_type) if role == "loss" else np.empty((rows, size), dtype=numpy_type)
+        contiguous = [np.ascontiguousarray(a, dtype=np.int64 if role == "label" else numpy_type)
+                      for role, a in zip(signature.takes, arrays)]
+        x = contiguous[signature.takes.index("x" if "x" in signature.takes else "y")]
+        size, rows = x.shape if first else x.shape[::-1]
+        results = [np.empty(rows, dtype=numpy_type) if role == "loss" else np.empty(x.shape, dtype=numpy_type)
                    for role in signature.returns]
-        function(*[as_pointer(a) for a in [*contiguous, *results]], rows, size)
+        function(*[a.ctypes.data_as(label_pointer) if role == "label" else as_pointer(a)
+                   for role, a in zip(signature.takes, contiguous)], *map(as_pointer, results), rows, size)
         return tuple(results) if outputs > 1 else results[0]
 
     return call

@@ -30,6 +30,32 @@ class Problem:
     exact: dict[str, Callable[..., Any]] = field(default_factory=dict)
     constraint: float | None = None  # targets sum to this
     has_target: bool = False
+    #: The input x is read under a log (probabilities, --wrt p): the checker draws it on the simplex.
+    simplex: bool = False
+    #: The derivation and parameter values, for the 40-digit reference where float64 overflows.
+    derivation: Derivation | None = None
+    parameters: dict[str, float] = field(default_factory=dict)
+
+    def high_precision(self, kernel: str, x: np.ndarray, t: np.ndarray | None,
+                       g: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The kernel's outputs from the derived formulas at 40 digits (see reference.exact_outputs), by the
+        kernel's output names; {} without a derivation."""
+        if self.derivation is None:
+            return {}
+        from softgrad.verify.reference import exact_outputs
+
+        spec = self.derivation.spec
+        arrays = {self.derivation.wrt: x}
+        others = [name for name in spec.inputs if name != self.derivation.wrt]
+        if others and t is not None:
+            arrays[others[0]] = t
+        if g is not None:  # the derivation's name for the upstream gradient: the array that is nothing else
+            import sympy as sp
+
+            known = set(spec.inputs) | {d.name for d in spec.definitions}
+            upstream = {str(e.base) for e in self.derivation.results["vjp"].rhs.atoms(sp.Indexed)} - known
+            arrays[upstream.pop()] = g
+        return exact_outputs(self.derivation, kernel, arrays, self.parameters)
 
 
 def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Problem:
@@ -60,5 +86,8 @@ def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Pro
         def forward(x: np.ndarray, t: np.ndarray | None = None) -> Any:
             return base(x)
     constraint = float(derivation.spec.constraints[0].rhs) if derivation.spec.constraints else None
+    from softgrad.derive.tensor import positive_inputs
+
     return Problem(derivation.spec.name or derivation.spec.output.source, not derivation.spec.output.is_vector,
-                   forward, exact, constraint, has_target)
+                   forward, exact, constraint, has_target, derivation.wrt in positive_inputs(derivation.spec),
+                   derivation, dict(parameters))

@@ -23,11 +23,20 @@ class Worst:
 
     @property
     def absolute_error(self) -> float:
-        return abs(self.analytic - self.numeric)
+        return abs(self.analytic - self.reference)
 
     @property
-    def relative_error(self) -> float:
-        return self.absolute_error / max(abs(self.numeric), 1e-300)
+    def reference(self) -> float:
+        """What the element should be: the exact result where known, else the finite difference."""
+        return self.exact if self.exact is not None else self.numeric
+
+    @property
+    def relative_error(self) -> float | None:
+        """Error relative to the reference; None where the reference is 0 or below the tolerance (a
+        relative error of 1e+299 says nothing)."""
+        if abs(self.reference) <= self.tolerance or self.reference == 0:
+            return None
+        return abs(self.analytic - self.reference) / abs(self.reference)
 
 
 @dataclass
@@ -46,6 +55,10 @@ class Report:
     failures: list[str] = field(default_factory=list)  # one line per failed comparison or check
     checks: list[tuple[str, bool, str]] = field(default_factory=list)  # (name, ok, detail)
     hints: list[str] = field(default_factory=list)  # what a failure looks like (a sign flip, a reduction factor)
+    #: How the code was called and at which inputs: targets, reduction, layout, extremes (one line each).
+    conventions: list[str] = field(default_factory=list)
+    #: (input case, bad elements, elements) for each case a comparison failed at.
+    case_counts: list[tuple[str, int, int]] = field(default_factory=list)
 
     def hint(self, *lines: str) -> None:
         """Add hints (each once) about what kind of mistake a failure looks like."""
@@ -64,7 +77,7 @@ class Report:
             w = self.worst
             worst = {"row": w.row, "i": w.i, "j": w.j, "analytic": w.analytic, "numeric": w.numeric,
                      "exact": w.exact, "absolute_error": w.absolute_error,
-                     "relative_error": w.relative_error if w.numeric != 0 else None,
+                     "relative_error": w.relative_error,
                      "tolerance": w.tolerance, "tolerance_how": w.tolerance_how, "case": w.case, "kink": w.kink}
         return {
             "schema": "softgrad.report/1", "softgrad": softgrad.__version__,
@@ -73,7 +86,8 @@ class Report:
             "mode": self.mode, "seed": self.seed, "step": self.step, "elements": self.elements,
             "bad_elements": self.bad_elements, "worst": worst, "failures": list(self.failures),
             "checks": [{"check": name, "ok": ok} for name, ok, _ in self.checks],
-            "hints": list(self.hints),
+            "hints": list(self.hints), "conventions": list(self.conventions),
+            "cases": [{"case": case, "bad_elements": bad, "elements": total} for case, bad, total in self.case_counts],
         }
 
     def text(self) -> str:
@@ -91,13 +105,16 @@ class Report:
                 lines.append(f"    exact (the derived result)            {w.exact: .12g}")
             lines += [
                 f"    absolute error {w.absolute_error:.3g}, "
-                + (f"relative error {w.relative_error:.3g}" if w.numeric != 0
-                   else "no relative error (the reference is 0)"),
+                + (f"relative error {w.relative_error:.3g}" if w.relative_error is not None
+                   else "no relative error (the reference is 0, to within the tolerance)"),
                 f"    tolerance {w.tolerance:.3g}: {w.tolerance_how}",
                 f"  bad elements: {self.bad_elements} of {self.elements}",
             ]
+            lines += [f"    {bad} of {total} with {case}" for case, bad, total in self.case_counts]
             if w.kink:
                 lines.append("  note: the finite difference crossed a kink (the row's argmax changed)")
+        for line in self.conventions:
+            lines.append(f"  {line}")
         for hint in self.hints:
             lines.append(f"  hint: {hint}")
         for failure in self.failures:

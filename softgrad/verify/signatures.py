@@ -14,12 +14,26 @@ from softgrad.errors import SoftgradError
 Arrays = dict[str, Any]
 
 
+#: Argument names read as each role (any order); the differentiated input is the one named by a
+#: returned d<name>, or one of INPUT_NAMES.
+ROLE_NAMES = {
+    "g": ("g", "dy", "dout", "grad_output", "upstream", "dl_dy"),
+    "y": ("y", "out", "output"),
+    "t": ("t", "target", "targets", "q", "onehot", "soft"),
+    "label": ("label", "labels", "classes", "class_index"),
+}
+INPUT_NAMES = ("x", "z", "logits", "scores", "a", "p", "probs", "inputs")
+LOSS_NAMES = ("loss", "l", "value", "cost")
+JACOBIAN_NAMES = ("j", "jacobian")
+
+
 @dataclass(frozen=True)
 class Signature:
-    """What the function under test takes and returns, row-wise on (rows, n) arrays.
+    """What the function under test takes and returns, row-wise on (rows, n) arrays, in its own order.
 
-    Roles: x (the differentiated input: logits), g (upstream gradient of a vector function),
-    y (saved output of the forward), t (targets of a loss); outputs dx (gradient), loss, J (Jacobian).
+    Roles: x (the differentiated input: logits, or probabilities with --wrt p), g (upstream gradient of a
+    vector function), y (saved output of the forward), t (targets of a loss), label (integer class
+    indices, one per row); outputs dx (gradient), loss, J (Jacobian of one row).
     """
 
     text: str
@@ -28,30 +42,76 @@ class Signature:
 
     @property
     def for_loss(self) -> bool:
-        return "t" in self.takes
+        """A loss's gradient: no upstream gradient and no Jacobian (z,t->dz, z,label->loss,dz, x->dx)."""
+        return "g" not in self.takes and "J" not in self.returns
 
     @property
     def single_row(self) -> bool:
         return self.returns == ("J",)
 
-
-SIGNATURES = {
-    "x,g->dx": Signature("x,g->dx", ("x", "g"), ("dx",)),
-    "y,g->dx": Signature("y,g->dx", ("y", "g"), ("dx",)),
-    "z,t->dz": Signature("z,t->dz", ("x", "t"), ("dx",)),
-    "z,t->loss,dz": Signature("z,t->loss,dz", ("x", "t"), ("loss", "dx")),
-    "x->J": Signature("x->J", ("x",), ("J",)),
-}
+    @property
+    def has_targets(self) -> bool:
+        return "t" in self.takes or "label" in self.takes
 
 
 def parse_signature(text: str) -> Signature:
+    """Read a calling convention such as 'z,t->loss,dz', 'z,labels->dz,loss' or 'y,dout->dx' (names in the
+    code's own order; see ROLE_NAMES)."""
     key = text.replace(" ", "")
-    if key not in SIGNATURES:
+    if "->" not in key:
         hint = ""
         if key.endswith("-"):  # `--signature z,t->dz` unquoted: the shell took `>dz` as a redirection
             hint = "; quote it, e.g. --signature 'z,t->dz' (the shell reads > as a redirection)"
-        raise SoftgradError(f"unknown signature {text!r} (known: {', '.join(SIGNATURES)}){hint}")
-    return SIGNATURES[key]
+        raise SoftgradError(f"a signature reads INPUTS->OUTPUTS, e.g. 'z,t->dz' or 'x,g->dx', not {text!r}{hint}")
+    left, right = key.split("->", 1)
+    inputs, outputs = left.split(","), right.split(",")
+    if not all(name.isidentifier() for name in inputs + outputs):
+        raise SoftgradError(f"a signature names its arrays with identifiers separated by commas, not {text!r}")
+    gradient_names = {name[1:].lower() for name in outputs if name.lower().startswith("d") and len(name) > 1}
+    takes = []
+    for name in inputs:
+        lowered = name.lower()
+        role = "x" if lowered in gradient_names else next(
+            (r for r, names in ROLE_NAMES.items() if lowered in names), "x" if lowered in INPUT_NAMES else None)
+        if role is None:
+            raise SoftgradError(f"unknown signature {text!r}: cannot tell what {name!r} is; name the input x or z "
+                                "(or d<name> among the outputs), the upstream gradient g, the saved output y, "
+                                "targets t, class labels label")
+        takes.append(role)
+    returns = []
+    for name in outputs:
+        lowered = name.lower()
+        if lowered in LOSS_NAMES:
+            returns.append("loss")
+        elif lowered in JACOBIAN_NAMES:
+            returns.append("J")
+        elif lowered.startswith("d") or lowered == "grad":
+            returns.append("dx")
+        else:
+            raise SoftgradError(f"unknown signature {text!r}: cannot tell what {name!r} is; name the outputs loss, "
+                                "d<input> (dx, dz) or J")
+    signature = Signature(key, tuple(takes), tuple(returns))
+    _check_roles(signature)
+    return signature
+
+
+def _check_roles(signature: Signature) -> None:
+    takes, returns, text = signature.takes, signature.returns, signature.text
+    repeated = {r for r in takes + returns if (takes + returns).count(r) > 1}
+    if repeated:
+        raise SoftgradError(f"signature {text!r} names the {sorted(repeated)[0]} role twice")
+    if ("x" in takes) == ("y" in takes):
+        raise SoftgradError(f"signature {text!r} must take the input x (or, for a backward from the saved output, y)")
+    if "y" in takes and "g" not in takes:
+        raise SoftgradError(f"signature {text!r}: a backward from the saved output y also takes the upstream g")
+    if "J" in returns and (returns != ("J",) or takes != ("x",)):
+        raise SoftgradError(f"signature {text!r}: a Jacobian is checked as x->J (one row in, n × n out)")
+    if "dx" not in returns and "J" not in returns:
+        raise SoftgradError(f"signature {text!r} returns no gradient (d<input>)")
+    if "loss" in returns and "g" in takes:
+        raise SoftgradError(f"signature {text!r}: a loss takes no upstream gradient g")
+    if "t" in takes and "label" in takes:
+        raise SoftgradError(f"signature {text!r} takes both targets t and labels: one kind of target per function")
 
 
 def describe_failure(problem: BaseException) -> str:
@@ -67,9 +127,10 @@ class WrongOutput(Exception):
     complex or integer values, lower precision than asked for, inputs changed in place): a FAIL."""
 
 
-def call_under_test(function: Callable[..., Any], signature: Signature, arrays: Arrays,
-                    dtype: Any) -> list[np.ndarray]:
-    """Call the function under test with the signature's arguments; return its outputs as float64 arrays.
+def call_under_test(function: Callable[..., Any], signature: Signature, arrays: Arrays, dtype: Any,
+                    layout: str = "classes-last") -> dict[str, np.ndarray]:
+    """Call the function under test with the signature's arguments; return its outputs by role as float64
+    arrays, in the checker's layout (rows, n) whatever `layout` the code uses; a loss as it came, () or (rows,).
 
     Raises SoftgradError for what makes the check impossible (it raised, exited, crashed, timed out, or
     returned the wrong number or shape of values) and WrongOutput for a result that is wrong by itself.
@@ -77,7 +138,14 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
     """
     from softgrad.verify.isolation import IsolatedFunction, NotAnArray
 
-    arguments = [arrays[role].astype(dtype) for role in signature.takes]
+    first = layout == "classes-first" and not signature.single_row
+    arguments = []
+    for role in signature.takes:
+        if role == "label":
+            arguments.append(np.ascontiguousarray(arrays["label"], dtype=np.int64))
+        else:
+            value = arrays[role].astype(dtype)
+            arguments.append(np.ascontiguousarray(value.T) if first else value)
     in_process = not isinstance(function, IsolatedFunction)  # a child compares its inputs itself
     originals = [a.copy() for a in arguments] if in_process else []
     mutated: set[int] = set()
@@ -110,7 +178,7 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
     if mutated:
         names = ", ".join(signature.takes[k] for k in sorted(mutated))
         raise WrongOutput(f"the function changed its input {names} in place (a caller's array would be corrupted)")
-    checked = []
+    checked = {}
     rows, size = arrays["x"].shape
     for role, value in zip(signature.returns, outputs):
         if isinstance(value, NotAnArray):
@@ -119,11 +187,14 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
             value = np.asarray(value)
         except Exception:
             raise SoftgradError(f"the function's {role} is a {type(value).__name__}, not an array") from None
-        expected = {"dx": (rows, size), "loss": (rows,), "J": (rows, size, size)}[role]
         if value.dtype.hasobject or value.dtype.kind not in "biufc":
             raise SoftgradError(f"the function's {role} has dtype {value.dtype}, not a floating array")
-        if value.shape != expected:
-            raise SoftgradError(f"the function's {role} has shape {value.shape}, expected {expected}")
+        if role == "loss" and value.shape in ((), (1,), (rows,)):
+            value = value.reshape(() if value.size == 1 and rows != 1 else value.shape[:1] or ())
+        else:
+            expected = {"dx": (size, rows) if first else (rows, size), "loss": (rows,), "J": (rows, size, size)}[role]
+            if value.shape != expected:
+                _wrong_shape(role, value.shape, expected, first, layout)
         if value.dtype.kind == "c":
             raise WrongOutput(f"the function's {role} is complex ({value.dtype}); a real function's gradient is real")
         if value.dtype.kind != "f":
@@ -131,8 +202,21 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
         if value.dtype.itemsize < np.dtype(dtype).itemsize:
             raise WrongOutput(f"the function's {role} is {value.dtype} for {np.dtype(dtype)} inputs (precision lost)")
         value = value.astype(np.float64)
+        if first and role == "dx":
+            value = np.ascontiguousarray(value.T)
         if not np.isfinite(value).all():
             where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
             raise WrongOutput(f"the function's {role} is {value[where]} at {where} for finite inputs")
-        checked.append(value)
+        checked[role] = value
     return checked
+
+
+def _wrong_shape(role: str, shape: tuple[int, ...], expected: tuple[int, ...], first: bool, layout: str) -> None:
+    """One line for an output of the wrong shape, with the --layout hint when it is the transpose."""
+    hint = ""
+    if len(expected) == 2 and shape == expected[::-1] and expected[0] != expected[1]:
+        other = "classes-last" if first else "classes-first"
+        hint = f"; it is the transpose: does the code put the class axis {other.split('-')[1]}? (--layout {other})"
+    elif role == "loss":
+        hint = "; a loss is one number (--reduction sum or mean) or one per row (--reduction none)"
+    raise SoftgradError(f"the function's {role} has shape {shape}, expected {expected} ({layout}){hint}")

@@ -8,6 +8,7 @@ Ctrl-C is left to the parent, which stops this process.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -37,6 +38,8 @@ def main(requests: int, replies: int) -> None:
     from softgrad.verify.isolation import _Reader, send
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("JAX_ENABLE_X64", "1")  # JAX code under test is checked in float64 (if it imports JAX)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     reader = _Reader(requests)
     function = None
     while True:
@@ -47,16 +50,22 @@ def main(requests: int, replies: int) -> None:
         if header["op"] == "load":
             from softgrad.errors import SoftgradError
             from softgrad.verify.loaders import load_in_process
-            from softgrad.verify.signatures import SIGNATURES, parse_signature
+            from softgrad.verify.signatures import parse_signature
 
             try:
-                known = header["signature"].replace(" ", "") in SIGNATURES  # else a tensor signature: Python only
-                function = load_in_process(header["reference"], parse_signature(header["signature"]) if known
-                                           else None, header["dtype"])
+                try:
+                    signature = parse_signature(header["signature"])
+                except SoftgradError:  # a tensor signature: Python functions as they are
+                    signature = None
+                function, how = load_in_process(header["reference"], signature, header["dtype"],
+                                                header.get("layout", "classes-last"))
             except SoftgradError as problem:
                 send(replies, {"error": str(problem)})
                 continue
-            send(replies, {"ok": True})
+            except BaseException as problem:  # an adapter ran the user's code (a constructor) and it failed
+                send(replies, {"error": f"loading {header['reference']} {describe_failure(problem)}"})
+                continue
+            send(replies, {"ok": True, "how": how})
             continue
         copies = [a.copy() for a in arrays]
         try:

@@ -1,0 +1,160 @@
+"""Code as users write it, called through one convention: plain functions, stateful layer classes (forward,
+then backward), torch.autograd.Function and nn.Module (backward by autograd), JAX custom_vjp functions.
+
+Each adapter is a callable taking the signature's arrays (NumPy, in the code's layout) and returning its
+outputs in the signature's order; `how` says in a line how the code was called (the report prints it).
+Torch and JAX are never imported here: an adapter uses the module the code under test already imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from softgrad.errors import SoftgradError
+from softgrad.verify.signatures import Signature
+
+Adapter = Callable[..., Any]
+
+
+def adapt(target: Any, signature: Signature, name: str) -> tuple[Adapter, str]:
+    """(callable with the signature's convention, how it calls `target`; "" for a plain function)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and _is_torch(target, torch):
+        return _torch_adapter(target, signature, name, torch)
+    if _is_jax_custom(target):
+        return _jax_adapter(target, signature, name)
+    if _has_forward_and_backward(target):
+        return _stateful_adapter(target, signature, name)
+    if isinstance(target, type):
+        raise SoftgradError(f"{name} is a class without forward and backward methods: name a function, a layer "
+                            "class with forward() and backward(), a torch.autograd.Function or an nn.Module")
+    return target, ""
+
+
+def _has_forward_and_backward(target: Any) -> bool:
+    return callable(getattr(target, "forward", None)) and callable(getattr(target, "backward", None))
+
+
+def _instance(target: Any, name: str) -> Any:
+    """A fresh instance of a class (built with no arguments), or the given instance."""
+    if not isinstance(target, type):
+        return target
+    try:
+        return target()
+    except TypeError as problem:
+        raise SoftgradError(f"cannot build {name}() without arguments ({problem}); name an instance instead, "
+                            "e.g. a module-level layer = {name}(...)") from None
+
+
+def _split(signature: Signature, arrays: tuple[np.ndarray, ...]) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The forward's arguments (every input but the upstream gradient), and the upstream gradient."""
+    forward = [a for role, a in zip(signature.takes, arrays) if role != "g"]
+    upstream = next((a for role, a in zip(signature.takes, arrays) if role == "g"), None)
+    return forward, upstream
+
+
+def _ordered(signature: Signature, loss: Any, gradient: Any) -> Any:
+    values = {"loss": loss, "dx": gradient}
+    results = tuple(values[role] for role in signature.returns)
+    return results if len(results) > 1 else results[0]
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def _stateful_adapter(target: Any, signature: Signature, name: str) -> tuple[Adapter, str]:
+    """A layer that saves what backward needs: a fresh instance per call, forward(inputs), backward(g).
+
+    For a loss, backward takes no argument or the upstream gradient of the loss (1, or ones per row)."""
+    if "y" in signature.takes or signature.single_row:
+        raise SoftgradError(f"{name} has forward and backward: check it as x,g->dx (or z,t->loss,dz), the "
+                            "forward computing what backward uses")
+    required = [p for p in inspect.signature(_instance(target, name).backward).parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    arguments = ", ".join("z" if r == "x" else r for r in signature.takes if r != "g")
+
+    def call(*arrays: np.ndarray) -> Any:
+        layer = _instance(target, name)
+        inputs, upstream = _split(signature, arrays)
+        output = layer.forward(*inputs)
+        if upstream is not None:
+            gradient = layer.backward(upstream)
+        elif required:
+            loss = _first(output)
+            gradient = layer.backward(np.ones_like(np.asarray(loss, dtype=inputs[0].dtype)))
+        else:
+            gradient = layer.backward()
+        return _ordered(signature, _first(output), _first(gradient))
+
+    given = "g" if "g" in signature.takes else ("1" if required else "")
+    return call, f"called as {name}().forward({arguments}), then .backward({given})"
+
+
+def _is_torch(target: Any, torch: Any) -> bool:
+    classes = (torch.autograd.Function, torch.nn.Module)
+    return (isinstance(target, type) and issubclass(target, classes)) or isinstance(target, torch.nn.Module)
+
+
+def _torch_adapter(target: Any, signature: Signature, name: str, torch: Any) -> tuple[Adapter, str]:
+    """Forward through Function.apply or the module, backward by autograd (so the custom backward runs)."""
+    if "y" in signature.takes or signature.single_row:
+        raise SoftgradError(f"{name} is torch code: check it as x,g->dx or z,t->loss,dz (autograd runs backward)")
+    is_function = isinstance(target, type) and issubclass(target, torch.autograd.Function)
+    module = None if is_function else _instance(target, name)
+
+    def call(*arrays: np.ndarray) -> Any:
+        inputs, upstream = _split(signature, arrays)
+        tensors = [torch.from_numpy(np.array(a)) for a in inputs]
+        position = [r for r in signature.takes if r != "g"].index("x")
+        tensors[position].requires_grad_(True)
+        if module is not None:
+            module.to(tensors[position].dtype)
+            output = module(*tensors)
+        else:
+            output = target.apply(*tensors)
+        output = _first(output)
+        seed = torch.ones_like(output) if upstream is None else torch.from_numpy(np.array(upstream))
+        output.backward(seed)
+        gradient = tensors[position].grad
+        if gradient is None:
+            raise SoftgradError(f"{name}: autograd gave no gradient for the input (is it detached, or does "
+                                "backward return None for it?)")
+        return _ordered(signature, output.detach().numpy(), gradient.numpy())
+
+    how = f"{name}.apply(…), backward by torch autograd" if is_function else f"{name}()(…), backward by torch autograd"
+    return call, how
+
+
+def _is_jax_custom(target: Any) -> bool:
+    kind = type(target)
+    return kind.__module__.startswith("jax") and kind.__name__ in ("custom_vjp", "custom_jvp")
+
+
+def _jax_adapter(target: Any, signature: Signature, name: str) -> tuple[Adapter, str]:
+    """jax.vjp of the function with respect to x (the other inputs held), seeded with g or ones."""
+    jax = sys.modules["jax"]
+    jax.config.update("jax_enable_x64", True)
+    if "y" in signature.takes or signature.single_row:
+        raise SoftgradError(f"{name} is a JAX function: check it as x,g->dx or z,t->loss,dz (jax.vjp runs it)")
+
+    def call(*arrays: np.ndarray) -> Any:
+        inputs, upstream = _split(signature, arrays)
+        position = [r for r in signature.takes if r != "g"].index("x")
+        held = [jax.numpy.asarray(a) for a in inputs]
+
+        def of_x(x: Any) -> Any:
+            return _first(target(*held[:position], x, *held[position + 1:]))
+
+        output, pullback = jax.vjp(of_x, held[position])
+        seed = jax.numpy.ones_like(output) if upstream is None else jax.numpy.asarray(upstream)
+        (gradient,) = pullback(seed)
+        return _ordered(signature, np.asarray(output), np.asarray(gradient))
+
+    seed = "g" if "g" in signature.takes else "1"
+    return call, f"jax.vjp({name}) with respect to its input, seeded with {seed}"
