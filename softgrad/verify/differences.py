@@ -32,13 +32,17 @@ def directional(
     values = {}
     for scale in (1.0, 0.5):
         h = step * scale
-        stacked = np.concatenate([x + h * direction, x - h * direction])
+        moved = h * direction
+        forward = x + moved
+        stacked = np.concatenate([forward, x - moved])
         out = np.asarray(function(stacked), dtype=np.float64)
         plus, minus = out[: len(x)], out[len(x):]
         values[scale] = ((plus - minus) / (2 * h), np.maximum(np.abs(plus), np.abs(minus)))
         # a direction of ±1 over many entries cannot use per-entry steps; large |x| is covered by the noise
         # estimate, which includes the representation error of x + h·direction:
-        representation = np.abs(((x + h * direction) - x) - h * direction).max(axis=-1) / h
+        forward -= x
+        forward -= moved
+        representation = np.abs(forward).max(axis=-1) / h
         values[scale] = (values[scale][0], values[scale][1] * (1 + representation / EPS))
     (coarse, magnitude), (fine, _) = values[1.0], values[0.5]
     richardson = (4 * fine - coarse) / 3

@@ -46,7 +46,7 @@ def constant_factor_hints(analytic: np.ndarray, reference: np.ndarray, tolerance
 
 
 def mistake_hints(problem: Problem, signature: Signature, arrays: Arrays, outputs: dict[str, np.ndarray],
-                  dtype: str) -> list[str]:
+                  dtype: str, layout: str = "classes-last") -> list[str]:
     """What a wrong dx looks like, tried in turn against the exact result at other readings of the batch:
     the whole batch as one row (a softmax over everything), rows and classes swapped (the class axis
     first), and the rounding of float32 where float64 was asked for."""
@@ -80,8 +80,10 @@ def mistake_hints(problem: Problem, signature: Signature, arrays: Arrays, output
         hints.append("dx is the gradient with the whole batch taken as one row: the code's softmax (or its sums) "
                      "runs over every entry of the batch instead of each row (axis=None where axis=-1 was meant?)")
     elif rows > 1 and size > 1 and matches(regrouped((size, rows), True)):
-        hints.append("dx is the gradient with rows and classes swapped: the code reduces over axis 0, as if the "
-                     "class axis came first (--layout classes-first if it does; else axis=-1 was meant)")
+        other = "classes-first" if layout == "classes-last" else "classes-last"
+        hints.append(f"dx is the gradient with rows and classes swapped: the code reduces over the other axis, as "
+                     f"if the class axis came {other.split('-')[1]} (--layout {other} if it does; else its reductions "
+                     "run along the wrong axis)")
     exact = exact_gradient(signature, problem, arrays).get("dx")
     if dtype == "float64" and exact is not None and np.isfinite(exact).all():
         row = np.abs(exact).max(axis=-1, keepdims=True)

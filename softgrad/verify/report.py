@@ -59,6 +59,8 @@ class Report:
     conventions: list[str] = field(default_factory=list)
     #: (input case, bad elements, elements) for each case a comparison failed at.
     case_counts: list[tuple[str, int, int]] = field(default_factory=list)
+    #: Every input case the gradient was checked at, in order.
+    cases_checked: list[str] = field(default_factory=list)
 
     def hint(self, *lines: str) -> None:
         """Add hints (each once) about what kind of mistake a failure looks like."""
@@ -87,6 +89,7 @@ class Report:
             "bad_elements": self.bad_elements, "worst": worst, "failures": list(self.failures),
             "checks": [{"check": name, "ok": ok} for name, ok, _ in self.checks],
             "hints": list(self.hints), "conventions": list(self.conventions),
+            "inputs": list(self.cases_checked),
             "cases": [{"case": case, "bad_elements": bad, "elements": total} for case, bad, total in self.case_counts],
         }
 
@@ -119,6 +122,9 @@ class Report:
             lines.append(f"  hint: {hint}")
         for failure in self.failures:
             lines.append(f"  ✗ {failure}")
+        if self.cases_checked:
+            lines.append(f"  input cases: {len(self.cases_checked)} ({'; '.join(self.cases_checked[:3])}"
+                         + ("; …)" if len(self.cases_checked) > 3 else ")"))
         lines.append(
             f"  mode: {self.mode}; step h = {self.step:.3g} (absolute, float64 numerical side); seed {self.seed}"
         )
