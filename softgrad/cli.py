@@ -251,6 +251,10 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
     if against is not None and target is not None and formula is None and _is_tensor(against):
+        if targets is not None or layout != "classes-last" or reduction != "sum":
+            raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
+                                "the signature names each array (labels are passed as integers) and the spec says "
+                                "its reduction (a mean is '/ size(b)')")
         report = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on")
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text())
         sys.exit(0 if report.passed else 1)

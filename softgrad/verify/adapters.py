@@ -77,7 +77,8 @@ def _stateful_adapter(target: Any, signature: Signature, name: str) -> tuple[Ada
                             "forward computing what backward uses")
     required = [p for p in inspect.signature(_instance(target, name).backward).parameters.values()
                 if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    arguments = ", ".join("z" if r == "x" else r for r in signature.takes if r != "g")
+    arguments = ", ".join(name for name, r in zip(signature.input_names, signature.takes) if r != "g")
+    upstream_name = next((name for name, r in zip(signature.input_names, signature.takes) if r == "g"), "")
 
     def call(*arrays: np.ndarray) -> Any:
         layer = _instance(target, name)
@@ -92,7 +93,7 @@ def _stateful_adapter(target: Any, signature: Signature, name: str) -> tuple[Ada
             gradient = layer.backward()
         return _ordered(signature, _first(output), _first(gradient))
 
-    given = "g" if "g" in signature.takes else ("1" if required else "")
+    given = upstream_name or ("1" if required else "")
     return call, f"called as {name}().forward({arguments}), then .backward({given})"
 
 

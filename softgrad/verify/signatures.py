@@ -50,6 +50,11 @@ class Signature:
         return self.returns == ("J",)
 
     @property
+    def input_names(self) -> tuple[str, ...]:
+        """The inputs as the signature names them (z, labels, dout), in order."""
+        return tuple(self.text.split("->", 1)[0].split(","))
+
+    @property
     def has_targets(self) -> bool:
         return "t" in self.takes or "label" in self.takes
 
@@ -100,10 +105,15 @@ def _check_roles(signature: Signature) -> None:
     repeated = {r for r in takes + returns if (takes + returns).count(r) > 1}
     if repeated:
         raise SoftgradError(f"signature {text!r} names the {sorted(repeated)[0]} role twice")
-    if ("x" in takes) == ("y" in takes):
+    labels_hint = " (if y holds class labels, name it labels: 'x,labels->loss,dx')"
+    if "x" in takes and "y" in takes:
+        raise SoftgradError(f"signature {text!r} takes both the input x and the saved output y; a backward takes "
+                            "one of them" + (labels_hint if "g" not in takes else ""))
+    if "x" not in takes and "y" not in takes:
         raise SoftgradError(f"signature {text!r} must take the input x (or, for a backward from the saved output, y)")
     if "y" in takes and "g" not in takes:
-        raise SoftgradError(f"signature {text!r}: a backward from the saved output y also takes the upstream g")
+        raise SoftgradError(f"signature {text!r}: a backward from the saved output y also takes the upstream g"
+                            + labels_hint)
     if "J" in returns and (returns != ("J",) or takes != ("x",)):
         raise SoftgradError(f"signature {text!r}: a Jacobian is checked as x->J (one row in, n × n out)")
     if "dx" not in returns and "J" not in returns:
