@@ -248,3 +248,46 @@ def test_in_ci_the_frameworks_are_installed():
     if IN_CI:
         require_module("torch")
         require_module("jax")
+
+
+# --- targets as code takes them ----------------------------------------------------------------------------
+ONEHOT_ONLY = ("import numpy as np\n"
+               "def grad(z, t):\n"
+               "    assert set(np.unique(t)) <= {0.0, 1.0}, 'one-hot targets only'\n"
+               "    e = np.exp(z - z.max(1, keepdims=True))\n"
+               "    return e / e.sum(1, keepdims=True) - t\n")
+
+
+def test_code_that_asserts_one_hot_targets_is_checked_with_targets_onehot(tmp_path):
+    (tmp_path / "g.py").write_text(ONEHOT_ONLY)
+    default = run("g.py:grad", "--against", "cross-entropy-onehot", cwd=tmp_path)
+    assert default.returncode == 2 and "one-hot targets only" in default.stderr  # soft targets reached it
+    chosen = run("g.py:grad", "--against", "cross-entropy-onehot", "--targets", "onehot", cwd=tmp_path)
+    assert chosen.returncode == 0 and "one-hot targets: --targets onehot" in chosen.stdout, chosen.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--against", "cross-entropy-onehot", "--targets", "unnormalized"], "contradicts the spec"),
+    (["--against", "cross-entropy", "--targets", "labels"], "needs a signature that takes them"),
+    (["--against", "logsumexp", "--signature", "x,labels->dx"], "takes targets, but logsumexp has none"),
+    (["--against", "cross-entropy", "--signature", "z,labels->dz", "--targets", "soft"], "takes class labels"),
+    (["--against", "docs/examples/attention.spec", "--layout", "classes-first", "--signature", "Q,K,V,dO->dQ"],
+     "apply to one-index specs"),
+])
+def test_target_options_that_cannot_apply_are_one_line(tmp_path, args, fragment):
+    (tmp_path / "g.py").write_text(ONEHOT_ONLY)
+    root = Path(__file__).resolve().parent.parent
+    args = [str(root / a) if a.startswith("docs/") else a for a in args]
+    result = run("g.py:grad", *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
+def test_the_report_with_its_new_fields_follows_the_schema():
+    from test_json import validate
+
+    failed = _check("real_code", "softmax_loss_not_divided", "cross-entropy-onehot", "x,labels->loss,dx",
+                    {"reduction": "mean"})
+    data = failed.to_dict()
+    validate(data, "report-1")
+    assert data["conventions"][0].startswith("targets: class labels") and len(data["inputs"]) == 6
+    assert all(case["bad_elements"] <= case["elements"] for case in data["cases"])
