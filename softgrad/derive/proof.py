@@ -137,7 +137,8 @@ def _is_zero(difference: sp.Expr) -> bool:
         return atom(rebuilt)  # log(…), erf(…), H(…)
 
     try:
-        numerator, _ = sp.fraction(sp.cancel(sp.together(atomize(difference))))
+        # zero iff the numerator is: one fraction by together() is enough, cancel()'s gcd only costs time
+        numerator, _ = sp.fraction(sp.together(atomize(difference)))
         for root, (degree, radicand) in roots.items():  # reduce modulo s^q − u: 0 wherever s^q = u
             numerator = sp.rem(sp.expand(numerator), root**degree - radicand, root)
         return bool(sp.expand(numerator) == 0)
