@@ -2,7 +2,9 @@
 order, layer classes, torch and JAX custom gradients, the class axis first; each right one passes at
 every seed, each wrong one fails with the hint that names its mistake; and no verdict is unearned."""
 
+import functools
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -45,18 +47,46 @@ CORPUS_TABLE = [
 ]
 
 
+def require_installed(name):
+    """Like require_module, without importing it here: JAX in this process would make every later fork
+    (subprocess) unsafe, so JAX code is only ever run in verify's child process."""
+    if importlib.util.find_spec(name) is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+
+
 def _module(name):
     if name == "real_torch":
         require_module("torch")
-    if name == "real_jax":
-        require_module("jax")
     return importlib.import_module(name)
+
+
+@functools.cache
+def _isolated(module, name, signature):
+    """JAX code loaded once in its own child process (as the command line runs it), reused across seeds."""
+    from softgrad.verify.loaders import load_function
+
+    require_installed("jax")
+    _children.append(load_function(str(CORPUS / f"{module}.py:{name}"), signature, "float64"))
+    return _children[-1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_children():
+    yield
+    for function in _children:
+        function.close()
+
+
+_children = []
 
 
 def _check(module, name, spec, signature, options, seed=0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the naive code overflows, as it should
-        return check_gradient(getattr(_module(module), name), spec, signature, seed=seed, **options)
+        function = _isolated(module, name, signature) if module == "real_jax" else getattr(_module(module), name)
+        return check_gradient(function, spec, signature, seed=seed, **options)
 
 
 @pytest.mark.parametrize("module, right, wrong, spec, signature, options, hint", CORPUS_TABLE,
@@ -186,7 +216,7 @@ def test_the_command_line_checks_them_as_written(target, args, how):
     if "torch" in target:
         require_module("torch")
     if "jax" in target:
-        require_module("jax")
+        require_installed("jax")
     if target.endswith("classes_first"):
         require_tool("cc")
     result = run(target, *args, "--json")
@@ -247,7 +277,7 @@ def test_signatures_read_names_in_any_order():
 def test_in_ci_the_frameworks_are_installed():
     if IN_CI:
         require_module("torch")
-        require_module("jax")
+        require_installed("jax")
 
 
 # --- targets as code takes them ----------------------------------------------------------------------------

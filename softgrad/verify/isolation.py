@@ -181,7 +181,10 @@ class IsolatedFunction:
 
     def __del__(self) -> None:
         if getattr(self, "_process", None) is not None and self._requests != -1:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # at interpreter exit the modules close() uses may already be gone
+                pass
 
 
 class NotAnArray:
