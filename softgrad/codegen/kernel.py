@@ -12,7 +12,7 @@ import sympy as sp
 
 from softgrad.derive.symbols import index, softplus
 
-__all__ = ["COLUMN", "LOOP", "Kernel", "Output", "Reduction", "guarded_product", "softplus"]
+__all__ = ["COLUMN", "LOOP", "Kernel", "Output", "Reduction", "guarded_product", "power_of", "softplus"]
 
 LOOP = index("i")
 COLUMN = index("j")
@@ -20,6 +20,13 @@ COLUMN = index("j")
 
 class guarded_product(sp.Function):
     """a·b, but 0 where a = 0 even if b is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite."""
+
+    nargs = 2
+
+
+class power_of(sp.Function):
+    """base^k for a small integer k, kept as it is (SymPy would turn exp(u)^2 back into exp(2u)): the C
+    printer multiplies it out, so exp(2u) costs one exponential where exp(u) is computed anyway."""
 
     nargs = 2
 

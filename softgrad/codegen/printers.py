@@ -19,11 +19,12 @@ from sympy.printing.numpy import NumPyPrinter
 from softgrad.codegen.kernel import COLUMN, LOOP
 from softgrad.derive.symbols import n
 
-_expand_small_powers = create_expand_pow_optimization(4)
+# any base, not only symbols: (x − t)² is (x − t)·(x − t), which the compiler computes once, never pow()
+_expand_small_powers = create_expand_pow_optimization(4, base_req=lambda base: True)
 
 
 def prepare(expr: sp.Expr) -> sp.Expr:
-    """x**2 → x*x (small integer powers are cheaper and as exact multiplied out)."""
+    """u**2 → u*u (small integer powers are cheaper and as exact multiplied out, whatever u is)."""
     return optimize(expr, [_expand_small_powers])
 
 
@@ -111,6 +112,12 @@ class CKernelPrinter(C99CodePrinter):
 
     def _print_softplus(self, expr: Any) -> Any:
         return f"softgrad_softplus{self.suffix}({self._print(expr.args[0])})"
+
+    def _print_power_of(self, expr: Any) -> Any:
+        """base^k multiplied out (|k| ≤ 4): the base is a CSE temporary or a call the compiler computes once."""
+        base, power = self.parenthesize(expr.args[0], 60), int(expr.args[1])
+        product = "*".join([base] * abs(power))
+        return product if power > 0 else f"1.0{self.suffix and 'f'}/({product})"
 
     def _print_sigmoid(self, expr: Any) -> Any:
         return f"softgrad_sigmoid{self.suffix}({self._print(expr.args[0])})"

@@ -16,7 +16,7 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Reduction, softplus
+from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Reduction, power_of, softplus
 from softgrad.derive.symbols import sigmoid
 
 EXPENSIVE = (sp.exp, sp.log, sigmoid, softplus, sp.Pow)
@@ -114,6 +114,24 @@ def _stash(kernel: Kernel, levels: list[list[Reduction]]) -> tuple[int, sp.Expr,
     return best[1], best[2], output.name
 
 
+def shared_exponentials(expressions: list[sp.Expr]) -> list[sp.Expr]:
+    """exp(k·u) as exp(u)^k where a pass also computes exp(u) (k = 2, 3, 4, −1, −2): one exponential per
+    entry instead of two (focal loss's p², Σ p²). exp(u)^k is within a few ulp of exp(k·u), and they
+    overflow and underflow together up to the subnormal range."""
+    exponentials = sorted({e for x in expressions for e in x.atoms(sp.exp) if _varies(e)},
+                          key=lambda e: (sp.count_ops(e), sp.default_sort_key(e)))
+    replacements: dict[sp.Expr, sp.Expr] = {}
+    for candidate in exponentials:
+        for base in exponentials:
+            if base is candidate or base in replacements or not base.args[0].free_symbols:
+                continue
+            ratio = sp.cancel(candidate.args[0] / base.args[0])
+            if ratio.is_Integer and ratio in (2, 3, 4, -1, -2):
+                replacements[candidate] = power_of(base, ratio)
+                break
+    return [x.xreplace(replacements) for x in expressions] if replacements else expressions
+
+
 def _common_subexpressions(expressions: list[sp.Expr], prefix: str) -> tuple[list[Any], list[sp.Expr]]:
     if not expressions:
         return [], []
@@ -121,9 +139,11 @@ def _common_subexpressions(expressions: list[sp.Expr], prefix: str) -> tuple[lis
     return replacements, reduced
 
 
-def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
+def schedule(kernel: Kernel, materialize_sums: bool = False, share_exponentials: bool = False) -> Schedule:
     """The loops of a kernel. materialize_sums: also give every Σ read inside a loop a per-row copy
-    (a float32 C kernel accumulates in double but computes entries in float)."""
+    (a float32 C kernel accumulates in double but computes entries in float). share_exponentials: compute
+    exp(k·u) from exp(u) (see shared_exponentials; the printer must know power_of)."""
+    share = shared_exponentials if share_exponentials else (lambda expressions: expressions)
     levels = kernel.levels()
     stash = _stash(kernel, levels)
     row_names = sp.numbered_symbols("_row", real=True)
@@ -144,7 +164,7 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
         stored = []
         if stash and stash[0] == number:
             stored = [stash[1]]
-        before, rewritten = hoisted(bodies + stored)
+        before, rewritten = hoisted(share(bodies + stored))
         temporaries, reduced = _common_subexpressions(rewritten, f"_t{number}_")
         loop = Loop(before, temporaries, [(r.symbol, r.op, body) for r, body in zip(group, reduced)])
         if stored and stash is not None:
@@ -161,7 +181,7 @@ def schedule(kernel: Kernel, materialize_sums: bool = False) -> Schedule:
         if stash:
             read_back = sp.IndexedBase(stash[2])[LOOP]
             expressions = [e.xreplace({stash[1]: read_back}) for e in expressions]
-        before, rewritten = hoisted(expressions)
+        before, rewritten = hoisted(share(expressions))
         temporaries, reduced = _common_subexpressions(rewritten, "_e")
         output_loop = Loop(before, temporaries, [], [(o.name, e) for o, e in zip(vector_outputs, reduced)])
     return Schedule(kernel, reduction_loops, scalar_temporaries,

@@ -41,7 +41,7 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
     """What the C templates show of one kernel."""
     entry_dtype = "float64" if kernel.explicit_jacobian else dtype
     entry_type, suffix = _CTYPE[entry_dtype], _SUFFIX[entry_dtype]
-    plan = schedule(kernel, materialize_sums=entry_dtype == "float32")
+    plan = schedule(kernel, materialize_sums=entry_dtype == "float32", share_exponentials=True)
     entry = CKernelPrinter(entry_dtype, vector_exp=True)
     row = CKernelPrinter("float64")
 
