@@ -94,6 +94,7 @@ def test_a_float_accumulator_in_a_double_kernel_is_caught():
                              "float64")
     report = check_gradient(function, "softmax", "x,g->dx", n=50)
     assert not report.passed, report.text()
+    assert any("accumulated in float32" in hint for hint in report.hints), report.text()
 
 
 def test_the_exact_result_sees_errors_below_finite_differences():

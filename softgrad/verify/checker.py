@@ -79,8 +79,9 @@ def verify(
             outputs = call_under_test(function, signature, arrays, dtype, layout)
         except WrongOutput as wrong:
             report.fail(f"{wrong} (inputs: {case.name})")
-            report.case_counts.append((case.name, x.size, x.size))
-            report.bad_elements += x.size
+            bad = x.size if wrong.bad is None else min(wrong.bad, x.size)
+            report.case_counts.append((case.name, bad, x.size))
+            report.bad_elements += bad
             report.elements += x.size
             continue
         if reduction == "mean" and "dx" in outputs:

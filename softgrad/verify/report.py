@@ -116,6 +116,9 @@ class Report:
             lines += [f"    {bad} of {total} with {case}" for case, bad, total in self.case_counts]
             if w.kink:
                 lines.append("  note: the finite difference crossed a kink (the row's argmax changed)")
+        elif self.case_counts and not self.passed:  # results wrong by themselves (NaN, …): no worst element
+            lines.append(f"  bad elements: {self.bad_elements} of {self.elements}")
+            lines += [f"    {bad} of {total} with {case}" for case, bad, total in self.case_counts]
         for line in self.conventions:
             lines.append(f"  {line}")
         for hint in self.hints:

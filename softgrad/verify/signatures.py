@@ -134,7 +134,12 @@ def describe_failure(problem: BaseException) -> str:
 
 class WrongOutput(Exception):
     """The function ran, but what it did cannot be a correct gradient (NaN or inf for finite inputs,
-    complex or integer values, lower precision than asked for, inputs changed in place): a FAIL."""
+    complex or integer values, lower precision than asked for, inputs changed in place): a FAIL.
+    `bad` counts the elements that are wrong by themselves (None: the whole result)."""
+
+    def __init__(self, message: str, bad: int | None = None) -> None:
+        super().__init__(message)
+        self.bad = bad
 
 
 def call_under_test(function: Callable[..., Any], signature: Signature, arrays: Arrays, dtype: Any,
@@ -216,7 +221,8 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
             value = np.ascontiguousarray(value.T)
         if not np.isfinite(value).all():
             where = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
-            raise WrongOutput(f"the function's {role} is {value[where]} at {where} for finite inputs")
+            raise WrongOutput(f"the function's {role} is {value[where]} at {where} for finite inputs",
+                              int((~np.isfinite(value)).sum()))
         checked[role] = value
     return checked
 
