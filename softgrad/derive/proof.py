@@ -139,9 +139,15 @@ def _is_zero(difference: sp.Expr) -> bool:
     try:
         # zero iff the numerator is: one fraction by together() is enough, cancel()'s gcd only costs time
         numerator, _ = sp.fraction(sp.together(atomize(difference)))
+        numerator = sp.expand(numerator)
         for root, (degree, radicand) in roots.items():  # reduce modulo s^q − u: 0 wherever s^q = u
-            numerator = sp.rem(sp.expand(numerator), root**degree - radicand, root)
-        return bool(sp.expand(numerator) == 0)
+            # s^q − u is monic in s, so the remainder is s^k → s^(k mod q)·u^(k div q), repeated until no
+            # power of s reaches q: what rem() computes, without building polynomials over every symbol
+            while high := [p for p in numerator.atoms(sp.Pow)
+                           if p.base == root and p.exp.is_Integer and p.exp >= degree]:
+                numerator = sp.expand(numerator.xreplace(
+                    {p: root ** (p.exp % degree) * radicand ** (p.exp // degree) for p in high}))
+        return bool(numerator == 0)
     except (sp.PolynomialError, RecursionError, ValueError, TypeError):
         return False
 
