@@ -321,3 +321,11 @@ def test_the_report_with_its_new_fields_follows_the_schema():
     validate(data, "report-1")
     assert data["conventions"][0].startswith("targets: class labels") and len(data["inputs"]) == 6
     assert all(case["bad_elements"] <= case["elements"] for case in data["cases"])
+
+
+def test_the_python_api_refuses_one_index_options_for_tensor_specs():
+    from softgrad.errors import SoftgradError
+
+    spec = str(Path(__file__).resolve().parent.parent / "docs" / "examples" / "attention.spec")
+    with pytest.raises(SoftgradError, match="apply to one-index specs"):
+        check_gradient(lambda *arrays: arrays, spec, "Q,K,V,dO->dQ", layout="classes-first")

@@ -49,6 +49,9 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
         from softgrad.derive import load_spec
 
         if load_spec(against).tensor:
+            if targets is not None or layout != "classes-last" or reduction != "sum":
+                raise SoftgradError("targets, layout and reduction apply to one-index specs; with several indices "
+                                    "the signature names each array and the spec says its reduction")
             return _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {}, extremes,
                                  label)
     if (against is None) == (forward is None):
