@@ -10,8 +10,8 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 from softgrad.codegen.emit import emit
 from softgrad.derive import CATALOG, derive_spec, load_spec
 
-CALL = re.compile(r"\b(softgrad_exp|softgrad_sigmoid|softgrad_softplus|exp|expm1|log|log1p|pow|sqrt|tanh|erf|erfc)"
-                  r"f?\(")
+CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|sigmoid|softplus)"
+                  r"|exp|expm1|log|log1p|pow|sqrt|tanh|erf|erfc)f?\(")
 #: One pass over a row's entries (the streamed chunk loop stands for the head and tail copies of its pass).
 PASS = re.compile(r"for \(size_t _i = (?:0; _i < n|_start; _i < _start \+ SOFTGRAD_CHUNK); \+\+_i\) \{")
 KINDS = ("loss_and_grad", "vjp_from_output", "jacobian", "vjp", "forward")

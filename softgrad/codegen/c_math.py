@@ -9,6 +9,17 @@ degree whose error is below an eighth of the type's unit roundoff; 2^k applied a
 h = round(k / 2), both normal numbers, so that results in the subnormal range are rounded once and
 correctly. v is first clamped to a range whose ends give +inf and 0, which also makes ±inf exact;
 NaN passes through the clamps and the arithmetic unchanged. Tested within 2 ulp against mpmath.
+
+The others, each from polynomials fitted here and branch-free in the same way:
+
+- log(v) = k ln 2 + log m with m = v / 2^k in [√½, √2) read from v's bits (subnormals scaled first), and
+  log m = 2 atanh(s), s = (m − 1)/(m + 1), summed in fdlibm's order (f − ½f² + s(½f² + R)) so that the
+  result is within an ulp; 0 → −inf, negatives → NaN, +inf and NaN through selects.
+- log1p(v) = log(u) + (v − (u − 1))/u with u = 1 + v: the second term is the rounding error of u.
+- expm1(v) = 2^k (p + 1 − 2^−k) with p = expm1(r) = r + r²Q(r) on the exp's reduced argument, corrected
+  for r's own rounding error; for |v| ≤ ln 2 / 2, k = 0 and the result is p itself (no cancellation).
+- tanh(v) = sign(v) e/(e + 2) with e = expm1(2|v|), or an odd polynomial for |v| < 0.55 where that
+  quotient would round twice too often.
 """
 
 from __future__ import annotations
@@ -55,6 +66,70 @@ def _split_ln2(form: _Format) -> tuple[float, float]:
         return high, float(form.numpy_type(float(ln2 - high)))
 
 
+def _fit(function: Any, interval: tuple[Any, Any], tolerance: Any) -> tuple[float, ...]:
+    """Coefficients (constant term first) of the lowest-degree Chebyshev fit to `function` on `interval`
+    whose largest error is below `tolerance` (all mpmath numbers; called inside a workprec block)."""
+    for degree in range(1, 30):
+        coefficients, error = mpmath.chebyfit(function, list(interval), degree + 1, error=True)
+        if error <= tolerance:
+            return tuple(float(c) for c in reversed(coefficients))
+    raise AssertionError("no polynomial is accurate enough")
+
+
+def _series(terms: Any) -> Any:
+    """A function of w summing terms(k, w) for k = 0, 1, … until they vanish (exact near w = 0)."""
+    def evaluate(w: Any) -> Any:
+        total, k = mpmath.mpf(0), 0
+        while True:
+            term = terms(k, w)
+            total += term
+            if abs(term) < mpmath.mpf(2) ** -150 * abs(total) or k > 400:
+                return total
+            k += 1
+    return evaluate
+
+
+@cache
+def log_polynomial(dtype: str) -> tuple[float, ...]:
+    """R(z)/z for log's 2 atanh(s) = 2s + s·R(s²): the series Σ 2z^k/(2k + 3), fitted on s² ≤ (3 − 2√2)²,
+    accurate enough that s·R stays within 1/8 of the unit roundoff of log m ≈ 2s."""
+    form = _FORMATS[dtype]
+    with mpmath.workprec(160):
+        top = ((mpmath.sqrt(2) - 1) / (mpmath.sqrt(2) + 1)) ** 2 * mpmath.mpf(1.02)
+        tolerance = mpmath.mpf(2) ** -(form.mantissa_bits + 1) / (4 * top)
+        return _fit(_series(lambda k, z: 2 * z ** k / (2 * k + 3)), (mpmath.mpf(0), top), tolerance)
+
+
+@cache
+def expm1_polynomial(dtype: str) -> tuple[float, ...]:
+    """Q(r) = (e^r − 1 − r)/r² = Σ r^k/(k + 2)! on |r| ≤ ln 2 / 2 (widened a little, as for exp)."""
+    form = _FORMATS[dtype]
+    with mpmath.workprec(160):
+        radius = mpmath.log(2) / 2 * mpmath.mpf(1.01)
+        tolerance = mpmath.mpf(2) ** -(form.mantissa_bits + 1) / (8 * radius)
+        return _fit(_series(lambda k, r: r ** k / mpmath.factorial(k + 2)), (-radius, radius), tolerance)
+
+
+#: Below this |v|, tanh is an odd polynomial; above it, e/(e + 2) with e = expm1(2|v|) ≥ 2 rounds well.
+TANH_POLYNOMIAL_BELOW = 0.55
+
+
+@cache
+def tanh_polynomial(dtype: str) -> tuple[float, ...]:
+    """T(w) with tanh(v) = v + v³·T(v²) for |v| < 0.55, from tanh's own values at high precision."""
+    form = _FORMATS[dtype]
+    with mpmath.workprec(400):  # tanh(√w) − √w cancels: plenty of bits for the smallest nodes
+        top = mpmath.mpf(TANH_POLYNOMIAL_BELOW) ** 2 * mpmath.mpf(1.01)
+        tolerance = mpmath.mpf(2) ** -(form.mantissa_bits + 1) / (8 * top)
+
+        def function(w: Any) -> Any:
+            if w < mpmath.mpf(2) ** -60:
+                return mpmath.mpf(-1) / 3 + 2 * w / 15
+            root = mpmath.sqrt(w)
+            return (mpmath.tanh(root) - root) / (w * root)
+        return _fit(function, (mpmath.mpf(0), top), tolerance)
+
+
 @cache
 def polynomial(dtype: str) -> tuple[float, ...]:
     """Coefficients (constant term first) of the lowest-degree Chebyshev fit to exp on |r| ≤ ln 2 / 2
@@ -84,6 +159,20 @@ def helper_types(dtype: str) -> list[dict[str, Any]]:
     return [_helper_values("float64")] + ([_helper_values("float32")] if dtype == "float32" else [])
 
 
+def _bits(value: float, form: _Format) -> int:
+    """The bits of value rounded to the type, as an unsigned integer."""
+    return int(np.array([value], dtype=form.numpy_type).view(f"u{np.dtype(form.numpy_type).itemsize}")[0])
+
+
+def _horner(coefficients: tuple[float, ...], variable: str, form: _Format) -> str:
+    """c0 + v * (c1 + v * (…)) with exact hexadecimal literals."""
+    literals = [_literal(c, form) for c in coefficients]
+    horner = literals[-1]
+    for coefficient in reversed(literals[:-1]):
+        horner = f"{coefficient} + {variable} * ({horner})"
+    return horner
+
+
 _VECTOR_STORES = {  # (dtype, instruction set) → (lanes, stream intrinsic, unaligned load intrinsic)
     ("float64", "__AVX__"): (4, "_mm256_stream_pd", "_mm256_loadu_pd"),
     ("float64", "__SSE2__"): (2, "_mm_stream_pd", "_mm_loadu_pd"),
@@ -97,10 +186,6 @@ def _helper_values(dtype: str) -> dict[str, Any]:
     """The numbers of one floating type's helpers, as C literals: exp's clamps, Cody–Waite ln 2, the
     rounding constant and the Horner form of its polynomial; the vector stores of softgrad_stream."""
     form = _FORMATS[dtype]
-    coefficients = [_literal(c, form) for c in polynomial(dtype)]
-    horner = coefficients[-1]
-    for coefficient in reversed(coefficients[:-1]):
-        horner = f"{coefficient} + r * ({horner})"
     high, low = _split_ln2(form)
     streams = []
     for isa in ("__AVX__", "__SSE2__"):
@@ -108,7 +193,20 @@ def _helper_values(dtype: str) -> dict[str, Any]:
         streams.append({"isa": isa, "lanes": lanes, "stream": stream, "load": load,
                         "alignment": lanes * (8 if dtype == "float64" else 4) - 1})
     return {
-        "t": form.ctype, "s": form.suffix, "bits": form.integer_type, "horner": horner,
+        "t": form.ctype, "s": form.suffix, "bits": form.integer_type,
+        "horner": _horner(polynomial(dtype), "r", form), "log_horner": _horner(log_polynomial(dtype), "z", form),
+        "expm1_horner": _horner(expm1_polynomial(dtype), "r", form),
+        "tanh_horner": _horner(tanh_polynomial(dtype), "w", form),
+        "tanh_polynomial_below": _literal(TANH_POLYNOMIAL_BELOW, form),
+        "tanh_saturates": _literal(20.0 if dtype == "float64" else 10.0, form),  # tanh rounds to 1 beyond
+        "expm1_low": _literal(-40.0 if dtype == "float64" else -20.0, form),  # expm1 rounds to −1 below
+        # log: adding this to v's bits carries m's exponent into k exactly when m ≥ √½
+        "log_offset": f"0x{_bits(1.0, form) - _bits(float(mpmath.sqrt(0.5)), form):x}u",
+        "exponent_mask_bits": f"0x{_bits(2.0 ** form.mantissa_bits, form):x}u",  # the float 2^mantissa_bits
+        "exponent_magic": _literal(2.0 ** form.mantissa_bits + form.exponent_bias, form),
+        "magic_bits": f"0x{_bits(1.5 * 2.0 ** form.mantissa_bits, form):x}u",
+        "smallest_normal": _literal(float(np.finfo(form.numpy_type).tiny), form),
+        "subnormal_shift": form.mantissa_bits + 2, "subnormal_scale": _literal(2.0 ** (form.mantissa_bits + 2), form),
         "low": _literal(form.low, form), "high": _literal(form.high, form),
         "magic": _literal(1.5 * 2.0 ** form.mantissa_bits, form), "log2e": _literal(float(1 / mpmath.log(2)), form),
         "half": _literal(0.5, form), "ln2_high": _literal(high, form), "ln2_low": _literal(low, form),

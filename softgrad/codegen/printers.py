@@ -85,7 +85,8 @@ class NumpyKernelPrinter(NumPyPrinter):
 
 
 class CKernelPrinter(C99CodePrinter):
-    """C99 for one row: an entry x_i is x_row[i]; float32 kernels use the f-suffixed functions."""
+    """C99 for one row: an entry x_i is x_row[i]; float32 kernels use the f-suffixed functions, and loop
+    bodies (vector_exp) softgrad's vectorizable exp, log, log1p, expm1, tanh and σ."""
 
     def __init__(self, dtype: str = "float64", vector_exp: bool = False):
         settings = {"type_aliases": {real: float32 if dtype == "float32" else float64}}
@@ -94,10 +95,28 @@ class CKernelPrinter(C99CodePrinter):
         self.vector_exp = vector_exp  # loop bodies call softgrad_exp, which vectorizes; per-row code calls libm
         self.math_macros: dict[Any, str] = {}  # constants as numbers: M_SQRT1_2 and friends are not ISO C
 
-    def _print_exp(self, expr: Any) -> Any:
+    def _vector_call(self, expr: Any, name: str) -> Any:
+        """softgrad's branch-free version of a libm function inside loops (it vectorizes); libm elsewhere."""
         if not self.vector_exp:
-            return super()._print_exp(expr)
-        return f"softgrad_exp{self.suffix}({self._print(expr.args[0])})"
+            return getattr(super(), f"_print_{name}")(expr)
+        return f"softgrad_{name}{self.suffix}({self._print(expr.args[0])})"
+
+    def _print_exp(self, expr: Any) -> Any:
+        return self._vector_call(expr, "exp")
+
+    def _print_log(self, expr: Any) -> Any:
+        if len(expr.args) != 1:  # log(x, base) never reaches here: SymPy writes it as a quotient of logs
+            return super()._print_log(expr)
+        return self._vector_call(expr, "log")
+
+    def _print_log1p(self, expr: Any) -> Any:
+        return self._vector_call(expr, "log1p")
+
+    def _print_expm1(self, expr: Any) -> Any:
+        return self._vector_call(expr, "expm1")
+
+    def _print_tanh(self, expr: Any) -> Any:
+        return self._vector_call(expr, "tanh")
 
     def _print_Indexed(self, expr: Any) -> Any:
         position = "_i" if expr.indices[0] == LOOP else "_j"

@@ -20,9 +20,11 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang. */
+/* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
+ * and all are inlined always: a loop that calls one (softplus holds a log1p, a log and an exp) vectorizes
+ * only if each is inlined, which gcc's size limits would otherwise refuse when a body calls it twice. */
 #if defined(__GNUC__)
-#define SOFTGRAD_HELPER static inline __attribute__((unused))
+#define SOFTGRAD_HELPER static inline __attribute__((unused, always_inline))
 #else
 #define SOFTGRAD_HELPER static inline
 #endif
@@ -83,18 +85,83 @@ SOFTGRAD_HELPER double softgrad_exp(double v)
     return p * first * second;
 }
 
+/* log(v) without branches: k ln 2 + log m, m = v / 2^k in [√½, √2) read from the bits (subnormals scaled
+ * up first), log m = 2 atanh((m − 1)/(m + 1)) summed as fdlibm does; within 2 ulp, log 0 = −inf,
+ * log(+inf) = +inf, negatives and NaN give NaN. Made by softgrad.codegen.c_math. */
+SOFTGRAD_HELPER double softgrad_log(double v)
+{
+    const int subnormal = v < 0x1p-1022;
+    const double scaled = softgrad_select(subnormal, v * 0x1p+54, v);
+    const uint64_t exponent = (softgrad_bits(scaled) + 0x95f619980c433u) >> 52; /* k + bias */
+    const double m = softgrad_from_bits(softgrad_bits(scaled) - ((exponent - 1023u) << 52));
+    const double k = softgrad_from_bits(exponent | 0x4330000000000000u) - 0x1.00000000003ffp+52
+        - softgrad_select(subnormal, 54, 0);
+    const double f = m - 1;
+    const double s = f / (2 + f);
+    const double z = s * s;
+    const double R = z * (0x1.5555555555558p-1 + z * (0x1.99999999949dp-2 + z * (0x1.2492492eefe17p-2 + z * (0x1.c71c61a40ddfbp-3 + z * (0x1.74630f3e18fa7p-3 + z * (0x1.39f2bba043e06p-3 + z * (0x1.2be6c99b32a48p-3)))))));
+    const double half_square = 0x1p-1 * f * f;
+    double result = k * 0x1.62e42fecp-1 - ((half_square - (s * (half_square + R) + k * 0x1.d1cf79abc9e3bp-32)) - f);
+    result = softgrad_select(v == 0, -INFINITY, result);
+    result = softgrad_select(v < 0, NAN, result);
+    return softgrad_select((v == INFINITY) | (v != v), v, result);
+}
+
+/* log(1 + v): log(u) for u = 1 + v, plus the rounding error of u divided by u */
+SOFTGRAD_HELPER double softgrad_log1p(double v)
+{
+    const double u = 1 + v;
+    const double error = softgrad_select(fabs(v) < 1, v - (u - 1), 1 - (u - v)); /* exact */
+    const double correction = error / u;
+    return softgrad_log(u) + softgrad_select(correction != correction, 0, correction); /* 0/0, inf−inf */
+}
+
+/* e^v − 1 without branches: 2^k (p + 1 − 2^−k), p = expm1(r) on exp's reduced argument r (and r's rounding
+ * error); k = 0 for |v| ≤ ln 2 / 2, where the result is p itself. Within 2 ulp, −inf → −1, +inf → +inf. */
+SOFTGRAD_HELPER double softgrad_expm1(double v)
+{
+    v = softgrad_select(v < -0x1.4p+5, -0x1.4p+5, v);
+    v = softgrad_select(v > 0x1.63p+9, 0x1.63p+9, v);
+    const double rounded = v * 0x1.71547652b82fep+0 + 0x1.8p+52;
+    const double k = rounded - 0x1.8p+52;
+    const double half = k * 0x1p-1 + 0x1.8p+52;
+    const double high = v - k * 0x1.62e42fecp-1; /* exact */
+    const double r = high - k * 0x1.d1cf79abc9e3bp-32;
+    const double lost = (high - r) - k * 0x1.d1cf79abc9e3bp-32; /* what rounding r dropped */
+    const double p = r + r * r * (0x1p-1 + r * (0x1.5555555555557p-3 + r * (0x1.5555555555556p-5 + r * (0x1.111111110ff87p-7 + r * (0x1.6c16c16c16212p-10 + r * (0x1.a01a01aca0134p-13 + r * (0x1.a01a01a741b3cp-16 + r * (0x1.71ddffef9e7b1p-19 + r * (0x1.27e4da1a3bf04p-22 + r * (0x1.af52906239de4p-26 + r * (0x1.1f75aba0b1e2ep-29)))))))))));
+    const double corrected = p + lost * (1 + p);
+    const double first = softgrad_from_bits((softgrad_bits(rounded) - softgrad_bits(half) + 1023u) << 52);
+    const double second = softgrad_from_bits((softgrad_bits(half) - 0x4338000000000000u + 1023u) << 52);
+    const double inverse = softgrad_from_bits((softgrad_bits(half) - softgrad_bits(rounded) + 1023u) << 52)
+        * softgrad_from_bits((0x4338000000000000u - softgrad_bits(half) + 1023u) << 52);
+    return (corrected + (1 - inverse)) * first * second;
+}
+
+/* tanh(v) without branches: an odd polynomial for |v| < 0x1.199999999999ap-1, else sign(v) e/(e + 2), e = expm1(2|v|) */
+SOFTGRAD_HELPER double softgrad_tanh(double v)
+{
+    double a = fabs(v);
+    a = softgrad_select(a > 0x1.4p+4, 0x1.4p+4, a);
+    const double e = softgrad_expm1(2 * a);
+    const double w = a * a;
+    const double small = a + a * w * (-0x1.5555555555555p-2 + w * (0x1.111111111101cp-3 + w * (-0x1.ba1ba1b9fc45dp-5 + w * (0x1.664f48762f2c5p-6 + w * (-0x1.226e32c729cb4p-7 + w * (0x1.d6d330d173fd3p-9 + w * (-0x1.7d974a77b259bp-10 + w * (0x1.34c08c6bae289p-11 + w * (-0x1.ebd42b2f4b5ap-13 + w * (0x1.64387f4139499p-14 + w * (-0x1.57873eacad105p-16)))))))))));
+    return copysign(softgrad_select(a < 0x1.199999999999ap-1, small, e / (e + 2)), v);
+}
+
 SOFTGRAD_HELPER double softgrad_max(double a, double b) { return b > a ? b : a; } /* a max reduction gcc vectorizes */
 
 /* w·f, but 0 where w = 0 even if f is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite */
 SOFTGRAD_HELPER double softgrad_guarded(double w, double f) { return softgrad_select(w == 0, 0, w * f); }
 
-/* σ(u) and log(1 + exp(v)) without overflow: exp is only ever taken of −|u| */
+/* σ(u) and log(1 + exp(v)) without overflow: exp is only ever taken of −|u|; σ within 2 ulp */
 SOFTGRAD_HELPER double softgrad_sigmoid(double u)
 {
     const double e = softgrad_exp(-fabs(u));
-    return softgrad_select(u >= 0, 1 / (1 + e), e / (1 + e));
+    const double d = 1 + e;
+    const double quotient = softgrad_select(u >= 0, 1, e) / d;
+    return quotient - quotient * (((1 - d) + e) / d); /* (1 − d) + e: what rounding 1 + e dropped, exactly */
 }
-SOFTGRAD_HELPER double softgrad_softplus(double v) { return fmax(v, 0) + log1p(softgrad_exp(-fabs(v))); }
+SOFTGRAD_HELPER double softgrad_softplus(double v) { return softgrad_max(v, 0) + softgrad_log1p(softgrad_exp(-fabs(v))); }
 
 SOFTGRAD_HELPER void softgrad_stream(double *restrict destination, const double *restrict chunk, size_t count)
 {
