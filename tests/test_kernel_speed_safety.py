@@ -3,6 +3,8 @@ vectorize, OpenMP rows equal to serial rows, row-blocked NumPy with out= and rag
 schedule computing each exp once. (Speed itself is measured in bench/kernels.py, not here.)"""
 
 import ctypes
+import inspect
+import os
 import subprocess
 import sys
 
@@ -217,6 +219,67 @@ def test_openmp_rows_give_the_serial_results_bit_for_bit(tmp_path):
         results.append(kernels.cross_entropy_loss_and_grad(x, t))
     for serial, threaded in zip(*results):
         np.testing.assert_array_equal(serial, threaded)
+
+
+def _threaded_kernels(derivation, kernels, folder, split_from: int, stream: bool):
+    """The OpenMP build of a derivation's kernels, rows of split_from entries or more split over threads
+    (and, with stream, every output streamed out in chunks of 16 entries)."""
+    files = emit(derivation, "c", kernels, openmp=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    library = compile_shared(folder / f"{files.module}.c", folder / f"lib{files.module}.so", openmp=True,
+                             extra_flags=[f"-DSOFTGRAD_SPLIT_MIN={split_from}"]
+                             + (["-DSOFTGRAD_STREAM_MIN_BYTES=1", "-DSOFTGRAD_CHUNK=16"] if stream else []))
+    return import_path(folder / f"{files.module}_ctypes.py").load(library)
+
+
+def _as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _set_openmp_threads(count: int) -> None:
+    import ctypes.util
+    ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1").omp_set_num_threads(count)
+
+
+LAYER_NORM = "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; y[i] = (x[i] - m)/sqrt(v + 0.00001)"
+
+
+@pytest.mark.parametrize("name", ["cross-entropy", "softmax", "kl-divergence", LAYER_NORM])
+@pytest.mark.parametrize("stream", [False, True], ids=["stores", "streaming stores"])
+def test_long_rows_split_over_threads_agree_with_serial_and_repeat_bit_for_bit(tmp_path, name, stream):
+    """Rows split over 2 and 3 threads (the split forced on for short rows, odd lengths so that slices are
+    uneven): the serial results to rounding, every run the same bits, a masked row still finite."""
+    require_tool("cc")
+    derivation = softgrad.derive(name)
+    kernels = [k for k in ("forward", "vjp", "loss_and_grad") if k in applicable_kernels(derivation)]
+    rng = np.random.default_rng(5)
+    rows, n = 4, 1001
+    arrays = {"x": rng.normal(0, 4, (rows, n)), "z": rng.normal(0, 4, (rows, n)), "g": rng.normal(size=(rows, n)),
+              "t": rng.dirichlet(np.ones(n), rows), "q": rng.dirichlet(np.ones(n), rows)}
+    arrays["x"][1, :] = arrays["z"][1, :] = -np.inf if name == "cross-entropy" else arrays["x"][1, :]
+    if name == "cross-entropy":
+        arrays["t"][1, :] = 0
+    serial_folder, threaded_folder = tmp_path / "serial", tmp_path / "threaded"
+    serial_folder.mkdir()
+    threaded_folder.mkdir()
+    serial = load_c(emit(derivation, "c", kernels), serial_folder)
+    threaded = _threaded_kernels(derivation, kernels, threaded_folder, split_from=64, stream=stream)
+    try:
+        for kernel in kernels:
+            function_name = next(f for f in dir(serial) if f.endswith("_" + kernel))
+            inputs = [arrays[argument] for argument in
+                      [p for p in inspect.signature(getattr(serial, function_name)).parameters if p in arrays]]
+            expected = getattr(serial, function_name)(*inputs)
+            for threads in (2, 3):
+                _set_openmp_threads(threads)
+                first = getattr(threaded, function_name)(*inputs)
+                second = getattr(threaded, function_name)(*inputs)
+                for a, b, reference in zip(_as_tuple(first), _as_tuple(second), _as_tuple(expected)):
+                    np.testing.assert_array_equal(a, b)
+                    np.testing.assert_allclose(a, reference, rtol=1e-12, atol=1e-14)
+    finally:
+        _set_openmp_threads(os.cpu_count() or 1)
 
 
 def test_streaming_stores_give_the_cached_results_bit_for_bit(tmp_path):

@@ -35,6 +35,9 @@ class PrintedLoop:
     temporaries: list[tuple[str, str]]
     accumulations: list[str]
     stores: list[tuple[str, str]]
+    #: (accumulator, combining statement template, slot) for rows split over threads: each thread's
+    #: partial goes to its slot, then every thread combines the slots in thread order
+    partials: list[tuple[str, str, int]]
 
 
 def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
@@ -50,6 +53,8 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
         assert_printable(expr)
         return str(printer.doprint(expr))
 
+    slots = iter(range(10**6))
+
     def loop(item: Loop, cast: str = "") -> PrintedLoop:
         maxima = [str(s) for s, op, _ in item.reductions if op == "max"]
         sums = [str(s) for s, op, _ in item.reductions if op == "sum"]
@@ -64,13 +69,17 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
                            [(entry_type if op == "max" else "double", str(s), "-INFINITY" if op == "max" else "0.0")
                             for s, op, _ in item.reductions],
                            clauses, maxima, [(str(s), code(entry, e)) for s, e in item.temporaries],
-                           accumulations, stores)
+                           accumulations, stores,
+                           [(str(s), f"{s} = softgrad_max{suffix}({s}, %s)" if op == "max" else f"{s} += %s",
+                             next(slots)) for s, op, _ in item.reductions])
 
     expressions = [r.body for r in kernel.reductions] + [o.expr for o in kernel.outputs]
     read_arrays = {str(item.base) for e in expressions for item in e.atoms(sp.Indexed)}
     read_scalars = {str(symbol) for e in expressions for symbol in e.free_symbols if not symbol.is_integer}
     output_cast = _CTYPE[dtype] if kernel.explicit_jacobian else ""
-    return {"kernel": kernel, "reduction_loops": [loop(item) for item in plan.reduction_loops],
+    reduction_loops = [loop(item) for item in plan.reduction_loops]
+    return {"kernel": kernel, "reduction_loops": reduction_loops,
+            "partial_count": sum(len(stage.partials) for stage in reduction_loops),
             # arguments the formulas do not read (a spec may take an input it ignores): no row pointer,
             # and a (void) cast so that -Wextra does not flag them
             "read_arrays": read_arrays,
