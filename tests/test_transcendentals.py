@@ -10,7 +10,7 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 from softgrad.codegen.emit import emit
 from softgrad.derive import CATALOG, derive_spec, load_spec
 
-CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|sigmoid|softplus)"
+CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|tanh_softplus|sigmoid|softplus)"
                   r"|exp|expm1|log|log1p|pow|sqrt|tanh|erf|erfc)f?\(")
 #: One pass over a row's entries (the streamed chunk loop stands for the head and tail copies of its pass).
 PASS = re.compile(r"for \(size_t _i = (?:0; _i < n|_start; _i < _start \+ SOFTGRAD_CHUNK); \+\+_i\) \{")
@@ -39,7 +39,7 @@ MOST = {
     'p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum((0.9*t[k] + 0.1*s)*log(p[k]), k)':
         {'forward': 1, 'loss_and_grad': 1},
     'y[i] = tanh(x[i])': {'forward': 1, 'vjp': 2, 'vjp_from_output': 0},
-    'y[i] = x[i]*tanh(log(1 + exp(x[i])))': {'forward': 2, 'vjp': 3},
+    'y[i] = x[i]*tanh(log(1 + exp(x[i])))': {'forward': 1, 'vjp': 2},
     'y[i] = log(1 + exp(x[i]))': {'forward': 1, 'vjp': 1},
     'm = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; y[i] = (x[i] - m)/sqrt(v + 0.00001)': {'forward': 0, 'vjp': 0},
     'y[i] = x[i]/sqrt(sum(x[k]^2, k)/n + 0.00001)': {'forward': 0, 'vjp': 0},

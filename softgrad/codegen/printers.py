@@ -16,7 +16,7 @@ from sympy.codegen.rewriting import create_expand_pow_optimization, optimize
 from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
-from softgrad.codegen.kernel import COLUMN, LOOP
+from softgrad.codegen.kernel import COLUMN, LOOP, softplus
 from softgrad.derive.symbols import n
 
 # any base, not only symbols: (x − t)² is (x − t)·(x − t), which the compiler computes once, never pow()
@@ -116,6 +116,8 @@ class CKernelPrinter(C99CodePrinter):
         return self._vector_call(expr, "expm1")
 
     def _print_tanh(self, expr: Any) -> Any:
+        if self.vector_exp and isinstance(expr.args[0], softplus):  # Mish: one exp instead of three calls
+            return f"softgrad_tanh_softplus{self.suffix}({self._print(expr.args[0].args[0])})"
         return self._vector_call(expr, "tanh")
 
     def _print_Indexed(self, expr: Any) -> Any:

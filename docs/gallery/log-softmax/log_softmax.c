@@ -163,6 +163,20 @@ SOFTGRAD_HELPER double softgrad_sigmoid(double u)
 }
 SOFTGRAD_HELPER double softgrad_softplus(double v) { return softgrad_max(v, 0) + softgrad_log1p(softgrad_exp(-fabs(v))); }
 
+/* tanh(log(1 + exp(u))) (Mish's factor) from one exp, e = exp(−|u|): (1 + 2e)/(1 + 2e + 2e²) for u ≥ 0,
+ * (e² + 2e)/(e² + 2e + 2) for u < 0, both (1 + eᵘ)² − 1 over (1 + eᵘ)² + 1 without overflow or cancellation */
+SOFTGRAD_HELPER double softgrad_tanh_softplus(double u)
+{
+    const double e = softgrad_exp(-fabs(u));
+    const double numerator = softgrad_select(u >= 0, 1 + 2 * e, e * e + 2 * e);
+    const double rest = softgrad_select(u >= 0, 2 * e * e, 2);
+    const double denominator = numerator + rest;
+    const double part = denominator - numerator; /* what rounding the denominator dropped, exactly (2Sum) */
+    const double dropped = (numerator - (denominator - part)) + (rest - part);
+    const double quotient = numerator / denominator;
+    return quotient - quotient * (dropped / denominator);
+}
+
 SOFTGRAD_HELPER void softgrad_stream(double *restrict destination, const double *restrict chunk, size_t count)
 {
     size_t i = 0;
