@@ -10,6 +10,8 @@ Everything is written to bench/results.md.
     python bench/kernels.py [--quick]        # --quick: one small shape, few rounds (a smoke run)
 
 Needs torch (pip install torch==2.13.0: the CPU wheel on this machine) and a C compiler with OpenMP.
+The same comparison for functions outside the catalog, with torch.compile and jax.jit columns, is
+bench/compilers.py; rows split over two threads, bench/long_rows.py.
 NumPy runs on one thread, so its rows appear only in the 1-thread tables.
 """
 
