@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import keyword
+import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,7 @@ def test_generated_c_is_warning_free_everywhere(compiler_name, tmp_path):
     from softgrad.derive import CATALOG
 
     derivations = [softgrad.derive(name) for name in CATALOG] + [softgrad.derive(UNUSED_ARGUMENTS)]
+    builds = []
     for dtype in ("float64", "float32"):
         for openmp in (False, True):
             folder = tmp_path / f"{dtype}-{openmp}"
@@ -173,5 +176,11 @@ def test_generated_c_is_warning_free_everywhere(compiler_name, tmp_path):
             for simd in (["-fopenmp-simd"], []):
                 flags = ["-std=c99", "-O2", "-march=native", *simd, *(["-fopenmp"] if openmp else []),
                          "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-c"]
-                run = subprocess.run([compiler, *flags, *sources], cwd=folder, capture_output=True, text=True)
-                assert run.returncode == 0, f"{compiler_name} {dtype} openmp={openmp} {simd}:\n{run.stderr[:3000]}"
+                builds.append((f"{compiler_name} {dtype} openmp={openmp} {simd}", [compiler, *flags, *sources], folder))
+
+    def build(label, command, folder):
+        return label, subprocess.run(command, cwd=folder, capture_output=True, text=True)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # the builds are independent
+        for label, run in pool.map(lambda item: build(*item), builds):
+            assert run.returncode == 0, f"{label}:\n{run.stderr[:3000]}"
