@@ -5,13 +5,15 @@ import random
 import mpmath
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
 from softgrad.derive.catalog import CATALOG
 from softgrad.derive.check import SIZES, Point, StepChecker, WideEvaluator, wide_precision
 from softgrad.derive.engine import Engine
-from softgrad.derive.proof import Prover, index_patterns
+from softgrad.derive.proof import Prover, _is_zero, index_patterns
 from softgrad.derive.spec import parse_spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, index
@@ -105,3 +107,36 @@ def test_a_step_that_holds_only_at_some_sizes_is_not_proved():
     y, x = sp.IndexedBase("y"), sp.IndexedBase("x")
     wrong = Step("made up", y[index("i")], [x[index("i")]], reason=None)  # type: ignore[arg-type]
     assert Prover(spec, spec.definitions, spec.inputs).prove(wrong, [index("i")], None, None) == []
+
+
+def _rational_expressions() -> st.SearchStrategy[sp.Expr]:
+    """Nested sums, products and integer powers (negative too) of a few symbols and a root."""
+    a, b = sp.symbols("a b", real=True)
+    leaves = st.sampled_from([a, b, sp.Integer(2), sp.Rational(1, 3), a + 1, sp.sqrt(a**2 + 1), sp.exp(a - 2 * b)])
+
+    def extend(children: st.SearchStrategy[sp.Expr]) -> st.SearchStrategy[sp.Expr]:
+        return st.one_of(
+            st.tuples(children, children).map(lambda pair: pair[0] + pair[1]),
+            st.tuples(children, children).map(lambda pair: pair[0] * pair[1]),
+            st.tuples(children, st.sampled_from([-2, -1, 2, 3])).map(lambda pair: (pair[0] + 3) ** pair[1]),
+        )
+    return st.recursive(leaves, extend, max_leaves=8)
+
+
+@given(_rational_expressions())
+@settings(max_examples=60, deadline=None)
+def test_the_zero_test_says_zero_for_identities_and_only_for_them(expression):
+    """Rewritten by SymPy into another form it is still 0; plus a term that is never 0, it is not."""
+    a = sp.Symbol("a", real=True)
+    assert _is_zero(expression - sp.cancel(sp.expand(expression)))
+    assert not _is_zero(expression - sp.cancel(sp.expand(expression)) + 1 / (a**2 + 1))
+    assert not _is_zero(expression - sp.cancel(sp.expand(expression)) + sp.sqrt(a**2 + 1) - a)
+
+
+def test_the_zero_test_uses_what_a_root_is():
+    a, b = sp.symbols("a b", real=True)
+    root = sp.sqrt(a**2 + b**2 + 1)
+    assert _is_zero(root**3 - (a**2 + b**2 + 1) * root)
+    assert _is_zero(1 / root - root / (a**2 + b**2 + 1))
+    assert not _is_zero(root**3 - (a**2 + b**2) * root)
+    assert not _is_zero(root - a)

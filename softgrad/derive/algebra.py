@@ -7,6 +7,8 @@ each definition structurally. Nothing here knows any catalog entry by name.
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 
 from softgrad.derive.spec import Definition, Spec
@@ -135,6 +137,7 @@ def cost(expr: sp.Expr) -> int:
     return int(sp.count_ops(expr)) + 6 * sums + 2 * functions
 
 
+@functools.lru_cache(maxsize=4096)  # back-substitution tries the same expressions again and again
 def tidy(expr: sp.Expr) -> sp.Expr:
     """The most readable of a few equivalent forms (cancelled, factored, expanded).
 

@@ -111,6 +111,7 @@ class Evaluator:
     def __init__(self, definitions: list[Definition]):
         self.definitions = definitions
         self._perturbed: dict[tuple[Any, ...], Point] = {}  # (point id, vector, entry) → point with that entry + ih
+        self._compiled: dict[sp.Basic, Callable[[Point, dict[Any, int]], Any]] = {}
 
     def complete(self, point: Point, frozen: str | None = None) -> Point:
         """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
@@ -132,54 +133,93 @@ class Evaluator:
         return Point(point.size, vectors, scalars)
 
     def value(self, expr: sp.Basic, point: Point, indices: dict[Any, int]) -> Any:
+        """expr's value at the point, with these index values."""
+        evaluate = self._compiled.get(expr)
+        if evaluate is None:
+            evaluate = self._compiled[expr] = self._compile(expr)
+        return evaluate(point, indices)
+
+    def _compile(self, expr: sp.Basic) -> Callable[[Point, dict[Any, int]], Any]:
+        """expr as a tree of closures, built once: the type dispatch and the constants' conversion are
+        paid once per expression, not once per point, index pair and step (no text is generated or run)."""
+        value = self.value
         if expr.is_Number or expr.is_NumberSymbol:  # 2, 1/2, π, e
-            return self.number(expr)
+            constant = self.number(expr)
+            return lambda point, indices: constant
         if isinstance(expr, sp.Indexed):
-            return point.vectors[str(expr.base)][int(self._index(expr.indices[0], indices))]
+            name, position = str(expr.base), expr.indices[0]
+            index = self._index
+            return lambda point, indices: point.vectors[name][int(index(position, indices))]
         if expr.is_Symbol:
-            if expr in indices:
-                return indices[expr]
+            symbol, name = expr, str(expr)
             if expr == size_symbol:  # as a number of the evaluator's precision: 1/n is not a double in mpmath
-                return self.number(sp.Integer(point.size))
-            return point.scalars[str(expr)]
+                number = self.number
+                return lambda point, indices: indices[symbol] if symbol in indices else number(
+                    sp.Integer(point.size))
+            return lambda point, indices: indices[symbol] if symbol in indices else point.scalars[name]
         if expr.is_Add:
-            return sum(self.value(a, point, indices) for a in expr.args)
+            terms = [self._compile(a) for a in expr.args]
+            return lambda point, indices: sum(term(point, indices) for term in terms)
         if expr.is_Mul:
-            product: Any = 1
-            for factor in expr.args:
-                product *= self.value(factor, point, indices)
+            factors = [self._compile(a) for a in expr.args]
+
+            def product(point: Point, indices: dict[Any, int]) -> Any:
+                result: Any = 1
+                for factor in factors:
+                    result *= factor(point, indices)
+                return result
             return product
         if expr.is_Pow:
-            base = self.value(expr.base, point, indices)
-            exponent = self.value(expr.exp, point, indices)
-            return base ** (int(exponent.real) if expr.exp.is_Integer else exponent)
+            base = self._compile(expr.base)
+            if expr.exp.is_Integer:
+                power = int(expr.exp)
+                return lambda point, indices: base(point, indices) ** power
+            exponent = self._compile(expr.exp)
+            return lambda point, indices: base(point, indices) ** exponent(point, indices)
         if isinstance(expr, sp.KroneckerDelta):
-            return 1.0 if self._index(expr.args[0], indices) == self._index(expr.args[1], indices) else 0.0
+            first, second = expr.args
+            index = self._index
+            return lambda point, indices: 1.0 if index(first, indices) == index(second, indices) else 0.0
         if isinstance(expr, sp.Sum):
-            key = (expr, tuple(sorted((str(s), v) for s, v in indices.items() if s in expr.free_symbols)))
-            if key not in point.sums:
-                bound = expr.limits[0][0]
-                point.sums[key] = sum(self.value(expr.function, point, {**indices, bound: a})
-                                      for a in range(point.size))
-            return point.sums[key]
+            bound, body = expr.limits[0][0], expr.function
+            free = sorted(expr.free_symbols, key=str)
+
+            def total(point: Point, indices: dict[Any, int]) -> Any:
+                key = (expr, tuple((str(s), indices[s]) for s in free if s in indices))
+                if key not in point.sums:
+                    point.sums[key] = sum(value(body, point, {**indices, bound: a}) for a in range(point.size))
+                return point.sums[key]
+            return total
         if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
-            bound = expr.limits[0][0]
-            product = self.value(sp.S.One, point, indices)
-            for a in range(point.size):
-                product = product * self.value(expr.function, point, {**indices, bound: a})
-            return product
+            bound, body = expr.limits[0][0], expr.function
+            one = self.number(sp.S.One)
+
+            def product_over(point: Point, indices: dict[Any, int]) -> Any:
+                result = one
+                for a in range(point.size):
+                    result = result * value(body, point, {**indices, bound: a})
+                return result
+            return product_over
         if isinstance(expr, SumExcept):
-            skip = self._index(expr.skip, indices)
-            return sum(
-                self.value(expr.summand, point, {**indices, expr.bound: a})
-                for a in range(point.size) if a != skip
-            )
+            bound, summand, skip = expr.bound, expr.summand, expr.skip
+            index = self._index
+
+            def total_except(point: Point, indices: dict[Any, int]) -> Any:
+                skipped = index(skip, indices)
+                return sum(value(summand, point, {**indices, bound: a}) for a in range(point.size) if a != skipped)
+            return total_except
         if isinstance(expr, Partial):
-            return self._partial(expr, point, indices)
+            partial = self._partial
+            return lambda point, indices: partial(expr, point, indices)
         function = self.functions.get(expr.func)
-        if function is not None:
-            return function(*(self.value(argument, point, indices) for argument in expr.args))
-        raise TypeError(f"cannot evaluate {expr.func.__name__}")
+        if function is None:
+            message = f"cannot evaluate {expr.func.__name__}"
+
+            def unknown(point: Point, indices: dict[Any, int]) -> Any:
+                raise TypeError(message)
+            return unknown
+        arguments = [self._compile(a) for a in expr.args]
+        return lambda point, indices: function(*(argument(point, indices) for argument in arguments))
 
     @staticmethod
     def _index(index_expr: sp.Expr, indices: dict[sp.Symbol, int]) -> int:

@@ -60,6 +60,8 @@ class Prover:
         self.definitions = {d.name: d for d in definitions}
         self.inputs = set(inputs)
         self._writers: dict[tuple[int, bool, frozenset[str]], _Writer] = {}
+        #: differences already decided: consecutive steps share forms, so about half recur
+        self._decided: dict[sp.Expr, bool] = {}
 
     def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset()) -> _Writer:
         """One writer per size (and frozen names): what it has written is reused by every later step."""
@@ -92,7 +94,10 @@ class Prover:
         left = writer.write(step.lhs, pattern)
         right = writer.matrix_entry(form, step, pattern) if isinstance(form, sp.MatrixExpr) else \
             writer.write(form, pattern)
-        return _is_zero(writer.finish(left - right))
+        difference = writer.finish(left - right)
+        if difference not in self._decided:
+            self._decided[difference] = _is_zero(difference)
+        return self._decided[difference]
 
 
 def _is_zero(difference: sp.Expr) -> bool:
@@ -137,6 +142,9 @@ def _is_zero(difference: sp.Expr) -> bool:
         return atom(rebuilt)  # log(…), erf(…), H(…)
 
     try:
+        numerator = _numerator_in_ring(atomize(difference), roots)
+        if numerator is not None:
+            return bool(numerator == 0)
         # zero iff the numerator is: one fraction by together() is enough, cancel()'s gcd only costs time
         numerator, _ = sp.fraction(sp.together(atomize(difference)))
         numerator = sp.expand(numerator)
@@ -150,6 +158,99 @@ def _is_zero(difference: sp.Expr) -> bool:
         return bool(numerator == 0)
     except (sp.PolynomialError, RecursionError, ValueError, TypeError):
         return False
+
+
+class _NotPolynomial(Exception):
+    """A part the ring cannot hold (a symbolic exponent): the slower SymPy route decides instead."""
+
+
+def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]]) -> Any:
+    """The numerator of expr over one common denominator, as a sparse polynomial over ℚ with each root s
+    reduced modulo s^q − u; None where expr is not a rational function of its symbols.
+
+    Denominators are kept as products of factors with powers and combined by the largest power of each
+    factor (what together() does), so a sum of fractions over the same Σ keeps one denominator; the
+    polynomial arithmetic is SymPy's sparse one, far faster than expanding expressions."""
+    from sympy.polys.domains import QQ
+    from sympy.polys.rings import ring
+
+    symbols = set(expr.free_symbols)
+    for root, (_, radicand) in roots.items():
+        symbols |= {root} | radicand.free_symbols
+    generators = sorted(symbols, key=sp.default_sort_key) or [sp.Dummy()]
+    polynomials, *_ = ring(generators, QQ)
+    Fraction = tuple[Any, dict[Any, int]]  # numerator, {denominator factor: power}
+    done: dict[sp.Expr, Fraction] = {}
+
+    def factor_of(polynomial: Any) -> tuple[Any, Any]:
+        """(constant, monic polynomial): equal factors up to a constant become one factor."""
+        leading = polynomial.LC
+        return leading, polynomial.quo_ground(leading)
+
+    def fraction(e: sp.Expr) -> Fraction:
+        if e in done:
+            return done[e]
+        if e.is_Add:
+            parts = [fraction(a) for a in e.args]
+            common: dict[Any, int] = {}
+            for _, denominator in parts:
+                for factor, power in denominator.items():
+                    common[factor] = max(common.get(factor, 0), power)
+            numerator = polynomials.zero
+            for part_numerator, denominator in parts:
+                term = part_numerator
+                for factor, power in common.items():
+                    if power > denominator.get(factor, 0):
+                        term = term * factor ** (power - denominator.get(factor, 0))
+                numerator += term
+            result: Fraction = (numerator, common)
+        elif e.is_Mul:
+            numerator, common = polynomials.one, {}
+            for a in e.args:
+                part_numerator, denominator = fraction(a)
+                numerator = numerator * part_numerator
+                for factor, power in denominator.items():
+                    common[factor] = common.get(factor, 0) + power
+            result = (numerator, common)
+        elif e.is_Pow and e.exp.is_Integer:
+            base_numerator, denominator = fraction(e.base)
+            power = int(e.exp)
+            if power >= 0:
+                result = (base_numerator ** power, {f: p * power for f, p in denominator.items()})
+            else:  # (N / Π f^p)^(−m) = Π f^(p·m) / N^m
+                if base_numerator == 0:
+                    raise ZeroDivisionError
+                numerator = polynomials.one
+                for factor, p in denominator.items():
+                    numerator = numerator * factor ** (p * -power)
+                constant, monic = factor_of(base_numerator)
+                numerator = numerator.quo_ground(constant ** -power)
+                result = (numerator, {monic: -power} if monic != polynomials.one else {})
+        elif e.is_Symbol or e.is_Rational:
+            result = (polynomials(e), {})
+        else:
+            raise _NotPolynomial(e)
+        done[e] = result
+        return result
+
+    try:
+        numerator, _ = fraction(expr)
+        reductions = [(generators.index(root), degree, fraction(radicand))
+                      for root, (degree, radicand) in roots.items()]
+    except (_NotPolynomial, ZeroDivisionError, sp.CoercionFailed):
+        return None
+    for position, degree, (radicand, denominator) in reductions:  # s^k → s^(k mod q)·u^(k div q)
+        if denominator:
+            return None
+        while any(monomial[position] >= degree for monomial in numerator.keys()):
+            reduced = polynomials.zero
+            for monomial, coefficient in numerator.items():
+                power = monomial[position]
+                kept = (*monomial[:position], power % degree, *monomial[position + 1:])
+                term = polynomials({kept: coefficient})
+                reduced += term * radicand ** (power // degree) if power >= degree else term
+            numerator = reduced
+    return numerator
 
 
 class _Writer:
