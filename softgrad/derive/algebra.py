@@ -155,8 +155,10 @@ def _tidy(expr: sp.Expr) -> sp.Expr:
     candidates = [expr]
     try:
         powers = sp.powsimp(sp.expand(expr, power_exp=True, mul=False, log=False))
-        candidates += [sp.cancel(expr), sp.factor(expr), sp.factor_terms(sp.expand(expr)), powers]
-        candidates += [sp.factor(sp.cancel(powers)), sp.powsimp(sp.cancel(powers))]
+        cancelled = sp.cancel(expr)
+        candidates += [cancelled, sp.factor(expr), sp.factor_terms(sp.expand(expr)), powers]
+        # (powsimp of the cancelled powers never won over the catalog and the outside corpus: not tried)
+        candidates.append(sp.factor(cancelled if powers == expr else sp.cancel(powers)))
     except (sp.PolynomialError, TypeError, ValueError):
         pass
     return min(candidates, key=lambda e: (cost(e), len(str(e))))

@@ -61,6 +61,7 @@ class Prover:
         self.inputs = set(inputs)
         self._writers: dict[tuple[int, bool, frozenset[str]], _Writer] = {}
         #: differences already decided: consecutive steps share forms, so about half recur
+        self._names: dict[sp.Basic, frozenset[str]] = {}
         self._decided: dict[sp.Expr, bool] = {}
 
     def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset()) -> _Writer:
@@ -69,6 +70,12 @@ class Prover:
         if key not in self._writers:
             self._writers[key] = _Writer(self, size, constrained, frozen)
         return self._writers[key]
+
+    def names_in(self, expr: sp.Basic) -> frozenset[str]:
+        """The names of expr's free symbols (kept: the writers ask for them for every part they write)."""
+        if expr not in self._names:
+            self._names[expr] = frozenset(str(s) for s in expr.free_symbols)
+        return self._names[expr]
 
     def prove(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
               distinct: tuple[sp.Symbol, sp.Symbol] | None) -> list[int]:
@@ -268,7 +275,7 @@ class _Writer:
 
     def write(self, expr: sp.Basic, indices: dict[Any, int]) -> Any:
         """expr at these index values, written out (each part once: results are kept per writer)."""
-        used = {str(s) for s in expr.free_symbols}
+        used = self.prover.names_in(expr)
         relevant = {str(k): v for k, v in indices.items() if str(k) in used}
         key = (expr, tuple(sorted(relevant.items())))
         if key not in self.cache:
@@ -332,12 +339,15 @@ class _Writer:
 
     def matrix_entry(self, form: sp.MatrixExpr, step: Step, indices: dict[Any, int]) -> sp.Expr:
         """Entry (row, column) of a matrix form, its vectors replaced by columns of entry symbols."""
-        concrete = form.subs(size_symbol, self.size)
-        replacements = {}
-        for symbol in concrete.atoms(sp.MatrixSymbol):
-            replacements[symbol] = sp.ImmutableMatrix(
-                [[self.write(sp.IndexedBase(str(symbol.name))[a], {})] for a in range(self.size)])
-        explicit = sp.ImmutableMatrix(concrete.xreplace(replacements).doit().as_explicit())
+        key = ("matrix", form)
+        if key not in self.cache:  # every index pattern reads an entry of the same explicit matrix
+            concrete = form.subs(size_symbol, self.size)
+            replacements = {}
+            for symbol in concrete.atoms(sp.MatrixSymbol):
+                replacements[symbol] = sp.ImmutableMatrix(
+                    [[self.write(sp.IndexedBase(str(symbol.name))[a], {})] for a in range(self.size)])
+            self.cache[key] = sp.ImmutableMatrix(concrete.xreplace(replacements).doit().as_explicit())
+        explicit = self.cache[key]
         row, column = ([*list(step.matrix_axes), None, None])[:2]
         at_row = indices.get(row, 0) if row is not None else 0
         at_column = indices.get(column, 0) if column is not None and explicit.shape[1] > 1 else 0
@@ -354,9 +364,17 @@ class _Writer:
                 others = sp.Add(*[self.entry(constraint.input_name, a) for a in range(self.size - 1)])
                 replacements[last] = constraint.rhs - others
         difference = difference.xreplace(replacements) if replacements else difference
-        difference = difference.replace(lambda e: isinstance(e, sigmoid), lambda e: 1 / (1 + sp.exp(-e.args[0])))
-        difference = difference.replace(lambda e: isinstance(e, softplus), lambda e: sp.log(1 + sp.exp(e.args[0])))
-        difference = difference.replace(lambda e: isinstance(e, sp.tanh),
-                                        lambda e: (1 - sp.exp(-2 * e.args[0])) / (1 + sp.exp(-2 * e.args[0])))
-        # log(a·b^k) → log a + k log b, log by log: expand_log over the whole difference costs far more
-        return difference.replace(lambda e: isinstance(e, sp.log), lambda e: sp.expand_log(e, force=True))
+        return difference.replace(lambda e: isinstance(e, (sigmoid, softplus, sp.tanh, sp.log)), _in_exp_form)
+
+
+def _in_exp_form(function: sp.Expr) -> sp.Expr:
+    """σ, softplus and tanh through exp; log(a·b^k) → log a + k log b, log by log (one pass, bottom-up:
+    expand_log over the whole difference costs far more)."""
+    argument = function.args[0]
+    if isinstance(function, sigmoid):
+        return 1 / (1 + sp.exp(-argument))
+    if isinstance(function, softplus):
+        return sp.log(1 + sp.exp(argument))
+    if isinstance(function, sp.tanh):
+        return (1 - sp.exp(-2 * argument)) / (1 + sp.exp(-2 * argument))
+    return sp.expand_log(function, force=True)
