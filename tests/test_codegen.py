@@ -1,6 +1,7 @@
 """Generated NumPy and C: right against the exact result, finite differences and PyTorch; stable; O(n)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -283,6 +284,25 @@ def test_every_kernel_of_functions_outside_the_catalog_runs_and_matches(spec, la
     checks = check_generated(derivation, language, files, kernels_for(derivation, None))
     failed = [check.line() for check in checks if not check.passed]
     assert not failed, failed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", [
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*(1-p[k])^g*log(p[k]), k)",  # focal loss, γ a parameter
+    "y[i] = x[i]^7 + x[i]^1.5 - x[i]^(-2.5)",
+])
+def test_c_kernels_with_powers_match(spec, dtype):
+    """Powers the loops compute with softgrad's pow (a runtime exponent, 7) or with multiplies and a sqrt
+    (half-integers): every kernel matches the exact result and finite differences."""
+    require_tool("cc")
+    derivation = softgrad.derive(spec)
+    files = emit(derivation, "c", dtype=dtype)
+    source = next(text for name, text in files.items() if name.endswith(".c"))
+    assert re.search(r"\] = .*softgrad_pow", source)  # an entry loop calls it (not only the helper's definition)
+    checks = check_generated(derivation, "c", files, kernels_for(derivation, None), dtype=dtype)
+    failed = [check.line() for check in checks if not check.passed]
+    assert checks and not failed, failed
 
 
 def build_module(files, language, folder):

@@ -20,6 +20,9 @@ The others, each from polynomials fitted here and branch-free in the same way:
   for r's own rounding error; for |v| ≤ ln 2 / 2, k = 0 and the result is p itself (no cancellation).
 - tanh(v) = sign(v) e/(e + 2) with e = expm1(2|v|), or an odd polynomial for |v| < 0.55 where that
   quotient would round twice too often.
+- pow(x, y) = exp(y·log|x|) with log|x| = k ln 2 + 2s + 2s³/3 + s⁵P(s²) summed in two doubles (error-free
+  products and sums, about 2^-64 relative), so that y·log|x| up to ±745 stays exact to a fraction of an
+  ulp; exp of the two-part product; C99's special values by selects; float32 rounds the double result.
 """
 
 from __future__ import annotations
@@ -108,6 +111,23 @@ def expm1_polynomial(dtype: str) -> tuple[float, ...]:
         radius = mpmath.log(2) / 2 * mpmath.mpf(1.01)
         tolerance = mpmath.mpf(2) ** -(form.mantissa_bits + 1) / (8 * radius)
         return _fit(_series(lambda k, r: r ** k / mpmath.factorial(k + 2)), (-radius, radius), tolerance)
+
+
+@cache
+def pow_log_polynomial() -> tuple[float, ...]:
+    """P(z) = Σ 2z^k/(2k + 5) for pow's log in two parts, log m = 2s + 2s³/3 + s⁵·P(s²): s⁵·P is below
+    2^-11 of log m, so P needs only 2^-56 to keep the whole log within 2^-64 of it (double only)."""
+    with mpmath.workprec(160):
+        top = ((mpmath.sqrt(2) - 1) / (mpmath.sqrt(2) + 1)) ** 2 * mpmath.mpf(1.02)
+        return _fit(_series(lambda k, z: 2 * z ** k / (2 * k + 5)), (mpmath.mpf(0), top), mpmath.mpf(2) ** -58)
+
+
+def _split(value: Any, form: _Format) -> tuple[str, str]:
+    """value as a sum of two numbers of the type (the second the rounding error of the first), as literals."""
+    with mpmath.workprec(160):
+        exact = mpmath.mpf(value)
+        high = float(form.numpy_type(float(exact)))
+        return _literal(high, form), _literal(float(exact - mpmath.mpf(high)), form)
 
 
 #: Below this |v|, tanh is an odd polynomial; above it, e/(e + 2) with e = expm1(2|v|) ≥ 2 rounds well.
@@ -211,4 +231,8 @@ def _helper_values(dtype: str) -> dict[str, Any]:
         "magic": _literal(1.5 * 2.0 ** form.mantissa_bits, form), "log2e": _literal(float(1 / mpmath.log(2)), form),
         "half": _literal(0.5, form), "ln2_high": _literal(high, form), "ln2_low": _literal(low, form),
         "bias": form.exponent_bias, "shift": form.mantissa_bits, "streams": streams,
+        **({"pow_horner": _horner(pow_log_polynomial(), "z", form),
+            "two_thirds_high": _split(mpmath.fraction(2, 3), form)[0],
+            "two_thirds_low": _split(mpmath.fraction(2, 3), form)[1]}
+           if dtype == "float64" else {}),
     }

@@ -120,6 +120,25 @@ class CKernelPrinter(C99CodePrinter):
             return f"softgrad_tanh_softplus{self.suffix}({self._print(expr.args[0].args[0])})"
         return self._vector_call(expr, "tanh")
 
+    #: x^(k + ½) as multiplies and one sqrt up to this |exponent| (two roundings and sqrt's: within 2 ulp)
+    HALF_POWERS_UP_TO = sp.Rational(5, 2)
+
+    def _print_Pow(self, expr: Any) -> Any:
+        """Inside loops: x^(±½) and x^−1 as libm's sqrt and a division, x^(k + ½) as multiplies and a sqrt,
+        and every other exponent (a runtime one, or an integer beyond what prepare() multiplies out) by
+        softgrad_pow, which vectorizes; per-row code keeps libm's pow."""
+        if not self.vector_exp:
+            return super()._print_Pow(expr)
+        exponent = expr.exp
+        value = sp.Rational(float(exponent)) if exponent.is_Float else exponent
+        if value.is_Rational and value in (sp.S.Half, -sp.S.Half, sp.S.NegativeOne):
+            return super()._print_Pow(sp.Pow(expr.base, value, evaluate=False))
+        if value.is_Rational and value.q == 2 and abs(value) <= self.HALF_POWERS_UP_TO:
+            base = self.parenthesize(expr.base, 60)
+            product = "*".join([base] * (abs(value.p) // 2) + [f"sqrt{self.suffix}({self._print(expr.base)})"])
+            return product if value > 0 else f"1.0{self.suffix and 'f'}/({product})"
+        return f"softgrad_pow{self.suffix}({self._print(expr.base)}, {self._print(exponent)})"
+
     def _print_Indexed(self, expr: Any) -> Any:
         position = "_i" if expr.indices[0] == LOOP else "_j"
         return f"_row_{expr.base}[{position}]"

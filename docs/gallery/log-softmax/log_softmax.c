@@ -2,7 +2,7 @@
  * Spec source SHA-256: 0994e64854fe49d9b99e027e7de19ca15386d290d992d49c428392b0c700b9d1
  * See log_softmax.h for what each kernel computes and the layout of its arrays.
  *
- * Compile with: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -c log_softmax.c
+ * Compile with: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -c log_softmax.c
  * (-fopenmp-simd vectorizes the loops marked `omp simd`; without it they still compute the same values.)
  */
 #include "log_softmax.h"
@@ -175,6 +175,82 @@ SOFTGRAD_HELPER double softgrad_tanh_softplus(double u)
     const double dropped = (numerator - (denominator - part)) + (rest - part);
     const double quotient = numerator / denominator;
     return quotient - quotient * (dropped / denominator);
+}
+
+/* a·b − (a·b rounded), exactly: one fma where the hardware has it, else Dekker's product of split halves */
+SOFTGRAD_HELPER double softgrad_product_error(double a, double b, double product)
+{
+#if defined(__FMA__)
+    return fma(a, b, -product);
+#else
+    const double a_split = a * 134217729.0, b_split = b * 134217729.0; /* 2^27 + 1 */
+    const double a_high = a_split - (a_split - a), a_low = a - a_high;
+    const double b_high = b_split - (b_split - b), b_low = b - b_high;
+    return ((a_high * b_high - product) + a_high * b_low + a_low * b_high) + a_low * b_low;
+#endif
+}
+
+/* exp(v + tail) for a tail below half an ulp of v: exp's body with the tail added to the reduced argument */
+SOFTGRAD_HELPER double softgrad_exp_tail(double v, double tail)
+{
+    v = softgrad_select(v < -0x1.75p+9, -0x1.75p+9, v);
+    v = softgrad_select(v > 0x1.63p+9, 0x1.63p+9, v);
+    const double rounded = v * 0x1.71547652b82fep+0 + 0x1.8p+52; /* k = round(v / ln 2) in the low bits */
+    const double k = rounded - 0x1.8p+52;
+    const double half = k * 0x1p-1 + 0x1.8p+52; /* h = round(k / 2) in the low bits */
+    const double r = (v - k * 0x1.62e42fecp-1) - k * 0x1.d1cf79abc9e3bp-32 + tail;
+    const double p = 0x1p+0 + r * (0x1p+0 + r * (0x1.0000000000012p-1 + r * (0x1.555555555555bp-3 + r * (0x1.555555554e879p-5 + r * (0x1.111111110ef94p-7 + r * (0x1.6c16c189b379fp-10 + r * (0x1.a01a01b251e85p-13 + r * (0x1.a0198d1fda4aap-16 + r * (0x1.71ddf2a82093ep-19 + r * (0x1.28b8302ee0724p-22 + r * (0x1.af683d6885e31p-26)))))))))));
+    const double first = softgrad_from_bits((softgrad_bits(rounded) - softgrad_bits(half) + 1023u) << 52);
+    const double second = softgrad_from_bits((softgrad_bits(half) + 1023u) << 52);
+    return p * first * second;
+}
+
+/* x^y without branches: exp(y·log|x|) with log|x| carried in two doubles (about 2^-64 relative, so y·log|x|
+ * stays exact to well under an ulp of the result), and C99's special values; within 2 ulp. */
+SOFTGRAD_HELPER double softgrad_pow(double x, double y)
+{
+    const double v = fabs(x);
+    const int subnormal = v < 0x1p-1022;
+    const double scaled = softgrad_select(subnormal, v * 0x1p+54, v);
+    const uint64_t exponent = (softgrad_bits(scaled) + 0x95f619980c433u) >> 52; /* k + bias */
+    const double m = softgrad_from_bits(softgrad_bits(scaled) - ((exponent - 1023u) << 52));
+    const double k = softgrad_from_bits(exponent | 0x4330000000000000u) - 0x1.00000000003ffp+52
+        - softgrad_select(subnormal, 54, 0);
+    const double f = m - 1;
+    const double d = 2 + f;
+    const double d_low = (2 - d) + f; /* 2 + f = d + d_low exactly */
+    const double s = f / d;
+    const double s_low = (-softgrad_product_error(s, d, f) - s * d_low) / d; /* f/(2 + f) = s + s_low */
+    const double z = s * s;
+    const double z_low = softgrad_product_error(s, s, z);
+    const double cube = z * s;
+    const double cube_low = softgrad_product_error(z, s, cube) + z_low * s;
+    const double third = cube * 0x1.5555555555555p-1; /* 2s³/3 in two parts */
+    const double third_low = softgrad_product_error(cube, 0x1.5555555555555p-1, third)
+        + cube * 0x1.5555555555555p-55 + cube_low * 0x1.5555555555555p-1;
+    const double rest = s * z * z * (0x1.999999999999ap-2 + z * (0x1.2492492492537p-2 + z * (0x1.c71c71c6e441bp-3 + z * (0x1.745d17802c2c5p-3 + z * (0x1.3b139383219ecp-3 + z * (0x1.11194432dbb5fp-3 + z * (0x1.df6309497fd78p-4 + z * (0x1.e1390904a24bap-4)))))))); /* 2s⁵/5 + 2s⁷/7 + … */
+    const double a = k * 0x1.62e42fecp-1, b = 2 * s;
+    const double sum = a + b, sum_part = sum - a;
+    const double sum_error = (a - (sum - sum_part)) + (b - sum_part); /* 2Sum: a + b = sum + sum_error */
+    const double high = sum + third, high_part = high - sum;
+    const double high_error = (sum - (high - high_part)) + (third - high_part);
+    const double low = sum_error + high_error + 2 * s_low + third_low + 2 * z * s_low + rest + k * 0x1.d1cf79abc9e3bp-32;
+    const double product = y * high;
+    const int in_range = (product > -0x1.75p+9) & (product < 0x1.63p+9);
+    const double product_low = softgrad_select(in_range, softgrad_product_error(y, high, product) + y * low, 0);
+    double result = softgrad_exp_tail(product, product_low);
+    /* the special values of C99's pow: x^0 = 1^y = 1, |x| = 1 and y = ±inf give 1, log 0 and log inf as
+     * they fall, a negative x needs an integer y (an odd one keeps x's sign), NaN otherwise */
+    const double magnitude = fabs(y), half_magnitude = 0.5 * magnitude; /* rounded to integers by adding 2^52 */
+    const int integral = (magnitude >= 0x1p52) | (((magnitude + 0x1p52) - 0x1p52) == magnitude); /* floor() does not vectorize */
+    const int odd = integral & (magnitude < 0x1p53) & (((half_magnitude + 0x1p52) - 0x1p52) != half_magnitude);
+    const int inf_or_nan = (v == INFINITY) | (v != v);
+    const double special = softgrad_select((v != v) | (y != y), v + y, softgrad_select((v == 0) ^ (y < 0), 0, INFINITY));
+    result = softgrad_select(inf_or_nan | (v == 0), special, result);
+    result = softgrad_select((x < 0) & !integral & !inf_or_nan, NAN, result);
+    result = softgrad_select(odd, copysign(result, x), result);
+    result = softgrad_select((v == 1) & (fabs(y) == INFINITY), 1, result);
+    return softgrad_select((y == 0) | (x == 1), 1, result);
 }
 
 SOFTGRAD_HELPER void softgrad_stream(double *restrict destination, const double *restrict chunk, size_t count)
