@@ -9,7 +9,7 @@ Each function is run as its users run it, on one thread, forward and backward to
 torch and JAX allocate their outputs (that is how they are called); the C kernels write into buffers
 allocated once, as a C caller does. Interleaved rounds (C, eager, compile, jit, C, …), medians.
 
-    python bench/compilers.py [--quick]   # --quick: one small shape, 3 rounds, nothing written
+    python bench/compilers.py [--quick] [--only NAME]   # --quick: one small shape, 3 rounds, nothing written
 
 Needs torch (pip install torch==2.13.0), jax and a C compiler; writes the "compilers" section of
 bench/results.md with the targets (C ≤ 1.0× torch.compile and ≤ 0.5× torch eager, every function, both
@@ -47,6 +47,9 @@ sys.path.insert(0, str(ROOT))
 from sections import replace_section  # noqa: E402
 
 SOFTMAX = "p[i] = exp(z[i]) / sum(exp(z[k]), k)\n"
+#: focal loss's γ where the spec takes it as a parameter g (not an integer: every peer calls a pow)
+GAMMA = 2.5
+PARAMETERS = {"g": GAMMA}
 
 
 def _corpus(torch, jnp, jax):
@@ -59,6 +62,12 @@ def _corpus(torch, jnp, jax):
 
     def focal_jax(z, t):
         return -(t * (1 - jax.nn.softmax(z, -1)) ** 2 * jax.nn.log_softmax(z, -1)).sum(-1)
+
+    def focal_gamma_torch(z, t):
+        return -(t * (1 - torch.softmax(z, -1)) ** GAMMA * torch.log_softmax(z, -1)).sum(-1)
+
+    def focal_gamma_jax(z, t):
+        return -(t * (1 - jax.nn.softmax(z, -1)) ** GAMMA * jax.nn.log_softmax(z, -1)).sum(-1)
 
     def smoothing_torch(z, t):
         return -((0.9 * t + 0.1 / z.shape[-1]) * torch.log_softmax(z, -1)).sum(-1)
@@ -78,6 +87,8 @@ def _corpus(torch, jnp, jax):
 
     return {
         "focal loss (γ = 2)": (SOFTMAX + "L = -sum(t[k]*(1-p[k])^2*log(p[k]), k)", "loss", focal_torch, focal_jax),
+        f"focal loss (γ = {GAMMA}, a parameter)": (SOFTMAX + "L = -sum(t[k]*(1-p[k])^g*log(p[k]), k)", "loss",
+                                                   focal_gamma_torch, focal_gamma_jax),
         "label smoothing (0.1)": (SOFTMAX + "L = -sum((0.9*t[k] + 0.1/n)*log(p[k]), k)", "loss",
                                   smoothing_torch, smoothing_jax),
         "softmax entropy": (SOFTMAX + "H = -sum(p[k]*log(p[k]), k)", "loss", entropy_torch, entropy_jax),
@@ -120,6 +131,9 @@ def build(spec: str, dtype: str, folder: Path, rows: int, n: int, arrays: dict):
         pointers = []
         for argument in prototype.split(", ")[:-2]:  # ..., size_t rows, size_t n
             name = argument.split()[-1]
+            if "*" not in argument:  # a scalar parameter of the spec, passed by value
+                pointers.append((ctypes.c_float if dtype == "float32" else ctypes.c_double)(PARAMETERS[name]))
+                continue
             if name not in arrays:  # an output; a layer's vjp reads the upstream gradient g
                 arrays[name] = outputs[name] = np.empty(shapes[name], dtype)
             pointers.append(arrays[name].ctypes.data_as(ctypes.c_void_p))
@@ -187,6 +201,7 @@ def check_agreement(c_outputs: dict, torch_call, dtype: str, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", help="only the functions whose name contains this (printed, nothing written)")
     arguments = parser.parse_args()
     import jax
     import jax.numpy as jnp
@@ -196,7 +211,8 @@ def main() -> None:
     torch.set_num_threads(1)
     shapes = [(64, 2048)] if arguments.quick else [(1024, 8192), (64, 262144)]
     rounds = 3 if arguments.quick else 7
-    corpus = _corpus(torch, jnp, jax)
+    corpus = {name: entry for name, entry in _corpus(torch, jnp, jax).items()
+              if not arguments.only or arguments.only in name}
     table = []
     with tempfile.TemporaryDirectory() as folder:
         for name, (spec, kind, torch_function, jax_function) in corpus.items():
@@ -222,7 +238,7 @@ def main() -> None:
                     torch._dynamo.reset()  # a fresh cache per function: no recompilation limit is hit
     document = markdown(table, rounds, torch.__version__, jax.__version__)
     print(document)
-    if not arguments.quick:
+    if not arguments.quick and not arguments.only:
         replace_section(ROOT / "results.md", "compilers", document)
 
 
