@@ -331,6 +331,19 @@ def test_softplus_and_logistic_ratios_written_out_stay_finite(language, tmp_path
     np.testing.assert_allclose(gradient, expected, rtol=1e-15, atol=1e-300)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_a_power_with_a_parameter_has_its_true_derivative_at_zero(language, tmp_path):
+    """d/dx x^g is g·x^(g−1): 0 at x = 0 for g = 2.5 and 1 for g = 1, not the 0/0 of SymPy's g·x^g/x."""
+    if language == "c":
+        require_tool("cc")
+    module = build_module(emit(softgrad.derive("y[i] = x[i]^g"), language), language, tmp_path)
+    x = np.array([[0.0, 0.5, 2.0]])
+    for g in (2.5, 1.0, 3.0):
+        gradient = module.y_vjp(x, np.ones_like(x), g)
+        np.testing.assert_allclose(gradient, g * x ** (g - 1), rtol=1e-15)
+
+
 LAYER_NORM = "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; y[i] = (x[i] - m)/sqrt(v + 0.00001)"
 
 

@@ -238,6 +238,20 @@ def hoist_reductions(expr: sp.Expr, reductions: list[Reduction], free: set[sp.Sy
         expr = expr.xreplace(replacements)
 
 
+def merged_powers(expr: sp.Expr) -> sp.Expr:
+    """b^e · b^k as b^(e + k) where e is not a number: SymPy writes the derivative of x^g as g·x^g/x,
+    which is 0/0 at x = 0 where g·x^(g−1) is 0 (g > 1) or g (g = 1)."""
+    def merge(product: sp.Expr) -> sp.Expr:
+        groups: dict[sp.Expr, list[sp.Expr]] = {}
+        for factor in product.args:
+            base, exponent = (factor.base, factor.exp) if factor.is_Pow else (factor, sp.S.One)
+            groups.setdefault(base, []).append(exponent)
+        if not any(len(exponents) > 1 and any(not e.is_Number for e in exponents) for exponents in groups.values()):
+            return product
+        return sp.Mul(*[sp.Pow(base, sp.Add(*exponents)) for base, exponents in groups.items()])
+    return expr.replace(lambda e: e.is_Mul, merge)
+
+
 def _entry(expr: sp.Expr, spec: Spec, at: sp.Symbol, keep: set[str]) -> sp.Expr:
     """An index-form result at loop index `at`, written in the inputs (names in `keep` stay)."""
     definitions = [d for d in spec.definitions if d.name not in keep]
@@ -267,7 +281,7 @@ class _Lowering:
         for out_name, shape, expr, out_doc, role in outputs:
             free = {LOOP} if shape == "vector" else ({LOOP, COLUMN} if shape == "matrix" else set())
             expr = without_removable_divisions(expr, free)
-            expr = _entry(expr, spec, LOOP, set(keep))
+            expr = merged_powers(_entry(expr, spec, LOOP, set(keep)))
             expr, maxima = stabilize(expr, spec) if not keep else (expr, [])
             expr = stable_logs(expr)
             for maximum in maxima:
