@@ -3,15 +3,21 @@
 Each entry is run as a fresh process (import, parse, derive, check, render), best of three, next to
 the bare interpreter start-up measured in the same run. Targets: softmax < 2 s, every entry < 5 s; and
 for the functions users bring (the performance issue's corpus, outside the catalog): every one < 2 s,
-median < 1 s.
+median < 1 s. Writes the "derive" section of bench/results.md.
 """
 
+import platform
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from softgrad.derive.catalog import CATALOG
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from sections import replace_section  # noqa: E402
 
 
 def best_of(command: list[str], repeats: int = 3) -> float:
@@ -39,24 +45,32 @@ CORPUS = {
 
 def main() -> None:
     baseline = best_of([sys.executable, "-c", "pass"])
-    print(f"{'entry':24} {'seconds':>8} {'target':>7}  (python start-up alone: {baseline:.3f} s)")
+    start_up = best_of([sys.executable, "-c", "import softgrad.cli"])
+    lines = [f"## Derive times (`softgrad derive SPEC`, a fresh process each, best of 3; {platform.python_version()})",
+             "", f"Python start-up alone {baseline:.2f} s; with softgrad (and SymPy) imported {start_up:.2f} s.", "",
+             "| entry | seconds | target |", "|---|---:|---:|"]
     worst = 0.0
     for name in CATALOG:
         seconds = best_of([sys.executable, "-m", "softgrad", "derive", name])
         target = 2.0 if name == "softmax" else 5.0
         worst = max(worst, seconds)
-        print(f"{name:24} {seconds:8.2f} {target:7.1f}  {'ok' if seconds < target else 'OVER'}")
-    print(f"slowest entry: {worst:.2f} s")
-    print()
-    print(f"{'outside the catalog':24} {'seconds':>8} {'target':>7}")
+        lines.append(f"| {name} | {seconds:.2f} | < {target:.0f} {'ok' if seconds < target else 'OVER'} |")
+        print(lines[-1], flush=True)
     times = []
     for name, spec in CORPUS.items():
         seconds = best_of([sys.executable, "-m", "softgrad", "derive", spec])
         times.append(seconds)
-        print(f"{name:24} {seconds:8.2f} {2.0:7.1f}  {'ok' if seconds < 2 else 'OVER'}")
+        lines.append(f"| {name} (outside the catalog) | {seconds:.2f} | < 2 {'ok' if seconds < 2 else 'OVER'} |")
+        print(lines[-1], flush=True)
     median = statistics.median(times)
-    print(f"slowest {max(times):.2f} s (target < 2 s: {'met' if max(times) < 2 else 'not met'}); "
-          f"median {median:.2f} s (target < 1 s: {'met' if median < 1 else 'not met'})")
+    softmax = next(line for line in lines if line.startswith("| softmax |"))
+    lines += ["", f"- softmax < 2 s: {'met' if 'ok' in softmax else 'NOT met'}; every catalog entry < 5 s: "
+              f"{'met' if worst < 5 else 'NOT met'} (slowest {worst:.2f} s)",
+              f"- every function outside the catalog < 2 s: {'met' if max(times) < 2 else 'NOT met'} "
+              f"(slowest {max(times):.2f} s); median < 1 s: {'met' if median < 1 else 'NOT met'} ({median:.2f} s)"]
+    document = "\n".join(lines) + "\n"
+    print(document)
+    replace_section(ROOT / "results.md", "derive", document)
 
 
 if __name__ == "__main__":
