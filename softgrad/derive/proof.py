@@ -60,8 +60,8 @@ class Prover:
         self.definitions = {d.name: d for d in definitions}
         self.inputs = set(inputs)
         self._writers: dict[tuple[int, bool, frozenset[str]], _Writer] = {}
-        #: differences already decided: consecutive steps share forms, so about half recur
         self._names: dict[sp.Basic, frozenset[str]] = {}
+        #: differences already decided: consecutive steps share forms, so about half recur
         self._decided: dict[sp.Expr, bool] = {}
 
     def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset()) -> _Writer:
