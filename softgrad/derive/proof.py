@@ -149,11 +149,12 @@ def _is_zero(difference: sp.Expr) -> bool:
         return atom(rebuilt)  # log(…), erf(…), H(…)
 
     try:
-        numerator = _numerator_in_ring(atomize(difference), roots)
+        atomized = atomize(difference)
+        numerator = _numerator_in_ring(atomized, roots)
         if numerator is not None:
             return bool(numerator == 0)
         # zero iff the numerator is: one fraction by together() is enough, cancel()'s gcd only costs time
-        numerator, _ = sp.fraction(sp.together(atomize(difference)))
+        numerator, _ = sp.fraction(sp.together(atomized))
         numerator = sp.expand(numerator)
         for root, (degree, radicand) in roots.items():  # reduce modulo s^q − u: 0 wherever s^q = u
             # s^q − u is monic in s, so the remainder is s^k → s^(k mod q)·u^(k div q), repeated until no
