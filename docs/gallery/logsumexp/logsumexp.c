@@ -153,6 +153,13 @@ SOFTGRAD_HELPER double softgrad_max(double a, double b) { return b > a ? b : a; 
 /* w·f, but 0 where w = 0 even if f is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite */
 SOFTGRAD_HELPER double softgrad_guarded(double w, double f) { return softgrad_select(w == 0, 0, w * f); }
 
+/* a + b − (a + b rounded), exactly, for any a and b (Knuth's 2Sum): what rounding the sum dropped */
+SOFTGRAD_HELPER double softgrad_sum_error(double a, double b, double sum)
+{
+    const double part = sum - a;
+    return (a - (sum - part)) + (b - part);
+}
+
 /* σ(u) and log(1 + exp(v)) without overflow: exp is only ever taken of −|u|; σ within 2 ulp */
 SOFTGRAD_HELPER double softgrad_sigmoid(double u)
 {
@@ -171,8 +178,7 @@ SOFTGRAD_HELPER double softgrad_tanh_softplus(double u)
     const double numerator = softgrad_select(u >= 0, 1 + 2 * e, e * e + 2 * e);
     const double rest = softgrad_select(u >= 0, 2 * e * e, 2);
     const double denominator = numerator + rest;
-    const double part = denominator - numerator; /* what rounding the denominator dropped, exactly (2Sum) */
-    const double dropped = (numerator - (denominator - part)) + (rest - part);
+    const double dropped = softgrad_sum_error(numerator, rest, denominator);
     const double quotient = numerator / denominator;
     return quotient - quotient * (dropped / denominator);
 }
@@ -230,11 +236,9 @@ SOFTGRAD_HELPER double softgrad_pow(double x, double y)
         + cube * 0x1.5555555555555p-55 + cube_low * 0x1.5555555555555p-1;
     const double rest = s * z * z * (0x1.999999999999ap-2 + z * (0x1.2492492492537p-2 + z * (0x1.c71c71c6e441bp-3 + z * (0x1.745d17802c2c5p-3 + z * (0x1.3b139383219ecp-3 + z * (0x1.11194432dbb5fp-3 + z * (0x1.df6309497fd78p-4 + z * (0x1.e1390904a24bap-4)))))))); /* 2s⁵/5 + 2s⁷/7 + … */
     const double a = k * 0x1.62e42fecp-1, b = 2 * s;
-    const double sum = a + b, sum_part = sum - a;
-    const double sum_error = (a - (sum - sum_part)) + (b - sum_part); /* 2Sum: a + b = sum + sum_error */
-    const double high = sum + third, high_part = high - sum;
-    const double high_error = (sum - (high - high_part)) + (third - high_part);
-    const double low = sum_error + high_error + 2 * s_low + third_low + 2 * z * s_low + rest + k * 0x1.d1cf79abc9e3bp-32;
+    const double sum = a + b, high = sum + third;
+    const double low = softgrad_sum_error(a, b, sum) + softgrad_sum_error(sum, third, high)
+        + 2 * s_low + third_low + 2 * z * s_low + rest + k * 0x1.d1cf79abc9e3bp-32;
     const double product = y * high;
     const int in_range = (product > -0x1.75p+9) & (product < 0x1.63p+9);
     const double product_low = softgrad_select(in_range, softgrad_product_error(y, high, product) + y * low, 0);
