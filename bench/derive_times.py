@@ -49,11 +49,12 @@ def main() -> None:
     lines = [f"## Derive times (`softgrad derive SPEC`, a fresh process each, best of 3; {platform.python_version()})",
              "", f"Python start-up alone {baseline:.2f} s; with softgrad (and SymPy) imported {start_up:.2f} s.", "",
              "| entry | seconds | target |", "|---|---:|---:|"]
-    worst = 0.0
+    worst, softmax_met = 0.0, False
     for name in CATALOG:
         seconds = best_of([sys.executable, "-m", "softgrad", "derive", name])
         target = 2.0 if name == "softmax" else 5.0
         worst = max(worst, seconds)
+        softmax_met = softmax_met or (name == "softmax" and seconds < target)
         lines.append(f"| {name} | {seconds:.2f} | < {target:.0f} {'ok' if seconds < target else 'OVER'} |")
         print(lines[-1], flush=True)
     times = []
@@ -63,8 +64,7 @@ def main() -> None:
         lines.append(f"| {name} (outside the catalog) | {seconds:.2f} | < 2 {'ok' if seconds < 2 else 'OVER'} |")
         print(lines[-1], flush=True)
     median = statistics.median(times)
-    softmax = next(line for line in lines if line.startswith("| softmax |"))
-    lines += ["", f"- softmax < 2 s: {'met' if 'ok' in softmax else 'NOT met'}; every catalog entry < 5 s: "
+    lines += ["", f"- softmax < 2 s: {'met' if softmax_met else 'NOT met'}; every catalog entry < 5 s: "
               f"{'met' if worst < 5 else 'NOT met'} (slowest {worst:.2f} s)",
               f"- every function outside the catalog < 2 s: {'met' if max(times) < 2 else 'NOT met'} "
               f"(slowest {max(times):.2f} s); median < 1 s: {'met' if median < 1 else 'NOT met'} ({median:.2f} s)"]
