@@ -5,6 +5,7 @@ One subclass per target (terminal, LaTeX, MathML); everything else is SymPy's ow
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sympy as sp
@@ -42,6 +43,27 @@ class TextPrinter(PrettyPrinter):
         if len(expr.indices) == 1 and isinstance(expr.indices[0], sp.Symbol):
             return self._print(sp.Symbol(f"{expr.base}_{expr.indices[0]}"))
         return prettyForm(inline_text(expr))
+
+    def _print_Mul(self, product: Any) -> Any:
+        """A fraction of the factors with negative rational powers (and a rational's denominator) below.
+
+        SymPy's own _print_Mul does the same but imports sympy.physics.units on its first product (a
+        tenth of a second, a tenth of a derivation) only to print units last: derivations have none."""
+        if product.args[0] is sp.S.One or any(isinstance(a, sp.Number) for a in product.args[1:]):
+            return super()._print_Mul(product)  # unevaluated: every factor printed as written
+        factors = list(product.args) if self.order in ("old", "none") else product.as_ordered_factors()
+        above: list[Any] = []
+        below: list[Any] = []
+        for factor in factors:
+            if factor.is_commutative and factor.is_Pow and factor.exp.is_Rational and factor.exp.is_negative:
+                below.append(sp.Pow(factor.base, -factor.exp, evaluate=bool(factor.exp == -1)))
+            elif factor.is_Rational:
+                above += [sp.Rational(factor.p)] if factor.p != 1 else []
+                below += [sp.Rational(factor.q)] if factor.q != 1 else []
+            else:
+                above.append(factor)
+        top = prettyForm.__mul__(*[self._print(f) for f in above or [sp.S.One]])
+        return top / prettyForm.__mul__(*[self._print(f) for f in below]) if below else top
 
     def _print_KroneckerDelta(self, expr: Any) -> Any:
         if not all(_simple(a) for a in expr.args):
@@ -367,10 +389,14 @@ def inline_mathml(expr: Any) -> str:
     return f"<math>{to_mathml(expr)}</math>"
 
 
+@functools.lru_cache(maxsize=2048)  # a result is printed to measure it, then again to show it
+def _picture(expr: Any, ordered: bool) -> Any:
+    return TextPrinter({"order": "none"} if ordered else None)._print(expr)
+
+
 def equation_text(lhs: Any, forms: list[Any], ordered: bool = False) -> str:
     """lhs = form = form … as one multi-line unicode picture."""
-    printer = TextPrinter({"order": "none"} if ordered else None)
-    picture = printer._print(lhs)
+    picture = _picture(lhs, ordered)
     for form in forms:
-        picture = prettyForm(*picture.right(" = ", printer._print(form)))
+        picture = prettyForm(*picture.right(" = ", _picture(form, ordered)))
     return str(picture.render(wrap_line=False))
