@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
+from softgrad.derive import proof
 from softgrad.derive.catalog import CATALOG
 from softgrad.derive.check import SIZES, Point, StepChecker, WideEvaluator, wide_precision
 from softgrad.derive.engine import Engine
@@ -140,3 +141,18 @@ def test_the_zero_test_uses_what_a_root_is():
     assert _is_zero(1 / root - root / (a**2 + b**2 + 1))
     assert not _is_zero(root**3 - (a**2 + b**2) * root)
     assert not _is_zero(root - a)
+
+
+def test_a_difference_too_large_to_simplify_is_not_called_zero():
+    """Past LARGEST_DIFFERENCE nodes the prover declines (the step stays checked numerically) rather than
+    spending unbounded time, even on a difference that is 0; just under the limit it decides."""
+    a = sp.Symbol("a")
+    identity = sp.Add(*[(sp.exp(k * a) + 1)**2 - sp.exp(2 * k * a) - 2 * sp.exp(k * a) - 1 for k in range(1, 30)])
+    assert identity != 0
+    assert _is_zero(identity)
+    size = sum(1 for _ in sp.preorder_traversal(identity))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(proof, "LARGEST_DIFFERENCE", size)
+        assert _is_zero(identity)
+        patch.setattr(proof, "LARGEST_DIFFERENCE", size - 1)
+        assert not _is_zero(identity)

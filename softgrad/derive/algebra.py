@@ -130,6 +130,7 @@ def depends_on(expr: sp.Expr, names: set[str]) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # the same forms are weighed again in every back-substitution trial
 def cost(expr: sp.Expr) -> int:
     """How heavy an expression reads: operations, with sums and inputs inside functions weighted up."""
     sums = len(expr.atoms(sp.Sum))
@@ -161,7 +162,14 @@ def _tidy(expr: sp.Expr) -> sp.Expr:
         candidates.append(sp.factor(cancelled if powers == expr else sp.cancel(powers)))
     except (sp.PolynomialError, TypeError, ValueError):
         pass
-    return min(candidates, key=lambda e: (cost(e), len(str(e))))
+    return lightest(candidates)
+
+
+def lightest(candidates: list[sp.Expr]) -> sp.Expr:
+    """The candidate of least cost, ties broken by the shorter printed form (printed only for ties)."""
+    costs = [cost(e) for e in candidates]
+    tied = [e for e, c in zip(candidates, costs) if c == min(costs)]
+    return tied[0] if len(tied) == 1 else min(tied, key=lambda e: len(str(e)))
 
 
 def inversions(definition: Definition) -> list[tuple[sp.Expr, sp.Expr]]:
@@ -269,7 +277,7 @@ def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -
                 if cost(trial) < cost(best):
                     best = trial
         results.append(best)
-    return min(results, key=lambda e: (cost(e), len(str(e))))
+    return lightest(results)
 
 
 def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str]:
