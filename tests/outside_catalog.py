@@ -29,4 +29,5 @@ OUTSIDE_THE_CATALOG = [
     "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = sum(p[k]^2, k)",  # collision probability
     "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*log(p[k]), k) + sum(t[k]*(1 - p[k]), k)",  # Poly-1
     "p[i] = sigmoid(x[i]); L = -sum(t[k]*(1 - p[k])^2*log(p[k]) + (1 - t[k])*p[k]^2*log(1 - p[k]), k)",  # sigmoid focal
+    "y[i] = exp(sum(x[k], k))*x[i]",  # an exp of a sum (SymPy's expand and cancel write it as a product Π)
 ]

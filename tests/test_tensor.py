@@ -241,6 +241,22 @@ def test_codegen_check_passes_and_catches_a_wrong_module(name):
     assert not all(check.passed for check in check_tensor_module(derivation, broken))
 
 
+def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_them():
+    """At inputs of magnitude 1000 an unshifted softmax overflows and fails; exp(Σ_k x) truly overflows,
+    so its generated code passes (the exact value, in extended precision, is not a double either)."""
+    derivation = derived("softmax-regression")
+    files = emit(derivation, "numpy")
+    ((file_name, text),) = files.items()
+    unshifted = text.replace("return np.where(np.isfinite(shift), shift, 0)", "return 0 * shift")
+    assert unshifted != text
+    broken = type(files)({file_name: unshifted}, language="numpy", module=files.module, dtype="float64", openmp=False)
+    verdicts = {check.against: check.passed for check in check_tensor_module(derivation, broken)}
+    assert [against for against, passed in verdicts.items() if not passed] == [
+        "inputs of magnitude 1000 (finite where the exact value is)"]
+    growing = derive_spec(parse_spec("y[b,i] = exp(sum(x[b,k], k)) * x[b,i]"), time_limit=None)
+    assert all(check.passed for check in check_tensor_module(growing, emit(growing, "numpy")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
 def test_generated_c_matches_the_numpy_module(name, tmp_path):

@@ -15,13 +15,27 @@ from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.symbols import SumExcept, class_sum, fresh_index, names_in, sigmoid
 
 
+def exp_of_sums(expr: sp.Expr) -> sp.Expr:
+    """Π_k exp(f) written back as exp(Σ_k f): SymPy's expand, cancel and factor turn exp(Σ) into a product,
+    which no textbook step, check or code generator here uses."""
+    if not expr.has(sp.Product):
+        return expr
+    return expr.replace(lambda e: isinstance(e, sp.Product) and isinstance(e.function, sp.exp),
+                        lambda e: sp.exp(sp.Sum(e.function.args[0], *e.limits)))
+
+
+def expanded(expr: sp.Expr, **hints: bool) -> sp.Expr:
+    """sp.expand, except that exp(Σ_k f) stays exp(Σ_k f)."""
+    return exp_of_sums(sp.expand(expr, **hints))
+
+
 def sift(expr: sp.Expr) -> sp.Expr:
     """Apply Σ_k c(k) δ_ka = c(a) to every sum whose terms carry a Kronecker delta of its index."""
 
     def sift_one(total: sp.Sum) -> sp.Expr:
         bound = total.limits[0][0]
         kept, sifted = [], []
-        for term in sp.Add.make_args(sp.expand(total.function)):
+        for term in sp.Add.make_args(expanded(total.function)):
             delta = next(
                 (f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta) and bound in f.args),
                 None,
@@ -43,7 +57,7 @@ def distribute_sums(expr: sp.Expr) -> sp.Expr:
     def split(total: sp.Sum) -> sp.Expr:
         bound = total.limits[0][0]
         pieces = []
-        for term in sp.Add.make_args(sp.expand(total.function)):
+        for term in sp.Add.make_args(expanded(total.function)):
             constant, varying = term.as_independent(bound, as_Add=False)
             pieces.append(constant * (class_sum(varying, bound) if varying != 1 else class_sum(1, bound)))
         return sp.Add(*pieces)
@@ -155,14 +169,18 @@ def tidy(expr: sp.Expr) -> sp.Expr:
 def _tidy(expr: sp.Expr) -> sp.Expr:
     candidates = [expr]
     try:
-        powers = sp.powsimp(sp.expand(expr, power_exp=True, mul=False, log=False))
+        powers = sp.powsimp(expanded(expr, power_exp=True, mul=False, log=False))
         cancelled = sp.cancel(expr)
-        candidates += [cancelled, sp.factor(expr), sp.factor_terms(sp.expand(expr)), powers]
+        factored = sp.factor(expr)
+        candidates += [cancelled, factored, sp.factor_terms(expanded(expr)), powers]
         # (powsimp of the cancelled powers never won over the catalog and the outside corpus: not tried)
-        candidates.append(sp.factor(cancelled if powers == expr else sp.cancel(powers)))
+        if powers != expr:
+            candidates.append(sp.factor(sp.cancel(powers)))
+        elif cancelled != expr:  # (else it is the factored form again)
+            candidates.append(sp.factor(cancelled))
     except (sp.PolynomialError, TypeError, ValueError):
         pass
-    return lightest(candidates)
+    return lightest([exp_of_sums(c) for c in candidates])
 
 
 def lightest(candidates: list[sp.Expr]) -> sp.Expr:

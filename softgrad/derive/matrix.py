@@ -11,6 +11,7 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions import DiagMatrix, HadamardPower, HadamardProduct, OneMatrix
 
+from softgrad.derive.algebra import expanded
 from softgrad.derive.symbols import n
 
 
@@ -84,7 +85,7 @@ def jacobian_matrix(diagonal: sp.Expr, off: sp.Expr, row: sp.Symbol, column: sp.
             return None
         kind, value = piece
         terms.append(DiagMatrix(value) if kind == "vector" else value * sp.Identity(n))
-    for term in sp.Add.make_args(sp.expand(off)) if off != 0 else []:
+    for term in sp.Add.make_args(expanded(off)) if off != 0 else []:
         row_part, column_part = term.as_independent(column, as_Add=False)
         left, right = vectorize(row_part, row), vectorize(column_part.subs(column, row), row)
         if left is None or right is None or "dot" in (left[0], right[0]):

@@ -25,7 +25,7 @@ import sympy as sp
 from sympy.matrices.expressions import HadamardProduct, OneMatrix
 
 from softgrad.derive import tensor_algebra as ta
-from softgrad.derive.algebra import cost
+from softgrad.derive.algebra import cost, expanded
 from softgrad.derive.algebra import tidy as _tidy
 from softgrad.derive.engine import affine_in
 from softgrad.derive.prose import prose, words
@@ -339,9 +339,9 @@ class TensorEngine:
         entry = self._entry(consumer.name, a)
         body = ta.at(consumer, a, local)
         derivative = tidy(ta.sift(ta.exact_numbers(sp.diff(body, var))))
-        expanded = sp.expand(derivative)
-        terms = sp.Add.make_args(expanded)
-        pairs = [d for d in expanded.atoms(sp.KroneckerDelta) if set(d.args) & set(a) and set(d.args) & set(q)]
+        written = expanded(derivative)
+        terms = sp.Add.make_args(written)
+        pairs = [d for d in written.atoms(sp.KroneckerDelta) if set(d.args) & set(a) and set(d.args) & set(q)]
         common = [d for d in pairs if all(d in sp.Mul.make_args(t) for t in terms)]
         partial = [d for d in pairs if d not in common and not (set(d.args) & {x for c in common for x in c.args}
                                                                & set(a))]
@@ -349,7 +349,7 @@ class TensorEngine:
             return
         coincide = {next(x for x in d.args if x in a): next(x for x in d.args if x in q) for d in common}
         lhs = Partial(entry.xreplace(coincide), var)
-        rest = in_names(tidy(expanded.xreplace({d: sp.S.One for d in common}).xreplace(coincide)), self.spec, local)
+        rest = in_names(tidy(written.xreplace({d: sp.S.One for d in common}).xreplace(coincide)), self.spec, local)
         split = partial[0]
         row, column = next(x for x in split.args if x in a), next(x for x in split.args if x in q)
         if coincide:

@@ -13,7 +13,7 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.derive.algebra import cost, inversions, tidy
+from softgrad.derive.algebra import cost, expanded, inversions, tidy
 from softgrad.derive.spec import Definition
 
 
@@ -103,7 +103,7 @@ def sift(expr: sp.Expr) -> sp.Expr:
     Σ_k c = c·n_k."""
     def one(total: sp.Sum) -> sp.Expr:
         pieces = []
-        for term in sp.Add.make_args(sp.expand(_powers_of_deltas(total.function))):
+        for term in sp.Add.make_args(expanded(_powers_of_deltas(total.function))):
             limits = list(total.limits)
             changed = True
             while changed:
@@ -164,7 +164,7 @@ def factor_out(term: sp.Expr, limits: list[tuple[sp.Expr, ...]]) -> sp.Expr:
 def distribute(expr: sp.Expr) -> sp.Expr:
     """Σ(a + b) → Σa + Σb, each with its constant factors outside."""
     def one(total: sp.Sum) -> sp.Expr:
-        return sp.Add(*[factor_out(term, list(total.limits)) for term in sp.Add.make_args(sp.expand(total.function))])
+        return sp.Add(*[factor_out(term, list(total.limits)) for term in sp.Add.make_args(expanded(total.function))])
 
     return expr.replace(lambda e: isinstance(e, sp.Sum), one)
 
@@ -323,7 +323,7 @@ def in_names(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> s
                     trial = exact_numbers(tidy(unify_sums(distribute(trial))))
                     if cost(trial) < cost(best):
                         best = trial
-        collapsed = exact_numbers(tidy(collapse_deltas(sp.expand(best))))
+        collapsed = exact_numbers(tidy(collapse_deltas(expanded(best))))
         if cost(collapsed) < cost(best):
             best = collapsed
         if best == start:

@@ -40,8 +40,17 @@ class TensorChecker:
     """Evaluates forward definitions, the derivation's named backward arrays and each step's forms."""
 
     def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]], surrogate: Definition | None,
-                 positive: set[str], seed: int = 0):
+                 positive: set[str], seed: int = 0, wide: bool = False):
+        """wide: evaluate in mpmath complex numbers (inside check.wide_precision()), where doubles would
+        overflow; the points' arrays then hold mpmath numbers."""
         self.spec = spec
+        self.wide = wide
+        if wide:
+            import mpmath
+
+            self.functions = function_table(mpmath)
+        else:
+            self.functions = _FUNCTIONS
         self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
         self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
@@ -81,12 +90,18 @@ class TensorChecker:
             if definition.is_vector:
                 ranges = self.axes[definition.name]
                 shape = tuple(point.sizes[self.spec.sizes[r]] for r in ranges)
-                values = np.empty(shape, dtype=complex)
+                values = np.empty(shape, dtype=object if self.wide else complex)
                 for entry in itertools.product(*(range(s) for s in shape)):
                     values[entry] = self.value(definition.expr, point, dict(zip(definition.indices, entry)))
                 point.arrays[definition.name] = values
             else:
                 point.scalars[definition.name] = self.value(definition.expr, point, {})
+
+    @staticmethod
+    def _wide_number(number: sp.Expr) -> Any:
+        import mpmath
+
+        return mpmath.mpc(sp.re(number).evalf(mpmath.mp.dps), sp.im(number).evalf(mpmath.mp.dps))
 
     def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
         """expr's value at one point, its free indices bound by `env` (complex arithmetic)."""
@@ -102,7 +117,7 @@ class TensorChecker:
 
     def _compile(self, expr: sp.Basic) -> Any:
         if expr.is_Number or expr.is_NumberSymbol:
-            constant = complex(expr)
+            constant = self._wide_number(expr) if self.wide else complex(expr)
             return lambda point, env: constant
         if isinstance(expr, sp.Indexed):
             name = str(expr.base)
@@ -133,12 +148,13 @@ class TensorChecker:
             return product
         if expr.is_Pow:
             base, exponent = self.compiled(expr.base), self.compiled(expr.exp)
+            exp, log = self.functions[sp.exp], self.functions[sp.log]
 
             def power(point: Point, env: dict[Any, int]) -> Any:
                 b, e = base(point, env), exponent(point, env)
                 if e.imag == 0 and e.real == int(e.real):
                     return b ** int(e.real)
-                return cmath.exp(e * cmath.log(b))
+                return exp(e * log(b))
             return power
         if isinstance(expr, sp.KroneckerDelta):
             first, second = (self.compiled(a) for a in expr.args)
@@ -160,7 +176,7 @@ class TensorChecker:
             return total
         if isinstance(expr, Partial):
             return lambda point, env: self._derivative(expr, point, env)
-        function = _FUNCTIONS.get(expr.func)
+        function = self.functions.get(expr.func)
         if function is not None:
             arguments = [self.compiled(a) for a in expr.args]
             return lambda point, env: function(*(a(point, env) for a in arguments))
