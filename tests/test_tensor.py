@@ -241,6 +241,28 @@ def test_codegen_check_passes_and_catches_a_wrong_module(name):
     assert not all(check.passed for check in check_tensor_module(derivation, broken))
 
 
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_a_power_with_a_parameter_has_its_true_derivative_at_zero(language, tmp_path):
+    """y = x^g differentiates to g·dy·y/x in names, 0/0 at x = 0: the generated code computes g·dy·x^(g−1)."""
+    from conftest import require_tool
+
+    from softgrad.codegen.build import load_c
+
+    derivation = derive_spec(parse_spec("y[b,i] = x[b,i]^g"), time_limit=None)
+    if language == "c":
+        require_tool("cc")
+        module = load_c(emit(derivation, "c"), tmp_path)
+    else:
+        ((file_name, text),) = emit(derivation, "numpy").items()
+        (tmp_path / file_name).write_text(text)
+        module = import_path(tmp_path / file_name)
+    x = np.array([[0.0, 0.5], [0.0, 2.0]])
+    upstream = np.array([[3.0, 1.0], [1.0, 1.0]])
+    for g in (1.0, 2.0, 2.5):
+        (dx,) = module.gradients(x, upstream, g)
+        np.testing.assert_allclose(dx, g * upstream * x ** (g - 1), rtol=1e-14)
+
+
 def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_them():
     """At inputs of magnitude 1000 an unshifted softmax overflows and fails; exp(Σ_k x) truly overflows,
     so its generated code passes (the exact value, in extended precision, is not a double either)."""

@@ -17,7 +17,7 @@ from typing import Any
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
-from softgrad.codegen.tensor_numpy import checked_arrays, printed_names
+from softgrad.codegen.tensor_numpy import backward_definitions, checked_arrays, printed_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
@@ -280,12 +280,13 @@ def lower_tensor_c(derivation: Derivation) -> CModule:
     compiler = _Compiler(derivation, printed)
     for definition in spec.definitions:  # which normalised arrays need their log (scan first)
         compiler.normalised_form(definition)
-    for definition in [*spec.definitions, *tensor.backward]:
+    backward_arrays = backward_definitions(derivation)
+    for definition in [*spec.definitions, *backward_arrays]:
         compiler.with_logs(definition.expr)
     output = spec.output
     forward = [compiler.statement(d, printed[d.name]) for d in spec.definitions]
     gradient_names = {printed[g] for g in tensor.gradients.values()}
-    backward = [compiler.statement(d, printed[d.name]) for d in tensor.backward]
+    backward = [compiler.statement(d, printed[d.name]) for d in backward_arrays]
     work = [(printed[d.name], tensor.axes.get(d.name, ())) for d in spec.definitions if d is not output]
     work += [("_log_" + printed[name], tensor.axes[name]) for name in sorted(compiler.logs_needed)]
     backward_work = [(printed[d.name], tensor.axes.get(d.name, ())) for d in tensor.backward

@@ -10,12 +10,14 @@ log Σ exp is shifted the same way. No Python loop runs over entries.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
+from softgrad.codegen.lower import merged_powers
 from softgrad.codegen.names import public_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
@@ -299,6 +301,24 @@ def printed_names(derivation: Derivation) -> dict[str, str]:
                          *([tensor.upstream] if tensor.upstream else []), *(d.name for d in tensor.backward)])
 
 
+def backward_definitions(derivation: Derivation) -> list[Definition]:
+    """The derivation's backward arrays, each with a division by an entry removed where writing the spec's
+    elementwise arrays out and merging powers removes it: y = x^g differentiates to g·dy·y/x, which is
+    0/0 at x = 0, where g·dy·x^(g−1) is 0 (g > 1) or g·dy (g = 1)."""
+    elementwise = {d.name: d for d in derivation.spec.definitions if d.is_vector and not d.expr.atoms(sp.Sum)}
+    definitions = []
+    for definition in derivation.tensor.backward:
+        divisors = {p.base for p in definition.expr.atoms(sp.Pow) if p.exp.is_negative and p.base.atoms(sp.Indexed)}
+        if divisors:
+            written = merged_powers(definition.expr.xreplace({
+                e: ta.at(elementwise[str(e.base)], e.indices, set()) for e in definition.expr.atoms(sp.Indexed)
+                if str(e.base) in elementwise}))
+            if not any(p.exp.is_negative and p.base in divisors for p in written.atoms(sp.Pow)):
+                definition = dataclasses.replace(definition, expr=written)
+        definitions.append(definition)
+    return definitions
+
+
 def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str, Any]:
     """What the shared shape check of the generated modules needs: arrays with their ranges, labels."""
     tensor, spec = derivation.tensor, derivation.spec
@@ -328,7 +348,7 @@ def lower_tensor(derivation: Derivation) -> TensorModule:
     for range_name in spec.labels.values():
         if range_name not in fixed:
             raise SoftgradError(f"the number of classes (range {range_name}) is not fixed by any input array")
-    backward = [compiler.statement(d) for d in tensor.backward]
+    backward = [compiler.statement(d) for d in backward_definitions(derivation)]
     for statement in forward:  # log P only where the spec or a gradient reads it
         statement.lines = [line for line in statement.lines
                            if not (line.startswith("_log_") and line.split(" ")[0][5:] not in
