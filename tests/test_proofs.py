@@ -1,6 +1,8 @@
 """Steps are proved exactly where SymPy can, and a proof is never claimed for a step that is not an identity."""
 
+import os
 import random
+import signal
 
 import mpmath
 import pytest
@@ -156,3 +158,42 @@ def test_a_difference_too_large_to_simplify_is_not_called_zero():
         assert _is_zero(identity)
         patch.setattr(proof, "LARGEST_DIFFERENCE", size - 1)
         assert not _is_zero(identity)
+
+
+@pytest.mark.parametrize("spec", ["softmax", "kl-divergence", "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; "
+                                  "y[i] = (x[i] - m)/sqrt(v + 0.00001)"])
+def test_proofs_in_the_background_mark_the_same_steps_as_proofs_in_process(spec, monkeypatch):
+    """A derivation proves its steps in a forked process where it can: same marks as proving them one by one,
+    and no process is left behind."""
+    from softgrad.derive.engine import derive_spec
+
+    with monkeypatch.context() as patch:
+        patch.setattr(proof, "_may_fork", lambda: False)
+        alone = derive_spec(softgrad.derive.load_spec(spec))
+    started = []
+    original = proof.BackgroundProofs._start
+    monkeypatch.setattr(proof.BackgroundProofs, "_start", lambda self: started.append(1) or original(self))
+    monkeypatch.setattr(proof, "_may_fork", lambda: True)
+    together = derive_spec(softgrad.derive.load_spec(spec))
+    assert started == [1]
+    assert [(s.proved, s.proof_detail) for s in together.steps] == [(s.proved, s.proof_detail) for s in alone.steps]
+    assert together.check_summary == alone.check_summary
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_background_prover_that_dies_is_replaced_by_proofs_in_process(monkeypatch):
+    """Should the forked prover fail (killed, out of memory), the steps are proved here: no proof is lost."""
+    from softgrad.derive.engine import derive_spec
+
+    monkeypatch.setattr(proof, "_may_fork", lambda: True)
+    original = proof.BackgroundProofs.results
+
+    def killed_first(self):
+        if self._child is not None:
+            os.kill(self._child[0], signal.SIGKILL)
+            os.waitpid(self._child[0], 0)
+        return original(self)
+    monkeypatch.setattr(proof.BackgroundProofs, "results", killed_first)
+    derivation = derive_spec(softgrad.derive.load_spec("softmax"))
+    assert all(step.proved for step in derivation.steps)

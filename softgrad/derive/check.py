@@ -21,7 +21,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
 from softgrad.derive.algebra import positive_inputs
-from softgrad.derive.proof import Prover
+from softgrad.derive.proof import BackgroundProofs, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
@@ -303,7 +303,9 @@ class StepChecker:
     """Checks steps of one derivation; extra definitions (e.g. a surrogate loss for VJPs) may be added."""
 
     def __init__(self, spec: Spec, extra_definitions: Sequence[Definition] = (), extra_inputs: Sequence[str] = (),
-                 seed: int = 0):
+                 seed: int = 0, background_proofs: bool = False):
+        """background_proofs: prove steps in another process while the caller goes on; their `proved`
+        marks are then set by finish_proofs() (else each step is proved as it is checked)."""
         self.spec = spec
         self.definitions = list(spec.definitions) + list(extra_definitions)
         self.inputs = list(spec.inputs) + list(extra_inputs)
@@ -316,6 +318,7 @@ class StepChecker:
         self.checked = 0
         self.proved = 0
         self.prover = Prover(spec, self.definitions, self.inputs)
+        self.proofs = BackgroundProofs(self.prover) if background_proofs else None
         self._explicit: dict[tuple[Any, ...], sp.ImmutableMatrix] = {}
 
     def _sample(self, evaluator_class: type[Evaluator]) -> None:
@@ -389,12 +392,29 @@ class StepChecker:
         step.check_detail = f"{sum(comparisons.values())} comparisons at n = {', '.join(map(str, sizes))}"
         step.check_sizes = tuple(sizes)
         self.checked += 1
-        proved_sizes = self.prover.prove(step, free, equal, distinct)
+        if self.proofs is not None:
+            self.proofs.submit(step, free, equal, distinct)
+        else:
+            self._mark_proved(step, self.prover.prove(step, free, equal, distinct))
+        return step
+
+    def finish_proofs(self) -> None:
+        """Mark the steps proved in the background (with background_proofs; else they already are)."""
+        if self.proofs is not None:
+            proofs, self.proofs = self.proofs, None  # steps checked from now on are proved at once
+            for (step, *_), sizes in zip(proofs.requests, proofs.results()):
+                self._mark_proved(step, sizes)
+
+    def stop_proofs(self) -> None:
+        """Stop proving in the background (the derivation failed or was interrupted)."""
+        if self.proofs is not None:
+            self.proofs.close()
+
+    def _mark_proved(self, step: Step, proved_sizes: list[int]) -> None:
         if proved_sizes:
             step.proved = True
             step.proof_detail = f"identical at n = {', '.join(map(str, proved_sizes))}"
             self.proved += 1
-        return step
 
     def _finite(self, value: Any) -> Any:
         """The value, or OverflowError where double precision ran out (an inf or NaN from finite inputs)."""

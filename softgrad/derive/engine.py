@@ -125,7 +125,8 @@ class Engine:
                     0,
                 )
             ]
-        self.checker = StepChecker(spec, extra, [str(self.upstream.label)] if extra else [], seed)
+        self.checker = StepChecker(spec, extra, [str(self.upstream.label)] if extra else [], seed,
+                                   background_proofs=True)
         # filled in as the derivation proceeds
         self.reductions: list[sp.Expr] = []  # per-row reductions of the VJP
         self.vjp_vector: sp.MatrixExpr | None = None
@@ -450,8 +451,11 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
                 results["gradient_constrained"] = engine.result(
                     "gradient_constrained", "Gradient under the constraint", last.lhs, last.result, column,
                     "assuming " + "; ".join(last.assumes))
+        engine.checker.finish_proofs()
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {output.name}: {problem}") from None
+    finally:
+        engine.checker.stop_proofs()
     derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions, wrt_reason=engine.wrt_reason)
     checker = engine.checker
     derivation.check_summary = (

@@ -17,6 +17,12 @@ proved once, at the smallest representative values.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -391,3 +397,97 @@ def _in_exp_form(function: sp.Expr) -> sp.Expr:
     if isinstance(function, sp.tanh):
         return (1 - sp.exp(-2 * argument)) / (1 + sp.exp(-2 * argument))
     return sp.expand_log(function, force=True)
+
+
+class BackgroundProofs:
+    """Steps proved in a forked process while the derivation goes on, so that a derivation takes about the
+    longer of the two instead of their sum; elsewhere (one CPU, not Linux, threads running) or should that
+    process fail, the steps are proved here when the results are asked for. The results are the same.
+
+    Each step is sent as it is checked (pickled: its sides, assumptions and matrix axes); the answers, the
+    sizes proved for each step, come back once, at the end."""
+
+    def __init__(self, prover: Prover, in_background: bool = True):
+        self.prover = prover
+        self.requests: list[tuple[Step, list[sp.Symbol], Any, Any]] = []
+        self._in_background = in_background and _may_fork()
+        self._child: tuple[int, Any, Any] | None = None
+
+    def submit(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
+               distinct: tuple[sp.Symbol, sp.Symbol] | None) -> None:
+        self.requests.append((step, list(free), equal, distinct))
+        if self._in_background and self._child is None:
+            self._in_background = False  # one process per derivation, started with its first step
+            self._start()
+        if self._child is not None:
+            claim = Step(step.rule, step.lhs, step.forms, reason=None,  # type: ignore[arg-type]
+                         assumes=step.assumes, matrix_axes=step.matrix_axes)
+            try:
+                pickle.dump((claim, list(free), equal, distinct), self._child[1])
+                self._child[1].flush()
+            except (OSError, pickle.PicklingError, RecursionError):
+                self.close()  # proved here instead
+
+    def results(self) -> list[list[int]]:
+        """The sizes proved for every submitted step, in order of submission."""
+        answers = None
+        if self._child is not None:
+            _, requests, replies = self._child
+            try:
+                pickle.dump(None, requests)
+                requests.close()
+                answers = pickle.load(replies)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                answers = None
+            finally:
+                self.close()
+        if not isinstance(answers, list) or len(answers) != len(self.requests):
+            answers = [self.prover.prove(*request) for request in self.requests]
+        return answers
+
+    def close(self) -> None:
+        """Stop the background process (if any) and reap it."""
+        if self._child is None:
+            return
+        pid, requests, replies = self._child
+        self._child = None
+        for stream in (requests, replies):
+            with contextlib.suppress(OSError):
+                stream.close()
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, 0)
+
+    def _start(self) -> None:
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):  # room for a derivation's steps without blocking
+            import fcntl
+
+            fcntl.fcntl(request_write, fcntl.F_SETPIPE_SZ, 1 << 20)
+        pid = os.fork()
+        if pid == 0:  # the background process: prove what arrives, answer at the end, never return
+            status = 1
+            try:
+                os.close(request_write)
+                os.close(reply_read)
+                with os.fdopen(request_read, "rb") as requests, os.fdopen(reply_write, "wb") as replies:
+                    answers = []
+                    while (request := pickle.load(requests)) is not None:
+                        answers.append(self.prover.prove(*request))
+                    pickle.dump(answers, replies)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(request_read)
+        os.close(reply_write)
+        self._child = (pid, os.fdopen(request_write, "wb"), os.fdopen(reply_read, "rb"))
+
+
+def _may_fork() -> bool:
+    """Fork only where it is cheap and safe: Linux, a second CPU to run on, and no other thread (whose
+    locks the copy would inherit held)."""
+    if not sys.platform.startswith("linux") or threading.active_count() != 1:
+        return False
+    return len(os.sched_getaffinity(0)) >= 2
