@@ -169,9 +169,10 @@ def tidy(expr: sp.Expr) -> sp.Expr:
 def _tidy(expr: sp.Expr) -> sp.Expr:
     candidates = [expr]
     try:
-        powers = sp.powsimp(expanded(expr, power_exp=True, mul=False, log=False))
-        cancelled = sp.cancel(expr)
-        candidates += [cancelled, sp.factor(expr), sp.factor_terms(expanded(expr)), powers]
+        candidates += [sp.cancel(expr), sp.factor(expr), sp.factor_terms(expanded(expr))]
+        if expr.has(sp.exp) or any(not p.exp.is_Integer for p in expr.atoms(sp.Pow)):
+            # exponentials and roots combined (e^a·e^b → e^(a+b)); integer powers of a base combine anyway
+            candidates.append(sp.powsimp(expanded(expr, power_exp=True, mul=False, log=False)))
         # (the cancelled powers, powsimp'd or factored, won once over the catalog and the outside corpus, on
         # a trial that did not change any result: a sixth of tidy's time, not tried)
     except (sp.PolynomialError, TypeError, ValueError):
