@@ -197,3 +197,15 @@ def test_a_background_prover_that_dies_is_replaced_by_proofs_in_process(monkeypa
     monkeypatch.setattr(proof.BackgroundProofs, "results", killed_first)
     derivation = derive_spec(softgrad.derive.load_spec("softmax"))
     assert all(step.proved for step in derivation.steps)
+
+
+def test_a_fork_that_fails_leaves_the_proofs_to_this_process(monkeypatch):
+    """No process to be had (a process limit): the derivation proves its steps itself, and says so nowhere."""
+    from softgrad.derive.engine import derive_spec
+
+    def refused():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(proof, "_may_fork", lambda: True)
+    monkeypatch.setattr(os, "fork", refused)
+    derivation = derive_spec(softgrad.derive.load_spec("softmax"))
+    assert all(step.proved for step in derivation.steps)

@@ -466,7 +466,12 @@ class BackgroundProofs:
             import fcntl
 
             fcntl.fcntl(request_write, fcntl.F_SETPIPE_SZ, 1 << 20)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to be had (a process limit, memory): proved here instead
+            for descriptor in (request_read, request_write, reply_read, reply_write):
+                os.close(descriptor)
+            return
         if pid == 0:  # the background process: prove what arrives, answer at the end, never return
             status = 1
             try:
