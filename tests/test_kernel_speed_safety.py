@@ -4,6 +4,7 @@ schedule computing each exp once. (Speed itself is measured in bench/kernels.py,
 
 import ctypes
 import inspect
+import math
 import os
 import subprocess
 import sys
@@ -22,13 +23,14 @@ from softgrad.codegen.lower import applicable_kernels, lower
 from softgrad.codegen.schedule import schedule
 from softgrad.derive.catalog import CATALOG
 
-FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "tanh_softplus")
+FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "tanh_softplus", "erf")
 EXACT = {"exp": mpmath.exp, "log": mpmath.log, "log1p": mpmath.log1p, "expm1": mpmath.expm1, "tanh": mpmath.tanh,
          "sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)),
-         "tanh_softplus": lambda v: mpmath.tanh(mpmath.log1p(mpmath.exp(v)))}
+         "tanh_softplus": lambda v: mpmath.tanh(mpmath.log1p(mpmath.exp(v))), "erf": mpmath.erf}
 LIBM = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1, "tanh": np.tanh,
         "sigmoid": lambda v: np.where(v >= 0, 1 / (1 + np.exp(-v)), np.exp(v) / (1 + np.exp(v))),
-        "tanh_softplus": lambda v: np.tanh(np.logaddexp(0, v))}
+        "tanh_softplus": lambda v: np.tanh(np.logaddexp(0, v)),
+        "erf": lambda v: np.vectorize(math.erf, otypes=[float])(v).astype(v.dtype)}
 HARNESS = """#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -141,12 +143,14 @@ def _test_values(name: str, dtype: str) -> np.ndarray:
               "expm1": np.concatenate([signed, rng.uniform(-45, huge, 1500)]),
               "tanh": np.concatenate([signed, rng.uniform(-25, 25, 1000)]),
               "sigmoid": np.concatenate([signed, rng.uniform(-750, 750, 1000)]),
-              "tanh_softplus": np.concatenate([signed, rng.uniform(-750, 750, 1000)])}[name]
+              "tanh_softplus": np.concatenate([signed, rng.uniform(-750, 750, 1000)]),
+              "erf": np.concatenate([signed, rng.uniform(-7, 7, 3000), np.repeat([1.0, 2.5, 6.0], 200)
+                                     * (1 + rng.uniform(-1e-3, 1e-3, 600)) * rng.choice([-1, 1], 600)])}[name]
     values = values.astype(dtype)
     return values[np.isfinite(values) & ((values > -1) if name == "log1p" else True)]
 
 
-@pytest.mark.parametrize("name", ["log", "log1p", "expm1", "tanh", "sigmoid", "tanh_softplus"])
+@pytest.mark.parametrize("name", ["log", "log1p", "expm1", "tanh", "sigmoid", "tanh_softplus", "erf"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_generated_elementary_functions_are_within_two_ulp(vector_functions, name, dtype):
     values = _test_values(name, dtype)

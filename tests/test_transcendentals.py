@@ -10,7 +10,7 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 from softgrad.codegen.emit import emit
 from softgrad.derive import CATALOG, derive_spec, load_spec
 
-CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|tanh_softplus|sigmoid|softplus)"
+CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|tanh_softplus|sigmoid|softplus|erf)"
                   r"|exp|expm1|log|log1p|pow|sqrt|tanh|erf|erfc)f?\(")
 #: One pass over a row's entries (the streamed chunk loop stands for the head and tail copies of its pass).
 PASS = re.compile(r"for \(size_t _i = (?:0; _i < n|_start; _i < _start \+ SOFTGRAD_CHUNK); \+\+_i\) \{")

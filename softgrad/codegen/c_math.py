@@ -20,6 +20,8 @@ The others, each from polynomials fitted here and branch-free in the same way:
   for r's own rounding error; for |v| ≤ ln 2 / 2, k = 0 and the result is p itself (no cancellation).
 - tanh(v) = sign(v) e/(e + 2) with e = expm1(2|v|), or an odd polynomial for |v| < 0.55 where that
   quotient would round twice too often.
+- erf(v) = v + v·R(v²) for |v| < 1, else sign(v)(1 − e^(−v²)·G(|v|)) with v² split exactly in two for the
+  exp and G a polynomial on [1, 2.5] and one on [2.5, 6]; ±1 beyond. Float rounds the double result.
 - pow(x, y) = exp(y·log|x|) with log|x| = k ln 2 + 2s + 2s³/3 + s⁵P(s²) summed in two doubles (error-free
   products and sums, about 2^-64 relative), so that y·log|x| up to ±745 stays exact to a fraction of an
   ulp; exp of the two-part product; C99's special values by selects; float32 rounds the double result.
@@ -150,6 +152,38 @@ def tanh_polynomial(dtype: str) -> tuple[float, ...]:
         return _fit(function, (mpmath.mpf(0), top), tolerance)
 
 
+#: erf(v) = v + v·R(v²) below ERF_POLYNOMIAL_BELOW; 1 − e^(−v²)·G(|v|) up to ERF_SATURATES, G fitted on
+#: each side of ERF_MIDDLE; ±1 beyond (erfc(6) ≈ 2e-17 is below half an ulp of 1).
+ERF_POLYNOMIAL_BELOW, ERF_MIDDLE, ERF_SATURATES = 1.0, 2.5, 6.0
+
+
+@cache
+def erf_polynomials() -> dict[str, tuple[float, ...]]:
+    """erf's three polynomials (double; float rounds the double result): R(w) = erf(√w)/√w − 1 for w below
+    1.01; G(a) = e^(a²)·erfc(a) on [1, 2.5] and [2.5, 6], each in a − (its interval's centre), where the
+    monomials stay well conditioned. G is needed only as accurately as e^(−a²)·G is below an eighth of an
+    ulp of erf ≥ 0.84."""
+    with mpmath.workprec(200):
+        def small(w: Any) -> Any:
+            if w < mpmath.mpf(2) ** -80:
+                return 2 / mpmath.sqrt(mpmath.pi) * (1 - w / 3) - 1
+            return mpmath.erf(mpmath.sqrt(w)) / mpmath.sqrt(w) - 1
+
+        fits = {"small": _fit(small, (mpmath.mpf(0), mpmath.mpf(ERF_POLYNOMIAL_BELOW) ** 2 * mpmath.mpf(1.01)),
+                              mpmath.mpf(2) ** -57)}
+        for name, low, high in (("middle", ERF_POLYNOMIAL_BELOW, ERF_MIDDLE), ("tail", ERF_MIDDLE, ERF_SATURATES)):
+            centre = (mpmath.mpf(low) + mpmath.mpf(high)) / 2
+            fits[name] = _fit(lambda u, centre=centre: mpmath.erfc(u + centre) * mpmath.exp((u + centre) ** 2),
+                              (mpmath.mpf(low) - centre, mpmath.mpf(high) - centre),
+                              mpmath.mpf(2) ** -58 * mpmath.exp(mpmath.mpf(low) ** 2))
+        return fits
+
+
+def erf_centres() -> tuple[float, float]:
+    """The points the middle and tail polynomials of erf are written around."""
+    return (ERF_POLYNOMIAL_BELOW + ERF_MIDDLE) / 2, (ERF_MIDDLE + ERF_SATURATES) / 2
+
+
 @cache
 def polynomial(dtype: str) -> tuple[float, ...]:
     """Coefficients (constant term first) of the lowest-degree Chebyshev fit to exp on |r| ≤ ln 2 / 2
@@ -232,6 +266,12 @@ def _helper_values(dtype: str) -> dict[str, Any]:
         "half": _literal(0.5, form), "ln2_high": _literal(high, form), "ln2_low": _literal(low, form),
         "bias": form.exponent_bias, "shift": form.mantissa_bits, "streams": streams,
         **({"pow_horner": _horner(pow_log_polynomial(), "z", form),
+            "erf_small_horner": _horner(erf_polynomials()["small"], "w", form),
+            "erf_middle_horner": _horner(erf_polynomials()["middle"], "middle", form),
+            "erf_tail_horner": _horner(erf_polynomials()["tail"], "tail", form),
+            "erf_middle_centre": _literal(erf_centres()[0], form), "erf_tail_centre": _literal(erf_centres()[1], form),
+            "erf_polynomial_below": _literal(ERF_POLYNOMIAL_BELOW, form),
+            "erf_middle": _literal(ERF_MIDDLE, form), "erf_saturates": _literal(ERF_SATURATES, form),
             "two_thirds_high": _split(mpmath.fraction(2, 3), form)[0],
             "two_thirds_low": _split(mpmath.fraction(2, 3), form)[1]}
            if dtype == "float64" else {}),

@@ -86,7 +86,7 @@ class NumpyKernelPrinter(NumPyPrinter):
 
 class CKernelPrinter(C99CodePrinter):
     """C99 for one row: an entry x_i is x_row[i]; float32 kernels use the f-suffixed functions, and loop
-    bodies (vector_exp) softgrad's vectorizable exp, log, log1p, expm1, tanh and σ."""
+    bodies (vector_exp) softgrad's vectorizable exp, log, log1p, expm1, tanh, erf and σ."""
 
     def __init__(self, dtype: str = "float64", vector_exp: bool = False):
         settings = {"type_aliases": {real: float32 if dtype == "float32" else float64}}
@@ -114,6 +114,9 @@ class CKernelPrinter(C99CodePrinter):
 
     def _print_expm1(self, expr: Any) -> Any:
         return self._vector_call(expr, "expm1")
+
+    def _print_erf(self, expr: Any) -> Any:
+        return self._vector_call(expr, "erf")
 
     def _print_tanh(self, expr: Any) -> Any:
         if self.vector_exp and isinstance(expr.args[0], softplus):  # Mish: one exp instead of three calls

@@ -257,6 +257,23 @@ SOFTGRAD_HELPER double softgrad_pow(double x, double y)
     return softgrad_select((y == 0) | (x == 1), 1, result);
 }
 
+/* erf(v) without branches: v + v·R(v²) for |v| < 1; 1 − e^(−v²)·G(|v|) up to 6, G a polynomial on each side
+ * of 2.5 and v² split exactly in two for the exp; ±1 beyond; NaN through; erf(−0) = −0. Within 2 ulp. */
+SOFTGRAD_HELPER double softgrad_erf(double v)
+{
+    const double a = fabs(v);
+    const double w = a * a;
+    const double small = a + a * (0x1.06eba8214db69p-3 + w * (-0x1.812746b0379e6p-2 + w * (0x1.ce2f21a042b1cp-4 + w * (-0x1.b82ce312847dfp-6 + w * (0x1.565bcd0daafadp-8 + w * (-0x1.c02db3d7d3f0cp-11 + w * (0x1.f9a3217c87dc1p-14 + w * (-0x1.f4d1dc278c3e2p-17 + w * (0x1.b9dec652bf0d6p-20 + w * (-0x1.5f1ba84a48f49p-23 + w * (0x1.f79213e34a832p-27 + w * (-0x1.382f7c1302f89p-30 + w * (0x1.04cffb4ece4e9p-34)))))))))))));
+    const double t = softgrad_select(a > 0x1.8p+2, 0x1.8p+2, a); /* ±inf too; NaN passes */
+    const double square = t * t;
+    const double square_error = softgrad_product_error(t, t, square);
+    const double middle = t - 0x1.cp+0, tail = t - 0x1.1p+2;
+    const double scaled = softgrad_select(t < 0x1.4p+1, 0x1.23cfc2f1dc7ep-2 + middle * (-0x1.0c3d538446449p-3 + middle * (0x1.c8d0cef0f810ep-5 + middle * (-0x1.6cb52fe4890d4p-6 + middle * (0x1.13648a11ffcc6p-7 + middle * (-0x1.8bf716a922228p-9 + middle * (0x1.106bd5c05d6c8p-10 + middle * (-0x1.6838883225f47p-12 + middle * (0x1.cb4c68670b1abp-14 + middle * (-0x1.1b2918b2453d1p-15 + middle * (0x1.5273f8d926878p-17 + middle * (-0x1.88f986f8b52d2p-19 + middle * (0x1.bc0e94518e945p-21 + middle * (-0x1.e965d9ea9794cp-23 + middle * (0x1.07135d30de098p-24 + middle * (-0x1.10b404e6bacc4p-26 + middle * (0x1.18b15dfc5bd06p-28 + middle * (-0x1.500958caa45f3p-30 + middle * (0x1.49dd618a759e5p-32)))))))))))))))))),
+                                          0x1.08e62ce8c89adp-3 + tail * (-0x1.da395335251e5p-6 + tail * (0x1.9ef71691a5abap-8 + tail * (-0x1.6373226e39dbbp-10 + tail * (0x1.2a660fde52a3ap-12 + tail * (-0x1.eb88e15f6c7fcp-15 + tail * (0x1.8d8e59c3c8097p-17 + tail * (-0x1.3c0762fcc62b7p-19 + tail * (0x1.ee33454d60457p-22 + tail * (-0x1.7c59ec792f058p-24 + tail * (0x1.204d24da45b21p-26 + tail * (-0x1.ae5ba502b078cp-29 + tail * (0x1.3d01216a8684ap-31 + tail * (-0x1.d273a32b009f9p-34 + tail * (0x1.4e381efdd237p-36 + tail * (-0x1.a21ad27a83957p-39 + tail * (0x1.263c5f3d722a1p-41 + tail * (-0x1.5bc6623ebd38ap-43 + tail * (0x1.d6b9a87208c9dp-46)))))))))))))))))));
+    const double large = 1 - softgrad_exp_tail(-square, -square_error) * scaled;
+    return copysign(softgrad_select(a < 0x1p+0, small, large), v);
+}
+
 SOFTGRAD_HELPER void softgrad_stream(double *restrict destination, const double *restrict chunk, size_t count)
 {
     size_t i = 0;
