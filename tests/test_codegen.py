@@ -286,6 +286,23 @@ def test_every_kernel_of_functions_outside_the_catalog_runs_and_matches(spec, la
     assert not failed, failed
 
 
+@pytest.mark.parametrize("language", ["numpy", "c"])
+@pytest.mark.parametrize("spec", [
+    "y[i] = exp(x[i]) / sum(exp(2*x[k]), k)",
+    "L = log(sum(exp(x[k]), k)) + log(sum(exp(2*x[k]), k))",
+])
+def test_exponentials_of_several_scales_are_shifted_by_as_many_maxima(spec, language):
+    """exp(2x) is shifted by 2·max x, and exp(2m) cancels against exp(m)² where the expression is scale-free:
+    the backward passes of such specs stay finite at logits of 1000 (they overflowed, so nothing was written)."""
+    if language == "c":
+        require_tool("cc")
+    derivation = softgrad.derive(spec)
+    files = emit(derivation, language)
+    checks = check_generated(derivation, language, files, kernels_for(derivation, None))
+    assert any("magnitude 1000" in check.line() for check in checks)
+    assert not [check.line() for check in checks if not check.passed]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("spec", [

@@ -48,7 +48,14 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
         trial = algebra.distribute_sums(trial)
         trial = sp.expand(trial, power_base=True, power_exp=True, mul=False, multinomial=False, log=False)
         trial = algebra.distribute_sums(sp.expand_log(trial, force=True))
-        if any(maximum in e.free_symbols for e in trial.atoms(sp.exp)) or any(
+        # exp(2m) and exp(m)² are one power of E = e^m: written so, they cancel where the expression is
+        # scale-free (exp(x_i)²/Σ exp(2x_k)), which SymPy does not see with exponentials of different forms
+        scale = sp.Dummy("E", positive=True)
+        trial = trial.replace(lambda e: isinstance(e, sp.exp) and (e.args[0] / maximum).is_Integer,
+                              lambda e: scale ** (e.args[0] / maximum))
+        if trial.has(scale) and _independent_of(trial, scale):  # E·(a/E + b/E): E = 1 gives the same value
+            trial = trial.xreplace({scale: sp.S.One})
+        if trial.has(scale) or any(maximum in e.free_symbols for e in trial.atoms(sp.exp)) or any(
                 maximum in e.free_symbols for e in trial.atoms(sp.log)):
             # exp(x_i) / (1 + Σ exp(x_k)): a row shift that stays, for a row reduction of exponentials only
             # (an entrywise exp(x_i)/(1 + exp(x_i)) is σ's business: a row shift would underflow it)
@@ -66,6 +73,14 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
         expr = expr.replace(lambda e, shifted_base=shifted_base: isinstance(e, sp.Indexed) and e.base == shifted_base,
                             lambda e, base=base, shift=shift: base[e.indices[0]] - shift)
     return expr, reductions
+
+
+def _independent_of(expr: sp.Expr, symbol: sp.Symbol) -> bool:
+    """Whether expr, a rational function of symbol, does not depend on it (its derivative cancels to 0)."""
+    try:
+        return bool(sp.cancel(sp.together(sp.diff(expr, symbol))) == 0)
+    except (sp.PolynomialError, ValueError):
+        return False
 
 
 def without_removable_divisions(expr: sp.Expr, free: set[sp.Symbol]) -> sp.Expr:
@@ -116,7 +131,13 @@ def _floored_shift(expr: sp.Expr, base: sp.IndexedBase, maximum: sp.Symbol) -> s
         return any(entry.base == base for entry in e.atoms(sp.Indexed))
 
     def split(power: sp.Expr) -> sp.Expr:
-        return scale * _shifted_exp(power.args[0])  # held whole: SymPy would split exp(u − M) again
+        """exp(u) = E^c · exp(u − c·M) for u = c·x_k + (what does not read the input), c a positive integer:
+        exp(2x_k) must be shifted by 2M to stay ≤ 1 where x_k ≤ M."""
+        argument = sp.expand(power.args[0])
+        coefficients = {argument.coeff(entry) for entry in argument.atoms(sp.Indexed) if entry.base == base}
+        if len(coefficients) != 1 or not (coefficient := coefficients.pop()).is_Integer or coefficient <= 0:
+            raise _NotScaleFree
+        return scale**coefficient * _shifted_exp(argument, coefficient)  # held whole: SymPy would split it
 
     def logarithm(log: sp.Expr) -> sp.Expr:
         argument = _expand(log.args[0])
@@ -133,16 +154,20 @@ def _floored_shift(expr: sp.Expr, base: sp.IndexedBase, maximum: sp.Symbol) -> s
         if (sp.degree(numerator, scale) if numerator.has(scale) else 0) > top:
             return None
         written = _expand(numerator / scale**top) / _expand(denominator / scale**top)
-    except (sp.PolynomialError, ValueError):
+    except (sp.PolynomialError, ValueError, _NotScaleFree):
         return None
     written = written.xreplace({scale: sp.exp(floor)})
-    return written.replace(lambda e: isinstance(e, _shifted_exp), lambda e: sp.exp(e.args[0] - floor))
+    return written.replace(lambda e: isinstance(e, _shifted_exp), lambda e: sp.exp(e.args[0] - e.args[1] * floor))
+
+
+class _NotScaleFree(Exception):
+    """An exponential of the input that the floored shift cannot scale (exp(−x), exp(x_i + 2x_k), exp(x/2))."""
 
 
 class _shifted_exp(sp.Function):
-    """exp(u − M) for the floored row shift M, kept as one opaque factor while E is cancelled."""
+    """exp(u − c·M) for the floored row shift M, kept as one opaque factor (u, c) while E is cancelled."""
 
-    nargs = 1
+    nargs = 2
 
 
 def _one_plus_exp(e: sp.Expr) -> sp.Expr | None:
