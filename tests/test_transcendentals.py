@@ -10,7 +10,7 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 from softgrad.codegen.emit import emit
 from softgrad.derive import CATALOG, derive_spec, load_spec
 
-CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|tanh_softplus|sigmoid|softplus|erf)"
+CALL = re.compile(r"\b(softgrad_(?:exp|log|log1p|expm1|tanh|tanh_softplus|sigmoid|softplus|erf|pow)"
                   r"|exp|expm1|log|log1p|pow|sqrt|tanh|erf|erfc)f?\(")
 #: One pass over a row's entries (the streamed chunk loop stands for the head and tail copies of its pass).
 PASS = re.compile(r"for \(size_t _i = (?:0; _i < n|_start; _i < _start \+ SOFTGRAD_CHUNK); \+\+_i\) \{")
@@ -96,3 +96,20 @@ def test_the_counter_sees_what_it_counts():
     assert counts == {"forward": 1, "loss_and_grad": 1}  # exp(2u) is exp(u)·exp(u): one call, not two
     assert calls_per_entry("void f_forward(void)\n{\n    for (size_t _i = 0; _i < n; ++_i) {\n"
                            "        y = log(a) + pow(b, 2.5);\n    }\n}\n") == {"forward": 2}
+
+
+#: Specs whose loops call softgrad_pow: as MOST, calls per entry (exp, log and pow) as of this commit.
+POWERS = {
+    "p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*(1-p[k])^g*log(p[k]), k)": {'forward': 3, 'loss_and_grad': 4},
+    "y[i] = x[i]^7 + x[i]^1.5 - x[i]^(-2.5)": {'forward': 3, 'vjp': 3},
+}
+
+
+@pytest.mark.parametrize("spec", POWERS)
+def test_a_power_next_to_another_costs_no_second_pow(spec):
+    """(1 − p)^γ and (1 − p)^(γ−1) in one pass are one pow and a multiply (focal loss with a parameter γ:
+    six calls per entry in loss_and_grad before, four now)."""
+    files = emit(derive_spec(load_spec(spec)), "c")
+    counts = calls_per_entry(next(text for name, text in files.items() if name.endswith(".c")))
+    assert counts == {kind: min(counts[kind], POWERS[spec][kind]) for kind in counts}, (counts, POWERS[spec])
+    assert set(counts) == set(POWERS[spec])

@@ -12,7 +12,7 @@ import sympy as sp
 
 from softgrad.derive.symbols import index, softplus
 
-__all__ = ["COLUMN", "LOOP", "Kernel", "Output", "Reduction", "guarded_product", "power_of", "softplus"]
+__all__ = ["COLUMN", "LOOP", "Kernel", "Output", "Reduction", "guarded_product", "power_from", "power_of", "softplus"]
 
 LOOP = index("i")
 COLUMN = index("j")
@@ -29,6 +29,14 @@ class power_of(sp.Function):
     printer multiplies it out, so exp(2u) costs one exponential where exp(u) is computed anyway."""
 
     nargs = 2
+
+
+class power_from(sp.Function):
+    """b^(e + k) for a small integer k ≠ 0, computed from b^e (which the same pass computes) as b^e·b^k, and
+    at b = 0, where b^e may be infinite, as `at_zero` (a per-row value such as 0^γ): args (b, b^e, k,
+    at_zero). One pow per entry where a pass needs both, as focal loss's (1 − p)^γ and (1 − p)^(γ−1)."""
+
+    nargs = 4
 
 
 @dataclass

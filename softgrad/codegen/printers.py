@@ -165,6 +165,14 @@ class CKernelPrinter(C99CodePrinter):
     def _print_sigmoid(self, expr: Any) -> Any:
         return f"softgrad_sigmoid{self.suffix}({self._print(expr.args[0])})"
 
+    def _print_power_from(self, expr: Any) -> Any:
+        """b^(e + k) as b^e·b^k (k > 0) or b^e/b^|k|, and its per-row value where b = 0."""
+        base, lower, at_zero = (self._print(a) for a in (expr.args[0], expr.args[1], expr.args[3]))
+        steps = int(expr.args[2])
+        factor = "*".join([f"({base})"] * abs(steps))
+        product = f"({lower})*{factor}" if steps > 0 else f"({lower})/({factor})"
+        return f"softgrad_select{self.suffix}(({base}) == 0, {at_zero}, {product})"
+
     def _print_NumberSymbol(self, expr: Any) -> Any:
         return str(self._print(sp.Float(expr, 17)))  # π as a number: no declaration the printer would add
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Reduction, power_of, softplus
+from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Reduction, power_from, power_of, softplus
 from softgrad.derive.symbols import sigmoid
 
 EXPENSIVE = (sp.exp, sp.log, sigmoid, softplus, sp.Pow)
@@ -132,6 +132,26 @@ def shared_exponentials(expressions: list[sp.Expr]) -> list[sp.Expr]:
     return [x.xreplace(replacements) for x in expressions] if replacements else expressions
 
 
+def shared_powers(expressions: list[sp.Expr]) -> list[sp.Expr]:
+    """b^(e + k) from b^e where a pass computes both, for a row-invariant exponent e and k = ±1, ±2 (focal
+    loss's (1 − p)^γ and (1 − p)^(γ−1)): one pow per entry instead of two. Where b = 0, b^e may be
+    infinite, so the power there is 0^(e + k), a per-row value."""
+    powers = sorted({p for x in expressions for p in x.atoms(sp.Pow)
+                     if _varies(p.base) and not _varies(p.exp) and not p.exp.is_Number}, key=sp.default_sort_key)
+    replacements: dict[sp.Expr, sp.Expr] = {}
+    kept: set[sp.Expr] = set()  # powers others are computed from: not themselves replaced
+    for power in powers:
+        for source in powers:
+            if source is power or source.base != power.base or source in replacements or power in kept:
+                continue
+            steps = sp.expand(power.exp - source.exp)
+            if steps.is_Integer and steps != 0 and abs(steps) <= 2:
+                replacements[power] = power_from(power.base, source, steps, sp.Pow(0, power.exp, evaluate=False))
+                kept.add(source)
+                break
+    return [x.xreplace(replacements) for x in expressions] if replacements else expressions
+
+
 def _common_subexpressions(expressions: list[sp.Expr], prefix: str) -> tuple[list[Any], list[sp.Expr]]:
     if not expressions:
         return [], []
@@ -143,7 +163,8 @@ def schedule(kernel: Kernel, materialize_sums: bool = False, share_exponentials:
     """The loops of a kernel. materialize_sums: also give every Σ read inside a loop a per-row copy
     (a float32 C kernel accumulates in double but computes entries in float). share_exponentials: compute
     exp(k·u) from exp(u) (see shared_exponentials; the printer must know power_of)."""
-    share = shared_exponentials if share_exponentials else (lambda expressions: expressions)
+    share = (lambda expressions: shared_powers(shared_exponentials(expressions))) if share_exponentials else (
+        lambda expressions: expressions)
     levels = kernel.levels()
     stash = _stash(kernel, levels)
     row_names = sp.numbered_symbols("_row", real=True)
@@ -180,6 +201,8 @@ def schedule(kernel: Kernel, materialize_sums: bool = False, share_exponentials:
         expressions = [o.expr for o in vector_outputs]
         if stash:
             read_back = sp.IndexedBase(stash[2])[LOOP]
+            if share_exponentials:  # a power one step from the stored one is computed from it
+                expressions = shared_powers([*expressions, stash[1]])[:-1]
             expressions = [e.xreplace({stash[1]: read_back}) for e in expressions]
         before, rewritten = hoisted(share(expressions))
         temporaries, reduced = _common_subexpressions(rewritten, "_e")
