@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import select
 import signal
 import sys
 import threading
@@ -405,17 +404,14 @@ class BackgroundProofs:
     longer of the two instead of their sum; elsewhere (one CPU, not Linux, threads running) or should that
     process fail, the steps are proved here when the results are asked for. The results are the same.
 
-    Each step is sent as it is checked (pickled: its sides, assumptions and matrix axes) and its answer, the
-    sizes proved, comes back as soon as it is found. When the derivation is done and answers are still
-    missing, this process proves steps from the end of the queue while the other works from the front."""
+    Each step is sent as it is checked (pickled: its sides, assumptions and matrix axes); the answers, the
+    sizes proved for each step, come back once, at the end."""
 
     def __init__(self, prover: Prover, in_background: bool = True):
         self.prover = prover
         self.requests: list[tuple[Step, list[sp.Symbol], Any, Any]] = []
         self._in_background = in_background and _may_fork()
-        self._child: tuple[int, Any, int] | None = None  # pid, request stream, answer descriptor
-        self._received: list[list[int]] = []  # the background process's answers, in order
-        self._buffer = b""
+        self._child: tuple[int, Any, Any] | None = None
 
     def submit(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
                distinct: tuple[sp.Symbol, sp.Symbol] | None) -> None:
@@ -434,51 +430,30 @@ class BackgroundProofs:
 
     def results(self) -> list[list[int]]:
         """The sizes proved for every submitted step, in order of submission."""
-        answers: dict[int, list[int]] = {}
-        last = len(self.requests) - 1  # this process proves from the end while answers are missing
-        try:
-            while last >= len(self._received):
-                if self._child is not None:
-                    self._receive()
-                    if last < len(self._received):
-                        break
-                answers[last] = self.prover.prove(*self.requests[last])
-                last -= 1
-        finally:
-            self.close()
-        return [self._received[i] if i < len(self._received) else answers[i] for i in range(len(self.requests))]
-
-    def _receive(self) -> None:
-        """Read the answers the background process has sent so far (without waiting); on any trouble stop
-        it: what it has not answered is proved here."""
-        assert self._child is not None
-        descriptor = self._child[2]
-        try:
-            while select.select([descriptor], [], [], 0)[0]:
-                chunk = os.read(descriptor, 1 << 16)
-                if not chunk:  # it has gone
-                    self.close()
-                    return
-                self._buffer += chunk
-                while len(self._buffer) >= 4:
-                    size = int.from_bytes(self._buffer[:4], "little")
-                    if len(self._buffer) < 4 + size:
-                        break
-                    self._received.append(pickle.loads(self._buffer[4:4 + size]))
-                    self._buffer = self._buffer[4 + size:]
-        except (OSError, pickle.UnpicklingError, ValueError, EOFError):
-            self.close()
+        answers = None
+        if self._child is not None:
+            _, requests, replies = self._child
+            try:
+                pickle.dump(None, requests)
+                requests.close()
+                answers = pickle.load(replies)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                answers = None
+            finally:
+                self.close()
+        if not isinstance(answers, list) or len(answers) != len(self.requests):
+            answers = [self.prover.prove(*request) for request in self.requests]
+        return answers
 
     def close(self) -> None:
         """Stop the background process (if any) and reap it."""
         if self._child is None:
             return
-        pid, requests, answers = self._child
+        pid, requests, replies = self._child
         self._child = None
-        with contextlib.suppress(OSError):
-            requests.close()
-        with contextlib.suppress(OSError):
-            os.close(answers)
+        for stream in (requests, replies):
+            with contextlib.suppress(OSError):
+                stream.close()
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
@@ -486,7 +461,7 @@ class BackgroundProofs:
 
     def _start(self) -> None:
         request_read, request_write = os.pipe()
-        answer_read, answer_write = os.pipe()
+        reply_read, reply_write = os.pipe()
         with contextlib.suppress(OSError, AttributeError):  # room for a derivation's steps without blocking
             import fcntl
 
@@ -494,23 +469,25 @@ class BackgroundProofs:
         try:
             pid = os.fork()
         except OSError:  # no process to be had (a process limit, memory): proved here instead
-            for descriptor in (request_read, request_write, answer_read, answer_write):
+            for descriptor in (request_read, request_write, reply_read, reply_write):
                 os.close(descriptor)
             return
-        if pid == 0:  # the background process: prove what arrives, answer each at once, never return
+        if pid == 0:  # the background process: prove what arrives, answer at the end, never return
+            status = 1
             try:
                 os.close(request_write)
-                os.close(answer_read)
-                with os.fdopen(request_read, "rb") as requests, os.fdopen(answer_write, "wb") as answers:
-                    while True:
-                        answer = pickle.dumps(self.prover.prove(*pickle.load(requests)))
-                        answers.write(len(answer).to_bytes(4, "little") + answer)
-                        answers.flush()
-            finally:  # the requests end (EOF) or anything else: leave without running the parent's exit code
-                os._exit(0)
+                os.close(reply_read)
+                with os.fdopen(request_read, "rb") as requests, os.fdopen(reply_write, "wb") as replies:
+                    answers = []
+                    while (request := pickle.load(requests)) is not None:
+                        answers.append(self.prover.prove(*request))
+                    pickle.dump(answers, replies)
+                status = 0
+            finally:
+                os._exit(status)
         os.close(request_read)
-        os.close(answer_write)
-        self._child = (pid, os.fdopen(request_write, "wb"), answer_read)
+        os.close(reply_write)
+        self._child = (pid, os.fdopen(request_write, "wb"), os.fdopen(reply_read, "rb"))
 
 
 def _may_fork() -> bool:
