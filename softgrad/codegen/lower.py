@@ -132,11 +132,13 @@ def _floored_shift(expr: sp.Expr, base: sp.IndexedBase, maximum: sp.Symbol) -> s
 
     def split(power: sp.Expr) -> sp.Expr:
         """exp(u) = E^c · exp(u − c·M) for u = c·x_k + (what does not read the input), c a positive integer:
-        exp(2x_k) must be shifted by 2M to stay ≤ 1 where x_k ≤ M."""
+        exp(2x_k) must be shifted by 2M to stay ≤ 1 where x_k ≤ M. Any other exp(u) (exp(−x_k): two-sided
+        rows) is E · exp(u − M), exact too, and at most e^u where the input is large and positive."""
         argument = sp.expand(power.args[0])
         coefficients = {argument.coeff(entry) for entry in argument.atoms(sp.Indexed) if entry.base == base}
-        if len(coefficients) != 1 or not (coefficient := coefficients.pop()).is_Integer or coefficient <= 0:
-            raise _NotScaleFree
+        coefficient = coefficients.pop() if len(coefficients) == 1 else sp.S.One
+        if not (coefficient.is_Integer and coefficient > 0):
+            coefficient = sp.S.One
         return scale**coefficient * _shifted_exp(argument, coefficient)  # held whole: SymPy would split it
 
     def logarithm(log: sp.Expr) -> sp.Expr:
@@ -154,14 +156,10 @@ def _floored_shift(expr: sp.Expr, base: sp.IndexedBase, maximum: sp.Symbol) -> s
         if (sp.degree(numerator, scale) if numerator.has(scale) else 0) > top:
             return None
         written = _expand(numerator / scale**top) / _expand(denominator / scale**top)
-    except (sp.PolynomialError, ValueError, _NotScaleFree):
+    except (sp.PolynomialError, ValueError):
         return None
     written = written.xreplace({scale: sp.exp(floor)})
     return written.replace(lambda e: isinstance(e, _shifted_exp), lambda e: sp.exp(e.args[0] - e.args[1] * floor))
-
-
-class _NotScaleFree(Exception):
-    """An exponential of the input that the floored shift cannot scale (exp(−x), exp(x_i + 2x_k), exp(x/2))."""
 
 
 class _shifted_exp(sp.Function):
