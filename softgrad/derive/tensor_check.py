@@ -8,7 +8,6 @@ complex step (exact to rounding, independent of the rules that produced the righ
 
 from __future__ import annotations
 
-import cmath
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.check import function_table
+from softgrad.derive.check import Evaluator, WideEvaluator
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial
@@ -25,7 +24,6 @@ from softgrad.errors import StepCheckFailed
 COMPLEX_STEP = 1e-30
 TOLERANCE = 1e-9
 POINTS = 3
-_FUNCTIONS = function_table(cmath)
 
 
 @dataclass
@@ -45,12 +43,8 @@ class TensorChecker:
         overflow; the points' arrays then hold mpmath numbers."""
         self.spec = spec
         self.wide = wide
-        if wide:
-            import mpmath
-
-            self.functions = function_table(mpmath)
-        else:
-            self.functions = _FUNCTIONS
+        numbers = WideEvaluator if wide else Evaluator  # the step check's own functions and constants
+        self.functions, self.number = numbers.functions, numbers.number
         self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
         self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
@@ -97,12 +91,6 @@ class TensorChecker:
             else:
                 point.scalars[definition.name] = self.value(definition.expr, point, {})
 
-    @staticmethod
-    def _wide_number(number: sp.Expr) -> Any:
-        import mpmath
-
-        return mpmath.mpc(sp.re(number).evalf(mpmath.mp.dps), sp.im(number).evalf(mpmath.mp.dps))
-
     def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
         """expr's value at one point, its free indices bound by `env` (complex arithmetic)."""
         return self.compiled(expr)(point, env)
@@ -117,7 +105,7 @@ class TensorChecker:
 
     def _compile(self, expr: sp.Basic) -> Any:
         if expr.is_Number or expr.is_NumberSymbol:
-            constant = self._wide_number(expr) if self.wide else complex(expr)
+            constant = self.number(expr)
             return lambda point, env: constant
         if isinstance(expr, sp.Indexed):
             name = str(expr.base)
