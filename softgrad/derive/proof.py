@@ -407,10 +407,10 @@ class BackgroundProofs:
     Each step is sent as it is checked (pickled: its sides, assumptions and matrix axes); the answers, the
     sizes proved for each step, come back once, at the end."""
 
-    def __init__(self, prover: Prover, in_background: bool = True):
+    def __init__(self, prover: Prover):
         self.prover = prover
         self.requests: list[tuple[Step, list[sp.Symbol], Any, Any]] = []
-        self._in_background = in_background and _may_fork()
+        self._in_background = _may_fork()
         self._child: tuple[int, Any, Any] | None = None
 
     def submit(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
