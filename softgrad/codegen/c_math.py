@@ -155,6 +155,8 @@ def tanh_polynomial(dtype: str) -> tuple[float, ...]:
 #: erf(v) = v + v·R(v²) below ERF_POLYNOMIAL_BELOW; 1 − e^(−v²)·G(|v|) up to ERF_SATURATES, G fitted on
 #: each side of ERF_MIDDLE; ±1 beyond (erfc(6) ≈ 2e-17 is below half an ulp of 1).
 ERF_POLYNOMIAL_BELOW, ERF_MIDDLE, ERF_SATURATES = 1.0, 2.5, 6.0
+#: The points the middle and tail polynomials of erf are written around (their intervals' centres).
+ERF_CENTRES = ((ERF_POLYNOMIAL_BELOW + ERF_MIDDLE) / 2, (ERF_MIDDLE + ERF_SATURATES) / 2)
 
 
 @cache
@@ -171,17 +173,12 @@ def erf_polynomials() -> dict[str, tuple[float, ...]]:
 
         fits = {"small": _fit(small, (mpmath.mpf(0), mpmath.mpf(ERF_POLYNOMIAL_BELOW) ** 2 * mpmath.mpf(1.01)),
                               mpmath.mpf(2) ** -57)}
-        for name, low, high in (("middle", ERF_POLYNOMIAL_BELOW, ERF_MIDDLE), ("tail", ERF_MIDDLE, ERF_SATURATES)):
-            centre = (mpmath.mpf(low) + mpmath.mpf(high)) / 2
+        for name, low, high, centre in (("middle", ERF_POLYNOMIAL_BELOW, ERF_MIDDLE, mpmath.mpf(ERF_CENTRES[0])),
+                                        ("tail", ERF_MIDDLE, ERF_SATURATES, mpmath.mpf(ERF_CENTRES[1]))):
             fits[name] = _fit(lambda u, centre=centre: mpmath.erfc(u + centre) * mpmath.exp((u + centre) ** 2),
                               (mpmath.mpf(low) - centre, mpmath.mpf(high) - centre),
                               mpmath.mpf(2) ** -58 * mpmath.exp(mpmath.mpf(low) ** 2))
         return fits
-
-
-def erf_centres() -> tuple[float, float]:
-    """The points the middle and tail polynomials of erf are written around."""
-    return (ERF_POLYNOMIAL_BELOW + ERF_MIDDLE) / 2, (ERF_MIDDLE + ERF_SATURATES) / 2
 
 
 @cache
@@ -269,7 +266,7 @@ def _helper_values(dtype: str) -> dict[str, Any]:
             "erf_small_horner": _horner(erf_polynomials()["small"], "w", form),
             "erf_middle_horner": _horner(erf_polynomials()["middle"], "middle", form),
             "erf_tail_horner": _horner(erf_polynomials()["tail"], "tail", form),
-            "erf_middle_centre": _literal(erf_centres()[0], form), "erf_tail_centre": _literal(erf_centres()[1], form),
+            "erf_middle_centre": _literal(ERF_CENTRES[0], form), "erf_tail_centre": _literal(ERF_CENTRES[1], form),
             "erf_polynomial_below": _literal(ERF_POLYNOMIAL_BELOW, form),
             "erf_middle": _literal(ERF_MIDDLE, form), "erf_saturates": _literal(ERF_SATURATES, form),
             "two_thirds_high": _split(mpmath.fraction(2, 3), form)[0],
