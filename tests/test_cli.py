@@ -137,3 +137,31 @@ def test_help_and_version_still_work():
     assert run("--help").stdout.startswith("Usage: softgrad")
     assert run("derive", "--help").returncode == 0
     assert run("--version").stdout.startswith("softgrad, version")
+
+
+LEAVE_SCRIPT = """
+import atexit, sys, tempfile, weakref
+from pathlib import Path
+atexit.register(lambda: Path("atexit-ran").write_text("yes"))
+kept = tempfile.TemporaryDirectory(dir=".")  # cleaned by its finalizer, which atexit runs
+Path("folder").write_text(kept.name)
+sys.argv = ["softgrad", *sys.argv[1:]]
+from softgrad.cli import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("args, status", [(["derive", "softmax", "--format", "json"], 0),
+                                          (["derive", "y[i] = "], 2), (["derive", "--bogus"], 2)])
+def test_the_fast_exit_keeps_the_output_the_status_and_atexit(tmp_path, args, status):
+    """entry() skips the interpreter's teardown: stdout must still be complete, the status the command's,
+    and atexit's functions (temporary folders' finalizers too) must still run."""
+    result = subprocess.run([sys.executable, "-c", LEAVE_SCRIPT, *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    assert (tmp_path / "atexit-ran").read_text() == "yes"
+    assert not os.path.exists((tmp_path / "folder").read_text())
+    if status == 0:
+        assert json.loads(result.stdout)["spec"]
+    else:
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("softgrad: error:")
