@@ -115,6 +115,36 @@ def test_a_wrong_step_fails_its_check_with_a_counterexample():
         checker.check(typo)
 
 
+
+def _matrix_forms():
+    from sympy.matrices.expressions import DiagMatrix, HadamardPower, HadamardProduct, OneMatrix
+
+    from softgrad.derive.symbols import n
+    Y, G = sp.MatrixSymbol("y", n, 1), sp.MatrixSymbol("g", n, 1)
+    ones = OneMatrix(n, 1)
+    jacobian = (i, j), Partial(y[i], x[j])
+    vjp = (i,), sp.Sum(g[k] * Partial(y[k], x[i]), (k, 0, n - 1))
+    return [  # (axes, left side, a right form, the same with one slip)
+        (*jacobian, DiagMatrix(Y) - Y * Y.T, DiagMatrix(Y) - Y * Y.T * 2),
+        (*jacobian, DiagMatrix(Y) - Y * Y.T, DiagMatrix(Y) - (Y * Y.T).T * sp.Identity(n) * 0.999),
+        (*jacobian, HadamardProduct(Y * ones.T, sp.Identity(n) - ones * Y.T),
+         HadamardProduct(Y * ones.T, sp.Identity(n) - Y * ones.T)),
+        (*vjp, HadamardProduct(Y, G - ones * (G.T * Y)), HadamardProduct(Y, G - ones * (Y.T * Y))),
+        (*vjp, HadamardProduct(Y, G) - HadamardPower(Y, 2) * 0 - Y * (G.T * Y),
+         HadamardProduct(Y, G) - HadamardPower(Y, 2) - Y * (G.T * Y)),
+    ]
+
+
+@pytest.mark.parametrize("axes, lhs, right, slip", _matrix_forms())
+def test_matrix_forms_are_checked_entry_by_entry(axes, lhs, right, slip):
+    """Each kind of matrix node (diag, products, ᵀ, ∘, powers ∘, 𝟙, I, scalars) is evaluated at the points:
+    the right form passes and one slip in it fails."""
+    spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)")
+    step = Step(rule="matrix form", lhs=lhs, forms=[right], reason="", matrix_axes=axes)
+    assert StepChecker(spec, (), ["g"]).check(step).checked
+    with pytest.raises(StepCheckFailed):
+        StepChecker(spec, (), ["g"]).check(Step(rule="matrix form", lhs=lhs, forms=[slip], reason="", matrix_axes=axes))
+
 def test_the_general_form_is_checked_without_the_constraint():
     # p − t is wrong for targets that do not sum to 1: the checker must see that.
     spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)\nL = -sum(t[k] * log(y[k]), k)")
