@@ -137,13 +137,19 @@ def _matrix_forms():
 
 @pytest.mark.parametrize("axes, lhs, right, slip", _matrix_forms())
 def test_matrix_forms_are_checked_entry_by_entry(axes, lhs, right, slip):
-    """Each kind of matrix node (diag, products, ᵀ, ∘, powers ∘, 𝟙, I, scalars) is evaluated at the points:
-    the right form passes and one slip in it fails."""
+    """Each kind of matrix node (diag, products, ᵀ, ∘, powers ∘, 𝟙, I, scalars) is evaluated at the points
+    and written out by the prover: the right form passes both and one slip in it fails both."""
+    from softgrad.derive.proof import Prover
+
     spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)")
     step = Step(rule="matrix form", lhs=lhs, forms=[right], reason="", matrix_axes=axes)
+    wrong = Step(rule="matrix form", lhs=lhs, forms=[slip], reason="", matrix_axes=axes)
     assert StepChecker(spec, (), ["g"]).check(step).checked
     with pytest.raises(StepCheckFailed):
-        StepChecker(spec, (), ["g"]).check(Step(rule="matrix form", lhs=lhs, forms=[slip], reason="", matrix_axes=axes))
+        StepChecker(spec, (), ["g"]).check(wrong)
+    prover = Prover(spec, spec.definitions, [*spec.inputs, "g"])
+    assert prover.prove(step, list(axes), None, None) == [1, 2, 3, 4]
+    assert prover.prove(wrong, list(axes), None, None) == []
 
 def test_the_general_form_is_checked_without_the_constraint():
     # p − t is wrong for targets that do not sum to 1: the checker must see that.

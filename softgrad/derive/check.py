@@ -19,9 +19,9 @@ from typing import Any
 
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
-from sympy.matrices.expressions import DiagMatrix, HadamardPower, HadamardProduct, OneMatrix
 
 from softgrad.derive.algebra import positive_inputs
+from softgrad.derive.matrix import entries
 from softgrad.derive.proof import BackgroundProofs, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
@@ -223,50 +223,9 @@ class Evaluator:
         return lambda point, indices: function(*(argument(point, indices) for argument in arguments))
 
     def matrix(self, form: sp.MatrixExpr, point: Point) -> list[list[Any]]:
-        """A matrix form's entries at the point (rows of numbers), computed in the evaluator's numbers.
-
-        Covers what matrix.py writes (vectors, ᵀ, sums, products, ∘, powers ∘, diag, 𝟙, I, 0); anything
-        else raises TypeError. Cheaper by far than substituting the point into SymPy and calling doit()."""
-        if isinstance(form, sp.MatrixSymbol):
-            return [[entry] for entry in point.vectors[str(form.name)]]
-        if isinstance(form, sp.Transpose):
-            return [list(column) for column in zip(*self.matrix(form.arg, point))]
-        if isinstance(form, sp.MatAdd):
-            total = self.matrix(form.args[0], point)
-            for term in form.args[1:]:
-                total = [[a + b for a, b in zip(row, other)] for row, other in zip(total, self.matrix(term, point))]
-            return total
-        if isinstance(form, sp.MatMul):
-            scalar, result = self.number(sp.S.One), None
-            for factor in form.args:
-                if not isinstance(factor, sp.MatrixExpr):
-                    scalar = scalar * self.value(factor, point, {})
-                    continue
-                entries = self.matrix(factor, point)
-                result = entries if result is None else [
-                    [sum(row[k] * entries[k][c] for k in range(len(entries))) for c in range(len(entries[0]))]
-                    for row in result]
-            if result is None:
-                raise TypeError("a matrix product without a matrix")
-            return [[scalar * entry for entry in row] for row in result]
-        if isinstance(form, HadamardProduct):
-            result = self.matrix(form.args[0], point)
-            for factor in form.args[1:]:
-                result = [[a * b for a, b in zip(row, other)] for row, other in zip(result, self.matrix(factor, point))]
-            return result
-        if isinstance(form, HadamardPower) and form.exp.is_Integer:
-            power = int(form.exp)
-            return [[entry ** power for entry in row] for row in self.matrix(form.base, point)]
-        if isinstance(form, DiagMatrix):
-            vector = [entry for row in self.matrix(form.args[0], point) for entry in row]
-            zero = self.number(sp.S.Zero)
-            return [[vector[r] if r == c else zero for c in range(len(vector))] for r in range(len(vector))]
-        if isinstance(form, (sp.Identity, OneMatrix, sp.ZeroMatrix)):
-            rows, columns = (int(side.subs(size_symbol, point.size)) for side in form.shape)
-            one, zero = self.number(sp.S.One), self.number(sp.S.Zero)
-            return [[one if isinstance(form, OneMatrix) or (isinstance(form, sp.Identity) and r == c) else zero
-                     for c in range(columns)] for r in range(rows)]
-        raise TypeError(f"cannot evaluate the matrix form {type(form).__name__}")
+        """A matrix form's entries at the point (rows of numbers), in the evaluator's numbers."""
+        return entries(form, point.size, lambda name: point.vectors[name], lambda e: self.value(e, point, {}),
+                       self.number(sp.S.One), self.number(sp.S.Zero))
 
     @staticmethod
     def _index(index_expr: sp.Expr, indices: dict[sp.Symbol, int]) -> int:

@@ -6,6 +6,7 @@ do not depend on it); returns None otherwise, and the derivation then shows the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sympy as sp
@@ -97,3 +98,54 @@ def jacobian_matrix(diagonal: sp.Expr, off: sp.Expr, row: sp.Symbol, column: sp.
     if not terms:
         return sp.ZeroMatrix(n, n)
     return sp.MatAdd(*terms)
+
+
+def entries(form: sp.MatrixExpr, size: int, vector: Callable[[str], list[Any]], scalar: Callable[[sp.Expr], Any],
+            one: Any, zero: Any) -> list[list[Any]]:
+    """The rows of a matrix form at size n, in whatever numbers the callbacks give: vector(name) a vector's
+    entries, scalar(expr) a scalar factor's value (numbers for the numeric check, symbols for the proof).
+
+    Covers what this module writes (vectors, ᵀ, sums, products, ∘, powers ∘, diag, 𝟙, I, 0); anything
+    else raises TypeError. Far cheaper than substituting into SymPy's matrices and calling doit()."""
+
+    def rows(node: sp.MatrixExpr) -> list[list[Any]]:
+        if isinstance(node, sp.MatrixSymbol):
+            return [[entry] for entry in vector(str(node.name))]
+        if isinstance(node, sp.Transpose):
+            return [list(column) for column in zip(*rows(node.arg))]
+        if isinstance(node, sp.MatAdd):
+            total = rows(node.args[0])
+            for term in node.args[1:]:
+                total = [[a + b for a, b in zip(row, other)] for row, other in zip(total, rows(term))]
+            return total
+        if isinstance(node, sp.MatMul):
+            factor_value, result = one, None
+            for factor in node.args:
+                if not isinstance(factor, sp.MatrixExpr):
+                    factor_value = factor_value * scalar(factor)
+                    continue
+                right = rows(factor)
+                result = right if result is None else [
+                    [sum((row[k] * right[k][c] for k in range(len(right))), zero) for c in range(len(right[0]))]
+                    for row in result]
+            if result is None:
+                raise TypeError("a matrix product without a matrix")
+            return [[factor_value * entry for entry in row] for row in result]
+        if isinstance(node, HadamardProduct):
+            result = rows(node.args[0])
+            for factor in node.args[1:]:
+                result = [[a * b for a, b in zip(row, other)] for row, other in zip(result, rows(factor))]
+            return result
+        if isinstance(node, HadamardPower) and node.exp.is_Integer:
+            power = int(node.exp)
+            return [[entry ** power for entry in row] for row in rows(node.base)]
+        if isinstance(node, DiagMatrix):
+            diagonal = [entry for row in rows(node.args[0]) for entry in row]
+            return [[diagonal[r] if r == c else zero for c in range(len(diagonal))] for r in range(len(diagonal))]
+        if isinstance(node, (sp.Identity, OneMatrix, sp.ZeroMatrix)):
+            height, width = (int(side.subs(n, size)) for side in node.shape)
+            return [[one if isinstance(node, OneMatrix) or (isinstance(node, sp.Identity) and r == c) else zero
+                     for c in range(width)] for r in range(height)]
+        raise TypeError(f"cannot write out the matrix form {type(node).__name__}")
+
+    return rows(form)

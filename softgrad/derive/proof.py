@@ -28,6 +28,7 @@ from typing import Any
 
 import sympy as sp
 
+from softgrad.derive.matrix import entries
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
@@ -360,17 +361,14 @@ class _Writer:
         """Entry (row, column) of a matrix form, its vectors replaced by columns of entry symbols."""
         key = ("matrix", form)
         if key not in self.cache:  # every index pattern reads an entry of the same explicit matrix
-            concrete = form.subs(size_symbol, self.size)
-            replacements = {}
-            for symbol in concrete.atoms(sp.MatrixSymbol):
-                replacements[symbol] = sp.ImmutableMatrix(
-                    [[self.write(sp.IndexedBase(str(symbol.name))[a], {})] for a in range(self.size)])
-            self.cache[key] = sp.ImmutableMatrix(concrete.xreplace(replacements).doit().as_explicit())
+            self.cache[key] = entries(
+                form, self.size, lambda name: [self.write(sp.IndexedBase(name)[a], {}) for a in range(self.size)],
+                lambda scalar: scalar.subs(size_symbol, self.size), sp.S.One, sp.S.Zero)
         explicit = self.cache[key]
         row, column = ([*list(step.matrix_axes), None, None])[:2]
         at_row = indices.get(row, 0) if row is not None else 0
-        at_column = indices.get(column, 0) if column is not None and explicit.shape[1] > 1 else 0
-        return self.write(sp.sympify(explicit[at_row, at_column]), {})  # named scalars (m, v) written out too
+        at_column = indices.get(column, 0) if column is not None and len(explicit[0]) > 1 else 0
+        return self.write(sp.sympify(explicit[at_row][at_column]), {})  # named scalars (m, v) written out too
 
     def finish(self, difference: sp.Expr) -> sp.Expr:
         """Functions in exp form, decimals as the exact decimals they spell, the constraint applied."""
