@@ -154,9 +154,10 @@ class Evaluator:
         if expr.is_Symbol:
             symbol, name = expr, str(expr)
             if expr == size_symbol:  # as a number of the evaluator's precision: 1/n is not a double in mpmath
+                sizes = {size: self.number(sp.Integer(size)) for size in SIZES}  # converted once, not per use
                 number = self.number
-                return lambda point, indices: indices[symbol] if symbol in indices else number(
-                    sp.Integer(point.size))
+                return lambda point, indices: indices[symbol] if symbol in indices else (
+                    sizes[point.size] if point.size in sizes else number(sp.Integer(point.size)))
             return lambda point, indices: indices[symbol] if symbol in indices else point.scalars[name]
         if expr.is_Add:
             terms = [self._compile(a) for a in expr.args]
