@@ -446,6 +446,7 @@ class StepChecker:
             return explicit[indices.get(row, 0)][indices.get(column, 0) if len(explicit[0]) > 1 else 0]
         return self.evaluator.value(form, point, indices)
 
+
 def _free_indices(expr: sp.Basic) -> set[sp.Symbol]:
     if isinstance(expr, sp.MatrixExpr):
         return set()

@@ -364,9 +364,12 @@ class _Writer:
         """Entry (row, column) of a matrix form, its vectors replaced by columns of entry symbols."""
         key = ("matrix", form)
         if key not in self.cache:  # every index pattern reads an entry of the same explicit matrix
-            self.cache[key] = entries(
-                form, self.size, lambda name: [self.write(sp.IndexedBase(name)[a], {}) for a in range(self.size)],
-                lambda scalar: scalar.subs(size_symbol, self.size), sp.S.One, sp.S.Zero)
+            try:
+                self.cache[key] = entries(
+                    form, self.size, lambda name: [self.write(sp.IndexedBase(name)[a], {}) for a in range(self.size)],
+                    lambda scalar: scalar.subs(size_symbol, self.size), sp.S.One, sp.S.Zero)
+            except TypeError as unknown:  # a kind of matrix node matrix.py does not write
+                raise _Unprovable(str(unknown)) from unknown
         explicit = self.cache[key]
         row, column = ([*list(step.matrix_axes), None, None])[:2]
         at_row = indices.get(row, 0) if row is not None else 0
