@@ -71,3 +71,21 @@ def test_results_and_kernels_carry_their_roles():
 def test_generated_files_carry_their_options():
     files = emit(softgrad.derive("softmax"), "c", openmp=True, dtype="float32")
     assert (files.language, files.module, files.dtype, files.openmp) == ("c", "softmax", "float32", True)
+
+
+def test_each_benchmark_rewrites_only_its_own_section_of_the_results(tmp_path):
+    """bench/results.md is shared by the benchmark scripts: one script's run must keep the others' sections,
+    names with spaces included ("long rows" was once dropped by every other script's run)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from sections import replace_section
+
+    results = tmp_path / "results.md"
+    for name, text in [("kernels", "K1\n"), ("long rows", "L1\n"), ("compilers", "C1\n"), ("derive", "D1\n")]:
+        replace_section(results, name, text)
+    replace_section(results, "long rows", "L2\n")
+    replace_section(results, "compilers", "C2\n")
+    written = results.read_text()
+    assert all(text in written for text in ("K1", "L2", "C2", "D1")) and "L1" not in written and "C1" not in written
+    assert written.count("<!-- begin long rows -->") == 1
