@@ -61,6 +61,7 @@ def test_failure_leaves_no_file_and_keeps_an_old_one(tmp_path):
         ("y[i] = softsign(x[i])", "unknown function 'softsign'"),
         ("y[i] = x[j]", "undefined index 'j'"),
         ("y[i] = sum(exp(x[i]), i)", "cannot sum over index 'i'"),
+        ("y = k * sum(x[k], k)", "'k' cannot be used as an index"),
         ("", "unknown catalog entry"),
         ("y = __import__('os').system('touch PWNED')", "names may not begin with '_'"),
         ("y[i] = " + "(" * 5000 + "x[i]" + ")" * 5000, "nested more than"),

@@ -17,7 +17,7 @@ from softgrad.codegen.names import module_identifier, public_names
 from softgrad.derive import algebra
 from softgrad.derive.spec import Spec
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import n, sigmoid
+from softgrad.derive.symbols import fresh_name, n, sigmoid
 from softgrad.errors import SoftgradError
 
 
@@ -292,6 +292,11 @@ class _Lowering:
         self.results = derivation.results
         self.inputs = [(name, f"the input {name}, (rows, n)")
                        for name in [self.wrt, *(n for n in self.spec.inputs if n != self.wrt)]]
+        # the outputs softgrad adds are named apart from the spec's names and the upstream gradient's
+        taken = {d.name for d in self.spec.definitions} | set(self.spec.inputs) | set(self.spec.parameters)
+        taken |= {str(result.upstream) for result in self.results.values() if result.upstream is not None}
+        self.gradient = fresh_name((f"d{self.wrt}", f"grad_{self.wrt}"), taken)
+        self.jacobian = fresh_name(("J", "jacobian"), taken)
 
     def build(self, kind: str, doc: str, inputs: list[tuple[str, str]],
               outputs: list[tuple[str, str, sp.Expr, str, str]],
@@ -339,13 +344,14 @@ def _vjp_parts(lowering: _Lowering) -> tuple[str, sp.Expr, tuple[str, str, sp.Ex
     wrt = lowering.wrt
     expr = _at_loop(result.rhs, *result.indices)
     assert result.upstream is not None, "a VJP result names its upstream gradient"
-    return result.upstream, expr, (f"d{wrt}", "vector", expr, f"d{wrt} = ∂l/∂{wrt}, (rows, n)", "gradient")
+    gradient = lowering.gradient
+    return result.upstream, expr, (gradient, "vector", expr, f"{gradient} = ∂l/∂{wrt}, (rows, n)", "gradient")
 
 
 def _vjp(lowering: _Lowering) -> Kernel:
     upstream, _, gradient = _vjp_parts(lowering)
     wrt, output = lowering.wrt, lowering.output
-    return lowering.build("vjp", f"backward pass: d{wrt} from {wrt} and the upstream gradient",
+    return lowering.build("vjp", f"backward pass: {lowering.gradient} from {wrt} and the upstream gradient",
                           [*lowering.inputs, (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
                           [gradient], upstream=upstream)
 
@@ -369,7 +375,8 @@ def _jacobian(lowering: _Lowering) -> Kernel:
     expr = _at_loop(result.rhs, *result.indices)  # (output entry, input entry) → (i, j)
     name, wrt = lowering.output.name, lowering.wrt
     return lowering.build("jacobian", "the explicit Jacobian of each row (for small n)", lowering.inputs,
-                          [("J", "matrix", expr, f"J[row, i, j] = ∂{name}_i/∂{wrt}_j, (rows, n, n)", "jacobian")])
+                          [(lowering.jacobian, "matrix", expr,
+                            f"{lowering.jacobian}[row, i, j] = ∂{name}_i/∂{wrt}_j, (rows, n, n)", "jacobian")])
 
 
 def _loss_and_grad(lowering: _Lowering) -> Kernel:
@@ -381,7 +388,7 @@ def _loss_and_grad(lowering: _Lowering) -> Kernel:
     note = f" (assumes {constraints})" if "gradient_constrained" in results else ""
     return lowering.build("loss_and_grad", f"{output.name} per row and its gradient{note}", lowering.inputs,
                           [(output.name, "scalar", output.symbol, f"{output.name}, (rows,)", "value"),
-                           (f"d{wrt}", "vector", _at_loop(result.rhs, *result.indices),
+                           (lowering.gradient, "vector", _at_loop(result.rhs, *result.indices),
                             f"∂{output.name}/∂{wrt}, (rows, n)", "gradient")])
 
 

@@ -23,7 +23,7 @@ from softgrad.derive.prose import prose, words
 from softgrad.derive.rules import Rule, depends, differentiate, through
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
-from softgrad.derive.symbols import Partial, SumExcept, class_sum, fresh_index, index, names_in
+from softgrad.derive.symbols import Partial, SumExcept, class_sum, fresh_index, fresh_name, index, names_in
 from softgrad.errors import SoftgradError, SpecError
 
 
@@ -42,15 +42,6 @@ class Jacobian:
 
     def at(self, row: sp.Symbol, column: sp.Symbol) -> sp.Expr:
         return self.kronecker.subs({self.row: row, self.column: column}, simultaneous=True)
-
-
-def _fresh_name(preferred: tuple[str, ...], taken: set[str]) -> str:
-    """The first preferred name the spec does not use, else the first one numbered (g1, g2, …)."""
-    for name in preferred:
-        if name not in taken:
-            return name
-    return next(f"{preferred[0]}{number}" for number in range(1, len(taken) + 2)
-                if f"{preferred[0]}{number}" not in taken)
 
 
 #: Names that code and papers give targets; used only where the structure cannot tell targets apart.
@@ -110,8 +101,8 @@ class Engine:
         if spec.output.name not in self.dependent:
             raise SpecError(f"{spec.output.name} does not depend on {self.wrt}: nothing to differentiate")
         taken = set().union(*(names_in(d.expr) | {d.name} for d in spec.definitions)) | set(spec.inputs)
-        self.upstream = sp.IndexedBase(_fresh_name(("g", "dy", "grad_out"), taken))
-        self.surrogate = sp.Symbol(_fresh_name(("l", "ell", "loss"), taken))
+        self.upstream = sp.IndexedBase(fresh_name(("g", "dy", "grad_out"), taken))
+        self.surrogate = sp.Symbol(fresh_name(("l", "ell", "loss"), taken))
         self.taken = taken
         extra = []
         if spec.output.is_vector:

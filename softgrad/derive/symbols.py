@@ -7,6 +7,7 @@ step can show them, and both have an exact numeric meaning so the checker can te
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sympy as sp
@@ -34,6 +35,18 @@ def fresh_index(avoid: set[str], preferred: str = "ijklmpqrsuvw") -> sp.Symbol:
     while f"i{counter}" in avoid:
         counter += 1
     return index(f"i{counter}")
+
+
+def fresh_name(preferred: Sequence[str], taken: Collection[str]) -> str:
+    """The first preferred name not taken, else the first one numbered (g1, g2, …): for the names softgrad
+    adds (an upstream gradient, a gradient output) beside the spec's own."""
+    for name in preferred:
+        if name not in taken:
+            return name
+    number = 1
+    while f"{preferred[0]}{number}" in taken:
+        number += 1
+    return f"{preferred[0]}{number}"
 
 
 def names_in(expr: sp.Basic) -> set[str]:

@@ -31,7 +31,7 @@ from softgrad.derive.engine import affine_in
 from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
-from softgrad.derive.symbols import Partial
+from softgrad.derive.symbols import Partial, fresh_name
 from softgrad.derive.tensor_check import POINTS, TensorChecker
 from softgrad.errors import SoftgradError, SpecError
 
@@ -125,16 +125,11 @@ def positive_inputs(spec: Spec) -> set[str]:
     return needed & set(spec.inputs)
 
 
-def _fresh_name(preferred: list[str], taken: set[str]) -> str:
-    for name in preferred:
-        if name not in taken:
-            taken.add(name)
-            return name
-    number = 1
-    while f"{preferred[0]}{number}" in taken:
-        number += 1
-    taken.add(f"{preferred[0]}{number}")
-    return f"{preferred[0]}{number}"
+def _claim_name(preferred: list[str], taken: set[str]) -> str:
+    """A fresh name, added to `taken` so that the next one differs."""
+    name = fresh_name(preferred, taken)
+    taken.add(name)
+    return name
 
 
 class TensorEngine:
@@ -159,9 +154,9 @@ class TensorEngine:
         surrogate = None
         self.upstream: str | None = None
         if output.is_vector:
-            self.upstream = _fresh_name([f"d{output.name}", f"grad_{output.name}", "g"], self.taken)
+            self.upstream = _claim_name([f"d{output.name}", f"grad_{output.name}", "g"], self.taken)
             self.axes[self.upstream] = self.axes[output.name]
-            loss_name = _fresh_name(["l", "ell", "loss"], self.taken)
+            loss_name = _claim_name(["l", "ell", "loss"], self.taken)
             taken = set(self.taken)
             positions = tuple(ta.fresh(taken, [r, *"klmpq"]) for r in self.axes[output.name])
             limits = [(p, 0, spec.sizes[r] - 1) for p, r in zip(positions, self.axes[output.name])]
@@ -324,7 +319,7 @@ class TensorEngine:
                       reason=prose("entry ({r}, {c}) of the matrix; ᵀ transposes, ∘ multiplies entrywise",
                                    r=q[0], c=q[1]))
         is_named = is_input or bool(current.atoms(sp.Sum))
-        adjoint_name = _fresh_name([f"d{name}", f"grad_{name}"], self.taken) if is_named else f"∂{self.loss}/∂{name}"
+        adjoint_name = _claim_name([f"d{name}", f"grad_{name}"], self.taken) if is_named else f"∂{self.loss}/∂{name}"
         return Adjoint(name, adjoint_name, q, current, is_named), section
 
     def _cases(self, section: Section, consumer: Definition, var: sp.Expr, q: tuple[sp.Symbol, ...],
