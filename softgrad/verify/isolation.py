@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,20 @@ def _describe_ending(returncode: int) -> str:
     return f"ended the process with exit status {returncode} (sys.exit, os._exit or C exit?)"
 
 
+def _stop(process: subprocess.Popen[bytes], descriptors: tuple[int, int], cleanup: Callable[[], None] | None) -> None:
+    """Kill the child if it still runs, close its pipes, then run the cleanup (once: a weakref.finalize)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for descriptor in descriptors:
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+    if cleanup is not None:
+        cleanup()
+
+
 class IsolatedFunction:
     """A function of a file or module, called in a child process: `result = isolated(*arrays)`.
 
@@ -103,7 +118,7 @@ class IsolatedFunction:
                  layout: str = "classes-last") -> None:
         if not timeout > 0:
             raise SoftgradError("--timeout must be a positive number of seconds")
-        self.reference, self.timeout, self.role, self._cleanup = reference, timeout, role, cleanup
+        self.reference, self.timeout, self.role = reference, timeout, role
         self.calls = 0
         self.mutated: list[int] = []
         self.__name__ = reference.rsplit(":", 1)[-1]
@@ -121,8 +136,16 @@ class IsolatedFunction:
         finally:
             os.close(requests_read)
             os.close(replies_write)
-        reply, _ = self._exchange({"op": "load", "reference": reference, "signature": signature_text, "dtype": dtype,
-                                   "layout": layout}, [], max(timeout, LOAD_TIMEOUT), "while loading")
+        # the child is stopped when this object is closed, collected or at exit (atexit runs finalizers; the
+        # CLI skips the interpreter's teardown, where __del__ would have been the last chance)
+        self._finalizer = weakref.finalize(self, _stop, self._process, (self._requests, self._replies), cleanup)
+        try:
+            reply, _ = self._exchange({"op": "load", "reference": reference, "signature": signature_text,
+                                       "dtype": dtype, "layout": layout}, [], max(timeout, LOAD_TIMEOUT),
+                                      "while loading")
+        except BaseException:  # Ctrl-C while it loads included: the child is not left running
+            self.close()
+            raise
         #: How the code is called (a layer's forward then backward, torch autograd, jax.vjp); "" for a function.
         self.how = str(reply.get("how", ""))
 
@@ -159,32 +182,16 @@ class IsolatedFunction:
         return reply, outputs
 
     def close(self) -> None:
-        """Stop the child (if it still runs) and release the pipes."""
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        for descriptor in (self._requests, self._replies):
-            try:
-                os.close(descriptor)
-            except OSError:
-                pass
+        """Stop the child (if it still runs) and release the pipes (then the cleanup, e.g. the folder a C source
+        was compiled in, runs)."""
+        self._finalizer()
         self._requests = self._replies = -1
-        if self._cleanup is not None:  # e.g. the folder a C source was compiled in
-            cleanup, self._cleanup = self._cleanup, None
-            cleanup()
 
     def __enter__(self) -> IsolatedFunction:
         return self
 
     def __exit__(self, *exception: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_process", None) is not None and self._requests != -1:
-            try:
-                self.close()
-            except Exception:  # at interpreter exit the modules close() uses may already be gone
-                pass
 
 
 class NotAnArray:
