@@ -47,6 +47,9 @@ def reports_errors(command: Callable[..., None]) -> Callable[..., None]:
         except BrokenPipeError:  # the reader (e.g. `| head`) has gone: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        except OSError as problem:  # the system refused (a full disk, an unwritable output): not a bug
+            _report_system_error(problem)
+            sys.exit(2)
         except RecursionError:
             click.echo("softgrad: error: the input is nested too deeply to process", err=True)
             sys.exit(2)
@@ -384,7 +387,18 @@ def _run_command() -> None:
     except click.ClickException as problem:
         click.echo(f"softgrad: error: {' '.join(problem.format_message().split())}", err=True)
         sys.exit(problem.exit_code)
+    except BrokenPipeError:  # --help or --version into a reader that has gone
+        sys.exit(0)
+    except OSError as problem:  # --help or --version into a full disk
+        _report_system_error(problem)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report_system_error(problem: OSError) -> None:
+    """One line for an error of the system (ENOSPC, EACCES, …), naming the file where there is one."""
+    where = f" ({problem.filename})" if problem.filename else ""
+    click.echo(f"softgrad: error: {problem.strerror or problem}{where}", err=True)
 
 
 def _leave(code: object) -> NoReturn:
@@ -402,6 +416,10 @@ def _leave(code: object) -> NoReturn:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # the reader has gone, or stdout is closed: nothing to add
         pass
+    except OSError as problem:  # the rest of the output could not be written (a full disk)
+        if status == 0:  # (else the failure was already reported)
+            _report_system_error(problem)
+            status = 2
     try:
         atexit._run_exitfuncs()
         sys.stderr.flush()

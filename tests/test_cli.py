@@ -166,3 +166,35 @@ def test_the_fast_exit_keeps_the_output_the_status_and_atexit(tmp_path, args, st
         assert json.loads(result.stdout)["spec"]
     else:
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("softgrad: error:")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("args", [["--version"], ["list"], ["derive", "softmax"],
+                                  ["derive", "softmax", "--format", "html"]])
+def test_a_full_disk_is_one_line_and_exit_2(args):
+    """Output the system refuses to take (ENOSPC) is an error of the system: one line, exit 2, never a
+    traceback or an 'internal error'."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "softgrad", *args], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "softgrad: error: No space left on device\n"
+
+
+def test_output_left_in_the_buffer_at_exit_is_flushed_or_reported():
+    """The CLI leaves without the interpreter's teardown: what is still buffered is flushed first, and a
+    flush the system refuses is reported like any write (one line, exit 2; a status already set is kept)."""
+    script = """
+import errno, sys
+from softgrad.cli import _leave
+class Refusing:
+    def write(self, text): return len(text)
+    def flush(self): raise OSError(errno.ENOSPC, "No space left on device")
+sys.stdout = Refusing()
+_leave(int(sys.argv[1]))
+"""
+    for status, expected in ((0, 2), (1, 1)):
+        result = subprocess.run([sys.executable, "-c", script, str(status)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == expected
+        assert result.stderr == ("softgrad: error: No space left on device\n" if status == 0 else "")
