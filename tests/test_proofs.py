@@ -16,7 +16,7 @@ from softgrad.derive import proof
 from softgrad.derive.catalog import CATALOG
 from softgrad.derive.check import SIZES, Point, StepChecker, WideEvaluator, wide_precision
 from softgrad.derive.engine import Engine
-from softgrad.derive.proof import Prover, _is_zero, index_patterns
+from softgrad.derive.proof import Prover, _Atomizer, _is_zero, index_patterns
 from softgrad.derive.spec import parse_spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, index
@@ -177,6 +177,22 @@ def test_the_zero_test_uses_what_a_root_is():
     assert _is_zero(1 / root - root / (a**2 + b**2 + 1))
     assert not _is_zero(root**3 - (a**2 + b**2) * root)
     assert not _is_zero(root - a)
+
+
+def test_one_atomizer_serves_many_differences_without_mixing_them():
+    """The prover keeps one atomizer per derivation: a root met in one difference is used by the next that
+    reads it (also inside another root), and adds nothing to one that does not."""
+    a, b = sp.symbols("a b", positive=True)
+    inner = sp.sqrt(a + 1)
+    outer = sp.sqrt(1 + inner)
+    shared = _Atomizer()
+    assert _is_zero(inner**2 - a - 1, shared)
+    assert not _is_zero(b - a, shared)
+    assert not _is_zero(inner - a, shared)
+    assert _is_zero((outer**2 - inner)**2 - 1, shared)  # (1 + √(a+1)) − √(a+1) = 1 needs both roots
+    assert not _is_zero(outer - inner, shared)
+    assert set(shared.roots_in(shared(outer))) == set(shared.roots)  # the nested root comes with the outer
+    assert not shared.roots_in(shared(a + b))
 
 
 def test_a_difference_too_large_to_simplify_is_not_called_zero():

@@ -74,6 +74,7 @@ class Prover:
         self._names: dict[sp.Basic, frozenset[str]] = {}
         #: differences already decided: consecutive steps share forms, so about half recur
         self._decided: dict[sp.Expr, bool] = {}
+        self._atomize = _Atomizer()
 
     def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset()) -> _Writer:
         """One writer per size (and frozen names): what it has written is reused by every later step."""
@@ -114,29 +115,36 @@ class Prover:
             writer.write(form, pattern)
         difference = writer.finish(left - right)
         if difference not in self._decided:
-            self._decided[difference] = _is_zero(difference)
+            self._decided[difference] = _is_zero(difference, self._atomize)
         return self._decided[difference]
 
 
-def _is_zero(difference: sp.Expr) -> bool:
-    if difference == 0:
-        return True
-    if _larger_than(difference, LARGEST_DIFFERENCE):
-        return False
-    atoms: dict[sp.Expr, sp.Symbol] = {}
-    roots: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # s → (q, u) with s^q = u
+class _Atomizer:
+    """Non-rational parts as independent symbols (innermost first, so equal parts share a symbol):
+    exp(a + 2b) = exp(a)·exp(b)², u^(p/q) = (u^(1/q))^p with the root remembered, |u| = a with a² = u².
 
-    def atom(key: sp.Expr, positive: bool = False) -> sp.Symbol:
-        if key not in atoms:
-            atoms[key] = sp.Dummy("atom", positive=positive)
-        return atoms[key]
+    One atomizer serves every difference of a derivation: consecutive steps share most of their parts, and
+    each part is rewritten once (rewriting rebuilds SymPy expressions: a third of a loss's proof)."""
 
-    def atomize(expr: sp.Expr) -> sp.Expr:
-        """Non-rational parts as independent symbols (innermost first, so equal parts share a symbol):
-        exp(a + 2b) = exp(a)·exp(b)², u^(p/q) = (u^(1/q))^p with the root remembered."""
+    def __init__(self) -> None:
+        self.atoms: dict[sp.Expr, sp.Symbol] = {}
+        self.roots: dict[sp.Symbol, tuple[int, sp.Expr]] = {}  # s → (q, u) with s^q = u
+        self.done: dict[sp.Expr, sp.Expr] = {}
+
+    def atom(self, key: sp.Expr, positive: bool = False) -> sp.Symbol:
+        if key not in self.atoms:
+            self.atoms[key] = sp.Dummy("atom", positive=positive)
+        return self.atoms[key]
+
+    def __call__(self, expr: sp.Expr) -> sp.Expr:
         if expr.is_Atom:
             return expr
-        arguments = [atomize(a) for a in expr.args]
+        if expr not in self.done:
+            self.done[expr] = self._atomize(expr)
+        return self.done[expr]
+
+    def _atomize(self, expr: sp.Expr) -> sp.Expr:
+        arguments = [self(a) for a in expr.args]
         rebuilt = expr.func(*arguments) if arguments != list(expr.args) else expr
         if rebuilt.is_Atom or rebuilt.is_Add or rebuilt.is_Mul or (rebuilt.is_Pow and rebuilt.exp.is_Integer):
             return rebuilt
@@ -144,23 +152,46 @@ def _is_zero(difference: sp.Expr) -> bool:
             product = sp.S.One
             for term in sp.Add.make_args(sp.expand(rebuilt.args[0])):
                 coefficient, rest = term.as_coeff_Mul()
-                if coefficient.is_Integer:
-                    product *= atom(sp.exp(rest), positive=True) ** coefficient
+                if term == rebuilt.args[0] and coefficient == 1:  # exp(u) itself: not built again
+                    product *= self.atom(rebuilt, positive=True)
+                elif coefficient.is_Integer:
+                    product *= self.atom(sp.exp(rest), positive=True) ** coefficient
                 else:
-                    product *= atom(sp.exp(term), positive=True)
+                    product *= self.atom(sp.exp(term), positive=True)
             return product
         if rebuilt.is_Pow and rebuilt.exp.is_Rational:
-            root = atom(rebuilt.base ** sp.Rational(1, rebuilt.exp.q))
-            roots[root] = (int(rebuilt.exp.q), rebuilt.base)
+            root = self.atom(rebuilt.base ** sp.Rational(1, rebuilt.exp.q))
+            self.roots[root] = (int(rebuilt.exp.q), rebuilt.base)
             return root ** rebuilt.exp.p
         if isinstance(rebuilt, (sp.Abs, sp.sign)):  # |u| = a with a² = u², sign(u) = a/u (u ≠ 0)
-            magnitude = atom(sp.Abs(rebuilt.args[0]))
-            roots[magnitude] = (2, rebuilt.args[0] ** 2)
+            magnitude = self.atom(sp.Abs(rebuilt.args[0]))
+            self.roots[magnitude] = (2, rebuilt.args[0] ** 2)
             return magnitude if isinstance(rebuilt, sp.Abs) else magnitude / rebuilt.args[0]
-        return atom(rebuilt)  # log(…), erf(…), H(…)
+        return self.atom(rebuilt)  # log(…), erf(…), H(…)
 
+    def roots_in(self, expr: sp.Expr) -> dict[sp.Symbol, tuple[int, sp.Expr]]:
+        """The roots expr reads, and those their radicands read (a root inside a root)."""
+        found: dict[sp.Symbol, tuple[int, sp.Expr]] = {}
+        pending = [s for s in expr.free_symbols if s in self.roots]
+        while pending:
+            root = pending.pop()
+            if root not in found:
+                found[root] = self.roots[root]
+                pending += [s for s in found[root][1].free_symbols if s in self.roots]
+        return found
+
+
+def _is_zero(difference: sp.Expr, atomize: _Atomizer | None = None) -> bool:
+    """Whether difference is identically 0, its non-rational parts taken as independent symbols (with
+    the relations s^q = u of the roots): a 'yes' is a proof; a 'no' only means not proved."""
+    if difference == 0:
+        return True
+    if _larger_than(difference, LARGEST_DIFFERENCE):
+        return False
+    atomize = atomize or _Atomizer()
     try:
         atomized = atomize(difference)
+        roots = atomize.roots_in(atomized)
         numerator = _numerator_in_ring(atomized, roots)
         if numerator is not None:
             return bool(numerator == 0)
