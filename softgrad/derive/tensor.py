@@ -31,7 +31,7 @@ from softgrad.derive.engine import affine_in
 from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
-from softgrad.derive.symbols import Partial, fresh_name
+from softgrad.derive.symbols import Partial, fresh_name, names_in
 from softgrad.derive.tensor_check import POINTS, TensorChecker
 from softgrad.errors import SoftgradError, SpecError
 
@@ -81,7 +81,7 @@ def _inline(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp
         replacements: dict[Any, Any] = {}
         for entry in expr.atoms(sp.Indexed):
             if str(entry.base) in by_name:
-                replacements[entry] = ta.at(by_name[str(entry.base)], tuple(entry.indices), taken | ta.names(expr))
+                replacements[entry] = ta.at(by_name[str(entry.base)], tuple(entry.indices), taken | names_in(expr))
         for symbol in expr.atoms(sp.Symbol):
             if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
                 replacements[symbol] = by_name[str(symbol)].expr
@@ -147,7 +147,7 @@ class TensorEngine:
             self.wrt, self.wrt_reason = default_inputs(spec)
         self.taken = set(spec.inputs) | set(spec.parameters) | {d.name for d in spec.definitions}
         for definition in spec.definitions:
-            self.taken |= ta.names(definition.expr) | {str(i) for i in definition.indices}
+            self.taken |= names_in(definition.expr) | {str(i) for i in definition.indices}
         self.taken |= set(spec.sizes) | {str(s) for s in spec.sizes.values()}
         self.axes = dict(spec.axes)
         output = spec.output
@@ -209,7 +209,7 @@ class TensorEngine:
                 reads = tuple(n for n in dict.fromkeys([*self.spec.inputs, *(d.name for d in self.spec.definitions),
                                                         *(d.name for d in self.result.backward), *self.spec.parameters,
                                                         *([self.upstream] if self.upstream else [])])
-                              if n in ta.names(adjoint.expr))
+                              if n in names_in(adjoint.expr))
                 title, note = f"Gradient with respect to {name}", self._note()
                 matrix_title = f"{title}, matrix form"
             elif adjoint.named:
@@ -234,7 +234,7 @@ class TensorEngine:
         needed = set(self.result.gradients.values())
         for definition in reversed(self.result.backward):
             if definition.name in needed:
-                needed |= ta.names(definition.expr)
+                needed |= names_in(definition.expr)
         unread = [d.name for d in self.result.backward if d.name not in needed]
         self.result.backward = [d for d in self.result.backward if d.name in needed]
         for name in unread:
@@ -261,7 +261,7 @@ class TensorEngine:
         q = self._positions(name, taken)
         var = self._entry(name, q)
         lhs = Partial(self.loss, var)
-        consumers = [d for d in self.spec.definitions if d.name in self.adjoints and name in ta.names(d.expr)]
+        consumers = [d for d in self.spec.definitions if d.name in self.adjoints and name in names_in(d.expr)]
         generic, named, raw = [], [], []
         for consumer in consumers:
             a = self._positions(consumer.name, taken)
@@ -421,7 +421,7 @@ class TensorEngine:
                 adjoint = named.get(str(factor.base)) if isinstance(factor, sp.Indexed) else None
                 if adjoint is None or not isinstance(adjoint.expr, sp.Sum) or len(adjoint.expr.limits) != 1:
                     continue
-                inner = ta.rename_bound(adjoint.expr, taken | ta.names(expr)).xreplace(
+                inner = ta.rename_bound(adjoint.expr, taken | names_in(expr)).xreplace(
                     dict(zip(adjoint.indices, factor.indices)))
                 rest = total.function / factor
                 double = sp.Sum(rest * inner.function, inner.limits[0], bound)
@@ -461,7 +461,7 @@ class TensorEngine:
         replacements = {}
         for entry in used:
             adjoint = reductions[str(getattr(entry, "base", entry))]
-            body = ta.rename_bound(adjoint.expr, set(taken) | ta.names(expr))
+            body = ta.rename_bound(adjoint.expr, set(taken) | names_in(expr))
             replacements[entry] = body.xreplace(dict(zip(adjoint.indices, getattr(entry, "indices", ()))))
         written = expr.xreplace(replacements)
         candidate = ta.in_names(tidy(ta.distribute(written)), self.spec.definitions, taken)
@@ -487,7 +487,7 @@ class TensorEngine:
             if not isinstance(definition.expr, sp.Sum) or len(definition.indices) != len(free):
                 continue
             for order in itertools.permutations(free):
-                body = ta.at(definition, tuple(order), set(self.taken) | ta.names(candidate))
+                body = ta.at(definition, tuple(order), set(self.taken) | names_in(candidate))
                 if isinstance(body, sp.Sum) and ta.same_sum(body, candidate):
                     return outside, sp.IndexedBase(definition.name)[tuple(order)]
         return None

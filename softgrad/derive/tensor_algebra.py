@@ -15,6 +15,7 @@ import sympy as sp
 
 from softgrad.derive.algebra import cost, expanded, inversions, tidy
 from softgrad.derive.spec import Definition
+from softgrad.derive.symbols import index, names_in
 
 
 def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
@@ -52,12 +53,8 @@ def fresh(taken: set[str], preferred: Iterable[str]) -> sp.Symbol:
     for letter in [*preferred, *(f"k{number}" for number in range(1, 999))]:
         if letter not in taken:
             taken.add(letter)
-            return sp.Symbol(letter, integer=True)
+            return index(letter)
     raise ValueError("no fresh index")  # pragma: no cover
-
-
-def names(expr: sp.Basic) -> set[str]:
-    return {str(s) for s in expr.atoms(sp.Symbol)} | {str(b.label) for b in expr.atoms(sp.IndexedBase)}
 
 
 def rename_bound(expr: sp.Expr, taken: set[str]) -> sp.Expr:
@@ -287,7 +284,7 @@ def _apart(pattern: sp.Expr, value: sp.Expr, avoid: set[str]) -> tuple[sp.Expr, 
 def _rewrite(expr: sp.Expr, definition: Definition, pattern: sp.Expr, value: sp.Expr,
              assignment: dict[sp.Symbol, sp.Expr], own: list[sp.Sum], taken: set[str]) -> sp.Expr:
     """expr with one instance of a definition's inversion substituted (its own sums protected)."""
-    avoid = set(taken) | names(expr) | {str(v) for v in assignment.values()}
+    avoid = set(taken) | names_in(expr) | {str(v) for v in assignment.values()}
     local_pattern, local_value = _apart(pattern, value, avoid - set(map(str, definition.indices)))
     local_pattern, local_value = local_pattern.xreplace(assignment), local_value.xreplace(assignment)
     masks = {} if pattern.atoms(sp.Sum) else {
