@@ -97,6 +97,23 @@ def test_softmax_entropy_outside_the_catalog():
     assert any(s.rule == "outputs of y sum to 1" for s in d.steps)
 
 
+def test_a_vector_defined_through_another_with_the_same_summation_index():
+    """Inlining p_k into Σ_k p_k² renames p's own Σ_k, once to the name of the backward pass's scalar l, which
+    inlining then replaced inside the sum's limits: an internal error on a valid spec. Now derived, every
+    step proved; the VJP is softmax's at 2z, 2y ⊙ (g − ⟨g, y⟩)."""
+    d = softgrad.derive("p[i] = exp(z[i])/sum(exp(z[k]), k)\ny[i] = p[i]^2/sum(p[k]^2, k)")
+    proved, checked = (int(word) for word in d.check_summary.split()[:3:2])
+    assert proved == checked > 0, d.check_summary
+    z, g = sp.IndexedBase("z"), sp.IndexedBase("g")
+    softmax_2z = sp.exp(2 * z[i]) / class_sum(sp.exp(2 * z[k]), k)
+    expected = 2 * softmax_2z * (g[i] - class_sum(g[j] * softmax_2z.subs(i, j), j))
+    values = {z: sp.Array([0.3, -1.2, 2.0]), g: sp.Array([1.5, -0.5, 0.25])}
+    for row in range(3):
+        entry = {i: row, sp.Symbol("n", integer=True, positive=True): 3}
+        got = d.results["vjp"].rhs.xreplace(entry).doit()
+        want = expected.xreplace(entry).doit()
+        assert abs(float((got - want).subs(values).doit())) < 1e-12
+
 def test_wrt_another_input():
     d = softgrad.derive("cross-entropy", wrt="t")
     assert sp.simplify(d.results["gradient"].rhs + sp.log(y[j])) == 0

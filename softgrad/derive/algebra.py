@@ -8,6 +8,7 @@ each definition structurally. Nothing here knows any catalog entry by name.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 
 import sympy as sp
 
@@ -99,24 +100,26 @@ def expand_sum_except(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda e: isinstance(e, SumExcept), lambda e: e.as_full_sum())
 
 
-def rename_bound(expr: sp.Expr, avoid: set[str]) -> sp.Expr:
-    """Rename every summation index that clashes with `avoid`, so inlined text stays readable."""
+def rename_bound(expr: sp.Expr, avoid: set[str], reserved: Collection[str] = ()) -> sp.Expr:
+    """Rename every summation index that clashes with `avoid`, so inlined text stays readable; the new
+    names avoid `reserved` too (the names of definitions, which inlining replaces wherever they are free)."""
 
     def rename(total: sp.Sum) -> sp.Sum:
         bound = total.limits[0][0]
         if str(bound) not in avoid:
             return total
-        new = fresh_index(avoid | names_in(total), preferred="klmpqrsuvw")
+        new = fresh_index(avoid | set(reserved) | names_in(total), preferred="klmpqrsuvw")
         return class_sum(total.function.subs(bound, new), new)
 
     return expr.replace(lambda e: isinstance(e, sp.Sum), rename)
 
 
-def instantiate(definition: Definition, at: sp.Symbol | None) -> sp.Expr:
-    """A vector definition's right-hand side at index `at` (bound indices renamed away from it)."""
+def instantiate(definition: Definition, at: sp.Symbol | None, reserved: Collection[str] = ()) -> sp.Expr:
+    """A vector definition's right-hand side at index `at` (bound indices renamed away from it, and from
+    `reserved`)."""
     if definition.index is None:
         return definition.expr
-    body = rename_bound(definition.expr, {str(at)} - {str(definition.index)})
+    body = rename_bound(definition.expr, {str(at)} - {str(definition.index)}, reserved)
     return body.subs(definition.index, at)
 
 
@@ -127,8 +130,8 @@ def inline(expr: sp.Expr, definitions: list[Definition]) -> sp.Expr:
         replacements = {}
         for item in expr.atoms(sp.Indexed):
             if str(item.base) in by_name:
-                replacements[item] = instantiate(by_name[str(item.base)], item.indices[0])
-        for item in expr.atoms(sp.Symbol):
+                replacements[item] = instantiate(by_name[str(item.base)], item.indices[0], by_name)
+        for item in expr.free_symbols:  # a summation index is never a definition's name
             if str(item) in by_name and not by_name[str(item)].is_vector:
                 replacements[item] = by_name[str(item)].expr
         if not replacements:
