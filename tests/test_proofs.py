@@ -112,6 +112,20 @@ def test_a_step_that_holds_only_at_some_sizes_is_not_proved():
     assert Prover(spec, spec.definitions, spec.inputs).prove(wrong, [index("i")], None, None) == []
 
 
+def test_decimals_are_the_exact_numbers_they_spell():
+    """A decimal is the exact number it spells to 15 digits: 0.1·x + 0.2·x (which SymPy adds in floating point,
+    0.30000000000000004) equals the form 0.3·x; a decimal off in its 15th digit is another number."""
+    spec = parse_spec("y[i] = 0.1*x[i] + 0.2*x[i] + 0.00001")
+    y, x = sp.IndexedBase("y"), sp.IndexedBase("x")
+    i = index("i")
+    prover = Prover(spec, spec.definitions, spec.inputs)
+    spelled = sp.Float("0.3") * x[i] + sp.Float("0.00001")
+    assert spelled != spec.output.expr  # as SymPy holds them, the two differ
+    assert prover.prove(Step("same", y[i], [spelled], reason=None), [i], None, None) == [1, 2, 3, 4]  # type: ignore[arg-type]
+    off = sp.Float("0.300000000000001") * x[i] + sp.Float("0.00001")
+    assert prover.prove(Step("off", y[i], [off], reason=None), [i], None, None) == []  # type: ignore[arg-type]
+
+
 def _rational_expressions() -> st.SearchStrategy[sp.Expr]:
     """Nested sums, products and integer powers (negative too) of a few symbols and a root."""
     a, b = sp.symbols("a b", real=True)

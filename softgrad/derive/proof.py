@@ -337,6 +337,8 @@ class _Writer:
         return self.cache[key]
 
     def _write(self, expr: sp.Basic, indices: dict[str, int]) -> Any:
+        if expr.is_Float:
+            return _exact(expr)
         if expr.is_Number or expr.is_NumberSymbol:
             return expr
         if isinstance(expr, sp.Indexed):
@@ -408,17 +410,21 @@ class _Writer:
         return self.write(sp.sympify(explicit[at_row][at_column]), {})  # named scalars (m, v) written out too
 
     def finish(self, difference: sp.Expr) -> sp.Expr:
-        """Functions in exp form, decimals as the exact decimals they spell, the constraint applied."""
-        # a decimal is the exact number it spells to 15 digits: 0.1·3 computed in floating point is 3/10
-        replacements: dict[sp.Basic, sp.Basic] = {
-            f: sp.Rational(format(float(f), ".15g")) for f in difference.atoms(sp.Float)}
+        """Functions in exp form, the constraint applied (decimals were made exact as they were written)."""
         if self.constrained:
+            replacements: dict[sp.Basic, sp.Basic] = {}
             for constraint in self.prover.spec.constraints:
                 last = self.entry(constraint.input_name, self.size - 1)
                 others = sp.Add(*[self.entry(constraint.input_name, a) for a in range(self.size - 1)])
-                replacements[last] = constraint.rhs - others
-        difference = difference.xreplace(replacements) if replacements else difference
+                replacements[last] = self.write(constraint.rhs, {}) - others
+            difference = difference.xreplace(replacements)
         return difference.replace(lambda e: isinstance(e, (sigmoid, softplus, sp.tanh, sp.log)), _in_exp_form)
+
+
+def _exact(decimal: sp.Float) -> sp.Rational:
+    """A decimal as the exact number it spells to 15 digits (0.1 is 1/10, not the double nearest to it), so
+    that 0.1·3 written out is 3/10 on both sides of a step, however each side computed it."""
+    return sp.Rational(format(float(decimal), ".15g"))
 
 
 def _derivative(expr: sp.Expr, symbol: sp.Symbol, done: dict[sp.Expr, sp.Expr]) -> sp.Expr:
