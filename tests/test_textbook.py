@@ -57,6 +57,20 @@ def test_terms_that_cancel_are_gone():
         sp.expand(vjp)))
 
 
+X, J = sp.IndexedBase("x"), sp.Symbol("j", integer=True)
+
+
+@pytest.mark.parametrize("spec, gradient", [
+    ("y[i] = x[i] / sqrt(sum(x[k]^2, k))\nL = sum(y[k]^2, k)", sp.S.Zero),  # ‖y‖² = 1 whatever x is
+    ("y[i] = x[i] / sqrt(x[i]^2 + 1)\nL = sum(y[k]^2, k)", 2 * X[J] / (X[J] ** 2 + 1) ** 2),
+])
+def test_a_result_that_mixes_outputs_and_inputs_is_also_tried_in_the_inputs_alone(spec, gradient):
+    """Written in y first, these gradients keep y beside the x it is made of (−2(Σx_k y_k − √Σx²)·y_j/Σx²,
+    which is 0); written wholly in x, the terms cancel. Results already in y alone are not tried again."""
+    result = softgrad.derive(spec).results["gradient"].rhs
+    assert result == gradient
+
+
 @pytest.mark.parametrize("spec", list(CATALOG) + OUTSIDE_THE_CATALOG)
 def test_no_result_line_is_wider_than_200_columns(spec):
     text = softgrad.derive(spec).render("text")

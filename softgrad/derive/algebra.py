@@ -263,39 +263,54 @@ LARGEST_INLINED_START = 80
 def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -> sp.Expr:
     """Rewrite expr in the spec's defined names wherever that makes it simpler.
 
-    Two starts are tried: expr as given, and expr written wholly in the inputs (where terms such as
-    g·x²/Σx² − g·y² cancel). Entries are replaced at free indices and inside sums; what a sum then has
-    as a constant factor leaves it."""
+    Entries are replaced at free indices and inside sums; what a sum then has as a constant factor leaves
+    it. Where the result still mixes a defined vector with the inputs it is made of, expr is also tried
+    written wholly in the inputs, where such terms can cancel (g·x²/Σx² − g·y² = 0 for y = x/√Σx²)."""
     definitions = spec.definitions if upto is None else spec.definitions[: spec.definitions.index(upto) + 1]
-    starts = [tidy(expr)]
-    inlined = inline(expr, [d for d in definitions if d.is_vector])  # named scalars (m, v) stay
-    if inlined != expr and sp.count_ops(inlined) <= LARGEST_INLINED_START:
-        starts.append(tidy(inlined))
-    results = []
-    for best in starts:
-        for definition in reversed(definitions):
-            for pattern, value in inversions(definition):
-                # the definition's own sums stay whole (x_k in Σ x_k² is not rewritten as y_k·√Σx²)
-                own = [] if pattern.atoms(sp.Sum) else list(definition.expr.atoms(sp.Sum))
-                masks = {found: sp.Dummy("sum") for found in best.atoms(sp.Sum)
-                         if any(alpha_equal(found, total) for total in own)}
-                trial = best.xreplace(masks)
-                positions: list[sp.Symbol | None] = [None]
-                if definition.index is not None:
-                    positions = sorted({s for s in trial.free_symbols if s.is_integer and s.name != "n"}
-                                       | {total.limits[0][0] for total in trial.atoms(sp.Sum)}, key=str)
-                for at in positions:
-                    if at is None:
-                        trial = _substitute(trial, pattern, value)
-                    else:
-                        trial = _substitute(trial, pattern.subs(definition.index, at),
-                                            value.subs(definition.index, at))
-                trial = trial.xreplace({dummy: total for total, dummy in masks.items()})
-                trial = tidy(distribute_sums(trial)) if trial != best else best
-                if cost(trial) < cost(best):
-                    best = trial
-        results.append(best)
-    return lightest(results)
+    vectors = [d for d in definitions if d.is_vector]
+    best = _in_names(tidy(expr), definitions)
+    if not _mixes_names_and_inputs(best, vectors):
+        return best
+    inlined = inline(expr, vectors)  # named scalars (m, v) stay
+    if inlined == expr or sp.count_ops(inlined) > LARGEST_INLINED_START:
+        return best
+    return lightest([best, _in_names(tidy(inlined), definitions)])
+
+
+def _mixes_names_and_inputs(expr: sp.Expr, vectors: list[Definition]) -> bool:
+    """Whether expr reads a defined vector and also an input that vector is made of."""
+    def arrays(e: sp.Expr) -> set[str]:
+        return {str(b.label) for b in e.atoms(sp.IndexedBase)}
+
+    used = arrays(expr)
+    return any(d.name in used and used & arrays(inline(d.expr, vectors)) for d in vectors)
+
+
+def _in_names(start: sp.Expr, definitions: list[Definition]) -> sp.Expr:
+    """start rewritten by every inversion of every definition (latest first), each kept where it is lighter."""
+    best = start
+    for definition in reversed(definitions):
+        for pattern, value in inversions(definition):
+            # the definition's own sums stay whole (x_k in Σ x_k² is not rewritten as y_k·√Σx²)
+            own = [] if pattern.atoms(sp.Sum) else list(definition.expr.atoms(sp.Sum))
+            masks = {found: sp.Dummy("sum") for found in best.atoms(sp.Sum)
+                     if any(alpha_equal(found, total) for total in own)}
+            trial = best.xreplace(masks)
+            positions: list[sp.Symbol | None] = [None]
+            if definition.index is not None:
+                positions = sorted({s for s in trial.free_symbols if s.is_integer and s.name != "n"}
+                                   | {total.limits[0][0] for total in trial.atoms(sp.Sum)}, key=str)
+            for at in positions:
+                if at is None:
+                    trial = _substitute(trial, pattern, value)
+                else:
+                    trial = _substitute(trial, pattern.subs(definition.index, at),
+                                        value.subs(definition.index, at))
+            trial = trial.xreplace({dummy: total for total, dummy in masks.items()})
+            trial = tidy(distribute_sums(trial)) if trial != best else best
+            if cost(trial) < cost(best):
+                best = trial
+    return best
 
 
 def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str]:
