@@ -97,6 +97,26 @@ def test_softmax_entropy_outside_the_catalog():
     assert any(s.rule == "outputs of y sum to 1" for s in d.steps)
 
 
+def test_points_where_the_spec_has_no_value_are_left_out_and_said():
+    """A variance over n − 1 (torch.var's default) has no value at n = 1: those points are left out of the
+    checks and the sizes said are the ones used; the proofs hold at n = 2 to 4 (it was an internal error)."""
+    d = softgrad.derive("m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/(n - 1); y[i] = (x[i] - m)/sqrt(v + 0.00001)")
+    assert "checked numerically at n = 2, 3, 5 " in d.check_summary, d.check_summary
+    assert "6 sampled points where y is not real left out" in d.check_summary
+    steps = [step for section in d.sections for step in section.steps]
+    assert all(step.proved for step in steps), d.render("text")
+    at_one = {step.rule for step in steps if step.proof_detail == "identical at n = 1, 2, 3, 4"}
+    assert at_one == {"derivative of m", "sum rule"}  # the two steps that do not read v: ∂m/∂x_j, ∂(x_i − m)/∂x_j
+    assert all(step.proof_detail == "identical at n = 2, 3, 4" for step in steps if step.rule not in at_one)
+
+
+def test_a_constant_that_underflows_is_checked_in_extended_precision():
+    """exp(x − 1000) is 0 in double precision, so 0/0 there; in extended precision every point has a value."""
+    d = softgrad.derive("y[i] = exp(x[i] - 1000)/sum(exp(x[k] - 1000), k)")
+    assert "checked numerically at n = 1, 2, 3, 5 (" in d.check_summary and "left out" not in d.check_summary
+    assert all(step.proved for section in d.sections for step in section.steps)
+
+
 def test_a_vector_defined_through_another_with_the_same_summation_index():
     """Inlining p_k into Σ_k p_k² renames p's own Σ_k, once to the name of the backward pass's scalar l, which
     inlining then replaced inside the sum's limits: an internal error on a valid spec. Now derived, every
@@ -209,3 +229,19 @@ def test_inputs_are_sampled_from_their_domain():
     us = [v.real for p in points for v in p.vectors["u"]]
     assert min(xs) < 0 < max(xs) and max(abs(v) for v in xs) > 2
     assert min(us) > 0
+
+
+def test_tidy_leaves_cancel_out_beyond_its_size_limit(monkeypatch):
+    """cancel()'s gcds grow faster than the expression (over 30 s on a 1,150-operation VJP of a centred,
+    squared normalisation): beyond LARGEST_CANCELLED operations tidy tries factor() alone."""
+    from softgrad.derive import algebra
+
+    cancelled = []
+    real_cancel = sp.cancel
+    monkeypatch.setattr(sp, "cancel", lambda expr, *args, **kwargs: cancelled.append(expr) or real_cancel(expr))
+    monkeypatch.setattr(algebra, "LARGEST_CANCELLED", 10)
+    small, large = (x[i] + 1) / (x[i] ** 2 - 1), sum((x[i] + m) / (x[i] ** 2 - m ** 2) for m in (1, 2, 3))
+    assert sp.count_ops(small) <= 10 < sp.count_ops(large)
+    assert algebra._tidy(small) == 1 / (x[i] - 1) and cancelled == [small]
+    assert sp.simplify(algebra._tidy(large) - sum(1 / (x[i] - m) for m in (1, 2, 3))) == 0  # factor() cancels
+    assert cancelled == [small]

@@ -112,6 +112,18 @@ def test_a_step_that_holds_only_at_some_sizes_is_not_proved():
     assert Prover(spec, spec.definitions, spec.inputs).prove(wrong, [index("i")], None, None) == []
 
 
+def test_a_size_where_a_side_has_no_value_is_left_to_the_others():
+    """y = x/(n − 1) has no value at n = 1: no claim there, a proof at n = 2 to 4; a wrong form still fails."""
+    spec = parse_spec("y[i] = x[i]/(n - 1)")
+    y, x, n = sp.IndexedBase("y"), sp.IndexedBase("x"), sp.Symbol("n", integer=True, positive=True)
+    i = index("i")
+    prover = Prover(spec, spec.definitions, spec.inputs)
+    right = Step("right", y[i], [2 * x[i] / (2 * n - 2)], reason=None)  # type: ignore[arg-type]
+    assert prover.prove(right, [i], None, None) == [2, 3, 4]
+    wrong = Step("wrong", y[i], [x[i] / n], reason=None)  # type: ignore[arg-type]
+    assert prover.prove(wrong, [i], None, None) == []
+
+
 def test_decimals_are_the_exact_numbers_they_spell():
     """A decimal is the exact number it spells to 15 digits: 0.1·x + 0.2·x (which SymPy adds in floating point,
     0.30000000000000004) equals the form 0.3·x; a decimal off in its 15th digit is another number."""

@@ -27,7 +27,7 @@ from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
 from softgrad.derive.symbols import n as size_symbol
-from softgrad.errors import StepCheckFailed
+from softgrad.errors import SpecError, StepCheckFailed
 
 SIZES = (1, 2, 3, 5)
 COMPLEX_STEP = 1e-30
@@ -104,6 +104,7 @@ class Evaluator:
     """Numeric meaning of every expression softgrad shows, at one concrete point (complex floats)."""
 
     functions = _FUNCTIONS
+    is_finite = staticmethod(cmath.isfinite)
 
     @staticmethod
     def number(value: sp.Expr) -> Any:
@@ -113,6 +114,12 @@ class Evaluator:
         self.definitions = definitions
         self._perturbed: dict[tuple[Any, ...], Point] = {}  # (point id, vector, entry) → point with that entry + ih
         self._compiled: dict[sp.Basic, Callable[[Point, dict[Any, int]], Any]] = {}
+
+    def real(self, point: Point) -> bool:
+        """Whether every value at the point is a finite real number: the spec language is real, so a point
+        where a definition is complex (the log or square root of a negative number) is outside its domain."""
+        values = [v for values in point.vectors.values() for v in values] + list(point.scalars.values())
+        return all(self.is_finite(v) and v.imag == 0 for v in values)
 
     def complete(self, point: Point, frozen: str | None = None) -> Point:
         """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
@@ -255,6 +262,7 @@ class WideEvaluator(Evaluator):
     import mpmath as _mpmath
 
     functions = function_table(_mpmath)
+    is_finite = staticmethod(_mpmath.isfinite)
 
     def complete(self, point: Point, frozen: str | None = None) -> Point:
         """As Evaluator.complete, with the inputs as mpmath numbers (exact copies of the sampled doubles), so
@@ -320,10 +328,21 @@ class StepChecker:
         self.wide = False  # True once double precision overflowed: every later check runs in mpmath
         try:
             self._sample(Evaluator)
+            if self.undefined:  # a 0/0 or log 0 in doubles may be an underflow (exp(x − 1000)): mpmath decides
+                undefined = self.undefined
+                self._widen()
+                if self.undefined == undefined:  # the same points: the spec itself is undefined there
+                    self.wide = False
+                    self._sample(Evaluator)
         except OverflowError:
             self._widen()
+        if not any(self.points.values()):
+            raise SpecError(f"{spec.output.name} is not a real number at any point sampled (a division by 0, or "
+                            "the logarithm or square root of a negative number, whatever the inputs): there is "
+                            "nothing to check a step against")
         self.checked = 0
         self.proved = 0
+        self.proved_sizes: set[int] = set()  # the sizes some step was proved at
         self.prover = Prover(spec, self.definitions, self.inputs)
         self.proofs = BackgroundProofs(self.prover) if background_proofs else None
         self._explicit: dict[tuple[Any, ...], list[list[Any]]] = {}
@@ -333,14 +352,28 @@ class StepChecker:
         rng = random.Random(self.seed)
         # targets that a constraint normalises stay positive (their sum must not come near 0)
         positive = positive_inputs(self.definitions, self.inputs) | {c.input_name for c in self.spec.constraints}
-        self.points = {
-            constrained: [
-                self.evaluator.complete(sample_points(self.spec, self.inputs, size, rng, constrained, positive,
-                                                      scale % len(SIGNED_RANGES)))
-                for size in SIZES for scale in range(POINTS)
-            ]
-            for constrained in (False, True)
-        }
+        #: (constrained, size, scale) of the points where the spec is not a real number: not points to check
+        #: at (y = p²/Σp² for a centred p at n = 1, where every p is 0)
+        self.undefined: set[tuple[bool, int, int]] = set()
+        self.points: dict[bool, list[Point]] = {constrained: [] for constrained in (False, True)}
+        for constrained in (False, True):
+            for size in SIZES:
+                for scale in range(POINTS):
+                    drawn = sample_points(self.spec, self.inputs, size, rng, constrained, positive,
+                                          scale % len(SIGNED_RANGES))
+                    try:
+                        point = self.evaluator.complete(drawn)
+                    except (ZeroDivisionError, ValueError):  # 1/0, log 0 in cmath
+                        point = None
+                    if point is None or not self.evaluator.real(point):  # 1/0 is inf in mpmath
+                        self.undefined.add((constrained, size, scale))
+                    else:
+                        self.points[constrained].append(point)
+
+    @property
+    def sizes(self) -> list[int]:
+        """The sizes n that have points to check at."""
+        return sorted({point.size for points in self.points.values() for point in points})
 
     def _widen(self) -> None:
         """Values beyond double precision (exp(1000)): check in mpmath from now on, at the same points."""
@@ -419,6 +452,7 @@ class StepChecker:
 
     def _mark_proved(self, step: Step, proved_sizes: list[int]) -> None:
         if proved_sizes:
+            self.proved_sizes |= set(proved_sizes)
             step.proved = True
             step.proof_detail = f"identical at n = {', '.join(map(str, proved_sizes))}"
             self.proved += 1

@@ -19,6 +19,7 @@ from softgrad.budget import time_limit as _time_limit
 from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
+from softgrad.derive.proof import PROOF_SIZES
 from softgrad.derive.prose import prose, words
 from softgrad.derive.rules import Rule, depends, differentiate, through
 from softgrad.derive.spec import Definition, Spec
@@ -449,10 +450,21 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
         engine.checker.stop_proofs()
     derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions, wrt_reason=engine.wrt_reason)
     checker = engine.checker
+    left_out = len(checker.undefined)
     derivation.check_summary = (
-        f"{checker.proved} of {checker.checked} steps proved exactly at n = 1 to 4; all checked numerically at "
-        "n = 1, 2, 3, 5 (every index pair; inputs near 0, of order 1 and of magnitude 10)")
+        f"{checker.proved} of {checker.checked} steps proved exactly at n = {_sizes(checker.proved_sizes)}; all "
+        "checked numerically at "
+        f"n = {', '.join(map(str, checker.sizes))} (every index pair; inputs near 0, of order 1 and of magnitude 10)"
+        + (f"; {left_out} sampled point{'s' * (left_out != 1)} where {spec.output.name} is not real left out"
+           if left_out else ""))
     return derivation
+
+
+def _sizes(sizes: set[int]) -> str:
+    """"1 to 4": the sizes steps were proved at (each step's own are in its proof detail; all of them where
+    nothing was proved)."""
+    first, last = min(sizes or PROOF_SIZES), max(sizes or PROOF_SIZES)
+    return f"{first} to {last}" if last > first else str(first)
 
 
 def _jacobian_results(results: dict[str, Any], jacobian: Jacobian, engine: Engine) -> None:

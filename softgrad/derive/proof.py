@@ -43,6 +43,10 @@ PROOF_SIZES = (1, 2, 3, 4)
 LARGEST_DIFFERENCE = 10_000
 
 
+class _Undefined(Exception):
+    """A side of the step has no value at this size (1/0): nothing to prove or disprove there."""
+
+
 class _Unprovable(Exception):
     """Something the prover does not write out (a form it cannot expand): fall back to the numeric check."""
 
@@ -104,6 +108,8 @@ class Prover:
                     proved.append(size)
                 else:
                     return []  # a difference that did not simplify to 0: no claim at any size
+            except _Undefined:
+                continue  # no value at this size (a variance over n − 1 at n = 1): the other sizes decide
             except _Unprovable:
                 return []
         return proved
@@ -114,6 +120,8 @@ class Prover:
         right = writer.matrix_entry(form, step, pattern) if isinstance(form, sp.MatrixExpr) else \
             writer.write(form, pattern)
         difference = writer.finish(left - right)
+        if difference.has(sp.zoo, sp.nan):  # a side has no value here (1/0): no claim either way at this size
+            raise _Undefined
         if difference not in self._decided:
             self._decided[difference] = _is_zero(difference, self._atomize)
         return self._decided[difference]
