@@ -437,3 +437,17 @@ def test_check_tries_logits_of_magnitude_1000_and_masks_where_the_spec_allows(mo
     naive = check_generated(derivation, "numpy", emit(derivation, "numpy"), kernels_for(derivation, None))
     assert all(c.passed for c in naive if "magnitude 1000" not in c.against)
     assert not all(c.passed for c in naive if "magnitude 1000" in c.against)
+
+
+def test_layer_norm_with_bessels_correction_is_checked_where_it_has_a_value():
+    """torch.var's default divides by n − 1, which has no value at n = 1: --check says so and checks the
+    kernels at the other lengths (it was an internal error)."""
+    derivation = softgrad.derive(BESSEL)
+    files = emit(derivation, "numpy")
+    checks = check_generated(derivation, "numpy", files, kernels_for(derivation, None), files.dtype)
+    assert checks[0].line() == "skip every kernel at n = 1: y has no value there (a division by 0)"
+    compared = [c for c in checks[1:] if c.line().startswith(("ok", "FAIL"))]
+    assert all(c.passed for c in checks) and len(compared) >= 8
+
+
+BESSEL = "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/(n - 1); y[i] = (x[i] - m)/sqrt(v + 0.00001)"

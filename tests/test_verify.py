@@ -250,3 +250,24 @@ def test_no_relative_error_is_printed_when_the_reference_is_zero():
     text = report.text()
     assert "no relative error (the reference is 0, to within the tolerance)" in text and "e+29" not in text
     assert report.to_dict()["worst"]["relative_error"] is None
+
+
+def _layer_norm_unbiased_backward(x, g):
+    """Layer norm with torch.var's default (Bessel's correction, n − 1): right wherever n ≥ 2."""
+    n = x.shape[-1]
+    m = x.mean(-1, keepdims=True)
+    s = np.sqrt(((x - m) ** 2).sum(-1, keepdims=True) / (n - 1) + 1e-5)
+    y = (x - m) / s
+    return (g - g.mean(-1, keepdims=True) - y * (g * y).sum(-1, keepdims=True) / (n - 1)) / s
+
+
+def test_where_the_spec_has_no_value_there_is_no_verdict():
+    """At n = 1 a variance over n − 1 has no value: the code's NaN there is no evidence against it (it was
+    called wrong, exit 1); softgrad says it cannot judge (exit 2). At n = 7 the same code passes."""
+    from softgrad.errors import SoftgradError
+
+    spec = "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/(n - 1); y[i] = (x[i] - m)/sqrt(v + 0.00001)"
+    assert check_gradient(_layer_norm_unbiased_backward, spec, "x,g->dx").passed
+    with np.errstate(all="ignore"), pytest.raises(SoftgradError, match="no value at n = 1") as raised:
+        check_gradient(_layer_norm_unbiased_backward, spec, "x,g->dx", n=1)
+    assert raised.value.exit_status == 2

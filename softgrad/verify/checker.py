@@ -71,6 +71,7 @@ def verify(
             progress(number, len(cases), case.name)
         failures_before, bad_before = len(report.failures), report.bad_elements
         x, t = case.x, case.t
+        _spec_has_a_value(problem, x, t)
         upstream = as_given(rng.normal(size=x.shape), representable)
         arrays = {"x": x, "t": t, "g": upstream, "label": case.labels}
         if "y" in signature.takes:
@@ -110,6 +111,21 @@ def verify(
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     return report
+
+
+def _spec_has_a_value(problem: Problem, x: np.ndarray, t: np.ndarray | None) -> None:
+    """Raise (exit 2) where the spec itself has no value at these inputs (a variance over n − 1 at n = 1):
+    a NaN from the code there is no evidence against it. Checked at 40 digits where float64 is not finite,
+    which may be an overflow of the float64 reference only."""
+    if problem.derivation is None:
+        return
+    try:
+        with np.errstate(all="ignore"):
+            finite = bool(np.isfinite(problem.forward(x, t)).all())
+    except ZeroDivisionError:  # the NumPy reference computes with Python numbers where it can: (n − 1)**−1
+        finite = False
+    if not finite:
+        problem.high_precision("forward", x, t)  # raises UndefinedReference where it divides by 0
 
 
 def compare_loss(report: Report, loss: np.ndarray, per_row: np.ndarray, reduction: str, dtype: str,

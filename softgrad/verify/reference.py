@@ -15,6 +15,7 @@ import sympy as sp
 
 from softgrad.derive.check import Evaluator, Point, function_table
 from softgrad.derive.steps import Derivation
+from softgrad.errors import SoftgradError
 
 DIGITS = 40
 
@@ -29,11 +30,19 @@ class HighPrecisionEvaluator(Evaluator):
         return mpmath.mpf(sp.Float(value, DIGITS)._mpf_)
 
 
+class UndefinedReference(SoftgradError):
+    """The spec has no value at these inputs (a variance over n − 1 at n = 1): there is no reference."""
+
+
 def _point(evaluator: Evaluator, arrays: dict[str, np.ndarray], row: int, parameters: dict[str, float]) -> Point:
     vectors = {name: [mpmath.mpf(float(v)) for v in array[row]] for name, array in arrays.items()}
     size = len(next(iter(vectors.values())))
     scalars = {name: mpmath.mpf(float(v)) for name, v in parameters.items()}
-    return evaluator.complete(Point(size, vectors, scalars))
+    try:
+        return evaluator.complete(Point(size, vectors, scalars))
+    except ZeroDivisionError:
+        raise UndefinedReference(f"the spec has no value at n = {size} (it divides by 0 there): there is nothing "
+                                 "to compare with; use another n") from None
 
 
 def _real(value: Any) -> float:
