@@ -221,6 +221,16 @@ def test_one_atomizer_serves_many_differences_without_mixing_them():
     assert not shared.roots_in(shared(a + b))
 
 
+def test_a_numerator_too_large_to_expand_is_not_called_zero(monkeypatch):
+    """Past LARGEST_NUMERATOR terms the zero test gives up (the step stays checked numerically) rather than
+    expand on: Π(1 + a_k)² over a common denominator grows as the product of the denominators."""
+    a = sp.symbols("a0:6", positive=True)
+    identity = sum(((1 - t) / (1 + t)) ** 2 for t in a) - sum((1 - 2 * t + t**2) / (1 + t) ** 2 for t in a)
+    assert identity != 0 and _is_zero(identity)
+    monkeypatch.setattr(proof, "LARGEST_NUMERATOR", 50)
+    assert not _is_zero(identity)
+
+
 def test_a_difference_too_large_to_simplify_is_not_called_zero():
     """Past LARGEST_DIFFERENCE nodes the prover declines (the step stays checked numerically) rather than
     spending unbounded time, even on a difference that is 0; just under the limit it decides."""
