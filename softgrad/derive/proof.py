@@ -168,6 +168,10 @@ class _Atomizer:
                     product *= self.atom(rebuilt, positive=True)
                 elif coefficient.is_Integer:
                     product *= self.atom(sp.exp(rest), positive=True) ** coefficient
+                elif coefficient.is_Rational:  # exp(p·u/q) = s^p with s = exp(u/q), s^q = exp(u): a mean's 1/n
+                    root = self.atom(sp.exp(rest / coefficient.q), positive=True)
+                    self.roots[root] = (int(coefficient.q), self.atom(sp.exp(rest), positive=True))
+                    product *= root ** coefficient.p
                 else:
                     product *= self.atom(sp.exp(term), positive=True)
             return product
