@@ -127,7 +127,9 @@ def test_a_vector_defined_through_another_with_the_same_summation_index():
     z, g = sp.IndexedBase("z"), sp.IndexedBase("g")
     softmax_2z = sp.exp(2 * z[i]) / class_sum(sp.exp(2 * z[k]), k)
     expected = 2 * softmax_2z * (g[i] - class_sum(g[j] * softmax_2z.subs(i, j), j))
-    values = {z: sp.Array([0.3, -1.2, 2.0]), g: sp.Array([1.5, -0.5, 0.25])}
+    logits = [0.3, -1.2, 2.0]
+    softmax_values = [sp.exp(2 * v) / sum(sp.exp(2 * w) for w in logits) for v in logits]  # y is softmax(2z)
+    values = {z: sp.Array(logits), g: sp.Array([1.5, -0.5, 0.25]), sp.IndexedBase("y"): sp.Array(softmax_values)}
     for row in range(3):
         entry = {i: row, sp.Symbol("n", integer=True, positive=True): 3}
         got = d.results["vjp"].rhs.xreplace(entry).doit()

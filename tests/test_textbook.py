@@ -11,6 +11,7 @@ from softgrad.derive.spec import parse_spec
 from softgrad.render.printers import WIDEST_RESULT
 
 LAYER_NORM = "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; y[i] = (x[i] - m)/sqrt(v + 0.00001)"
+SQUARED_SOFTMAX = "p[i] = exp(z[i])/sum(exp(z[k]), k); y[i] = p[i]^2/sum(p[k]^2, k)"
 
 #: (spec, result, the textbook's formula in the spec language, over the same names)
 TEXTBOOK = [
@@ -30,6 +31,7 @@ TEXTBOOK = [
     ("y[i] = x[i] / sqrt(sum(x[k]^2, k))", "vjp",
      "r[i] = g[i]/sqrt(sum(x[k]^2, k)) - y[i]*sum(g[j]*x[j], j)/sum(x[k]^2, k)"),
     ("y[i] = x[i]*sigmoid(x[i])", "vjp", "r[i] = g[i]*sigmoid(x[i])*(1 + x[i]*(1 - sigmoid(x[i])))"),
+    (SQUARED_SOFTMAX, "vjp", "r[i] = 2*y[i]*(g[i] - sum(g[j]*y[j], j))"),  # y = softmax(z)²/‖·‖² = softmax(2z)
 ]
 
 
@@ -42,6 +44,14 @@ def test_results_are_no_longer_than_the_textbook(spec, key, textbook):
 
 def test_the_table_has_at_least_ten_functions():
     assert len({spec for spec, _, _ in TEXTBOOK}) >= 10
+
+
+def test_a_vector_of_a_vector_is_written_in_the_outer_one():
+    """y = p²/Σp² with p = softmax(z) is softmax(2z): its Jacobian reads as a textbook prints it, in y alone
+    (it was written in z: y's own form, in p, cannot be found in a result written in z)."""
+    results = softgrad.derive(SQUARED_SOFTMAX).results
+    assert sp.sstr(results["jacobian"].rhs) == "2*(KroneckerDelta(i, j) - y[j])*y[i]"
+    assert {str(b.label) for b in results["vjp"].rhs.atoms(sp.IndexedBase)} == {"g", "y"}
 
 
 def test_layer_norm_is_written_in_its_normalised_values_and_row_means():

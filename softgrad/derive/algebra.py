@@ -7,6 +7,7 @@ each definition structurally. Nothing here knows any catalog entry by name.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Collection
 
@@ -276,7 +277,7 @@ def back_substitute(expr: sp.Expr, spec: Spec, upto: Definition | None = None) -
     written wholly in the inputs, where such terms can cancel (g·x²/Σx² − g·y² = 0 for y = x/√Σx²)."""
     definitions = spec.definitions if upto is None else spec.definitions[: spec.definitions.index(upto) + 1]
     vectors = [d for d in definitions if d.is_vector]
-    best = _in_names(tidy(expr), definitions)
+    best = _in_names(tidy(_same_sums(expr)), definitions)
     if not _mixes_names_and_inputs(best, vectors):
         return best
     inlined = inline(expr, vectors)  # named scalars (m, v) stay
@@ -294,10 +295,46 @@ def _mixes_names_and_inputs(expr: sp.Expr, vectors: list[Definition]) -> bool:
     return any(d.name in used and used & arrays(inline(d.expr, vectors)) for d in vectors)
 
 
+def _forms(definition: Definition, definitions: list[Definition]) -> list[Definition]:
+    """The definition, and where it reads another vector, the same written in the inputs: y = p²/Σp² with
+    p = softmax(z) is also y = e^(2z_i)/Σe^(2z_k), whose inversion finds y in a result written in z."""
+    vectors = [d for d in definitions if d.is_vector and d.name != definition.name]
+    if not definition.is_vector or not depends_on(definition.expr, {d.name for d in vectors}):
+        return [definition]
+    written = tidy(_one_bound_name(distribute_sums(inline(definition.expr, vectors))))
+    return [definition] if written == definition.expr else [definition, dataclasses.replace(definition, expr=written)]
+
+
+def _same_sums(expr: sp.Expr) -> sp.Expr:
+    """Sums that differ only in their index's name written as one (the first met), so that they cancel:
+    1 − Σ_l e^(z_l)/Σ_k e^(z_k) is 0."""
+    kept: list[sp.Sum] = []
+    renamed: dict[sp.Sum, sp.Sum] = {}
+    for total in sorted(expr.atoms(sp.Sum), key=sp.default_sort_key):
+        same = next((first for first in kept if alpha_equal(total, first)), None)
+        if same is None:
+            kept.append(total)
+        else:
+            renamed[total] = same
+    return expr.xreplace(renamed) if renamed else expr
+
+
+def _one_bound_name(expr: sp.Expr) -> sp.Expr:
+    """Every outermost sum over one index name, so that Σ_k e^(z_k) and Σ_l e^(z_l) are one sum (and cancel)."""
+    bound = fresh_index(names_in(expr.xreplace({t: sp.S.Zero for t in expr.atoms(sp.Sum)})), preferred="klmpq")
+
+    def rename(total: sp.Sum) -> sp.Expr:
+        old = total.limits[0][0]
+        return total if old == bound else class_sum(total.function.xreplace({old: bound}), bound)
+
+    return expr.xreplace({total: rename(total) for total in expr.atoms(sp.Sum)
+                          if not any(total in outer.function.atoms(sp.Sum) for outer in expr.atoms(sp.Sum))})
+
+
 def _in_names(start: sp.Expr, definitions: list[Definition]) -> sp.Expr:
     """start rewritten by every inversion of every definition (latest first), each kept where it is lighter."""
     best = start
-    for definition in reversed(definitions):
+    for definition in (form for latest in reversed(definitions) for form in _forms(latest, definitions)):
         for pattern, value in inversions(definition):
             # the definition's own sums stay whole (x_k in Σ x_k² is not rewritten as y_k·√Σx²)
             own = [] if pattern.atoms(sp.Sum) else list(definition.expr.atoms(sp.Sum))
