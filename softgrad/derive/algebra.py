@@ -296,12 +296,13 @@ def _mixes_names_and_inputs(expr: sp.Expr, vectors: list[Definition]) -> bool:
 
 
 def _forms(definition: Definition, definitions: list[Definition]) -> list[Definition]:
-    """The definition, and where it reads another vector, the same written in the inputs: y = p²/Σp² with
-    p = softmax(z) is also y = e^(2z_i)/Σe^(2z_k), whose inversion finds y in a result written in z."""
+    """The definition, and where it reads another vector, the same written in the inputs (sums that differ only
+    in their index's name made one): y = p²/Σp² with p = softmax(z) is also y = e^(2z_i)/Σe^(2z_k), whose
+    inversion finds y in a result written in z."""
     vectors = [d for d in definitions if d.is_vector and d.name != definition.name]
     if not definition.is_vector or not depends_on(definition.expr, {d.name for d in vectors}):
         return [definition]
-    written = tidy(_one_bound_name(distribute_sums(inline(definition.expr, vectors))))
+    written = tidy(_same_sums(distribute_sums(inline(definition.expr, vectors))))
     return [definition] if written == definition.expr else [definition, dataclasses.replace(definition, expr=written)]
 
 
@@ -317,18 +318,6 @@ def _same_sums(expr: sp.Expr) -> sp.Expr:
         else:
             renamed[total] = same
     return expr.xreplace(renamed) if renamed else expr
-
-
-def _one_bound_name(expr: sp.Expr) -> sp.Expr:
-    """Every outermost sum over one index name, so that Σ_k e^(z_k) and Σ_l e^(z_l) are one sum (and cancel)."""
-    bound = fresh_index(names_in(expr.xreplace({t: sp.S.Zero for t in expr.atoms(sp.Sum)})), preferred="klmpq")
-
-    def rename(total: sp.Sum) -> sp.Expr:
-        old = total.limits[0][0]
-        return total if old == bound else class_sum(total.function.xreplace({old: bound}), bound)
-
-    return expr.xreplace({total: rename(total) for total in expr.atoms(sp.Sum)
-                          if not any(total in outer.function.atoms(sp.Sum) for outer in expr.atoms(sp.Sum))})
 
 
 def _in_names(start: sp.Expr, definitions: list[Definition]) -> sp.Expr:
