@@ -408,11 +408,12 @@ class StepChecker:
         import mpmath
 
         output = self.spec.output.name
+        finer_evaluator = WideEvaluator(self.definitions)
         for point in self.points[False]:
             inputs = Point(point.size, {name: point.vectors[name] for name in self.inputs},
                            {name: point.scalars[name] for name in self.spec.parameters})
             with mpmath.workdps(2 * WIDE_DIGITS):
-                finer = WideEvaluator(self.definitions).complete(inputs)
+                finer = finer_evaluator.complete(inputs)
             coarse = point.vectors.get(output) or [point.scalars[output]]
             fine = finer.vectors.get(output) or [finer.scalars[output]]
             if any(abs(a - b) > 1e-12 * max(abs(b), 1) for a, b in zip(coarse, fine)):
