@@ -352,3 +352,31 @@ def test_the_softmax_jacobian_is_derived_by_cases_inside_the_backward_pass():
     combined = derivation.steps[start + 3].result
     assert combined.has(sp.KroneckerDelta) and sp.simplify(
         combined - combined.subs(sp.KroneckerDelta(*combined.atoms(sp.KroneckerDelta).pop().args), 0)) != 0
+
+
+WEIGHT_DECAY = """z[b, c] = sum(W[c, d] * X[b, d], d)
+P[b, c] = exp(z[b, c]) / sum(exp(z[b, k]), k)
+L = -sum(log(P[b, label[b]]), b) / size(b) + 0.5 * reg * sum(W[e, f]^2, e, f)"""
+
+
+def test_an_input_read_by_the_loss_itself_and_through_a_definition_derives_weight_decay(tmp_path):
+    """W is read by z and by the loss's own decay term (under other index names): the chain rule has a term
+    for each, the loss's being its formula differentiated with P held; the gradient is torch's."""
+    torch = require_module("torch")
+    derivation = derive_spec(parse_spec(WEIGHT_DECAY, name="decay"), wrt="W,X", time_limit=None)
+    gradient = derivation.results["dW"].rhs
+    c, d = derivation.results["dW"].indices
+    assert sp.simplify(gradient - sp.Symbol("reg") * sp.IndexedBase("W")[c, d]).has(sp.IndexedBase("X"))
+    ((file_name, text),) = emit(derivation, "numpy").items()
+    (tmp_path / file_name).write_text(text)
+    module = import_path(tmp_path / file_name)
+    rng = np.random.default_rng(3)
+    W, X, label = rng.normal(size=(4, 5)), rng.normal(size=(6, 5)), rng.integers(0, 4, size=6)
+    reg = 0.7
+    loss, dW, dX = module.gradients(W, X, label, reg=reg)
+    tW, tX = torch.tensor(W, requires_grad=True), torch.tensor(X, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(tX @ tW.T, torch.tensor(label)) + 0.5 * reg * (tW ** 2).sum()
+    expected.backward()
+    np.testing.assert_allclose(loss, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(dW, tW.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dX, tX.grad.numpy(), rtol=1e-10, atol=1e-12)

@@ -272,10 +272,14 @@ class TensorEngine:
 
             entry = self._entry(consumer.name, a)
             adjoint = self.adjoints[consumer.name].entry(a)
-            outer = Partial(self.loss, entry) if entry != self.loss else sp.S.One
-            generic.append(summed(outer * Partial(entry, var)))
-            named.append(summed(adjoint * Partial(entry, var)))
             body = ta.at(consumer, a, taken | {str(s) for s in q})
+            # The loss reading X itself (weight decay beside the data term): its own term is the derivative of
+            # its formula with the arrays it reads held, not ∂ℓ/∂X, which is the whole left-hand side.
+            reading = sp.Add(*(t for t in sp.Add.make_args(body) if name in names_in(t)))
+            local = Partial(entry, var) if entry != self.loss else Partial(reading, var)
+            outer = Partial(self.loss, entry) if entry != self.loss else sp.S.One
+            generic.append(summed(outer * local))
+            named.append(summed(adjoint * local))
             raw.append(summed(adjoint * ta.exact_numbers(sp.diff(body, var))))
         chain = [sp.Add(*generic)]
         if sp.Add(*named) != chain[0]:

@@ -172,16 +172,19 @@ class TensorChecker:
 
     def _derivative(self, partial: Partial, point: Point, env: dict[Any, int]) -> complex:
         """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
-        definition C is the derivative of C's own formula, its other arrays held (the chain rule's factor)."""
+        definition C is the derivative of C's own formula, and ∂(formula)/∂X[q] that of the formula, the
+        arrays they read held (the chain rule's factors)."""
         target = partial.expr
+        if target == self.loss:
+            moved = self._perturbed(point, partial.var, env, recompute=True)
+            return complex(self.value(target, moved, env)).imag / COMPLEX_STEP
+        moved = self._perturbed(point, partial.var, env, recompute=False)
         definition = self._definitions.get(str(target.base) if isinstance(target, sp.Indexed) else str(target))
-        if target != self.loss and definition is not None:
-            moved = self._perturbed(point, partial.var, env, recompute=False)
-            at = {index: round(complex(self.value(p, point, env)).real)
-                  for index, p in zip(definition.indices, getattr(target, "indices", ()))}
-            return complex(self.value(definition.expr, moved, at)).imag / COMPLEX_STEP
-        moved = self._perturbed(point, partial.var, env, recompute=True)
-        return complex(self.value(target, moved, env)).imag / COMPLEX_STEP
+        if definition is None:
+            return complex(self.value(target, moved, env)).imag / COMPLEX_STEP
+        at = {index: round(complex(self.value(p, point, env)).real)
+              for index, p in zip(definition.indices, getattr(target, "indices", ()))}
+        return complex(self.value(definition.expr, moved, at)).imag / COMPLEX_STEP
 
     def _perturbed(self, point: Point, var: sp.Expr, env: dict[Any, int], recompute: bool) -> Point:
         """The point with X[q] (or a scalar X) moved by a complex step, made once per entry: with everything
