@@ -380,3 +380,26 @@ def test_an_input_read_by_the_loss_itself_and_through_a_definition_derives_weigh
     np.testing.assert_allclose(loss, expected.item(), rtol=1e-12)
     np.testing.assert_allclose(dW, tW.grad.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dX, tX.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shift", ["+ 1000", "- 1000"])
+def test_exponentials_beyond_double_precision_are_checked_in_extended_precision(shift):
+    """exp(x + 1000) overflows doubles and exp(x − 1000) underflows them to 0/0: the checks widen to mpmath
+    at the same points, as one-index checks do, instead of ending in an internal error."""
+    source = f"y[b, i] = exp(x[b, i] {shift}) / sum(exp(x[b, k] {shift}), k)"
+    derivation = derive_spec(parse_spec(source), time_limit=None)
+    assert all(step.checked for step in derivation.steps)
+    assert "n_b = 1, n_i = 1" in derivation.check_summary  # a batch of one row of one class is checked too
+    assert sp.srepr(derivation.results["dx"].rhs) == sp.srepr(derive_spec(parse_spec(
+        "y[b, i] = exp(x[b, i]) / sum(exp(x[b, k]), k)"), time_limit=None).results["dx"].rhs)
+
+
+def test_sizes_where_the_spec_has_no_value_are_left_out_and_said():
+    """A variance over n − 1 has no value at n = 1: those points are left out of the checks, and the
+    summary says so, instead of failing a step or raising."""
+    source = ("m[b] = sum(x[b, k], k) / size(k)\nv[b] = sum((x[b, k] - m[b])^2, k) / (size(k) - 1)\n"
+              "y[b, i] = (x[b, i] - m[b]) / sqrt(v[b] + 0.00001)")
+    derivation = derive_spec(parse_spec(source), time_limit=None)
+    assert "n_k = 1" not in derivation.check_summary and "no finite value left out" in derivation.check_summary
+    with pytest.raises(SpecError, match="no finite value"):
+        derive_spec(parse_spec("y[b, i] = x[b, i] / (sum(x[b, k], k) - sum(x[b, j], j))"), time_limit=None)

@@ -589,6 +589,9 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     derivation.tensor = engine.result
     derivation.check_summary = (f"{len(derivation.steps)} steps, each checked numerically entry by entry at "
                                 f"{engine.checker.sizes_text} ({POINTS} random points each)")
+    if engine.checker.undefined:
+        derivation.check_summary += (f"; {engine.checker.undefined} sampled points where {spec.output.name} has "
+                                     "no finite value left out")
     return derivation
 
 

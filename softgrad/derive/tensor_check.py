@@ -8,6 +8,7 @@ complex step (exact to rounding, independent of the rules that produced the righ
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,15 +16,18 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.check import Evaluator, WideEvaluator
+from softgrad.derive.check import Evaluator, WideEvaluator, wide_precision
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial
-from softgrad.errors import StepCheckFailed
+from softgrad.errors import SpecError, StepCheckFailed
 
 COMPLEX_STEP = 1e-30
 TOLERANCE = 1e-9
-POINTS = 3
+#: The standard deviation of the signed inputs at each point of a size assignment: ordinary values, values
+#: up to about 10, values near 0 (as the one-index sampler's ranges).
+INPUT_SCALES = (1.0, 4.0, 0.005)
+POINTS = len(INPUT_SCALES)
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Point:
     sizes: dict[sp.Symbol, int]
     arrays: dict[str, Any]
     scalars: dict[str, complex]
-    derivatives: dict[tuple[Any, ...], Point] = field(default_factory=dict)  # perturbed copies, by entry
+    derivatives: dict[tuple[Any, ...], tuple[Point, float]] = field(default_factory=dict)  # perturbed copies and steps
 
 
 class TensorChecker:
@@ -40,36 +44,97 @@ class TensorChecker:
     def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]], surrogate: Definition | None,
                  positive: set[str], seed: int = 0, wide: bool = False):
         """wide: evaluate in mpmath complex numbers (inside check.wide_precision()), where doubles would
-        overflow; the points' arrays then hold mpmath numbers."""
+        overflow; the points' arrays then hold mpmath numbers. A checker made without it widens by itself
+        the first time doubles overflow (exp(x + 1000)), at the same points."""
         self.spec = spec
-        self.wide = wide
-        numbers = WideEvaluator if wide else Evaluator  # the step check's own functions and constants
-        self.functions, self.number = numbers.functions, numbers.number
         self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
         self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
-        self._compiled: dict[sp.Basic, Any] = {}
         self._definitions = {d.name: d for d in self.forward}
         self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
-        rng = np.random.default_rng(seed)
+        self.positive, self.seed = positive, seed
         ranges = list(spec.sizes)
-        assignments = [[2 + (position + shift) % 3 for position in range(len(ranges))] for shift in (0, 1)]
+        # every range of size 1 once (a softmax over one class, a batch of one), then small different sizes
+        # (so that a transposed index or a sum over the wrong axis shows)
+        self.assignments = [[1] * len(ranges)] + [[2 + (position + shift) % 3 for position in range(len(ranges))]
+                                                  for shift in (0, 1)]
+        self.wide = False
+        if wide:
+            self._sample(wide=True)
+        else:
+            try:
+                self._sample(wide=False)
+            except (OverflowError, ZeroDivisionError):  # exp(1000) in doubles, or 0/0 after an underflow
+                self._widen()
+
+    def _sample(self, wide: bool) -> None:
+        """The points, drawn from the seed (the same points whatever the precision)."""
+        self.wide = wide
+        numbers = WideEvaluator if wide else Evaluator  # the step check's own functions and constants
+        self.functions, self.number = numbers.functions, numbers.number
+        self._compiled: dict[sp.Basic, Any] = {}
+        rng = np.random.default_rng(self.seed)
         self.points: list[Point] = []
-        for sizes in assignments:
-            size_of = {spec.sizes[name]: size for name, size in zip(ranges, sizes)}
-            by_name = dict(zip(ranges, sizes))
-            for _ in range(POINTS):
-                self.points.append(self._point(size_of, by_name, positive, rng))
-        self.sizes_text = " and ".join(", ".join(f"n_{name} = {size}" for name, size in zip(ranges, sizes))
-                                       for sizes in assignments)
+        self.undefined = 0  # points where the spec has no finite value (a variance over n − 1 at n = 1)
+        for sizes in self.assignments:
+            size_of = {self.spec.sizes[name]: size for name, size in zip(self.spec.sizes, sizes)}
+            by_name = dict(zip(self.spec.sizes, sizes))
+            for scale in INPUT_SCALES:
+                if not wide:  # an overflow or a 0/0 in doubles may be exp(±1000): mpmath decides
+                    with np.errstate(all="ignore"):
+                        point = self._point(size_of, by_name, self.positive, rng, scale)
+                    if not self._finite_output(point):
+                        raise ZeroDivisionError
+                    self.points.append(point)
+                    continue
+                try:
+                    kept: Point | None = self._point(size_of, by_name, self.positive, rng, scale)
+                except (ZeroDivisionError, ValueError):
+                    kept = None
+                if kept is None or not self._finite_output(kept):
+                    self.undefined += 1
+                else:
+                    self.points.append(kept)
+        if not self.points:
+            raise SpecError(f"{self.spec.output.name} has no finite value at any point sampled (a division by 0, "
+                            "or the logarithm of 0, whatever the inputs): there is nothing to check a step against")
+
+    @property
+    def sizes_text(self) -> str:
+        """The size assignments that have points to check at, as the summary says them."""
+        kept = [sizes for sizes in self.assignments
+                if any([p.sizes[symbol] for symbol in self.spec.sizes.values()] == sizes for p in self.points)]
+        return " and ".join(", ".join(f"n_{name} = {size}" for name, size in zip(self.spec.sizes, sizes))
+                            for sizes in kept)
+
+    def _finite_output(self, point: Point) -> bool:
+        import mpmath
+
+        output = self.spec.output.name
+        values = point.arrays[output].ravel() if output in point.arrays else [point.scalars[output]]
+        return all(mpmath.isfinite(v) for v in values)
+
+    def _widen(self) -> None:
+        with wide_precision():
+            self._sample(wide=True)
+
+    def _precision(self) -> contextlib.AbstractContextManager[Any]:
+        return wide_precision() if self.wide else contextlib.nullcontext()
 
     def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
-               rng: np.random.Generator) -> Point:
+               rng: np.random.Generator, scale: float) -> Point:
         defined = {d.name for d in self.spec.definitions}
         given = [name for name in self.axes if name not in defined]  # the inputs and the upstream gradient
-        arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng)
-        point = Point(size_of, {name: values.astype(complex) for name, values in arrays.items()},
-                      {name: complex(value) for name, value in scalars.items()})
+        arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng, scale)
+        if self.wide:
+            import mpmath
+
+            point = Point(size_of, {name: np.vectorize(mpmath.mpc, otypes=[object])(values.astype(float))
+                                    for name, values in arrays.items()},
+                          {name: mpmath.mpc(value) for name, value in scalars.items()})
+        else:
+            point = Point(size_of, {name: values.astype(complex) for name, values in arrays.items()},
+                          {name: complex(value) for name, value in scalars.items()})
         self.complete(point, self.forward)
         return point
 
@@ -170,39 +235,42 @@ class TensorChecker:
             return lambda point, env: function(*(a(point, env) for a in arguments))
         raise NotImplementedError(f"cannot evaluate {expr.func.__name__}")
 
-    def _derivative(self, partial: Partial, point: Point, env: dict[Any, int]) -> complex:
+    def _derivative(self, partial: Partial, point: Point, env: dict[Any, int]) -> Any:
         """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
         definition C is the derivative of C's own formula, and ∂(formula)/∂X[q] that of the formula, the
         arrays they read held (the chain rule's factors)."""
         target = partial.expr
         if target == self.loss:
-            moved = self._perturbed(point, partial.var, env, recompute=True)
-            return complex(self.value(target, moved, env)).imag / COMPLEX_STEP
-        moved = self._perturbed(point, partial.var, env, recompute=False)
+            moved, step = self._perturbed(point, partial.var, env, recompute=True)
+            return self.value(target, moved, env).imag / step
+        moved, step = self._perturbed(point, partial.var, env, recompute=False)
         definition = self._definitions.get(str(target.base) if isinstance(target, sp.Indexed) else str(target))
         if definition is None:
-            return complex(self.value(target, moved, env)).imag / COMPLEX_STEP
+            return self.value(target, moved, env).imag / step
         at = {index: round(complex(self.value(p, point, env)).real)
               for index, p in zip(definition.indices, getattr(target, "indices", ()))}
-        return complex(self.value(definition.expr, moved, at)).imag / COMPLEX_STEP
+        return self.value(definition.expr, moved, at).imag / step
 
-    def _perturbed(self, point: Point, var: sp.Expr, env: dict[Any, int], recompute: bool) -> Point:
-        """The point with X[q] (or a scalar X) moved by a complex step, made once per entry: with everything
-        computed from X recomputed (recompute) or not (the other arrays held)."""
+    def _perturbed(self, point: Point, var: sp.Expr, env: dict[Any, int], recompute: bool) -> tuple[Point, float]:
+        """The point with X[q] (or a scalar X) moved by a complex step, and the step, made once per entry: with
+        everything computed from X recomputed (recompute) or not (the other arrays held). The step is far
+        below the entry's own magnitude: a probability of 1e-32 under a log is not moved by 1e-30."""
         name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
         entry = tuple(round(complex(self.value(i, point, env)).real) for i in getattr(var, "indices", ()))
         key = (name, entry, recompute)
-        moved = point.derivatives.get(key)
-        if moved is None:
+        cached = point.derivatives.get(key)
+        if cached is None:
             moved = Point(point.sizes, {k: v.copy() for k, v in point.arrays.items()}, dict(point.scalars))
+            magnitude = float(abs(moved.arrays[name][entry] if isinstance(var, sp.Indexed) else moved.scalars[name]))
+            step = COMPLEX_STEP * min(1.0, magnitude) if magnitude > 1e-250 else COMPLEX_STEP
             if isinstance(var, sp.Indexed):
-                moved.arrays[name][entry] += COMPLEX_STEP * 1j
+                moved.arrays[name][entry] += step * 1j
             else:
-                moved.scalars[name] += COMPLEX_STEP * 1j
+                moved.scalars[name] += step * 1j
             if recompute:
                 self.complete(moved, self.forward, after=name if name not in self.spec.inputs else None)
-            point.derivatives[key] = moved
-        return moved
+            cached = point.derivatives[key] = (moved, step)
+        return cached
 
     def matrix_value(self, expr: Any, point: Point) -> Any:
         if isinstance(expr, sp.MatrixSymbol):
@@ -235,7 +303,30 @@ class TensorChecker:
 
     # ------------------------------------------------------------ checking
     def check(self, step: Step) -> Step:
-        """Every form of the step equals its left-hand side at every entry, at every point; or raise."""
+        """Every form of the step equals its left-hand side at every entry, at every point; or raise.
+
+        Where doubles overflow (a backward array of exp(x + 1000)), this and every later check runs in mpmath;
+        a mismatch in doubles is confirmed in mpmath before it is reported (terms of 1/√ε that cancel lose
+        digits to rounding, not to a wrong step)."""
+        if not self.wide:
+            try:
+                with np.errstate(all="ignore"):
+                    return self._check(step)
+            except (OverflowError, ZeroDivisionError):
+                self._widen()
+            except StepCheckFailed:
+                doubles = (self.points, self.functions, self.number, self._compiled, self.undefined)
+                self._widen()
+                try:
+                    with self._precision():
+                        return self._check(step)
+                finally:
+                    self.points, self.functions, self.number, self._compiled, self.undefined = doubles
+                    self.wide = False
+        with self._precision():
+            return self._check(step)
+
+    def _check(self, step: Step) -> Step:
         free = sorted({s for e in [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
                        for s in _free_indices(e)}, key=str)
         ranges = {s: self._range_of(s, step) for s in free}
@@ -249,20 +340,21 @@ class TensorChecker:
                 env = dict(zip(free, entry))
                 if step.distinct and env.get(step.distinct[0]) == env.get(step.distinct[1]):
                     continue  # the step claims only the entries where these indices differ
-                expected = complex(self.value(step.lhs, full, env))
+                expected = self.value(step.lhs, full, env)
                 for position, form in enumerate(step.forms):
                     matrix = matrices[position]
                     if matrix is not None:
                         axes = tuple(env[a] for a in step.matrix_axes)
-                        got = complex(matrix[axes if len(axes) == 2 else (*axes, 0)])
+                        got = matrix[axes if len(axes) == 2 else (*axes, 0)]
                     else:
-                        got = complex(self.value(form, full, env))
+                        got = self.value(form, full, env)
                     compared += 1
                     if not (abs(got - expected) <= TOLERANCE * max(1.0, abs(expected))):
                         where = ", ".join(f"{s} = {v}" for s, v in env.items())
                         raise StepCheckFailed(
-                            f"step '{step.rule}' does not hold: form {position + 1} is {got.real:.6g}, the "
-                            f"left-hand side {expected.real:.6g} (at {where or 'the scalar'}, point {number + 1})")
+                            f"step '{step.rule}' does not hold: form {position + 1} is {float(got.real):.6g}, "
+                            f"the left-hand side {float(expected.real):.6g} (at {where or 'the scalar'}, "
+                            f"point {number + 1})")
         step.checked = True
         step.check_detail = (f"every entry at {self.sizes_text} ({POINTS} random points each, {compared} "
                              "comparisons)")
