@@ -1,6 +1,7 @@
 """Specs with several index ranges: weights, batches, labels and attention — parsed, derived (every step
 checked), generated as NumPy, and compared with PyTorch's autograd in float64."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +84,40 @@ def test_malformed_tensor_specs_are_one_clear_error(source, message):
 
 # ------------------------------------------------------------------ the derivations
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
-def test_every_step_is_checked_entry_by_entry(name):
+def test_every_step_is_checked_entry_by_entry_and_proved(name):
     derivation = derived(name)
     assert derivation.steps and all(step.checked for step in derivation.steps)
     assert all("every entry at" in step.check_detail for step in derivation.steps)
+    # every step at size 2 at least (a case i ≠ j has no pair at size 1; a large one stops before size 3)
+    assert all(step.proved and re.fullmatch(r"identical at every range of size (1, )?2(, 3)?", step.proof_detail)
+               for step in derivation.steps)
+    assert derivation.check_summary.startswith(f"{len(derivation.steps)} of {len(derivation.steps)} steps proved")
+
+
+def test_the_prover_writes_several_ranges_out_and_proves_only_what_holds():
+    """The same claims as the numeric check's test, written out with every range of size 1 to 3 (labels at
+    every value, the constraint applied): the right gradient is proved, each slip is not."""
+    from softgrad.derive.steps import Step
+    from softgrad.derive.symbols import Partial
+    from softgrad.derive.tensor import TensorEngine
+
+    for name in ("softmax-regression", "softmax-regression-labels"):
+        engine = TensorEngine(_example(name), None, 0)
+        W, X, P = (sp.IndexedBase(name) for name in "WXP")
+        b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
+        n_b = engine.spec.sizes["b"]
+        target = sp.IndexedBase("T")[b, c] if name == "softmax-regression" else sp.KroneckerDelta(
+            c, sp.IndexedBase("label")[b])
+        right = sp.Sum((P[b, c] - target) * X[b, d], (b, 0, n_b - 1)) / n_b
+        ranges = {c: "c", d: "d"}
+        prover = engine.checker.prover
+
+        def proved(form, prover=prover, engine=engine, W=W, c=c, d=d, ranges=ranges):
+            return prover.prove(Step("claim", Partial(engine.loss, W[c, d]), [form], None), [c, d], None, None, ranges)
+
+        assert proved(right) == [1, 2, 3]
+        for wrong in (-right, right * 2, right * n_b, right.xreplace({P: sp.IndexedBase("X")}), right + W[c, d]):
+            assert proved(wrong) == [], wrong
 
 
 def test_a_wrong_step_is_caught():

@@ -149,3 +149,45 @@ def entries(form: sp.MatrixExpr, size: int, vector: Callable[[str], list[Any]], 
         raise TypeError(f"cannot write out the matrix form {type(node).__name__}")
 
     return rows(form)
+
+
+Rows = list[list[Any]]
+
+
+def array_matrix(form: Any, matrix_of: Callable[[str], Rows], scalar_of: Callable[[sp.Expr], Any],
+                 ones: Callable[[int, int], Rows]) -> Rows:
+    """A matrix form of arrays (AB, Aᵀ, ∘, v𝟙ᵀ, sums, scalar multiples) as rows of entries: numbers for the
+    numeric check, written-out expressions for the prover. matrix_of gives an array's rows (a vector as a
+    column), scalar_of a scalar's value; a node of another kind is a TypeError."""
+    def value(e: Any) -> Rows:
+        if isinstance(e, sp.MatrixSymbol):
+            return matrix_of(str(e.name))
+        if isinstance(e, OneMatrix):
+            return ones(*(int(sp.re(sp.sympify(scalar_of(s)))) for s in e.shape))
+        if isinstance(e, sp.Transpose):
+            return [list(column) for column in zip(*value(e.arg))]
+        if isinstance(e, sp.MatMul):
+            scalar: Any = 1
+            result: Rows | None = None
+            for factor in e.args:
+                if not isinstance(factor, sp.MatrixExpr):
+                    scalar = scalar * scalar_of(factor)
+                    continue
+                right = value(factor)
+                result = right if result is None else [
+                    [sum((row[k] * right[k][c] for k in range(len(right))), 0) for c in range(len(right[0]))]
+                    for row in result]
+            assert result is not None
+            return [[scalar * entry for entry in row] for row in result]
+        if isinstance(e, sp.MatAdd):
+            terms = [value(t) for t in e.args]
+            return [[sum((t[r][c] for t in terms), 0) for c in range(len(terms[0][0]))] for r in range(len(terms[0]))]
+        if isinstance(e, HadamardProduct):
+            factors = [value(f) for f in e.args]
+            rows = factors[0]
+            for other in factors[1:]:
+                rows = [[a * b for a, b in zip(row, other_row)] for row, other_row in zip(rows, other)]
+            return rows
+        raise TypeError(f"cannot evaluate the matrix expression {type(e).__name__}")
+
+    return value(form)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import operator
 import os
 import pickle
@@ -31,13 +32,15 @@ from typing import Any
 import sympy as sp
 from sympy.core.function import ArgumentIndexError
 
-from softgrad.derive.matrix import entries
+from softgrad.derive.matrix import array_matrix, entries
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
 from softgrad.derive.symbols import n as size_symbol
 
 PROOF_SIZES = (1, 2, 3, 4)
+#: With several ranges every range takes each size in turn (the cost grows with the product of the sizes).
+TENSOR_PROOF_SIZES = (1, 2, 3)
 #: A numerator with more terms than this is not expanded further: the step stays "checked numerically", and
 #: a proof's cost stays bounded (it grows with the product of the denominators). The largest over the
 #: catalog and the outside corpus has 192 terms; tanh(z) squared and normalised reaches 13,000 (4 s a step).
@@ -72,24 +75,43 @@ def index_patterns(free: Sequence[sp.Symbol], size: int) -> Iterator[dict[sp.Sym
 
 
 class Prover:
-    """Writes steps out at concrete sizes and asks SymPy whether the sides are identical."""
+    """Writes steps out at concrete sizes and asks SymPy whether the sides are identical.
 
-    def __init__(self, spec: Spec, definitions: Sequence[Definition], inputs: Sequence[str]):
+    For a spec with several ranges, `axes` gives every array's ranges (inputs, definitions, the upstream
+    gradient and the backward arrays) and `loss` the scalar whose derivatives are total: ∂C[a]/∂X[q] of
+    any other expression is the derivative of its own formula, the arrays it reads held (the chain rule's
+    factor). Every range then takes each size in turn, label inputs every value (class permutations do not
+    cover them), and the equivariance argument holds range by range."""
+
+    def __init__(self, spec: Spec, definitions: Sequence[Definition], inputs: Sequence[str],
+                 axes: dict[str, tuple[str, ...]] | None = None, loss: sp.Symbol | None = None):
         self.spec = spec
         self.definitions = {d.name: d for d in definitions}
         self.inputs = set(inputs)
-        self._writers: dict[tuple[int, bool, frozenset[str]], _Writer] = {}
+        self.axes = axes
+        self.loss = loss
+        self.added: list[tuple[Definition, tuple[str, ...]]] = []  # made since (sent to a background process)
+        self._writers: dict[Any, _Writer] = {}
         self._names: dict[sp.Basic, frozenset[str]] = {}
         #: differences already decided: consecutive steps share forms, so about half recur
         self._decided: dict[sp.Expr, bool] = {}
         self._atomize = _Atomizer()
 
-    def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset()) -> _Writer:
-        """One writer per size (and frozen names): what it has written is reused by every later step."""
-        key = (size, constrained, frozen)
+    def writer(self, size: int, constrained: bool, frozen: frozenset[str] = frozenset(),
+               labels: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> _Writer:
+        """One writer per size (and frozen names, and label values): what it has written is reused by every
+        later step."""
+        key = (size, constrained, frozen, labels)
         if key not in self._writers:
-            self._writers[key] = _Writer(self, size, constrained, frozen)
+            self._writers[key] = _Writer(self, size, constrained, frozen, labels)
         return self._writers[key]
+
+    def add(self, definition: Definition, axes: tuple[str, ...] = ()) -> None:
+        """A definition made during the derivation (a backward array dP, with its ranges): later steps read it."""
+        self.definitions[definition.name] = definition
+        if self.axes is not None:
+            self.axes[definition.name] = axes
+        self.added.append((definition, axes))
 
     def names_in(self, expr: sp.Basic) -> frozenset[str]:
         """The names of expr's free symbols (kept: the writers ask for them for every part they write)."""
@@ -98,28 +120,49 @@ class Prover:
         return self._names[expr]
 
     def prove(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
-              distinct: tuple[sp.Symbol, sp.Symbol] | None) -> list[int]:
-        """The sizes at which every form of the step equals its left-hand side exactly (all patterns)."""
+              distinct: tuple[sp.Symbol, sp.Symbol] | None,
+              ranges: dict[sp.Symbol, str] | None = None) -> list[int]:
+        """The sizes at which every form of the step equals its left-hand side exactly (all patterns; with
+        several ranges, `ranges` names each free index's range, and every range takes the size)."""
         proved = []
-        for size in PROOF_SIZES:
+        for size in (PROOF_SIZES if self.axes is None else TENSOR_PROOF_SIZES):
             try:
-                patterns = [p for p in index_patterns(free, size)
+                if ranges is None:
+                    candidates: Iterator[dict[sp.Symbol, int]] = index_patterns(free, size)
+                else:  # patterns range by range: entries of different ranges are permuted independently
+                    by_range = [[s for s in free if ranges[s] == r] for r in dict.fromkeys(ranges[s] for s in free)]
+                    candidates = ({k: v for part in parts for k, v in part.items()} for parts in
+                                  itertools.product(*(list(index_patterns(group, size)) for group in by_range)))
+                patterns = [p for p in candidates
                             if not (equal and p[equal[0]] != p[equal[1]])
                             and not (distinct and p[distinct[0]] == p[distinct[1]])]
                 if not patterns:
                     continue
-                if all(self._identical(step, form, size, pattern) for form in step.forms for pattern in patterns):
+                if all(self._identical(step, form, size, pattern, labels)
+                       for labels in self._label_values(size)
+                       for form in step.forms for pattern in patterns):
                     proved.append(size)
                 else:
                     return []  # a difference that did not simplify to 0: no claim at any size
             except _Undefined:
                 continue  # no value at this size (a variance over n − 1 at n = 1): the other sizes decide
+            except _TooLarge:  # with several ranges: past the budget at this size, the smaller sizes stand
+                break
             except _Unprovable:
                 return []
         return proved
 
-    def _identical(self, step: Step, form: sp.Expr, size: int, pattern: dict[sp.Symbol, int]) -> bool:
-        writer = self.writer(size, bool(step.assumes))
+    def _label_values(self, size: int) -> Iterator[tuple[tuple[str, tuple[int, ...]], ...]]:
+        """Every assignment of classes to the label inputs' entries at this size (one, empty, without labels)."""
+        names = sorted(self.spec.labels) if self.axes is not None else []
+        entries = [size ** len(self.axes[name]) for name in names] if self.axes is not None else []
+        choices = [list(itertools.product(range(size), repeat=count)) for count in entries]
+        for values in itertools.product(*choices):
+            yield tuple(zip(names, values))
+
+    def _identical(self, step: Step, form: sp.Expr, size: int, pattern: dict[sp.Symbol, int],
+                   labels: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> bool:
+        writer = self.writer(size, bool(step.assumes) or self.axes is not None, labels=labels)
         left = writer.write(step.lhs, pattern)
         right = writer.matrix_entry(form, step, pattern) if isinstance(form, sp.MatrixExpr) else \
             writer.write(form, pattern)
@@ -127,7 +170,7 @@ class Prover:
         if difference.has(sp.zoo, sp.nan):  # a side has no value here (1/0): no claim either way at this size
             raise _Undefined
         if difference not in self._decided:
-            self._decided[difference] = _is_zero(difference, self._atomize)
+            self._decided[difference] = _is_zero(difference, self._atomize, undecided_when_large=self.axes is not None)
         return self._decided[difference]
 
 
@@ -197,12 +240,15 @@ class _Atomizer:
         return found
 
 
-def _is_zero(difference: sp.Expr, atomize: _Atomizer | None = None) -> bool:
+def _is_zero(difference: sp.Expr, atomize: _Atomizer | None = None, undecided_when_large: bool = False) -> bool:
     """Whether difference is identically 0, its non-rational parts taken as independent symbols (with
-    the relations s^q = u of the roots): a 'yes' is a proof; a 'no' only means not proved."""
+    the relations s^q = u of the roots): a 'yes' is a proof; a 'no' only means not proved.
+    undecided_when_large: a difference past the budgets raises _TooLarge instead of answering 'no'."""
     if difference == 0:
         return True
     if _larger_than(difference, LARGEST_DIFFERENCE):
+        if undecided_when_large:
+            raise _TooLarge
         return False
     atomize = atomize or _Atomizer()
     try:
@@ -222,7 +268,11 @@ def _is_zero(difference: sp.Expr, atomize: _Atomizer | None = None) -> bool:
                 numerator = sp.expand(numerator.xreplace(
                     {p: root ** (p.exp % degree) * radicand ** (p.exp // degree) for p in high}))
         return bool(numerator == 0)
-    except (sp.PolynomialError, RecursionError, ValueError, TypeError, _TooLarge):
+    except _TooLarge:
+        if undecided_when_large:
+            raise
+        return False
+    except (sp.PolynomialError, RecursionError, ValueError, TypeError):
         return False
 
 
@@ -342,14 +392,27 @@ def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]
 class _Writer:
     """One step's expressions written out at one size: Σ as finite sums, entries as symbols."""
 
-    def __init__(self, prover: Prover, size: int, constrained: bool, frozen: frozenset[str] = frozenset()):
+    def __init__(self, prover: Prover, size: int, constrained: bool, frozen: frozenset[str] = frozenset(),
+                 labels: tuple[tuple[str, tuple[int, ...]], ...] = ()):
         self.prover = prover
         self.size = size
         self.constrained = constrained
         self.frozen = frozen
+        self.labels = labels
+        #: label name → its classes by entry (row-major over its ranges)
+        self.label_values = {name: dict(zip(self.positions(name), values)) for name, values in labels}
         self.cache: dict[Any, Any] = {}
 
-    def entry(self, name: str, position: int) -> sp.Expr:
+    def positions(self, name: str) -> list[tuple[int, ...]]:
+        """Every entry of an array, in row-major order: (0,), (1,), … for a vector of the class axis."""
+        rank = len(self.prover.axes.get(name, ())) if self.prover.axes is not None else 1
+        return list(itertools.product(range(self.size), repeat=rank))
+
+    def entry(self, name: str, position: int | tuple[int, ...]) -> sp.Expr:
+        if isinstance(position, tuple):
+            if not position:
+                return sp.Symbol(name, real=True)
+            return sp.Symbol(f"{name}_{'_'.join(map(str, position))}", real=True)
         return sp.Symbol(f"{name}_{position}", real=True)
 
     def write(self, expr: sp.Basic, indices: dict[Any, int]) -> Any:
@@ -367,26 +430,34 @@ class _Writer:
         if expr.is_Number or expr.is_NumberSymbol:
             return expr
         if isinstance(expr, sp.Indexed):
-            name, position = str(expr.base), self._index(expr.indices[0], indices)
+            name = str(expr.base)
+            positions = tuple(self._index(i, indices) for i in expr.indices)
             definition = self.prover.definitions.get(name)
             if definition is None or name in self.frozen:
-                return self.entry(name, position)
-            return self.write(definition.expr, {definition.index: position})
+                return self.entry(name, positions if self.prover.axes is not None else positions[0])
+            return self.write(definition.expr, {str(i): p for i, p in zip(definition.indices, positions)})
         if expr.is_Symbol:
             if str(expr) in indices:
                 return sp.Integer(indices[str(expr)])
-            if expr == size_symbol:
+            if expr == size_symbol or (self.prover.axes is not None and expr in self.prover.spec.sizes.values()):
                 return sp.Integer(self.size)
             definition = self.prover.definitions.get(str(expr))
             if definition is not None and str(expr) not in self.frozen:
                 return self.write(definition.expr, {})
+            if definition is not None and self.prover.axes is not None:
+                return self.entry(str(expr), ())
             return expr
         if isinstance(expr, sp.KroneckerDelta):
             first, second = (self._index(a, indices) for a in expr.args)
             return sp.Integer(int(first == second))
         if isinstance(expr, sp.Sum):
-            bound = str(expr.limits[0][0])
-            return sp.Add(*[self.write(expr.function, {**indices, bound: a}) for a in range(self.size)])
+            if self.prover.axes is None:
+                bound = str(expr.limits[0][0])
+                return sp.Add(*[self.write(expr.function, {**indices, bound: a}) for a in range(self.size)])
+            bounds = [str(limit[0]) for limit in expr.limits]
+            spans = [range(self._index(low, indices), self._index(high, indices) + 1) for _, low, high in expr.limits]
+            return sp.Add(*[self.write(expr.function, {**indices, **dict(zip(bounds, values))})
+                            for values in itertools.product(*spans)])
         if isinstance(expr, SumExcept):
             skip = self._index(expr.skip, indices)
             return sp.Add(*[self.write(expr.summand, {**indices, str(expr.bound): a})
@@ -404,22 +475,52 @@ class _Writer:
             return indices[str(index)]
         if index.is_Integer:
             return int(index)
+        if isinstance(index, sp.Indexed) and str(index.base) in self.label_values:  # p[b, label[b]]
+            return self.label_values[str(index.base)][tuple(self._index(i, indices) for i in index.indices)]
+        if self.prover.axes is not None and index.free_symbols:  # a bound such as n_k − 1
+            value = self.write(index, indices)
+            if value.is_Integer:
+                return int(value)
         raise _Unprovable(f"index {index} has no value")
 
     def _partial(self, expr: Partial, indices: dict[str, int]) -> sp.Expr:
         """∂expr/∂var by SymPy's diff, with var's array held as symbols (a definition frozen, as the
-        numeric check does), then everything downstream written out."""
-        name, position = str(expr.var.base), self._index(expr.var.indices[0], indices)
-        inner = self.prover.writer(self.size, self.constrained, self.frozen | {name})
-        written = inner.write(expr.expr, indices)
-        derivative = _derivative(written, self.entry(name, position), {})
-        if name in self.prover.definitions:  # ∂L/∂y_k: the y's put back in terms of the inputs
-            values = {self.entry(name, a): self.write(sp.IndexedBase(name)[a], {}) for a in range(self.size)}
+        numeric check does), then everything downstream written out. With several ranges, only the loss's
+        derivative is total: any other expression's is of its own formula, the arrays it reads held."""
+        name = str(expr.var.base) if isinstance(expr.var, sp.Indexed) else str(expr.var)
+        positions = tuple(self._index(i, indices) for i in getattr(expr.var, "indices", ()))
+        held = {name}
+        target = expr.expr
+        if self.prover.axes is not None and target != self.prover.loss:
+            formula = target
+            if isinstance(target, (sp.Indexed, sp.Symbol)) and str(getattr(target, "base", target)) in \
+                    self.prover.definitions:
+                definition = self.prover.definitions[str(getattr(target, "base", target))]
+                formula = definition.expr
+                indices = {**indices, **{str(i): self._index(p, indices) for i, p in
+                                         zip(definition.indices, getattr(target, "indices", ()))}}
+            held |= {n for n in self.prover.names_in(formula) if n in self.prover.definitions}
+            target = formula
+        inner = self.prover.writer(self.size, self.constrained, self.frozen | held, self.labels)
+        written = inner.write(target, indices)
+        variable = self.entry(name, positions if self.prover.axes is not None else positions[0])
+        derivative = _derivative(written, variable, {})
+        frozen_defined = [n for n in held if n in self.prover.definitions and n not in self.frozen]
+        if frozen_defined:  # the held arrays put back in terms of the inputs
+            values = {}
+            for held_name in frozen_defined:
+                definition = self.prover.definitions[held_name]
+                for position in self.positions(held_name) if definition.indices else [()]:
+                    symbol = self.entry(held_name, position if self.prover.axes is not None else position[0])
+                    values[symbol] = self.write(definition.symbol if not definition.indices else
+                                                sp.IndexedBase(held_name)[position], {})
             derivative = derivative.xreplace(values)
         return derivative
 
     def matrix_entry(self, form: sp.MatrixExpr, step: Step, indices: dict[Any, int]) -> sp.Expr:
         """Entry (row, column) of a matrix form, its vectors replaced by columns of entry symbols."""
+        if self.prover.axes is not None:
+            return self._array_matrix_entry(form, step, indices)
         key = ("matrix", form)
         if key not in self.cache:  # every index pattern reads an entry of the same explicit matrix
             try:
@@ -434,14 +535,45 @@ class _Writer:
         at_column = indices.get(column, 0) if column is not None and len(explicit[0]) > 1 else 0
         return self.write(sp.sympify(explicit[at_row][at_column]), {})  # named scalars (m, v) written out too
 
+    def _array_matrix_entry(self, form: sp.MatrixExpr, step: Step, indices: dict[Any, int]) -> sp.Expr:
+        """Entry of a matrix form of arrays (AB, Aᵀ, ∘, v𝟙ᵀ), its arrays as matrices of entry symbols."""
+        key = ("matrix", form)
+        if key not in self.cache:
+            try:
+                self.cache[key] = array_matrix(
+                    form, lambda name: self._as_matrix(name), lambda scalar: self.write(scalar, {}),
+                    lambda rows, columns: [[sp.S.One] * columns for _ in range(rows)])
+            except TypeError as unknown:
+                raise _Unprovable(str(unknown)) from unknown
+        explicit = self.cache[key]
+        axes = [indices[a] for a in step.matrix_axes]
+        return sp.sympify(explicit[axes[0]][axes[1] if len(axes) == 2 else 0])
+
+    def _as_matrix(self, name: str) -> list[list[sp.Expr]]:
+        """An array of one or two ranges as rows of its written-out entries (a vector as a column)."""
+        rank = len(self.prover.axes.get(name, ())) if self.prover.axes is not None else 1
+        rows = [[self.write(sp.IndexedBase(name)[position], {}) for position in
+                 itertools.product([row], range(self.size))] if rank == 2 else
+                [self.write(sp.IndexedBase(name)[row], {})] for row in range(self.size)]
+        return rows
+
     def finish(self, difference: sp.Expr) -> sp.Expr:
         """Functions in exp form, the constraint applied (decimals were made exact as they were written)."""
         if self.constrained:
             replacements: dict[sp.Basic, sp.Basic] = {}
             for constraint in self.prover.spec.constraints:
-                last = self.entry(constraint.input_name, self.size - 1)
-                others = sp.Add(*[self.entry(constraint.input_name, a) for a in range(self.size - 1)])
-                replacements[last] = self.write(constraint.rhs, {}) - others
+                name = constraint.input_name
+                if self.prover.axes is None:
+                    last = self.entry(name, self.size - 1)
+                    others = sp.Add(*[self.entry(name, a) for a in range(self.size - 1)])
+                    replacements[last] = self.write(constraint.rhs, {}) - others
+                    continue
+                axis = constraint.summed_axis  # along it, the last entry is the constant less the others
+                for position in self.positions(name):
+                    if position[axis] == self.size - 1:
+                        others = sp.Add(*[self.entry(name, (*position[:axis], a, *position[axis + 1:]))
+                                          for a in range(self.size - 1)])
+                        replacements[self.entry(name, position)] = self.write(constraint.rhs, {}) - others
             difference = difference.xreplace(replacements)
         return difference.replace(lambda e: isinstance(e, (sigmoid, softplus, sp.tanh, sp.log)), _in_exp_form)
 
@@ -519,21 +651,23 @@ class BackgroundProofs:
 
     def __init__(self, prover: Prover):
         self.prover = prover
-        self.requests: list[tuple[Step, list[sp.Symbol], Any, Any]] = []
+        self.requests: list[tuple[Step, list[sp.Symbol], Any, Any, Any]] = []
         self._in_background = _may_fork()
         self._child: tuple[int, Any, Any] | None = None
+        self._sent = len(prover.added)  # the prover's definitions the background process has
 
     def submit(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
-               distinct: tuple[sp.Symbol, sp.Symbol] | None) -> None:
-        self.requests.append((step, list(free), equal, distinct))
+               distinct: tuple[sp.Symbol, sp.Symbol] | None, ranges: dict[sp.Symbol, str] | None = None) -> None:
+        self.requests.append((step, list(free), equal, distinct, ranges))
         if self._in_background and self._child is None:
             self._in_background = False  # one process per derivation, started with its first step
             self._start()
         if self._child is not None:
             claim = Step(step.rule, step.lhs, step.forms, reason=None,  # type: ignore[arg-type]
                          assumes=step.assumes, matrix_axes=step.matrix_axes)
+            added, self._sent = self.prover.added[self._sent:], len(self.prover.added)
             try:
-                pickle.dump((claim, list(free), equal, distinct), self._child[1])
+                pickle.dump((claim, list(free), equal, distinct, ranges, added), self._child[1])
                 self._child[1].flush()
             except (OSError, pickle.PicklingError, RecursionError):
                 self.close()  # proved here instead
@@ -590,7 +724,10 @@ class BackgroundProofs:
                 with os.fdopen(request_read, "rb") as requests, os.fdopen(reply_write, "wb") as replies:
                     answers = []
                     while (request := pickle.load(requests)) is not None:
-                        answers.append(self.prover.prove(*request))
+                        *claim, added = request
+                        for definition, axes in added:
+                            self.prover.add(definition, axes)
+                        answers.append(self.prover.prove(*claim))
                     pickle.dump(answers, replies)
                 status = 0
             finally:

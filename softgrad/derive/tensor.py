@@ -166,7 +166,7 @@ class TensorEngine:
             self.loss = sp.Symbol(loss_name)
         else:
             self.loss = sp.Symbol(output.name)
-        self.checker = TensorChecker(spec, self.axes, surrogate, positive_inputs(spec), seed)
+        self.checker = TensorChecker(spec, self.axes, surrogate, positive_inputs(spec), seed, prove=True)
         self.adjoints: dict[str, Adjoint] = {}
         self.result = TensorDerivation(upstream=self.upstream)
 
@@ -202,7 +202,7 @@ class TensorEngine:
                 definition = Definition(adjoint.name, adjoint.indices[0] if adjoint.indices else None, adjoint.expr,
                                         "", 0, adjoint.indices)
                 self.axes[adjoint.name] = self.axes.get(name, ())
-                self.checker.backward.append(definition)
+                self.checker.add_backward(definition)
                 self.result.backward.append(definition)
             if name in self.wrt:
                 self.result.gradients[name] = adjoint.name
@@ -582,13 +582,20 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     results: dict[str, Result] = {}
     try:
         engine.run(sections, results)
+        engine.checker.finish_proofs()
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {spec.output.name}: {problem}") from None
+    finally:
+        engine.checker.stop_proofs()
     derivation = Derivation(spec, ",".join(engine.wrt), sections, results, [],
                             wrt_reason=engine.wrt_reason)
     derivation.tensor = engine.result
-    derivation.check_summary = (f"{len(derivation.steps)} steps, each checked numerically entry by entry at "
-                                f"{engine.checker.sizes_text} ({POINTS} random points each)")
+    checker = engine.checker
+    smallest, largest = min(checker.proved_sizes, default=0), max(checker.proved_sizes, default=0)
+    proved = (f"{checker.proved} of {checker.checked} steps proved exactly with every range of size "
+              f"{smallest}{f' to {largest}' if largest > smallest else ''}; " if checker.proved else "")
+    derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically entry by entry "
+                                f"at {checker.sizes_text} ({POINTS} random points each)")
     if engine.checker.undefined:
         derivation.check_summary += (f"; {engine.checker.undefined} sampled points where {spec.output.name} has "
                                      "no finite value left out")

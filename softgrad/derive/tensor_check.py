@@ -17,6 +17,8 @@ import numpy as np
 import sympy as sp
 
 from softgrad.derive.check import Evaluator, WideEvaluator, wide_precision
+from softgrad.derive.matrix import array_matrix
+from softgrad.derive.proof import BackgroundProofs, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial
@@ -42,10 +44,11 @@ class TensorChecker:
     """Evaluates forward definitions, the derivation's named backward arrays and each step's forms."""
 
     def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]], surrogate: Definition | None,
-                 positive: set[str], seed: int = 0, wide: bool = False):
-        """wide: evaluate in mpmath complex numbers (inside check.wide_precision()), where doubles would
-        overflow; the points' arrays then hold mpmath numbers. A checker made without it widens by itself
-        the first time doubles overflow (exp(x + 1000)), at the same points."""
+                 positive: set[str], seed: int = 0, wide: bool = False, prove: bool = False):
+        """prove: also prove each checked step exactly at small sizes (softgrad.derive.proof). wide: evaluate
+        in mpmath complex numbers (inside check.wide_precision()), where doubles would overflow; the points'
+        arrays then hold mpmath numbers. A checker made without it widens by itself the first time doubles
+        overflow (exp(x + 1000)), at the same points."""
         self.spec = spec
         self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
         self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
@@ -53,6 +56,11 @@ class TensorChecker:
         self._definitions = {d.name: d for d in self.forward}
         self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
         self.positive, self.seed = positive, seed
+        given = [name for name in axes if name not in self._definitions]  # the inputs and the upstream gradient
+        self.prover = Prover(spec, self.forward, given, axes=axes, loss=self.loss) if prove else None
+        self.proofs = BackgroundProofs(self.prover) if self.prover is not None else None
+        self.checked = self.proved = 0
+        self.proved_sizes: set[int] = set()
         ranges = list(spec.sizes)
         # every range of size 1 once (a softmax over one class, a batch of one), then small different sizes
         # (so that a transposed index or a sum over the wrong axis shows)
@@ -120,6 +128,45 @@ class TensorChecker:
 
     def _precision(self) -> contextlib.AbstractContextManager[Any]:
         return wide_precision() if self.wide else contextlib.nullcontext()
+
+    def add_backward(self, definition: Definition) -> None:
+        """A backward array the derivation named (dP): computed at every point, read by later steps."""
+        self.backward.append(definition)
+        if self.prover is not None:
+            self.prover.add(definition, self.axes.get(definition.name, ()))
+
+    def _prove(self, step: Step) -> None:
+        """Mark the step proved where both sides are identical at every range size of TENSOR_PROOF_SIZES."""
+        if self.prover is None:
+            return
+        sides = [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
+        free = sorted({s for e in sides for s in _free_indices(e)}, key=str)
+        ranges = {s: self._range_of(s, step) for s in free}
+        equal = step.equal if step.equal and set(step.equal) <= set(free) else None
+        distinct = step.distinct if step.distinct and set(step.distinct) <= set(free) else None
+        if self.proofs is not None:
+            self.proofs.submit(step, free, equal, distinct, ranges)
+        else:
+            self._mark_proved(step, self.prover.prove(step, free, equal, distinct, ranges))
+
+    def finish_proofs(self) -> None:
+        """Mark the steps proved in the background process (their numeric checks are done)."""
+        if self.proofs is not None:
+            proofs, self.proofs = self.proofs, None  # steps checked from now on are proved at once
+            for (step, *_), sizes in zip(proofs.requests, proofs.results()):
+                self._mark_proved(step, sizes)
+
+    def stop_proofs(self) -> None:
+        """Stop proving in the background (the derivation failed or was interrupted)."""
+        if self.proofs is not None:
+            self.proofs.close()
+
+    def _mark_proved(self, step: Step, sizes: list[int]) -> None:
+        if sizes:
+            step.proved = True
+            step.proof_detail = f"identical at every range of size {', '.join(map(str, sizes))}"
+            self.proved += 1
+            self.proved_sizes |= set(sizes)
 
     def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
                rng: np.random.Generator, scale: float) -> Point:
@@ -273,33 +320,16 @@ class TensorChecker:
         return cached
 
     def matrix_value(self, expr: Any, point: Point) -> Any:
-        if isinstance(expr, sp.MatrixSymbol):
-            values = point.arrays[str(expr.name)]
-            return values.reshape(-1, 1) if values.ndim == 1 else values
-        if isinstance(expr, sp.OneMatrix):
-            return np.ones((int(self.value(expr.shape[0], point, {}).real),
-                            int(self.value(expr.shape[1], point, {}).real)))
-        if isinstance(expr, sp.Transpose):
-            return self.matrix_value(expr.arg, point).T
-        if isinstance(expr, sp.MatMul):
-            scalar, matrices = 1 + 0j, []
-            for factor in expr.args:
-                if isinstance(factor, sp.MatrixExpr):
-                    matrices.append(self.matrix_value(factor, point))
-                else:
-                    scalar *= self.value(factor, point, {})
-            result = matrices[0]
-            for matrix in matrices[1:]:
-                result = result @ matrix
-            return scalar * result
-        if isinstance(expr, sp.MatAdd):
-            return sum(self.matrix_value(term, point) for term in expr.args)
-        if isinstance(expr, sp.HadamardProduct):
-            result = self.matrix_value(expr.args[0], point)
-            for factor in expr.args[1:]:
-                result = result * self.matrix_value(factor, point)
-            return result
-        raise NotImplementedError(f"cannot evaluate the matrix expression {type(expr).__name__}")
+        """A matrix form's entries at the point (rows; a vector as a column)."""
+        def rows(name: str) -> Any:
+            values = point.arrays[name]
+            return (values.reshape(-1, 1) if values.ndim == 1 else values).tolist()
+
+        try:
+            return array_matrix(expr, rows, lambda scalar: self.value(scalar, point, {}),
+                                lambda count, columns: [[1.0] * columns for _ in range(count)])
+        except TypeError as unknown:
+            raise NotImplementedError(str(unknown)) from None
 
     # ------------------------------------------------------------ checking
     def check(self, step: Step) -> Step:
@@ -308,6 +338,12 @@ class TensorChecker:
         Where doubles overflow (a backward array of exp(x + 1000)), this and every later check runs in mpmath;
         a mismatch in doubles is confirmed in mpmath before it is reported (terms of 1/√ε that cancel lose
         digits to rounding, not to a wrong step)."""
+        self._check_numerically(step)
+        self.checked += 1
+        self._prove(step)
+        return step
+
+    def _check_numerically(self, step: Step) -> Step:
         if not self.wide:
             try:
                 with np.errstate(all="ignore"):
@@ -345,7 +381,7 @@ class TensorChecker:
                     matrix = matrices[position]
                     if matrix is not None:
                         axes = tuple(env[a] for a in step.matrix_axes)
-                        got = matrix[axes if len(axes) == 2 else (*axes, 0)]
+                        got = matrix[axes[0]][axes[1] if len(axes) == 2 else 0]
                     else:
                         got = self.value(form, full, env)
                     compared += 1
