@@ -18,9 +18,10 @@ from softgrad.errors import SoftgradError
 #: Default budget of one derivation, in seconds: the slowest catalog entry takes about 2 s.
 DERIVE_SECONDS = 120.0
 #: Default budget of one call of code under test (the first call may compile, e.g. numba or torch.compile),
-#: and of loading it (importing torch, compiling C), in seconds.
+#: and of loading it (importing torch, compiling C), in seconds: a module that loops on import is stopped
+#: in seconds, not minutes (torch and JAX import in 2–4 s here; --timeout raises both).
 CALL_SECONDS = 10.0
-LOAD_SECONDS = 60.0
+LOAD_SECONDS = 12.0
 
 
 class _Expired(BaseException):

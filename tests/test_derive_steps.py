@@ -102,7 +102,7 @@ def test_points_where_the_spec_has_no_value_are_left_out_and_said():
     checks and the sizes said are the ones used; the proofs hold at n = 2 to 4 (it was an internal error)."""
     d = softgrad.derive("m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/(n - 1); y[i] = (x[i] - m)/sqrt(v + 0.00001)")
     assert "checked numerically at n = 2, 3, 5 " in d.check_summary, d.check_summary
-    assert "6 sampled points where y is not real left out" in d.check_summary
+    assert "6 sampled points where y has no finite real value left out" in d.check_summary
     steps = [step for section in d.sections for step in section.steps]
     assert all(step.proved for step in steps), d.render("text")
     at_one = {step.rule for step in steps if step.proof_detail == "identical at n = 1, 2, 3, 4"}

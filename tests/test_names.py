@@ -188,3 +188,25 @@ def test_generated_c_is_warning_free_everywhere(compiler_name, tmp_path):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # the builds are independent
         for label, run in pool.map(lambda item: build(*item), builds):
             assert run.returncode == 0, f"{label}:\n{run.stderr[:3000]}"
+
+
+@pytest.mark.parametrize("source", [
+    "y[i] = exp(J[i]) / sum(exp(J[k]), k)",  # an input named like the Jacobian output
+    "y[i] = exp(x[i]*dx) / sum(exp(x[k]*dx), k)",  # a parameter named like the gradient output
+    "y[i] = g[i]*x[i]",  # an input named like the upstream gradient, read by the backward of the other
+])
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_inputs_and_parameters_named_like_softgrads_outputs_generate_checked_code(source, language):
+    """The outputs softgrad adds (dx, J) are named apart from the spec's names by one rule (Derivation.
+    output_names), which the kernels and the 40-digit reference both follow; a backward from the saved
+    output takes the other inputs it reads."""
+    if language == "c":
+        require_tool("cc")
+    from softgrad.codegen.emit import kernels_for
+    from softgrad.verify.generated import check_generated
+
+    derivation = softgrad.derive(source)
+    names = ["forward", "vjp", "jacobian"] + (["vjp_from_output"] if "g[i]" in source else [])
+    files = emit(derivation, language, names)
+    checks = check_generated(derivation, language, files, kernels_for(derivation, names), files.dtype)
+    assert checks and all(check.passed for check in checks), [check.line() for check in checks]

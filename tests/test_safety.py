@@ -162,6 +162,14 @@ def returns_nan(x, g):
     out[0, 0] = np.nan
     return out
 
+_noise = np.random.default_rng()
+
+def noisy(x, g):
+    return right(x, g) + _noise.normal(size=x.shape) * 1e-3
+
+def noisy_tensor(X, W, dy):
+    return dy @ W + _noise.normal(size=X.shape) * 1e-3, dy.T @ X
+
 def chatty(x, g):
     print("{not json", flush=True)
     os.write(1, b"raw bytes on fd 1\\n")
@@ -213,11 +221,38 @@ def test_c_exit_is_named_and_the_build_folder_removed(hostile):
     ("complex_result", "is complex"),
     ("lower_precision", "float32 for float64 inputs"),
     ("returns_nan", "is nan at (0, 0)"),
+    ("noisy", "the function is not repeatable: two calls with the same inputs returned dx["),
 ])
 def test_wrong_results_fail_with_their_reason(hostile, function, fragment):
     result = verify(hostile, f"hostile.py:{function}", "--against", "softmax")
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.startswith("FAIL") and fragment in result.stdout
+
+
+def test_unrepeatable_code_is_named_with_several_indices_and_a_spec_file_is_an_against(hostile):
+    (hostile / "linear.sg").write_text("y[b, c] = sum(W[c, d] * X[b, d], d)\n")
+    result = verify(hostile, "hostile.py:noisy_tensor", "--against", "linear.sg", "--signature", "X,W,dy->dX,dW")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "the function is not repeatable: two calls with the same inputs returned dX[" in result.stdout
+
+
+def test_a_dotted_module_name_is_a_target(hostile):
+    (hostile / "package" / "inner").mkdir(parents=True)
+    (hostile / "package" / "__init__.py").write_text("")
+    (hostile / "package" / "inner" / "__init__.py").write_text("")
+    (hostile / "package" / "inner" / "grads.py").write_text(HOSTILE)
+    result = verify(hostile, "package.inner.grads:right", "--against", "softmax")
+    assert result.returncode == 0 and result.stdout.startswith("PASS"), result.stdout + result.stderr
+    missing = verify(hostile, "package.inner.absent:right", "--against", "softmax")
+    assert missing.returncode == 2 and "cannot import 'package.inner.absent'" in missing.stderr
+
+
+def test_a_module_that_loops_on_import_is_stopped_within_seconds(hostile):
+    (hostile / "spins.py").write_text("while True:\n    pass\n")
+    started = time.perf_counter()
+    result = verify(hostile, "spins.py:f", "--against", "softmax")
+    assert result.returncode == 2 and "did not return within" in result.stderr
+    assert time.perf_counter() - started < 15 + 5  # the loading budget, and the start-up around it
 
 
 def test_json_stays_valid_whatever_the_function_prints(hostile):
@@ -284,6 +319,8 @@ def test_an_implicit_zero_logit_is_judged_at_logits_of_1000():
     ("y[i] = " + "9" * 5000 + " * x[i]", "number literal longer"),
     ("y[i] = 9^9^9 * x[i]", "out of range"),
     ("y[i] = 1e400 * x[i]", "out of range"),
+    ("y[i] = 1e999999 * x[i]", "out of range"),  # SymPy alone takes minutes to build it
+    ("y[i] = 1e-999999 * x[i]", "out of range"),
     ("y[i] = 1e300 * 1e300 * x[i]", "out of range"),
     ("y[i] = sqrt(-1) * x[i]", "not a real number"),
     ("y[i] = (-8)^(1/3) * x[i]", "not a real number"),
@@ -297,6 +334,20 @@ def test_out_of_bounds_specs_are_refused_quickly(spec, fragment):
         parse_spec(spec)
     assert fragment in str(raised.value)
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("literal", ["0.0", "000.000e5", "5e-324", "1e308"])
+def test_zero_and_the_edges_of_double_precision_are_numbers(literal):
+    parse_spec(f"y[i] = {literal} * x[i] + x[i]")
+
+
+def test_values_beyond_double_precision_are_left_out_not_an_internal_error():
+    """exp(exp(exp(exp(x)))) at x ~ 10 is beyond any double (and mpmath's integers): those points are left
+    out of the checks, as points with no real value are, one index or several."""
+    for source in ("y[i] = exp(exp(exp(exp(x[i]))))", "y[b, i] = exp(exp(exp(exp(x[b, i]))))"):
+        derivation = softgrad.derive(source)
+        assert all(step.checked for step in derivation.steps)
+        assert "has no finite real value left out" in derivation.check_summary
 
 
 def test_large_constants_that_fit_derive_correctly():
@@ -358,6 +409,29 @@ def test_generated_files_follow_the_umask(tmp_path, umask, mode):
     assert (tmp_path / "out" / "softmax.py").stat().st_mode & 0o777 == mode
 
 
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    """derive -o and codegen -o replace a file whole, and the replacement keeps the old file's mode."""
+    document = tmp_path / "softmax.txt"
+    document.write_text("old\n")
+    document.chmod(0o640)
+    result = subprocess.run([sys.executable, "-m", "softgrad", "derive", "softmax", "-o", str(document)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Jacobian" in document.read_text()
+    assert document.stat().st_mode & 0o777 == 0o640
+    assert codegen(tmp_path, "softmax", "--lang", "c", "-o", "out").returncode == 0
+    (tmp_path / "out" / "softmax.h").chmod(0o600)
+    assert codegen(tmp_path, "softmax", "--lang", "c", "-o", "out").returncode == 0
+    assert (tmp_path / "out" / "softmax.h").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_spec_file_with_a_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "bom.sg").write_bytes("\ufeffy[i] = exp(x[i]) / sum(exp(x[k]), k)\n".encode())
+    result = subprocess.run([sys.executable, "-m", "softgrad", "derive", "-f", "bom.sg"], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "proved" in result.stdout
+
+
 def test_output_to_standard_output(tmp_path):
     numpy_module = codegen(tmp_path, "softmax", "--lang", "numpy", "-o", "-")
     assert numpy_module.returncode == 0 and numpy_module.stdout.startswith('"""Generated by softgrad')
@@ -387,8 +461,8 @@ sys.argv = ["softgrad", "codegen", "softmax", "--lang", "c", "-o", "out"]
 import softgrad.files as files
 stage = files._stage
 
-def stage_then_terminate(folder, name, text):
-    staged = stage(folder, name, text)
+def stage_then_terminate(folder, name, text, mode=None):
+    staged = stage(folder, name, text, mode)
     os.kill(os.getpid(), signal.SIGTERM)  # after the first file is staged, before the others
     return staged
 

@@ -17,7 +17,7 @@ from softgrad.codegen.names import module_identifier, public_names
 from softgrad.derive import algebra
 from softgrad.derive.spec import Spec
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import fresh_name, n, sigmoid
+from softgrad.derive.symbols import n, sigmoid
 from softgrad.errors import SoftgradError
 
 
@@ -292,11 +292,7 @@ class _Lowering:
         self.results = derivation.results
         self.inputs = [(name, f"the input {name}, (rows, n)")
                        for name in [self.wrt, *(n for n in self.spec.inputs if n != self.wrt)]]
-        # the outputs softgrad adds are named apart from the spec's names and the upstream gradient's
-        taken = {d.name for d in self.spec.definitions} | set(self.spec.inputs) | set(self.spec.parameters)
-        taken |= {str(result.upstream) for result in self.results.values() if result.upstream is not None}
-        self.gradient = fresh_name((f"d{self.wrt}", f"grad_{self.wrt}"), taken)
-        self.jacobian = fresh_name(("J", "jacobian"), taken)
+        self.gradient, self.jacobian = derivation.output_names  # apart from the spec's names
 
     def build(self, kind: str, doc: str, inputs: list[tuple[str, str]],
               outputs: list[tuple[str, str, sp.Expr, str, str]],
@@ -360,11 +356,13 @@ def _vjp_from_output(lowering: _Lowering) -> Kernel:
     upstream, expr, gradient = _vjp_parts(lowering)
     wrt, output = lowering.wrt, lowering.output
     needs = _entry(expr, lowering.spec, LOOP, {output.name})  # named scalars (a variance) read the input too
-    if wrt in {str(b.label) for b in needs.atoms(sp.IndexedBase)}:
+    read = {str(b.label) for b in needs.atoms(sp.IndexedBase)}
+    if wrt in read:
         raise SoftgradError(f"the vjp needs {wrt} itself, not only the saved output {output.name}")
+    others = [(name, doc) for name, doc in lowering.inputs if name != wrt and name in read]  # y = g·x reads x
     return lowering.build("vjp_from_output", f"backward pass from the saved output {output.name} (Caffe style)",
                           [(output.name, f"the saved output {output.name}, (rows, n)"),
-                           (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)")],
+                           (upstream, f"upstream gradient ∂l/∂{output.name}, (rows, n)"), *others],
                           [gradient], keep=frozenset({output.name}), upstream=upstream)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from softgrad.derive.spec import Spec, parse_spec
 from softgrad.errors import SoftgradError
@@ -44,9 +45,7 @@ def load_spec(text: str) -> Spec:
     name = text.strip()
     if name in CATALOG:
         return parse_spec(CATALOG[name].source, name=name)
-    if "=" not in text and name.endswith(".spec"):  # a spec file, named as the gallery's examples are
-        from pathlib import Path
-
+    if "=" not in text and (name.endswith(".spec") or Path(name).is_file()):  # a spec file, as `-f` reads
         from softgrad.files import read_text
 
         return parse_spec(read_text(name, "spec file"), name=Path(name).stem)

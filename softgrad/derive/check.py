@@ -32,6 +32,9 @@ from softgrad.errors import SpecError, StepCheckFailed
 SIZES = (1, 2, 3, 5)
 COMPLEX_STEP = 1e-30
 RELATIVE_TOLERANCE = 1e-9
+#: Beyond the largest x87 extended / IEEE quadruple number (~1.19e4932) no floating-point code computes a value,
+#: so no step is judged there (e^(e^(e^10)) has 10^9565 digits); exp(1000) ≈ 2e434 is still checked, in mpmath.
+LARGEST_FLOAT = 10 ** 4932
 
 def _first_order(function: Callable[[float], float], derivative: Callable[[float], float]) -> Callable[[Any], Any]:
     """f(x + ih) = f(x) + ih f'(x) for a real-analytic f that cmath lacks: exact for the complex step."""
@@ -365,10 +368,20 @@ class StepChecker:
                         point = self.evaluator.complete(drawn)
                     except (ZeroDivisionError, ValueError):  # 1/0, log 0 in cmath
                         point = None
-                    if point is None or not self.evaluator.real(point):  # 1/0 is inf in mpmath
+                    except OverflowError:  # in doubles: widen (the caller); in mpmath: e^(e^(e^(e^10))) has no value
+                        if evaluator_class is not WideEvaluator:
+                            raise
+                        point = None
+                    if point is None or not self.evaluator.real(point) or not self._in_floats(point):
                         self.undefined.add((constrained, size, scale))
                     else:
                         self.points[constrained].append(point)
+
+    def _in_floats(self, point: Point) -> bool:
+        """Whether the spec's value at the point is one some floating-point format holds (see LARGEST_FLOAT)."""
+        output = self.spec.output.name
+        values = point.vectors.get(output) or [point.scalars[output]]
+        return all(abs(value) <= LARGEST_FLOAT for value in values)
 
     @property
     def sizes(self) -> list[int]:

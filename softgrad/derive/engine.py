@@ -455,8 +455,8 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
         f"{checker.proved} of {checker.checked} steps proved exactly at n = {_sizes(checker.proved_sizes)}; all "
         "checked numerically at "
         f"n = {', '.join(map(str, checker.sizes))} (every index pair; inputs near 0, of order 1 and of magnitude 10)"
-        + (f"; {left_out} sampled point{'s' * (left_out != 1)} where {spec.output.name} is not real left out"
-           if left_out else ""))
+        + (f"; {left_out} sampled point{'s' * (left_out != 1)} where {spec.output.name} has no finite real value "
+           "left out" if left_out else ""))
     return derivation
 
 

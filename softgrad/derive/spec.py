@@ -12,6 +12,7 @@ an axis; axes that share an index are one range, found by unification. Nothing h
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,7 +221,7 @@ def _in_range(value: sp.Expr) -> bool:
         return False
     if value.is_Rational and not value.is_Integer:
         return bool(max(abs(value.p), value.q).bit_length() <= 1100)
-    return bool(value == 0 or SMALLEST_CONSTANT <= abs(value) <= LARGEST_CONSTANT)
+    return bool(value.is_zero or SMALLEST_CONSTANT <= abs(value) <= LARGEST_CONSTANT)
 
 
 def _power_in_range(base: sp.Expr, exponent: sp.Expr) -> bool:
@@ -370,6 +371,11 @@ class _LineParser:
         token = self.current
         if token.kind == "number":
             self.position += 1
+            # decided in doubles first: SymPy takes minutes to build 1e999999 before any range check could run
+            as_double = float(token.text)
+            mantissa = token.text.lower().split("e")[0]
+            if math.isinf(as_double) or (as_double == 0 and mantissa.strip("0.")):
+                raise self.error(f"number {token.text} is out of range of double precision", token)
             value = sp.Integer(int(token.text)) if token.text.isdigit() else sp.Float(token.text)
             if not _in_range(value):
                 raise self.error(f"number {token.text} is out of range of double precision", token)

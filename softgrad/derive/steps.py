@@ -92,6 +92,16 @@ class Derivation:
     tensor: Any = None
 
     @property
+    def output_names(self) -> tuple[str, str]:
+        """(gradient, Jacobian): what generated code and references call the outputs softgrad adds (dx and J),
+        named apart from the spec's own names and the upstream gradient's (an input may be called J)."""
+        from softgrad.derive.symbols import fresh_name
+
+        taken = {d.name for d in self.spec.definitions} | set(self.spec.inputs) | set(self.spec.parameters)
+        taken |= {str(result.upstream) for result in self.results.values() if result.upstream is not None}
+        return fresh_name((f"d{self.wrt}", f"grad_{self.wrt}"), taken), fresh_name(("J", "jacobian"), taken)
+
+    @property
     def steps(self) -> list[Step]:
         return [step for section in self.sections for step in section.steps]
 

@@ -598,7 +598,7 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
                                 f"at {checker.sizes_text} ({POINTS} random points each)")
     if engine.checker.undefined:
         derivation.check_summary += (f"; {engine.checker.undefined} sampled points where {spec.output.name} has "
-                                     "no finite value left out")
+                                     "no finite real value left out")
     return derivation
 
 

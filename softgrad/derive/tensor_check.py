@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.check import Evaluator, WideEvaluator, wide_precision
+from softgrad.derive.check import LARGEST_FLOAT, Evaluator, WideEvaluator, wide_precision
 from softgrad.derive.matrix import array_matrix
 from softgrad.derive.proof import BackgroundProofs, Prover
 from softgrad.derive.spec import Definition, Spec
@@ -97,7 +97,7 @@ class TensorChecker:
                     continue
                 try:
                     kept: Point | None = self._point(size_of, by_name, self.positive, rng, scale)
-                except (ZeroDivisionError, ValueError):
+                except (ZeroDivisionError, ValueError, OverflowError):  # OverflowError: beyond even mpmath
                     kept = None
                 if kept is None or not self._finite_output(kept):
                     self.undefined += 1
@@ -120,7 +120,7 @@ class TensorChecker:
 
         output = self.spec.output.name
         values = point.arrays[output].ravel() if output in point.arrays else [point.scalars[output]]
-        return all(mpmath.isfinite(v) for v in values)
+        return all(mpmath.isfinite(v) and abs(v) <= LARGEST_FLOAT for v in values)
 
     def _widen(self) -> None:
         with wide_precision():

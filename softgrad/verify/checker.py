@@ -15,12 +15,12 @@ import numpy as np
 from softgrad.errors import SoftgradError
 from softgrad.verify import differences
 from softgrad.verify.cases import Case, as_given, make_cases, target_kinds
-from softgrad.verify.compare import EXACT_FLOOR, compare_full, compare_projections
+from softgrad.verify.compare import EXACT_FLOOR, FLOOR, compare_full, compare_projections
 from softgrad.verify.hints import mistake_hints
 from softgrad.verify.problem import Problem
 from softgrad.verify.report import Report
 from softgrad.verify.signatures import Signature, WrongOutput, call_under_test
-from softgrad.verify.structure import structural_checks
+from softgrad.verify.structure import structural_checks, unrepeatable
 
 FULL_JACOBIAN_UP_TO = 64
 
@@ -108,6 +108,19 @@ def verify(
             structural_checks(report, function, signature, problem, cases[0], dtype, rng, layout)
         except WrongOutput as wrong:
             report.fail(f"{wrong} (inputs: {cases[0].name}, structural checks)")
+    elif "J" not in signature.returns:  # a failure may have a cause that no element shows: say it first
+        probe = cases[0]
+        again = {"x": probe.x, "t": probe.t, "g": as_given(rng.normal(size=probe.x.shape), representable),
+                 "label": probe.labels}
+        if "y" in signature.takes:
+            again["y"] = as_given(problem.forward(probe.x, probe.t), representable)
+        try:
+            varying = unrepeatable(lambda: call_under_test(function, signature, again, dtype, layout),
+                                   FLOOR[dtype])
+        except WrongOutput:
+            varying = None
+        if varying:
+            report.failures.insert(0, varying)
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     return report

@@ -93,8 +93,10 @@ def precise_gradient(signature: Signature, problem: Problem, arrays: Arrays) -> 
     else:
         kernel, upstream = "vjp", g
     values = problem.high_precision(kernel, x, t, upstream)
-    name = "J" if "J" in values else f"d{problem.derivation.wrt}"
-    return {"J" if name == "J" else "dx": values[name]} if name in values else {}
+    gradient_name, jacobian_name = problem.derivation.output_names
+    if kernel == "jacobian":
+        return {"J": values[jacobian_name]} if jacobian_name in values else {}
+    return {"dx": values[gradient_name]} if gradient_name in values else {}
 
 
 def repair_overflow(report: Report, signature: Signature, problem: Problem, case: str, arrays: Arrays,

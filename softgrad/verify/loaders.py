@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import os
+import re
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +74,8 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
         if signature is None:
             raise SoftgradError("C functions can be checked against one-index specs only, so far")
         return load_c(location, name, signature, dtype, layout), ""
-    if Path(location).suffix and not location.endswith(".py"):
+    is_module_name = re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", location) is not None  # package.module
+    if not is_module_name and not location.endswith(".py"):
         raise SoftgradError(f"cannot load {location!r}: expected a .py, .c or .so file, or a module name")
     if location.endswith(".py"):
         path = Path(location)
@@ -79,6 +83,8 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
             raise SoftgradError(f"cannot read {location!r}: no such file")
         module = _run_user_code(lambda: import_path(path), location)
     else:
+        if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -c` finds modules here
+            sys.path.insert(0, os.getcwd())
         module = _run_user_code(lambda: importlib.import_module(location), location)
     function = getattr(module, name, None)
     if not callable(function) and not _has_forward_and_backward(function):

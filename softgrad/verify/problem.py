@@ -49,12 +49,8 @@ class Problem:
         others = [name for name in spec.inputs if name != self.derivation.wrt]
         if others and t is not None:
             arrays[others[0]] = t
-        if g is not None:  # the derivation's name for the upstream gradient: the array that is nothing else
-            import sympy as sp
-
-            known = set(spec.inputs) | {d.name for d in spec.definitions}
-            upstream = {str(e.base) for e in self.derivation.results["vjp"].rhs.atoms(sp.Indexed)} - known
-            arrays[upstream.pop()] = g
+        if g is not None:  # the derivation's name for the upstream gradient
+            arrays[str(self.derivation.results["vjp"].upstream)] = g
         return exact_outputs(self.derivation, kernel, arrays, self.parameters)
 
 

@@ -105,16 +105,17 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
 
 def _plan(derivation: Derivation, kernel: str) -> list[tuple[str, sp.Expr, list[sp.Symbol]]]:
     """(output name, formula, its free indices in order) for each output of a kernel."""
-    spec, results, wrt = derivation.spec, derivation.results, derivation.wrt
+    spec, results = derivation.spec, derivation.results
     output = spec.output
+    gradient_name, jacobian_name = derivation.output_names  # as the generated kernels name them
     if kernel == "forward":
         return [(output.name, output.symbol, [output.index] if output.is_vector else [])]
     if kernel in ("vjp", "vjp_from_output"):
-        return [(f"d{wrt}", results["vjp"].rhs, list(results["vjp"].indices))]
+        return [(gradient_name, results["vjp"].rhs, list(results["vjp"].indices))]
     if kernel == "jacobian":
-        return [("J", results["jacobian"].rhs, list(results["jacobian"].indices))]
+        return [(jacobian_name, results["jacobian"].rhs, list(results["jacobian"].indices))]
     gradient = results.get("gradient_constrained") or results["gradient"]
-    return [(output.name, output.symbol, []), (f"d{wrt}", gradient.rhs, list(gradient.indices))]
+    return [(output.name, output.symbol, []), (gradient_name, gradient.rhs, list(gradient.indices))]
 
 
 def forward_directional(derivation: Derivation, arrays: dict[str, np.ndarray], parameters: dict[str, float],

@@ -46,6 +46,30 @@ def structural_checks(report: Report, function: Callable[..., Any], signature: S
             report.fail(f"structural check failed: {name}")
 
 
+def unrepeatable(call: Callable[[], dict[str, Any]], tolerance: float) -> str | None:
+    """What differs between two calls of the code with the same inputs (None if nothing): a gradient that
+    reads a random number generator or keeps state between calls cannot be right, whatever it returns,
+    and saying so explains a failure better than its worst element."""
+    first, again = call(), call()
+    for name, value in first.items():
+        before, after = np.asarray(value, dtype=np.float64), np.asarray(again[name], dtype=np.float64)
+        if before.shape != after.shape:
+            return f"{name} came back with shape {before.shape}, then {after.shape}"
+        with np.errstate(invalid="ignore"):
+            difference = np.abs(before - after)
+        same_nan = np.isnan(before) & np.isnan(after)
+        difference = np.where(same_nan, 0.0, difference)
+        scale = float(np.nanmax(np.abs(before), initial=0.0)) + 1e-300
+        if not np.all(difference <= tolerance * scale):
+            worst = np.unravel_index(int(np.nanargmax(np.where(np.isnan(difference), np.inf, difference))),
+                                     difference.shape) if difference.ndim else ()
+            where = f"{name}[{', '.join(map(str, worst))}]" if worst else name
+            return (f"the function is not repeatable: two calls with the same inputs returned {where} = "
+                    f"{before[worst]:.6g}, then {after[worst]:.6g} (a random number generator, or state kept "
+                    "between calls?)")
+    return None
+
+
 def _gradient(function: Callable[..., Any], signature: Signature, arrays: Arrays, dtype: str,
               layout: str) -> np.ndarray:
     return call_under_test(function, signature, arrays, dtype, layout)["dx"]

@@ -24,6 +24,7 @@ import numpy as np
 from softgrad.codegen.emit import emit
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
+from softgrad.verify.structure import unrepeatable
 from softgrad.verify.tensor_generated import (
     call_module,
     load_module,
@@ -234,6 +235,15 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             report.bad_elements[case] = bad
             report.fail(f"{bad} element(s) differ for {case}")
             _hints(report, got, exact, signature, sizes, spec)
+    if not report.passed:  # a failure may have a cause that no element shows: say it first
+        arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
+        try:
+            varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation),
+                                   TOLERANCE[dtype] / 100)
+        except SoftgradError:
+            varying = None
+        if varying:
+            report.failures.insert(0, varying)
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     return report
