@@ -6,7 +6,7 @@ holding the engine (the module is callable, so both readings work).
 
 from __future__ import annotations
 
-from softgrad import derive
+from softgrad import derive, render  # render registers how derive's objects print
+from softgrad._version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "derive"]
+__all__ = ["__version__", "derive", "render"]

@@ -18,7 +18,7 @@ from conftest import IN_CI, require_tool
 import softgrad
 from softgrad.codegen import c_math
 from softgrad.codegen.build import STRICT_FLAGS, compile_shared, import_path, load_c
-from softgrad.codegen.emit import emit
+from softgrad.codegen.emit import _render, emit
 from softgrad.codegen.lower import applicable_kernels, lower
 from softgrad.codegen.schedule import schedule
 from softgrad.derive.catalog import CATALOG
@@ -63,7 +63,8 @@ def vector_functions(tmp_path_factory):
     functions = {}
     for dtype, t, s in (("float64", "double", ""), ("float32", "float", "f")):
         source = folder / f"math_{dtype}.c"
-        source.write_text(HARNESS.format(helpers=c_math.c_source(dtype), t=t, s=s))
+        helpers = _render("c/helpers.c.j2", helper_types=c_math.helper_types(dtype))  # as a kernel's file has them
+        source.write_text(HARNESS.format(helpers=helpers, t=t, s=s))
         library = ctypes.CDLL(str(compile_shared(source, folder / f"libmath_{dtype}.so")))
         for name in FUNCTIONS:
             function = getattr(library, f"apply_{name}")

@@ -11,12 +11,18 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 from softgrad.errors import SoftgradError
 
-if TYPE_CHECKING:
-    from softgrad.codegen.emit import GeneratedFiles
+
+class GeneratedFiles(dict[str, str]):
+    """File name → text, with the options they were generated with (so that nothing downstream has to
+    read them back out of the text: whether the C needs -fopenmp, which file is the source, …)."""
+
+    def __init__(self, files: dict[str, str] | None = None, *, language: str, module: str, dtype: str,
+                 openmp: bool) -> None:
+        super().__init__(files or {})
+        self.language, self.module, self.dtype, self.openmp = language, module, dtype, openmp
 
 # What the generated C is written for: -fopenmp-simd turns on the `omp simd` loops (vectorized, reductions
 # in vector lanes), -march=native lets them use this machine's vector width, -ffp-contract=fast fuses

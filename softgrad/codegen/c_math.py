@@ -197,14 +197,6 @@ def polynomial(dtype: str) -> tuple[float, ...]:
     raise AssertionError("no polynomial is accurate enough")
 
 
-def c_source(dtype: str) -> str:
-    """The helpers a kernel of this dtype calls (its own type's, and double's for per-row values), as
-    the template c/helpers.c.j2 prints them."""
-    from softgrad.codegen.emit import _render
-
-    return _render("c/helpers.c.j2", helper_types=helper_types(dtype))
-
-
 def helper_types(dtype: str) -> list[dict[str, Any]]:
     """What c/helpers.c.j2 prints for a kernel of this dtype: double's helpers, then float's if needed."""
     return [_helper_values("float64")] + ([_helper_values("float32")] if dtype == "float32" else [])

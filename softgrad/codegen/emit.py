@@ -8,8 +8,9 @@ from typing import Any
 
 import jinja2
 
-import softgrad
+from softgrad._version import __version__
 from softgrad.codegen.backends import BACKENDS
+from softgrad.codegen.build import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
 from softgrad.codegen.lower import applicable_kernels, identifier, lower
 from softgrad.derive.steps import Derivation
@@ -17,16 +18,6 @@ from softgrad.errors import SoftgradError
 
 LANGUAGES = tuple(BACKENDS)
 DTYPES = ("float64", "float32")
-
-class GeneratedFiles(dict[str, str]):
-    """File name → text, with the options they were generated with (so that nothing downstream has to
-    read them back out of the text: whether the C needs -fopenmp, which file is the source, …)."""
-
-    def __init__(self, files: dict[str, str] | None = None, *, language: str, module: str, dtype: str,
-                 openmp: bool) -> None:
-        super().__init__(files or {})
-        self.language, self.module, self.dtype, self.openmp = language, module, dtype, openmp
-
 
 def _python_safe(value: object) -> object:
     """Every value put into a generated Python file: nothing can end a docstring or start an escape.
@@ -78,7 +69,7 @@ def kernels_for(derivation: Derivation, names: list[str] | None) -> list[Kernel]
 def _header(derivation: Derivation) -> dict[str, Any]:
     """What a generated file says about its origin: the spec as softgrad prints it (never its source
     text, which may hold anything in its comments) and the SHA-256 of that source."""
-    return {"version": softgrad.__version__, "spec_name": derivation.spec.name or "inline spec",
+    return {"version": __version__, "spec_name": derivation.spec.name or "inline spec",
             "spec_lines": derivation.spec.statements, "spec_sha256": derivation.spec.digest,
             "wrt": derivation.wrt}
 

@@ -14,7 +14,7 @@ from collections.abc import Collection
 import sympy as sp
 
 from softgrad.derive.spec import Definition, Spec
-from softgrad.derive.symbols import SumExcept, class_sum, fresh_index, names_in, sigmoid
+from softgrad.derive.symbols import SumExcept, class_sum, fresh_index, names_in, sigmoid, softplus
 
 
 def exp_of_sums(expr: sp.Expr) -> sp.Expr:
@@ -348,15 +348,56 @@ def _in_names(start: sp.Expr, definitions: list[Definition]) -> sp.Expr:
 
 
 def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str]:
-    """Inputs whose values must be positive for the spec to be real: those under a log, a square root or
-    a fractional power (outside any exp or σ), definitions inlined."""
-    needed: set[str] = set()
+    """Inputs whose values must be positive for the spec to be real: those read under a log, a square root
+    or a fractional power, directly or through the definitions read there, except inside a part that is
+    positive whatever its argument (exp, σ, softplus, |u|, an even power: a variance's squares). One rule
+    for every spec, whatever its number of indices: the checks draw these inputs positive."""
+    by_name = {d.name: d for d in definitions}
+
+    def reads(expr: sp.Expr) -> set[str]:
+        free = expr.replace(lambda e: isinstance(e, (sp.exp, sigmoid, softplus, sp.Abs))
+                            or (e.is_Pow and e.exp.is_even is True), lambda e: sp.S.Half)
+        return {str(i.base) for i in free.atoms(sp.Indexed)} | {str(s) for s in free.free_symbols}
+
+    pending: list[str] = []
     for definition in definitions:
-        expr = inline(definition.expr, definitions)
-        arguments = [e.args[0] for e in expr.atoms(sp.log)]
-        arguments += [e.base for e in expr.atoms(sp.Pow) if not e.exp.is_integer]
+        arguments = [e.args[0] for e in definition.expr.atoms(sp.log)]
+        arguments += [e.base for e in definition.expr.atoms(sp.Pow) if not e.exp.is_integer]
         for argument in arguments:
-            # exp and σ are positive (σ < 1 too) whatever their argument: what is inside them is free
-            outside_exp = argument.replace(lambda e: isinstance(e, (sp.exp, sigmoid)), lambda e: sp.S.Half)
-            needed |= {str(i.base) for i in outside_exp.atoms(sp.Indexed)} & set(inputs)
-    return needed
+            pending += reads(argument)
+    needed: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        if name in by_name:  # what must be positive reads its definition's inputs (outside the positive parts)
+            pending += reads(by_name[name].expr)
+    return needed & set(inputs)
+
+
+#: Names that code and papers give targets; used only where the structure of a loss cannot tell its targets
+#: from its other inputs (a hinge loss, a squared error).
+TARGET_NAMES = frozenset({"t", "T", "target", "targets", "label", "labels", "y_true", "onehot", "truth", "Y"})
+
+
+def affine_in(expr: sp.Expr, name: str) -> bool:
+    """Whether expr is affine in the entries of the input `name` (as a loss is in its targets): they are
+    reached only through sums and products with at most one factor that reads them."""
+    def degree(e: sp.Expr) -> int | None:  # 0: does not read it, 1: affine, None: anything else
+        if not any(str(entry.base) == name for entry in e.atoms(sp.Indexed)):
+            return 0
+        if isinstance(e, sp.Indexed):
+            return 1
+        if isinstance(e, sp.Sum):
+            return degree(e.function)
+        if e.is_Add or e.is_Mul:
+            degrees = [degree(a) for a in e.args]
+            known = [d for d in degrees if d is not None]
+            if len(known) < len(degrees):
+                return None
+            total = max(known) if e.is_Add else sum(known)
+            return total if total <= 1 else None
+        return None
+
+    return degree(expr) == 1

@@ -45,32 +45,6 @@ class Jacobian:
         return self.kronecker.subs({self.row: row, self.column: column}, simultaneous=True)
 
 
-#: Names that code and papers give targets; used only where the structure cannot tell targets apart.
-TARGET_NAMES = frozenset({"t", "target", "targets", "label", "labels", "y_true", "onehot", "truth"})
-
-
-def affine_in(expr: sp.Expr, name: str) -> bool:
-    """Whether expr is affine in the entries of the input `name` (as a loss is in its targets): they are
-    reached only through sums and products with at most one factor that reads them."""
-    def degree(e: sp.Expr) -> int | None:  # 0: does not read it, 1: affine, None: anything else
-        if not any(str(entry.base) == name for entry in e.atoms(sp.Indexed)):
-            return 0
-        if isinstance(e, sp.Indexed):
-            return 1
-        if isinstance(e, sp.Sum):
-            return degree(e.function)
-        if e.is_Add or e.is_Mul:
-            degrees = [degree(a) for a in e.args]
-            known = [d for d in degrees if d is not None]
-            if len(known) < len(degrees):
-                return None
-            total = max(known) if e.is_Add else sum(known)
-            return total if total <= 1 else None
-        return None
-
-    return degree(expr) == 1
-
-
 def default_wrt(spec: Spec) -> tuple[str, str]:
     """The input to differentiate when none is asked for, and why: for a loss, the first input that is not
     target-like (constrained, or entering the loss linearly where another input does not, or, when the
@@ -81,9 +55,9 @@ def default_wrt(spec: Spec) -> tuple[str, str]:
         return spec.inputs[0], f"the first input (of {', '.join(spec.inputs)})"
     constrained = {c.input_name for c in spec.constraints}
     loss = algebra.inline(spec.output.expr, spec.definitions[:-1])
-    affine = {name for name in spec.inputs if affine_in(loss, name)}
+    affine = {name for name in spec.inputs if algebra.affine_in(loss, name)}
     if affine == set(spec.inputs) or not affine:  # the structure cannot tell (hinge, squared error): names
-        affine = {name for name in spec.inputs if name in TARGET_NAMES}
+        affine = {name for name in spec.inputs if name in algebra.TARGET_NAMES}
     targets = [name for name in spec.inputs if name in constrained or name in affine]
     chosen = next((name for name in spec.inputs if name not in targets), spec.inputs[0])
     if not targets or chosen in targets:

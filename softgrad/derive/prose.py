@@ -36,13 +36,22 @@ class Prose:
         return "".join(words(piece) if isinstance(piece, str) else math(piece) for piece in self.pieces)
 
     def text(self) -> str:
-        """One line of Unicode for a terminal and for JSON's plain `reason`."""
-        from softgrad.render.printers import inline_text
-
-        return self.render(lambda words: words, inline_text)
+        """One line of Unicode for a terminal and for JSON's plain `reason` (printed by the printer
+        softgrad.render registers: the derivation layer does not import the layer above it)."""
+        return self.render(lambda words: words, _printers["inline"])
 
     def __str__(self) -> str:
         return self.text()
+
+
+#: The presentation layer's printers, registered by softgrad.render when it is imported (softgrad's package
+#: face imports it): "inline" prints one expression as one line of Unicode.
+_printers: dict[str, Callable[[sp.Basic], str]] = {}
+
+
+def use_printers(inline: Callable[[sp.Basic], str]) -> None:
+    """Register how reasons print their math (softgrad.render calls this once)."""
+    _printers["inline"] = inline
 
 
 def prose(template: str, **expressions: Any) -> Prose:

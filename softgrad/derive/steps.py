@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,16 @@ class Result:
     reductions: tuple[sp.Expr, ...] = ()
 
 
+#: How a Derivation renders itself, registered by softgrad.render when it is imported (softgrad's package face
+#: imports it), so that this layer never imports the presentation layer above it.
+_renderers: dict[str, Callable[..., str]] = {}
+
+
+def use_renderers(document: Callable[..., str], latex_display: Callable[[Derivation], str]) -> None:
+    """Register the document renderer and Jupyter's LaTeX display (softgrad.render calls this once)."""
+    _renderers.update(document=document, latex_display=latex_display)
+
+
 @dataclass
 class Derivation:
     """Everything `softgrad derive` shows: the spec, the checked steps and the results."""
@@ -110,14 +121,11 @@ class Derivation:
         return self.spec.name or self.spec.statements[len(self.spec.definitions) - 1]
 
     def render(self, fmt: str = "text", standalone: bool = False) -> str:
-        from softgrad.render import render
-
-        return render(self, fmt, standalone=standalone)
+        """The derivation as a document: text, latex, markdown, html or json (see softgrad.render)."""
+        return _renderers["document"](self, fmt, standalone=standalone)
 
     def _repr_latex_(self) -> str:
-        from softgrad.render.render import latex_display
-
-        return latex_display(self)
+        return str(_renderers["latex_display"](self))
 
     def _repr_markdown_(self) -> str:
         return self.render("markdown")

@@ -25,18 +25,14 @@ import sympy as sp
 from sympy.matrices.expressions import HadamardProduct, OneMatrix
 
 from softgrad.derive import tensor_algebra as ta
-from softgrad.derive.algebra import cost, expanded
+from softgrad.derive.algebra import TARGET_NAMES, affine_in, cost, expanded, positive_inputs
 from softgrad.derive.algebra import tidy as _tidy
-from softgrad.derive.engine import affine_in
 from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, fresh_name, names_in
 from softgrad.derive.tensor_check import POINTS, TensorChecker
 from softgrad.errors import SoftgradError, SpecError
-
-#: Names that code and papers give targets; used only where the structure cannot tell targets apart.
-TARGET_NAMES = frozenset({"t", "T", "target", "targets", "y_true", "onehot", "truth", "Y"})
 
 
 @dataclass
@@ -112,19 +108,6 @@ def default_inputs(spec: Spec) -> tuple[list[str], str]:
     return chosen, reason
 
 
-def positive_inputs(spec: Spec) -> set[str]:
-    """Inputs read directly under a log, a square root or a fractional power (outside an exp): the checks
-    draw them positive."""
-    needed: set[str] = set()
-    for definition in spec.definitions:
-        arguments = [e.args[0] for e in definition.expr.atoms(sp.log)]
-        arguments += [e.base for e in definition.expr.atoms(sp.Pow) if not e.exp.is_integer]
-        for argument in arguments:
-            outside = argument.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.S.Half)
-            needed |= {str(i.base) for i in outside.atoms(sp.Indexed)}
-    return needed & set(spec.inputs)
-
-
 def _claim_name(preferred: list[str], taken: set[str]) -> str:
     """A fresh name, added to `taken` so that the next one differs."""
     name = fresh_name(preferred, taken)
@@ -166,7 +149,8 @@ class TensorEngine:
             self.loss = sp.Symbol(loss_name)
         else:
             self.loss = sp.Symbol(output.name)
-        self.checker = TensorChecker(spec, self.axes, surrogate, positive_inputs(spec), seed, prove=True)
+        positive = positive_inputs(spec.definitions, spec.inputs)
+        self.checker = TensorChecker(spec, self.axes, surrogate, positive, seed, prove=True)
         self.adjoints: dict[str, Adjoint] = {}
         self.result = TensorDerivation(upstream=self.upstream)
 

@@ -12,11 +12,11 @@ import jinja2
 import sympy as sp
 from markupsafe import Markup
 
-import softgrad
+from softgrad._version import __version__
 from softgrad.derive.prose import Prose
 from softgrad.render.printers import abbreviate, equation_text, inline_mathml, to_latex, to_mathml
 
-if TYPE_CHECKING:  # only for annotations: derive.steps imports this module (lazily), not the reverse
+if TYPE_CHECKING:
     from softgrad.derive.steps import Derivation
 
 FORMATS = ("text", "latex", "markdown", "html", "json")
@@ -98,7 +98,7 @@ def _view(derivation: Derivation, equation: Callable[..., Any], fmt: str) -> dic
         "inputs": spec.inputs, "parameters": spec.parameters,
         "constraints": spec.statements[len(spec.definitions):],
         "sections": sections, "results": results, "check_summary": derivation.check_summary,
-        "all_checked": all(s.checked for s in derivation.steps), "version": softgrad.__version__,
+        "all_checked": all(s.checked for s in derivation.steps), "version": __version__,
     }
 
 
@@ -137,7 +137,7 @@ def to_json(derivation: Derivation) -> dict[str, Any]:
 
     return {
         "schema": "softgrad.derivation/1",  # softgrad/schemas/derivation-1.schema.json, docs/json.md
-        "softgrad": softgrad.__version__,
+        "softgrad": __version__,
         "name": derivation.spec.name,
         "spec": "\n".join(derivation.spec.statements),
         "spec_sha256": derivation.spec.digest,

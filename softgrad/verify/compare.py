@@ -11,7 +11,7 @@ from softgrad.errors import SoftgradError
 from softgrad.verify import differences
 from softgrad.verify.hints import constant_factor_hints
 from softgrad.verify.localise import bisect, record_worst, where
-from softgrad.verify.problem import Problem
+from softgrad.verify.problem import Problem, exact_gradient
 from softgrad.verify.report import Report, Worst
 from softgrad.verify.signatures import Arrays, Signature
 
@@ -67,18 +67,6 @@ def numeric_gradient(signature: Signature, problem: Problem,
 
     difference = differences.jacobian(weighted, x)
     return {"dx": (difference.value[:, 0, :], difference.noise[:, 0, :])}
-
-
-def exact_gradient(signature: Signature, problem: Problem, arrays: Arrays) -> dict[str, np.ndarray]:
-    x, t, g = arrays["x"], arrays["t"], arrays["g"]
-    if not problem.exact:
-        return {}
-    if problem.is_loss:
-        _, dx = problem.exact["loss_and_grad"](x, *([t] if t is not None else []))
-        return {"dx": dx}
-    if signature.returns == ("J",):
-        return {"J": problem.exact["jacobian"](x)}
-    return {"dx": problem.exact["vjp"](x, *([t] if problem.has_target else []), g)}
 
 
 def precise_gradient(signature: Signature, problem: Problem, arrays: Arrays) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import sympy as sp
 
+from softgrad._version import __version__
 from softgrad.budget import TimeLimitExceeded, time_limit
 from softgrad.derive.check import SIZES, StepChecker
 from softgrad.derive.spec import Definition, Spec, Token, _LineParser, spec_text, tokenize
@@ -41,9 +42,8 @@ class FormulaReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        import softgrad
 
-        return {"schema": "softgrad.formula-report/1", "softgrad": softgrad.__version__,
+        return {"schema": "softgrad.formula-report/1", "softgrad": __version__,
                 "verdict": "PASS" if self.passed else "FAIL", "formula": self.formula, "claim": self.claim,
                 "symbolic": self.symbolic, "counterexample": self.counterexample or None}
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from softgrad.codegen.emit import GeneratedFiles
+from softgrad.codegen.build import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
 from softgrad.codegen.lower import exponent_coefficients
 from softgrad.derive.algebra import inline, positive_inputs

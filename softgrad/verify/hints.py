@@ -6,13 +6,12 @@ gradient is wrong everywhere at once; both show as one ratio shared by every ele
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from softgrad.verify.problem import Problem
-    from softgrad.verify.signatures import Arrays, Signature
+from softgrad.verify.problem import Problem, exact_gradient
+from softgrad.verify.signatures import Arrays, Signature
 
 #: How closely the ratios must agree to count as one constant factor.
 AGREEMENT = 1e-6
@@ -50,8 +49,6 @@ def mistake_hints(problem: Problem, signature: Signature, arrays: Arrays, output
     """What a wrong dx looks like, tried in turn against the exact result at other readings of the batch:
     the whole batch as one row (a softmax over everything), rows and classes swapped (the class axis
     first), and the rounding of float32 where float64 was asked for."""
-    from softgrad.verify.compare import exact_gradient
-
     analytic = outputs.get("dx")
     if analytic is None or not problem.exact or "y" in signature.takes:
         return []

@@ -13,7 +13,9 @@ import numpy as np
 from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit
 from softgrad.codegen.lower import identifier
+from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.steps import Derivation
+from softgrad.verify.signatures import Arrays, Signature
 
 
 @dataclass
@@ -81,9 +83,21 @@ def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Pro
 
         def forward(x: np.ndarray, t: np.ndarray | None = None) -> Any:
             return base(x)
-    constraint = float(derivation.spec.constraints[0].rhs) if derivation.spec.constraints else None
-    from softgrad.derive.tensor import positive_inputs
+    spec = derivation.spec
+    constraint = float(spec.constraints[0].rhs) if spec.constraints else None
+    simplex = derivation.wrt in positive_inputs(spec.definitions, spec.inputs)
+    return Problem(spec.name or spec.output.source, not spec.output.is_vector, forward, exact, constraint, has_target,
+                   simplex, derivation, dict(parameters))
 
-    return Problem(derivation.spec.name or derivation.spec.output.source, not derivation.spec.output.is_vector,
-                   forward, exact, constraint, has_target, derivation.wrt in positive_inputs(derivation.spec),
-                   derivation, dict(parameters))
+
+def exact_gradient(signature: Signature, problem: Problem, arrays: Arrays) -> dict[str, np.ndarray]:
+    """The signature's gradient (dx, or J) from the problem's exact reference kernels, by role ({} without one)."""
+    x, t, g = arrays["x"], arrays["t"], arrays["g"]
+    if not problem.exact:
+        return {}
+    if problem.is_loss:
+        _, dx = problem.exact["loss_and_grad"](x, *([t] if t is not None else []))
+        return {"dx": dx}
+    if signature.returns == ("J",):
+        return {"J": problem.exact["jacobian"](x)}
+    return {"dx": problem.exact["vjp"](x, *([t] if problem.has_target else []), g)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from softgrad._version import __version__
+
 
 @dataclass
 class Worst:
@@ -72,7 +74,6 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as data: the schema softgrad.report/1 (softgrad/schemas/report-1.schema.json)."""
-        import softgrad
 
         worst = None
         if self.worst is not None:
@@ -82,7 +83,7 @@ class Report:
                      "relative_error": w.relative_error,
                      "tolerance": w.tolerance, "tolerance_how": w.tolerance_how, "case": w.case, "kink": w.kink}
         return {
-            "schema": "softgrad.report/1", "softgrad": softgrad.__version__,
+            "schema": "softgrad.report/1", "softgrad": __version__,
             "verdict": "PASS" if self.passed else "FAIL",
             "function": self.function, "signature": self.signature, "against": self.against, "dtype": self.dtype,
             "mode": self.mode, "seed": self.seed, "step": self.step, "elements": self.elements,

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from softgrad.codegen.build import import_path, load_c
-from softgrad.codegen.emit import GeneratedFiles
+from softgrad.codegen.build import GeneratedFiles, import_path, load_c
+from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.check import wide_precision
 from softgrad.derive.steps import Derivation
-from softgrad.derive.tensor import positive_inputs
 from softgrad.derive.tensor_check import Point, TensorChecker, sample_inputs
 from softgrad.verify.generated import KernelCheck
 
@@ -34,7 +33,8 @@ def sample_tensor_inputs(derivation: Derivation, sizes: dict[str, int], seed: in
     checks draw them (derive.tensor_check.sample_inputs)."""
     spec, tensor = derivation.spec, derivation.tensor
     names = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
-    return sample_inputs(spec, tensor.axes, names, sizes, positive_inputs(spec), np.random.default_rng(seed), scale)
+    return sample_inputs(spec, tensor.axes, names, sizes, positive_inputs(spec.definitions, spec.inputs),
+                         np.random.default_rng(seed), scale)
 
 
 def call_module(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float],
@@ -68,7 +68,7 @@ def check_tensor_module(derivation: Derivation, files: GeneratedFiles, seed: int
 
 def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
     spec, tensor = derivation.spec, derivation.tensor
-    checker = TensorChecker(spec, dict(tensor.axes), None, positive_inputs(derivation.spec), seed)
+    checker = TensorChecker(spec, dict(tensor.axes), None, positive_inputs(spec.definitions, spec.inputs), seed)
     checker.backward = list(tensor.backward)
     worst: dict[str, float] = {}
     for point in checker.points[::2]:
@@ -150,7 +150,8 @@ def _representable_gradients(derivation: Derivation, sizes: dict[str, int], arra
 
     spec, tensor = derivation.spec, derivation.tensor
     with wide_precision():
-        checker = TensorChecker(spec, dict(tensor.axes), None, positive_inputs(spec), wide=True)
+        positive = positive_inputs(spec.definitions, spec.inputs)
+        checker = TensorChecker(spec, dict(tensor.axes), None, positive, wide=True)
         checker.backward = list(tensor.backward)
         values = {name: np.vectorize(mpmath.mpc, otypes=[object])(np.asarray(value, dtype=float))
                   for name, value in arrays.items()}

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from softgrad._version import __version__
 from softgrad.codegen.emit import emit
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
@@ -163,10 +164,9 @@ class TensorReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as data: the schema softgrad.tensor-report/1 (softgrad/schemas/tensor-report-1.schema.json)."""
-        import softgrad
 
         worst = self.worst
-        return {"schema": "softgrad.tensor-report/1", "softgrad": softgrad.__version__,
+        return {"schema": "softgrad.tensor-report/1", "softgrad": __version__,
                 "verdict": "PASS" if self.passed else "FAIL",
                 "function": self.function, "signature": self.signature, "against": self.against,
                 "dtype": self.dtype, "sizes": self.sizes, "elements": self.elements, "cases": self.cases,
