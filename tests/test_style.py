@@ -29,7 +29,7 @@ def test_mypy_strict_finds_nothing():
 #: The pipeline's stages, lowest first: a module may import only from its own stage or the ones before it
 #: (parse → derive → render | lower → emit → verify → the command line and the package face).
 STAGES = [
-    {"softgrad._version", "softgrad.errors", "softgrad.budget", "softgrad.files"},
+    {"softgrad._version", "softgrad.errors", "softgrad.budget", "softgrad.files", "softgrad.tolerances"},
     {"softgrad.derive"},
     {"softgrad.render", "softgrad.codegen"},
     {"softgrad.verify"},

@@ -20,6 +20,7 @@ from typing import Any
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
+from softgrad import tolerances
 from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.matrix import entries
 from softgrad.derive.proof import BackgroundProofs, Prover
@@ -31,7 +32,6 @@ from softgrad.errors import SpecError, StepCheckFailed
 
 SIZES = (1, 2, 3, 5)
 COMPLEX_STEP = 1e-30
-RELATIVE_TOLERANCE = 1e-9
 #: Beyond the largest x87 extended / IEEE quadruple number (~1.19e4932) no floating-point code computes a value,
 #: so no step is judged there (e^(e^(e^10)) has 10^9565 digits); exp(1000) ≈ 2e434 is still checked, in mpmath.
 LARGEST_FLOAT = 10 ** 4932
@@ -453,7 +453,7 @@ class StepChecker:
                 for form in step.forms:
                     got = self._finite(self._form_value(step, form, point, indices))
                     scale = max(abs(expected), 1.0)
-                    if not abs(got - expected) <= RELATIVE_TOLERANCE * scale:
+                    if not abs(got - expected) <= tolerances.STEP * scale:
                         raise StepCheckFailed(
                             f"step '{step.rule}' failed its check at n = {point.size}, "
                             f"{_describe(indices)}: {sp.sstr(step.lhs)} = {float(expected.real):.12g} "

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from softgrad import tolerances
 from softgrad.derive.check import LARGEST_FLOAT, Evaluator, WideEvaluator, wide_precision
 from softgrad.derive.matrix import array_matrix
 from softgrad.derive.proof import BackgroundProofs, Prover
@@ -25,7 +26,6 @@ from softgrad.derive.symbols import Partial
 from softgrad.errors import SpecError, StepCheckFailed
 
 COMPLEX_STEP = 1e-30
-TOLERANCE = 1e-9
 #: The standard deviation of the signed inputs at each point of a size assignment: ordinary values, values
 #: up to about 10, values near 0 (as the one-index sampler's ranges).
 INPUT_SCALES = (1.0, 4.0, 0.005)
@@ -385,7 +385,7 @@ class TensorChecker:
                     else:
                         got = self.value(form, full, env)
                     compared += 1
-                    if not (abs(got - expected) <= TOLERANCE * max(1.0, abs(expected))):
+                    if not (abs(got - expected) <= tolerances.STEP * max(1.0, abs(expected))):
                         where = ", ".join(f"{s} = {v}" for s, v in env.items())
                         raise StepCheckFailed(
                             f"step '{step.rule}' does not hold: form {position + 1} is {float(got.real):.6g}, "

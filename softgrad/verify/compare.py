@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from softgrad import tolerances
 from softgrad.errors import SoftgradError
 from softgrad.verify import differences
 from softgrad.verify.hints import constant_factor_hints
@@ -15,10 +16,8 @@ from softgrad.verify.problem import Problem, exact_gradient
 from softgrad.verify.report import Report, Worst
 from softgrad.verify.signatures import Arrays, Signature
 
-#: The floor of the tolerance, relative to the row's scale, by the dtype of the code under test.
-FLOOR = {"float64": 1e-8, "float32": 1e-4}
-#: Against the exact result: no finite-difference noise, so much tighter for float64.
-EXACT_FLOOR = {"float64": 1e-11, "float32": 2e-5}
+FLOOR = tolerances.USER_CODE_AGAINST_DIFFERENCES
+EXACT_FLOOR = tolerances.USER_CODE_AGAINST_EXACT
 NOISE_FACTOR = 4.0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from softgrad import tolerances
 from softgrad.codegen.build import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
 from softgrad.codegen.lower import exponent_coefficients
@@ -17,7 +18,6 @@ from softgrad.derive.steps import Derivation
 from softgrad.verify.reference import UndefinedReference, exact_outputs, forward_directional
 
 #: Normwise relative error allowed against the 40-digit reference, per element type.
-TOLERANCE = {"float64": 1e-13, "float32": 2e-5}
 
 
 @dataclass
@@ -165,7 +165,7 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any,
     rng = np.random.default_rng(seed + 1)
     upstream = rng.normal(size=(rows, size))
     direction = rng.choice([-1.0, 1.0], size=(rows, size))
-    tolerance = TOLERANCE[dtype]
+    tolerance = tolerances.GENERATED_KERNEL[dtype]
     difference_tolerance = max(tolerance, 1e-9)
     results: list[KernelCheck] = []
     output_name = derivation.spec.output.name

@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from softgrad import tolerances
 from softgrad.codegen.build import GeneratedFiles, import_path, load_c
 from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.check import wide_precision
 from softgrad.derive.steps import Derivation
 from softgrad.derive.tensor_check import Point, TensorChecker, sample_inputs
 from softgrad.verify.generated import KernelCheck
-
-TOLERANCE = {"float64": 1e-11, "float32": 2e-5}
 
 
 def sample_tensor_inputs(derivation: Derivation, sizes: dict[str, int], seed: int,
@@ -82,7 +81,7 @@ def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: s
             exact = full.arrays[gradient].real
             error = float(np.max(np.abs(np.asarray(generated[name]) - exact)) / max(1.0, float(np.max(np.abs(exact)))))
             worst[name] = max(worst.get(name, 0.0), error)
-    return [KernelCheck("gradients", f"d{name}", "the derivation's result", error, TOLERANCE[dtype])
+    return [KernelCheck("gradients", f"d{name}", "the derivation's result", error, tolerances.GENERATED_MODULE[dtype])
             for name, error in worst.items()]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from softgrad import tolerances
 from softgrad._version import __version__
 from softgrad.codegen.emit import emit
 from softgrad.derive.steps import Derivation
@@ -34,9 +35,6 @@ from softgrad.verify.tensor_generated import (
     sample_tensor_inputs,
 )
 
-#: Relative tolerance (to the largest entry of the exact array) per dtype the code is called with.
-TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
-DIFFERENCE_TOLERANCE = 1e-6  # against central differences (step 1e-6) in float64
 #: Default sizes of the ranges, all different, so that an array read along the wrong axis shows.
 DEFAULT_SIZES = (5, 6, 4, 7, 3, 8, 9, 10)
 
@@ -204,7 +202,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     else:
         report.notes.append("--extremes off: not called at inputs of order 1000")
     for number, (case, scale, with_differences) in enumerate(cases):
-        tolerance = TOLERANCE[dtype] * max(1.0, scale / 10) ** 2
+        tolerance = tolerances.USER_CODE_SEVERAL_INDICES[dtype] * max(1.0, scale / 10) ** 2
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed + number, scale=scale)
         report.cases.append(case)
         exact_output, exact = _exact(reference, derivation, arrays, values)
@@ -230,7 +228,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             for returned, input_name in signature.gradients.items():
                 numeric = _differences(reference, derivation, arrays, values, input_name)
                 bad += _compare(report, returned, got[returned], numeric, case, "finite differences",
-                                DIFFERENCE_TOLERANCE)
+                                tolerances.USER_CODE_SEVERAL_INDICES_DIFFERENCES)
         if bad:
             report.bad_elements[case] = bad
             report.fail(f"{bad} element(s) differ for {case}")
@@ -239,7 +237,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
         try:
             varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation),
-                                   TOLERANCE[dtype] / 100)
+                                   tolerances.USER_CODE_SEVERAL_INDICES[dtype] / 100)
         except SoftgradError:
             varying = None
         if varying:

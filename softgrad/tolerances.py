@@ -1,0 +1,23 @@
+"""Every tolerance softgrad judges by, in one place, each named for what it judges.
+
+Relative tolerances scale with the size of what is compared (a step's value, a row's scale); the dtype is
+that of the code being judged. Derivation steps are judged in complex doubles (or 30-digit mpmath) against
+a complex-step derivative: exact to rounding, so one tight bound serves every spec.
+"""
+
+#: A derivation step: each form equals its left-hand side to this, relative to max(1, |value|).
+STEP = 1e-9
+
+#: Generated kernels of a one-index spec against the 40-digit reference, normwise (codegen --check).
+GENERATED_KERNEL = {"float64": 1e-13, "float32": 2e-5}
+#: A generated module of a several-index spec against the derivation's formulas, entry by entry (codegen --check).
+GENERATED_MODULE = {"float64": 1e-11, "float32": 2e-5}
+
+#: User code (verify), one-index: the floor of the tolerance against central differences, relative to the row's
+#: scale (the differences' own noise is added to it), and the floor against the exact result (no such noise).
+USER_CODE_AGAINST_DIFFERENCES = {"float64": 1e-8, "float32": 1e-4}
+USER_CODE_AGAINST_EXACT = {"float64": 1e-11, "float32": 2e-5}
+#: User code (verify), several indices: entry by entry against the exact result (grown with the square of the
+#: inputs' order: rounding in products of two inputs), and against central differences with step 1e-6.
+USER_CODE_SEVERAL_INDICES = {"float64": 1e-9, "float32": 2e-4}
+USER_CODE_SEVERAL_INDICES_DIFFERENCES = 1e-6
