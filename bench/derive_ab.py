@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from derive_times import CORPUS  # noqa: E402
+from derive_times import CORPUS, SEVERAL_INDICES  # noqa: E402
 
 
 def derive_seconds(tree: Path, spec: str) -> float:
@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="only the corpus functions whose name contains this")
     arguments = parser.parse_args()
-    names = [name for name in CORPUS if not arguments.only or arguments.only in name]
+    specs = {"softmax": "softmax", **CORPUS, **SEVERAL_INDICES}
+    names = [name for name in specs if not arguments.only or arguments.only in name]
     with tempfile.TemporaryDirectory(prefix="softgrad-ab-") as folder:
         other = Path(folder) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(other), arguments.revision],
@@ -47,7 +48,7 @@ def main() -> None:
                 order = list(trees.items()) if round_number % 2 == 0 else list(reversed(trees.items()))
                 for name in names:
                     for label, tree in order:
-                        best[label, name] = min(best[label, name], derive_seconds(tree, CORPUS[name]))
+                        best[label, name] = min(best[label, name], derive_seconds(tree, specs[name]))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT.parent, check=False)
     labels = list(trees)

@@ -115,7 +115,8 @@ def test_the_prover_writes_several_ranges_out_and_proves_only_what_holds():
         def proved(form, prover=prover, engine=engine, W=W, c=c, d=d, ranges=ranges):
             return prover.prove(Step("claim", Partial(engine.loss, W[c, d]), [form], None), [c, d], None, None, ranges)
 
-        assert proved(right) == [1, 2, 3]
+        # labels take every value: at size 3 that is 27 assignments, past the budget, so sizes 1 and 2 stand
+        assert proved(right) == ([1, 2, 3] if name == "softmax-regression" else [1, 2])
         for wrong in (-right, right * 2, right * n_b, right.xreplace({P: sp.IndexedBase("X")}), right + W[c, d]):
             assert proved(wrong) == [], wrong
 

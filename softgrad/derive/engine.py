@@ -435,7 +435,7 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
 
 
 def _sizes(sizes: set[int]) -> str:
-    """"1 to 4": the sizes steps were proved at (each step's own are in its proof detail; all of them where
+    """1 to 4": the sizes steps were proved at (each step's own are in its proof detail; all of them where
     nothing was proved)."""
     first, last = min(sizes or PROOF_SIZES), max(sizes or PROOF_SIZES)
     return f"{first} to {last}" if last > first else str(first)

@@ -41,6 +41,8 @@ from softgrad.derive.symbols import n as size_symbol
 PROOF_SIZES = (1, 2, 3, 4)
 #: With several ranges every range takes each size in turn (the cost grows with the product of the sizes).
 TENSOR_PROOF_SIZES = (1, 2, 3)
+#: Label inputs take every value at a size; past this many assignments the size is left to the smaller ones.
+LARGEST_LABEL_ASSIGNMENTS = 16
 #: A numerator with more terms than this is not expanded further: the step stays "checked numerically", and
 #: a proof's cost stays bounded (it grows with the product of the denominators). The largest over the
 #: catalog and the outside corpus has 192 terms; tanh(z) squared and normalised reaches 13,000 (4 s a step).
@@ -138,8 +140,11 @@ class Prover:
                             and not (distinct and p[distinct[0]] == p[distinct[1]])]
                 if not patterns:
                     continue
+                label_values = list(self._label_values(size))
+                if len(label_values) > LARGEST_LABEL_ASSIGNMENTS:  # 3 rows of 3 classes: 27 written-out steps
+                    break  # the smaller sizes stand
                 if all(self._identical(step, form, size, pattern, labels)
-                       for labels in self._label_values(size)
+                       for labels in label_values
                        for form in step.forms for pattern in patterns):
                     proved.append(size)
                 else:

@@ -1,5 +1,8 @@
 """The SymPy vocabulary softgrad derives with: the class-axis size n, indices, and three small classes.
 
+`n` is the size of a one-index spec's class axis; a spec with several ranges has one size symbol per range
+(n_b, n_c), made by the parser.
+
 `sigmoid` is a real function with its derivative; `Partial` and `SumExcept` are notation that the
 tutorials use (∂y_i/∂x_j written out, and Σ_{k≠j}) and that SymPy lacks. Both stay unevaluated so a
 step can show them, and both have an exact numeric meaning so the checker can test the step.
@@ -12,12 +15,12 @@ from typing import Any
 
 import sympy as sp
 
-#: Length of the class axis: every vector in a spec has n entries, indexed 0 … n-1.
+#: Length of the class axis of a one-index spec: every vector in it has n entries, indexed 0 … n-1.
 n = sp.Symbol("n", integer=True, positive=True)
 
 
 def index(name: str) -> sp.Symbol:
-    """An index symbol (integer) running over the class axis."""
+    """An index symbol (integer): over the class axis of a one-index spec, or over its range in others."""
     return sp.Symbol(name, integer=True)
 
 
