@@ -1,18 +1,19 @@
 """Specs with several index ranges: weights, batches, labels and attention — parsed, derived (every step
 checked), generated as NumPy, and compared with PyTorch's autograd in float64."""
 
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sympy as sp
-from conftest import require_module
+from conftest import require_module, require_tool
 
 from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit
 from softgrad.derive import derive_spec, parse_spec
-from softgrad.errors import SpecError
+from softgrad.errors import SoftgradError, SpecError
 from softgrad.verify.tensor_generated import check_tensor_module
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
@@ -435,3 +436,38 @@ def test_sizes_where_the_spec_has_no_value_are_left_out_and_said():
     assert "n_k = 1" not in derivation.check_summary and "no finite real value left out" in derivation.check_summary
     with pytest.raises(SpecError, match="no finite value"):
         derive_spec(parse_spec("y[b, i] = x[b, i] / (sum(x[b, k], k) - sum(x[b, j], j))"), time_limit=None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kernel", [("attention", "vjp"), ("softmax-regression-labels", "loss_and_grad")])
+def test_openmp_c_passes_its_check_and_gives_the_same_bits_on_any_number_of_threads(name, kernel, tmp_path):
+    """codegen --openmp --kernel vjp on attention (loss_and_grad on a loss): each statement's loop over its
+    array's first index is shared among threads, every entry computed by one thread in a fixed order — the
+    serial build's bits, on 1, 2 and 3 threads; and an unknown kernel is one clear error."""
+    from softgrad.verify.tensor_generated import load_module, module_gradients, sample_tensor_inputs
+
+    require_tool("cc")
+    derivation = derived(name)
+    threaded_files = emit(derivation, "c", [kernel], openmp=True)
+    assert "#pragma omp parallel for" in threaded_files[f"{threaded_files.module}.c"]
+    assert all(check.passed for check in check_tensor_module(derivation, threaded_files))
+    (tmp_path / "serial").mkdir()
+    (tmp_path / "threaded").mkdir()
+    serial = load_module(emit(derivation, "c", [kernel]), tmp_path / "serial")
+    threaded = load_module(threaded_files, tmp_path / "threaded")
+    sizes = {r: 13 + 2 * position for position, r in enumerate(derivation.spec.sizes)}
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=2)
+    expected = module_gradients(serial, derivation, arrays, parameters)
+    import ctypes.util
+
+    openmp = ctypes.CDLL(ctypes.util.find_library("gomp") or "libgomp.so.1")
+    try:
+        for threads in (1, 2, 3):
+            openmp.omp_set_num_threads(threads)
+            got = module_gradients(threaded, derivation, arrays, parameters)
+            for input_name, gradient in expected.items():
+                np.testing.assert_array_equal(got[input_name], gradient, err_msg=f"{input_name}, {threads} threads")
+    finally:
+        openmp.omp_set_num_threads(os.cpu_count() or 1)
+    with pytest.raises(SoftgradError, match="kernel 'jacobian' does not apply"):
+        emit(derivation, "c", ["jacobian"])

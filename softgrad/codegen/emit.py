@@ -104,22 +104,29 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     return files
 
 
+#: Kernel names a spec with several ranges answers to: its module has forward() and gradients(), which is the
+#: VJP of an array output (given the upstream gradient) and a loss with its gradients for a scalar one.
+TENSOR_KERNELS = {"forward": "forward", "gradients": "gradients", "vjp": "gradients", "loss_and_grad": "gradients"}
+
+
 def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str,
                  module: str | None, openmp: bool) -> GeneratedFiles:
-    """Files for a spec with several index ranges: one NumPy module with forward() and gradients()."""
+    """Files for a spec with several index ranges: a NumPy module, or C source, header and loader, with
+    forward() and gradients() (`--kernel vjp` or `loss_and_grad` names gradients(), by the output's kind)."""
     from softgrad.codegen.tensor_numpy import emit_tensor_numpy
 
-    if openmp:
-        raise SoftgradError("--openmp does not apply to specs with several indices yet (their C is one thread)")
-    if kernel_names:
-        raise SoftgradError("--kernel does not apply to specs with several indices: the module has forward() and "
-                            "gradients()")
+    vector = derivation.spec.output.is_vector
+    known = [name for name in TENSOR_KERNELS if name != ("loss_and_grad" if vector else "vjp")]
+    for name in kernel_names or []:
+        if name not in known:
+            raise SoftgradError(f"kernel {name!r} does not apply to this spec (available: {', '.join(known)}; a "
+                                "spec with several indices has forward() and gradients())")
     module = module or identifier(derivation)
     files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
     if language == "c":
         from softgrad.codegen.tensor_c import emit_tensor_c
 
-        files.update(emit_tensor_c(derivation, _header(derivation), _render, module, dtype))
+        files.update(emit_tensor_c(derivation, _header(derivation), _render, module, dtype, openmp))
     else:
         files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
     return files

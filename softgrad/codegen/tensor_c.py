@@ -118,7 +118,8 @@ class CModule:
 
 
 class _Compiler:
-    def __init__(self, derivation: Derivation, printed: dict[str, str]):
+    def __init__(self, derivation: Derivation, printed: dict[str, str], openmp: bool = False):
+        self.openmp = openmp
         self.spec = derivation.spec
         self.axes = derivation.tensor.axes
         self.printed = printed
@@ -219,12 +220,28 @@ class _Compiler:
         if product:
             comment += f" (a matrix product: BLAS {product} would replace this loop nest)"
         if normalised is not None:
-            return CStatement(comment, self.normalised_statement(definition, normalised, ranges, target))
+            return CStatement(comment, self.threaded(self.normalised_statement(definition, normalised, ranges, target),
+                                                     definition.indices))
         if not loops:
             return CStatement(comment, self.nest(expr, [], ranges, lambda code: f"{target}[0] = {code};"))
         self.bind(loops)
         flat = self.entry(sp.IndexedBase(definition.name)[tuple(loops)])
-        return CStatement(comment, self.nest(expr, loops, ranges, lambda code: f"{flat} = {code};"))
+        return CStatement(comment, self.threaded(self.nest(expr, loops, ranges, lambda code: f"{flat} = {code};"),
+                                                 definition.indices))
+
+    def threaded(self, lines: list[str], indices: tuple[sp.Symbol, ...]) -> list[str]:
+        """With --openmp, the statement's loop over its array's first index shared among threads: each
+        iteration writes its own entries and sums in its own order, so every thread count gives the same
+        bits. (A sum over all entries, such as a loss, stays on one thread.)"""
+        if not self.openmp or not indices:
+            return lines
+        outer = f"for (size_t {self.loop_names[indices[0]]} = 0;"  # at the top level: the statement's own loop
+        threaded: list[str] = []
+        for line in lines:
+            if line.startswith(outer):
+                threaded.append("#pragma omp parallel for schedule(static)")
+            threaded.append(line)
+        return threaded
 
     def with_logs(self, expr: sp.Expr) -> sp.Expr:
         """log(P[…]) of a normalised P read from its log array (E − max − log Σ, never log of an underflow)."""
@@ -274,10 +291,10 @@ def _matrix_product(expr: sp.Expr) -> str:
     return "gemm" if all(len(f.indices) == 2 for f in factors) else "gemv"
 
 
-def lower_tensor_c(derivation: Derivation) -> CModule:
+def lower_tensor_c(derivation: Derivation, openmp: bool = False) -> CModule:
     tensor, spec = derivation.tensor, derivation.spec
     printed = printed_names(derivation)
-    compiler = _Compiler(derivation, printed)
+    compiler = _Compiler(derivation, printed, openmp)
     for definition in spec.definitions:  # which normalised arrays need their log (scan first)
         compiler.normalised_form(definition)
     backward_arrays = backward_definitions(derivation)
@@ -301,9 +318,9 @@ def lower_tensor_c(derivation: Derivation) -> CModule:
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,
-                  dtype: str) -> dict[str, str]:
-    module = lower_tensor_c(derivation)
-    context = dict(header, module=module, name=module_name, dtype=dtype,
+                  dtype: str, openmp: bool = False) -> dict[str, str]:
+    module = lower_tensor_c(derivation, openmp)
+    context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp,
                    **checked_arrays(derivation, printed_names(derivation)),
                    ctype="double" if dtype == "float64" else "float")
     return {f"{module_name}.h": str(render("c/tensor.h.j2", **context)),
