@@ -137,3 +137,41 @@ def test_reports_validate_against_their_schema(function_name):
     assert (document["verdict"] == "PASS") == report.passed
     if not report.passed:
         assert document["worst"]["output"] in ("dW", "dX", "dbias", "loss") and document["worst"]["index"]
+
+
+WEIGHT_DECAY = """z[b, c] = sum(W[c, d] * X[b, d], d)
+P[b, c] = exp(z[b, c]) / sum(exp(z[b, k]), k)
+L = -sum(log(P[b, y[b]]), b) / size(b) + 0.5 * reg * sum(W[e, f]^2, e, f)"""
+
+
+def _softmax_loss_vectorized(W, X, y, reg, decay_factor=1.0):
+    """CS231n's softmax_loss_vectorized (W as (classes, features)); decay_factor 2 is the published bug."""
+    import numpy as np
+
+    z = X @ W.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    rows = np.arange(len(X))
+    loss = -np.log(p[rows, y]).mean() + 0.5 * reg * (W * W).sum()
+    d = p.copy()
+    d[rows, y] -= 1
+    return loss, d.T @ X / len(X) + decay_factor * reg * W
+
+
+@pytest.mark.parametrize("decay_factor, right", [(1.0, True), (2.0, False)])
+def test_a_signature_names_a_parameter_where_the_code_takes_it(decay_factor, right):
+    """`W,X,y,reg->loss,dW`: the course code's own argument order, reg given by --param; a gradient with its
+    weight decay doubled fails on dW."""
+    derivation = derive_spec(load_spec(WEIGHT_DECAY), wrt="W", time_limit=None)
+    signature = parse_tensor_signature("W,X,y,reg->loss,dW", derivation)
+
+    def function(W, X, y, reg):
+        assert isinstance(reg, float) and reg == 0.5  # the parameter arrives where the signature names it
+        return _softmax_loss_vectorized(W, X, y, reg, decay_factor)
+
+    report = verify_tensor(function, derivation, signature, parse_sizes(None, derivation), label="softmax_loss",
+                           against="weight decay", parameters={"reg": 0.5}, extremes=False)
+    assert report.passed == right, report.text()
+    assert right or report.worst.output == "dW"
+    with pytest.raises(SoftgradError, match="'bogus' is not an input or parameter"):
+        parse_tensor_signature("W,X,y,bogus->loss,dW", derivation)

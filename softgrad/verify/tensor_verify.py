@@ -57,18 +57,20 @@ def example_signature(spec: Any) -> str:
 
 def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature:
     """`X,W,bias,T->loss,dW,dbias`: every spec input taken (and the upstream gradient for an array output),
-    outputs among the spec's output (`loss` or its name) and d<input> for inputs."""
+    outputs among the spec's output (`loss` or its name) and d<input> for inputs. A spec parameter may be
+    named among the inputs (`W,X,y,reg->loss,dW`): its --param value is passed there; parameters the
+    signature does not name are passed after its inputs, in the spec's order."""
     spec, tensor = derivation.spec, derivation.tensor
     if "->" not in text:
         raise SoftgradError(f"a signature is INPUTS->OUTPUTS, e.g. {','.join(spec.inputs)}->"
                             f"{','.join('d' + n for n in spec.inputs if n not in spec.labels)}; got {text!r}")
     left, right = text.replace(" ", "").split("->", 1)
     takes, returns = tuple(filter(None, left.split(","))), tuple(filter(None, right.split(",")))
-    allowed = set(spec.inputs) | ({tensor.upstream} if tensor.upstream else set())
+    allowed = set(spec.inputs) | ({tensor.upstream} if tensor.upstream else set()) | set(spec.parameters)
     for name in takes:
         if name not in allowed:
-            raise SoftgradError(f"signature input {name!r} is not an input of the spec (inputs: "
-                                f"{', '.join(sorted(allowed))})")
+            raise SoftgradError(f"signature input {name!r} is not an input or parameter of the spec (inputs and "
+                                f"parameters: {', '.join(sorted(allowed))})")
     missing = [name for name in [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])] if name not in takes]
     if missing:
         raise SoftgradError(f"the signature does not pass {', '.join(missing)}, which the spec needs")
@@ -275,9 +277,11 @@ def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict
     from softgrad.verify.signatures import describe_failure
 
     spec, tensor = derivation.spec, derivation.tensor
-    arguments = [arrays[n] if n in spec.labels else np.asarray(arrays[n], dtype=dtype) for n in signature.takes]
+    arguments = [values[n] if n in spec.parameters else arrays[n] if n in spec.labels else
+                 np.asarray(arrays[n], dtype=dtype) for n in signature.takes]
+    arguments += [values[p] for p in spec.parameters if p not in signature.takes]  # those it does not name
     try:
-        result = function(*arguments, *[values[p] for p in spec.parameters])
+        result = function(*arguments)
     except SoftgradError:
         raise
     except KeyboardInterrupt:
