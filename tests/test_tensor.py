@@ -276,12 +276,13 @@ def test_codegen_check_passes_and_catches_a_wrong_module(name):
 
 @pytest.mark.parametrize("language", ["numpy", "c"])
 def test_a_power_with_a_parameter_has_its_true_derivative_at_zero(language, tmp_path):
-    """y = x^g differentiates to g·dy·y/x in names, 0/0 at x = 0: the generated code computes g·dy·x^(g−1)."""
+    """y = w·x^g differentiates to g·dy·y/x in names, 0/0 at x = 0: the generated code computes g·dy·w·x^(g−1).
+    (w, a weight without the batch index, keeps b a range of its own: without it the spec is one row.)"""
     from conftest import require_tool
 
     from softgrad.codegen.build import load_c
 
-    derivation = derive_spec(parse_spec("y[b,i] = x[b,i]^g"), time_limit=None)
+    derivation = derive_spec(parse_spec("y[b,i] = w[i] * x[b,i]^g"), time_limit=None)
     if language == "c":
         require_tool("cc")
         module = load_c(emit(derivation, "c"), tmp_path)
@@ -290,10 +291,11 @@ def test_a_power_with_a_parameter_has_its_true_derivative_at_zero(language, tmp_
         (tmp_path / file_name).write_text(text)
         module = import_path(tmp_path / file_name)
     x = np.array([[0.0, 0.5], [0.0, 2.0]])
+    w = np.array([1.5, -0.5])
     upstream = np.array([[3.0, 1.0], [1.0, 1.0]])
     for g in (1.0, 2.0, 2.5):
-        (dx,) = module.gradients(x, upstream, g)
-        np.testing.assert_allclose(dx, g * upstream * x ** (g - 1), rtol=1e-14)
+        _dw, dx = module.gradients(w, x, upstream, g)
+        np.testing.assert_allclose(dx, g * upstream * w * x ** (g - 1), rtol=1e-14)
 
 
 def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_them():
@@ -308,7 +310,7 @@ def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_t
     verdicts = {check.against: check.passed for check in check_tensor_module(derivation, broken)}
     assert [against for against, passed in verdicts.items() if not passed] == [
         "inputs of magnitude 1000 (finite where the exact value is)"]
-    growing = derive_spec(parse_spec("y[b,i] = exp(sum(x[b,k], k)) * x[b,i]"), time_limit=None)
+    growing = derive_spec(parse_spec("y[b,i] = exp(sum(x[b,k], k)) * x[b,i] * w[i]"), time_limit=None)
     assert all(check.passed for check in check_tensor_module(growing, emit(growing, "numpy")))
 
 
@@ -419,23 +421,24 @@ def test_an_input_read_by_the_loss_itself_and_through_a_definition_derives_weigh
 def test_exponentials_beyond_double_precision_are_checked_in_extended_precision(shift):
     """exp(x + 1000) overflows doubles and exp(x − 1000) underflows them to 0/0: the checks widen to mpmath
     at the same points, as one-index checks do, instead of ending in an internal error."""
-    source = f"y[b, i] = exp(x[b, i] {shift}) / sum(exp(x[b, k] {shift}), k)"
-    derivation = derive_spec(parse_spec(source), time_limit=None)
-    assert all(step.checked for step in derivation.steps)
+    # a weight w without the batch index keeps b a range of its own (else the spec is derived as one row)
+    source = f"y[b, i] = w[i] * exp(x[b, i] {shift}) / sum(exp(x[b, k] {shift}), k)"
+    derivation = derive_spec(parse_spec(source), time_limit=None, wrt="x")
+    assert all(step.checked and step.proved for step in derivation.steps)
     assert "n_b = 1, n_i = 1" in derivation.check_summary  # a batch of one row of one class is checked too
     assert sp.srepr(derivation.results["dx"].rhs) == sp.srepr(derive_spec(parse_spec(
-        "y[b, i] = exp(x[b, i]) / sum(exp(x[b, k]), k)"), time_limit=None).results["dx"].rhs)
+        "y[b, i] = w[i] * exp(x[b, i]) / sum(exp(x[b, k]), k)"), wrt="x", time_limit=None).results["dx"].rhs)
 
 
 def test_sizes_where_the_spec_has_no_value_are_left_out_and_said():
     """A variance over n − 1 has no value at n = 1: those points are left out of the checks, and the
     summary says so, instead of failing a step or raising."""
     source = ("m[b] = sum(x[b, k], k) / size(k)\nv[b] = sum((x[b, k] - m[b])^2, k) / (size(k) - 1)\n"
-              "y[b, i] = (x[b, i] - m[b]) / sqrt(v[b] + 0.00001)")
+              "y[b, i] = gamma[i] * (x[b, i] - m[b]) / sqrt(v[b] + 0.00001)")
     derivation = derive_spec(parse_spec(source), time_limit=None)
     assert "n_k = 1" not in derivation.check_summary and "no finite real value left out" in derivation.check_summary
     with pytest.raises(SpecError, match="no finite value"):
-        derive_spec(parse_spec("y[b, i] = x[b, i] / (sum(x[b, k], k) - sum(x[b, j], j))"), time_limit=None)
+        derive_spec(parse_spec("y[b, i] = w[i] * x[b, i] / (sum(x[b, k], k) - sum(x[b, j], j))"), time_limit=None)
 
 
 @pytest.mark.slow
@@ -471,3 +474,33 @@ def test_openmp_c_passes_its_check_and_gives_the_same_bits_on_any_number_of_thre
         openmp.omp_set_num_threads(os.cpu_count() or 1)
     with pytest.raises(SoftgradError, match="kernel 'jacobian' does not apply"):
         emit(derivation, "c", ["jacobian"])
+
+
+@pytest.mark.parametrize("batched, one_row", [
+    ("y[b, i] = exp(x[b, i]) / sum(exp(x[b, k]), k)", "softmax"),
+    ("m[r] = sum(x[r, k], k) / size(k)\nv[r] = sum((x[r, k] - m[r])^2, k) / size(k)\n"
+     "y[r, i] = (x[r, i] - m[r]) / sqrt(v[r] + 0.00001)",
+     "m = sum(x[k], k)/n; v = sum((x[k] - m)^2, k)/n; y[i] = (x[i] - m)/sqrt(v + 0.00001)"),
+])
+def test_a_batch_index_that_couples_nothing_is_lifted_as_vmap_lifts_a_function(batched, one_row):
+    """b is carried by every array and crossed by no sum: the spec is its one-row spec with the row index
+    implicit — derived in the tutorial voice and proved at n = 1…4, with the same kernels as the one-row
+    spec (the generated C differs only in the module's name), and the summary says why."""
+    from softgrad.derive import load_spec
+
+    spec = parse_spec(batched, name="batched")
+    assert not spec.tensor and spec.carried in ("b", "r")
+    derivation = derive_spec(spec, time_limit=None)
+    reference = derive_spec(load_spec(one_row), time_limit=None)
+    assert [s.rule for s in derivation.steps] == [s.rule for s in reference.steps]
+    assert all(step.proved for step in derivation.steps) and "vmap" in derivation.check_summary
+    assert sp.srepr(derivation.results["vjp"].rhs) == sp.srepr(reference.results["vjp"].rhs)
+    from softgrad.codegen.lower import identifier
+
+    def body(d):  # the C source, its header comment (the spec it came from) and the kernels' prefix aside
+        text = emit(d, "c", module="kernels")["kernels.c"].replace(identifier(d) + "_", "KERNEL_")
+        return [line for line in text.splitlines() if "spec" not in line and "SHA" not in line]
+
+    assert body(derivation) == body(reference)
+    for coupled in ("y[b, i] = x[b, i] * w[i]", "y[b, i] = x[b, i] / size(b)", "y[b, i] = sum(x[c, i], c) * x[b, i]"):
+        assert parse_spec(coupled).tensor  # a weight without b, the number of rows, a sum over rows

@@ -85,7 +85,7 @@ def test_no_false_alarm_on_right_code_over_seeds(seed):
 @pytest.mark.parametrize("signature, message", [
     ("X,W,bias->dW", "does not pass T"),
     ("X,W,bias,T->dT2", "signature output 'dT2'"),
-    ("X,W,bias,T,Z->dW", "not an input of the spec"),
+    ("X,W,bias,T,Z->dW", "not an input or parameter of the spec"),
     ("X,W,bias,T->loss", "returns no gradient"),
     ("X,W,bias,T", "INPUTS->OUTPUTS"),
 ])

@@ -430,7 +430,10 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
         "checked numerically at "
         f"n = {', '.join(map(str, checker.sizes))} (every index pair; inputs near 0, of order 1 and of magnitude 10)"
         + (f"; {left_out} sampled point{'s' * (left_out != 1)} where {spec.output.name} has no finite real value "
-           "left out" if left_out else ""))
+           "left out" if left_out else "")
+        + (f"; {spec.carried} is carried by every array and crossed by no sum, so one row is derived (its index "
+           f"implicit, as vmap lifts a per-example function) and holds for every {spec.carried}"
+           if spec.carried else ""))
     return derivation
 
 

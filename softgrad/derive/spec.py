@@ -129,6 +129,8 @@ class Spec:
     axes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, sp.Symbol] = field(default_factory=dict)
+    #: The row index of a batched spec derived as one row (`b` of y[b, i]: see _one_row), else None.
+    carried: str | None = None
 
     @property
     def tensor(self) -> bool:
@@ -610,8 +612,40 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
         raise SpecError("spec is empty: write at least one definition such as y[i] = exp(x[i])")
     if not inputs:
         raise SpecError("spec has no input: an indexed name that is not defined, such as x[i]")
-    spec = Spec(source, definitions, inputs, parameters, constraints, safe_title(name))
-    return _with_ranges(spec, layout)
+    spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name)), layout)
+    return _one_row(spec) or spec
+
+
+def _one_row(spec: Spec) -> Spec | None:
+    """The one-row spec of a spec whose first range is carried by every array and crossed by no sum, as
+    `y[b, i] = exp(x[b, i]) / sum(exp(x[b, k]), k)`: each row b is the same function of its own entries,
+    so it is derived, proved and generated as a one-index spec whose row index is implicit (as vmap lifts
+    a per-example function); its kernels take (rows, n) arrays, which is what the batched spec reads.
+    None where the range is not carried (a weight without it, a sum or a size over it, labels, constraints)."""
+    output = spec.output
+    if not spec.axes or spec.labels or spec.constraints or not output.is_vector:
+        return None
+    carried = spec.axes[output.name][0]
+    arrays = [spec.axes[name] for name in [*spec.inputs, *(d.name for d in spec.definitions)]]
+    if any(not axes or axes[0] != carried or len(axes) > 2 or carried in axes[1:] for axes in arrays):
+        return None
+    classes = {axes[1] for axes in arrays if len(axes) == 2}
+    if len(classes) != 1 or any(d.expr.has(spec.sizes[carried]) for d in spec.definitions):
+        return None  # one class range left, and nothing reads the number of rows
+    class_size = spec.sizes[classes.pop()]
+
+    def per_row(expr: sp.Expr) -> sp.Expr:
+        rows = {e: (e.base[e.indices[1:]] if len(e.indices) > 1 else sp.Symbol(str(e.base)))
+                for e in expr.atoms(sp.Indexed)}
+        return expr.xreplace(rows).xreplace({class_size: size_symbol})
+
+    lines = [f"{d.name}{_brackets(d.indices[1:])} = {spec_text(per_row(d.expr))}" for d in spec.definitions]
+    try:
+        row = parse_spec("\n".join(lines), name=spec.name)
+    except SpecError:  # a name the one-index language reserves (n): the spec stays as written
+        return None
+    row.source, row.carried = spec.source, str(spec.definitions[-1].indices[0])
+    return row
 
 
 def _with_ranges(spec: Spec, layout: _Layout) -> Spec:
