@@ -23,7 +23,7 @@ from sympy.codegen.cfunctions import log1p
 from softgrad import tolerances
 from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.matrix import entries
-from softgrad.derive.proof import BackgroundProofs, Prover
+from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
@@ -323,7 +323,7 @@ class StepChecker:
     def __init__(self, spec: Spec, extra_definitions: Sequence[Definition] = (), extra_inputs: Sequence[str] = (),
                  seed: int = 0, background_proofs: bool = False):
         """background_proofs: prove steps in another process while the caller goes on; their `proved`
-        marks are then set by finish_proofs() (else each step is proved as it is checked)."""
+        marks are then set by marks.finish() (else each step is proved as it is checked)."""
         self.spec = spec
         self.definitions = list(spec.definitions) + list(extra_definitions)
         self.inputs = list(spec.inputs) + list(extra_inputs)
@@ -344,10 +344,9 @@ class StepChecker:
                             "the logarithm or square root of a negative number, whatever the inputs): there is "
                             "nothing to check a step against")
         self.checked = 0
-        self.proved = 0
-        self.proved_sizes: set[int] = set()  # the sizes some step was proved at
         self.prover = Prover(spec, self.definitions, self.inputs)
-        self.proofs = BackgroundProofs(self.prover) if background_proofs else None
+        self.marks = ProofMarks(self.prover, background_proofs, lambda sizes: f"identical at n = "
+                                f"{', '.join(map(str, sizes))}")
         self._explicit: dict[tuple[Any, ...], list[list[Any]]] = {}
 
     def _sample(self, evaluator_class: type[Evaluator]) -> None:
@@ -468,30 +467,8 @@ class StepChecker:
         step.check_detail = f"{sum(comparisons.values())} comparisons at n = {', '.join(map(str, sizes))}"
         step.check_sizes = tuple(sizes)
         self.checked += 1
-        if self.proofs is not None:
-            self.proofs.submit(step, free, equal, distinct)
-        else:
-            self._mark_proved(step, self.prover.prove(step, free, equal, distinct))
+        self.marks.submit(step, free, equal, distinct)
         return step
-
-    def finish_proofs(self) -> None:
-        """Mark the steps proved in the background (with background_proofs; else they already are)."""
-        if self.proofs is not None:
-            proofs, self.proofs = self.proofs, None  # steps checked from now on are proved at once
-            for (step, *_), sizes in zip(proofs.requests, proofs.results()):
-                self._mark_proved(step, sizes)
-
-    def stop_proofs(self) -> None:
-        """Stop proving in the background (the derivation failed or was interrupted)."""
-        if self.proofs is not None:
-            self.proofs.close()
-
-    def _mark_proved(self, step: Step, proved_sizes: list[int]) -> None:
-        if proved_sizes:
-            self.proved_sizes |= set(proved_sizes)
-            step.proved = True
-            step.proof_detail = f"identical at n = {', '.join(map(str, proved_sizes))}"
-            self.proved += 1
 
     def _finite(self, value: Any) -> Any:
         """The value, or OverflowError where double precision ran out (an inf or NaN from finite inputs)."""

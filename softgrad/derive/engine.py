@@ -417,16 +417,16 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
                 results["gradient_constrained"] = engine.result(
                     "gradient_constrained", "Gradient under the constraint", last.lhs, last.result, column,
                     "assuming " + "; ".join(last.assumes))
-        engine.checker.finish_proofs()
+        engine.checker.marks.finish()
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {output.name}: {problem}") from None
     finally:
-        engine.checker.stop_proofs()
+        engine.checker.marks.stop()
     derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions, wrt_reason=engine.wrt_reason)
     checker = engine.checker
-    left_out = len(checker.undefined)
+    left_out, marks = len(checker.undefined), checker.marks
     derivation.check_summary = (
-        f"{checker.proved} of {checker.checked} steps proved exactly at n = {_sizes(checker.proved_sizes)}; all "
+        f"{marks.proved} of {checker.checked} steps proved exactly at n = {_sizes(marks.proved_sizes)}; all "
         "checked numerically at "
         f"n = {', '.join(map(str, checker.sizes))} (every index pair; inputs near 0, of order 1 and of magnitude 10)"
         + (f"; {left_out} sampled point{'s' * (left_out != 1)} where {spec.output.name} has no finite real value "

@@ -26,7 +26,7 @@ import pickle
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sympy as sp
@@ -644,6 +644,44 @@ def _in_exp_form(function: sp.Expr) -> sp.Expr:
     # a third of a loss's proof); the log hint alone is what is wanted here
     return function.expand(deep=True, log=True, mul=False, power_exp=False, power_base=False, multinomial=False,
                            basic=False, force=True)
+
+
+class ProofMarks:
+    """The proving side of a step checker, one index or several: each checked step is proved (in a background
+    process where `background`, else at once) and marked with the sizes it was proved at; `detail` words
+    them ("identical at n = 1, 2, 3, 4")."""
+
+    def __init__(self, prover: Prover, background: bool, detail: Callable[[list[int]], str]):
+        self.prover, self.detail = prover, detail
+        self.proofs = BackgroundProofs(prover) if background else None
+        self.proved = 0
+        self.proved_sizes: set[int] = set()  # the sizes some step was proved at
+
+    def submit(self, step: Step, free: Sequence[sp.Symbol], equal: tuple[sp.Symbol, sp.Symbol] | None,
+               distinct: tuple[sp.Symbol, sp.Symbol] | None, ranges: dict[sp.Symbol, str] | None = None) -> None:
+        if self.proofs is not None:
+            self.proofs.submit(step, free, equal, distinct, ranges)
+        else:
+            self._mark(step, self.prover.prove(step, free, equal, distinct, ranges))
+
+    def finish(self) -> None:
+        """Mark the steps proved in the background (else they already are)."""
+        if self.proofs is not None:
+            proofs, self.proofs = self.proofs, None  # steps checked from now on are proved at once
+            for (step, *_), sizes in zip(proofs.requests, proofs.results()):
+                self._mark(step, sizes)
+
+    def stop(self) -> None:
+        """Stop proving in the background (the derivation failed or was interrupted)."""
+        if self.proofs is not None:
+            self.proofs.close()
+
+    def _mark(self, step: Step, sizes: list[int]) -> None:
+        if sizes:
+            self.proved_sizes |= set(sizes)
+            step.proved = True
+            step.proof_detail = self.detail(sizes)
+            self.proved += 1
 
 
 class BackgroundProofs:

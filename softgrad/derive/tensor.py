@@ -566,18 +566,23 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     results: dict[str, Result] = {}
     try:
         engine.run(sections, results)
-        engine.checker.finish_proofs()
+        if engine.checker.marks is not None:
+            engine.checker.marks.finish()
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {spec.output.name}: {problem}") from None
     finally:
-        engine.checker.stop_proofs()
+        if engine.checker.marks is not None:
+            engine.checker.marks.stop()
     derivation = Derivation(spec, ",".join(engine.wrt), sections, results, [],
                             wrt_reason=engine.wrt_reason)
     derivation.tensor = engine.result
     checker = engine.checker
-    smallest, largest = min(checker.proved_sizes, default=0), max(checker.proved_sizes, default=0)
-    proved = (f"{checker.proved} of {checker.checked} steps proved exactly with every range of size "
-              f"{smallest}{f' to {largest}' if largest > smallest else ''}; " if checker.proved else "")
+    marks = checker.marks
+    sizes = marks.proved_sizes if marks is not None else set()
+    smallest, largest = min(sizes, default=0), max(sizes, default=0)
+    proved = (f"{marks.proved} of {checker.checked} steps proved exactly with every range of size "
+              f"{smallest}{f' to {largest}' if largest > smallest else ''}; " if marks is not None and marks.proved
+              else "")
     derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically entry by entry "
                                 f"at {checker.sizes_text} ({POINTS} random points each)")
     if engine.checker.undefined:

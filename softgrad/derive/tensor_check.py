@@ -19,7 +19,7 @@ import sympy as sp
 from softgrad import tolerances
 from softgrad.derive.check import LARGEST_FLOAT, Evaluator, WideEvaluator, wide_precision
 from softgrad.derive.matrix import array_matrix
-from softgrad.derive.proof import BackgroundProofs, Prover
+from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial
@@ -58,9 +58,9 @@ class TensorChecker:
         self.positive, self.seed = positive, seed
         given = [name for name in axes if name not in self._definitions]  # the inputs and the upstream gradient
         self.prover = Prover(spec, self.forward, given, axes=axes, loss=self.loss) if prove else None
-        self.proofs = BackgroundProofs(self.prover) if self.prover is not None else None
-        self.checked = self.proved = 0
-        self.proved_sizes: set[int] = set()
+        self.marks = ProofMarks(self.prover, True, lambda sizes: "identical at every range of size "
+                                f"{', '.join(map(str, sizes))}") if self.prover is not None else None
+        self.checked = 0
         ranges = list(spec.sizes)
         # every range of size 1 once (a softmax over one class, a batch of one), then small different sizes
         # (so that a transposed index or a sum over the wrong axis shows)
@@ -140,36 +140,14 @@ class TensorChecker:
 
     def _prove(self, step: Step) -> None:
         """Mark the step proved where both sides are identical at every range size of TENSOR_PROOF_SIZES."""
-        if self.prover is None:
+        if self.prover is None or self.marks is None:
             return
         sides = [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
         free = sorted({s for e in sides for s in _free_indices(e)}, key=str)
         ranges = {s: self._range_of(s, step) for s in free}
         equal = step.equal if step.equal and set(step.equal) <= set(free) else None
         distinct = step.distinct if step.distinct and set(step.distinct) <= set(free) else None
-        if self.proofs is not None:
-            self.proofs.submit(step, free, equal, distinct, ranges)
-        else:
-            self._mark_proved(step, self.prover.prove(step, free, equal, distinct, ranges))
-
-    def finish_proofs(self) -> None:
-        """Mark the steps proved in the background process (their numeric checks are done)."""
-        if self.proofs is not None:
-            proofs, self.proofs = self.proofs, None  # steps checked from now on are proved at once
-            for (step, *_), sizes in zip(proofs.requests, proofs.results()):
-                self._mark_proved(step, sizes)
-
-    def stop_proofs(self) -> None:
-        """Stop proving in the background (the derivation failed or was interrupted)."""
-        if self.proofs is not None:
-            self.proofs.close()
-
-    def _mark_proved(self, step: Step, sizes: list[int]) -> None:
-        if sizes:
-            step.proved = True
-            step.proof_detail = f"identical at every range of size {', '.join(map(str, sizes))}"
-            self.proved += 1
-            self.proved_sizes |= set(sizes)
+        self.marks.submit(step, free, equal, distinct, ranges)
 
     def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
                rng: np.random.Generator, scale: float) -> Point:
