@@ -100,16 +100,25 @@ def jacobian_matrix(diagonal: sp.Expr, off: sp.Expr, row: sp.Symbol, column: sp.
     return sp.MatAdd(*terms)
 
 
-def entries(form: sp.MatrixExpr, size: int, vector: Callable[[str], list[Any]], scalar: Callable[[sp.Expr], Any],
-            one: Any, zero: Any) -> list[list[Any]]:
+def entries(form: sp.MatrixExpr, size: int, vector: Callable[[str], list[Any]] | None, scalar: Callable[[sp.Expr], Any],
+            one: Any, zero: Any, arrays: Callable[[str], list[list[Any]]] | None = None,
+            dimension: Callable[[sp.Expr], int] | None = None) -> list[list[Any]]:
     """The rows of a matrix form at size n, in whatever numbers the callbacks give: vector(name) a vector's
     entries, scalar(expr) a scalar factor's value (numbers for the numeric check, symbols for the proof).
+    For arrays of several ranges (AB, Aᵀ, v𝟙ᵀ), arrays(name) gives an array's rows (a vector as a column)
+    and dimension(side) a side's length (n_b), in place of vector and size.
 
     Covers what this module writes (vectors, ᵀ, sums, products, ∘, powers ∘, diag, 𝟙, I, 0); anything
     else raises TypeError. Far cheaper than substituting into SymPy's matrices and calling doit()."""
 
+    def length(side: sp.Expr) -> int:
+        return dimension(side) if dimension is not None else int(side.subs(n, size))
+
     def rows(node: sp.MatrixExpr) -> list[list[Any]]:
         if isinstance(node, sp.MatrixSymbol):
+            if arrays is not None:
+                return arrays(str(node.name))
+            assert vector is not None, "entries needs vector or arrays"
             return [[entry] for entry in vector(str(node.name))]
         if isinstance(node, sp.Transpose):
             return [list(column) for column in zip(*rows(node.arg))]
@@ -143,51 +152,10 @@ def entries(form: sp.MatrixExpr, size: int, vector: Callable[[str], list[Any]], 
             diagonal = [entry for row in rows(node.args[0]) for entry in row]
             return [[diagonal[r] if r == c else zero for c in range(len(diagonal))] for r in range(len(diagonal))]
         if isinstance(node, (sp.Identity, OneMatrix, sp.ZeroMatrix)):
-            height, width = (int(side.subs(n, size)) for side in node.shape)
+            height, width = (length(side) for side in node.shape)
             return [[one if isinstance(node, OneMatrix) or (isinstance(node, sp.Identity) and r == c) else zero
                      for c in range(width)] for r in range(height)]
         raise TypeError(f"cannot write out the matrix form {type(node).__name__}")
 
     return rows(form)
 
-
-Rows = list[list[Any]]
-
-
-def array_matrix(form: Any, matrix_of: Callable[[str], Rows], scalar_of: Callable[[sp.Expr], Any],
-                 ones: Callable[[int, int], Rows]) -> Rows:
-    """A matrix form of arrays (AB, Aᵀ, ∘, v𝟙ᵀ, sums, scalar multiples) as rows of entries: numbers for the
-    numeric check, written-out expressions for the prover. matrix_of gives an array's rows (a vector as a
-    column), scalar_of a scalar's value; a node of another kind is a TypeError."""
-    def value(e: Any) -> Rows:
-        if isinstance(e, sp.MatrixSymbol):
-            return matrix_of(str(e.name))
-        if isinstance(e, OneMatrix):
-            return ones(*(int(sp.re(sp.sympify(scalar_of(s)))) for s in e.shape))
-        if isinstance(e, sp.Transpose):
-            return [list(column) for column in zip(*value(e.arg))]
-        if isinstance(e, sp.MatMul):
-            scalar: Any = 1
-            result: Rows | None = None
-            for factor in e.args:
-                if not isinstance(factor, sp.MatrixExpr):
-                    scalar = scalar * scalar_of(factor)
-                    continue
-                right = value(factor)
-                result = right if result is None else [
-                    [sum((row[k] * right[k][c] for k in range(len(right))), 0) for c in range(len(right[0]))]
-                    for row in result]
-            assert result is not None
-            return [[scalar * entry for entry in row] for row in result]
-        if isinstance(e, sp.MatAdd):
-            terms = [value(t) for t in e.args]
-            return [[sum((t[r][c] for t in terms), 0) for c in range(len(terms[0][0]))] for r in range(len(terms[0]))]
-        if isinstance(e, HadamardProduct):
-            factors = [value(f) for f in e.args]
-            rows = factors[0]
-            for other in factors[1:]:
-                rows = [[a * b for a, b in zip(row, other_row)] for row, other_row in zip(rows, other)]
-            return rows
-        raise TypeError(f"cannot evaluate the matrix expression {type(e).__name__}")
-
-    return value(form)

@@ -32,7 +32,7 @@ from typing import Any
 import sympy as sp
 from sympy.core.function import ArgumentIndexError
 
-from softgrad.derive.matrix import array_matrix, entries
+from softgrad.derive.matrix import entries
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
@@ -545,9 +545,9 @@ class _Writer:
         key = ("matrix", form)
         if key not in self.cache:
             try:
-                self.cache[key] = array_matrix(
-                    form, lambda name: self._as_matrix(name), lambda scalar: self.write(scalar, {}),
-                    lambda rows, columns: [[sp.S.One] * columns for _ in range(rows)])
+                self.cache[key] = entries(
+                    form, self.size, None, lambda scalar: self.write(scalar, {}), sp.S.One, sp.S.Zero,
+                    arrays=self._as_matrix, dimension=lambda side: int(self.write(side, {})))
             except TypeError as unknown:
                 raise _Unprovable(str(unknown)) from unknown
         explicit = self.cache[key]

@@ -18,7 +18,7 @@ import sympy as sp
 
 from softgrad import tolerances
 from softgrad.derive.check import LARGEST_FLOAT, Evaluator, WideEvaluator, wide_precision
-from softgrad.derive.matrix import array_matrix
+from softgrad.derive.matrix import entries
 from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
@@ -140,7 +140,7 @@ class TensorChecker:
 
     def _prove(self, step: Step) -> None:
         """Mark the step proved where both sides are identical at every range size of TENSOR_PROOF_SIZES."""
-        if self.prover is None or self.marks is None:
+        if self.marks is None:  # made without prove
             return
         sides = [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
         free = sorted({s for e in sides for s in _free_indices(e)}, key=str)
@@ -307,8 +307,8 @@ class TensorChecker:
             return (values.reshape(-1, 1) if values.ndim == 1 else values).tolist()
 
         try:
-            return array_matrix(expr, rows, lambda scalar: self.value(scalar, point, {}),
-                                lambda count, columns: [[1.0] * columns for _ in range(count)])
+            return entries(expr, 0, None, lambda scalar: self.value(scalar, point, {}), 1.0, 0.0, arrays=rows,
+                           dimension=lambda side: int(complex(self.value(side, point, {})).real))
         except TypeError as unknown:
             raise NotImplementedError(str(unknown)) from None
 
