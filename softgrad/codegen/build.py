@@ -20,9 +20,9 @@ class GeneratedFiles(dict[str, str]):
     read them back out of the text: whether the C needs -fopenmp, which file is the source, …)."""
 
     def __init__(self, files: dict[str, str] | None = None, *, language: str, module: str, dtype: str,
-                 openmp: bool) -> None:
+                 openmp: bool, blas: bool = False) -> None:
         super().__init__(files or {})
-        self.language, self.module, self.dtype, self.openmp = language, module, dtype, openmp
+        self.language, self.module, self.dtype, self.openmp, self.blas = language, module, dtype, openmp, blas
 
 # What the generated C is written for: -fopenmp-simd turns on the `omp simd` loops (vectorized, reductions
 # in vector lanes), -march=native lets them use this machine's vector width, -ffp-contract=fast fuses
@@ -52,13 +52,28 @@ def compiler() -> str:
 USER_FLAGS = ["-std=c99", "-O2"]
 
 
+def blas_flags() -> list[str]:
+    """Compiler and linker flags for the BLAS that generated C calls: the OpenBLAS of the scipy-openblas32
+    wheel (headers, library, and an rpath so that the built library finds it without LD_LIBRARY_PATH)."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        raise SoftgradError("this generated C calls BLAS (gemm): install it with "
+                            "`python -m pip install scipy-openblas32`") from None
+    library = scipy_openblas32.get_lib_dir()
+    return [f"-I{scipy_openblas32.get_include_dir()}", f"-L{library}", f"-Wl,-rpath,{library}",
+            f"-l{scipy_openblas32.get_library()}"]
+
+
 def compile_shared(source: Path, output: Path, extra_flags: Sequence[str] = (), openmp: bool = False,
-                   generated: bool = True) -> Path:
+                   generated: bool = True, blas: bool = False) -> Path:
     """Compile one C file into a shared library: generated code with the strict warning flags (warnings
-    are errors), a user's code with plain ones."""
+    are errors), a user's code with plain ones; blas: linked with the BLAS its gemm calls need."""
     threads = ["-fopenmp"] if openmp else []
     flags = STRICT_FLAGS if generated else USER_FLAGS
-    command = [compiler(), *flags, *threads, *extra_flags, "-shared", "-fPIC", str(source), "-o", str(output), "-lm"]
+    linked = blas_flags() if blas else []
+    command = [compiler(), *flags, *threads, *extra_flags, "-shared", "-fPIC", str(source), "-o", str(output),
+               *linked, "-lm"]
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         first = next((line for line in run.stderr.splitlines() if "error" in line), run.stderr.strip()[:300])
@@ -84,5 +99,6 @@ def load_c(files: GeneratedFiles, folder: Path, module: str | None = None) -> ob
     module = module or files.module
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
-    library = compile_shared(folder / f"{module}.c", folder / f"lib{module}.so", openmp=files.openmp)
+    library = compile_shared(folder / f"{module}.c", folder / f"lib{module}.so", openmp=files.openmp,
+                             blas=files.blas)
     return import_path(folder / f"{module}_ctypes.py").load(library)

@@ -126,7 +126,8 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
     if language == "c":
         from softgrad.codegen.tensor_c import emit_tensor_c
 
-        files.update(emit_tensor_c(derivation, _header(derivation), _render, module, dtype, openmp))
+        sources, files.blas = emit_tensor_c(derivation, _header(derivation), _render, module, dtype, openmp)
+        files.update(sources)
     else:
         files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
     return files

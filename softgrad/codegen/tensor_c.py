@@ -1,22 +1,25 @@
-"""Lowering of tensor derivations (several index ranges) to C99 loop nests.
+"""Lowering of derivations with several index ranges to C99: BLAS for the contractions, fused loops for the rest.
 
-Each statement is a loop nest over its indices, row-major arrays read by flat offsets. A sum is computed
-in a loop of its own, hoisted to the outermost loop where all its free indices are bound (Σ_k exp(z_bk)
-once per row b, not once per entry). A normalised exponential is computed with its row maximum shift,
-and its log as (E − max − log Σ). Contractions are plain loops (correct, not BLAS-fast): each statement
-that is a matrix product says in a comment which BLAS call would replace it. Arithmetic is printed by
-SymPy's C99 printer; <tgmath.h> picks the float or double functions for the element type (softgrad_real: a name
-no spec can take).
+Each statement is a loop nest over its indices, row-major arrays read by flat offsets. A statement that is a
+contraction of two arrays (Σ_d W[c, d]·X[b, d], possibly scaled and plus an elementwise term, possibly batched
+over leading indices) is one gemm call per batch entry: factors that are not arrays of the spec ((P − T)[b, c])
+are first written to a work array. Everything else is loops the compiler vectorizes (`omp simd`, softgrad's
+branch-free exp and log, the one C printer of codegen.printers): a sum is computed in a loop of its own,
+hoisted to the outermost loop where all its free indices are bound, and accumulated in double whatever the
+element type. A normalised exponential is shifted by its row maximum, exp computed once per entry (stashed
+in the output, then scaled), and its log written as (E − max − log Σ) where it is read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sympy as sp
-from sympy.printing.c import C99CodePrinter
 
+from softgrad.codegen import c_math
+from softgrad.codegen.build import RECOMMENDED_FLAGS
+from softgrad.codegen.printers import CKernelPrinter
 from softgrad.codegen.tensor_numpy import backward_definitions, checked_arrays, printed_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
@@ -24,11 +27,12 @@ from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 
 
-class _Printer(C99CodePrinter):
-    """C99 for one statement: entries as flat offsets, indices as loop variables, constants in softgrad_real."""
+class _Printer(CKernelPrinter):
+    """The C printer of every kernel, with entries as flat offsets, indices as loop variables and sums as the
+    double temporaries that hold them (read rounded once to the element type)."""
 
-    def __init__(self, compiler: _Compiler) -> None:
-        super().__init__({"strict": False})
+    def __init__(self, compiler: _Compiler, dtype: str) -> None:
+        super().__init__(dtype, vector_exp=True)
         self.compiler = compiler
 
     def _print_Indexed(self, expr: Any) -> str:
@@ -37,56 +41,17 @@ class _Printer(C99CodePrinter):
     def _print_Symbol(self, expr: Any) -> str:
         return self.compiler.symbol(expr)
 
-    def _print_Float(self, expr: Any) -> str:
-        return f"(softgrad_real){float(expr)!r}"
-
-    def _print_Rational(self, expr: Any) -> str:
-        return f"((softgrad_real){expr.p}/(softgrad_real){expr.q})"
-
-    def _print_Integer(self, expr: Any) -> str:
-        return f"(softgrad_real){int(expr)}"
-
-    def _print_Pow(self, expr: Any) -> str:
-        base = self._print(expr.base)
-        if expr.exp == sp.S.Half:
-            return f"sqrt({base})"
+    def _print_Pow(self, expr: Any) -> Any:
         if expr.exp == -sp.S.Half:
-            return f"((softgrad_real)1/sqrt({base}))"
-        if expr.exp == -1:
-            return f"((softgrad_real)1/({base}))"
+            return f"(1/sqrt{self.suffix}({self._print(expr.base)}))"
         if expr.exp == 2:
+            base = self._print(expr.base)
             return f"(({base})*({base}))"
-        return f"pow({base}, {self._print(expr.exp)})"
+        return super()._print_Pow(expr)
 
     def _print_KroneckerDelta(self, expr: Any) -> str:
         first, second = (self.compiler.position(a) for a in expr.args)
-        return f"(({first}) == ({second}) ? (softgrad_real)1 : (softgrad_real)0)"
-
-    def _print_sigmoid(self, expr: Any) -> str:
-        return f"((softgrad_real)1/((softgrad_real)1 + exp(-({self._print(expr.args[0])}))))"
-
-    def _print_softplus(self, expr: Any) -> str:
-        u = self._print(expr.args[0])
-        return f"(fmax({u}, (softgrad_real)0) + log1p(exp(-fabs({u}))))"
-
-    def _print_log1p(self, expr: Any) -> str:
-        return f"log1p({self._print(expr.args[0])})"
-
-    def _print_Heaviside(self, expr: Any) -> str:
-        u = self._print(expr.args[0])
-        return f"(({u}) > 0 ? (softgrad_real)1 : (({u}) < 0 ? (softgrad_real)0 : (softgrad_real)0.5))"
-
-    def _print_Max(self, expr: Any) -> str:
-        code = str(self._print(expr.args[0]))
-        for argument in expr.args[1:]:
-            code = f"fmax({code}, {self._print(argument)})"
-        return code
-
-    def _print_Min(self, expr: Any) -> str:
-        code = str(self._print(expr.args[0]))
-        for argument in expr.args[1:]:
-            code = f"fmin({code}, {self._print(argument)})"
-        return code
+        return f"(softgrad_real)(({first}) == ({second}))"
 
     def _print_Sum(self, expr: Any) -> str:  # pragma: no cover - every sum is hoisted before printing
         raise SoftgradError("internal: a sum reached the C printer")
@@ -110,24 +75,54 @@ class CModule:
     output_is_scalar: bool
     forward: list[CStatement]
     backward: list[CStatement]
-    forward_work: list[tuple[str, tuple[str, ...]]]  # arrays the forward pass allocates
-    backward_work: list[tuple[str, tuple[str, ...]]]
+    forward_work: list[tuple[str, tuple[str, ...], str]]  # arrays the forward pass allocates: name, ranges, type
+    backward_work: list[tuple[str, tuple[str, ...], str]]
     upstream: str | None
     gradients: list[tuple[str, str, tuple[str, ...]]]  # (input, gradient name, ranges)
-    blas: list[str] = field(default_factory=list)
+    blas: bool = False  # whether a statement calls gemm
+
+
+@dataclass
+class _Operand:
+    """One side of a contraction: an array's entry as written, or a factor to write to a work array first."""
+
+    expr: sp.Expr
+    indices: tuple[sp.Symbol, ...]  # its axes, in memory order
+    array: sp.Indexed | None  # the spec's array it reads as is, if it is one
+
+
+@dataclass
+class _Gemm:
+    """Σ_K alpha·first[batch, M, K]·second[batch, K, N] into the statement's array [batch, M, N] (either
+    operand's M/K or K/N axes may be the other way round: a transposed operand)."""
+
+    alpha: sp.Expr
+    first: _Operand
+    second: _Operand
+    batch: tuple[sp.Symbol, ...]
+    rows: tuple[sp.Symbol, ...]  # M
+    columns: tuple[sp.Symbol, ...]  # N
+    inner: tuple[sp.Symbol, ...]  # K
 
 
 class _Compiler:
-    def __init__(self, derivation: Derivation, printed: dict[str, str], openmp: bool = False):
+    def __init__(self, derivation: Derivation, printed: dict[str, str], dtype: str, openmp: bool = False):
         self.openmp = openmp
+        self.dtype = dtype
         self.spec = derivation.spec
-        self.axes = derivation.tensor.axes
+        self.axes = dict(derivation.tensor.axes)
         self.printed = printed
         self.loop_names: dict[sp.Symbol, str] = {}
         self.temporaries = 0
-        self.printer = _Printer(self)
+        self.printer = _Printer(self, dtype)
         self.normalised: set[str] = set()
         self.logs_needed: set[str] = set()
+        #: work arrays the statements compiled so far add: (name, ranges, C type)
+        self.scratch: list[tuple[str, tuple[str, ...], str]] = []
+        self.blas = False
+        #: (factor with its axes as positions, ranges) → the work array a gemm operand was written to
+        self.written: dict[tuple[sp.Expr, tuple[str, ...]], str] = {}
+        self.suffix = "f" if dtype == "float32" else ""
 
     # ------------------------------------------------------------ pieces the printer asks for
     def size(self, range_name: str) -> str:
@@ -137,8 +132,10 @@ class _Compiler:
         if symbol in self.loop_names:
             return f"(softgrad_real){self.loop_names[symbol]}"
         name = str(symbol)
+        if name.startswith("_s"):  # a sum, accumulated in double: rounded once to the element type
+            return f"(softgrad_real){name}" if self.dtype == "float32" else name
         if name.startswith("_"):
-            return name  # a hoisted temporary
+            return name  # another temporary of the generator's own
         if name.startswith("n_") and name[2:] in self.spec.sizes:
             return f"(softgrad_real){self.size(name[2:])}"
         return self.printed[name]
@@ -153,23 +150,34 @@ class _Compiler:
 
     def entry(self, expr: sp.Indexed) -> str:
         name = str(expr.base)
-        array, ranges = self.printed[name] if name in self.printed else "", ()
         if name.startswith("_log_"):  # the log array of a normalised definition
             array, ranges = "_log_" + self.printed[name[5:]], self.axes[name[5:]]
+        elif name.startswith("_c"):  # a factor written to a work array before a gemm
+            array, ranges = name, self.axes[name]
         else:
-            ranges = self.axes[name]
+            array, ranges = self.printed[name], self.axes[name]
         offset = ""
         for axis, position in enumerate(expr.indices):
             index = self.position(position)
             offset = index if axis == 0 else f"({offset}) * {self.size(ranges[axis])} + {index}"
         return f"{array}[{offset}]" if offset else f"{array}[0]"
 
+    def code(self, expr: sp.Expr) -> str:
+        return str(self.printer.doprint(expr))
+
     # ------------------------------------------------------------ loop nests
-    def loops(self, symbols: list[sp.Symbol], ranges: dict[sp.Symbol, str], body: list[str]) -> list[str]:
+    def loops(self, symbols: list[sp.Symbol], ranges: dict[sp.Symbol, str], body: list[str],
+              simd: str | None = None) -> list[str]:
+        """`for` loops over symbols (outermost first) around body; simd: the innermost loop's `omp simd`
+        clauses ("" for none) when its body is straight-line code the compiler can vectorize."""
         lines = body
-        for symbol in reversed(symbols):
+        for position, symbol in enumerate(reversed(symbols)):
             variable = self.loop_names[symbol]
-            lines = [f"for (size_t {variable} = 0; {variable} < {self.size(ranges[symbol])}; ++{variable}) {{",
+            pragma = []
+            straight = not any(line.lstrip().startswith(("for ", "#")) for line in lines)
+            if position == 0 and simd is not None and straight:
+                pragma = [f"#pragma omp simd{simd}"]
+            lines = [*pragma, f"for (size_t {variable} = 0; {variable} < {self.size(ranges[symbol])}; ++{variable}) {{",
                      *["    " + line for line in lines], "}"]
         return lines
 
@@ -178,7 +186,7 @@ class _Compiler:
             self.loop_names.setdefault(symbol, f"_ix_{symbol}")
 
     def nest(self, expr: sp.Expr, loops: list[sp.Symbol], ranges: dict[sp.Symbol, str],
-             assign: Any) -> list[str]:
+             assign: Any, simd: str = "") -> list[str]:
         """Loops over `loops` around `assign(printed expr)`, each sum of expr computed at the outermost
         level where its free indices are bound."""
         self.bind(loops)
@@ -192,21 +200,22 @@ class _Compiler:
             temporary = sp.Symbol(f"_s{self.temporaries}")
             levels.setdefault(level, []).append((total, temporary))
             replacements[total] = temporary
-        assigned = assign(self.printer.doprint(expr.xreplace(replacements)))
+        assigned = assign(self.code(expr.xreplace(replacements)))
         inner = assigned if isinstance(assigned, list) else [assigned]
         for depth in range(len(loops), -1, -1):
-            before = [line for total, temporary in levels.get(depth, []) for line in self.reduction(total, temporary,
-                                                                                                     ranges)]
+            before = [line for total, temporary in levels.get(depth, [])
+                      for line in self.reduction(total, temporary, ranges)]
             inner = before + inner
             if depth > 0:
-                inner = self.loops([loops[depth - 1]], ranges, inner)
+                inner = self.loops([loops[depth - 1]], ranges, inner, simd if depth == len(loops) else None)
         return inner
 
     def reduction(self, total: sp.Sum, temporary: sp.Symbol, ranges: dict[sp.Symbol, str]) -> list[str]:
-        """`temporary` = the sum, in loops of its own (`ranges` knows its indices: every sum of the statement)."""
+        """`temporary` = the sum, accumulated in double in loops of its own (`ranges` knows its indices)."""
         bounds = [limit[0] for limit in reversed(total.limits)]
-        return [f"softgrad_real {temporary} = 0;",
-                *self.nest(total.function, bounds, ranges, lambda code: f"{temporary} += {code};")]
+        return [f"double {temporary} = 0.0;",
+                *self.nest(total.function, bounds, ranges, lambda code: f"{temporary} += {code};",
+                           simd=f" reduction(+:{temporary})")]
 
     # ------------------------------------------------------------ statements
     def statement(self, definition: Definition, target: str) -> CStatement:
@@ -216,18 +225,80 @@ class _Compiler:
         expr = self.with_logs(definition.expr)
         normalised = self.normalised_form(definition)
         comment = f"{definition.name}[{', '.join(map(str, definition.indices))}]" if loops else definition.name
-        product = _matrix_product(definition.expr)
-        if product:
-            comment += f" (a matrix product: BLAS {product} would replace this loop nest)"
         if normalised is not None:
-            return CStatement(comment, self.threaded(self.normalised_statement(definition, normalised, ranges, target),
+            return CStatement(comment, self.threaded(self.normalised_statement(definition, normalised, ranges),
                                                      definition.indices))
         if not loops:
             return CStatement(comment, self.nest(expr, [], ranges, lambda code: f"{target}[0] = {code};"))
         self.bind(loops)
         flat = self.entry(sp.IndexedBase(definition.name)[tuple(loops)])
-        return CStatement(comment, self.threaded(self.nest(expr, loops, ranges, lambda code: f"{flat} = {code};"),
-                                                 definition.indices))
+        contracted = self.contractions(definition, expr)
+        if contracted is not None:
+            gemms, rest = contracted
+            lines = [] if rest == 0 else self.threaded(
+                self.nest(rest, loops, ranges, lambda code: f"{flat} = {code};"), definition.indices)
+            for number, gemm in enumerate(gemms):
+                lines += self.gemm(gemm, target, ranges, accumulate=bool(number) or rest != 0)
+            return CStatement(comment + " (BLAS gemm)", lines)
+        expr, lines = self.hoisted(expr, definition.indices, ranges)
+        comment += " (its contractions by BLAS gemm)" if lines else ""
+        across = self.across_rows(expr, loops, ranges, flat)
+        if across is not None:
+            return CStatement(comment, lines + across)
+        return CStatement(comment, lines + self.threaded(
+            self.nest(expr, loops, ranges, lambda code: f"{flat} = {code};"), definition.indices))
+
+    def across_rows(self, expr: sp.Expr, loops: list[sp.Symbol], ranges: dict[sp.Symbol, str],
+                    flat: str) -> list[str] | None:
+        """A sum over a leading axis of what it reads (dbias[c] = Σ_b dz[b, c]) with the loops turned
+        inside out: rows outer, the statement's entries inner, accumulated in a double array — reading memory
+        in order instead of one entry per row. None where the statement is not such a sum."""
+        sums = [t for t in expr.atoms(sp.Sum) if not any(t != o and o.has(t) for o in expr.atoms(sp.Sum))]
+        if len(sums) != 1 or sums[0].function.has(sp.Sum):
+            return None
+        total = sums[0]
+        bounds = [limit[0] for limit in reversed(total.limits)]
+        if ta.index_symbols(total) - set(bounds) != set(loops) or not any(
+                position < len(entry.indices) - 1 and entry.indices[position] in bounds
+                and set(entry.indices[position + 1:]) & set(loops)
+                for entry in total.atoms(sp.Indexed) for position in range(len(entry.indices))):
+            return None
+        self.bind(bounds + loops)
+        self.temporaries += 1
+        sums_name = f"_a{self.temporaries}"
+        self.scratch.append((sums_name, tuple(ranges[s] for s in loops), "double"))
+        offset = ""
+        for axis, symbol in enumerate(loops):
+            variable = self.loop_names[symbol]
+            offset = variable if axis == 0 else f"({offset}) * {self.size(ranges[symbol])} + {variable}"
+        accumulate = self.nest(total.function, bounds + loops, ranges,
+                               lambda code: f"{sums_name}[{offset}] += {code};")
+        value = expr.xreplace({total: sp.Symbol(f"_s_{sums_name}")})
+        write = self.nest(value, loops, ranges, lambda code: f"{flat} = {code};")
+        return [*accumulate,
+                *[line.replace(f"_s_{sums_name}", f"(softgrad_real){sums_name}[{offset}]") for line in write]]
+
+    def hoisted(self, expr: sp.Expr, indices: tuple[sp.Symbol, ...],
+                ranges: dict[sp.Symbol, str]) -> tuple[sp.Expr, list[str]]:
+        """expr with each sum inside it that is a contraction over two arrays (tanh(Σ_d W[j, d]·X[b, d])) read
+        from a work array that a gemm call fills first, and the lines that fill them."""
+        lines: list[str] = []
+        replacements = {}
+        for total in sorted(expr.atoms(sp.Sum), key=sp.default_sort_key):
+            if any(total != other and other.has(total) for other in expr.atoms(sp.Sum)):
+                continue  # an inner sum of another sum: computed inside its loops
+            free = ta.index_symbols(total) - {limit[0] for limit in total.limits}
+            target = tuple(s for s in indices if s in free)
+            gemm = self.contraction(total, target) if len(target) == len(free) else None
+            if gemm is None:
+                continue
+            self.temporaries += 1
+            name = f"_c{self.temporaries}"
+            self.axes[name] = tuple(ranges[s] for s in target)
+            self.scratch.append((name, self.axes[name], "softgrad_real"))
+            lines += self.gemm(gemm, name, ranges, accumulate=False)
+            replacements[total] = sp.IndexedBase(name)[target]
+        return expr.xreplace(replacements), lines
 
     def threaded(self, lines: list[str], indices: tuple[sp.Symbol, ...]) -> list[str]:
         """With --openmp, the statement's loop over its array's first index shared among threads: each
@@ -260,41 +331,169 @@ class _Compiler:
         return form
 
     def normalised_statement(self, definition: Definition, form: tuple[sp.Expr, sp.Symbol],
-                             ranges: dict[sp.Symbol, str], target: str) -> list[str]:
+                             ranges: dict[sp.Symbol, str]) -> list[str]:
+        """Per row: the maximum m of E, exp(E − m) stashed in the output while Σ accumulates in double,
+        then every entry scaled by 1/Σ (and its log written as E − m − log Σ where it is read)."""
         exponent, free = form
         outer = [s for s in definition.indices if s != free]
         self.bind([*outer, free])
         flat = self.entry(sp.IndexedBase(definition.name)[tuple(definition.indices)])
-        log_entry = "_log_" + flat
         self.temporaries += 1
-        shift, total = f"_m{self.temporaries}", f"_t{self.temporaries}"
+        shift, total, scale = f"_m{self.temporaries}", f"_t{self.temporaries}", f"_r{self.temporaries}"
+        s = self.suffix
         body = [f"softgrad_real {shift} = -INFINITY;",
-                *self.nest(exponent, [free], ranges, lambda code: f"{shift} = fmax({shift}, {code});"),
+                *self.nest(exponent, [free], ranges, lambda code: f"{shift} = softgrad_max{s}({shift}, {code});",
+                           simd=f" reduction(max:{shift})"),
                 f"if (!isfinite({shift})) {shift} = 0;  // a row of -inf: a harmless shift",
-                f"softgrad_real {total} = 0;",
-                *self.nest(exponent, [free], ranges, lambda code: f"{total} += exp({code} - {shift});")]
-        write = [f"{flat} = exp({{code}} - {shift}) / {total};"]
+                f"double {total} = 0.0;",
+                *self.nest(exponent, [free], ranges,
+                           lambda code: [f"{flat} = softgrad_exp{s}({code} - {shift});", f"{total} += {flat};"],
+                           simd=f" reduction(+:{total})"),
+                f"const softgrad_real {scale} = (softgrad_real)(1.0 / {total});"]
+        write = [f"{flat} *= {scale};"]
         if definition.name in self.logs_needed:
-            write.append(f"{log_entry} = ({{code}} - {shift}) - log({total});")
+            body.append(f"const softgrad_real _l{self.temporaries} = (softgrad_real)log({total});")
+            write.insert(0, f"_log_{flat} = ({{code}} - {shift}) - _l{self.temporaries};")
         body += self.nest(exponent, [free], ranges, lambda code: [line.replace("{code}", code) for line in write])
         return self.loops(outer, ranges, body) if outer else body
 
+    # ------------------------------------------------------------ contractions through BLAS
+    def contractions(self, definition: Definition, expr: sp.Expr) -> tuple[list[_Gemm], sp.Expr] | None:
+        """The statement as gemm calls and an elementwise rest, or None where a term with a sum is not a
+        contraction of two arrays laid out for gemm (those stay loops)."""
+        gemms, rest = [], []
+        for term in sp.Add.make_args(expr):
+            if not term.has(sp.Sum):
+                rest.append(term)
+                continue
+            gemm = self.contraction(term, definition.indices)
+            if gemm is None:
+                return None
+            gemms.append(gemm)
+        return (gemms, sp.Add(*rest)) if gemms else None
 
-def _matrix_product(expr: sp.Expr) -> str:
-    """'gemm' or 'gemv' when expr is (a multiple of) one contraction of two arrays, else ''."""
-    sums = list(expr.atoms(sp.Sum))
-    if len(sums) != 1 or len(sums[0].limits) != 1:
-        return ""
-    factors = [f for f in sp.Mul.make_args(sums[0].function) if f.atoms(sp.Indexed)]
-    if len(factors) != 2 or not all(isinstance(f, sp.Indexed) for f in factors):
-        return ""
-    return "gemm" if all(len(f.indices) == 2 for f in factors) else "gemv"
+    def contraction(self, term: sp.Expr, target: tuple[sp.Symbol, ...]) -> _Gemm | None:
+        sums = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.Sum)]
+        if len(sums) != 1 or sums[0].function.has(sp.Sum):
+            return None
+        total = sums[0]
+        alpha = term / total
+        inner = tuple(limit[0] for limit in total.limits)
+        if ta.index_symbols(alpha) or alpha.atoms(sp.Indexed):
+            return None
+        groups: dict[frozenset[sp.Symbol], list[sp.Expr]] = {}
+        for factor in sp.Mul.make_args(total.function):
+            indices = frozenset(ta.index_symbols(factor))
+            if not indices:
+                alpha *= factor
+                continue
+            groups.setdefault(indices, []).append(factor)
+        for smaller in sorted(groups, key=len):  # a factor over fewer indices joins one over more
+            larger = next((other for other in groups if other != smaller and smaller < other), None)
+            if larger is not None:
+                groups[larger] += groups.pop(smaller)
+        if len(groups) != 2:
+            return None
+        (first_set, first), (second_set, second) = groups.items()
+        if not set(inner) <= first_set & second_set or (first_set | second_set) - set(inner) != set(target):
+            return None
+        batch = tuple(s for s in target if s in first_set and s in second_set)
+        rows = tuple(s for s in target if s in first_set and s not in second_set)
+        columns = tuple(s for s in target if s in second_set and s not in first_set)
+        if target[:len(batch)] != batch or not (rows or columns):
+            return None
+        if target[len(batch):] == columns + rows:  # (AB)ᵀ = BᵀAᵀ: the operands swap
+            first, second, rows, columns = second, first, columns, rows
+        elif target[len(batch):] != rows + columns:
+            return None
+        a = self.operand(sp.Mul(*first), batch, rows, inner)
+        if a is None:
+            return None
+        order = a.indices[len(batch):]
+        inner = tuple(s for s in order if s in inner) or inner  # the inner axes as the first operand has them
+        b = self.operand(sp.Mul(*second), batch, columns, inner)
+        if b is None:
+            return None
+        inner_b = tuple(s for s in b.indices[len(batch):] if s in inner)
+        if inner_b != inner:
+            a = self.operand(sp.Mul(*first), batch, rows, inner_b, written=True)
+            if a is None:
+                return None
+            inner = inner_b
+        return _Gemm(alpha, a, b, batch, rows, columns, inner)
+
+    def operand(self, factor: sp.Expr, batch: tuple[sp.Symbol, ...], outer: tuple[sp.Symbol, ...],
+                inner: tuple[sp.Symbol, ...], written: bool = False) -> _Operand | None:
+        """The factor as a gemm operand: an array of the spec whose axes are batch, then outer and inner
+        each in one piece (either first), or else a work array laid out batch, outer, inner."""
+        if (isinstance(factor, sp.Indexed) and not written and str(factor.base) not in self.spec.labels
+                and all(isinstance(p, sp.Symbol) for p in factor.indices)):
+            indices = tuple(factor.indices)
+            rest = indices[len(batch):]
+            inner_as_read = tuple(s for s in rest if s in inner)
+            if (len(set(indices)) == len(indices) and indices[:len(batch)] == batch
+                    and rest in (outer + inner_as_read, inner_as_read + outer)
+                    and set(rest) == set(outer) | set(inner)):
+                return _Operand(factor, indices, factor)
+        # a work array, laid out as the entries it reads are (so that writing it reads them in order)
+        layouts = [batch + outer + inner, batch + inner + outer]
+        reads = [tuple(e.indices) for e in sorted(factor.atoms(sp.Indexed), key=sp.default_sort_key)]
+        chosen = next((layout for read in reads for layout in layouts
+                       if tuple(s for s in read if s in layout) == tuple(s for s in layout if s in read)
+                       and len(set(read) & set(layout)) > 1), layouts[0])
+        return _Operand(factor, chosen, None)
+
+    def gemm(self, gemm: _Gemm, target: str, ranges: dict[sp.Symbol, str], accumulate: bool) -> list[str]:
+        """The gemm call (one per batch entry) writing target, after the loops that write its operands that are
+        not arrays of the spec; accumulate: add to what target holds (beta = 1)."""
+        self.blas = True
+        lines = []
+        pointers = []
+        for operand in (gemm.first, gemm.second):
+            if operand.array is not None:
+                base = str(operand.array.base)
+                pointers.append(self.printed[base])
+                continue
+            positions = {s: sp.Symbol(f"_p{number}") for number, s in enumerate(operand.indices)}
+            key = (operand.expr.xreplace(positions), tuple(ranges[s] for s in operand.indices))
+            if key not in self.written:  # the same factor, laid out the same way, is written once
+                self.temporaries += 1
+                name = self.written[key] = f"_c{self.temporaries}"
+                self.axes[name] = key[1]
+                self.scratch.append((name, key[1], "softgrad_real"))
+                self.bind(list(operand.indices))
+                flat = self.entry(sp.IndexedBase(name)[operand.indices])
+                lines += self.threaded(self.nest(operand.expr, list(operand.indices), ranges,
+                                                 lambda code, flat=flat: f"{flat} = {code};"), operand.indices)
+            pointers.append(self.written[key])
+
+        def extent(symbols: tuple[sp.Symbol, ...]) -> str:
+            return " * ".join(self.size(ranges[s]) for s in symbols) or "1"
+
+        m, n, k = extent(gemm.rows), extent(gemm.columns), extent(gemm.inner)
+        first_rest = gemm.first.indices[len(gemm.batch):]
+        second_rest = gemm.second.indices[len(gemm.batch):]
+        transpose_first = bool(gemm.rows) and first_rest[0] not in gemm.rows
+        transpose_second = bool(gemm.columns) and second_rest[0] in gemm.columns
+        alpha = self.code(gemm.alpha)
+
+        def at(pointer: str, block: str) -> str:  # the batch entry's block of an array
+            return f"{pointer} + _batch * {block}" if gemm.batch else pointer
+
+        call = (f"SOFTGRAD_GEMM(CblasRowMajor, {'CblasTrans' if transpose_first else 'CblasNoTrans'}, "
+                f"{'CblasTrans' if transpose_second else 'CblasNoTrans'}, (int)({m}), (int)({n}), (int)({k}), "
+                f"{alpha}, {at(pointers[0], f'({m}) * ({k})')}, (int)({m if transpose_first else k}), "
+                f"{at(pointers[1], f'({k}) * ({n})')}, (int)({k if transpose_second else n}), "
+                f"{'1' if accumulate else '0'}, {at(target, f'({m}) * ({n})')}, (int)({n}));")
+        if not gemm.batch:
+            return [*lines, call]
+        return [*lines, f"for (size_t _batch = 0; _batch < {extent(gemm.batch)}; ++_batch) {{", "    " + call, "}"]
 
 
-def lower_tensor_c(derivation: Derivation, openmp: bool = False) -> CModule:
+def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool = False) -> CModule:
     tensor, spec = derivation.tensor, derivation.spec
     printed = printed_names(derivation)
-    compiler = _Compiler(derivation, printed, openmp)
+    compiler = _Compiler(derivation, printed, dtype, openmp)
     for definition in spec.definitions:  # which normalised arrays need their log (scan first)
         compiler.normalised_form(definition)
     backward_arrays = backward_definitions(derivation)
@@ -302,27 +501,36 @@ def lower_tensor_c(derivation: Derivation, openmp: bool = False) -> CModule:
         compiler.with_logs(definition.expr)
     output = spec.output
     forward = [compiler.statement(d, printed[d.name]) for d in spec.definitions]
+    forward_scratch, compiler.scratch = compiler.scratch, []
     gradient_names = {printed[g] for g in tensor.gradients.values()}
     backward = [compiler.statement(d, printed[d.name]) for d in backward_arrays]
-    work = [(printed[d.name], tensor.axes.get(d.name, ())) for d in spec.definitions if d is not output]
-    work += [("_log_" + printed[name], tensor.axes[name]) for name in sorted(compiler.logs_needed)]
-    backward_work = [(printed[d.name], tensor.axes.get(d.name, ())) for d in tensor.backward
+    work = [(printed[d.name], tensor.axes.get(d.name, ()), "softgrad_real") for d in spec.definitions
+            if d is not output]
+    work += [("_log_" + printed[name], tensor.axes[name], "softgrad_real") for name in sorted(compiler.logs_needed)]
+    backward_work = [(printed[d.name], tensor.axes.get(d.name, ()), "softgrad_real") for d in tensor.backward
                      if printed[d.name] not in gradient_names]
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],
         parameters=[printed[p] for p in spec.parameters], ranges=list(spec.sizes), output=printed[output.name],
         output_ranges=tuple(tensor.axes.get(output.name, ())), output_is_scalar=not output.is_vector,
-        forward=forward, backward=backward, forward_work=work, backward_work=backward_work,
+        forward=forward, backward=backward, forward_work=work + forward_scratch,
+        backward_work=backward_work + compiler.scratch,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
-        gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()])
+        gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()],
+        blas=compiler.blas)
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,
-                  dtype: str, openmp: bool = False) -> dict[str, str]:
-    module = lower_tensor_c(derivation, openmp)
+                  dtype: str, openmp: bool = False) -> tuple[dict[str, str], bool]:
+    """The C source, header and ctypes loader, and whether the source calls BLAS (it then links one)."""
+    module = lower_tensor_c(derivation, dtype, openmp)
+    flags = RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else [])
     context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp,
                    **checked_arrays(derivation, printed_names(derivation)),
-                   ctype="double" if dtype == "float64" else "float")
-    return {f"{module_name}.h": str(render("c/tensor.h.j2", **context)),
-            f"{module_name}.c": str(render("c/tensor.c.j2", **context)),
-            f"{module_name}_ctypes.py": str(render("c/tensor_loader.py.j2", **context))}
+                   ctype="double" if dtype == "float64" else "float", helper_types=c_math.helper_types(dtype),
+                   compile_flags=" ".join(flags), gemm="dgemm" if dtype == "float64" else "sgemm")
+    files = {f"{module_name}.h": str(render("c/tensor.h.j2", **context)),
+             f"{module_name}.c": str(render("c/tensor.c.j2", **context)),
+             f"{module_name}_ctypes.py": str(render("c/tensor_loader.py.j2", **context))}
+    return files, module.blas
+

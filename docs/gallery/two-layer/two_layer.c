@@ -6,16 +6,316 @@
  *     given sum(T[b, k], k) = 1
  * (the spec as softgrad reads it; the SHA-256 of its source text is 3e5ce19fc75a6866524937814fc0f7c3dd144155138514a9b2556b695b5b6db1)
  *
- * Plain C99 loop nests, correct rather than fast: each contraction is a loop, and a statement that is a
- * matrix product says which BLAS call (gemm, gemv) would replace it. Sums are hoisted to the outermost
- * loop where their indices are bound; each normalised exponential is shifted by its row maximum.
+ * Every statement that is a contraction of two arrays is a BLAS gemm call per batch entry (a factor that is
+ * not an array of the spec is written to a work array first); the rest are loops the compiler vectorizes
+ * (`omp simd`, softgrad's branch-free exp and log), sums hoisted to the outermost loop where their indices
+ * are bound and accumulated in double; each normalised exponential is shifted by its row maximum and its exp
+ * computed once per entry.
+ *
+ * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC two_layer.c -o libtwo_layer.so <BLAS flags> -lm
+ * BLAS: by default the OpenBLAS that pip installs as scipy-openblas32, whose symbols are prefixed scipy_:
+ *     python -m pip install scipy-openblas32
+ *     BLAS flags: -I<get_include_dir()> -L<get_lib_dir()> -lscipy_openblas -Wl,-rpath,<get_lib_dir()>
+ *     (the directories from `import scipy_openblas32`). Another CBLAS (MKL, a system OpenBLAS, BLIS): compile
+ *     with -DSOFTGRAD_CBLAS_PREFIX= (empty), its cblas.h on the include path, and its library (e.g. -lopenblas).
+ * Threads: OMP_NUM_THREADS sets both the BLAS's threads and, with -fopenmp, the loops'.
  */
 #include <math.h>
-#include <tgmath.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <cblas.h>
 #include "two_layer.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized" /* gcc cannot tell that BLAS reads only what the loops wrote */
+#endif
+
 typedef double softgrad_real;
+
+#ifndef SOFTGRAD_CBLAS_PREFIX
+#define SOFTGRAD_CBLAS_PREFIX scipy_
+#endif
+#define SOFTGRAD_PASTE(prefix, name) prefix##name
+#define SOFTGRAD_NAME(prefix, name) SOFTGRAD_PASTE(prefix, name)
+#define SOFTGRAD_GEMM SOFTGRAD_NAME(SOFTGRAD_CBLAS_PREFIX, cblas_dgemm)
+
+/* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
+ * and all are inlined always: a loop that calls one (softplus holds a log1p, a log and an exp) vectorizes
+ * only if each is inlined, which gcc's size limits would otherwise refuse when a body calls it twice. */
+#if defined(__GNUC__)
+#define SOFTGRAD_HELPER static inline __attribute__((unused, always_inline))
+#else
+#define SOFTGRAD_HELPER static inline
+#endif
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+/* Outputs at least this large are written with streaming stores, which skip reading each destination line
+ * before overwriting it (a quarter of a backward pass's memory traffic) and leave the cache to the inputs;
+ * smaller outputs are likely read again soon, from cache. Override with -DSOFTGRAD_STREAM_MIN_BYTES=... */
+#ifndef SOFTGRAD_STREAM_MIN_BYTES
+#define SOFTGRAD_STREAM_MIN_BYTES ((size_t)32 << 20)
+#endif
+#ifndef SOFTGRAD_CHUNK
+#define SOFTGRAD_CHUNK 512 /* entries computed into an L1-resident chunk, then streamed out (a multiple of 16) */
+#endif
+
+#define SOFTGRAD_LINE 64 /* bytes in a cache line */
+
+/* How many entries of `size` bytes from `row` to the next cache line (at most n). */
+SOFTGRAD_HELPER size_t softgrad_entries_to_line(const void *row, size_t size, size_t n)
+{
+    const size_t bytes = (SOFTGRAD_LINE - (uintptr_t)row % SOFTGRAD_LINE) % SOFTGRAD_LINE;
+    const size_t entries = bytes % size == 0 ? bytes / size : 0;
+    return entries < n ? entries : n;
+}
+
+SOFTGRAD_HELPER void softgrad_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence(); /* streaming stores are weakly ordered: make them visible before returning */
+#endif
+}
+
+SOFTGRAD_HELPER uint64_t softgrad_bits(double v) { uint64_t b; memcpy(&b, &v, sizeof b); return b; }
+SOFTGRAD_HELPER double softgrad_from_bits(uint64_t b) { double v; memcpy(&v, &b, sizeof v); return v; }
+/* choose ? a : b by bit masks: gcc does not if-convert a ?: on floating values under -ftrapping-math */
+SOFTGRAD_HELPER double softgrad_select(int choose, double a, double b)
+{
+    const uint64_t mask = -(uint64_t)choose;
+    return softgrad_from_bits((softgrad_bits(a) & mask) | (softgrad_bits(b) & ~mask));
+}
+
+/* exp(v) without branches (vectorizes); within 2 ulp, exp(+inf) = +inf, exp(-inf) = 0, subnormal
+ * results rounded correctly, NaN stays NaN. Made by softgrad.codegen.c_math. */
+SOFTGRAD_HELPER double softgrad_exp(double v)
+{
+    v = softgrad_select(v < -0x1.75p+9, -0x1.75p+9, v);
+    v = softgrad_select(v > 0x1.63p+9, 0x1.63p+9, v);
+    const double rounded = v * 0x1.71547652b82fep+0 + 0x1.8p+52; /* k = round(v / ln 2) in the low bits */
+    const double k = rounded - 0x1.8p+52;
+    const double half = k * 0x1p-1 + 0x1.8p+52; /* h = round(k / 2) in the low bits */
+    const double r = (v - k * 0x1.62e42fecp-1) - k * 0x1.d1cf79abc9e3bp-32;
+    const double p = 0x1p+0 + r * (0x1p+0 + r * (0x1.0000000000012p-1 + r * (0x1.555555555555bp-3 + r * (0x1.555555554e879p-5 + r * (0x1.111111110ef94p-7 + r * (0x1.6c16c189b379fp-10 + r * (0x1.a01a01b251e85p-13 + r * (0x1.a0198d1fda4aap-16 + r * (0x1.71ddf2a82093ep-19 + r * (0x1.28b8302ee0724p-22 + r * (0x1.af683d6885e31p-26)))))))))));
+    const double first = softgrad_from_bits((softgrad_bits(rounded) - softgrad_bits(half) + 1023u) << 52);
+    const double second = softgrad_from_bits((softgrad_bits(half) + 1023u) << 52);
+    return p * first * second;
+}
+
+/* log(v) without branches: k ln 2 + log m, m = v / 2^k in [√½, √2) read from the bits (subnormals scaled
+ * up first), log m = 2 atanh((m − 1)/(m + 1)) summed as fdlibm does; within 2 ulp, log 0 = −inf,
+ * log(+inf) = +inf, negatives and NaN give NaN. Made by softgrad.codegen.c_math. */
+SOFTGRAD_HELPER double softgrad_log(double v)
+{
+    const int subnormal = v < 0x1p-1022;
+    const double scaled = softgrad_select(subnormal, v * 0x1p+54, v);
+    const uint64_t exponent = (softgrad_bits(scaled) + 0x95f619980c433u) >> 52; /* k + bias */
+    const double m = softgrad_from_bits(softgrad_bits(scaled) - ((exponent - 1023u) << 52));
+    const double k = softgrad_from_bits(exponent | 0x4330000000000000u) - 0x1.00000000003ffp+52
+        - softgrad_select(subnormal, 54, 0);
+    const double f = m - 1;
+    const double s = f / (2 + f);
+    const double z = s * s;
+    const double R = z * (0x1.5555555555558p-1 + z * (0x1.99999999949dp-2 + z * (0x1.2492492eefe17p-2 + z * (0x1.c71c61a40ddfbp-3 + z * (0x1.74630f3e18fa7p-3 + z * (0x1.39f2bba043e06p-3 + z * (0x1.2be6c99b32a48p-3)))))));
+    const double half_square = 0x1p-1 * f * f;
+    double result = k * 0x1.62e42fecp-1 - ((half_square - (s * (half_square + R) + k * 0x1.d1cf79abc9e3bp-32)) - f);
+    result = softgrad_select(v == 0, -INFINITY, result);
+    result = softgrad_select(v < 0, NAN, result);
+    return softgrad_select((v == INFINITY) | (v != v), v, result);
+}
+
+/* log(1 + v): log(u) for u = 1 + v, plus the rounding error of u divided by u */
+SOFTGRAD_HELPER double softgrad_log1p(double v)
+{
+    const double u = 1 + v;
+    const double error = softgrad_select(fabs(v) < 1, v - (u - 1), 1 - (u - v)); /* exact */
+    const double correction = error / u;
+    return softgrad_log(u) + softgrad_select(correction != correction, 0, correction); /* 0/0, inf−inf */
+}
+
+/* e^v − 1 without branches: 2^k (p + 1 − 2^−k), p = expm1(r) on exp's reduced argument r (and r's rounding
+ * error); k = 0 for |v| ≤ ln 2 / 2, where the result is p itself. Within 2 ulp, −inf → −1, +inf → +inf. */
+SOFTGRAD_HELPER double softgrad_expm1(double v)
+{
+    v = softgrad_select(v < -0x1.4p+5, -0x1.4p+5, v);
+    v = softgrad_select(v > 0x1.63p+9, 0x1.63p+9, v);
+    const double rounded = v * 0x1.71547652b82fep+0 + 0x1.8p+52;
+    const double k = rounded - 0x1.8p+52;
+    const double half = k * 0x1p-1 + 0x1.8p+52;
+    const double high = v - k * 0x1.62e42fecp-1; /* exact */
+    const double r = high - k * 0x1.d1cf79abc9e3bp-32;
+    const double lost = (high - r) - k * 0x1.d1cf79abc9e3bp-32; /* what rounding r dropped */
+    const double p = r + r * r * (0x1p-1 + r * (0x1.5555555555557p-3 + r * (0x1.5555555555556p-5 + r * (0x1.111111110ff87p-7 + r * (0x1.6c16c16c16212p-10 + r * (0x1.a01a01aca0134p-13 + r * (0x1.a01a01a741b3cp-16 + r * (0x1.71ddffef9e7b1p-19 + r * (0x1.27e4da1a3bf04p-22 + r * (0x1.af52906239de4p-26 + r * (0x1.1f75aba0b1e2ep-29)))))))))));
+    const double corrected = p + lost * (1 + p);
+    const double first = softgrad_from_bits((softgrad_bits(rounded) - softgrad_bits(half) + 1023u) << 52);
+    const double second = softgrad_from_bits((softgrad_bits(half) - 0x4338000000000000u + 1023u) << 52);
+    const double inverse = softgrad_from_bits((softgrad_bits(half) - softgrad_bits(rounded) + 1023u) << 52)
+        * softgrad_from_bits((0x4338000000000000u - softgrad_bits(half) + 1023u) << 52);
+    return (corrected + (1 - inverse)) * first * second;
+}
+
+/* tanh(v) without branches: an odd polynomial for |v| < 0x1.199999999999ap-1, else sign(v) e/(e + 2), e = expm1(2|v|) */
+SOFTGRAD_HELPER double softgrad_tanh(double v)
+{
+    double a = fabs(v);
+    a = softgrad_select(a > 0x1.4p+4, 0x1.4p+4, a);
+    const double e = softgrad_expm1(2 * a);
+    const double w = a * a;
+    const double small = a + a * w * (-0x1.5555555555555p-2 + w * (0x1.111111111101cp-3 + w * (-0x1.ba1ba1b9fc45dp-5 + w * (0x1.664f48762f2c5p-6 + w * (-0x1.226e32c729cb4p-7 + w * (0x1.d6d330d173fd3p-9 + w * (-0x1.7d974a77b259bp-10 + w * (0x1.34c08c6bae289p-11 + w * (-0x1.ebd42b2f4b5ap-13 + w * (0x1.64387f4139499p-14 + w * (-0x1.57873eacad105p-16)))))))))));
+    return copysign(softgrad_select(a < 0x1.199999999999ap-1, small, e / (e + 2)), v);
+}
+
+SOFTGRAD_HELPER double softgrad_max(double a, double b) { return b > a ? b : a; } /* a max reduction gcc vectorizes */
+
+/* w·f, but 0 where w = 0 even if f is ±inf (0·log 0 = 0, as in xlogy): masked classes stay finite */
+SOFTGRAD_HELPER double softgrad_guarded(double w, double f) { return softgrad_select(w == 0, 0, w * f); }
+
+/* a + b − (a + b rounded), exactly, for any a and b (Knuth's 2Sum): what rounding the sum dropped */
+SOFTGRAD_HELPER double softgrad_sum_error(double a, double b, double sum)
+{
+    const double part = sum - a;
+    return (a - (sum - part)) + (b - part);
+}
+
+/* σ(u) and log(1 + exp(v)) without overflow: exp is only ever taken of −|u|; σ within 2 ulp */
+SOFTGRAD_HELPER double softgrad_sigmoid(double u)
+{
+    const double e = softgrad_exp(-fabs(u));
+    const double d = 1 + e;
+    const double quotient = softgrad_select(u >= 0, 1, e) / d;
+    return quotient - quotient * (((1 - d) + e) / d); /* (1 − d) + e: what rounding 1 + e dropped, exactly */
+}
+SOFTGRAD_HELPER double softgrad_softplus(double v) { return softgrad_max(v, 0) + softgrad_log1p(softgrad_exp(-fabs(v))); }
+
+/* tanh(log(1 + exp(u))) (Mish's factor) from one exp, e = exp(−|u|): (1 + 2e)/(1 + 2e + 2e²) for u ≥ 0,
+ * (e² + 2e)/(e² + 2e + 2) for u < 0, both (1 + eᵘ)² − 1 over (1 + eᵘ)² + 1 without overflow or cancellation */
+SOFTGRAD_HELPER double softgrad_tanh_softplus(double u)
+{
+    const double e = softgrad_exp(-fabs(u));
+    const double numerator = softgrad_select(u >= 0, 1 + 2 * e, e * e + 2 * e);
+    const double rest = softgrad_select(u >= 0, 2 * e * e, 2);
+    const double denominator = numerator + rest;
+    const double dropped = softgrad_sum_error(numerator, rest, denominator);
+    const double quotient = numerator / denominator;
+    return quotient - quotient * (dropped / denominator);
+}
+
+/* a·b − (a·b rounded), exactly: one fma where the hardware has it, else Dekker's product of split halves */
+SOFTGRAD_HELPER double softgrad_product_error(double a, double b, double product)
+{
+#if defined(__FMA__)
+    return fma(a, b, -product);
+#else
+    const double a_split = a * 134217729.0, b_split = b * 134217729.0; /* 2^27 + 1 */
+    const double a_high = a_split - (a_split - a), a_low = a - a_high;
+    const double b_high = b_split - (b_split - b), b_low = b - b_high;
+    return ((a_high * b_high - product) + a_high * b_low + a_low * b_high) + a_low * b_low;
+#endif
+}
+
+/* exp(v + tail) for a tail below half an ulp of v: exp's body with the tail added to the reduced argument */
+SOFTGRAD_HELPER double softgrad_exp_tail(double v, double tail)
+{
+    v = softgrad_select(v < -0x1.75p+9, -0x1.75p+9, v);
+    v = softgrad_select(v > 0x1.63p+9, 0x1.63p+9, v);
+    const double rounded = v * 0x1.71547652b82fep+0 + 0x1.8p+52; /* k = round(v / ln 2) in the low bits */
+    const double k = rounded - 0x1.8p+52;
+    const double half = k * 0x1p-1 + 0x1.8p+52; /* h = round(k / 2) in the low bits */
+    const double r = (v - k * 0x1.62e42fecp-1) - k * 0x1.d1cf79abc9e3bp-32 + tail;
+    const double p = 0x1p+0 + r * (0x1p+0 + r * (0x1.0000000000012p-1 + r * (0x1.555555555555bp-3 + r * (0x1.555555554e879p-5 + r * (0x1.111111110ef94p-7 + r * (0x1.6c16c189b379fp-10 + r * (0x1.a01a01b251e85p-13 + r * (0x1.a0198d1fda4aap-16 + r * (0x1.71ddf2a82093ep-19 + r * (0x1.28b8302ee0724p-22 + r * (0x1.af683d6885e31p-26)))))))))));
+    const double first = softgrad_from_bits((softgrad_bits(rounded) - softgrad_bits(half) + 1023u) << 52);
+    const double second = softgrad_from_bits((softgrad_bits(half) + 1023u) << 52);
+    return p * first * second;
+}
+
+/* x^y without branches: exp(y·log|x|) with log|x| carried in two doubles (about 2^-64 relative, so y·log|x|
+ * stays exact to well under an ulp of the result), and C99's special values; within 2 ulp. */
+SOFTGRAD_HELPER double softgrad_pow(double x, double y)
+{
+    const double v = fabs(x);
+    const int subnormal = v < 0x1p-1022;
+    const double scaled = softgrad_select(subnormal, v * 0x1p+54, v);
+    const uint64_t exponent = (softgrad_bits(scaled) + 0x95f619980c433u) >> 52; /* k + bias */
+    const double m = softgrad_from_bits(softgrad_bits(scaled) - ((exponent - 1023u) << 52));
+    const double k = softgrad_from_bits(exponent | 0x4330000000000000u) - 0x1.00000000003ffp+52
+        - softgrad_select(subnormal, 54, 0);
+    const double f = m - 1;
+    const double d = 2 + f;
+    const double d_low = (2 - d) + f; /* 2 + f = d + d_low exactly */
+    const double s = f / d;
+    const double s_low = (-softgrad_product_error(s, d, f) - s * d_low) / d; /* f/(2 + f) = s + s_low */
+    const double z = s * s;
+    const double z_low = softgrad_product_error(s, s, z);
+    const double cube = z * s;
+    const double cube_low = softgrad_product_error(z, s, cube) + z_low * s;
+    const double third = cube * 0x1.5555555555555p-1; /* 2s³/3 in two parts */
+    const double third_low = softgrad_product_error(cube, 0x1.5555555555555p-1, third)
+        + cube * 0x1.5555555555555p-55 + cube_low * 0x1.5555555555555p-1;
+    const double rest = s * z * z * (0x1.999999999999ap-2 + z * (0x1.2492492492537p-2 + z * (0x1.c71c71c6e441bp-3 + z * (0x1.745d17802c2c5p-3 + z * (0x1.3b139383219ecp-3 + z * (0x1.11194432dbb5fp-3 + z * (0x1.df6309497fd78p-4 + z * (0x1.e1390904a24bap-4)))))))); /* 2s⁵/5 + 2s⁷/7 + … */
+    const double a = k * 0x1.62e42fecp-1, b = 2 * s;
+    const double sum = a + b, high = sum + third;
+    const double low = softgrad_sum_error(a, b, sum) + softgrad_sum_error(sum, third, high)
+        + 2 * s_low + third_low + 2 * z * s_low + rest + k * 0x1.d1cf79abc9e3bp-32;
+    const double product = y * high;
+    const int in_range = (product > -0x1.75p+9) & (product < 0x1.63p+9);
+    const double product_low = softgrad_select(in_range, softgrad_product_error(y, high, product) + y * low, 0);
+    double result = softgrad_exp_tail(product, product_low);
+    /* the special values of C99's pow: x^0 = 1^y = 1, |x| = 1 and y = ±inf give 1, log 0 and log inf as
+     * they fall, a negative x needs an integer y (an odd one keeps x's sign), NaN otherwise */
+    const double magnitude = fabs(y), half_magnitude = 0.5 * magnitude; /* rounded to integers by adding 2^52 */
+    const int integral = (magnitude >= 0x1p52) | (((magnitude + 0x1p52) - 0x1p52) == magnitude); /* floor() does not vectorize */
+    const int odd = integral & (magnitude < 0x1p53) & (((half_magnitude + 0x1p52) - 0x1p52) != half_magnitude);
+    const int inf_or_nan = (v == INFINITY) | (v != v);
+    const double special = softgrad_select((v != v) | (y != y), v + y, softgrad_select((v == 0) ^ (y < 0), 0, INFINITY));
+    result = softgrad_select(inf_or_nan | (v == 0), special, result);
+    result = softgrad_select((x < 0) & !integral & !inf_or_nan, NAN, result);
+    result = softgrad_select(odd, copysign(result, x), result);
+    result = softgrad_select((v == 1) & (fabs(y) == INFINITY), 1, result);
+    return softgrad_select((y == 0) | (x == 1), 1, result);
+}
+
+/* erf(v) without branches: v + v·R(v²) for |v| < 1; 1 − e^(−v²)·G(|v|) up to 6, G a polynomial on each side
+ * of 2.5 and v² split exactly in two for the exp; ±1 beyond; NaN through; erf(−0) = −0. Within 2 ulp. */
+SOFTGRAD_HELPER double softgrad_erf(double v)
+{
+    const double a = fabs(v);
+    const double w = a * a;
+    const double small = a + a * (0x1.06eba8214db69p-3 + w * (-0x1.812746b0379e6p-2 + w * (0x1.ce2f21a042b1cp-4 + w * (-0x1.b82ce312847dfp-6 + w * (0x1.565bcd0daafadp-8 + w * (-0x1.c02db3d7d3f0cp-11 + w * (0x1.f9a3217c87dc1p-14 + w * (-0x1.f4d1dc278c3e2p-17 + w * (0x1.b9dec652bf0d6p-20 + w * (-0x1.5f1ba84a48f49p-23 + w * (0x1.f79213e34a832p-27 + w * (-0x1.382f7c1302f89p-30 + w * (0x1.04cffb4ece4e9p-34)))))))))))));
+    const double t = softgrad_select(a > 0x1.8p+2, 0x1.8p+2, a); /* ±inf too; NaN passes */
+    const double square = t * t;
+    const double square_error = softgrad_product_error(t, t, square);
+    const double middle = t - 0x1.cp+0, tail = t - 0x1.1p+2;
+    const double scaled = softgrad_select(t < 0x1.4p+1, 0x1.23cfc2f1dc7ep-2 + middle * (-0x1.0c3d538446449p-3 + middle * (0x1.c8d0cef0f810ep-5 + middle * (-0x1.6cb52fe4890d4p-6 + middle * (0x1.13648a11ffcc6p-7 + middle * (-0x1.8bf716a922228p-9 + middle * (0x1.106bd5c05d6c8p-10 + middle * (-0x1.6838883225f47p-12 + middle * (0x1.cb4c68670b1abp-14 + middle * (-0x1.1b2918b2453d1p-15 + middle * (0x1.5273f8d926878p-17 + middle * (-0x1.88f986f8b52d2p-19 + middle * (0x1.bc0e94518e945p-21 + middle * (-0x1.e965d9ea9794cp-23 + middle * (0x1.07135d30de098p-24 + middle * (-0x1.10b404e6bacc4p-26 + middle * (0x1.18b15dfc5bd06p-28 + middle * (-0x1.500958caa45f3p-30 + middle * (0x1.49dd618a759e5p-32)))))))))))))))))),
+                                          0x1.08e62ce8c89adp-3 + tail * (-0x1.da395335251e5p-6 + tail * (0x1.9ef71691a5abap-8 + tail * (-0x1.6373226e39dbbp-10 + tail * (0x1.2a660fde52a3ap-12 + tail * (-0x1.eb88e15f6c7fcp-15 + tail * (0x1.8d8e59c3c8097p-17 + tail * (-0x1.3c0762fcc62b7p-19 + tail * (0x1.ee33454d60457p-22 + tail * (-0x1.7c59ec792f058p-24 + tail * (0x1.204d24da45b21p-26 + tail * (-0x1.ae5ba502b078cp-29 + tail * (0x1.3d01216a8684ap-31 + tail * (-0x1.d273a32b009f9p-34 + tail * (0x1.4e381efdd237p-36 + tail * (-0x1.a21ad27a83957p-39 + tail * (0x1.263c5f3d722a1p-41 + tail * (-0x1.5bc6623ebd38ap-43 + tail * (0x1.d6b9a87208c9dp-46)))))))))))))))))));
+    const double large = 1 - softgrad_exp_tail(-square, -square_error) * scaled;
+    return copysign(softgrad_select(a < 0x1p+0, small, large), v);
+}
+
+SOFTGRAD_HELPER void softgrad_stream(double *restrict destination, const double *restrict chunk, size_t count)
+{
+    size_t i = 0;
+#if defined(__AVX__)
+    for (; i < count && ((uintptr_t)(destination + i) & 31); ++i) {
+        destination[i] = chunk[i];
+    }
+    for (; i + 4 <= count; i += 4) {
+        _mm256_stream_pd(destination + i, _mm256_loadu_pd(chunk + i));
+    }
+#elif defined(__SSE2__)
+    for (; i < count && ((uintptr_t)(destination + i) & 15); ++i) {
+        destination[i] = chunk[i];
+    }
+    for (; i + 2 <= count; i += 2) {
+        _mm_stream_pd(destination + i, _mm_loadu_pd(chunk + i));
+    }
+#endif
+    for (; i < count; ++i) {
+        destination[i] = chunk[i];
+    }
+}
 
 int two_layer_forward(const double *W1, const double *X, const double *W2, const double *T, softgrad_real *L, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c)
 {
@@ -23,65 +323,66 @@ int two_layer_forward(const double *W1, const double *X, const double *W2, const
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
-    size_t _size = 1 + _n_b * _n_j * 1 + _n_b * _n_c * 1 + _n_b * _n_c * 1 + _n_b * _n_c * 1;
-    softgrad_real *_work = (softgrad_real *)malloc(_size * sizeof(softgrad_real));
-    if (_work == NULL) return -1;
-    softgrad_real *_next = _work;
-    (void)_next;
-    softgrad_real *h = _next;
-    _next += _n_b * _n_j * 1;
-    softgrad_real *z = _next;
-    _next += _n_b * _n_c * 1;
-    softgrad_real *P = _next;
-    _next += _n_b * _n_c * 1;
-    softgrad_real *_log_P = _next;
-    _next += _n_b * _n_c * 1;
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[5] = {0};
+    int _missing = 0;
+    softgrad_real *h = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= h == NULL;
+    softgrad_real *z = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= z == NULL;
+    softgrad_real *P = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= P == NULL;
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _log_P == NULL;
+    softgrad_real *_c1 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= _c1 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
+        return -1;
+    }
 
-    /* h[b, j] (a matrix product: BLAS gemm would replace this loop nest) */
+    /* h[b, j] (its contractions by BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_j), (int)(_n_d), 1, X, (int)(_n_d), W1, (int)(_n_d), 0, _c1, (int)(_n_j));
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
         for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            softgrad_real _s1 = 0;
-            for (size_t _ix_d = 0; _ix_d < _n_d; ++_ix_d) {
-                _s1 += W1[(_ix_j) * _n_d + _ix_d]*X[(_ix_b) * _n_d + _ix_d];
-            }
-            h[(_ix_b) * _n_j + _ix_j] = tanh(_s1);
+            h[(_ix_b) * _n_j + _ix_j] = softgrad_tanh(_c1[(_ix_b) * _n_j + _ix_j]);
         }
     }
-    /* z[b, c] (a matrix product: BLAS gemm would replace this loop nest) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            softgrad_real _s2 = 0;
-            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-                _s2 += W2[(_ix_c) * _n_j + _ix_j]*h[(_ix_b) * _n_j + _ix_j];
-            }
-            z[(_ix_b) * _n_c + _ix_c] = _s2;
-        }
-    }
+    /* z[b, c] (BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_c), (int)(_n_j), 1, h, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
     /* P[b, c] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _m3 = -INFINITY;
+        softgrad_real _m2 = -INFINITY;
+        #pragma omp simd reduction(max:_m2)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _m3 = fmax(_m3, z[(_ix_b) * _n_c + _ix_c]);
+            _m2 = softgrad_max(_m2, z[(_ix_b) * _n_c + _ix_c]);
         }
-        if (!isfinite(_m3)) _m3 = 0;  // a row of -inf: a harmless shift
-        softgrad_real _t3 = 0;
+        if (!isfinite(_m2)) _m2 = 0;  // a row of -inf: a harmless shift
+        double _t2 = 0.0;
+        #pragma omp simd reduction(+:_t2)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _t3 += exp(z[(_ix_b) * _n_c + _ix_c] - _m3);
+            P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[(_ix_b) * _n_c + _ix_c] - _m2);
+            _t2 += P[(_ix_b) * _n_c + _ix_c];
         }
+        const softgrad_real _r2 = (softgrad_real)(1.0 / _t2);
+        const softgrad_real _l2 = (softgrad_real)log(_t2);
+        #pragma omp simd
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            P[(_ix_b) * _n_c + _ix_c] = exp(z[(_ix_b) * _n_c + _ix_c] - _m3) / _t3;
-            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m3) - log(_t3);
+            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m2) - _l2;
+            P[(_ix_b) * _n_c + _ix_c] *= _r2;
         }
     }
     /* L */
-    softgrad_real _s4 = 0;
+    double _s3 = 0.0;
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd reduction(+:_s3)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s4 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
+            _s3 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
         }
     }
-    L[0] = -_s4/(softgrad_real)_n_b;
-    free(_work);
+    L[0] = -_s3/(softgrad_real)_n_b;
+    for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }
 
@@ -91,106 +392,91 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
-    size_t _size = 1 + _n_b * _n_j * 1 + _n_b * _n_c * 1 + _n_b * _n_c * 1 + _n_b * _n_c * 1 + _n_b * _n_j * 1;
-    softgrad_real *_work = (softgrad_real *)malloc(_size * sizeof(softgrad_real));
-    if (_work == NULL) return -1;
-    softgrad_real *_next = _work;
-    (void)_next;
-    softgrad_real *h = _next;
-    _next += _n_b * _n_j * 1;
-    softgrad_real *z = _next;
-    _next += _n_b * _n_c * 1;
-    softgrad_real *P = _next;
-    _next += _n_b * _n_c * 1;
-    softgrad_real *_log_P = _next;
-    _next += _n_b * _n_c * 1;
-    softgrad_real *dh = _next;
-    _next += _n_b * _n_j * 1;
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[8] = {0};
+    int _missing = 0;
+    softgrad_real *h = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= h == NULL;
+    softgrad_real *z = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= z == NULL;
+    softgrad_real *P = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= P == NULL;
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _log_P == NULL;
+    softgrad_real *_c1 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= _c1 == NULL;
+    softgrad_real *dh = (softgrad_real *)(_blocks[5] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= dh == NULL;
+    softgrad_real *_c4 = (softgrad_real *)(_blocks[6] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _c4 == NULL;
+    softgrad_real *_c5 = (softgrad_real *)(_blocks[7] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= _c5 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 8; ++_block) free(_blocks[_block]);
+        return -1;
+    }
 
-    /* h[b, j] (a matrix product: BLAS gemm would replace this loop nest) */
+    /* h[b, j] (its contractions by BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_j), (int)(_n_d), 1, X, (int)(_n_d), W1, (int)(_n_d), 0, _c1, (int)(_n_j));
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
         for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            softgrad_real _s1 = 0;
-            for (size_t _ix_d = 0; _ix_d < _n_d; ++_ix_d) {
-                _s1 += W1[(_ix_j) * _n_d + _ix_d]*X[(_ix_b) * _n_d + _ix_d];
-            }
-            h[(_ix_b) * _n_j + _ix_j] = tanh(_s1);
+            h[(_ix_b) * _n_j + _ix_j] = softgrad_tanh(_c1[(_ix_b) * _n_j + _ix_j]);
         }
     }
-    /* z[b, c] (a matrix product: BLAS gemm would replace this loop nest) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            softgrad_real _s2 = 0;
-            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-                _s2 += W2[(_ix_c) * _n_j + _ix_j]*h[(_ix_b) * _n_j + _ix_j];
-            }
-            z[(_ix_b) * _n_c + _ix_c] = _s2;
-        }
-    }
+    /* z[b, c] (BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_c), (int)(_n_j), 1, h, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
     /* P[b, c] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _m3 = -INFINITY;
+        softgrad_real _m2 = -INFINITY;
+        #pragma omp simd reduction(max:_m2)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _m3 = fmax(_m3, z[(_ix_b) * _n_c + _ix_c]);
+            _m2 = softgrad_max(_m2, z[(_ix_b) * _n_c + _ix_c]);
         }
-        if (!isfinite(_m3)) _m3 = 0;  // a row of -inf: a harmless shift
-        softgrad_real _t3 = 0;
+        if (!isfinite(_m2)) _m2 = 0;  // a row of -inf: a harmless shift
+        double _t2 = 0.0;
+        #pragma omp simd reduction(+:_t2)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _t3 += exp(z[(_ix_b) * _n_c + _ix_c] - _m3);
+            P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[(_ix_b) * _n_c + _ix_c] - _m2);
+            _t2 += P[(_ix_b) * _n_c + _ix_c];
         }
+        const softgrad_real _r2 = (softgrad_real)(1.0 / _t2);
+        const softgrad_real _l2 = (softgrad_real)log(_t2);
+        #pragma omp simd
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            P[(_ix_b) * _n_c + _ix_c] = exp(z[(_ix_b) * _n_c + _ix_c] - _m3) / _t3;
-            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m3) - log(_t3);
+            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m2) - _l2;
+            P[(_ix_b) * _n_c + _ix_c] *= _r2;
         }
     }
     /* L */
-    softgrad_real _s4 = 0;
+    double _s3 = 0.0;
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd reduction(+:_s3)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s4 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
+            _s3 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
         }
     }
-    L[0] = -_s4/(softgrad_real)_n_b;
-    /* dh[b, j] */
+    L[0] = -_s3/(softgrad_real)_n_b;
+    /* dh[b, j] (BLAS gemm) */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            softgrad_real _s5 = 0;
-            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-                _s5 += (P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c])*W2[(_ix_c) * _n_j + _ix_j];
-            }
-            dh[(_ix_b) * _n_j + _ix_j] = _s5/(softgrad_real)_n_b;
+        #pragma omp simd
+        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+            _c4[(_ix_b) * _n_c + _ix_c] = P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
         }
     }
-    /* dW1[j, d] */
-    for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-        for (size_t _ix_d = 0; _ix_d < _n_d; ++_ix_d) {
-            softgrad_real _s6 = 0;
-            for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-                _s6 += ((softgrad_real)1 - ((h[(_ix_b) * _n_j + _ix_j])*(h[(_ix_b) * _n_j + _ix_j])))*X[(_ix_b) * _n_d + _ix_d]*dh[(_ix_b) * _n_j + _ix_j];
-            }
-            dW1[(_ix_j) * _n_d + _ix_d] = _s6;
-        }
-    }
-    /* dX[b, d] */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_j), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c4, (int)(_n_c), W2, (int)(_n_j), 0, dh, (int)(_n_j));
+    /* dW1[j, d] (BLAS gemm) */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        for (size_t _ix_d = 0; _ix_d < _n_d; ++_ix_d) {
-            softgrad_real _s7 = 0;
-            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-                _s7 += ((softgrad_real)1 - ((h[(_ix_b) * _n_j + _ix_j])*(h[(_ix_b) * _n_j + _ix_j])))*W1[(_ix_j) * _n_d + _ix_d]*dh[(_ix_b) * _n_j + _ix_j];
-            }
-            dX[(_ix_b) * _n_d + _ix_d] = _s7;
-        }
-    }
-    /* dW2[c, j] */
-    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+        #pragma omp simd
         for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            softgrad_real _s8 = 0;
-            for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-                _s8 += (P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c])*h[(_ix_b) * _n_j + _ix_j];
-            }
-            dW2[(_ix_c) * _n_j + _ix_j] = _s8/(softgrad_real)_n_b;
+            _c5[(_ix_b) * _n_j + _ix_j] = (1 - ((h[(_ix_b) * _n_j + _ix_j])*(h[(_ix_b) * _n_j + _ix_j])))*dh[(_ix_b) * _n_j + _ix_j];
         }
     }
-    free(_work);
+    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_d), (int)(_n_b), 1, _c5, (int)(_n_j), X, (int)(_n_d), 0, dW1, (int)(_n_d));
+    /* dX[b, d] (BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_d), (int)(_n_j), 1, _c5, (int)(_n_j), W1, (int)(_n_d), 0, dX, (int)(_n_d));
+    /* dW2[c, j] (BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_j), (int)(_n_b), 1.0/(softgrad_real)_n_b, _c4, (int)(_n_c), h, (int)(_n_j), 0, dW2, (int)(_n_j));
+    for (size_t _block = 0; _block < 8; ++_block) free(_blocks[_block]);
     return 0;
 }

@@ -1,0 +1,131 @@
+"""Generated C for specs with several indices against torch on the CPU, one thread (issue #29's table).
+
+Attention backward (Q, K, V, dO → dQ, dK, dV, the forward recomputed inside, as torch's autograd runs it
+here: forward and backward timed together) at n = 256, 512, 1024 with d = 64, and softmax regression with
+labels (W, X, bias, labels → loss, dW, dX, dbias) at (B 4096, D 512, C 1000), in float32 and float64. The
+generated C calls the BLAS of scipy-openblas32 for its contractions; torch uses its own. One process, every
+implementation interleaved round by round, medians; ratio = generated C / torch eager (< 1: faster), and for
+attention also against torch's scaled_dot_product_attention. The generated NumPy module is timed beside them.
+The table goes into bench/results.md ("tensor-c" section).
+
+    python bench/tensor_c.py [--quick]      # --quick: small shapes, few rounds, nothing written
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the BLAS's and OpenMP's threads: one documented variable
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from softgrad.codegen.build import import_path, load_c
+from softgrad.codegen.emit import emit
+from softgrad.derive import derive_spec, load_spec
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = ROOT.parent / "docs" / "examples"
+sys.path.insert(0, str(ROOT))
+from sections import replace_section  # noqa: E402
+
+
+def kernels(name: str, dtype: str, folder: Path) -> tuple[object, object]:
+    """(the generated C kernels in dtype, the generated NumPy module) for a docs example."""
+    derivation = derive_spec(load_spec(str(EXAMPLES / f"{name}.spec")))
+    c_folder, numpy_folder = folder / f"{name}-{dtype}-c", folder / f"{name}-numpy"
+    c_folder.mkdir(exist_ok=True)
+    numpy_folder.mkdir(exist_ok=True)
+    c_kernels = load_c(emit(derivation, "c", dtype=dtype), c_folder)
+    ((file_name, text),) = emit(derivation, "numpy").items()
+    (numpy_folder / file_name).write_text(text)
+    return c_kernels, import_path(numpy_folder / file_name)
+
+
+def torch_attention(Q, K, V, dO):
+    Q, K, V = (t.detach().requires_grad_() for t in (Q, K, V))
+    P = torch.softmax(Q @ K.T / Q.shape[1] ** 0.5, dim=1)
+    (P @ V).backward(dO)
+    return Q.grad, K.grad, V.grad
+
+
+def torch_sdpa(Q, K, V, dO):
+    Q, K, V = (t.detach().requires_grad_() for t in (Q, K, V))
+    torch.nn.functional.scaled_dot_product_attention(Q[None], K[None], V[None])[0].backward(dO)
+    return Q.grad, K.grad, V.grad
+
+
+def torch_regression(W, X, bias, labels):
+    W, X, bias = (t.detach().requires_grad_() for t in (W, X, bias))
+    loss = torch.nn.functional.cross_entropy(X @ W.T + bias, labels)
+    loss.backward()
+    return loss, W.grad, X.grad, bias.grad
+
+
+def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
+    """Median ms of each (function, arguments), interleaved round by round after one warm-up call."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for function, arguments in functions.values():
+        function(*arguments)
+    for _ in range(rounds):
+        for name, (function, arguments) in functions.items():
+            start = time.perf_counter()
+            function(*arguments)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    arguments = parser.parse_args()
+    torch.set_num_threads(1)
+    rounds = 3 if arguments.quick else 9
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        for dtype in ("float32", "float64"):
+            attention_c, attention_numpy = kernels("attention", dtype, folder)
+            for n in ([64] if arguments.quick else [256, 512, 1024]):
+                d = 64
+                arrays = [rng.normal(size=(n, d)).astype(dtype) for _ in range(4)]
+                tensors = [torch.from_numpy(a) for a in arrays]
+                times = medians({"c": (attention_c.gradients, arrays), "numpy": (attention_numpy.gradients, arrays),
+                                 "torch": (torch_attention, tensors), "sdpa": (torch_sdpa, tensors)}, rounds)
+                rows.append(("attention backward (dQ, dK, dV)", f"n {n}, d {d}", dtype, times))
+            regression_c, regression_numpy = kernels("softmax-regression-labels", dtype, folder)
+            B, D, C = (256, 64, 100) if arguments.quick else (4096, 512, 1000)
+            X = rng.normal(size=(B, D)).astype(dtype)
+            W = (rng.normal(size=(C, D)) / np.sqrt(D)).astype(dtype)
+            bias = rng.normal(size=C).astype(dtype)
+            labels = rng.integers(0, C, size=B)
+            given = (W, X, bias, labels)
+            times = medians({"c": (regression_c.gradients, given), "numpy": (regression_numpy.gradients, given),
+                             "torch": (torch_regression, [torch.from_numpy(a) for a in given])}, rounds)
+            rows.append(("softmax regression, labels: loss, dW, dX, dbias", f"B {B}, D {D}, C {C}", dtype, times))
+    lines = ["## Specs with several indices: generated C against torch (one thread)", "",
+             f"`python bench/tensor_c.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1); medians of {rounds} "
+             "interleaved rounds; ratio = generated / torch eager, < 1 is faster). Each generated gradients() "
+             "computes the forward too, as torch's forward and backward are timed together.", "",
+             "| function | shape | dtype | C ms | NumPy ms | torch eager ms | C / torch | NumPy / torch | "
+             "C / torch SDPA |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {what} | {shape} | {dtype} | {t['c']:.2f} | {t['numpy']:.2f} | {t['torch']:.2f} | "
+              f"{t['c'] / t['torch']:.2f} | {t['numpy'] / t['torch']:.2f} | "
+              + (f"{t['c'] / t['sdpa']:.2f} |" if "sdpa" in t else "– |") for what, shape, dtype, t in rows]
+    document = "\n".join(lines) + "\n"
+    print(document)
+    if not arguments.quick:
+        replace_section(ROOT / "results.md", "tensor-c", document)
+
+
+if __name__ == "__main__":
+    main()
