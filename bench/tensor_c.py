@@ -1,12 +1,13 @@
 """Generated C for specs with several indices against torch on the CPU, one thread (issue #29's table).
 
 Attention backward (Q, K, V, dO → dQ, dK, dV, the forward recomputed inside, as torch's autograd runs it
-here: forward and backward timed together) at n = 256, 512, 1024 with d = 64, and softmax regression with
-labels (W, X, bias, labels → loss, dW, dX, dbias) at (B 4096, D 512, C 1000), in float32 and float64. The
-generated C calls the BLAS of scipy-openblas32 for its contractions; torch uses its own. One process, every
-implementation interleaved round by round, medians; ratio = generated C / torch eager (< 1: faster), and for
-attention also against torch's scaled_dot_product_attention. The generated NumPy module is timed beside them.
-The table goes into bench/results.md ("tensor-c" section).
+here: forward and backward timed together) at n = 256, 512, 1024 with d = 64, and over a batch of 8 heads
+at n = 512, 1024; softmax regression with labels (W, X, bias, labels → loss, dW, dX, dbias) at (B 4096,
+D 512, C 1000); affine layer norm (4096 × 1024) and the two-layer classifier (B 1024, D 784, J 512, C 10);
+in float32 and float64. The generated C calls the BLAS of scipy-openblas32 for its contractions; torch uses
+its own. One process, every implementation interleaved round by round, medians; ratio = generated C / torch
+eager (< 1: faster), and for attention also against torch's scaled_dot_product_attention. The generated
+NumPy module is timed beside them. The table goes into bench/results.md ("tensor-c" section).
 
     python bench/tensor_c.py [--quick]      # --quick: small shapes, few rounds, nothing written
 """
@@ -37,10 +38,15 @@ EXAMPLES = ROOT.parent / "docs" / "examples"
 sys.path.insert(0, str(ROOT))
 from sections import replace_section  # noqa: E402
 
+#: Attention over a batch of heads (batch·heads flattened into b), as issue #29 measures it.
+BATCHED_ATTENTION = """S[b, i, j] = sum(Q[b, i, e] * K[b, j, e], e) / sqrt(size(e))
+P[b, i, j] = exp(S[b, i, j]) / sum(exp(S[b, i, k]), k)
+O[b, i, f] = sum(P[b, i, j] * V[b, j, f], j)"""
 
-def kernels(name: str, dtype: str, folder: Path) -> tuple[object, object]:
-    """(the generated C kernels in dtype, the generated NumPy module) for a docs example."""
-    derivation = derive_spec(load_spec(str(EXAMPLES / f"{name}.spec")))
+
+def kernels(name: str, dtype: str, folder: Path, source: str | None = None) -> tuple[object, object]:
+    """(the generated C kernels in dtype, the generated NumPy module) for a docs example (or a spec's text)."""
+    derivation = derive_spec(load_spec(source or str(EXAMPLES / f"{name}.spec")))
     c_folder, numpy_folder = folder / f"{name}-{dtype}-c", folder / f"{name}-numpy"
     c_folder.mkdir(exist_ok=True)
     numpy_folder.mkdir(exist_ok=True)
@@ -63,11 +69,38 @@ def torch_sdpa(Q, K, V, dO):
     return Q.grad, K.grad, V.grad
 
 
+def torch_batched_sdpa(Q, K, V, dO):
+    Q, K, V = (t.detach().requires_grad_() for t in (Q, K, V))
+    torch.nn.functional.scaled_dot_product_attention(Q, K, V).backward(dO)
+    return Q.grad, K.grad, V.grad
+
+
+def torch_batched_attention(Q, K, V, dO):
+    Q, K, V = (t.detach().requires_grad_() for t in (Q, K, V))
+    P = torch.softmax(Q @ K.transpose(1, 2) / Q.shape[2] ** 0.5, dim=2)
+    (P @ V).backward(dO)
+    return Q.grad, K.grad, V.grad
+
+
 def torch_regression(W, X, bias, labels):
     W, X, bias = (t.detach().requires_grad_() for t in (W, X, bias))
     loss = torch.nn.functional.cross_entropy(X @ W.T + bias, labels)
     loss.backward()
     return loss, W.grad, X.grad, bias.grad
+
+
+def torch_layer_norm(x, gamma, beta, dy):
+    x, gamma, beta = (t.detach().requires_grad_() for t in (x, gamma, beta))
+    torch.nn.functional.layer_norm(x, x.shape[1:], gamma, beta, eps=1e-5).backward(dy)
+    return x.grad, gamma.grad, beta.grad
+
+
+def torch_two_layer(W1, X, W2, T):
+    W1, X, W2 = (t.detach().requires_grad_() for t in (W1, X, W2))
+    z = torch.tanh(X @ W1.T) @ W2.T
+    loss = -(T * torch.log_softmax(z, dim=1)).sum() / X.shape[0]
+    loss.backward()
+    return loss, W1.grad, X.grad, W2.grad
 
 
 def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
@@ -102,6 +135,14 @@ def main() -> None:
                 times = medians({"c": (attention_c.gradients, arrays), "numpy": (attention_numpy.gradients, arrays),
                                  "torch": (torch_attention, tensors), "sdpa": (torch_sdpa, tensors)}, rounds)
                 rows.append(("attention backward (dQ, dK, dV)", f"n {n}, d {d}", dtype, times))
+            batched_c, batched_numpy = kernels("batched-attention", dtype, folder, BATCHED_ATTENTION)
+            for n in ([64] if arguments.quick else [512, 1024]):
+                arrays = [rng.normal(size=(8, n, 64)).astype(dtype) for _ in range(4)]
+                tensors = [torch.from_numpy(a) for a in arrays]
+                times = medians({"c": (batched_c.gradients, arrays), "numpy": (batched_numpy.gradients, arrays),
+                                 "torch": (torch_batched_attention, tensors), "sdpa": (torch_batched_sdpa, tensors)},
+                                rounds)
+                rows.append(("attention backward, batch·heads 8", f"n {n}, d 64", dtype, times))
             regression_c, regression_numpy = kernels("softmax-regression-labels", dtype, folder)
             B, D, C = (256, 64, 100) if arguments.quick else (4096, 512, 1000)
             X = rng.normal(size=(B, D)).astype(dtype)
@@ -112,6 +153,21 @@ def main() -> None:
             times = medians({"c": (regression_c.gradients, given), "numpy": (regression_numpy.gradients, given),
                              "torch": (torch_regression, [torch.from_numpy(a) for a in given])}, rounds)
             rows.append(("softmax regression, labels: loss, dW, dX, dbias", f"B {B}, D {D}, C {C}", dtype, times))
+            norm_c, norm_numpy = kernels("layer-norm-affine", dtype, folder)
+            rows_, features = (256, 128) if arguments.quick else (4096, 1024)
+            given = (rng.normal(size=(rows_, features)).astype(dtype), rng.normal(size=features).astype(dtype),
+                     rng.normal(size=features).astype(dtype), rng.normal(size=(rows_, features)).astype(dtype))
+            times = medians({"c": (norm_c.gradients, given), "numpy": (norm_numpy.gradients, given),
+                             "torch": (torch_layer_norm, [torch.from_numpy(a) for a in given])}, rounds)
+            rows.append(("affine layer norm: dx, dgamma, dbeta", f"{rows_} × {features}", dtype, times))
+            two_c, two_numpy = kernels("two-layer", dtype, folder)
+            B, D, J, C = (128, 64, 32, 10) if arguments.quick else (1024, 784, 512, 10)
+            T = rng.random((B, C)).astype(dtype)
+            given = ((rng.normal(size=(J, D)) / np.sqrt(D)).astype(dtype), rng.normal(size=(B, D)).astype(dtype),
+                     (rng.normal(size=(C, J)) / np.sqrt(J)).astype(dtype), T / T.sum(axis=1, keepdims=True))
+            times = medians({"c": (two_c.gradients, given), "numpy": (two_numpy.gradients, given),
+                             "torch": (torch_two_layer, [torch.from_numpy(a) for a in given])}, rounds)
+            rows.append(("two-layer classifier: loss, dW1, dX, dW2", f"B {B}, D {D}, J {J}, C {C}", dtype, times))
     lines = ["## Specs with several indices: generated C against torch (one thread)", "",
              f"`python bench/tensor_c.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1); medians of {rounds} "
              "interleaved rounds; ratio = generated / torch eager, < 1 is faster). Each generated gradients() "
