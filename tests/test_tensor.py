@@ -237,8 +237,10 @@ def test_generated_numpy_has_no_python_loop_over_entries_and_uses_einsum(tmp_pat
         body = text[text.index("def forward"):]
         code = "\n".join(line for line in body.splitlines() if not line.strip().startswith(('"""', "def ")))
         assert " for " not in code and "while" not in code
-        assert "np.einsum(" in body and "optimize=True" in body
         assert "_finite(np.max(" in body  # the row maximum shift of the softmax
+        # attention's contractions by einsum; softmax regression's T·log P summed guarded (0 where T = 0)
+        assert ("np.einsum(" in body and "optimize=True" in body) if name == "attention" else \
+            "(T * np.where(T == 0, 0, _log_P))" in body
 
 
 def test_generated_numpy_checks_shapes_and_labels(tmp_path):
@@ -541,3 +543,31 @@ def test_contractions_in_generated_c_are_gemm_calls_equal_to_the_numpy_module(so
     expected = module_gradients(module, derivation, arrays, parameters)
     for name, gradient in module_gradients(c_kernels, derivation, arrays, parameters).items():
         np.testing.assert_allclose(gradient, expected[name], rtol=1e-11, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_a_class_masked_by_a_minus_infinite_logit_with_target_zero_adds_nothing_to_the_loss(language, tmp_path):
+    """T·log P with P = 0 (logit −inf) and T = 0 is 0, as in the one-row kernels and in torch with the same
+    convention: the loss and the gradients stay finite (they were NaN)."""
+    from softgrad.codegen.build import load_c
+
+    derivation = derived("softmax-regression")
+    if language == "c":
+        require_tool("cc")
+        module = load_c(emit(derivation, "c"), tmp_path)
+    else:
+        ((file_name, text),) = emit(derivation, "numpy").items()
+        (tmp_path / file_name).write_text(text)
+        module = import_path(tmp_path / file_name)
+    W = np.array([[1.0, 0.5], [0.2, -0.3], [0.0, 0.0]])
+    X = np.array([[1.0, 2.0], [0.5, -1.0]])
+    bias = np.array([0.0, 0.1, -np.inf])
+    T = np.array([[0.3, 0.7, 0.0], [1.0, 0.0, 0.0]])
+    loss, dW, dX, dbias = module.gradients(W, X, bias, T)
+    z = X @ W[:2].T + bias[:2]  # the two classes that are not masked
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(loss, -(T[:, :2] * log_p).sum() / 2, rtol=1e-14)
+    P = np.exp(log_p)
+    np.testing.assert_allclose(dW[:2], (P - T[:, :2]).T @ X / 2, rtol=1e-13)
+    assert np.all(dW[2] == 0) and dbias[2] == 0 and np.all(np.isfinite(dX))
+    assert module.forward(W, X, bias, T) == loss

@@ -239,6 +239,21 @@ def guard_products(expr: sp.Expr, spec: Spec, wrt: str, shifts: set[sp.Symbol] |
     return expr.replace(lambda e: e.is_Mul, guard)
 
 
+def guard_weighted_logs(expr: sp.Expr, normalised: set[str], inputs: set[str]) -> sp.Expr:
+    """w·log P[…] → a guarded product (w an input's entry, P a normalised exponential): 0 where w = 0, so that
+    a class masked by a −inf logit (P = 0) with target 0 adds 0 to a loss, not 0·(−inf) = NaN — the
+    convention 0·log 0 = 0 that guard_products keeps in the one-row kernels."""
+    def guard(product: sp.Mul) -> sp.Expr:
+        weights = [f for f in product.args if isinstance(f, sp.Indexed) and str(f.base) in inputs]
+        reads_log = any(isinstance(f, sp.log) and isinstance(f.args[0], sp.Indexed) and str(f.args[0].base) in
+                        normalised for f in product.args)
+        if len(weights) != 1 or not reads_log:
+            return product
+        return guarded_product(weights[0], product / weights[0])
+
+    return expr.replace(lambda e: e.is_Mul, guard)
+
+
 def hoist_reductions(expr: sp.Expr, reductions: list[Reduction], free: set[sp.Symbol]) -> sp.Expr:
     """Replace each Σ that does not involve the free indices by a per-row reduction (innermost first)."""
     while True:

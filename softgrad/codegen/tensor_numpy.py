@@ -17,7 +17,8 @@ from typing import Any
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from softgrad.codegen.lower import merged_powers
+from softgrad.codegen.kernel import guarded_product
+from softgrad.codegen.lower import guard_weighted_logs, merged_powers
 from softgrad.codegen.names import public_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
@@ -124,6 +125,11 @@ class _Compiler:
             return f"np.power({self.align(*base, want)}, {self.align(*exponent, want)})", want
         if isinstance(e, sp.Sum):
             return self.total(e, ranges, order)
+        if isinstance(e, guarded_product):
+            pieces = [self.compile(a, ranges, order) for a in e.args]
+            want = self.union([p[1] for p in pieces], order)
+            weight, factor = (self.align(*piece, want) for piece in pieces)
+            return f"({weight} * np.where({weight} == 0, 0, {factor}))", want  # never 0·inf: no NaN, no warning
         if isinstance(e, sp.log) and isinstance(e.args[0], sp.Indexed) and str(e.args[0].base) in self.normalised:
             name = str(e.args[0].base)
             self.logs_needed.add(name)
@@ -279,7 +285,8 @@ class _Compiler:
                      f"_log_{name} = np.subtract(_shifted, np.log(_total), out=_shifted)"]
             self.normalised[definition.name] = normalised
             return Statement(name, lines)
-        code, have = self.compile(definition.expr, ranges, order)
+        expr = guard_weighted_logs(definition.expr, set(self.normalised), set(self.spec.inputs))
+        code, have = self.compile(expr, ranges, order)
         full = tuple(definition.indices)
         if set(have) != set(full):
             shape = ", ".join(self.size(known[s]) for s in full)

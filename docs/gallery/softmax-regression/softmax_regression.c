@@ -370,7 +370,7 @@ int softmax_regression_forward(const double *W, const double *X, const double *b
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         #pragma omp simd reduction(+:_s2)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s2 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
+            _s2 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
         }
     }
     L[0] = -_s2/(softgrad_real)_n_b;
@@ -437,7 +437,7 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         #pragma omp simd reduction(+:_s2)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s2 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
+            _s2 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
         }
     }
     L[0] = -_s2/(softgrad_real)_n_b;

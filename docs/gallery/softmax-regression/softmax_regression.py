@@ -102,7 +102,7 @@ def forward(W, X, bias, T):
     _total = np.sum(P, axis=1, keepdims=True)
     P /= _total
     _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-    L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
+    L = np.asarray((-1 * (1 / _n_b) * (np.sum((T * np.where(T == 0, 0, _log_P)), axis=(1, 0)))), dtype=_dtype)
     return L
 
 
@@ -123,7 +123,7 @@ def gradients(W, X, bias, T):
     _total = np.sum(P, axis=1, keepdims=True)
     P /= _total
     _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-    L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
+    L = np.asarray((-1 * (1 / _n_b) * (np.sum((T * np.where(T == 0, 0, _log_P)), axis=(1, 0)))), dtype=_dtype)
     dW = np.asarray(((1 / _n_b) * (((P - T).T @ X))), dtype=_dtype)
     dX = np.asarray(((1 / _n_b) * (((P - T) @ W))), dtype=_dtype)
     dbias = np.asarray(((1 / _n_b) * (np.sum((P - T), axis=0))), dtype=_dtype)

@@ -378,7 +378,7 @@ int two_layer_forward(const double *W1, const double *X, const double *W2, const
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         #pragma omp simd reduction(+:_s3)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s3 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
+            _s3 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
         }
     }
     L[0] = -_s3/(softgrad_real)_n_b;
@@ -453,7 +453,7 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         #pragma omp simd reduction(+:_s3)
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s3 += T[(_ix_b) * _n_c + _ix_c]*_log_P[(_ix_b) * _n_c + _ix_c];
+            _s3 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
         }
     }
     L[0] = -_s3/(softgrad_real)_n_b;

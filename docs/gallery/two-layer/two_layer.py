@@ -105,7 +105,7 @@ def forward(W1, X, W2, T):
     _total = np.sum(P, axis=1, keepdims=True)
     P /= _total
     _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-    L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
+    L = np.asarray((-1 * (1 / _n_b) * (np.sum((T * np.where(T == 0, 0, _log_P)), axis=(1, 0)))), dtype=_dtype)
     return L
 
 
@@ -128,7 +128,7 @@ def gradients(W1, X, W2, T):
     _total = np.sum(P, axis=1, keepdims=True)
     P /= _total
     _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-    L = np.asarray((-1 * (1 / _n_b) * (np.einsum("ab,ab->", T, _log_P, optimize=True))), dtype=_dtype)
+    L = np.asarray((-1 * (1 / _n_b) * (np.sum((T * np.where(T == 0, 0, _log_P)), axis=(1, 0)))), dtype=_dtype)
     dh = np.asarray(((1 / _n_b) * (((P - T) @ W2))), dtype=_dtype)
     dW1 = np.asarray((np.einsum("ca,cb,ca->ab", (1 - np.square(h)), X, dh, optimize=True)), dtype=_dtype)
     dX = np.asarray((np.einsum("ac,cb,ac->ab", (1 - np.square(h)), W1, dh, optimize=True)), dtype=_dtype)
