@@ -203,6 +203,9 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option(
     "--formula", metavar="FORMULA", help="Check a formula (Jacobian entry or gradient component) against --against."
 )
+@click.option("--derivation", "derivation_file", metavar="FILE",
+              help="Check a derivation as written (LaTeX in .tex, .md or .txt; - for standard input): every "
+                   "equality link is judged, the first wrong line named.")
 @click.option(
     "--signature", metavar="SIGNATURE", help="Calling convention: x,g->dx | y,g->dx | z,t->dz | z,t->loss,dz | x->J."
 )
@@ -238,15 +241,28 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
                    "the report says so).")
 @reports_errors
 def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
-           signature: str | None, wrt: str | None, size: int, batch: int, dtype: str, seed: int, reduction: str,
+           derivation_file: str | None, signature: str | None, wrt: str | None, size: int, batch: int, dtype: str,
+           seed: int, reduction: str,
            targets: str | None, layout: str, parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float,
            sizes: str | None, extremes: str) -> None:
-    """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, or --formula).
+    """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, --formula, or a
+    written derivation with --derivation).
 
     Exit status: 0 it is right, 1 it is wrong, 2 it could not be checked.
     """
     import json
 
+    if derivation_file is not None:
+        from softgrad.files import read_text
+        from softgrad.verify.derivation import check_derivation
+
+        if target is not None or formula is not None or against is not None:
+            raise SoftgradError("--derivation checks a written derivation by itself: give no function, --formula "
+                                "or --against with it")
+        text = sys.stdin.read() if derivation_file == "-" else read_text(derivation_file, "derivation")
+        checked = check_derivation(text, "standard input" if derivation_file == "-" else derivation_file)
+        click.echo(json.dumps(checked.to_dict(), indent=2, ensure_ascii=False) if as_json else checked.text())
+        sys.exit(checked.exit_status)
     values = {}
     for item in parameters:
         name, _, value = item.partition("=")

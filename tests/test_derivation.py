@@ -1,0 +1,128 @@
+"""verify --derivation: a written derivation judged link by link (the five published seeds, and mutants)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from softgrad.verify.derivation import check_derivation
+from softgrad.verify.derivation.latex import Unreadable, parse
+
+SEEDS = Path(__file__).parent / "corpus" / "seeds"
+
+
+def seed(number: str):
+    (path,) = SEEDS.glob(f"{number}_*.txt")
+    return check_derivation(path.read_text(encoding="utf-8"), path.name)
+
+
+def verdicts(report):
+    return [(link.line, link.verdict) for link in report.links]
+
+
+def test_seed_002_fails_at_its_kronecker_line_and_nowhere_else():
+    """The published typo ∂ŷ_j/∂o_i = ŷ_i(δ_ij − ŷ_i) (the cases above give ŷ_j(δ_ij − ŷ_i)) is the one wrong
+    link; the cases i = j and i ≠ j hold under their conditions, the cross-entropy chain holds, and its last
+    step p − y holds under the assumption the text states (Σ_k y_k = 1)."""
+    report = seed("002")
+    assert verdicts(report) == [
+        (4, "definition"), (7, "definition"), (13, "holds"), (13, "holds"), (16, "holds"), (16, "holds"),
+        (20, "fails"), (23, "unchecked"), *[(27, "holds")] * 6, (27, "conditional"), (32, "conditional")]
+    wrong = report.failed[0]
+    assert "i = 0, j = 1" in wrong.reason and report.exit_status == 1
+    assert "Σ" not in wrong.rhs and "given that" in report.links[-1].reason
+    assert "the first wrong line is 20" in report.summary()
+
+
+@pytest.mark.parametrize("number", ["000", "004"])
+def test_correct_published_derivations_never_get_a_fails(number):
+    """Seeds 000 and 004 are right (with sloppy notation): no link fails. Their case lines that write one
+    case of the chain rule's sum as the whole derivative, and the KL definition with its q_c typo, are
+    unchecked with the reason; everything readable is checked."""
+    report = seed(number)
+    assert not report.failed, [(link.line, link.reason) for link in report.failed]
+    assert report.checked >= 7 and report.exit_status == 0
+    reasons = " ".join(link.reason for link in report.links if link.verdict == "unchecked")
+    if number == "000":
+        assert "a case written as an equality" in reasons and "vector notation" in reasons
+        assert (19, "holds") in verdicts(report) and (23, "holds") in verdicts(report)
+    else:
+        assert "reads c with no sum over it" in reasons
+        assert (22, "conditional") in verdicts(report) and (21, "assumption") in verdicts(report)
+        assert [v for line, v in verdicts(report) if line == 18] == ["holds"] * 3  # the case k ≠ i
+
+
+@pytest.mark.parametrize("number", ["001", "003"])
+def test_pages_with_no_latex_are_unchecked_with_exit_status_2(number):
+    report = seed(number)
+    assert report.links == [] and report.exit_status == 2 and "no equality" in report.summary()
+
+
+CORRECT = r"""
+Softmax and cross-entropy with logits $z$ and targets $t$:
+\[ p_i = \frac{e^{z_i}}{\sum_k e^{z_k}} \]
+\[ L = -\frac{1}{N}\sum_k t_k \log p_k \]
+if $i = j$:
+\[ \frac{\partial p_i}{\partial z_j} = p_i (1 - p_i) \]
+if $i \neq j$:
+\[ \frac{\partial p_i}{\partial z_j} = -p_i p_j \]
+\[ \frac{\partial p_i}{\partial z_j} = p_i(\delta_{ij} - p_j) \]
+\[ \frac{\partial L}{\partial z_j} = -\frac{1}{N}\sum_k t_k \frac{1}{p_k} \frac{\partial p_k}{\partial z_j}
+   = \frac{1}{N}\left(p_j \sum_k t_k - t_j\right) \]
+\[ \sum_k \left(\frac{\partial p_k}{\partial z_j}\right)^2 = \sum_k p_k^2 (\delta_{kj} - p_j)^2 \]
+"""
+
+MUTANTS = {
+    "a sign": (r"= p_i (1 - p_i) \]", r"= p_i (p_i - 1) \]"),
+    "an index swap": (r"= p_i(\delta_{ij} - p_j) \]", r"= p_i(\delta_{ij} - p_i) \]"),
+    "a dropped sum": (r"\left(p_j \sum_k t_k - t_j\right)", r"\left(p_j t_j - t_j\right)"),
+    "a missing square": (r"p_k^2 (\delta_{kj} - p_j)^2", r"p_k^2 (\delta_{kj} - p_j)"),
+    "a dropped 1/N": (r"= \frac{1}{N}\left(p_j", r"= \left(p_j"),
+}
+
+
+def test_a_correct_derivation_holds_everywhere():
+    report = check_derivation(CORRECT)
+    assert not report.failed and report.exit_status == 0
+    assert [v for _, v in verdicts(report)].count("holds") == 6, report.text()
+
+
+@pytest.mark.parametrize("mistake", sorted(MUTANTS))
+def test_one_mistake_is_one_failing_link_at_its_line(mistake):
+    right, wrong = MUTANTS[mistake]
+    assert right in CORRECT
+    text = CORRECT.replace(right, wrong)
+    report = check_derivation(text)
+    assert len(report.failed) == 1, report.text()
+    line = next(number for number, written in enumerate(text.splitlines(), 1) if wrong.split("=")[-1].strip()[:12]
+                in written)
+    assert report.failed[0].line == line
+
+
+def test_the_reader_takes_page_notation_and_refuses_what_it_cannot_read():
+    assert str(parse(r"\hat y_i(\delta_{ij}-\hat y_i)")) == "(KroneckerDelta(i, j) - y\u0302[i])*y\u0302[i]"
+    assert "KroneckerDelta(i, k)" in str(parse(r"\sum_{k\neq i} y_k"))
+    assert str(parse(r"\sum{}_{j=1}^{K} e^{x_j}")) == "Sum(exp(x[j]), (j, 0, N_classes - 1))"
+    for text, reason in [(r"\text{Diag}(y) - yy^T", "notation"), (r"yy^T", "transpose"), (r"\frac{", "notation")]:
+        with pytest.raises(Unreadable, match=reason):
+            parse(text)
+
+
+def test_cli_exit_status_json_and_standard_input(tmp_path):
+    def run(*arguments, stdin=None):
+        return subprocess.run([sys.executable, "-m", "softgrad", "verify", *arguments], capture_output=True,
+                              text=True, input=stdin)
+
+    (path,) = SEEDS.glob("002_*.txt")
+    failing = run("--derivation", str(path), "--json")
+    assert failing.returncode == 1
+    document = json.loads(failing.stdout)
+    assert document["schema"] == "softgrad.derivation-report/1"
+    assert {"line", "lhs", "rhs", "verdict", "reason"} <= set(document["links"][0])
+    assert run("--derivation", "-", stdin=CORRECT).returncode == 0
+    nothing = run("--derivation", "-", stdin="no math here")
+    assert nothing.returncode == 2 and "UNCHECKED" in nothing.stdout
+    missing = run("--derivation", str(tmp_path / "none.md"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such file" in missing.stderr
