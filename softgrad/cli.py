@@ -231,6 +231,8 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option("--mode", type=click.Choice(["auto", "full", "projections"]), default="auto", show_default=True,
               help="full: every element by finite differences; projections: random projections and bisection.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--format", "report_format", type=click.Choice(["text", "json", "html"]), default=None,
+              help="The report's format (html: with --derivation, one page with each equality in MathML).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=CALL_SECONDS, show_default=True,
               metavar="SECONDS",
               help="Seconds one call of the code under test may take (it runs in a child process).")
@@ -243,7 +245,8 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
            derivation_file: str | None, signature: str | None, wrt: str | None, size: int, batch: int, dtype: str,
            seed: int, reduction: str,
-           targets: str | None, layout: str, parameters: tuple[str, ...], mode: str, as_json: bool, timeout: float,
+           targets: str | None, layout: str, parameters: tuple[str, ...], mode: str, as_json: bool,
+           report_format: str | None, timeout: float,
            sizes: str | None, extremes: str) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, --formula, or a
     written derivation with --derivation).
@@ -252,6 +255,9 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
     """
     import json
 
+    if report_format == "html" and derivation_file is None:
+        raise SoftgradError("--format html applies to --derivation; other reports are text or JSON")
+    as_json = as_json or report_format == "json"
     if derivation_file is not None:
         from softgrad.files import read_text
         from softgrad.verify.derivation import check_derivation
@@ -261,7 +267,8 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
                                 "or --against with it")
         text = sys.stdin.read() if derivation_file == "-" else read_text(derivation_file, "derivation")
         checked = check_derivation(text, "standard input" if derivation_file == "-" else derivation_file)
-        click.echo(json.dumps(checked.to_dict(), indent=2, ensure_ascii=False) if as_json else checked.text())
+        click.echo(json.dumps(checked.to_dict(), indent=2, ensure_ascii=False) if as_json
+                   else checked.html() if report_format == "html" else checked.text())
         sys.exit(checked.exit_status)
     values = {}
     for item in parameters:

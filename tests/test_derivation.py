@@ -32,6 +32,7 @@ def test_seed_002_fails_at_its_kronecker_line_and_nowhere_else():
         (20, "fails"), (23, "unchecked"), *[(27, "holds")] * 6, (27, "conditional"), (32, "conditional")]
     wrong = report.failed[0]
     assert "i = 0, j = 1" in wrong.reason and report.exit_status == 1
+    assert wrong.expected == "(δ_ij − \u0177_i)·\u0177_j"  # ŷ_j(δ_ij − ŷ_i): what the cases above it give
     assert "Σ" not in wrong.rhs and "given that" in report.links[-1].reason
     assert "the first wrong line is 20" in report.summary()
 
@@ -122,7 +123,23 @@ def test_cli_exit_status_json_and_standard_input(tmp_path):
     assert document["schema"] == "softgrad.derivation-report/1"
     assert {"line", "lhs", "rhs", "verdict", "reason"} <= set(document["links"][0])
     assert run("--derivation", "-", stdin=CORRECT).returncode == 0
+    page = run("--derivation", str(path), "--format", "html")
+    assert page.returncode == 1 and page.stdout.count("<math") >= 10 and "fails" in page.stdout
     nothing = run("--derivation", "-", stdin="no math here")
     assert nothing.returncode == 2 and "UNCHECKED" in nothing.stdout
     missing = run("--derivation", str(tmp_path / "none.md"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such file" in missing.stderr
+
+
+def test_page_text_is_data_in_every_format(tmp_path):
+    """Names, prose and unreadable LaTeX reach the HTML page escaped; a long or hostile side is refused in
+    words, never run."""
+    hostile = (r"\[ y_i = \frac{e^{x_i}}{\sum_k e^{x_k}} \]" "\n"
+               r"\[ \frac{\partial y_i}{\partial x_j} = <script>alert(1)</script> \]" "\n"
+               r"\[ __import__('os') = 1 \]" "\n" "\\[ a = " + "b + " * 1000 + "c \\]\n")
+    report = check_derivation(hostile, "<b>page</b>")
+    page = report.html()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;page" in page
+    assert [link.verdict for link in report.links][1:] == ["unchecked"] * 3
+    assert "longer than" in report.links[-1].reason
+    assert json.loads(json.dumps(report.to_dict()))["links"][1]["verdict"] == "unchecked"

@@ -111,6 +111,16 @@ def _mathml(lhs: Any, forms: list[Any], ordered: bool = False) -> Markup:
     return Markup('<math display="block"><mrow>' + "<mo>=</mo>".join(pieces) + "</mrow></math>")
 
 
+def equation_mathml(sides: list[Any]) -> Markup:
+    """sides[0] = sides[1] = … as one block of MathML (what a checked page shows for a written equality)."""
+    return _mathml(sides[0], sides[1:])
+
+
+def page(template: str, **context: Any) -> str:
+    """A page from one of the templates (HTML ones escape what they are given)."""
+    return str(_ENVIRONMENT.get_template(template).render(version=__version__, **context))
+
+
 def render(derivation: Derivation, fmt: str = "text", standalone: bool = False) -> str:
     """The derivation as a document in one of FORMATS."""
     if fmt == "json":

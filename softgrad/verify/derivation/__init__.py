@@ -56,6 +56,21 @@ class DerivationReport:
             lines.append(f"{'':14}{link.verdict}" + (f": {link.reason}" if link.reason else ""))
         return "\n".join(lines)
 
+    def html(self) -> str:
+        """The report as one self-contained page: each link's equality in MathML with its verdict."""
+        from softgrad.render.render import equation_mathml, page
+
+        def equation(link: Link) -> Any:
+            try:
+                return equation_mathml(list(link.sides)) if link.sides else None
+            except Exception:  # a side the MathML printer cannot show is shown as written
+                return None
+
+        verdict = "FAIL" if self.failed else "PASS" if self.checked else "UNCHECKED"
+        return page("html/derivation_check.html.j2", source=self.source, verdict=verdict, summary=self.summary(),
+                    links=[dict(link.to_dict(), mark=MARKS[link.verdict], equation=equation(link))
+                           for link in self.links])
+
     def to_dict(self) -> dict[str, Any]:
         """The report as data: {"schema": "softgrad.derivation-report/1", "links": [...], ...}."""
         return {"schema": "softgrad.derivation-report/1", "softgrad": __version__, "source": self.source,

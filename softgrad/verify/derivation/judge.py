@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,10 @@ from softgrad.verify.derivation.latex import BOLD, CLASSES, Unreadable, index, p
 #: Class counts a link is evaluated at, and random input draws at each.
 SIZES = (1, 2, 3, 4)
 DRAWS = 2
+#: Seconds a page may take; links beyond them are left unchecked (and say so).
+SECONDS = 60
+#: A link with more free indices than this is not evaluated (n⁴ index values per size already at four).
+MOST_FREE_INDICES = 3
 #: Relative difference above which two sides differ (they are exact SymPy values rounded once to float64).
 TOLERANCE = 1e-9
 
@@ -40,9 +46,12 @@ class Link:
     rhs: str
     verdict: str  # holds | fails | conditional | unchecked | definition | assumption
     reason: str = ""
+    expected: str = ""  # for a wrong derivative: what softgrad derives for its left side
+    sides: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # both sides as read (SymPy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "lhs": self.lhs, "rhs": self.rhs, "verdict": self.verdict, "reason": self.reason}
+        return {"line": self.line, "lhs": self.lhs, "rhs": self.rhs, "verdict": self.verdict, "reason": self.reason,
+                "expected": self.expected or None}
 
 
 @dataclass
@@ -120,7 +129,12 @@ def judge(page: Page) -> list[Link]:
                 context.differentiated |= {str(p.var.base) for p in side.atoms(Partial)
                                            if isinstance(p.var, sp.Indexed)}
     links: list[Link] = []
+    start = time.monotonic()
     for display in page.displays:
+        if time.monotonic() - start > SECONDS:
+            links += [Link(next_line, text, next_text, "unchecked", f"not reached: the page's {SECONDS} s were spent")
+                      for (text, _), (next_text, next_line) in itertools.pairwise(display.sides)]
+            continue
         links += _judge_display(display, context)
     return links
 
@@ -143,10 +157,11 @@ def _judge_display(display: Display, context: _Context) -> list[Link]:
                 for (text, _, _, _), (next_text, next_line, _, _) in itertools.pairwise(sides)]
     if defined is not None:
         name, value_text = defined
-        for (text, _line, _, why), (next_text, next_line, _, next_why) in itertools.pairwise(sides):
+        for (text, _line, left, why), (next_text, next_line, right, next_why) in itertools.pairwise(sides):
             reason = f"defines {name}" if next_text == value_text else (next_why or why or "beside a definition")
             verdict = "definition" if next_text == value_text else "unchecked"
-            links.append(Link(next_line, text, next_text, verdict, reason))
+            links.append(Link(next_line, text, next_text, verdict, reason,
+                              sides=(left, right) if left is not None and right is not None else ()))
         return links
     condition = _condition(display.before)
     for (text, _line, left, why), (next_text, next_line, right, next_why) in itertools.pairwise(sides):
@@ -156,7 +171,9 @@ def _judge_display(display: Display, context: _Context) -> list[Link]:
         if left is None or right is None:
             links.append(Link(next_line, text, next_text, "unchecked", why or next_why))
             continue
-        links.append(_judge_link(next_line, text, next_text, left, right, condition, context))
+        link = _judge_link(next_line, text, next_text, left, right, condition, context)
+        link.sides = (left, right)
+        links.append(link)
     return links
 
 
@@ -211,6 +228,9 @@ def _judge_link(line: int, left_text: str, right_text: str, left: sp.Expr, right
             return Link(line, left_text, right_text, "assumption", "a statement about the inputs")
     targets = sorted(name for name in inputs - context.differentiated if _is_array(name, left, right, context))
     free = sorted(_free_indices(left) | _free_indices(right), key=str)
+    if len(free) > MOST_FREE_INDICES:
+        return Link(line, left_text, right_text, "unchecked", f"{len(free)} free indices (at most "
+                    f"{MOST_FREE_INDICES} are checked)")
     case_of_a_sum = None
     if condition is not None and not {condition[0], condition[1]} <= set(free):
         # "when j ≠ i: ∂l/∂x_i = Σ_{j≠i} …" names an index the link does not have free: the right side is
@@ -220,7 +240,8 @@ def _judge_link(line: int, left_text: str, right_text: str, left: sp.Expr, right
     try:
         general = _compare(left, right, free, condition, inputs, targets, context, "general")
         if general is None:
-            return Link(line, left_text, right_text, "holds", _scope(free, condition))
+            proved = _proved(left, right, free, condition, inputs, context)
+            return Link(line, left_text, right_text, "holds", _scope(free, condition, proved))
         for kind in ("simplex", "onehot"):
             if targets and _compare(left, right, free, condition, inputs, targets, context, kind) is None:
                 stated = [quote for found, quote in context.assumptions if found == kind
@@ -232,19 +253,97 @@ def _judge_link(line: int, left_text: str, right_text: str, left: sp.Expr, right
                                 f"states: “{stated[0]}”")
                 return Link(line, left_text, right_text, "fails", f"{general}; it holds only for {what}, "
                             "which the text does not state")
+        expected = _should_be(left, condition, context)
+        if expected:
+            general += f"; softgrad derives the left side as {expected}"
         if case_of_a_sum is not None:
             return Link(line, left_text, right_text, "unchecked", f"a case written as an equality: under "
                         f"“{case_of_a_sum}” the right side is that case's part of a sum, the left side the whole "
                         f"({general})")
-        return Link(line, left_text, right_text, "fails", general)
+        return Link(line, left_text, right_text, "fails", general, expected)
     except _NotEvaluable as problem:
         return Link(line, left_text, right_text, "unchecked", str(problem))
 
 
-def _scope(free: list[sp.Symbol], condition: tuple[sp.Symbol, sp.Symbol, bool] | None) -> str:
-    where = "" if condition is None else f", {condition[0]} {'=' if condition[2] else '≠'} {condition[1]}"
-    indices = f" and every {', '.join(map(str, free))}" if free else ""
-    return f"equal at n = {SIZES[0]}…{SIZES[-1]}{indices}{where}, exactly differentiated, {DRAWS} random inputs each"
+def _should_be(left: sp.Expr, condition: tuple[sp.Symbol, sp.Symbol, bool] | None, context: _Context) -> str:
+    """For a wrong ∂A/∂B (A defined in the text, B an input entry): what softgrad derives for it, in the page's
+    names and indices ('ŷ_j·(δ_ij − ŷ_i)'), or '' where it cannot say."""
+    if not isinstance(left, Partial) or not isinstance(left.var, sp.Indexed) \
+            or str(left.var.base) in context.definitions:
+        return ""
+    target, variable = left.expr, left.var
+    if isinstance(target, sp.Indexed) and len(target.indices) == 1 and str(target.base) in context.definitions:
+        name, wanted = str(target.base), "jacobian"
+        if condition is not None and {condition[0], condition[1]} == {target.indices[0], variable.indices[0]}:
+            wanted = "jacobian_equal" if condition[2] else "jacobian_distinct"
+    elif isinstance(target, sp.Symbol) and str(target) in context.definitions:
+        name, wanted = str(target), "gradient"
+    else:
+        return ""
+    try:
+        return str(_derived(name, str(variable.base), wanted, target, variable, context))
+    except Exception:  # the page's functions may be beyond what derive reads: then nothing is said
+        return ""
+
+
+def _derived(name: str, wrt: str, wanted: str, target: sp.Expr, variable: sp.Indexed, context: _Context) -> str:
+    from softgrad.derive import derive_spec, load_spec
+
+    needed, pending = [], [name]
+    while pending:  # the definitions the function reads, first ones first
+        current = pending.pop()
+        if current in needed or current not in context.definitions:
+            continue
+        needed.append(current)
+        expr = context.definitions[current].expr
+        pending += [n for n in _arrays(expr) | {str(s) for s in expr.free_symbols} if n in context.definitions]
+    order = [n for n in context.definitions if n in needed]
+    safe = {n: re.sub(r"\W", "", n.replace("\u0302", "hat").replace("\u0303", "tilde").replace("\u0304", "bar"))
+            or "v" for n in {*order, *(a for n in order for a in _arrays(context.definitions[n].expr))}}
+    safe = {n: (f"{s}_" if s in ("sum", "size", "exp", "log") else s) for n, s in safe.items()}
+
+    def spec_text(expr: sp.Expr) -> str:
+        renamed = expr.replace(lambda e: isinstance(e, sp.Sum),
+                               lambda e: sp.Function("sum")(e.function, e.limits[0][0]))
+        renamed = renamed.xreplace({sp.IndexedBase(n): sp.IndexedBase(s) for n, s in safe.items()})
+        renamed = renamed.xreplace({sp.Symbol(n): sp.Symbol(s) for n, s in safe.items()})
+        return str(sp.sstr(renamed))
+
+    lines = []
+    for n in order:
+        definition = context.definitions[n]
+        head = f"{safe[n]}[{', '.join(map(str, definition.indices))}]" if definition.indices else safe[n]
+        lines.append(f"{head} = {spec_text(definition.expr)}")
+    derivation = derive_spec(load_spec("\n".join(lines)), wrt=safe.get(wrt, wrt), time_limit=None)
+    result = derivation.results[wanted]
+    back = {sp.IndexedBase(s): sp.IndexedBase(n) for n, s in safe.items()}
+    rhs = result.rhs.xreplace(back)
+    (derived_variable,) = [p.var for p in result.lhs.atoms(Partial)] or [None]
+    renaming: dict[sp.Expr, sp.Expr] = {}
+    if isinstance(derived_variable, sp.Indexed):
+        renaming[derived_variable.indices[0]] = variable.indices[0]
+    if isinstance(target, sp.Indexed) and isinstance(result.lhs, Partial) and isinstance(result.lhs.expr, sp.Indexed):
+        renaming[result.lhs.expr.indices[0]] = target.indices[0]
+    placeholders = {old: sp.Dummy() for old in renaming}
+    rhs = rhs.xreplace(placeholders).xreplace({placeholders[old]: new for old, new in renaming.items()})
+    return _plain(rhs)
+
+
+def _plain(expr: sp.Expr) -> str:
+    """A result in page notation: ŷ_j·(δ_ij − ŷ_i)."""
+    text = sp.sstr(expr.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.Function("Σ_" + str(e.limits[0][0]))(
+        e.function)))
+    text = re.sub(r"KroneckerDelta\((\w), (\w)\)", r"δ_\1\2", text)
+    text = re.sub(r"(\w[\u0302\u0303\u0304]?)\[(\w)\]", r"\1_\2", text)
+    return unicodedata.normalize("NFC", text.replace("*", "·").replace(" - ", " − "))
+
+
+def _scope(free: list[sp.Symbol], condition: tuple[sp.Symbol, sp.Symbol, bool] | None, proved: bool) -> str:
+    where = "" if condition is None else f" ({condition[0]} {'=' if condition[2] else '≠'} {condition[1]})"
+    indices = f", every {', '.join(map(str, free))}{where}" if free else where
+    how = (f"proved (SymPy reduces the difference to 0) at n = {PROOF_SIZES[0]}…{PROOF_SIZES[-1]}, and equal at "
+           if proved else "equal (not proved: SymPy did not reduce the difference to 0) at ")
+    return f"{how}{DRAWS} random points at n = {SIZES[0]}…{SIZES[-1]}{indices}"
 
 
 def _reads_definitions(expr: sp.Expr, context: _Context) -> bool:
@@ -317,11 +416,54 @@ def _is_array(name: str, left: sp.Expr, right: sp.Expr, context: _Context) -> bo
     return any(name in _arrays(expr) for expr in expressions)
 
 
-def _value(expr: sp.Expr, point: _Point, context: _Context) -> float:
-    """expr at a point: indices and n put in, ∂ taken exactly, definitions written out, entries as numbers."""
+def _written(expr: sp.Expr, point: _Point, context: _Context) -> sp.Expr:
+    """expr written out at a point's size and index values: ∂ taken exactly, definitions and sums expanded,
+    a polynomial-and-exp expression in the inputs' entries."""
     concrete = expr.replace(lambda e: isinstance(e, Partial), lambda e: _D(e.expr, e.var))
     concrete = concrete.subs(CLASSES, point.size).subs(point.indices)
-    concrete = _expand(concrete, point, context)
+    return _expand(concrete, point, context)
+
+
+#: Beyond this size (SymPy operations) a difference is not put to SymPy for a proof.
+LARGEST_PROVED = 2500
+#: Class counts at which a link that holds numerically is also proved.
+PROOF_SIZES = (1, 2, 3)
+
+
+def _proved(left: sp.Expr, right: sp.Expr, free: list[sp.Symbol], condition: Any, inputs: set[str],
+            context: _Context) -> bool:
+    """Whether SymPy reduces left − right to 0 at n = 1, 2, 3 and every index value, the inputs symbols:
+    exp(o_k) is a positive u_k (o_k = log u_k), so that a softmax is a rational function and cancels."""
+    for size in PROOF_SIZES:
+        for values in itertools.product(range(size), repeat=len(free)):
+            indices = dict(zip(free, values))
+            if condition is not None and condition[0] in indices and condition[1] in indices and (
+                    (indices[condition[0]] == indices[condition[1]]) != condition[2]):
+                continue
+            point = _Point(size, indices, {}, np.zeros(size))
+            difference = _written(left, point, context) - _written(right, point, context)
+            symbols: dict[sp.Expr, sp.Expr] = {}
+            for name in inputs:
+                for k in range(size):
+                    entry = sp.Symbol(f"{name}_{k}", positive=True)
+                    symbols[sp.IndexedBase(name)[k]] = sp.log(entry) if name in context.differentiated else entry
+                symbols[sp.Symbol(name)] = sp.Symbol(name, positive=True)
+            symbols.update({sp.IndexedBase("_upstream")[k]: sp.Symbol(f"g_{k}", real=True) for k in range(size)})
+            difference = sp.sympify(difference).xreplace(symbols)
+            if sp.count_ops(difference) > LARGEST_PROVED:
+                return False
+            try:
+                reduced = sp.cancel(sp.together(sp.expand_log(difference, force=True)))
+            except (sp.PolynomialError, TypeError, ValueError):
+                return False
+            if reduced != 0:
+                return False
+    return True
+
+
+def _value(expr: sp.Expr, point: _Point, context: _Context) -> float:
+    """expr at a point: indices and n put in, ∂ taken exactly, definitions written out, entries as numbers."""
+    concrete = _written(expr, point, context)
     numbers: dict[sp.Expr, sp.Expr] = {sp.IndexedBase(name)[k]: sp.Float(float(value[k]), 30)
                                        for name, value in point.values.items() for k in range(len(value))}
     numbers.update({sp.Symbol(name): sp.Float(float(value[0]), 30) for name, value in point.values.items()})

@@ -34,6 +34,10 @@ _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "epsilon": "ε", "varepsil
 BOLD = "bold "
 
 
+#: Longer sides are not parsed (the Earley parser's time grows fast with length; no derivation step is this long).
+LONGEST = 1500
+
+
 class Unreadable(Exception):
     """Text that this reader cannot turn into a formula; the message says why, in words for the report."""
 
@@ -65,6 +69,8 @@ def parse(text: str) -> sp.Expr:
     written = clean(text)
     if not written:
         raise Unreadable("an empty side")
+    if len(written) > LONGEST:
+        raise Unreadable(f"a side longer than {LONGEST} characters")
     for command in ("\\text", "\\mathrm{Diag}", "\\operatorname{diag}", "\\begin", "\\operatorname{Diag}", "\\|",
                     "||", "\\mathbb"):
         if command in written:
