@@ -16,6 +16,7 @@ import itertools
 import re
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -383,16 +384,22 @@ def _inputs(expr: sp.Expr, context: _Context, seen: frozenset[str] = frozenset()
     return found
 
 
+def _index_values(free: list[sp.Symbol], condition: Any, size: int) -> Iterator[dict[sp.Symbol, int]]:
+    """Every value of the free indices at n = size that the display's condition (i = j, i ≠ j) allows."""
+    for values in itertools.product(range(size), repeat=len(free)):
+        indices = dict(zip(free, values))
+        if condition is not None and condition[0] in indices and condition[1] in indices and (
+                (indices[condition[0]] == indices[condition[1]]) != condition[2]):
+            continue
+        yield indices
+
+
 def _compare(left: sp.Expr, right: sp.Expr, free: list[sp.Symbol], condition: Any, inputs: set[str],
              targets: list[str], context: _Context, kind: str) -> str | None:
     """None if the sides are equal at every size, index value and draw; else the first counterexample."""
     generator = np.random.default_rng(7)
     for size in SIZES:
-        for values in itertools.product(range(size), repeat=len(free)):
-            indices = dict(zip(free, values))
-            if condition is not None and condition[0] in indices and condition[1] in indices and (
-                    (indices[condition[0]] == indices[condition[1]]) != condition[2]):
-                continue
+        for indices in _index_values(free, condition, size):
             for _ in range(DRAWS):
                 arrays = {name: generator.uniform(0.2, 1.5, size if _is_array(name, left, right, context) else 1)
                           for name in sorted(inputs)}
@@ -435,11 +442,7 @@ def _proved(left: sp.Expr, right: sp.Expr, free: list[sp.Symbol], condition: Any
     """Whether SymPy reduces left − right to 0 at n = 1, 2, 3 and every index value, the inputs symbols:
     exp(o_k) is a positive u_k (o_k = log u_k), so that a softmax is a rational function and cancels."""
     for size in PROOF_SIZES:
-        for values in itertools.product(range(size), repeat=len(free)):
-            indices = dict(zip(free, values))
-            if condition is not None and condition[0] in indices and condition[1] in indices and (
-                    (indices[condition[0]] == indices[condition[1]]) != condition[2]):
-                continue
+        for indices in _index_values(free, condition, size):
             point = _Point(size, indices, {}, np.zeros(size))
             difference = _written(left, point, context) - _written(right, point, context)
             symbols: dict[sp.Expr, sp.Expr] = {}
