@@ -262,11 +262,11 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         from softgrad.files import read_text
         from softgrad.verify.derivation import check_derivation
 
-        if target is not None or formula is not None or against is not None:
-            raise SoftgradError("--derivation checks a written derivation by itself: give no function, --formula "
-                                "or --against with it")
+        if target is not None or formula is not None:
+            raise SoftgradError("--derivation checks a written derivation by itself: give no function or --formula "
+                                "with it (--against SPEC binds the names the text does not define)")
         text = sys.stdin.read() if derivation_file == "-" else read_text(derivation_file, "derivation")
-        checked = check_derivation(text, "standard input" if derivation_file == "-" else derivation_file)
+        checked = check_derivation(text, "standard input" if derivation_file == "-" else derivation_file, against)
         click.echo(json.dumps(checked.to_dict(), indent=2, ensure_ascii=False) if as_json
                    else checked.html() if report_format == "html" else checked.text())
         sys.exit(checked.exit_status)

@@ -12,9 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import sympy as sp
+
 from softgrad._version import __version__
+from softgrad.errors import SoftgradError
 from softgrad.verify.derivation.extract import read_page
 from softgrad.verify.derivation.judge import Link, judge
+from softgrad.verify.derivation.latex import CLASSES, index
 
 #: The mark of each verdict in the text report.
 MARKS = {"holds": "✓", "conditional": "✓?", "fails": "✗", "unchecked": "?", "definition": "≔", "assumption": "∵"}
@@ -83,6 +87,21 @@ def _short(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def check_derivation(text: str, source: str = "the text") -> DerivationReport:
-    """Judge every equality link of the derivation in `text` (see judge.py for how)."""
-    return DerivationReport(source, judge(read_page(text)))
+def check_derivation(text: str, source: str = "the text", against: str | None = None) -> DerivationReport:
+    """Judge every equality link of the derivation in `text` (see judge.py for how). against: a spec (catalog
+    name, file or inline) whose definitions bind the page's names where the page does not define them."""
+    return DerivationReport(source, judge(read_page(text), _definitions(against) if against else None))
+
+
+def _definitions(against: str) -> dict[str, tuple[tuple[sp.Symbol, ...], sp.Expr]]:
+    """A one-index spec's definitions in the page's terms: its sums over the n classes, its names as they are."""
+    from softgrad.derive import load_spec
+    from softgrad.derive.symbols import n
+
+    spec = load_spec(against)
+    if spec.tensor:
+        raise SoftgradError("--against with --derivation takes a spec with one index (the class index of the "
+                            "page's y_i), not several")
+    return {d.name: ((index(str(d.index)),) if d.index is not None else (),
+                     d.expr.xreplace({n: CLASSES}).xreplace({d.index: index(str(d.index))} if d.index else {}))
+            for d in spec.definitions}

@@ -120,9 +120,12 @@ def _assumptions(prose: str) -> list[tuple[str, str]]:
     return found
 
 
-def judge(page: Page) -> list[Link]:
-    """Every link of every display of the page, in order."""
+def judge(page: Page, given: dict[str, tuple[tuple[sp.Symbol, ...], sp.Expr]] | None = None) -> list[Link]:
+    """Every link of every display of the page, in order. given: definitions bound before the page is read
+    (name → (indices, value), from --against), which the page's own definitions override."""
     context = _Context(assumptions=_assumptions(page.prose))
+    for name, (indices, value) in (given or {}).items():
+        context.definitions[name] = _Definition(name, indices, value)
     for display in page.displays:
         for text, _ in display.sides:
             side, _ = _read(text)
@@ -524,4 +527,9 @@ def _derivative(partial: _D, point: _Point, context: _Context) -> sp.Expr:
         if str(variable.base) == against:
             keep = frozenset({against})
     written = _expand(numerator, point, context, keep)
+    reads = {str(entry.base) for entry in sp.sympify(written).atoms(sp.Indexed)}
+    if str(variable.base) not in reads:
+        undefined = sorted(reads - set(context.definitions) - {"_upstream"})
+        if undefined:  # ∂y_i/∂x_j where y is not defined: not 0, just unknown
+            raise _NotEvaluable(f"{undefined[0]} has no definition in the text (give one with --against SPEC)")
     return sp.diff(written, variable)
