@@ -55,7 +55,7 @@ def test_correct_published_derivations_never_get_a_fails(number):
     assert verdicts(report) == decided[number]
     reasons = " ".join(link.reason for link in report.links if link.verdict == "unchecked")
     if number == "000":
-        assert "a case written as an equality" in reasons and "vector notation" in reasons
+        assert "a case written as an equality" in reasons and "σ has no definition" in reasons
         assert (19, "holds") in verdicts(report) and (23, "holds") in verdicts(report)
     else:
         assert "reads c with no sum over it" in reasons
@@ -114,7 +114,8 @@ def test_the_reader_takes_page_notation_and_refuses_what_it_cannot_read():
     assert str(parse(r"\hat y_i(\delta_{ij}-\hat y_i)")) == "(KroneckerDelta(i, j) - y\u0302[i])*y\u0302[i]"
     assert "KroneckerDelta(i, k)" in str(parse(r"\sum_{k\neq i} y_k"))
     assert str(parse(r"\sum{}_{j=1}^{K} e^{x_j}")) == "Sum(exp(x[j]), (j, 0, N_classes - 1))"
-    for text, reason in [(r"\text{Diag}(y) - yy^T", "notation"), (r"yy^T", "transpose"), (r"\frac{", "notation")]:
+    assert str(parse(r"\text{Diag}(y) - yy^T")) == "-y*Transposed(y) + Diagonal(y)"  # order kept: y yᵀ ≠ yᵀ y
+    for text, reason in [(r"\text{softmax}(z)", "text"), (r"\|x\|^2", "notation"), (r"\frac{", "notation")]:
         with pytest.raises(Unreadable, match=reason):
             parse(text)
 
@@ -165,3 +166,16 @@ def test_a_spec_binds_what_the_text_does_not_define(tmp_path):
     bound = check_derivation(text, against="softmax")
     assert [link.verdict for link in bound.links] == ["holds", "holds", "fails"]
     assert bound.links[2].line == 3 and bound.links[2].expected == "(δ_ij − y_j)·y_i"
+
+
+def test_matrix_notation_is_read_entry_by_entry():
+    """diag(y) − y yᵀ is the Jacobian ∂y/∂x of a softmax; diag(y) − yᵀ y is not (the order of a product of
+    vectors matters); a bold x is the vector x; a name no display defines is unchecked."""
+    text = (r"\[ y_i = \frac{e^{x_i}}{\sum_k e^{x_k}} \]" "\n"
+            r"\[ \frac{\partial y}{\partial x} = \text{Diag}(y) - yy^T \]" "\n"
+            r"\[ \frac{\partial \mathbf{y}}{\partial \mathbf{x}} = "
+            r"\mathrm{diag}(\mathbf{y}) - \mathbf{y}^\top\mathbf{y} \]" "\n"
+            r"\[ \frac{\partial l}{\partial x} = y \odot (g - y^T g) \]" "\n")
+    report = check_derivation(text)
+    assert [link.verdict for link in report.links] == ["definition", "holds", "fails", "unchecked"]
+    assert "proved" in report.links[1].reason and "g has no definition" in report.links[3].reason

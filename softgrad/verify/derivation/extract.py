@@ -82,7 +82,10 @@ def _bare_latex(line: str) -> str | None:
     marked = [number for number, word in enumerate(words) if latex_like(word)]
     if not marked:
         return None
-    chosen = " ".join(words[marked[0]:marked[-1] + 1])
+    last = marked[-1]
+    while last + 1 < len(words) and set(words[last + 1]) <= set(")]}"):  # a closing bracket on its own
+        last += 1
+    chosen = " ".join(words[marked[0]:last + 1])
     # prose glued to the formula's start (当j!=i时,\frac…): keep from the last non-ASCII character on
     foreign = [number for number, character in enumerate(chosen) if ord(character) > 127 and character not in "−·×≠"]
     start = foreign[-1] + 1 if foreign and foreign[-1] < chosen.find("\\") else 0

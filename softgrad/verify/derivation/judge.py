@@ -25,7 +25,7 @@ import sympy as sp
 
 from softgrad.derive.symbols import Partial
 from softgrad.verify.derivation.extract import Display, Page
-from softgrad.verify.derivation.latex import BOLD, CLASSES, Unreadable, index, parse
+from softgrad.verify.derivation.latex import BOLD, CLASSES, Diagonal, Hadamard, Transposed, Unreadable, index, parse
 
 #: Class counts a link is evaluated at, and random input draws at each.
 SIZES = (1, 2, 3, 4)
@@ -68,6 +68,7 @@ class _Context:
     assumptions: list[tuple[str, str]] = field(default_factory=list)  # (kind: simplex|onehot, quote)
     differentiated: set[str] = field(default_factory=set)  # arrays the page differentiates with respect to
     unusable: set[str] = field(default_factory=set)  # names whose stated definition cannot be used
+    arrays: set[str] = field(default_factory=set)  # names the page reads with an index: vectors when bare
 
 
 class _D(sp.Function):
@@ -132,6 +133,9 @@ def judge(page: Page, given: dict[str, tuple[tuple[sp.Symbol, ...], sp.Expr]] | 
             if side is not None:
                 context.differentiated |= {str(p.var.base) for p in side.atoms(Partial)
                                            if isinstance(p.var, sp.Indexed)}
+                context.differentiated |= {str(p.var) for p in side.atoms(Partial) if isinstance(p.var, sp.Symbol)
+                                           and not p.var.is_commutative}
+                context.arrays |= _arrays(side)
     links: list[Link] = []
     start = time.monotonic()
     for display in page.displays:
@@ -221,6 +225,14 @@ class _Point:
 
 def _judge_link(line: int, left_text: str, right_text: str, left: sp.Expr, right: sp.Expr,
                 condition: tuple[sp.Symbol, sp.Symbol, bool] | None, context: _Context) -> Link:
+    if _in_matrix_notation(left, context) or _in_matrix_notation(right, context):
+        try:
+            (left, left_shape), (right, right_shape) = _entrywise(left, context), _entrywise(right, context)
+        except _NotEvaluable as problem:
+            return Link(line, left_text, right_text, "unchecked", str(problem))
+        if left_shape != right_shape:
+            return Link(line, left_text, right_text, "fails", f"the left side is a {left_shape}, the right side a "
+                        f"{right_shape}")
     try:
         inputs = _inputs(left, context) | _inputs(right, context)
     except _NotEvaluable as problem:
@@ -385,6 +397,98 @@ def _inputs(expr: sp.Expr, context: _Context, seen: frozenset[str] = frozenset()
         else:
             raise _NotEvaluable(f"{name} has no definition in the text")
     return found
+
+
+#: The row and column index of matrix notation read entrywise (M_ρκ; a column vector v_ρ, a row vector v_κ).
+ROW, COLUMN = index("ρ"), index("κ")
+
+
+def _vector_names(context: _Context) -> set[str]:
+    return context.arrays | {name for name, d in context.definitions.items() if len(d.indices) == 1}
+
+
+def _in_matrix_notation(expr: sp.Expr, context: _Context) -> bool:
+    vectors = _vector_names(context)
+    labels = {entry.base.label for entry in expr.atoms(sp.Indexed)}
+    return bool(expr.atoms(Transposed, Diagonal, Hadamard)) or any(
+        isinstance(s, sp.Symbol) and s not in labels and (not s.is_commutative or str(s) in vectors)
+        for s in expr.free_symbols)
+
+
+def _entrywise(expr: sp.Expr, context: _Context) -> tuple[sp.Expr, str]:
+    """Matrix notation read entry by entry: (the entry at row ρ and column κ, its shape: scalar, column,
+    row or matrix). y yᵀ is y_ρ y_κ, yᵀ g is Σ_m y_m g_m, diag(y) is δ_ρκ y_ρ, ∂y/∂x is ∂y_ρ/∂x_κ."""
+    vectors = _vector_names(context)
+    if isinstance(expr, sp.Symbol):
+        if str(expr) in vectors:
+            return sp.IndexedBase(str(expr))[ROW], "column"
+        if not expr.is_commutative and str(expr) not in context.definitions:
+            raise _NotEvaluable(f"{expr} has no definition in the text (a vector or a matrix?)")
+        return sp.Symbol(str(expr)), "scalar"
+    if expr.is_Number or isinstance(expr, sp.Indexed) or not expr.free_symbols:
+        return expr, "scalar"
+    if isinstance(expr, Transposed):
+        inner, shape = _entrywise(expr.args[0], context)
+        swapped = inner.xreplace({ROW: COLUMN, COLUMN: ROW})
+        return swapped, {"column": "row", "row": "column"}.get(shape, shape)
+    if isinstance(expr, Diagonal):
+        inner, shape = _entrywise(expr.args[0], context)
+        if shape != "column":
+            raise _NotEvaluable("diag of something that is not a vector")
+        return sp.KroneckerDelta(ROW, COLUMN) * inner, "matrix"
+    if isinstance(expr, Hadamard):
+        (first, first_shape), (second, second_shape) = (_entrywise(a, context) for a in expr.args)
+        if first_shape != second_shape and "scalar" not in (first_shape, second_shape):
+            raise _NotEvaluable("⊙ of two different shapes")
+        return first * second, first_shape if first_shape != "scalar" else second_shape
+    if isinstance(expr, Partial):
+        loss = expr.expr
+        if isinstance(loss, sp.Symbol) and str(loss) not in vectors and str(loss) not in context.definitions:
+            loss = sp.Symbol(str(loss))  # a loss the text never defines (∂l/∂x): see _derivative
+        (top, top_shape), (bottom, bottom_shape) = _entrywise(loss, context), _entrywise(expr.var, context)
+        if top_shape == "column" and bottom_shape == "column":
+            return Partial(top, bottom.xreplace({ROW: COLUMN})), "matrix"  # the Jacobian, ∂y_ρ/∂x_κ
+        if top_shape == "scalar" and bottom_shape == "column":
+            return Partial(top, bottom), "column"  # the gradient, ∂l/∂x_ρ
+        raise _NotEvaluable("a derivative of a matrix")
+    if expr.is_Add:
+        terms = [_entrywise(a, context) for a in expr.args]
+        shapes = {shape for _, shape in terms} - {"scalar"}
+        if len(shapes) > 1:
+            raise _NotEvaluable("a sum of different shapes")
+        return sp.Add(*[term for term, _ in terms]), shapes.pop() if shapes else "scalar"
+    if expr.is_Mul:
+        value, shape = sp.S.One, "scalar"
+        for factor in expr.args:  # in order: y yᵀ is not yᵀ y
+            value, shape = _times(value, shape, *_entrywise(factor, context))
+        return value, shape
+    if expr.is_Pow and expr.exp.is_Integer:
+        base, shape = _entrywise(expr.base, context)
+        if shape != "scalar":
+            raise _NotEvaluable("a power of a vector or matrix")
+        return base ** expr.exp, shape
+    if isinstance(expr, (sp.exp, sp.log)):
+        inner, shape = _entrywise(expr.args[0], context)
+        return expr.func(inner), shape  # entry by entry
+    raise _NotEvaluable("matrix notation not read here")
+
+
+def _times(left: sp.Expr, left_shape: str, right: sp.Expr, right_shape: str) -> tuple[sp.Expr, str]:
+    """The product of two entrywise factors by their shapes (a vector times a vector of the same kind is
+    taken entry by entry, as ML pages write y·g)."""
+    inner = index("μ")
+    if "scalar" in (left_shape, right_shape) or left_shape == right_shape != "matrix":
+        return left * right, right_shape if left_shape == "scalar" else left_shape
+    total = {("column", "row"): (None, "matrix"), ("row", "column"): ((COLUMN, ROW), "scalar"),
+             ("matrix", "column"): ((COLUMN, ROW), "column"), ("row", "matrix"): ((COLUMN, ROW), "row"),
+             ("matrix", "matrix"): ((COLUMN, ROW), "matrix")}.get((left_shape, right_shape))
+    if total is None:
+        raise _NotEvaluable(f"a {left_shape} times a {right_shape}")
+    summed, shape = total
+    if summed is None:
+        return left * right, shape
+    first, second = summed
+    return sp.Sum(left.xreplace({first: inner}) * right.xreplace({second: inner}), (inner, 0, CLASSES - 1)), shape
 
 
 def _index_values(free: list[sp.Symbol], condition: Any, size: int) -> Iterator[dict[sp.Symbol, int]]:

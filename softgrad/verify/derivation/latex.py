@@ -11,6 +11,7 @@ judge to evaluate. What it cannot read raises Unreadable with the reason, never 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ _BOLD = {"mathbf", "textbf", "boldsymbol", "bm"}
 _GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "epsilon": "ε", "varepsilon": "ε", "eta": "η", "theta": "θ",
           "lambda": "λ", "mu": "μ", "nu": "ν", "xi": "ξ", "pi": "π", "rho": "ρ", "sigma": "σ", "tau": "τ",
           "phi": "φ", "varphi": "φ", "chi": "χ", "psi": "ψ", "omega": "ω", "Sigma": "Σ"}
+#: What a ᵀ superscript stands for while the tree is built.
+_TRANSPOSE = sp.Symbol("_transpose")
 #: Prefix of a name written in bold: vector or matrix notation, which the judge does not read entrywise.
 BOLD = "bold "
 
@@ -57,10 +60,39 @@ _CHARACTERS = {"−": "-", "–": "-", "·": r"\cdot ", "×": r"\times ", "\u206
                "\\{": "(", "\\}": ")", "\\lbrace": "(", "\\rbrace": ")", "\\displaystyle": " ", "\\limits": " "}
 
 
+#: How pages write the diagonal matrix of a vector, read as one command.
+_DIAGONAL = re.compile(r"\\(?:text|mathrm|operatorname|textrm)\{\s*[dD]iag\s*\}|\\diag(?![a-z])")
+#: What makes a side matrix notation: a transpose, a diagonal matrix, ⊙, a bold vector.
+_MATRIX = re.compile(r"\^\s*\{?\s*(?:T|\\top|\\intercal)(?![a-zA-Z])|\\diagonal|\\odot|\\circ|\\mathbf|\\boldsymbol|"
+                     r"\\bm(?![a-z])|\\textbf")
+
+
+class Transposed(sp.Function):
+    """vᵀ in matrix notation (the judge reads it entrywise)."""
+
+    nargs = 1
+    is_commutative = False
+
+
+class Diagonal(sp.Function):
+    """diag(v): the matrix with v on its diagonal."""
+
+    nargs = 1
+    is_commutative = False
+
+
+class Hadamard(sp.Function):
+    """a ⊙ b, entry by entry."""
+
+    nargs = 2
+    is_commutative = False
+
+
 def clean(text: str) -> str:
     """The formula with alignment marks, spacing commands and Unicode operators made plain."""
     for old, new in _CHARACTERS.items():
         text = text.replace(old, new)
+    text = _DIAGONAL.sub(r"\\diagonal ", text)
     return text.replace("&", " ").strip().rstrip(".,;")
 
 
@@ -71,13 +103,12 @@ def parse(text: str) -> sp.Expr:
         raise Unreadable("an empty side")
     if len(written) > LONGEST:
         raise Unreadable(f"a side longer than {LONGEST} characters")
-    for command in ("\\text", "\\mathrm{Diag}", "\\operatorname{diag}", "\\begin", "\\operatorname{Diag}", "\\|",
-                    "||", "\\mathbb"):
+    for command in ("\\text", "\\begin", "\\|", "||", "\\mathbb"):
         if command in written:
             raise Unreadable(f"notation not read here ({command.lstrip(chr(92))})")
     try:
         tree = _parser().parse(written)
-        return sp.sympify(_Build().transform(tree))
+        return sp.sympify(_Build(matrix=bool(_MATRIX.search(written))).transform(tree))
     except Unreadable:
         raise
     except VisitError as problem:  # raised while building: Lark wraps it
@@ -91,18 +122,27 @@ def parse(text: str) -> sp.Expr:
 
 @v_args(inline=True)
 class _Build(Transformer[Token, Any]):
-    """Parse tree → SymPy."""
+    """Parse tree → SymPy. In matrix notation (a side with ᵀ, diag, ⊙ or bold) a name written without an
+    index is a non-commutative symbol, so that the order of y yᵀ and yᵀ y survives for the judge."""
+
+    def __init__(self, matrix: bool = False) -> None:
+        super().__init__()
+        self.matrix = matrix
 
     def number(self, token: Token) -> sp.Expr:
         return sp.Rational(str(token))
 
     def letter_script(self, token: Token) -> sp.Expr:
-        if str(token) == "T":
-            raise Unreadable("matrix notation (a transpose)")
-        return sp.Symbol(str(token))
+        return _TRANSPOSE if str(token) == "T" and self.matrix else sp.Symbol(str(token))
 
     def transpose_mark(self) -> sp.Expr:
-        raise Unreadable("matrix notation (a transpose)")
+        return _TRANSPOSE
+
+    def diagonal(self, vector: sp.Expr) -> sp.Expr:
+        return Diagonal(vector)
+
+    def hadamard(self, first: sp.Expr, second: sp.Expr) -> sp.Expr:
+        return Hadamard(first, second)
 
     def group(self, expr: sp.Expr) -> sp.Expr:
         return expr
@@ -145,6 +185,8 @@ class _Build(Transformer[Token, Any]):
     def power(self, base: sp.Expr, script: sp.Expr | None = None) -> sp.Expr:
         if script is None:
             return base
+        if script == _TRANSPOSE:
+            return Transposed(base)
         if base == sp.Symbol("e"):
             return sp.exp(script)
         return base ** script
@@ -176,6 +218,8 @@ class _Build(Transformer[Token, Any]):
 
     def symbol(self, name: str, subscript: list[sp.Expr] | None = None) -> sp.Expr:
         if not subscript:
+            if self.matrix and name.removeprefix(BOLD) not in ("e",):
+                return sp.Symbol(name.removeprefix(BOLD), commutative=False)
             return sp.Symbol(name)
         return sp.IndexedBase(name)[tuple(subscript)]
 
