@@ -29,12 +29,21 @@ def test_seed_002_fails_at_its_kronecker_line_and_nowhere_else():
     report = seed("002")
     assert verdicts(report) == [
         (4, "definition"), (7, "definition"), (13, "holds"), (13, "holds"), (16, "holds"), (16, "holds"),
-        (20, "fails"), (23, "unchecked"), *[(27, "holds")] * 6, (27, "conditional"), (32, "conditional")]
+        (20, "fails"), (23, "unchecked"), *[(27, "holds")] * 6, (27, "conditional"), (29, "assumption"),
+        (32, "conditional")]
     wrong = report.failed[0]
     assert "i = 0, j = 1" in wrong.reason and report.exit_status == 1
     assert wrong.expected == "(δ_ij − \u0177_i)·\u0177_j"  # ŷ_j(δ_ij − ŷ_i): what the cases above it give
     assert "Σ" not in wrong.rhs and "given that" in report.links[-1].reason
     assert "the first wrong line is 20" in report.summary()
+
+
+def test_equalities_in_sentences_are_links_and_index_conditions_are_not():
+    text = ("With \\(p_i = \\frac{e^{z_i}}{\\sum_k e^{z_k}}\\) and $L = -\\sum_k t_k \\log p_k$, we get "
+            "$\\frac{\\partial L}{\\partial z_j} = p_j - t_j$ if \\(i=j\\).\n")
+    report = check_derivation(text)
+    assert verdicts(report) == [(1, "definition"), (1, "definition"), (1, "fails")]
+    assert "holds only for t summing to 1, which the text does not state" in report.links[2].reason
 
 
 @pytest.mark.parametrize("number", ["000", "004"])

@@ -33,6 +33,12 @@ class Page:
     prose: str = ""  # every text outside display math, inline math kept (assumptions are looked for there)
 
 
+#: Inline math: \(…\) or $…$ on one line.
+_INLINE = re.compile(r"\\\((.+?)\\\)|(?<![$\\])\$([^$\n]+?)\$(?!\$)")
+#: An inline index condition (i = j, i \neq j): context for the next display, not a link.
+_CONDITION = re.compile(r"[a-z]\s*(=|\\neq|\\ne|!=)\s*[a-z]")
+
+
 def _line_of(text: str, position: int) -> int:
     return text.count("\n", 0, position) + 1
 
@@ -168,6 +174,10 @@ def read_page(text: str) -> Page:
                 events.append((offset + start, "bare", bare))
             else:
                 events.append((offset, "prose", raw))
+                for match in _INLINE.finditer(raw):  # an equality in a sentence is a link too
+                    math = match.group(1) or match.group(2)
+                    if "=" in math and re.search(r"[\\_]", math) and not _CONDITION.fullmatch(math.strip()):
+                        events.append((offset + match.start(), "inline", math))
             offset += len(raw)
     events.sort(key=lambda event: event[0])
     for position, kind, body in events:
