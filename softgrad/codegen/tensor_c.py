@@ -12,7 +12,7 @@ in the output, then scaled), and its log written as (E − max − log Σ) where
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sympy as sp
@@ -21,7 +21,7 @@ from softgrad.codegen import c_math
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower import guard_weighted_logs
 from softgrad.codegen.printers import CKernelPrinter
-from softgrad.codegen.tensor_numpy import backward_definitions, checked_arrays, printed_names
+from softgrad.codegen.tensor_numpy import backward_definitions, checked_arrays, forward_needed, printed_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
@@ -81,6 +81,7 @@ class CModule:
     upstream: str | None
     gradients: list[tuple[str, str, tuple[str, ...]]]  # (input, gradient name, ranges)
     blas: bool = False  # whether a statement calls gemm
+    gradients_forward: list[CStatement] = field(default_factory=list)  # the forward statements gradients() needs
 
 
 @dataclass
@@ -518,7 +519,8 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         backward_work=backward_work + compiler.scratch,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()],
-        blas=compiler.blas)
+        blas=compiler.blas, gradients_forward=[statement for statement, definition in zip(forward, spec.definitions)
+                                               if definition.name in forward_needed(derivation)])
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,

@@ -54,6 +54,7 @@ class TensorModule:
     upstream: str | None = None
     gradients: list[tuple[str, str]] = field(default_factory=list)  # (input printed name, gradient printed name)
     output_ranges: tuple[str, ...] = ()
+    gradients_forward: list[Statement] = field(default_factory=list)  # the forward statements gradients() needs
 
     @property
     def output_rank(self) -> int:
@@ -183,8 +184,12 @@ class _Compiler:
             letter = {s: _LETTERS[k] for k, s in enumerate(symbols)}
             result = tuple(s for s in symbols if s not in bounds)
             subscripts = ",".join("".join(letter[s] for s in have) for _, have in pieces)
+            # two operands over the same indices (Σ_b dy[b, a]·x[b, a]) are one pass of einsum's own loop: with
+            # optimize=True NumPy routes them through tensordot, 50× slower; a batched product (Σ_j P[b, i, j]
+            # V[b, j, f]) and three or more operands need its BLAS calls and contraction order
+            elementwise = len(pieces) == 2 and set(pieces[0][1]) == set(pieces[1][1])
             code = (f'np.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
-                    f'{", ".join(code for code, _ in pieces)}, optimize=True)')
+                    f'{", ".join(code for code, _ in pieces)}{"" if elementwise else ", optimize=True"})')
         elif varying:  # summed in the summand's own axis order: nothing is transposed for the sum
             inner, have = self.compile(varying[0], ranges, [])
             axes = tuple(have.index(b) for b in bounds if b in have)
@@ -326,6 +331,23 @@ def backward_definitions(derivation: Derivation) -> list[Definition]:
     return definitions
 
 
+def forward_needed(derivation: Derivation) -> set[str]:
+    """The forward arrays gradients() must compute: those its backward statements read (and the loss it
+    returns), with what they are made of — not a vector output nobody reads (layer norm's y)."""
+    spec = derivation.spec
+
+    def reads(expr: sp.Expr) -> set[str]:
+        return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
+
+    needed = set().union(*(reads(d.expr) for d in backward_definitions(derivation)))
+    if not spec.output.is_vector:
+        needed.add(spec.output.name)
+    for definition in reversed(spec.definitions):
+        if definition.name in needed:
+            needed |= reads(definition.expr)
+    return needed
+
+
 def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str, Any]:
     """What the shared shape check of the generated modules needs: arrays with their ranges, labels."""
     tensor, spec = derivation.tensor, derivation.spec
@@ -367,7 +389,9 @@ def lower_tensor(derivation: Derivation) -> TensorModule:
         output=printed[spec.output.name], output_is_scalar=not spec.output.is_vector, backward=backward,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
-        output_ranges=tuple(tensor.axes.get(spec.output.name, ())))
+        output_ranges=tuple(tensor.axes.get(spec.output.name, ())),
+        gradients_forward=[statement for statement, definition in zip(forward, spec.definitions)
+                           if definition.name in forward_needed(derivation)])
 
 
 def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:

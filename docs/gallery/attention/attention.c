@@ -385,6 +385,10 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
         return -1;
     }
 
+    // gradients() may leave an input unread (beta only shifts an output nobody reads here)
+    (void)Q;
+    (void)K;
+    (void)V;
     /* S[i, j] (BLAS gemm) */
     SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_i), (int)(_n_j), (int)(_n_e), (1/sqrt((softgrad_real)_n_e)), Q, (int)(_n_e), K, (int)(_n_e), 0, S, (int)(_n_j));
     /* P[i, j] */

@@ -7,7 +7,7 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is d69d43ba78e99bc5364499d5205305a82b9aac2a3527169df25451d78de4d49f)
 
 Arrays have one axis per index, in the order the spec writes them (Q[i, e], K[j, e], V[j, f]).
-Contractions are np.einsum(..., optimize=True) (matrix products where they are ones), every other
+Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 
@@ -123,7 +123,7 @@ def gradients(Q, K, V, dO):
     P /= _total
     O = np.asarray(((P @ V)), dtype=_dtype)
     dP = np.asarray(((dO @ V.T)), dtype=_dtype)
-    dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO, optimize=True))[:, None]) * P), dtype=_dtype)
+    dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO))[:, None]) * P), dtype=_dtype)
     dQ = np.asarray(((1 / math.sqrt(_n_e)) * ((dS @ K))), dtype=_dtype)
     dK = np.asarray(((1 / math.sqrt(_n_e)) * ((dS.T @ Q))), dtype=_dtype)
     dV = np.asarray(((P.T @ dO)), dtype=_dtype)

@@ -8,7 +8,7 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 48aada85722c17d23f83479d42c0dedb65f5dc9d2f59e07cf8e8517e43823dee)
 
 Arrays have one axis per index, in the order the spec writes them (x[b, k], gamma[k], beta[k]).
-Contractions are np.einsum(..., optimize=True) (matrix products where they are ones), every other
+Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 
@@ -112,8 +112,7 @@ def gradients(x, gamma, beta, dy):
     m = np.asarray(((1 / _n_k) * (np.sum(x, axis=1))), dtype=_dtype)
     v = np.asarray(((1 / _n_k) * (np.sum(np.square((x - m[:, None])), axis=1))), dtype=_dtype)
     xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
-    y = np.asarray(((gamma[None, :] * xhat) + beta[None, :]), dtype=_dtype)
     dx = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * xhat * (np.einsum("b,ab,ab->a", gamma, dy, xhat, optimize=True))[:, None]))), dtype=_dtype)
-    dgamma = np.asarray((np.einsum("ba,ba->a", dy, xhat, optimize=True)), dtype=_dtype)
+    dgamma = np.asarray((np.einsum("ba,ba->a", dy, xhat)), dtype=_dtype)
     dbeta = np.asarray((np.sum(dy, axis=0)), dtype=_dtype)
     return (dx, dgamma, dbeta)

@@ -401,6 +401,11 @@ int softmax_regression_labels_gradients(const double *W, const double *X, const 
     }
     memset(_a5, 0, _n_c * sizeof(double));  // accumulated into
 
+    // gradients() may leave an input unread (beta only shifts an output nobody reads here)
+    (void)W;
+    (void)X;
+    (void)bias;
+    (void)label;
     /* z[b, c] (BLAS gemm) */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         #pragma omp simd

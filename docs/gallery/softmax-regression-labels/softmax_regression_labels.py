@@ -7,7 +7,7 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is ac86ff1acacf7be5233dcf8b14f5226d6ecf23ca0bb101dcb0d66e7fa24a6160)
 
 Arrays have one axis per index, in the order the spec writes them (W[c, d], X[b, d], bias[c], label[b]).
-Contractions are np.einsum(..., optimize=True) (matrix products where they are ones), every other
+Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 

@@ -402,6 +402,11 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
     }
     memset(_a4, 0, _n_c * sizeof(double));  // accumulated into
 
+    // gradients() may leave an input unread (beta only shifts an output nobody reads here)
+    (void)W;
+    (void)X;
+    (void)bias;
+    (void)T;
     /* z[b, c] (BLAS gemm) */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         #pragma omp simd

@@ -8,7 +8,7 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 376123ef6517a596eabe680b3a85272e0b364d9752a1e138a67231905e314dd5)
 
 Arrays have one axis per index, in the order the spec writes them (W[c, d], X[b, d], bias[c], T[b, c]).
-Contractions are np.einsum(..., optimize=True) (matrix products where they are ones), every other
+Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 

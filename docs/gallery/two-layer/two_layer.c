@@ -416,6 +416,11 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
         return -1;
     }
 
+    // gradients() may leave an input unread (beta only shifts an output nobody reads here)
+    (void)W1;
+    (void)X;
+    (void)W2;
+    (void)T;
     /* h[b, j] (its contractions by BLAS gemm) */
     SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_j), (int)(_n_d), 1, X, (int)(_n_d), W1, (int)(_n_d), 0, _c1, (int)(_n_j));
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {

@@ -9,7 +9,7 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 3e5ce19fc75a6866524937814fc0f7c3dd144155138514a9b2556b695b5b6db1)
 
 Arrays have one axis per index, in the order the spec writes them (W1[j, d], X[b, d], W2[c, j], T[b, c]).
-Contractions are np.einsum(..., optimize=True) (matrix products where they are ones), every other
+Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 
