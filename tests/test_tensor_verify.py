@@ -3,10 +3,12 @@ checked with a signature that names every input and output, right ones pass, wro
 worst element named by array and full index."""
 
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from softgrad.derive import derive_spec, load_spec
@@ -28,6 +30,7 @@ CASES = {  # function → (spec, signature, right?)
     "layer_norm_backward": ("layer-norm-affine", "x,gamma,beta,dy->dx,dgamma,dbeta", True),
     "layer_norm_transposed_dgamma": ("layer-norm-affine", "x,gamma,beta,dy->dx,dgamma,dbeta", False),
     "naive": ("softmax-regression", "X,W,bias,T->loss,dW,dbias", True),  # right, except at large logits
+    "layer_norm_keepdims": ("layer-norm-affine", "x,gamma,beta,dy->dx,dgamma,dbeta", True),
 }
 
 
@@ -175,3 +178,17 @@ def test_a_signature_names_a_parameter_where_the_code_takes_it(decay_factor, rig
     assert right or report.worst.output == "dW"
     with pytest.raises(SoftgradError, match="'bogus' is not an input or parameter"):
         parse_tensor_signature("W,X,y,bogus->loss,dW", derivation)
+
+
+def test_keepdims_outputs_are_read_in_the_specs_shape_and_said():
+    """dgamma, dbeta of shape (1, D) where the spec's is (D,): every value right, so it passes, and the report
+    says how they were read; a shape with other sizes is still refused in one line."""
+    report = _check("layer_norm_keepdims")
+    assert report.passed and any(re.match(r"dgamma is returned with shape \(1, \d+\) and read as \(\d+,\)", note)
+                                 for note in report.notes)
+    spec_name, signature, _ = CASES["layer_norm_backward"]
+    derivation = _derived(spec_name, signature)
+    with pytest.raises(SoftgradError, match=r"dgamma has shape \(1, 4\), expected \(\d+,\)"):
+        verify_tensor(lambda x, g, b, dy: (dy, np.zeros((1, 4)), np.zeros(5)), derivation,
+                      parse_tensor_signature(signature, derivation), parse_sizes(None, derivation), label="f",
+                      against=spec_name)

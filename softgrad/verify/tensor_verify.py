@@ -211,7 +211,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
         if not all(np.all(np.isfinite(e)) for e in exact.values()) or not np.all(np.isfinite(exact_output)):
             report.fail(f"the spec's own reference is not finite for {case}: nothing can be compared there")
             continue
-        got = _call(function, signature, arrays, values, dtype, sizes, derivation)
+        got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.notes)
         not_finite = next(((name, value) for name, value in got.items() if not np.all(np.isfinite(value))), None)
         if not_finite is not None:
             name, value = not_finite
@@ -272,7 +272,10 @@ def _differences(reference: Any, derivation: Derivation, arrays: dict[str, Any],
 
 
 def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict[str, Any],
-          values: dict[str, float], dtype: str, sizes: dict[str, int], derivation: Derivation) -> dict[str, Any]:
+          values: dict[str, float], dtype: str, sizes: dict[str, int], derivation: Derivation,
+          notes: list[str] | None = None) -> dict[str, Any]:
+    """The function's outputs by name, each checked to be a finite-dtype array of the spec's shape (axes of
+    size 1 that a keepdims reduction leaves are accepted and said in `notes`)."""
     from softgrad.verify.isolation import NotAnArray
     from softgrad.verify.signatures import describe_failure
 
@@ -305,9 +308,15 @@ def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict
         else:
             expected = tuple(sizes[r] for r in tensor.axes.get(spec.output.name, ()))
         if value.shape != expected and not (expected == () and value.size == 1):
-            transposed = " (transposed: the spec's axes are " + ", ".join(
-                ranges) + ")" if name in signature.gradients and value.shape == expected[::-1] else ""
-            raise SoftgradError(f"the function's {name} has shape {value.shape}, expected {expected}{transposed}")
+            kept = tuple(d for d in value.shape if d != 1) == tuple(d for d in expected if d != 1)
+            if not kept or value.size != int(np.prod(expected, dtype=np.int64)):
+                transposed = " (transposed: the spec's axes are " + ", ".join(
+                    ranges) + ")" if name in signature.gradients and value.shape == expected[::-1] else ""
+                raise SoftgradError(f"the function's {name} has shape {value.shape}, expected {expected}{transposed}")
+            # dgamma as (1, D) where the spec's is (D,): a reduction with keepdims, every value in its place
+            note = f"{name} is returned with shape {value.shape} and read as {expected} (axes of size 1 kept)"
+            if notes is not None and note not in notes:
+                notes.append(note)
         got[name] = value.astype(np.float64).reshape(expected)
     return got
 

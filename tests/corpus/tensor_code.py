@@ -82,3 +82,9 @@ def layer_norm_backward(x, gamma, beta, dy):
 def layer_norm_transposed_dgamma(x, gamma, beta, dy):
     dx, dgamma, dbeta = layer_norm_backward(x, gamma, beta, dy)
     return dx, dgamma[::-1].copy(), dbeta
+
+
+def layer_norm_keepdims(x, gamma, beta, dy):
+    """dgamma and dbeta with keepdims=True, shape (1, D), as course code often returns them."""
+    dx, dgamma, dbeta = layer_norm_backward(x, gamma, beta, dy)
+    return dx, dgamma[None, :], dbeta.reshape(1, -1)
