@@ -158,7 +158,6 @@ def read_page(text: str) -> Page:
         position = after
     outside.append((position, len(text)))
     prose_parts = []
-    cursor = 0
     pending = ""
     events: list[tuple[int, str, str]] = []  # (position, kind, text)
     for (start, end, _after) in spans:
@@ -195,7 +194,5 @@ def read_page(text: str) -> Page:
             if len(chain) > 1 or (chain and not page.displays):
                 page.displays.append(Display(chain, pending, chain[0][1]))
             pending = ""
-        cursor = position
-    del cursor
     page.prose = "".join(prose_parts)
     return page
