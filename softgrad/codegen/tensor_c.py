@@ -511,6 +511,7 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
     work += [("_log_" + printed[name], tensor.axes[name], "softgrad_real") for name in sorted(compiler.logs_needed)]
     backward_work = [(printed[d.name], tensor.axes.get(d.name, ()), "softgrad_real") for d in tensor.backward
                      if printed[d.name] not in gradient_names]
+    needed = forward_needed(derivation)
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],
         parameters=[printed[p] for p in spec.parameters], ranges=list(spec.sizes), output=printed[output.name],
@@ -520,7 +521,7 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()],
         blas=compiler.blas, gradients_forward=[statement for statement, definition in zip(forward, spec.definitions)
-                                               if definition.name in forward_needed(derivation)])
+                                               if definition.name in needed])
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,

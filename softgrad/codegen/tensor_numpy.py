@@ -383,6 +383,7 @@ def lower_tensor(derivation: Derivation) -> TensorModule:
                            if not (line.startswith("_log_") and line.split(" ")[0][5:] not in
                                    {printed[n] for n in compiler.logs_needed})]
     inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]
+    needed = forward_needed(derivation)
     return TensorModule(
         inputs=inputs, labels={printed[k]: v for k, v in spec.labels.items()},
         parameters=[printed[p] for p in spec.parameters], sizes=sizes, forward=forward,
@@ -391,7 +392,7 @@ def lower_tensor(derivation: Derivation) -> TensorModule:
         gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
         output_ranges=tuple(tensor.axes.get(spec.output.name, ())),
         gradients_forward=[statement for statement, definition in zip(forward, spec.definitions)
-                           if definition.name in forward_needed(derivation)])
+                           if definition.name in needed])
 
 
 def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:

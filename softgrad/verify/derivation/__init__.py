@@ -40,6 +40,10 @@ class DerivationReport:
         return [link for link in self.links if link.verdict == "fails"]
 
     @property
+    def verdict(self) -> str:
+        return "FAIL" if self.failed else "PASS" if self.checked else "UNCHECKED"
+
+    @property
     def exit_status(self) -> int:
         return 1 if self.failed else (0 if self.checked else 2)
 
@@ -53,7 +57,7 @@ class DerivationReport:
                 + (f"; the first wrong line is {first.line}" if first else ""))
 
     def text(self) -> str:
-        lines = [f"{'FAIL' if self.failed else 'PASS' if self.checked else 'UNCHECKED'}  {self.source}  "
+        lines = [f"{self.verdict}  {self.source}  "
                  f"({self.summary()})"]
         for link in self.links:
             lines.append(f"  line {link.line:>4}  {MARKS[link.verdict]:<2} {_short(link.lhs)} = {_short(link.rhs)}")
@@ -70,15 +74,14 @@ class DerivationReport:
             except Exception:  # a side the MathML printer cannot show is shown as written
                 return None
 
-        verdict = "FAIL" if self.failed else "PASS" if self.checked else "UNCHECKED"
-        return page("html/derivation_check.html.j2", source=self.source, verdict=verdict, summary=self.summary(),
+        return page("html/derivation_check.html.j2", source=self.source, verdict=self.verdict, summary=self.summary(),
                     links=[dict(link.to_dict(), mark=MARKS[link.verdict], equation=equation(link))
                            for link in self.links])
 
     def to_dict(self) -> dict[str, Any]:
         """The report as data: {"schema": "softgrad.derivation-report/1", "links": [...], ...}."""
         return {"schema": "softgrad.derivation-report/1", "softgrad": __version__, "source": self.source,
-                "verdict": "FAIL" if self.failed else "PASS" if self.checked else "UNCHECKED",
+                "verdict": self.verdict,
                 "summary": self.summary(), "links": [link.to_dict() for link in self.links]}
 
 
