@@ -132,7 +132,9 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
 @main.command()
 @click.argument("spec", required=False)
 @click.option("-f", "--file", "spec_file", type=click.Path(dir_okay=False), help="Read the spec from FILE.")
-@click.option("--lang", type=click.Choice(["numpy", "c"]), required=True, help="Target language.")
+@click.option("--lang", type=click.Choice(["numpy", "c", "torch", "jax"]), required=True,
+              help="Target: NumPy or C kernels, a torch.autograd.Function with custom ops and an nn.Module, or a "
+                   "jax.custom_vjp function.")
 @click.option("--kernel", "kernel_names", multiple=True,
               type=click.Choice(["forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad"]),
               help="Kernels to generate (repeatable; default: all that apply).")
@@ -155,10 +157,13 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
 @click.option("--check", is_flag=True,
               help="Compile/import what was generated and verify it first; exit 1 (writing nothing) on a mismatch.")
 @click.option("--force", is_flag=True, help="Replace files in the folder that softgrad did not generate.")
+@click.option("--weights", metavar="NAME[,NAME…]",
+              help="torch: inputs the nn.Module holds as nn.Parameters (e.g. W,bias); the others are its forward's.")
 @_TIME_LIMIT
 @reports_errors
 def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tuple[str, ...], dtype: str | None,
-            wrt: str | None, folder: str, openmp: bool, check: bool, force: bool, time_limit: float) -> None:
+            wrt: str | None, folder: str, openmp: bool, check: bool, force: bool, weights: str | None,
+            time_limit: float) -> None:
     """Generate NumPy or C kernels for SPEC from its derivation.
 
     Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder: all of
@@ -171,7 +176,9 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
     parsed = _load_spec(spec, spec_file)
     derivation = derive_spec(parsed, wrt=wrt, time_limit=time_limit)
     names = list(kernel_names) or None
-    files = emit(derivation, lang, names, dtype, openmp=openmp)  # refuses options the target does not have
+    chosen = tuple(name.strip() for name in weights.split(",") if name.strip()) if weights else ()
+    # emit refuses options the target does not have
+    files = emit(derivation, lang, names, dtype, openmp=openmp, weights=chosen)
     if folder == "-" and len(files) != 1:
         raise SoftgradError(f"-o - writes one file to standard output; --lang {lang} generates {len(files)} "
                             "(give a folder)")
@@ -179,8 +186,15 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
         from softgrad.verify.generated import check_generated
         from softgrad.verify.tensor_generated import check_tensor_module
 
-        checks = check_tensor_module(derivation, files) if derivation.tensor is not None else check_generated(
-            derivation, lang, files, kernels_for(derivation, names), files.dtype)
+        checks: list[Any]
+        if lang in ("torch", "jax"):
+            from softgrad.verify.frameworks import check_framework_module
+
+            checks = check_framework_module(derivation, files, weights=chosen)
+        elif derivation.tensor is not None:
+            checks = check_tensor_module(derivation, files)
+        else:
+            checks = check_generated(derivation, lang, files, kernels_for(derivation, names), files.dtype)
         for item in checks:
             click.echo(item.line(), err=True)
         if not all(item.passed for item in checks):

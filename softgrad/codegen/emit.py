@@ -16,7 +16,9 @@ from softgrad.codegen.lower import applicable_kernels, identifier, lower
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 
-LANGUAGES = tuple(BACKENDS)
+#: Targets that print kernels (one-index specs' row kernels, or the array lowering of several indices)
+#: and the frameworks, which print every spec through the array lowering (softgrad.codegen.frameworks).
+LANGUAGES = (*BACKENDS, "torch", "jax")
 DTYPES = ("float64", "float32")
 
 def _python_safe(value: object) -> object:
@@ -75,13 +77,19 @@ def _header(derivation: Derivation) -> dict[str, Any]:
 
 
 def emit(derivation: Derivation, language: str, kernel_names: list[str] | None = None,
-         dtype: str | None = None, module: str | None = None, openmp: bool = False) -> GeneratedFiles:
+         dtype: str | None = None, module: str | None = None, openmp: bool = False,
+         weights: tuple[str, ...] = ()) -> GeneratedFiles:
     """Generated files (name → text) for a derivation, deterministic for the same input.
 
     dtype: the element type of a target that has one (C; default float64; NumPy kernels follow their
-    inputs). openmp: C kernels split their rows over OpenMP threads (compile with -fopenmp)."""
+    inputs). openmp: C kernels split their rows over OpenMP threads (compile with -fopenmp).
+    weights: inputs the torch nn.Module holds as nn.Parameters."""
     if language not in LANGUAGES:
         raise SoftgradError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
+    if weights and language != "torch":
+        raise SoftgradError(f"--weights applies to --lang torch (its nn.Module), not --lang {language}")
+    if language in ("torch", "jax"):
+        return _emit_framework(derivation, language, kernel_names, dtype, module, openmp, weights)
     backend = BACKENDS[language]
     if openmp and not backend.has_threads:
         raise SoftgradError(f"--openmp does not apply to --lang {language} (its kernels run on one thread)")
@@ -130,4 +138,19 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
         files.update(sources)
     else:
         files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
+    return files
+
+
+def _emit_framework(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str | None,
+                    module: str | None, openmp: bool, weights: tuple[str, ...]) -> GeneratedFiles:
+    """One torch or JAX module: forward and its derived backward, for any spec."""
+    from softgrad.codegen.frameworks import emit_framework
+
+    for option, given in (("--kernel", kernel_names), ("--dtype", dtype), ("--openmp", openmp)):
+        if given:
+            raise SoftgradError(f"{option} does not apply to --lang {language} (its module computes in its inputs' "
+                                "dtype, on their device, with forward and backward)")
+    module = module or identifier(derivation)
+    files = GeneratedFiles(language=language, module=module, dtype="float64", openmp=False)
+    files[f"{module}.py"] = emit_framework(derivation, language, module, _header(derivation), _render, weights)
     return files

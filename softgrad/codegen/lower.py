@@ -254,6 +254,43 @@ def guard_weighted_logs(expr: sp.Expr, normalised: set[str], inputs: set[str]) -
     return expr.replace(lambda e: e.is_Mul, guard)
 
 
+def cancelled_divisions(expr: sp.Expr) -> sp.Expr:
+    """(A + B/p)·p·g as A·p·g + B·g, p an array entry: the division by p, which is 0 where a probability
+    underflows (focal loss's Σ … t/p · p), never happens."""
+    def cancel(product: sp.Expr) -> sp.Expr:
+        factors = list(product.args)
+        for position, factor in enumerate(factors):
+            if not factor.is_Add:
+                continue
+            divisors = {f.base for term in factor.args for f in sp.Mul.make_args(term)
+                        if f.is_Pow and f.exp.is_negative and isinstance(f.base, sp.Indexed)}
+            multiplier = next((f for f in factors if f in divisors), None)
+            if multiplier is not None:
+                rest = [f for k, f in enumerate(factors) if k != position]
+                rest.remove(multiplier)
+                return sp.Mul(sp.Add(*[term * multiplier for term in factor.args]), *rest)
+        return product
+    return expr.replace(lambda e: e.is_Mul, cancel)
+
+
+def stable_array_forms(expr: sp.Expr, spec: Spec, normalised: set[str]) -> sp.Expr:
+    """A statement of a spec with several indices in the forms that stay finite: 0·log 0 = 0 for a weighted
+    log P (guard_weighted_logs), the log of an elementwise array written out so that stable_logs finds
+    log σ(u) = −softplus(−u) and log(1 − σ(u)) = −softplus(u), and no division by an entry it multiplies."""
+    from softgrad.derive import tensor_algebra
+
+    expr = guard_weighted_logs(expr, normalised, set(spec.inputs))
+    elementwise = {d.name: d for d in spec.definitions if d.is_vector and not d.expr.atoms(sp.Sum)}
+    names = {str(s) for s in expr.free_symbols}
+
+    def written_out(logarithm: sp.Expr) -> sp.Expr:
+        return logarithm.xreplace({e: tensor_algebra.at(elementwise[str(e.base)], e.indices, names)
+                                   for e in logarithm.atoms(sp.Indexed) if str(e.base) in elementwise})
+
+    expr = expr.replace(lambda e: isinstance(e, sp.log), written_out)
+    return cancelled_divisions(stable_logs(expr))
+
+
 def hoist_reductions(expr: sp.Expr, reductions: list[Reduction], free: set[sp.Symbol]) -> sp.Expr:
     """Replace each Σ that does not involve the free indices by a per-row reduction (innermost first)."""
     while True:

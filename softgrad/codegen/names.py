@@ -97,7 +97,7 @@ slice sorted staticmethod str sum super tuple type vars zip
 #: Fixed names of the generated files that a spec name must not shadow: modules they import, names
 #: defined at their top level, the keyword arguments and size arguments of every kernel.
 GENERATED_FIXED = frozenset("""
-np math ctypes numpy DTYPE Kernels load self axis out rows n
+np math ctypes numpy DTYPE Kernels load self axis out rows n torch jax jnp ctx functools
 """.split())
 
 RESERVED = C_KEYWORDS | CPP_KEYWORDS | C_MACROS | C_LIBRARY | PYTHON_KEYWORDS | PYTHON_BUILTINS | GENERATED_FIXED

@@ -19,7 +19,7 @@ import sympy as sp
 
 from softgrad.codegen import c_math
 from softgrad.codegen.build import RECOMMENDED_FLAGS
-from softgrad.codegen.lower import guard_weighted_logs
+from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
 from softgrad.codegen.tensor_numpy import backward_definitions, checked_arrays, forward_needed, printed_names
 from softgrad.derive import tensor_algebra as ta
@@ -224,7 +224,7 @@ class _Compiler:
         ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
                                  dict(zip(definition.indices, self.axes.get(definition.name, ()))))
         loops = list(definition.indices)
-        expr = self.with_logs(guard_weighted_logs(definition.expr, self.normalised, set(self.spec.inputs)))
+        expr = self.with_logs(stable_array_forms(definition.expr, self.spec, self.normalised))
         normalised = self.normalised_form(definition)
         comment = f"{definition.name}[{', '.join(map(str, definition.indices))}]" if loops else definition.name
         if normalised is not None:

@@ -11,25 +11,21 @@ log Σ exp is shifted the same way. No Python loop runs over entries.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy as sp
-from sympy.codegen.cfunctions import log1p
 
+from softgrad.codegen.dialects import NUMPY, ArrayDialect
 from softgrad.codegen.kernel import guarded_product
-from softgrad.codegen.lower import guard_weighted_logs, merged_powers
+from softgrad.codegen.lower import merged_powers, stable_array_forms
 from softgrad.codegen.names import public_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import sigmoid, softplus
 from softgrad.errors import SoftgradError
 
-_FUNCTIONS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.Abs: "np.abs", log1p: "np.log1p",
-              sigmoid: "_sigmoid", softplus: "_softplus", sp.erf: "_erf", sp.sign: "np.sign"}
-_SCALAR_FUNCTIONS = {sp.exp: "math.exp", sp.log: "math.log", sp.tanh: "math.tanh", log1p: "math.log1p",
-                     sp.erf: "math.erf"}
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -37,6 +33,8 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 class Statement:
     name: str  # the printed name of the array computed
     lines: list[str]
+    logs_read: set[str] = field(default_factory=set)  # normalised exponentials P whose _log_P it reads
+    reads: set[str] = field(default_factory=set)  # the printed names of the arrays and parameters it reads
 
 
 @dataclass
@@ -62,7 +60,8 @@ class TensorModule:
 
 
 class _Compiler:
-    def __init__(self, derivation: Derivation, printed: dict[str, str]):
+    def __init__(self, derivation: Derivation, printed: dict[str, str], dialect: ArrayDialect = NUMPY):
+        self.dialect = dialect
         self.spec = derivation.spec
         self.tensor = derivation.tensor
         self.axes = self.tensor.axes
@@ -84,7 +83,7 @@ class _Compiler:
             if str(e).startswith("n_") and str(e)[2:] in self.spec.sizes:
                 return self.size(str(e)[2:]), ()
             if e in ranges:
-                return f"np.arange({self.size(ranges[e])})", (e,)
+                return self.dialect.arange.format(self.size(ranges[e])), (e,)
             return self.printed[str(e)], ()
         if isinstance(e, sp.Indexed):
             return self.entry(e, ranges, order)
@@ -92,7 +91,9 @@ class _Compiler:
             first = self.compile(e.args[0], ranges, order)
             second = self.compile(e.args[1], ranges, order)
             want = self.union([first[1], second[1]], order)
-            return (f"np.equal({self.align(*first, want)}, {self.align(*second, want)}).astype(_dtype)", want)
+            equal = self.dialect.call("eq" if self.dialect.name == "torch" else "equal",  # torch.equal: one bool
+                                      self.align(*first, want), self.align(*second, want))
+            return equal + self.dialect.float_cast, want
         if e.is_Add or e.is_Mul:
             pieces = [self.compile(a, ranges, order) for a in e.args]
             if e.is_Mul:
@@ -112,48 +113,54 @@ class _Compiler:
         if e.is_Pow:
             base = self.compile(e.base, ranges, order)
             # a scalar stays a Python float (NumPy's weak scalar): float32 arrays stay float32
-            root = "np.sqrt" if base[1] else "math.sqrt"
+            root = self.dialect.sqrt if base[1] else self.dialect.scalar_sqrt
             if e.exp == sp.Rational(1, 2):
                 return f"{root}({base[0]})", base[1]
             if e.exp == -sp.Rational(1, 2):
                 return f"(1 / {root}({base[0]}))", base[1]
             if e.exp.is_Integer and e.exp == 2:
-                return f"np.square({base[0]})", base[1]
+                return self.dialect.call("square", base[0]), base[1]
             if e.exp.is_Integer and e.exp == -1:
                 return f"(1 / {base[0]})", base[1]
             exponent = self.compile(e.exp, ranges, order)
             want = self.union([base[1], exponent[1]], order)
-            return f"np.power({self.align(*base, want)}, {self.align(*exponent, want)})", want
+            return self.dialect.call("pow" if self.dialect.name == "torch" else "power", self.align(*base, want),
+                                     self.align(*exponent, want)), want
         if isinstance(e, sp.Sum):
             return self.total(e, ranges, order)
         if isinstance(e, guarded_product):
             pieces = [self.compile(a, ranges, order) for a in e.args]
             want = self.union([p[1] for p in pieces], order)
             weight, factor = (self.align(*piece, want) for piece in pieces)
-            return f"({weight} * np.where({weight} == 0, 0, {factor}))", want  # never 0·inf: no NaN, no warning
+            # never 0·inf: no NaN, no warning
+            return f"({weight} * {self.dialect.where(f'{weight} == 0', '0', factor)})", want
         if isinstance(e, sp.log) and isinstance(e.args[0], sp.Indexed) and str(e.args[0].base) in self.normalised:
             name = str(e.args[0].base)
             self.logs_needed.add(name)
+            self.logs_read.add(self.printed[name])
             return self.entry(e.args[0], ranges, order, log=True)
         if isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum) and isinstance(e.args[0].function, sp.exp):
             return self.log_sum_exp(e.args[0], ranges, order)
         if isinstance(e, (sp.Max, sp.Min)):
             pieces = [self.compile(a, ranges, order) for a in e.args]
             want = self.union([p[1] for p in pieces], order)
-            code = self.align(*pieces[0], want)
+            code, array = self.align(*pieces[0], want), bool(pieces[0][1])
             for piece in pieces[1:]:
-                code = f"np.{'maximum' if isinstance(e, sp.Max) else 'minimum'}({code}, {self.align(*piece, want)})"
+                code = self.dialect.extreme(isinstance(e, sp.Max), (code, array), (self.align(*piece, want),
+                                                                                  bool(piece[1])))
+                array = array or bool(piece[1])
             return code, want
         if isinstance(e, sp.Heaviside):
             inner = self.compile(e.args[0], ranges, order)
-            return f"np.heaviside({inner[0]}, 0.5)", inner[1]
-        function = _FUNCTIONS.get(e.func)
+            return self.dialect.heaviside(inner[0]), inner[1]
+        function = self.dialect.functions.get(e.func)
         if function is not None and len(e.args) == 1:
             inner = self.compile(e.args[0], ranges, order)
-            if not inner[1] and e.func in _SCALAR_FUNCTIONS:  # a Python float, weak beside float32 arrays
-                return f"{_SCALAR_FUNCTIONS[e.func]}({inner[0]})", ()
+            if not inner[1] and e.func in self.dialect.scalar_functions:  # a Python float, weak beside float32
+                return f"{self.dialect.scalar_functions[e.func]}({inner[0]})", ()
             return f"{function}({inner[0]})", inner[1]
-        raise SoftgradError(f"cannot generate NumPy code for {type(e).__name__} in a spec with several indices")
+        raise SoftgradError(f"cannot generate {self.dialect.name} code for {type(e).__name__} in a spec with several "
+                            "indices")
 
     def entry(self, e: sp.Indexed, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
               log: bool = False) -> tuple[str, tuple[Any, ...]]:
@@ -164,7 +171,7 @@ class _Compiler:
         # label picks and repeated indices: advanced indexing with one index array per axis
         pieces = [self.compile(p, ranges, order) for p in positions]
         want = self.union([p[1] for p in pieces], order)
-        grids = [f"{self.align(code, have, want)}.astype(np.intp)" if have else code for code, have in pieces]
+        grids = [self.align(code, have, want) + self.dialect.index_cast if have else code for code, have in pieces]
         return f"{name}[{', '.join(grids)}]", want
 
     def total(self, e: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
@@ -175,6 +182,12 @@ class _Compiler:
         varying = [f for f in factors if f.free_symbols & set(bounds)]
         scale = [self.compile(f, ranges, order) for f in scalars]
         missing = [b for b in bounds if not any(b in f.free_symbols for f in varying)]
+        if len(varying) > 2:  # factors over the same indices multiplied first: Σ_b (1 − h²)·dh·X is a matrix product
+            groups: dict[frozenset[sp.Symbol], list[sp.Expr]] = {}
+            for factor in varying:
+                groups.setdefault(frozenset(s for s in factor.free_symbols if s in ranges), []).append(factor)
+            if len(groups) >= 2:
+                varying = [sp.Mul(*group, evaluate=False) if len(group) > 1 else group[0] for group in groups.values()]
         product = self.matrix_product(varying, bounds, ranges, order) if len(varying) == 2 else None
         if product is not None:
             code, result = product
@@ -188,13 +201,14 @@ class _Compiler:
             # optimize=True NumPy routes them through tensordot, 50× slower; a batched product (Σ_j P[b, i, j]
             # V[b, j, f]) and three or more operands need its BLAS calls and contraction order
             elementwise = len(pieces) == 2 and set(pieces[0][1]) == set(pieces[1][1])
-            code = (f'np.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
-                    f'{", ".join(code for code, _ in pieces)}{"" if elementwise else ", optimize=True"})')
+            optimize = "" if elementwise or not self.dialect.einsum_optimize else ", optimize=True"
+            code = (f'{self.dialect.namespace}.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
+                    f'{", ".join(code for code, _ in pieces)}{optimize})')
         elif varying:  # summed in the summand's own axis order: nothing is transposed for the sum
             inner, have = self.compile(varying[0], ranges, [])
             axes = tuple(have.index(b) for b in bounds if b in have)
             result = tuple(s for s in have if s not in bounds)
-            code = f"np.sum({inner}, axis={axes if len(axes) > 1 else axes[0]})"
+            code = self.dialect.total(inner, axes)
         else:
             code, result = "1", ()
         pieces = [(code, result)] + scale + [(self.size(ranges[b]), ()) for b in missing]
@@ -236,12 +250,17 @@ class _Compiler:
         exponent, have = self.compile(total.function.args[0], ranges, inner_order)
         axes = tuple(have.index(b) for b in bounds if b in have)
         result = tuple(s for s in have if s not in bounds)
-        axis = axes if len(axes) > 1 else axes[0]
-        shift = self.temp()
-        self.pending.append(f"{shift} = np.max({exponent}, axis={axis}, keepdims=True)")
-        self.pending.append(f"{shift} = np.where(np.isfinite({shift}), {shift}, 0)")
-        code = (f"(np.squeeze({shift}, axis={axis}) + np.log(np.sum(np.exp({exponent} - {shift}), axis={axis})))")
+        shift, d = self.temp(), self.dialect
+        self.pending.append(f"{shift} = {d.maximum_over(exponent, axes, keepdims=True)}")
+        self.pending.append(f"{shift} = {d.where(d.call('isfinite', shift), shift, '0')}")
+        exponential = d.call("exp", f"{exponent} - {shift}")
+        code = f"({d.squeeze(shift, axes)} + {d.call('log', d.total(exponential, axes))})"
         return code, result
+
+    def shape(self, range_names: Iterable[str]) -> str:
+        """A shape tuple of range sizes: (_n_b,) or (_n_b, _n_i)."""
+        sizes = [self.size(r) for r in range_names]
+        return f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
 
     def temp(self) -> str:
         self.temporary += 1
@@ -253,15 +272,14 @@ class _Compiler:
         ranked = [s for s in order if s in found]
         return tuple(ranked + [s for s in dict.fromkeys(found) if s not in ranked])
 
-    @staticmethod
-    def align(code: str, have: tuple[Any, ...], want: tuple[Any, ...]) -> str:
+    def align(self, code: str, have: tuple[Any, ...], want: tuple[Any, ...]) -> str:
         """Array code with axes `have` arranged as `want` (transposed, size-1 axes where it has none)."""
         if have == want or not have:
             return code
         present = [s for s in want if s in have]
         permutation = [have.index(s) for s in present]
         if permutation != list(range(len(have))):
-            code = f"np.transpose({code}, {tuple(permutation)})"
+            code = f"{self.dialect.transpose}({code}, {tuple(permutation)})"
         if len(present) != len(want):
             code = f"{code}[{', '.join(':' if s in have else 'None' for s in want)}]"
         return code
@@ -269,6 +287,7 @@ class _Compiler:
     # ------------------------------------------------------------ statements
     def statement(self, definition: Definition) -> Statement:
         self.pending: list[str] = []
+        self.logs_read: set[str] = set()
         name = self.printed[definition.name]
         order = list(definition.indices)
         known = {s: r for s, r in zip(definition.indices, self.axes.get(definition.name, ()))}
@@ -278,28 +297,35 @@ class _Compiler:
             exponent, free = normalised
             code, have = self.compile(exponent, ranges, order)
             full = tuple(definition.indices)
+            d = self.dialect
             code = self.align(code, have, full) if set(have) == set(full) else \
-                f"np.broadcast_to({self.align(code, have, full)}, ({', '.join(self.size(known[s]) for s in full)}))"
-            axis = full.index(free)
+                d.call("broadcast_to", self.align(code, have, full), self.shape(known[s] for s in full))
+            axis = (full.index(free),)
             # two arrays allocated (the shifted exponent and the result), every other step in place
             lines = [*self.pending, f"_exponent = {code}",
-                     f"_shifted = _exponent - _finite(np.max(_exponent, axis={axis}, keepdims=True))",
-                     f"{name} = np.exp(_shifted)",
-                     f"_total = np.sum({name}, axis={axis}, keepdims=True)",
+                     f"_shifted = _exponent - _finite({d.maximum_over('_exponent', axis, keepdims=True)})",
+                     f"{name} = {d.call('exp', '_shifted')}",
+                     f"_total = {d.total(name, axis, keepdims=True)}",
                      f"{name} /= _total",
-                     f"_log_{name} = np.subtract(_shifted, np.log(_total), out=_shifted)"]
+                     f"_log_{name} = " + (d.call("subtract", "_shifted", d.call("log", "_total"), "out=_shifted")
+                                          if d.in_place else f"_shifted - {d.call('log', '_total')}")]
             self.normalised[definition.name] = normalised
-            return Statement(name, lines)
-        expr = guard_weighted_logs(definition.expr, set(self.normalised), set(self.spec.inputs))
+            return Statement(name, lines, self.logs_read, self.names_in(exponent))
+        expr = stable_array_forms(definition.expr, self.spec, set(self.normalised))
         code, have = self.compile(expr, ranges, order)
         full = tuple(definition.indices)
         if set(have) != set(full):
-            shape = ", ".join(self.size(known[s]) for s in full)
-            code = f"np.broadcast_to({self.align(code, have, full)}, ({shape}{',' if len(full) == 1 else ''})).copy()"
+            shape = self.shape(known[s] for s in full)
+            code = self.dialect.call("broadcast_to", self.align(code, have, full), shape) + self.dialect.copy
         else:
             code = self.align(code, have, full)
-        lines = [*self.pending, f"{name} = np.asarray({code}, dtype=_dtype)"]
-        return Statement(name, lines)
+        lines = [*self.pending, f"{name} = {self.dialect.array.format(code)}"]
+        return Statement(name, lines, self.logs_read, self.names_in(expr))
+
+    def names_in(self, expr: sp.Expr) -> set[str]:
+        """The printed names an expression reads: arrays (its entries) and parameters."""
+        names = {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
+        return {self.printed[name] for name in names if name in self.printed}
 
     def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
         return ta.normalised_exponential(definition)
@@ -356,12 +382,12 @@ def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str,
             "labels": {printed[n]: r for n, r in spec.labels.items()}}
 
 
-def lower_tensor(derivation: Derivation) -> TensorModule:
-    """The NumPy module's parts for a tensor derivation."""
+def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> TensorModule:
+    """The array module's parts for a tensor derivation, printed in one array library's dialect."""
     tensor = derivation.tensor
     spec = derivation.spec
     printed = printed_names(derivation)
-    compiler = _Compiler(derivation, printed)
+    compiler = _Compiler(derivation, printed, dialect)
     forward = [compiler.statement(d) for d in spec.definitions]
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()

@@ -381,8 +381,11 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
         from softgrad.derive.tensor import derive_tensor
 
         return derive_tensor(spec, wrt, seed)
-    if wrt is not None and "," in wrt:
-        raise SpecError("several --wrt inputs need a spec with several index ranges; for one vector, give one input")
+    if wrt is not None and "," in wrt:  # several gradients at once: the spec with its row index written out
+        from softgrad.derive.spec import with_rows
+        from softgrad.derive.tensor import derive_tensor
+
+        return derive_tensor(with_rows(spec), wrt, seed)
     engine = Engine(spec, wrt, seed)
     sections: list[Section] = []
 

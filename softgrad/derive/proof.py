@@ -782,7 +782,7 @@ class BackgroundProofs:
 
 def _may_fork() -> bool:
     """Fork only where it is cheap and safe: Linux, a second CPU to run on, and no other thread (whose
-    locks the copy would inherit held)."""
-    if not sys.platform.startswith("linux") or threading.active_count() != 1:
+    locks the copy would inherit held) — nor JAX, whose threads Python does not see."""
+    if not sys.platform.startswith("linux") or threading.active_count() != 1 or "jax" in sys.modules:
         return False
     return len(os.sched_getaffinity(0)) >= 2

@@ -131,6 +131,8 @@ class Spec:
     sizes: dict[str, sp.Symbol] = field(default_factory=dict)
     #: The row index of a batched spec derived as one row (`b` of y[b, i]: see _one_row), else None.
     carried: str | None = None
+    #: The row index softgrad wrote into a one-index spec (with_rows), else None.
+    rows_added: str | None = None
 
     @property
     def tensor(self) -> bool:
@@ -577,8 +579,11 @@ class _LineParser:
             raise self.error(f"unexpected {self.current.text!r}")
 
 
-def parse_spec(source: str, name: str | None = None) -> Spec:
-    """Parse spec text into a Spec, or raise SpecError naming the line, column and problem."""
+def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> Spec:
+    """Parse spec text into a Spec, or raise SpecError naming the line, column and problem.
+
+    fold_rows: a batched spec whose row index couples nothing is derived as one row (see _one_row);
+    False keeps its row index (the array targets lower every spec with its rows, see with_rows)."""
     if len(source) > MAX_SPEC_CHARACTERS:
         raise SpecError(f"spec is too long ({len(source)} characters; the limit is {MAX_SPEC_CHARACTERS})")
     known: dict[str, str] = {}
@@ -613,7 +618,39 @@ def parse_spec(source: str, name: str | None = None) -> Spec:
     if not inputs:
         raise SpecError("spec has no input: an indexed name that is not defined, such as x[i]")
     spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name)), layout)
-    return _one_row(spec) or spec
+    return (_one_row(spec) if fold_rows else None) or spec
+
+
+def with_rows(spec: Spec) -> Spec:
+    """The spec with its row index written out: a one-index spec `y[i] = f(x[i])` becomes
+    `y[b, i] = f(x[b, i])` (a scalar L becomes L[b]), a batched spec folded to one row is read again
+    as written. Array targets (torch, JAX) lower this form, so that every spec takes one path there;
+    `rows_added` names the index softgrad added, whose arrays may have any leading shape."""
+    if spec.tensor:
+        return spec
+    if spec.carried:
+        return parse_spec(spec.source, spec.name, fold_rows=False)
+    taken = {str(s) for d in spec.definitions for s in d.expr.free_symbols} | {
+        str(e.base) for d in spec.definitions for e in d.expr.atoms(sp.Indexed)} | {
+        str(i) for d in spec.definitions for i in d.indices} | {d.name for d in spec.definitions} | {
+        str(limit[0]) for d in spec.definitions for total in d.expr.atoms(sp.Sum) for limit in total.limits}
+    row = next(name for name in ("b", "row", "batch", *(f"b{k}" for k in range(1, 99))) if name not in taken)
+    row_index = sp.Symbol(row)
+    scalars = {sp.Symbol(d.name): sp.IndexedBase(d.name)[row_index] for d in spec.definitions if not d.is_vector}
+
+    def rows(expr: sp.Expr, indices: tuple[sp.Symbol, ...]) -> sp.Expr:
+        lifted = expr.xreplace({e: e.base[(row_index, *e.indices)] for e in expr.atoms(sp.Indexed)})
+        # n, the number of entries, is size(k) of an index the statement runs over
+        entries = [*indices, *(bound for total in expr.atoms(sp.Sum) for bound, _, _ in total.limits)]
+        sized = {size_symbol: sp.Symbol(f"size({entries[0]})")} if entries else {}
+        return lifted.xreplace({**scalars, **sized})
+
+    lines = [f"{d.name}{_brackets((row_index, *d.indices))} = {spec_text(rows(d.expr, d.indices))}"
+             for d in spec.definitions]
+    lines += [f"given {spec_text(rows(c.lhs, ()))} = {spec_text(c.rhs)}" for c in spec.constraints]
+    lifted = parse_spec("\n".join(lines), spec.name, fold_rows=False)
+    lifted.source, lifted.rows_added = spec.source, row
+    return lifted
 
 
 def _one_row(spec: Spec) -> Spec | None:

@@ -264,7 +264,7 @@ class TensorEngine:
             outer = Partial(self.loss, entry) if entry != self.loss else sp.S.One
             generic.append(summed(outer * local))
             named.append(summed(adjoint * local))
-            raw.append(summed(adjoint * ta.exact_numbers(sp.diff(body, var))))
+            raw.append(summed(adjoint * ta.exact_numbers(ta.derivative(body, var))))
         chain = [sp.Add(*generic)]
         if sp.Add(*named) != chain[0]:
             chain.append(sp.Add(*named))
@@ -321,7 +321,7 @@ class TensorEngine:
         a = self._positions(consumer.name, local)
         entry = self._entry(consumer.name, a)
         body = ta.at(consumer, a, local)
-        derivative = tidy(ta.sift(ta.exact_numbers(sp.diff(body, var))))
+        derivative = tidy(ta.sift(ta.exact_numbers(ta.derivative(body, var))))
         written = expanded(derivative)
         terms = sp.Add.make_args(written)
         pairs = [d for d in written.atoms(sp.KroneckerDelta) if set(d.args) & set(a) and set(d.args) & set(q)]

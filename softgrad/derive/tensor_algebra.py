@@ -80,6 +80,23 @@ def at(definition: Definition, positions: tuple[sp.Expr, ...], taken: set[str]) 
     return body.xreplace(dict(zip(definition.indices, positions)))
 
 
+class _real_abs(sp.Function):
+    """|u| for a real u, whose derivative SymPy knows to be sign(u)·u' (it does not for an array entry,
+    which it cannot assume real)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.sign(self.args[0])
+
+
+def derivative(expr: sp.Expr, var: sp.Expr) -> sp.Expr:
+    """∂expr/∂var for real entries: sp.diff, with |u|' = sign(u)·u' (a kink at 0, where sign(0) = 0 is used,
+    as frameworks do)."""
+    real = expr.replace(lambda e: isinstance(e, sp.Abs), lambda e: _real_abs(e.args[0]))
+    return sp.diff(real, var).replace(lambda e: isinstance(e, _real_abs), lambda e: sp.Abs(e.args[0]))
+
+
 def exact_numbers(expr: sp.Expr) -> sp.Expr:
     """Floats that calculus made from the spec's own (1.0·v, 0.5) written as the small rationals they are;
     the spec's constants such as 1e-5 stay as written."""
@@ -95,12 +112,23 @@ def _powers_of_deltas(expr: sp.Expr) -> sp.Expr:
                         lambda e: e.base)
 
 
+def _expanded(expr: sp.Expr) -> sp.Expr:
+    """expanded(), except that exp(x + b) of two arrays stays one exponential (a softmax of x + b is read
+    back as its own name); a constant in an exponent still leaves it (exp(x + 1000) = e¹⁰⁰⁰·exp(x))."""
+    def constant_apart(e: sp.exp) -> sp.Expr:
+        constant, rest = e.args[0].as_independent(*e.args[0].free_symbols, as_Add=True)
+        return sp.exp(constant) * sp.exp(rest) if constant != 0 and rest != 0 else e
+
+    kept = expanded(expr, power_exp=False)
+    return kept.replace(lambda e: isinstance(e, sp.exp) and e.args[0].is_Add, constant_apart)
+
+
 def sift(expr: sp.Expr) -> sp.Expr:
     """Σ_k f(k) δ(k, a) = f(a) for every limit of every sum; what is constant in a limit leaves it, and
     Σ_k c = c·n_k."""
     def one(total: sp.Sum) -> sp.Expr:
         pieces = []
-        for term in sp.Add.make_args(expanded(_powers_of_deltas(total.function))):
+        for term in sp.Add.make_args(_expanded(_powers_of_deltas(total.function))):
             limits = list(total.limits)
             changed = True
             while changed:
@@ -161,7 +189,8 @@ def factor_out(term: sp.Expr, limits: list[tuple[sp.Expr, ...]]) -> sp.Expr:
 def distribute(expr: sp.Expr) -> sp.Expr:
     """Σ(a + b) → Σa + Σb, each with its constant factors outside."""
     def one(total: sp.Sum) -> sp.Expr:
-        return sp.Add(*[factor_out(term, list(total.limits)) for term in sp.Add.make_args(expanded(total.function))])
+        terms = sp.Add.make_args(_expanded(total.function))
+        return sp.Add(*[factor_out(term, list(total.limits)) for term in terms])
 
     return expr.replace(lambda e: isinstance(e, sp.Sum), one)
 
@@ -332,7 +361,7 @@ def outputs_sum_to_one(definition: Definition) -> sp.Symbol | None:
     """For P[…, c] = N(c)/Σ_k N(k): the index c whose sum of P is 1 (a structural fact), else None."""
     if len(definition.indices) < 1:
         return None
-    numerator, denominator = sp.fraction(sp.together(definition.expr))
+    numerator, denominator = sp.fraction(sp.together(definition.expr), exact=True)  # exp(−x) a numerator
     if not isinstance(denominator, sp.Sum) or len(denominator.limits) != 1:
         return None
     bound = denominator.limits[0][0]
@@ -350,5 +379,5 @@ def normalised_exponential(definition: Definition) -> tuple[sp.Expr, sp.Symbol] 
     free = outputs_sum_to_one(definition)
     if free is None:
         return None
-    numerator, _ = sp.fraction(sp.together(definition.expr))
+    numerator, _ = sp.fraction(sp.together(definition.expr), exact=True)  # exp(−x) a numerator
     return (numerator.args[0], free) if isinstance(numerator, sp.exp) else None

@@ -60,9 +60,13 @@ def check_tensor_module(derivation: Derivation, files: GeneratedFiles, seed: int
     """Import the generated module from a temporary folder and run the three comparisons."""
     with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
         module = load_module(files, Path(temporary))
-        dtype = files.dtype if files.language == "c" else "float64"
-        return [*_against_derivation(module, derivation, seed, dtype),
-                *_against_differences(module, derivation, seed, dtype), _extremes(module, derivation, seed)]
+        return check_module(module, derivation, seed, files.dtype if files.language == "c" else "float64")
+
+
+def check_module(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
+    """The three comparisons for anything with the generated modules' forward() and gradients()."""
+    return [*_against_derivation(module, derivation, seed, dtype),
+            *_against_differences(module, derivation, seed, dtype), _extremes(module, derivation, seed)]
 
 
 def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:

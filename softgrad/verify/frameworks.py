@@ -1,0 +1,169 @@
+"""Check a generated torch or JAX module (`codegen --lang torch|jax --check`).
+
+The module is called through the framework's own autodiff (torch.autograd.grad, jax.vjp), so what is
+checked is what a user gets: the derived backward, reached through the Function or custom_vjp rule.
+- the framework's own checker: torch.autograd.gradcheck in float64, jax.test_util.check_grads;
+- that the derived backward is the one called (the output's grad_fn is the Function's; the traced
+  program holds the custom_vjp call);
+- the comparisons every generated module passes (softgrad.verify.tensor_generated): against the
+  derivation entry by entry, against finite differences, finite at inputs of magnitude 1000.
+torch and JAX are imported here only, and only when a module written for them is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from softgrad.codegen.build import GeneratedFiles, import_path
+from softgrad.codegen.frameworks import FrameworkModule, framework_derivation, lower_framework
+from softgrad.derive.steps import Derivation
+from softgrad.errors import SoftgradError
+from softgrad.verify.generated import KernelCheck
+from softgrad.verify.tensor_generated import check_module, sample_tensor_inputs
+
+__all__ = ["FrameworkAdapter", "check_framework_module", "double_precision"]
+
+
+@contextlib.contextmanager
+def double_precision(framework: str) -> Iterator[None]:
+    """float64 arrays for the duration (JAX computes in float32 unless told; torch needs nothing)."""
+    if framework != "jax":
+        yield
+        return
+    import jax
+
+    with jax.enable_x64(True):
+        yield
+
+
+class FrameworkAdapter:
+    """A generated torch or JAX module seen as a generated NumPy module: forward(*inputs, *parameters) and
+    gradients(*inputs[, upstream], *parameters), arrays in and out, gradients by the framework's autodiff."""
+
+    def __init__(self, module: Any, parts: FrameworkModule, derivation: Derivation, framework: str):
+        self.module, self.parts, self.derivation, self.framework = module, parts, derivation, framework
+        self.function = getattr(module, parts.function_name)
+
+    def _arrays(self, values: list[Any]) -> list[Any]:
+        spec = self.derivation.spec
+        names = [*spec.inputs, *spec.parameters]
+        converted: list[Any] = []
+        for name, value in zip(names, values):
+            if name in spec.parameters:
+                converted.append(float(value))
+            elif self.framework == "torch":
+                import torch
+
+                array = np.asarray(value)
+                converted.append(torch.tensor(array, dtype=torch.long if name in spec.labels else torch.float64))
+            else:
+                import jax.numpy as jnp
+
+                converted.append(jnp.asarray(value, dtype=jnp.int32 if name in spec.labels else jnp.float64))
+        return converted
+
+    def of(self, arguments: list[Any], positions: list[int]) -> Any:
+        """The function as a function of the arguments at `positions` only, the others held at their values."""
+        def partial(*arrays: Any) -> Any:
+            full = list(arguments)
+            for position, array in zip(positions, arrays):
+                full[position] = array
+            return self.function(*full)
+
+        return partial
+
+    def forward(self, *values: Any) -> Any:
+        with double_precision(self.framework):
+            result = self.function(*self._arrays(list(values)))
+            return np.asarray(result.detach() if self.framework == "torch" else result)
+
+    def gradients(self, *values: Any) -> tuple[Any, ...]:
+        spec, tensor = self.derivation.spec, self.derivation.tensor
+        inputs = list(values[:len(spec.inputs)])
+        upstream = values[len(spec.inputs)] if tensor.upstream else None
+        parameters = list(values[len(spec.inputs) + (1 if tensor.upstream else 0):])
+        wanted = [spec.inputs.index(name) for name in tensor.gradients]
+        with double_precision(self.framework):
+            arguments = self._arrays(inputs + parameters)
+            if self.framework == "torch":
+                import torch
+
+                for position in wanted:
+                    arguments[position].requires_grad_(True)
+                output = self.function(*arguments)
+                seed = torch.ones_like(output) if upstream is None else torch.tensor(np.asarray(upstream),
+                                                                                     dtype=output.dtype)
+                found = torch.autograd.grad(output, [arguments[p] for p in wanted], seed)
+                gradients = [np.asarray(g.detach()) for g in found]
+                value: Any = output.detach().numpy()
+            else:
+                import jax
+                import jax.numpy as jnp
+
+                jax_output, pullback = jax.vjp(self.of(arguments, wanted), *[arguments[p] for p in wanted])
+                cotangent = (jnp.ones_like(jax_output) if upstream is None
+                             else jnp.asarray(upstream, dtype=jax_output.dtype))
+                gradients = [np.asarray(g) for g in pullback(cotangent)]
+                value = np.asarray(jax_output)
+        return (value, *gradients) if not spec.output.is_vector else tuple(gradients)
+
+
+def check_framework_module(derivation: Derivation, files: GeneratedFiles, seed: int = 0,
+                           weights: tuple[str, ...] = ()) -> list[KernelCheck]:
+    """Import the generated module from a temporary folder and check it (see the module's docstring)."""
+    framework = files.language
+    lifted = framework_derivation(derivation)  # derived before the framework starts its threads
+    parts = lower_framework(lifted, framework, files.module, weights)
+    try:
+        __import__(framework)
+    except ImportError:
+        raise SoftgradError(f"--check of --lang {framework} needs {framework} installed "
+                            f"(pip install {framework})") from None
+    with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
+        (name, text), = files.items()
+        path = Path(temporary) / name
+        path.write_text(text, encoding="utf-8")
+        module = import_path(path)
+        adapter = FrameworkAdapter(module, parts, lifted, framework)
+        return [*_framework_checks(adapter, seed), *check_module(adapter, lifted, seed, "float64")]
+
+
+def _framework_checks(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]:
+    """The framework's own gradient checker, and whether the derived backward is what it reached."""
+    derivation, framework = adapter.derivation, adapter.framework
+    spec, tensor = derivation.spec, derivation.tensor
+    arrays, parameters = sample_tensor_inputs(derivation, {name: 3 for name in spec.sizes}, seed + 5)
+    wanted = [spec.inputs.index(name) for name in tensor.gradients]
+    with double_precision(framework):
+        arguments = adapter._arrays([arrays[name] for name in spec.inputs] + [parameters[p] for p in spec.parameters])
+        if framework == "torch":
+            import torch
+
+            for position in wanted:
+                arguments[position].requires_grad_(True)
+            function, floats = adapter.of(arguments, wanted), [arguments[p] for p in wanted]
+            passed = torch.autograd.gradcheck(function, floats, raise_exception=False)
+            backward = type(adapter.function(*arguments).grad_fn).__name__
+            called = backward == f"{adapter.parts.class_name}FunctionBackward"
+            checker, where = "torch.autograd.gradcheck (float64)", f"the output's grad_fn is {backward}"
+        else:
+            import jax
+            from jax.test_util import check_grads
+
+            function, floats = adapter.of(arguments, wanted), [arguments[p] for p in wanted]
+            try:
+                check_grads(function, tuple(floats), order=1, modes=["rev"])  # type: ignore[no-untyped-call]
+                passed = True
+            except AssertionError:
+                passed = False
+            called = "custom_vjp_call" in str(jax.make_jaxpr(function)(*floats))
+            checker, where = "jax.test_util.check_grads (float64)", "the traced program calls the custom_vjp rule"
+    return [KernelCheck("gradients", "every gradient", checker, 0.0 if passed else float("inf"), 0.0),
+            KernelCheck("gradients", "the backward", where if called else "the derived backward is not the one called",
+                        0.0 if called else float("inf"), 0.0)]
