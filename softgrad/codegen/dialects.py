@@ -77,6 +77,17 @@ class ArrayDialect:
             return f"torch.heaviside({code}, torch.full_like({code}, 0.5))"
         return self.call("heaviside", code, "0.5")
 
+    def normalised(self, name: str, axis: int) -> list[str] | None:
+        """P = exp(E)/Σ exp(E) and its log from `_exponent` by the library's own fused softmax (a shift by the
+        row maximum inside), or None where the lowering writes the passes out (NumPy has no softmax)."""
+        if self.name == "torch":
+            return [f"{name} = torch.softmax(_exponent, dim={axis})",
+                    f"_log_{name} = torch.log_softmax(_exponent, dim={axis})"]
+        if self.name == "jax":
+            return [f"{name} = jax.nn.softmax(_exponent, axis={axis})",
+                    f"_log_{name} = jax.nn.log_softmax(_exponent, axis={axis})"]
+        return None
+
     def where(self, condition: str, then: str, otherwise: str) -> str:
         return self.call("where", condition, then, otherwise)
 

@@ -201,9 +201,15 @@ class _Compiler:
             # optimize=True NumPy routes them through tensordot, 50× slower; a batched product (Σ_j P[b, i, j]
             # V[b, j, f]) and three or more operands need its BLAS calls and contraction order
             elementwise = len(pieces) == 2 and set(pieces[0][1]) == set(pieces[1][1])
-            optimize = "" if elementwise or not self.dialect.einsum_optimize else ", optimize=True"
-            code = (f'{self.dialect.namespace}.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
-                    f'{", ".join(code for code, _ in pieces)}{optimize})')
+            if elementwise and not self.dialect.einsum_optimize:  # torch, jax: a product and a sum (einsum is slower)
+                have = pieces[0][1]
+                result = tuple(s for s in have if s not in bounds)
+                code = self.dialect.total(f"({pieces[0][0]} * {self.align(*pieces[1], have)})",
+                                          tuple(have.index(b) for b in bounds if b in have))
+            else:
+                optimize = "" if elementwise or not self.dialect.einsum_optimize else ", optimize=True"
+                code = (f'{self.dialect.namespace}.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
+                        f'{", ".join(code for code, _ in pieces)}{optimize})')
         elif varying:  # summed in the summand's own axis order: nothing is transposed for the sum
             inner, have = self.compile(varying[0], ranges, [])
             axes = tuple(have.index(b) for b in bounds if b in have)
@@ -301,14 +307,15 @@ class _Compiler:
             code = self.align(code, have, full) if set(have) == set(full) else \
                 d.call("broadcast_to", self.align(code, have, full), self.shape(known[s] for s in full))
             axis = (full.index(free),)
-            # two arrays allocated (the shifted exponent and the result), every other step in place
-            lines = [*self.pending, f"_exponent = {code}",
-                     f"_shifted = _exponent - _finite({d.maximum_over('_exponent', axis, keepdims=True)})",
-                     f"{name} = {d.call('exp', '_shifted')}",
-                     f"_total = {d.total(name, axis, keepdims=True)}",
-                     f"{name} /= _total",
-                     f"_log_{name} = " + (d.call("subtract", "_shifted", d.call("log", "_total"), "out=_shifted")
-                                          if d.in_place else f"_shifted - {d.call('log', '_total')}")]
+            # the library's softmax where it has one; else two arrays allocated (the shifted exponent and the
+            # result), every other step in place
+            lines = [*self.pending, f"_exponent = {code}", *(d.normalised(name, axis[0]) or [
+                f"_shifted = _exponent - _finite({d.maximum_over('_exponent', axis, keepdims=True)})",
+                f"{name} = {d.call('exp', '_shifted')}",
+                f"_total = {d.total(name, axis, keepdims=True)}",
+                f"{name} /= _total",
+                f"_log_{name} = " + (d.call("subtract", "_shifted", d.call("log", "_total"), "out=_shifted")
+                                     if d.in_place else f"_shifted - {d.call('log', '_total')}")])]
             self.normalised[definition.name] = normalised
             return Statement(name, lines, self.logs_read, self.names_in(exponent))
         expr = stable_array_forms(definition.expr, self.spec, set(self.normalised))
