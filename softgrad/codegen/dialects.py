@@ -41,6 +41,8 @@ class ArrayDialect:
     in_place: bool
     #: whether einsum takes optimize=True (NumPy's default einsum does not call BLAS)
     einsum_optimize: bool
+    #: whether a new array is updated by method chains (`(a * b).sub_(c)`) instead of allocating another
+    chain_in_place: bool = False
 
     @property
     def namespace(self) -> str:
@@ -110,7 +112,7 @@ TORCH = ArrayDialect(
     sqrt="torch.sqrt", scalar_sqrt="math.sqrt", reduce_max="torch.amax", axis="dim", keepdims="keepdim",
     transpose="torch.permute", index_cast=".long()", float_cast=".to(_dtype)", copy=".clone()",
     array="torch.as_tensor({}, dtype=_dtype, device=_device)", arange="torch.arange({}, device=_device)",
-    in_place=True, einsum_optimize=False)
+    in_place=True, einsum_optimize=False, chain_in_place=True)
 
 JAX = ArrayDialect(
     "jax", {**{f: f"jnp.{n}" for f, n in _ENTRYWISE.items()}, sigmoid: "jax.nn.sigmoid",

@@ -98,28 +98,41 @@ class _Compiler:
             pieces = [self.compile(a, ranges, order) for a in e.args]
             if e.is_Mul:
                 want = self.union([p[1] for p in pieces], order)
+                # fewest axes first: (1/n)·c[b]·x̂[b, k] scales the vector, then makes one pass over the matrix
+                pieces.sort(key=lambda piece: len(piece[1]))
+                largest = pieces[-1]
+                if len(pieces) > 1 and self.owned(largest[0], largest[1], want):  # scaled in place
+                    smaller = " * ".join(self.align(code, have, want) for code, have in pieces[:-1])
+                    return f"({largest[0]}.mul_({smaller}))", want
                 return "(" + " * ".join(self.align(code, have, want) for code, have in pieces) + ")", want
             text = ""
             # a − b, not −b + a; the axes in the order of the first terms (arrays before the deltas subtracted)
             terms = sorted(zip(e.args, pieces), key=lambda item: bool(item[0].could_extract_minus_sign()))
             want = self.union([have for _, (_, have) in terms], order)
+            in_place = False
             for term, (code, have) in terms:
                 negative = term.is_Mul and term.args[0] == -1
                 if negative:
                     code, have = self.compile(-term, ranges, order)
                 aligned = self.align(code, have, want)
-                text += (" - " if negative else " + ") + aligned if text else ("-" if negative else "") + aligned
+                if in_place:
+                    text = f"{text}.{'sub_' if negative else 'add_'}({aligned})"
+                elif text:
+                    text += (" - " if negative else " + ") + aligned
+                else:
+                    text = ("-" if negative else "") + aligned
+                    in_place = not negative and self.owned(aligned, have, want)
             return f"({text})", want
         if e.is_Pow:
             base = self.compile(e.base, ranges, order)
             # a scalar stays a Python float (NumPy's weak scalar): float32 arrays stay float32
             root = self.dialect.sqrt if base[1] else self.dialect.scalar_sqrt
             if e.exp == sp.Rational(1, 2):
-                return f"{root}({base[0]})", base[1]
+                return self.entrywise(root, base), base[1]
             if e.exp == -sp.Rational(1, 2):
                 return f"(1 / {root}({base[0]}))", base[1]
             if e.exp.is_Integer and e.exp == 2:
-                return self.dialect.call("square", base[0]), base[1]
+                return self.entrywise(f"{self.dialect.namespace}.square", base), base[1]
             if e.exp.is_Integer and e.exp == -1:
                 return f"(1 / {base[0]})", base[1]
             exponent = self.compile(e.exp, ranges, order)
@@ -158,7 +171,7 @@ class _Compiler:
             inner = self.compile(e.args[0], ranges, order)
             if not inner[1] and e.func in self.dialect.scalar_functions:  # a Python float, weak beside float32
                 return f"{self.dialect.scalar_functions[e.func]}({inner[0]})", ()
-            return f"{function}({inner[0]})", inner[1]
+            return self.entrywise(function, inner), inner[1]
         raise SoftgradError(f"cannot generate {self.dialect.name} code for {type(e).__name__} in a spec with several "
                             "indices")
 
@@ -262,6 +275,23 @@ class _Compiler:
         exponential = d.call("exp", f"{exponent} - {shift}")
         code = f"({d.squeeze(shift, axes)} + {d.call('log', d.total(exponential, axes))})"
         return code, result
+
+    def entrywise(self, function: str, argument: tuple[str, tuple[Any, ...]]) -> str:
+        """function(argument), in place where the argument is a new array of this statement: torch.exp(a·b) as
+        (a·b).exp_() (torch's entrywise functions have in-place methods: exp_, sqrt_, square_, sigmoid_, …)."""
+        code, have = argument
+        if function.startswith("torch.") and function.count(".") == 1 and self.owned(code, have, have):
+            return f"{code}.{function[6:]}_()"
+        return f"{function}({code})"
+
+    def owned(self, code: str, have: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
+        """Whether a value may be updated in place: the dialect has in-place chains (torch), the value has the
+        result's every axis, and it is a new array this statement made — a parenthesised operation or a call of
+        an entrywise function, not a name, a view or a broadcast of one. A temporary of 16 MB costs fresh
+        pages on every call, so each one saved is a pass of memory saved."""
+        if not self.dialect.chain_in_place or have != want or not want:
+            return False
+        return code.startswith("(") or any(code.startswith(f + "(") for f in self.dialect.functions.values())
 
     def shape(self, range_names: Iterable[str]) -> str:
         """A shape tuple of range sizes: (_n_b,) or (_n_b, _n_i)."""

@@ -112,7 +112,7 @@ def gradients(x, gamma, beta, dy):
     m = np.asarray(((1 / _n_k) * (np.sum(x, axis=1))), dtype=_dtype)
     v = np.asarray(((1 / _n_k) * (np.sum(np.square((x - m[:, None])), axis=1))), dtype=_dtype)
     xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
-    dx = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * xhat * ((gamma @ (dy * xhat).T))[:, None]))), dtype=_dtype)
+    dx = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ (dy * xhat).T))[:, None] * xhat))), dtype=_dtype)
     dgamma = np.asarray((np.einsum("ba,ba->a", dy, xhat)), dtype=_dtype)
     dbeta = np.asarray((np.sum(dy, axis=0)), dtype=_dtype)
     return (dx, dgamma, dbeta)
