@@ -32,7 +32,9 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     """The verify report for `function` against a spec (catalog name, spec text or .spec file) or a forward
     function.
 
-    `function` may be a function, a layer class or instance with forward() and backward(), a
+    `function` may be a function, a (forward, backward) pair with a cache (several indices; the signature
+    names both: "x,gamma,beta->out,cache; dout,cache->dx,dgamma,dbeta"), a layer class or instance with
+    forward() and backward(), a
     torch.autograd.Function or nn.Module, or a jax.custom_vjp function (see adapters). reduction: sum,
     mean or none (one loss per row); targets: labels, onehot, soft or unnormalized (default: what the
     signature and the spec say); layout: classes-last or classes-first; extremes: False skips inputs of
@@ -52,6 +54,14 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
             if targets is not None or layout != "classes-last" or reduction != "sum":
                 raise SoftgradError("targets, layout and reduction apply to one-index specs; with several indices "
                                     "the signature names each array and the spec says its reduction")
+            if isinstance(function, tuple):  # (forward, backward) with a cache between them: see verify.pairs
+                from softgrad.verify.pairs import compose, parse_pair
+
+                pair = parse_pair(signature or "")
+                if pair is None or len(function) != 2:
+                    raise SoftgradError("a (forward, backward) pair needs a signature 'FORWARD INPUTS->OUTPUTS; "
+                                        "BACKWARD INPUTS->GRADIENTS'")
+                function = compose(function[0], function[1], pair)
             return _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {}, extremes,
                                  label)
     if (against is None) == (forward is None):
@@ -108,7 +118,7 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
     if signature is None:
         raise SoftgradError("a spec with several indices needs a signature naming the function's arrays, e.g. "
                             + example_signature(spec))
-    outputs = signature.replace(" ", "").split("->", 1)[-1].split(",")
+    outputs = signature.replace(" ", "").split("->")[-1].split(",")  # the gradients (a pair's: its backward's)
     wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
     derivation = derive_spec(spec, wrt=wrt)
     chosen = parse_tensor_signature(signature, derivation)

@@ -27,8 +27,8 @@ def split_reference(reference: str) -> tuple[str, str]:
     if ":" not in reference:
         raise SoftgradError(f"name the function as FILE:FUNCTION or MODULE:FUNCTION, not {reference!r}")
     location, name = reference.rsplit(":", 1)
-    if not name.isidentifier():
-        raise SoftgradError(f"{name!r} is not a function name")
+    if not all(part.isidentifier() for part in name.split(",")) or name.count(",") > 1:
+        raise SoftgradError(f"{name!r} is not a function name (or FORWARD,BACKWARD)")
     return location, name
 
 
@@ -64,7 +64,7 @@ def _compile_user_c(source: Path, library: Path) -> None:
 
 
 def load_in_process(reference: str, signature: Signature | None, dtype: str,
-                    layout: str = "classes-last") -> tuple[Callable[..., Any], str]:
+                    layout: str = "classes-last", pair_text: str | None = None) -> tuple[Callable[..., Any], str]:
     """The callable named by `reference`, in this process (the worker child's side of load_function), and
     how it is called ("" for a plain function). C functions get a NumPy wrapper with the signature's
     convention; classes and framework code an adapter (see adapters). A signature of None (specs with
@@ -86,6 +86,20 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
         if "" not in sys.path and os.getcwd() not in sys.path:  # as `python -c` finds modules here
             sys.path.insert(0, os.getcwd())
         module = _run_user_code(lambda: importlib.import_module(location), location)
+    if "," in name:  # FORWARD,BACKWARD: the two composed by the signature's names (see pairs)
+        from softgrad.verify.pairs import compose, parse_pair
+
+        pair = parse_pair(pair_text or "")
+        if pair is None:
+            raise SoftgradError(f"{name} names a forward and a backward: give --signature 'FORWARD INPUTS->OUTPUTS; "
+                                "BACKWARD INPUTS->GRADIENTS'")
+        functions = []
+        for part in name.split(","):
+            found = getattr(module, part, None)
+            if not callable(found):
+                raise SoftgradError(f"{location} has no function {part!r}")
+            functions.append(found)
+        return compose(functions[0], functions[1], pair), ""
     function = getattr(module, name, None)
     if not callable(function) and not _has_forward_and_backward(function):
         raise SoftgradError(f"{location} has no function {name!r}")

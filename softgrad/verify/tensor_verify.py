@@ -12,6 +12,7 @@ The report names the worst element by array and full index (dW[3, 1]).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tempfile
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from softgrad._version import __version__
 from softgrad.codegen.emit import emit
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
+from softgrad.verify.pairs import parse_pair
 from softgrad.verify.structure import unrepeatable
 from softgrad.verify.tensor_generated import (
     call_module,
@@ -61,6 +63,17 @@ def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature
     named among the inputs (`W,X,y,reg->loss,dW`): its --param value is passed there; parameters the
     signature does not name are passed after its inputs, in the spec's order."""
     spec, tensor = derivation.spec, derivation.tensor
+    pair = parse_pair(text)
+    if pair is not None:  # a forward/backward pair: checked as the one function it composes into
+        if spec.output.is_vector and not pair.upstream:
+            raise SoftgradError(f"the backward must take the upstream gradient of {spec.output.name} (a name the "
+                                f"forward neither takes nor returns, e.g. d{pair.forward_returns[0]})")
+        if not spec.output.is_vector and pair.upstream:
+            raise SoftgradError(f"{spec.output.name} is a loss: its backward takes only what the forward kept, not "
+                                f"{pair.upstream[0]}")
+        composed = ",".join(pair.forward_takes + ((tensor.upstream,) if pair.upstream else ())) + "->" + ",".join(
+            ("loss" if not spec.output.is_vector else spec.output.name, *pair.backward_returns))
+        return dataclasses.replace(parse_tensor_signature(composed, derivation), text=text)
     if "->" not in text:
         raise SoftgradError(f"a signature is INPUTS->OUTPUTS, e.g. {','.join(spec.inputs)}->"
                             f"{','.join('d' + n for n in spec.inputs if n not in spec.labels)}; got {text!r}")

@@ -58,7 +58,7 @@ def main(requests: int, replies: int) -> None:
                 except SoftgradError:  # a tensor signature: Python functions as they are
                     signature = None
                 function, how = load_in_process(header["reference"], signature, header["dtype"],
-                                                header.get("layout", "classes-last"))
+                                                header.get("layout", "classes-last"), header["signature"])
             except SoftgradError as problem:
                 send(replies, {"error": str(problem)})
                 continue

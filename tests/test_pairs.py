@@ -1,0 +1,131 @@
+"""verify of forward/backward pairs with a cache (issue #30): `FILE:FORWARD,BACKWARD` and a signature in two
+parts; the pair is checked as the one function it composes into — its output and its gradients."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softgrad.errors import SoftgradError
+from softgrad.verify import check_gradient
+from softgrad.verify.pairs import compose, parse_pair
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+LAYER_NORM = str(EXAMPLES / "layer-norm-affine.spec")
+REGRESSION = str(EXAMPLES / "softmax-regression-labels.spec")
+PAIR = "x,gamma,beta->out,cache; dout,cache->dx,dgamma,dbeta"
+
+LAYERS = '''
+import numpy as np
+
+def layernorm_forward(x, gamma, beta):
+    mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+    xhat = (x - mean) / np.sqrt(var + 1e-5)
+    return gamma * xhat + beta, {"xhat": xhat, "gamma": gamma, "v": var + 1e-5}
+
+def layernorm_backward(dout, cache):
+    xhat, gamma, v = cache["xhat"], cache["gamma"], cache["v"]
+    dxhat = dout * gamma
+    dx = (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)) / np.sqrt(v)
+    return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+
+def layernorm_backward_wrong_axis(dout, cache):  # the mean of dxhat·xhat over the batch, not the features
+    xhat, gamma, v = cache["xhat"], cache["gamma"], cache["v"]
+    dxhat = dout * gamma
+    dx = (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=0, keepdims=True)) / np.sqrt(v)
+    return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+
+def layernorm_forward_without_cache(x, gamma, beta):
+    return layernorm_forward(x, gamma, beta)[0]
+'''
+
+
+def _regression_forward(W, X, bias, label):
+    z = X @ W.T + bias
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -log_p[np.arange(len(X)), label].mean(), (np.exp(log_p), X, W, label)
+
+
+def _regression_backward(cache):
+    p, X, W, label = cache
+    dz = p.copy()
+    dz[np.arange(len(X)), label] -= 1
+    dz /= len(X)
+    return dz.T @ X, dz @ W, dz.sum(axis=0)
+
+
+def _regression_backward_without_mean(cache):  # the 1/N left out
+    p, X, W, label = cache
+    dz = p.copy()
+    dz[np.arange(len(X)), label] -= 1
+    return dz.T @ X, dz @ W, dz.sum(axis=0)
+
+
+@pytest.fixture()
+def layers(tmp_path, monkeypatch):
+    (tmp_path / "layers.py").write_text(LAYERS, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class _Result:
+    def __init__(self, completed: subprocess.CompletedProcess):
+        self.exit_code, self.output = completed.returncode, completed.stdout + completed.stderr
+
+
+def _verify(target: str, signature: str = PAIR, against: str = LAYER_NORM) -> _Result:
+    """The verify command as a user runs it (its worker needs real standard streams)."""
+    return _Result(subprocess.run([sys.executable, "-m", "softgrad", "verify", target, "--against", against,
+                                   "--signature", signature], capture_output=True, text=True, timeout=300))
+
+
+def test_a_right_pair_passes_and_its_output_is_compared_too(layers):
+    result = _verify("layers.py:layernorm_forward,layernorm_backward")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("PASS") and "258 elements compared" in result.output  # y, dx, dgamma, dbeta
+
+
+def test_a_wrong_backward_fails_naming_the_array_and_index(layers):
+    result = _verify("layers.py:layernorm_forward,layernorm_backward_wrong_axis")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("FAIL") and "worst element dx[" in result.output
+
+
+def test_a_forward_that_returns_no_cache_is_one_clear_line(layers):
+    result = _verify("layers.py:layernorm_forward_without_cache,layernorm_backward")
+    assert result.exit_code == 2
+    assert "the forward returned 1 value(s); the signature names 2 (out, cache)" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("signature, message", [
+    ("x,gamma,beta->out,cache; cache->dx,dgamma,dbeta", "must take the upstream gradient of y"),
+    ("x,gamma,beta->out,cache; dout,g,cache->dx,dgamma,dbeta", "only one (the upstream gradient) may be new"),
+    ("x,gamma,beta->out,cache; dout,cache->dx,dgamma,dbeta; more->x", "FORWARD INPUTS->OUTPUTS; BACKWARD"),
+    ("x,gamma,beta->out,cache; dout,cache->dx,out", "names of their own"),
+])
+def test_malformed_pair_signatures_are_one_line_errors(layers, signature, message):
+    result = _verify("layers.py:layernorm_forward,layernorm_backward", signature)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_pair_from_python_with_a_loss_and_labels():
+    signature = "W,X,bias,label->loss,cache; cache->dW,dX,dbias"
+    report = check_gradient((_regression_forward, _regression_backward), against=REGRESSION, signature=signature)
+    assert report.passed, report.text()
+    wrong = check_gradient((_regression_forward, _regression_backward_without_mean), against=REGRESSION,
+                           signature=signature)
+    assert not wrong.passed and "worst element d" in wrong.text()
+
+
+def test_compose_hands_the_cache_on_by_name():
+    pair = parse_pair("a,b->s,keep; ds,keep,a->da,db")
+    assert pair.takes == ("a", "b", "ds") and pair.returns == ("s", "da", "db")
+    both = compose(lambda a, b: (a + b, {"b": b}), lambda ds, keep, a: (ds * keep["b"], ds * a), pair)
+    assert both(2.0, 3.0, 10.0) == (5.0, 30.0, 20.0)
+    assert parse_pair("x,g->dx") is None
+    with pytest.raises(SoftgradError, match="a name appears twice"):
+        parse_pair("a,a->s; ds->da")
