@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_module
 
 from softgrad.errors import SoftgradError
 from softgrad.verify import check_gradient
@@ -129,3 +130,79 @@ def test_compose_hands_the_cache_on_by_name():
     assert parse_pair("x,g->dx") is None
     with pytest.raises(SoftgradError, match="a name appears twice"):
         parse_pair("a,a->s; ds->da")
+
+
+LINEAR = '''
+import torch
+import jax
+import jax.numpy as jnp
+
+
+class LinearFunction(torch.autograd.Function):  # the PyTorch docs' example, three arrays
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        ctx.save_for_backward(input, weight, bias)
+        return input.mm(weight.t()) + bias
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, bias = ctx.saved_tensors
+        return grad_output.mm(weight), grad_output.t().mm(input), grad_output.sum(0)
+
+
+class LinearWrongBias(LinearFunction):
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, bias = ctx.saved_tensors
+        return grad_output.mm(weight), grad_output.t().mm(input), grad_output.mean(0)
+
+
+@jax.custom_vjp
+def linear(X, W, bias):
+    return X @ W.T + bias
+
+
+def _linear_forward(X, W, bias):
+    return linear(X, W, bias), (X, W)
+
+
+def _linear_backward(saved, dy):
+    X, W = saved
+    return dy @ W, dy.T @ X, dy.sum(axis=0)
+
+
+linear.defvjp(_linear_forward, _linear_backward)
+
+
+@jax.custom_vjp
+def linear_transposed(X, W, bias):
+    return X @ W.T + bias
+
+
+linear_transposed.defvjp(_linear_forward, lambda saved, dy: (dy @ saved[1], saved[0].T @ dy, dy.sum(axis=0)))
+'''
+
+
+@pytest.mark.parametrize("name, right", [("LinearFunction", True), ("LinearWrongBias", False), ("linear", True)])
+def test_framework_code_with_several_arrays_runs_its_own_backward(tmp_path, monkeypatch, name, right):
+    require_module("torch")
+    require_module("jax")
+    (tmp_path / "linear.py").write_text(LINEAR, encoding="utf-8")
+    (tmp_path / "linear.spec").write_text("y[b, c] = sum(X[b, d] * W[c, d], d) + bias[c]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = _verify(f"linear.py:{name}", "X,W,bias,dy->dX,dW,dbias", "linear.spec")
+    assert result.exit_code == (0 if right else 1), result.output
+    assert "called as" in result.output and "Warning" not in result.output
+    if not right:
+        assert "worst element dbias[" in result.output
+
+
+def test_a_jax_backward_with_a_transposed_gradient_is_one_line_from_jax(tmp_path, monkeypatch):
+    require_module("torch")
+    require_module("jax")
+    (tmp_path / "linear.py").write_text(LINEAR, encoding="utf-8")
+    (tmp_path / "linear.spec").write_text("y[b, c] = sum(X[b, d] * W[c, d], d) + bias[c]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = _verify("linear.py:linear_transposed", "X,W,bias,dy->dX,dW,dbias", "linear.spec")
+    assert result.exit_code == 2 and "shapes do not match" in result.output, result.output  # JAX refuses it
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -54,6 +54,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
             if targets is not None or layout != "classes-last" or reduction != "sum":
                 raise SoftgradError("targets, layout and reduction apply to one-index specs; with several indices "
                                     "the signature names each array and the spec says its reduction")
+            how = ""
             if isinstance(function, tuple):  # (forward, backward) with a cache between them: see verify.pairs
                 from softgrad.verify.pairs import compose, parse_pair
 
@@ -62,8 +63,21 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                     raise SoftgradError("a (forward, backward) pair needs a signature 'FORWARD INPUTS->OUTPUTS; "
                                         "BACKWARD INPUTS->GRADIENTS'")
                 function = compose(function[0], function[1], pair)
-            return _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {}, extremes,
-                                 label)
+            else:
+                from softgrad.verify.adapters import adapt_arrays
+                from softgrad.verify.isolation import IsolatedFunction
+
+                if isinstance(function, IsolatedFunction):  # loaded (and adapted) in its child process
+                    how = function.how
+                elif signature is not None:  # framework code passed in from Python: called in this process
+                    adapted = adapt_arrays(function, signature, getattr(function, "__name__", "function"))
+                    if adapted is not None:
+                        function, how = adapted
+            tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},
+                                          extremes, label)
+            if how:
+                tensor_report.notes.insert(0, f"called as {how}")
+            return tensor_report
     if (against is None) == (forward is None):
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
     if against is not None:

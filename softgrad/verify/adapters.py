@@ -159,3 +159,69 @@ def _jax_adapter(target: Any, signature: Signature, name: str) -> tuple[Adapter,
 
     seed = "g" if "g" in signature.takes else "1"
     return call, f"jax.vjp({name}) with respect to its input, seeded with {seed}"
+
+
+def adapt_arrays(target: Any, text: str, name: str) -> tuple[Adapter, str] | None:
+    """Framework code for a spec with several indices — a torch.autograd.Function or nn.Module with any
+    number of arrays, a jax.custom_vjp function — as a function of NumPy arrays with the signature's
+    results (INPUTS[, dO]->[loss, ]d<input>…), its gradients by the framework's own autodiff (so its custom
+    backward runs). None for anything else (a plain function is called as it is)."""
+    torch = sys.modules.get("torch")
+    is_torch = torch is not None and _is_torch(target, torch)
+    if not is_torch and not _is_jax_custom(target):
+        return None
+    left, _, right = text.replace(" ", "").partition("->")
+    takes, returns = left.split(","), right.split(",")
+    upstream = [t for t in takes if t.startswith("d") and t[1:] not in takes]
+    inputs = [t for t in takes if t not in upstream]
+    wanted = [inputs.index(r[1:]) for r in returns if r.startswith("d") and r[1:] in inputs]
+
+    def values(arrays: tuple[np.ndarray, ...]) -> tuple[list[Any], Any]:
+        named = dict(zip(takes, arrays))
+        # a spec parameter arrives as a 0-d array: the code gets the Python float it was written for
+        given = [float(named[t]) if np.ndim(named[t]) == 0 else named[t] for t in inputs]
+        return given, (named[upstream[0]] if upstream else None)
+
+    def ordered(output: Any, gradients: list[Any]) -> tuple[Any, ...]:
+        found = iter(gradients)
+        return tuple(output if not (r.startswith("d") and r[1:] in inputs) else next(found) for r in returns)
+
+    if is_torch:
+        assert torch is not None
+        is_function = isinstance(target, type) and issubclass(target, torch.autograd.Function)
+        module = None if is_function else _instance(target, name)
+
+        def call_torch(*arrays: np.ndarray) -> Any:
+            given, seed = values(arrays)
+            tensors = [torch.from_numpy(np.array(a)) if isinstance(a, np.ndarray) else a for a in given]
+            for position in wanted:
+                tensors[position].requires_grad_(True)
+            output = _first(module(*tensors) if module is not None else target.apply(*tensors))
+            seed_tensor = torch.ones_like(output) if seed is None else torch.from_numpy(np.array(seed))
+            found = torch.autograd.grad(output, [tensors[p] for p in wanted], seed_tensor, allow_unused=True)
+            missing = next((inputs[p] for p, g in zip(wanted, found) if g is None), None)
+            if missing is not None:
+                raise SoftgradError(f"{name}: autograd gave no gradient for {missing} (is it detached, or does "
+                                    "backward return None for it?)")
+            return ordered(output.detach().numpy(), [g.numpy() for g in found])
+
+        return call_torch, (f"{name}.apply(…)" if is_function else f"{name}()(…)") + ", backward by torch autograd"
+
+    jax = sys.modules["jax"]
+    jax.config.update("jax_enable_x64", True)
+
+    def call_jax(*arrays: np.ndarray) -> Any:
+        given, seed = values(arrays)
+        held = [jax.numpy.asarray(a) if isinstance(a, np.ndarray) else a for a in given]
+
+        def of_wanted(*chosen: Any) -> Any:
+            full = list(held)
+            for position, value in zip(wanted, chosen):
+                full[position] = value
+            return _first(target(*full))
+
+        output, pullback = jax.vjp(of_wanted, *[held[p] for p in wanted])
+        gradients = pullback(jax.numpy.ones_like(output) if seed is None else jax.numpy.asarray(seed))
+        return ordered(np.asarray(output), [np.asarray(g) for g in gradients])
+
+    return call_jax, f"jax.vjp({name}), the custom_vjp rule"

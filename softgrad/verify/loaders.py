@@ -64,7 +64,7 @@ def _compile_user_c(source: Path, library: Path) -> None:
 
 
 def load_in_process(reference: str, signature: Signature | None, dtype: str,
-                    layout: str = "classes-last", pair_text: str | None = None) -> tuple[Callable[..., Any], str]:
+                    layout: str = "classes-last", signature_text: str | None = None) -> tuple[Callable[..., Any], str]:
     """The callable named by `reference`, in this process (the worker child's side of load_function), and
     how it is called ("" for a plain function). C functions get a NumPy wrapper with the signature's
     convention; classes and framework code an adapter (see adapters). A signature of None (specs with
@@ -89,7 +89,7 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
     if "," in name:  # FORWARD,BACKWARD: the two composed by the signature's names (see pairs)
         from softgrad.verify.pairs import compose, parse_pair
 
-        pair = parse_pair(pair_text or "")
+        pair = parse_pair(signature_text or "")
         if pair is None:
             raise SoftgradError(f"{name} names a forward and a backward: give --signature 'FORWARD INPUTS->OUTPUTS; "
                                 "BACKWARD INPUTS->GRADIENTS'")
@@ -103,8 +103,11 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
     function = getattr(module, name, None)
     if not callable(function) and not _has_forward_and_backward(function):
         raise SoftgradError(f"{location} has no function {name!r}")
-    if signature is None:
-        return cast(Callable[..., Any], function), ""
+    if signature is None:  # a spec with several indices: framework code through its autodiff, else as it is
+        from softgrad.verify.adapters import adapt_arrays
+
+        adapted = adapt_arrays(function, signature_text or "", name)
+        return adapted if adapted is not None else (cast(Callable[..., Any], function), "")
     return adapt(function, signature, name)
 
 
