@@ -206,3 +206,26 @@ def test_a_jax_backward_with_a_transposed_gradient_is_one_line_from_jax(tmp_path
     result = _verify("linear.py:linear_transposed", "X,W,bias,dy->dX,dW,dbias", "linear.spec")
     assert result.exit_code == 2 and "shapes do not match" in result.output, result.output  # JAX refuses it
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+class _LayerNorm:
+    """A layer as course code writes one: forward keeps what backward needs on self."""
+
+    def forward(self, x, gamma, beta):
+        mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+        self.xhat, self.gamma, self.v = (x - mean) / np.sqrt(var + 1e-5), gamma, var + 1e-5
+        return gamma * self.xhat + beta
+
+    def backward(self, dout):
+        dxhat = dout * self.gamma
+        dx = (dxhat - dxhat.mean(axis=1, keepdims=True)
+              - self.xhat * (dxhat * self.xhat).mean(axis=1, keepdims=True)) / np.sqrt(self.v)
+        return dx, (dout * self.xhat).sum(axis=0), dout.sum(axis=0) * 2  # dbeta doubled: the bug to find
+
+
+def test_a_layer_with_state_is_checked_with_a_two_part_signature():
+    report = check_gradient(_LayerNorm, against=LAYER_NORM, signature="x,gamma,beta->out; dout->dx,dgamma,dbeta")
+    assert not report.passed and "worst element dbeta[" in report.text()
+    assert "called as _LayerNorm().forward(…), then its backward(…)" in report.text()
+    with pytest.raises(SoftgradError, match="signature in two parts"):
+        check_gradient(_LayerNorm, against=LAYER_NORM, signature="x,gamma,beta,dy->dx,dgamma,dbeta")

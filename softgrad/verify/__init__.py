@@ -64,13 +64,13 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                                         "BACKWARD INPUTS->GRADIENTS'")
                 function = compose(function[0], function[1], pair)
             else:
-                from softgrad.verify.adapters import adapt_arrays
+                from softgrad.verify.adapters import adapt_several
                 from softgrad.verify.isolation import IsolatedFunction
 
                 if isinstance(function, IsolatedFunction):  # loaded (and adapted) in its child process
                     how = function.how
-                elif signature is not None:  # framework code passed in from Python: called in this process
-                    adapted = adapt_arrays(function, signature, getattr(function, "__name__", "function"))
+                elif signature is not None:  # framework code or a layer, passed in from Python: run in this process
+                    adapted = adapt_several(function, signature, getattr(function, "__name__", "function"))
                     if adapted is not None:
                         function, how = adapted
             tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},

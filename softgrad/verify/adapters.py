@@ -225,3 +225,20 @@ def adapt_arrays(target: Any, text: str, name: str) -> tuple[Adapter, str] | Non
         return ordered(np.asarray(output), [np.asarray(g) for g in gradients])
 
     return call_jax, f"jax.vjp({name}), the custom_vjp rule"
+
+
+def adapt_several(target: Any, text: str, name: str) -> tuple[Adapter, str] | None:
+    """Code for a spec with several indices that is not a plain function: framework code (adapt_arrays), or a
+    layer with forward() and backward() whose state links the two, checked with a two-part signature
+    ('x,gamma,beta->out; dout->dx,dgamma,dbeta': see verify.pairs). None for a plain function."""
+    adapted = adapt_arrays(target, text, name)
+    if adapted is not None or not _has_forward_and_backward(target):
+        return adapted
+    from softgrad.verify.pairs import compose, parse_pair
+
+    pair = parse_pair(text)
+    if pair is None:
+        raise SoftgradError(f"{name} has forward() and backward(): give a signature in two parts, e.g. "
+                            "'x,gamma,beta->out; dout->dx,dgamma,dbeta'")
+    layer = _instance(target, name)
+    return compose(layer.forward, layer.backward, pair), f"{name}().forward(…), then its backward(…)"

@@ -104,9 +104,9 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
     if not callable(function) and not _has_forward_and_backward(function):
         raise SoftgradError(f"{location} has no function {name!r}")
     if signature is None:  # a spec with several indices: framework code through its autodiff, else as it is
-        from softgrad.verify.adapters import adapt_arrays
+        from softgrad.verify.adapters import adapt_several
 
-        adapted = adapt_arrays(function, signature_text or "", name)
+        adapted = adapt_several(function, signature_text or "", name)
         return adapted if adapted is not None else (cast(Callable[..., Any], function), "")
     return adapt(function, signature, name)
 
