@@ -291,7 +291,8 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
             values[name.strip()] = float(value)  # its domain is checked with the spec (reference_problem)
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
-    if against is not None and target is not None and formula is None and _is_tensor(against):
+    if against is not None and target is not None and formula is None and (
+            _is_tensor(against) or ";" in (signature or "")):  # a pair: checked by rows, as several indices are
         if targets is not None or layout != "classes-last" or reduction != "sum":
             raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
                                 "the signature names each array (labels are passed as integers) and the spec says "

@@ -229,3 +229,27 @@ def test_a_layer_with_state_is_checked_with_a_two_part_signature():
     assert "called as _LayerNorm().forward(…), then its backward(…)" in report.text()
     with pytest.raises(SoftgradError, match="signature in two parts"):
         check_gradient(_LayerNorm, against=LAYER_NORM, signature="x,gamma,beta,dy->dx,dgamma,dbeta")
+
+
+def _softmax_forward(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    out = e / e.sum(axis=1, keepdims=True)
+    return out, {"y": out}
+
+
+def _softmax_backward(dout, cache):
+    y = cache["y"]
+    return y * (dout - (dout * y).sum(axis=1, keepdims=True))
+
+
+def _softmax_backward_without_the_sum(dout, cache):
+    return cache["y"] * dout
+
+
+def test_a_pair_for_a_one_index_spec_is_checked_by_rows():
+    """softmax is y[i] = …: its pair is checked as y[b, i] = …, the spec with its row index written out."""
+    signature = "x->out,cache; dout,cache->dx"
+    assert check_gradient((_softmax_forward, _softmax_backward), against="softmax", signature=signature).passed
+    wrong = check_gradient((_softmax_forward, _softmax_backward_without_the_sum), against="softmax",
+                           signature=signature)
+    assert not wrong.passed and "worst element dx[" in wrong.text()

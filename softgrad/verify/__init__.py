@@ -50,7 +50,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     if against is not None:
         from softgrad.derive import load_spec
 
-        if load_spec(against).tensor:
+        if load_spec(against).tensor or ";" in (signature or ""):  # a forward/backward pair: checked by rows
             if targets is not None or layout != "classes-last" or reduction != "sum":
                 raise SoftgradError("targets, layout and reduction apply to one-index specs; with several indices "
                                     "the signature names each array and the spec says its reduction")
@@ -125,10 +125,11 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
                   dtype: str, seed: int, parameters: dict[str, float], extremes: bool,
                   label: str | None) -> TensorReport:
     from softgrad.derive import derive_spec, load_spec
+    from softgrad.derive.spec import with_rows
     from softgrad.errors import SoftgradError
     from softgrad.verify.tensor_verify import example_signature, parse_sizes, parse_tensor_signature, verify_tensor
 
-    spec = load_spec(against)
+    spec = with_rows(load_spec(against))  # a one-index spec with its row index written out: x[b, i]
     if signature is None:
         raise SoftgradError("a spec with several indices needs a signature naming the function's arrays, e.g. "
                             + example_signature(spec))
