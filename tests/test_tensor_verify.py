@@ -192,3 +192,48 @@ def test_keepdims_outputs_are_read_in_the_specs_shape_and_said():
         verify_tensor(lambda x, g, b, dy: (dy, np.zeros((1, 4)), np.zeros(5)), derivation,
                       parse_tensor_signature(signature, derivation), parse_sizes(None, derivation), label="f",
                       against=spec_name)
+
+
+WEIGHT_DECAY_SPEC = ("z[b, c] = sum(W[c, d] * X[b, d], d)\nP[b, c] = exp(z[b, c]) / sum(exp(z[b, k]), k)\n"
+                     "L = -sum(log(P[b, y[b]]), b) / size(b) + reg * sum(W[e, f]^2, e, f)\n")
+
+
+def _softmax_loss(W, X, y, reg, decay_factor=2.0):
+    z = X @ W.T
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    N = X.shape[0]
+    dz = np.exp(log_p)
+    dz[np.arange(N), y] -= 1
+    return -log_p[np.arange(N), y].mean() + reg * np.sum(W * W), dz.T @ X / N + decay_factor * reg * W
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (lambda W, X, y, reg: _softmax_loss(W, X, y, reg, decay_factor=1.0), "differs from the exact gradient by -0.5·W"),
+    (lambda W, X, y, reg: (lambda loss, dW: (loss, np.roll(dW, 1, axis=0)))(*_softmax_loss(W, X, y, reg)),
+     "moved by 1 along axis 0"),
+])
+def test_hints_name_the_mistakes_of_course_code(tmp_path, mistake, hint):
+    """Weight decay with its factor off (reg·W for reg·ΣW², the bug of a published solution) and a gradient read
+    one row off are named, not only counted."""
+    from softgrad.verify import check_gradient
+
+    spec = tmp_path / "decay.spec"
+    spec.write_text(WEIGHT_DECAY_SPEC, encoding="utf-8")
+    assert check_gradient(_softmax_loss, against=str(spec), signature="W,X,y,reg->loss,dW",
+                          parameters={"reg": 0.5}).passed
+    report = check_gradient(mistake, against=str(spec), signature="W,X,y,reg->loss,dW", parameters={"reg": 0.5})
+    assert not report.passed and any(hint in h for h in report.hints), report.text()
+
+
+def test_a_gradient_returned_in_another_inputs_place_is_named():
+    from softgrad.verify import check_gradient
+
+    def swapped(x, gamma, beta, dy):  # dgamma and dbeta returned the wrong way round
+        right = tensor_code.layer_norm_backward(x, gamma, beta, dy)
+        return right[0], right[2], right[1]
+
+    report = check_gradient(swapped, against=str(EXAMPLES / "layer-norm-affine.spec"),
+                            signature="x,gamma,beta,dy->dx,dgamma,dbeta")
+    assert not report.passed
+    assert "dgamma is the exact gradient of beta, not of gamma" in report.hints, report.text()
