@@ -1,5 +1,5 @@
-"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown) and generated NumPy and C, and
-each example of docs/examples/ (specs with several indices: derivation, NumPy and C).
+"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown) and generated NumPy, C, torch and JAX,
+and each example of docs/examples/ (specs with several indices) likewise.
 
     python docs/make_gallery.py            # writes docs/gallery/
     python docs/make_gallery.py OUTDIR     # writes elsewhere (the staleness test compares the two)
@@ -23,8 +23,11 @@ def write_entry(folder: Path, name: str, derivation: Derivation, written: list[P
     entry_folder.mkdir(parents=True, exist_ok=True)
     files = {"derivation.md": derivation.render("markdown"), **emit(derivation, "numpy")}
     files.update({k: v for k, v in emit(derivation, "c").items() if not k.endswith("_ctypes.py")})
+    for framework in ("torch", "jax"):  # a folder each: their modules have the NumPy module's name
+        files.update({f"{framework}/{k}": v for k, v in emit(derivation, framework).items()})
     links = []
     for file_name, text in files.items():
+        (entry_folder / file_name).parent.mkdir(exist_ok=True)
         (entry_folder / file_name).write_text(text, encoding="utf-8")
         written.append(entry_folder / file_name)
         links.append(f"[{file_name}]({name}/{file_name})")

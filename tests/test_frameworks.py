@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import require_module
+from outside_catalog import OUTSIDE_THE_CATALOG
 
 from softgrad.cli import main
 from softgrad.codegen.build import import_path
@@ -216,3 +217,14 @@ def test_several_wrt_on_a_one_index_spec_derive_its_rows():
     derivation = derive_spec(load_spec("cross-entropy"), wrt="x,t")
     assert derivation.tensor is not None and set(derivation.tensor.gradients) == {"x", "t"}
     assert derivation.spec.rows_added == "b"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", OUTSIDE_THE_CATALOG)
+def test_specs_outside_the_catalog_pass_the_torch_checks(source):
+    """Activations, focal and label-smoothed losses, normalisations: their torch modules pass --check
+    (extremes included: the stable forms of the array lowering, shared with NumPy and C)."""
+    require_module("torch")
+    derivation = derive_spec(load_spec(source))
+    checks = check_framework_module(derivation, emit(derivation, "torch"))
+    assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
