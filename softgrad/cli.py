@@ -108,11 +108,13 @@ def _load_spec(spec: str | None, spec_file: str | None) -> Spec:
 @click.option("--standalone", is_flag=True, help="With --format latex: a complete document for pdflatex.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write to this file (atomically) instead of standard output ('-': standard output).")
+@click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: a loss's Hessian (the Jacobian of its gradient) and Hessian–vector product.")
 @_SEED
 @_TIME_LIMIT
 @reports_errors
 def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, standalone: bool, output: str | None,
-           seed: int, time_limit: float) -> None:
+           order: int, seed: int, time_limit: float) -> None:
     """Derive the Jacobian or gradient of SPEC step by step, every step checked.
 
     SPEC is a catalog name (see `softgrad list`) or a spec such as
@@ -122,7 +124,12 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
     from softgrad.files import write_atomically
 
     parsed = _load_spec(spec, spec_file)
-    document = derive_spec(parsed, wrt=wrt, seed=seed, time_limit=time_limit).render(fmt, standalone=standalone)
+    derivation = derive_spec(parsed, wrt=wrt, seed=seed, time_limit=time_limit)
+    if order == 2:
+        from softgrad.derive.hessian import hessian
+
+        derivation = hessian(derivation, seed=seed)
+    document = derivation.render(fmt, standalone=standalone)
     if output:
         write_atomically(output, document)
     else:
@@ -136,8 +143,11 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
               help="Target: NumPy or C kernels, a torch.autograd.Function with custom ops and an nn.Module, or a "
                    "jax.custom_vjp function.")
 @click.option("--kernel", "kernel_names", multiple=True,
-              type=click.Choice(["forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad"]),
-              help="Kernels to generate (repeatable; default: all that apply).")
+              type=click.Choice(["forward", "vjp", "vjp_from_output", "jacobian", "loss_and_grad", "hvp"]),
+              help="Kernels to generate (repeatable; default: all that apply). hvp: a loss's Hessian–vector "
+                   "product (implies --order 2).")
+@click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: kernels of a loss's gradient: forward (the gradient), jacobian (the Hessian), hvp.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]),
               help="Element type of the C kernels [default: float64] (NumPy kernels follow their inputs' dtype).")
 @click.option("--wrt", metavar="NAME[,NAME…]",
@@ -161,7 +171,8 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
               help="torch: inputs the nn.Module holds as nn.Parameters (e.g. W,bias); the others are its forward's.")
 @_TIME_LIMIT
 @reports_errors
-def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tuple[str, ...], dtype: str | None,
+def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tuple[str, ...], order: int,
+            dtype: str | None,
             wrt: str | None, folder: str, openmp: bool, check: bool, force: bool, weights: str | None,
             time_limit: float) -> None:
     """Generate NumPy or C kernels for SPEC from its derivation.
@@ -175,6 +186,10 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 
     parsed = _load_spec(spec, spec_file)
     derivation = derive_spec(parsed, wrt=wrt, time_limit=time_limit)
+    if order == 2 or "hvp" in kernel_names:
+        from softgrad.derive.hessian import hessian
+
+        derivation = hessian(derivation)
     names = list(kernel_names) or None
     chosen = tuple(name.strip() for name in weights.split(",") if name.strip()) if weights else ()
     # emit refuses options the target does not have

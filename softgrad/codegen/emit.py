@@ -3,6 +3,7 @@ backend's Jinja2 templates. Nothing here depends on the target language."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -60,12 +61,22 @@ def _render(template: str, **context: Any) -> str:
 
 
 def kernels_for(derivation: Derivation, names: list[str] | None) -> list[Kernel]:
-    available = applicable_kernels(derivation)
+    available = applicable_kernels(derivation) + (["hvp"] if derivation.order == 2 else [])
     chosen = names or available
+    if "hvp" in chosen and derivation.order != 2:
+        raise SoftgradError("the hvp kernel is a loss's Hessian–vector product: it needs --order 2")
     unknown = [n for n in chosen if n not in available]
     if unknown:
         raise SoftgradError(f"kernel {unknown[0]!r} does not apply to this spec (available: {', '.join(available)})")
-    return [lower(derivation, name) for name in chosen]
+    # the Hessian–vector product is the gradient's vector–Jacobian product (the Hessian is symmetric)
+    return [_hvp(lower(derivation, "vjp")) if name == "hvp" else lower(derivation, name) for name in chosen]
+
+
+def _hvp(vjp: Kernel) -> Kernel:
+    """The gradient's vector–Jacobian product, named as what it is for a loss: its Hessian–vector product."""
+    return dataclasses.replace(vjp, name=vjp.name.removesuffix("vjp") + "hvp",
+                               doc="Hessian–vector product H·v of the loss, O(n) per row (H is symmetric: the "
+                                   "gradient's vector–Jacobian product)")
 
 
 def _header(derivation: Derivation) -> dict[str, Any]:

@@ -76,7 +76,7 @@ class Engine:
         if spec.output.name not in self.dependent:
             raise SpecError(f"{spec.output.name} does not depend on {self.wrt}: nothing to differentiate")
         taken = set().union(*(names_in(d.expr) | {d.name} for d in spec.definitions)) | set(spec.inputs)
-        self.upstream = sp.IndexedBase(fresh_name(("g", "dy", "grad_out"), taken))
+        self.upstream = sp.IndexedBase(fresh_name(spec.upstream_names, taken))
         self.surrogate = sp.Symbol(fresh_name(("l", "ell", "loss"), taken))
         self.taken = taken
         extra = []

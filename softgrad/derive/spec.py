@@ -133,6 +133,8 @@ class Spec:
     carried: str | None = None
     #: The row index softgrad wrote into a one-index spec (with_rows), else None.
     rows_added: str | None = None
+    #: Names for the upstream gradient of a vector output, the first one free taken (v for a Hessian's product).
+    upstream_names: tuple[str, ...] = ("g", "dy", "grad_out")
 
     @property
     def tensor(self) -> bool:

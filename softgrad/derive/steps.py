@@ -101,6 +101,7 @@ class Derivation:
     wrt_reason: str = ""  # why `wrt` was chosen when --wrt was not given ("" when it was, or had to be)
     #: For a spec with several index ranges: the backward arrays and gradients (derive.tensor.TensorDerivation).
     tensor: Any = None
+    order: int = 1  # 2: a loss's Hessian, derived as the Jacobian of its gradient (softgrad.derive.hessian)
 
     @property
     def output_names(self) -> tuple[str, str]:

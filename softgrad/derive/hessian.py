@@ -1,0 +1,82 @@
+"""Second order: the Hessian of a loss as the Jacobian of its derived gradient.
+
+The gradient that the first-order derivation finds, g_j = ∂L/∂x_j (under the spec's constraints where it
+has them: p − t for cross-entropy with targets that sum to 1), is written back as a spec —
+`g[j] = p[j] - t[j]` after the loss's own definitions — and derived again, every step checked and proved
+as first-order steps are. Its Jacobian is the Hessian, ∂²L/∂x_j∂x_i = ∂g_j/∂x_i, by the same cases
+(i = j, i ≠ j), Kronecker form and matrix form (diag(p) − ppᵀ); and since the Hessian is symmetric, the
+gradient's vector–Jacobian product is the Hessian–vector product, H·v = p ⊙ (v − ⟨p, v⟩), in O(n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from softgrad.derive.engine import derive_spec
+from softgrad.derive.prose import prose
+from softgrad.derive.spec import parse_spec, spec_text
+from softgrad.derive.steps import Derivation, Section, Step
+from softgrad.derive.symbols import Partial
+from softgrad.errors import SpecError
+
+__all__ = ["gradient_spec", "hessian"]
+
+
+def _fresh(preferred: list[str], taken: set[str]) -> str:
+    return next(name for name in [*preferred, *(f"g{k}" for k in range(1, 99))] if name not in taken)
+
+
+def gradient_spec(first: Derivation) -> tuple[str, str]:
+    """(the spec text whose output is the first-order gradient, the gradient's name)."""
+    spec = first.spec
+    if spec.tensor or spec.output.is_vector:
+        raise SpecError("--order 2 applies to a loss (a scalar output) of one index, so far: "
+                        f"{spec.output.name} is " + ("an array" if spec.output.is_vector else "of several indices"))
+    result = first.results.get("gradient_constrained") or first.results["gradient"]
+    (entry,) = result.indices
+    taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters)
+    name = _fresh(["g", "grad"], taken)
+    reads = {str(e.base) for e in result.rhs.atoms(sp.Indexed)} | {str(s) for s in result.rhs.free_symbols}
+    # the loss itself stays a definition only where the gradient reads it (log-sum-exp: exp(x_j − L))
+    definitions = spec.definitions if spec.output.name in reads else spec.definitions[:-1]
+    lines = [f"{d.name}{'[' + str(d.index) + ']' if d.is_vector else ''} = {spec_text(d.expr)}" for d in definitions]
+    lines.append(f"{name}[{entry}] = {spec_text(result.rhs)}")
+    lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in spec.constraints]
+    return "\n".join(lines), name
+
+
+def hessian(first: Derivation, seed: int = 0) -> Derivation:
+    """The second-order derivation of a loss: its gradient, then the gradient's Jacobian (the Hessian) and
+    vector–Jacobian product (the Hessian–vector product), every step checked."""
+    text, name = gradient_spec(first)
+    spec = parse_spec(text, name=f"{first.spec.name or first.spec.output.name}-hessian")
+    spec.source, spec.upstream_names = first.spec.source, ("v", "u", "w", "dy")
+    second = derive_spec(spec, wrt=first.wrt, seed=seed)
+    result = first.results.get("gradient_constrained") or first.results["gradient"]
+    last = first.steps[-1]
+    loss, variable = first.spec.output.name, first.wrt
+    gradient = Section("Gradient (first order)", [Step(
+        rule="the gradient, derived first",
+        lhs=Partial(sp.Symbol(loss), sp.IndexedBase(variable)[result.indices[0]]),
+        forms=[result.rhs],
+        reason=prose("derived and checked as `softgrad derive` shows it; call it {g}: the Hessian of {L} is its "
+                     "Jacobian, and, being symmetric, its vector–Jacobian product is the Hessian–vector product",
+                     g=sp.IndexedBase(name)[result.indices[0]], L=sp.Symbol(loss)),
+        assumes=(result.note.removeprefix("assuming "),) if result.note else (),
+        checked=last.checked, check_detail=last.check_detail, check_sizes=last.check_sizes,
+        proved=last.proved, proof_detail=last.proof_detail)])
+    titles = {f"Jacobian of {name}": f"Hessian of {loss}: the Jacobian of its gradient {name}",
+              "Vector–Jacobian product (backward pass)": "Hessian–vector product (the gradient's vector–Jacobian "
+                                                          "product: H is symmetric)"}
+    sections = [gradient, *(dataclasses.replace(s, title=titles.get(s.title, s.title)) for s in second.sections)]
+    words = {"Jacobian, matrix form": "Hessian, matrix form (the Jacobian of the gradient)",
+             "Vector–Jacobian product": "Hessian–vector product", "Backward pass, vector form":
+             "Hessian–vector product, vector form"}
+    results = {key: dataclasses.replace(r, title=words.get(r.title, r.title.replace("Jacobian", "Hessian")),
+                                        lhs=r.lhs.xreplace({sp.Symbol("J"): sp.Symbol("H")}))
+               for key, r in second.results.items()}
+    results["vjp"] = dataclasses.replace(results["vjp"], note=f"{results['vjp'].upstream}: the vector H multiplies")
+    return dataclasses.replace(second, sections=sections, results=results, order=2,
+                               check_summary=second.check_summary + f"; the gradient: {first.check_summary}")

@@ -1,0 +1,92 @@
+"""Second order (issue #32): a loss's Hessian derived as the Jacobian of its derived gradient — by cases,
+Kronecker and matrix form — and its Hessian–vector product in O(n), generated and checked."""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+from click.testing import CliRunner
+from conftest import require_module
+
+import softgrad
+from softgrad.cli import main
+from softgrad.codegen.build import import_path
+from softgrad.codegen.emit import emit, kernels_for
+from softgrad.derive.hessian import gradient_spec, hessian
+from softgrad.errors import SoftgradError, SpecError
+from softgrad.verify.generated import check_generated
+
+LOSSES = ["cross-entropy", "cross-entropy-onehot", "kl-divergence", "binary-cross-entropy", "logsumexp"]
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_step_of_every_catalog_loss_hessian_is_checked_and_proved(name):
+    second = hessian(softgrad.derive(name))
+    assert second.order == 2 and second.sections[0].title == "Gradient (first order)"
+    assert all(step.checked for step in second.steps)
+    assert all(step.proved for step in second.steps), [s.rule for s in second.steps if not s.proved]
+    assert {"jacobian_equal", "jacobian", "vjp"} <= set(second.results)
+
+
+def test_softmax_cross_entropy_hessian_is_diag_p_minus_p_p_transposed_and_its_product_is_o_of_n():
+    second = hessian(softgrad.derive("cross-entropy-onehot"))
+    text = second.render("text")
+    assert "H = diag(y) - y⋅y" in text
+    j = second.results["vjp"].indices[0]
+    v, y = sp.IndexedBase("v"), sp.IndexedBase("y")
+    product = second.results["vjp"].rhs
+    assert product.has(v[j]) and product.has(y[j]) and len(product.atoms(sp.Sum)) == 1  # one reduction: O(n)
+    # any targets: Σ_k t_k (diag(p) − ppᵀ), the factor the issue names
+    assert "Σₖ tₖ" in hessian(softgrad.derive("cross-entropy")).render("text")
+
+
+def test_the_gradient_spec_is_the_loss_definitions_and_the_gradient():
+    text, name = gradient_spec(softgrad.derive("logsumexp"))
+    assert name == "g" and text.splitlines()[-1].startswith("g[j] = ") and text.startswith("L = log(")
+    with pytest.raises(SpecError, match="applies to a loss"):
+        gradient_spec(softgrad.derive("softmax"))
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+@pytest.mark.parametrize("name", ["cross-entropy-onehot", "binary-cross-entropy", "kl-divergence"])
+def test_the_hvp_kernel_passes_its_check_with_extremes(name, language):
+    second = hessian(softgrad.derive(name))
+    files = emit(second, language, ["hvp"])
+    kernel_names = [line for line in next(iter(files.values())).splitlines() if "hvp" in line]
+    assert kernel_names
+    checks = check_generated(second, language, files, kernels_for(second, ["hvp"]), files.dtype)
+    assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
+
+
+def test_hvp_matches_torch_double_backward():
+    torch = require_module("torch")
+
+    second = hessian(softgrad.derive("cross-entropy"))
+    with tempfile.TemporaryDirectory() as folder:
+        (name, text), = emit(second, "numpy", ["hvp"]).items()
+        (Path(folder) / name).write_text(text)
+        module = import_path(Path(folder) / name)
+        rng = np.random.default_rng(0)
+        x, t, v = rng.normal(size=(4, 6)), rng.random((4, 6)), rng.normal(size=(4, 6))
+        mine = module.cross_entropy_hessian_hvp(x, t, v)
+    tx = torch.tensor(x, requires_grad=True)
+    loss = -(torch.tensor(t) * torch.log_softmax(tx, -1)).sum()
+    (gradient,) = torch.autograd.grad(loss, tx, create_graph=True)
+    (theirs,) = torch.autograd.grad(gradient, tx, torch.tensor(v))
+    np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_cli_order_two_and_kernel_hvp(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["derive", "binary-cross-entropy", "--order", "2"])
+    assert result.exit_code == 0 and "H = diag((𝟙 - p)∘p)" in result.output
+    result = runner.invoke(main, ["derive", "softmax", "--order", "2"])
+    assert result.exit_code == 2 and "applies to a loss" in result.output
+    result = runner.invoke(main, ["codegen", "cross-entropy", "--kernel", "hvp", "--lang", "numpy", "-o",
+                                  str(tmp_path)])
+    assert result.exit_code == 0 and "def cross_entropy_hessian_hvp(x, t, v" in (
+        tmp_path / "cross_entropy_hessian.py").read_text()
+    with pytest.raises(SoftgradError, match="needs --order 2"):
+        emit(softgrad.derive("cross-entropy"), "numpy", ["hvp"])
