@@ -270,13 +270,15 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option("--extremes", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="Also check at inputs of order 1000 (off: where the code's documented contract excludes them; "
                    "the report says so).")
+@click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: the code is a loss's Hessian–vector product, --signature 'x,t,v->hv'.")
 @reports_errors
 def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
            derivation_file: str | None, signature: str | None, wrt: str | None, size: int, batch: int, dtype: str,
            seed: int, reduction: str,
            targets: str | None, layout: str, parameters: tuple[str, ...], mode: str, as_json: bool,
            report_format: str | None, timeout: float,
-           sizes: str | None, extremes: str) -> None:
+           sizes: str | None, extremes: str, order: int) -> None:
     """Check a gradient (Python FILE.py:FUNC or MODULE:FUNC, C FILE.c:FUNC or LIB.so:FUNC, --formula, or a
     written derivation with --derivation).
 
@@ -307,12 +309,13 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
     if against is not None and target is not None and formula is None and (
-            _is_tensor(against) or ";" in (signature or "")):  # a pair: checked by rows, as several indices are
+            _is_tensor(against) or ";" in (signature or "") or order == 2):  # checked by rows, as several indices are
         if targets is not None or layout != "classes-last" or reduction != "sum":
             raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
                                 "the signature names each array (labels are passed as integers) and the spec says "
                                 "its reduction (a mean is '/ size(b)')")
-        report = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on")
+        report = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on",
+                                order)
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text())
         sys.exit(0 if report.passed else 1)
     if sizes is not None:
@@ -366,12 +369,15 @@ def _is_tensor(against: str) -> bool:
 
 
 def _verify_tensor(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
-                   values: dict[str, float], timeout: float, extremes: bool) -> Any:
+                   values: dict[str, float], timeout: float, extremes: bool, order: int = 1) -> Any:
     """verify for a spec with several indices: the function loaded in its child process, then checked."""
     from softgrad.derive import load_spec
     from softgrad.verify import check_gradient
     from softgrad.verify.loaders import load_function
 
+    if signature is None and order == 2:
+        raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the product, "
+                            "e.g. --signature 'x,t,v->hv'")
     if signature is None:  # reported before any user code is loaded
         from softgrad.verify.tensor_verify import example_signature
 
@@ -380,7 +386,7 @@ def _verify_tensor(target: str, against: str, signature: str | None, sizes: str 
     function = load_function(target, signature, dtype, timeout)
     try:
         return check_gradient(function, against, signature, dtype=dtype, seed=seed, parameters=values, sizes=sizes,
-                              extremes=extremes, label=target)
+                              extremes=extremes, label=target, order=order)
     finally:
         function.close()
 

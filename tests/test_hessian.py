@@ -90,3 +90,30 @@ def test_cli_order_two_and_kernel_hvp(tmp_path):
         tmp_path / "cross_entropy_hessian.py").read_text()
     with pytest.raises(SoftgradError, match="needs --order 2"):
         emit(softgrad.derive("cross-entropy"), "numpy", ["hvp"])
+
+
+def _hvp(x, t, v):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    return t.sum(axis=1, keepdims=True) * p * (v - (v * p).sum(axis=1, keepdims=True))
+
+
+def _hvp_for_targets_that_sum_to_one(x, t, v):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    return p * (v - (v * p).sum(axis=1, keepdims=True))
+
+
+def test_verify_a_hand_written_hessian_vector_product():
+    """H·v is checked against the derived product, elementwise, with finite differences of the exact gradient:
+    the product that drops Σt is right only where the spec says the targets sum to 1."""
+    from softgrad.verify import check_gradient
+
+    assert check_gradient(_hvp, against="cross-entropy", signature="x,t,v->hv", order=2).passed
+    wrong = check_gradient(_hvp_for_targets_that_sum_to_one, against="cross-entropy", signature="x,t,v->hv",
+                           order=2)
+    assert not wrong.passed and "worst element hv[" in wrong.text() and "second order" in wrong.text()
+    assert check_gradient(_hvp_for_targets_that_sum_to_one, against="cross-entropy-onehot",
+                          signature="x,t,v->hv", order=2).passed
+    with pytest.raises(SoftgradError, match="one vector"):
+        check_gradient(_hvp, against="cross-entropy", signature="x,t->hv", order=2)

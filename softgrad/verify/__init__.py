@@ -28,7 +28,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                    label: str | None = None, mode: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None, sizes: str | None = None,
                    extremes: bool = True, targets: str | None = None,
-                   layout: str = "classes-last") -> Report | TensorReport:
+                   layout: str = "classes-last", order: int = 1) -> Report | TensorReport:
     """The verify report for `function` against a spec (catalog name, spec text or .spec file) or a forward
     function.
 
@@ -41,16 +41,24 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     order 1000. progress(done, total, case), if given, is told of each input case as its check starts.
     For a spec with several indices, `signature` names the function's arrays ("X,W,bias,T->loss,dW,dbias"),
     `sizes` the ranges' sizes ("b=8,c=10"), and the result is a TensorReport (same passed, text(),
-    to_dict())."""
+    to_dict()). order=2: `function` is a loss's Hessian–vector product, signature "x,t,v->hv" (the spec's
+    inputs and the vector; the product), checked against the derived one."""
     from softgrad.errors import SoftgradError
     from softgrad.verify.checker import verify
     from softgrad.verify.problem import Problem
     from softgrad.verify.signatures import parse_signature
 
+    shown: tuple[str, str] | None = None  # what the report names: the spec and signature as the user gave them
+    if order == 2:
+        if against is None:
+            raise SoftgradError("order=2 checks a Hessian–vector product against a spec: give against=SPEC")
+        shown = (f"{load_spec_name(against)}, second order (H·v)", signature or "")
+        against, signature = _second_order(against, signature, wrt)
     if against is not None:
         from softgrad.derive import load_spec
 
-        if load_spec(against).tensor or ";" in (signature or ""):  # a forward/backward pair: checked by rows
+        # several indices, a forward/backward pair or a Hessian–vector product: checked by rows
+        if load_spec(against).tensor or ";" in (signature or "") or order == 2:
             if targets is not None or layout != "classes-last" or reduction != "sum":
                 raise SoftgradError("targets, layout and reduction apply to one-index specs; with several indices "
                                     "the signature names each array and the spec says its reduction")
@@ -75,6 +83,13 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                         function, how = adapted
             tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},
                                           extremes, label)
+            if shown is not None:  # the product under the user's name (hv), not the gradient VJP's (dx)
+                product = shown[1].replace(" ", "").rpartition("->")[2]
+                if tensor_report.worst is not None:
+                    tensor_report.worst.output = product
+                tensor_report.hints = [hint.replace(f"d{wrt_of(signature)} ", f"{product} ") for hint in
+                                       tensor_report.hints]
+                tensor_report.against, tensor_report.signature = shown
             if how:
                 tensor_report.notes.insert(0, f"called as {how}")
             return tensor_report
@@ -140,6 +155,43 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
     return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)
+
+
+def wrt_of(signature: str | None) -> str:
+    """The input of a gradient signature's result: x of '…->dx'."""
+    return (signature or "").replace(" ", "").rpartition("->")[2].removeprefix("d")
+
+
+def load_spec_name(against: str) -> str:
+    """How a report names a spec: its title, or the text as given."""
+    from softgrad.derive import load_spec
+
+    return load_spec(against).name or against
+
+
+def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple[str, str]:
+    """(the spec of the loss's gradient, the signature of its vector–Jacobian product) for checking a
+    Hessian–vector product 'x,t,v->hv': H·v is the gradient's VJP with upstream v (H is symmetric)."""
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.derive.hessian import gradient_spec
+    from softgrad.derive.spec import parse_spec, with_rows
+    from softgrad.errors import SoftgradError
+
+    first = derive_spec(load_spec(against), wrt=wrt)
+    text, _ = gradient_spec(first)
+    spec = first.spec
+    example = f"{','.join(spec.inputs)},v->hv"
+    if signature is None:
+        raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the "
+                            f"product, e.g. {example}")
+    left, _, right = signature.replace(" ", "").partition("->")
+    takes, returns = left.split(","), [name for name in right.split(",") if name]
+    vectors = [name for name in takes if name not in spec.inputs and name not in spec.parameters]
+    if len(vectors) != 1 or len(returns) != 1:
+        raise SoftgradError(f"a Hessian–vector product takes the spec's inputs and one vector and returns the product, "
+                            f"e.g. {example}; got {signature!r}")
+    upstream = derive_spec(with_rows(parse_spec(text)), wrt=first.wrt).tensor.upstream
+    return text, ",".join(upstream if name == vectors[0] else name for name in takes) + f"->d{first.wrt}"
 
 
 def default_signature(problem: Problem) -> str:
