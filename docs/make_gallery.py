@@ -1,5 +1,5 @@
-"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown) and generated NumPy, C, torch and JAX,
-and each example of docs/examples/ (specs with several indices) likewise.
+"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown; a loss's Hessian too) and generated
+NumPy, C, torch and JAX, and each example of docs/examples/ (specs with several indices) likewise.
 
     python docs/make_gallery.py            # writes docs/gallery/
     python docs/make_gallery.py OUTDIR     # writes elsewhere (the staleness test compares the two)
@@ -12,6 +12,7 @@ import softgrad
 from softgrad.codegen.emit import emit
 from softgrad.derive import Derivation, derive_spec, parse_spec
 from softgrad.derive.catalog import CATALOG
+from softgrad.derive.hessian import hessian
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -25,6 +26,8 @@ def write_entry(folder: Path, name: str, derivation: Derivation, written: list[P
     files.update({k: v for k, v in emit(derivation, "c").items() if not k.endswith("_ctypes.py")})
     for framework in ("torch", "jax"):  # a folder each: their modules have the NumPy module's name
         files.update({f"{framework}/{k}": v for k, v in emit(derivation, framework).items()})
+    if derivation.tensor is None and not derivation.spec.output.is_vector:  # a loss: its Hessian too
+        files["hessian.md"] = hessian(derivation).render("markdown")
     links = []
     for file_name, text in files.items():
         (entry_folder / file_name).parent.mkdir(exist_ok=True)
