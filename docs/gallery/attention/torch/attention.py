@@ -7,9 +7,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is d69d43ba78e99bc5364499d5205305a82b9aac2a3527169df25451d78de4d49f)
 
 A torch.autograd.Function, AttentionFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; attention(...)
-applies it, and Attention is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). attention(...) applies it,
+and Attention is an nn.Module around it.
 Arrays have one axis per index, in the order the spec writes them (Q[i, e], K[j, e], V[j, f]).
 The backward keeps what the derived backward reads: Q, K, V, O, P.
 Derived gradients: dQ = ∂O/∂Q, dK = ∂O/∂K, dV = ∂O/∂V.

@@ -6,9 +6,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 1534f77211114cf17405cd89c0af9ffbdb443b7c6eaf7e4caef3cda9047e2ad3)
 
 A torch.autograd.Function, BinaryCrossEntropyFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; binary_cross_entropy(...)
-applies it, and BinaryCrossEntropy is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). binary_cross_entropy(...) applies it,
+and BinaryCrossEntropy is an nn.Module around it.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
 The backward keeps what the derived backward reads: t, p.
 Derived gradients: dx = ∂L/∂x; t has no derived gradient (regenerate with --wrt to add one).

@@ -7,9 +7,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 3a497206af2f17805ce5991483fa33971c1a7221c8b1a8e8e0232775f1907c74)
 
 A torch.autograd.Function, CrossEntropyOnehotFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; cross_entropy_onehot(...)
-applies it, and CrossEntropyOnehot is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). cross_entropy_onehot(...) applies it,
+and CrossEntropyOnehot is an nn.Module around it.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
 The backward keeps what the derived backward reads: t, y.
 Derived gradients: dx = ∂L/∂x; t has no derived gradient (regenerate with --wrt to add one).

@@ -6,9 +6,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 564aa6a5375e8c97d8e2139c22764df57b6722916259887b27740e4f0c4a4c0a)
 
 A torch.autograd.Function, KlDivergenceFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; kl_divergence(...)
-applies it, and KlDivergence is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). kl_divergence(...) applies it,
+and KlDivergence is an nn.Module around it.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
 The backward keeps what the derived backward reads: q, p.
 Derived gradients: dz = ∂L/∂z; q has no derived gradient (regenerate with --wrt to add one).

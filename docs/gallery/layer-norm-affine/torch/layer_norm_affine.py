@@ -8,9 +8,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 48aada85722c17d23f83479d42c0dedb65f5dc9d2f59e07cf8e8517e43823dee)
 
 A torch.autograd.Function, LayerNormAffineFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; layer_norm_affine(...)
-applies it, and LayerNormAffine is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). layer_norm_affine(...) applies it,
+and LayerNormAffine is an nn.Module around it.
 Arrays have one axis per index, in the order the spec writes them (x[b, k], gamma[k], beta[k]).
 The backward keeps what the derived backward reads: gamma, v, xhat.
 Derived gradients: dx = ∂y/∂x, dgamma = ∂y/∂gamma, dbeta = ∂y/∂beta.

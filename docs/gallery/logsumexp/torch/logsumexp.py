@@ -5,9 +5,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 3ab63a98bba5e74df65cde07a7f7df14a3c172433a052d9279180e2424a0697a)
 
 A torch.autograd.Function, LogsumexpFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; logsumexp(...)
-applies it, and Logsumexp is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). logsumexp(...) applies it,
+and Logsumexp is an nn.Module around it.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
 The backward keeps what the derived backward reads: x, L.
 Derived gradients: dx = ∂L/∂x.

@@ -7,9 +7,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is ac86ff1acacf7be5233dcf8b14f5226d6ecf23ca0bb101dcb0d66e7fa24a6160)
 
 A torch.autograd.Function, SoftmaxRegressionLabelsFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; softmax_regression_labels(...)
-applies it, and SoftmaxRegressionLabels is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). softmax_regression_labels(...) applies it,
+and SoftmaxRegressionLabels is an nn.Module around it.
 Arrays have one axis per index, in the order the spec writes them (W[c, d], X[b, d], bias[c], label[b]).
 label holds class indices (integer tensors).
 The backward keeps what the derived backward reads: W, X, label, P.

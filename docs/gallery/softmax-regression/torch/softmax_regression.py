@@ -8,9 +8,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 376123ef6517a596eabe680b3a85272e0b364d9752a1e138a67231905e314dd5)
 
 A torch.autograd.Function, SoftmaxRegressionFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; softmax_regression(...)
-applies it, and SoftmaxRegression is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). softmax_regression(...) applies it,
+and SoftmaxRegression is an nn.Module around it.
 Arrays have one axis per index, in the order the spec writes them (W[c, d], X[b, d], bias[c], T[b, c]).
 The backward keeps what the derived backward reads: W, X, T, P.
 Derived gradients: dW = ∂L/∂W, dX = ∂L/∂X, dbias = ∂L/∂bias; T has no derived gradient (regenerate with --wrt to add one).

@@ -5,9 +5,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 67da0554d7fb9248db17a8068415a8035b59f731177a38436a8dfb5c68b7aed2)
 
 A torch.autograd.Function, SoftmaxTemperatureFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; softmax_temperature(...)
-applies it, and SoftmaxTemperature is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). softmax_temperature(...) applies it,
+and SoftmaxTemperature is an nn.Module around it.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
 The backward keeps what the derived backward reads: y.
 Derived gradients: dx = ∂y/∂x.

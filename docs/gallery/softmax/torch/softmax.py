@@ -5,9 +5,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is d7b88c2d98d729eb7dcc5c21f5d747b4983a82de0e10cbcc71e33ce925c56da9)
 
 A torch.autograd.Function, SoftmaxFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; softmax(...)
-applies it, and Softmax is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). softmax(...) applies it,
+and Softmax is an nn.Module around it.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
 The backward keeps what the derived backward reads: y.
 Derived gradients: dx = ∂y/∂x.

@@ -9,9 +9,10 @@
 (the spec as softgrad reads it; the SHA-256 of its source text is 3e5ce19fc75a6866524937814fc0f7c3dd144155138514a9b2556b695b5b6db1)
 
 A torch.autograd.Function, TwoLayerFunction, whose forward and backward are printed from softgrad's derivation
-as torch operations (any device torch runs on), each registered as a torch.library custom op with a fake
-implementation so that torch.compile(fullgraph=True) traces them without a graph break; two_layer(...)
-applies it, and TwoLayer is an nn.Module around it.
+as torch operations (any device torch runs on); torch.compile(fullgraph=True) traces it without a graph break
+(the operations, which Inductor fuses; with OPAQUE_WHEN_COMPILED = True, the same forward and backward as the
+torch.library custom ops registered below, with fake implementations). two_layer(...) applies it,
+and TwoLayer is an nn.Module around it.
 Arrays have one axis per index, in the order the spec writes them (W1[j, d], X[b, d], W2[c, j], T[b, c]).
 The backward keeps what the derived backward reads: W1, X, W2, T, h, P.
 Derived gradients: dW1 = ∂L/∂W1, dX = ∂L/∂X, dW2 = ∂L/∂W2; T has no derived gradient (regenerate with --wrt to add one).
