@@ -43,6 +43,15 @@ class ArrayDialect:
     einsum_optimize: bool
     #: whether a new array is updated by method chains (`(a * b).sub_(c)`) instead of allocating another
     chain_in_place: bool = False
+    equal: str = "equal"  # entrywise equality (torch.equal is one bool: torch's is eq)
+    power: str = "power"
+
+    def in_place_method(self, function: str) -> str | None:
+        """The method that applies a namespace function to a new array in place (torch.exp → exp_), if any."""
+        prefix = f"{self.namespace}."
+        if not self.chain_in_place or not function.startswith(prefix) or "." in function[len(prefix):]:
+            return None
+        return function[len(prefix):] + "_"
 
     @property
     def namespace(self) -> str:
@@ -112,7 +121,7 @@ TORCH = ArrayDialect(
     sqrt="torch.sqrt", scalar_sqrt="math.sqrt", reduce_max="torch.amax", axis="dim", keepdims="keepdim",
     transpose="torch.permute", index_cast=".long()", float_cast=".to(_dtype)", copy=".clone()",
     array="torch.as_tensor({}, dtype=_dtype, device=_device)", arange="torch.arange({}, device=_device)",
-    in_place=True, einsum_optimize=False, chain_in_place=True)
+    in_place=True, einsum_optimize=False, chain_in_place=True, equal="eq", power="pow")
 
 JAX = ArrayDialect(
     "jax", {**{f: f"jnp.{n}" for f, n in _ENTRYWISE.items()}, sigmoid: "jax.nn.sigmoid",

@@ -91,8 +91,7 @@ class _Compiler:
             first = self.compile(e.args[0], ranges, order)
             second = self.compile(e.args[1], ranges, order)
             want = self.union([first[1], second[1]], order)
-            equal = self.dialect.call("eq" if self.dialect.name == "torch" else "equal",  # torch.equal: one bool
-                                      self.align(*first, want), self.align(*second, want))
+            equal = self.dialect.call(self.dialect.equal, self.align(*first, want), self.align(*second, want))
             return equal + self.dialect.float_cast, want
         if e.is_Add or e.is_Mul:
             pieces = [self.compile(a, ranges, order) for a in e.args]
@@ -137,8 +136,7 @@ class _Compiler:
                 return f"(1 / {base[0]})", base[1]
             exponent = self.compile(e.exp, ranges, order)
             want = self.union([base[1], exponent[1]], order)
-            return self.dialect.call("pow" if self.dialect.name == "torch" else "power", self.align(*base, want),
-                                     self.align(*exponent, want)), want
+            return self.dialect.call(self.dialect.power, self.align(*base, want), self.align(*exponent, want)), want
         if isinstance(e, sp.Sum):
             return self.total(e, ranges, order)
         if isinstance(e, guarded_product):
@@ -280,8 +278,9 @@ class _Compiler:
         """function(argument), in place where the argument is a new array of this statement: torch.exp(a·b) as
         (a·b).exp_() (torch's entrywise functions have in-place methods: exp_, sqrt_, square_, sigmoid_, …)."""
         code, have = argument
-        if function.startswith("torch.") and function.count(".") == 1 and self.owned(code, have, have):
-            return f"{code}.{function[6:]}_()"
+        method = self.dialect.in_place_method(function)
+        if method is not None and self.owned(code, have, have):
+            return f"{code}.{method}()"
         return f"{function}({code})"
 
     def owned(self, code: str, have: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
