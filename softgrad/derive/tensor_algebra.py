@@ -93,6 +93,8 @@ class _real_abs(sp.Function):
 def derivative(expr: sp.Expr, var: sp.Expr) -> sp.Expr:
     """∂expr/∂var for real entries: sp.diff, with |u|' = sign(u)·u' (a kink at 0, where sign(0) = 0 is used,
     as frameworks do)."""
+    if not expr.has(sp.Abs):
+        return sp.diff(expr, var)
     real = expr.replace(lambda e: isinstance(e, sp.Abs), lambda e: _real_abs(e.args[0]))
     return sp.diff(real, var).replace(lambda e: isinstance(e, _real_abs), lambda e: sp.Abs(e.args[0]))
 
@@ -120,6 +122,8 @@ def _expanded(expr: sp.Expr) -> sp.Expr:
         return sp.exp(constant) * sp.exp(rest) if constant != 0 and rest != 0 else e
 
     kept = expanded(expr, power_exp=False)
+    if not any(e.args[0].is_Add for e in kept.atoms(sp.exp)):
+        return kept
     return kept.replace(lambda e: isinstance(e, sp.exp) and e.args[0].is_Add, constant_apart)
 
 
