@@ -21,11 +21,6 @@ import jax.numpy as jnp
 __all__ = ["layer_norm_affine"]
 
 
-def _finite(shift):
-    """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
-    return jnp.where(jnp.isfinite(shift), shift, 0)
-
-
 def _forward(x, gamma, beta):
     """y and what the backward reads, from the inputs (rows on the first axis)."""
     _dtype = jnp.result_type(x, gamma, beta, jnp.float32)

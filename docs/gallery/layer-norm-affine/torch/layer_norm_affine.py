@@ -35,11 +35,6 @@ def _softplus(u):
     return torch.logaddexp(torch.zeros_like(u), u)
 
 
-def _finite(shift):
-    """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
-    return torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0)
-
-
 def _owned(results, arguments):
     """The results, each with memory of its own: a custom op may not return a view of its arguments."""
     pointers = {a.untyped_storage().data_ptr() for a in arguments if isinstance(a, torch.Tensor)}
