@@ -228,3 +228,26 @@ def test_specs_outside_the_catalog_pass_the_torch_checks(source):
     derivation = derive_spec(load_spec(source))
     checks = check_framework_module(derivation, emit(derivation, "torch"))
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
+
+
+def test_spec_parameters_are_constructor_arguments_and_may_be_traced_by_jax(tmp_path):
+    """softmax with a temperature: the nn.Module takes T at construction; the JAX function takes it as an
+    argument that jax.jit may trace (jnp functions, never math, on it)."""
+    torch = require_module("torch")
+    jax = require_module("jax")
+    import jax.numpy as jnp
+
+    layer = _module("softmax-temperature", "torch", tmp_path).SoftmaxTemperature(T=2.5)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(layer(x), torch.softmax(x / 2.5, -1))
+    upstream = torch.randn(3, 5, dtype=torch.float64)
+    (mine,) = torch.autograd.grad(layer(x), x, upstream)
+    (theirs,) = torch.autograd.grad(torch.softmax(x / 2.5, -1), x, upstream)
+    assert torch.allclose(mine, theirs)
+    (tmp_path / "jax").mkdir()
+    function = _module("softmax-temperature", "jax", tmp_path / "jax").softmax_temperature
+    with jax.enable_x64(True):
+        values = jnp.asarray(np.random.default_rng(4).normal(size=(3, 5)))
+        jitted = jax.jit(lambda u, T: jnp.sum(jnp.sin(function(u, T))))
+        reference = jax.grad(lambda u: jnp.sum(jnp.sin(jax.nn.softmax(u / 2.5, -1))))(values)
+        assert jnp.allclose(jax.grad(jitted)(values, 2.5), reference)
