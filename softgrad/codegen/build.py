@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from softgrad.errors import SoftgradError
 
@@ -23,6 +24,8 @@ class GeneratedFiles(dict[str, str]):
                  openmp: bool, blas: bool = False) -> None:
         super().__init__(files or {})
         self.language, self.module, self.dtype, self.openmp, self.blas = language, module, dtype, openmp, blas
+        #: for a framework module: the derivation (lifted to rows) and the parts it was printed from
+        self.printed_from: list[Any] = []
 
 # What the generated C is written for: -fopenmp-simd turns on the `omp simd` loops (vectorized, reductions
 # in vector lanes), -march=native lets them use this machine's vector width, -ffp-contract=fast fuses

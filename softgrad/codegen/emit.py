@@ -163,5 +163,6 @@ def _emit_framework(derivation: Derivation, language: str, kernel_names: list[st
                                 "dtype, on their device, with forward and backward)")
     module = module or identifier(derivation)
     files = GeneratedFiles(language=language, module=module, dtype="float64", openmp=False)
-    files[f"{module}.py"] = emit_framework(derivation, language, module, _header(derivation), _render, weights)
+    text, lifted, parts = emit_framework(derivation, language, module, _header(derivation), _render, weights)
+    files[f"{module}.py"], files.printed_from = text, [lifted, parts]
     return files

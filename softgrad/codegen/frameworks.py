@@ -15,7 +15,7 @@ from typing import Any
 
 from softgrad._version import __version__
 from softgrad.codegen.dialects import DIALECTS
-from softgrad.codegen.tensor_numpy import TensorModule, lower_tensor, printed_names
+from softgrad.codegen.tensor_numpy import TensorModule, lower_tensor, printed_names, shape_of
 from softgrad.derive.engine import derive_spec
 from softgrad.derive.spec import with_rows
 from softgrad.derive.steps import Derivation
@@ -95,8 +95,7 @@ def lower_framework(derivation: Derivation, language: str, module: str,
     for statement in lowered.forward:
         if f"_log_{statement.name}" in {line.split(" ")[0] for line in statement.lines}:
             axes[f"_log_{statement.name}"] = axes[statement.name]
-    shapes = {name: "(" + ", ".join(f"_n_{r}" for r in ranges) + ("," if len(ranges) == 1 else "") + ")"
-              for name, ranges in axes.items()}
+    shapes = {name: shape_of(ranges) for name, ranges in axes.items()}
 
     inputs = [name for name, _, _ in lowered.inputs]
     labels = [printed[name] for name in spec.labels]
@@ -151,9 +150,10 @@ def lower_framework(derivation: Derivation, language: str, module: str,
 
 
 def emit_framework(derivation: Derivation, language: str, module: str, header: dict[str, Any], render: Any,
-                   weights: tuple[str, ...] = ()) -> str:
-    """The torch or JAX module's text."""
+                   weights: tuple[str, ...] = ()) -> tuple[str, Derivation, FrameworkModule]:
+    """The torch or JAX module's text, with the derivation and parts it was printed from (what --check reads)."""
     lifted = framework_derivation(derivation)
     parts = lower_framework(lifted, language, module, weights)
-    return str(render(f"{language}/module.py.j2", module=parts, lowered=parts.lowered,
+    text = str(render(f"{language}/module.py.j2", module=parts, lowered=parts.lowered,
                       check_summary=lifted.check_summary, **header))
+    return text, lifted, parts

@@ -71,7 +71,7 @@ class _Compiler:
         self.temporary = 0
 
     def size(self, range_name: str) -> str:
-        return f"_n_{range_name}"
+        return size_variable(range_name)
 
     # ------------------------------------------------------------ expressions
     def compile(self, e: sp.Expr, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
@@ -293,9 +293,7 @@ class _Compiler:
         return code.startswith("(") or any(code.startswith(f + "(") for f in self.dialect.functions.values())
 
     def shape(self, range_names: Iterable[str]) -> str:
-        """A shape tuple of range sizes: (_n_b,) or (_n_b, _n_i)."""
-        sizes = [self.size(r) for r in range_names]
-        return f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
+        return shape_of(range_names)
 
     def temp(self) -> str:
         self.temporary += 1
@@ -365,6 +363,17 @@ class _Compiler:
 
     def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
         return ta.normalised_exponential(definition)
+
+
+def size_variable(range_name: str) -> str:
+    """The name printed code gives a range's size: _n_b."""
+    return f"_n_{range_name}"
+
+
+def shape_of(range_names: Iterable[str]) -> str:
+    """A shape tuple of range sizes, as printed code names them: (_n_b,) or (_n_b, _n_i); () for none."""
+    sizes = [size_variable(r) for r in range_names]
+    return f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
 
 
 def printed_names(derivation: Derivation) -> dict[str, str]:

@@ -40,10 +40,10 @@ def gradient_spec(first: Derivation) -> tuple[str, str]:
     name = _fresh(["g", "grad"], taken)
     reads = {str(e.base) for e in result.rhs.atoms(sp.Indexed)} | {str(s) for s in result.rhs.free_symbols}
     # the loss itself stays a definition only where the gradient reads it (log-sum-exp: exp(x_j − L))
-    definitions = spec.definitions if spec.output.name in reads else spec.definitions[:-1]
-    lines = [f"{d.name}{'[' + str(d.index) + ']' if d.is_vector else ''} = {spec_text(d.expr)}" for d in definitions]
-    lines.append(f"{name}[{entry}] = {spec_text(result.rhs)}")
-    lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in spec.constraints]
+    kept = len(spec.definitions) - (spec.output.name not in reads)
+    # the spec as it prints itself: its definitions, then its constraints (the gradient goes between)
+    lines = [*spec.statements[:kept], f"{name}[{entry}] = {spec_text(result.rhs)}",
+             *spec.statements[len(spec.definitions):]]
     return "\n".join(lines), name
 
 

@@ -68,6 +68,37 @@ def _first(value: Any) -> Any:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
+def holding(function: Callable[..., Any], arguments: list[Any], positions: list[int]) -> Callable[..., Any]:
+    """The function as a function of the arguments at `positions` only, the others held at their values."""
+    def partial(*chosen: Any) -> Any:
+        full = list(arguments)
+        for position, value in zip(positions, chosen):
+            full[position] = value
+        return function(*full)
+
+    return partial
+
+
+def framework_gradients(framework: str, function: Callable[..., Any], arguments: list[Any], wanted: list[int],
+                        seed: Any = None) -> tuple[Any, list[Any]]:
+    """(the output, the gradient of each argument at `wanted`; None where autograd gives none), both NumPy, by
+    the framework's own autodiff seeded with `seed` (ones if None): torch.autograd.grad, or jax.vjp with the
+    other arguments held. Its first result is the output of a function that returns several."""
+    if framework == "torch":
+        torch = sys.modules["torch"]
+        for position in wanted:
+            arguments[position].requires_grad_(True)
+        output = _first(function(*arguments))
+        cotangent = torch.ones_like(output) if seed is None else torch.as_tensor(np.asarray(seed), dtype=output.dtype)
+        found = torch.autograd.grad(output, [arguments[p] for p in wanted], cotangent, allow_unused=True)
+        return output.detach().numpy(), [None if g is None else g.detach().numpy() for g in found]
+    jnp = sys.modules["jax"].numpy
+    output, pullback = sys.modules["jax"].vjp(holding(lambda *full: _first(function(*full)), arguments, wanted),
+                                              *[arguments[p] for p in wanted])
+    cotangent = jnp.ones_like(output) if seed is None else jnp.asarray(seed, dtype=output.dtype)
+    return np.asarray(output), [np.asarray(g) for g in pullback(cotangent)]
+
+
 def _stateful_adapter(target: Any, signature: Signature, name: str) -> tuple[Adapter, str]:
     """A layer that saves what backward needs: a fresh instance per call, forward(inputs), backward(g).
 
@@ -113,20 +144,14 @@ def _torch_adapter(target: Any, signature: Signature, name: str, torch: Any) -> 
         inputs, upstream = _split(signature, arrays)
         tensors = [torch.from_numpy(np.array(a)) for a in inputs]
         position = [r for r in signature.takes if r != "g"].index("x")
-        tensors[position].requires_grad_(True)
         if module is not None:
             module.to(tensors[position].dtype)
-            output = module(*tensors)
-        else:
-            output = target.apply(*tensors)
-        output = _first(output)
-        seed = torch.ones_like(output) if upstream is None else torch.from_numpy(np.array(upstream))
-        output.backward(seed)
-        gradient = tensors[position].grad
+        output, (gradient,) = framework_gradients("torch", module if module is not None else target.apply, tensors,
+                                                  [position], upstream)
         if gradient is None:
             raise SoftgradError(f"{name}: autograd gave no gradient for the input (is it detached, or does "
                                 "backward return None for it?)")
-        return _ordered(signature, output.detach().numpy(), gradient.numpy())
+        return _ordered(signature, output, gradient)
 
     how = f"{name}.apply(…), backward by torch autograd" if is_function else f"{name}()(…), backward by torch autograd"
     return call, how
@@ -147,15 +172,9 @@ def _jax_adapter(target: Any, signature: Signature, name: str) -> tuple[Adapter,
     def call(*arrays: np.ndarray) -> Any:
         inputs, upstream = _split(signature, arrays)
         position = [r for r in signature.takes if r != "g"].index("x")
-        held = [jax.numpy.asarray(a) for a in inputs]
-
-        def of_x(x: Any) -> Any:
-            return _first(target(*held[:position], x, *held[position + 1:]))
-
-        output, pullback = jax.vjp(of_x, held[position])
-        seed = jax.numpy.ones_like(output) if upstream is None else jax.numpy.asarray(upstream)
-        (gradient,) = pullback(seed)
-        return _ordered(signature, np.asarray(output), np.asarray(gradient))
+        output, (gradient,) = framework_gradients("jax", target, [jax.numpy.asarray(a) for a in inputs],
+                                                  [position], upstream)
+        return _ordered(signature, output, gradient)
 
     seed = "g" if "g" in signature.takes else "1"
     return call, f"jax.vjp({name}) with respect to its input, seeded with {seed}"
@@ -194,16 +213,13 @@ def adapt_arrays(target: Any, text: str, name: str) -> tuple[Adapter, str] | Non
         def call_torch(*arrays: np.ndarray) -> Any:
             given, seed = values(arrays)
             tensors = [torch.from_numpy(np.array(a)) if isinstance(a, np.ndarray) else a for a in given]
-            for position in wanted:
-                tensors[position].requires_grad_(True)
-            output = _first(module(*tensors) if module is not None else target.apply(*tensors))
-            seed_tensor = torch.ones_like(output) if seed is None else torch.from_numpy(np.array(seed))
-            found = torch.autograd.grad(output, [tensors[p] for p in wanted], seed_tensor, allow_unused=True)
+            output, found = framework_gradients("torch", module if module is not None else target.apply, tensors,
+                                                wanted, seed)
             missing = next((inputs[p] for p, g in zip(wanted, found) if g is None), None)
             if missing is not None:
                 raise SoftgradError(f"{name}: autograd gave no gradient for {missing} (is it detached, or does "
                                     "backward return None for it?)")
-            return ordered(output.detach().numpy(), [g.numpy() for g in found])
+            return ordered(output, found)
 
         return call_torch, (f"{name}.apply(…)" if is_function else f"{name}()(…)") + ", backward by torch autograd"
 
@@ -213,16 +229,7 @@ def adapt_arrays(target: Any, text: str, name: str) -> tuple[Adapter, str] | Non
     def call_jax(*arrays: np.ndarray) -> Any:
         given, seed = values(arrays)
         held = [jax.numpy.asarray(a) if isinstance(a, np.ndarray) else a for a in given]
-
-        def of_wanted(*chosen: Any) -> Any:
-            full = list(held)
-            for position, value in zip(wanted, chosen):
-                full[position] = value
-            return _first(target(*full))
-
-        output, pullback = jax.vjp(of_wanted, *[held[p] for p in wanted])
-        gradients = pullback(jax.numpy.ones_like(output) if seed is None else jax.numpy.asarray(seed))
-        return ordered(np.asarray(output), [np.asarray(g) for g in gradients])
+        return ordered(*framework_gradients("jax", target, held, wanted, seed))
 
     return call_jax, f"jax.vjp({name}), the custom_vjp rule"
 

@@ -24,6 +24,7 @@ from softgrad.codegen.build import GeneratedFiles, import_path
 from softgrad.codegen.frameworks import FrameworkModule, framework_derivation, lower_framework
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
+from softgrad.verify.adapters import framework_gradients, holding
 from softgrad.verify.generated import KernelCheck
 from softgrad.verify.tensor_generated import check_module, sample_tensor_inputs
 
@@ -68,16 +69,6 @@ class FrameworkAdapter:
                 converted.append(jnp.asarray(value, dtype=jnp.int32 if name in spec.labels else jnp.float64))
         return converted
 
-    def of(self, arguments: list[Any], positions: list[int]) -> Any:
-        """The function as a function of the arguments at `positions` only, the others held at their values."""
-        def partial(*arrays: Any) -> Any:
-            full = list(arguments)
-            for position, array in zip(positions, arrays):
-                full[position] = array
-            return self.function(*full)
-
-        return partial
-
     def forward(self, *values: Any) -> Any:
         with double_precision(self.framework):
             result = self.function(*self._arrays(list(values)))
@@ -90,27 +81,8 @@ class FrameworkAdapter:
         parameters = list(values[len(spec.inputs) + (1 if tensor.upstream else 0):])
         wanted = [spec.inputs.index(name) for name in tensor.gradients]
         with double_precision(self.framework):
-            arguments = self._arrays(inputs + parameters)
-            if self.framework == "torch":
-                import torch
-
-                for position in wanted:
-                    arguments[position].requires_grad_(True)
-                output = self.function(*arguments)
-                seed = torch.ones_like(output) if upstream is None else torch.tensor(np.asarray(upstream),
-                                                                                     dtype=output.dtype)
-                found = torch.autograd.grad(output, [arguments[p] for p in wanted], seed)
-                gradients = [np.asarray(g.detach()) for g in found]
-                value: Any = output.detach().numpy()
-            else:
-                import jax
-                import jax.numpy as jnp
-
-                jax_output, pullback = jax.vjp(self.of(arguments, wanted), *[arguments[p] for p in wanted])
-                cotangent = (jnp.ones_like(jax_output) if upstream is None
-                             else jnp.asarray(upstream, dtype=jax_output.dtype))
-                gradients = [np.asarray(g) for g in pullback(cotangent)]
-                value = np.asarray(jax_output)
+            value, gradients = framework_gradients(self.framework, self.function, self._arrays(inputs + parameters),
+                                                   wanted, upstream)
         return (value, *gradients) if not spec.output.is_vector else tuple(gradients)
 
 
@@ -118,8 +90,11 @@ def check_framework_module(derivation: Derivation, files: GeneratedFiles, seed: 
                            weights: tuple[str, ...] = ()) -> list[KernelCheck]:
     """Import the generated module from a temporary folder and check it (see the module's docstring)."""
     framework = files.language
-    lifted = framework_derivation(derivation)  # derived before the framework starts its threads
-    parts = lower_framework(lifted, framework, files.module, weights)
+    if files.printed_from:  # what emit printed the module from: not derived again
+        lifted, parts = files.printed_from
+    else:  # derived before the framework starts its threads
+        lifted = framework_derivation(derivation)
+        parts = lower_framework(lifted, framework, files.module, weights)
     try:
         __import__(framework)
     except ImportError:
@@ -142,12 +117,12 @@ def _framework_checks(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]
     wanted = [spec.inputs.index(name) for name in tensor.gradients]
     with double_precision(framework):
         arguments = adapter._arrays([arrays[name] for name in spec.inputs] + [parameters[p] for p in spec.parameters])
+        function, floats = holding(adapter.function, arguments, wanted), [arguments[p] for p in wanted]
         if framework == "torch":
             import torch
 
             for position in wanted:
                 arguments[position].requires_grad_(True)
-            function, floats = adapter.of(arguments, wanted), [arguments[p] for p in wanted]
             passed = torch.autograd.gradcheck(function, floats, raise_exception=False)
             backward = type(adapter.function(*arguments).grad_fn).__name__
             called = backward == f"{adapter.parts.class_name}FunctionBackward"
@@ -156,7 +131,6 @@ def _framework_checks(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]
             import jax
             from jax.test_util import check_grads
 
-            function, floats = adapter.of(arguments, wanted), [arguments[p] for p in wanted]
             try:
                 check_grads(function, tuple(floats), order=1, modes=["rev"])  # type: ignore[no-untyped-call]
                 passed = True
