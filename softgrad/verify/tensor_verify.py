@@ -247,7 +247,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
         if bad:
             report.bad_elements[case] = bad
             report.fail(f"{bad} element(s) differ for {case}")
-            _hints(report, got, exact, signature, sizes, spec, arrays)
+            _hints(report, got, exact, signature, sizes, arrays)
     if not report.passed:  # a failure may have a cause that no element shows: say it first
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
         try:
@@ -350,7 +350,7 @@ def _compare(report: TensorReport, name: str, got: Any, expected: Any, case: str
 
 
 def _hints(report: TensorReport, got: dict[str, Any], exact: dict[str, Any], signature: TensorSignature,
-           sizes: dict[str, int], spec: Any, arrays: dict[str, Any] | None = None) -> None:
+           sizes: dict[str, int], arrays: dict[str, Any]) -> None:
     """What a wrong gradient looks like, in the mistakes real code makes: a sign, a reduction's 1/n, a scale
     applied twice, a transposed weight gradient, another input's gradient, a weight-decay term with its
     factor off, an index that reads the neighbouring row."""
@@ -375,7 +375,7 @@ def _hints(report: TensorReport, got: dict[str, Any], exact: dict[str, Any], sig
             if not hint and value.ndim == 2 and value.shape[0] == value.shape[1] and close(value, reference.T):
                 hint = f"{returned} is the exact gradient transposed"
             if not hint:
-                hint = _misplaced(returned, input_name, value, exact, arrays or {}, close)
+                hint = _misplaced(returned, input_name, value, exact, arrays, close)
             factor = float(np.sum(value * reference) / np.sum(reference * reference))
             if not hint and factor > 0 and close(value, factor * reference):
                 named = [f"√n_{r}" for r, size in sizes.items() if abs(factor - size ** 0.5) < 1e-6 * size or abs(
