@@ -308,8 +308,10 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
             values[name.strip()] = float(value)  # its domain is checked with the spec (reference_problem)
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
+    # several indices, a pair, a Hessian–vector product or C with declared roles: checked by rows
     if against is not None and target is not None and formula is None and (
-            _is_tensor(against) or ";" in (signature or "") or order == 2):  # checked by rows, as several indices are
+            _is_tensor(against) or ";" in (signature or "") or order == 2 or (
+                _declares_c_roles(target, signature) and any(mark in (signature or "") for mark in ("<-", "+=", "[")))):
         if targets is not None or layout != "classes-last" or reduction != "sum":
             raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
                                 "the signature names each array (labels are passed as integers) and the spec says "
@@ -383,12 +385,27 @@ def _verify_tensor(target: str, against: str, signature: str | None, sizes: str 
 
         raise SoftgradError(f"a spec with several indices needs --signature naming the function's inputs and outputs, "
                             f"e.g. --signature '{example_signature(load_spec(against))}'")
-    function = load_function(target, signature, dtype, timeout)
+    checked_as = signature
+    if _declares_c_roles(target, signature) and order == 1:  # C as projects write it: see verify.c_conventions
+        from softgrad.verify.c_conventions import load_c_target
+
+        function, checked_as, dtype = load_c_target(target, signature, against, sizes, dtype, timeout)
+    else:
+        function = load_function(target, signature, dtype, timeout)
     try:
-        return check_gradient(function, against, signature, dtype=dtype, seed=seed, parameters=values, sizes=sizes,
-                              extremes=extremes, label=target, order=order)
+        report = check_gradient(function, against, checked_as, dtype=dtype, seed=seed, parameters=values, sizes=sizes,
+                                extremes=extremes, label=target, order=order)
+        report.signature = signature
+        return report
     finally:
         function.close()
+
+
+def _declares_c_roles(target: str | None, signature: str | None) -> bool:
+    """C checked through a signature of roles ('dx+= <- dy,x'), or any C against a spec with several indices."""
+    from softgrad.verify.c_conventions import is_c_target
+
+    return target is not None and is_c_target(target) and signature is not None
 
 
 class _ProgressBar:

@@ -46,7 +46,7 @@ def _check(function_name, seed=0, extremes=False, sizes=None):
     spec_name, signature, _ = CASES[function_name]
     derivation = _derived(spec_name, signature)
     chosen = parse_tensor_signature(signature, derivation)
-    return verify_tensor(getattr(tensor_code, function_name), derivation, chosen, parse_sizes(sizes, derivation),
+    return verify_tensor(getattr(tensor_code, function_name), derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=function_name, against=spec_name, seed=seed, extremes=extremes)
 
 
@@ -172,7 +172,7 @@ def test_a_signature_names_a_parameter_where_the_code_takes_it(decay_factor, rig
         assert isinstance(reg, float) and reg == 0.5  # the parameter arrives where the signature names it
         return _softmax_loss_vectorized(W, X, y, reg, decay_factor)
 
-    report = verify_tensor(function, derivation, signature, parse_sizes(None, derivation), label="softmax_loss",
+    report = verify_tensor(function, derivation, signature, parse_sizes(None, derivation.spec), label="softmax_loss",
                            against="weight decay", parameters={"reg": 0.5}, extremes=False)
     assert report.passed == right, report.text()
     assert right or report.worst.output == "dW"
@@ -190,7 +190,7 @@ def test_keepdims_outputs_are_read_in_the_specs_shape_and_said():
     derivation = _derived(spec_name, signature)
     with pytest.raises(SoftgradError, match=r"dgamma has shape \(1, 4\), expected \(\d+,\)"):
         verify_tensor(lambda x, g, b, dy: (dy, np.zeros((1, 4)), np.zeros(5)), derivation,
-                      parse_tensor_signature(signature, derivation), parse_sizes(None, derivation), label="f",
+                      parse_tensor_signature(signature, derivation), parse_sizes(None, derivation.spec), label="f",
                       against=spec_name)
 
 

@@ -152,7 +152,7 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
     wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
     derivation = derive_spec(spec, wrt=wrt)
     chosen = parse_tensor_signature(signature, derivation)
-    return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation),
+    return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)
 

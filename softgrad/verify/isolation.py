@@ -35,7 +35,7 @@ _LENGTH = struct.Struct("<Q")
 
 def send(descriptor: int, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
     """Write one message: its header (with each array's dtype and shape) and the arrays' bytes."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    arrays = [np.require(a, requirements="C") for a in arrays]  # 0-d stays 0-d (a spec parameter)
     header = dict(header, arrays=[{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays])
     encoded = json.dumps(header).encode("utf-8")
     payload = b"".join([_LENGTH.pack(len(encoded)), encoded] + [_LENGTH.pack(a.nbytes) + a.tobytes() for a in arrays])
@@ -115,12 +115,14 @@ class IsolatedFunction:
 
     def __init__(self, reference: str, signature_text: str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
                  role: str = "the function under test", cleanup: Callable[[], None] | None = None,
-                 layout: str = "classes-last") -> None:
+                 layout: str = "classes-last", plan: dict[str, Any] | None = None) -> None:
         if not timeout > 0:
             raise SoftgradError("--timeout must be a positive number of seconds")
         self.reference, self.timeout, self.role = reference, timeout, role
         self.calls = 0
         self.mutated: list[int] = []
+        #: What the last call did wrong that its outputs do not show (C written outside an array, …).
+        self.findings: list[str] = []
         self.__name__ = reference.rsplit(":", 1)[-1]
         requests_read, self._requests = os.pipe()
         self._replies, replies_write = os.pipe()
@@ -141,7 +143,7 @@ class IsolatedFunction:
         self._finalizer = weakref.finalize(self, _stop, self._process, (self._requests, self._replies), cleanup)
         try:
             reply, _ = self._exchange({"op": "load", "reference": reference, "signature": signature_text,
-                                       "dtype": dtype, "layout": layout}, [], max(timeout, LOAD_TIMEOUT),
+                                       "dtype": dtype, "layout": layout, "plan": plan}, [], max(timeout, LOAD_TIMEOUT),
                                       "while loading")
         except BaseException:  # Ctrl-C while it loads included: the child is not left running
             self.close()
@@ -153,6 +155,7 @@ class IsolatedFunction:
         self.calls += 1
         header, outputs = self._exchange({"op": "call"}, list(arrays), self.timeout, f"in call {self.calls}")
         self.mutated = header.get("mutated", [])
+        self.findings = [str(line) for line in header.get("findings", [])]
         others = header.get("other_outputs", {})
         results: list[object] = list(outputs)
         for position, description in sorted((int(k), v) for k, v in others.items()):

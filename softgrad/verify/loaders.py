@@ -33,15 +33,16 @@ def split_reference(reference: str) -> tuple[str, str]:
 
 
 def load_function(reference: str, signature: Signature | str, dtype: str, timeout: float = DEFAULT_TIMEOUT,
-                  role: str = "the function under test", layout: str = "classes-last") -> IsolatedFunction:
+                  role: str = "the function under test", layout: str = "classes-last",
+                  plan: dict[str, Any] | None = None) -> IsolatedFunction:
     """The function named by `reference`, loaded and called in a child process (see isolation).
 
     A C source is compiled here first, into a temporary folder that is removed when the function is
-    closed; the child loads the library."""
+    closed; the child loads the library. plan: how to call C written with declared roles (see c_conventions)."""
     location, name = split_reference(reference)
     text = signature if isinstance(signature, str) else signature.text
     if not location.endswith(".c"):
-        return IsolatedFunction(reference, text, dtype, timeout, role, layout=layout)
+        return IsolatedFunction(reference, text, dtype, timeout, role, layout=layout, plan=plan)
     path = Path(location)
     if not path.is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
@@ -50,7 +51,7 @@ def load_function(reference: str, signature: Signature | str, dtype: str, timeou
         library = folder / f"lib{path.stem}.so"
         _compile_user_c(path, library)
         function = IsolatedFunction(f"{library}:{name}", text, dtype, timeout, role,
-                                    cleanup=lambda: remove_tree(folder), layout=layout)
+                                    cleanup=lambda: remove_tree(folder), layout=layout, plan=plan)
     except BaseException:
         remove_tree(folder)
         raise
@@ -64,12 +65,19 @@ def _compile_user_c(source: Path, library: Path) -> None:
 
 
 def load_in_process(reference: str, signature: Signature | None, dtype: str,
-                    layout: str = "classes-last", signature_text: str | None = None) -> tuple[Callable[..., Any], str]:
+                    layout: str = "classes-last", signature_text: str | None = None,
+                    plan: dict[str, Any] | None = None) -> tuple[Callable[..., Any], str]:
     """The callable named by `reference`, in this process (the worker child's side of load_function), and
     how it is called ("" for a plain function). C functions get a NumPy wrapper with the signature's
-    convention; classes and framework code an adapter (see adapters). A signature of None (specs with
-    several indices) takes Python functions as they are."""
+    convention (or, with a plan, the guarded calls of c_conventions); classes and framework code an adapter
+    (see adapters). A signature of None (specs with several indices) takes Python functions as they are."""
     location, name = split_reference(reference)
+    if location.endswith((".so", ".dylib")) and plan is not None:
+        from softgrad.verify.c_conventions import load_c_functions
+
+        if not Path(location).is_file():
+            raise SoftgradError(f"cannot read {location!r}: no such file")
+        return load_c_functions(str(Path(location).resolve()), name.split(","), plan), str(plan.get("how", ""))
     if location.endswith((".c", ".so", ".dylib")):
         if signature is None:
             raise SoftgradError("C functions can be checked against one-index specs only, so far")

@@ -104,18 +104,28 @@ def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature
     return TensorSignature(text, takes, returns, gradients, output_name)
 
 
-def parse_sizes(text: str | None, derivation: Derivation) -> dict[str, int]:
-    """`b=8,c=10` → sizes by range; any index letter the spec uses for a range names it."""
-    spec = derivation.spec
-    aliases = {name: name for name in spec.sizes}
+def size_names(spec: Any) -> dict[str, str]:
+    """Every name a range may be called by, to the range: its own name and the index letters the spec uses
+    for it, as written, in upper case (`B` for b, as C code names sizes) and after n_ (`n_b`, `N_b`)."""
+    aliases: dict[str, str] = {name: name for name in spec.sizes}
     for definition in spec.definitions:
-        for symbol, range_name in zip(definition.indices, derivation.tensor.axes.get(definition.name, ())):
+        for symbol, range_name in zip(definition.indices, spec.axes.get(definition.name, ())):
             aliases.setdefault(str(symbol), range_name)
+    names = dict(aliases)
+    for alias, range_name in aliases.items():
+        for form in (alias.upper(), f"n_{alias}", f"N_{alias}"):
+            names.setdefault(form, range_name)
+    return names
+
+
+def parse_sizes(text: str | None, spec: Any) -> dict[str, int]:
+    """`b=8,c=10` (or `B=8,C=10`) → sizes by range; any index letter the spec uses for a range names it."""
+    aliases = size_names(spec)
     sizes = {name: DEFAULT_SIZES[position % len(DEFAULT_SIZES)] for position, name in enumerate(spec.sizes)}
     for item in filter(None, (text or "").replace(" ", "").split(",")):
         name, _, value = item.partition("=")
         if name not in aliases:
-            known = ", ".join(sorted(aliases))
+            known = ", ".join(sorted(name for name in aliases if not name.startswith(("n_", "N_"))))
             raise SoftgradError(f"--size {item!r}: the spec has no index {name!r} (indices: {known})")
         if not value.isdigit() or not 1 <= int(value) <= 4096:
             raise SoftgradError(f"--size {item!r}: the size must be a whole number from 1 to 4096")
@@ -225,6 +235,9 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             report.fail(f"the spec's own reference is not finite for {case}: nothing can be compared there")
             continue
         got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.notes)
+        for finding in getattr(function, "findings", None) or ():  # what C did outside its arrays, say
+            if finding not in report.failures:
+                report.fail(finding)
         not_finite = next(((name, value) for name, value in got.items() if not np.all(np.isfinite(value))), None)
         if not_finite is not None:
             name, value = not_finite

@@ -58,7 +58,8 @@ def main(requests: int, replies: int) -> None:
                 except SoftgradError:  # a tensor signature: Python functions as they are
                     signature = None
                 function, how = load_in_process(header["reference"], signature, header["dtype"],
-                                                header.get("layout", "classes-last"), header["signature"])
+                                                header.get("layout", "classes-last"), header["signature"],
+                                                header.get("plan"))
             except SoftgradError as problem:
                 send(replies, {"error": str(problem)})
                 continue
@@ -70,14 +71,16 @@ def main(requests: int, replies: int) -> None:
         copies = [a.copy() for a in arrays]
         try:
             assert function is not None, "the first request loads the function"
-            result = function(*arrays)
+            # a spec parameter arrives as a 0-d array: the code gets the Python float it was written for
+            result = function(*[float(a) if a.ndim == 0 and a.dtype.kind == "f" else a for a in arrays])
         except BaseException as problem:
             send(replies, {"failed": describe_failure(problem)})
             continue
         mutated = [position for position, (before, after) in enumerate(zip(copies, arrays))
                    if not np.array_equal(before, after, equal_nan=True)]
         is_tuple, outputs, others = _outputs(result)
-        send(replies, {"ok": True, "tuple": is_tuple, "mutated": mutated,
+        findings = [str(line) for line in getattr(function, "findings", None) or []]
+        send(replies, {"ok": True, "tuple": is_tuple, "mutated": mutated, "findings": findings,
                        "other_outputs": {str(k): v for k, v in others.items()}}, outputs)
 
 
