@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import signal
 import sys
@@ -301,13 +302,17 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         click.echo(json.dumps(checked.to_dict(), indent=2, ensure_ascii=False) if as_json
                    else checked.html() if report_format == "html" else checked.text())
         sys.exit(checked.exit_status)
-    values = {}
+    values: dict[str, Any] = {}
     for item in parameters:
         name, _, value = item.partition("=")
+        if value.strip().startswith("{"):  # a settings dict the code takes (ln_param): data, read as JSON
+            values[name.strip()] = _settings(name.strip(), value)
+            continue
         try:
             values[name.strip()] = float(value)  # its domain is checked with the spec (reference_problem)
         except ValueError:
-            raise SoftgradError(f"--param takes NAME=VALUE with a number, not {item!r}") from None
+            raise SoftgradError(f"--param takes NAME=VALUE with a number, or NAME='{{...}}' with a JSON object, "
+                                f"not {item!r}") from None
     # several indices, a pair, a Hessian–vector product or C with declared roles: checked by rows
     if against is not None and target is not None and formula is None and (
             _is_tensor(against) or ";" in (signature or "") or order == 2 or (
@@ -362,6 +367,17 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
                 forward.close()
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
     sys.exit(0 if result.passed else 1)
+
+
+def _settings(name: str, text: str) -> dict[str, Any]:
+    """--param ln_param='{"eps": 1e-5}': a JSON object of numbers, strings, booleans and lists."""
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise SoftgradError(f"--param {name}: not a JSON object ({problem.msg} at character {problem.pos})") from None
+    if not isinstance(settings, dict):
+        raise SoftgradError(f"--param {name}: a settings value is a JSON object, e.g. '{{\"eps\": 1e-5}}'")
+    return settings
 
 
 def _is_tensor(against: str) -> bool:

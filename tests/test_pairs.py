@@ -253,3 +253,52 @@ def test_a_pair_for_a_one_index_spec_is_checked_by_rows():
     wrong = check_gradient((_softmax_forward, _softmax_backward_without_the_sum), against="softmax",
                            signature=signature)
     assert not wrong.passed and "worst element dx[" in wrong.text()
+
+
+LAYERS_WITH_SETTINGS = '''
+import numpy as np
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Course code's convention: a dict of settings, here the epsilon."""
+    eps = ln_param.get("eps", 1e-5)
+    mean, var = x.mean(axis=1, keepdims=True), x.var(axis=1, keepdims=True)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    return gamma * xhat + beta, (xhat, gamma, var + eps)
+
+def layernorm_backward(dout, cache):
+    xhat, gamma, v = cache
+    dxhat = dout * gamma
+    dx = (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)) / np.sqrt(v)
+    return dx, (dout * xhat).sum(axis=0, keepdims=True), dout.sum(axis=0, keepdims=True)
+'''
+
+
+@pytest.mark.parametrize("extra, verdict", [
+    ([], 0),  # the dict's eps sets the spec's eps
+    (["--param", "eps=0.2"], 1),  # the spec at 0.2, the code at the dict's 0.1: a real difference
+])
+def test_a_settings_dict_is_passed_to_the_code_and_sets_the_spec_parameters_it_names(tmp_path, extra, verdict):
+    (tmp_path / "layers.py").write_text(LAYERS_WITH_SETTINGS)
+    (tmp_path / "ln.spec").write_text("m[b] = sum(x[b, k], k) / size(k)\nv[b] = sum((x[b, k] - m[b])**2, k) / size(k)\n"
+                                      "y[b, k] = gamma[k] * (x[b, k] - m[b]) / sqrt(v[b] + eps) + beta[k]\n")
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", "layers.py:layernorm_forward,layernorm_backward",
+                             "--against", "ln.spec", "--signature",
+                             "x,gamma,beta,ln_param->out,cache; dout,cache->dx,dgamma,dbeta",
+                             "--param", 'ln_param={"eps": 0.1, "mode": "train"}', *extra],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == verdict, result.stdout + result.stderr
+    if verdict == 0:
+        assert 'note: ln_param = {"eps": 0.1, "mode": "train"} is passed as the code\'s argument ln_param; the ' \
+               "spec's eps = 0.1" in result.stdout
+        assert "dgamma is returned with shape (1, 6) and read as (6,)" in result.stdout
+
+
+@pytest.mark.parametrize("value, message", [
+    ('{"eps": 0.1', "--param ln_param: not a JSON object (Expecting ',' delimiter"),
+    ("[1, 2]", "--param takes NAME=VALUE with a number, or NAME='{...}' with a JSON object"),
+])
+def test_a_malformed_settings_dict_is_one_line(tmp_path, value, message):
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", "layers.py:f", "--against", LAYER_NORM,
+                             "--signature", PAIR, "--param", f"ln_param={value}"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and result.stdout == "", result.stderr

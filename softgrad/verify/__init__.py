@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def check_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None, *,
                    forward: Callable[..., Any] | None = None,
                    dtype: str = "float64", n: int = 7, batch: int = 4, seed: int = 0, reduction: str = "sum",
-                   parameters: dict[str, float] | None = None, wrt: str | None = None,
+                   parameters: dict[str, Any] | None = None, wrt: str | None = None,
                    label: str | None = None, mode: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None, sizes: str | None = None,
                    extremes: bool = True, targets: str | None = None,
@@ -70,7 +70,9 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                 if pair is None or len(function) != 2:
                     raise SoftgradError("a (forward, backward) pair needs a signature 'FORWARD INPUTS->OUTPUTS; "
                                         "BACKWARD INPUTS->GRADIENTS'")
-                function = compose(function[0], function[1], pair)
+                from softgrad.verify.adapters import on_its_arrays
+
+                function, how = on_its_arrays(compose(function[0], function[1], pair), list(function))
             else:
                 from softgrad.verify.adapters import adapt_several
                 from softgrad.verify.isolation import IsolatedFunction
@@ -91,7 +93,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                                        tensor_report.hints]
                 tensor_report.against, tensor_report.signature = shown
             if how:
-                tensor_report.notes.insert(0, f"called as {how}")
+                tensor_report.notes.insert(0, how if how.startswith("called") else f"called as {how}")
             return tensor_report
     if (against is None) == (forward is None):
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
@@ -137,7 +139,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
 
 
 def _check_tensor(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
-                  dtype: str, seed: int, parameters: dict[str, float], extremes: bool,
+                  dtype: str, seed: int, parameters: dict[str, Any], extremes: bool,
                   label: str | None) -> TensorReport:
     from softgrad.derive import derive_spec, load_spec
     from softgrad.derive.spec import with_rows
@@ -151,7 +153,8 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
     outputs = signature.replace(" ", "").split("->")[-1].split(",")  # the gradients (a pair's: its backward's)
     wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
     derivation = derive_spec(spec, wrt=wrt)
-    chosen = parse_tensor_signature(signature, derivation)
+    chosen = parse_tensor_signature(signature, derivation,
+                                    [name for name, value in parameters.items() if isinstance(value, dict)])
     return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)

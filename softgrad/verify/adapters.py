@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable
+from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,63 @@ def adapt(target: Any, signature: Signature, name: str) -> tuple[Adapter, str]:
     if isinstance(target, type):
         raise SoftgradError(f"{name} is a class without forward and backward methods: name a function, a layer "
                             "class with forward() and backward(), a torch.autograd.Function or an nn.Module")
-    return target, ""
+    return on_its_arrays(target, [target])
+
+
+def framework_used(functions: list[Any]) -> str | None:
+    """'torch' or 'jax' when the code is written on that framework's arrays: the global names its functions
+    read (and those of the functions of its module they call) include torch's or JAX's. None otherwise."""
+    roots: set[str] = set()
+    seen: set[int] = set()
+
+    def visit(function: Any) -> None:
+        function = getattr(function, "__func__", function)  # a bound method's function
+        if not isinstance(function, FunctionType) or id(function) in seen:
+            return
+        seen.add(id(function))
+        codes = [function.__code__]
+        while codes:
+            code = codes.pop()
+            codes += [c for c in code.co_consts if isinstance(c, CodeType)]
+            for name in code.co_names:
+                value = function.__globals__.get(name)
+                module = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+                if isinstance(module, str):
+                    roots.add(module.split(".")[0])
+                if isinstance(value, FunctionType) and value.__module__ == function.__module__:
+                    visit(value)  # a helper of the same module (softmax inside softmax_backward)
+
+    for function in functions:
+        visit(function)
+    return "torch" if "torch" in roots else "jax" if "jax" in roots or "jaxlib" in roots else None
+
+
+def framework_array(framework: str) -> Callable[[Any], Any]:
+    """NumPy array → the framework's array (torch: sharing its memory, so that a change in place shows)."""
+    if framework == "torch":
+        torch = sys.modules["torch"]
+        return lambda value: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+    jnp = sys.modules["jax"].numpy
+    return lambda value: jnp.asarray(value) if isinstance(value, np.ndarray) else value
+
+
+def on_its_arrays(call: Callable[..., Any], functions: list[Any], how: str = "") -> tuple[Adapter, str]:
+    """`call` as a function of NumPy arrays: unchanged for NumPy code; code written on torch tensors or JAX
+    arrays (see framework_used) is called with them, and its results are read back as NumPy arrays."""
+    framework = framework_used(functions)
+    if framework is None:
+        return call, how
+    if framework == "jax":
+        sys.modules["jax"].config.update("jax_enable_x64", True)
+    convert = framework_array(framework)
+
+    def called_with_its_arrays(*arguments: Any) -> Any:
+        return call(*[convert(argument) for argument in arguments])
+
+    called_with_its_arrays.__name__ = getattr(call, "__name__", "function")
+    kind = "torch tensors" if framework == "torch" else "JAX arrays"
+    said = f"{how}, with {kind}" if how else f"called with {kind} (the code is written on them)"
+    return called_with_its_arrays, said
 
 
 def _has_forward_and_backward(target: Any) -> bool:
@@ -111,21 +168,26 @@ def _stateful_adapter(target: Any, signature: Signature, name: str) -> tuple[Ada
     arguments = ", ".join(name for name, r in zip(signature.input_names, signature.takes) if r != "g")
     upstream_name = next((name for name, r in zip(signature.input_names, signature.takes) if r == "g"), "")
 
+    layer_type = target if isinstance(target, type) else type(target)
+    framework = framework_used([layer_type.forward, layer_type.backward])  # type: ignore[attr-defined]
+    convert = framework_array(framework) if framework else (lambda value: value)
+
     def call(*arrays: np.ndarray) -> Any:
         layer = _instance(target, name)
         inputs, upstream = _split(signature, arrays)
-        output = layer.forward(*inputs)
+        output = layer.forward(*map(convert, inputs))
         if upstream is not None:
-            gradient = layer.backward(upstream)
+            gradient = layer.backward(convert(upstream))
         elif required:
             loss = _first(output)
-            gradient = layer.backward(np.ones_like(np.asarray(loss, dtype=inputs[0].dtype)))
+            gradient = layer.backward(convert(np.ones(np.shape(loss), dtype=inputs[0].dtype)))
         else:
             gradient = layer.backward()
         return _ordered(signature, _first(output), _first(gradient))
 
     given = upstream_name or ("1" if required else "")
-    return call, f"called as {name}().forward({arguments}), then .backward({given})"
+    kind = {"torch": ", with torch tensors", "jax": ", with JAX arrays"}.get(framework or "", "")
+    return call, f"called as {name}().forward({arguments}), then .backward({given}){kind}"
 
 
 def _is_torch(target: Any, torch: Any) -> bool:
@@ -239,8 +301,11 @@ def adapt_several(target: Any, text: str, name: str) -> tuple[Adapter, str] | No
     layer with forward() and backward() whose state links the two, checked with a two-part signature
     ('x,gamma,beta->out; dout->dx,dgamma,dbeta': see verify.pairs). None for a plain function."""
     adapted = adapt_arrays(target, text, name)
-    if adapted is not None or not _has_forward_and_backward(target):
+    if adapted is not None:
         return adapted
+    if not _has_forward_and_backward(target):  # a plain function: as it is, or with its framework's arrays
+        called, how = on_its_arrays(target, [target])
+        return (called, how) if how else None
     from softgrad.verify.pairs import compose, parse_pair
 
     pair = parse_pair(text)
@@ -248,4 +313,5 @@ def adapt_several(target: Any, text: str, name: str) -> tuple[Adapter, str] | No
         raise SoftgradError(f"{name} has forward() and backward(): give a signature in two parts, e.g. "
                             "'x,gamma,beta->out; dout->dx,dgamma,dbeta'")
     layer = _instance(target, name)
-    return compose(layer.forward, layer.backward, pair), f"{name}().forward(…), then its backward(…)"
+    return on_its_arrays(compose(layer.forward, layer.backward, pair), [layer.forward, layer.backward],
+                         f"{name}().forward(…), then its backward(…)")

@@ -151,9 +151,13 @@ class IsolatedFunction:
         #: How the code is called (a layer's forward then backward, torch autograd, jax.vjp); "" for a function.
         self.how = str(reply.get("how", ""))
 
-    def __call__(self, *arrays: np.ndarray) -> Any:
+    def __call__(self, *arrays: Any) -> Any:
         self.calls += 1
-        header, outputs = self._exchange({"op": "call"}, list(arrays), self.timeout, f"in call {self.calls}")
+        # settings (a dict such as ln_param) travel as JSON in the header, arrays as bytes after it
+        objects = {str(position): value for position, value in enumerate(arrays) if isinstance(value, dict)}
+        sent = [value for value in arrays if not isinstance(value, dict)]
+        header, outputs = self._exchange({"op": "call", "objects": objects}, sent, self.timeout,
+                                         f"in call {self.calls}")
         self.mutated = header.get("mutated", [])
         self.findings = [str(line) for line in header.get("findings", [])]
         others = header.get("other_outputs", {})

@@ -107,7 +107,9 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
             if not callable(found):
                 raise SoftgradError(f"{location} has no function {part!r}")
             functions.append(found)
-        return compose(functions[0], functions[1], pair), ""
+        from softgrad.verify.adapters import on_its_arrays
+
+        return on_its_arrays(compose(functions[0], functions[1], pair), functions)
     function = getattr(module, name, None)
     if not callable(function) and not _has_forward_and_backward(function):
         raise SoftgradError(f"{location} has no function {name!r}")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,12 @@ def example_signature(spec: Any) -> str:
     return ",".join(takes) + "->" + ",".join(returns)
 
 
-def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature:
+def parse_tensor_signature(text: str, derivation: Derivation, settings: Iterable[str] = ()) -> TensorSignature:
     """`X,W,bias,T->loss,dW,dbias`: every spec input taken (and the upstream gradient for an array output),
     outputs among the spec's output (`loss` or its name) and d<input> for inputs. A spec parameter may be
     named among the inputs (`W,X,y,reg->loss,dW`): its --param value is passed there; parameters the
-    signature does not name are passed after its inputs, in the spec's order."""
+    signature does not name are passed after its inputs, in the spec's order. `settings` names arguments given
+    as dicts (`--param ln_param='{"eps": 1e-5}'`), which the signature may take too."""
     spec, tensor = derivation.spec, derivation.tensor
     pair = parse_pair(text)
     if pair is not None:  # a forward/backward pair: checked as the one function it composes into
@@ -73,13 +75,14 @@ def parse_tensor_signature(text: str, derivation: Derivation) -> TensorSignature
                                 f"{pair.upstream[0]}")
         composed = ",".join(pair.forward_takes + ((tensor.upstream,) if pair.upstream else ())) + "->" + ",".join(
             ("loss" if not spec.output.is_vector else spec.output.name, *pair.backward_returns))
-        return dataclasses.replace(parse_tensor_signature(composed, derivation), text=text)
+        return dataclasses.replace(parse_tensor_signature(composed, derivation, settings), text=text)
     if "->" not in text:
         raise SoftgradError(f"a signature is INPUTS->OUTPUTS, e.g. {','.join(spec.inputs)}->"
                             f"{','.join('d' + n for n in spec.inputs if n not in spec.labels)}; got {text!r}")
     left, right = text.replace(" ", "").split("->", 1)
     takes, returns = tuple(filter(None, left.split(","))), tuple(filter(None, right.split(",")))
-    allowed = set(spec.inputs) | ({tensor.upstream} if tensor.upstream else set()) | set(spec.parameters)
+    allowed = (set(spec.inputs) | ({tensor.upstream} if tensor.upstream else set()) | set(spec.parameters)
+               | set(settings))
     for name in takes:
         if name not in allowed:
             raise SoftgradError(f"signature input {name!r} is not an input or parameter of the spec (inputs and "
@@ -208,19 +211,27 @@ def _reference(derivation: Derivation) -> Any:
 
 def verify_tensor(function: Callable[..., Any], derivation: Derivation, signature: TensorSignature,
                   sizes: dict[str, int], *, label: str, against: str, dtype: str = "float64", seed: int = 0,
-                  parameters: dict[str, float] | None = None, extremes: bool = True) -> TensorReport:
+                  parameters: dict[str, Any] | None = None, extremes: bool = True) -> TensorReport:
     """Check `function` against the derivation; returns the report (never raises on FAIL).
 
     extremes: also call it at inputs of order 1000: its outputs must be finite where the spec's are, and
     equal to the exact ones within a tolerance that grows as the square of the inputs' order (what
     rounding allows in products of two inputs, such as attention's Q·Kᵀ)."""
     spec = derivation.spec
-    values = parameters or {}
+    settings = {name: value for name, value in (parameters or {}).items() if isinstance(value, dict)}
+    values = {name: float(value) for name, value in (parameters or {}).items() if name not in settings}
+    for setting in settings.values():  # a settings dict's numbers that name spec parameters set them
+        values.update({key: float(item) for key, item in setting.items() if key in spec.parameters and
+                       isinstance(item, (int, float)) and not isinstance(item, bool) and key not in values})
     missing = [p for p in spec.parameters if p not in values]
     if missing:
         raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
     reference = _reference(derivation)
     report = TensorReport(label, signature.text, against, dtype, sizes)
+    for name, setting in settings.items():
+        named = [key for key in setting if key in spec.parameters]
+        report.notes.append(f"{name} = {json.dumps(setting)} is passed as the code's argument {name}" + (
+            f"; the spec's {', '.join(named)} = {', '.join(f'{values[key]:g}' for key in named)}" if named else ""))
     cases = [("inputs of order 1", 1.0, True), ("inputs of order 10", 10.0, False)]
     if extremes:
         cases.append(("inputs of order 1000", 1000.0, False))
@@ -234,7 +245,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
         if not all(np.all(np.isfinite(e)) for e in exact.values()) or not np.all(np.isfinite(exact_output)):
             report.fail(f"the spec's own reference is not finite for {case}: nothing can be compared there")
             continue
-        got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.notes)
+        got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.notes, settings)
         for finding in getattr(function, "findings", None) or ():  # what C did outside its arrays, say
             if finding not in report.failures:
                 report.fail(finding)
@@ -264,7 +275,8 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     if not report.passed:  # a failure may have a cause that no element shows: say it first
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
         try:
-            varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation),
+            varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation,
+                                                 settings=settings),
                                    tolerances.USER_CODE_SEVERAL_INDICES[dtype] / 100)
         except SoftgradError:
             varying = None
@@ -299,16 +311,18 @@ def _differences(reference: Any, derivation: Derivation, arrays: dict[str, Any],
 
 def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict[str, Any],
           values: dict[str, float], dtype: str, sizes: dict[str, int], derivation: Derivation,
-          notes: list[str] | None = None) -> dict[str, Any]:
+          notes: list[str] | None = None, settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The function's outputs by name, each checked to be a finite-dtype array of the spec's shape (axes of
     size 1 that a keepdims reduction leaves are accepted and said in `notes`)."""
     from softgrad.verify.isolation import NotAnArray
     from softgrad.verify.signatures import describe_failure
 
     spec, tensor = derivation.spec, derivation.tensor
-    arguments = [values[n] if n in spec.parameters else arrays[n] if n in spec.labels else
-                 np.asarray(arrays[n], dtype=dtype) for n in signature.takes]
-    arguments += [values[p] for p in spec.parameters if p not in signature.takes]  # those it does not name
+    settings = settings or {}
+    arguments = [settings[n] if n in settings else values[n] if n in spec.parameters else arrays[n] if n in
+                 spec.labels else np.asarray(arrays[n], dtype=dtype) for n in signature.takes]
+    given = {key for name in signature.takes if name in settings for key in settings[name]}  # in a dict it takes
+    arguments += [values[p] for p in spec.parameters if p not in signature.takes and p not in given]
     try:
         result = function(*arguments)
     except SoftgradError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 import numpy as np
 
@@ -38,6 +39,8 @@ def main(requests: int, replies: int) -> None:
     from softgrad.verify.isolation import _Reader, send
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a library's warnings (torch, JAX, NumPy, softgrad's own adapters) are not the code's: they stay out of the report
+    warnings.filterwarnings("ignore", module=r"(torch|jax|jaxlib|numpy|softgrad)(\.|$)")
     os.environ.setdefault("JAX_ENABLE_X64", "1")  # JAX code under test is checked in float64 (if it imports JAX)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     reader = _Reader(requests)
@@ -69,10 +72,14 @@ def main(requests: int, replies: int) -> None:
             send(replies, {"ok": True, "how": how})
             continue
         copies = [a.copy() for a in arrays]
+        # a spec parameter arrives as a 0-d array: the code gets the Python float it was written for; settings
+        # (dicts) arrive in the header, at their positions
+        arguments: list[object] = [float(a) if a.ndim == 0 and a.dtype.kind == "f" else a for a in arrays]
+        for position, value in sorted((int(k), v) for k, v in header.get("objects", {}).items()):
+            arguments.insert(position, value)
         try:
             assert function is not None, "the first request loads the function"
-            # a spec parameter arrives as a 0-d array: the code gets the Python float it was written for
-            result = function(*[float(a) if a.ndim == 0 and a.dtype.kind == "f" else a for a in arrays])
+            result = function(*arguments)
         except BaseException as problem:
             send(replies, {"failed": describe_failure(problem)})
             continue
