@@ -313,10 +313,10 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, or NAME='{{...}}' with a JSON object, "
                                 f"not {item!r}") from None
-    # several indices, a pair, a Hessian–vector product or C with declared roles: checked by rows
-    if against is not None and target is not None and formula is None and (
-            _is_tensor(against) or ";" in (signature or "") or order == 2 or (
-                _declares_c_roles(target, signature) and any(mark in (signature or "") for mark in ("<-", "+=", "[")))):
+    from softgrad.verify import checked_by_rows
+
+    if against is not None and target is not None and formula is None and checked_by_rows(target, against,
+                                                                                          signature, order):
         if targets is not None or layout != "classes-last" or reduction != "sum":
             raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
                                 "the signature names each array (labels are passed as integers) and the spec says "
@@ -380,12 +380,6 @@ def _settings(name: str, text: str) -> dict[str, Any]:
     return settings
 
 
-def _is_tensor(against: str) -> bool:
-    from softgrad.derive import load_spec
-
-    return load_spec(against).tensor
-
-
 def _verify_tensor(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
                    values: dict[str, float], timeout: float, extremes: bool, order: int = 1) -> Any:
     """verify for a spec with several indices: the function loaded in its child process, then checked."""
@@ -403,7 +397,7 @@ def _verify_tensor(target: str, against: str, signature: str | None, sizes: str 
                             f"e.g. --signature '{example_signature(load_spec(against))}'")
     checked_as = signature
     if _declares_c_roles(target, signature) and order == 1:  # C as projects write it: see verify.c_conventions
-        from softgrad.verify.c_conventions import load_c_target
+        from softgrad.verify.loaders import load_c_target
 
         function, checked_as, dtype = load_c_target(target, signature, against, sizes, dtype, timeout)
     else:

@@ -281,8 +281,8 @@ def test_a_settings_dict_is_passed_to_the_code_and_sets_the_spec_parameters_it_n
     (tmp_path / "layers.py").write_text(LAYERS_WITH_SETTINGS)
     (tmp_path / "ln.spec").write_text("m[b] = sum(x[b, k], k) / size(k)\nv[b] = sum((x[b, k] - m[b])**2, k) / size(k)\n"
                                       "y[b, k] = gamma[k] * (x[b, k] - m[b]) / sqrt(v[b] + eps) + beta[k]\n")
-    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", "layers.py:layernorm_forward,layernorm_backward",
-                             "--against", "ln.spec", "--signature",
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify",
+                             "layers.py:layernorm_forward,layernorm_backward", "--against", "ln.spec", "--signature",
                              "x,gamma,beta,ln_param->out,cache; dout,cache->dx,dgamma,dbeta",
                              "--param", 'ln_param={"eps": 0.1, "mode": "train"}', *extra],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -140,6 +140,8 @@ class _Compiler:
             return name  # another temporary of the generator's own
         if name.startswith("n_") and name[2:] in self.spec.sizes:
             return f"(softgrad_real){self.size(name[2:])}"
+        if name in self.spec.inputs:  # a scalar input (T) is passed as a pointer to its one value
+            return f"{self.printed[name]}[0]"
         return self.printed[name]
 
     def position(self, expr: sp.Expr) -> str:

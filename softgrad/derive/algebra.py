@@ -350,8 +350,9 @@ def _in_names(start: sp.Expr, definitions: list[Definition]) -> sp.Expr:
 def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str]:
     """Inputs whose values must be positive for the spec to be real: those read under a log, a square root
     or a fractional power, directly or through the definitions read there, except inside a part that is
-    positive whatever its argument (exp, σ, softplus, |u|, an even power: a variance's squares). One rule
-    for every spec, whatever its number of indices: the checks draw these inputs positive."""
+    positive whatever its argument (exp, σ, softplus, |u|, an even power: a variance's squares), and scalar
+    inputs declared positive. One rule for every spec, whatever its number of indices: the checks draw these
+    inputs positive."""
     by_name = {d.name: d for d in definitions}
 
     def reads(expr: sp.Expr) -> set[str]:
@@ -373,7 +374,9 @@ def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str
         needed.add(name)
         if name in by_name:  # what must be positive reads its definition's inputs (outside the positive parts)
             pending += reads(by_name[name].expr)
-    return needed & set(inputs)
+    # a scalar input that was a parameter (a temperature T made learnable) keeps its symbol, declared positive
+    declared = {str(s) for d in definitions for s in d.expr.free_symbols if s.is_positive and not s.is_number}
+    return (needed | declared) & set(inputs)
 
 
 #: Names that code and papers give targets; used only where the structure of a loss cannot tell its targets

@@ -70,7 +70,8 @@ class Engine:
         self.spec = spec
         self.wrt, self.wrt_reason = (wrt, "") if wrt else default_wrt(spec)
         if self.wrt not in spec.inputs:
-            raise SpecError(f"--wrt {self.wrt!r} is not an input of this spec (inputs: {', '.join(spec.inputs)})")
+            raise SpecError(f"--wrt {self.wrt!r} is not an input of this spec (inputs: {', '.join(spec.inputs)}"
+                            + (f"; parameters: {', '.join(spec.parameters)}" if spec.parameters else "") + ")")
         self.x = sp.IndexedBase(self.wrt)
         self.dependent = self._names_depending_on_wrt()
         if spec.output.name not in self.dependent:
@@ -377,6 +378,12 @@ def derive_spec(spec: Spec, wrt: str | None = None, seed: int = 0,
 
 
 def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
+    scalars = [name.strip() for name in (wrt or "").split(",") if name.strip() in spec.parameters]
+    if scalars:  # a learnable scalar (--wrt T): an input without indices, derived with the arrays
+        from softgrad.derive.spec import with_scalar_inputs
+        from softgrad.derive.tensor import derive_tensor
+
+        return derive_tensor(with_scalar_inputs(spec, scalars), wrt, seed)
     if spec.tensor:
         from softgrad.derive.tensor import derive_tensor
 

@@ -449,8 +449,8 @@ class _Writer:
             definition = self.prover.definitions.get(str(expr))
             if definition is not None and str(expr) not in self.frozen:
                 return self.write(definition.expr, {})
-            if definition is not None and self.prover.axes is not None:
-                return self.entry(str(expr), ())
+            if self.prover.axes is not None and (definition is not None or str(expr) in self.prover.inputs):
+                return self.entry(str(expr), ())  # a scalar definition held, or a scalar input (T)
             return expr
         if isinstance(expr, sp.KroneckerDelta):
             first, second = (self._index(a, indices) for a in expr.args)

@@ -12,6 +12,7 @@ an axis; axes that share an index are one range, found by unification. Nothing h
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -164,6 +165,20 @@ class Spec:
 
     def definition(self, name: str) -> Definition | None:
         return next((d for d in self.definitions if d.name == name), None)
+
+
+def with_scalar_inputs(spec: Spec, names: list[str]) -> Spec:
+    """The spec with the parameters `names` made inputs without indices (a learnable temperature T, a logit
+    scale): differentiable, still positive. A one-index spec gets its row index written out first, since a
+    scalar beside rows is several ranges."""
+    chosen = [name for name in names if name in spec.parameters]
+    if not chosen:
+        return spec
+    lifted = spec if spec.axes else with_rows(spec)
+    copy = dataclasses.replace(lifted, inputs=[*lifted.inputs, *chosen],
+                               parameters=[p for p in lifted.parameters if p not in chosen],
+                               axes={**lifted.axes, **{name: () for name in chosen}})
+    return copy
 
 
 def from_intermediate(spec: Spec, name: str) -> Spec:

@@ -123,7 +123,8 @@ class TensorEngine:
             self.wrt_reason = ""
             for name in self.wrt:
                 if name not in spec.inputs:
-                    raise SpecError(f"--wrt {name!r} is not an input of this spec (inputs: {', '.join(spec.inputs)})")
+                    raise SpecError(f"--wrt {name!r} is not an input of this spec (inputs: {', '.join(spec.inputs)}"
+                                    + (f"; parameters: {', '.join(spec.parameters)}" if spec.parameters else "") + ")")
                 if name in spec.labels:
                     raise SpecError(f"--wrt {name!r}: {name} holds integer class indices, which have no gradient")
         else:
@@ -133,6 +134,8 @@ class TensorEngine:
             self.taken |= names_in(definition.expr) | {str(i) for i in definition.indices}
         self.taken |= set(spec.sizes) | {str(s) for s in spec.sizes.values()}
         self.axes = dict(spec.axes)
+        self.scalars = {str(symbol): symbol for d in spec.definitions for symbol in d.expr.free_symbols
+                        if str(symbol) in spec.inputs and not spec.axes.get(str(symbol))}
         output = spec.output
         surrogate = None
         self.upstream: str | None = None
@@ -231,7 +234,9 @@ class TensorEngine:
         return ""
 
     def _entry(self, name: str, positions: tuple[sp.Expr, ...]) -> sp.Expr:
-        return sp.IndexedBase(name)[positions] if positions else sp.Symbol(name)
+        if positions:
+            return sp.IndexedBase(name)[positions]
+        return self.scalars.get(name) or sp.Symbol(name)  # a scalar input keeps its symbol (T, positive)
 
     def _positions(self, name: str, taken: set[str]) -> tuple[sp.Symbol, ...]:
         return tuple(ta.fresh(taken, [r, *(f"{r}{n}" for n in range(1, 5)), *"pqrsuvw"])
@@ -280,7 +285,8 @@ class TensorEngine:
         derivative = sp.Add(*raw)
         self.step(section, rule="differentiate " + who, lhs=lhs, forms=[derivative],
                   reason=words(f"from the definition of {who}: the derivative of one entry of {name} with respect "
-                               "to another is a product of Kronecker deltas, 1 where every index coincides, else 0"))
+                               "to another is a product of Kronecker deltas, 1 where every index coincides, else 0"
+                               if q else f"from the definition of {who}, {name} a scalar read by every entry"))
         sifted = ta.sift(derivative)
         sifted = ta.distribute(sifted)
         current = tidy(sifted)

@@ -39,6 +39,10 @@ class Point:
     scalars: dict[str, complex]
     derivatives: dict[tuple[Any, ...], tuple[Point, float]] = field(default_factory=dict)  # perturbed copies and steps
 
+    def value(self, name: str) -> Any:
+        """An array's values, or a scalar's (a loss, a scalar input's gradient dT) as a 0-d array."""
+        return self.arrays[name] if name in self.arrays else np.asarray(self.scalars[name])
+
 
 class TensorChecker:
     """Evaluates forward definitions, the derivation's named backward arrays and each step's forms."""
@@ -154,6 +158,8 @@ class TensorChecker:
         defined = {d.name for d in self.spec.definitions}
         given = [name for name in self.axes if name not in defined]  # the inputs and the upstream gradient
         arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng, scale)
+        for name in [name for name in arrays if not self.axes[name]]:  # a scalar input (T) is read as a symbol
+            scalars[name] = float(arrays.pop(name))
         if self.wide:
             import mpmath
 
@@ -213,6 +219,8 @@ class TensorChecker:
                     return env[expr]
                 if expr in point.sizes:
                     return point.sizes[expr]
+                if key not in point.scalars:  # a scalar input given as a 0-d array (T)
+                    return point.arrays[key][()]
                 return point.scalars[key]
             return symbol
         if expr.is_Add:

@@ -55,10 +55,8 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
         shown = (f"{load_spec_name(against)}, second order (H·v)", signature or "")
         against, signature = _second_order(against, signature, wrt)
     if against is not None:
-        from softgrad.derive import load_spec
-
-        # several indices, a forward/backward pair or a Hessian–vector product: checked by rows
-        if load_spec(against).tensor or ";" in (signature or "") or order == 2:
+        # several indices, a pair, a Hessian–vector product or a learnable scalar's gradient: checked by rows
+        if checked_by_rows(None, against, signature, order):
             if targets is not None or layout != "classes-last" or reduction != "sum":
                 raise SoftgradError("targets, layout and reduction apply to one-index specs; with several indices "
                                     "the signature names each array and the spec says its reduction")
@@ -151,13 +149,29 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
         raise SoftgradError("a spec with several indices needs a signature naming the function's arrays, e.g. "
                             + example_signature(spec))
     outputs = signature.replace(" ", "").split("->")[-1].split(",")  # the gradients (a pair's: its backward's)
-    wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and name[1:] in spec.inputs) or None
+    wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and (
+        name[1:] in spec.inputs or name[1:] in spec.parameters)) or None  # dT: a learnable scalar
     derivation = derive_spec(spec, wrt=wrt)
     chosen = parse_tensor_signature(signature, derivation,
                                     [name for name, value in parameters.items() if isinstance(value, dict)])
     return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)
+
+
+def checked_by_rows(target: str | None, against: str, signature: str | None, order: int = 1) -> bool:
+    """Whether code is checked as several-index code is, by rows: a spec with several indices, a forward/backward
+    pair, a Hessian–vector product, C with declared roles ('dx <- y,dy'), or a gradient of a scalar parameter
+    (dT: the temperature made learnable)."""
+    from softgrad.derive import load_spec
+    from softgrad.verify.c_conventions import is_c_target
+
+    text = (signature or "").replace(" ", "")
+    spec = load_spec(against)
+    returned = text.rpartition("->")[2].split(",") if "->" in text else []
+    return (spec.tensor or ";" in text or order == 2
+            or (target is not None and is_c_target(target) and any(mark in text for mark in ("<-", "+=", "[")))
+            or any(name.startswith("d") and name[1:] in spec.parameters for name in returned))
 
 
 def wrt_of(signature: str | None) -> str:

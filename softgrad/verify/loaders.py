@@ -202,3 +202,21 @@ def load_c(location: str, name: str, signature: Signature, dtype: str,
         return tuple(results) if outputs > 1 else results[0]
 
     return call
+
+
+def load_c_target(target: str, text: str, against: str, sizes: str | None, dtype: str,
+                  timeout: float) -> tuple[Any, str, str]:
+    """C named by `target` with a signature of declared roles, loaded in its child process: (the function, the
+    several-index signature it is checked as, the dtype its prototype computes in)."""
+    from softgrad.derive import load_spec
+    from softgrad.derive.spec import with_rows
+    from softgrad.verify.c_conventions import plan_c_call
+    from softgrad.verify.tensor_verify import parse_sizes
+
+    location = target.rpartition(":")[0]
+    if not Path(location).is_file():
+        raise SoftgradError(f"cannot read {location!r}: no such file")
+    spec = with_rows(load_spec(against))
+    plan = plan_c_call(target, text, spec, parse_sizes(sizes, spec), dtype)
+    return load_function(target, plan.tensor_signature, plan.dtype, timeout, plan=plan.as_data()), \
+        plan.tensor_signature, plan.dtype

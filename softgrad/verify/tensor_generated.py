@@ -82,7 +82,7 @@ def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: s
         checker.complete(full, checker.forward + checker.backward)
         generated = module_gradients(module, derivation, arrays, parameters)
         for name, gradient in tensor.gradients.items():
-            exact = full.arrays[gradient].real
+            exact = np.real(full.value(gradient))
             error = float(np.max(np.abs(np.asarray(generated[name]) - exact)) / max(1.0, float(np.max(np.abs(exact)))))
             worst[name] = max(worst.get(name, 0.0), error)
     return [KernelCheck("gradients", f"d{name}", "the derivation's result", error, tolerances.GENERATED_MODULE[dtype])
@@ -163,4 +163,4 @@ def _representable_gradients(derivation: Derivation, sizes: dict[str, int], arra
         checker.complete(point, checker.forward + checker.backward)
         largest = mpmath.mpf(np.finfo(float).max)
         return {name: np.vectorize(lambda v: bool(mpmath.isfinite(v) and abs(v.real) <= largest), otypes=[bool])(
-                    point.arrays[gradient]) for name, gradient in tensor.gradients.items()}
+                    point.value(gradient)) for name, gradient in tensor.gradients.items()}
