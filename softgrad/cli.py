@@ -250,7 +250,7 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
 @click.option("--reduction", type=click.Choice(["sum", "mean", "none"]), default="sum", show_default=True,
               help="How the code reduces a loss over the rows: sum, mean (loss and gradient divided by the rows), "
                    "none (one loss per row).")
-@click.option("--targets", type=click.Choice(["labels", "onehot", "soft", "unnormalized"]),
+@click.option("--targets", type=click.Choice(["labels", "onehot", "soft", "unnormalized", "binary", "unit"]),
               help="The targets the code takes (default: class labels if the signature takes them, else every "
                    "kind the spec admits).")
 @click.option("--layout", type=click.Choice(["classes-last", "classes-first"]), default="classes-last",

@@ -304,7 +304,12 @@ def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, 
     square root, or targets a constraint normalises); constrained inputs rescaled to their sum. `scale`
     picks the range (see SIGNED_RANGES)."""
     def draw(name: str) -> complex:
-        low, high = (POSITIVE_RANGES if name in positive else SIGNED_RANGES)[scale]
+        fact = spec.facts.get(name)
+        if fact == "binary":  # given t in {0, 1}
+            return complex(rng.randint(0, 1))
+        if fact == "unit":  # given 0 <= p <= 1
+            return complex(rng.uniform(0.02, 0.98))
+        low, high = (POSITIVE_RANGES if name in positive or fact == "positive" else SIGNED_RANGES)[scale]
         return complex(rng.uniform(low, high))
 
     vectors = {name: [draw(name) for _ in range(size)] for name in inputs}

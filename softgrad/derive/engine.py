@@ -443,8 +443,9 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
            "left out" if left_out else "")
         + (f"; {spec.carried} is carried by every array and crossed by no sum, so one row is derived (its index "
            f"implicit, as vmap lifts a per-example function) and holds for every {spec.carried}"
-           if spec.carried else ""))
+           if spec.carried else "") + spec.facts_drawn)
     return derivation
+
 
 
 def _sizes(sizes: set[int]) -> str:

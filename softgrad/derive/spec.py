@@ -62,6 +62,27 @@ _TOKEN = re.compile(
 )
 
 
+#: Facts about an input's entries, so that checks draw them where the function is defined:
+#: `given t[b, c] in {0, 1}`, `given v[b] > 0`, `given 0 <= p[b, c] <= 1` (the brackets may be left out).
+_FACT = re.compile(r"\s*given\s+(?:(?P<low>0)\s*<=\s*)?(?P<name>[A-Za-z_]\w*)\s*(?:\[[\w\s,]*\])?\s*"
+                   r"(?:(?P<binary>in\s*\{\s*0\s*,\s*1\s*\})|(?P<positive>>\s*0)|(?P<high><=\s*1))\s*$")
+#: How each fact is printed back.
+FACTS = {"binary": "given {name} in {{0, 1}}", "positive": "given {name} > 0", "unit": "given 0 <= {name} <= 1"}
+
+
+def _fact(text: str, line: int) -> tuple[str, str] | None:
+    """(input name, kind) of a fact statement, None for any other statement; a `given` with {, < or > that
+    is no fact is an error naming the three forms."""
+    if not re.match(r"\s*given\b", text) or not re.search(r"[{}<>]", text):
+        return None
+    match = _FACT.fullmatch(text)
+    if match is None or bool(match.group("low")) != bool(match.group("high")):
+        raise SpecError("a fact about an input is 'given t[b, c] in {0, 1}', 'given v[b] > 0' or "
+                        "'given 0 <= p[b, c] <= 1'", line, 1)
+    kind = "binary" if match.group("binary") else "positive" if match.group("positive") else "unit"
+    return match.group("name"), kind
+
+
 #: The indices free at a point of an expression (the definition's own, and those of enclosing sums).
 Scope = tuple[sp.Symbol, ...]
 
@@ -136,6 +157,8 @@ class Spec:
     rows_added: str | None = None
     #: Names for the upstream gradient of a vector output, the first one free taken (v for a Hessian's product).
     upstream_names: tuple[str, ...] = ("g", "dy", "grad_out")
+    #: Facts about inputs' entries (`given t in {0, 1}`): input → "binary", "positive" or "unit" ([0, 1]).
+    facts: dict[str, str] = field(default_factory=dict)
 
     @property
     def tensor(self) -> bool:
@@ -154,7 +177,16 @@ class Spec:
         parsed expressions, so they hold only names, numbers and operators, whatever the source held."""
         lines = [f"{d.name}{_brackets(d.indices)} = {spec_text(d.expr)}" for d in self.definitions]
         lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in self.constraints]
+        lines += [FACTS[kind].format(name=name) for name, kind in self.facts.items()]
         return lines
+
+    @property
+    def facts_drawn(self) -> str:
+        """What a derivation's summary says of the facts: the checks drew those inputs where the facts hold."""
+        if not self.facts:
+            return ""
+        return "; inputs drawn where the spec's facts hold (" + ", ".join(
+            FACTS[kind].format(name=name).removeprefix("given ") for name, kind in self.facts.items()) + ")"
 
     @property
     def digest(self) -> str:
@@ -609,11 +641,18 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
     constraints: list[Constraint] = []
     inputs: list[str] = []
     parameters: list[str] = []
+    facts: dict[str, str] = {}
+    fact_lines: dict[str, int] = {}
     try:
         for line_number, raw in enumerate(_LINE_BREAK.split(source), start=1):
             for statement in raw.split("#", 1)[0].split(";"):
                 text = statement
                 if not text.strip():
+                    continue
+                fact = _fact(text, line_number)
+                if fact is not None:
+                    facts[fact[0]] = fact[1]
+                    fact_lines[fact[0]] = line_number
                     continue
                 tokens = tokenize(text, line_number)
                 if tokens[0].kind == "name" and tokens[0].text == "given":
@@ -634,7 +673,12 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
         raise SpecError("spec is empty: write at least one definition such as y[i] = exp(x[i])")
     if not inputs:
         raise SpecError("spec has no input: an indexed name that is not defined, such as x[i]")
-    spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name)), layout)
+    for fact_name, line_number in fact_lines.items():
+        if fact_name not in inputs or known.get(fact_name) == "label":
+            raise SpecError(f"'{fact_name}' is not an input of the spec: a fact is about an input's entries",
+                            line_number, 1)
+    spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name), facts=facts),
+                        layout)
     return (_one_row(spec) if fold_rows else None) or spec
 
 
@@ -665,6 +709,7 @@ def with_rows(spec: Spec) -> Spec:
     lines = [f"{d.name}{_brackets((row_index, *d.indices))} = {spec_text(rows(d.expr, d.indices))}"
              for d in spec.definitions]
     lines += [f"given {spec_text(rows(c.lhs, ()))} = {spec_text(c.rhs)}" for c in spec.constraints]
+    lines += [FACTS[kind].format(name=name) for name, kind in spec.facts.items()]
     lifted = parse_spec("\n".join(lines), spec.name, fold_rows=False)
     lifted.source, lifted.rows_added = spec.source, row
     return lifted
@@ -675,9 +720,10 @@ def _one_row(spec: Spec) -> Spec | None:
     `y[b, i] = exp(x[b, i]) / sum(exp(x[b, k]), k)`: each row b is the same function of its own entries,
     so it is derived, proved and generated as a one-index spec whose row index is implicit (as vmap lifts
     a per-example function); its kernels take (rows, n) arrays, which is what the batched spec reads.
-    None where the range is not carried (a weight without it, a sum or a size over it, labels, constraints)."""
+    None where the range is not carried (a weight without it, a sum or a size over it, labels, constraints,
+    facts)."""
     output = spec.output
-    if not spec.axes or spec.labels or spec.constraints or not output.is_vector:
+    if not spec.axes or spec.labels or spec.constraints or spec.facts or not output.is_vector:
         return None
     carried = spec.axes[output.name][0]
     arrays = [spec.axes[name] for name in [*spec.inputs, *(d.name for d in spec.definitions)]]

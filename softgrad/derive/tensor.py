@@ -591,6 +591,7 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
               else "")
     derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically entry by entry "
                                 f"at {checker.sizes_text} ({POINTS} random points each)")
+    derivation.check_summary += spec.facts_drawn
     if engine.checker.undefined:
         derivation.check_summary += (f"; {engine.checker.undefined} sampled points where {spec.output.name} has "
                                      "no finite real value left out")

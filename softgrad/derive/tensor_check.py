@@ -412,15 +412,21 @@ def sample_inputs(spec: Spec, axes: dict[str, tuple[str, ...]], names: list[str]
                   positive: set[str], rng: np.random.Generator,
                   scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
     """Random arrays for `names` at the given range sizes, and the spec's parameters: labels random classes,
-    inputs under a log or root (and constrained ones) positive, others normal of the given scale;
+    inputs with a fact drawn where it holds (0 or 1; in (0, 1); positive), inputs under a log or root (and
+    constrained ones) positive, others normal of the given scale;
     constrained inputs then satisfy their constraint (rows summing to its value)."""
     constrained = {c.input_name for c in spec.constraints}
     arrays: dict[str, Any] = {}
     for name in names:
         shape = tuple(sizes[r] for r in axes[name])
+        fact = spec.facts.get(name)
         if name in spec.labels:
             arrays[name] = rng.integers(0, sizes[spec.labels[name]], size=shape)
-        elif name in positive or name in constrained:
+        elif fact == "binary":  # given t in {0, 1}
+            arrays[name] = rng.integers(0, 2, size=shape).astype(float)
+        elif fact == "unit":  # given 0 <= p <= 1: inside, where logs of p and 1 − p are finite
+            arrays[name] = rng.uniform(0.02, 0.98, size=shape)
+        elif name in positive or name in constrained or fact == "positive":
             arrays[name] = rng.uniform(0.2, 2.0, size=shape)
         else:
             arrays[name] = rng.normal(0, scale, size=shape)

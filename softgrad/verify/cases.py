@@ -13,7 +13,7 @@ from softgrad.verify.problem import Problem
 
 #: Target kinds, as --targets names them, and how the report words them.
 TARGET_KINDS = {"labels": "class labels", "onehot": "one-hot targets", "soft": "soft targets",
-                "unnormalized": "unnormalised targets"}
+                "unnormalized": "unnormalised targets", "binary": "targets of 0 and 1", "unit": "targets in (0, 1)"}
 #: Logits scales; the last is the extreme one (--extremes off drops it).
 SCALES = (1.0, 10.0, 1000.0)
 
@@ -39,6 +39,10 @@ def target_kinds(problem: Problem, requested: str | None, takes_labels: bool) ->
     admitted = ["onehot", "soft"] if problem.constraint is not None else ["onehot", "soft", "unnormalized"]
     if problem.constraint is not None and problem.constraint != 1.0:
         admitted = ["soft"] if problem.constraint != int(problem.constraint) else ["onehot", "soft"]
+    if problem.target_fact == "binary":  # given t in {0, 1}: any number of ones per row, one-hot among them
+        admitted = [kind for kind in admitted if kind == "onehot"] + ([] if problem.constraint else ["binary"])
+    elif problem.target_fact == "unit":  # given 0 <= t <= 1
+        admitted = [kind for kind in admitted if kind in ("onehot", "soft")] + ["unit"]
     if takes_labels:
         if requested not in (None, "labels"):
             raise SoftgradError(f"the signature takes class labels, so --targets {requested} does not apply")
@@ -52,7 +56,8 @@ def target_kinds(problem: Problem, requested: str | None, takes_labels: bool) ->
             raise SoftgradError(f"--targets {requested} contradicts the spec: its targets sum to "
                                 f"{problem.constraint:g} (it admits: {', '.join(admitted)})")
         return [requested], f"{TARGET_KINDS[requested]}: --targets {requested}"
-    why = "the spec's constraint allows" if problem.constraint is not None else "the spec allows"
+    why = ("the spec's constraint allows" if problem.constraint is not None else
+           "the spec's fact about them allows" if problem.target_fact in ("binary", "unit") else "the spec allows")
     return admitted, f"{', '.join(TARGET_KINDS[k] for k in admitted)}: every kind {why} (--targets to choose)"
 
 
@@ -60,7 +65,8 @@ def make_cases(problem: Problem, rows: int, size: int, rng: np.random.Generator,
                extremes: bool = True) -> list[Case]:
     """Inputs the checker makes: logits at several scales and near ties (probabilities on the simplex for
     an input read under a log), each with every target kind asked for."""
-    inputs = _simplex_inputs(rows, size, rng) if problem.simplex else _logits(rows, size, rng)
+    inputs = (_unit_inputs(rows, size, rng) if problem.input_fact == "unit" else
+              _simplex_inputs(rows, size, rng) if problem.simplex else _logits(rows, size, rng))
     if not extremes:
         inputs = [case for case in inputs if not case[2]]
     if kinds is None:
@@ -76,6 +82,10 @@ def make_cases(problem: Problem, rows: int, size: int, rng: np.random.Generator,
         elif kind == "soft":
             t = rng.uniform(0.01, 1, (rows, size))
             t /= t.sum(1, keepdims=True)
+        elif kind == "binary":
+            t = rng.integers(0, 2, (rows, size)).astype(float)
+        elif kind == "unit":
+            t = rng.uniform(0.02, 0.98, (rows, size))
         else:
             t = rng.uniform(0, 2, (rows, size))
         if problem.constraint is not None and problem.constraint != 1.0:
@@ -96,6 +106,15 @@ def _logits(rows: int, size: int, rng: np.random.Generator) -> list[tuple[str, n
     for offset in (1000.0, -1000.0):
         cases.append((f"logits ~ {offset:+g} + N(0, 1²)", offset + rng.normal(0, 1, (rows, size)), True))
     return cases
+
+
+def _unit_inputs(rows: int, size: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray, bool]]:
+    """Entries in (0, 1) each (`given 0 <= p <= 1`: a sigmoid's outputs, not a simplex): spread, and close to
+    0 and 1 (down to 1e-4 from either end, where a finite difference of log p still resolves)."""
+    near = rng.choice([1e-4, 1 - 1e-4], (rows, size)) * rng.uniform(0.5, 1.0, (rows, size))
+    return [("entries ~ U(0.02, 0.98)", rng.uniform(0.02, 0.98, (rows, size)), False),
+            ("entries ~ U(0.3, 0.7)", rng.uniform(0.3, 0.7, (rows, size)), False),
+            ("entries near 0 and 1 (down to 1e-4 from either end)", np.clip(near, 5e-5, 1 - 5e-5), True)]
 
 
 def _simplex_inputs(rows: int, size: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray, bool]]:

@@ -175,7 +175,9 @@ def _conventions(why: str, reduction: str, layout: str, extremes: bool, problem:
                       "none": "reduction: none, one loss per row (--reduction none)"}[reduction])
     if layout != "classes-last":
         lines.append("layout: class axis first, arrays (n, rows) (--layout classes-first)")
-    if problem.simplex:
+    if problem.input_fact == "unit":
+        lines.append("inputs: entries in (0, 1) each (the spec's fact 0 <= p <= 1)")
+    elif problem.simplex:
         lines.append("inputs: probabilities on the simplex (the spec reads them under a log)")
     if not extremes:
         lines.append("extremes off: inputs of order 1000 (near-degenerate probabilities) not checked, as the "

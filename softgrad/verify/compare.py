@@ -134,6 +134,16 @@ def compare_full(report: Report, signature: Signature, problem: Problem, case: s
                 EXACT_FLOOR[dtype] * row_scale(exact[role], terms)[(...,) + (None,) * (value.ndim - 1)], analytic.shape
             )
             exact_bad = ~(np.abs(analytic - exact[role]) <= exact_tolerance)
+            # where the exact result (checked against 40 digits) itself misses the differences, they are the
+            # float64 forward's rounding, amplified (1 − p with p near 1): the exact result decides there
+            unreliable = ~(np.abs(exact[role] - value) <= tolerance) & ~exact_bad & np.isfinite(exact[role])
+            if (bad & unreliable).any():
+                bad &= ~unreliable
+                note = ("finite differences of the float64 forward miss the exact result at some elements "
+                        f"({case}, and others): the exact result decides there")
+                if not any(line.startswith("finite differences of the float64 forward") for line in
+                           report.conventions):
+                    report.conventions.append(note)
             if exact_bad.any() and not bad.any():
                 # below what finite differences can see, but not the exact result
                 worst = np.unravel_index(np.argmax(np.abs(analytic - exact[role]) / exact_tolerance), analytic.shape)

@@ -34,6 +34,10 @@ class Problem:
     has_target: bool = False
     #: The input x is read under a log (probabilities, --wrt p): the checker draws it on the simplex.
     simplex: bool = False
+    #: What the spec says of its targets' entries (`given t in {0, 1}`: "binary"; "unit", "positive"), if anything.
+    target_fact: str | None = None
+    #: What the spec says of the differentiated input's entries (`given 0 <= p <= 1`: "unit"), if anything.
+    input_fact: str | None = None
     #: The derivation and parameter values, for the 40-digit reference where float64 overflows.
     derivation: Derivation | None = None
     parameters: dict[str, float] = field(default_factory=dict)
@@ -87,7 +91,8 @@ def from_derivation(derivation: Derivation, parameters: dict[str, float]) -> Pro
     constraint = float(spec.constraints[0].rhs) if spec.constraints else None
     simplex = derivation.wrt in positive_inputs(spec.definitions, spec.inputs)
     return Problem(spec.name or spec.output.source, not spec.output.is_vector, forward, exact, constraint, has_target,
-                   simplex, derivation, dict(parameters))
+                   simplex, spec.facts.get(others[0]) if others else None, spec.facts.get(derivation.wrt), derivation,
+                   dict(parameters))
 
 
 def exact_gradient(signature: Signature, problem: Problem, arrays: Arrays) -> dict[str, np.ndarray]:
