@@ -31,3 +31,17 @@ def require_module(name: str):
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
                      help="rewrite tests/golden/ from this tree instead of comparing against it")
+
+
+def checked_module(derivation, folder):
+    """The derivation's generated NumPy module, after codegen --check's comparisons pass, imported from `folder`."""
+    from softgrad.codegen.build import import_path
+    from softgrad.codegen.emit import emit
+    from softgrad.verify.tensor_generated import check_tensor_module
+
+    files = emit(derivation, "numpy")
+    failed = [check.line() for check in check_tensor_module(derivation, files) if not check.passed]
+    assert not failed, failed
+    (name, text), = files.items()
+    (folder / name).write_text(text)
+    return import_path(folder / name)

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_module
+from conftest import checked_module, require_module
 
-from softgrad.codegen.build import import_path
-from softgrad.codegen.emit import emit
 from softgrad.derive import derive_spec, parse_spec
 from softgrad.derive.spec import with_rows
 from softgrad.derive.tensor_check import sample_inputs
 from softgrad.errors import SoftgradError, SpecError
-from softgrad.verify.tensor_generated import check_tensor_module
 
 FOCAL = """p[b, c] = sigmoid(x[b, c])
 q[b, c] = p[b, c] * t[b, c] + (1 - p[b, c]) * (1 - t[b, c])
@@ -71,11 +68,7 @@ def test_inputs_are_drawn_where_the_facts_hold() -> None:
 def test_generated_focal_loss_equals_torchs_formula(tmp_path: Path) -> None:
     torch = require_module("torch")
     derivation = derive_spec(parse_spec(FOCAL + "given t[b, c] in {0, 1}\n", "focal"), wrt="x")
-    files = emit(derivation, "numpy")
-    assert all(check.passed for check in check_tensor_module(derivation, files))
-    (name, text), = files.items()
-    (tmp_path / name).write_text(text)
-    module = import_path(tmp_path / name)
+    module = checked_module(derivation, tmp_path)
     rng = np.random.default_rng(3)
     x, t, gamma = rng.normal(0, 2, (6, 4)), rng.integers(0, 2, (6, 4)).astype(float), 2.0
     loss, dx = module.gradients(x, t, gamma)

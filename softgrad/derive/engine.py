@@ -385,9 +385,11 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
 
         return derive_tensor(with_scalar_inputs(spec, scalars), wrt, seed)
     if spec.tensor:
+        from softgrad.derive.lift import derive_lifted
         from softgrad.derive.tensor import derive_tensor
 
-        return derive_tensor(spec, wrt, seed)
+        lifted = derive_lifted(spec, wrt, seed, derive_tensor)  # batch and head indices: one block, lifted
+        return lifted if lifted is not None else derive_tensor(spec, wrt, seed)
     if wrt is not None and "," in wrt:  # several gradients at once: the spec with its row index written out
         from softgrad.derive.spec import with_rows
         from softgrad.derive.tensor import derive_tensor
