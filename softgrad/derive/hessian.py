@@ -31,9 +31,10 @@ def _fresh(preferred: list[str], taken: set[str]) -> str:
 def gradient_spec(first: Derivation) -> tuple[str, str]:
     """(the spec text whose output is the first-order gradient, the gradient's name)."""
     spec = first.spec
-    if spec.tensor or spec.output.is_vector:
-        raise SpecError("--order 2 applies to a loss (a scalar output) of one index, so far: "
-                        f"{spec.output.name} is " + ("an array" if spec.output.is_vector else "of several indices"))
+    if spec.output.is_vector:
+        raise SpecError(f"--order 2 applies to a loss (a scalar output): {spec.output.name} is an array")
+    if spec.tensor:
+        return _tensor_gradient_spec(first)
     result = first.results.get("gradient_constrained") or first.results["gradient"]
     (entry,) = result.indices
     taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters)
@@ -47,23 +48,62 @@ def gradient_spec(first: Derivation) -> tuple[str, str]:
     return "\n".join(lines), name
 
 
+def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
+    """The gradient of a loss of several indices with respect to one array (dW of softmax regression) as a
+    spec: the loss's definitions, the backward arrays it reads, then the gradient — whose vector–Jacobian
+    product with a vector V of W's shape is H·V, the Hessian–vector product for the weights."""
+    spec, tensor = first.spec, first.tensor
+    if len(tensor.gradients) != 1:
+        raise SpecError("--order 2 of a loss of several indices is taken with respect to one array at a time "
+                        f"(--wrt {next(iter(tensor.gradients))}): the Hessian's block for it")
+    ((_, gradient),) = tensor.gradients.items()
+    taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
+        d.name for d in tensor.backward}
+    name = _fresh(["g", "grad"], taken)
+    sized = {symbol: sp.Symbol(f"size({range_name})") for range_name, symbol in spec.sizes.items()}
+
+    def statement(definition_name: str, indices: tuple[sp.Expr, ...], expr: sp.Expr) -> str:
+        brackets = f"[{', '.join(map(str, indices))}]" if indices else ""
+        return f"{definition_name}{brackets} = {spec_text(expr.xreplace(sized))}"
+
+    renamed = {sp.IndexedBase(gradient): sp.IndexedBase(name)}
+    backward = [statement(name if d.name == gradient else d.name, d.indices, d.expr.xreplace(renamed))
+                for d in tensor.backward]
+    if tensor.upstream is not None:
+        raise SpecError("--order 2 applies to a loss (a scalar output)")
+    definitions = [statement(d.name, d.indices, d.expr) for d in spec.definitions[:-1]]
+    reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
+                          for d in tensor.backward))
+    if spec.output.name in reads:  # the gradient reads the loss itself (log-sum-exp): it stays a definition
+        definitions.append(statement(spec.output.name, (), spec.output.expr))
+    constraints = spec.statements[len(spec.definitions):]
+    return "\n".join([*definitions, *backward, *constraints]), name
+
+
 def hessian(first: Derivation, seed: int = 0) -> Derivation:
     """The second-order derivation of a loss: its gradient, then the gradient's Jacobian (the Hessian) and
     vector–Jacobian product (the Hessian–vector product), every step checked."""
     text, name = gradient_spec(first)
     spec = parse_spec(text, name=f"{first.spec.name or first.spec.output.name}-hessian")
     spec.source, spec.upstream_names = first.spec.source, ("v", "u", "w", "dy")
+    spec.array_upstream_names = ("V", "v", "U") if spec.tensor else ()
+    # the inputs in the loss's order (the gradient's text may name them in another): one signature for both
+    spec.inputs = [*(n for n in first.spec.inputs if n in spec.inputs), *(n for n in spec.inputs
+                                                                          if n not in first.spec.inputs)]
     second = derive_spec(spec, wrt=first.wrt, seed=seed)
-    result = first.results.get("gradient_constrained") or first.results["gradient"]
+    if first.tensor is not None:
+        result = first.results[first.tensor.gradients[first.wrt]]
+    else:
+        result = first.results.get("gradient_constrained") or first.results["gradient"]
     last = first.steps[-1]
     loss, variable = first.spec.output.name, first.wrt
     gradient = Section("Gradient (first order)", [Step(
         rule="the gradient, derived first",
-        lhs=Partial(sp.Symbol(loss), sp.IndexedBase(variable)[result.indices[0]]),
+        lhs=Partial(sp.Symbol(loss), sp.IndexedBase(variable)[result.indices]),
         forms=[result.rhs],
         reason=prose("derived and checked as `softgrad derive` shows it; call it {g}: the Hessian of {L} is its "
                      "Jacobian, and, being symmetric, its vector–Jacobian product is the Hessian–vector product",
-                     g=sp.IndexedBase(name)[result.indices[0]], L=sp.Symbol(loss)),
+                     g=sp.IndexedBase(name)[result.indices], L=sp.Symbol(loss)),
         assumes=(result.note.removeprefix("assuming "),) if result.note else (),
         checked=last.checked, check_detail=last.check_detail, check_sizes=last.check_sizes,
         proved=last.proved, proof_detail=last.proof_detail)])
@@ -77,6 +117,15 @@ def hessian(first: Derivation, seed: int = 0) -> Derivation:
     results = {key: dataclasses.replace(r, title=words.get(r.title, r.title.replace("Jacobian", "Hessian")),
                                         lhs=r.lhs.xreplace({sp.Symbol("J"): sp.Symbol("H")}))
                for key, r in second.results.items()}
-    results["vjp"] = dataclasses.replace(results["vjp"], note=f"{results['vjp'].upstream}: the vector H multiplies")
+    if second.tensor is not None:  # the weights' block: H·V is the gradient's vector–Jacobian product
+        product = second.tensor.gradients[first.wrt]
+        results = {key: dataclasses.replace(
+            r, title=r.title.replace(f"Gradient with respect to {first.wrt}",
+                                     f"Hessian–vector product for {first.wrt} (H·{second.tensor.upstream})"),
+            note=f"{second.tensor.upstream}: the vector H multiplies, of {first.wrt}'s shape")
+            if key.startswith(product) else r for key, r in results.items()}
+    if "vjp" in results:
+        results["vjp"] = dataclasses.replace(results["vjp"], note=f"{results['vjp'].upstream}: the vector H "
+                                                                  "multiplies")
     return dataclasses.replace(second, sections=sections, results=results, order=2,
                                check_summary=second.check_summary + f"; the gradient: {first.check_summary}")

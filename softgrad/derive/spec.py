@@ -157,6 +157,8 @@ class Spec:
     rows_added: str | None = None
     #: Names for the upstream gradient of a vector output, the first one free taken (v for a Hessian's product).
     upstream_names: tuple[str, ...] = ("g", "dy", "grad_out")
+    #: The same for a spec of several indices, where d<output> comes first (dO); the Hessian's product sets v.
+    array_upstream_names: tuple[str, ...] = ()
     #: Facts about inputs' entries (`given t in {0, 1}`): input → "binary", "positive" or "unit" ([0, 1]).
     facts: dict[str, str] = field(default_factory=dict)
 
@@ -726,7 +728,7 @@ def _one_row(spec: Spec) -> Spec | None:
     if not spec.axes or spec.labels or spec.constraints or spec.facts or not output.is_vector:
         return None
     carried = spec.axes[output.name][0]
-    arrays = [spec.axes[name] for name in [*spec.inputs, *(d.name for d in spec.definitions)]]
+    arrays = [spec.axes.get(name, ()) for name in [*spec.inputs, *(d.name for d in spec.definitions)]]
     if any(not axes or axes[0] != carried or len(axes) > 2 or carried in axes[1:] for axes in arrays):
         return None
     classes = {axes[1] for axes in arrays if len(axes) == 2}

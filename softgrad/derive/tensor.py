@@ -31,7 +31,7 @@ from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, fresh_name, names_in
-from softgrad.derive.tensor_check import POINTS, TensorChecker
+from softgrad.derive.tensor_check import MOST_ENTRIES, POINTS, TensorChecker
 from softgrad.errors import SoftgradError, SpecError
 
 
@@ -140,7 +140,8 @@ class TensorEngine:
         surrogate = None
         self.upstream: str | None = None
         if output.is_vector:
-            self.upstream = _claim_name([f"d{output.name}", f"grad_{output.name}", "g"], self.taken)
+            self.upstream = _claim_name([*spec.array_upstream_names, f"d{output.name}", f"grad_{output.name}", "g"],
+                                        self.taken)
             self.axes[self.upstream] = self.axes[output.name]
             loss_name = _claim_name(["l", "ell", "loss"], self.taken)
             taken = set(self.taken)
@@ -589,7 +590,9 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     proved = (f"{marks.proved} of {checker.checked} steps proved exactly with every range of size "
               f"{smallest}{f' to {largest}' if largest > smallest else ''}; " if marks is not None and marks.proved
               else "")
-    derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically entry by entry "
+    sampled = any(step.check_detail.startswith("up to") for step in derivation.steps)
+    how = f"at up to {MOST_ENTRIES} entries per point (the diagonal and a sample)" if sampled else "entry by entry"
+    derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically {how} "
                                 f"at {checker.sizes_text} ({POINTS} random points each)")
     derivation.check_summary += spec.facts_drawn
     if engine.checker.undefined:
