@@ -150,3 +150,36 @@ def test_a_loss_of_several_indices_takes_its_second_order_one_array_at_a_time():
     first = derive_spec(load_spec(str(REGRESSION)), wrt="W,bias")
     with pytest.raises(SpecError, match="one array at a time"):
         gradient_spec(first)
+
+
+HAND_WRITTEN_HVP = '''
+import numpy as np
+
+def hvp(W, X, bias, label, V):
+    z = X @ W.T + bias
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dP = X @ V.T / len(X)
+    return ((dP - (p * dP).sum(axis=1, keepdims=True)) * p).T @ X
+
+def hvp_without_row_reduction(W, X, bias, label, V):
+    z = X @ W.T + bias
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return ((X @ V.T / len(X)) * p).T @ X
+'''
+
+
+@pytest.mark.parametrize("function, status", [("hvp", 0), ("hvp_without_row_reduction", 1)])
+def test_verify_a_hand_written_hessian_vector_product_for_the_weights(tmp_path, function, status):
+    import subprocess
+    import sys
+
+    (tmp_path / "code.py").write_text(HAND_WRITTEN_HVP)
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"code.py:{function}", "--against",
+                             str(REGRESSION), "--order", "2", "--wrt", "W", "--signature", "W,X,bias,label,V->hv"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "second order (H·v)" in result.stdout
+    if status:
+        assert "worst element hv[" in result.stdout
