@@ -161,3 +161,39 @@ def test_code_returning_the_temperatures_gradient_is_verified(tmp_path: Path, fu
     if status:
         assert "worst element dT" in result.stdout and "hint: dT is the exact gradient with its sign flipped" in \
             result.stdout
+
+
+@pytest.mark.parametrize("language", ["numpy", "c", "torch", "jax"])
+def test_clips_loss_written_inline_is_generated_stable_and_equal_to_torch(language: str, tmp_path: Path) -> None:
+    """−log(exp(S[i, i]) / Σ_k exp(S[i, k])) as CLIP's papers write it: the ratio is computed as a row softmax
+    (shifted by its maximum; its log as S − logsumexp), so the extremes check passes on every target."""
+    torch = require_module("torch")
+    if language == "c":
+        require_tool("cc")
+    if language == "jax":
+        require_module("jax")
+    derivation = derive_spec(parse_spec(LOGIT_SCALE, "clip"), wrt="A,t")
+    result = subprocess.run([sys.executable, "-m", "softgrad", "codegen", "-f", "clip.spec", "--wrt", "A,t", "--lang",
+                             language, "-o", "out", "--check"], capture_output=True, text=True, timeout=300,
+                            cwd=_written(tmp_path, LOGIT_SCALE))
+    assert result.returncode == 0, result.stderr
+    if language != "numpy":
+        return
+    from softgrad.codegen.build import import_path
+
+    module = import_path(next((tmp_path / "out").glob("*.py")))
+    assert derivation.tensor.gradients == {"A": "dA", "t": "dt"}
+    rng = np.random.default_rng(4)
+    A, B, t = rng.normal(size=(5, 3)), rng.normal(size=(5, 3)), 0.7
+    loss, dA, dt = module.gradients(A, B, np.asarray(t))
+    a, scale = torch.tensor(A, requires_grad=True), torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(scale.exp() * a @ torch.tensor(B).T, torch.arange(5))
+    expected.backward()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-12)
+    assert float(dt) == pytest.approx(float(scale.grad), rel=1e-10)
+    np.testing.assert_allclose(dA, a.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def _written(folder: Path, text: str) -> Path:
+    (folder / "clip.spec").write_text(text)
+    return folder

@@ -13,7 +13,7 @@ from softgrad._version import __version__
 from softgrad.codegen.backends import BACKENDS
 from softgrad.codegen.build import GeneratedFiles
 from softgrad.codegen.kernel import Kernel
-from softgrad.codegen.lower import applicable_kernels, identifier, lower
+from softgrad.codegen.lower import applicable_kernels, hoisted_softmax_ratios, identifier, lower
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 
@@ -142,13 +142,15 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
                                 "spec with several indices has forward() and gradients())")
     module = module or identifier(derivation)
     files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
+    header = _header(derivation)  # the spec as written, whatever the lowering adds
+    derivation = hoisted_softmax_ratios(derivation)  # inline exp(E)/Σexp(E) as arrays the lowerings keep finite
     if language == "c":
         from softgrad.codegen.tensor_c import emit_tensor_c
 
-        sources, files.blas = emit_tensor_c(derivation, _header(derivation), _render, module, dtype, openmp)
+        sources, files.blas = emit_tensor_c(derivation, header, _render, module, dtype, openmp)
         files.update(sources)
     else:
-        files[f"{module}.py"] = emit_tensor_numpy(derivation, _header(derivation), _render)
+        files[f"{module}.py"] = emit_tensor_numpy(derivation, header, _render)
     return files
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from softgrad._version import __version__
 from softgrad.codegen.dialects import DIALECTS
+from softgrad.codegen.lower import hoisted_softmax_ratios
 from softgrad.codegen.tensor_numpy import TensorModule, lower_tensor, printed_names, shape_of
 from softgrad.derive.engine import derive_spec
 from softgrad.derive.spec import with_rows
@@ -87,6 +88,7 @@ def lower_framework(derivation: Derivation, language: str, module: str,
     """The framework module's parts for a derivation (lifted to rows by framework_derivation first)."""
     if language not in FRAMEWORKS:
         raise SoftgradError(f"unknown framework {language!r} (known: {', '.join(FRAMEWORKS)})")
+    derivation = hoisted_softmax_ratios(derivation)  # inline exp(E)/Σexp(E) as arrays kept finite
     spec, tensor = derivation.spec, derivation.tensor
     printed = printed_names(derivation)
     lowered = lower_tensor(derivation, DIALECTS[language])

@@ -8,6 +8,7 @@ common subexpressions are shared. Nothing here knows the catalog's names.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import sympy as sp
@@ -15,7 +16,7 @@ import sympy as sp
 from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Output, Reduction, guarded_product, softplus
 from softgrad.codegen.names import module_identifier, public_names
 from softgrad.derive import algebra
-from softgrad.derive.spec import Spec
+from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import n, sigmoid
 from softgrad.errors import SoftgradError
@@ -508,3 +509,98 @@ def hygienic(kernel: Kernel) -> Kernel:
          for o in kernel.outputs],
         public.get(kernel.upstream) if kernel.upstream else None, kernel.steps_per_row,
         origin={printed: name for name, printed in [*public.items(), *renamed_outputs.items()]})
+
+
+def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
+    """The derivation with every inline ratio exp(E[…, p]) / Σ_k exp(E[…, k]) read through an array of its own,
+    E_softmax[…, k] = exp(E[…, k]) / Σ_k' exp(E[…, k']), which the lowerings shift by its row maximum and whose
+    log they write as E − logsumexp: a loss written as CLIP's is, −log(exp(S[i, i]) / Σ_k exp(S[i, k])),
+    stays finite where exp(S) overflows, and so does its backward array (P − δ)/n. The derivation itself is
+    untouched: this is how its formulas are computed."""
+    spec, tensor = derivation.spec, derivation.tensor
+    taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | set(tensor.axes)
+    hoisted: dict[sp.Expr, str] = {}  # the ratio, its indices renamed → its array
+    added: list[Definition] = []
+    axes = dict(tensor.axes)
+
+    def range_of(symbol: sp.Symbol, expr: sp.Expr) -> str | None:
+        for entry in expr.atoms(sp.Indexed):
+            for axis, position in enumerate(entry.indices):
+                if position == symbol and str(entry.base) in axes:
+                    return str(axes[str(entry.base)][axis])
+        return None
+
+    def ratio(product: sp.Expr) -> sp.Expr:
+        numerators = [f for f in product.args if isinstance(f, sp.exp)]
+        totals = [f for f in product.args if f.is_Pow and f.exp == -1 and isinstance(f.base, sp.Sum)
+                  and len(f.base.limits) == 1 and isinstance(f.base.function, sp.exp)]
+        for total in totals:
+            bound, low, high = total.base.limits[0]
+            exponent = total.base.function.args[0]
+            for numerator in numerators:
+                at = [e.indices for e in exponent.atoms(sp.Indexed) if bound in e.indices]
+                if not at:
+                    continue
+                axis = list(at[0]).index(bound)
+                candidates = {e.indices[axis] for e in numerator.args[0].atoms(sp.Indexed)
+                              if len(e.indices) > axis and str(e.base) in {str(x.base) for x in exponent.atoms(
+                                  sp.Indexed)}}
+                for position in candidates:
+                    if exponent.xreplace({bound: position}) != numerator.args[0]:
+                        continue
+                    free = tuple(sorted(exponent.free_symbols - {bound} - set(spec.sizes.values()) -
+                                        {sp.Symbol(p) for p in spec.parameters}, key=lambda s: str(s)))
+                    free = tuple(s for s in free if range_of(s, exponent) is not None)
+                    # one array per exponent and row range, whatever its indices are called
+                    key = (total.base.function / total.base).xreplace(
+                        {**{s: sp.Symbol(f"_free{k}") for k, s in enumerate(free)}, bound: sp.Symbol("_bound")})
+                    if key not in hoisted:
+                        base_name = str(next(iter(exponent.atoms(sp.Indexed))).base)
+                        name = next(n for n in (f"{base_name}_softmax", *(f"{base_name}_softmax{k}"
+                                                                            for k in range(2, 99))) if n not in taken)
+                        taken.add(name)
+                        ranges = tuple(range_of(s, exponent) for s in (*free, bound))
+                        if any(r is None for r in ranges):
+                            continue
+                        axes[name] = tuple(str(r) for r in ranges)
+                        hoisted[key] = name
+                        used = {str(x) for x in exponent.free_symbols}
+                        inner = sp.Symbol(next(n for n in ("k", "m", *(f"k{j}" for j in range(1, 99)))
+                                               if n not in used), integer=True)
+                        body = sp.exp(exponent) / sp.Sum(sp.exp(exponent.xreplace({bound: inner})), (inner, low, high))
+                        added.append(Definition(name, free[0] if free else bound, body, "", 0, (*free, bound)))
+                    rest = sp.Mul(*[f for f in product.args if f is not numerator and f is not total])
+                    return rest * sp.IndexedBase(hoisted[key])[(*free, position)]
+        return product
+
+    def rewritten(expr: sp.Expr) -> sp.Expr:
+        return expr.replace(lambda e: e.is_Mul, ratio)
+
+    from softgrad.derive import tensor_algebra
+
+    for definition in spec.definitions:  # a normalised exponential the spec names is read, not made again
+        found = tensor_algebra.normalised_exponential(definition)
+        if found is None:
+            continue
+        _, denominator = sp.fraction(sp.together(definition.expr), exact=True)
+        bound = denominator.limits[0][0]
+        exponent = denominator.function.args[0]
+        free = tuple(sorted(exponent.free_symbols - {bound} - set(spec.sizes.values()), key=lambda s: str(s)))
+        if tuple(definition.indices) == (*free, found[1]):
+            hoisted[(denominator.function / denominator).xreplace(
+                {**{s: sp.Symbol(f"_free{k}") for k, s in enumerate(free)}, bound: sp.Symbol("_bound")})] = \
+                definition.name
+    normalised = {d.name for d in spec.definitions if tensor_algebra.normalised_exponential(d) is not None}
+    definitions = [d if d.name in normalised else dataclasses.replace(d, expr=rewritten(d.expr))
+                   for d in spec.definitions]
+    backward = [dataclasses.replace(d, expr=rewritten(d.expr)) for d in tensor.backward]
+    if not added:
+        return derivation
+    for definition in added:  # before the first definition that reads it (the output stays last)
+        readers = [k for k, d in enumerate(definitions) if definition.name in {str(e.base) for e in
+                                                                               d.expr.atoms(sp.Indexed)}]
+        definitions.insert(min([*readers, len(definitions) - 1]), definition)
+    lowered_spec = dataclasses.replace(spec, definitions=definitions, axes={**spec.axes, **{
+        d.name: axes[d.name] for d in added}})
+    lowered_tensor = dataclasses.replace(tensor, backward=backward, axes=axes)
+    return dataclasses.replace(derivation, spec=lowered_spec, tensor=lowered_tensor)
