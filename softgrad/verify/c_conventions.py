@@ -378,9 +378,13 @@ def _tensor_signature(parts: list[CPart], output_name: str | None, gradients: li
 
 # ---------------------------------------------------------------------------------------------- the child's side
 
-#: What guard regions hold: NaN (any read of it spreads) and, on the probing calls, a large finite value.
-_GUARD_FIRST = {"f": np.nan, "i": -1_234_567, "u": 0xA5A5A5A5}
-_GUARD_SECOND = {"f": 1e30, "i": 7_654_321, "u": 0x5A5A5A5A}
+def _guard_value(dtype: np.dtype[Any], probing: bool) -> Any:
+    """What guard regions hold: NaN (any read of it spreads) and, on the probing calls, a large finite value;
+    for integers (labels, of any width) values no class index has."""
+    if dtype.kind == "f":
+        return dtype.type(1e30 if probing else np.nan)
+    limits = np.iinfo(dtype)
+    return dtype.type(limits.max // 2 + 1 if probing else limits.max - 3)
 
 
 class _Buffer:
@@ -398,9 +402,10 @@ class _Buffer:
     def interior(self) -> np.ndarray:
         return self.memory[self.guard:self.guard + self.size]
 
-    def fill_guards(self, values: dict[str, Any], front: int | None = None, back: int | None = None) -> None:
-        """Both guards hold values[kind]; with front/back, only that many entries nearest the array do."""
-        value = self.dtype.type(values[self.dtype.kind])
+    def fill_guards(self, probing: bool = False, front: int | None = None, back: int | None = None) -> None:
+        """Both guards hold the guard value (see _guard_value); with front/back, only that many entries nearest
+        the array do."""
+        value = _guard_value(self.dtype, probing)
         if front is None and back is None:
             self.memory[:self.guard] = value
             self.memory[self.guard + self.size:] = value
@@ -412,7 +417,7 @@ class _Buffer:
 
     def guards_written(self) -> tuple[list[int], list[int]]:
         """Offsets (from the array's first entry) of guard entries that no longer hold the first guard value."""
-        expected = np.full(self.guard, _GUARD_FIRST[self.dtype.kind], dtype=self.dtype).view(np.uint8)
+        expected = np.full(self.guard, _guard_value(self.dtype, False), dtype=self.dtype).view(np.uint8)
         width = self.dtype.itemsize
         front = self.memory[:self.guard].view(np.uint8).reshape(-1, width)
         back = self.memory[self.guard + self.size:].view(np.uint8).reshape(-1, width)
@@ -446,7 +451,7 @@ class _GuardedFunction:
         def call(prefill: dict[str, np.ndarray] | None = None, guards: Callable[[_Buffer], None] | None = None
                  ) -> dict[str, np.ndarray]:
             for buffer in buffers.values():
-                buffer.fill_guards(_GUARD_FIRST)
+                buffer.fill_guards()
                 if guards is not None:
                     guards(buffer)
                 if buffer.kind == "read":
@@ -534,14 +539,14 @@ class _GuardedFunction:
             probed = call(None, guards)
             return any(not np.array_equal(probed[name], first[name], equal_nan=True) for name in first)
 
-        if not changes(lambda buffer: buffer.fill_guards(_GUARD_SECOND)):
+        if not changes(lambda buffer: buffer.fill_guards(probing=True)):
             return
         for target in buffers.values():
             for side in ("front", "back"):
                 def toggled(count: int, target: _Buffer = target, side: str = "front") -> bool:
                     def guards(buffer: _Buffer) -> None:
                         if buffer is target:
-                            buffer.fill_guards(_GUARD_SECOND, **{side: count})
+                            buffer.fill_guards(True, **{side: count})
                     return changes(guards)
 
                 if not toggled(target.guard, side=side):
