@@ -595,6 +595,9 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically {how} "
                                 f"at {checker.sizes_text} ({POINTS} random points each)")
     derivation.check_summary += spec.facts_drawn
+    if engine.checker.rescaled:
+        derivation.check_summary += (f"; {engine.checker.rescaled} point{'s' * (engine.checker.rescaled != 1)} drawn "
+                                     "at a smaller scale, where doubles overflow at their own")
     if engine.checker.undefined:
         derivation.check_summary += (f"; {engine.checker.undefined} sampled points where {spec.output.name} has "
                                      "no finite real value left out")

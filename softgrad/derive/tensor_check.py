@@ -90,6 +90,7 @@ class TensorChecker:
         rng = np.random.default_rng(self.seed)
         self.points: list[Point] = []
         self.undefined = 0  # points where the spec has no finite value (a variance over n − 1 at n = 1)
+        self.rescaled = 0  # points drawn at a smaller scale, where doubles overflow at their own
         for sizes in self.assignments:
             size_of = {self.spec.sizes[name]: size for name, size in zip(self.spec.sizes, sizes)}
             by_name = dict(zip(self.spec.sizes, sizes))
@@ -107,6 +108,7 @@ class TensorChecker:
                             break
                     else:
                         raise ZeroDivisionError
+                    self.rescaled += smaller != scale
                     self.points.append(point)
                     continue
                 try:
