@@ -275,7 +275,7 @@ def _written_shape(array: CArray, spec: Any, shapes: dict[str, tuple[str, ...]],
 def _range_of(letter: str, aliases: dict[str, str], name: str) -> str:
     if letter not in aliases:
         raise SoftgradError(f"{name}[…]: the spec has no index {letter!r} (indices: "
-                            f"{', '.join(sorted(set(aliases) & set(a for a in aliases if a.islower())))})")
+                            f"{', '.join(sorted(a for a in aliases if a.islower() and not a.startswith('n_')))})")
     return str(aliases[letter])
 
 
