@@ -16,7 +16,7 @@ import sympy as sp
 
 from softgrad.derive.engine import derive_spec
 from softgrad.derive.prose import prose
-from softgrad.derive.spec import parse_spec, spec_text
+from softgrad.derive.spec import parse_spec, spec_text, statement_text
 from softgrad.derive.steps import Derivation, Section, Step
 from softgrad.derive.symbols import Partial
 from softgrad.errors import SpecError
@@ -60,22 +60,16 @@ def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
     taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
         d.name for d in tensor.backward}
     name = _fresh(["g", "grad"], taken)
-    sized = {symbol: sp.Symbol(f"size({range_name})") for range_name, symbol in spec.sizes.items()}
-
-    def statement(definition_name: str, indices: tuple[sp.Expr, ...], expr: sp.Expr) -> str:
-        brackets = f"[{', '.join(map(str, indices))}]" if indices else ""
-        return f"{definition_name}{brackets} = {spec_text(expr.xreplace(sized))}"
-
     renamed = {sp.IndexedBase(gradient): sp.IndexedBase(name)}
-    backward = [statement(name if d.name == gradient else d.name, d.indices, d.expr.xreplace(renamed))
+    backward = [statement_text(spec, name if d.name == gradient else d.name, d.indices, d.expr.xreplace(renamed))
                 for d in tensor.backward]
     if tensor.upstream is not None:
         raise SpecError("--order 2 applies to a loss (a scalar output)")
-    definitions = [statement(d.name, d.indices, d.expr) for d in spec.definitions[:-1]]
+    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in spec.definitions[:-1]]
     reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
                           for d in tensor.backward))
     if spec.output.name in reads:  # the gradient reads the loss itself (log-sum-exp): it stays a definition
-        definitions.append(statement(spec.output.name, (), spec.output.expr))
+        definitions.append(statement_text(spec, spec.output.name, (), spec.output.expr))
     constraints = spec.statements[len(spec.definitions):]
     return "\n".join([*definitions, *backward, *constraints]), name
 

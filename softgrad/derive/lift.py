@@ -17,7 +17,7 @@ from typing import Any
 import sympy as sp
 
 from softgrad.derive.prose import Prose
-from softgrad.derive.spec import FACTS, Definition, Spec, parse_spec, spec_text
+from softgrad.derive.spec import FACTS, Definition, Spec, parse_spec, statement_text
 from softgrad.derive.steps import Derivation, Section
 
 __all__ = ["carried_ranges", "derive_lifted"]
@@ -57,15 +57,10 @@ def _reads_own_index(definition: Definition, position: int) -> bool:
 
 def _without(spec: Spec, count: int) -> Spec:
     """The spec with its first `count` indices dropped from every array (one block of the carried ranges)."""
-    sized = {symbol: sp.Symbol(f"size({range_name})") for range_name, symbol in spec.sizes.items()}
-
     def block(expr: sp.Expr) -> sp.Expr:
-        return expr.xreplace({e: e.base[e.indices[count:]] for e in expr.atoms(sp.Indexed)}).xreplace(sized)
+        return expr.xreplace({e: e.base[e.indices[count:]] for e in expr.atoms(sp.Indexed)})
 
-    def brackets(indices: tuple[sp.Symbol, ...]) -> str:
-        return f"[{', '.join(map(str, indices))}]" if indices else ""
-
-    lines = [f"{d.name}{brackets(d.indices[count:])} = {spec_text(block(d.expr))}" for d in spec.definitions]
+    lines = [statement_text(spec, d.name, d.indices[count:], block(d.expr)) for d in spec.definitions]
     lines += [FACTS[kind].format(name=name) for name, kind in spec.facts.items()]
     return parse_spec("\n".join(lines), spec.name, fold_rows=False)
 

@@ -239,6 +239,13 @@ def _brackets(indices: tuple[sp.Symbol, ...]) -> str:
     return "[" + ", ".join(map(str, indices)) + "]" if indices else ""
 
 
+def statement_text(spec: Spec, name: str, indices: tuple[sp.Expr, ...], expr: sp.Expr) -> str:
+    """`name[indices] = expr` as the spec language reads it back, a range's size written size(r) (what a spec
+    made from a derivation's formulas prints: a block of lifted indices, a Hessian's gradient spec)."""
+    sized = {symbol: sp.Symbol(f"size({range_name})") for range_name, symbol in spec.sizes.items()}
+    return f"{name}{_brackets(tuple(indices))} = {spec_text(expr.xreplace(sized))}"
+
+
 def tokenize(text: str, line: int) -> list[Token]:
     """Split one line into tokens; any character outside the language is an error at its column."""
     tokens, position = [], 0
