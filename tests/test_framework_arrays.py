@@ -2,6 +2,7 @@
 called with them (issue #30): softgrad reads which framework the code's functions use, converts its inputs and
 reads its results back; a wrong gradient is still found, and no library warning reaches the output."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,31 @@ def test_which_framework_code_is_written_on_is_read_from_the_names_it_uses(tmp_p
         (tmp_path / "t.py").write_text("import numpy as np\nfrom torch import softmax\n\n"
                                        "def f(x):\n    return softmax(x, 0) + np.float64(0)\n")
         assert framework_used([import_path(tmp_path / "t.py").f]) == "torch"
+
+
+def test_a_layer_class_on_jax_arrays_is_checked_in_float64(tmp_path: Path) -> None:
+    """The layer adapter makes JAX arrays too: in float64, as every JAX code under test (float32 would fail)."""
+    require_module("jax")
+    (tmp_path / "code.py").write_text('''
+import jax.numpy as jnp
+
+class Softmax:
+    def forward(self, x):
+        e = jnp.exp(x - x.max(axis=1, keepdims=True))
+        self.out = e / e.sum(axis=1, keepdims=True)
+        return self.out
+
+    def backward(self, dout):
+        dx = self.out * dout
+        return dx - self.out * dx.sum(axis=1, keepdims=True)
+''')
+    # from Python (in the caller's process, where no worker sets JAX_ENABLE_X64), then from the command line
+    script = ("import sys; sys.path.insert(0, '.'); from code import Softmax; from softgrad.verify import "
+              "check_gradient; report = check_gradient(Softmax, against='softmax', signature='x,g->dx'); "
+              "print(report.passed, report.conventions)")
+    environment = {key: value for key, value in os.environ.items() if key != "JAX_ENABLE_X64"}
+    in_process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                                cwd=tmp_path, env=environment)
+    assert in_process.stdout.startswith("True") and "with JAX arrays" in in_process.stdout, in_process.stderr
+    result = _verify(tmp_path, "code.py:Softmax", "--against", "softmax", "--signature", "x,g->dx")
+    assert result.returncode == 0, result.stdout + result.stderr

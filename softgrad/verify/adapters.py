@@ -70,8 +70,9 @@ def framework_array(framework: str) -> Callable[[Any], Any]:
     if framework == "torch":
         torch = sys.modules["torch"]
         return lambda value: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
-    jnp = sys.modules["jax"].numpy
-    return lambda value: jnp.asarray(value) if isinstance(value, np.ndarray) else value
+    jax = sys.modules["jax"]
+    jax.config.update("jax_enable_x64", True)  # checked in float64, as the NumPy arrays it is given
+    return lambda value: jax.numpy.asarray(value) if isinstance(value, np.ndarray) else value
 
 
 def on_its_arrays(call: Callable[..., Any], functions: list[Any], how: str = "") -> tuple[Adapter, str]:
@@ -80,8 +81,6 @@ def on_its_arrays(call: Callable[..., Any], functions: list[Any], how: str = "")
     framework = framework_used(functions)
     if framework is None:
         return call, how
-    if framework == "jax":
-        sys.modules["jax"].config.update("jax_enable_x64", True)
     convert = framework_array(framework)
 
     def called_with_its_arrays(*arguments: Any) -> Any:
