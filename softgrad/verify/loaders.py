@@ -80,7 +80,8 @@ def load_in_process(reference: str, signature: Signature | None, dtype: str,
         return load_c_functions(str(Path(location).resolve()), name.split(","), plan), str(plan.get("how", ""))
     if location.endswith((".c", ".so", ".dylib")):
         if signature is None:
-            raise SoftgradError("C functions can be checked against one-index specs only, so far")
+            raise SoftgradError("C for a spec with several indices needs a signature that declares its pointers' "
+                                "roles, e.g. 'dx+=,dw+= <- dy,x,w' (see docs/verify.md)")
         return load_c(location, name, signature, dtype, layout), ""
     is_module_name = re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", location) is not None  # package.module
     if not is_module_name and not location.endswith(".py"):
