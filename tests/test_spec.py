@@ -43,7 +43,7 @@ def test_power_is_right_associative_and_binds_tighter_than_unary_minus():
         ("y[i] = sum(x[i], i)", "cannot sum over index 'i'", 18),
         ("y[i] = x[i] +", "expected a number", 14),
         ("y[i] = x[i] $ 2", "unexpected character '$'", 13),
-        ("y[i] = x[i+1]", "expected ']'", 11),
+        ("y[i] = x[i+]", "expected an index", 12),
         ("L = x[i]", "undefined index 'i'", 7),
         ("y[i] = y[i]", "used in its own definition", 1),
         ("y[i] = x\nz[i] = x[i]", "is a scalar", 8),

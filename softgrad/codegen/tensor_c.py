@@ -51,8 +51,16 @@ class _Printer(CKernelPrinter):
         return super()._print_Pow(expr)
 
     def _print_KroneckerDelta(self, expr: Any) -> str:
-        first, second = (self.compiler.position(a) for a in expr.args)
+        if not all(a.is_Symbol or isinstance(a, sp.Indexed) for a in expr.args):
+            first, second = (self.compiler.signed(a) for a in expr.args)
+        else:
+            first, second = (self.compiler.position(a) for a in expr.args)
         return f"(softgrad_real)(({first}) == ({second}))"
+
+    def _print_Bracket(self, expr: Any) -> str:
+        return f"(softgrad_real)({self.compiler.signed(expr.args[0])} >= 0)"
+
+    _print_Edge = _print_Bracket  # a padded read's edge (SymPy's code printers look a function up by its name)
 
     def _print_Sum(self, expr: Any) -> str:  # pragma: no cover - every sum is hoisted before printing
         raise SoftgradError("internal: a sum reached the C printer")
@@ -146,10 +154,34 @@ class _Compiler:
 
     def position(self, expr: sp.Expr) -> str:
         """An index position as a size_t expression: a loop variable or a label's entry."""
-        if isinstance(expr, sp.Symbol):
+        if isinstance(expr, sp.Symbol) and expr in self.loop_names:
             return self.loop_names[expr]
         if isinstance(expr, sp.Indexed):
             return f"(size_t){self.entry(expr)}"
+        return f"(size_t)({self.signed(expr)})"
+
+    def signed(self, expr: sp.Expr) -> str:
+        """Integer arithmetic on indices and sizes (t + k, s − k, n_t − 1 − s) as a ptrdiff_t expression."""
+        if expr.is_Integer:
+            return f"(ptrdiff_t){int(expr)}" if expr < 0 else str(int(expr))
+        if isinstance(expr, sp.Symbol):
+            if expr in self.loop_names:
+                return f"(ptrdiff_t){self.loop_names[expr]}"
+            if str(expr).startswith("n_") and str(expr)[2:] in self.spec.sizes:
+                return f"(ptrdiff_t){self.size(str(expr)[2:])}"
+        if expr.is_Add:  # added terms first, then those subtracted, the number last: (t + k), (s - k - 1)
+            constant, rest = expr.as_independent(*expr.free_symbols, as_Add=True)
+            terms = sorted(sp.Add.make_args(rest), key=lambda t: (bool(t.could_extract_minus_sign()), str(t)))
+            text = ""
+            for term in terms:
+                negative = bool(term.could_extract_minus_sign())
+                printed = self.signed(-term if negative else term)
+                text += (" - " if negative else " + ") + printed if text else ("-" if negative else "") + printed
+            if constant:
+                text += f" {'-' if constant < 0 else '+'} {abs(int(constant))}"
+            return f"({text})"
+        if expr.is_Mul and expr.args[0].is_Integer:
+            return f"{int(expr.args[0])} * {self.signed(sp.Mul(*expr.args[1:]))}"
         raise SoftgradError(f"cannot use {expr} as an index in C")
 
     def entry(self, expr: sp.Indexed) -> str:
@@ -164,7 +196,11 @@ class _Compiler:
         for axis, position in enumerate(expr.indices):
             index = self.position(position)
             offset = index if axis == 0 else f"({offset}) * {self.size(ranges[axis])} + {index}"
-        return f"{array}[{offset}]" if offset else f"{array}[0]"
+        read = f"{array}[{offset}]" if offset else f"{array}[0]"
+        # a shifted position outside its axis reads 0 (a convolution's edge, padding), never past the array
+        inside = [f"{self.signed(p)} >= 0 && {self.signed(p)} < (ptrdiff_t){self.size(ranges[axis])}"
+                  for axis, p in enumerate(expr.indices) if not (p.is_Symbol or isinstance(p, sp.Indexed))]
+        return f"(({' && '.join(inside)}) ? {read} : (softgrad_real)0)" if inside else read
 
     def code(self, expr: sp.Expr) -> str:
         return str(self.printer.doprint(expr))

@@ -24,6 +24,7 @@ from softgrad.codegen.names import public_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
+from softgrad.derive.symbols import Bracket
 from softgrad.errors import SoftgradError
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -164,6 +165,9 @@ class _Compiler:
         if isinstance(e, sp.Heaviside):
             inner = self.compile(e.args[0], ranges, order)
             return self.dialect.heaviside(inner[0]), inner[1]
+        if isinstance(e, Bracket):  # [u ≥ 0] on indices: a 0/1 array over them
+            inner = self.compile(e.args[0], ranges, order)
+            return f"({inner[0]} >= 0){self.dialect.float_cast}", inner[1]
         function = self.dialect.functions.get(e.func)
         if function is not None and len(e.args) == 1:
             inner = self.compile(e.args[0], ranges, order)
@@ -179,11 +183,32 @@ class _Compiler:
         positions = list(e.indices)
         if all(isinstance(p, sp.Symbol) for p in positions) and len(set(positions)) == len(positions):
             return name, tuple(positions)
-        # label picks and repeated indices: advanced indexing with one index array per axis
+        # label picks, repeated indices and shifted positions (x[t + k]): advanced indexing with one index
+        # array per axis; a position that may fall outside its axis reads 0 there (a convolution's edge)
         pieces = [self.compile(p, ranges, order) for p in positions]
         want = self.union([p[1] for p in pieces], order)
         grids = [self.align(code, have, want) + self.dialect.index_cast if have else code for code, have in pieces]
-        return f"{name}[{', '.join(grids)}]", want
+        outside = [axis for axis, p in enumerate(positions) if self.may_leave(e, axis, ranges)]
+        if not outside:
+            return f"{name}[{', '.join(grids)}]", want
+        extents = {axis: self.size(self.axes[str(e.base)][axis]) for axis in outside}
+        for axis in outside:
+            self.pending.append(f"{self.temp()} = {grids[axis]}")
+            grids[axis] = f"_t{self.temporary}"
+        inside = " & ".join(f"({grids[a]} >= 0) & ({grids[a]} < {extents[a]})" for a in outside)
+        clipped = [self.dialect.call("clip", grids[a], "0", f"{extents[a]} - 1") if a in outside else grids[a]
+                   for a in range(len(grids))]
+        return self.dialect.where(inside, f"{name}[{', '.join(clipped)}]", "0"), want
+
+    def may_leave(self, e: sp.Indexed, axis: int, ranges: dict[sp.Symbol, str]) -> bool:
+        """Whether a shifted position of e may fall outside its axis, given the ranges of its indices."""
+        position = e.indices[axis]
+        if position.is_Symbol or isinstance(position, sp.Indexed) or str(e.base) not in self.axes:
+            return False
+        sizes = self.spec.sizes
+        extent = self.spec.derived_sizes.get(self.axes[str(e.base)][axis], sizes[self.axes[str(e.base)][axis]])
+        highest = {s: self.spec.derived_sizes.get(r, sizes[r]) - 1 for s, r in ranges.items()}
+        return bool(ta.simplify_brackets(Bracket(position) * Bracket(extent - 1 - position), highest) != 1)
 
     def total(self, e: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
         bounds = [limit[0] for limit in e.limits]
@@ -423,8 +448,16 @@ def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str,
     """What the shared shape check of the generated modules needs: arrays with their ranges, labels."""
     tensor, spec = derivation.tensor, derivation.spec
     names = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
+    fixed = sorted({r for n in spec.inputs for r in tensor.axes[n]} | set(spec.labels.values()))
+    formulas, _ = spec.size_formulas(fixed)  # from the inputs; an upstream gradient given too must agree
+
+    def code(formula: sp.Expr) -> str:  # n_s − n_k + 1 as sizes["s"] - sizes["k"] + 1
+        return str(formula.xreplace({symbol: sp.Symbol(f"sizes['{name}']") for name, symbol in spec.sizes.items()}))
+
     return {"checked": [(printed[n], tensor.axes[n]) for n in names],
-            "labels": {printed[n]: r for n, r in spec.labels.items()}}
+            "labels": {printed[n]: r for n, r in spec.labels.items()},
+            "solved_sizes": [(name, code(formula)) for name, formula in formulas],
+            "agreed_sizes": [(name, code(formula)) for name, formula in spec.derived_sizes.items()]}
 
 
 def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> TensorModule:
@@ -442,8 +475,11 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
             if range_name not in fixed:
                 fixed.add(range_name)
                 sizes.append((compiler.size(range_name), printed[name], axis))
+    solved = [name for name, _ in spec.size_formulas(sorted(fixed))[0]]
     for range_name in spec.sizes:
-        if range_name not in fixed and range_name not in spec.labels.values():
+        if range_name in solved:  # n_t = n_s − n_k + 1: from the shapes of a shifted read's arrays
+            sizes.append((compiler.size(range_name), "", -1))
+        elif range_name not in fixed and range_name not in spec.labels.values():
             raise SoftgradError(f"the size of range {range_name} is not fixed by any input: index it in an input")
     for range_name in spec.labels.values():
         if range_name not in fixed:

@@ -26,7 +26,7 @@ from softgrad.derive.matrix import entries
 from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
-from softgrad.derive.symbols import Partial, SumExcept, sigmoid, softplus
+from softgrad.derive.symbols import Bracket, Edge, Partial, SumExcept, sigmoid, softplus
 from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SpecError, StepCheckFailed
 
@@ -76,6 +76,8 @@ def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
         sp.Heaviside: lambda u, at_zero: 1.0 if real(u) > 0 else (0.0 if real(u) < 0 else at_zero),
         sp.Max: lambda *values: max(values, key=real),
         sp.Min: lambda *values: min(values, key=real),
+        Bracket: lambda u: 1.0 if round(real(u)) >= 0 else 0.0,
+        Edge: lambda u: 1.0 if round(real(u)) >= 0 else 0.0,
     }
     if library is cmath:
         table[sp.erf] = _first_order(math.erf, lambda x: 2 / math.sqrt(math.pi) * math.exp(-x * x))

@@ -437,6 +437,11 @@ class _Writer:
         if isinstance(expr, sp.Indexed):
             name = str(expr.base)
             positions = tuple(self._index(i, indices) for i in expr.indices)
+            if self.prover.axes is not None and not all(i.is_Symbol or isinstance(i, sp.Indexed)
+                                                        for i in expr.indices):
+                shape = [self._extent(r) for r in self.prover.axes.get(name, ())]
+                if not all(0 <= p < extent for p, extent in zip(positions, shape)):
+                    return sp.S.Zero  # a shifted read outside the array: zero (padding, a convolution's edge)
             definition = self.prover.definitions.get(name)
             if definition is None or name in self.frozen:
                 return self.entry(name, positions if self.prover.axes is not None else positions[0])
@@ -444,8 +449,10 @@ class _Writer:
         if expr.is_Symbol:
             if str(expr) in indices:
                 return sp.Integer(indices[str(expr)])
-            if expr == size_symbol or (self.prover.axes is not None and expr in self.prover.spec.sizes.values()):
+            if expr == size_symbol:
                 return sp.Integer(self.size)
+            if self.prover.axes is not None and expr in self.prover.spec.sizes.values():
+                return sp.Integer(self._extent(str(expr)[2:]))
             definition = self.prover.definitions.get(str(expr))
             if definition is not None and str(expr) not in self.frozen:
                 return self.write(definition.expr, {})
@@ -474,6 +481,13 @@ class _Writer:
         if expr.args:
             return expr.func(*[self.write(a, indices) for a in expr.args])
         raise _Unprovable(f"cannot write out {expr.func.__name__}")
+
+    def _extent(self, range_name: str) -> int:
+        """A range's size here: the size being proved, or what a shifted read makes of it (n_t + n_k − 1)."""
+        derived = self.prover.spec.derived_sizes.get(range_name)
+        if derived is None:
+            return self.size
+        return int(derived.xreplace({symbol: self.size for symbol in self.prover.spec.sizes.values()}))
 
     def _index(self, index: sp.Expr, indices: dict[str, int]) -> int:
         if str(index) in indices:

@@ -22,7 +22,7 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 from sympy.printing.str import StrPrinter
 
-from softgrad.derive.symbols import class_sum, index, sigmoid, softplus
+from softgrad.derive.symbols import Edge, class_sum, condition, index, sigmoid, softplus
 from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SpecError
 
@@ -58,7 +58,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 _TOKEN = re.compile(
     r"(?P<space>[ \t]+)|(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>\*\*|[-+*/^()\[\],=])"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>\*\*|<=|>=|==|!=|[-+*/^()\[\],=<>])"
 )
 
 
@@ -161,6 +161,10 @@ class Spec:
     array_upstream_names: tuple[str, ...] = ()
     #: Facts about inputs' entries (`given t in {0, 1}`): input → "binary", "positive" or "unit" ([0, 1]).
     facts: dict[str, str] = field(default_factory=dict)
+    #: Inputs declared `pad x`: read as 0 outside their ranges (the parser wrote the edges as brackets).
+    padded: tuple[str, ...] = ()
+    #: Ranges whose size follows from others' (x read at t + k: n_s = n_t + n_k − 1), by range name.
+    derived_sizes: dict[str, sp.Expr] = field(default_factory=dict)
 
     @property
     def tensor(self) -> bool:
@@ -177,10 +181,50 @@ class Spec:
 
         Documents and generated files quote these, never the source text: they are printed from the
         parsed expressions, so they hold only names, numbers and operators, whatever the source held."""
-        lines = [f"{d.name}{_brackets(d.indices)} = {spec_text(d.expr)}" for d in self.definitions]
+        lines = [definition_text(d) for d in self.definitions]
         lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in self.constraints]
         lines += [FACTS[kind].format(name=name) for name, kind in self.facts.items()]
+        lines += [f"pad {name}" for name in self.padded]
         return lines
+
+    def base_sizes(self) -> list[str]:
+        """The ranges whose sizes are free (chosen, or read off inputs); the others follow from them."""
+        return [name for name in self.sizes if name not in self.derived_sizes]
+
+    def size_formulas(self, fixed: list[str]) -> tuple[list[tuple[str, sp.Expr]], list[tuple[str, sp.Expr]]]:
+        """How generated code finds every range's size from those its inputs' shapes give (`fixed`):
+        (range, formula) for each other range (x read at t + k fixes s, w fixes k: n_t = n_s − n_k + 1),
+        and (range, formula) for each given size that must agree with the others. A range no formula
+        reaches is missing from both."""
+        unknown = [self.sizes[name] for name in self.sizes if name not in fixed]
+        equations = [sp.Eq(self.sizes[name], value) for name, value in self.derived_sizes.items()]
+        solved: dict[sp.Symbol, sp.Expr] = {}
+        if unknown and equations:
+            solutions = sp.solve(equations, unknown, dict=True)
+            solved = {symbol: value for symbol, value in (solutions[0] if solutions else {}).items()
+                      if not value.free_symbols & set(unknown)}
+        by_symbol = {symbol: name for name, symbol in self.sizes.items()}
+        formulas = [(by_symbol[symbol], sp.expand(solved[symbol])) for symbol in unknown if symbol in solved]
+        agreements = []
+        for name, value in self.derived_sizes.items():
+            if name in fixed:
+                formula = sp.expand(value.xreplace(solved))
+                if formula != self.sizes[name]:
+                    agreements.append((name, formula))
+        return formulas, agreements
+
+    def consistent_sizes(self, sizes: dict[str, int]) -> dict[str, int]:
+        """Sizes by range name with every derived one computed from the free ones' (x read at t + k: s)."""
+        chosen = {self.sizes[name]: size for name, size in sizes.items() if name not in self.derived_sizes}
+        every = self.all_sizes(chosen)
+        return {name: every[symbol] for name, symbol in self.sizes.items() if symbol in every}
+
+    def all_sizes(self, chosen: dict[sp.Symbol, int]) -> dict[sp.Symbol, int]:
+        """Every range's size from the free ones' (derived sizes computed: n_s = n_t + n_k − 1)."""
+        sizes = dict(chosen)
+        for range_name, expression in self.derived_sizes.items():
+            sizes[self.sizes[range_name]] = int(expression.xreplace(sizes))
+        return sizes
 
     @property
     def facts_drawn(self) -> str:
@@ -230,9 +274,17 @@ def from_intermediate(spec: Spec, name: str) -> Spec:
     for later in reversed(kept):  # keep what the output needs, through the kept definitions
         if later.name in needed:
             needed |= {str(e.base) for e in later.expr.atoms(sp.Indexed)} | {str(s) for s in later.expr.free_symbols}
-    lines = [f"{d.name}{_brackets(d.indices)} = {spec_text(d.expr)}" for d in kept if d.name in needed]
+    lines = [definition_text(d) for d in kept if d.name in needed]
     lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in spec.constraints]
+    lines += [f"pad {padded}" for padded in spec.padded if padded in needed or any(
+        padded in names for names in [{str(e.base) for e in d.expr.atoms(sp.Indexed)} for d in kept])]
     return parse_spec("\n".join(lines), name=f"{spec.name or 'spec'}, from {name}")
+
+
+def definition_text(definition: Definition) -> str:
+    """A spec's own definition printed back: a padded read as written (x[t - k]), its edges implied by `pad x`."""
+    expr = definition.expr.replace(lambda e: isinstance(e, Edge), lambda e: sp.S.One)
+    return f"{definition.name}{_brackets(definition.indices)} = {spec_text(expr)}"
 
 
 def _brackets(indices: tuple[sp.Symbol, ...]) -> str:
@@ -244,6 +296,36 @@ def statement_text(spec: Spec, name: str, indices: tuple[sp.Expr, ...], expr: sp
     made from a derivation's formulas prints: a block of lifted indices, a Hessian's gradient spec)."""
     sized = {symbol: sp.Symbol(f"size({range_name})") for range_name, symbol in spec.sizes.items()}
     return f"{name}{_brackets(tuple(indices))} = {spec_text(expr.xreplace(sized))}"
+
+
+def _shifted_axes(tokens: list[Token]) -> set[tuple[str, int]]:
+    """(array, axis) of every entry on a line whose position there is shifted (x[t + k], x[i - 1]), found on
+    the tokens before parsing: a plain x[i] on the same line then reads the axis without fixing its range."""
+    shifted: set[tuple[str, int]] = set()
+    for start, token in enumerate(tokens[:-1]):
+        if token.kind != "name" or tokens[start + 1].text != "[":
+            continue
+        depth, axis, position = 0, 0, start + 2
+        while position < len(tokens) and tokens[position].kind != "end":
+            text = tokens[position].text
+            if text in ("(", "["):
+                depth += 1
+            elif text in (")", "]"):
+                if depth == 0:
+                    break
+                depth -= 1
+            elif depth == 0 and text == ",":
+                axis += 1
+            elif depth == 0 and tokens[position].kind == "op" and text in ("+", "-", "*"):
+                shifted.add((token.text, axis))
+            elif depth == 0 and tokens[position].kind == "number":
+                shifted.add((token.text, axis))
+            position += 1
+    return shifted
+
+
+#: `pad x` (or `pad x, h`): shifted reads of x take the range of the index they shift and read 0 outside it.
+_PAD = re.compile(r"\s*pad\s+(?P<names>[A-Za-z]\w*(?:\s*,\s*[A-Za-z]\w*)*)\s*")
 
 
 def tokenize(text: str, line: int) -> list[Token]:
@@ -307,6 +389,10 @@ class _Layout:
         self.labels: list[str] = []
         self.sized: list[tuple[sp.Symbol, tuple[Any, ...]]] = []  # size(k) placeholders and their node
         self.n_used: list[tuple[int, int]] = []  # where `n` was written (line, column)
+        #: Axes read at shifted positions (x[b, c, t + k]): axis node → [(line, column, position)], and the
+        #: inputs declared `pad x` (their shifted reads take the range of the index they shift, zeros outside).
+        self.extents: dict[tuple[Any, ...], list[tuple[int, int, sp.Expr]]] = {}
+        self.padded: set[str] = set()
 
     def find(self, node: tuple[Any, ...]) -> tuple[Any, ...]:
         self.parent.setdefault(node, node)
@@ -328,7 +414,12 @@ class _Layout:
 
     @property
     def several_ranges(self) -> bool:
-        return bool(self.labels) or any(count != 1 for count in self.arity.values())
+        return bool(self.labels or self.extents or self.sized_padding) or any(
+            count != 1 for count in self.arity.values())
+
+    @property
+    def sized_padding(self) -> bool:
+        return any(str(placeholder).startswith("_size_axis") for placeholder, _ in self.sized)
 
 
 class _LineParser:
@@ -341,6 +432,7 @@ class _LineParser:
         self.used_inputs: list[str] = []
         self.used_parameters: list[str] = []
         self.depth = 0
+        self.shifted = _shifted_axes(tokens)  # (array, axis) read at a shifted position somewhere on this line
 
     # --- token helpers
     @property
@@ -446,8 +538,11 @@ class _LineParser:
             inner = self.expression(scope)
             self.expect(")")
             return inner
+        if token.text == "[" and token.kind == "op":
+            return self.condition(scope)
         if token.kind != "name":
-            raise self.error(f"expected a number, a name or '(', found {token.text or 'end of line'!r}")
+            raise self.error(f"expected a number, a name, '(' or a condition [j <= i], found "
+                             f"{token.text or 'end of line'!r}")
         self.position += 1
         if self.current.text == "(":
             return self.call(token, scope)
@@ -568,7 +663,7 @@ class _LineParser:
         if token.kind == "name" and self.tokens[self.position + 1].text == "[":
             if self.known.get(token.text, "label") != "label" or token.text in RESERVED:
                 raise self.error(f"{token.text!r} is not a label input: only an integer input can pick an "
-                                 "entry (no arithmetic on indices)", token)
+                                 "entry by its value", token)
             if token.text not in self.known:
                 self.known[token.text] = "label"
                 self.used_inputs.append(token.text)
@@ -576,6 +671,68 @@ class _LineParser:
             self.position += 1
             return self.array_entry(token, scope)
         return self.index_use(scope)
+
+    def position_expression(self, scope: Scope) -> sp.Expr:
+        """A position in an array: an index, a label's entry, or indices and integers added and subtracted
+        (t + k, t - k, i + 1, 2*t + k: a shifted read, as convolutions and differences write)."""
+        token = self.current
+        if token.kind == "name" and self.tokens[self.position + 1].text == "[":
+            pick = self.index_or_label(scope)
+            if self.current.text in ("+", "-", "*"):
+                raise self.error("a label's entry picks a class as it is: it cannot be shifted")
+            return pick
+        negative = self.accept("-")
+        total = self.position_term(scope) * (-1 if negative else 1)
+        while True:
+            if self.accept("+"):
+                total += self.position_term(scope)
+            elif self.accept("-"):
+                total -= self.position_term(scope)
+            else:
+                return total
+
+    def position_term(self, scope: Scope) -> sp.Expr:
+        """An index, an integer, or an integer times an index (a stride)."""
+        token = self.current
+        if token.kind == "number":
+            if not token.text.isdigit() or len(token.text) > 9:
+                raise self.error(f"a position holds indices and whole numbers below 10^9, not {token.text}")
+            self.position += 1
+            value = sp.Integer(int(token.text))
+            if self.accept("*"):
+                return value * self.index_use(scope)
+            return value
+        symbol = self.index_use(scope)
+        if self.accept("*"):
+            number = self.current
+            if number.kind != "number" or not number.text.isdigit() or len(number.text) > 9:
+                raise self.error("an index in a position is multiplied only by a whole number (2*t)")
+            self.position += 1
+            return symbol * int(number.text)
+        return symbol
+
+    def condition(self, scope: Scope) -> sp.Expr:
+        """An Iverson bracket [a <= b] on indices: 1 where it holds, 0 elsewhere (<, <=, ==, !=, >=, >)."""
+        opening = self.current
+        self.expect("[")
+        left = self.position_expression(scope)
+        relation = self.relation()
+        right = self.position_expression(scope)
+        if self.current.text in ("<", "<=", "==", "!=", ">=", ">", "="):
+            raise self.error("a bracket holds one comparison: write [a <= b] * [b < c]")
+        if not self.accept("]"):
+            raise self.error("expected ']' closing the condition, e.g. [j <= i]")
+        if not (left.free_symbols | right.free_symbols) or isinstance(left, sp.Indexed) or isinstance(
+                right, sp.Indexed):
+            raise self.error("a condition compares indices and whole numbers, e.g. [j <= i]", opening)
+        return condition(left, relation, right)
+
+    def relation(self) -> str:
+        token = self.current
+        if token.kind == "op" and token.text in ("<", "<=", "==", "!=", ">=", ">"):
+            self.position += 1
+            return token.text
+        raise self.error("expected a comparison (<, <=, ==, !=, >=, >) between indices", token)
 
     def indexed(self, name: Token, scope: Scope) -> sp.Expr:
         kind = self.known.get(name.text)
@@ -594,11 +751,11 @@ class _LineParser:
     def array_entry(self, name: Token, scope: Scope) -> sp.Expr:
         """name[a, b, …]: index names (or label picks), as many as the array has everywhere else."""
         self.expect("[")
-        positions: list[sp.Expr] = [self.index_or_label(scope)]
+        positions: list[sp.Expr] = [self.position_expression(scope)]
         while self.accept(","):
-            positions.append(self.index_or_label(scope))
+            positions.append(self.position_expression(scope))
         if not self.accept("]"):
-            raise self.error("expected ']' (index names separated by commas, no arithmetic on indices)")
+            raise self.error("expected ']' (positions separated by commas: indices, t + k, i - 1)")
         expected = self.layout.arity.setdefault(name.text, len(positions))
         if expected != len(positions):
             raise self.error(f"{name.text!r} has {expected} ind{'ex' if expected == 1 else 'ices'} elsewhere, "
@@ -609,14 +766,41 @@ class _LineParser:
                 if str(position.base) == name.text:
                     raise self.error(f"{name.text!r} cannot pick its own entries", name)
                 self.layout.join(node, ("values", str(position.base)))
-            else:
+            elif isinstance(position, sp.Symbol) and (name.text, axis) not in self.shifted:
                 self.layout.join(node, ("index", self.line, str(position)))
                 self.layout.name_range(node, str(position))
+            elif name.text in self.layout.padded:
+                return self.padded_entry(name, positions, scope)
+            else:  # a valid read: the axis is as long as its positions reach (T + K - 1 for t + k)
+                self.layout.find(node)
+                self.layout.extents.setdefault(node, []).append((self.line, name.column, position))
         return sp.IndexedBase(name.text)[tuple(positions)]
 
+    def padded_entry(self, name: Token, positions: list[sp.Expr], scope: Scope) -> sp.Expr:
+        """x[b, c, t - k] of an input declared `pad x`: each shifted axis has the range of the index it
+        shifts (of those added, the outermost: the definition's own before a sum's), and the entry is 0 where
+        the position falls outside it."""
+        entry: sp.Expr = sp.IndexedBase(name.text)[tuple(positions)]
+        for axis, position in enumerate(positions):
+            if isinstance(position, sp.Symbol) or isinstance(position, sp.Indexed):
+                continue
+            node = ("axis", name.text, axis)
+            # the index it shifts: the outermost in scope added with coefficient 1 (t of t - k, i of i + p - 1)
+            leading = next((symbol for symbol in scope if position.coeff(symbol) == 1), None)
+            if leading is None:
+                raise self.error(f"the padded {name.text!r} is read at {spec_text(position)}: a padded axis is "
+                                 "read at an index plus or minus others (t - k, i + p - 1)", name)
+            self.layout.join(node, ("index", self.line, str(leading)))
+            self.layout.name_range(node, str(leading))
+            placeholder = sp.Symbol(f"_size_axis_{self.line}_{name.text}_{axis}_{name.column}", integer=True,
+                                    positive=True)
+            self.layout.sized.append((placeholder, node))
+            entry *= Edge(position) * Edge(placeholder - 1 - position)
+        return entry
+
     def scalar(self, name: Token, scope: Scope) -> sp.Expr:
-        if index(name.text) in scope:
-            raise self.error(f"index {name.text!r} cannot be used as a value", name)
+        if index(name.text) in scope:  # an index as a number: ALiBi's slope[h] * (j - i)
+            return index(name.text)
         if name.text == "n":
             self.layout.n_used.append((self.line, name.column))
             return size_symbol  # the number of entries of the class axis
@@ -652,28 +836,36 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
     parameters: list[str] = []
     facts: dict[str, str] = {}
     fact_lines: dict[str, int] = {}
+    pad_lines: dict[str, int] = {}
+    statements = [(line_number, statement) for line_number, raw in enumerate(_LINE_BREAK.split(source), start=1)
+                  for statement in raw.split("#", 1)[0].split(";") if statement.strip()]
+    for line_number, text in statements:  # first, so that a pad holds for lines above it too
+        padding = _PAD.fullmatch(text)
+        if padding is not None:
+            for padded in re.split(r"\s*,\s*", padding.group("names")):
+                _check_name(padded, line_number, 1)
+                pad_lines.setdefault(padded, line_number)
+    layout.padded = set(pad_lines)
     try:
-        for line_number, raw in enumerate(_LINE_BREAK.split(source), start=1):
-            for statement in raw.split("#", 1)[0].split(";"):
-                text = statement
-                if not text.strip():
-                    continue
-                fact = _fact(text, line_number)
-                if fact is not None:
-                    facts[fact[0]] = fact[1]
-                    fact_lines[fact[0]] = line_number
-                    continue
-                tokens = tokenize(text, line_number)
-                if tokens[0].kind == "name" and tokens[0].text == "given":
-                    constraints.append(_constraint(tokens, line_number, known, text.strip(), layout))
-                else:
-                    definitions.append(_definition(tokens, line_number, known, text.strip(), layout))
-                for input_name in (v for v, kind in known.items() if kind in ("input", "label")):
-                    if input_name not in inputs:
-                        inputs.append(input_name)
-                for parameter in (v for v, kind in known.items() if kind == "parameter"):
-                    if parameter not in parameters:
-                        parameters.append(parameter)
+        for line_number, text in statements:
+            if _PAD.fullmatch(text):
+                continue
+            fact = _fact(text, line_number)
+            if fact is not None:
+                facts[fact[0]] = fact[1]
+                fact_lines[fact[0]] = line_number
+                continue
+            tokens = tokenize(text, line_number)
+            if tokens[0].kind == "name" and tokens[0].text == "given":
+                constraints.append(_constraint(tokens, line_number, known, text.strip(), layout))
+            else:
+                definitions.append(_definition(tokens, line_number, known, text.strip(), layout))
+            for input_name in (v for v, kind in known.items() if kind in ("input", "label")):
+                if input_name not in inputs:
+                    inputs.append(input_name)
+            for parameter in (v for v, kind in known.items() if kind == "parameter"):
+                if parameter not in parameters:
+                    parameters.append(parameter)
     except RecursionError:
         raise SpecError("the spec is nested too deeply to process") from None
     except OverflowError:
@@ -686,8 +878,12 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
         if fact_name not in inputs or known.get(fact_name) == "label":
             raise SpecError(f"'{fact_name}' is not an input of the spec: a fact is about an input's entries",
                             line_number, 1)
-    spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name), facts=facts),
-                        layout)
+    for padded, line_number in pad_lines.items():
+        if padded not in inputs or known.get(padded) == "label":
+            raise SpecError(f"'pad {padded}': {padded!r} is not an input array of the spec (padding reads an "
+                            "input as zero outside its range)", line_number, 1)
+    spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name), facts=facts,
+                             padded=tuple(pad_lines)), layout)
     return (_one_row(spec) if fold_rows else None) or spec
 
 
@@ -775,7 +971,15 @@ def _with_ranges(spec: Spec, layout: _Layout) -> Spec:
             for bound, _, _ in total.limits:
                 layout.name_range(("index", line, str(bound)), str(bound))
     for _, node in layout.sized:
-        layout.name_range(node, str(node[2]))
+        if node[0] == "index":
+            layout.name_range(node, str(node[2]))
+    used_names = {str(node[2]) for node in layout.parent if node[0] == "index"}
+    for node in layout.extents:  # a range only shifted reads reach is named as pages name a position: s, u, …
+        if layout.find(node) not in layout.first_name:
+            layout.name_range(node, next(name for name in ("s", "u", "v", "p", "q", "r", *(f"s{k}" for k in
+                                                                                           range(1, 99)))
+                                         if name not in used_names))
+            used_names.add(layout.first_name[layout.find(node)])
     names: dict[tuple[Any, ...], str] = {}
     for node in layout.parent:  # in first-seen order: ranges are named by their first index
         root = layout.find(node)
@@ -805,12 +1009,58 @@ def _with_ranges(spec: Spec, layout: _Layout) -> Spec:
         definition.expr = limits(definition.expr, definition.line)
     for constraint in spec.constraints:
         constraint.lhs = limits(constraint.lhs, constraint.line)
+    spec.derived_sizes = _derived_sizes(layout, names, sizes)
     arrays = [*spec.inputs, *(d.name for d in spec.definitions if d.is_vector)]
     spec.axes = {array: tuple(names[layout.find(("axis", array, axis))]
                               for axis in range(layout.arity.get(array, 0))) for array in arrays}
     spec.labels = {label: names[layout.find(("values", label))] for label in layout.labels}
     spec.sizes = sizes
     return spec
+
+
+def _derived_sizes(layout: _Layout, names: dict[tuple[Any, ...], str],
+                   sizes: dict[str, sp.Symbol]) -> dict[str, sp.Expr]:
+    """The size of every range that shifted reads reach, from the ranges of the indices in the positions:
+    x[t + k] with t < n_t and k < n_k has n_t + n_k − 1 entries; reads at i and i + 1, n_i + 1."""
+    def size_of(node: tuple[Any, ...]) -> sp.Symbol:
+        return sizes[names[layout.find(node)]]
+
+    reaches: dict[str, list[tuple[sp.Expr, int, int, sp.Expr]]] = {}
+    for node, reads in layout.extents.items():
+        for line, column, position in reads:
+            constant, terms = position.as_independent(*position.free_symbols, as_Add=True)
+            extent = constant + 1
+            for term in sp.Add.make_args(terms) if terms != 0 else ():
+                coefficient, symbol = term.as_coeff_Mul()
+                if coefficient < 0 or constant < 0:
+                    raise SpecError(f"{node[1]}[…] is read at {spec_text(position)}, below its first entry where "
+                                    f"that is negative: declare 'pad {node[1]}' to read zeros there",
+                                    line, column)
+                extent += coefficient * (size_of(("index", line, str(symbol))) - 1)
+            reaches.setdefault(names[layout.find(node)], []).append((extent, line, column, position))
+    derived: dict[str, sp.Expr] = {}
+    for range_name, extents in reaches.items():
+        longest, line, column, _ = extents[0]
+        for extent, other_line, other_column, _ in extents[1:]:
+            difference = sp.expand(extent - longest)
+            if not difference.is_number:
+                raise SpecError(f"the reads of one axis reach sizes that differ by {spec_text(difference)}: a "
+                                f"shifted axis is read at positions of one reach", other_line, other_column)
+            if difference > 0:
+                longest = extent
+        derived[range_name] = sp.expand(longest)
+    for _ in range(len(derived) + 1):  # a reach through another reach (a convolution of a convolution)
+        resolved = {name: sp.expand(value.xreplace({sizes[other]: derived[other] for other in derived}))
+                    for name, value in derived.items()}
+        if resolved == derived:
+            break
+        derived = resolved
+    for range_name, value in derived.items():
+        if value.free_symbols & {sizes[name] for name in derived}:
+            line, column = reaches[range_name][0][1:3]
+            raise SpecError(f"an axis is read both at a shifted position and at the plain index it shifts, as one "
+                            f"range: its size cannot be both (range {range_name})", line, column)
+    return derived
 
 
 def _definition(tokens: list[Token], line_number: int, known: dict[str, str], source: str,
@@ -904,6 +1154,12 @@ class _SpecPrinter(StrPrinter):
 
     def _print_Exp1(self, expr: Any) -> Any:
         return "exp(1)"
+
+    def _print_Bracket(self, expr: Any) -> Any:
+        left, right, relation = expr.sides
+        return f"[{self._print(left)} {relation} {self._print(right)}]"
+
+    _print_Edge = _print_Bracket
 
     def _print_Abs(self, expr: Any) -> Any:
         return f"abs({self._print(expr.args[0])})"

@@ -151,3 +151,60 @@ class SumExcept(sp.Expr):
     def as_full_sum(self) -> sp.Expr:
         """The same value as a full sum minus the skipped term."""
         return class_sum(self.summand, self.bound) - self.summand.subs(self.bound, self.skip)
+
+
+class Bracket(sp.Function):
+    """The Iverson bracket [u ≥ 0] of an integer expression of indices and sizes: 1 where it holds, 0
+    elsewhere. Every condition on indices is one (or a Kronecker delta): [j ≤ i] = [i − j ≥ 0],
+    [j < i] = [i − j − 1 ≥ 0]; an edge of a shifted read, [0 ≤ s − k], is one as well."""
+
+    nargs = 1
+    is_integer = True
+    is_nonnegative = True
+
+    @classmethod
+    def eval(cls, argument: sp.Expr) -> sp.Expr | None:
+        if argument.is_number:
+            return sp.S.One if argument >= 0 else sp.S.Zero
+        if argument.is_nonnegative:
+            return sp.S.One
+        if argument.is_negative:
+            return sp.S.Zero
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.S.Zero  # a function of integers: no real input moves it
+
+    def _eval_power(self, exponent: Any) -> Any:
+        return self if exponent.is_positive else None
+
+    @property
+    def sides(self) -> tuple[sp.Expr, sp.Expr, str]:
+        """(left, right, relation) as a page writes the condition: [s + k ≤ n_t − 1], [j < i], [k ≤ s]."""
+        argument = sp.expand(self.args[0])
+        constant, rest = argument.as_independent(*argument.free_symbols, as_Add=True)
+        positive = sp.Add(*[t for t in sp.Add.make_args(rest) if t.could_extract_minus_sign() is False])
+        negative = -sp.Add(*[t for t in sp.Add.make_args(rest) if t.could_extract_minus_sign() is True])
+        if constant == -1 and positive != 0 and negative != 0:
+            return negative, positive, "<"
+        sized = any(str(s).startswith("n") for s in positive.free_symbols)
+        if negative == 0 and constant < 0:
+            return -constant, positive, "<="
+        if sized or negative == 0:
+            return negative, positive + constant, "<="
+        return negative - constant, positive, "<="
+
+
+class Edge(Bracket):
+    """A bracket the parser wrote for a padded read (`pad x`: x[t − k] is 0 where t − k leaves x): the
+    same number as a Bracket, printed back as the read it came from, not as a condition."""
+
+
+def condition(left: sp.Expr, relation: str, right: sp.Expr) -> sp.Expr:
+    """[left relation right] for integer sides: a Bracket, a Kronecker delta (==) or 1 − delta (!=)."""
+    if relation == "==":
+        return sp.KroneckerDelta(left, right)
+    if relation == "!=":
+        return 1 - sp.KroneckerDelta(left, right)
+    difference = {"<=": right - left, "<": right - left - 1, ">=": left - right, ">": left - right - 1}[relation]
+    return Bracket(difference)

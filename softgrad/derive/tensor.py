@@ -288,7 +288,10 @@ class TensorEngine:
                   reason=words(f"from the definition of {who}: the derivative of one entry of {name} with respect "
                                "to another is a product of Kronecker deltas, 1 where every index coincides, else 0"
                                if q else f"from the definition of {who}, {name} a scalar read by every entry"))
-        sifted = ta.sift(derivative)
+        # edges that always hold (t ≥ 0, t < n_t where t runs over the axis) dropped
+        highest = {p: self.spec.derived_sizes.get(r, self.spec.sizes[r]) - 1
+                   for p, r in zip(q, self.axes.get(name, ()))}
+        sifted = ta.simplify_brackets(ta.sift(derivative, bool(self.spec.derived_sizes)), highest)
         sifted = ta.distribute(sifted)
         current = tidy(sifted)
         self.step(section, rule="sift the deltas", lhs=lhs, forms=[sifted] if current == sifted else [sifted, current],

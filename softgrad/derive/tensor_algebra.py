@@ -15,7 +15,7 @@ import sympy as sp
 
 from softgrad.derive.algebra import cost, expanded, inversions, tidy
 from softgrad.derive.spec import Definition
-from softgrad.derive.symbols import index, names_in
+from softgrad.derive.symbols import Bracket, index, names_in
 
 
 def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
@@ -23,14 +23,9 @@ def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
 
 
 def index_symbols(expr: sp.Basic) -> set[sp.Symbol]:
-    """Free index symbols of expr: integer symbols in an entry's positions (sizes n_k are not indices)."""
-    found: set[sp.Symbol] = set()
-    for entry in expr.atoms(sp.Indexed):
-        for position in entry.indices:
-            found |= {s for s in position.free_symbols if not str(s).startswith("n_")}
-    for delta in expr.atoms(sp.KroneckerDelta):
-        found |= {s for s in delta.free_symbols if not str(s).startswith("n_")}
-    return {s for s in found if s.is_integer and s in expr.free_symbols}
+    """Free index symbols of expr: the integer symbols it holds — in an entry's positions, a delta, a bracket
+    or used as a number (j − i) — but not the sizes n_k."""
+    return {s for s in expr.free_symbols if isinstance(s, sp.Symbol) and s.is_integer and not str(s).startswith("n_")}
 
 
 def index_ranges(expr: sp.Expr, axes: dict[str, tuple[str, ...]], sizes: dict[str, sp.Symbol],
@@ -127,9 +122,52 @@ def _expanded(expr: sp.Expr) -> sp.Expr:
     return kept.replace(lambda e: isinstance(e, sp.exp) and e.args[0].is_Add, constant_apart)
 
 
-def sift(expr: sp.Expr) -> sp.Expr:
+def _solved(delta: sp.KroneckerDelta, bound: sp.Symbol) -> tuple[sp.Expr, bool] | None:
+    """The value of `bound` where δ is 1, and whether it came from a shifted position (δ(s, t + k) → t = s − k),
+    for a delta that holds the bound on one side with coefficient ±1; None otherwise."""
+    sides = [a for a in delta.args if bound in a.free_symbols]
+    if len(sides) != 1:
+        return None
+    side = sides[0]
+    other = delta.args[1] if delta.args[0] is side else delta.args[0]
+    if side == bound:
+        return other, False
+    coefficient = side.coeff(bound)
+    rest = sp.expand(side - coefficient * bound)
+    if coefficient not in (1, -1) or bound in rest.free_symbols or not side.is_Add:
+        return None
+    return sp.expand((other - rest) / coefficient), True
+
+
+def _flattened(expr: sp.Expr) -> sp.Expr:
+    """Σ_a f·Σ_k g → Σ_a Σ_k f·g where a shifted delta (δ(s, t + k)) lies inside: the chain rule's outer
+    indices are then sifted first, so that the backward of a convolution sums over the kernel
+    (Σ_k w[k]·g[s − k]), not over the output positions."""
+    def shifted(e: sp.Expr) -> bool:
+        return any(not (a.is_Symbol or isinstance(a, sp.Indexed)) for d in e.atoms(sp.KroneckerDelta) for a in d.args)
+
+    def merge(total: sp.Sum) -> sp.Expr:
+        terms = []
+        for term in sp.Add.make_args(sp.expand(total.function, deep=False, power_base=False, power_exp=False,
+                                               log=False, multinomial=False)):
+            inner = [f for f in sp.Mul.make_args(term) if isinstance(f, sp.Sum) and shifted(f)]
+            if len(inner) != 1:
+                terms.append(sp.Sum(term, *total.limits))
+                continue
+            rest = term / inner[0]
+            terms.append(sp.Sum(rest * inner[0].function, *total.limits, *inner[0].limits))
+        return sp.Add(*terms)
+
+    if not shifted(expr):
+        return expr
+    return expr.replace(lambda e: isinstance(e, sp.Sum) and e.function.has(sp.Sum), merge)
+
+
+def sift(expr: sp.Expr, edges: bool = False) -> sp.Expr:
     """Σ_k f(k) δ(k, a) = f(a) for every limit of every sum; what is constant in a limit leaves it, and
-    Σ_k c = c·n_k."""
+    Σ_k c = c·n_k. A shifted delta, Σ_t f(t) δ(s, t + k), keeps the edges where t = s − k is in t's range
+    as Iverson brackets: f(s − k)·[0 ≤ s − k]·[s − k ≤ n_t − 1]. `edges`: a plain δ(i, s) keeps them too
+    (a spec with shifted reads, where x[i] reads an axis longer than i's range)."""
     def one(total: sp.Sum) -> sp.Expr:
         pieces = []
         for term in sp.Add.make_args(_expanded(_powers_of_deltas(total.function))):
@@ -139,20 +177,56 @@ def sift(expr: sp.Expr) -> sp.Expr:
                 changed = False
                 for limit in limits:
                     bound = limit[0]
-                    delta = next((f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta)
-                                  and bound in f.args and len([a for a in f.args if bound in a.free_symbols]) == 1),
-                                 None)
-                    if delta is None:
+                    found = next(((f, solved) for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta)
+                                  for solved in [_solved(f, bound)] if solved is not None), None)
+                    if found is None:
                         continue
-                    other = delta.args[0] if delta.args[1] == bound else delta.args[1]
-                    term = _powers_of_deltas((term / delta).xreplace({bound: other}))
+                    delta, (value, shifted) = found
+                    term = _powers_of_deltas((term / delta).xreplace({bound: value}))
+                    if shifted or edges:
+                        term *= Bracket(value - limit[1]) * Bracket(limit[2] - value)
                     limits.remove(limit)
                     changed = True
                     break
             pieces.append(factor_out(term, limits))
         return sp.Add(*pieces)
 
-    return expr.replace(lambda e: isinstance(e, sp.Sum), one)
+    return simplify_brackets(_flattened(expr).replace(lambda e: isinstance(e, sp.Sum), one), {})
+
+
+def simplify_brackets(expr: sp.Expr, highest: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
+    """Iverson brackets that hold (or fail) for every value of their indices made 1 (or 0): an index runs
+    from 0 to its highest value (a sum's limit, or `highest` for free indices); others are left."""
+    if not expr.has(Bracket):
+        return expr
+
+    def within(e: sp.Expr, known: dict[sp.Symbol, sp.Expr]) -> sp.Expr:
+        if isinstance(e, sp.Sum):
+            inner = {**known, **{limit[0]: limit[2] for limit in e.limits if limit[1] == 0}}
+            return sp.Sum(within(e.function, inner), *e.limits)
+        if isinstance(e, Bracket):
+            argument = sp.expand(e.args[0])
+            lowest, largest = argument, argument
+            for symbol in argument.free_symbols & set(known):
+                coefficient = argument.coeff(symbol)
+                if not coefficient.is_number:
+                    return e
+                low, high = (0, known[symbol]) if coefficient > 0 else (known[symbol], 0)
+                lowest = lowest.xreplace({symbol: low}) if False else lowest - coefficient * symbol + coefficient * low
+                largest = largest - coefficient * symbol + coefficient * high
+            lowest, largest = sp.expand(lowest), sp.expand(largest)
+            if lowest.free_symbols & set(known) or largest.free_symbols & set(known):
+                return e
+            if lowest.is_nonnegative:
+                return sp.S.One
+            if largest.is_negative:
+                return sp.S.Zero
+            return e
+        if not e.args or not e.has(Bracket):
+            return e
+        return e.func(*[within(a, known) for a in e.args])
+
+    return within(expr, dict(highest))
 
 
 def collapse_deltas(expr: sp.Expr) -> sp.Expr:

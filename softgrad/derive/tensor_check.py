@@ -67,10 +67,11 @@ class TensorChecker:
                                 f"{', '.join(map(str, sizes))}") if self.prover is not None else None
         self.checked = 0
         self._reader_sets: dict[str, set[str]] = {}
-        ranges = list(spec.sizes)
+        ranges = spec.base_sizes()  # a range a shifted read reaches (n_s = n_t + n_k − 1) follows from these
         # every range of size 1 once (a softmax over one class, a batch of one), then small different sizes
         # (so that a transposed index or a sum over the wrong axis shows)
-        self.assignments = [[1] * len(ranges)] + [[2 + (position + shift) % 3 for position in range(len(ranges))]
+        self.assignments = [[1] * len(ranges)] + [_within_budget([2 + (position + shift) % 3
+                                                                  for position in range(len(ranges))])
                                                   for shift in (0, 1)]
         self.wide = False
         if wide:
@@ -92,8 +93,9 @@ class TensorChecker:
         self.undefined = 0  # points where the spec has no finite value (a variance over n − 1 at n = 1)
         self.rescaled = 0  # points drawn at a smaller scale, where doubles overflow at their own
         for sizes in self.assignments:
-            size_of = {self.spec.sizes[name]: size for name, size in zip(self.spec.sizes, sizes)}
-            by_name = dict(zip(self.spec.sizes, sizes))
+            size_of = self.spec.all_sizes({self.spec.sizes[name]: size
+                                           for name, size in zip(self.spec.base_sizes(), sizes)})
+            by_name = {name: size_of[symbol] for name, symbol in self.spec.sizes.items()}
             for scale in INPUT_SCALES:
                 if not wide:  # an overflow or a 0/0 in doubles may be exp(±1000): mpmath decides
                     # a composition that overflows at this scale (exp of a product of products, as attention
@@ -126,9 +128,10 @@ class TensorChecker:
     @property
     def sizes_text(self) -> str:
         """The size assignments that have points to check at, as the summary says them."""
+        base = self.spec.base_sizes()
         kept = [sizes for sizes in self.assignments
-                if any([p.sizes[symbol] for symbol in self.spec.sizes.values()] == sizes for p in self.points)]
-        return " and ".join(", ".join(f"n_{name} = {size}" for name, size in zip(self.spec.sizes, sizes))
+                if any([p.sizes[self.spec.sizes[name]] for name in base] == sizes for p in self.points)]
+        return " and ".join(", ".join(f"n_{name} = {size}" for name, size in zip(base, sizes))
                             for sizes in kept)
 
     def _finite_output(self, point: Point) -> bool:
@@ -239,8 +242,16 @@ class TensorChecker:
         if isinstance(expr, sp.Indexed):
             name = str(expr.base)
             positions = [self.compiled(i) for i in expr.indices]
-            return lambda point, env: point.arrays[name][tuple(round(complex(p(point, env)).real)
-                                                               for p in positions)]
+            if all(i.is_Symbol or isinstance(i, sp.Indexed) for i in expr.indices):
+                return lambda point, env: point.arrays[name][tuple(round(complex(p(point, env)).real)
+                                                                   for p in positions)]
+
+            def shifted(point: Point, env: dict[Any, int]) -> Any:  # an entry outside the array reads as 0
+                values = point.arrays[name]
+                at = tuple(round(complex(p(point, env)).real) for p in positions)
+                inside = all(0 <= a < size for a, size in zip(at, values.shape))
+                return values[at] if inside else 0j
+            return shifted
         if expr.is_Symbol:
             key = str(expr)
 
@@ -434,6 +445,20 @@ class TensorChecker:
 #: equal, where cases meet) and a seeded sample of the others. A wrong step is wrong at most entries; checking
 #: every entry of an eight-range spec (multi-head attention with its projections) costs minutes.
 MOST_ENTRIES = 64
+
+
+#: The most entries a point's ranges may span together (the product of their sizes): a spec of many ranges
+#: (a 2-D convolution: b, o, c, i, j, p, q) is checked at smaller sizes, every one still 2 or more.
+LARGEST_POINT = 300
+
+
+def _within_budget(sizes: list[int]) -> list[int]:
+    """The sizes with the largest lowered by one, in turn, until their product is within LARGEST_POINT."""
+    sizes = list(sizes)
+    while math.prod(sizes) > LARGEST_POINT and max(sizes) > 2:
+        largest = max(range(len(sizes)), key=lambda position: (sizes[position], position))  # the last: a sum
+        sizes[largest] -= 1
+    return sizes
 
 
 def checked_entries(sizes: list[range], seed: int) -> list[tuple[int, ...]]:

@@ -29,6 +29,34 @@ def _bounds(expr: Any) -> list[Any]:
     return [limit[0] for limit in reversed(expr.limits)]
 
 
+def _position_terms(position: Any) -> list[tuple[str, Any]]:
+    """A shifted position's terms as a page writes them, added indices first, then subtracted ones, the
+    number last: s − k, i + p − 1 (SymPy's own order prints −k + s)."""
+    constant, rest = position.as_independent(*position.free_symbols, as_Add=True)
+    terms = sorted(sp.Add.make_args(rest), key=lambda t: (bool(t.could_extract_minus_sign()), sp.default_sort_key(t)))
+    ordered = [("-" if t.could_extract_minus_sign() else "+", -t if t.could_extract_minus_sign() else t)
+               for t in terms if t != 0]
+    if constant != 0:
+        ordered.append(("-" if constant < 0 else "+", abs(constant)))
+    return ordered
+
+
+def position_text(position: Any, printed: Any) -> str:
+    """A position printed with `printed` for each term: `s - k` (a plain index as itself)."""
+    if not position.is_Add:
+        return str(printed(position))
+    pieces = []
+    for number, (sign, term) in enumerate(_position_terms(position)):
+        pieces.append((("-" if sign == "-" else "") if number == 0 else f" {sign} ") + str(printed(term)))
+    return "".join(pieces).replace(" - ", " − ").replace("-", "−") if False else "".join(pieces)
+
+
+def bracket_parts(bracket: Any) -> tuple[Any, str, Any]:
+    """(left, relation, right) of an Iverson bracket, the relation as ≤ or <."""
+    left, right, relation = bracket.sides
+    return left, "≤" if relation == "<=" else "<", right
+
+
 def _is_atom_like(expr: sp.Expr) -> bool:
     return isinstance(expr, (sp.Indexed, sp.Symbol)) or (isinstance(expr, sp.Function) and len(expr.args) == 1)
 
@@ -69,6 +97,11 @@ class TextPrinter(PrettyPrinter):
         if not all(_simple(a) for a in expr.args):
             return prettyForm(inline_text(expr))
         return self._print(sp.Symbol(f"δ_{expr.args[0]}{expr.args[1]}"))
+
+    def _print_Bracket(self, expr: Any) -> Any:
+        return prettyForm(inline_text(expr))
+
+    _print_Edge = _print_Bracket  # a padded read's edge prints as any bracket
 
     def _print_Sum(self, expr: Any) -> Any:
         bounds = _bounds(expr)
@@ -164,6 +197,16 @@ class TexPrinter(LatexPrinter):
     def _print_DiagMatrix(self, expr: Any) -> Any:
         return r"\operatorname{diag}\left(%s\right)" % self._print(expr.args[0])
 
+    def _print_Bracket(self, expr: Any, exp: str | None = None) -> Any:
+        left, relation, right = bracket_parts(expr)
+        return r"\left[%s %s %s\right]" % (position_text(left, self._print), r"\le" if relation == "≤" else "<",
+                                            position_text(right, self._print))
+
+    _print_Edge = _print_Bracket  # a padded read's edge prints as any bracket
+
+    def _print_Indexed(self, expr: Any) -> Any:  # SymPy's, with shifted positions as a page writes them
+        return "{%s}_{%s}" % (self._print(expr.base), ",".join(position_text(i, self._print) for i in expr.indices))
+
     def _print_HadamardProduct(self, expr: Any) -> Any:
         return r" \odot ".join(self.parenthesize(a, 60) for a in expr.args)
 
@@ -231,8 +274,25 @@ class MathMLPrinter(MathMLPresentationPrinter):
         for position, index in enumerate(expr.indices):
             if position:
                 indices.appendChild(self._element("mo", text=","))
-            indices.appendChild(self._print(index))
+            indices.appendChild(self._position(index))
         return self._element("msub", self._element("mi", text=str(expr.base.label)), indices)
+
+    def _position(self, position: Any) -> Any:
+        if not position.is_Add:
+            return self._print(position)
+        row = self._element("mrow")
+        for number, (sign, term) in enumerate(_position_terms(position)):
+            if number or sign == "-":
+                row.appendChild(self._element("mo", text="\u2212" if sign == "-" else "+"))
+            row.appendChild(self._print(term))
+        return row
+
+    def _print_Bracket(self, expr: Any) -> Any:
+        left, relation, right = bracket_parts(expr)
+        return self._element("mrow", self._element("mo", text="["), self._position(left),
+                             self._element("mo", text=relation), self._position(right), self._element("mo", text="]"))
+
+    _print_Edge = _print_Bracket  # a padded read's edge prints as any bracket
 
     def _print_sigmoid(self, expr: Any) -> Any:
         return self._named("σ", expr.args)
@@ -282,7 +342,15 @@ class LinearTextPrinter(StrPrinter):
     def _print_Indexed(self, expr: Any) -> Any:
         if len(expr.indices) == 1 and isinstance(expr.indices[0], sp.Symbol):
             return pretty_symbol(f"{expr.base}_{expr.indices[0]}")
-        return f"{pretty_symbol(str(expr.base))}[{', '.join(self._print(i) for i in expr.indices)}]"
+        positions = ", ".join(position_text(i, self._print).replace(" - ", " − ") for i in expr.indices)
+        return f"{pretty_symbol(str(expr.base))}[{positions}]"
+
+    def _print_Bracket(self, expr: Any) -> Any:
+        left, relation, right = bracket_parts(expr)
+        return (f"[{position_text(left, self._print)} {relation} {position_text(right, self._print)}]"
+                .replace(" - ", " − "))
+
+    _print_Edge = _print_Bracket  # a padded read's edge prints as any bracket
 
     def _print_Symbol(self, expr: Any) -> Any:
         return pretty_symbol(expr.name)

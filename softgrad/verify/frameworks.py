@@ -113,7 +113,8 @@ def _framework_checks(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]
     """The framework's own gradient checker, and whether the derived backward is what it reached."""
     derivation, framework = adapter.derivation, adapter.framework
     spec, tensor = derivation.spec, derivation.tensor
-    arrays, parameters = sample_tensor_inputs(derivation, {name: 3 for name in spec.sizes}, seed + 5)
+    sizes = spec.consistent_sizes({name: 3 for name in spec.sizes})
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 5)
     wanted = [spec.inputs.index(name) for name in tensor.gradients]
     with double_precision(framework):
         arguments = adapter._arrays([arrays[name] for name in spec.inputs] + [parameters[p] for p in spec.parameters])

@@ -109,7 +109,7 @@ def load_module(files: GeneratedFiles, folder: Path) -> Any:
 def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
     spec, tensor = derivation.spec, derivation.tensor
     rng = random.Random(seed)
-    sizes = {name: rng.randint(3, 6) for name in spec.sizes}
+    sizes = spec.consistent_sizes({name: rng.randint(3, 6) for name in spec.sizes})
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 1)
     gradients = module_gradients(module, derivation, arrays, parameters)
     checks = []
@@ -132,7 +132,7 @@ def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
     """Every gradient entry finite at inputs of magnitude 1000 wherever its exact value (computed in
     extended precision) is a finite double: exp(Σx) truly overflows, a stable softmax must not."""
     spec, tensor = derivation.spec, derivation.tensor
-    sizes = {name: 4 for name in spec.sizes}
+    sizes = spec.consistent_sizes({name: 4 for name in spec.sizes})
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 3, scale=1000.0)
     representable = _representable_gradients(derivation, sizes, arrays, parameters)
     if not any(np.any(mask) for mask in representable.values()):

@@ -26,6 +26,7 @@ import numpy as np
 from softgrad import tolerances
 from softgrad._version import __version__
 from softgrad.codegen.emit import emit
+from softgrad.derive.spec import spec_text
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 from softgrad.verify.pairs import parse_pair
@@ -133,7 +134,13 @@ def parse_sizes(text: str | None, spec: Any) -> dict[str, int]:
         if not value.isdigit() or not 1 <= int(value) <= 4096:
             raise SoftgradError(f"--size {item!r}: the size must be a whole number from 1 to 4096")
         sizes[aliases[name]] = int(value)
-    return sizes
+    given = {aliases[item.partition("=")[0]] for item in filter(None, (text or "").replace(" ", "").split(","))}
+    consistent = spec.consistent_sizes(sizes)
+    for name in spec.derived_sizes:  # a range that shifted reads reach follows from the others
+        if name in given and consistent[name] != sizes[name]:
+            raise SoftgradError(f"--size {name}={sizes[name]}: the other sizes make index {name} "
+                                f"{consistent[name]} long ({spec_text(spec.derived_sizes[name])})")
+    return dict(consistent)
 
 
 @dataclass

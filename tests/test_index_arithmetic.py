@@ -1,0 +1,162 @@
+"""Index arithmetic (issue #34): shifted positions (x[b, c, t + k], x[i + 1]), padded reads (`pad x`),
+Iverson brackets ([j <= i]) and indices used as numbers. Convolutions are derived in the tutorial voice —
+the backward a correlation with the flipped kernel, its edges stated as brackets — every step proved, and
+generated NumPy and C equal torch's conv1d and conv2d."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+from conftest import require_module, require_tool
+
+from softgrad.codegen.build import import_path, load_c
+from softgrad.codegen.emit import emit
+from softgrad.derive import derive_spec, parse_spec
+from softgrad.derive.symbols import Bracket, index
+from softgrad.errors import SpecError
+from softgrad.render.printers import inline_text
+from softgrad.verify.tensor_generated import check_tensor_module
+
+VALID = "y[b, c, t] = sum(w[c, k] * x[b, c, t + k], k)\n"
+CAUSAL = "y[b, c, t] = sum(w[c, k] * x[b, c, t - k], k)\npad x\n"
+SAME_2D = "y[b, o, i, j] = sum(W[o, c, p, q] * x[b, c, i + p - 1, j + q - 1], c, p, q) + bias[o]\npad x\n"
+DIFFERENCES = "L = sum((x[i + 1] - x[i])^2, i)\n"
+
+
+def test_an_input_read_at_t_plus_k_is_as_long_as_its_reads_reach() -> None:
+    spec = parse_spec(VALID, "conv")
+    assert spec.axes == {"w": ("c", "k"), "x": ("b", "c", "s"), "y": ("b", "c", "t")}
+    n = spec.sizes
+    assert spec.derived_sizes == {"s": n["t"] + n["k"] - 1}
+    assert spec.size_formulas(["b", "c", "k", "s"])[0] == [("t", n["s"] - n["k"] + 1)]
+    differences = parse_spec(DIFFERENCES, "differences")
+    assert differences.derived_sizes == {"s": differences.sizes["i"] + 1}, "x has one more entry than i's range"
+
+
+def test_a_padded_input_has_the_range_of_the_index_it_shifts() -> None:
+    spec = parse_spec(SAME_2D, "conv2d")
+    assert spec.axes["x"] == ("b", "c", "i", "j") and spec.derived_sizes == {} and spec.padded == ("x",)
+    assert spec.statements[-1] == "pad x" and "x[b, c, i + p - 1, j + q - 1]" in spec.statements[0]
+    assert parse_spec("\n".join(spec.statements)).statements == spec.statements
+
+
+@pytest.mark.parametrize("text, message", [
+    ("y[b, t] = sum(w[k] * x[b, t - k], k)", r"below its first entry.*declare 'pad x'"),
+    ("y[i] = x[i] * [i]", r"expected a comparison"),
+    ("y[i] = x[i] * [2 <= 3]", r"compares indices"),
+    ("y[i] = x[i] * [i <= j]", r"undefined index 'j'"),
+    ("y[b] = p[b, c[b] + 1]", r"cannot be shifted"),
+    ("y[i] = x[i + 1.5]", r"whole numbers"),
+    ("y[i] = x[i]\npad z", r"'pad z'.*not an input"),
+    ("y[t] = x[t + 1]\nz = sum(y[j] * x[j], j)", r"both at a shifted position and at the plain index"),
+    ("y[i] = x[i] * [0 < i < 3]", r"one comparison"),
+])
+def test_index_arithmetic_mistakes_are_one_clear_line(text: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text, "bad")
+
+
+def test_brackets_and_indices_as_numbers_are_values() -> None:
+    spec = parse_spec("y[i, j] = x[i, j] * [j <= i] + slope[i] * (j - i) * [i != j]", "alibi")
+    i, j = index("i"), index("j")
+    assert spec.output.expr.has(Bracket(i - j)) and spec.output.expr.has(sp.KroneckerDelta(i, j))
+    assert inline_text(Bracket(i - j)) == "[j ≤ i]" and inline_text(Bracket(i - j - 1)) == "[j < i]"
+    derivation = derive_spec(spec, wrt="x,slope")
+    assert all(step.proved for step in derivation.steps)
+
+
+def test_the_backward_of_a_convolution_is_a_correlation_with_the_flipped_kernel() -> None:
+    derivation = derive_spec(parse_spec(VALID, "conv"))
+    assert all(step.proved for step in derivation.steps)
+    dx = inline_text(derivation.results["dx"].rhs)
+    assert dx == "Σ_k [k ≤ s]·[s < k + nₜ]·dy[b, c, s − k]·w[c, k]", "a sum over the kernel, edges stated"
+    assert inline_text(derivation.results["dw"].rhs) == "Σ_b,t dy[b, c, t]·x[b, c, k + t]"
+
+
+def test_a_causal_convolutions_edges_that_always_hold_are_dropped() -> None:
+    derivation = derive_spec(parse_spec(CAUSAL, "causal"))
+    assert inline_text(derivation.results["dx"].rhs) == "Σ_k [k + t < nₜ]·dy[b, c, k + t]·w[c, k]"
+    assert inline_text(derivation.results["dw"].rhs) == "Σ_b,t [k ≤ t]·dy[b, c, t]·x[b, c, t − k]"
+
+
+def test_a_difference_of_neighbours_keeps_both_edges() -> None:
+    derivation = derive_spec(parse_spec(DIFFERENCES, "differences"))
+    assert all(step.proved for step in derivation.steps)
+    gradient = derivation.results["dx"].rhs
+    assert gradient.has(Bracket(index("s") - 1)), "x[0] has no left neighbour"
+
+
+def test_a_wrong_edge_fails_the_check() -> None:
+    """The checker reads outside an array as 0 and evaluates brackets: a sift that forgot an edge is caught."""
+    from softgrad.derive import tensor_algebra as ta
+
+    spec = parse_spec(DIFFERENCES, "differences")
+    x, s = sp.IndexedBase("x"), index("s")
+    derivative = ta.derivative(spec.output.expr, x[s])
+    assert ta.sift(derivative, edges=True) != ta.sift(derivative), "without edges, x[s] at s = n_i is wrong"
+
+
+def _torch_conv1d(torch, x, w, causal: bool):
+    functional = torch.nn.functional
+    if causal:
+        return functional.conv1d(functional.pad(x, (w.shape[-1] - 1, 0)), w.flip(-1)[:, None, :], groups=w.shape[0])
+    return functional.conv1d(x, w[:, None, :], groups=w.shape[0])
+
+
+def _module(derivation, language: str, folder: Path):
+    files = emit(derivation, language)
+    assert all(check.passed for check in check_tensor_module(derivation, files))
+    if language == "c":
+        return load_c(files, folder)
+    (path,) = [folder / name for name in files if name.endswith(".py")]
+    path.write_text(files[path.name], encoding="utf-8")
+    return import_path(path)
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+@pytest.mark.parametrize("causal", [False, True], ids=["valid", "causal"])
+def test_generated_depthwise_convolution_equals_torch(language: str, causal: bool, tmp_path: Path) -> None:
+    torch = require_module("torch")
+    if language == "c":
+        require_tool("cc")
+    module = _module(derive_spec(parse_spec(CAUSAL if causal else VALID, "conv")), language, tmp_path)
+    rng = np.random.default_rng(1)
+    B, C, T, K = 2, 3, 9, 4
+    w, dy = rng.normal(size=(C, K)), rng.normal(size=(B, C, T))
+    x = rng.normal(size=(B, C, T if causal else T + K - 1))
+    weights, inputs = torch.tensor(w, requires_grad=True), torch.tensor(x, requires_grad=True)
+    expected = _torch_conv1d(torch, inputs, weights, causal)
+    expected.backward(torch.tensor(dy))
+    np.testing.assert_allclose(module.forward(w, x), expected.detach().numpy(), rtol=1e-12, atol=1e-13)
+    dw, dx = module.gradients(w, x, dy)
+    np.testing.assert_allclose(dw, weights.grad.numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dx, inputs.grad.numpy(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_generated_2d_convolution_with_padding_equals_torch(language: str, tmp_path: Path) -> None:
+    torch = require_module("torch")
+    if language == "c":
+        require_tool("cc")
+    module = _module(derive_spec(parse_spec(SAME_2D, "conv2d")), language, tmp_path)
+    rng = np.random.default_rng(2)
+    W, x, bias = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=(2, 3, 6, 5)), rng.normal(size=4)
+    dy = rng.normal(size=(2, 4, 6, 5))
+    tensors = [torch.tensor(a, requires_grad=True) for a in (W, x, bias)]
+    expected = torch.nn.functional.conv2d(tensors[1], tensors[0], tensors[2], padding=1)
+    expected.backward(torch.tensor(dy))
+    np.testing.assert_allclose(module.forward(W, x, bias), expected.detach().numpy(), rtol=1e-12, atol=1e-12)
+    for got, tensor in zip(module.gradients(W, x, bias, dy), tensors):
+        np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_generated_code_names_a_shape_that_does_not_fit_its_reads(tmp_path: Path) -> None:
+    module = _module(derive_spec(parse_spec(VALID, "conv")), "numpy", tmp_path)
+    rng = np.random.default_rng(3)
+    w, x = rng.normal(size=(3, 4)), rng.normal(size=(2, 3, 9))
+    assert module.forward(w, x).shape == (2, 3, 6)
+    with pytest.raises(ValueError, match=r"x has 9 entries along axis 2 \(index s\)"):
+        module.gradients(w, x, rng.normal(size=(2, 3, 5)))
+    with pytest.raises(ValueError, match=r"index t would have -2 entries"):
+        module.forward(rng.normal(size=(3, 12)), x)
