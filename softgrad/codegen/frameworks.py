@@ -119,6 +119,9 @@ def lower_framework(derivation: Derivation, language: str, module: str,
     backward_sizes: list[tuple[str, str, int]] = []
     for variable, source, axis in lowered.sizes:
         range_name = variable[3:]
+        if axis < 0:  # a formula in sizes found before it (n_t = n_s − n_k + 1)
+            backward_sizes.append((variable, source, axis))
+            continue
         found = next(((name, axes[name].index(range_name)) for name in received if range_name in axes.get(name, ())),
                      None)
         if found is None:

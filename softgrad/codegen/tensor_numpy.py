@@ -45,7 +45,8 @@ class TensorModule:
     inputs: list[tuple[str, str, tuple[str, ...]]]  # (printed name, spec name, ranges)
     labels: dict[str, str]  # printed label name → range of its values
     parameters: list[str]
-    sizes: list[tuple[str, str, int]]  # (size variable, input printed name, axis) that fixes each range
+    #: (size variable, input printed name, axis) that fixes each range; axis −1: a formula in other sizes instead
+    sizes: list[tuple[str, str, int]]
     forward: list[Statement]
     output: str
     output_is_scalar: bool
@@ -181,7 +182,9 @@ class _Compiler:
               log: bool = False) -> tuple[str, tuple[Any, ...]]:
         name = ("_log_" if log else "") + self.printed[str(e.base)]
         positions = list(e.indices)
-        if all(isinstance(p, sp.Symbol) for p in positions) and len(set(positions)) == len(positions):
+        axes = self.axes.get(str(e.base), ())
+        if (all(isinstance(p, sp.Symbol) for p in positions) and len(set(positions)) == len(positions)
+                and all(ranges.get(p, r) == r for p, r in zip(positions, axes))):
             return name, tuple(positions)
         # label picks, repeated indices and shifted positions (x[t + k]): advanced indexing with one index
         # array per axis; a position that may fall outside its axis reads 0 there (a convolution's edge)
@@ -192,9 +195,6 @@ class _Compiler:
         if not outside:
             return f"{name}[{', '.join(grids)}]", want
         extents = {axis: self.size(self.axes[str(e.base)][axis]) for axis in outside}
-        for axis in outside:
-            self.pending.append(f"{self.temp()} = {grids[axis]}")
-            grids[axis] = f"_t{self.temporary}"
         inside = " & ".join(f"({grids[a]} >= 0) & ({grids[a]} < {extents[a]})" for a in outside)
         clipped = [self.dialect.call("clip", grids[a], "0", f"{extents[a]} - 1") if a in outside else grids[a]
                    for a in range(len(grids))]
@@ -469,17 +469,23 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     forward = [compiler.statement(d) for d in spec.definitions]
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()
-    sources = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
-    for name in sources:
+    for name in spec.inputs:
         for axis, range_name in enumerate(tensor.axes.get(name, ())):
             if range_name not in fixed:
                 fixed.add(range_name)
                 sizes.append((compiler.size(range_name), printed[name], axis))
-    solved = [name for name, _ in spec.size_formulas(sorted(fixed))[0]]
+    # n_t = n_s − n_k + 1 from the shapes of a shifted read's arrays: a formula in other sizes (axis −1)
+    solved = dict(spec.size_formulas(sorted(fixed))[0])
+    in_variables = {symbol: sp.Symbol(compiler.size(name)) for name, symbol in spec.sizes.items()}
+    for range_name, formula in solved.items():
+        fixed.add(range_name)
+        sizes.append((compiler.size(range_name), str(formula.xreplace(in_variables)), -1))
+    for axis, range_name in enumerate(tensor.axes.get(tensor.upstream, ()) if tensor.upstream else ()):
+        if range_name not in fixed:  # a range only the upstream gradient has
+            fixed.add(range_name)
+            sizes.append((compiler.size(range_name), printed[tensor.upstream], axis))
     for range_name in spec.sizes:
-        if range_name in solved:  # n_t = n_s − n_k + 1: from the shapes of a shifted read's arrays
-            sizes.append((compiler.size(range_name), "", -1))
-        elif range_name not in fixed and range_name not in spec.labels.values():
+        if range_name not in fixed and range_name not in spec.labels.values():
             raise SoftgradError(f"the size of range {range_name} is not fixed by any input: index it in an input")
     for range_name in spec.labels.values():
         if range_name not in fixed:

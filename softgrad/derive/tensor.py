@@ -28,7 +28,7 @@ from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.algebra import TARGET_NAMES, affine_in, cost, expanded, positive_inputs
 from softgrad.derive.algebra import tidy as _tidy
 from softgrad.derive.prose import prose, words
-from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.spec import Definition, Spec, spec_text
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, fresh_name, names_in
 from softgrad.derive.tensor_check import MOST_ENTRIES, POINTS, TensorChecker
@@ -598,6 +598,9 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically {how} "
                                 f"at {checker.sizes_text} ({POINTS} random points each)")
     derivation.check_summary += spec.facts_drawn
+    if spec.derived_sizes:  # a range that shifted reads reach: its size follows from the others
+        reached = ", ".join(f"n_{name} = {spec_text(size)}" for name, size in spec.derived_sizes.items())
+        derivation.check_summary += f"; {reached} (what shifted reads reach)"
     if engine.checker.rescaled:
         derivation.check_summary += (f"; {engine.checker.rescaled} point{'s' * (engine.checker.rescaled != 1)} drawn "
                                      "at a smaller scale, where doubles overflow at their own")
