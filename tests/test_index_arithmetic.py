@@ -160,3 +160,58 @@ def test_generated_code_names_a_shape_that_does_not_fit_its_reads(tmp_path: Path
         module.gradients(w, x, rng.normal(size=(2, 3, 5)))
     with pytest.raises(ValueError, match=r"index t would have -2 entries"):
         module.forward(rng.normal(size=(3, 12)), x)
+
+
+CAUSAL_ATTENTION = """S[i, j] = sum(Q[i, e] * K[j, e], e) / sqrt(size(e))
+P[i, j] = [j <= i] * exp(S[i, j]) / sum([k <= i] * exp(S[i, k]), k)
+O[i, f] = sum(P[i, j] * V[j, f], j)
+"""
+ALIBI = """S[h, i, j] = sum(Q[h, i, e] * K[h, j, e], e) / sqrt(size(e)) - slope[h] * (i - j)
+P[h, i, j] = [j <= i] * exp(S[h, i, j]) / sum([k <= i] * exp(S[h, i, k]), k)
+O[h, i, f] = sum(P[h, i, j] * V[h, j, f], j)
+"""
+
+
+def test_a_causal_mask_written_as_a_condition_derives_the_flash_attention_form() -> None:
+    derivation = derive_spec(parse_spec(CAUSAL_ATTENTION, "causal-attention"))
+    assert all(step.proved for step in derivation.steps)
+    assert inline_text(derivation.results["dS"].rhs) == "(dP[i, j] - Σ_f O[i, f]·dO[i, f])·P[i, j]"
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_generated_causal_attention_equals_torch_and_stays_finite(language: str, tmp_path: Path) -> None:
+    torch = require_module("torch")
+    if language == "c":
+        require_tool("cc")
+    module = _module(derive_spec(parse_spec(CAUSAL_ATTENTION, "causal-attention")), language, tmp_path)
+    rng = np.random.default_rng(4)
+    Q, K, V, dO = (rng.normal(size=shape) for shape in [(5, 4), (5, 4), (5, 3), (5, 3)])
+    tensors = [torch.tensor(a, requires_grad=True) for a in (Q, K, V)]
+    expected = torch.nn.functional.scaled_dot_product_attention(*tensors, is_causal=True)
+    expected.backward(torch.tensor(dO))
+    np.testing.assert_allclose(module.forward(Q, K, V), expected.detach().numpy(), rtol=1e-12, atol=1e-13)
+    for got, tensor in zip(module.gradients(Q, K, V, dO), tensors):
+        np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-11, atol=1e-12)
+    huge = module.forward(Q * 1000, K * 1000, V)  # the masked maximum shifts: no overflow, no 0/0
+    assert np.all(np.isfinite(huge))
+
+
+def test_alibi_written_as_the_paper_writes_it_equals_torch(tmp_path: Path) -> None:
+    torch = require_module("torch")
+    derivation = derive_spec(parse_spec(ALIBI, "alibi"))
+    assert "slope" in derivation.tensor.gradients and all(step.proved for step in derivation.steps)
+    module = _module(derivation, "numpy", tmp_path)
+    rng = np.random.default_rng(5)
+    Q, K, V, dO = (rng.normal(size=shape) for shape in [(2, 5, 4), (2, 5, 4), (2, 5, 3), (2, 5, 3)])
+    slope = np.array([0.5, 0.25])
+    tensors = [torch.tensor(a, requires_grad=True) for a in (Q, K, V, slope)]
+    positions = torch.arange(5, dtype=torch.float64)
+    bias = -tensors[3][:, None, None] * (positions[:, None] - positions[None, :])
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    scores = tensors[0] @ tensors[1].transpose(-1, -2) / 2.0 + bias
+    expected = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1) @ tensors[2]
+    expected.backward(torch.tensor(dO))
+    np.testing.assert_allclose(module.forward(Q, K, slope, V), expected.detach().numpy(), rtol=1e-12, atol=1e-13)
+    gradients = dict(zip(derivation.tensor.gradients, module.gradients(Q, K, slope, V, dO)))
+    for name, tensor in zip(["Q", "K", "V", "slope"], tensors):
+        np.testing.assert_allclose(gradients[name], tensor.grad.numpy(), rtol=1e-11, atol=1e-12)

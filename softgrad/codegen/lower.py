@@ -583,6 +583,8 @@ def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
         if found is None:
             continue
         _, denominator = sp.fraction(sp.together(definition.expr), exact=True)
+        if not isinstance(denominator.function, sp.exp):  # a masked softmax is read by its name only
+            continue
         bound = denominator.limits[0][0]
         exponent = denominator.function.args[0]
         free = tuple(sorted(exponent.free_symbols - {bound} - set(spec.sizes.values()), key=lambda s: str(s)))

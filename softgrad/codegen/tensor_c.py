@@ -62,6 +62,9 @@ class _Printer(CKernelPrinter):
 
     _print_Edge = _print_Bracket  # a padded read's edge (SymPy's code printers look a function up by its name)
 
+    def _print_Masked(self, expr: Any) -> str:  # a masked softmax's exponent: −inf where the mask is 0
+        return f"(({self._print(expr.args[1])}) > 0 ? ({self._print(expr.args[0])}) : -INFINITY)"
+
     def _print_Sum(self, expr: Any) -> str:  # pragma: no cover - every sum is hoisted before printing
         raise SoftgradError("internal: a sum reached the C printer")
 

@@ -24,7 +24,7 @@ from softgrad.codegen.names import public_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
-from softgrad.derive.symbols import Bracket
+from softgrad.derive.symbols import Bracket, Masked
 from softgrad.errors import SoftgradError
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -166,6 +166,11 @@ class _Compiler:
         if isinstance(e, sp.Heaviside):
             inner = self.compile(e.args[0], ranges, order)
             return self.dialect.heaviside(inner[0]), inner[1]
+        if isinstance(e, Masked):  # a masked softmax's exponent: −inf where the mask is 0
+            pieces = [self.compile(a, ranges, order) for a in e.args]
+            want = self.union([p[1] for p in pieces], order)
+            exponent_code, mask = (self.align(*piece, want) for piece in pieces)
+            return self.dialect.where(f"{mask} > 0", exponent_code, f"-{self.dialect.namespace}.inf"), want
         if isinstance(e, Bracket):  # [u ≥ 0] on indices: a 0/1 array over them
             inner = self.compile(e.args[0], ranges, order)
             return f"({inner[0]} >= 0){self.dialect.float_cast}", inner[1]

@@ -219,12 +219,12 @@ def inversions(definition: Definition) -> list[tuple[sp.Expr, sp.Expr]]:
         if body.is_Add or body.is_Mul:
             varying = [a for a in body.args if varies(a)]
             fixed = [a for a in body.args if not varies(a)]
-            if len(varying) != 1 or not fixed:
+            if not varying or not fixed or (len(varying) != 1 and body.is_Add):
                 break
             if body.is_Add:
                 body, target = varying[0], target - sp.Add(*fixed)
-            else:
-                body, target = varying[0], target / sp.Mul(*fixed)
+            else:  # a masked numerator ([j ≤ i]·exp(S_ij)) is peeled whole
+                body, target = sp.Mul(*varying), target / sp.Mul(*fixed)
         elif isinstance(body, sp.exp):
             body, target = body.args[0], sp.log(target)
         elif isinstance(body, sp.log):

@@ -34,7 +34,8 @@ def carried_ranges(spec: Spec) -> list[str]:
     summed = {str(limit[0]) for d in spec.definitions for total in d.expr.atoms(sp.Sum) for limit in total.limits}
     carried: list[str] = []
     for position, range_name in enumerate(spec.axes[output.name]):
-        if not all(len(spec.axes.get(name, ())) > position and spec.axes[name][position] == range_name
+        # every array keeps an index of its own (slope[h] of ALiBi would lose its only one)
+        if not all(len(spec.axes.get(name, ())) > position + 1 and spec.axes[name][position] == range_name
                    for name in arrays):
             break
         if range_name in spec.labels.values() or any(d.expr.has(spec.sizes[range_name]) for d in spec.definitions):
@@ -51,8 +52,9 @@ def carried_ranges(spec: Spec) -> list[str]:
 def _reads_own_index(definition: Definition, position: int) -> bool:
     """Whether every array the definition reads has, at `position`, the definition's own index there."""
     own = definition.indices[position]
-    return all(len(entry.indices) > position and entry.indices[position] == own
-               for entry in definition.expr.atoms(sp.Indexed))
+    outside = definition.expr.xreplace({e: sp.Dummy() for e in definition.expr.atoms(sp.Indexed)})
+    return own not in outside.free_symbols and all(  # not a number or a condition ([h <= i], h - i)
+        len(entry.indices) > position and entry.indices[position] == own for entry in definition.expr.atoms(sp.Indexed))
 
 
 def _without(spec: Spec, count: int) -> Spec:

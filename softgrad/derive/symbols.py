@@ -200,6 +200,14 @@ class Edge(Bracket):
     same number as a Bracket, printed back as the read it came from, not as a condition."""
 
 
+class Masked(sp.Function):
+    """E where the mask (a product of brackets) is 1, −∞ where it is 0: the exponent of a masked softmax
+    ([j ≤ i]·exp(S_ij) / Σ_k [k ≤ i]·exp(S_ik)) as generated code shifts it by its row maximum, so that
+    masked entries neither set the maximum nor count in the sum."""
+
+    nargs = 2
+
+
 def condition(left: sp.Expr, relation: str, right: sp.Expr) -> sp.Expr:
     """[left relation right] for integer sides: a Bracket, a Kronecker delta (==) or 1 − delta (!=)."""
     if relation == "==":

@@ -15,7 +15,7 @@ import sympy as sp
 
 from softgrad.derive.algebra import cost, expanded, inversions, tidy
 from softgrad.derive.spec import Definition
-from softgrad.derive.symbols import Bracket, index, names_in
+from softgrad.derive.symbols import Bracket, Masked, index, names_in
 
 
 def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
@@ -453,9 +453,14 @@ def outputs_sum_to_one(definition: Definition) -> sp.Symbol | None:
 
 def normalised_exponential(definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
     """For P[…, c] = exp(E_c)/Σ_k exp(E_k): (E, c), the exponent and the index the rows sum over — what
-    generated code shifts by its maximum; else None."""
+    generated code shifts by its maximum; else None. A masked numerator ([j ≤ i]·exp(S)) gives Masked(E, mask)."""
     free = outputs_sum_to_one(definition)
     if free is None:
         return None
     numerator, _ = sp.fraction(sp.together(definition.expr), exact=True)  # exp(−x) a numerator
-    return (numerator.args[0], free) if isinstance(numerator, sp.exp) else None
+    exponentials = [f for f in sp.Mul.make_args(numerator) if isinstance(f, sp.exp)]
+    masks = [f for f in sp.Mul.make_args(numerator) if isinstance(f, Bracket)]
+    if len(exponentials) != 1 or len(exponentials) + len(masks) != len(sp.Mul.make_args(numerator)):
+        return None
+    exponent = exponentials[0].args[0]  # a causal mask [j ≤ i]: the exponent is −∞ where it is 0
+    return (Masked(exponent, sp.Mul(*masks)) if masks else exponent), free
