@@ -215,3 +215,45 @@ def test_alibi_written_as_the_paper_writes_it_equals_torch(tmp_path: Path) -> No
     gradients = dict(zip(derivation.tensor.gradients, module.gradients(Q, K, slope, V, dO)))
     for name, tensor in zip(["Q", "K", "V", "slope"], tensors):
         np.testing.assert_allclose(gradients[name], tensor.grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
+HAND_WRITTEN_CONVOLUTION = '''import numpy as np
+
+
+def conv(w, x):
+    K = w.shape[1]
+    T = x.shape[2] - K + 1
+    return sum(w[None, :, k, None] * x[:, :, k:k + T] for k in range(K))
+
+
+def conv_backward(w, x, dy):
+    K, T = w.shape[1], dy.shape[2]
+    dw, dx = np.zeros_like(w), np.zeros_like(x)
+    for k in range(K):
+        dw[:, k] = np.einsum("bct,bct->c", dy, x[:, :, k:k + T])
+        dx[:, :, k:k + T] += w[None, :, k, None] * dy
+    return dw, dx
+
+
+def conv_backward_first_position_lost(w, x, dy):
+    dw, dx = conv_backward(w, x, dy)
+    dx[:, :, 0] = 0
+    return dw, dx
+'''
+
+
+@pytest.mark.parametrize("backward, status", [("conv_backward", 0), ("conv_backward_first_position_lost", 1)])
+def test_verify_checks_a_hand_written_convolution_against_the_spec(backward: str, status: int,
+                                                                    tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "conv.spec").write_text(VALID, encoding="utf-8")
+    (tmp_path / "myconv.py").write_text(HAND_WRITTEN_CONVOLUTION, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"myconv.py:conv,{backward}", "--against",
+                             "conv.spec", "--signature", "w,x -> y; w,x,dy -> dw,dx"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "n_s = " in result.stdout, "the size the shifted read reaches is the others' (n_t + n_k - 1)"
+    if status:
+        assert "worst element dx[" in result.stdout and ", 0] " in result.stdout

@@ -196,6 +196,18 @@ def _torch_reference(torch, name, arrays):
             loss = torch.nn.functional.cross_entropy(z, t["label"])
         loss.backward()
         return loss.item(), {k: t[k].grad.numpy() for k in ("W", "X", "bias")}
+    if name == "conv2d":  # padding 1 before and K - 2 after: the output as large as the input for every K
+        kernel_rows, kernel_columns = t["W"].shape[2:]
+        padded = torch.nn.functional.pad(t["x"], (1, kernel_columns - 2, 1, kernel_rows - 2))
+        out = torch.nn.functional.conv2d(padded, t["W"], t["bias"])
+        out.backward(t["dy"])
+        return out.detach().numpy(), {k: t[k].grad.numpy() for k in ("W", "x", "bias")}
+    if name == "causal-conv1d":
+        channels, width = t["w"].shape
+        padded = torch.nn.functional.pad(t["x"], (width - 1, 0))
+        out = torch.nn.functional.conv1d(padded, t["w"].flip(-1)[:, None, :], groups=channels)
+        out.backward(t["dy"])
+        return out.detach().numpy(), {k: t[k].grad.numpy() for k in ("w", "x")}
     if name == "attention":
         out = torch.softmax(t["Q"] @ t["K"].T / np.sqrt(t["Q"].shape[1]), 1) @ t["V"]
         out.backward(t["dO"])
