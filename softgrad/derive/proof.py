@@ -41,6 +41,9 @@ from softgrad.derive.symbols import n as size_symbol
 PROOF_SIZES = (1, 2, 3, 4)
 #: With several ranges every range takes each size in turn (the cost grows with the product of the sizes).
 TENSOR_PROOF_SIZES = (1, 2, 3)
+#: The most entries the ranges of a several-index proof may span together (size ** ranges): multi-head attention
+#: with its projections (7 ranges) or a 2-D convolution is proved at sizes 1 and 2, attention (4) up to 3.
+LARGEST_PROOF_POINT = 500
 #: Label inputs take every value at a size; past this many assignments the size is left to the smaller ones.
 LARGEST_LABEL_ASSIGNMENTS = 16
 #: A numerator with more terms than this is not expanded further: the step stays "checked numerically", and
@@ -128,6 +131,8 @@ class Prover:
         several ranges, `ranges` names each free index's range, and every range takes the size)."""
         proved = []
         for size in (PROOF_SIZES if self.axes is None else TENSOR_PROOF_SIZES):
+            if self.axes is not None and size > 2 and size ** len(self.spec.base_sizes()) > LARGEST_PROOF_POINT:
+                break  # the smaller sizes stand
             try:
                 if ranges is None:
                     candidates: Iterator[dict[sp.Symbol, int]] = index_patterns(free, size)

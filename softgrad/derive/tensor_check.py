@@ -74,6 +74,8 @@ class TensorChecker:
                                                                   for position in range(len(ranges))])
                                                   for shift in (0, 1)]
         self.wide = False
+        #: the points drawn again in mpmath where a step failed in doubles (saturated P = 1), kept for later steps
+        self._wide_points: tuple[Any, ...] | None = None
         if wide:
             self._sample(wide=True)
         else:
@@ -383,7 +385,12 @@ class TensorChecker:
                 self._widen()
             except StepCheckFailed:
                 doubles = (self.points, self.functions, self.number, self._compiled, self.undefined)
-                self._widen()
+                if self._wide_points is None:  # sampled in mpmath once, reused by every later step that needs it
+                    self._widen()
+                    self._wide_points = (self.points, self.functions, self.number, self._compiled, self.undefined)
+                else:
+                    self.points, self.functions, self.number, self._compiled, self.undefined = self._wide_points
+                    self.wide = True
                 try:
                     with self._precision():
                         return self._check(step)
