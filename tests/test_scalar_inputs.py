@@ -197,3 +197,16 @@ def test_clips_loss_written_inline_is_generated_stable_and_equal_to_torch(langua
 def _written(folder: Path, text: str) -> Path:
     (folder / "clip.spec").write_text(text)
     return folder
+
+
+def test_a_spec_may_declare_its_learnable_scalar() -> None:
+    """`input T` marks a bare name as learned: an input without indices, differentiated by default."""
+    spec = parse_spec(TEMPERATURE + "input T\n", "temperature")
+    assert spec.inputs == ["z", "y", "T"] and spec.parameters == [] and spec.axes["T"] == ()
+    assert spec.statements[-1] == "input T" and parse_spec("\n".join(spec.statements)).statements == spec.statements
+    derivation = derive_spec(spec)
+    assert derivation.tensor.gradients == {"z": "dz", "T": "dT"}
+    one_row = parse_spec("y[i] = exp(x[i] / T) / sum(exp(x[k] / T), k)\ninput T", "softmax-temperature")
+    assert one_row.axes["T"] == () and one_row.axes["x"] == ("b", "i"), "its row index written out"
+    with pytest.raises(SpecError, match=r"'input x'.*not a bare name"):
+        parse_spec("y[i] = exp(x[i])\ninput x", "bad")

@@ -181,10 +181,11 @@ class Spec:
 
         Documents and generated files quote these, never the source text: they are printed from the
         parsed expressions, so they hold only names, numbers and operators, whatever the source held."""
-        lines = [definition_text(d) for d in self.definitions]
+        lines = [definition_text(d, self.sizes) for d in self.definitions]
         lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in self.constraints]
         lines += [FACTS[kind].format(name=name) for name, kind in self.facts.items()]
         lines += [f"pad {name}" for name in self.padded]
+        lines += [f"input {name}" for name in self.inputs if self.axes.get(name) == () and name not in self.labels]
         return lines
 
     def base_sizes(self) -> list[str]:
@@ -274,16 +275,18 @@ def from_intermediate(spec: Spec, name: str) -> Spec:
     for later in reversed(kept):  # keep what the output needs, through the kept definitions
         if later.name in needed:
             needed |= {str(e.base) for e in later.expr.atoms(sp.Indexed)} | {str(s) for s in later.expr.free_symbols}
-    lines = [definition_text(d) for d in kept if d.name in needed]
+    lines = [definition_text(d, spec.sizes) for d in kept if d.name in needed]
     lines += [f"given {spec_text(c.lhs)} = {spec_text(c.rhs)}" for c in spec.constraints]
     lines += [f"pad {padded}" for padded in spec.padded if padded in needed or any(
         padded in names for names in [{str(e.base) for e in d.expr.atoms(sp.Indexed)} for d in kept])]
     return parse_spec("\n".join(lines), name=f"{spec.name or 'spec'}, from {name}")
 
 
-def definition_text(definition: Definition) -> str:
-    """A spec's own definition printed back: a padded read as written (x[t - k]), its edges implied by `pad x`."""
+def definition_text(definition: Definition, sizes: dict[str, sp.Symbol] | None = None) -> str:
+    """A spec's own definition printed back: a padded read as written (x[t - k]), its edges implied by `pad x`,
+    a range's size as size(r)."""
     expr = definition.expr.replace(lambda e: isinstance(e, Edge), lambda e: sp.S.One)
+    expr = expr.xreplace({symbol: sp.Symbol(f"size({name})") for name, symbol in (sizes or {}).items()})
     return f"{definition.name}{_brackets(definition.indices)} = {spec_text(expr)}"
 
 
@@ -324,6 +327,8 @@ def _shifted_axes(tokens: list[Token]) -> set[tuple[str, int]]:
     return shifted
 
 
+#: `input T` (or `input T, s`): a bare name that is learned (an input without indices), not a constant parameter.
+_INPUT = re.compile(r"\s*input\s+(?P<names>[A-Za-z]\w*(?:\s*,\s*[A-Za-z]\w*)*)\s*")
 #: `pad x` (or `pad x, h`): shifted reads of x take the range of the index they shift and read 0 outside it.
 _PAD = re.compile(r"\s*pad\s+(?P<names>[A-Za-z]\w*(?:\s*,\s*[A-Za-z]\w*)*)\s*")
 
@@ -846,9 +851,16 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
                 _check_name(padded, line_number, 1)
                 pad_lines.setdefault(padded, line_number)
     layout.padded = set(pad_lines)
+    learned: dict[str, int] = {}
+    for line_number, text in statements:
+        declared = _INPUT.fullmatch(text)
+        if declared is not None:
+            for name_text in re.split(r"\s*,\s*", declared.group("names")):
+                _check_name(name_text, line_number, 1)
+                learned.setdefault(name_text, line_number)
     try:
         for line_number, text in statements:
-            if _PAD.fullmatch(text):
+            if _PAD.fullmatch(text) or _INPUT.fullmatch(text):
                 continue
             fact = _fact(text, line_number)
             if fact is not None:
@@ -882,8 +894,14 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
         if padded not in inputs or known.get(padded) == "label":
             raise SpecError(f"'pad {padded}': {padded!r} is not an input array of the spec (padding reads an "
                             "input as zero outside its range)", line_number, 1)
+    for learned_name, line_number in learned.items():
+        if learned_name not in parameters:
+            raise SpecError(f"'input {learned_name}': {learned_name!r} is not a bare name the spec reads (an array "
+                            "is an input already; a learnable scalar is written without brackets)", line_number, 1)
     spec = _with_ranges(Spec(source, definitions, inputs, parameters, constraints, safe_title(name), facts=facts,
                              padded=tuple(pad_lines)), layout)
+    if learned:  # declared learnable: an input without indices, as --wrt T makes it
+        return with_scalar_inputs(spec, list(learned))
     return (_one_row(spec) if fold_rows else None) or spec
 
 

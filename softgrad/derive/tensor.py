@@ -98,7 +98,8 @@ def default_inputs(spec: Spec) -> tuple[list[str], str]:
     affine = {name for name in candidates if affine_in(loss, name)}
     if affine == set(candidates) or not affine:
         affine = {name for name in candidates if name in TARGET_NAMES}
-    targets = [name for name in candidates if name in constrained or name in affine]
+    # a scalar input was declared learnable (input T): never a target, whatever its name
+    targets = [name for name in candidates if (name in constrained or name in affine) and spec.axes.get(name) != ()]
     chosen = [name for name in candidates if name not in targets] or candidates
     reason = "every input"
     if targets and set(chosen) != set(candidates):

@@ -2,7 +2,7 @@
 
     z[b, c] = bias[c] + sum(W[c, d]*X[b, d], d)
     P[b, c] = exp(z[b, c])/sum(exp(z[b, k]), k)
-    L = -sum(log(P[b, label[b]]), b)/n_b
+    L = -sum(log(P[b, label[b]]), b)/size(b)
 
 (the spec as softgrad reads it; the SHA-256 of its source text is ac86ff1acacf7be5233dcf8b14f5226d6ecf23ca0bb101dcb0d66e7fa24a6160)
 

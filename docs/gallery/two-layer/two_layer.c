@@ -2,7 +2,7 @@
  *     h[b, j] = tanh(sum(W1[j, d]*X[b, d], d))
  *     z[b, c] = sum(W2[c, j]*h[b, j], j)
  *     P[b, c] = exp(z[b, c])/sum(exp(z[b, k]), k)
- *     L = -sum(log(P[b, c])*T[b, c], b, c)/n_b
+ *     L = -sum(log(P[b, c])*T[b, c], b, c)/size(b)
  *     given sum(T[b, k], k) = 1
  * (the spec as softgrad reads it; the SHA-256 of its source text is 3e5ce19fc75a6866524937814fc0f7c3dd144155138514a9b2556b695b5b6db1)
  *

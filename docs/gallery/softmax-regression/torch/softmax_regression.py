@@ -2,7 +2,7 @@
 
     z[b, c] = bias[c] + sum(W[c, d]*X[b, d], d)
     P[b, c] = exp(z[b, c])/sum(exp(z[b, k]), k)
-    L = -sum(log(P[b, c])*T[b, c], b, c)/n_b
+    L = -sum(log(P[b, c])*T[b, c], b, c)/size(b)
     given sum(T[b, k], k) = 1
 
 (the spec as softgrad reads it; the SHA-256 of its source text is 376123ef6517a596eabe680b3a85272e0b364d9752a1e138a67231905e314dd5)
