@@ -191,6 +191,9 @@ class _Compiler:
         if (all(isinstance(p, sp.Symbol) for p in positions) and len(set(positions)) == len(positions)
                 and all(ranges.get(p, r) == r for p, r in zip(positions, axes))):
             return name, tuple(positions)
+        sliced = self.sliced_entry(e, name, ranges, order)
+        if sliced is not None:
+            return sliced
         # label picks, repeated indices and shifted positions (x[t + k]): advanced indexing with one index
         # array per axis; a position that may fall outside its axis reads 0 there (a convolution's edge)
         pieces = [self.compile(p, ranges, order) for p in positions]
@@ -204,6 +207,37 @@ class _Compiler:
         clipped = [self.dialect.call("clip", grids[a], "0", f"{extents[a]} - 1") if a in outside else grids[a]
                    for a in range(len(grids))]
         return self.dialect.where(inside, f"{name}[{', '.join(clipped)}]", "0"), want
+
+    def sliced_entry(self, e: sp.Indexed, name: str, ranges: dict[sp.Symbol, str],
+                     order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+        """x[b, c, t + k] as x[:, :, grid]: the axes read at their own index whole (slices, no index arrays), the
+        shifted ones — one block of neighbouring axes — by index arrays over their indices; None where the
+        entry is not of that form (a label pick, a repeated index, shifted axes apart)."""
+        positions = list(e.indices)
+        axes = self.axes.get(str(e.base), ())
+        shifted = [a for a, p in enumerate(positions) if p.is_Add or p.is_Mul or p.is_Integer]
+        if not shifted or shifted != list(range(shifted[0], shifted[-1] + 1)):
+            return None
+        plain = [p for a, p in enumerate(positions) if a not in shifted]
+        inside_symbols = {s for a in shifted for s in positions[a].free_symbols}
+        if (not all(isinstance(p, sp.Symbol) and ranges.get(p) == axes[positions.index(p)] for p in plain)
+                or len(set(plain)) != len(plain) or set(plain) & inside_symbols):
+            return None
+        pieces = [self.compile(positions[a], ranges, order) for a in shifted]
+        block = self.union([p[1] for p in pieces], order)
+        grids = [self.align(code, have, block) + self.dialect.index_cast if have else code for code, have in pieces]
+        have = (*positions[:shifted[0]], *block, *positions[shifted[-1] + 1:])
+        outside = [a for a in shifted if self.may_leave(e, a, ranges)]
+        extents = {a: self.size(axes[a]) for a in outside}
+        read = [":"] * len(positions)
+        for a, grid in zip(shifted, grids):
+            read[a] = self.dialect.call("clip", grid, "0", f"{extents[a]} - 1") if a in outside else grid
+        code = f"{name}[{', '.join(read)}]"
+        if not outside:
+            return code, have
+        inside = " & ".join(f"({grids[shifted.index(a)]} >= 0) & ({grids[shifted.index(a)]} < {extents[a]})"
+                            for a in outside)
+        return self.dialect.where(self.align(f"({inside})", block, have), code, "0"), have
 
     def may_leave(self, e: sp.Indexed, axis: int, ranges: dict[sp.Symbol, str]) -> bool:
         """Whether a shifted position of e may fall outside its axis, given the ranges of its indices."""
