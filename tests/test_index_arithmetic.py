@@ -257,3 +257,20 @@ def test_verify_checks_a_hand_written_convolution_against_the_spec(backward: str
     assert "n_s = " in result.stdout, "the size the shifted read reaches is the others' (n_t + n_k - 1)"
     if status:
         assert "worst element dx[" in result.stdout and ", 0] " in result.stdout
+
+
+@pytest.mark.parametrize("text", ["y[i] = x[i] * [i <= 2]", "y[i] = x[i] * (i + 1)", "L = sum(x[2*k]^2, k)"])
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_one_index_specs_with_conditions_strides_and_index_values_generate_checked_code(
+        text: str, language: str, tmp_path: Path) -> None:
+    """An index in a condition or as a number, or a stride, makes the spec a several-index one (one path)."""
+    if language == "c":
+        require_tool("cc")
+    derivation = derive_spec(parse_spec(text, "odd"))
+    assert derivation.tensor is not None and all(step.proved for step in derivation.steps)
+    module = _module(derivation, language, tmp_path)
+    if text.startswith("L"):  # x read at 2k: n_s = 2 n_k - 1, so n_k = (n_s + 1) // 2; an even n_s does not fit
+        loss, dx = module.gradients(np.arange(5.0))
+        assert float(loss) == 0 + 4 + 16 and list(dx) == [0, 0, 4, 0, 8]
+        with pytest.raises(ValueError, match=r"index s"):
+            module.gradients(np.arange(4.0))

@@ -199,14 +199,18 @@ class _Compiler:
         pieces = [self.compile(p, ranges, order) for p in positions]
         want = self.union([p[1] for p in pieces], order)
         grids = [self.align(code, have, want) + self.dialect.index_cast if have else code for code, have in pieces]
-        outside = [axis for axis, p in enumerate(positions) if self.may_leave(e, axis, ranges)]
-        if not outside:
-            return f"{name}[{', '.join(grids)}]", want
+        inside, clipped = self.edges(e, dict(enumerate(grids)), ranges)
+        code = f"{name}[{', '.join(clipped[a] for a in range(len(grids)))}]"
+        return (self.dialect.where(inside, code, "0") if inside else code), want
+
+    def edges(self, e: sp.Indexed, grids: dict[int, str], ranges: dict[sp.Symbol, str]) -> tuple[str, dict[int, str]]:
+        """(where every position of e is inside its axis, or "" where none can leave; the index arrays clipped
+        into their axes): a shifted read outside an array reads 0, never past its end."""
+        outside = [axis for axis in grids if self.may_leave(e, axis, ranges)]
         extents = {axis: self.size(self.axes[str(e.base)][axis]) for axis in outside}
         inside = " & ".join(f"({grids[a]} >= 0) & ({grids[a]} < {extents[a]})" for a in outside)
-        clipped = [self.dialect.call("clip", grids[a], "0", f"{extents[a]} - 1") if a in outside else grids[a]
-                   for a in range(len(grids))]
-        return self.dialect.where(inside, f"{name}[{', '.join(clipped)}]", "0"), want
+        return inside, {a: self.dialect.call("clip", grid, "0", f"{extents[a]} - 1") if a in outside else grid
+                        for a, grid in grids.items()}
 
     def sliced_entry(self, e: sp.Indexed, name: str, ranges: dict[sp.Symbol, str],
                      order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
@@ -227,17 +231,9 @@ class _Compiler:
         block = self.union([p[1] for p in pieces], order)
         grids = [self.align(code, have, block) + self.dialect.index_cast if have else code for code, have in pieces]
         have = (*positions[:shifted[0]], *block, *positions[shifted[-1] + 1:])
-        outside = [a for a in shifted if self.may_leave(e, a, ranges)]
-        extents = {a: self.size(axes[a]) for a in outside}
-        read = [":"] * len(positions)
-        for a, grid in zip(shifted, grids):
-            read[a] = self.dialect.call("clip", grid, "0", f"{extents[a]} - 1") if a in outside else grid
-        code = f"{name}[{', '.join(read)}]"
-        if not outside:
-            return code, have
-        inside = " & ".join(f"({grids[shifted.index(a)]} >= 0) & ({grids[shifted.index(a)]} < {extents[a]})"
-                            for a in outside)
-        return self.dialect.where(self.align(f"({inside})", block, have), code, "0"), have
+        inside, clipped = self.edges(e, dict(zip(shifted, grids)), ranges)
+        code = f"{name}[{', '.join(clipped.get(a, ':') for a in range(len(positions)))}]"
+        return (self.dialect.where(self.align(f"({inside})", block, have), code, "0") if inside else code), have
 
     def may_leave(self, e: sp.Indexed, axis: int, ranges: dict[sp.Symbol, str]) -> bool:
         """Whether a shifted position of e may fall outside its axis, given the ranges of its indices."""
@@ -429,6 +425,14 @@ class _Compiler:
         return ta.normalised_exponential(definition)
 
 
+def integer_formula(formula: sp.Expr, names: dict[sp.Symbol, str]) -> str:
+    """A size formula as Python integer arithmetic: (n_s + 1)/2 of a stride-2 read as (n_s + 1) // 2 (a size it
+    does not divide then fails the check of the sizes against each other)."""
+    numerator, denominator = sp.fraction(sp.together(formula))
+    printed = str(numerator.xreplace({symbol: sp.Symbol(name) for symbol, name in names.items()}))
+    return printed if denominator == 1 else f"({printed}) // {denominator}"
+
+
 def size_variable(range_name: str) -> str:
     """The name printed code gives a range's size: _n_b."""
     return f"_n_{range_name}"
@@ -491,7 +495,7 @@ def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str,
     formulas, _ = spec.size_formulas(fixed)  # from the inputs; an upstream gradient given too must agree
 
     def code(formula: sp.Expr) -> str:  # n_s − n_k + 1 as sizes["s"] - sizes["k"] + 1
-        return str(formula.xreplace({symbol: sp.Symbol(f"sizes['{name}']") for name, symbol in spec.sizes.items()}))
+        return integer_formula(formula, {symbol: f"sizes['{name}']" for name, symbol in spec.sizes.items()})
 
     return {"checked": [(printed[n], tensor.axes[n]) for n in names],
             "labels": {printed[n]: r for n, r in spec.labels.items()},
@@ -515,10 +519,10 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
                 sizes.append((compiler.size(range_name), printed[name], axis))
     # n_t = n_s − n_k + 1 from the shapes of a shifted read's arrays: a formula in other sizes (axis −1)
     solved = dict(spec.size_formulas(sorted(fixed))[0])
-    in_variables = {symbol: sp.Symbol(compiler.size(name)) for name, symbol in spec.sizes.items()}
+    in_variables = {symbol: compiler.size(name) for name, symbol in spec.sizes.items()}
     for range_name, formula in solved.items():
         fixed.add(range_name)
-        sizes.append((compiler.size(range_name), str(formula.xreplace(in_variables)), -1))
+        sizes.append((compiler.size(range_name), integer_formula(formula, in_variables), -1))
     for axis, range_name in enumerate(tensor.axes.get(tensor.upstream, ()) if tensor.upstream else ()):
         if range_name not in fixed:  # a range only the upstream gradient has
             fixed.add(range_name)

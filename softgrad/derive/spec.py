@@ -398,6 +398,8 @@ class _Layout:
         #: inputs declared `pad x` (their shifted reads take the range of the index they shift, zeros outside).
         self.extents: dict[tuple[Any, ...], list[tuple[int, int, sp.Expr]]] = {}
         self.padded: set[str] = set()
+        #: whether a line reads an index as a number or in a condition (then ranges are the several-index kind)
+        self.conditions = False
 
     def find(self, node: tuple[Any, ...]) -> tuple[Any, ...]:
         self.parent.setdefault(node, node)
@@ -419,7 +421,7 @@ class _Layout:
 
     @property
     def several_ranges(self) -> bool:
-        return bool(self.labels or self.extents or self.sized_padding) or any(
+        return bool(self.labels or self.extents or self.sized_padding or self.conditions) or any(
             count != 1 for count in self.arity.values())
 
     @property
@@ -730,6 +732,7 @@ class _LineParser:
         if not (left.free_symbols | right.free_symbols) or isinstance(left, sp.Indexed) or isinstance(
                 right, sp.Indexed):
             raise self.error("a condition compares indices and whole numbers, e.g. [j <= i]", opening)
+        self.layout.conditions = True
         return condition(left, relation, right)
 
     def relation(self) -> str:
@@ -805,6 +808,7 @@ class _LineParser:
 
     def scalar(self, name: Token, scope: Scope) -> sp.Expr:
         if index(name.text) in scope:  # an index as a number: ALiBi's slope[h] * (j - i)
+            self.layout.conditions = True
             return index(name.text)
         if name.text == "n":
             self.layout.n_used.append((self.line, name.column))
