@@ -105,6 +105,8 @@ def _torch_conv1d(torch, x, w, causal: bool):
 
 
 def _module(derivation, language: str, folder: Path):
+    if language == "c":
+        require_tool("cc")
     files = emit(derivation, language)
     assert all(check.passed for check in check_tensor_module(derivation, files))
     if language == "c":
@@ -118,8 +120,6 @@ def _module(derivation, language: str, folder: Path):
 @pytest.mark.parametrize("causal", [False, True], ids=["valid", "causal"])
 def test_generated_depthwise_convolution_equals_torch(language: str, causal: bool, tmp_path: Path) -> None:
     torch = require_module("torch")
-    if language == "c":
-        require_tool("cc")
     module = _module(derive_spec(parse_spec(CAUSAL if causal else VALID, "conv")), language, tmp_path)
     rng = np.random.default_rng(1)
     B, C, T, K = 2, 3, 9, 4
@@ -137,8 +137,6 @@ def test_generated_depthwise_convolution_equals_torch(language: str, causal: boo
 @pytest.mark.parametrize("language", ["numpy", "c"])
 def test_generated_2d_convolution_with_padding_equals_torch(language: str, tmp_path: Path) -> None:
     torch = require_module("torch")
-    if language == "c":
-        require_tool("cc")
     module = _module(derive_spec(parse_spec(SAME_2D, "conv2d")), language, tmp_path)
     rng = np.random.default_rng(2)
     W, x, bias = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=(2, 3, 6, 5)), rng.normal(size=4)
@@ -181,8 +179,6 @@ def test_a_causal_mask_written_as_a_condition_derives_the_flash_attention_form()
 @pytest.mark.parametrize("language", ["numpy", "c"])
 def test_generated_causal_attention_equals_torch_and_stays_finite(language: str, tmp_path: Path) -> None:
     torch = require_module("torch")
-    if language == "c":
-        require_tool("cc")
     module = _module(derive_spec(parse_spec(CAUSAL_ATTENTION, "causal-attention")), language, tmp_path)
     rng = np.random.default_rng(4)
     Q, K, V, dO = (rng.normal(size=shape) for shape in [(5, 4), (5, 4), (5, 3), (5, 3)])
@@ -264,8 +260,6 @@ def test_verify_checks_a_hand_written_convolution_against_the_spec(backward: str
 def test_one_index_specs_with_conditions_strides_and_index_values_generate_checked_code(
         text: str, language: str, tmp_path: Path) -> None:
     """An index in a condition or as a number, or a stride, makes the spec a several-index one (one path)."""
-    if language == "c":
-        require_tool("cc")
     derivation = derive_spec(parse_spec(text, "odd"))
     assert derivation.tensor is not None and all(step.proved for step in derivation.steps)
     module = _module(derivation, language, tmp_path)

@@ -212,7 +212,7 @@ def simplify_brackets(expr: sp.Expr, highest: dict[sp.Symbol, sp.Expr]) -> sp.Ex
                 if not coefficient.is_number:
                     return e
                 low, high = (0, known[symbol]) if coefficient > 0 else (known[symbol], 0)
-                lowest = lowest.xreplace({symbol: low}) if False else lowest - coefficient * symbol + coefficient * low
+                lowest = lowest - coefficient * symbol + coefficient * low
                 largest = largest - coefficient * symbol + coefficient * high
             lowest, largest = sp.expand(lowest), sp.expand(largest)
             if lowest.free_symbols & set(known) or largest.free_symbols & set(known):

@@ -456,7 +456,7 @@ MOST_ENTRIES = 64
 
 #: The most entries a point's ranges may span together (the product of their sizes): a spec of many ranges
 #: (a 2-D convolution: b, o, c, i, j, p, q) is checked at smaller sizes, every one still 2 or more.
-LARGEST_POINT = 300
+LARGEST_POINT = 200
 
 
 def _within_budget(sizes: list[int]) -> list[int]:

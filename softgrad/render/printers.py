@@ -48,7 +48,7 @@ def position_text(position: Any, printed: Any) -> str:
     pieces = []
     for number, (sign, term) in enumerate(_position_terms(position)):
         pieces.append((("-" if sign == "-" else "") if number == 0 else f" {sign} ") + str(printed(term)))
-    return "".join(pieces).replace(" - ", " − ").replace("-", "−") if False else "".join(pieces)
+    return "".join(pieces)
 
 
 def bracket_parts(bracket: Any) -> tuple[Any, str, Any]:
