@@ -333,6 +333,18 @@ _INPUT = re.compile(r"\s*input\s+(?P<names>[A-Za-z]\w*(?:\s*,\s*[A-Za-z]\w*)*)\s
 _PAD = re.compile(r"\s*pad\s+(?P<names>[A-Za-z]\w*(?:\s*,\s*[A-Za-z]\w*)*)\s*")
 
 
+def _declared(statements: list[tuple[int, str]], declaration: re.Pattern[str]) -> dict[str, int]:
+    """The names a declaration (`pad x, h`, `input T`) lists, each with the first line that declares it."""
+    names: dict[str, int] = {}
+    for line_number, text in statements:
+        found = declaration.fullmatch(text)
+        if found is not None:
+            for name in re.split(r"\s*,\s*", found.group("names")):
+                _check_name(name, line_number, 1)
+                names.setdefault(name, line_number)
+    return names
+
+
 def tokenize(text: str, line: int) -> list[Token]:
     """Split one line into tokens; any character outside the language is an error at its column."""
     tokens, position = [], 0
@@ -845,23 +857,11 @@ def parse_spec(source: str, name: str | None = None, fold_rows: bool = True) -> 
     parameters: list[str] = []
     facts: dict[str, str] = {}
     fact_lines: dict[str, int] = {}
-    pad_lines: dict[str, int] = {}
     statements = [(line_number, statement) for line_number, raw in enumerate(_LINE_BREAK.split(source), start=1)
                   for statement in raw.split("#", 1)[0].split(";") if statement.strip()]
-    for line_number, text in statements:  # first, so that a pad holds for lines above it too
-        padding = _PAD.fullmatch(text)
-        if padding is not None:
-            for padded in re.split(r"\s*,\s*", padding.group("names")):
-                _check_name(padded, line_number, 1)
-                pad_lines.setdefault(padded, line_number)
+    # declarations first, so that they hold for lines above them too
+    pad_lines, learned = _declared(statements, _PAD), _declared(statements, _INPUT)
     layout.padded = set(pad_lines)
-    learned: dict[str, int] = {}
-    for line_number, text in statements:
-        declared = _INPUT.fullmatch(text)
-        if declared is not None:
-            for name_text in re.split(r"\s*,\s*", declared.group("names")):
-                _check_name(name_text, line_number, 1)
-                learned.setdefault(name_text, line_number)
     try:
         for line_number, text in statements:
             if _PAD.fullmatch(text) or _INPUT.fullmatch(text):
