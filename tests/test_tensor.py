@@ -141,6 +141,26 @@ def test_a_wrong_step_is_caught():
             engine.checker.check(Step("wrong", Partial(engine.loss, W[c, d]), [wrong], None))
 
 
+def test_a_step_wrong_at_one_entry_is_caught():
+    """Every entry is compared (the check evaluates whole arrays), not a sample: an error at one entry shows."""
+    from softgrad.derive.steps import Step
+    from softgrad.derive.symbols import Partial
+    from softgrad.derive.tensor import TensorEngine
+    from softgrad.errors import StepCheckFailed
+
+    engine = TensorEngine(_example("softmax-regression"), None, 0)
+    W, X, P, T = (sp.IndexedBase(name) for name in "WXPT")
+    b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
+    n_b = engine.spec.sizes["b"]
+    engine.axes.update(engine.spec.axes)
+    right = sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, n_b - 1)) / n_b
+    step = engine.checker.check(Step("right", Partial(engine.loss, W[c, d]), [right], None))
+    assert step.check_detail.startswith("every entry")
+    wrong = right + sp.KroneckerDelta(c, 1) * sp.KroneckerDelta(d, 2) * X[0, 0] ** 2
+    with pytest.raises(StepCheckFailed, match="c = 1, d = 2"):
+        engine.checker.check(Step("wrong", Partial(engine.loss, W[c, d]), [wrong], None))
+
+
 def test_softmax_regression_gives_the_textbook_gradients():
     derivation = derived("softmax-regression")
     assert derivation.wrt == "W,X,bias" and "T" in derivation.wrt_reason
