@@ -513,7 +513,7 @@ class _Writer:
         derivative is total: any other expression's is of its own formula, the arrays it reads held."""
         name = str(expr.var.base) if isinstance(expr.var, sp.Indexed) else str(expr.var)
         positions = tuple(self._index(i, indices) for i in getattr(expr.var, "indices", ()))
-        held = {name}
+        held = {name} & set(self.prover.definitions)  # an input is an entry symbol already: nothing to hold
         target = expr.expr
         if self.prover.axes is not None and target != self.prover.loss:
             formula = target
@@ -614,7 +614,7 @@ def _derivative(expr: sp.Expr, symbol: sp.Symbol, done: dict[sp.Expr, sp.Expr]) 
     questions were two thirds of its proof. Anything else is left to sp.diff."""
     if expr in done:
         return done[expr]
-    if symbol not in expr.free_symbols:
+    if not _depends(expr, symbol, done):
         result: sp.Expr = sp.S.Zero
     elif expr == symbol:
         result = sp.S.One
@@ -647,6 +647,16 @@ def _derivative(expr: sp.Expr, symbol: sp.Symbol, done: dict[sp.Expr, sp.Expr]) 
         result = sp.diff(expr, symbol)
     done[expr] = result
     return result
+
+
+def _depends(expr: sp.Expr, symbol: sp.Symbol, done: dict[Any, Any]) -> bool:
+    """Whether expr reads symbol, each shared part asked once (free_symbols walks the whole tree below every
+    node it is asked of: on a written-out loss, half of the derivative's time)."""
+    key = ("depends", expr)
+    known = done.get(key)
+    if known is None:
+        known = done[key] = expr == symbol or any(_depends(a, symbol, done) for a in expr.args)
+    return bool(known)
 
 
 def _in_exp_form(function: sp.Expr) -> sp.Expr:
