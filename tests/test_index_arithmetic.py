@@ -268,3 +268,18 @@ def test_one_index_specs_with_conditions_strides_and_index_values_generate_check
         assert float(loss) == 0 + 4 + 16 and list(dx) == [0, 0, 4, 0, 8]
         with pytest.raises(ValueError, match=r"index s"):
             module.gradients(np.arange(4.0))
+
+
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_a_sum_both_inside_another_sum_and_outside_it_is_generated(language: str, tmp_path: Path) -> None:
+    """Σ_k exp(x[k]) sits in a denominator of the backward both inside Σ_i1 … and on its own: C computes both
+    (it once left the outer one unreplaced and stopped at "a sum reached the C printer")."""
+    derivation = derive_spec(parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]) * [k != i], k)", "leave-one-out"))
+    module = _module(derivation, language, tmp_path)
+    x, dy = np.array([0.3, -1.2, 2.0, 0.5]), np.array([1.0, -2.0, 0.5, 3.0])
+    others = np.exp(x).sum() - np.exp(x)
+    y = np.exp(x) / others
+    assert np.allclose(module.forward(x), y, rtol=1e-13)
+    # ∂y_i/∂x_j = y_i δ_ij + y_i e^x_j / others_i (j ≠ i): the Jacobian written by hand
+    jacobian = np.diag(y) - (y / others)[:, None] * np.exp(x)[None, :] * (1 - np.eye(4))
+    assert np.allclose(module.gradients(x, dy)[0], jacobian.T @ dy, rtol=1e-12)

@@ -233,7 +233,7 @@ class _Compiler:
         """Loops over `loops` around `assign(printed expr)`, each sum of expr computed at the outermost
         level where its free indices are bound."""
         self.bind(loops)
-        sums = [s for s in expr.atoms(sp.Sum) if not any(s != other and other.has(s) for other in expr.atoms(sp.Sum))]
+        sums = outermost_sums(expr)
         levels: dict[int, list[tuple[sp.Sum, sp.Symbol]]] = {}
         replacements = {}
         for total in sorted(sums, key=sp.default_sort_key):
@@ -296,7 +296,7 @@ class _Compiler:
         """A sum over a leading axis of what it reads (dbias[c] = Σ_b dz[b, c]) with the loops turned
         inside out: rows outer, the statement's entries inner, accumulated in a double array — reading memory
         in order instead of one entry per row. None where the statement is not such a sum."""
-        sums = [t for t in expr.atoms(sp.Sum) if not any(t != o and o.has(t) for o in expr.atoms(sp.Sum))]
+        sums = outermost_sums(expr)
         if len(sums) != 1 or sums[0].function.has(sp.Sum):
             return None
         total = sums[0]
@@ -327,9 +327,7 @@ class _Compiler:
         from a work array that a gemm call fills first, and the lines that fill them."""
         lines: list[str] = []
         replacements = {}
-        for total in sorted(expr.atoms(sp.Sum), key=sp.default_sort_key):
-            if any(total != other and other.has(total) for other in expr.atoms(sp.Sum)):
-                continue  # an inner sum of another sum: computed inside its loops
+        for total in outermost_sums(expr):  # an inner sum of another sum is computed inside its loops
             free = ta.index_symbols(total) - {limit[0] for limit in total.limits}
             target = tuple(s for s in indices if s in free)
             gemm = self.contraction(total, target) if len(target) == len(free) else None
@@ -531,6 +529,21 @@ class _Compiler:
         if not gemm.batch:
             return [*lines, call]
         return [*lines, f"for (size_t _batch = 0; _batch < {extent(gemm.batch)}; ++_batch) {{", "    " + call, "}"]
+
+
+def outermost_sums(expr: sp.Expr) -> list[sp.Sum]:
+    """The sums of expr that no other sum holds, in a fixed order. A sum may be both inside another and
+    outside it (Σ_k e^x[k] in a denominator, also inside Σ_i …): it is an outermost one too."""
+    found: dict[sp.Sum, None] = {}
+
+    def walk(node: sp.Basic) -> None:
+        if isinstance(node, sp.Sum):
+            found.setdefault(node)
+            return
+        for argument in node.args:
+            walk(argument)
+    walk(expr)
+    return sorted(found, key=sp.default_sort_key)
 
 
 def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool = False) -> CModule:
