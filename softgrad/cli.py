@@ -272,7 +272,8 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
               help="Also check at inputs of order 1000 (off: where the code's documented contract excludes them; "
                    "the report says so).")
 @click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
-              help="2: the code is a loss's Hessian–vector product, --signature 'x,t,v->hv'.")
+              help="2: the code is a loss's Hessian–vector product, --signature 'x,t,v->hv', or its Hessian, "
+                   "--signature 'x,t->H'.")
 @reports_errors
 def verify(target: str | None, against: str | None, forward_reference: str | None, formula: str | None,
            derivation_file: str | None, signature: str | None, wrt: str | None, size: int, batch: int, dtype: str,

@@ -117,6 +117,8 @@ def test_verify_a_hand_written_hessian_vector_product():
     assert check_gradient(_hvp_for_targets_that_sum_to_one, against="cross-entropy-onehot",
                           signature="x,t,v->hv", order=2).passed
     with pytest.raises(SoftgradError, match="one vector"):
+        check_gradient(_hvp, against="cross-entropy", signature="x,t,v,w->hv", order=2)
+    with pytest.raises(SoftgradError, match="missing 1 required positional argument"):  # 'x,t->H': a Hessian
         check_gradient(_hvp, against="cross-entropy", signature="x,t->hv", order=2)
 
 
@@ -183,3 +185,68 @@ def test_verify_a_hand_written_hessian_vector_product_for_the_weights(tmp_path, 
     assert "second order (H·v)" in result.stdout
     if status:
         assert "worst element hv[" in result.stdout
+
+
+def _hessian_blocks(x, t):
+    """Σt · (diag(p) − ppᵀ) for each row: the blocks of a one-index loss's (block-diagonal) Hessian."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    return t.sum(axis=1)[:, None, None] * (np.einsum("bi,ij->bij", p, np.eye(x.shape[1]))
+                                           - p[:, :, None] * p[:, None, :])
+
+
+def _hessian_blocks_one_entry_off(x, t):
+    blocks = _hessian_blocks(x, t)
+    blocks[:, 1, 2] += 0.1  # no longer symmetric: H[1, 2] ≠ H[2, 1]
+    return blocks
+
+
+def test_verify_a_hand_written_hessian_names_its_worst_entry():
+    """A Hessian matrix is checked through its products with vectors, and where it is wrong the exact matrix
+    names the entry: a one-index loss's Hessian as one block per row, (b, n, n)."""
+    from softgrad.verify import check_gradient
+
+    right = check_gradient(_hessian_blocks, against="cross-entropy", signature="x,t->H", order=2)
+    assert right.passed and "second order (H)" in right.text()
+    wrong = check_gradient(_hessian_blocks_one_entry_off, against="cross-entropy", signature="x,t->H", order=2)
+    assert not wrong.passed
+    assert "worst entry H[0, 1, 2]" in wrong.text() and "5 of 180 entries wrong" in wrong.text()
+    with pytest.raises(SoftgradError, match=r"shape \(5, 6\), expected \(5, 6, 5, 6\) \(or one block per row"):
+        check_gradient(lambda x, t: x, against="cross-entropy", signature="x,t->H", order=2)
+
+
+HAND_WRITTEN_HESSIAN = '''
+import numpy as np
+
+def hessian(W, X, bias, label):
+    """∂²L/∂W∂W as a (c, d, c, d) array: Σ_b (diag(p_b) − p_b p_bᵀ) ⊗ x_b x_bᵀ / n_b."""
+    z = X @ W.T + bias
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    curvature = np.einsum("bc,ce->bce", p, np.eye(W.shape[0])) - p[:, :, None] * p[:, None, :]
+    return np.einsum("bce,bd,bf->cdef", curvature, X, X) / len(X)
+
+def hessian_without_the_outer_product(W, X, bias, label):
+    z = X @ W.T + bias
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    curvature = np.einsum("bc,ce->bce", p, np.eye(W.shape[0]))
+    return np.einsum("bce,bd,bf->cdef", curvature, X, X) / len(X)
+'''
+
+
+@pytest.mark.parametrize("function, status", [("hessian", 0), ("hessian_without_the_outer_product", 1)])
+def test_verify_a_hand_written_hessian_of_the_weights(tmp_path, function, status):
+    """The weights' whole Hessian, (c, d, c, d), through the command line: right passes, wrong exits 1 naming the
+    worst entry."""
+    import subprocess
+    import sys
+
+    (tmp_path / "code.py").write_text(HAND_WRITTEN_HESSIAN)
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"code.py:{function}", "--against",
+                             str(REGRESSION), "--order", "2", "--wrt", "W", "--signature", "W,X,bias,label->H"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "second order (H)" in result.stdout
+    if status:
+        assert "worst entry H[" in result.stdout and "entries wrong" in result.stdout

@@ -49,11 +49,20 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     from softgrad.verify.signatures import parse_signature
 
     shown: tuple[str, str] | None = None  # what the report names: the spec and signature as the user gave them
+    matrix = False
     if order == 2:
         if against is None:
             raise SoftgradError("order=2 checks a Hessian–vector product against a spec: give against=SPEC")
-        shown = (f"{load_spec_name(against)}, second order (H·v)", signature or "")
-        against, signature = _second_order(against, signature, wrt)
+        original, given_signature = against, signature or ""
+        against, signature, vector_position = _second_order(against, signature, wrt)
+        matrix = vector_position is not None
+        shown = (f"{load_spec_name(original)}, second order ({'H' if matrix else 'H·v'})", given_signature)
+        if vector_position is not None:  # the Hessian itself ('x,t->H'): checked through its products with vectors
+            from softgrad.derive import load_spec
+            from softgrad.verify.hessian_matrix import HessianAsProduct
+
+            function = HessianAsProduct(function, vector_position, given_signature.replace(" ", "").rpartition("->")[2],
+                                        by_rows=not load_spec(original).tensor)
     if against is not None:
         # several indices, a pair, a Hessian–vector product or a learnable scalar's gradient: checked by rows
         if checked_by_rows(None, against, signature, order):
@@ -85,6 +94,12 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                                           extremes, label)
             if shown is not None:  # the product under the user's name (hv), not the gradient VJP's (dx)
                 product = shown[1].replace(" ", "").rpartition("->")[2]
+                if matrix and not tensor_report.passed:
+                    line = _worst_hessian_entry(function, against, signature or "", tensor_report.sizes, seed,
+                                                parameters or {})
+                    if line is not None:
+                        tensor_report.failures.insert(0, line)
+                    product += "·v"  # the worst element below is one of the product's, H·v
                 if tensor_report.worst is not None:
                     tensor_report.worst.output = product
                 tensor_report.hints = [hint.replace(f"d{wrt_of(signature)} ", f"{product} ") for hint in
@@ -186,9 +201,21 @@ def load_spec_name(against: str) -> str:
     return load_spec(against).name or against
 
 
-def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple[str, str]:
-    """(the spec of the loss's gradient, the signature of its vector–Jacobian product) for checking a
-    Hessian–vector product 'x,t,v->hv': H·v is the gradient's VJP with upstream v (H is symmetric)."""
+def _worst_hessian_entry(function: Any, against: str, signature: str, sizes: dict[str, int], seed: int,
+                         parameters: dict[str, Any]) -> str | None:
+    """The report line naming a hand-written Hessian's worst entry (see verify.hessian_matrix)."""
+    from softgrad.derive import derive_spec, load_spec
+    from softgrad.derive.spec import with_rows
+    from softgrad.verify.hessian_matrix import worst_entry
+
+    derivation = derive_spec(with_rows(load_spec(against)), wrt=wrt_of(signature))
+    return worst_entry(function, derivation, sizes, seed, parameters)
+
+
+def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple[str, str, int | None]:
+    """(the spec of the loss's gradient, the signature of its vector–Jacobian product, and where the vector is
+    among its arguments when the function returns the Hessian itself) for checking a Hessian–vector product
+    'x,t,v->hv' (H·v is the gradient's VJP with upstream v: H is symmetric) or a Hessian 'x,t->H'."""
     from softgrad.derive import derive_spec, load_spec
     from softgrad.derive.hessian import gradient_spec
     from softgrad.derive.spec import parse_spec, with_rows
@@ -204,11 +231,14 @@ def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple
     left, _, right = signature.replace(" ", "").partition("->")
     takes, returns = left.split(","), [name for name in right.split(",") if name]
     vectors = [name for name in takes if name not in spec.inputs and name not in spec.parameters]
-    if len(vectors) != 1 or len(returns) != 1:
+    if len(vectors) > 1 or len(returns) != 1:
+        hessian = example.replace(",v->hv", "->H")
         raise SoftgradError(f"a Hessian–vector product takes the spec's inputs and one vector and returns the product, "
-                            f"e.g. {example}; got {signature!r}")
+                            f"e.g. {example} (or, without the vector, the Hessian: {hessian}); got {signature!r}")
     upstream = derive_spec(with_rows(parse_spec(text)), wrt=first.wrt).tensor.upstream
-    return text, ",".join(upstream if name == vectors[0] else name for name in takes) + f"->d{first.wrt}"
+    if not vectors:  # the Hessian itself: called as a product with the vector after the inputs it takes
+        return text, ",".join([*takes, upstream]) + f"->d{first.wrt}", len(takes)
+    return text, ",".join(upstream if name == vectors[0] else name for name in takes) + f"->d{first.wrt}", None
 
 
 def default_signature(problem: Problem) -> str:
