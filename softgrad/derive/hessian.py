@@ -54,8 +54,7 @@ def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
     product with a vector V of W's shape is H·V, the Hessian–vector product for the weights."""
     spec, tensor = first.spec, first.tensor
     if len(tensor.gradients) != 1:
-        raise SpecError("--order 2 of a loss of several indices is taken with respect to one array at a time "
-                        f"(--wrt {next(iter(tensor.gradients))}): the Hessian's block for it")
+        return _directional_gradient_spec(first)
     ((_, gradient),) = tensor.gradients.items()
     taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
         d.name for d in tensor.backward}
@@ -74,6 +73,47 @@ def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
     return "\n".join([*definitions, *backward, *constraints]), name
 
 
+def vector_names(first: Derivation) -> dict[str, str]:
+    """input → the name of the vector H multiplies for it, with several arrays (v_W, v_bias): free names."""
+    spec, tensor = first.spec, first.tensor
+    taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
+        d.name for d in tensor.backward}
+    names = {}
+    for array in tensor.gradients:
+        names[array] = _fresh([f"v_{array}", f"V_{array}"], taken)
+        taken.add(names[array])
+    return names
+
+
+def _directional_gradient_spec(first: Derivation) -> tuple[str, str]:
+    """With respect to several arrays (--wrt W,bias): the loss's gradient in the direction of vectors v_W,
+    v_bias of their shapes, g = Σ dW·v_W + Σ dbias·v_bias, as a spec — whose gradient is the Hessian–vector
+    product, ∇g = H·v, every block included (∂²L/∂W∂bias·v_bias in its W part): ∇⟨∇L, v⟩ = H·v."""
+    spec, tensor = first.spec, first.tensor
+    if tensor.upstream is not None:
+        raise SpecError("--order 2 applies to a loss (a scalar output)")
+    vectors = vector_names(first)
+    taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
+        d.name for d in tensor.backward} | set(vectors.values())
+    name = _fresh(["g", "grad"], taken)
+    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in spec.definitions[:-1]]
+    backward = [statement_text(spec, d.name, d.indices, d.expr) for d in tensor.backward]
+    reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
+                          for d in tensor.backward))
+    if spec.output.name in reads:  # the gradient reads the loss itself (log-sum-exp): it stays a definition
+        definitions.append(statement_text(spec, spec.output.name, (), spec.output.expr))
+    terms = []
+    for array, gradient in tensor.gradients.items():
+        axes = tensor.axes.get(array, ())
+        if not axes:  # a learnable scalar: its gradient times its own number
+            terms.append(f"{gradient} * {vectors[array]}")
+            continue
+        indices = ", ".join(axes)
+        terms.append(f"sum({gradient}[{indices}] * {vectors[array]}[{indices}], {indices})")
+    constraints = spec.statements[len(spec.definitions):]
+    return "\n".join([*definitions, *backward, f"{name} = " + " + ".join(terms), *constraints]), name
+
+
 def hessian(first: Derivation, seed: int = 0) -> Derivation:
     """The second-order derivation of a loss: its gradient, then the gradient's Jacobian (the Hessian) and
     vector–Jacobian product (the Hessian–vector product), every step checked."""
@@ -85,22 +125,29 @@ def hessian(first: Derivation, seed: int = 0) -> Derivation:
     spec.inputs = [*(n for n in first.spec.inputs if n in spec.inputs), *(n for n in spec.inputs
                                                                           if n not in first.spec.inputs)]
     second = derive_spec(spec, wrt=first.wrt, seed=seed)
+    arrays = first.wrt.split(",")
     if first.tensor is not None:
-        result = first.results[first.tensor.gradients[first.wrt]]
+        gradients = [(array, first.results[first.tensor.gradients[array]]) for array in arrays]
     else:
-        result = first.results.get("gradient_constrained") or first.results["gradient"]
+        gradients = [(first.wrt, first.results.get("gradient_constrained") or first.results["gradient"])]
     last = first.steps[-1]
-    loss, variable = first.spec.output.name, first.wrt
+    loss = first.spec.output.name
+    directional = len(arrays) > 1
+    reason = ("derived and checked as `softgrad derive` shows it; its product with vectors {v} of the arrays' shapes "
+              "is the spec {g} below, whose gradient is the Hessian–vector product: ∇⟨∇L, v⟩ = H·v" if directional
+              else "derived and checked as `softgrad derive` shows it; call it {g}: the Hessian of {L} is its "
+              "Jacobian, and, being symmetric, its vector–Jacobian product is the Hessian–vector product")
+    vectors = vector_names(first) if directional else {}
     gradient = Section("Gradient (first order)", [Step(
         rule="the gradient, derived first",
-        lhs=Partial(sp.Symbol(loss), sp.IndexedBase(variable)[result.indices]),
+        lhs=Partial(sp.Symbol(loss), sp.IndexedBase(variable)[result.indices] if result.indices else
+                    sp.Symbol(variable)),
         forms=[result.rhs],
-        reason=prose("derived and checked as `softgrad derive` shows it; call it {g}: the Hessian of {L} is its "
-                     "Jacobian, and, being symmetric, its vector–Jacobian product is the Hessian–vector product",
-                     g=sp.IndexedBase(name)[result.indices], L=sp.Symbol(loss)),
+        reason=prose(reason, g=sp.Symbol(name) if directional else sp.IndexedBase(name)[result.indices],
+                     L=sp.Symbol(loss), v=sp.Symbol(", ".join(vectors.values()))),
         assumes=(result.note.removeprefix("assuming "),) if result.note else (),
         checked=last.checked, check_detail=last.check_detail, check_sizes=last.check_sizes,
-        proved=last.proved, proof_detail=last.proof_detail)])
+        proved=last.proved, proof_detail=last.proof_detail) for variable, result in gradients])
     titles = {f"Jacobian of {name}": f"Hessian of {loss}: the Jacobian of its gradient {name}",
               "Vector–Jacobian product (backward pass)": "Hessian–vector product (the gradient's vector–Jacobian "
                                                           "product: H is symmetric)"}
@@ -111,13 +158,16 @@ def hessian(first: Derivation, seed: int = 0) -> Derivation:
     results = {key: dataclasses.replace(r, title=words.get(r.title, r.title.replace("Jacobian", "Hessian")),
                                         lhs=r.lhs.xreplace({sp.Symbol("J"): sp.Symbol("H")}))
                for key, r in second.results.items()}
-    if second.tensor is not None:  # the weights' block: H·V is the gradient's vector–Jacobian product
-        product = second.tensor.gradients[first.wrt]
-        results = {key: dataclasses.replace(
-            r, title=r.title.replace(f"Gradient with respect to {first.wrt}",
-                                     f"Hessian–vector product for {first.wrt} (H·{second.tensor.upstream})"),
-            note=f"{second.tensor.upstream}: the vector H multiplies, of {first.wrt}'s shape")
-            if key.startswith(product) else r for key, r in results.items()}
+    if second.tensor is not None:  # H·V: the gradient's vector–Jacobian product, or the directional gradient's
+        for array in arrays:
+            product = second.tensor.gradients[array]
+            vector = f"({', '.join(vectors.values())})" if directional else second.tensor.upstream
+            note = (f"{vector}: the vectors H multiplies, of {', '.join(arrays)}'s shapes" if directional else
+                    f"{vector}: the vector H multiplies, of {array}'s shape")
+            results = {key: dataclasses.replace(
+                r, title=r.title.replace(f"Gradient with respect to {array}",
+                                         f"Hessian–vector product for {array} (H·{vector})"), note=note)
+                if key.startswith(product) else r for key, r in results.items()}
     if "vjp" in results:
         results["vjp"] = dataclasses.replace(results["vjp"], note=f"{results['vjp'].upstream}: the vector H "
                                                                   "multiplies")

@@ -92,18 +92,19 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                         function, how = adapted
             tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},
                                           extremes, label)
-            if shown is not None:  # the product under the user's name (hv), not the gradient VJP's (dx)
-                product = shown[1].replace(" ", "").rpartition("->")[2]
+            if shown is not None:  # the products under the user's names (hv), not the gradient VJP's (dx)
+                products = dict(zip((signature or "").replace(" ", "").rpartition("->")[2].split(","),
+                                    shown[1].replace(" ", "").rpartition("->")[2].split(",")))
                 if matrix and not tensor_report.passed:
                     line = _worst_hessian_entry(function, against, signature or "", tensor_report.sizes, seed,
                                                 parameters or {})
                     if line is not None:
                         tensor_report.failures.insert(0, line)
-                    product += "·v"  # the worst element below is one of the product's, H·v
+                    products = {name: product + "·v" for name, product in products.items()}  # elements of H·v
                 if tensor_report.worst is not None:
-                    tensor_report.worst.output = product
-                tensor_report.hints = [hint.replace(f"d{wrt_of(signature)} ", f"{product} ") for hint in
-                                       tensor_report.hints]
+                    tensor_report.worst.output = products.get(tensor_report.worst.output, tensor_report.worst.output)
+                for name, product in products.items():
+                    tensor_report.hints = [hint.replace(f"{name} ", f"{product} ") for hint in tensor_report.hints]
                 tensor_report.against, tensor_report.signature = shown
             if how:
                 tensor_report.notes.insert(0, how if how.startswith("called") else f"called as {how}")
@@ -224,6 +225,9 @@ def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple
     first = derive_spec(load_spec(against), wrt=wrt)
     text, _ = gradient_spec(first)
     spec = first.spec
+    arrays = first.wrt.split(",")
+    if len(arrays) > 1:  # H·v over several arrays: the directional gradient's gradient (see derive.hessian)
+        return _second_order_of_several(first, text, signature, arrays)
     example = f"{','.join(spec.inputs)},v->hv"
     if signature is None:
         raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the "
@@ -239,6 +243,31 @@ def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple
     if not vectors:  # the Hessian itself: called as a product with the vector after the inputs it takes
         return text, ",".join([*takes, upstream]) + f"->d{first.wrt}", len(takes)
     return text, ",".join(upstream if name == vectors[0] else name for name in takes) + f"->d{first.wrt}", None
+
+
+def _second_order_of_several(first: Any, text: str, signature: str | None,
+                             arrays: list[str]) -> tuple[str, str, int | None]:
+    """The product with respect to several arrays ('W,X,bias,label,VW,Vb->hvW,hvb'): one vector per array and one
+    product per array, in --wrt's order, checked as the gradient of g = Σ dW·v_W + Σ dbias·v_bias."""
+    from softgrad.derive.hessian import vector_names
+    from softgrad.errors import SoftgradError
+
+    spec = first.spec
+    example = (f"{','.join(spec.inputs)},{','.join('v' + a for a in arrays)}->"
+               f"{','.join('hv' + a for a in arrays)}")
+    if signature is None:
+        raise SoftgradError(f"a Hessian–vector product needs --signature naming the inputs, the vectors and the "
+                            f"products, e.g. {example}")
+    left, _, right = signature.replace(" ", "").partition("->")
+    takes, returns = left.split(","), [name for name in right.split(",") if name]
+    vectors = [name for name in takes if name not in spec.inputs and name not in spec.parameters]
+    if len(vectors) != len(arrays) or len(returns) != len(arrays):
+        raise SoftgradError(f"a Hessian–vector product with respect to {', '.join(arrays)} takes one vector for each "
+                            f"and returns one product for each, in that order, e.g. {example}; got {signature!r}")
+    names = vector_names(first)
+    renamed = dict(zip(vectors, (names[array] for array in arrays)))
+    return text, ",".join(renamed.get(name, name) for name in takes) + "->" + ",".join(
+        f"d{array}" for array in arrays), None
 
 
 def default_signature(problem: Problem) -> str:
