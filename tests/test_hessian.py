@@ -83,8 +83,8 @@ def test_cli_order_two_and_kernel_hvp(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["derive", "binary-cross-entropy", "--order", "2"])
     assert result.exit_code == 0 and "H = diag((𝟙 - p)∘p)" in result.output
-    result = runner.invoke(main, ["derive", "softmax", "--order", "2"])
-    assert result.exit_code == 2 and "applies to a loss" in result.output
+    result = runner.invoke(main, ["derive", "softmax", "--order", "2"])  # an array output: L = Σ dy·y
+    assert result.exit_code == 0 and "L = sum(dy[i]*y[i], i)" in result.output
     result = runner.invoke(main, ["codegen", "cross-entropy", "--kernel", "hvp", "--lang", "numpy", "-o",
                                   str(tmp_path)])
     assert result.exit_code == 0 and "def cross_entropy_hessian_hvp(x, t, v" in (
@@ -123,6 +123,7 @@ def test_verify_a_hand_written_hessian_vector_product():
 
 
 REGRESSION = Path(__file__).resolve().parent.parent / "docs" / "examples" / "softmax-regression-labels.spec"
+ATTENTION = REGRESSION.parent / "attention.spec"
 
 
 def test_the_weights_block_of_softmax_regression_is_a_hessian_vector_product_equal_to_torchs(tmp_path):
@@ -318,3 +319,57 @@ def test_verify_a_hand_written_hessian_of_the_weights(tmp_path, function, status
     assert "second order (H)" in result.stdout
     if status:
         assert "worst entry H[" in result.stdout and "entries wrong" in result.stdout
+
+
+def test_an_array_output_is_taken_to_second_order_as_its_weighted_sum(tmp_path):
+    """softmax --order 2: the Hessian of L = Σ dy·y (a layer's second-order backward inside a network; dy = e_k
+    gives the Hessian of the one entry y_k), its product in O(n) generated, equal to torch's double backward."""
+    torch = require_module("torch")
+    derivation = hessian(softgrad.derive("softmax"))
+    assert derivation.order == 2 and all(step.proved for step in derivation.steps)
+    assert "L = sum(dy[i]*y[i], i)" in derivation.render("text")
+    files = emit(derivation, "numpy", ["hvp"])
+    checks = check_generated(derivation, "numpy", files, kernels_for(derivation, ["hvp"]), files.dtype)
+    assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
+    (path,) = [tmp_path / name for name in files if name.endswith(".py")]
+    path.write_text(files[path.name], encoding="utf-8")
+    module = import_path(path)
+    rng = np.random.default_rng(3)
+    x, dy, v = rng.normal(size=(4, 6)), rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    product = module.softmax_hessian_hvp(x, dy, v)
+    inputs = torch.tensor(x, requires_grad=True)
+    (gradient,) = torch.autograd.grad((torch.softmax(inputs, -1) * torch.tensor(dy)).sum(), inputs, create_graph=True)
+    (expected,) = torch.autograd.grad((gradient * torch.tensor(v)).sum(), inputs)
+    np.testing.assert_allclose(product, expected.numpy(), rtol=1e-10, atol=1e-13)
+    unit = np.zeros(6)
+    unit[2] = 1.0  # dy = e_2: the Hessian of y_2 alone, column by column
+    columns = np.stack([module.softmax_hessian_hvp(x[0], unit, np.eye(6)[j]) for j in range(6)], axis=1)
+    expected_hessian = torch.autograd.functional.hessian(lambda z: torch.softmax(z, -1)[2], torch.tensor(x[0]))
+    np.testing.assert_allclose(columns, expected_hessian.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_an_attention_output_is_taken_to_second_order_by_array():
+    """Attention's O[i, f] as L = Σ dO·O: its gradient for Q, written back as a spec, is the first-order
+    backward (dS with the row reduction), and its product with v the Hessian–vector product for Q."""
+    derivation = hessian(derive_spec(load_spec(str(ATTENTION)), wrt="Q"))
+    assert all(step.proved for step in derivation.steps)
+    text = derivation.render("text")
+    assert "dS[i, j] = (dP[i, j] - sum(O[i, f]*dO[i, f], f))*P[i, j]" in text and "Hessian–vector product for Q" in text
+
+
+def _softmax_hvp(x, dy, v):
+    """∂/∂x ⟨g, v⟩ for g = y ⊙ (dy − L), L = ⟨dy, y⟩: written by hand, independently of the derivation."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    y = e / e.sum(axis=1, keepdims=True)
+    weighted, projected = (dy * y).sum(axis=1, keepdims=True), (y * v).sum(axis=1, keepdims=True)
+    return y * (dy * v - weighted * v - dy * projected + 2 * weighted * projected
+                - (dy * y * v).sum(axis=1, keepdims=True))
+
+
+def test_verify_a_hand_written_product_for_an_array_output():
+    from softgrad.verify import check_gradient
+
+    assert check_gradient(_softmax_hvp, against="softmax", signature="x,dy,v->hv", order=2).passed
+    wrong = check_gradient(lambda x, dy, v: 1.01 * _softmax_hvp(x, dy, v), against="softmax",
+                           signature="x,dy,v->hv", order=2)
+    assert not wrong.passed and "1.01 times" in wrong.text()

@@ -16,7 +16,7 @@ import sympy as sp
 
 from softgrad.derive.engine import derive_spec
 from softgrad.derive.prose import prose
-from softgrad.derive.spec import parse_spec, spec_text, statement_text
+from softgrad.derive.spec import Spec, parse_spec, spec_text, statement_text
 from softgrad.derive.steps import Derivation, Section, Step
 from softgrad.derive.symbols import Partial
 from softgrad.errors import SpecError
@@ -114,9 +114,28 @@ def _directional_gradient_spec(first: Derivation) -> tuple[str, str]:
     return "\n".join([*definitions, *backward, f"{name} = " + " + ".join(terms), *constraints]), name
 
 
+def weighted_output_spec(spec: Spec) -> Spec:
+    """A spec with an array output y as the scalar l = Σ dy·y, dy an input of y's shape: the second-order
+    quantity of a layer inside a network (backpropagating a Hessian–vector product through it), and for dy a
+    unit vector e_k the Hessian of the one output entry y_k."""
+    output = spec.output
+    taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters)
+    weight = _fresh([f"d{output.name}", "u", "w"], taken)
+    loss = _fresh(["L", "loss"], taken | {weight})  # l is the name of the products' own surrogate (Σ v·g)
+    indices = ", ".join(map(str, output.indices))
+    total = f"{loss} = sum({weight}[{indices}] * {output.name}[{indices}], {indices})"
+    lines = [*spec.statements[:len(spec.definitions)], total, *spec.statements[len(spec.definitions):]]
+    weighted = parse_spec("\n".join(lines), name=spec.name)
+    weighted.source = spec.source
+    return weighted
+
+
 def hessian(first: Derivation, seed: int = 0) -> Derivation:
     """The second-order derivation of a loss: its gradient, then the gradient's Jacobian (the Hessian) and
-    vector–Jacobian product (the Hessian–vector product), every step checked."""
+    vector–Jacobian product (the Hessian–vector product), every step checked. A spec with an array output y is
+    taken to second order as l = Σ dy·y (weighted_output_spec)."""
+    if first.spec.output.is_vector:
+        first = derive_spec(weighted_output_spec(first.spec), wrt=first.wrt, seed=seed)
     text, name = gradient_spec(first)
     spec = parse_spec(text, name=f"{first.spec.name or first.spec.output.name}-hessian")
     spec.source, spec.upstream_names = first.spec.source, ("v", "u", "w", "dy")

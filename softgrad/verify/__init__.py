@@ -218,11 +218,13 @@ def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple
     among its arguments when the function returns the Hessian itself) for checking a Hessian–vector product
     'x,t,v->hv' (H·v is the gradient's VJP with upstream v: H is symmetric) or a Hessian 'x,t->H'."""
     from softgrad.derive import derive_spec, load_spec
-    from softgrad.derive.hessian import gradient_spec
+    from softgrad.derive.hessian import gradient_spec, weighted_output_spec
     from softgrad.derive.spec import parse_spec, with_rows
     from softgrad.errors import SoftgradError
 
     first = derive_spec(load_spec(against), wrt=wrt)
+    if first.spec.output.is_vector:  # an array output y: the second order of L = Σ dy·y (dy an input)
+        first = derive_spec(weighted_output_spec(first.spec), wrt=first.wrt)
     text, _ = gradient_spec(first)
     spec = first.spec
     arrays = first.wrt.split(",")
