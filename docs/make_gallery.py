@@ -1,4 +1,4 @@
-"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown; a loss's Hessian too) and generated
+"""Regenerate docs/gallery/: every catalog entry's derivation (Markdown, its Hessian too) and generated
 NumPy, C, torch and JAX, and each example of docs/examples/ (specs with several indices) likewise.
 
     python docs/make_gallery.py            # writes docs/gallery/
@@ -26,8 +26,8 @@ def write_entry(folder: Path, name: str, derivation: Derivation, written: list[P
     files.update({k: v for k, v in emit(derivation, "c").items() if not k.endswith("_ctypes.py")})
     for framework in ("torch", "jax"):  # a folder each: their modules have the NumPy module's name
         files.update({f"{framework}/{k}": v for k, v in emit(derivation, framework).items()})
-    if derivation.tensor is None and not derivation.spec.output.is_vector:  # a loss: its Hessian too
-        files["hessian.md"] = hessian(derivation).render("markdown")
+    # the Hessian too: of a loss, or of L = Σ dy·y for an array output (with the default --wrt, every array)
+    files["hessian.md"] = hessian(derivation).render("markdown")
     links = []
     for file_name, text in files.items():
         (entry_folder / file_name).parent.mkdir(exist_ok=True)

@@ -373,3 +373,31 @@ def test_verify_a_hand_written_product_for_an_array_output():
     wrong = check_gradient(lambda x, dy, v: 1.01 * _softmax_hvp(x, dy, v), against="softmax",
                            signature="x,dy,v->hv", order=2)
     assert not wrong.passed and "1.01 times" in wrong.text()
+
+
+EXAMPLES = sorted(REGRESSION.parent.glob("*.spec"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
+def test_every_docs_example_is_taken_to_second_order_every_step_proved(path):
+    """Every docs example, with its default --wrt (several arrays): a loss as it is, an array output as
+    L = Σ dy·y; a convolution's second order reads its upstream gradient shifted (declared `pad dy`)."""
+    derivation = hessian(derive_spec(load_spec(str(path))))
+    assert derivation.order == 2 and all(step.proved for step in derivation.steps), [
+        step.rule for step in derivation.steps if not step.proved]
+    assert any("Hessian–vector product for" in result.title for result in derivation.results.values())
+
+
+def test_an_array_the_gradient_does_not_read_has_hessian_rows_of_zero(tmp_path):
+    """Layer norm's beta only shifts its output: the gradient does not depend on it, the Hessian's rows for it are
+    0 (said), its block left out; asked for alone with gamma (L is linear in both), the Hessian is 0."""
+    path = REGRESSION.parent / "layer-norm-affine.spec"
+    derivation = hessian(derive_spec(load_spec(str(path))))
+    assert "the gradient does not depend on beta: the Hessian's rows for it are 0" in derivation.check_summary
+    assert set(derivation.tensor.gradients) == {"x", "gamma"}
+    with pytest.raises(SpecError, match="does not depend on gamma, beta: its Hessian is 0"):
+        hessian(derive_spec(load_spec(str(path)), wrt="gamma,beta"))
+    with pytest.raises(SpecError, match=r"L does not depend on beta: nothing to differentiate \(leave it out"):
+        derive_spec(softgrad.derive.parse_spec("y[b, k] = g[k] * x[b, k] + beta[k]\nz[b] = sum(x[b, k], k)\n"
+                                               "L = sum(z[b]^2, b)"), wrt="x,beta")

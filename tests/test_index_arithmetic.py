@@ -283,3 +283,11 @@ def test_a_sum_both_inside_another_sum_and_outside_it_is_generated(language: str
     # ∂y_i/∂x_j = y_i δ_ij + y_i e^x_j / others_i (j ≠ i): the Jacobian written by hand
     jacobian = np.diag(y) - (y / others)[:, None] * np.exp(x)[None, :] * (1 - np.eye(4))
     assert np.allclose(module.gradients(x, dy)[0], jacobian.T @ dy, rtol=1e-12)
+
+
+def test_a_condition_may_compare_with_a_ranges_size() -> None:
+    """[i + 1 < size(i)] (all but the last entry), as the derivations write edges; a position may not hold one."""
+    derivation = derive_spec(parse_spec("L = sum(x[i]^2 * [i + 1 < size(i)], i)"))
+    assert all(step.proved for step in derivation.steps)
+    with pytest.raises(SpecError, match="undefined index 'size'"):
+        parse_spec("y[i] = x[i + size(i)]")

@@ -11,6 +11,7 @@ gradient's vector–Jacobian product is the Hessian–vector product, H·v = p �
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import sympy as sp
 
@@ -64,13 +65,43 @@ def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
                 for d in tensor.backward]
     if tensor.upstream is not None:
         raise SpecError("--order 2 applies to a loss (a scalar output)")
-    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in spec.definitions[:-1]]
+    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in _read_by(spec, tensor.backward)]
     reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
                           for d in tensor.backward))
     if spec.output.name in reads:  # the gradient reads the loss itself (log-sum-exp): it stays a definition
         definitions.append(statement_text(spec, spec.output.name, (), spec.output.expr))
-    constraints = spec.statements[len(spec.definitions):]
+    constraints = [*spec.statements[len(spec.definitions):], *_padding(spec, tensor.backward)]
     return "\n".join([*definitions, *backward, *constraints]), name
+
+
+def _read_by(spec: Spec, backward: list[Any]) -> list[Any]:
+    """The loss's definitions (not the loss) that the backward arrays read, directly or through each other: a
+    definition nothing reads (layer norm's y, once dy is given) is left out of the gradient's spec."""
+    def reads(expr: sp.Expr) -> set[str]:
+        return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
+
+    read = set().union(*(reads(d.expr) for d in backward))
+    for definition in reversed(spec.definitions[:-1]):
+        if definition.name in read:
+            read |= reads(definition.expr)
+    return [d for d in spec.definitions[:-1] if d.name in read]
+
+
+def _padding(spec: Spec, backward: list[Any]) -> list[str]:
+    """`pad` declarations for the arrays a backward definition reads at shifted positions (a convolution's
+    upstream gradient, dy[b, o, i − p + 1, …]): their edges are brackets already, so reading 0 outside agrees."""
+    shifted = {str(e.base) for d in backward for e in d.expr.atoms(sp.Indexed)
+               if any(not (p.is_Symbol or isinstance(p, sp.Indexed)) for p in e.indices)}
+    return [f"pad {name}" for name in sorted(shifted - set(spec.padded) - {d.name for d in spec.definitions}
+                                            - {d.name for d in backward})]
+
+
+def second_order_arrays(first: Derivation, text: str) -> tuple[list[str], list[str]]:
+    """(the arrays of --wrt the gradient's spec reads, those it does not): the Hessian's rows for the second are
+    0 — the gradient does not depend on them (layer norm's beta only shifts its output)."""
+    inputs = set(parse_spec(text).inputs)
+    arrays = first.wrt.split(",")
+    return [a for a in arrays if a in inputs], [a for a in arrays if a not in inputs]
 
 
 def vector_names(first: Derivation) -> dict[str, str]:
@@ -96,7 +127,7 @@ def _directional_gradient_spec(first: Derivation) -> tuple[str, str]:
     taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
         d.name for d in tensor.backward} | set(vectors.values())
     name = _fresh(["g", "grad"], taken)
-    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in spec.definitions[:-1]]
+    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in _read_by(spec, tensor.backward)]
     backward = [statement_text(spec, d.name, d.indices, d.expr) for d in tensor.backward]
     reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
                           for d in tensor.backward))
@@ -110,7 +141,7 @@ def _directional_gradient_spec(first: Derivation) -> tuple[str, str]:
             continue
         indices = ", ".join(axes)
         terms.append(f"sum({gradient}[{indices}] * {vectors[array]}[{indices}], {indices})")
-    constraints = spec.statements[len(spec.definitions):]
+    constraints = [*spec.statements[len(spec.definitions):], *_padding(spec, tensor.backward)]
     return "\n".join([*definitions, *backward, f"{name} = " + " + ".join(terms), *constraints]), name
 
 
@@ -143,20 +174,23 @@ def hessian(first: Derivation, seed: int = 0) -> Derivation:
     # the inputs in the loss's order (the gradient's text may name them in another): one signature for both
     spec.inputs = [*(n for n in first.spec.inputs if n in spec.inputs), *(n for n in spec.inputs
                                                                           if n not in first.spec.inputs)]
-    second = derive_spec(spec, wrt=first.wrt, seed=seed)
-    arrays = first.wrt.split(",")
+    arrays, constant = second_order_arrays(first, text)
+    if not arrays:
+        raise SpecError(f"the gradient of {first.spec.output.name} does not depend on {', '.join(constant)}: its "
+                        "Hessian is 0")
+    second = derive_spec(spec, wrt=",".join(arrays), seed=seed)
     if first.tensor is not None:
         gradients = [(array, first.results[first.tensor.gradients[array]]) for array in arrays]
     else:
         gradients = [(first.wrt, first.results.get("gradient_constrained") or first.results["gradient"])]
     last = first.steps[-1]
     loss = first.spec.output.name
-    directional = len(arrays) > 1
+    directional = len(first.wrt.split(",")) > 1  # the directional gradient's spec (even if one array is left)
     reason = ("derived and checked as `softgrad derive` shows it; its product with vectors {v} of the arrays' shapes "
               "is the spec {g} below, whose gradient is the Hessian–vector product: ∇⟨∇L, v⟩ = H·v" if directional
               else "derived and checked as `softgrad derive` shows it; call it {g}: the Hessian of {L} is its "
               "Jacobian, and, being symmetric, its vector–Jacobian product is the Hessian–vector product")
-    vectors = vector_names(first) if directional else {}
+    vectors = {a: v for a, v in vector_names(first).items() if a in arrays} if directional else {}
     gradient = Section("Gradient (first order)", [Step(
         rule="the gradient, derived first",
         lhs=Partial(sp.Symbol(loss), sp.IndexedBase(variable)[result.indices] if result.indices else
@@ -190,5 +224,7 @@ def hessian(first: Derivation, seed: int = 0) -> Derivation:
     if "vjp" in results:
         results["vjp"] = dataclasses.replace(results["vjp"], note=f"{results['vjp'].upstream}: the vector H "
                                                                   "multiplies")
+    zero = (f"; the gradient does not depend on {', '.join(constant)}: the Hessian's rows for "
+            f"{'it' if len(constant) == 1 else 'them'} are 0") if constant else ""
     return dataclasses.replace(second, sections=sections, results=results, order=2,
-                               check_summary=second.check_summary + f"; the gradient: {first.check_summary}")
+                               check_summary=second.check_summary + zero + f"; the gradient: {first.check_summary}")

@@ -452,6 +452,7 @@ class _LineParser:
         self.used_parameters: list[str] = []
         self.depth = 0
         self.shifted = _shifted_axes(tokens)  # (array, axis) read at a shifted position somewhere on this line
+        self.in_condition = False  # inside [a <= b]: a range's size, size(k), may be a term
 
     # --- token helpers
     @property
@@ -592,15 +593,7 @@ class _LineParser:
                 self.layout.join(("index", self.line, str(second)), ("values", str(first.base)))
             return sp.KroneckerDelta(first, second)
         if name.text == "size":
-            token = self.expect_name("an index")
-            size_of = index(token.text)
-            uses = [t for t in self.tokens if t.kind == "name" and t.text == token.text and t is not token]
-            if size_of not in scope and (not uses or token.text in self.known or token.text in RESERVED):
-                raise self.error(f"size({token.text}): {token.text!r} is not an index of this statement", token)
-            self.expect(")")
-            placeholder = sp.Symbol(f"_size_{self.line}_{size_of}_{token.column}", integer=True, positive=True)
-            self.layout.sized.append((placeholder, ("index", self.line, str(size_of))))
-            return placeholder
+            return self.size_of(scope)
         if name.text in VARIADIC_FUNCTIONS:
             arguments = [self.expression(scope)]
             while self.accept(","):
@@ -667,6 +660,18 @@ class _LineParser:
                                 self.line, after.column)
             position += 2
 
+    def size_of(self, scope: Scope) -> sp.Expr:
+        """size(k) after its opening parenthesis: the size of k's range, a placeholder until ranges are known."""
+        token = self.expect_name("an index")
+        size_of = index(token.text)
+        uses = [t for t in self.tokens if t.kind == "name" and t.text == token.text and t is not token]
+        if size_of not in scope and (not uses or token.text in self.known or token.text in RESERVED):
+            raise self.error(f"size({token.text}): {token.text!r} is not an index of this statement", token)
+        self.expect(")")
+        placeholder = sp.Symbol(f"_size_{self.line}_{size_of}_{token.column}", integer=True, positive=True)
+        self.layout.sized.append((placeholder, ("index", self.line, str(size_of))))
+        return placeholder
+
     def index_use(self, scope: Scope) -> sp.Symbol:
         token = self.expect_name("an index")
         symbol = index(token.text)
@@ -721,6 +726,9 @@ class _LineParser:
             if self.accept("*"):
                 return value * self.index_use(scope)
             return value
+        if self.in_condition and token.text == "size" and self.tokens[self.position + 1].text == "(":
+            self.position += 2  # a range's size in a condition: [k + 1 < size(k)], as the derivations write edges
+            return self.size_of(scope)
         symbol = self.index_use(scope)
         if self.accept("*"):
             number = self.current
@@ -734,9 +742,13 @@ class _LineParser:
         """An Iverson bracket [a <= b] on indices: 1 where it holds, 0 elsewhere (<, <=, ==, !=, >=, >)."""
         opening = self.current
         self.expect("[")
-        left = self.position_expression(scope)
-        relation = self.relation()
-        right = self.position_expression(scope)
+        self.in_condition = True
+        try:
+            left = self.position_expression(scope)
+            relation = self.relation()
+            right = self.position_expression(scope)
+        finally:
+            self.in_condition = False
         if self.current.text in ("<", "<=", "==", "!=", ">=", ">", "="):
             raise self.error("a bracket holds one comparison: write [a <= b] * [b < c]")
         if not self.accept("]"):

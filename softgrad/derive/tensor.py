@@ -174,7 +174,16 @@ class TensorEngine:
         if self.spec.output.name not in depends:
             raise SpecError(f"{self.spec.output.name} does not depend on {', '.join(self.wrt)}: nothing to "
                             "differentiate")
-        return [d.name for d in reversed(self.spec.definitions[:-1]) if d.name in depends] + self.wrt
+        read = {self.spec.output.name}  # what the output reads, directly or through other definitions
+        for definition in reversed(self.spec.definitions):
+            if definition.name in read:
+                read |= {str(e.base) for e in definition.expr.atoms(sp.Indexed)} | {
+                    str(s) for s in definition.expr.free_symbols}
+        unread = [name for name in self.wrt if name not in read]
+        if unread:
+            raise SpecError(f"{self.spec.output.name} does not depend on {', '.join(unread)}: nothing to "
+                            f"differentiate (leave {'it' if len(unread) == 1 else 'them'} out of --wrt)")
+        return [d.name for d in reversed(self.spec.definitions[:-1]) if d.name in depends and d.name in read] + self.wrt
 
     def run(self, sections: list[Section], results: dict[str, Result]) -> None:
         output = self.spec.output

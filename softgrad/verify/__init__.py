@@ -251,7 +251,7 @@ def _second_order_of_several(first: Any, text: str, signature: str | None,
                              arrays: list[str]) -> tuple[str, str, int | None]:
     """The product with respect to several arrays ('W,X,bias,label,VW,Vb->hvW,hvb'): one vector per array and one
     product per array, in --wrt's order, checked as the gradient of g = Σ dW·v_W + Σ dbias·v_bias."""
-    from softgrad.derive.hessian import vector_names
+    from softgrad.derive.hessian import second_order_arrays, vector_names
     from softgrad.errors import SoftgradError
 
     spec = first.spec
@@ -266,6 +266,11 @@ def _second_order_of_several(first: Any, text: str, signature: str | None,
     if len(vectors) != len(arrays) or len(returns) != len(arrays):
         raise SoftgradError(f"a Hessian–vector product with respect to {', '.join(arrays)} takes one vector for each "
                             f"and returns one product for each, in that order, e.g. {example}; got {signature!r}")
+    _, constant = second_order_arrays(first, text)
+    if constant:
+        raise SoftgradError(f"the gradient does not depend on {', '.join(constant)}: the Hessian's rows for "
+                            f"{'it' if len(constant) == 1 else 'them'} are 0; leave {', '.join(constant)} out of --wrt "
+                            "(and its vector and product out of the signature)")
     names = vector_names(first)
     renamed = dict(zip(vectors, (names[array] for array in arrays)))
     return text, ",".join(renamed.get(name, name) for name in takes) + "->" + ",".join(
