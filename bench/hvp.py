@@ -1,10 +1,11 @@
 """Generated Hessian–vector products (`softgrad codegen LOSS --kernel hvp`) against torch and JAX.
 
-For each catalog loss (cross-entropy with soft targets, the one-hot form, KL divergence, binary
-cross-entropy, log-sum-exp) at 4096 rows of 1000 classes, float64, one thread: the generated C and NumPy
-hvp kernels, torch's double backward (grad of grad·v, create_graph=True), torch.func.hvp (forward-over-reverse
-via jvp of grad) and jax.jvp(jax.grad(f)) under jax.jit. Medians of interleaved rounds; ratio = generated C /
-peer (< 1 is faster). The table goes into bench/results.md ("hvp" section).
+For each catalog entry (softmax, log-softmax and sigmoid as L = Σ dy·y; the losses cross-entropy with soft
+targets, the one-hot form, KL divergence, binary cross-entropy, log-sum-exp) at 4096 rows of 1000 classes,
+float64, one thread: the generated C and NumPy hvp kernels, torch's double backward (grad of grad·v,
+create_graph=True), torch.func.hvp (forward-over-reverse via jvp of grad) and jax.jvp(jax.grad(f)) under
+jax.jit. Medians of interleaved rounds; ratio = generated C / peer (< 1 is faster). The table goes into
+bench/results.md ("hvp" section).
 
     python bench/hvp.py [--quick]      # --quick: small shapes, few rounds, nothing written
 """
@@ -38,12 +39,17 @@ from sections import replace_section  # noqa: E402
 
 
 def losses() -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
-    """Catalog loss → (per-row loss in torch, in jax.numpy), summed over rows by the callers."""
+    """Catalog entry → (its loss summed over rows in torch, in jax.numpy); an entry with an array output y is
+    taken as L = Σ dy·y (what `--order 2` derives for it), dy a second input drawn normal."""
     import jax
     import jax.numpy as jnp
     import torch
 
     return {
+        "softmax": (lambda x, dy: (dy * torch.softmax(x, -1)).sum(), lambda x, dy: jnp.sum(dy * jax.nn.softmax(x, -1))),
+        "log-softmax": (lambda x, dy: (dy * torch.log_softmax(x, -1)).sum(),
+                        lambda x, dy: jnp.sum(dy * jax.nn.log_softmax(x, -1))),
+        "sigmoid": (lambda x, dy: (dy * torch.sigmoid(x)).sum(), lambda x, dy: jnp.sum(dy * jax.nn.sigmoid(x))),
         "cross-entropy": (lambda x, t: -(t * torch.log_softmax(x, -1)).sum(),
                           lambda x, t: -jnp.sum(t * jax.nn.log_softmax(x, -1))),
         "cross-entropy-onehot": (lambda x, t: -(t * torch.log_softmax(x, -1)).sum(),
@@ -97,6 +103,8 @@ def main() -> None:
             x = rng.normal(size=(rows, n))
             targets = rng.random((rows, n))
             targets /= targets.sum(axis=1, keepdims=True)
+            if softgrad.derive(name).spec.output.is_vector:  # L = Σ dy·y: the second input is dy
+                targets = rng.normal(size=(rows, n))
             v = rng.normal(size=(rows, n))
             inputs = [x] if name == "logsumexp" else [x, targets]
             tensors = [torch.from_numpy(a) for a in inputs]
@@ -126,8 +134,8 @@ def main() -> None:
     lines = ["## Hessian–vector products: generated against torch and JAX (one thread, float64)", "",
              f"`python bench/hvp.py` ({rows} rows × {n} classes; medians of {rounds} interleaved rounds; ratio = "
              "generated C / peer, < 1 is faster; error = generated NumPy against torch's double backward, relative).",
-             "", "| loss | C ms | NumPy ms | torch double backward ms | torch.func jvp∘grad ms | JAX jvp∘grad (jit) ms "
-             "| C / double backward | C / torch.func | C / JAX | error |",
+             "", "| entry | C ms | NumPy ms | torch double backward ms | torch.func jvp∘grad ms "
+             "| JAX jvp∘grad (jit) ms | C / double backward | C / torch.func | C / JAX | error |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t, error in table:
         lines.append(f"| {name} | {t['c']:.2f} | {t['numpy']:.2f} | {t['double backward']:.2f} | {t['torch.func']:.2f} "

@@ -342,14 +342,19 @@ def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]
             for _, denominator in parts:
                 for factor, power in denominator.items():
                     common[factor] = max(common.get(factor, 0), power)
-            numerator = polynomials.zero
+            total: dict[Any, Any] = {}  # the terms added in place: p + q copies p, quadratic over many parts
             for part_numerator, denominator in parts:
                 term = part_numerator
                 for factor, power in common.items():
                     if power > denominator.get(factor, 0):
                         term = bounded(term * factor ** (power - denominator.get(factor, 0)))
-                numerator += term
-            result: Fraction = (numerator, common)
+                for monomial, coefficient in term.items():
+                    value = total.get(monomial, 0) + coefficient
+                    if value:
+                        total[monomial] = value
+                    else:
+                        total.pop(monomial, None)
+            result: Fraction = (polynomials.from_dict(total), common)
         elif e.is_Mul:
             numerator, common = polynomials.one, {}
             for a in e.args:
@@ -389,13 +394,20 @@ def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]
         if denominator:
             return None
         while any(monomial[position] >= degree for monomial in numerator.keys()):
-            reduced = polynomials.zero
+            reduced: dict[Any, Any] = {}  # added in place, as in fraction()
             for monomial, coefficient in numerator.items():
                 power = monomial[position]
                 kept = (*monomial[:position], power % degree, *monomial[position + 1:])
                 term = polynomials({kept: coefficient})
-                reduced += term * radicand ** (power // degree) if power >= degree else term
-            numerator = reduced
+                if power >= degree:
+                    term = bounded(term * radicand ** (power // degree))
+                for reached, value in term.items():
+                    value = reduced.get(reached, 0) + value
+                    if value:
+                        reduced[reached] = value
+                    else:
+                        reduced.pop(reached, None)
+            numerator = polynomials.from_dict(reduced)
     return numerator
 
 
