@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sympy as sp
@@ -36,8 +36,12 @@ POINTS = len(INPUT_SCALES)
 class Point:
     sizes: dict[sp.Symbol, int]
     arrays: dict[str, Any]
-    scalars: dict[str, complex]
-    derivatives: dict[tuple[Any, ...], tuple[Point, float]] = field(default_factory=dict)  # perturbed copies and steps
+    scalars: dict[str, Any]  # numbers (a probed copy's: one per copy)
+    derivatives: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # probed copies, kept per point
+    #: a probed copy: this many copies of the point side by side, along a first axis of the arrays in `probed`
+    #: (each copy with one entry moved by a complex step), evaluated in frames whose first axis is PROBE
+    probe: int = 0
+    probed: frozenset[str] = frozenset()
 
     def value(self, name: str) -> Any:
         """An array's values, or a scalar's (a loss, a scalar input's gradient dT) as a 0-d array."""
@@ -201,11 +205,16 @@ class TensorChecker:
                 continue
             if changed is not None and definition.name not in changed:
                 continue
+            probe = ((PROBE, 0, point.probe),) if point.probe else ()  # a probed copy: every copy at once
+            if point.probe:
+                point.probed |= {definition.name}
             if definition.is_vector:
                 ranges = self.axes[definition.name]
-                frame = Frame(tuple((index, 0, point.sizes[self.spec.sizes[r]])
-                                    for index, r in zip(definition.indices, ranges)))
+                frame = Frame((*probe, *((index, 0, point.sizes[self.spec.sizes[r]])
+                                         for index, r in zip(definition.indices, ranges))))
                 point.arrays[definition.name] = self.array(definition.expr, point, frame)
+            elif point.probe:
+                point.scalars[definition.name] = self.array(definition.expr, point, Frame(probe))
             else:
                 point.scalars[definition.name] = self.value(definition.expr, point, {})
 
@@ -259,6 +268,8 @@ class TensorChecker:
                     return point.sizes[expr]
                 if key not in point.scalars:  # a scalar input given as a 0-d array (T)
                     return point.arrays[key][()]
+                if key in point.probed:  # one value per copy, along the frame's first axis (PROBE)
+                    return point.scalars[key].reshape((-1,) + (1,) * (len(frame.axes) - 1))
                 return point.scalars[key]
             return symbol
         if expr.is_Add:
@@ -312,13 +323,16 @@ class TensorChecker:
         def read(point: Point, frame: Frame) -> Any:
             values = point.arrays[name]
             at = [_integers(p(point, frame)) for p in positions]
+            # a probed array: each copy reads its own
+            copies = (_integers(frame.values(PROBE)),) if name in point.probed else ()
             if plain:
-                return values[tuple(at)]
+                return values[(*copies, *at)]
+            shape = values.shape[len(copies):]
             inside = np.ones((), dtype=bool)
-            for where, size in zip(at, values.shape):
+            for where, size in zip(at, shape):
                 inside = inside & (where >= 0) & (where < size)
-            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, values.shape))
-            return np.where(inside, values[clipped], 0)
+            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, shape))
+            return np.where(inside, values[(*copies, *clipped)], 0)
         return read
 
     def _compile_sum(self, expr: sp.Sum) -> Any:
@@ -360,7 +374,8 @@ class TensorChecker:
     def _derivative(self, partial: Partial, point: Point, frame: Frame) -> Any:
         """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
         definition C is the derivative of C's own formula, and ∂(formula)/∂X[q] that of the formula, the
-        arrays they read held (the chain rule's factors). One step per entry q the frame reaches."""
+        arrays they read held (the chain rule's factors). Every entry q the frame reaches is stepped at once:
+        one copy of the point per entry, side by side along a first axis, each with its own entry moved."""
         target, var = partial.expr, partial.var
         name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
         shape = frame.shape
@@ -368,52 +383,53 @@ class TensorChecker:
         inside = np.ones(shape, dtype=bool)
         for where, size in zip(at, point.arrays[name].shape if at else ()):
             inside &= (where >= 0) & (where < size)  # X[q] outside X (a shifted position): nothing moves
-        entries = sorted(set(zip(*(where[inside] for where in at)))) if at else [()]
-        definition = self._definitions.get(str(target.base) if isinstance(target, sp.Indexed) else str(target))
-        reads = self.compiled(target)
-        result: Any = np.zeros(shape, dtype=object if self.wide else complex)
-        for entry in entries:
-            moved, step = self._perturbed(point, name, entry, recompute=target == self.loss)
-            if target != self.loss and definition is not None:
-                moved = self._reformed(moved, definition)
-            here = inside.copy()
-            for where, value in zip(at, entry):
-                here &= where == value
-            result = np.where(here, _imaginary(reads(moved, frame)) / step, result)
-        return result
+        entries = tuple(sorted(set(zip(*(where[inside] for where in at))))) if at else ((),)
+        if not entries:
+            return np.zeros(shape, dtype=object if self.wide else complex)
+        probed, steps = self._probed(point, name, entries, target)
+        values = self.array(target, probed, Frame(((PROBE, 0, len(entries)), *frame.axes), frame.fixed))
+        derivatives = _imaginary(values) / steps.reshape((-1,) + (1,) * len(shape))
+        copy = np.zeros(shape, dtype=np.int64)  # which copy moved the entry each frame position reads
+        if at:
+            extent = point.arrays[name].shape
+            number = np.zeros(int(np.prod(extent)), dtype=np.int64)
+            number[np.ravel_multi_index(tuple(np.array(entries).T), extent)] = np.arange(len(entries))
+            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, extent))
+            copy = np.where(inside, number[np.ravel_multi_index(clipped, extent)], 0)
+        picked = np.take_along_axis(derivatives, copy[None], axis=0)[0]
+        return np.where(inside, picked, 0)
 
-    def _reformed(self, moved: Point, definition: Definition) -> Point:
-        """The moved point with `definition` computed again from its formula, every other array held."""
-        key = ("formula", definition.name)
-        cached = moved.derivatives.get(key)
-        if cached is None:
-            again = Point(moved.sizes, dict(moved.arrays), dict(moved.scalars))
-            self.complete(again, [definition])
-            cached = moved.derivatives[key] = (again, 0.0)
-        return cached[0]
-
-    def _perturbed(self, point: Point, name: str, entry: tuple[int, ...], recompute: bool) -> tuple[Point, float]:
-        """The point with X[q] (or a scalar X) moved by a complex step, and the step, made once per entry: with
-        everything computed from X recomputed (recompute) or not (the other arrays held). The step is far
+    def _probed(self, point: Point, name: str, entries: tuple[tuple[int, ...], ...],
+                target: sp.Expr) -> tuple[Point, Any]:
+        """The point copied once per entry of X (or a scalar X), each copy with its entry moved by a complex
+        step, and the steps; with everything computed from X recomputed when the target is the loss, or only
+        the target's own definition from its formula (the other arrays held), made once per point. A step is far
         below the entry's own magnitude: a probability of 1e-32 under a log is not moved by 1e-30."""
-        key = (name, entry, recompute)
+        definition = self._definitions.get(str(target.base) if isinstance(target, sp.Indexed) else str(target))
+        recompute = target == self.loss
+        key = (name, entries, "loss" if recompute else definition.name if definition is not None else None)
         cached = point.derivatives.get(key)
-        if cached is None:
-            moved = Point(point.sizes, dict(point.arrays), dict(point.scalars))
-            is_array = name in moved.arrays and name not in moved.scalars
-            if is_array:
-                moved.arrays[name] = moved.arrays[name].copy()
-            magnitude = float(abs(moved.arrays[name][entry] if is_array else moved.scalars[name]))
-            step = COMPLEX_STEP * min(1.0, magnitude) if magnitude > 1e-250 else COMPLEX_STEP
-            if is_array:
-                moved.arrays[name][entry] += step * 1j
-            else:
-                moved.scalars[name] += step * 1j
-            if recompute:
-                self.complete(moved, self.forward, after=name if name not in self.spec.inputs else None,
-                              reading=name)
-            cached = point.derivatives[key] = (moved, step)
-        return cached
+        if cached is not None:
+            return cast(tuple[Point, Any], cached)
+        count = len(entries)
+        is_array = name in point.arrays and name not in point.scalars
+        original = point.arrays[name] if is_array else np.asarray(point.scalars[name])
+        magnitudes = np.array([float(abs(original[entry])) for entry in entries])
+        steps = np.where(magnitudes > 1e-250, COMPLEX_STEP * np.minimum(1.0, magnitudes), COMPLEX_STEP)
+        copies = np.array(np.broadcast_to(original, (count, *original.shape)), dtype=original.dtype)
+        for position, entry in enumerate(entries):
+            copies[(position, *entry)] = copies[(position, *entry)] + steps[position] * 1j
+        probed = Point(point.sizes, dict(point.arrays), dict(point.scalars), probe=count, probed=frozenset({name}))
+        if is_array:
+            probed.arrays[name] = copies
+        else:
+            probed.scalars[name] = copies
+        if recompute:
+            self.complete(probed, self.forward, after=name if name not in self.spec.inputs else None, reading=name)
+        elif definition is not None:
+            self.complete(probed, [definition])
+        point.derivatives[key] = (probed, steps)
+        return probed, steps
 
     def matrix_value(self, expr: Any, point: Point) -> Any:
         """A matrix form's entries at the point (rows; a vector as a column)."""
@@ -559,6 +575,10 @@ class Frame:
             if bound == symbol:
                 return value
         return None
+
+
+#: The axis of a probed point's copies (see Point.probe): first in every frame that evaluates one.
+PROBE = sp.Symbol("_probe", integer=True)
 
 
 def _integers(values: Any) -> Any:
