@@ -189,6 +189,17 @@ def test_the_product_over_several_arrays_has_the_cross_blocks_and_equals_torchs(
     np.testing.assert_allclose(np.asarray(product_bias), expected_bias.numpy(), rtol=1e-10, atol=1e-13)
 
 
+def _verify_second_order(folder, code, function, wrt, signature):
+    """`softgrad verify code.py:FUNCTION --against softmax regression --order 2`, run as a user runs it."""
+    import subprocess
+    import sys
+
+    (folder / "code.py").write_text(code)
+    return subprocess.run([sys.executable, "-m", "softgrad", "verify", f"code.py:{function}", "--against",
+                           str(REGRESSION), "--order", "2", "--wrt", wrt, "--signature", signature],
+                          capture_output=True, text=True, timeout=300, cwd=folder)
+
+
 HAND_WRITTEN_HVP = '''
 import numpy as np
 
@@ -227,14 +238,7 @@ def hvp_of_both_without_the_cross_blocks(W, X, bias, label, VW, Vb):
 @pytest.mark.parametrize("function, status", [("hvp_of_both", 0), ("hvp_of_both_without_the_cross_blocks", 1)])
 def test_verify_a_hand_written_product_over_several_arrays(tmp_path, function, status):
     """One vector and one product per array of --wrt, in its order: the product that leaves out ∂²L/∂W∂bias fails."""
-    import subprocess
-    import sys
-
-    (tmp_path / "code.py").write_text(HAND_WRITTEN_HVP)
-    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"code.py:{function}", "--against",
-                             str(REGRESSION), "--order", "2", "--wrt", "W,bias", "--signature",
-                             "W,X,bias,label,VW,Vb->hvW,hvb"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = _verify_second_order(tmp_path, HAND_WRITTEN_HVP, function, "W,bias", "W,X,bias,label,VW,Vb->hvW,hvb")
     assert result.returncode == status, result.stdout + result.stderr
     assert "second order (H·v)" in result.stdout
     if status:
@@ -243,13 +247,7 @@ def test_verify_a_hand_written_product_over_several_arrays(tmp_path, function, s
 
 @pytest.mark.parametrize("function, status", [("hvp", 0), ("hvp_without_row_reduction", 1)])
 def test_verify_a_hand_written_hessian_vector_product_for_the_weights(tmp_path, function, status):
-    import subprocess
-    import sys
-
-    (tmp_path / "code.py").write_text(HAND_WRITTEN_HVP)
-    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"code.py:{function}", "--against",
-                             str(REGRESSION), "--order", "2", "--wrt", "W", "--signature", "W,X,bias,label,V->hv"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = _verify_second_order(tmp_path, HAND_WRITTEN_HVP, function, "W", "W,X,bias,label,V->hv")
     assert result.returncode == status, result.stdout + result.stderr
     assert "second order (H·v)" in result.stdout
     if status:
@@ -308,13 +306,7 @@ def hessian_without_the_outer_product(W, X, bias, label):
 def test_verify_a_hand_written_hessian_of_the_weights(tmp_path, function, status):
     """The weights' whole Hessian, (c, d, c, d), through the command line: right passes, wrong exits 1 naming the
     worst entry."""
-    import subprocess
-    import sys
-
-    (tmp_path / "code.py").write_text(HAND_WRITTEN_HESSIAN)
-    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"code.py:{function}", "--against",
-                             str(REGRESSION), "--order", "2", "--wrt", "W", "--signature", "W,X,bias,label->H"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = _verify_second_order(tmp_path, HAND_WRITTEN_HESSIAN, function, "W", "W,X,bias,label->H")
     assert result.returncode == status, result.stdout + result.stderr
     assert "second order (H)" in result.stdout
     if status:

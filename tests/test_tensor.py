@@ -122,43 +122,47 @@ def test_the_prover_writes_several_ranges_out_and_proves_only_what_holds():
             assert proved(wrong) == [], wrong
 
 
-def test_a_wrong_step_is_caught():
+@pytest.fixture
+def regression_check():
+    """softmax regression's engine checking forms of ∂L/∂W[c, d]: (check, the right form, the arrays X, P, T,
+    the indices b, c, d, n_b); its background prover stopped (and reaped) after the test."""
     from softgrad.derive.steps import Step
     from softgrad.derive.symbols import Partial
     from softgrad.derive.tensor import TensorEngine
-    from softgrad.errors import StepCheckFailed
 
     engine = TensorEngine(_example("softmax-regression"), None, 0)
     W, X, P, T = (sp.IndexedBase(name) for name in "WXPT")
     b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
-    n_b = engine.spec.sizes["b"]
     engine.axes.update(engine.spec.axes)
-    right = sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, n_b - 1)) / n_b
-    engine.checker.check(Step("right", Partial(engine.loss, W[c, d]), [right], None))
+    right = sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, engine.spec.sizes["b"] - 1)) / engine.spec.sizes["b"]
+
+    def check(form, rule="wrong"):
+        return engine.checker.check(Step(rule, Partial(engine.loss, W[c, d]), [form], None))
+    yield check, right, (X, P, T), (b, c, d), engine.spec.sizes["b"]
+    if engine.checker.marks is not None:
+        engine.checker.marks.stop()
+
+
+def test_a_wrong_step_is_caught(regression_check):
+    from softgrad.errors import StepCheckFailed
+
+    check, right, (X, P, T), (b, c, d), n_b = regression_check
+    check(right, "right")
     for wrong in (-right, right * 2, sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, n_b - 1)),
                   right.xreplace({T: P})):
         with pytest.raises(StepCheckFailed):
-            engine.checker.check(Step("wrong", Partial(engine.loss, W[c, d]), [wrong], None))
+            check(wrong)
 
 
-def test_a_step_wrong_at_one_entry_is_caught():
+def test_a_step_wrong_at_one_entry_is_caught(regression_check):
     """Every entry is compared (the check evaluates whole arrays), not a sample: an error at one entry shows."""
-    from softgrad.derive.steps import Step
-    from softgrad.derive.symbols import Partial
-    from softgrad.derive.tensor import TensorEngine
     from softgrad.errors import StepCheckFailed
 
-    engine = TensorEngine(_example("softmax-regression"), None, 0)
-    W, X, P, T = (sp.IndexedBase(name) for name in "WXPT")
-    b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
-    n_b = engine.spec.sizes["b"]
-    engine.axes.update(engine.spec.axes)
-    right = sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, n_b - 1)) / n_b
-    step = engine.checker.check(Step("right", Partial(engine.loss, W[c, d]), [right], None))
-    assert step.check_detail.startswith("every entry")
+    check, right, (X, _, _), (_, c, d), _ = regression_check
+    assert check(right, "right").check_detail.startswith("every entry")
     wrong = right + sp.KroneckerDelta(c, 1) * sp.KroneckerDelta(d, 2) * X[0, 0] ** 2
     with pytest.raises(StepCheckFailed, match="c = 1, d = 2"):
-        engine.checker.check(Step("wrong", Partial(engine.loss, W[c, d]), [wrong], None))
+        check(wrong)
 
 
 def test_softmax_regression_gives_the_textbook_gradients():

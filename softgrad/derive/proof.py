@@ -305,6 +305,16 @@ class _NotPolynomial(Exception):
     """A part the ring cannot hold (a symbolic exponent): the slower SymPy route decides instead."""
 
 
+def _add_into(total: dict[Any, Any], polynomial: Any) -> None:
+    """total += polynomial, in place, monomial by monomial (a polynomial's + copies it: quadratic in a loop)."""
+    for monomial, coefficient in polynomial.items():
+        value = total.get(monomial, 0) + coefficient
+        if value:
+            total[monomial] = value
+        else:
+            total.pop(monomial, None)
+
+
 def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]]) -> Any:
     """The numerator of expr over one common denominator, as a sparse polynomial over ℚ with each root s
     reduced modulo s^q − u; None where expr is not a rational function of its symbols.
@@ -348,12 +358,7 @@ def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]
                 for factor, power in common.items():
                     if power > denominator.get(factor, 0):
                         term = bounded(term * factor ** (power - denominator.get(factor, 0)))
-                for monomial, coefficient in term.items():
-                    value = total.get(monomial, 0) + coefficient
-                    if value:
-                        total[monomial] = value
-                    else:
-                        total.pop(monomial, None)
+                _add_into(total, term)
             result: Fraction = (polynomials.from_dict(total), common)
         elif e.is_Mul:
             numerator, common = polynomials.one, {}
@@ -401,12 +406,7 @@ def _numerator_in_ring(expr: sp.Expr, roots: dict[sp.Symbol, tuple[int, sp.Expr]
                 term = polynomials({kept: coefficient})
                 if power >= degree:
                     term = bounded(term * radicand ** (power // degree))
-                for reached, value in term.items():
-                    value = reduced.get(reached, 0) + value
-                    if value:
-                        reduced[reached] = value
-                    else:
-                        reduced.pop(reached, None)
+                _add_into(reduced, term)
             numerator = polynomials.from_dict(reduced)
     return numerator
 
