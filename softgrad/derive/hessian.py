@@ -65,26 +65,25 @@ def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
                 for d in tensor.backward]
     if tensor.upstream is not None:
         raise SpecError("--order 2 applies to a loss (a scalar output)")
-    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in _read_by(spec, tensor.backward)]
-    reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
-                          for d in tensor.backward))
-    if spec.output.name in reads:  # the gradient reads the loss itself (log-sum-exp): it stays a definition
-        definitions.append(statement_text(spec, spec.output.name, (), spec.output.expr))
-    constraints = [*spec.statements[len(spec.definitions):], *_padding(spec, tensor.backward)]
-    return "\n".join([*definitions, *backward, *constraints]), name
+    definitions, declarations = _around_the_gradient(spec, tensor.backward)
+    return "\n".join([*definitions, *backward, *declarations]), name
 
 
-def _read_by(spec: Spec, backward: list[Any]) -> list[Any]:
-    """The loss's definitions (not the loss) that the backward arrays read, directly or through each other: a
-    definition nothing reads (layer norm's y, once dy is given) is left out of the gradient's spec."""
+def _around_the_gradient(spec: Spec, backward: list[Any]) -> tuple[list[str], list[str]]:
+    """What a gradient's spec holds beside its backward arrays: the loss's definitions they read, directly or
+    through each other (a definition nothing reads, layer norm's y once dy is given, is left out; the loss itself
+    stays where they read it, as log-sum-exp's do), and its declarations (constraints, padding)."""
     def reads(expr: sp.Expr) -> set[str]:
         return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
 
     read = set().union(*(reads(d.expr) for d in backward))
-    for definition in reversed(spec.definitions[:-1]):
+    for definition in reversed(spec.definitions):
         if definition.name in read:
             read |= reads(definition.expr)
-    return [d for d in spec.definitions[:-1] if d.name in read]
+    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in spec.definitions[:-1] if d.name in read]
+    if spec.output.name in read:
+        definitions.append(statement_text(spec, spec.output.name, (), spec.output.expr))
+    return definitions, [*spec.statements[len(spec.definitions):], *_padding(spec, backward)]
 
 
 def _padding(spec: Spec, backward: list[Any]) -> list[str]:
@@ -127,12 +126,8 @@ def _directional_gradient_spec(first: Derivation) -> tuple[str, str]:
     taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters) | {
         d.name for d in tensor.backward} | set(vectors.values())
     name = _fresh(["g", "grad"], taken)
-    definitions = [statement_text(spec, d.name, d.indices, d.expr) for d in _read_by(spec, tensor.backward)]
+    definitions, declarations = _around_the_gradient(spec, tensor.backward)
     backward = [statement_text(spec, d.name, d.indices, d.expr) for d in tensor.backward]
-    reads = set().union(*({str(e.base) for e in d.expr.atoms(sp.Indexed)} | {str(x) for x in d.expr.free_symbols}
-                          for d in tensor.backward))
-    if spec.output.name in reads:  # the gradient reads the loss itself (log-sum-exp): it stays a definition
-        definitions.append(statement_text(spec, spec.output.name, (), spec.output.expr))
     terms = []
     for array, gradient in tensor.gradients.items():
         axes = tensor.axes.get(array, ())
@@ -141,12 +136,11 @@ def _directional_gradient_spec(first: Derivation) -> tuple[str, str]:
             continue
         indices = ", ".join(axes)
         terms.append(f"sum({gradient}[{indices}] * {vectors[array]}[{indices}], {indices})")
-    constraints = [*spec.statements[len(spec.definitions):], *_padding(spec, tensor.backward)]
-    return "\n".join([*definitions, *backward, f"{name} = " + " + ".join(terms), *constraints]), name
+    return "\n".join([*definitions, *backward, f"{name} = " + " + ".join(terms), *declarations]), name
 
 
 def weighted_output_spec(spec: Spec) -> Spec:
-    """A spec with an array output y as the scalar l = Σ dy·y, dy an input of y's shape: the second-order
+    """A spec with an array output y as the scalar L = Σ dy·y, dy an input of y's shape: the second-order
     quantity of a layer inside a network (backpropagating a Hessian–vector product through it), and for dy a
     unit vector e_k the Hessian of the one output entry y_k."""
     output = spec.output
@@ -164,7 +158,7 @@ def weighted_output_spec(spec: Spec) -> Spec:
 def hessian(first: Derivation, seed: int = 0) -> Derivation:
     """The second-order derivation of a loss: its gradient, then the gradient's Jacobian (the Hessian) and
     vector–Jacobian product (the Hessian–vector product), every step checked. A spec with an array output y is
-    taken to second order as l = Σ dy·y (weighted_output_spec)."""
+    taken to second order as L = Σ dy·y (weighted_output_spec)."""
     if first.spec.output.is_vector:
         first = derive_spec(weighted_output_spec(first.spec), wrt=first.wrt, seed=seed)
     text, name = gradient_spec(first)
