@@ -234,9 +234,7 @@ def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple
     if signature is None:
         raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the "
                             f"product, e.g. {example}")
-    left, _, right = signature.replace(" ", "").partition("->")
-    takes, returns = left.split(","), [name for name in right.split(",") if name]
-    vectors = [name for name in takes if name not in spec.inputs and name not in spec.parameters]
+    takes, returns, vectors = _product_signature(signature, spec)
     if len(vectors) > 1 or len(returns) != 1:
         hessian = example.replace(",v->hv", "->H")
         raise SoftgradError(f"a Hessian–vector product takes the spec's inputs and one vector and returns the product, "
@@ -245,6 +243,14 @@ def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple
     if not vectors:  # the Hessian itself: called as a product with the vector after the inputs it takes
         return text, ",".join([*takes, upstream]) + f"->d{first.wrt}", len(takes)
     return text, ",".join(upstream if name == vectors[0] else name for name in takes) + f"->d{first.wrt}", None
+
+
+def _product_signature(signature: str, spec: Any) -> tuple[list[str], list[str], list[str]]:
+    """A second-order signature's (arguments, results, and the arguments that are vectors: neither the spec's
+    inputs nor its parameters)."""
+    left, _, right = signature.replace(" ", "").partition("->")
+    takes, returns = left.split(","), [name for name in right.split(",") if name]
+    return takes, returns, [name for name in takes if name not in spec.inputs and name not in spec.parameters]
 
 
 def _second_order_of_several(first: Any, text: str, signature: str | None,
@@ -260,9 +266,7 @@ def _second_order_of_several(first: Any, text: str, signature: str | None,
     if signature is None:
         raise SoftgradError(f"a Hessian–vector product needs --signature naming the inputs, the vectors and the "
                             f"products, e.g. {example}")
-    left, _, right = signature.replace(" ", "").partition("->")
-    takes, returns = left.split(","), [name for name in right.split(",") if name]
-    vectors = [name for name in takes if name not in spec.inputs and name not in spec.parameters]
+    takes, returns, vectors = _product_signature(signature, spec)
     if len(vectors) != len(arrays) or len(returns) != len(arrays):
         raise SoftgradError(f"a Hessian–vector product with respect to {', '.join(arrays)} takes one vector for each "
                             f"and returns one product for each, in that order, e.g. {example}; got {signature!r}")
