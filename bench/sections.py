@@ -8,12 +8,12 @@ from pathlib import Path
 
 def replace_section(path: Path, name: str, text: str) -> None:
     """Put `text` between this section's markers in `path`, keeping every other section. Text outside any
-    markers (a file written before sections existed) belongs to the "kernels" section. Names are words and
-    spaces ("long rows")."""
+    markers (a file written before sections existed) belongs to the "kernels" section. Names are words,
+    spaces and hyphens ("long rows", "tensor-c")."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    blocks = dict(re.findall(r"<!-- begin ([\w ]+) -->\n(.*?)<!-- end \1 -->\n", old, flags=re.S))
+    blocks = dict(re.findall(r"<!-- begin ([\w -]+) -->\n(.*?)<!-- end \1 -->\n", old, flags=re.S))
     if "kernels" not in blocks:
-        legacy = re.sub(r"<!-- begin ([\w ]+) -->\n.*?<!-- end \1 -->\n", "", old, flags=re.S).strip()
+        legacy = re.sub(r"<!-- begin ([\w -]+) -->\n.*?<!-- end \1 -->\n", "", old, flags=re.S).strip()
         if legacy:
             blocks = {"kernels": legacy + "\n", **blocks}
     blocks[name] = text.rstrip() + "\n"
