@@ -1,13 +1,16 @@
 """Generated C for specs with several indices against torch on the CPU, one thread (issue #29's table).
 
-Attention backward (Q, K, V, dO → dQ, dK, dV, the forward recomputed inside, as torch's autograd runs it
-here: forward and backward timed together) at n = 256, 512, 1024 with d = 64, and over a batch of 8 heads
-at n = 512, 1024; softmax regression with labels (W, X, bias, labels → loss, dW, dX, dbias) at (B 4096,
-D 512, C 1000); affine layer norm (4096 × 1024) and the two-layer classifier (B 1024, D 784, J 512, C 10);
-in float32 and float64. The generated C calls the BLAS of scipy-openblas32 for its contractions; torch uses
-its own. One process, every implementation interleaved round by round, medians; ratio = generated C / torch
-eager (< 1: faster), and for attention also against torch's scaled_dot_product_attention. The generated
-NumPy module is timed beside them. The table goes into bench/results.md ("tensor-c" section).
+Attention backward (Q, K, V, dO → dQ, dK, dV, the forward recomputed inside, as torch's autograd runs it here:
+forward and backward timed together) at n = 256, 1024, 4096 with d = 64, causal (the mask written as [j <= i]) at n
+= 1024, 4096, and over a batch of 8 heads at n = 512, 1024; softmax regression with labels (W, X, bias, labels →
+loss, dW, dX, dbias) at (B 4096, D 512, C 1000); affine layer norm (4096 × 1024) and the two-layer classifier (B
+1024, D 784, J 512, C 10); in float32 and float64. The generated C calls the BLAS of scipy-openblas32 for its
+contractions; torch uses its own. The generated C runs a block of rows at a time where the row-blocking pass finds
+one (its default SOFTGRAD_BLOCK_BYTES); the same source built with whole arrays (a block of every row) is timed
+beside it. One process, every implementation interleaved round by round, medians; ratio = generated C / torch eager
+(< 1: faster), and for attention also against torch's scaled_dot_product_attention. The generated NumPy module is
+timed beside them. Then the peak memory one attention backward adds at n = 8192, d = 64 (float32), each
+implementation in a fresh process. The tables go into bench/results.md ("tensor-c" section).
 
     python bench/tensor_c.py [--quick]      # --quick: small shapes, few rounds, nothing written
 """
@@ -20,7 +23,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the BLAS's and OpenMP's threads
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,18 +47,27 @@ from sections import replace_section  # noqa: E402
 BATCHED_ATTENTION = """S[b, i, j] = sum(Q[b, i, e] * K[b, j, e], e) / sqrt(size(e))
 P[b, i, j] = exp(S[b, i, j]) / sum(exp(S[b, i, k]), k)
 O[b, i, f] = sum(P[b, i, j] * V[b, j, f], j)"""
+#: Causal attention, the mask written as a condition on the indices.
+CAUSAL_ATTENTION = """S[i, j] = sum(Q[i, e] * K[j, e], e) / sqrt(size(e))
+P[i, j] = [j <= i] * exp(S[i, j]) / sum([k <= i] * exp(S[i, k]), k)
+O[i, f] = sum(P[i, j] * V[j, f], j)"""
+#: A block of every row: the generated C with whole arrays, as it ran before the row-blocking pass.
+WHOLE_ARRAYS = "-DSOFTGRAD_BLOCK_BYTES=((size_t)1 << 50)"
 
 
-def kernels(name: str, dtype: str, folder: Path, source: str | None = None) -> tuple[object, object]:
-    """(the generated C kernels in dtype, the generated NumPy module) for a docs example (or a spec's text)."""
+def kernels(name: str, dtype: str, folder: Path, source: str | None = None) -> tuple[object, object, object]:
+    """(the generated C kernels in dtype, the same built with whole arrays, the generated NumPy module) for a
+    docs example (or a spec's text)."""
     derivation = derive_spec(load_spec(source or str(EXAMPLES / f"{name}.spec")))
     c_folder, numpy_folder = folder / f"{name}-{dtype}-c", folder / f"{name}-numpy"
     c_folder.mkdir(exist_ok=True)
     numpy_folder.mkdir(exist_ok=True)
-    c_kernels = load_c(emit(derivation, "c", dtype=dtype), c_folder)
+    files = emit(derivation, "c", dtype=dtype)
+    c_kernels = load_c(files, c_folder)
+    whole = load_c(files, c_folder, extra_flags=[WHOLE_ARRAYS], library_name="libwhole.so")
     ((file_name, text),) = emit(derivation, "numpy").items()
     (numpy_folder / file_name).write_text(text)
-    return c_kernels, import_path(numpy_folder / file_name)
+    return c_kernels, whole, import_path(numpy_folder / file_name)
 
 
 def torch_attention(Q, K, V, dO):
@@ -63,10 +77,43 @@ def torch_attention(Q, K, V, dO):
     return Q.grad, K.grad, V.grad
 
 
-def torch_sdpa(Q, K, V, dO):
+def torch_sdpa(Q, K, V, dO, causal=False):
     Q, K, V = (t.detach().requires_grad_() for t in (Q, K, V))
-    torch.nn.functional.scaled_dot_product_attention(Q[None], K[None], V[None])[0].backward(dO)
+    torch.nn.functional.scaled_dot_product_attention(Q[None], K[None], V[None], is_causal=causal)[0].backward(dO)
     return Q.grad, K.grad, V.grad
+
+
+def torch_causal_attention(Q, K, V, dO):
+    Q, K, V = (t.detach().requires_grad_() for t in (Q, K, V))
+    S = Q @ K.T / Q.shape[1] ** 0.5
+    S = S.masked_fill(torch.ones_like(S, dtype=torch.bool).triu(1), float("-inf"))
+    (torch.softmax(S, dim=1) @ V).backward(dO)
+    return Q.grad, K.grad, V.grad
+
+
+def torch_causal_sdpa(Q, K, V, dO):
+    return torch_sdpa(Q, K, V, dO, causal=True)
+
+
+def peak_memory(implementation: str, n: int, library: str = "") -> float:
+    """MiB the peak resident memory grows by in one attention backward at (n, 64), float32, in a fresh process
+    (the 6 MiB of gradients it returns included)."""
+    command = [sys.executable, __file__, "--memory", implementation, str(n), library]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+
+def measure_memory(implementation: str, n: int, library: str) -> None:
+    """The child of peak_memory: one call, the growth of ru_maxrss around it."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(n, 64)).astype(np.float32) for _ in range(4)]
+    if implementation.startswith("torch"):
+        call, given = (torch_sdpa if implementation == "torch-sdpa" else torch_attention), [
+            torch.from_numpy(a) for a in arrays]
+    else:
+        call, given = import_path(Path(library).parent / "attention_ctypes.py").load(Path(library)).gradients, arrays
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    call(*given)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
 
 def torch_batched_sdpa(Q, K, V, dO):
@@ -119,7 +166,12 @@ def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory", nargs=3, help=argparse.SUPPRESS)  # the child process of peak_memory
     arguments = parser.parse_args()
+    if arguments.memory:
+        implementation, n, library = arguments.memory
+        measure_memory(implementation, int(n), library)
+        return
     torch.set_num_threads(1)
     rounds = 3 if arguments.quick else 9
     rng = np.random.default_rng(0)
@@ -127,56 +179,79 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         for dtype in ("float32", "float64"):
-            attention_c, attention_numpy = kernels("attention", dtype, folder)
-            for n in ([64] if arguments.quick else [256, 512, 1024]):
-                d = 64
-                arrays = [rng.normal(size=(n, d)).astype(dtype) for _ in range(4)]
-                tensors = [torch.from_numpy(a) for a in arrays]
-                times = medians({"c": (attention_c.gradients, arrays), "numpy": (attention_numpy.gradients, arrays),
-                                 "torch": (torch_attention, tensors), "sdpa": (torch_sdpa, tensors)}, rounds)
-                rows.append(("attention backward (dQ, dK, dV)", f"n {n}, d {d}", dtype, times))
-            batched_c, batched_numpy = kernels("batched-attention", dtype, folder, BATCHED_ATTENTION)
+            for what, name, source, eager, sdpa, lengths in [
+                    ("attention backward (dQ, dK, dV)", "attention", None, torch_attention, torch_sdpa,
+                     [256, 1024, 4096]),
+                    ("causal attention backward", "causal-attention", CAUSAL_ATTENTION, torch_causal_attention,
+                     torch_causal_sdpa, [1024, 4096])]:
+                attention_c, attention_whole, attention_numpy = kernels(name, dtype, folder, source)
+                for n in ([64] if arguments.quick else lengths):
+                    arrays = [rng.normal(size=(n, 64)).astype(dtype) for _ in range(4)]
+                    tensors = [torch.from_numpy(a) for a in arrays]
+                    times = medians({"c": (attention_c.gradients, arrays), "whole": (attention_whole.gradients, arrays),
+                                     "numpy": (attention_numpy.gradients, arrays), "torch": (eager, tensors),
+                                     "sdpa": (sdpa, tensors)}, rounds)
+                    rows.append((what, f"n {n}, d 64", dtype, times))
+            batched_c, batched_whole, batched_numpy = kernels("batched-attention", dtype, folder, BATCHED_ATTENTION)
             for n in ([64] if arguments.quick else [512, 1024]):
                 arrays = [rng.normal(size=(8, n, 64)).astype(dtype) for _ in range(4)]
                 tensors = [torch.from_numpy(a) for a in arrays]
-                times = medians({"c": (batched_c.gradients, arrays), "numpy": (batched_numpy.gradients, arrays),
+                times = medians({"c": (batched_c.gradients, arrays), "whole": (batched_whole.gradients, arrays),
+                                 "numpy": (batched_numpy.gradients, arrays),
                                  "torch": (torch_batched_attention, tensors), "sdpa": (torch_batched_sdpa, tensors)},
                                 rounds)
                 rows.append(("attention backward, batch·heads 8", f"n {n}, d 64", dtype, times))
-            regression_c, regression_numpy = kernels("softmax-regression-labels", dtype, folder)
+            regression_c, regression_whole, regression_numpy = kernels("softmax-regression-labels", dtype, folder)
             B, D, C = (256, 64, 100) if arguments.quick else (4096, 512, 1000)
             X = rng.normal(size=(B, D)).astype(dtype)
             W = (rng.normal(size=(C, D)) / np.sqrt(D)).astype(dtype)
             bias = rng.normal(size=C).astype(dtype)
             labels = rng.integers(0, C, size=B)
             given = (W, X, bias, labels)
-            times = medians({"c": (regression_c.gradients, given), "numpy": (regression_numpy.gradients, given),
+            times = medians({"c": (regression_c.gradients, given), "whole": (regression_whole.gradients, given),
+                             "numpy": (regression_numpy.gradients, given),
                              "torch": (torch_regression, [torch.from_numpy(a) for a in given])}, rounds)
             rows.append(("softmax regression, labels: loss, dW, dX, dbias", f"B {B}, D {D}, C {C}", dtype, times))
-            norm_c, norm_numpy = kernels("layer-norm-affine", dtype, folder)
+            norm_c, norm_whole, norm_numpy = kernels("layer-norm-affine", dtype, folder)
             rows_, features = (256, 128) if arguments.quick else (4096, 1024)
             given = (rng.normal(size=(rows_, features)).astype(dtype), rng.normal(size=features).astype(dtype),
                      rng.normal(size=features).astype(dtype), rng.normal(size=(rows_, features)).astype(dtype))
-            times = medians({"c": (norm_c.gradients, given), "numpy": (norm_numpy.gradients, given),
+            times = medians({"c": (norm_c.gradients, given), "whole": (norm_whole.gradients, given),
+                             "numpy": (norm_numpy.gradients, given),
                              "torch": (torch_layer_norm, [torch.from_numpy(a) for a in given])}, rounds)
             rows.append(("affine layer norm: dx, dgamma, dbeta", f"{rows_} × {features}", dtype, times))
-            two_c, two_numpy = kernels("two-layer", dtype, folder)
+            two_c, two_whole, two_numpy = kernels("two-layer", dtype, folder)
             B, D, J, C = (128, 64, 32, 10) if arguments.quick else (1024, 784, 512, 10)
             T = rng.random((B, C)).astype(dtype)
             given = ((rng.normal(size=(J, D)) / np.sqrt(D)).astype(dtype), rng.normal(size=(B, D)).astype(dtype),
                      (rng.normal(size=(C, J)) / np.sqrt(J)).astype(dtype), T / T.sum(axis=1, keepdims=True))
-            times = medians({"c": (two_c.gradients, given), "numpy": (two_numpy.gradients, given),
+            times = medians({"c": (two_c.gradients, given), "whole": (two_whole.gradients, given),
+                             "numpy": (two_numpy.gradients, given),
                              "torch": (torch_two_layer, [torch.from_numpy(a) for a in given])}, rounds)
             rows.append(("two-layer classifier: loss, dW1, dX, dW2", f"B {B}, D {D}, J {J}, C {C}", dtype, times))
     lines = ["## Specs with several indices: generated C against torch (one thread)", "",
              f"`python bench/tensor_c.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1); medians of {rounds} "
              "interleaved rounds; ratio = generated / torch eager, < 1 is faster). Each generated gradients() "
-             "computes the forward too, as torch's forward and backward are timed together.", "",
-             "| function | shape | dtype | C ms | NumPy ms | torch eager ms | C / torch | NumPy / torch | "
-             "C / torch SDPA |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {what} | {shape} | {dtype} | {t['c']:.2f} | {t['numpy']:.2f} | {t['torch']:.2f} | "
-              f"{t['c'] / t['torch']:.2f} | {t['numpy'] / t['torch']:.2f} | "
+             "computes the forward too, as torch's forward and backward are timed together. \"C whole\": the same "
+             "source built with a block of every row (whole arrays).", "",
+             "| function | shape | dtype | C ms | C whole ms | NumPy ms | torch eager ms | C / torch | "
+             "NumPy / torch | C / torch SDPA |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {what} | {shape} | {dtype} | {t['c']:.2f} | {t['whole']:.2f} | {t['numpy']:.2f} | "
+              f"{t['torch']:.2f} | {t['c'] / t['torch']:.2f} | {t['numpy'] / t['torch']:.2f} | "
               + (f"{t['c'] / t['sdpa']:.2f} |" if "sdpa" in t else "– |") for what, shape, dtype, t in rows]
+    if not arguments.quick:
+        n = 8192
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = Path(temporary)
+            files = emit(derive_spec(load_spec(str(EXAMPLES / "attention.spec"))), "c", dtype="float32")
+            load_c(files, folder)
+            load_c(files, folder, extra_flags=[WHOLE_ARRAYS], library_name="libwhole.so")
+            memory = {"generated C": peak_memory("c", n, str(folder / "libattention.so")),
+                      "generated C, whole arrays": peak_memory("c", n, str(folder / "libwhole.so")),
+                      "torch SDPA": peak_memory("torch-sdpa", n), "torch eager": peak_memory("torch", n)}
+        lines += ["", f"Peak memory one attention backward adds at n = {n}, d = 64, float32 (ru_maxrss in a fresh "
+                  "process; the 6 MiB of gradients returned included; the n × n float32 array alone is 256 MiB):", "",
+                  "| implementation | MiB |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in memory.items())]
     document = "\n".join(lines) + "\n"
     print(document)
     if not arguments.quick:

@@ -96,12 +96,14 @@ def import_path(path: Path) -> ModuleType:
     return module
 
 
-def load_c(files: GeneratedFiles, folder: Path, module: str | None = None) -> object:
-    """Write generated C files into folder, compile them (with -fopenmp if they were generated for it),
-    and return the loaded ctypes kernels."""
+def load_c(files: GeneratedFiles, folder: Path, module: str | None = None,
+           extra_flags: Sequence[str] = (), library_name: str | None = None) -> object:
+    """Write generated C files into folder, compile them (with -fopenmp if they were generated for it, and
+    extra_flags such as -DSOFTGRAD_BLOCK_BYTES=…) into library_name (lib<module>.so by default), and return
+    the loaded ctypes kernels."""
     module = module or files.module
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
-    library = compile_shared(folder / f"{module}.c", folder / f"lib{module}.so", openmp=files.openmp,
-                             blas=files.blas)
+    library = compile_shared(folder / f"{module}.c", folder / (library_name or f"lib{module}.so"),
+                             extra_flags=extra_flags, openmp=files.openmp, blas=files.blas)
     return import_path(folder / f"{module}_ctypes.py").load(library)

@@ -7,17 +7,21 @@ are first written to a work array. Everything else is loops the compiler vectori
 branch-free exp and log, the one C printer of codegen.printers): a sum is computed in a loop of its own,
 hoisted to the outermost loop where all its free indices are bound, and accumulated in double whatever the
 element type. A normalised exponential is shifted by its row maximum, exp computed once per entry (stashed
-in the output, then scaled), and its log written as (E − max − log Σ) where it is read.
+in the output, then scaled), and its log written as (E − max − log Σ) where it is read. Where the row-blocking
+pass (codegen.blocking) finds one, a function runs a block of rows at a time: its n × n work arrays (attention's
+S, P, dP, dS) are held for one block, the sums over rows accumulate block after block, extra memory O(rows·n).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy as sp
 
 from softgrad.codegen import c_math
+from softgrad.codegen.blocking import RowBlocking, row_blocking
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
@@ -26,6 +30,9 @@ from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
+
+#: where a gemm's block starts on the blocked axis: the block's first row
+_ROW_START = sp.Symbol("_r0", integer=True)
 
 
 class _Printer(CKernelPrinter):
@@ -76,6 +83,24 @@ class CStatement:
 
 
 @dataclass
+class WorkArray:
+    """An array a function allocates: its name, its extents as C expressions (`_rows` for a block's rows), type."""
+
+    name: str
+    extents: tuple[str, ...]
+    type: str = "softgrad_real"
+
+
+@dataclass
+class CBody:
+    """One function's statements, the work arrays it allocates, and the lines that size them first."""
+
+    statements: list[CStatement]
+    work: list[WorkArray]
+    setup: list[str] = field(default_factory=list)
+
+
+@dataclass
 class CModule:
     """What the C templates print."""
 
@@ -85,14 +110,12 @@ class CModule:
     output: str
     output_ranges: tuple[str, ...]
     output_is_scalar: bool
-    forward: list[CStatement]
-    backward: list[CStatement]
-    forward_work: list[tuple[str, tuple[str, ...], str]]  # arrays the forward pass allocates: name, ranges, type
-    backward_work: list[tuple[str, tuple[str, ...], str]]
+    forward: CBody
+    gradients_body: CBody  # gradients(): the forward statements it needs, then the backward ones
     upstream: str | None
     gradients: list[tuple[str, str, tuple[str, ...]]]  # (input, gradient name, ranges)
     blas: bool = False  # whether a statement calls gemm
-    gradients_forward: list[CStatement] = field(default_factory=list)  # the forward statements gradients() needs
+    blocked: bool = False  # whether a function runs a block of rows at a time
 
 
 @dataclass
@@ -130,8 +153,15 @@ class _Compiler:
         self.printer = _Printer(self, dtype)
         self.normalised: set[str] = set()
         self.logs_needed: set[str] = set()
-        #: work arrays the statements compiled so far add: (name, ranges, C type)
-        self.scratch: list[tuple[str, tuple[str, ...], str]] = []
+        #: work arrays the statements compiled so far add
+        self.scratch: list[WorkArray] = []
+        #: the row blocking the statements are compiled for (None: whole arrays)
+        self.block: RowBlocking | None = None
+        #: arrays held for one block of rows: name → how many leading (fixed) axes they drop
+        self.local: dict[str, int] = {}
+        #: the current statement's indices over fixed ranges: bound by the block's loops, not its own
+        self.fixed_symbols: set[sp.Symbol] = set()
+        self.ranges: dict[sp.Symbol, str] = {}  # the current statement's indices → their ranges
         self.blas = False
         #: (factor with its axes as positions, ranges) → the work array a gemm operand was written to
         self.written: dict[tuple[sp.Expr, tuple[str, ...]], str] = {}
@@ -159,6 +189,8 @@ class _Compiler:
         """An index position as a size_t expression: a loop variable or a label's entry."""
         if isinstance(expr, sp.Symbol) and expr in self.loop_names:
             return self.loop_names[expr]
+        if expr == _ROW_START:
+            return "_r0"
         if isinstance(expr, sp.Indexed):
             return f"(size_t){self.entry(expr)}"
         return f"(size_t)({self.signed(expr)})"
@@ -187,18 +219,27 @@ class _Compiler:
             return f"{int(expr.args[0])} * {self.signed(sp.Mul(*expr.args[1:]))}"
         raise SoftgradError(f"cannot use {expr} as an index in C")
 
-    def entry(self, expr: sp.Indexed) -> str:
+    def array(self, expr: sp.Indexed) -> tuple[str, tuple[str, ...], str]:
+        """(its printed name, its ranges, the name it is held for one block under) of an entry's array."""
         name = str(expr.base)
         if name.startswith("_log_"):  # the log array of a normalised definition
-            array, ranges = "_log_" + self.printed[name[5:]], self.axes[name[5:]]
-        elif name.startswith("_c"):  # a factor written to a work array before a gemm
-            array, ranges = name, self.axes[name]
-        else:
-            array, ranges = self.printed[name], self.axes[name]
+            return "_log_" + self.printed[name[5:]], self.axes[name[5:]], name[5:]
+        if name.startswith("_c"):  # a factor written to a work array before a gemm
+            return name, self.axes[name], name
+        return self.printed[name], self.axes[name], name
+
+    def entry(self, expr: sp.Indexed) -> str:
+        array, ranges, key = self.array(expr)
+        dropped = self.local.get(key)  # None: the whole array
         offset = ""
         for axis, position in enumerate(expr.indices):
-            index = self.position(position)
-            offset = index if axis == 0 else f"({offset}) * {self.size(ranges[axis])} + {index}"
+            if dropped is not None and axis < dropped:
+                continue  # a fixed index: the block holds one value of it
+            if dropped is not None and self.block is not None and ranges[axis] == self.block.blocked:
+                index, size = "0" if position == _ROW_START else f"({self.position(position)} - _r0)", "_rows"
+            else:
+                index, size = self.position(position), self.size(ranges[axis])
+            offset = f"({offset}) * {size} + {index}" if offset else index
         read = f"{array}[{offset}]" if offset else f"{array}[0]"
         # a shifted position outside its axis reads 0 (a convolution's edge, padding), never past the array
         inside = [f"{self.signed(p)} >= 0 && {self.signed(p)} < (ptrdiff_t){self.size(ranges[axis])}"
@@ -214,15 +255,27 @@ class _Compiler:
         """`for` loops over symbols (outermost first) around body; simd: the innermost loop's `omp simd`
         clauses ("" for none) when its body is straight-line code the compiler can vectorize."""
         lines = body
-        for position, symbol in enumerate(reversed(symbols)):
+        running = [symbol for symbol in symbols if symbol not in self.fixed_symbols]  # the block's loops bind those
+        for position, symbol in enumerate(reversed(running)):
             variable = self.loop_names[symbol]
             pragma = []
             straight = not any(line.lstrip().startswith(("for ", "#")) for line in lines)
             if position == 0 and simd is not None and straight:
                 pragma = [f"#pragma omp simd{simd}"]
-            lines = [*pragma, f"for (size_t {variable} = 0; {variable} < {self.size(ranges[symbol])}; ++{variable}) {{",
+            start, end = ("_r0", "_r1") if self.is_blocked(ranges[symbol]) else ("0", self.size(ranges[symbol]))
+            lines = [*pragma, f"for (size_t {variable} = {start}; {variable} < {end}; ++{variable}) {{",
                      *["    " + line for line in lines], "}"]
         return lines
+
+    def is_blocked(self, range_name: str) -> bool:
+        return self.block is not None and range_name == self.block.blocked
+
+    def allocate(self, name: str, ranges: tuple[str, ...], ctype: str = "softgrad_real") -> None:
+        """A work array for the statements compiled now: held for one block where one holds its rows."""
+        if self.block is not None and self.block.blocked in ranges:
+            self.local[name] = 0
+        self.scratch.append(WorkArray(name, work_extents(ranges, self.block if name in self.local else None, 0),
+                                      ctype))
 
     def bind(self, symbols: list[sp.Symbol]) -> None:
         for symbol in symbols:
@@ -261,10 +314,20 @@ class _Compiler:
                            simd=f" reduction(+:{temporary})")]
 
     # ------------------------------------------------------------ statements
-    def statement(self, definition: Definition, target: str) -> CStatement:
+    def statement(self, definition: Definition, target: str, accumulate: bool = False,
+                  overwrite: bool = True) -> CStatement:
+        """The lines computing one definition. accumulate: add one block's part of a sum over rows to what
+        target holds; overwrite: a running total written over target each block is also right (nothing else
+        was put in it first)."""
         ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
                                  dict(zip(definition.indices, self.axes.get(definition.name, ()))))
+        self.loop_names, self.ranges = {}, ranges
+        self.fixed_symbols = {s for s, r in ranges.items() if self.block is not None and r in self.block.fixed}
+        for symbol in self.fixed_symbols:
+            self.loop_names[symbol] = f"_blk_{ranges[symbol]}"
         loops = list(definition.indices)
+        assign = "+=" if accumulate else "="
+
         expr = self.with_logs(stable_array_forms(definition.expr, self.spec, self.normalised))
         normalised = self.normalised_form(definition)
         comment = f"{definition.name}[{', '.join(map(str, definition.indices))}]" if loops else definition.name
@@ -272,24 +335,25 @@ class _Compiler:
             return CStatement(comment, self.threaded(self.normalised_statement(definition, normalised, ranges),
                                                      definition.indices))
         if not loops:
-            return CStatement(comment, self.nest(expr, [], ranges, lambda code: f"{target}[0] = {code};"))
+            return CStatement(comment, self.nest(expr, [], ranges, lambda code: f"{target}[0] {assign} {code};"))
         self.bind(loops)
-        flat = self.entry(sp.IndexedBase(definition.name)[tuple(loops)])
+        written = sp.IndexedBase(definition.name)[tuple(loops)]
+        flat = self.entry(written)
         contracted = self.contractions(definition, expr)
         if contracted is not None:
             gemms, rest = contracted
             lines = [] if rest == 0 else self.threaded(
-                self.nest(rest, loops, ranges, lambda code: f"{flat} = {code};"), definition.indices)
+                self.nest(rest, loops, ranges, lambda code: f"{flat} {assign} {code};"), definition.indices)
             for number, gemm in enumerate(gemms):
-                lines += self.gemm(gemm, target, ranges, accumulate=bool(number) or rest != 0)
+                lines += self.gemm(gemm, written, ranges, accumulate=accumulate or bool(number) or rest != 0)
             return CStatement(comment + " (BLAS gemm)", lines)
         expr, lines = self.hoisted(expr, definition.indices, ranges)
         comment += " (its contractions by BLAS gemm)" if lines else ""
-        across = self.across_rows(expr, loops, ranges, flat)
+        across = self.across_rows(expr, loops, ranges, flat) if overwrite else None
         if across is not None:
             return CStatement(comment, lines + across)
         return CStatement(comment, lines + self.threaded(
-            self.nest(expr, loops, ranges, lambda code: f"{flat} = {code};"), definition.indices))
+            self.nest(expr, loops, ranges, lambda code: f"{flat} {assign} {code};"), definition.indices))
 
     def across_rows(self, expr: sp.Expr, loops: list[sp.Symbol], ranges: dict[sp.Symbol, str],
                     flat: str) -> list[str] | None:
@@ -309,11 +373,11 @@ class _Compiler:
         self.bind(bounds + loops)
         self.temporaries += 1
         sums_name = f"_a{self.temporaries}"
-        self.scratch.append((sums_name, tuple(ranges[s] for s in loops), "double"))
+        self.scratch.append(WorkArray(sums_name, work_extents(tuple(ranges[s] for s in loops), None, 0), "double"))
         offset = ""
-        for axis, symbol in enumerate(loops):
+        for symbol in loops:
             variable = self.loop_names[symbol]
-            offset = variable if axis == 0 else f"({offset}) * {self.size(ranges[symbol])} + {variable}"
+            offset = f"({offset}) * {self.size(ranges[symbol])} + {variable}" if offset else variable
         accumulate = self.nest(total.function, bounds + loops, ranges,
                                lambda code: f"{sums_name}[{offset}] += {code};")
         value = expr.xreplace({total: sp.Symbol(f"_s_{sums_name}")})
@@ -328,7 +392,7 @@ class _Compiler:
         lines: list[str] = []
         replacements = {}
         for total in outermost_sums(expr):  # an inner sum of another sum is computed inside its loops
-            free = ta.index_symbols(total) - {limit[0] for limit in total.limits}
+            free = ta.index_symbols(total) - {limit[0] for limit in total.limits} - self.fixed_symbols
             target = tuple(s for s in indices if s in free)
             gemm = self.contraction(total, target) if len(target) == len(free) else None
             if gemm is None:
@@ -336,18 +400,21 @@ class _Compiler:
             self.temporaries += 1
             name = f"_c{self.temporaries}"
             self.axes[name] = tuple(ranges[s] for s in target)
-            self.scratch.append((name, self.axes[name], "softgrad_real"))
-            lines += self.gemm(gemm, name, ranges, accumulate=False)
+            self.allocate(name, self.axes[name])
+            lines += self.gemm(gemm, sp.IndexedBase(name)[target], ranges, accumulate=False)
             replacements[total] = sp.IndexedBase(name)[target]
         return expr.xreplace(replacements), lines
 
     def threaded(self, lines: list[str], indices: tuple[sp.Symbol, ...]) -> list[str]:
         """With --openmp, the statement's loop over its array's first index shared among threads: each
         iteration writes its own entries and sums in its own order, so every thread count gives the same
-        bits. (A sum over all entries, such as a loss, stays on one thread.)"""
-        if not self.openmp or not indices:
+        bits. (A sum over all entries, such as a loss, stays on one thread.) In a block of rows, the loop over
+        the block's rows or the first index after the fixed ones; the blocks themselves run in order."""
+        running = [s for s in indices if s not in self.fixed_symbols]
+        if not self.openmp or not running:
             return lines
-        outer = f"for (size_t {self.loop_names[indices[0]]} = 0;"  # at the top level: the statement's own loop
+        start = "_r0" if self.is_blocked(self.ranges.get(running[0], "")) else "0"
+        outer = f"for (size_t {self.loop_names[running[0]]} = {start};"  # at the top level: the statement's loop
         threaded: list[str] = []
         for line in lines:
             if line.startswith(outer):
@@ -398,6 +465,58 @@ class _Compiler:
         body += self.nest(exponent, [free], ranges, lambda code: [line.replace("{code}", code) for line in write])
         return self.loops(outer, ranges, body) if outer else body
 
+    # ------------------------------------------------------------ functions, a block of rows at a time
+    def taken_scratch(self) -> list[WorkArray]:
+        """The work arrays the statements compiled since the last call added (one function's)."""
+        taken, self.scratch = self.scratch, []
+        return taken
+
+    def body(self, definitions: list[Definition], block: RowBlocking | None) -> list[CStatement]:
+        """One function's statements: as written, or as the row blocking says — some once before, the rest
+        for every block of rows (the sums over rows added block after block), some once after."""
+        if block is None:
+            return [self.statement(d, self.printed[d.name]) for d in definitions]
+        statements = [self.statement(definitions[p], self.printed[definitions[p].name]) for p in block.before]
+        parts: dict[int, tuple[Definition, bool]] = {}
+        for position in sorted(block.accumulated):  # each sum over rows starts from the terms that have none
+            definition = definitions[position]
+            target = self.printed[definition.name]
+            ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
+                                     dict(zip(definition.indices, self.axes.get(definition.name, ()))))
+            lead = {s for s, r in ranges.items() if r in block.lead}
+            summed = [t for t in sp.Add.make_args(definition.expr)
+                      if any({limit[0] for limit in total.limits} & lead for total in t.atoms(sp.Sum))]
+            rest = [t for t in sp.Add.make_args(definition.expr) if t not in summed]
+            if rest:
+                statements.append(self.statement(dataclasses.replace(definition, expr=sp.Add(*rest)), target))
+            else:
+                extent = " * ".join(self.size(r) for r in self.axes.get(definition.name, ()))
+                statements.append(CStatement(f"{definition.name}: a sum over the blocks of rows, from 0", [
+                    f"memset({target}, 0, {extent} * sizeof(softgrad_real));" if extent else f"{target}[0] = 0;"]))
+            parts[position] = (dataclasses.replace(definition, expr=sp.Add(*summed)), not rest)
+        self.block, self.written = block, {}
+        self.local = {name: len(block.fixed) for name in block.local}
+        inner: list[str] = []
+        for position in block.inside:
+            definition, overwrite = parts.get(position, (definitions[position], True))
+            statement = self.statement(definition, self.printed[definition.name],
+                                       accumulate=position in parts, overwrite=overwrite)
+            inner += [f"// {statement.comment}", *statement.lines]
+        self.block, self.local, self.written, self.fixed_symbols = None, {}, {}, set()
+        rows = self.size(block.blocked)
+        lines = [f"for (size_t _r0 = 0; _r0 < {rows}; _r0 += _rows) {{",
+                 f"    const size_t _r1 = {rows} - _r0 < _rows ? {rows} : _r0 + _rows;",
+                 *(["    (void)_r1;"] if not any("_r1" in line for line in inner) else []),
+                 *("    " + line for line in inner), "}"]
+        for fixed in reversed(block.fixed):
+            lines = [f"for (size_t _blk_{fixed} = 0; _blk_{fixed} < {self.size(fixed)}; ++_blk_{fixed}) {{",
+                     *("    " + line for line in lines), "}"]
+        held = ", ".join(sorted(block.local))
+        one_at_a_time = f", {', '.join(block.fixed)} one value at a time" if block.fixed else ""
+        statements.append(CStatement(f"{held}: held for a block of rows of {block.blocked}{one_at_a_time}", lines))
+        statements += [self.statement(definitions[p], self.printed[definitions[p].name]) for p in block.after]
+        return statements
+
     # ------------------------------------------------------------ contractions through BLAS
     def contractions(self, definition: Definition, expr: sp.Expr) -> tuple[list[_Gemm], sp.Expr] | None:
         """The statement as gemm calls and an elementwise rest, or None where a term with a sum is not a
@@ -407,7 +526,7 @@ class _Compiler:
             if not term.has(sp.Sum):
                 rest.append(term)
                 continue
-            gemm = self.contraction(term, definition.indices)
+            gemm = self.contraction(term, tuple(s for s in definition.indices if s not in self.fixed_symbols))
             if gemm is None:
                 return None
             gemms.append(gemm)
@@ -420,11 +539,11 @@ class _Compiler:
         total = sums[0]
         alpha = term / total
         inner = tuple(limit[0] for limit in total.limits)
-        if ta.index_symbols(alpha) or alpha.atoms(sp.Indexed):
+        if ta.index_symbols(alpha) - self.fixed_symbols or alpha.atoms(sp.Indexed):
             return None
         groups: dict[frozenset[sp.Symbol], list[sp.Expr]] = {}
         for factor in sp.Mul.make_args(total.function):
-            indices = frozenset(ta.index_symbols(factor))
+            indices = frozenset(ta.index_symbols(factor) - self.fixed_symbols)
             if not indices:
                 alpha *= factor
                 continue
@@ -461,15 +580,32 @@ class _Compiler:
             if a is None:
                 return None
             inner = inner_b
-        return _Gemm(alpha, a, b, batch, rows, columns, inner)
+        gemm = _Gemm(alpha, a, b, batch, rows, columns, inner)
+        layouts = (a.indices, b.indices, target)
+        if self.block is not None and not all(self.contiguous(layout, gemm) for layout in layouts):
+            return None  # a block's rows would not be one strided matrix there: loops instead
+        return gemm
+
+    def contiguous(self, layout: tuple[sp.Symbol, ...], gemm: _Gemm) -> bool:
+        """Whether a block of rows of an array laid out so is one strided matrix for the gemm: the blocked
+        index, if it has it, leads its group (batch, rows, columns or inner)."""
+        for group in (gemm.batch, gemm.rows, gemm.columns, gemm.inner):
+            in_order = [s for s in layout if s in group]
+            if any(self.is_blocked(self.ranges[s]) for s in in_order[1:]):
+                return False
+        return True
 
     def operand(self, factor: sp.Expr, batch: tuple[sp.Symbol, ...], outer: tuple[sp.Symbol, ...],
                 inner: tuple[sp.Symbol, ...], written: bool = False) -> _Operand | None:
         """The factor as a gemm operand: an array of the spec whose axes are batch, then outer and inner
         each in one piece (either first), or else a work array laid out batch, outer, inner."""
+        leading = 0  # fixed indices first in memory: the block's offset, not an axis of the operand
+        if isinstance(factor, sp.Indexed):
+            while leading < len(factor.indices) and factor.indices[leading] in self.fixed_symbols:
+                leading += 1
         if (isinstance(factor, sp.Indexed) and not written and str(factor.base) not in self.spec.labels
-                and all(isinstance(p, sp.Symbol) for p in factor.indices)):
-            indices = tuple(factor.indices)
+                and all(isinstance(p, sp.Symbol) and p not in self.fixed_symbols for p in factor.indices[leading:])):
+            indices = tuple(factor.indices[leading:])
             rest = indices[len(batch):]
             inner_as_read = tuple(s for s in rest if s in inner)
             if (len(set(indices)) == len(indices) and indices[:len(batch)] == batch
@@ -484,16 +620,16 @@ class _Compiler:
                        and len(set(read) & set(layout)) > 1), layouts[0])
         return _Operand(factor, chosen, None)
 
-    def gemm(self, gemm: _Gemm, target: str, ranges: dict[sp.Symbol, str], accumulate: bool) -> list[str]:
+    def gemm(self, gemm: _Gemm, target: sp.Indexed, ranges: dict[sp.Symbol, str], accumulate: bool) -> list[str]:
         """The gemm call (one per batch entry) writing target, after the loops that write its operands that are
         not arrays of the spec; accumulate: add to what target holds (beta = 1)."""
         self.blas = True
         lines = []
-        pointers = []
+        pointers, keys = [], []
         for operand in (gemm.first, gemm.second):
             if operand.array is not None:
-                base = str(operand.array.base)
-                pointers.append(self.printed[base])
+                pointers.append(self.pointer(operand.array))
+                keys.append(str(operand.array.base))
                 continue
             positions = {s: sp.Symbol(f"_p{number}") for number, s in enumerate(operand.indices)}
             key = (operand.expr.xreplace(positions), tuple(ranges[s] for s in operand.indices))
@@ -501,15 +637,17 @@ class _Compiler:
                 self.temporaries += 1
                 name = self.written[key] = f"_c{self.temporaries}"
                 self.axes[name] = key[1]
-                self.scratch.append((name, key[1], "softgrad_real"))
+                self.allocate(name, key[1])
                 self.bind(list(operand.indices))
                 flat = self.entry(sp.IndexedBase(name)[operand.indices])
                 lines += self.threaded(self.nest(operand.expr, list(operand.indices), ranges,
                                                  lambda code, flat=flat: f"{flat} = {code};"), operand.indices)
             pointers.append(self.written[key])
+            keys.append(self.written[key])
 
         def extent(symbols: tuple[sp.Symbol, ...]) -> str:
-            return " * ".join(self.size(ranges[s]) for s in symbols) or "1"
+            return " * ".join("(_r1 - _r0)" if self.is_blocked(ranges[s]) else self.size(ranges[s])
+                              for s in symbols) or "1"
 
         m, n, k = extent(gemm.rows), extent(gemm.columns), extent(gemm.inner)
         first_rest = gemm.first.indices[len(gemm.batch):]
@@ -517,18 +655,53 @@ class _Compiler:
         transpose_first = bool(gemm.rows) and first_rest[0] not in gemm.rows
         transpose_second = bool(gemm.columns) and second_rest[0] in gemm.columns
         alpha = self.code(gemm.alpha)
+        target_pointer = self.pointer(target)
+        # leading dimensions and batch strides: from the arrays' extents (a block's rows may be fewer)
+        lead_first, lead_second, lead_target = (m if transpose_first else k), (k if transpose_second else n), n
+        strides = [f"({m}) * ({k})", f"({k}) * ({n})", f"({m}) * ({n})"]
+        if self.block is not None:
+            target_rest = tuple(s for s in target.indices if s not in self.fixed_symbols)[len(gemm.batch):]
+            layouts = [(keys[0], first_rest, len(gemm.inner if transpose_first else gemm.rows)),
+                       (keys[1], second_rest, len(gemm.columns if transpose_second else gemm.inner)),
+                       (str(target.base), target_rest, len(gemm.rows))]
+            lead_first, lead_second, lead_target = (self.held(key, rest[first:], ranges)
+                                                    for key, rest, first in layouts)
+            strides = [self.held(key, rest, ranges) for key, rest, _ in layouts]
 
         def at(pointer: str, block: str) -> str:  # the batch entry's block of an array
             return f"{pointer} + _batch * {block}" if gemm.batch else pointer
 
         call = (f"SOFTGRAD_GEMM(CblasRowMajor, {'CblasTrans' if transpose_first else 'CblasNoTrans'}, "
                 f"{'CblasTrans' if transpose_second else 'CblasNoTrans'}, (int)({m}), (int)({n}), (int)({k}), "
-                f"{alpha}, {at(pointers[0], f'({m}) * ({k})')}, (int)({m if transpose_first else k}), "
-                f"{at(pointers[1], f'({k}) * ({n})')}, (int)({k if transpose_second else n}), "
-                f"{'1' if accumulate else '0'}, {at(target, f'({m}) * ({n})')}, (int)({n}));")
+                f"{alpha}, {at(pointers[0], strides[0])}, (int)({lead_first}), "
+                f"{at(pointers[1], strides[1])}, (int)({lead_second}), "
+                f"{'1' if accumulate else '0'}, {at(target_pointer, strides[2])}, (int)({lead_target}));")
         if not gemm.batch:
             return [*lines, call]
         return [*lines, f"for (size_t _batch = 0; _batch < {extent(gemm.batch)}; ++_batch) {{", "    " + call, "}"]
+
+    def held(self, key: str, axes: tuple[sp.Symbol, ...], ranges: dict[sp.Symbol, str]) -> str:
+        """The number of entries an array holds along these axes of it (`_rows` on the blocked axis of an
+        array held for one block)."""
+        return " * ".join("_rows" if key in self.local and self.is_blocked(ranges[s]) else self.size(ranges[s])
+                          for s in axes) or "1"
+
+    def pointer(self, entry: sp.Indexed) -> str:
+        """Where a gemm's part of an array starts: its fixed indices at the block's values and the blocked one at
+        the block's first row (an array held for one block starts there), every other index at 0."""
+        array, axis_ranges, key = self.array(entry)
+        if self.block is None or key in self.local:
+            return array
+        terms = []
+        for axis, position in enumerate(entry.indices):
+            if position in self.fixed_symbols:
+                start = self.loop_names[position]
+            elif self.is_blocked(axis_ranges[axis]):
+                start = "_r0"
+            else:
+                continue
+            terms.append(" * ".join([start, *(self.size(r) for r in axis_ranges[axis + 1:])]))
+        return f"{array} + {' + '.join(terms)}" if terms else array
 
 
 def outermost_sums(expr: sp.Expr) -> list[sp.Sum]:
@@ -546,6 +719,29 @@ def outermost_sums(expr: sp.Expr) -> list[sp.Sum]:
     return sorted(found, key=sp.default_sort_key)
 
 
+def work_extents(ranges: tuple[str, ...], block: RowBlocking | None, dropped: int) -> tuple[str, ...]:
+    """A work array's extents in C: its sizes, or for one held for a block of rows, `_rows` on the blocked
+    axis and its `dropped` leading (fixed) axes left out."""
+    if block is None:
+        return tuple(f"_n_{r}" for r in ranges)
+    return tuple("_rows" if r == block.blocked else f"_n_{r}" for r in ranges[dropped:])
+
+
+def block_setup(block: RowBlocking | None, work: list[WorkArray]) -> list[str]:
+    """The lines that choose a block's rows: as many as fill SOFTGRAD_BLOCK_BYTES with the arrays held for
+    one block, at least one, at most all."""
+    held = [array for array in work if "_rows" in array.extents]
+    if block is None or not held:
+        return []
+    per_row = " + ".join(" * ".join([*(e for e in array.extents if e != "_rows"), f"sizeof({array.type})"])
+                         for array in held)
+    rows = f"_n_{block.blocked}"
+    return [f"// {', '.join(a.name for a in held)}: held for a block of rows of {block.blocked} at a time",
+            f"size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / ({per_row});",
+            "if (_rows < 1) _rows = 1;",
+            f"if (_rows > {rows}) _rows = {rows};"]
+
+
 def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool = False) -> CModule:
     tensor, spec = derivation.tensor, derivation.spec
     printed = printed_names(derivation)
@@ -556,26 +752,45 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
     for definition in [*spec.definitions, *backward_arrays]:
         compiler.with_logs(definition.expr)
     output = spec.output
-    forward = [compiler.statement(d, printed[d.name]) for d in spec.definitions]
-    forward_scratch, compiler.scratch = compiler.scratch, []
-    gradient_names = {printed[g] for g in tensor.gradients.values()}
-    backward = [compiler.statement(d, printed[d.name]) for d in backward_arrays]
-    work = [(printed[d.name], tensor.axes.get(d.name, ()), "softgrad_real") for d in spec.definitions
-            if d is not output]
-    work += [("_log_" + printed[name], tensor.axes[name], "softgrad_real") for name in sorted(compiler.logs_needed)]
-    backward_work = [(printed[d.name], tensor.axes.get(d.name, ()), "softgrad_real") for d in tensor.backward
-                     if printed[d.name] not in gradient_names]
+    gradient_names = set(tensor.gradients.values())
+    forward_work = [d.name for d in spec.definitions if d is not output]
+    gradients_work = [*forward_work, *([output.name] if output.is_vector else []),
+                      *(d.name for d in tensor.backward if d.name not in gradient_names)]
     needed = forward_needed(derivation)
+    gradients_definitions = [d for d in spec.definitions if d.name in needed] + backward_arrays
+
+    def work(names: list[str], block: RowBlocking | None) -> list[WorkArray]:
+        arrays = []
+        for prefix, group in (("", names), ("_log_", [n for n in sorted(compiler.logs_needed) if n in names])):
+            for name in group:
+                held = block if block is not None and name in block.local else None
+                arrays.append(WorkArray(prefix + printed[name], work_extents(
+                    tensor.axes.get(name, ()), held, len(held.fixed) if held else 0)))
+        return arrays
+
+    forward_block = row_blocking(spec.definitions, tensor.axes, spec.sizes, forward_work)
+    forward = compiler.body(spec.definitions, forward_block)
+    forward_scratch = compiler.taken_scratch()
+    forward_body = CBody(forward, work(forward_work, forward_block) + forward_scratch)
+    gradients_block = row_blocking(gradients_definitions, tensor.axes, spec.sizes, gradients_work)
+    if forward_block is None and gradients_block is None:  # the forward statements as forward() has them
+        statements = [statement for statement, definition in zip(forward, spec.definitions)
+                      if definition.name in needed] + compiler.body(backward_arrays, None)
+        scratch = forward_scratch + compiler.taken_scratch()
+    else:
+        statements = compiler.body(gradients_definitions, gradients_block)
+        scratch = compiler.taken_scratch()
+    gradients_body = CBody(statements, work(gradients_work, gradients_block) + scratch)
+    for body, block in ((forward_body, forward_block), (gradients_body, gradients_block)):
+        body.setup = block_setup(block, body.work)
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],
         parameters=[printed[p] for p in spec.parameters], ranges=list(spec.sizes), output=printed[output.name],
         output_ranges=tuple(tensor.axes.get(output.name, ())), output_is_scalar=not output.is_vector,
-        forward=forward, backward=backward, forward_work=work + forward_scratch,
-        backward_work=backward_work + compiler.scratch,
+        forward=forward_body, gradients_body=gradients_body,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()],
-        blas=compiler.blas, gradients_forward=[statement for statement, definition in zip(forward, spec.definitions)
-                                               if definition.name in needed])
+        blas=compiler.blas, blocked=bool(forward_body.setup or gradients_body.setup))
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,

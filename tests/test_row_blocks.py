@@ -1,0 +1,111 @@
+"""Generated C that runs a block of rows at a time (codegen.blocking): which functions are blocked, over which
+index, and that every blocking gives the results of the whole arrays — one row per block, a last block that is
+not full, one block for all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require_tool
+
+from softgrad.codegen.blocking import row_blocking
+from softgrad.codegen.emit import emit
+from softgrad.codegen.tensor_c import lower_tensor_c
+from softgrad.derive import derive_spec, parse_spec
+
+ATTENTION = """S[i, j] = sum(Q[i, e] * K[j, e], e) / sqrt(size(e))
+P[i, j] = exp(S[i, j]) / sum(exp(S[i, k]), k)
+O[i, f] = sum(P[i, j] * V[j, f], j)"""
+HEADS = """S[b, h, i, j] = sum(Q[b, h, i, e] * K[b, h, j, e], e) / sqrt(size(e))
+P[b, h, i, j] = exp(S[b, h, i, j]) / sum(exp(S[b, h, i, k]), k)
+O[b, h, i, f] = sum(P[b, h, i, j] * V[b, h, j, f], j)"""
+CAUSAL = """S[i, j] = sum(Q[i, e] * K[j, e], e) / sqrt(size(e))
+P[i, j] = [j <= i] * exp(S[i, j]) / sum([k <= i] * exp(S[i, k]), k)
+O[i, f] = sum(P[i, j] * V[j, f], j)"""
+# an additive bias, a loss over the output and a term without the rows (initialised before the blocks)
+BIAS_AND_DECAY = """S[i, j] = sum(Q[i, e] * K[j, e], e) + B[i, j]
+P[i, j] = exp(S[i, j]) / sum(exp(S[i, k]), k)
+O[i, f] = sum(P[i, j] * V[j, f], j)
+L = sum(O[i, f]^2, i, f) + 0.5 * sum(V[j, f]^2, j, f)"""
+REGRESSION = """z[b, c] = sum(W[c, d] * X[b, d], d) + bias[c]
+P[b, c] = exp(z[b, c]) / sum(exp(z[b, k]), k)
+L = -sum(log(P[b, label[b]]), b) / size(b) + 0.5 * reg * sum(W[e, f]^2, e, f)"""
+LAYER_NORM = """m[b] = sum(x[b, k], k) / size(k)
+v[b] = sum((x[b, k] - m[b])**2, k) / size(k)
+xhat[b, k] = (x[b, k] - m[b]) / sqrt(v[b] + 1e-5)
+y[b, k] = gamma[k] * xhat[b, k] + beta[k]"""
+
+
+def derived(source):
+    return derive_spec(parse_spec(source, name="blocked"), time_limit=None)
+
+
+def test_attention_runs_a_block_of_query_rows_at_a_time_and_sums_dK_dV_over_the_blocks():
+    derivation = derived(ATTENTION)
+    module = lower_tensor_c(derivation, "float32")
+    forward_work = {array.name: array.extents for array in module.forward.work}
+    assert forward_work == {"S": ("_rows", "_n_j"), "P": ("_rows", "_n_j")}  # never n_i × n_j
+    gradients_work = {array.name: array.extents for array in module.gradients_body.work}
+    assert all(extents[0] == "_rows" for extents in gradients_work.values()) and set(gradients_work) == {
+        "S", "P", "O", "dP", "dS"}
+    text = "\n".join(line for statement in module.gradients_body.statements for line in statement.lines)
+    assert "memset(dK, 0" in text and "memset(dV, 0" in text  # sums over the rows, block after block
+    assert text.count("SOFTGRAD_GEMM(") == 6  # every contraction still one gemm per block
+
+
+def test_heads_and_batch_are_taken_one_value_at_a_time_and_queries_a_block_at_a_time():
+    derivation = derived(HEADS)
+    spec, tensor = derivation.spec, derivation.tensor
+    work = [d.name for d in spec.definitions if d is not spec.output]
+    plan = row_blocking(spec.definitions, tensor.axes, spec.sizes, work)
+    assert plan is not None and (plan.fixed, plan.blocked) == (("b", "h"), "i") and plan.local == {"S", "P"}
+
+
+@pytest.mark.parametrize("source", [
+    # a softmax over the rows (a column softmax): a row needs every other row
+    "S[i, j] = sum(Q[i, e] * K[j, e], e)\nP[i, j] = exp(S[i, j]) / sum(exp(S[k, j]), k)\n"
+    "O[i, f] = sum(P[i, j] * V[j, f], j)",
+    # a row read at the next row
+    "S[i, j] = sum(Q[i, e] * K[j, e], e)\nT[i, j] = S[i, j] * S[i + 1, j]\ny = sum(T[i, j], i, j)",
+    # a sum over the rows read back by every row
+    "S[i, j] = sum(Q[i, e] * K[j, e], e)\nc[j] = sum(S[i, j], i)\nT[i, j] = S[i, j] * c[j]\ny = sum(T[i, j]^2, i, j)",
+])
+def test_a_function_that_needs_every_row_at_once_is_not_blocked(source):
+    derivation = derived(source)
+    spec, tensor = derivation.spec, derivation.tensor
+    work = [d.name for d in spec.definitions if d is not spec.output]
+    plan = row_blocking(spec.definitions, tensor.axes, spec.sizes, work)
+    assert plan is None or "S" not in plan.local
+
+
+@pytest.mark.parametrize("source", [ATTENTION, HEADS, CAUSAL, BIAS_AND_DECAY, REGRESSION, LAYER_NORM,
+                                    "S[i, j] = sum(Q[i, e] * K[j, e], e)\nc[j] = sum(S[i, j], i)\n"
+                                    "T[i, j] = S[i, j] * c[j]\ny = sum(T[i, j]^2, i, j)"],
+                         ids=["attention", "heads", "causal", "bias-and-decay", "regression", "layer-norm", "column"])
+def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
+    """Compiled with one row per block, with blocks of a few rows (the last one short) and with one block
+    for all, forward and gradients equal the NumPy module's (float64) — and the C is blocked at all."""
+    from softgrad.codegen.build import import_path, load_c
+    from softgrad.verify.tensor_generated import call_module, module_gradients, sample_tensor_inputs
+
+    require_tool("cc")
+    derivation = derived(source)
+    files = emit(derivation, "c")
+    ((file_name, text),) = emit(derivation, "numpy").items()
+    (tmp_path / file_name).write_text(text)
+    numpy_module = import_path(tmp_path / file_name)
+    sizes = {r: 4 + position for position, r in enumerate(derivation.spec.sizes)}
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=3, scale=2.0)
+    expected_forward = call_module(numpy_module, derivation, arrays, parameters, "forward")
+    expected = module_gradients(numpy_module, derivation, arrays, parameters)
+    blocked = "_r0 += _rows" in files[f"{files.module}.c"]
+    for block_bytes in (1, 300, 1 << 30):
+        kernels = load_c(files, tmp_path, extra_flags=[f"-DSOFTGRAD_BLOCK_BYTES={block_bytes}"],
+                         library_name=f"lib{block_bytes}.so")
+        forward = call_module(kernels, derivation, arrays, parameters, "forward")
+        np.testing.assert_allclose(forward, expected_forward, rtol=1e-12, atol=1e-13 * np.abs(expected_forward).max())
+        for name, gradient in module_gradients(kernels, derivation, arrays, parameters).items():
+            scale = np.abs(expected[name]).max()
+            np.testing.assert_allclose(gradient, expected[name], rtol=1e-11, atol=1e-12 * scale,
+                                       err_msg=f"{name}, {block_bytes} bytes")
+    assert blocked or "c[j] = sum" in source  # the one function that must run as written
