@@ -95,6 +95,19 @@ def torch_causal_sdpa(Q, K, V, dO):
     return torch_sdpa(Q, K, V, dO, causal=True)
 
 
+def gemm_rate(dtype: str, n: int) -> float:
+    """GFLOP/s of one n × n × n matrix product in NumPy (its BLAS, one thread), best of 5."""
+    a, b = (np.random.default_rng(1).normal(size=(n, n)).astype(dtype) for _ in range(2))
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
 def peak_memory(implementation: str, n: int, library: str = "") -> float:
     """MiB the peak resident memory grows by in one attention backward at (n, 64), float32, in a fresh process
     (the 6 MiB of gradients it returns included)."""
@@ -103,7 +116,7 @@ def peak_memory(implementation: str, n: int, library: str = "") -> float:
 
 
 def measure_memory(implementation: str, n: int, library: str) -> None:
-    """The child of peak_memory: one call, the growth of ru_maxrss around it."""
+    """The child of peak_memory: one call, the growth of the peak resident memory around it."""
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(n, 64)).astype(np.float32) for _ in range(4)]
     if implementation.startswith("torch"):
@@ -111,9 +124,20 @@ def measure_memory(implementation: str, n: int, library: str) -> None:
             torch.from_numpy(a) for a in arrays]
     else:
         call, given = import_path(Path(library).parent / "attention_ctypes.py").load(Path(library)).gradients, arrays
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_resident_kib()
     call(*given)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    print((peak_resident_kib() - before) / 1024)
+
+
+def peak_resident_kib() -> int:
+    """This process's peak resident memory: VmHWM (ru_maxrss survives exec on Linux, so a child started by a
+    large parent would start at the parent's peak)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def torch_batched_sdpa(Q, K, V, dO):
@@ -151,12 +175,15 @@ def torch_two_layer(W1, X, W2, T):
 
 
 def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
-    """Median ms of each (function, arguments), interleaved round by round after one warm-up call."""
+    """Median ms of each (function, arguments), interleaved round by round after one warm-up call; each round
+    starts with the next implementation (the first after another's run pays for the caches it left)."""
     times: dict[str, list[float]] = {name: [] for name in functions}
     for function, arguments in functions.values():
         function(*arguments)
-    for _ in range(rounds):
-        for name, (function, arguments) in functions.items():
+    entries = list(functions.items())
+    for round_number in range(rounds):
+        start = round_number % len(entries)
+        for name, (function, arguments) in entries[start:] + entries[:start]:
             start = time.perf_counter()
             function(*arguments)
             times[name].append(time.perf_counter() - start)
@@ -191,7 +218,7 @@ def main() -> None:
                     times = medians({"c": (attention_c.gradients, arrays), "whole": (attention_whole.gradients, arrays),
                                      "numpy": (attention_numpy.gradients, arrays), "torch": (eager, tensors),
                                      "sdpa": (sdpa, tensors)}, rounds)
-                    rows.append((what, f"n {n}, d 64", dtype, times))
+                    rows.append((what, f"n {n}, d 64", dtype, times, 12 * n * n * 64))
             batched_c, batched_whole, batched_numpy = kernels("batched-attention", dtype, folder, BATCHED_ATTENTION)
             for n in ([64] if arguments.quick else [512, 1024]):
                 arrays = [rng.normal(size=(8, n, 64)).astype(dtype) for _ in range(4)]
@@ -200,7 +227,7 @@ def main() -> None:
                                  "numpy": (batched_numpy.gradients, arrays),
                                  "torch": (torch_batched_attention, tensors), "sdpa": (torch_batched_sdpa, tensors)},
                                 rounds)
-                rows.append(("attention backward, batch·heads 8", f"n {n}, d 64", dtype, times))
+                rows.append(("attention backward, batch·heads 8", f"n {n}, d 64", dtype, times, 8 * 12 * n * n * 64))
             regression_c, regression_whole, regression_numpy = kernels("softmax-regression-labels", dtype, folder)
             B, D, C = (256, 64, 100) if arguments.quick else (4096, 512, 1000)
             X = rng.normal(size=(B, D)).astype(dtype)
@@ -211,7 +238,8 @@ def main() -> None:
             times = medians({"c": (regression_c.gradients, given), "whole": (regression_whole.gradients, given),
                              "numpy": (regression_numpy.gradients, given),
                              "torch": (torch_regression, [torch.from_numpy(a) for a in given])}, rounds)
-            rows.append(("softmax regression, labels: loss, dW, dX, dbias", f"B {B}, D {D}, C {C}", dtype, times))
+            rows.append(("softmax regression, labels: loss, dW, dX, dbias", f"B {B}, D {D}, C {C}", dtype, times,
+                         6 * B * D * C))
             norm_c, norm_whole, norm_numpy = kernels("layer-norm-affine", dtype, folder)
             rows_, features = (256, 128) if arguments.quick else (4096, 1024)
             given = (rng.normal(size=(rows_, features)).astype(dtype), rng.normal(size=features).astype(dtype),
@@ -219,7 +247,7 @@ def main() -> None:
             times = medians({"c": (norm_c.gradients, given), "whole": (norm_whole.gradients, given),
                              "numpy": (norm_numpy.gradients, given),
                              "torch": (torch_layer_norm, [torch.from_numpy(a) for a in given])}, rounds)
-            rows.append(("affine layer norm: dx, dgamma, dbeta", f"{rows_} × {features}", dtype, times))
+            rows.append(("affine layer norm: dx, dgamma, dbeta", f"{rows_} × {features}", dtype, times, 0))
             two_c, two_whole, two_numpy = kernels("two-layer", dtype, folder)
             B, D, J, C = (128, 64, 32, 10) if arguments.quick else (1024, 784, 512, 10)
             T = rng.random((B, C)).astype(dtype)
@@ -228,17 +256,24 @@ def main() -> None:
             times = medians({"c": (two_c.gradients, given), "whole": (two_whole.gradients, given),
                              "numpy": (two_numpy.gradients, given),
                              "torch": (torch_two_layer, [torch.from_numpy(a) for a in given])}, rounds)
-            rows.append(("two-layer classifier: loss, dW1, dX, dW2", f"B {B}, D {D}, J {J}, C {C}", dtype, times))
+            rows.append(("two-layer classifier: loss, dW1, dX, dW2", f"B {B}, D {D}, J {J}, C {C}", dtype, times,
+                         6 * B * J * (D + C)))
+    rates = {dtype: gemm_rate(dtype, 256 if arguments.quick else 2048) for dtype in ("float32", "float64")}
     lines = ["## Specs with several indices: generated C against torch (one thread)", "",
              f"`python bench/tensor_c.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1); medians of {rounds} "
              "interleaved rounds; ratio = generated / torch eager, < 1 is faster). Each generated gradients() "
              "computes the forward too, as torch's forward and backward are timed together. \"C whole\": the same "
-             "source built with a block of every row (whole arrays).", "",
+             "source built with a block of every row (whole arrays). \"gemm share\": the FLOPs its matrix products "
+             f"must do (attention: 12·n²·d, the forward recomputed) per second, over this run's sgemm "
+             f"({rates['float32']:.1f} GFLOP/s) or dgemm ({rates['float64']:.1f} GFLOP/s) rate (NumPy's BLAS, "
+             "n = 2048, one thread).", "",
              "| function | shape | dtype | C ms | C whole ms | NumPy ms | torch eager ms | C / torch | "
-             "NumPy / torch | C / torch SDPA |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "NumPy / torch | C / torch SDPA | gemm share |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {what} | {shape} | {dtype} | {t['c']:.2f} | {t['whole']:.2f} | {t['numpy']:.2f} | "
               f"{t['torch']:.2f} | {t['c'] / t['torch']:.2f} | {t['numpy'] / t['torch']:.2f} | "
-              + (f"{t['c'] / t['sdpa']:.2f} |" if "sdpa" in t else "– |") for what, shape, dtype, t in rows]
+              + (f"{t['c'] / t['sdpa']:.2f} | " if "sdpa" in t else "– | ")
+              + (f"{flops / (t['c'] * 1e6) / rates[dtype]:.0%} |" if flops else "– |")
+              for what, shape, dtype, t, flops in rows]
     if not arguments.quick:
         n = 8192
         with tempfile.TemporaryDirectory() as temporary:
@@ -249,8 +284,9 @@ def main() -> None:
             memory = {"generated C": peak_memory("c", n, str(folder / "libattention.so")),
                       "generated C, whole arrays": peak_memory("c", n, str(folder / "libwhole.so")),
                       "torch SDPA": peak_memory("torch-sdpa", n), "torch eager": peak_memory("torch", n)}
-        lines += ["", f"Peak memory one attention backward adds at n = {n}, d = 64, float32 (ru_maxrss in a fresh "
-                  "process; the 6 MiB of gradients returned included; the n × n float32 array alone is 256 MiB):", "",
+        lines += ["", f"Peak memory one attention backward adds at n = {n}, d = 64, float32 (peak resident memory "
+                  "in a fresh process, VmHWM; the 6 MiB of gradients returned included; the n × n float32 array alone "
+                  "is 256 MiB):", "",
                   "| implementation | MiB |", "|---|---:|", *(f"| {k} | {v:.0f} |" for k, v in memory.items())]
     document = "\n".join(lines) + "\n"
     print(document)
