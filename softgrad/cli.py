@@ -402,6 +402,10 @@ def _verify_tensor(target: str, against: str, signature: str | None, sizes: str 
         from softgrad.verify.loaders import load_c_target
 
         function, checked_as, dtype = load_c_target(target, signature, against, sizes, dtype, timeout)
+    elif _declares_c_roles(target, signature):  # C computing H·v: loaded as the gradient's VJP it is checked as
+        from softgrad.verify.loaders import load_c_product
+
+        function, checked_as, dtype = load_c_product(target, signature, against, sizes, dtype, timeout, wrt)
     else:
         function = load_function(target, signature, dtype, timeout)
     try:

@@ -387,3 +387,83 @@ def test_an_array_the_gradient_does_not_read_has_hessian_rows_of_zero(tmp_path):
     with pytest.raises(SpecError, match=r"L does not depend on beta: nothing to differentiate \(leave it out"):
         derive_spec(softgrad.derive.parse_spec("y[b, k] = g[k] * x[b, k] + beta[k]\nz[b] = sum(x[b, k], k)\n"
                                                "L = sum(z[b]^2, b)"), wrt="x,beta")
+
+
+HAND_WRITTEN_C_HVP = r'''
+#include <math.h>
+#include <stdint.h>
+#include <stddef.h>
+
+/* H v of softmax cross-entropy, row by row: sum(t) (p v - p <p, v>) */
+void ce_hvp(const double *x, const double *t, const double *v, double *hv, size_t rows, size_t n) {
+    for (size_t r = 0; r < rows; r++) {
+        const double *xr = x + r * n, *tr = t + r * n, *vr = v + r * n;
+        double m = -INFINITY, s = 0, pv = 0, ts = 0;
+        for (size_t i = 0; i < n; i++) m = xr[i] > m ? xr[i] : m;
+        for (size_t i = 0; i < n; i++) s += exp(xr[i] - m);
+        for (size_t i = 0; i < n; i++) { pv += exp(xr[i] - m) / s * vr[i]; ts += tr[i]; }
+        for (size_t i = 0; i < n; i++) hv[r * n + i] = ts * exp(xr[i] - m) / s * (vr[i] - pv);
+    }
+}
+
+/* the same without sum(t): right only where the targets sum to 1 */
+void ce_hvp_without_target_sum(const double *x, const double *t, const double *v, double *hv, size_t rows,
+                               size_t n) {
+    ce_hvp(x, t, v, hv, rows, n);
+    for (size_t r = 0; r < rows; r++) {
+        double ts = 0;
+        for (size_t i = 0; i < n; i++) ts += t[r * n + i];
+        for (size_t i = 0; i < n; i++) hv[r * n + i] /= ts;
+    }
+}
+
+/* softmax regression with labels, H v with respect to W, output first, float32 as llm.c writes it */
+void regression_hvp(float *hv, const float *W, const float *X, const float *bias, const int64_t *label,
+                    const float *V, int B, int D, int C) {
+    (void)label;
+    for (int c = 0; c < C; c++) for (int d = 0; d < D; d++) hv[c * D + d] = 0;
+    for (int b = 0; b < B; b++) {
+        float z[64], dP[64];
+        float m = -INFINITY, s = 0, pdP = 0;
+        for (int c = 0; c < C; c++) {
+            z[c] = bias[c];
+            dP[c] = 0;
+            for (int d = 0; d < D; d++) {
+                z[c] += X[b * D + d] * W[c * D + d];
+                dP[c] += X[b * D + d] * V[c * D + d] / B;
+            }
+            m = z[c] > m ? z[c] : m;
+        }
+        for (int c = 0; c < C; c++) { z[c] = expf(z[c] - m); s += z[c]; }
+        for (int c = 0; c < C; c++) pdP += z[c] / s * dP[c];
+        for (int c = 0; c < C; c++) {
+            float dz = (dP[c] - pdP) * z[c] / s;
+            for (int d = 0; d < D; d++) hv[c * D + d] += dz * X[b * D + d];
+        }
+    }
+}
+'''
+
+
+@pytest.mark.parametrize("function, against, signature, status, shown", [
+    ("ce_hvp", "cross-entropy", "x,t,v->hv", 0, "called as ce_hvp(x, t, v, hv, rows=5, n=6)"),
+    ("ce_hvp_without_target_sum", "cross-entropy", "x,t,v->hv", 1, "worst element hv["),
+    ("regression_hvp", str(REGRESSION), "hv <- W,X,bias,label,V", 0, "regression_hvp(hv, W, X, bias, label, V"),
+])
+def test_verify_a_hessian_vector_product_written_in_c(tmp_path, function, against, signature, status, shown):
+    """C computing H·v — row by row with (rows, n) sizes, or with its pointers' roles declared, output first and
+    float32 — is checked as Python is: the call shown under the code's own names, the worst element named."""
+    import subprocess
+    import sys
+
+    from conftest import require_tool
+
+    require_tool("cc")
+    (tmp_path / "hvp.c").write_text(HAND_WRITTEN_C_HVP)
+    extra = ["--wrt", "W", "--size", "b=4,d=3,c=5"] if "regression" in function else []
+    result = subprocess.run([sys.executable, "-m", "softgrad", "verify", f"hvp.c:{function}", "--against", against,
+                             "--order", "2", "--signature", signature, *extra],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "second order (H·v)" in result.stdout and shown in result.stdout, result.stdout
+    assert " dx" not in result.stdout and "dg" not in result.stdout  # no name of the gradient's VJP shows

@@ -9,6 +9,7 @@ For test suites:
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
         if against is None:
             raise SoftgradError("order=2 checks a Hessian–vector product against a spec: give against=SPEC")
         original, given_signature = against, signature or ""
-        against, signature, vector_position = _second_order(against, signature, wrt)
+        against, signature, vector_position = second_order_signature(against, signature, wrt)
         matrix = vector_position is not None
         shown = (f"{load_spec_name(original)}, second order ({'H' if matrix else 'H·v'})", given_signature)
         if vector_position is not None:  # the Hessian itself ('x,t->H'): checked through its products with vectors
@@ -92,7 +93,10 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                         function, how = adapted
             tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},
                                           extremes, label)
-            if shown is not None:  # the products under the user's names (hv), not the gradient VJP's (dx)
+            if shown is not None:  # the products and the vector under the user's names (hv, v), not the VJP's
+                checked_names, given_names = (re.split(r"->|,", text.replace(" ", ""))
+                                              for text in (signature or "", shown[1]))
+                names = dict(zip(checked_names, given_names)) if len(checked_names) == len(given_names) else {}
                 products = dict(zip((signature or "").replace(" ", "").rpartition("->")[2].split(","),
                                     shown[1].replace(" ", "").rpartition("->")[2].split(",")))
                 if matrix and not tensor_report.passed:
@@ -105,6 +109,9 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                     tensor_report.worst.output = products.get(tensor_report.worst.output, tensor_report.worst.output)
                 for name, product in products.items():
                     tensor_report.hints = [hint.replace(f"{name} ", f"{product} ") for hint in tensor_report.hints]
+                if not matrix:  # what the code did wrong (unwritten entries, writes outside), under its own names
+                    tensor_report.failures = [re.sub(r"\b\w+\b", lambda word: names.get(word[0], word[0]), line)
+                                              for line in tensor_report.failures]
                 tensor_report.against, tensor_report.signature = shown
             if how:
                 tensor_report.notes.insert(0, how if how.startswith("called") else f"called as {how}")
@@ -213,7 +220,7 @@ def _worst_hessian_entry(function: Any, against: str, signature: str, sizes: dic
     return worst_entry(function, derivation, sizes, seed, parameters)
 
 
-def _second_order(against: str, signature: str | None, wrt: str | None) -> tuple[str, str, int | None]:
+def second_order_signature(against: str, signature: str | None, wrt: str | None) -> tuple[str, str, int | None]:
     """(the spec of the loss's gradient, the signature of its vector–Jacobian product, and where the vector is
     among its arguments when the function returns the Hessian itself) for checking a Hessian–vector product
     'x,t,v->hv' (H·v is the gradient's VJP with upstream v: H is symmetric) or a Hessian 'x,t->H'."""

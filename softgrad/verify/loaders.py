@@ -221,3 +221,37 @@ def load_c_target(target: str, text: str, against: str, sizes: str | None, dtype
     plan = plan_c_call(target, text, spec, parse_sizes(sizes, spec), dtype)
     return load_function(target, plan.tensor_signature, plan.dtype, timeout, plan=plan.as_data()), \
         plan.tensor_signature, plan.dtype
+
+
+def load_c_product(target: str, text: str, against: str, sizes: str | None, dtype: str, timeout: float,
+                   wrt: str | None) -> tuple[Any, str, str]:
+    """C that computes a loss's Hessian–vector product, its pointers' roles declared ('z,t,v -> hv' or
+    'hv <- z,t,v'), loaded in its child process as the vector–Jacobian product of the loss's gradient that it
+    is checked as: (the function, the product's signature 'z,t,v->hv' for check_gradient(order=2), the dtype
+    its prototype computes in)."""
+    from softgrad.verify import second_order_signature
+    from softgrad.verify.c_conventions import parse_c_signature
+
+    parts = parse_c_signature(text)
+    if len(parts) != 1:
+        raise SoftgradError("a Hessian–vector product in C is one function, e.g. 'x,t,v -> hv'")
+    (part,) = parts
+    product = f"{','.join(part.reads)}->{','.join(part.writes)}"
+    gradient_spec, vjp, vector_position = second_order_signature(against, product, wrt)
+    if vector_position is not None:
+        raise SoftgradError("C is checked as a Hessian–vector product: its signature names the vector it "
+                        "multiplies, e.g. 'x,t,v -> hv'")
+    takes, _, returns = vjp.partition("->")
+    renamed = dict(zip([*part.reads, *part.writes], [*takes.split(","), *returns.split(",")]))
+
+    def item(array: Any) -> str:
+        shape = f"[{','.join(array.declared)}]" if array.declared else ""
+        return renamed[array.name] + ("+=" if array.accumulated else "") + shape
+
+    written = ",".join(item(a) for a in part.arrays if a.written)
+    read = ",".join(item(a) for a in part.arrays if not a.written)
+    roles = f"{written} <- {read}" if part.arrays[0].written else f"{read} -> {written}"
+    function, _, computed = load_c_target(target, roles, gradient_spec, sizes, dtype, timeout)
+    back = {checked: given for given, checked in renamed.items()}  # the call as made, under the user's names
+    function.how = re.sub(r"\b\w+\b", lambda word: back.get(word.group(0), word.group(0)), function.how)
+    return function, product, computed
