@@ -1,7 +1,8 @@
 """Generated Hessian–vector products (`softgrad codegen LOSS --kernel hvp`) against torch and JAX.
 
 For each catalog entry (softmax, log-softmax and sigmoid as L = Σ dy·y; the losses cross-entropy with soft
-targets, the one-hot form, KL divergence, binary cross-entropy, log-sum-exp) at 4096 rows of 1000 classes,
+targets, the one-hot form, KL divergence, binary cross-entropy, log-sum-exp), and layer normalisation (written as
+a spec, L = Σ dy·y) at 4096 rows of 1000 classes,
 float64, one thread: the generated C and NumPy hvp kernels, torch's double backward (grad of grad·v,
 create_graph=True), torch.func.hvp (forward-over-reverse via jvp of grad) and jax.jvp(jax.grad(f)) under
 jax.jit. Medians of interleaved rounds; ratio = generated C / peer (< 1 is faster). The table goes into
@@ -31,6 +32,7 @@ import numpy as np
 import softgrad
 from softgrad.codegen.build import import_path, load_c
 from softgrad.codegen.emit import emit
+from softgrad.derive import derive_spec, parse_spec
 from softgrad.derive.hessian import hessian
 
 ROOT = Path(__file__).resolve().parent
@@ -59,7 +61,21 @@ def losses() -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
         "binary-cross-entropy": (lambda x, t: torch.nn.functional.binary_cross_entropy_with_logits(
             x, t, reduction="sum"), lambda x, t: jnp.sum(jax.nn.softplus(x) - t * x)),
         "logsumexp": (lambda x: torch.logsumexp(x, -1).sum(), lambda x: jnp.sum(jax.nn.logsumexp(x, -1))),
+        "layer norm": (lambda x, dy: (dy * torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-5)).sum(),
+                       lambda x, dy: jnp.sum(dy * (x - x.mean(-1, keepdims=True))
+                                         / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5))),
     }
+
+
+#: Entries that are not in the catalog: their specs.
+SPECS = {"layer norm": "m = sum(x[k], k) / n\nv = sum((x[k] - m)^2, k) / n\ny[i] = (x[i] - m) / sqrt(v + 0.00001)"}
+
+
+def derived(name: str) -> Any:
+    """The first-order derivation of a catalog entry or of one of SPECS."""
+    if name in SPECS:
+        return derive_spec(parse_spec(SPECS[name], name=name.replace(" ", "-")))
+    return softgrad.derive(name)
 
 
 def medians(functions: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
@@ -91,7 +107,7 @@ def main() -> None:
     table = []
     with tempfile.TemporaryDirectory() as temporary:
         for name, (torch_loss, jax_loss) in losses().items():
-            second = hessian(softgrad.derive(name))
+            second = hessian(derived(name))
             c_folder = Path(temporary) / f"{name}-c"
             c_folder.mkdir()
             c_kernels = load_c(emit(second, "c", ["hvp"]), c_folder)
@@ -103,7 +119,7 @@ def main() -> None:
             x = rng.normal(size=(rows, n))
             targets = rng.random((rows, n))
             targets /= targets.sum(axis=1, keepdims=True)
-            if softgrad.derive(name).spec.output.is_vector:  # L = Σ dy·y: the second input is dy
+            if derived(name).spec.output.is_vector:  # L = Σ dy·y: the second input is dy
                 targets = rng.normal(size=(rows, n))
             v = rng.normal(size=(rows, n))
             inputs = [x] if name == "logsumexp" else [x, targets]
