@@ -417,6 +417,26 @@ void ce_hvp_without_target_sum(const double *x, const double *t, const double *v
     }
 }
 
+/* the Hessian of softmax cross-entropy itself, one (n, n) block per row: sum(t) (diag(p) - p p^T) */
+void ce_hessian(const double *x, const double *t, double *H, size_t rows, size_t n) {
+    for (size_t r = 0; r < rows; r++) {
+        const double *xr = x + r * n, *tr = t + r * n;
+        double m = -INFINITY, s = 0, ts = 0;
+        for (size_t i = 0; i < n; i++) m = xr[i] > m ? xr[i] : m;
+        for (size_t i = 0; i < n; i++) { s += exp(xr[i] - m); ts += tr[i]; }
+        for (size_t i = 0; i < n; i++) for (size_t j = 0; j < n; j++) {
+            double pi = exp(xr[i] - m) / s, pj = exp(xr[j] - m) / s;
+            H[(r * n + i) * n + j] = ts * ((i == j ? pi : 0) - pi * pj);
+        }
+    }
+}
+
+/* one entry off the diagonal wrong */
+void ce_hessian_one_entry_wrong(const double *x, const double *t, double *H, size_t rows, size_t n) {
+    ce_hessian(x, t, H, rows, n);
+    H[1 * n + 2] += 0.1;
+}
+
 /* softmax regression with labels, H v with respect to W, output first, float32 as llm.c writes it */
 void regression_hvp(float *hv, const float *W, const float *X, const float *bias, const int64_t *label,
                     const float *V, int B, int D, int C) {
@@ -449,10 +469,14 @@ void regression_hvp(float *hv, const float *W, const float *X, const float *bias
     ("ce_hvp", "cross-entropy", "x,t,v->hv", 0, "called as ce_hvp(x, t, v, hv, rows=5, n=6)"),
     ("ce_hvp_without_target_sum", "cross-entropy", "x,t,v->hv", 1, "worst element hv["),
     ("regression_hvp", str(REGRESSION), "hv <- W,X,bias,label,V", 0, "regression_hvp(hv, W, X, bias, label, V"),
+    # the Hessian itself, checked through its products; where it is wrong, the worst entry of the matrix
+    ("ce_hessian", "cross-entropy", "x,t->H", 0, "called as ce_hessian(x, t, H, rows=5, n=6)"),
+    ("ce_hessian_one_entry_wrong", "cross-entropy", "x,t->H", 1, "worst entry H[0, 1, 2]"),
 ])
 def test_verify_a_hessian_vector_product_written_in_c(tmp_path, function, against, signature, status, shown):
     """C computing H·v — row by row with (rows, n) sizes, or with its pointers' roles declared, output first and
-    float32 — is checked as Python is: the call shown under the code's own names, the worst element named."""
+    float32 — or the Hessian itself is checked as Python is: the call shown under the code's own names, the
+    worst element (or entry of H) named."""
     import subprocess
     import sys
 
@@ -465,5 +489,5 @@ def test_verify_a_hessian_vector_product_written_in_c(tmp_path, function, agains
                              "--order", "2", "--signature", signature, *extra],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == status, result.stdout + result.stderr
-    assert "second order (H·v)" in result.stdout and shown in result.stdout, result.stdout
+    assert "second order (H" in result.stdout and shown in result.stdout, result.stdout
     assert " dx" not in result.stdout and "dg" not in result.stdout  # no name of the gradient's VJP shows

@@ -85,8 +85,9 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                 from softgrad.verify.adapters import adapt_several
                 from softgrad.verify.isolation import IsolatedFunction
 
-                if isinstance(function, IsolatedFunction):  # loaded (and adapted) in its child process
-                    how = function.how
+                loaded = getattr(function, "function", function)  # a Hessian's C or Python, inside its wrapper
+                if isinstance(loaded, IsolatedFunction):  # loaded (and adapted) in its child process
+                    how = loaded.how
                 elif signature is not None:  # framework code or a layer, passed in from Python: run in this process
                     adapted = adapt_several(function, signature, getattr(function, "__name__", "function"))
                     if adapted is not None:

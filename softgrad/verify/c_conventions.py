@@ -171,10 +171,12 @@ class CPlan:
                 "trailing": self.trailing, "how": self.how}
 
 
-def plan_c_call(reference: str, text: str, spec: Any, sizes: dict[str, int], dtype: str) -> CPlan:
+def plan_c_call(reference: str, text: str, spec: Any, sizes: dict[str, int], dtype: str,
+                reads_upstream: bool = True) -> CPlan:
     """The calls to make for FILE:FUNCTION[,BACKWARD] with the C signature `text`, the spec (its rows written
     out) and the ranges' sizes; every mismatch between the signature, the spec and the prototype is one
-    SoftgradError line, reported before any of the user's code runs."""
+    SoftgradError line, reported before any of the user's code runs. reads_upstream=False: code for a spec
+    with an array output that does not read its upstream gradient (a Hessian, which the product is made of)."""
     from softgrad.verify.tensor_verify import size_names
 
     location, _, names = reference.rpartition(":")
@@ -212,7 +214,7 @@ def plan_c_call(reference: str, text: str, spec: Any, sizes: dict[str, int], dty
                                     + (", nor written by the forward, nor the upstream gradient" if is_last and
                                        len(parts) == 2 else ""))
         calls.append((function, arguments))
-    if spec.output.is_vector and upstream is None:
+    if spec.output.is_vector and upstream is None and reads_upstream:
         raise SoftgradError(f"the backward must read the upstream gradient of {spec.output.name} "
                             f"(e.g. d{spec.output.name})")
     source = Path(location).read_text(errors="replace") if location.endswith(".c") else None

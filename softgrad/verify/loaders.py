@@ -206,7 +206,7 @@ def load_c(location: str, name: str, signature: Signature, dtype: str,
 
 
 def load_c_target(target: str, text: str, against: str, sizes: str | None, dtype: str,
-                  timeout: float) -> tuple[Any, str, str]:
+                  timeout: float, reads_upstream: bool = True) -> tuple[Any, str, str]:
     """C named by `target` with a signature of declared roles, loaded in its child process: (the function, the
     several-index signature it is checked as, the dtype its prototype computes in)."""
     from softgrad.derive import load_spec
@@ -218,17 +218,19 @@ def load_c_target(target: str, text: str, against: str, sizes: str | None, dtype
     if not Path(location).is_file():
         raise SoftgradError(f"cannot read {location!r}: no such file")
     spec = with_rows(load_spec(against))
-    plan = plan_c_call(target, text, spec, parse_sizes(sizes, spec), dtype)
+    plan = plan_c_call(target, text, spec, parse_sizes(sizes, spec), dtype, reads_upstream)
     return load_function(target, plan.tensor_signature, plan.dtype, timeout, plan=plan.as_data()), \
         plan.tensor_signature, plan.dtype
 
 
 def load_c_product(target: str, text: str, against: str, sizes: str | None, dtype: str, timeout: float,
                    wrt: str | None) -> tuple[Any, str, str]:
-    """C that computes a loss's Hessian–vector product, its pointers' roles declared ('z,t,v -> hv' or
-    'hv <- z,t,v'), loaded in its child process as the vector–Jacobian product of the loss's gradient that it
-    is checked as: (the function, the product's signature 'z,t,v->hv' for check_gradient(order=2), the dtype
-    its prototype computes in)."""
+    """C that computes a loss's Hessian–vector product or its Hessian, its pointers' roles declared
+    ('z,t,v -> hv' or 'hv <- z,t,v'; 'z,t -> H'), loaded in its child process as the vector–Jacobian product of
+    the loss's gradient that it is checked as (a Hessian: as what the product is made of): (the function, the
+    signature 'z,t,v->hv' or 'z,t->H' for check_gradient(order=2), the dtype its prototype computes in)."""
+    from softgrad.derive import load_spec
+    from softgrad.derive.spec import with_rows
     from softgrad.verify import second_order_signature
     from softgrad.verify.c_conventions import parse_c_signature
 
@@ -238,20 +240,26 @@ def load_c_product(target: str, text: str, against: str, sizes: str | None, dtyp
     (part,) = parts
     product = f"{','.join(part.reads)}->{','.join(part.writes)}"
     gradient_spec, vjp, vector_position = second_order_signature(against, product, wrt)
-    if vector_position is not None:
-        raise SoftgradError("C is checked as a Hessian–vector product: its signature names the vector it "
-                        "multiplies, e.g. 'x,t,v -> hv'")
     takes, _, returns = vjp.partition("->")
+    if vector_position is not None:  # the Hessian itself: no vector among the pointers
+        takes = ",".join(takes.split(",")[:vector_position])
     renamed = dict(zip([*part.reads, *part.writes], [*takes.split(","), *returns.split(",")]))
+    matrix_shape: tuple[str, ...] = ()
+    if vector_position is not None:  # H's shape: wrt's axes twice, or one (n, n) block per row
+        spec = load_spec(against)
+        axes = tuple(with_rows(spec).axes[returns[1:]] if not spec.tensor else spec.axes[returns[1:]])
+        matrix_shape = (*axes, *(axes[1:] if not spec.tensor else axes))
 
     def item(array: Any) -> str:
-        shape = f"[{','.join(array.declared)}]" if array.declared else ""
+        declared = array.declared or (matrix_shape if array.written else None)
+        shape = f"[{','.join(declared)}]" if declared else ""
         return renamed[array.name] + ("+=" if array.accumulated else "") + shape
 
     written = ",".join(item(a) for a in part.arrays if a.written)
     read = ",".join(item(a) for a in part.arrays if not a.written)
     roles = f"{written} <- {read}" if part.arrays[0].written else f"{read} -> {written}"
-    function, _, computed = load_c_target(target, roles, gradient_spec, sizes, dtype, timeout)
+    function, _, computed = load_c_target(target, roles, gradient_spec, sizes, dtype, timeout,
+                                          reads_upstream=vector_position is None)
     back = {checked: given for given, checked in renamed.items()}  # the call as made, under the user's names
     function.how = re.sub(r"\b\w+\b", lambda word: back.get(word.group(0), word.group(0)), function.how)
     return function, product, computed
