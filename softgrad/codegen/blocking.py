@@ -42,7 +42,7 @@ def row_blocking(definitions: list[Definition], axes: dict[str, tuple[str, ...]]
                  work: Iterable[str]) -> RowBlocking | None:
     """The blocking of rows that holds the most work arrays for one block (the finest rows among equals), or
     None where no blocking holds a work array with a row of two or more axes."""
-    work = set(work)
+    work = set(work) & {definition.name for definition in definitions}  # what these statements write
     candidates = {(shape[:position], shape[position]) for name in work for shape in [axes.get(name, ())]
                   for position in range(len(shape) - 1) if len(set(shape[:position + 1])) == position + 1}
     best: tuple[tuple[int, int], RowBlocking] | None = None

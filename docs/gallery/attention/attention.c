@@ -10,6 +10,12 @@
  * are bound and accumulated in double; each normalised exponential is shifted by its row maximum and its exp
  * computed once per entry.
  *
+ * A function whose work arrays are led by an index every statement reads at its own row runs a block of rows
+ * at a time (attention's queries): those arrays hold one block, the sums over the rows are added block after
+ * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them (4 MiB; -DSOFTGRAD_BLOCK_BYTES=…
+ * to change it), or one row where a row is larger, whatever the number of rows; the results are those of whole
+ * arrays.
+ *
  * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC attention.c -o libattention.so <BLAS flags> -lm
  * BLAS: by default the OpenBLAS that pip installs as scipy-openblas32, whose symbols are prefixed scipy_:
  *     python -m pip install scipy-openblas32
@@ -37,6 +43,10 @@ typedef double softgrad_real;
 #define SOFTGRAD_PASTE(prefix, name) prefix##name
 #define SOFTGRAD_NAME(prefix, name) SOFTGRAD_PASTE(prefix, name)
 #define SOFTGRAD_GEMM SOFTGRAD_NAME(SOFTGRAD_CBLAS_PREFIX, cblas_dgemm)
+
+#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for one block of rows (-D to change) */
+#define SOFTGRAD_BLOCK_BYTES (4u << 20)
+#endif
 
 /* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
  * and all are inlined always: a loop that calls one (softplus holds a log1p, a log and an exp) vectorizes
@@ -321,42 +331,50 @@ int attention_forward(const double *Q, const double *K, const double *V, softgra
     (void)_n_j;
     (void)_n_e;
     (void)_n_f;
+    // S, P: held for a block of rows of i at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_i) _rows = _n_i;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[2] = {0};
     int _missing = 0;
-    softgrad_real *S = (softgrad_real *)(_blocks[0] = malloc(_n_i * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *S = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= S == NULL;
-    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_n_i * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= P == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
         return -1;
     }
 
-    /* S[i, j] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_i), (int)(_n_j), (int)(_n_e), (1/sqrt((softgrad_real)_n_e)), Q, (int)(_n_e), K, (int)(_n_e), 0, S, (int)(_n_j));
-    /* P[i, j] */
-    for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
-        softgrad_real _m1 = -INFINITY;
-        #pragma omp simd reduction(max:_m1)
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            _m1 = softgrad_max(_m1, S[(_ix_i) * _n_j + _ix_j]);
+    /* P, S: held for a block of rows of i */
+    for (size_t _r0 = 0; _r0 < _n_i; _r0 += _rows) {
+        const size_t _r1 = _n_i - _r0 < _rows ? _n_i : _r0 + _rows;
+        // S[i, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_e), (1/sqrt((softgrad_real)_n_e)), Q + _r0 * _n_e, (int)(_n_e), K, (int)(_n_e), 0, S, (int)(_n_j));
+        // P[i, j]
+        for (size_t _ix_i = _r0; _ix_i < _r1; ++_ix_i) {
+            softgrad_real _m1 = -INFINITY;
+            #pragma omp simd reduction(max:_m1)
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                _m1 = softgrad_max(_m1, S[((_ix_i - _r0)) * _n_j + _ix_j]);
+            }
+            if (!isfinite(_m1)) _m1 = 0;  // a row of -inf: a harmless shift
+            double _t1 = 0.0;
+            #pragma omp simd reduction(+:_t1)
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                P[((_ix_i - _r0)) * _n_j + _ix_j] = softgrad_exp(S[((_ix_i - _r0)) * _n_j + _ix_j] - _m1);
+                _t1 += P[((_ix_i - _r0)) * _n_j + _ix_j];
+            }
+            const softgrad_real _r1 = (softgrad_real)(1.0 / _t1);
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                P[((_ix_i - _r0)) * _n_j + _ix_j] *= _r1;
+            }
         }
-        if (!isfinite(_m1)) _m1 = 0;  // a row of -inf: a harmless shift
-        double _t1 = 0.0;
-        #pragma omp simd reduction(+:_t1)
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            P[(_ix_i) * _n_j + _ix_j] = softgrad_exp(S[(_ix_i) * _n_j + _ix_j] - _m1);
-            _t1 += P[(_ix_i) * _n_j + _ix_j];
-        }
-        const softgrad_real _r1 = (softgrad_real)(1.0 / _t1);
-        #pragma omp simd
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            P[(_ix_i) * _n_j + _ix_j] *= _r1;
-        }
+        // O[i, f] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_f), (int)(_n_j), 1, P, (int)(_n_j), V, (int)(_n_f), 0, O + _r0 * _n_f, (int)(_n_f));
     }
-    /* O[i, f] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_i), (int)(_n_f), (int)(_n_j), 1, P, (int)(_n_j), V, (int)(_n_f), 0, O, (int)(_n_f));
     for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
     return 0;
 }
@@ -367,18 +385,22 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     (void)_n_j;
     (void)_n_e;
     (void)_n_f;
+    // S, P, O, dP, dS: held for a block of rows of i at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_f * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_i) _rows = _n_i;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[5] = {0};
     int _missing = 0;
-    softgrad_real *S = (softgrad_real *)(_blocks[0] = malloc(_n_i * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *S = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= S == NULL;
-    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_n_i * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= P == NULL;
-    softgrad_real *O = (softgrad_real *)(_blocks[2] = malloc(_n_i * _n_f * sizeof(softgrad_real) + 1));
+    softgrad_real *O = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_f * sizeof(softgrad_real) + 1));
     _missing |= O == NULL;
-    softgrad_real *dP = (softgrad_real *)(_blocks[3] = malloc(_n_i * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *dP = (softgrad_real *)(_blocks[3] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= dP == NULL;
-    softgrad_real *dS = (softgrad_real *)(_blocks[4] = malloc(_n_i * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *dS = (softgrad_real *)(_blocks[4] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= dS == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
@@ -389,50 +411,58 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     (void)Q;
     (void)K;
     (void)V;
-    /* S[i, j] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_i), (int)(_n_j), (int)(_n_e), (1/sqrt((softgrad_real)_n_e)), Q, (int)(_n_e), K, (int)(_n_e), 0, S, (int)(_n_j));
-    /* P[i, j] */
-    for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
-        softgrad_real _m1 = -INFINITY;
-        #pragma omp simd reduction(max:_m1)
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            _m1 = softgrad_max(_m1, S[(_ix_i) * _n_j + _ix_j]);
+    /* dK: a sum over the blocks of rows, from 0 */
+    memset(dK, 0, _n_j * _n_e * sizeof(softgrad_real));
+    /* dV: a sum over the blocks of rows, from 0 */
+    memset(dV, 0, _n_j * _n_f * sizeof(softgrad_real));
+    /* O, P, S, dP, dS: held for a block of rows of i */
+    for (size_t _r0 = 0; _r0 < _n_i; _r0 += _rows) {
+        const size_t _r1 = _n_i - _r0 < _rows ? _n_i : _r0 + _rows;
+        // S[i, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_e), (1/sqrt((softgrad_real)_n_e)), Q + _r0 * _n_e, (int)(_n_e), K, (int)(_n_e), 0, S, (int)(_n_j));
+        // P[i, j]
+        for (size_t _ix_i = _r0; _ix_i < _r1; ++_ix_i) {
+            softgrad_real _m2 = -INFINITY;
+            #pragma omp simd reduction(max:_m2)
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                _m2 = softgrad_max(_m2, S[((_ix_i - _r0)) * _n_j + _ix_j]);
+            }
+            if (!isfinite(_m2)) _m2 = 0;  // a row of -inf: a harmless shift
+            double _t2 = 0.0;
+            #pragma omp simd reduction(+:_t2)
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                P[((_ix_i - _r0)) * _n_j + _ix_j] = softgrad_exp(S[((_ix_i - _r0)) * _n_j + _ix_j] - _m2);
+                _t2 += P[((_ix_i - _r0)) * _n_j + _ix_j];
+            }
+            const softgrad_real _r2 = (softgrad_real)(1.0 / _t2);
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                P[((_ix_i - _r0)) * _n_j + _ix_j] *= _r2;
+            }
         }
-        if (!isfinite(_m1)) _m1 = 0;  // a row of -inf: a harmless shift
-        double _t1 = 0.0;
-        #pragma omp simd reduction(+:_t1)
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            P[(_ix_i) * _n_j + _ix_j] = softgrad_exp(S[(_ix_i) * _n_j + _ix_j] - _m1);
-            _t1 += P[(_ix_i) * _n_j + _ix_j];
+        // O[i, f] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_f), (int)(_n_j), 1, P, (int)(_n_j), V, (int)(_n_f), 0, O, (int)(_n_f));
+        // dP[i, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_f), 1, dO + _r0 * _n_f, (int)(_n_f), V, (int)(_n_f), 0, dP, (int)(_n_j));
+        // dS[i, j]
+        for (size_t _ix_i = _r0; _ix_i < _r1; ++_ix_i) {
+            double _s3 = 0.0;
+            #pragma omp simd reduction(+:_s3)
+            for (size_t _ix_f = 0; _ix_f < _n_f; ++_ix_f) {
+                _s3 += O[((_ix_i - _r0)) * _n_f + _ix_f]*dO[(_ix_i) * _n_f + _ix_f];
+            }
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                dS[((_ix_i - _r0)) * _n_j + _ix_j] = (-_s3 + dP[((_ix_i - _r0)) * _n_j + _ix_j])*P[((_ix_i - _r0)) * _n_j + _ix_j];
+            }
         }
-        const softgrad_real _r1 = (softgrad_real)(1.0 / _t1);
-        #pragma omp simd
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            P[(_ix_i) * _n_j + _ix_j] *= _r1;
-        }
+        // dQ[i, e] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_e), (int)(_n_j), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), K, (int)(_n_e), 0, dQ + _r0 * _n_e, (int)(_n_e));
+        // dK[j, e] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_e), (int)((_r1 - _r0)), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), Q + _r0 * _n_e, (int)(_n_e), 1, dK, (int)(_n_e));
+        // dV[j, f] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_f), (int)((_r1 - _r0)), 1, P, (int)(_n_j), dO + _r0 * _n_f, (int)(_n_f), 1, dV, (int)(_n_f));
     }
-    /* O[i, f] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_i), (int)(_n_f), (int)(_n_j), 1, P, (int)(_n_j), V, (int)(_n_f), 0, O, (int)(_n_f));
-    /* dP[i, j] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_i), (int)(_n_j), (int)(_n_f), 1, dO, (int)(_n_f), V, (int)(_n_f), 0, dP, (int)(_n_j));
-    /* dS[i, j] */
-    for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
-        double _s2 = 0.0;
-        #pragma omp simd reduction(+:_s2)
-        for (size_t _ix_f = 0; _ix_f < _n_f; ++_ix_f) {
-            _s2 += O[(_ix_i) * _n_f + _ix_f]*dO[(_ix_i) * _n_f + _ix_f];
-        }
-        #pragma omp simd
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            dS[(_ix_i) * _n_j + _ix_j] = (-_s2 + dP[(_ix_i) * _n_j + _ix_j])*P[(_ix_i) * _n_j + _ix_j];
-        }
-    }
-    /* dQ[i, e] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_i), (int)(_n_e), (int)(_n_j), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), K, (int)(_n_e), 0, dQ, (int)(_n_e));
-    /* dK[j, e] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_e), (int)(_n_i), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), Q, (int)(_n_e), 0, dK, (int)(_n_e));
-    /* dV[j, f] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_f), (int)(_n_i), 1, P, (int)(_n_j), dO, (int)(_n_f), 0, dV, (int)(_n_f));
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }

@@ -11,6 +11,12 @@
  * are bound and accumulated in double; each normalised exponential is shifted by its row maximum and its exp
  * computed once per entry.
  *
+ * A function whose work arrays are led by an index every statement reads at its own row runs a block of rows
+ * at a time (attention's queries): those arrays hold one block, the sums over the rows are added block after
+ * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them (4 MiB; -DSOFTGRAD_BLOCK_BYTES=…
+ * to change it), or one row where a row is larger, whatever the number of rows; the results are those of whole
+ * arrays.
+ *
  * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC layer_norm_affine.c -o liblayer_norm_affine.so -lm
  */
 #include <math.h>
@@ -24,6 +30,10 @@
 #endif
 
 typedef double softgrad_real;
+
+#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for one block of rows (-D to change) */
+#define SOFTGRAD_BLOCK_BYTES (4u << 20)
+#endif
 
 /* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
  * and all are inlined always: a loop that calls one (softplus holds a log1p, a log and an exp) vectorizes
@@ -306,50 +316,58 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
 {
     (void)_n_b;
     (void)_n_k;
+    // m, v, xhat: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[3] = {0};
     int _missing = 0;
-    softgrad_real *m = (softgrad_real *)(_blocks[0] = malloc(_n_b * sizeof(softgrad_real) + 1));
+    softgrad_real *m = (softgrad_real *)(_blocks[0] = malloc(_rows * sizeof(softgrad_real) + 1));
     _missing |= m == NULL;
-    softgrad_real *v = (softgrad_real *)(_blocks[1] = malloc(_n_b * sizeof(softgrad_real) + 1));
+    softgrad_real *v = (softgrad_real *)(_blocks[1] = malloc(_rows * sizeof(softgrad_real) + 1));
     _missing |= v == NULL;
-    softgrad_real *xhat = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_k * sizeof(softgrad_real) + 1));
+    softgrad_real *xhat = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_k * sizeof(softgrad_real) + 1));
     _missing |= xhat == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
         return -1;
     }
 
-    /* m[b] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        double _s1 = 0.0;
-        #pragma omp simd reduction(+:_s1)
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _s1 += x[(_ix_b) * _n_k + _ix_k];
+    /* m, v, xhat: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // m[b]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            double _s1 = 0.0;
+            #pragma omp simd reduction(+:_s1)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s1 += x[(_ix_b) * _n_k + _ix_k];
+            }
+            m[(_ix_b - _r0)] = _s1/(softgrad_real)_n_k;
         }
-        m[_ix_b] = _s1/(softgrad_real)_n_k;
-    }
-    /* v[b] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        double _s2 = 0.0;
-        #pragma omp simd reduction(+:_s2)
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _s2 += ((-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k])*(-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k]));
+        // v[b]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            double _s2 = 0.0;
+            #pragma omp simd reduction(+:_s2)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s2 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
+            }
+            v[(_ix_b - _r0)] = _s2/(softgrad_real)_n_k;
         }
-        v[_ix_b] = _s2/(softgrad_real)_n_k;
-    }
-    /* xhat[b, k] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            xhat[(_ix_b) * _n_k + _ix_k] = (-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[_ix_b] + 1.0000000000000001e-5);
+        // xhat[b, k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = (-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
+            }
         }
-    }
-    /* y[b, k] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            y[(_ix_b) * _n_k + _ix_k] = beta[_ix_k] + gamma[_ix_k]*xhat[(_ix_b) * _n_k + _ix_k];
+        // y[b, k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                y[(_ix_b) * _n_k + _ix_k] = beta[_ix_k] + gamma[_ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
+            }
         }
     }
     for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
@@ -360,95 +378,107 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
 {
     (void)_n_b;
     (void)_n_k;
+    // m, v, xhat: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[6] = {0};
     int _missing = 0;
-    softgrad_real *m = (softgrad_real *)(_blocks[0] = malloc(_n_b * sizeof(softgrad_real) + 1));
+    softgrad_real *m = (softgrad_real *)(_blocks[0] = malloc(_rows * sizeof(softgrad_real) + 1));
     _missing |= m == NULL;
-    softgrad_real *v = (softgrad_real *)(_blocks[1] = malloc(_n_b * sizeof(softgrad_real) + 1));
+    softgrad_real *v = (softgrad_real *)(_blocks[1] = malloc(_rows * sizeof(softgrad_real) + 1));
     _missing |= v == NULL;
-    softgrad_real *xhat = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_k * sizeof(softgrad_real) + 1));
+    softgrad_real *xhat = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_k * sizeof(softgrad_real) + 1));
     _missing |= xhat == NULL;
     softgrad_real *y = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_k * sizeof(softgrad_real) + 1));
     _missing |= y == NULL;
-    double *_a5 = (double *)(_blocks[4] = malloc(_n_k * sizeof(double) + 1));
-    _missing |= _a5 == NULL;
-    double *_a6 = (double *)(_blocks[5] = malloc(_n_k * sizeof(double) + 1));
-    _missing |= _a6 == NULL;
+    double *_a7 = (double *)(_blocks[4] = malloc(_n_k * sizeof(double) + 1));
+    _missing |= _a7 == NULL;
+    double *_a8 = (double *)(_blocks[5] = malloc(_n_k * sizeof(double) + 1));
+    _missing |= _a8 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a5, 0, _n_k * sizeof(double));  // accumulated into
-    memset(_a6, 0, _n_k * sizeof(double));  // accumulated into
+    memset(_a7, 0, _n_k * sizeof(double));  // accumulated into
+    memset(_a8, 0, _n_k * sizeof(double));  // accumulated into
 
     // gradients() may leave an input unread (beta only shifts an output nobody reads here)
     (void)x;
     (void)gamma;
     (void)beta;
-    /* m[b] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        double _s1 = 0.0;
-        #pragma omp simd reduction(+:_s1)
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _s1 += x[(_ix_b) * _n_k + _ix_k];
+    /* dgamma: a sum over the blocks of rows, from 0 */
+    memset(dgamma, 0, _n_k * sizeof(softgrad_real));
+    /* dbeta: a sum over the blocks of rows, from 0 */
+    memset(dbeta, 0, _n_k * sizeof(softgrad_real));
+    /* m, v, xhat: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // m[b]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            double _s3 = 0.0;
+            #pragma omp simd reduction(+:_s3)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s3 += x[(_ix_b) * _n_k + _ix_k];
+            }
+            m[(_ix_b - _r0)] = _s3/(softgrad_real)_n_k;
         }
-        m[_ix_b] = _s1/(softgrad_real)_n_k;
-    }
-    /* v[b] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        double _s2 = 0.0;
-        #pragma omp simd reduction(+:_s2)
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _s2 += ((-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k])*(-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k]));
+        // v[b]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            double _s4 = 0.0;
+            #pragma omp simd reduction(+:_s4)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s4 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
+            }
+            v[(_ix_b - _r0)] = _s4/(softgrad_real)_n_k;
         }
-        v[_ix_b] = _s2/(softgrad_real)_n_k;
-    }
-    /* xhat[b, k] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        // xhat[b, k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = (-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
+            }
+        }
+        // dx[b, k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            double _s5 = 0.0;
+            #pragma omp simd reduction(+:_s5)
+            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+                _s5 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2];
+            }
+            double _s6 = 0.0;
+            #pragma omp simd reduction(+:_s6)
+            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+                _s6 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2]*xhat[((_ix_b - _r0)) * _n_k + _ix_k2];
+            }
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                dx[(_ix_b) * _n_k + _ix_k] = (-_s5/(softgrad_real)_n_k - _s6*xhat[((_ix_b - _r0)) * _n_k + _ix_k]/(softgrad_real)_n_k + dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
+            }
+        }
+        // dgamma[k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _a7[_ix_k] += dy[(_ix_b) * _n_k + _ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
+            }
+        }
         #pragma omp simd
         for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            xhat[(_ix_b) * _n_k + _ix_k] = (-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[_ix_b] + 1.0000000000000001e-5);
+            dgamma[_ix_k] = (softgrad_real)_a7[_ix_k];
         }
-    }
-    /* dx[b, k] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        double _s3 = 0.0;
-        #pragma omp simd reduction(+:_s3)
-        for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
-            _s3 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2];
-        }
-        double _s4 = 0.0;
-        #pragma omp simd reduction(+:_s4)
-        for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
-            _s4 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2]*xhat[(_ix_b) * _n_k + _ix_k2];
+        // dbeta[k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _a8[_ix_k] += dy[(_ix_b) * _n_k + _ix_k];
+            }
         }
         #pragma omp simd
         for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            dx[(_ix_b) * _n_k + _ix_k] = (-_s3/(softgrad_real)_n_k - _s4*xhat[(_ix_b) * _n_k + _ix_k]/(softgrad_real)_n_k + dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k])/sqrt(v[_ix_b] + 1.0000000000000001e-5);
+            dbeta[_ix_k] = (softgrad_real)_a8[_ix_k];
         }
-    }
-    /* dgamma[k] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _a5[_ix_k] += dy[(_ix_b) * _n_k + _ix_k]*xhat[(_ix_b) * _n_k + _ix_k];
-        }
-    }
-    #pragma omp simd
-    for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-        dgamma[_ix_k] = (softgrad_real)_a5[_ix_k];
-    }
-    /* dbeta[k] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            _a6[_ix_k] += dy[(_ix_b) * _n_k + _ix_k];
-        }
-    }
-    #pragma omp simd
-    for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-        dbeta[_ix_k] = (softgrad_real)_a6[_ix_k];
     }
     for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
     return 0;

@@ -11,6 +11,12 @@
  * are bound and accumulated in double; each normalised exponential is shifted by its row maximum and its exp
  * computed once per entry.
  *
+ * A function whose work arrays are led by an index every statement reads at its own row runs a block of rows
+ * at a time (attention's queries): those arrays hold one block, the sums over the rows are added block after
+ * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them (4 MiB; -DSOFTGRAD_BLOCK_BYTES=…
+ * to change it), or one row where a row is larger, whatever the number of rows; the results are those of whole
+ * arrays.
+ *
  * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC softmax_regression.c -o libsoftmax_regression.so <BLAS flags> -lm
  * BLAS: by default the OpenBLAS that pip installs as scipy-openblas32, whose symbols are prefixed scipy_:
  *     python -m pip install scipy-openblas32
@@ -38,6 +44,10 @@ typedef double softgrad_real;
 #define SOFTGRAD_PASTE(prefix, name) prefix##name
 #define SOFTGRAD_NAME(prefix, name) SOFTGRAD_PASTE(prefix, name)
 #define SOFTGRAD_GEMM SOFTGRAD_NAME(SOFTGRAD_CBLAS_PREFIX, cblas_dgemm)
+
+#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for one block of rows (-D to change) */
+#define SOFTGRAD_BLOCK_BYTES (4u << 20)
+#endif
 
 /* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
  * and all are inlined always: a loop that calls one (softplus holds a log1p, a log and an exp) vectorizes
@@ -321,59 +331,69 @@ int softmax_regression_forward(const double *W, const double *X, const double *b
     (void)_n_b;
     (void)_n_c;
     (void)_n_d;
+    // z, P, _log_P: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[3] = {0};
     int _missing = 0;
-    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= z == NULL;
-    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= P == NULL;
-    softgrad_real *_log_P = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= _log_P == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
         return -1;
     }
 
-    /* z[b, c] (BLAS gemm) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            z[(_ix_b) * _n_c + _ix_c] = bias[_ix_c];
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* P, z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // z[b, c] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                z[((_ix_b - _r0)) * _n_c + _ix_c] = bias[_ix_c];
+            }
         }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W, (int)(_n_d), 1, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m1 = -INFINITY;
+            #pragma omp simd reduction(max:_m1)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m1 = softgrad_max(_m1, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m1)) _m1 = 0;  // a row of -inf: a harmless shift
+            double _t1 = 0.0;
+            #pragma omp simd reduction(+:_t1)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[((_ix_b - _r0)) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m1);
+                _t1 += P[((_ix_b - _r0)) * _n_c + _ix_c];
+            }
+            const softgrad_real _r1 = (softgrad_real)(1.0 / _t1);
+            const softgrad_real _l1 = (softgrad_real)log(_t1);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[((_ix_b - _r0)) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m1) - _l1;
+                P[((_ix_b - _r0)) * _n_c + _ix_c] *= _r1;
+            }
+        }
+        // L
+        double _s2 = 0.0;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd reduction(+:_s2)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _s2 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+        }
+        L[0] += -_s2/(softgrad_real)_n_b;
     }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_c), (int)(_n_d), 1, X, (int)(_n_d), W, (int)(_n_d), 1, z, (int)(_n_c));
-    /* P[b, c] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _m1 = -INFINITY;
-        #pragma omp simd reduction(max:_m1)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _m1 = softgrad_max(_m1, z[(_ix_b) * _n_c + _ix_c]);
-        }
-        if (!isfinite(_m1)) _m1 = 0;  // a row of -inf: a harmless shift
-        double _t1 = 0.0;
-        #pragma omp simd reduction(+:_t1)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[(_ix_b) * _n_c + _ix_c] - _m1);
-            _t1 += P[(_ix_b) * _n_c + _ix_c];
-        }
-        const softgrad_real _r1 = (softgrad_real)(1.0 / _t1);
-        const softgrad_real _l1 = (softgrad_real)log(_t1);
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m1) - _l1;
-            P[(_ix_b) * _n_c + _ix_c] *= _r1;
-        }
-    }
-    /* L */
-    double _s2 = 0.0;
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd reduction(+:_s2)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s2 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
-        }
-    }
-    L[0] = -_s2/(softgrad_real)_n_b;
     for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
     return 0;
 }
@@ -383,89 +403,103 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
     (void)_n_b;
     (void)_n_c;
     (void)_n_d;
+    // z, P, _log_P, _c5: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[5] = {0};
     int _missing = 0;
-    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= z == NULL;
-    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *P = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= P == NULL;
-    softgrad_real *_log_P = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= _log_P == NULL;
-    softgrad_real *_c3 = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
-    _missing |= _c3 == NULL;
-    double *_a4 = (double *)(_blocks[4] = malloc(_n_c * sizeof(double) + 1));
-    _missing |= _a4 == NULL;
+    softgrad_real *_c5 = (softgrad_real *)(_blocks[3] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _c5 == NULL;
+    double *_a6 = (double *)(_blocks[4] = malloc(_n_c * sizeof(double) + 1));
+    _missing |= _a6 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a4, 0, _n_c * sizeof(double));  // accumulated into
+    memset(_a6, 0, _n_c * sizeof(double));  // accumulated into
 
     // gradients() may leave an input unread (beta only shifts an output nobody reads here)
     (void)W;
     (void)X;
     (void)bias;
     (void)T;
-    /* z[b, c] (BLAS gemm) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* dW: a sum over the blocks of rows, from 0 */
+    memset(dW, 0, _n_c * _n_d * sizeof(softgrad_real));
+    /* dbias: a sum over the blocks of rows, from 0 */
+    memset(dbias, 0, _n_c * sizeof(softgrad_real));
+    /* P, z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // z[b, c] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                z[((_ix_b - _r0)) * _n_c + _ix_c] = bias[_ix_c];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W, (int)(_n_d), 1, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m3 = -INFINITY;
+            #pragma omp simd reduction(max:_m3)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m3 = softgrad_max(_m3, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m3)) _m3 = 0;  // a row of -inf: a harmless shift
+            double _t3 = 0.0;
+            #pragma omp simd reduction(+:_t3)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[((_ix_b - _r0)) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m3);
+                _t3 += P[((_ix_b - _r0)) * _n_c + _ix_c];
+            }
+            const softgrad_real _r3 = (softgrad_real)(1.0 / _t3);
+            const softgrad_real _l3 = (softgrad_real)log(_t3);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[((_ix_b - _r0)) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m3) - _l3;
+                P[((_ix_b - _r0)) * _n_c + _ix_c] *= _r3;
+            }
+        }
+        // L
+        double _s4 = 0.0;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd reduction(+:_s4)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _s4 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+        }
+        L[0] += -_s4/(softgrad_real)_n_b;
+        // dW[c, d] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _c5[((_ix_b - _r0)) * _n_c + _ix_c] = P[((_ix_b - _r0)) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c5, (int)(_n_c), X + _r0 * _n_d, (int)(_n_d), 1, dW, (int)(_n_d));
+        // dX[b, d] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_d), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c5, (int)(_n_c), W, (int)(_n_d), 0, dX + _r0 * _n_d, (int)(_n_d));
+        // dbias[c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _a6[_ix_c] += P[((_ix_b - _r0)) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
+            }
+        }
         #pragma omp simd
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            z[(_ix_b) * _n_c + _ix_c] = bias[_ix_c];
+            dbias[_ix_c] = (softgrad_real)_a6[_ix_c]/(softgrad_real)_n_b;
         }
-    }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_c), (int)(_n_d), 1, X, (int)(_n_d), W, (int)(_n_d), 1, z, (int)(_n_c));
-    /* P[b, c] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _m1 = -INFINITY;
-        #pragma omp simd reduction(max:_m1)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _m1 = softgrad_max(_m1, z[(_ix_b) * _n_c + _ix_c]);
-        }
-        if (!isfinite(_m1)) _m1 = 0;  // a row of -inf: a harmless shift
-        double _t1 = 0.0;
-        #pragma omp simd reduction(+:_t1)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[(_ix_b) * _n_c + _ix_c] - _m1);
-            _t1 += P[(_ix_b) * _n_c + _ix_c];
-        }
-        const softgrad_real _r1 = (softgrad_real)(1.0 / _t1);
-        const softgrad_real _l1 = (softgrad_real)log(_t1);
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m1) - _l1;
-            P[(_ix_b) * _n_c + _ix_c] *= _r1;
-        }
-    }
-    /* L */
-    double _s2 = 0.0;
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd reduction(+:_s2)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s2 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
-        }
-    }
-    L[0] = -_s2/(softgrad_real)_n_b;
-    /* dW[c, d] (BLAS gemm) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _c3[(_ix_b) * _n_c + _ix_c] = P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
-        }
-    }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)(_n_b), 1.0/(softgrad_real)_n_b, _c3, (int)(_n_c), X, (int)(_n_d), 0, dW, (int)(_n_d));
-    /* dX[b, d] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_d), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c3, (int)(_n_c), W, (int)(_n_d), 0, dX, (int)(_n_d));
-    /* dbias[c] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _a4[_ix_c] += P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
-        }
-    }
-    #pragma omp simd
-    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-        dbias[_ix_c] = (softgrad_real)_a4[_ix_c]/(softgrad_real)_n_b;
     }
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;

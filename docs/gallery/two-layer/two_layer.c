@@ -12,6 +12,12 @@
  * are bound and accumulated in double; each normalised exponential is shifted by its row maximum and its exp
  * computed once per entry.
  *
+ * A function whose work arrays are led by an index every statement reads at its own row runs a block of rows
+ * at a time (attention's queries): those arrays hold one block, the sums over the rows are added block after
+ * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them (4 MiB; -DSOFTGRAD_BLOCK_BYTES=…
+ * to change it), or one row where a row is larger, whatever the number of rows; the results are those of whole
+ * arrays.
+ *
  * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC two_layer.c -o libtwo_layer.so <BLAS flags> -lm
  * BLAS: by default the OpenBLAS that pip installs as scipy-openblas32, whose symbols are prefixed scipy_:
  *     python -m pip install scipy-openblas32
@@ -39,6 +45,10 @@ typedef double softgrad_real;
 #define SOFTGRAD_PASTE(prefix, name) prefix##name
 #define SOFTGRAD_NAME(prefix, name) SOFTGRAD_PASTE(prefix, name)
 #define SOFTGRAD_GEMM SOFTGRAD_NAME(SOFTGRAD_CBLAS_PREFIX, cblas_dgemm)
+
+#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for one block of rows (-D to change) */
+#define SOFTGRAD_BLOCK_BYTES (4u << 20)
+#endif
 
 /* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
  * and all are inlined always: a loop that calls one (softplus holds a log1p, a log and an exp) vectorizes
@@ -323,65 +333,75 @@ int two_layer_forward(const double *W1, const double *X, const double *W2, const
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
+    // h, z, P, _log_P, _c1: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[5] = {0};
     int _missing = 0;
-    softgrad_real *h = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *h = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= h == NULL;
-    softgrad_real *z = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *z = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= z == NULL;
-    softgrad_real *P = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *P = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= P == NULL;
-    softgrad_real *_log_P = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[3] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= _log_P == NULL;
-    softgrad_real *_c1 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *_c1 = (softgrad_real *)(_blocks[4] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= _c1 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
         return -1;
     }
 
-    /* h[b, j] (its contractions by BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_j), (int)(_n_d), 1, X, (int)(_n_d), W1, (int)(_n_d), 0, _c1, (int)(_n_j));
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            h[(_ix_b) * _n_j + _ix_j] = softgrad_tanh(_c1[(_ix_b) * _n_j + _ix_j]);
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* P, h, z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // h[b, j] (its contractions by BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W1, (int)(_n_d), 0, _c1, (int)(_n_j));
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                h[((_ix_b - _r0)) * _n_j + _ix_j] = softgrad_tanh(_c1[((_ix_b - _r0)) * _n_j + _ix_j]);
+            }
         }
+        // z[b, c] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_j), 1, h, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m2 = -INFINITY;
+            #pragma omp simd reduction(max:_m2)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m2 = softgrad_max(_m2, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m2)) _m2 = 0;  // a row of -inf: a harmless shift
+            double _t2 = 0.0;
+            #pragma omp simd reduction(+:_t2)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[((_ix_b - _r0)) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m2);
+                _t2 += P[((_ix_b - _r0)) * _n_c + _ix_c];
+            }
+            const softgrad_real _r2 = (softgrad_real)(1.0 / _t2);
+            const softgrad_real _l2 = (softgrad_real)log(_t2);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[((_ix_b - _r0)) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m2) - _l2;
+                P[((_ix_b - _r0)) * _n_c + _ix_c] *= _r2;
+            }
+        }
+        // L
+        double _s3 = 0.0;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd reduction(+:_s3)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _s3 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+        }
+        L[0] += -_s3/(softgrad_real)_n_b;
     }
-    /* z[b, c] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_c), (int)(_n_j), 1, h, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
-    /* P[b, c] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _m2 = -INFINITY;
-        #pragma omp simd reduction(max:_m2)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _m2 = softgrad_max(_m2, z[(_ix_b) * _n_c + _ix_c]);
-        }
-        if (!isfinite(_m2)) _m2 = 0;  // a row of -inf: a harmless shift
-        double _t2 = 0.0;
-        #pragma omp simd reduction(+:_t2)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[(_ix_b) * _n_c + _ix_c] - _m2);
-            _t2 += P[(_ix_b) * _n_c + _ix_c];
-        }
-        const softgrad_real _r2 = (softgrad_real)(1.0 / _t2);
-        const softgrad_real _l2 = (softgrad_real)log(_t2);
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m2) - _l2;
-            P[(_ix_b) * _n_c + _ix_c] *= _r2;
-        }
-    }
-    /* L */
-    double _s3 = 0.0;
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd reduction(+:_s3)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s3 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
-        }
-    }
-    L[0] = -_s3/(softgrad_real)_n_b;
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }
@@ -392,25 +412,29 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
+    // h, z, P, dh, _log_P, _c4, _c7, _c8: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[8] = {0};
     int _missing = 0;
-    softgrad_real *h = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *h = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= h == NULL;
-    softgrad_real *z = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *z = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= z == NULL;
-    softgrad_real *P = (softgrad_real *)(_blocks[2] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *P = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
     _missing |= P == NULL;
-    softgrad_real *_log_P = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
-    _missing |= _log_P == NULL;
-    softgrad_real *_c1 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
-    _missing |= _c1 == NULL;
-    softgrad_real *dh = (softgrad_real *)(_blocks[5] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
+    softgrad_real *dh = (softgrad_real *)(_blocks[3] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= dh == NULL;
-    softgrad_real *_c4 = (softgrad_real *)(_blocks[6] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[4] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _log_P == NULL;
+    softgrad_real *_c4 = (softgrad_real *)(_blocks[5] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
     _missing |= _c4 == NULL;
-    softgrad_real *_c5 = (softgrad_real *)(_blocks[7] = malloc(_n_b * _n_j * sizeof(softgrad_real) + 1));
-    _missing |= _c5 == NULL;
+    softgrad_real *_c7 = (softgrad_real *)(_blocks[6] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _c7 == NULL;
+    softgrad_real *_c8 = (softgrad_real *)(_blocks[7] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= _c8 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 8; ++_block) free(_blocks[_block]);
         return -1;
@@ -421,67 +445,77 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     (void)X;
     (void)W2;
     (void)T;
-    /* h[b, j] (its contractions by BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_j), (int)(_n_d), 1, X, (int)(_n_d), W1, (int)(_n_d), 0, _c1, (int)(_n_j));
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            h[(_ix_b) * _n_j + _ix_j] = softgrad_tanh(_c1[(_ix_b) * _n_j + _ix_j]);
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* dW1: a sum over the blocks of rows, from 0 */
+    memset(dW1, 0, _n_j * _n_d * sizeof(softgrad_real));
+    /* dW2: a sum over the blocks of rows, from 0 */
+    memset(dW2, 0, _n_c * _n_j * sizeof(softgrad_real));
+    /* P, dh, h, z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // h[b, j] (its contractions by BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W1, (int)(_n_d), 0, _c4, (int)(_n_j));
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                h[((_ix_b - _r0)) * _n_j + _ix_j] = softgrad_tanh(_c4[((_ix_b - _r0)) * _n_j + _ix_j]);
+            }
         }
+        // z[b, c] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_j), 1, h, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m5 = -INFINITY;
+            #pragma omp simd reduction(max:_m5)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m5 = softgrad_max(_m5, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m5)) _m5 = 0;  // a row of -inf: a harmless shift
+            double _t5 = 0.0;
+            #pragma omp simd reduction(+:_t5)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[((_ix_b - _r0)) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m5);
+                _t5 += P[((_ix_b - _r0)) * _n_c + _ix_c];
+            }
+            const softgrad_real _r5 = (softgrad_real)(1.0 / _t5);
+            const softgrad_real _l5 = (softgrad_real)log(_t5);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[((_ix_b - _r0)) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m5) - _l5;
+                P[((_ix_b - _r0)) * _n_c + _ix_c] *= _r5;
+            }
+        }
+        // L
+        double _s6 = 0.0;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd reduction(+:_s6)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _s6 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+        }
+        L[0] += -_s6/(softgrad_real)_n_b;
+        // dh[b, j] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _c7[((_ix_b - _r0)) * _n_c + _ix_c] = P[((_ix_b - _r0)) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c7, (int)(_n_c), W2, (int)(_n_j), 0, dh, (int)(_n_j));
+        // dW1[j, d] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                _c8[((_ix_b - _r0)) * _n_j + _ix_j] = (1 - ((h[((_ix_b - _r0)) * _n_j + _ix_j])*(h[((_ix_b - _r0)) * _n_j + _ix_j])))*dh[((_ix_b - _r0)) * _n_j + _ix_j];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_d), (int)((_r1 - _r0)), 1, _c8, (int)(_n_j), X + _r0 * _n_d, (int)(_n_d), 1, dW1, (int)(_n_d));
+        // dX[b, d] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_d), (int)(_n_j), 1, _c8, (int)(_n_j), W1, (int)(_n_d), 0, dX + _r0 * _n_d, (int)(_n_d));
+        // dW2[c, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_j), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c7, (int)(_n_c), h, (int)(_n_j), 1, dW2, (int)(_n_j));
     }
-    /* z[b, c] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_b), (int)(_n_c), (int)(_n_j), 1, h, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
-    /* P[b, c] */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        softgrad_real _m2 = -INFINITY;
-        #pragma omp simd reduction(max:_m2)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _m2 = softgrad_max(_m2, z[(_ix_b) * _n_c + _ix_c]);
-        }
-        if (!isfinite(_m2)) _m2 = 0;  // a row of -inf: a harmless shift
-        double _t2 = 0.0;
-        #pragma omp simd reduction(+:_t2)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[(_ix_b) * _n_c + _ix_c] - _m2);
-            _t2 += P[(_ix_b) * _n_c + _ix_c];
-        }
-        const softgrad_real _r2 = (softgrad_real)(1.0 / _t2);
-        const softgrad_real _l2 = (softgrad_real)log(_t2);
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _log_P[(_ix_b) * _n_c + _ix_c] = (z[(_ix_b) * _n_c + _ix_c] - _m2) - _l2;
-            P[(_ix_b) * _n_c + _ix_c] *= _r2;
-        }
-    }
-    /* L */
-    double _s3 = 0.0;
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd reduction(+:_s3)
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _s3 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
-        }
-    }
-    L[0] = -_s3/(softgrad_real)_n_b;
-    /* dh[b, j] (BLAS gemm) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            _c4[(_ix_b) * _n_c + _ix_c] = P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
-        }
-    }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_j), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c4, (int)(_n_c), W2, (int)(_n_j), 0, dh, (int)(_n_j));
-    /* dW1[j, d] (BLAS gemm) */
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        #pragma omp simd
-        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-            _c5[(_ix_b) * _n_j + _ix_j] = (1 - ((h[(_ix_b) * _n_j + _ix_j])*(h[(_ix_b) * _n_j + _ix_j])))*dh[(_ix_b) * _n_j + _ix_j];
-        }
-    }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_d), (int)(_n_b), 1, _c5, (int)(_n_j), X, (int)(_n_d), 0, dW1, (int)(_n_d));
-    /* dX[b, d] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_d), (int)(_n_j), 1, _c5, (int)(_n_j), W1, (int)(_n_d), 0, dX, (int)(_n_d));
-    /* dW2[c, j] (BLAS gemm) */
-    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_j), (int)(_n_b), 1.0/(softgrad_real)_n_b, _c4, (int)(_n_c), h, (int)(_n_j), 0, dW2, (int)(_n_j));
     for (size_t _block = 0; _block < 8; ++_block) free(_blocks[_block]);
     return 0;
 }
