@@ -74,8 +74,11 @@ def sums_of_constants(expr: sp.Expr) -> sp.Expr:
 
 
 def defined_sums(spec: Spec) -> list[tuple[sp.Sum, sp.Expr]]:
-    """(Σ_k f_k, its value) for each scalar definition s = c·Σ_k f_k: Σ_k f_k = s/c (a mean: Σ_k x_k = n·m)."""
+    """(Σ_k f_k, its value) for each scalar definition s = c·Σ_k f_k: Σ_k f_k = s/c (a mean: Σ_k x_k = n·m);
+    and the same sum with the spec's arrays written out, its factors free of k taken outside: for
+    L = Σ_i dy_i·y_i with y_i = e^{x_i}/Σ_k e^{x_k}, Σ_i dy_i·e^{x_i} = L·Σ_k e^{x_k}."""
     pairs = []
+    vectors = [d for d in spec.definitions if d.is_vector]
     for definition in spec.definitions:
         if definition.is_vector:
             continue
@@ -83,6 +86,12 @@ def defined_sums(spec: Spec) -> list[tuple[sp.Sum, sp.Expr]]:
         if isinstance(varying, sp.Sum) and constant != 0 and not varying.free_symbols & {
                 s for s in varying.free_symbols if s.is_integer and s.name != "n"}:
             pairs.append((varying, definition.symbol / constant))
+            written = inline(varying, vectors)
+            if written != varying and isinstance(written, sp.Sum) and len(written.limits) == 1:
+                bound = written.limits[0][0]
+                outside, inside = written.function.as_independent(bound, as_Add=False)
+                if outside != 1:
+                    pairs.append((sp.Sum(inside, *written.limits), definition.symbol / (constant * outside)))
     return pairs
 
 
