@@ -317,6 +317,8 @@ def test_an_array_output_is_taken_to_second_order_as_its_weighted_sum(tmp_path):
     derivation = hessian(softgrad.derive("softmax"))
     assert derivation.order == 2 and all(step.proved for step in derivation.steps)
     assert "L = sum(dy[i]*y[i], i)" in derivation.render("text")
+    derivative_of_L = next(step for step in derivation.steps if step.rule == "derivative of L")
+    assert sp.Symbol("L") in derivative_of_L.forms[-1].free_symbols  # (dy_l − L)·…, L by its name
     files = emit(derivation, "numpy", ["hvp"])
     checks = check_generated(derivation, "numpy", files, kernels_for(derivation, ["hvp"]), files.dtype)
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
