@@ -174,6 +174,21 @@ def torch_two_layer(W1, X, W2, T):
     return loss, W1.grad, X.grad, W2.grad
 
 
+def compiled_step(forward, upstream: bool):
+    """torch.compile of a forward (its backward compiled by AOTAutograd), called as the eager steps are: the
+    first three tensors differentiated, the last one the upstream gradient where upstream."""
+    compiled = torch.compile(forward)
+
+    def step(*tensors):
+        given = tensors[:-1] if upstream else tensors
+        inputs = [t.detach().requires_grad_() if position < 3 else t for position, t in enumerate(given)]
+        result = compiled(*inputs)
+        result.backward(tensors[-1] if upstream else None)
+        return [t.grad for t in inputs[:3]]
+
+    return step
+
+
 def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
     """Median ms of each (function, arguments), interleaved round by round after one warm-up call; each round
     starts with the next implementation (the first after another's run pays for the caches it left)."""
@@ -237,7 +252,10 @@ def main() -> None:
             given = (W, X, bias, labels)
             times = medians({"c": (regression_c.gradients, given), "whole": (regression_whole.gradients, given),
                              "numpy": (regression_numpy.gradients, given),
-                             "torch": (torch_regression, [torch.from_numpy(a) for a in given])}, rounds)
+                             "torch": (torch_regression, [torch.from_numpy(a) for a in given]),
+                             "compile": (compiled_step(lambda W, X, bias, labels: torch.nn.functional.cross_entropy(
+                                 X @ W.T + bias, labels), upstream=False), [torch.from_numpy(a) for a in given])},
+                            rounds)
             rows.append(("softmax regression, labels: loss, dW, dX, dbias", f"B {B}, D {D}, C {C}", dtype, times,
                          6 * B * D * C))
             norm_c, norm_whole, norm_numpy = kernels("layer-norm-affine", dtype, folder)
@@ -246,7 +264,10 @@ def main() -> None:
                      rng.normal(size=features).astype(dtype), rng.normal(size=(rows_, features)).astype(dtype))
             times = medians({"c": (norm_c.gradients, given), "whole": (norm_whole.gradients, given),
                              "numpy": (norm_numpy.gradients, given),
-                             "torch": (torch_layer_norm, [torch.from_numpy(a) for a in given])}, rounds)
+                             "torch": (torch_layer_norm, [torch.from_numpy(a) for a in given]),
+                             "compile": (compiled_step(lambda x, gamma, beta: torch.nn.functional.layer_norm(
+                                 x, x.shape[1:], gamma, beta, eps=1e-5), upstream=True),
+                                 [torch.from_numpy(a) for a in given])}, rounds)
             rows.append(("affine layer norm: dx, dgamma, dbeta", f"{rows_} × {features}", dtype, times, 0))
             two_c, two_whole, two_numpy = kernels("two-layer", dtype, folder)
             B, D, J, C = (128, 64, 32, 10) if arguments.quick else (1024, 784, 512, 10)
@@ -255,23 +276,29 @@ def main() -> None:
                      (rng.normal(size=(C, J)) / np.sqrt(J)).astype(dtype), T / T.sum(axis=1, keepdims=True))
             times = medians({"c": (two_c.gradients, given), "whole": (two_whole.gradients, given),
                              "numpy": (two_numpy.gradients, given),
-                             "torch": (torch_two_layer, [torch.from_numpy(a) for a in given])}, rounds)
+                             "torch": (torch_two_layer, [torch.from_numpy(a) for a in given]),
+                             "compile": (compiled_step(lambda W1, X, W2, T: -(T * torch.log_softmax(
+                                 torch.tanh(X @ W1.T) @ W2.T, dim=1)).sum() / X.shape[0], upstream=False),
+                                 [torch.from_numpy(a) for a in given])}, rounds)
             rows.append(("two-layer classifier: loss, dW1, dX, dW2", f"B {B}, D {D}, J {J}, C {C}", dtype, times,
                          6 * B * J * (D + C)))
     rates = {dtype: gemm_rate(dtype, 256 if arguments.quick else 2048) for dtype in ("float32", "float64")}
     lines = ["## Specs with several indices: generated C against torch (one thread)", "",
              f"`python bench/tensor_c.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1); medians of {rounds} "
              "interleaved rounds; ratio = generated / torch eager, < 1 is faster). Each generated gradients() "
-             "computes the forward too, as torch's forward and backward are timed together. \"C whole\": the same "
+             "computes the forward too, as torch's forward and backward are timed together; torch.compile compiles the "
+             "forward (and so its backward). \"C whole\": the same "
              "source built with a block of every row (whole arrays). \"gemm share\": the FLOPs its matrix products "
              f"must do (attention: 12·n²·d, the forward recomputed) per second, over this run's sgemm "
              f"({rates['float32']:.1f} GFLOP/s) or dgemm ({rates['float64']:.1f} GFLOP/s) rate (NumPy's BLAS, "
              "n = 2048, one thread).", "",
              "| function | shape | dtype | C ms | C whole ms | NumPy ms | torch eager ms | C / torch | "
-             "NumPy / torch | C / torch SDPA | gemm share |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "NumPy / torch | C / torch SDPA | C / torch.compile | gemm share |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {what} | {shape} | {dtype} | {t['c']:.2f} | {t['whole']:.2f} | {t['numpy']:.2f} | "
               f"{t['torch']:.2f} | {t['c'] / t['torch']:.2f} | {t['numpy'] / t['torch']:.2f} | "
               + (f"{t['c'] / t['sdpa']:.2f} | " if "sdpa" in t else "– | ")
+              + (f"{t['c'] / t['compile']:.2f} | " if "compile" in t else "– | ")
               + (f"{flops / (t['c'] * 1e6) / rates[dtype]:.0%} |" if flops else "– |")
               for what, shape, dtype, t, flops in rows]
     if not arguments.quick:
