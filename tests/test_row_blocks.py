@@ -84,7 +84,8 @@ def test_a_function_that_needs_every_row_at_once_is_not_blocked(source):
                          ids=["attention", "heads", "causal", "bias-and-decay", "regression", "layer-norm", "column"])
 def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     """Compiled with one row per block, with blocks of a few rows (the last one short) and with one block
-    for all, forward and gradients equal the NumPy module's (float64) — and the C is blocked at all."""
+    for all, the C's and the NumPy module's forward and gradients equal the NumPy module's with whole arrays
+    (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
     from softgrad.verify.tensor_generated import call_module, module_gradients, sample_tensor_inputs
 
@@ -93,19 +94,25 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     files = emit(derivation, "c")
     ((file_name, text),) = emit(derivation, "numpy").items()
     (tmp_path / file_name).write_text(text)
-    numpy_module = import_path(tmp_path / file_name)
+    whole = import_path(tmp_path / file_name)
+    whole._BLOCK_BYTES = 1 << 40
     sizes = {r: 4 + position for position, r in enumerate(derivation.spec.sizes)}
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=3, scale=2.0)
-    expected_forward = call_module(numpy_module, derivation, arrays, parameters, "forward")
-    expected = module_gradients(numpy_module, derivation, arrays, parameters)
+    expected_forward = call_module(whole, derivation, arrays, parameters, "forward")
+    expected = module_gradients(whole, derivation, arrays, parameters)
     blocked = "_r0 += _rows" in files[f"{files.module}.c"]
+    assert blocked == ("for _r0 in range(" in text)  # the C and the NumPy module block the same functions
     for block_bytes in (1, 300, 1 << 30):
         kernels = load_c(files, tmp_path, extra_flags=[f"-DSOFTGRAD_BLOCK_BYTES={block_bytes}"],
                          library_name=f"lib{block_bytes}.so")
-        forward = call_module(kernels, derivation, arrays, parameters, "forward")
-        np.testing.assert_allclose(forward, expected_forward, rtol=1e-12, atol=1e-13 * np.abs(expected_forward).max())
-        for name, gradient in module_gradients(kernels, derivation, arrays, parameters).items():
-            scale = np.abs(expected[name]).max()
-            np.testing.assert_allclose(gradient, expected[name], rtol=1e-11, atol=1e-12 * scale,
-                                       err_msg=f"{name}, {block_bytes} bytes")
+        numpy_module = import_path(tmp_path / file_name)
+        numpy_module._BLOCK_BYTES = block_bytes
+        for module in (kernels, numpy_module):
+            forward = call_module(module, derivation, arrays, parameters, "forward")
+            np.testing.assert_allclose(forward, expected_forward, rtol=1e-12,
+                                       atol=1e-13 * np.abs(expected_forward).max())
+            for name, gradient in module_gradients(module, derivation, arrays, parameters).items():
+                scale = np.abs(expected[name]).max()
+                np.testing.assert_allclose(gradient, expected[name], rtol=1e-11, atol=1e-12 * scale,
+                                           err_msg=f"{name}, {block_bytes} bytes, {type(module).__name__}")
     assert blocked or "c[j] = sum" in source  # the one function that must run as written

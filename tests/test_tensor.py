@@ -271,12 +271,13 @@ def test_generated_numpy_has_no_python_loop_over_entries_and_uses_einsum(tmp_pat
     for name in ("attention", "softmax-regression"):
         ((_, text),) = emit(derived(name), "numpy").items()
         body = text[text.index("def forward"):]
-        code = "\n".join(line for line in body.splitlines() if not line.strip().startswith(('"""', "def ")))
-        assert " for " not in code and "while" not in code
+        code = "\n".join(line for line in body.splitlines() if not line.strip().startswith(('"""', "def ", "#")))
+        # one loop only, over blocks of rows (each an array expression), never over entries
+        assert " for " not in code.replace("for _r0 in range(0, _n_", "") and "while" not in code
         assert "_finite(np.max(" in body  # the row maximum shift of the softmax
         # attention's contractions by einsum; softmax regression's T·log P summed guarded (0 where T = 0)
         assert ("np.einsum(" in body and " @ " in body) if name == "attention" else \
-            "(T * np.where(T == 0, 0, _log_P))" in body
+            "(T[_r0:_r1] * np.where(T[_r0:_r1] == 0, 0, _log_P))" in body  # a block of rows at a time
 
 
 def test_generated_numpy_checks_shapes_and_labels(tmp_path):
@@ -306,9 +307,10 @@ def test_codegen_check_passes_and_catches_a_wrong_module(name):
     assert all(check.passed for check in check_tensor_module(derivation, files))
     ((file_name, text),) = files.items()
     gradient = next(iter(derivation.tensor.gradients.values()))
-    line = next(line for line in text.splitlines() if line.strip().startswith(f"{gradient} = "))
-    broken = type(files)({file_name: text.replace(line, line + f"\n    {gradient} = {gradient} * 1.001")},
-                         language="numpy", module=files.module, dtype="float64", openmp=False)
+    returned = text[text.index("def gradients"):].index("    return (") + text.index("def gradients")
+    broken_text = text[:returned] + f"    {gradient} = {gradient} * 1.001\n" + text[returned:]
+    broken = type(files)({file_name: broken_text}, language="numpy", module=files.module, dtype="float64",
+                         openmp=False)
     assert not all(check.passed for check in check_tensor_module(derivation, broken))
 
 

@@ -5,7 +5,9 @@ operations broadcast; a sum of a product is one `np.einsum(…, optimize=True)` 
 contractions: Σ_d W_cd X_bd is a matrix product); a sum of anything else is `np.sum` over its axes.
 Label picks (P[b, label_b]) are advanced indexing. Stability: a normalised exponential
 (P = exp(E)/Σ_k exp(E)) is shifted by its row maximum, log P is computed as E − max − log Σ, and a
-log Σ exp is shifted the same way. No Python loop runs over entries.
+log Σ exp is shifted the same way. No Python loop runs over entries; where the row-blocking pass
+(codegen.blocking) finds one, the NumPy module runs a function a block of rows at a time (a loop over blocks,
+each an array expression), so that attention's n × n arrays exist for one block of query rows only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import sympy as sp
 
+from softgrad.codegen.blocking import RowBlocking, row_blocking
 from softgrad.codegen.dialects import NUMPY, ArrayDialect
 from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import merged_powers, stable_array_forms
@@ -28,6 +31,8 @@ from softgrad.derive.symbols import Bracket, Masked
 from softgrad.errors import SoftgradError
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: where a block of rows starts (a position on the blocked axis, relative to the block in arrays it holds)
+_ROW_START = sp.Symbol("_r0", integer=True)
 
 
 @dataclass
@@ -55,6 +60,7 @@ class TensorModule:
     gradients: list[tuple[str, str]] = field(default_factory=list)  # (input printed name, gradient printed name)
     output_ranges: tuple[str, ...] = ()
     gradients_forward: list[Statement] = field(default_factory=list)  # the forward statements gradients() needs
+    blocked: bool = False  # whether a function runs a block of rows at a time
 
     @property
     def output_rank(self) -> int:
@@ -71,8 +77,14 @@ class _Compiler:
         self.normalised: dict[str, tuple[sp.Expr, sp.Symbol]] = {}  # P → (exponent, the index rows sum over)
         self.logs_needed: set[str] = set()
         self.temporary = 0
+        #: the row blocking the statements are compiled for (None: whole arrays), and the arrays held for a block
+        self.block: RowBlocking | None = None
+        self.local: set[str] = set()
 
     def size(self, range_name: str) -> str:
+        """A range's extent in the arrays the statements make: a block's rows on the blocked range."""
+        if self.block is not None and range_name == self.block.blocked:
+            return "(_r1 - _r0)"
         return size_variable(range_name)
 
     # ------------------------------------------------------------ expressions
@@ -83,8 +95,12 @@ class _Compiler:
             return repr(float(e)), ()
         if isinstance(e, sp.Symbol):
             if str(e).startswith("n_") and str(e)[2:] in self.spec.sizes:
-                return self.size(str(e)[2:]), ()
+                return size_variable(str(e)[2:]), ()  # the spec's size as a value: every row, not a block's
+            if e == _ROW_START:
+                return "_r0", ()
             if e in ranges:
+                if self.block is not None and ranges[e] == self.block.blocked:
+                    return self.dialect.arange.format("_r0, _r1"), (e,)
                 return self.dialect.arange.format(self.size(ranges[e])), (e,)
             return self.printed[str(e)], ()
         if isinstance(e, sp.Indexed):
@@ -188,9 +204,15 @@ class _Compiler:
         name = ("_log_" if log else "") + self.printed[str(e.base)]
         positions = list(e.indices)
         axes = self.axes.get(str(e.base), ())
+        blocked = [a for a, r in enumerate(axes) if self.block is not None and r == self.block.blocked]
         if (all(isinstance(p, sp.Symbol) for p in positions) and len(set(positions)) == len(positions)
                 and all(ranges.get(p, r) == r for p, r in zip(positions, axes))):
+            if blocked and str(e.base) not in self.local:  # a whole array: the block's rows of it
+                name += "[" + ", ".join("_r0:_r1" if a in blocked else ":" for a in range(blocked[-1] + 1)) + "]"
             return name, tuple(positions)
+        if blocked and str(e.base) in self.local:  # held for the block: its rows count from the block's first
+            e = e.base[tuple(p - _ROW_START if a in blocked else p for a, p in enumerate(positions))]
+            positions = list(e.indices)
         sliced = self.sliced_entry(e, name, ranges, order)
         if sliced is not None:
             return sliced
@@ -353,7 +375,8 @@ class _Compiler:
         return code.startswith("(") or any(code.startswith(f + "(") for f in self.dialect.functions.values())
 
     def shape(self, range_names: Iterable[str]) -> str:
-        return shape_of(range_names)
+        sizes = [self.size(r) for r in range_names]
+        return f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
 
     def temp(self) -> str:
         self.temporary += 1
@@ -378,7 +401,8 @@ class _Compiler:
         return code
 
     # ------------------------------------------------------------ statements
-    def statement(self, definition: Definition) -> Statement:
+    def statement(self, definition: Definition, accumulate: bool = False) -> Statement:
+        """One definition's lines; accumulate: add a block's part of a sum over rows to the array."""
         self.pending: list[str] = []
         self.logs_read: set[str] = set()
         name = self.printed[definition.name]
@@ -413,8 +437,63 @@ class _Compiler:
             code = self.dialect.call("broadcast_to", self.align(code, have, full), shape) + self.dialect.copy
         else:
             code = self.align(code, have, full)
-        lines = [*self.pending, f"{name} = {self.dialect.array.format(code)}"]
+        target = name
+        axes = self.axes.get(definition.name, ())
+        if self.block is not None and definition.name not in self.local and self.block.blocked in axes:
+            blocked = axes.index(self.block.blocked)  # a whole array written a block of rows at a time
+            target += "[" + ", ".join("_r0:_r1" if a == blocked else ":" for a in range(blocked + 1)) + "]"
+        lines = [*self.pending, f"{target} += {code}" if accumulate else
+                 f"{target} = {code}" if target != name else f"{name} = {self.dialect.array.format(code)}"]
         return Statement(name, lines, self.logs_read, self.names_in(expr))
+
+    def body(self, definitions: list[Definition], block: RowBlocking | None) -> list[Statement]:
+        """One function's statements: as written, or a block of rows at a time as the row blocking says (the
+        fixed ranges stay whole axes here: NumPy takes them at once)."""
+        if block is None:
+            return [self.statement(d) for d in definitions]
+        statements = [self.statement(definitions[p]) for p in block.before]
+        parts: dict[int, Definition] = {}
+        for position in sorted(block.accumulated):  # each sum over rows starts from its terms that have none
+            definition = definitions[position]
+            ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
+                                     dict(zip(definition.indices, self.axes.get(definition.name, ()))))
+            lead = {s for s, r in ranges.items() if r in block.lead}
+            summed = [t for t in sp.Add.make_args(definition.expr)
+                      if any({limit[0] for limit in total.limits} & lead for total in t.atoms(sp.Sum))]
+            rest = [t for t in sp.Add.make_args(definition.expr) if t not in summed]
+            name = self.printed[definition.name]
+            if rest:  # in an array of its own (np.array copies: the terms may be an input as it is)
+                first = self.statement(dataclasses.replace(definition, expr=sp.Add(*rest)))
+                first.lines[-1] = first.lines[-1].replace(f"{name} = np.asarray(", f"{name} = np.array(", 1)
+                statements.append(first)
+            else:
+                shape = self.shape(self.axes.get(definition.name, ()))
+                statements.append(Statement(name, [f"{name} = {self.dialect.namespace}.zeros({shape}, dtype=_dtype)"]))
+            parts[position] = dataclasses.replace(definition, expr=sp.Add(*summed))
+        self.block, self.local = block, set(block.local)
+        inner: list[Statement] = []
+        for position in block.inside:  # whole arrays written a block of rows at a time are made first
+            name = definitions[position].name
+            axes = self.axes.get(name, ())
+            if position not in parts and name not in block.local and block.blocked in axes:
+                statements.append(Statement(self.printed[name], [
+                    f"{self.printed[name]} = {self.dialect.namespace}.empty({shape_of(axes)}, dtype=_dtype)"]))
+        for position in block.inside:
+            inner.append(self.statement(parts.get(position, definitions[position]), accumulate=position in parts))
+        self.block, self.local = None, set()
+        rows = size_variable(block.blocked)
+        per_row = " + ".join(" * ".join([*(size_variable(r) for r in self.axes[name] if r != block.blocked), "1"])
+                             for name in sorted(block.local))
+        lines = [f"# {', '.join(sorted(self.printed[n] for n in block.local))}: held for a block of rows of "
+                 f"{block.blocked} at a time",
+                 f"_rows = max(1, min({rows}, _BLOCK_BYTES // (_dtype.itemsize * ({per_row}))))",
+                 f"for _r0 in range(0, {rows}, _rows):",
+                 f"    _r1 = min(_r0 + _rows, {rows})",
+                 *("    " + line for statement in inner for line in statement.lines)]
+        statements.append(Statement(", ".join(s.name for s in inner), lines,
+                                    set().union(*(s.logs_read for s in inner)), set().union(*(s.reads for s in inner))))
+        statements += [self.statement(definitions[p]) for p in block.after]
+        return statements
 
     def names_in(self, expr: sp.Expr) -> set[str]:
         """The printed names an expression reads: arrays (its entries) and parameters."""
@@ -509,7 +588,12 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     spec = derivation.spec
     printed = printed_names(derivation)
     compiler = _Compiler(derivation, printed, dialect)
-    forward = [compiler.statement(d) for d in spec.definitions]
+    output = spec.output
+    forward_work = [d.name for d in spec.definitions if d is not output]
+    # the NumPy module runs a block of rows at a time where it can (torch and JAX keep whole arrays: their
+    # compilers fuse, and a Python loop would break a traced graph)
+    forward_block = row_blocking(spec.definitions, tensor.axes, spec.sizes, forward_work) if dialect is NUMPY else None
+    forward = compiler.body(spec.definitions, forward_block)
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()
     for name in spec.inputs:
@@ -533,22 +617,32 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     for range_name in spec.labels.values():
         if range_name not in fixed:
             raise SoftgradError(f"the number of classes (range {range_name}) is not fixed by any input array")
-    backward = [compiler.statement(d) for d in backward_definitions(derivation)]
-    for statement in forward:  # log P only where the spec or a gradient reads it
-        statement.lines = [line for line in statement.lines
-                           if not (line.startswith("_log_") and line.split(" ")[0][5:] not in
-                                   {printed[n] for n in compiler.logs_needed})]
-    inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]
     needed = forward_needed(derivation)
+    gradient_names = set(tensor.gradients.values())
+    gradients_work = [*forward_work, *([output.name] if output.is_vector else []),
+                      *(d.name for d in tensor.backward if d.name not in gradient_names)]
+    gradients_definitions = [d for d in spec.definitions if d.name in needed] + backward_definitions(derivation)
+    gradients_block = row_blocking(gradients_definitions, tensor.axes, spec.sizes, gradients_work) \
+        if dialect is NUMPY else None
+    if forward_block is None and gradients_block is None:  # the forward statements as forward() has them
+        gradients_forward = [statement for statement, definition in zip(forward, spec.definitions)
+                             if definition.name in needed]
+        backward = compiler.body(backward_definitions(derivation), None)
+    else:
+        gradients_forward, backward = [], compiler.body(gradients_definitions, gradients_block)
+    kept_logs = {printed[n] for n in compiler.logs_needed}
+    for statement in [*forward, *backward]:  # log P only where the spec or a gradient reads it
+        statement.lines = [line for line in statement.lines
+                           if not (line.lstrip().startswith("_log_") and line.split()[0][5:] not in kept_logs)]
+    inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]
     return TensorModule(
         inputs=inputs, labels={printed[k]: v for k, v in spec.labels.items()},
         parameters=[printed[p] for p in spec.parameters], sizes=sizes, forward=forward,
         output=printed[spec.output.name], output_is_scalar=not spec.output.is_vector, backward=backward,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
-        output_ranges=tuple(tensor.axes.get(spec.output.name, ())),
-        gradients_forward=[statement for statement, definition in zip(forward, spec.definitions)
-                           if definition.name in needed])
+        output_ranges=tuple(tensor.axes.get(spec.output.name, ())), gradients_forward=gradients_forward,
+        blocked=forward_block is not None or gradients_block is not None)
 
 
 def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:

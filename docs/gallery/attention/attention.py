@@ -10,6 +10,9 @@ Arrays have one axis per index, in the order the spec writes them (Q[i, e], K[j,
 Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
+A function whose work arrays are led by an index every statement reads at its own row runs a block of rows at
+a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between them), the sums over the rows
+are added block after block; the results are those of whole arrays.
 
 forward(...) returns O; gradients(...) returns (dQ, dK, dV), given the upstream gradient dO = ∂l/∂O.
 """
@@ -19,6 +22,9 @@ import math
 import numpy as np
 
 __all__ = ["forward", "gradients"]
+
+#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+_BLOCK_BYTES = 4 << 20
 
 
 def _sigmoid(u):
@@ -94,13 +100,18 @@ def forward(Q, K, V):
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
-    S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
-    _exponent = S
-    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
-    P = np.exp(_shifted)
-    _total = np.sum(P, axis=1, keepdims=True)
-    P /= _total
-    O = np.asarray(((P @ V)), dtype=_dtype)
+    O = np.empty((_n_i, _n_f), dtype=_dtype)
+    # P, S: held for a block of rows of i at a time
+    _rows = max(1, min(_n_i, _BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1 + _n_j * 1))))
+    for _r0 in range(0, _n_i, _rows):
+        _r1 = min(_r0 + _rows, _n_i)
+        S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q[_r0:_r1] @ K.T))), dtype=_dtype)
+        _exponent = S
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        P = np.exp(_shifted)
+        _total = np.sum(P, axis=1, keepdims=True)
+        P /= _total
+        O[_r0:_r1] = ((P @ V))
     return O
 
 
@@ -115,16 +126,23 @@ def gradients(Q, K, V, dO):
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
-    S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
-    _exponent = S
-    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
-    P = np.exp(_shifted)
-    _total = np.sum(P, axis=1, keepdims=True)
-    P /= _total
-    O = np.asarray(((P @ V)), dtype=_dtype)
-    dP = np.asarray(((dO @ V.T)), dtype=_dtype)
-    dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO))[:, None]) * P), dtype=_dtype)
-    dQ = np.asarray(((1 / math.sqrt(_n_e)) * ((dS @ K))), dtype=_dtype)
-    dK = np.asarray(((1 / math.sqrt(_n_e)) * ((dS.T @ Q))), dtype=_dtype)
-    dV = np.asarray(((P.T @ dO)), dtype=_dtype)
+    dK = np.zeros((_n_j, _n_e), dtype=_dtype)
+    dV = np.zeros((_n_j, _n_f), dtype=_dtype)
+    dQ = np.empty((_n_i, _n_e), dtype=_dtype)
+    # O, P, S, dP, dS: held for a block of rows of i at a time
+    _rows = max(1, min(_n_i, _BLOCK_BYTES // (_dtype.itemsize * (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1))))
+    for _r0 in range(0, _n_i, _rows):
+        _r1 = min(_r0 + _rows, _n_i)
+        S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q[_r0:_r1] @ K.T))), dtype=_dtype)
+        _exponent = S
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        P = np.exp(_shifted)
+        _total = np.sum(P, axis=1, keepdims=True)
+        P /= _total
+        O = np.asarray(((P @ V)), dtype=_dtype)
+        dP = np.asarray(((dO[_r0:_r1] @ V.T)), dtype=_dtype)
+        dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO[_r0:_r1]))[:, None]) * P), dtype=_dtype)
+        dQ[_r0:_r1] = ((1 / math.sqrt(_n_e)) * ((dS @ K)))
+        dK += ((1 / math.sqrt(_n_e)) * ((dS.T @ Q[_r0:_r1])))
+        dV += ((P.T @ dO[_r0:_r1]))
     return (dQ, dK, dV)

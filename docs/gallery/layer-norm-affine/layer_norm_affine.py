@@ -11,6 +11,9 @@ Arrays have one axis per index, in the order the spec writes them (x[b, k], gamm
 Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
+A function whose work arrays are led by an index every statement reads at its own row runs a block of rows at
+a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between them), the sums over the rows
+are added block after block; the results are those of whole arrays.
 
 forward(...) returns y; gradients(...) returns (dx, dgamma, dbeta), given the upstream gradient dy = ∂l/∂y.
 """
@@ -20,6 +23,9 @@ import math
 import numpy as np
 
 __all__ = ["forward", "gradients"]
+
+#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+_BLOCK_BYTES = 4 << 20
 
 
 def _sigmoid(u):
@@ -93,10 +99,15 @@ def forward(x, gamma, beta):
     beta = _arrays_["beta"]
     _n_b = _sizes["b"]
     _n_k = _sizes["k"]
-    m = np.asarray(((1 / _n_k) * (np.sum(x, axis=1))), dtype=_dtype)
-    v = np.asarray(((1 / _n_k) * (np.sum(np.square((x - m[:, None])), axis=1))), dtype=_dtype)
-    xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
-    y = np.asarray(((gamma[None, :] * xhat) + beta[None, :]), dtype=_dtype)
+    y = np.empty((_n_b, _n_k), dtype=_dtype)
+    # m, v, xhat: held for a block of rows of b at a time
+    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1))))
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        m = np.asarray(((1 / _n_k) * (np.sum(x[_r0:_r1], axis=1))), dtype=_dtype)
+        v = np.asarray(((1 / _n_k) * (np.sum(np.square((x[_r0:_r1] - m[:, None])), axis=1))), dtype=_dtype)
+        xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x[_r0:_r1] - m[:, None])), dtype=_dtype)
+        y[_r0:_r1] = ((gamma[None, :] * xhat) + beta[None, :])
     return y
 
 
@@ -109,10 +120,17 @@ def gradients(x, gamma, beta, dy):
     dy = _arrays_["dy"]
     _n_b = _sizes["b"]
     _n_k = _sizes["k"]
-    m = np.asarray(((1 / _n_k) * (np.sum(x, axis=1))), dtype=_dtype)
-    v = np.asarray(((1 / _n_k) * (np.sum(np.square((x - m[:, None])), axis=1))), dtype=_dtype)
-    xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
-    dx = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ (dy * xhat).T))[:, None] * xhat))), dtype=_dtype)
-    dgamma = np.asarray((np.einsum("ba,ba->a", dy, xhat)), dtype=_dtype)
-    dbeta = np.asarray((np.sum(dy, axis=0)), dtype=_dtype)
+    dgamma = np.zeros((_n_k,), dtype=_dtype)
+    dbeta = np.zeros((_n_k,), dtype=_dtype)
+    dx = np.empty((_n_b, _n_k), dtype=_dtype)
+    # m, v, xhat: held for a block of rows of b at a time
+    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1))))
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        m = np.asarray(((1 / _n_k) * (np.sum(x[_r0:_r1], axis=1))), dtype=_dtype)
+        v = np.asarray(((1 / _n_k) * (np.sum(np.square((x[_r0:_r1] - m[:, None])), axis=1))), dtype=_dtype)
+        xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x[_r0:_r1] - m[:, None])), dtype=_dtype)
+        dx[_r0:_r1] = ((1 / np.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy[_r0:_r1]) - ((1 / _n_k) * ((gamma @ dy[_r0:_r1].T)))[:, None] - ((1 / _n_k) * ((gamma @ (dy[_r0:_r1] * xhat).T))[:, None] * xhat)))
+        dgamma += (np.einsum("ba,ba->a", dy[_r0:_r1], xhat))
+        dbeta += (np.sum(dy[_r0:_r1], axis=0))
     return (dx, dgamma, dbeta)

@@ -12,6 +12,9 @@ Arrays have one axis per index, in the order the spec writes them (W1[j, d], X[b
 Contractions are matrix products (`@`) where they are ones, else np.einsum (optimized where three arrays meet), every other
 operation an array expression: no Python loop runs over entries. Each normalised exponential is
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
+A function whose work arrays are led by an index every statement reads at its own row runs a block of rows at
+a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between them), the sums over the rows
+are added block after block; the results are those of whole arrays.
 
 forward(...) returns L; gradients(...) returns (L, dW1, dX, dW2).
 """
@@ -21,6 +24,9 @@ import math
 import numpy as np
 
 __all__ = ["forward", "gradients"]
+
+#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+_BLOCK_BYTES = 4 << 20
 
 
 def _sigmoid(u):
@@ -97,15 +103,20 @@ def forward(W1, X, W2, T):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     _n_c = _sizes["c"]
-    h = np.asarray(np.tanh(((X @ W1.T))), dtype=_dtype)
-    z = np.asarray(((h @ W2.T)), dtype=_dtype)
-    _exponent = z
-    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
-    P = np.exp(_shifted)
-    _total = np.sum(P, axis=1, keepdims=True)
-    P /= _total
-    _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-    L = np.asarray((-1 * (1 / _n_b) * (np.sum((T * np.where(T == 0, 0, _log_P)), axis=(1, 0)))), dtype=_dtype)
+    L = np.zeros((), dtype=_dtype)
+    # P, h, z: held for a block of rows of b at a time
+    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_c * 1))))
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        h = np.asarray(np.tanh(((X[_r0:_r1] @ W1.T))), dtype=_dtype)
+        z = np.asarray(((h @ W2.T)), dtype=_dtype)
+        _exponent = z
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        P = np.exp(_shifted)
+        _total = np.sum(P, axis=1, keepdims=True)
+        P /= _total
+        _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
+        L += (-1 * (1 / _n_b) * (np.sum((T[_r0:_r1] * np.where(T[_r0:_r1] == 0, 0, _log_P)), axis=(1, 0))))
     return L
 
 
@@ -120,17 +131,25 @@ def gradients(W1, X, W2, T):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     _n_c = _sizes["c"]
-    h = np.asarray(np.tanh(((X @ W1.T))), dtype=_dtype)
-    z = np.asarray(((h @ W2.T)), dtype=_dtype)
-    _exponent = z
-    _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
-    P = np.exp(_shifted)
-    _total = np.sum(P, axis=1, keepdims=True)
-    P /= _total
-    _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-    L = np.asarray((-1 * (1 / _n_b) * (np.sum((T * np.where(T == 0, 0, _log_P)), axis=(1, 0)))), dtype=_dtype)
-    dh = np.asarray(((1 / _n_b) * (((P - T) @ W2))), dtype=_dtype)
-    dW1 = np.asarray(((((1 - np.square(h)) * dh).T @ X)), dtype=_dtype)
-    dX = np.asarray(((((1 - np.square(h)) * dh) @ W1)), dtype=_dtype)
-    dW2 = np.asarray(((1 / _n_b) * (((P - T).T @ h))), dtype=_dtype)
+    L = np.zeros((), dtype=_dtype)
+    dW1 = np.zeros((_n_j, _n_d), dtype=_dtype)
+    dW2 = np.zeros((_n_c, _n_j), dtype=_dtype)
+    dX = np.empty((_n_b, _n_d), dtype=_dtype)
+    # P, dh, h, z: held for a block of rows of b at a time
+    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_j * 1 + _n_c * 1))))
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        h = np.asarray(np.tanh(((X[_r0:_r1] @ W1.T))), dtype=_dtype)
+        z = np.asarray(((h @ W2.T)), dtype=_dtype)
+        _exponent = z
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        P = np.exp(_shifted)
+        _total = np.sum(P, axis=1, keepdims=True)
+        P /= _total
+        _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
+        L += (-1 * (1 / _n_b) * (np.sum((T[_r0:_r1] * np.where(T[_r0:_r1] == 0, 0, _log_P)), axis=(1, 0))))
+        dh = np.asarray(((1 / _n_b) * (((P - T[_r0:_r1]) @ W2))), dtype=_dtype)
+        dW1 += ((((1 - np.square(h)) * dh).T @ X[_r0:_r1]))
+        dX[_r0:_r1] = ((((1 - np.square(h)) * dh) @ W1))
+        dW2 += ((1 / _n_b) * (((P - T[_r0:_r1]).T @ h)))
     return (L, dW1, dX, dW2)
