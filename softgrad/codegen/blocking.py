@@ -139,3 +139,14 @@ def _plan(definitions: list[Definition], axes: dict[str, tuple[str, ...]], sizes
     if not inside:
         return None
     return RowBlocking(fixed, blocked, tuple(before), tuple(inside), frozenset(accumulated), tuple(after), local)
+
+
+def split_sum_over_rows(definition: Definition, axes: dict[str, tuple[str, ...]], sizes: dict[str, sp.Symbol],
+                        block: RowBlocking) -> tuple[sp.Expr, sp.Expr]:
+    """(the terms of an accumulated definition that sum over the rows, the terms that do not): the blocks add
+    the first, block after block, to an array that starts as the second (0 where there are none)."""
+    ranges = ta.index_ranges(definition.expr, axes, sizes, dict(zip(definition.indices, axes.get(definition.name, ()))))
+    lead = {symbol for symbol, range_name in ranges.items() if range_name in block.lead}
+    terms = sp.Add.make_args(definition.expr)
+    summed = [term for term in terms if _lead_sums(term, lead)]
+    return sp.Add(*summed), sp.Add(*(term for term in terms if term not in summed))

@@ -21,7 +21,7 @@ from typing import Any
 import sympy as sp
 
 from softgrad.codegen import c_math
-from softgrad.codegen.blocking import RowBlocking, row_blocking
+from softgrad.codegen.blocking import RowBlocking, row_blocking, split_sum_over_rows
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
@@ -481,19 +481,14 @@ class _Compiler:
         for position in sorted(block.accumulated):  # each sum over rows starts from the terms that have none
             definition = definitions[position]
             target = self.printed[definition.name]
-            ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
-                                     dict(zip(definition.indices, self.axes.get(definition.name, ()))))
-            lead = {s for s, r in ranges.items() if r in block.lead}
-            summed = [t for t in sp.Add.make_args(definition.expr)
-                      if any({limit[0] for limit in total.limits} & lead for total in t.atoms(sp.Sum))]
-            rest = [t for t in sp.Add.make_args(definition.expr) if t not in summed]
-            if rest:
-                statements.append(self.statement(dataclasses.replace(definition, expr=sp.Add(*rest)), target))
+            summed, rest = split_sum_over_rows(definition, self.axes, self.spec.sizes, block)
+            if rest != 0:
+                statements.append(self.statement(dataclasses.replace(definition, expr=rest), target))
             else:
                 extent = " * ".join(self.size(r) for r in self.axes.get(definition.name, ()))
                 statements.append(CStatement(f"{definition.name}: a sum over the blocks of rows, from 0", [
                     f"memset({target}, 0, {extent} * sizeof(softgrad_real));" if extent else f"{target}[0] = 0;"]))
-            parts[position] = (dataclasses.replace(definition, expr=sp.Add(*summed)), not rest)
+            parts[position] = (dataclasses.replace(definition, expr=summed), rest == 0)
         self.block, self.written = block, {}
         self.local = {name: len(block.fixed) for name in block.local}
         inner: list[str] = []

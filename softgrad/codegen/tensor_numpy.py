@@ -19,7 +19,7 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.blocking import RowBlocking, row_blocking
+from softgrad.codegen.blocking import RowBlocking, row_blocking, split_sum_over_rows
 from softgrad.codegen.dialects import NUMPY, ArrayDialect
 from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import merged_powers, stable_array_forms
@@ -455,21 +455,16 @@ class _Compiler:
         parts: dict[int, Definition] = {}
         for position in sorted(block.accumulated):  # each sum over rows starts from its terms that have none
             definition = definitions[position]
-            ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
-                                     dict(zip(definition.indices, self.axes.get(definition.name, ()))))
-            lead = {s for s, r in ranges.items() if r in block.lead}
-            summed = [t for t in sp.Add.make_args(definition.expr)
-                      if any({limit[0] for limit in total.limits} & lead for total in t.atoms(sp.Sum))]
-            rest = [t for t in sp.Add.make_args(definition.expr) if t not in summed]
+            summed, rest = split_sum_over_rows(definition, self.axes, self.spec.sizes, block)
             name = self.printed[definition.name]
-            if rest:  # in an array of its own (np.array copies: the terms may be an input as it is)
-                first = self.statement(dataclasses.replace(definition, expr=sp.Add(*rest)))
+            if rest != 0:  # in an array of its own (np.array copies: the terms may be an input as it is)
+                first = self.statement(dataclasses.replace(definition, expr=rest))
                 first.lines[-1] = first.lines[-1].replace(f"{name} = np.asarray(", f"{name} = np.array(", 1)
                 statements.append(first)
             else:
                 shape = self.shape(self.axes.get(definition.name, ()))
                 statements.append(Statement(name, [f"{name} = {self.dialect.namespace}.zeros({shape}, dtype=_dtype)"]))
-            parts[position] = dataclasses.replace(definition, expr=sp.Add(*summed))
+            parts[position] = dataclasses.replace(definition, expr=summed)
         self.block, self.local = block, set(block.local)
         inner: list[Statement] = []
         for position in block.inside:  # whole arrays written a block of rows at a time are made first

@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["forward", "gradients"]
 
 #: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
-_BLOCK_BYTES = 4 << 20
+_BLOCK_BYTES = 32 << 20
 
 
 def _sigmoid(u):
