@@ -734,7 +734,9 @@ def block_setup(block: RowBlocking | None, work: list[WorkArray]) -> list[str]:
     return [f"// {', '.join(a.name for a in held)}: held for a block of rows of {block.blocked} at a time",
             f"size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / ({per_row});",
             "if (_rows < 1) _rows = 1;",
-            f"if (_rows > {rows}) _rows = {rows};"]
+            f"if (_rows > {rows}) _rows = {rows};",
+            f"if (_rows > 0) _rows = ({rows} + ({rows} + _rows - 1) / _rows - 1) / (({rows} + _rows - 1) / _rows);"
+            "  // blocks of one size, not a short last one"]
 
 
 def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool = False) -> CModule:

@@ -482,6 +482,7 @@ class _Compiler:
         lines = [f"# {', '.join(sorted(self.printed[n] for n in block.local))}: held for a block of rows of "
                  f"{block.blocked} at a time",
                  f"_rows = max(1, min({rows}, _BLOCK_BYTES // (_dtype.itemsize * ({per_row}))))",
+                 f"_rows = -(-{rows} // -(-{rows} // _rows)) if {rows} else 1  # blocks of one size",
                  f"for _r0 in range(0, {rows}, _rows):",
                  f"    _r1 = min(_r0 + _rows, {rows})",
                  *("    " + line for statement in inner for line in statement.lines)]

@@ -335,6 +335,7 @@ int attention_forward(const double *Q, const double *K, const double *V, softgra
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_i) _rows = _n_i;
+    if (_rows > 0) _rows = (_n_i + (_n_i + _rows - 1) / _rows - 1) / ((_n_i + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[2] = {0};
     int _missing = 0;
@@ -389,6 +390,7 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_f * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_i) _rows = _n_i;
+    if (_rows > 0) _rows = (_n_i + (_n_i + _rows - 1) / _rows - 1) / ((_n_i + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[5] = {0};
     int _missing = 0;

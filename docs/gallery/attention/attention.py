@@ -103,6 +103,7 @@ def forward(Q, K, V):
     O = np.empty((_n_i, _n_f), dtype=_dtype)
     # P, S: held for a block of rows of i at a time
     _rows = max(1, min(_n_i, _BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1 + _n_j * 1))))
+    _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
     for _r0 in range(0, _n_i, _rows):
         _r1 = min(_r0 + _rows, _n_i)
         S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q[_r0:_r1] @ K.T))), dtype=_dtype)
@@ -131,6 +132,7 @@ def gradients(Q, K, V, dO):
     dQ = np.empty((_n_i, _n_e), dtype=_dtype)
     # O, P, S, dP, dS: held for a block of rows of i at a time
     _rows = max(1, min(_n_i, _BLOCK_BYTES // (_dtype.itemsize * (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1))))
+    _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
     for _r0 in range(0, _n_i, _rows):
         _r1 = min(_r0 + _rows, _n_i)
         S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q[_r0:_r1] @ K.T))), dtype=_dtype)

@@ -320,6 +320,7 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[3] = {0};
     int _missing = 0;
@@ -382,6 +383,7 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[6] = {0};
     int _missing = 0;

@@ -102,6 +102,7 @@ def forward(x, gamma, beta):
     y = np.empty((_n_b, _n_k), dtype=_dtype)
     # m, v, xhat: held for a block of rows of b at a time
     _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
         m = np.asarray(((1 / _n_k) * (np.sum(x[_r0:_r1], axis=1))), dtype=_dtype)
@@ -125,6 +126,7 @@ def gradients(x, gamma, beta, dy):
     dx = np.empty((_n_b, _n_k), dtype=_dtype)
     # m, v, xhat: held for a block of rows of b at a time
     _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
         m = np.asarray(((1 / _n_k) * (np.sum(x[_r0:_r1], axis=1))), dtype=_dtype)

@@ -334,6 +334,7 @@ int softmax_regression_labels_forward(const double *W, const double *X, const do
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[3] = {0};
     int _missing = 0;
@@ -404,6 +405,7 @@ int softmax_regression_labels_gradients(const double *W, const double *X, const 
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_d * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[6] = {0};
     int _missing = 0;

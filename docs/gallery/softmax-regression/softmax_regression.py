@@ -104,6 +104,7 @@ def forward(W, X, bias, T):
     L = np.zeros((), dtype=_dtype)
     # P, z: held for a block of rows of b at a time
     _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
         z = np.asarray((bias[None, :] + ((X[_r0:_r1] @ W.T))), dtype=_dtype)
@@ -133,6 +134,7 @@ def gradients(W, X, bias, T):
     dX = np.empty((_n_b, _n_d), dtype=_dtype)
     # P, z: held for a block of rows of b at a time
     _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
         z = np.asarray((bias[None, :] + ((X[_r0:_r1] @ W.T))), dtype=_dtype)

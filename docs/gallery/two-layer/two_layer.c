@@ -337,6 +337,7 @@ int two_layer_forward(const double *W1, const double *X, const double *W2, const
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[5] = {0};
     int _missing = 0;
@@ -416,6 +417,7 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[8] = {0};
     int _missing = 0;
