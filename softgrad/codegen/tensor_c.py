@@ -21,11 +21,11 @@ from typing import Any
 import sympy as sp
 
 from softgrad.codegen import c_math
-from softgrad.codegen.blocking import RowBlocking, row_blocking, split_sum_over_rows
+from softgrad.codegen.blocking import RowBlocking, split_sum_over_rows
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
-from softgrad.codegen.tensor_numpy import backward_definitions, checked_arrays, forward_needed, printed_names
+from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names
 from softgrad.derive import tensor_algebra as ta
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
@@ -745,16 +745,10 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
     compiler = _Compiler(derivation, printed, dtype, openmp)
     for definition in spec.definitions:  # which normalised arrays need their log (scan first)
         compiler.normalised_form(definition)
-    backward_arrays = backward_definitions(derivation)
-    for definition in [*spec.definitions, *backward_arrays]:
+    plan = functions(derivation)
+    for definition in [*spec.definitions, *plan.backward]:
         compiler.with_logs(definition.expr)
     output = spec.output
-    gradient_names = set(tensor.gradients.values())
-    forward_work = [d.name for d in spec.definitions if d is not output]
-    gradients_work = [*forward_work, *([output.name] if output.is_vector else []),
-                      *(d.name for d in tensor.backward if d.name not in gradient_names)]
-    needed = forward_needed(derivation)
-    gradients_definitions = [d for d in spec.definitions if d.name in needed] + backward_arrays
 
     def work(names: list[str], block: RowBlocking | None) -> list[WorkArray]:
         arrays = []
@@ -765,20 +759,18 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
                     tensor.axes.get(name, ()), held, len(held.fixed) if held else 0)))
         return arrays
 
-    forward_block = row_blocking(spec.definitions, tensor.axes, spec.sizes, forward_work)
-    forward = compiler.body(spec.definitions, forward_block)
+    forward = compiler.body(plan.forward, plan.forward_block)
     forward_scratch = compiler.taken_scratch()
-    forward_body = CBody(forward, work(forward_work, forward_block) + forward_scratch)
-    gradients_block = row_blocking(gradients_definitions, tensor.axes, spec.sizes, gradients_work)
-    if forward_block is None and gradients_block is None:  # the forward statements as forward() has them
-        statements = [statement for statement, definition in zip(forward, spec.definitions)
-                      if definition.name in needed] + compiler.body(backward_arrays, None)
+    forward_body = CBody(forward, work(plan.forward_work, plan.forward_block) + forward_scratch)
+    if not plan.blocked:  # the forward statements as forward() has them
+        statements = [statement for statement, definition in zip(forward, plan.forward)
+                      if definition.name in plan.needed] + compiler.body(plan.backward, None)
         scratch = forward_scratch + compiler.taken_scratch()
     else:
-        statements = compiler.body(gradients_definitions, gradients_block)
+        statements = compiler.body(plan.gradients, plan.gradients_block)
         scratch = compiler.taken_scratch()
-    gradients_body = CBody(statements, work(gradients_work, gradients_block) + scratch)
-    for body, block in ((forward_body, forward_block), (gradients_body, gradients_block)):
+    gradients_body = CBody(statements, work(plan.gradients_work, plan.gradients_block) + scratch)
+    for body, block in ((forward_body, plan.forward_block), (gradients_body, plan.gradients_block)):
         body.setup = block_setup(block, body.work)
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],

@@ -545,7 +545,46 @@ def backward_definitions(derivation: Derivation) -> list[Definition]:
     return definitions
 
 
-def forward_needed(derivation: Derivation) -> set[str]:
+@dataclass
+class Functions:
+    """What forward() and gradients() compute: each one's statements, the work arrays it may allocate (arrays
+    neither input, output nor gradient) and its row blocking (None: whole arrays)."""
+
+    forward: list[Definition]
+    forward_work: list[str]
+    forward_block: RowBlocking | None
+    needed: set[str]  # the forward arrays gradients() computes
+    backward: list[Definition]
+    gradients: list[Definition]  # the needed forward statements, then the backward ones
+    gradients_work: list[str]
+    gradients_block: RowBlocking | None
+
+    @property
+    def blocked(self) -> bool:
+        return self.forward_block is not None or self.gradients_block is not None
+
+
+def functions(derivation: Derivation, blocked: bool = True) -> Functions:
+    """forward() and gradients() of a derivation, each blocked by rows where the statements allow it (and
+    blocked is True): what the C and the NumPy lowerings both print."""
+    tensor, spec = derivation.tensor, derivation.spec
+    output = spec.output
+    backward = backward_definitions(derivation)
+    needed = forward_needed(derivation, backward)
+    gradient_names = set(tensor.gradients.values())
+    forward_work = [d.name for d in spec.definitions if d is not output]
+    gradients_work = [*forward_work, *([output.name] if output.is_vector else []),
+                      *(d.name for d in tensor.backward if d.name not in gradient_names)]
+    gradients = [d for d in spec.definitions if d.name in needed] + backward
+
+    def block(definitions: list[Definition], work: list[str]) -> RowBlocking | None:
+        return row_blocking(definitions, tensor.axes, spec.sizes, work) if blocked else None
+
+    return Functions(spec.definitions, forward_work, block(spec.definitions, forward_work), needed, backward,
+                     gradients, gradients_work, block(gradients, gradients_work))
+
+
+def forward_needed(derivation: Derivation, backward: list[Definition] | None = None) -> set[str]:
     """The forward arrays gradients() must compute: those its backward statements read (and the loss it
     returns), with what they are made of — not a vector output nobody reads (layer norm's y)."""
     spec = derivation.spec
@@ -553,7 +592,8 @@ def forward_needed(derivation: Derivation) -> set[str]:
     def reads(expr: sp.Expr) -> set[str]:
         return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
 
-    needed = set().union(*(reads(d.expr) for d in backward_definitions(derivation)))
+    backward = backward_definitions(derivation) if backward is None else backward
+    needed = set().union(*(reads(d.expr) for d in backward))
     if not spec.output.is_vector:
         needed.add(spec.output.name)
     for definition in reversed(spec.definitions):
@@ -584,12 +624,10 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     spec = derivation.spec
     printed = printed_names(derivation)
     compiler = _Compiler(derivation, printed, dialect)
-    output = spec.output
-    forward_work = [d.name for d in spec.definitions if d is not output]
     # the NumPy module runs a block of rows at a time where it can (torch and JAX keep whole arrays: their
     # compilers fuse, and a Python loop would break a traced graph)
-    forward_block = row_blocking(spec.definitions, tensor.axes, spec.sizes, forward_work) if dialect is NUMPY else None
-    forward = compiler.body(spec.definitions, forward_block)
+    plan = functions(derivation, blocked=dialect is NUMPY)
+    forward = compiler.body(plan.forward, plan.forward_block)
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()
     for name in spec.inputs:
@@ -613,19 +651,12 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     for range_name in spec.labels.values():
         if range_name not in fixed:
             raise SoftgradError(f"the number of classes (range {range_name}) is not fixed by any input array")
-    needed = forward_needed(derivation)
-    gradient_names = set(tensor.gradients.values())
-    gradients_work = [*forward_work, *([output.name] if output.is_vector else []),
-                      *(d.name for d in tensor.backward if d.name not in gradient_names)]
-    gradients_definitions = [d for d in spec.definitions if d.name in needed] + backward_definitions(derivation)
-    gradients_block = row_blocking(gradients_definitions, tensor.axes, spec.sizes, gradients_work) \
-        if dialect is NUMPY else None
-    if forward_block is None and gradients_block is None:  # the forward statements as forward() has them
-        gradients_forward = [statement for statement, definition in zip(forward, spec.definitions)
-                             if definition.name in needed]
-        backward = compiler.body(backward_definitions(derivation), None)
+    if not plan.blocked:  # the forward statements as forward() has them
+        gradients_forward = [statement for statement, definition in zip(forward, plan.forward)
+                             if definition.name in plan.needed]
+        backward = compiler.body(plan.backward, None)
     else:
-        gradients_forward, backward = [], compiler.body(gradients_definitions, gradients_block)
+        gradients_forward, backward = [], compiler.body(plan.gradients, plan.gradients_block)
     kept_logs = {printed[n] for n in compiler.logs_needed}
     for statement in [*forward, *backward]:  # log P only where the spec or a gradient reads it
         statement.lines = [line for line in statement.lines
@@ -638,7 +669,7 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
         output_ranges=tuple(tensor.axes.get(spec.output.name, ())), gradients_forward=gradients_forward,
-        blocked=forward_block is not None or gradients_block is not None)
+        blocked=plan.blocked)
 
 
 def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:
