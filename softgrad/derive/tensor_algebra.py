@@ -424,7 +424,7 @@ def in_names(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> s
                         trial = _rewrite(trial, definition, pattern, value, assignment, own, taken)
                     if trial == best:
                         continue
-                    trial = exact_numbers(tidy(unify_sums(distribute(trial))))
+                    trial = exact_numbers(tidy(exact_numbers(unify_sums(distribute(trial)))))
                     if cost(trial) < cost(best):
                         best = trial
         collapsed = exact_numbers(tidy(collapse_deltas(expanded(best))))
