@@ -98,6 +98,7 @@ class Prover:
         self.added: list[tuple[Definition, tuple[str, ...]]] = []  # made since (sent to a background process)
         self._writers: dict[Any, _Writer] = {}
         self._names: dict[sp.Basic, frozenset[str]] = {}
+        self._tree_sizes: dict[sp.Basic, int] = {}
         #: differences already decided: consecutive steps share forms, so about half recur
         self._decided: dict[sp.Expr, bool] = {}
         self._atomize = _Atomizer()
@@ -117,6 +118,23 @@ class Prover:
         if self.axes is not None:
             self.axes[definition.name] = axes
         self.added.append((definition, axes))
+
+    def tree_size(self, expr: sp.Basic) -> int:
+        """The nodes of expr's tree, a part counted wherever it occurs (as _larger_than counts), each part's
+        count kept: the budgets are checked on every written sum and derivative, which share most parts."""
+        pending = [expr]
+        while pending:
+            node = pending[-1]
+            if node in self._tree_sizes:
+                pending.pop()
+                continue
+            unknown = [a for a in node.args if a not in self._tree_sizes]
+            if unknown:
+                pending.extend(unknown)
+            else:
+                self._tree_sizes[node] = 1 + sum(self._tree_sizes[a] for a in node.args)
+                pending.pop()
+        return self._tree_sizes[expr]
 
     def names_in(self, expr: sp.Basic) -> frozenset[str]:
         """The names of expr's free symbols (kept: the writers ask for them for every part they write)."""
@@ -174,11 +192,18 @@ class Prover:
                    labels: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> bool:
         writer = self.writer(size, bool(step.assumes) or self.axes is not None, labels=labels)
         left = writer.write(step.lhs, pattern)
-        if self.axes is not None and _larger_than(left, LARGEST_DIFFERENCE):
-            raise _TooLarge  # the left side alone is past the budget: the smaller sizes stand (the right side of
-            # ∂l/∂X through multi-head attention, written out at size 2, took a third of its proofs to be refused)
+        # with several ranges, a side past the budget of a difference refuses the step at this size (the smaller
+        # sizes stand) as soon as it is known: the left side written (the right side of ∂l/∂X through multi-head
+        # attention, written out at size 2, took a third of its proofs to be refused), then in exp form (kept: the
+        # step's other forms and the next steps share it), then the right side written, before its exp form
+        if self.axes is not None and (self.tree_size(left) > LARGEST_DIFFERENCE or
+                                      self.tree_size(writer.finished(left)) > LARGEST_DIFFERENCE):
+            raise _TooLarge
         right = writer.matrix_entry(form, step, pattern) if isinstance(form, sp.MatrixExpr) else \
             writer.write(form, pattern)
+        if self.axes is not None and \
+                self.tree_size(writer.finished(left)) + self.tree_size(right) > LARGEST_DIFFERENCE:
+            raise _TooLarge
         difference = writer.finished(left) - writer.finished(right)  # each side once: forms share the left
         if difference.has(sp.zoo, sp.nan):  # a side has no value here (1/0): no claim either way at this size
             raise _Undefined
@@ -213,8 +238,7 @@ class _Atomizer:
 
     def _atomize(self, expr: sp.Expr) -> sp.Expr:
         arguments = [self(a) for a in expr.args]
-        rebuilt = expr if arguments == list(expr.args) else _exp(arguments[0]) if isinstance(expr, sp.exp) else \
-            expr.func(*arguments)
+        rebuilt = expr if arguments == list(expr.args) else _rebuilt(expr, arguments)
         if rebuilt.is_Atom or rebuilt.is_Add or rebuilt.is_Mul or (rebuilt.is_Pow and rebuilt.exp.is_Integer):
             return rebuilt
         if isinstance(rebuilt, sp.exp):
@@ -504,9 +528,7 @@ class _Writer:
             if expr.is_Mul and any(a is sp.S.Zero for a in arguments):
                 return sp.S.Zero  # δ_ij·f at i ≠ j, f read as 0 (Iverson's convention), without SymPy asking
                 # whether every other factor is finite, down each of them (a fifth of a classifier's proofs)
-            if isinstance(expr, sp.exp):
-                return _exp(arguments[0])
-            return expr.func(*arguments)
+            return _rebuilt(expr, arguments)
         raise _Unprovable(f"cannot write out {expr.func.__name__}")
 
     def _extent(self, range_name: str) -> int:
@@ -640,7 +662,7 @@ class _Writer:
             if expr.args and not expr.is_Atom:
                 arguments = [self._exp_form(a) for a in expr.args]
                 if any(new is not old for new, old in zip(arguments, expr.args)):
-                    rebuilt = _exp(arguments[0]) if isinstance(expr, sp.exp) else expr.func(*arguments)
+                    rebuilt = _rebuilt(expr, arguments)
             if isinstance(rebuilt, (sigmoid, softplus, sp.tanh, sp.log)):
                 rebuilt = _in_exp_form(rebuilt)
             self.cache[key] = rebuilt
@@ -717,6 +739,23 @@ def _exp(argument: sp.Expr) -> sp.Expr:
     return sp.exp(argument, evaluate=False)
 
 
+def _log(argument: sp.Expr) -> sp.Expr:
+    """log(argument), evaluated only where SymPy's evaluation can change a real argument (a number, log of an
+    exponential): its eval asks whether the argument is zero, down the whole written-out softmax inside."""
+    if argument.is_number or isinstance(argument, sp.exp) or (argument.is_Pow and argument.base is sp.E):
+        return sp.log(argument)
+    return sp.log(argument, evaluate=False)
+
+
+def _rebuilt(expr: sp.Expr, arguments: list[sp.Expr]) -> sp.Expr:
+    """expr's node over new arguments, exp and log built as _exp and _log build them."""
+    if isinstance(expr, sp.exp):
+        return _exp(arguments[0])
+    if isinstance(expr, sp.log) and len(arguments) == 1:
+        return _log(arguments[0])
+    return expr.func(*arguments)
+
+
 def _in_exp_form(function: sp.Expr) -> sp.Expr:
     """σ, softplus and tanh through exp; log(a·b^k) → log a + k log b, log by log (one pass, bottom-up:
     expand_log over the whole difference costs far more)."""
@@ -724,7 +763,7 @@ def _in_exp_form(function: sp.Expr) -> sp.Expr:
     if isinstance(function, sigmoid):
         return 1 / (1 + _exp(-argument))
     if isinstance(function, softplus):
-        return sp.log(1 + _exp(argument))
+        return _log(1 + _exp(argument))
     if isinstance(function, sp.tanh):
         return (1 - _exp(-2 * argument)) / (1 + _exp(-2 * argument))
     # expand_log's own pass first looks at every product inside for log(8)/log(2) (as_numer_denom of each:
