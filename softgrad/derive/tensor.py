@@ -341,6 +341,9 @@ class TensorEngine:
         a = self._positions(consumer.name, local)
         entry = self._entry(consumer.name, a)
         body = ta.at(consumer, a, local)
+        reads = {e for e in body.atoms(sp.Indexed) if e.base == getattr(var, "base", None)}
+        if len(reads) <= 1:  # one entry of X read (or a scalar X): every term of ∂C[a]/∂X[q] carries the same
+            return  # deltas, so there are no cases to tell apart (not differentiated to find that out)
         derivative = tidy(ta.sift(ta.exact_numbers(ta.derivative(body, var))))
         written = expanded(derivative)
         terms = sp.Add.make_args(written)
