@@ -525,9 +525,11 @@ class _Writer:
             raise _Unprovable("a matrix inside an expression")
         if expr.args:
             arguments = [self.write(a, indices) for a in expr.args]
-            if expr.is_Mul and any(a is sp.S.Zero for a in arguments):
-                return sp.S.Zero  # δ_ij·f at i ≠ j, f read as 0 (Iverson's convention), without SymPy asking
-                # whether every other factor is finite, down each of them (a fifth of a classifier's proofs)
+            if expr.is_Mul and any(a is sp.S.Zero for a in arguments) and \
+                    not any(a.has(sp.zoo, sp.nan, sp.oo, -sp.oo) for a in arguments):
+                return sp.S.Zero  # δ_ij·f at i ≠ j: 0 where no factor is undefined (1/(n − 1) at n = 1 is, and
+                # 0·zoo stays NaN), found by a walk for zoo rather than SymPy asking whether every factor is
+                # finite, down each of them (a fifth of a classifier's proofs)
             return _rebuilt(expr, arguments)
         raise _Unprovable(f"cannot write out {expr.func.__name__}")
 
@@ -712,7 +714,7 @@ def _derivative(expr: sp.Expr, symbol: sp.Symbol, done: dict[sp.Expr, sp.Expr]) 
                     outer = expr.fdiff(position)
                 except ArgumentIndexError:  # as SymPy does: ∂f/∂(argument) left unevaluated
                     outer = sp.Function.fdiff(expr, position)
-                if outer != 0:
+                if outer != 0 or inner.has(sp.zoo, sp.nan):  # 0·zoo is NaN: an undefined inner part stays so
                     terms.append(outer * inner)
         result = sp.Add(*terms)
     else:
