@@ -31,28 +31,6 @@ def expanded(expr: sp.Expr, **hints: bool) -> sp.Expr:
     return exp_of_sums(sp.expand(expr, **hints))
 
 
-def sift(expr: sp.Expr) -> sp.Expr:
-    """Apply Σ_k c(k) δ_ka = c(a) to every sum whose terms carry a Kronecker delta of its index."""
-
-    def sift_one(total: sp.Sum) -> sp.Expr:
-        bound = total.limits[0][0]
-        kept, sifted = [], []
-        for term in sp.Add.make_args(expanded(total.function)):
-            delta = next(
-                (f for f in sp.Mul.make_args(term) if isinstance(f, sp.KroneckerDelta) and bound in f.args),
-                None,
-            )
-            if delta is None:
-                kept.append(term)
-                continue
-            other = delta.args[0] if delta.args[1] == bound else delta.args[1]
-            sifted.append((term / delta).subs(bound, other))
-        rest = class_sum(sp.Add(*kept), bound) if kept else sp.S.Zero
-        return sp.Add(*sifted) + rest
-
-    return expr.replace(lambda e: isinstance(e, sp.Sum), sift_one)
-
-
 def distribute_sums(expr: sp.Expr) -> sp.Expr:
     """Σ(a + b) → Σa + Σb and Σ c·f(k) → c Σ f(k): what is constant in k leaves the sum."""
 

@@ -16,7 +16,7 @@ import sympy as sp
 
 from softgrad.budget import DERIVE_SECONDS
 from softgrad.budget import time_limit as _time_limit
-from softgrad.derive import algebra
+from softgrad.derive import algebra, tensor_algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
 from softgrad.derive.proof import PROOF_SIZES
@@ -242,7 +242,7 @@ class Engine:
         self.step(section, rule="chain rule", lhs=lhs, forms=[chain, substituted],
                   reason=prose("{g} = {derivative} is the upstream gradient; the Jacobian entry in Kronecker form",
                                g=g[bound], derivative=Partial(surrogate, y_bound)))
-        sifted = algebra.distribute_sums(algebra.sift(substituted))
+        sifted = tensor_algebra.sift(substituted)
         # small results are also tried written in the spec's names from scratch (L2 normalisation's terms
         # g·x²/Σx² − g·y² cancel only that way); large ones are tidied as they are
         final = algebra.back_substitute(sifted, self.spec) if sp.count_ops(sifted) <= algebra.LARGEST_INLINED_START \
