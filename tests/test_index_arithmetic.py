@@ -89,12 +89,12 @@ def test_a_difference_of_neighbours_keeps_both_edges() -> None:
 
 def test_a_wrong_edge_fails_the_check() -> None:
     """The checker reads outside an array as 0 and evaluates brackets: a sift that forgot an edge is caught."""
-    from softgrad.derive import tensor_algebra as ta
+    from softgrad.derive import algebra
 
     spec = parse_spec(DIFFERENCES, "differences")
     x, s = sp.IndexedBase("x"), index("s")
-    derivative = ta.derivative(spec.output.expr, x[s])
-    assert ta.sift(derivative, edges=True) != ta.sift(derivative), "without edges, x[s] at s = n_i is wrong"
+    derivative = algebra.derivative(spec.output.expr, x[s])
+    assert algebra.sift(derivative, edges=True) != algebra.sift(derivative), "without edges, x[s] at s = n_i is wrong"
 
 
 def _torch_conv1d(torch, x, w, causal: bool):

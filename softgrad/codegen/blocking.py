@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from softgrad.derive import tensor_algebra as ta
+from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 
 
@@ -89,7 +89,7 @@ def _plan(definitions: list[Definition], axes: dict[str, tuple[str, ...]], sizes
     sums_written: set[str] = set()  # arrays accumulated inside: complete only after the last block
     after_written: set[str] = set()
     for position, definition in enumerate(definitions):
-        ranges = ta.index_ranges(definition.expr, axes, sizes, dict(zip(definition.indices,
+        ranges = algebra.index_ranges(definition.expr, axes, sizes, dict(zip(definition.indices,
                                                                         axes.get(definition.name, ()))))
         by_range: dict[str, sp.Symbol] = {}
         for symbol, range_name in ranges.items():
@@ -123,7 +123,7 @@ def _plan(definitions: list[Definition], axes: dict[str, tuple[str, ...]], sizes
                 return None
             for term in sp.Add.make_args(definition.expr):
                 if not _lead_sums(term, lead_symbols):
-                    if ta.index_symbols(term) & lead_symbols:
+                    if algebra.index_symbols(term) & lead_symbols:
                         return None  # a term at one row added to a sum over rows
                     continue
                 bound = {symbol for total in _lead_sums(term, lead_symbols) for symbol, _, _ in total.limits}
@@ -145,7 +145,8 @@ def split_sum_over_rows(definition: Definition, axes: dict[str, tuple[str, ...]]
                         block: RowBlocking) -> tuple[sp.Expr, sp.Expr]:
     """(the terms of an accumulated definition that sum over the rows, the terms that do not): the blocks add
     the first, block after block, to an array that starts as the second (0 where there are none)."""
-    ranges = ta.index_ranges(definition.expr, axes, sizes, dict(zip(definition.indices, axes.get(definition.name, ()))))
+    own = dict(zip(definition.indices, axes.get(definition.name, ())))
+    ranges = algebra.index_ranges(definition.expr, axes, sizes, own)
     lead = {symbol for symbol, range_name in ranges.items() if range_name in block.lead}
     terms = sp.Add.make_args(definition.expr)
     summed = [term for term in terms if _lead_sums(term, lead)]

@@ -46,9 +46,9 @@ def stabilize(expr: sp.Expr, spec: Spec) -> tuple[sp.Expr, list[Reduction]]:
                              lambda e: shifted_base[e.indices[0]] + sign * maximum)
         trial = trial.replace(lambda e: isinstance(e, sp.exp), lambda e: sp.exp(sp.expand(e.args[0])))
         trial = sp.expand(trial, power_exp=True, mul=False, multinomial=False, log=False, deep=True)
-        trial = algebra.distribute_sums(trial)
+        trial = algebra.distribute(trial)
         trial = sp.expand(trial, power_base=True, power_exp=True, mul=False, multinomial=False, log=False)
-        trial = algebra.distribute_sums(sp.expand_log(trial, force=True))
+        trial = algebra.distribute(sp.expand_log(trial, force=True))
         # exp(2m) and exp(m)² are one power of E = e^m: written so, they cancel where the expression is
         # scale-free (exp(x_i)²/Σ exp(2x_k)), which SymPy does not see with exponentials of different forms
         scale = sp.Dummy("E", positive=True)
@@ -150,7 +150,7 @@ def _floored_shift(expr: sp.Expr, base: sp.IndexedBase, maximum: sp.Symbol) -> s
 
     try:
         written = expr.replace(lambda e: isinstance(e, sp.exp) and reads(e), split)
-        written = algebra.distribute_sums(written)  # E leaves the sums: Σ_k E·exp(x_k − M) = E·Σ_k exp(x_k − M)
+        written = algebra.distribute(written)  # E leaves the sums: Σ_k E·exp(x_k − M) = E·Σ_k exp(x_k − M)
         written = written.replace(lambda e: isinstance(e, sp.log) and e.has(scale), logarithm)
         numerator, denominator = sp.fraction(sp.cancel(sp.together(written)))
         top = sp.degree(denominator, scale) if denominator.has(scale) else 0
@@ -278,14 +278,13 @@ def stable_array_forms(expr: sp.Expr, spec: Spec, normalised: set[str]) -> sp.Ex
     """A statement of a spec with several indices in the forms that stay finite: 0·log 0 = 0 for a weighted
     log P (guard_weighted_logs), the log of an elementwise array written out so that stable_logs finds
     log σ(u) = −softplus(−u) and log(1 − σ(u)) = −softplus(u), and no division by an entry it multiplies."""
-    from softgrad.derive import tensor_algebra
 
     expr = guard_weighted_logs(expr, normalised, set(spec.inputs))
     elementwise = {d.name: d for d in spec.definitions if d.is_vector and not d.expr.atoms(sp.Sum)}
     names = {str(s) for s in expr.free_symbols}
 
     def written_out(logarithm: sp.Expr) -> sp.Expr:
-        return logarithm.xreplace({e: tensor_algebra.at(elementwise[str(e.base)], e.indices, names)
+        return logarithm.xreplace({e: algebra.at(elementwise[str(e.base)], e.indices, names)
                                    for e in logarithm.atoms(sp.Indexed) if str(e.base) in elementwise})
 
     expr = expr.replace(lambda e: isinstance(e, sp.log), written_out)
@@ -576,10 +575,9 @@ def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
     def rewritten(expr: sp.Expr) -> sp.Expr:
         return expr.replace(lambda e: e.is_Mul, ratio)
 
-    from softgrad.derive import tensor_algebra
 
     for definition in spec.definitions:  # a normalised exponential the spec names is read, not made again
-        found = tensor_algebra.normalised_exponential(definition)
+        found = algebra.normalised_exponential(definition)
         if found is None:
             continue
         _, denominator = sp.fraction(sp.together(definition.expr), exact=True)
@@ -592,7 +590,7 @@ def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
             hoisted[(denominator.function / denominator).xreplace(
                 {**{s: sp.Symbol(f"_free{k}") for k, s in enumerate(free)}, bound: sp.Symbol("_bound")})] = \
                 definition.name
-    normalised = {d.name for d in spec.definitions if tensor_algebra.normalised_exponential(d) is not None}
+    normalised = {d.name for d in spec.definitions if algebra.normalised_exponential(d) is not None}
     definitions = [d if d.name in normalised else dataclasses.replace(d, expr=rewritten(d.expr))
                    for d in spec.definitions]
     backward = [dataclasses.replace(d, expr=rewritten(d.expr)) for d in tensor.backward]

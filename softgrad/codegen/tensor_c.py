@@ -26,7 +26,7 @@ from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
 from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names
-from softgrad.derive import tensor_algebra as ta
+from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
@@ -290,7 +290,7 @@ class _Compiler:
         levels: dict[int, list[tuple[sp.Sum, sp.Symbol]]] = {}
         replacements = {}
         for total in sorted(sums, key=sp.default_sort_key):
-            free = ta.index_symbols(total) - {limit[0] for limit in total.limits}
+            free = algebra.index_symbols(total) - {limit[0] for limit in total.limits}
             level = max((loops.index(s) + 1 for s in free if s in loops), default=0)
             self.temporaries += 1
             temporary = sp.Symbol(f"_s{self.temporaries}")
@@ -319,7 +319,7 @@ class _Compiler:
         """The lines computing one definition. accumulate: add one block's part of a sum over rows to what
         target holds; overwrite: a running total written over target each block is also right (nothing else
         was put in it first)."""
-        ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes,
+        ranges = algebra.index_ranges(definition.expr, self.axes, self.spec.sizes,
                                  dict(zip(definition.indices, self.axes.get(definition.name, ()))))
         self.loop_names, self.ranges = {}, ranges
         self.fixed_symbols = {s for s, r in ranges.items() if self.block is not None and r in self.block.fixed}
@@ -365,7 +365,7 @@ class _Compiler:
             return None
         total = sums[0]
         bounds = [limit[0] for limit in reversed(total.limits)]
-        if ta.index_symbols(total) - set(bounds) != set(loops) or not any(
+        if algebra.index_symbols(total) - set(bounds) != set(loops) or not any(
                 position < len(entry.indices) - 1 and entry.indices[position] in bounds
                 and set(entry.indices[position + 1:]) & set(loops)
                 for entry in total.atoms(sp.Indexed) for position in range(len(entry.indices))):
@@ -392,7 +392,7 @@ class _Compiler:
         lines: list[str] = []
         replacements = {}
         for total in outermost_sums(expr):  # an inner sum of another sum is computed inside its loops
-            free = ta.index_symbols(total) - {limit[0] for limit in total.limits} - self.fixed_symbols
+            free = algebra.index_symbols(total) - {limit[0] for limit in total.limits} - self.fixed_symbols
             target = tuple(s for s in indices if s in free)
             gemm = self.contraction(total, target) if len(target) == len(free) else None
             if gemm is None:
@@ -433,7 +433,7 @@ class _Compiler:
                             and str(e.args[0].base) in self.normalised, replace)
 
     def normalised_form(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
-        form = ta.normalised_exponential(definition)
+        form = algebra.normalised_exponential(definition)
         if form is not None:
             self.normalised.add(definition.name)
         return form
@@ -534,11 +534,11 @@ class _Compiler:
         total = sums[0]
         alpha = term / total
         inner = tuple(limit[0] for limit in total.limits)
-        if ta.index_symbols(alpha) - self.fixed_symbols or alpha.atoms(sp.Indexed):
+        if algebra.index_symbols(alpha) - self.fixed_symbols or alpha.atoms(sp.Indexed):
             return None
         groups: dict[frozenset[sp.Symbol], list[sp.Expr]] = {}
         for factor in sp.Mul.make_args(total.function):
-            indices = frozenset(ta.index_symbols(factor) - self.fixed_symbols)
+            indices = frozenset(algebra.index_symbols(factor) - self.fixed_symbols)
             if not indices:
                 alpha *= factor
                 continue

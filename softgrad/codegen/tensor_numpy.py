@@ -24,7 +24,7 @@ from softgrad.codegen.dialects import NUMPY, ArrayDialect
 from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import merged_powers, stable_array_forms
 from softgrad.codegen.names import public_names
-from softgrad.derive import tensor_algebra as ta
+from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import Bracket, Masked
@@ -265,7 +265,7 @@ class _Compiler:
         sizes = self.spec.sizes
         extent = self.spec.derived_sizes.get(self.axes[str(e.base)][axis], sizes[self.axes[str(e.base)][axis]])
         highest = {s: self.spec.derived_sizes.get(r, sizes[r]) - 1 for s, r in ranges.items()}
-        return bool(ta.simplify_brackets(Bracket(position) * Bracket(extent - 1 - position), highest) != 1)
+        return bool(algebra.simplify_brackets(Bracket(position) * Bracket(extent - 1 - position), highest) != 1)
 
     def total(self, e: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
         bounds = [limit[0] for limit in e.limits]
@@ -408,7 +408,7 @@ class _Compiler:
         name = self.printed[definition.name]
         order = list(definition.indices)
         known = {s: r for s, r in zip(definition.indices, self.axes.get(definition.name, ()))}
-        ranges = ta.index_ranges(definition.expr, self.axes, self.spec.sizes, known)
+        ranges = algebra.index_ranges(definition.expr, self.axes, self.spec.sizes, known)
         normalised = self._normalised(definition)
         if normalised is not None:
             exponent, free = normalised
@@ -497,7 +497,7 @@ class _Compiler:
         return {self.printed[name] for name in names if name in self.printed}
 
     def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
-        return ta.normalised_exponential(definition)
+        return algebra.normalised_exponential(definition)
 
 
 def integer_formula(formula: sp.Expr, names: dict[sp.Symbol, str]) -> str:
@@ -537,7 +537,7 @@ def backward_definitions(derivation: Derivation) -> list[Definition]:
         divisors = {p.base for p in definition.expr.atoms(sp.Pow) if p.exp.is_negative and p.base.atoms(sp.Indexed)}
         if divisors:
             written = merged_powers(definition.expr.xreplace({
-                e: ta.at(elementwise[str(e.base)], e.indices, set()) for e in definition.expr.atoms(sp.Indexed)
+                e: algebra.at(elementwise[str(e.base)], e.indices, set()) for e in definition.expr.atoms(sp.Indexed)
                 if str(e.base) in elementwise}))
             if not any(p.exp.is_negative and p.base in divisors for p in written.atoms(sp.Pow)):
                 definition = dataclasses.replace(definition, expr=written)

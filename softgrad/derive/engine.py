@@ -16,7 +16,7 @@ import sympy as sp
 
 from softgrad.budget import DERIVE_SECONDS
 from softgrad.budget import time_limit as _time_limit
-from softgrad.derive import algebra, tensor_algebra
+from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
 from softgrad.derive.proof import PROOF_SIZES
@@ -133,7 +133,7 @@ class Engine:
         ]
         vectors = [d for d in earlier if d.is_vector]
         named = self.named_intermediates([d for d in earlier if not d.is_vector], vectors, column, section)
-        body = algebra.rename_bound(algebra.inline(definition.expr, vectors), {str(column)})
+        body = algebra.rename_clashing(algebra.inline(definition.expr, vectors), {str(column)})
         forms = [definition.expr] if body == definition.expr else [definition.expr, body]
         self.step(section, rule="definition", lhs=y_row, forms=forms,
                   reason=words("the function, written in the inputs" + (" and its named intermediates" if named
@@ -191,7 +191,7 @@ class Engine:
         (Σ_k (x_k − m) = 0 for a mean m), so that results keep s by name as a textbook does."""
         derivatives: dict[sp.Symbol, sp.Expr] = {}
         for scalar in scalars:
-            body = algebra.rename_bound(algebra.inline(scalar.expr, vectors), {str(column)})
+            body = algebra.rename_clashing(algebra.inline(scalar.expr, vectors), {str(column)})
             with through(derivatives):
                 rule = differentiate(body, self.x[column])
             simple = algebra.simplify_with_definitions(rule.result, self.spec)
@@ -242,7 +242,7 @@ class Engine:
         self.step(section, rule="chain rule", lhs=lhs, forms=[chain, substituted],
                   reason=prose("{g} = {derivative} is the upstream gradient; the Jacobian entry in Kronecker form",
                                g=g[bound], derivative=Partial(surrogate, y_bound)))
-        sifted = tensor_algebra.sift(substituted)
+        sifted = algebra.sift(substituted)
         # small results are also tried written in the spec's names from scratch (L2 normalisation's terms
         # g·x²/Σx² − g·y² cancel only that way); large ones are tidied as they are
         final = algebra.back_substitute(sifted, self.spec) if sp.count_ops(sifted) <= algebra.LARGEST_INLINED_START \
@@ -277,7 +277,7 @@ class Engine:
             return self._gradient_through(used[0], section_factory)
         section = section_factory(f"Gradient of {output.name}")
         column = fresh_index(self.taken, preferred="jklmpq")
-        body = algebra.rename_bound(algebra.inline(output.expr, intermediates), {str(column)})
+        body = algebra.rename_clashing(algebra.inline(output.expr, intermediates), {str(column)})
         forms = [output.expr] if body == output.expr else [output.expr, body]
         self.step(section, rule="definition", lhs=loss, forms=forms,
                   reason=words("the function, written in the inputs"))
@@ -298,7 +298,7 @@ class Engine:
         self.step(section, rule="definition", lhs=loss, forms=[output.expr],
                   reason=prose("the loss, in terms of {p}", p=sp.Symbol(intermediate.name)))
         u = sp.IndexedBase(intermediate.name)
-        body = algebra.rename_bound(output.expr, {str(bound)})
+        body = algebra.rename_clashing(output.expr, {str(bound)})
         outer = differentiate(body, u[bound])
         outer_result = algebra.tidy(outer.result)
         forms = [outer.result] if outer_result == outer.result else [outer.result, outer_result]
@@ -319,7 +319,7 @@ class Engine:
                                               f"{jacobian.column}, the others the case "
                                               f"{jacobian.row} ≠ {jacobian.column}"))
 
-        whole = algebra.distribute_sums(algebra.expand_sum_except(split))
+        whole = algebra.distribute(algebra.expand_sum_except(split))
         general = algebra.back_substitute(whole, self.spec)
         forms = [whole] if general == whole else [whole, general]
         last = self.step(section, rule="combine", lhs=lhs, forms=forms,
@@ -350,7 +350,7 @@ class Engine:
                 )
                 general_step = last
         for constraint in self.spec.constraints:
-            simpler = result.replace(lambda e: isinstance(e, sp.Sum) and algebra.alpha_equal(e, constraint.lhs),
+            simpler = result.replace(lambda e: isinstance(e, sp.Sum) and algebra.same_sum(e, constraint.lhs),
                                      lambda e: constraint.rhs)
             if simpler != result:
                 result = algebra.tidy(simpler)

@@ -15,9 +15,9 @@ from typing import Any
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
+from softgrad.derive.algebra import sift
 from softgrad.derive.prose import Prose, prose, words
 from softgrad.derive.symbols import Partial, class_sum, names_in, sigmoid, softplus, step
-from softgrad.derive.tensor_algebra import sift
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions import HadamardProduct, OneMatrix
 
-from softgrad.derive import tensor_algebra as ta
+from softgrad.derive import algebra
 from softgrad.derive.algebra import TARGET_NAMES, affine_in, cost, expanded, positive_inputs
 from softgrad.derive.algebra import tidy as _tidy
 from softgrad.derive.prose import prose, words
@@ -63,12 +63,12 @@ class TensorDerivation:
 
 
 def in_names(expr: sp.Expr, spec: Spec, taken: set[str]) -> sp.Expr:
-    return tidy(ta.in_names(expr, spec.definitions, taken))
+    return tidy(algebra.in_names(expr, spec.definitions, taken))
 
 
 def tidy(expr: sp.Expr) -> sp.Expr:
     """The most readable form, with the floats calculus makes (1.0·v) written as the rationals they are."""
-    return ta.exact_numbers(_tidy(ta.exact_numbers(expr)))
+    return algebra.exact_numbers(_tidy(algebra.exact_numbers(expr)))
 
 
 def _inline(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
@@ -77,7 +77,7 @@ def _inline(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp
         replacements: dict[Any, Any] = {}
         for entry in expr.atoms(sp.Indexed):
             if str(entry.base) in by_name:
-                replacements[entry] = ta.at(by_name[str(entry.base)], tuple(entry.indices), taken | names_in(expr))
+                replacements[entry] = algebra.at(by_name[str(entry.base)], tuple(entry.indices), taken | names_in(expr))
         for symbol in expr.atoms(sp.Symbol):
             if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
                 replacements[symbol] = by_name[str(symbol)].expr
@@ -146,7 +146,7 @@ class TensorEngine:
             self.axes[self.upstream] = self.axes[output.name]
             loss_name = _claim_name(["l", "ell", "loss"], self.taken)
             taken = set(self.taken)
-            positions = tuple(ta.fresh(taken, [r, *"klmpq"]) for r in self.axes[output.name])
+            positions = tuple(algebra.fresh(taken, [r, *"klmpq"]) for r in self.axes[output.name])
             limits = [(p, 0, spec.sizes[r] - 1) for p, r in zip(positions, self.axes[output.name])]
             surrogate = Definition(loss_name, None, sp.Sum(sp.IndexedBase(self.upstream)[positions]
                                                            * sp.IndexedBase(output.name)[positions],
@@ -250,7 +250,7 @@ class TensorEngine:
         return self.scalars.get(name) or sp.Symbol(name)  # a scalar input keeps its symbol (T, positive)
 
     def _positions(self, name: str, taken: set[str]) -> tuple[sp.Symbol, ...]:
-        return tuple(ta.fresh(taken, [r, *(f"{r}{n}" for n in range(1, 5)), *"pqrsuvw"])
+        return tuple(algebra.fresh(taken, [r, *(f"{r}{n}" for n in range(1, 5)), *"pqrsuvw"])
                      for r in self.axes.get(name, ()))
 
     def backward(self, name: str) -> tuple[Adjoint, Section]:
@@ -272,7 +272,7 @@ class TensorEngine:
 
             entry = self._entry(consumer.name, a)
             adjoint = self.adjoints[consumer.name].entry(a)
-            body = ta.at(consumer, a, taken | {str(s) for s in q})
+            body = algebra.at(consumer, a, taken | {str(s) for s in q})
             # The loss reading X itself (weight decay beside the data term): its own term is the derivative of
             # its formula with the arrays it reads held, not ∂ℓ/∂X, which is the whole left-hand side.
             reading = sp.Add(*(t for t in sp.Add.make_args(body) if name in names_in(t)))
@@ -280,7 +280,7 @@ class TensorEngine:
             outer = Partial(self.loss, entry) if entry != self.loss else sp.S.One
             generic.append(summed(outer * local))
             named.append(summed(adjoint * local))
-            raw.append(summed(adjoint * ta.exact_numbers(ta.derivative(body, var))))
+            raw.append(summed(adjoint * algebra.exact_numbers(algebra.derivative(body, var))))
         chain = [sp.Add(*generic)]
         if sp.Add(*named) != chain[0]:
             chain.append(sp.Add(*named))
@@ -301,13 +301,13 @@ class TensorEngine:
         # edges that always hold (t ≥ 0, t < n_t where t runs over the axis) dropped
         highest = {p: self.spec.derived_sizes.get(r, self.spec.sizes[r]) - 1
                    for p, r in zip(q, self.axes.get(name, ()))}
-        sifted = ta.simplify_brackets(ta.sift(derivative, bool(self.spec.derived_sizes)), highest)
-        sifted = ta.distribute(sifted)
+        sifted = algebra.simplify_brackets(algebra.sift(derivative, bool(self.spec.derived_sizes)), highest)
+        sifted = algebra.distribute(sifted)
         current = tidy(sifted)
         self.step(section, rule="sift the deltas", lhs=lhs, forms=[sifted] if current == sifted else [sifted, current],
                   reason=words("a Kronecker delta keeps one term of each sum over its index; what does not depend "
                                "on a summation index leaves that sum"))
-        renamed = ta.in_names(current, self.spec.definitions, taken)
+        renamed = algebra.in_names(current, self.spec.definitions, taken)
         if renamed != current:
             current = renamed
             self.step(section, rule="in the spec's names", lhs=lhs, forms=[current],
@@ -316,7 +316,7 @@ class TensorEngine:
         current = self._facts(section, lhs, current)
         current = self._through_definitions(section, lhs, current, taken)
         current = self._inline_reductions(section, lhs, current, taken)
-        combined = tidy(ta.combine_sums(current))
+        combined = tidy(algebra.combine_sums(current))
         if combined != current and cost(combined) <= cost(current):
             current = combined
             self.step(section, rule="collect", lhs=lhs, forms=[current],
@@ -340,11 +340,11 @@ class TensorEngine:
         local = set(taken) | {str(s) for s in q}
         a = self._positions(consumer.name, local)
         entry = self._entry(consumer.name, a)
-        body = ta.at(consumer, a, local)
+        body = algebra.at(consumer, a, local)
         reads = {e for e in body.atoms(sp.Indexed) if e.base == getattr(var, "base", None)}
         if len(reads) <= 1:  # one entry of X read (or a scalar X): every term of ∂C[a]/∂X[q] carries the same
             return  # deltas, so there are no cases to tell apart (not differentiated to find that out)
-        derivative = tidy(ta.sift(ta.exact_numbers(ta.derivative(body, var))))
+        derivative = tidy(algebra.sift(algebra.exact_numbers(algebra.derivative(body, var))))
         written = expanded(derivative)
         terms = sp.Add.make_args(written)
         pairs = [d for d in written.atoms(sp.KroneckerDelta) if set(d.args) & set(a) and set(d.args) & set(q)]
@@ -380,7 +380,7 @@ class TensorEngine:
     def _facts(self, section: Section, lhs: sp.Expr, expr: sp.Expr) -> sp.Expr:
         """Rows of a normalised definition sum to 1; a declared constraint's sums are its value."""
         for definition in self.spec.definitions:
-            free = ta.outputs_sum_to_one(definition)
+            free = algebra.outputs_sum_to_one(definition)
             if free is None:
                 continue
             axis = definition.indices.index(free)
@@ -432,7 +432,7 @@ class TensorEngine:
                 adjoint = named.get(str(factor.base)) if isinstance(factor, sp.Indexed) else None
                 if adjoint is None or not isinstance(adjoint.expr, sp.Sum) or len(adjoint.expr.limits) != 1:
                     continue
-                inner = ta.rename_bound(adjoint.expr, taken | names_in(expr)).xreplace(
+                inner = algebra.rename_bound(adjoint.expr, taken | names_in(expr)).xreplace(
                     dict(zip(adjoint.indices, factor.indices)))
                 rest = total.function / factor
                 double = sp.Sum(rest * inner.function, inner.limits[0], bound)
@@ -460,7 +460,7 @@ class TensorEngine:
         textbook's (g − mean(g) − x̂·mean(g x̂))/σ is."""
         reductions = {a.name: a for a in self.adjoints.values()
                       if a.named and a.expr.atoms(sp.Sum) and a.array not in self.spec.inputs}
-        free = ta.index_symbols(expr) - ta.bound_indices(expr)
+        free = algebra.index_symbols(expr) - algebra.bound_indices(expr)
         # only reductions: arrays with fewer free indices than the result (dm_b in ∂l/∂x_bk), never one of the
         # same shape (dP in dS), which is computed once as it is
         used = [entry for entry in expr.atoms(sp.Indexed) if str(entry.base) in reductions
@@ -472,11 +472,11 @@ class TensorEngine:
         replacements = {}
         for entry in used:
             adjoint = reductions[str(getattr(entry, "base", entry))]
-            body = ta.rename_bound(adjoint.expr, set(taken) | names_in(expr))
+            body = algebra.rename_bound(adjoint.expr, set(taken) | names_in(expr))
             replacements[entry] = body.xreplace(dict(zip(adjoint.indices, getattr(entry, "indices", ()))))
         written = expr.xreplace(replacements)
-        candidate = ta.in_names(tidy(ta.distribute(written)), self.spec.definitions, taken)
-        candidate = tidy(ta.combine_sums(candidate))
+        candidate = algebra.in_names(tidy(algebra.distribute(written)), self.spec.definitions, taken)
+        candidate = tidy(algebra.combine_sums(candidate))
         budget = cost(expr) + sum(cost(reductions[str(getattr(e, "base", e))].expr) for e in used)
         if cost(candidate) >= budget:  # only where the written-out form is shorter than the pieces together
             return expr
@@ -493,13 +493,13 @@ class TensorEngine:
         inside = sp.Mul(*[f for f in factors if bound in f.free_symbols])
         outside = sp.Mul(*[f for f in factors if bound not in f.free_symbols])
         candidate = sp.Sum(inside, inner)
-        free = sorted(ta.index_symbols(candidate), key=str)
+        free = sorted(algebra.index_symbols(candidate), key=str)
         for definition in self.spec.definitions:
             if not isinstance(definition.expr, sp.Sum) or len(definition.indices) != len(free):
                 continue
             for order in itertools.permutations(free):
-                body = ta.at(definition, tuple(order), set(self.taken) | names_in(candidate))
-                if isinstance(body, sp.Sum) and ta.same_sum(body, candidate):
+                body = algebra.at(definition, tuple(order), set(self.taken) | names_in(candidate))
+                if isinstance(body, sp.Sum) and algebra.same_sum(body, candidate):
                     return outside, sp.IndexedBase(definition.name)[tuple(order)]
         return None
 
@@ -510,7 +510,7 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
     products → ∘, a row's reduction → v𝟙ᵀ), or None where it has none."""
     if len(free) != 2:
         return None
-    ranges = {index: sizes[name] for index, name in ta.index_ranges(expr, axes, sizes).items()}
+    ranges = {index: sizes[name] for index, name in algebra.index_ranges(expr, axes, sizes).items()}
     if not all(s in ranges for s in free):
         return None
 
