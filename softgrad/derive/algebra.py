@@ -324,6 +324,38 @@ def positive_inputs(definitions: list[Definition], inputs: list[str]) -> set[str
 TARGET_NAMES = frozenset({"t", "T", "target", "targets", "label", "labels", "y_true", "onehot", "truth", "Y"})
 
 
+def targets_of_loss(spec: Spec, candidates: list[str]) -> list[str]:
+    """The candidates that look like targets of the spec's scalar output (none for an array output):
+    constrained, or entering the loss linearly where other inputs do not, or, when the structure cannot tell
+    (hinge, squared error), named like targets. A scalar input declared learnable (input T) never is."""
+    if spec.output.is_vector:
+        return []
+    constrained = {c.input_name for c in spec.constraints}
+    loss = inline_entries(spec.output.expr, spec.definitions[:-1], set())
+    affine = {name for name in candidates if affine_in(loss, name)}
+    if affine == set(candidates) or not affine:
+        affine = {name for name in candidates if name in TARGET_NAMES}
+    return [name for name in candidates if (name in constrained or name in affine) and spec.axes.get(name) != ()]
+
+
+def inline_entries(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
+    """Every defined name replaced by its definition at the entry read (any number of indices), repeatedly,
+    until only inputs remain; bound indices numbered apart from `taken` (rename_bound)."""
+    by_name = {d.name: d for d in definitions}
+    for _ in range(len(definitions) + 1):
+        replacements: dict[Any, Any] = {}
+        for entry in expr.atoms(sp.Indexed):
+            if str(entry.base) in by_name:
+                replacements[entry] = at(by_name[str(entry.base)], tuple(entry.indices), taken | names_in(expr))
+        for symbol in expr.atoms(sp.Symbol):
+            if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
+                replacements[symbol] = by_name[str(symbol)].expr
+        if not replacements:
+            return expr
+        expr = expr.xreplace(replacements)
+    return expr
+
+
 def affine_in(expr: sp.Expr, name: str) -> bool:
     """Whether expr is affine in the entries of the input `name` (as a loss is in its targets): they are
     reached only through sums and products with at most one factor that reads them."""

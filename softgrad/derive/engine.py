@@ -53,12 +53,7 @@ def default_wrt(spec: Spec) -> tuple[str, str]:
         return spec.inputs[0], ""
     if spec.output.is_vector:
         return spec.inputs[0], f"the first input (of {', '.join(spec.inputs)})"
-    constrained = {c.input_name for c in spec.constraints}
-    loss = algebra.inline(spec.output.expr, spec.definitions[:-1])
-    affine = {name for name in spec.inputs if algebra.affine_in(loss, name)}
-    if affine == set(spec.inputs) or not affine:  # the structure cannot tell (hinge, squared error): names
-        affine = {name for name in spec.inputs if name in algebra.TARGET_NAMES}
-    targets = [name for name in spec.inputs if name in constrained or name in affine]
+    targets = algebra.targets_of_loss(spec, list(spec.inputs))
     chosen = next((name for name in spec.inputs if name not in targets), spec.inputs[0])
     if not targets or chosen in targets:
         return chosen, f"the first input (of {', '.join(spec.inputs)})"

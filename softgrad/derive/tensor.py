@@ -25,7 +25,7 @@ import sympy as sp
 from sympy.matrices.expressions import HadamardProduct, OneMatrix
 
 from softgrad.derive import algebra
-from softgrad.derive.algebra import TARGET_NAMES, affine_in, cost, expanded, positive_inputs
+from softgrad.derive.algebra import cost, expanded, positive_inputs
 from softgrad.derive.algebra import tidy as _tidy
 from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec, spec_text
@@ -71,35 +71,13 @@ def tidy(expr: sp.Expr) -> sp.Expr:
     return algebra.exact_numbers(_tidy(algebra.exact_numbers(expr)))
 
 
-def _inline(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
-    by_name = {d.name: d for d in definitions}
-    for _ in range(len(definitions) + 1):
-        replacements: dict[Any, Any] = {}
-        for entry in expr.atoms(sp.Indexed):
-            if str(entry.base) in by_name:
-                replacements[entry] = algebra.at(by_name[str(entry.base)], tuple(entry.indices), taken | names_in(expr))
-        for symbol in expr.atoms(sp.Symbol):
-            if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
-                replacements[symbol] = by_name[str(symbol)].expr
-        if not replacements:
-            return expr
-        expr = expr.xreplace(replacements)
-    return expr
-
-
 def default_inputs(spec: Spec) -> tuple[list[str], str]:
     """Every input a gradient is wanted for, and why: labels never; for a loss, not its targets
     (constrained, or entering it linearly where other inputs do not, or named like targets)."""
     candidates = [name for name in spec.inputs if name not in spec.labels]
     if spec.output.is_vector:
         return candidates, "every input" + (" (labels are class indices)" if spec.labels else "")
-    constrained = {c.input_name for c in spec.constraints}
-    loss = _inline(spec.output.expr, spec.definitions[:-1], set())
-    affine = {name for name in candidates if affine_in(loss, name)}
-    if affine == set(candidates) or not affine:
-        affine = {name for name in candidates if name in TARGET_NAMES}
-    # a scalar input was declared learnable (input T): never a target, whatever its name
-    targets = [name for name in candidates if (name in constrained or name in affine) and spec.axes.get(name) != ()]
+    targets = algebra.targets_of_loss(spec, candidates)
     chosen = [name for name in candidates if name not in targets] or candidates
     reason = "every input"
     if targets and set(chosen) != set(candidates):
