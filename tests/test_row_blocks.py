@@ -4,6 +4,8 @@ not full, one block for all."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import require_tool
@@ -87,6 +89,7 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     for all, the C's and the NumPy module's forward and gradients equal the NumPy module's with whole arrays
     (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
+    from softgrad.codegen.tensor_numpy import functions
     from softgrad.verify.tensor_generated import call_module, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
@@ -96,7 +99,11 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     (tmp_path / file_name).write_text(text)
     whole = import_path(tmp_path / file_name)
     whole._BLOCK_BYTES = 1 << 40
-    sizes = {r: 4 + position for position, r in enumerate(derivation.spec.sizes)}
+    # the blocked range longer than the others, so that even blocks as long as the sums they add into (dW of
+    # regression: C·D entries, so C·D / (2C) rows) leave several blocks and a short last one
+    plan = functions(derivation)
+    blocked_range = (plan.gradients_block or plan.forward_block or SimpleNamespace(blocked=None)).blocked
+    sizes = {r: 13 if r == blocked_range else 3 + position for position, r in enumerate(derivation.spec.sizes)}
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=3, scale=2.0)
     expected_forward = call_module(whole, derivation, arrays, parameters, "forward")
     expected = module_gradients(whole, derivation, arrays, parameters)
@@ -116,3 +123,36 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
                 np.testing.assert_allclose(gradient, expected[name], rtol=1e-11, atol=1e-12 * scale,
                                            err_msg=f"{name}, {block_bytes} bytes, {type(module).__name__}")
     assert blocked or "c[j] = sum" in source  # the one function that must run as written
+
+
+def test_a_block_holds_as_many_entries_as_the_sums_it_adds_into(tmp_path):
+    """Softmax regression adds every block's dZᵀX into dW (C·D entries): blocks of a few rows would re-read
+    and re-write all of dW once per block (4.5× slower than whole arrays at 32,000 classes), so a block holds at
+    least C·D + C entries of its work arrays (2C per row) however small the byte budget — while attention, whose
+    sums dK, dV are as small as a few rows of S and P, still runs a few rows at a time."""
+    from softgrad.codegen.build import import_path
+
+    def steps(source: str, sizes: dict[str, int]) -> list[int]:
+        derivation = derived(source)
+        ((file_name, text),) = emit(derivation, "numpy").items()
+        (tmp_path / file_name).write_text(text)
+        module = import_path(tmp_path / file_name)
+        module._BLOCK_BYTES = 1  # one row per block, were it not for the sums
+        taken: list[int] = []
+
+        def recording_range(*arguments: int) -> range:
+            taken.append(arguments[2] if len(arguments) == 3 else 1)
+            return range(*arguments)
+
+        module.range = recording_range  # the module's loop over blocks: range(0, n, _rows)
+        from softgrad.verify.tensor_generated import module_gradients, sample_tensor_inputs
+
+        arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=1)
+        module_gradients(module, derivation, arrays, parameters)
+        return taken
+
+    regression = steps(REGRESSION, {"b": 40, "c": 30, "d": 20})
+    least = -(-(30 * 20 + 30) // (2 * 30))  # 11 rows: C·D + C entries over 2C per row
+    assert regression == [-(-40 // -(-40 // least))]  # then blocks of one size: 4 blocks of 10 rows
+    attention = steps(ATTENTION, {"i": 40, "j": 40, "e": 4, "f": 4})
+    assert attention and max(attention) < 40  # dK, dV (j·e + j·f entries) are a few rows of S, P, dP, dS

@@ -21,7 +21,7 @@ from typing import Any
 import sympy as sp
 
 from softgrad.codegen import c_math
-from softgrad.codegen.blocking import RowBlocking, split_sum_over_rows
+from softgrad.codegen.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
@@ -722,17 +722,23 @@ def work_extents(ranges: tuple[str, ...], block: RowBlocking | None, dropped: in
     return tuple("_rows" if r == block.blocked else f"_n_{r}" for r in ranges[dropped:])
 
 
-def block_setup(block: RowBlocking | None, work: list[WorkArray]) -> list[str]:
+def block_setup(block: RowBlocking | None, work: list[WorkArray], accumulated: list[tuple[str, ...]]) -> list[str]:
     """The lines that choose a block's rows: as many as fill SOFTGRAD_BLOCK_BYTES with the arrays held for
-    one block, at least one, at most all."""
+    one block, but no fewer than hold as many entries as the arrays the blocks add into (accumulated_ranges),
+    at least one, at most all."""
     held = [array for array in work if "_rows" in array.extents]
     if block is None or not held:
         return []
     per_row = " + ".join(" * ".join([*(e for e in array.extents if e != "_rows"), f"sizeof({array.type})"])
                          for array in held)
+    row_entries = " + ".join(" * ".join([*(e for e in array.extents if e != "_rows"), "1"]) for array in held)
+    sums = " + ".join(" * ".join([*(f"_n_{r}" for r in ranges), "(size_t)1"]) for ranges in accumulated) or "0"
     rows = f"_n_{block.blocked}"
     return [f"// {', '.join(a.name for a in held)}: held for a block of rows of {block.blocked} at a time",
             f"size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / ({per_row});",
+            f"const size_t _least = ({sums} + ({row_entries}) - 1) / ({row_entries});"
+            "  // as many entries as the sums over the rows it adds into",
+            "if (_rows < _least) _rows = _least;",
             "if (_rows < 1) _rows = 1;",
             f"if (_rows > {rows}) _rows = {rows};",
             f"if (_rows > 0) _rows = ({rows} + ({rows} + _rows - 1) / _rows - 1) / (({rows} + _rows - 1) / _rows);"
@@ -770,8 +776,10 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         statements = compiler.body(plan.gradients, plan.gradients_block)
         scratch = compiler.taken_scratch()
     gradients_body = CBody(statements, work(plan.gradients_work, plan.gradients_block) + scratch)
-    for body, block in ((forward_body, plan.forward_block), (gradients_body, plan.gradients_block)):
-        body.setup = block_setup(block, body.work)
+    for body, block, definitions in ((forward_body, plan.forward_block, plan.forward),
+                                     (gradients_body, plan.gradients_block, plan.gradients)):
+        body.setup = block_setup(block, body.work, accumulated_ranges(definitions, tensor.axes, block)
+                                 if block is not None else [])
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],
         parameters=[printed[p] for p in spec.parameters], ranges=list(spec.sizes), output=printed[output.name],

@@ -479,9 +479,12 @@ class _Compiler:
         rows = size_variable(block.blocked)
         per_row = " + ".join(" * ".join([*(size_variable(r) for r in self.axes[name] if r != block.blocked), "1"])
                              for name in sorted(block.local))
+        sums = " + ".join(" * ".join([*(size_variable(r) for r in self.axes.get(definitions[p].name, ())), "1"])
+                          for p in sorted(block.accumulated)) or "0"  # the fixed ranges too: NumPy takes them whole
         lines = [f"# {', '.join(sorted(self.printed[n] for n in block.local))}: held for a block of rows of "
-                 f"{block.blocked} at a time",
-                 f"_rows = max(1, min({rows}, _BLOCK_BYTES // (_dtype.itemsize * ({per_row}))))",
+                 f"{block.blocked} at a time, and as many entries as the sums over the rows they add into",
+                 f"_rows = max(1, min({rows}, max(_BLOCK_BYTES // (_dtype.itemsize * ({per_row})), "
+                 f"-(-({sums}) // ({per_row})))))",
                  f"_rows = -(-{rows} // -(-{rows} // _rows)) if {rows} else 1  # blocks of one size",
                  f"for _r0 in range(0, {rows}, _rows):",
                  f"    _r1 = min(_r0 + _rows, {rows})",

@@ -333,6 +333,8 @@ int attention_forward(const double *Q, const double *K, const double *V, softgra
     (void)_n_f;
     // S, P: held for a block of rows of i at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = (0 + (_n_j * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_i) _rows = _n_i;
     if (_rows > 0) _rows = (_n_i + (_n_i + _rows - 1) / _rows - 1) / ((_n_i + _rows - 1) / _rows);  // blocks of one size, not a short last one
@@ -388,6 +390,8 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     (void)_n_f;
     // S, P, O, dP, dS: held for a block of rows of i at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_f * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = (_n_j * _n_e * (size_t)1 + _n_j * _n_f * (size_t)1 + (_n_j * 1 + _n_j * 1 + _n_f * 1 + _n_j * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_j * 1 + _n_f * 1 + _n_j * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_i) _rows = _n_i;
     if (_rows > 0) _rows = (_n_i + (_n_i + _rows - 1) / _rows - 1) / ((_n_i + _rows - 1) / _rows);  // blocks of one size, not a short last one

@@ -101,8 +101,8 @@ def forward(Q, K, V):
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
     O = np.empty((_n_i, _n_f), dtype=_dtype)
-    # P, S: held for a block of rows of i at a time
-    _rows = max(1, min(_n_i, _BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1 + _n_j * 1))))
+    # P, S: held for a block of rows of i at a time, and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_i, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1 + _n_j * 1)), -(-(0) // (_n_j * 1 + _n_j * 1)))))
     _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
     for _r0 in range(0, _n_i, _rows):
         _r1 = min(_r0 + _rows, _n_i)
@@ -130,8 +130,8 @@ def gradients(Q, K, V, dO):
     dK = np.zeros((_n_j, _n_e), dtype=_dtype)
     dV = np.zeros((_n_j, _n_f), dtype=_dtype)
     dQ = np.empty((_n_i, _n_e), dtype=_dtype)
-    # O, P, S, dP, dS: held for a block of rows of i at a time
-    _rows = max(1, min(_n_i, _BLOCK_BYTES // (_dtype.itemsize * (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1))))
+    # O, P, S, dP, dS: held for a block of rows of i at a time, and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_i, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1)), -(-(_n_j * _n_e * 1 + _n_j * _n_f * 1) // (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1)))))
     _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
     for _r0 in range(0, _n_i, _rows):
         _r1 = min(_r0 + _rows, _n_i)

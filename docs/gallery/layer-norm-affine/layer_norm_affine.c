@@ -318,6 +318,8 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
     (void)_n_k;
     // m, v, xhat: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
+    const size_t _least = (0 + (1 + 1 + _n_k * 1) - 1) / (1 + 1 + _n_k * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
@@ -381,6 +383,8 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     (void)_n_k;
     // m, v, xhat: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
+    const size_t _least = (_n_k * (size_t)1 + _n_k * (size_t)1 + (1 + 1 + _n_k * 1) - 1) / (1 + 1 + _n_k * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one

@@ -332,6 +332,8 @@ int softmax_regression_labels_forward(const double *W, const double *X, const do
     (void)_n_d;
     // z, P, _log_P: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + (_n_c * 1 + _n_c * 1 + _n_c * 1) - 1) / (_n_c * 1 + _n_c * 1 + _n_c * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
@@ -403,6 +405,8 @@ int softmax_regression_labels_gradients(const double *W, const double *X, const 
     (void)_n_d;
     // z, P, _log_P, _c5, _c6: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_d * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + _n_c * _n_d * (size_t)1 + _n_c * (size_t)1 + (_n_c * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1 + _n_d * 1) - 1) / (_n_c * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1 + _n_d * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one

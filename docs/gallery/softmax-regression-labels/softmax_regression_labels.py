@@ -101,8 +101,8 @@ def forward(W, X, bias, label):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     L = np.zeros((), dtype=_dtype)
-    # P, z: held for a block of rows of b at a time
-    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1))))
+    # P, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1)), -(-(1) // (_n_c * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
@@ -131,8 +131,8 @@ def gradients(W, X, bias, label):
     dW = np.zeros((_n_c, _n_d), dtype=_dtype)
     dbias = np.zeros((_n_c,), dtype=_dtype)
     dX = np.empty((_n_b, _n_d), dtype=_dtype)
-    # P, z: held for a block of rows of b at a time
-    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1))))
+    # P, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1)), -(-(1 + _n_c * _n_d * 1 + _n_c * 1) // (_n_c * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)

@@ -335,6 +335,8 @@ int two_layer_forward(const double *W1, const double *X, const double *W2, const
     (void)_n_c;
     // h, z, P, _log_P, _c1: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
@@ -415,6 +417,8 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     (void)_n_c;
     // h, z, P, dh, _log_P, _c4, _c7, _c8: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + _n_j * _n_d * (size_t)1 + _n_c * _n_j * (size_t)1 + (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one

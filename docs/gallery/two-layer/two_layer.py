@@ -104,8 +104,8 @@ def forward(W1, X, W2, T):
     _n_b = _sizes["b"]
     _n_c = _sizes["c"]
     L = np.zeros((), dtype=_dtype)
-    # P, h, z: held for a block of rows of b at a time
-    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_c * 1))))
+    # P, h, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_c * 1)), -(-(1) // (_n_c * 1 + _n_j * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
@@ -136,8 +136,8 @@ def gradients(W1, X, W2, T):
     dW1 = np.zeros((_n_j, _n_d), dtype=_dtype)
     dW2 = np.zeros((_n_c, _n_j), dtype=_dtype)
     dX = np.empty((_n_b, _n_d), dtype=_dtype)
-    # P, dh, h, z: held for a block of rows of b at a time
-    _rows = max(1, min(_n_b, _BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_j * 1 + _n_c * 1))))
+    # P, dh, h, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_j * 1 + _n_c * 1)), -(-(1 + _n_j * _n_d * 1 + _n_c * _n_j * 1) // (_n_c * 1 + _n_j * 1 + _n_j * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
