@@ -18,7 +18,7 @@ from typing import Any
 import sympy as sp
 
 from softgrad.derive.spec import Definition, Spec
-from softgrad.derive.symbols import Bracket, Masked, SumExcept, index, names_in, sigmoid, softplus
+from softgrad.derive.symbols import Bracket, Masked, SumExcept, fresh_index, names_in, sigmoid, softplus
 
 
 def exp_of_sums(expr: sp.Expr) -> sp.Expr:
@@ -405,11 +405,10 @@ def index_ranges(expr: sp.Expr, axes: dict[str, tuple[str, ...]], sizes: dict[st
 
 
 def fresh(taken: set[str], preferred: Iterable[str]) -> sp.Symbol:
-    for letter in [*preferred, *(f"k{number}" for number in range(1, 999))]:
-        if letter not in taken:
-            taken.add(letter)
-            return index(letter)
-    raise ValueError("no fresh index")  # pragma: no cover
+    """fresh_index, the name then added to `taken` (so that the next one differs)."""
+    symbol = fresh_index(taken, preferred)
+    taken.add(str(symbol))
+    return symbol
 
 
 def rename_bound(expr: sp.Expr, taken: set[str]) -> sp.Expr:

@@ -10,7 +10,7 @@ step can show them, and both have an exact numeric meaning so the checker can te
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import sympy as sp
@@ -29,8 +29,8 @@ def class_sum(summand: sp.Expr, bound: sp.Symbol) -> sp.Sum:
     return sp.Sum(summand, (bound, 0, n - 1))
 
 
-def fresh_index(avoid: set[str], preferred: str = "ijklmpqrsuvw") -> sp.Symbol:
-    """The first preferred index letter not in `avoid` (then i1, i2, … if all are taken)."""
+def fresh_index(avoid: Collection[str], preferred: Iterable[str] = "ijklmpqrsuvw") -> sp.Symbol:
+    """The first preferred index name not in `avoid` (then i1, i2, … if all are taken)."""
     for letter in preferred:
         if letter not in avoid:
             return index(letter)
