@@ -5,7 +5,8 @@ that of the code being judged. Derivation steps are judged in complex doubles (o
 a complex-step derivative: exact to rounding, so one tight bound serves every spec.
 """
 
-#: A derivation step: each form equals its left-hand side to this, relative to max(1, |value|).
+#: A derivation step: each form equals its left-hand side to this, relative to max(1, |value|) — softgrad's own
+#: steps as they are checked, and the links of a derivation written by hand (verify --derivation) alike.
 STEP = 1e-9
 
 #: Generated kernels of a one-index spec against the 40-digit reference, normwise (codegen --check).

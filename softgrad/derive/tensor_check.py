@@ -17,7 +17,7 @@ import numpy as np
 import sympy as sp
 
 from softgrad import tolerances
-from softgrad.derive.check import LARGEST_FLOAT, Evaluator, WideEvaluator, wide_precision
+from softgrad.derive.check import COMPLEX_STEP, LARGEST_FLOAT, Evaluator, WideEvaluator, wide_precision
 from softgrad.derive.matrix import entries
 from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
@@ -25,7 +25,6 @@ from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Bracket, Edge, Partial, sigmoid
 from softgrad.errors import SpecError, StepCheckFailed
 
-COMPLEX_STEP = 1e-30
 #: The standard deviation of the signed inputs at each point of a size assignment: ordinary values, values
 #: up to about 10, values near 0 (as the one-index sampler's ranges).
 INPUT_SCALES = (1.0, 4.0, 0.005)

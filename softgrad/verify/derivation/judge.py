@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from softgrad import tolerances
 from softgrad.derive.symbols import Partial
 from softgrad.verify.derivation.extract import Display, Page
 from softgrad.verify.derivation.latex import BOLD, CLASSES, Diagonal, Hadamard, Transposed, Unreadable, index, parse
@@ -34,8 +35,6 @@ DRAWS = 2
 SECONDS = 60
 #: A link with more free indices than this is not evaluated (n⁴ index values per size already at four).
 MOST_FREE_INDICES = 3
-#: Relative difference above which two sides differ (they are exact SymPy values rounded once to float64).
-TOLERANCE = 1e-9
 
 
 @dataclass
@@ -517,7 +516,7 @@ def _compare(left: sp.Expr, right: sp.Expr, free: list[sp.Symbol], condition: An
                         arrays[name] = np.eye(size)[generator.integers(size)]
                 point = _Point(size, indices, arrays, generator.normal(size=size))
                 a, b = _value(left, point, context), _value(right, point, context)
-                if not np.isfinite(a) or not np.isfinite(b) or abs(a - b) > TOLERANCE * max(1.0, abs(a), abs(b)):
+                if not np.isfinite(a) or not np.isfinite(b) or abs(a - b) > tolerances.STEP * max(1.0, abs(a), abs(b)):
                     where = ", ".join(f"{k} = {v}" for k, v in indices.items())
                     return (f"at n = {size}{', ' + where if where else ''}, the left side is {a:.6g} and the right "
                             f"side {b:.6g}")
