@@ -103,17 +103,22 @@ def instantiate(definition: Definition, at: sp.Symbol | None, reserved: Collecti
     return body.subs(definition.index, at)
 
 
-def inline(expr: sp.Expr, definitions: list[Definition]) -> sp.Expr:
-    """Replace every defined name by its definition, repeatedly, until only inputs remain."""
+def inline(expr: sp.Expr, definitions: list[Definition], taken: set[str] | None = None) -> sp.Expr:
+    """Replace every defined name by its definition at the entry read, repeatedly, until only inputs remain.
+    The definitions' own summation indices are kept apart from what they land in: renamed to the next free
+    letter where they clash (one row, as a tutorial writes it), or, given `taken`, numbered apart from it
+    (rename_bound: several ranges, where b1 says which range an index runs over)."""
     by_name = {d.name: d for d in definitions}
     for _ in range(len(definitions) + 1):
-        replacements = {}
-        for item in expr.atoms(sp.Indexed):
-            if str(item.base) in by_name:
-                replacements[item] = instantiate(by_name[str(item.base)], item.indices[0], by_name)
-        for item in expr.free_symbols:  # a summation index is never a definition's name
-            if str(item) in by_name and not by_name[str(item)].is_vector:
-                replacements[item] = by_name[str(item)].expr
+        replacements: dict[Any, Any] = {}
+        for entry in expr.atoms(sp.Indexed):
+            definition = by_name.get(str(entry.base))
+            if definition is not None:
+                replacements[entry] = instantiate(definition, entry.indices[0], by_name) if taken is None else \
+                    at(definition, tuple(entry.indices), taken | names_in(expr))
+        for symbol in expr.free_symbols:  # a summation index is never a definition's name
+            if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
+                replacements[symbol] = by_name[str(symbol)].expr
         if not replacements:
             return expr
         expr = expr.xreplace(replacements)
@@ -331,29 +336,11 @@ def targets_of_loss(spec: Spec, candidates: list[str]) -> list[str]:
     if spec.output.is_vector:
         return []
     constrained = {c.input_name for c in spec.constraints}
-    loss = inline_entries(spec.output.expr, spec.definitions[:-1], set())
+    loss = inline(spec.output.expr, spec.definitions[:-1], set())
     affine = {name for name in candidates if affine_in(loss, name)}
     if affine == set(candidates) or not affine:
         affine = {name for name in candidates if name in TARGET_NAMES}
     return [name for name in candidates if (name in constrained or name in affine) and spec.axes.get(name) != ()]
-
-
-def inline_entries(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> sp.Expr:
-    """Every defined name replaced by its definition at the entry read (any number of indices), repeatedly,
-    until only inputs remain; bound indices numbered apart from `taken` (rename_bound)."""
-    by_name = {d.name: d for d in definitions}
-    for _ in range(len(definitions) + 1):
-        replacements: dict[Any, Any] = {}
-        for entry in expr.atoms(sp.Indexed):
-            if str(entry.base) in by_name:
-                replacements[entry] = at(by_name[str(entry.base)], tuple(entry.indices), taken | names_in(expr))
-        for symbol in expr.atoms(sp.Symbol):
-            if str(symbol) in by_name and not by_name[str(symbol)].is_vector:
-                replacements[symbol] = by_name[str(symbol)].expr
-        if not replacements:
-            return expr
-        expr = expr.xreplace(replacements)
-    return expr
 
 
 def affine_in(expr: sp.Expr, name: str) -> bool:
