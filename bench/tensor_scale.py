@@ -126,8 +126,8 @@ def run(threads: int, quick: bool) -> list[dict[str, Any]]:
         (folder / name / file_name).write_text(text)
         return load_c(files, folder / name), import_path(folder / name / file_name)
 
-    def add(what: str, shape: str, functions: dict[str, tuple[Any, Any]], big: bool = False) -> None:
-        times = medians(functions, 1 if quick else (3 if big else rounds))
+    def add(what: str, shape: str, functions: dict[str, tuple[Any, Any]]) -> None:
+        times = medians(functions, 1 if quick else rounds)
         rows.append({"what": what, "shape": shape, "times": times})
         print(threads, what, shape, {k: round(v, 2) for k, v in times.items()}, flush=True, file=sys.stderr)
 
@@ -156,7 +156,7 @@ def run(threads: int, quick: bool) -> list[dict[str, Any]]:
         add("attention backward, batch·heads 8", f"n {n}, d 64", {
             "c": (batched_c.gradients, arrays), "numpy": (batched_numpy.gradients, arrays),
             "torch": (peers.torch_batched_attention, tensors), "sdpa": (peers.torch_batched_sdpa, tensors),
-            "jax": (blocked(jax_of["attention"]), arrays)}, big=True)
+            "jax": (blocked(jax_of["attention"]), arrays)})
         regression_c, regression_numpy = kernels("softmax-regression-labels", folder)
         for B, D, C in [(128, 64, 100)] if quick else [(4096, 512, 1000), (256, 4096, 32000)]:
             given = ((rng.normal(size=(C, D)) / np.sqrt(D)).astype(np.float32), rng.normal(size=(B, D)).astype(
@@ -167,7 +167,7 @@ def run(threads: int, quick: bool) -> list[dict[str, Any]]:
                 "torch": (peers.torch_regression, tensors),
                 "compile": (peers.compiled_step(lambda W, X, bias, labels: torch.nn.functional.cross_entropy(
                     X @ W.T + bias, labels), upstream=False), tensors),
-                "jax": (blocked(jax_of["regression"]), given)}, big=C > 1000)
+                "jax": (blocked(jax_of["regression"]), given)})
         norm_c, norm_numpy = kernels("layer-norm-affine", folder)
         rows_, features = (256, 128) if quick else (4096, 1024)
         given = (rng.normal(size=(rows_, features)).astype(np.float32), rng.normal(size=features).astype(np.float32),
@@ -231,7 +231,7 @@ def main() -> None:
              "`python bench/tensor_scale.py` (a process per thread count, OMP_NUM_THREADS = 1 or 2 for the generated "
              "C, built with --openmp, and its BLAS; torch.set_num_threads to match; the process pinned to that "
              "many cores (sched_setaffinity), XLA's threads included; "
-             "medians of 5 interleaved rounds, 3 for the two largest shapes, a 0.1 s pause before each call so that "
+             "medians of 5 interleaved rounds, a 0.1 s pause before each call so that "
              "the threads the previous runtime left spinning are asleep; forward and backward timed together; "
              "ratio = generated C / peer, < 1 is faster; jax.jit runs the same function's jax.vjp or "
              "jax.value_and_grad in jax.numpy).", "", *table(by_threads)]
