@@ -189,9 +189,11 @@ def compiled_step(forward, upstream: bool):
     return step
 
 
-def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
+def medians(functions: dict[str, tuple], rounds: int, pause: float = 0.0) -> dict[str, float]:
     """Median ms of each (function, arguments), interleaved round by round after one warm-up call; each round
-    starts with the next implementation (the first after another's run pays for the caches it left)."""
+    starts with the next implementation (the first after another's run pays for the caches it left). `pause`:
+    seconds slept before each call, where several runtimes' thread pools share the process and the threads one
+    leaves spinning after its call would take a core from the next (bench/tensor_scale.py on two threads)."""
     times: dict[str, list[float]] = {name: [] for name in functions}
     for function, arguments in functions.values():
         function(*arguments)
@@ -199,6 +201,7 @@ def medians(functions: dict[str, tuple], rounds: int) -> dict[str, float]:
     for round_number in range(rounds):
         start = round_number % len(entries)
         for name, (function, arguments) in entries[start:] + entries[:start]:
+            time.sleep(pause)
             start = time.perf_counter()
             function(*arguments)
             times[name].append(time.perf_counter() - start)

@@ -28,10 +28,8 @@ if __name__ == "__main__" and "--threads" in sys.argv:  # a child: its thread co
 
 import argparse
 import json
-import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,26 +74,6 @@ def jax_functions() -> dict[str, Any]:
     }
 
 
-def medians(functions: dict[str, tuple[Any, Any]], rounds: int, pause: float = 0.1) -> dict[str, float]:
-    """Median ms of each (function, arguments), interleaved round by round after one warm-up call, each round
-    starting with the next implementation, and a pause before every call: several thread pools share this
-    process (two OpenBLAS builds, torch's OpenMP, XLA's), and the threads one leaves spinning after its call
-    would otherwise take a core from the next (the generated C on two threads measured 29 ms after the others,
-    7 ms alone, 13 ms with the pause)."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for function, arguments in functions.values():
-        function(*arguments)
-    entries = list(functions.items())
-    for round_number in range(rounds):
-        first = round_number % len(entries)
-        for name, (function, arguments) in entries[first:] + entries[:first]:
-            time.sleep(pause)
-            start = time.perf_counter()
-            function(*arguments)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
-
-
 def blocked(function: Any) -> Any:
     """function, waiting for JAX's asynchronous results (so that their time is counted)."""
     import jax
@@ -127,36 +105,28 @@ def run(threads: int, quick: bool) -> list[dict[str, Any]]:
         return load_c(files, folder / name), import_path(folder / name / file_name)
 
     def add(what: str, shape: str, functions: dict[str, tuple[Any, Any]]) -> None:
-        times = medians(functions, 1 if quick else rounds)
+        # a pause before each call: two OpenBLAS builds, torch's OpenMP and XLA share this process, and the
+        # generated C on two threads measured 29 ms after the others, 7 ms alone, 13 ms with the pause
+        times = peers.medians(functions, 1 if quick else rounds, pause=0.1)
         rows.append({"what": what, "shape": shape, "times": times})
         print(threads, what, shape, {k: round(v, 2) for k, v in times.items()}, flush=True, file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        attention_c, attention_numpy = kernels("attention", folder)
-        for n in [64] if quick else [1024, 4096]:
-            arrays = [rng.normal(size=(n, 64)).astype(np.float32) for _ in range(4)]
-            tensors = [torch.from_numpy(a) for a in arrays]
-            add("attention backward", f"n {n}, d 64", {
-                "c": (attention_c.gradients, arrays), "numpy": (attention_numpy.gradients, arrays),
-                "torch": (peers.torch_attention, tensors), "sdpa": (peers.torch_sdpa, tensors),
-                "jax": (blocked(jax_of["attention"]), arrays)})
-        causal_c, causal_numpy = kernels("causal-attention", folder, peers.CAUSAL_ATTENTION)
-        n = 64 if quick else 4096
-        arrays = [rng.normal(size=(n, 64)).astype(np.float32) for _ in range(4)]
-        tensors = [torch.from_numpy(a) for a in arrays]
-        add("causal attention backward", f"n {n}, d 64", {
-            "c": (causal_c.gradients, arrays), "numpy": (causal_numpy.gradients, arrays),
-            "torch": (peers.torch_causal_attention, tensors), "sdpa": (peers.torch_causal_sdpa, tensors),
-            "jax": (blocked(jax_of["causal"]), arrays)})
-        batched_c, batched_numpy = kernels("batched-attention", folder, peers.BATCHED_ATTENTION)
-        n = 64 if quick else 4096
-        arrays = [rng.normal(size=(8, n, 64)).astype(np.float32) for _ in range(4)]
-        tensors = [torch.from_numpy(a) for a in arrays]
-        add("attention backward, batch·heads 8", f"n {n}, d 64", {
-            "c": (batched_c.gradients, arrays), "numpy": (batched_numpy.gradients, arrays),
-            "torch": (peers.torch_batched_attention, tensors), "sdpa": (peers.torch_batched_sdpa, tensors),
-            "jax": (blocked(jax_of["attention"]), arrays)})
+        for what, name, source, lengths, batch, eager, sdpa, jax_name in [
+                ("attention backward", "attention", None, [1024, 4096], (), peers.torch_attention, peers.torch_sdpa,
+                 "attention"),
+                ("causal attention backward", "causal-attention", peers.CAUSAL_ATTENTION, [4096], (),
+                 peers.torch_causal_attention, peers.torch_causal_sdpa, "causal"),
+                ("attention backward, batch·heads 8", "batched-attention", peers.BATCHED_ATTENTION, [4096], (8,),
+                 peers.torch_batched_attention, peers.torch_batched_sdpa, "attention")]:
+            attention_c, attention_numpy = kernels(name, folder, source)
+            for n in [64] if quick else lengths:
+                arrays = [rng.normal(size=(*batch, n, 64)).astype(np.float32) for _ in range(4)]
+                tensors = [torch.from_numpy(a) for a in arrays]
+                add(what, f"n {n}, d 64", {
+                    "c": (attention_c.gradients, arrays), "numpy": (attention_numpy.gradients, arrays),
+                    "torch": (eager, tensors), "sdpa": (sdpa, tensors), "jax": (blocked(jax_of[jax_name]), arrays)})
         regression_c, regression_numpy = kernels("softmax-regression-labels", folder)
         for B, D, C in [(128, 64, 100)] if quick else [(4096, 512, 1000), (256, 4096, 32000)]:
             given = ((rng.normal(size=(C, D)) / np.sqrt(D)).astype(np.float32), rng.normal(size=(B, D)).astype(
