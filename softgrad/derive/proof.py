@@ -208,7 +208,13 @@ class Prover:
         if difference.has(sp.zoo, sp.nan):  # a side has no value here (1/0): no claim either way at this size
             raise _Undefined
         if difference not in self._decided:
-            self._decided[difference] = _is_zero(difference, self._atomize, undecided_when_large=self.axes is not None)
+            if self.tree_size(difference) > LARGEST_DIFFERENCE:  # counted from its sides' counts, kept above
+                if self.axes is not None:
+                    raise _TooLarge
+                self._decided[difference] = False
+            else:
+                self._decided[difference] = _is_zero(difference, self._atomize,
+                                                     undecided_when_large=self.axes is not None, counted=True)
         return self._decided[difference]
 
 
@@ -278,13 +284,15 @@ class _Atomizer:
         return found
 
 
-def _is_zero(difference: sp.Expr, atomize: _Atomizer | None = None, undecided_when_large: bool = False) -> bool:
+def _is_zero(difference: sp.Expr, atomize: _Atomizer | None = None, undecided_when_large: bool = False,
+             counted: bool = False) -> bool:
     """Whether difference is identically 0, its non-rational parts taken as independent symbols (with
     the relations s^q = u of the roots): a 'yes' is a proof; a 'no' only means not proved.
-    undecided_when_large: a difference past the budgets raises _TooLarge instead of answering 'no'."""
+    undecided_when_large: a difference past the budgets raises _TooLarge instead of answering 'no'.
+    counted: the caller has checked its size against LARGEST_DIFFERENCE already (Prover.tree_size)."""
     if difference == 0:
         return True
-    if _larger_than(difference, LARGEST_DIFFERENCE):
+    if not counted and _larger_than(difference, LARGEST_DIFFERENCE):
         if undecided_when_large:
             raise _TooLarge
         return False
