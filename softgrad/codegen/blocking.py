@@ -89,8 +89,7 @@ def _plan(definitions: list[Definition], axes: dict[str, tuple[str, ...]], sizes
     sums_written: set[str] = set()  # arrays accumulated inside: complete only after the last block
     after_written: set[str] = set()
     for position, definition in enumerate(definitions):
-        ranges = algebra.index_ranges(definition.expr, axes, sizes, dict(zip(definition.indices,
-                                                                        axes.get(definition.name, ()))))
+        ranges = algebra.definition_ranges(definition, axes, sizes)
         by_range: dict[str, sp.Symbol] = {}
         for symbol, range_name in ranges.items():
             if range_name in lead:
@@ -145,19 +144,19 @@ def split_sum_over_rows(definition: Definition, axes: dict[str, tuple[str, ...]]
                         block: RowBlocking) -> tuple[sp.Expr, sp.Expr]:
     """(the terms of an accumulated definition that sum over the rows, the terms that do not): the blocks add
     the first, block after block, to an array that starts as the second (0 where there are none)."""
-    own = dict(zip(definition.indices, axes.get(definition.name, ())))
-    ranges = algebra.index_ranges(definition.expr, axes, sizes, own)
+    ranges = algebra.definition_ranges(definition, axes, sizes)
     lead = {symbol for symbol, range_name in ranges.items() if range_name in block.lead}
     terms = sp.Add.make_args(definition.expr)
     summed = [term for term in terms if _lead_sums(term, lead)]
     return sp.Add(*summed), sp.Add(*(term for term in terms if term not in summed))
 
 
-def accumulated_ranges(definitions: list[Definition], axes: dict[str, tuple[str, ...]],
-                       block: RowBlocking) -> list[tuple[str, ...]]:
-    """The ranges of every array a block adds its sums over the rows into, the fixed ranges left out (taken one
-    value at a time): a block should hold at least as many work entries as these arrays have, or adding each
-    block into them (dW += a block's dZᵀX) costs more than computing the block — softmax regression with
-    32,000 classes ran 4.5× slower in blocks of 32 rows than with whole arrays."""
-    return [tuple(r for r in axes.get(definitions[p].name, ()) if r not in block.fixed)
+def accumulated_ranges(definitions: list[Definition], axes: dict[str, tuple[str, ...]], block: RowBlocking,
+                       one_value_at_a_time: bool) -> list[tuple[str, ...]]:
+    """The ranges of every array a block adds its sums over the rows into (the fixed ranges left out where they
+    are taken one value at a time, as the C does; NumPy takes them whole): a block should hold at least as many
+    work entries as these arrays have, or adding each block into them (dW += a block's dZᵀX) costs more than
+    computing the block — softmax regression with 32,000 classes ran 4.5× slower in blocks of 32 rows than with
+    whole arrays."""
+    return [tuple(r for r in axes.get(definitions[p].name, ()) if not (one_value_at_a_time and r in block.fixed))
             for p in sorted(block.accumulated)]

@@ -278,7 +278,6 @@ def stable_array_forms(expr: sp.Expr, spec: Spec, normalised: set[str]) -> sp.Ex
     """A statement of a spec with several indices in the forms that stay finite: 0·log 0 = 0 for a weighted
     log P (guard_weighted_logs), the log of an elementwise array written out so that stable_logs finds
     log σ(u) = −softplus(−u) and log(1 − σ(u)) = −softplus(u), and no division by an entry it multiplies."""
-
     expr = guard_weighted_logs(expr, normalised, set(spec.inputs))
     elementwise = {d.name: d for d in spec.definitions if d.is_vector and not d.expr.atoms(sp.Sum)}
     names = {str(s) for s in expr.free_symbols}
@@ -574,7 +573,6 @@ def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
 
     def rewritten(expr: sp.Expr) -> sp.Expr:
         return expr.replace(lambda e: e.is_Mul, ratio)
-
 
     for definition in spec.definitions:  # a normalised exponential the spec names is read, not made again
         found = algebra.normalised_exponential(definition)

@@ -319,8 +319,7 @@ class _Compiler:
         """The lines computing one definition. accumulate: add one block's part of a sum over rows to what
         target holds; overwrite: a running total written over target each block is also right (nothing else
         was put in it first)."""
-        ranges = algebra.index_ranges(definition.expr, self.axes, self.spec.sizes,
-                                 dict(zip(definition.indices, self.axes.get(definition.name, ()))))
+        ranges = algebra.definition_ranges(definition, self.axes, self.spec.sizes)
         self.loop_names, self.ranges = {}, ranges
         self.fixed_symbols = {s for s, r in ranges.items() if self.block is not None and r in self.block.fixed}
         for symbol in self.fixed_symbols:
@@ -778,7 +777,7 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
     gradients_body = CBody(statements, work(plan.gradients_work, plan.gradients_block) + scratch)
     for body, block, definitions in ((forward_body, plan.forward_block, plan.forward),
                                      (gradients_body, plan.gradients_block, plan.gradients)):
-        body.setup = block_setup(block, body.work, accumulated_ranges(definitions, tensor.axes, block)
+        body.setup = block_setup(block, body.work, accumulated_ranges(definitions, tensor.axes, block, True)
                                  if block is not None else [])
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],

@@ -19,7 +19,7 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.blocking import RowBlocking, row_blocking, split_sum_over_rows
+from softgrad.codegen.blocking import RowBlocking, accumulated_ranges, row_blocking, split_sum_over_rows
 from softgrad.codegen.dialects import NUMPY, ArrayDialect
 from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import merged_powers, stable_array_forms
@@ -407,8 +407,7 @@ class _Compiler:
         self.logs_read: set[str] = set()
         name = self.printed[definition.name]
         order = list(definition.indices)
-        known = {s: r for s, r in zip(definition.indices, self.axes.get(definition.name, ()))}
-        ranges = algebra.index_ranges(definition.expr, self.axes, self.spec.sizes, known)
+        ranges = algebra.definition_ranges(definition, self.axes, self.spec.sizes)
         normalised = self._normalised(definition)
         if normalised is not None:
             exponent, free = normalised
@@ -416,7 +415,7 @@ class _Compiler:
             full = tuple(definition.indices)
             d = self.dialect
             code = self.align(code, have, full) if set(have) == set(full) else \
-                d.call("broadcast_to", self.align(code, have, full), self.shape(known[s] for s in full))
+                d.call("broadcast_to", self.align(code, have, full), self.shape(ranges[s] for s in full))
             axis = (full.index(free),)
             # the library's softmax where it has one; else two arrays allocated (the shifted exponent and the
             # result), every other step in place
@@ -433,7 +432,7 @@ class _Compiler:
         code, have = self.compile(expr, ranges, order)
         full = tuple(definition.indices)
         if set(have) != set(full):
-            shape = self.shape(known[s] for s in full)
+            shape = self.shape(ranges[s] for s in full)
             code = self.dialect.call("broadcast_to", self.align(code, have, full), shape) + self.dialect.copy
         else:
             code = self.align(code, have, full)
@@ -479,8 +478,8 @@ class _Compiler:
         rows = size_variable(block.blocked)
         per_row = " + ".join(" * ".join([*(size_variable(r) for r in self.axes[name] if r != block.blocked), "1"])
                              for name in sorted(block.local))
-        sums = " + ".join(" * ".join([*(size_variable(r) for r in self.axes.get(definitions[p].name, ())), "1"])
-                          for p in sorted(block.accumulated)) or "0"  # the fixed ranges too: NumPy takes them whole
+        sums = " + ".join(" * ".join([*(size_variable(r) for r in ranges), "1"])
+                          for ranges in accumulated_ranges(definitions, self.axes, block, False)) or "0"
         lines = [f"# {', '.join(sorted(self.printed[n] for n in block.local))}: held for a block of rows of "
                  f"{block.blocked} at a time, and as many entries as the sums over the rows they add into",
                  f"_rows = max(1, min({rows}, max(_BLOCK_BYTES // (_dtype.itemsize * ({per_row})), "

@@ -391,6 +391,12 @@ def index_ranges(expr: sp.Expr, axes: dict[str, tuple[str, ...]], sizes: dict[st
     return ranges
 
 
+def definition_ranges(definition: Definition, axes: dict[str, tuple[str, ...]],
+                      sizes: dict[str, sp.Symbol]) -> dict[sp.Symbol, str]:
+    """The range of every index of a definition's right-hand side, its own indices by its array's axes."""
+    return index_ranges(definition.expr, axes, sizes, dict(zip(definition.indices, axes.get(definition.name, ()))))
+
+
 def fresh(taken: set[str], preferred: Iterable[str]) -> sp.Symbol:
     """fresh_index, the name then added to `taken` (so that the next one differs)."""
     symbol = fresh_index(taken, preferred)
