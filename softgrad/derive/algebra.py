@@ -66,7 +66,7 @@ def defined_sums(spec: Spec) -> list[tuple[sp.Sum, sp.Expr]]:
 def simplify_with_definitions(expr: sp.Expr, spec: Spec) -> sp.Expr:
     """Sums split term by term, Σ_k c = c·n, and every sum the spec names replaced by its name: what is
     left of Σ_k (x_k − m) for a mean m is n·m − n·m = 0."""
-    expr = sums_of_constants(distribute(expr))
+    expr = distribute(expr)  # Σ(a + b) = Σa + Σb, constants out, Σ_k c = c·n
     for total, value in defined_sums(spec):
         expr = expr.replace(lambda e, total=total: isinstance(e, sp.Sum) and same_sum(e, total),
                             lambda e, value=value: value)
