@@ -81,6 +81,43 @@ def test_softmax_saves_its_output_not_its_input(tmp_path):
     assert torch.allclose(x.grad, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(("spec", "allocated"), [
+    ("softmax", 2),  # Σ dy·y needs dy·y; (dy − s)·y is made once and scaled in place
+    ("log-softmax", 1),  # dy − e^y·Σdy: e^y scaled, negated and added to in place
+    (str(ROOT / "docs" / "examples" / "layer-norm-affine.spec"), 3)])  # γ·dy, and dy·x̂ for dx's sum and dγ
+def test_the_torch_backward_allocates_few_arrays_of_the_result_size(tmp_path, spec, allocated):
+    """Each temporary of a matrix's size costs fresh pages on every call: the printed backward updates the arrays
+    it makes in place (.mul_, .add_, addcmul_) instead of making one per operation."""
+    torch = require_module("torch")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountArrays(TorchDispatchMode):
+        def __init__(self, size):
+            super().__init__()
+            self.size, self.made = size, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            arguments = [a for a in [*args, *(kwargs or {}).values()] if isinstance(a, torch.Tensor)]
+            seen = {a.untyped_storage().data_ptr() for a in arguments}
+            if isinstance(result, torch.Tensor) and result.numel() == self.size \
+                    and result.untyped_storage().data_ptr() not in seen:  # not a view, not updated in place
+                self.made.append(func._schema.name)
+            return result
+
+    module = _module(spec, "torch", tmp_path)
+    inputs = [torch.randn(16, 12, dtype=torch.float64, requires_grad=True)]
+    if "layer-norm" in spec:
+        inputs += [torch.randn(12, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    function = getattr(module, module.__all__[2])
+    output = function(*inputs)
+    counter = CountArrays(16 * 12)
+    with counter:
+        output.backward(torch.ones_like(output))
+    made = [name for name in counter.made if name != "aten::ones_like"]
+    assert len(made) <= allocated, made
+
+
 def test_torch_function_agrees_with_torch_autograd_on_any_leading_shape(tmp_path):
     torch = require_module("torch")
     module = _module("cross-entropy", "torch", tmp_path)

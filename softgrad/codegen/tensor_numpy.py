@@ -111,34 +111,40 @@ class _Compiler:
             want = self.union([first[1], second[1]], order)
             equal = self.dialect.call(self.dialect.equal, self.align(*first, want), self.align(*second, want))
             return equal + self.dialect.float_cast, want
-        if e.is_Add or e.is_Mul:
-            pieces = [self.compile(a, ranges, order) for a in e.args]
-            if e.is_Mul:
-                want = self.union([p[1] for p in pieces], order)
-                # fewest axes first: (1/n)·c[b]·x̂[b, k] scales the vector, then makes one pass over the matrix
-                pieces.sort(key=lambda piece: len(piece[1]))
-                largest = pieces[-1]
-                if len(pieces) > 1 and self.owned(largest[0], largest[1], want):  # scaled in place
-                    smaller = " * ".join(self.align(code, have, want) for code, have in pieces[:-1])
-                    return f"({largest[0]}.mul_({smaller}))", want
-                return "(" + " * ".join(self.align(code, have, want) for code, have in pieces) + ")", want
-            text = ""
-            # a − b, not −b + a; the axes in the order of the first terms (arrays before the deltas subtracted)
-            terms = sorted(zip(e.args, pieces), key=lambda item: bool(item[0].could_extract_minus_sign()))
-            want = self.union([have for _, (_, have) in terms], order)
-            in_place = False
-            for term, (code, have) in terms:
-                negative = term.is_Mul and term.args[0] == -1
-                if negative:
-                    code, have = self.compile(-term, ranges, order)
-                aligned = self.align(code, have, want)
-                if in_place:
-                    text = f"{text}.{'sub_' if negative else 'add_'}({aligned})"
-                elif text:
-                    text += (" - " if negative else " + ") + aligned
-                else:
-                    text = ("-" if negative else "") + aligned
-                    in_place = not negative and self.owned(aligned, have, want)
+        if e.is_Mul:
+            return self.product([self.compile(a, ranges, order) for a in e.args], order)
+        if e.is_Add:
+            # a − b, not −b + a; the axes in the order of the first terms (arrays before the deltas subtracted);
+            # each term compiled once, as it is added or subtracted (a log-sum-exp's shift is one line)
+            terms = sorted(e.args, key=lambda term: bool(term.could_extract_minus_sign()))
+            signs = [bool(term.is_Mul and term.args[0] == -1) for term in terms]
+            terms = [-term if negative else term for term, negative in zip(terms, signs)]
+            factors = [[self.compile(a, ranges, order) for a in term.args] if term.is_Mul else None for term in terms]
+            pieces = [self.product(parts, order) if parts else self.compile(term, ranges, order)
+                      for term, parts in zip(terms, factors)]
+            want = self.union([have for _, have in pieces], order)
+            aligned = [self.align(code, have, want) for code, have in pieces]
+            # a new array of the result's shape goes first and the others update it in place (torch): dy − e^y·s
+            # as (e^y·s).neg_().add_(dy), one array allocated instead of two; a product added to it is added by
+            # addcmul_, not made first: (g·dy).addcmul_(x̂, c, value=-1)
+            owned = [self.owned(code, have, want) for code, have in pieces]
+            lead = next((k for k in range(len(terms)) if owned[k] and not signs[k]),
+                        next((k for k in range(len(terms)) if owned[k]), 0))
+            order_of_terms = [lead, *(k for k in range(len(terms)) if k != lead)]
+            if owned[lead]:
+                text = f"{aligned[lead]}.neg_()" if signs[lead] else aligned[lead]
+                for k in order_of_terms[1:]:
+                    parts = sorted(factors[k] or [], key=lambda piece: len(piece[1]))
+                    rest = self.product(parts[:-1], order) if len(parts) >= 2 else ("", ())
+                    if rest[1] and set(parts[-1][1]) == set(want):  # addcmul_ takes two tensors
+                        text += (f".addcmul_({self.align(*parts[-1], want)}, {self.align(*rest, want)}"
+                                 f"{', value=-1' if signs[k] else ''})")
+                    else:
+                        text = f"{text}.{'sub_' if signs[k] else 'add_'}({aligned[k]})"
+                return f"({text})", want
+            text = ("-" if signs[lead] else "") + aligned[lead]
+            for k in order_of_terms[1:]:
+                text += (" - " if signs[k] else " + ") + aligned[k]
             return f"({text})", want
         if e.is_Pow:
             base = self.compile(e.base, ranges, order)
@@ -352,9 +358,33 @@ class _Compiler:
         shift, d = self.temp(), self.dialect
         self.pending.append(f"{shift} = {d.maximum_over(exponent, axes, keepdims=True)}")
         self.pending.append(f"{shift} = {d.where(d.call('isfinite', shift), shift, '0')}")
-        exponential = d.call("exp", f"{exponent} - {shift}")
+        difference = f"{exponent} - {shift}"
+        exponential = (self.entrywise(f"{d.namespace}.exp", (f"({difference})", have)) if d.chain_in_place
+                       else d.call("exp", difference))
         code = f"({d.squeeze(shift, axes)} + {d.call('log', d.total(exponential, axes))})"
         return code, result
+
+    def product(self, pieces: list[tuple[str, tuple[Any, ...]]], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        """The product of compiled factors. Fewest axes first: (1/n)·c[b]·x̂[b, k] scales the vector, then makes one
+        pass over the matrix; of the factors with the most axes, a new array last, scaled in place (torch):
+        (dy − s)·y as (dy − s).mul_(y)."""
+        if len(pieces) == 1:
+            return pieces[0]
+        want = self.union([p[1] for p in pieces], order)
+        pieces = sorted(pieces, key=lambda piece: (len(piece[1]), self.owned(piece[0], piece[1], want)))
+        largest = pieces[-1]
+        if not self.owned(largest[0], largest[1], want):
+            return "(" + " * ".join(self.align(code, have, want) for code, have in pieces) + ")", want
+        # the smaller factors multiplied together while their product stays smaller than the result; one that
+        # would make it as large (x̂ beside c[b], γ[k] beside c[b]) scales the result by itself, allocating nothing
+        code, group, axes = largest[0], list[str](), set[Any]()
+        for piece_code, have in pieces[:-1]:
+            if group and axes | set(have) == set(want):
+                code += f".mul_({' * '.join(group)})"
+                group, axes = [], set()
+            group.append(self.align(piece_code, have, want))
+            axes |= set(have)
+        return f"({code}.mul_({' * '.join(group)}))", want
 
     def entrywise(self, function: str, argument: tuple[str, tuple[Any, ...]]) -> str:
         """function(argument), in place where the argument is a new array of this statement: torch.exp(a·b) as

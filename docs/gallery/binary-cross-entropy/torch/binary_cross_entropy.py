@@ -53,7 +53,7 @@ def _forward(x, t):
     _n_b = x.shape[0]
     _n_i = x.shape[1]
     p = torch.as_tensor(torch.sigmoid(x), dtype=_dtype, device=_device)
-    L = torch.as_tensor(((torch.sum((-(_softplus(x).mul_((1 - t))) - (_softplus((-1 * x)).mul_(t))), dim=1)).mul_(-1)), dtype=_dtype, device=_device)
+    L = torch.as_tensor(((torch.sum(((_softplus(x).mul_((1 - t))).neg_().addcmul_(_softplus((-1 * x)), t, value=-1)), dim=1)).mul_(-1)), dtype=_dtype, device=_device)
     return L, p
 
 

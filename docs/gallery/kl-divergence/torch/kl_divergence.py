@@ -54,7 +54,7 @@ def _forward(z, q):
     _n_i = z.shape[1]
     _exponent = z
     p = torch.softmax(_exponent, dim=1)
-    L = torch.as_tensor((torch.sum((q * ((1 / p) * q).log_()), dim=1)), dtype=_dtype, device=_device)
+    L = torch.as_tensor((torch.sum((q * ((1 / p).mul_(q)).log_()), dim=1)), dtype=_dtype, device=_device)
     return L, p
 
 

@@ -26,9 +26,7 @@ def _forward(x):
     _n_k = x.shape[1]
     _t1 = jnp.max(x, axis=1, keepdims=True)
     _t1 = jnp.where(jnp.isfinite(_t1), _t1, 0)
-    _t2 = jnp.max(x, axis=1, keepdims=True)
-    _t2 = jnp.where(jnp.isfinite(_t2), _t2, 0)
-    y = jnp.asarray((x - (jnp.squeeze(_t2, axis=1) + jnp.log(jnp.sum(jnp.exp(x - _t2), axis=1)))[:, None]), dtype=_dtype)
+    y = jnp.asarray((x - (jnp.squeeze(_t1, axis=1) + jnp.log(jnp.sum(jnp.exp(x - _t1), axis=1)))[:, None]), dtype=_dtype)
     return y, (y,)
 
 

@@ -52,7 +52,7 @@ def _forward(x):
     _n_k = x.shape[1]
     _t1 = torch.amax(x, dim=1, keepdim=True)
     _t1 = torch.where(torch.isfinite(_t1), _t1, 0)
-    L = torch.as_tensor((torch.squeeze(_t1, dim=1) + torch.log(torch.sum(torch.exp(x - _t1), dim=1))), dtype=_dtype, device=_device)
+    L = torch.as_tensor((torch.squeeze(_t1, dim=1) + torch.log(torch.sum((x - _t1).exp_(), dim=1))), dtype=_dtype, device=_device)
     return L
 
 

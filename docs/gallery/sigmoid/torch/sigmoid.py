@@ -68,7 +68,7 @@ def _backward(y, dy):
     _device = dy.device
     _n_b = dy.shape[0]
     _n_i = dy.shape[1]
-    dx = torch.as_tensor(((1 - y) * dy * y), dtype=_dtype, device=_device)
+    dx = torch.as_tensor(((1 - y).mul_(dy).mul_(y)), dtype=_dtype, device=_device)
     return dx
 
 

@@ -57,7 +57,7 @@ def _forward(W, X, bias, T):
     _n_c = W.shape[0]
     _n_d = W.shape[1]
     _n_b = X.shape[0]
-    z = torch.as_tensor((bias[None, :] + ((X @ W.T))), dtype=_dtype, device=_device)
+    z = torch.as_tensor((((X @ W.T)).add_(bias[None, :])), dtype=_dtype, device=_device)
     _exponent = z
     P = torch.softmax(_exponent, dim=1)
     _log_P = torch.log_softmax(_exponent, dim=1)

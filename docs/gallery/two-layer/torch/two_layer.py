@@ -87,8 +87,8 @@ def _backward(W1, X, W2, T, h, P, _upstream):
     _n_b = X.shape[0]
     _n_c = W2.shape[0]
     dh = torch.as_tensor(((((P - T) @ W2)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
-    dW1 = torch.as_tensor(((((1 - torch.square(h)) * dh).T @ X)), dtype=_dtype, device=_device)
-    dX = torch.as_tensor(((((1 - torch.square(h)) * dh) @ W1)), dtype=_dtype, device=_device)
+    dW1 = torch.as_tensor(((((1 - torch.square(h)).mul_(dh)).T @ X)), dtype=_dtype, device=_device)
+    dX = torch.as_tensor(((((1 - torch.square(h)).mul_(dh)) @ W1)), dtype=_dtype, device=_device)
     dW2 = torch.as_tensor(((((P - T).T @ h)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
     return dW1 * _upstream, dX * _upstream, dW2 * _upstream
 
