@@ -267,6 +267,52 @@ def test_generated_numpy_matches_torch_autograd(name, tmp_path):
         np.testing.assert_allclose(gradient, expected[input_name], rtol=1e-10, atol=1e-12, err_msg=input_name)
 
 
+@pytest.mark.parametrize("loss, reference", [
+    ("L = -sum(w[b] * log(P[b, label[b]]), b)", lambda P, label, w: -(w * P[range(len(label)), label].log()).sum()),
+    ("L = sum(log(P[b, label[b]]), b) / size(b)", lambda P, label, w: P[range(len(label)), label].log().mean()),
+    ("L = -sum(0.9 * log(P[b, label[b]]) + 0.1 * sum(log(P[b, c]), c) / size(c), b)",
+     lambda P, label, w: -(0.9 * P[range(len(label)), label].log() + 0.1 * P.log().mean(1)).sum())])
+@pytest.mark.parametrize("language", ["numpy", "torch", "jax"])
+def test_a_label_is_subtracted_at_its_entry_not_through_a_one_hot_matrix(tmp_path, loss, reference, language):
+    """P − w·δ(c, label[b]) (weighted, negated, with label smoothing) is printed as a copy of P with one entry
+    per row changed, and gives torch's gradients."""
+    torch = require_module("torch")
+    require_module(language) if language != "numpy" else None
+    source = (f"z[b, c] = sum(W[c, d] * X[b, d], d)\nP[b, c] = exp(z[b, c]) / sum(exp(z[b, k]), k)\n{loss}")
+    derivation = derive_spec(parse_spec(source, name="labelled"), time_limit=None)
+    ((file_name, text),) = emit(derivation, language).items()
+    assert "np.equal(" not in text and "torch.eq(" not in text and "jnp.equal(" not in text
+    assert re.search(r"\[(np|torch|jnp)\.arange\(\(?_n_b|\[np\.arange\(\(_r1 - _r0\)\)", text)
+    (tmp_path / file_name).write_text(text)
+    module = import_path(tmp_path / file_name)
+    rng = np.random.default_rng(2)
+    W, X, w = rng.normal(size=(5, 3)), rng.normal(size=(7, 3)), rng.random(7)
+    label = np.array([0, 4, 2, 2, 1, 3, 4])
+    inputs = {"W": W, "X": X, "w": w, "label": label}
+    names = list(derivation.spec.inputs)
+    if language == "numpy":
+        loss_value, dW, dX = module.gradients(*[inputs[n] for n in names])
+    elif language == "torch":
+        tensors = {n: torch.tensor(v, requires_grad=n in ("W", "X")) for n, v in inputs.items()}
+        value = getattr(module, module.__all__[2])(*[tensors[n] for n in names])
+        value.backward()
+        loss_value, dW, dX = value.item(), tensors["W"].grad.numpy(), tensors["X"].grad.numpy()
+    else:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        function = getattr(module, module.__all__[0])
+        arguments = [jax.numpy.asarray(inputs[n]) for n in names]
+        loss_value, (dW, dX) = jax.value_and_grad(lambda W, X: function(W, X, *arguments[2:]), (0, 1))(
+            *arguments[:2])
+    W_, X_ = torch.tensor(W, requires_grad=True), torch.tensor(X, requires_grad=True)
+    expected = reference(torch.softmax(X_ @ W_.T, 1), torch.tensor(label), torch.tensor(w))
+    expected.backward()
+    assert float(loss_value) == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(np.asarray(dW), W_.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(dX), X_.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
 def test_generated_numpy_has_no_python_loop_over_entries_and_uses_einsum(tmp_path):
     for name in ("attention", "softmax-regression"):
         ((_, text),) = emit(derived(name), "numpy").items()

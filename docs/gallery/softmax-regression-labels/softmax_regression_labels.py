@@ -144,7 +144,9 @@ def gradients(W, X, bias, label):
         P /= _total
         _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
         L += (-1 * (1 / _n_b) * (np.sum(np.where(((np.arange(_r0, _r1) - _r0).astype(np.intp) >= 0) & ((np.arange(_r0, _r1) - _r0).astype(np.intp) < (_r1 - _r0)), _log_P[np.clip((np.arange(_r0, _r1) - _r0).astype(np.intp), 0, (_r1 - _r0) - 1), label[_r0:_r1].astype(np.intp)], 0), axis=0)))
-        dW += ((1 / _n_b) * (((P - np.transpose(np.equal(np.arange(_n_c)[:, None], label[_r0:_r1][None, :]).astype(_dtype), (1, 0))).T @ X[_r0:_r1])))
+        _t1 = P.copy()
+        _t1[np.arange((_r1 - _r0)), label[_r0:_r1].astype(np.intp)] -= 1
+        dW += ((1 / _n_b) * ((_t1.T @ X[_r0:_r1])))
         dX[_r0:_r1] = ((1 / _n_b) * (((P @ W)) - W[label[_r0:_r1][:, None].astype(np.intp), np.arange(_n_d)[None, :].astype(np.intp)]))
-        dbias += ((1 / _n_b) * (np.sum((P - np.transpose(np.equal(np.arange(_n_c)[:, None], label[_r0:_r1][None, :]).astype(_dtype), (1, 0))), axis=0)))
+        dbias += ((1 / _n_b) * (np.sum(_t1, axis=0)))
     return (L, dW, dX, dbias)

@@ -56,9 +56,10 @@ def _backward(residuals, _upstream):
     _n_c = W.shape[0]
     _n_d = W.shape[1]
     _n_b = X.shape[0]
-    dW = jnp.asarray(((1 / _n_b) * (((P - jnp.transpose(jnp.equal(jnp.arange(_n_c)[:, None], label[None, :]).astype(_dtype), (1, 0))).T @ X))), dtype=_dtype)
+    _t1 = P.at[jnp.arange(_n_b), label.astype(jnp.int32)].add(-1)
+    dW = jnp.asarray(((1 / _n_b) * ((_t1.T @ X))), dtype=_dtype)
     dX = jnp.asarray(((1 / _n_b) * (((P @ W)) - W[label[:, None].astype(jnp.int32), jnp.arange(_n_d)[None, :].astype(jnp.int32)])), dtype=_dtype)
-    dbias = jnp.asarray(((1 / _n_b) * (jnp.sum((P - jnp.transpose(jnp.equal(jnp.arange(_n_c)[:, None], label[None, :]).astype(_dtype), (1, 0))), axis=0))), dtype=_dtype)
+    dbias = jnp.asarray(((1 / _n_b) * (jnp.sum(_t1, axis=0))), dtype=_dtype)
     dW = _upstream * dW
     dX = _upstream * dX
     dbias = _upstream * dbias
