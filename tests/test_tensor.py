@@ -275,7 +275,7 @@ def test_generated_numpy_matches_torch_autograd(name, tmp_path):
 @pytest.mark.parametrize("language", ["numpy", "torch", "jax"])
 def test_a_label_is_subtracted_at_its_entry_not_through_a_one_hot_matrix(tmp_path, loss, reference, language):
     """P − w·δ(c, label[b]) (weighted, negated, with label smoothing) is printed as a copy of P with one entry
-    per row changed, and gives torch's gradients."""
+    per row changed, W[label[b], d] as rows of W picked, and both give torch's gradients."""
     torch = require_module("torch")
     require_module(language) if language != "numpy" else None
     source = (f"z[b, c] = sum(W[c, d] * X[b, d], d)\nP[b, c] = exp(z[b, c]) / sum(exp(z[b, k]), k)\n{loss}")
@@ -283,6 +283,8 @@ def test_a_label_is_subtracted_at_its_entry_not_through_a_one_hot_matrix(tmp_pat
     ((file_name, text),) = emit(derivation, language).items()
     assert "np.equal(" not in text and "torch.eq(" not in text and "jnp.equal(" not in text
     assert re.search(r"\[(np|torch|jnp)\.arange\(\(?_n_b|\[np\.arange\(\(_r1 - _r0\)\)", text)
+    # dX reads W[label[b], d]: whole rows picked, not entry by entry from two index grids
+    assert re.search(r"W\[label(\[_r0:_r1\])?(\.astype\(np\.intp\)|\.long\(\)|\.astype\(jnp\.int32\))\]", text)
     (tmp_path / file_name).write_text(text)
     module = import_path(tmp_path / file_name)
     rng = np.random.default_rng(2)

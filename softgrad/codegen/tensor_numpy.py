@@ -229,6 +229,13 @@ class _Compiler:
         sliced = self.sliced_entry(e, name, ranges, order)
         if sliced is not None:
             return sliced
+        first, rest = positions[0], positions[1:]
+        if (not blocked and isinstance(first, sp.Indexed) and str(first.base) in self.spec.labels
+                and all(isinstance(p, sp.Symbol) and ranges.get(p) == r for p, r in zip(rest, axes[1:]))
+                and len(set(rest)) == len(rest) and not first.free_symbols & set(rest)):
+            labels, have = self.compile(first, ranges, order)
+            if len(have) == 1:  # W[label[b], d]: whole rows picked (W[label]), not entry by entry from two grids
+                return f"{name}[{labels}{self.dialect.index_cast}]", (*have, *rest)
         # label picks, repeated indices and shifted positions (x[t + k]): advanced indexing with one index
         # array per axis; a position that may fall outside its axis reads 0 there (a convolution's edge)
         pieces = [self.compile(p, ranges, order) for p in positions]

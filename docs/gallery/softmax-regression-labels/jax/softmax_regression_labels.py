@@ -58,7 +58,7 @@ def _backward(residuals, _upstream):
     _n_b = X.shape[0]
     _t1 = P.at[jnp.arange(_n_b), label.astype(jnp.int32)].add(-1)
     dW = jnp.asarray(((1 / _n_b) * ((_t1.T @ X))), dtype=_dtype)
-    dX = jnp.asarray(((1 / _n_b) * (((P @ W)) - W[label[:, None].astype(jnp.int32), jnp.arange(_n_d)[None, :].astype(jnp.int32)])), dtype=_dtype)
+    dX = jnp.asarray(((1 / _n_b) * (((P @ W)) - W[label.astype(jnp.int32)])), dtype=_dtype)
     dbias = jnp.asarray(((1 / _n_b) * (jnp.sum(_t1, axis=0))), dtype=_dtype)
     dW = _upstream * dW
     dX = _upstream * dX

@@ -84,7 +84,7 @@ def _backward(W, X, label, P, _upstream):
     _t1 = P.clone()
     _t1[torch.arange(_n_b, device=_device), label.long()] -= 1
     dW = torch.as_tensor((((_t1.T @ X)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
-    dX = torch.as_tensor(((((P @ W)).sub_(W[label[:, None].long(), torch.arange(_n_d, device=_device)[None, :].long()])).mul_((1 / _n_b))), dtype=_dtype, device=_device)
+    dX = torch.as_tensor(((((P @ W)).sub_(W[label.long()])).mul_((1 / _n_b))), dtype=_dtype, device=_device)
     dbias = torch.as_tensor(((torch.sum(_t1, dim=0)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
     return dW * _upstream, dX * _upstream, dbias * _upstream
 
