@@ -4,6 +4,8 @@ not full, one block for all."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -98,7 +100,7 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     ((file_name, text),) = emit(derivation, "numpy").items()
     (tmp_path / file_name).write_text(text)
     whole = import_path(tmp_path / file_name)
-    whole._BLOCK_BYTES = 1 << 40
+    whole._BLOCK_BYTES = whole._CACHE_BYTES = 1 << 40
     # the blocked range longer than the others, so that even blocks as long as the sums they add into (dW of
     # regression: C·D entries, so C·D / (2C) rows) leave several blocks and a short last one
     plan = functions(derivation)
@@ -113,7 +115,7 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
         kernels = load_c(files, tmp_path, extra_flags=[f"-DSOFTGRAD_BLOCK_BYTES={block_bytes}"],
                          library_name=f"lib{block_bytes}.so")
         numpy_module = import_path(tmp_path / file_name)
-        numpy_module._BLOCK_BYTES = block_bytes
+        numpy_module._BLOCK_BYTES = numpy_module._CACHE_BYTES = block_bytes
         for module in (kernels, numpy_module):
             forward = call_module(module, derivation, arrays, parameters, "forward")
             np.testing.assert_allclose(forward, expected_forward, rtol=1e-12,
@@ -137,7 +139,7 @@ def test_a_block_holds_as_many_entries_as_the_sums_it_adds_into(tmp_path):
         ((file_name, text),) = emit(derivation, "numpy").items()
         (tmp_path / file_name).write_text(text)
         module = import_path(tmp_path / file_name)
-        module._BLOCK_BYTES = 1  # one row per block, were it not for the sums
+        module._BLOCK_BYTES = module._CACHE_BYTES = 1  # one row per block, were it not for the sums
         taken: list[int] = []
 
         def recording_range(*arguments: int) -> range:
@@ -156,3 +158,17 @@ def test_a_block_holds_as_many_entries_as_the_sums_it_adds_into(tmp_path):
     assert regression == [-(-40 // -(-40 // least))]  # then blocks of one size: 4 blocks of 10 rows
     attention = steps(ATTENTION, {"i": 40, "j": 40, "e": 4, "f": 4})
     assert attention and max(attention) < 40  # dK, dV (j·e + j·f entries) are a few rows of S, P, dP, dS
+
+
+def test_blocks_that_multiply_matrices_are_tall_and_others_stay_in_cache():
+    """The NumPy module sizes a block by _BLOCK_BYTES where a statement in it multiplies two matrices (BLAS wants
+    tall blocks) and by _CACHE_BYTES where none does (layer norm's passes: fresh 16 MiB temporaries cost more
+    than the passes themselves)."""
+    budgets = {}
+    for name in ("attention", "layer-norm-affine", "two-layer"):
+        examples = Path(__file__).parent.parent / "docs" / "examples"
+        ((_, text),) = emit(derive_spec(parse_spec((examples / f"{name}.spec").read_text(), name=name)),
+                            "numpy").items()
+        budgets[name] = set(re.findall(r"_rows = max\(1, min\(_n_\w+, max\((_\w+_BYTES) //", text))
+    assert budgets == {"attention": {"_BLOCK_BYTES"}, "layer-norm-affine": {"_CACHE_BYTES"},
+                       "two-layer": {"_BLOCK_BYTES"}}

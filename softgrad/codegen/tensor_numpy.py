@@ -84,6 +84,7 @@ class _Compiler:
         #: forward(), whose statements gradients() takes only some of)
         self.made: dict[tuple[Any, ...], str] = {}
         self.share = True
+        self.gemm = False  # whether a statement of the block being compiled multiplies two matrices
 
     def size(self, range_name: str) -> str:
         """A range's extent in the arrays the statements make: a block's rows on the blocked range."""
@@ -321,6 +322,7 @@ class _Compiler:
                                           tuple(have.index(b) for b in bounds if b in have))
             else:
                 optimize = "" if elementwise or not self.dialect.einsum_optimize else ", optimize=True"
+                self.gemm = self.gemm or (not elementwise and sum(len(have) >= 2 for _, have in pieces) >= 2)
                 code = (f'{self.dialect.namespace}.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
                         f'{", ".join(code for code, _ in pieces)}{optimize})')
         elif varying:  # summed in the summand's own axis order: nothing is transposed for the sum
@@ -359,6 +361,7 @@ class _Compiler:
             second = second if have_second[0] == bound else f"{second}.T"
         if len(have_first) == 1:  # v_k B_kj: vector–matrix
             return f"({first} @ {second})", tuple(right)
+        self.gemm = True  # a matrix–matrix product: BLAS wants tall blocks
         return f"({first} @ {second})", tuple(left + right)
 
     def log_sum_exp(self, total: sp.Sum, ranges: dict[sp.Symbol, str],
@@ -553,6 +556,7 @@ class _Compiler:
             parts[position] = dataclasses.replace(definition, expr=summed)
         self.block, self.local, self.made = block, set(block.local), {}
         inner: list[Statement] = []
+        self.gemm = False
         for position in block.inside:  # whole arrays written a block of rows at a time are made first
             name = definitions[position].name
             axes = self.axes.get(name, ())
@@ -567,9 +571,13 @@ class _Compiler:
                              for name in sorted(block.local))
         sums = " + ".join(" * ".join([*(size_variable(r) for r in ranges), "1"])
                           for ranges in accumulated_ranges(definitions, self.axes, block, False)) or "0"
+        # blocks that multiply matrices are tall (BLAS wants them so); others stay in cache, where a pass over a
+        # block is cheap and its temporaries are not fresh pages (layer norm: 2.2× faster than in 32 MiB blocks)
+        budget = "_BLOCK_BYTES" if self.gemm else "_CACHE_BYTES"
         lines = [f"# {', '.join(sorted(self.printed[n] for n in block.local))}: held for a block of rows of "
-                 f"{block.blocked} at a time, and as many entries as the sums over the rows they add into",
-                 f"_rows = max(1, min({rows}, max(_BLOCK_BYTES // (_dtype.itemsize * ({per_row})), "
+                 f"{block.blocked} at a time ({budget} of them), and as many entries as the sums over the rows they "
+                 "add into",
+                 f"_rows = max(1, min({rows}, max({budget} // (_dtype.itemsize * ({per_row})), "
                  f"-(-({sums}) // ({per_row})))))",
                  f"_rows = -(-{rows} // -(-{rows} // _rows)) if {rows} else 1  # blocks of one size",
                  f"for _r0 in range(0, {rows}, _rows):",

@@ -23,8 +23,10 @@ import numpy as np
 
 __all__ = ["forward", "gradients"]
 
-#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+#: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
+#: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
 _BLOCK_BYTES = 32 << 20
+_CACHE_BYTES = 1 << 20
 
 
 def _sigmoid(u):
@@ -101,7 +103,7 @@ def forward(Q, K, V):
     _n_j = _sizes["j"]
     _n_f = _sizes["f"]
     O = np.empty((_n_i, _n_f), dtype=_dtype)
-    # P, S: held for a block of rows of i at a time, and as many entries as the sums over the rows they add into
+    # P, S: held for a block of rows of i at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
     _rows = max(1, min(_n_i, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1 + _n_j * 1)), -(-(0) // (_n_j * 1 + _n_j * 1)))))
     _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
     for _r0 in range(0, _n_i, _rows):
@@ -130,7 +132,7 @@ def gradients(Q, K, V, dO):
     dK = np.zeros((_n_j, _n_e), dtype=_dtype)
     dV = np.zeros((_n_j, _n_f), dtype=_dtype)
     dQ = np.empty((_n_i, _n_e), dtype=_dtype)
-    # O, P, S, dP, dS: held for a block of rows of i at a time, and as many entries as the sums over the rows they add into
+    # O, P, S, dP, dS: held for a block of rows of i at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
     _rows = max(1, min(_n_i, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1)), -(-(_n_j * _n_e * 1 + _n_j * _n_f * 1) // (_n_f * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1 + _n_j * 1)))))
     _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
     for _r0 in range(0, _n_i, _rows):

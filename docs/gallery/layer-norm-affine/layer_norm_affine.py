@@ -24,8 +24,10 @@ import numpy as np
 
 __all__ = ["forward", "gradients"]
 
-#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+#: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
+#: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
 _BLOCK_BYTES = 32 << 20
+_CACHE_BYTES = 1 << 20
 
 
 def _sigmoid(u):
@@ -100,8 +102,8 @@ def forward(x, gamma, beta):
     _n_b = _sizes["b"]
     _n_k = _sizes["k"]
     y = np.empty((_n_b, _n_k), dtype=_dtype)
-    # m, v, xhat: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
-    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1)), -(-(0) // (1 + 1 + _n_k * 1)))))
+    # m, v, xhat: held for a block of rows of b at a time (_CACHE_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_CACHE_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1)), -(-(0) // (1 + 1 + _n_k * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
@@ -124,8 +126,8 @@ def gradients(x, gamma, beta, dy):
     dgamma = np.zeros((_n_k,), dtype=_dtype)
     dbeta = np.zeros((_n_k,), dtype=_dtype)
     dx = np.empty((_n_b, _n_k), dtype=_dtype)
-    # m, v, xhat: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
-    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1)), -(-(_n_k * 1 + _n_k * 1) // (1 + 1 + _n_k * 1)))))
+    # m, v, xhat: held for a block of rows of b at a time (_CACHE_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_CACHE_BYTES // (_dtype.itemsize * (1 + 1 + _n_k * 1)), -(-(_n_k * 1 + _n_k * 1) // (1 + 1 + _n_k * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)

@@ -23,8 +23,10 @@ import numpy as np
 
 __all__ = ["forward", "gradients"]
 
-#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+#: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
+#: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
 _BLOCK_BYTES = 32 << 20
+_CACHE_BYTES = 1 << 20
 
 
 def _sigmoid(u):
@@ -101,7 +103,7 @@ def forward(W, X, bias, label):
     _n_d = _sizes["d"]
     _n_b = _sizes["b"]
     L = np.zeros((), dtype=_dtype)
-    # P, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    # P, z: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
     _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1)), -(-(1) // (_n_c * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
@@ -131,7 +133,7 @@ def gradients(W, X, bias, label):
     dW = np.zeros((_n_c, _n_d), dtype=_dtype)
     dbias = np.zeros((_n_c,), dtype=_dtype)
     dX = np.empty((_n_b, _n_d), dtype=_dtype)
-    # P, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    # P, z: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
     _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_c * 1)), -(-(1 + _n_c * _n_d * 1 + _n_c * 1) // (_n_c * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):

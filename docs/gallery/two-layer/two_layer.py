@@ -25,8 +25,10 @@ import numpy as np
 
 __all__ = ["forward", "gradients"]
 
-#: The bytes the arrays held for one block of rows take between them (at least one row); assign to change it.
+#: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
+#: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
 _BLOCK_BYTES = 32 << 20
+_CACHE_BYTES = 1 << 20
 
 
 def _sigmoid(u):
@@ -104,7 +106,7 @@ def forward(W1, X, W2, T):
     _n_b = _sizes["b"]
     _n_c = _sizes["c"]
     L = np.zeros((), dtype=_dtype)
-    # P, h, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    # P, h, z: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
     _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_c * 1)), -(-(1) // (_n_c * 1 + _n_j * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
@@ -136,7 +138,7 @@ def gradients(W1, X, W2, T):
     dW1 = np.zeros((_n_j, _n_d), dtype=_dtype)
     dW2 = np.zeros((_n_c, _n_j), dtype=_dtype)
     dX = np.empty((_n_b, _n_d), dtype=_dtype)
-    # P, dh, h, z: held for a block of rows of b at a time, and as many entries as the sums over the rows they add into
+    # P, dh, h, z: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
     _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1 + _n_j * 1 + _n_j * 1 + _n_c * 1)), -(-(1 + _n_j * _n_d * 1 + _n_c * _n_j * 1) // (_n_c * 1 + _n_j * 1 + _n_j * 1 + _n_c * 1)))))
     _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
     for _r0 in range(0, _n_b, _rows):
