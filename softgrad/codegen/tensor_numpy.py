@@ -414,9 +414,8 @@ class _Compiler:
             target, d = self.temp(), self.dialect
             if self.share:
                 self.made[key] = target
-            fresh = code.startswith("(") or any(code.startswith(f + "(") for f in d.functions.values())
             if d.in_place:
-                self.pending += [f"{target} = {code}{'' if fresh else d.copy}",
+                self.pending += [f"{target} = {code}{'' if self.new_array(code) else d.copy}",
                                  f"{target}[{subscript}] {'-' if signs[position] else '+'}= {amount}"]
             else:
                 self.pending.append(f"{target} = {code}.at[{subscript}].add({'-' if signs[position] else ''}{amount})")
@@ -461,6 +460,11 @@ class _Compiler:
         pages on every call, so each one saved is a pass of memory saved."""
         if not self.dialect.chain_in_place or have != want or not want:
             return False
+        return self.new_array(code)
+
+    def new_array(self, code: str) -> bool:
+        """Whether code makes a new array (a parenthesised operation or a call of an entrywise function), not a
+        name, a view or a broadcast of one."""
         return code.startswith("(") or any(code.startswith(f + "(") for f in self.dialect.functions.values())
 
     def shape(self, range_names: Iterable[str]) -> str:
