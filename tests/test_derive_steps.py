@@ -5,12 +5,12 @@ import sympy as sp
 from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
-from softgrad.derive import CATALOG
+from softgrad.derive import CATALOG, derive_spec, load_spec
 from softgrad.derive.check import StepChecker
 from softgrad.derive.spec import parse_spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, class_sum, index
-from softgrad.errors import StepCheckFailed
+from softgrad.errors import SoftgradError, StepCheckFailed
 
 i, j, k = index("i"), index("j"), index("k")
 x, y, g = sp.IndexedBase("x"), sp.IndexedBase("y"), sp.IndexedBase("g")
@@ -247,3 +247,31 @@ def test_tidy_leaves_cancel_out_beyond_its_size_limit(monkeypatch):
     assert algebra._tidy(small) == 1 / (x[i] - 1) and cancelled == [small]
     assert sp.simplify(algebra._tidy(large) - sum(1 / (x[i] - m) for m in (1, 2, 3))) == 0  # factor() cancels
     assert cancelled == [small]
+
+
+def test_a_derivation_collects_cycles_rarely_and_puts_the_thresholds_back():
+    """While deriving, the cycle collector runs every 50,000 new objects (SymPy's objects are acyclic and many);
+    the caller's thresholds are restored afterwards, also when the derivation fails."""
+    import gc
+
+    import softgrad.derive.engine as engine
+
+    seen = []
+    original = engine._derive
+
+    def spying(*arguments):
+        seen.append(gc.get_threshold())
+        return original(*arguments)
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        engine._derive = spying
+        derive_spec(load_spec("softmax"))
+        with pytest.raises(SoftgradError):
+            derive_spec(load_spec("softmax"), wrt="nothing")
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        engine._derive = original
+        gc.set_threshold(*before)
+    assert seen[0] == (50_000, 10, 10)
