@@ -80,8 +80,8 @@ class _Compiler:
         #: the row blocking the statements are compiled for (None: whole arrays), and the arrays held for a block
         self.block: RowBlocking | None = None
         self.local: set[str] = set()
-        #: arrays made by extra lines, by what they hold, for the statements that follow in the same loop (not in
-        #: forward(), whose statements gradients() takes only some of)
+        #: arrays made by extra lines, by what they hold, for the statements that follow in the same loop (where the
+        #: function's statements are printed together: body(shared=True))
         self.made: dict[tuple[Any, ...], str] = {}
         self.share = True
         self.gemm = False  # whether a statement of the block being compiled multiplies two matrices
@@ -538,10 +538,11 @@ class _Compiler:
                  f"{target} = {code}" if target != name else f"{name} = {self.dialect.array.format(code)}"]
         return Statement(name, lines, self.logs_read, self.names_in(expr))
 
-    def body(self, definitions: list[Definition], block: RowBlocking | None) -> list[Statement]:
+    def body(self, definitions: list[Definition], block: RowBlocking | None, shared: bool = True) -> list[Statement]:
         """One function's statements: as written, or a block of rows at a time as the row blocking says (the
-        fixed ranges stay whole axes here: NumPy takes them at once)."""
-        self.made = {}
+        fixed ranges stay whole axes here: NumPy takes them at once). shared: a statement may read an array an
+        earlier one made (not where a caller takes only some of the statements: forward()'s, for gradients())."""
+        self.made, self.share = {}, shared
         if block is None:
             return [self.statement(d) for d in definitions]
         statements = [self.statement(definitions[p]) for p in block.before]
@@ -728,9 +729,7 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     # the NumPy module runs a block of rows at a time where it can (torch and JAX keep whole arrays: their
     # compilers fuse, and a Python loop would break a traced graph)
     plan = functions(derivation, blocked=dialect is NUMPY)
-    compiler.share = False
-    forward = compiler.body(plan.forward, plan.forward_block)
-    compiler.share = True
+    forward = compiler.body(plan.forward, plan.forward_block, shared=False)
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()
     for name in spec.inputs:
