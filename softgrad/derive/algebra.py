@@ -336,33 +336,59 @@ def targets_of_loss(spec: Spec, candidates: list[str]) -> list[str]:
     if spec.output.is_vector:
         return []
     constrained = {c.input_name for c in spec.constraints}
-    loss = inline(spec.output.expr, spec.definitions[:-1], set())
-    affine = {name for name in candidates if affine_in(loss, name)}
+    definitions = spec.definitions[:-1]
+    affine = {name for name in candidates if affine_in(spec.output.expr, name, definitions)}
     if affine == set(candidates) or not affine:
         affine = {name for name in candidates if name in TARGET_NAMES}
     return [name for name in candidates if (name in constrained or name in affine) and spec.axes.get(name) != ()]
 
 
-def affine_in(expr: sp.Expr, name: str) -> bool:
+def affine_in(expr: sp.Expr, name: str, definitions: Collection[Definition] = ()) -> bool:
     """Whether expr is affine in the entries of the input `name` (as a loss is in its targets): they are
-    reached only through sums and products with at most one factor that reads them."""
-    def degree(e: sp.Expr) -> int | None:  # 0: does not read it, 1: affine, None: anything else
-        if not any(str(entry.base) == name for entry in e.atoms(sp.Indexed)):
+    reached only through sums and products with at most one factor that reads them — through the definitions
+    expr reads, each looked at once (not inlined: the written-out loss of a two-layer classifier took a tenth of
+    a second to build, before its first step could be proved)."""
+    return _Degree(name, definitions).of(expr) == 1
+
+
+class _Degree:
+    """The degree of expressions in the entries of one input: 0 (not read), 1 (affine), None (anything else),
+    through the definitions they read."""
+
+    def __init__(self, name: str, definitions: Collection[Definition]):
+        self.name = name
+        self.by_name = {d.name: d for d in definitions}
+        self.known: dict[str, int | None] = {}
+
+    def of_definition(self, defined: str) -> int | None:
+        if defined not in self.known:
+            self.known[defined] = 0  # the parser refuses a definition that reads itself: this ends a recursion
+            self.known[defined] = self.of(self.by_name[defined].expr)
+        return self.known[defined]
+
+    def reads(self, e: sp.Basic) -> bool:
+        names = {str(entry.base) for entry in e.atoms(sp.Indexed)} | {str(s) for s in e.free_symbols}
+        return self.name in names or any(self.of_definition(n) != 0 for n in names if n in self.by_name)
+
+    def of(self, e: sp.Basic) -> int | None:
+        if not self.reads(e):
             return 0
         if isinstance(e, sp.Indexed):
-            return 1
-        if isinstance(e, sp.Sum):
-            return degree(e.function)
-        if e.is_Add or e.is_Mul:
-            degrees = [degree(a) for a in e.args]
-            known = [d for d in degrees if d is not None]
-            if len(known) < len(degrees):
+            if any(self.reads(position) for position in e.indices):
                 return None
-            total = max(known) if e.is_Add else sum(known)
+            return 1 if str(e.base) == self.name else self.of_definition(str(e.base))
+        if isinstance(e, sp.Symbol):
+            return 1 if str(e) == self.name else self.of_definition(str(e))
+        if isinstance(e, sp.Sum):
+            return self.of(e.function)
+        if e.is_Add or e.is_Mul:
+            degrees = [self.of(a) for a in e.args]
+            found = [d for d in degrees if d is not None]
+            if len(found) < len(degrees):
+                return None
+            total = max(found) if e.is_Add else sum(found)
             return total if total <= 1 else None
         return None
-
-    return degree(expr) == 1
 
 
 def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
