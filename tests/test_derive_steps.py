@@ -275,3 +275,20 @@ def test_a_derivation_collects_cycles_rarely_and_puts_the_thresholds_back():
         engine._derive = original
         gc.set_threshold(*before)
     assert seen[0] == (50_000, 10, 10)
+
+
+@pytest.mark.parametrize(("source", "targets"), [
+    ("p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(t[k]*log(p[k]), k)", ["t"]),
+    ("u[i] = 2*t[i] + 1; p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(u[k]*log(p[k]), k)", ["t"]),  # via u
+    ("u[i] = q[i]^2; p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -sum(u[k]*log(p[k]), k)", []),  # q², not affine
+    ("w = sum(q[k], k); p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -w*sum(q[k]*log(p[k]), k)", []),  # q·q
+    ("u[i] = 3*q[i]; w = sum(u[k], k); p[i] = exp(z[i]) / sum(exp(z[k]), k); L = -w*sum(log(p[k]), k)",
+     ["q"]),  # through two definitions
+    ("L = sum((x[k] - t[k])^2, k)/n", ["t"])])  # neither affine: the target's name decides
+def test_the_targets_of_a_loss_are_found_through_its_definitions(source, targets):
+    """An input the loss is affine in (read through sums, products with one such factor, and definitions of
+    either) is a target; the default --wrt is then the other input."""
+    from softgrad.derive import algebra
+
+    spec = load_spec(source)
+    assert algebra.targets_of_loss(spec, list(spec.inputs)) == targets
