@@ -408,6 +408,8 @@ class StepChecker:
 
         A mismatch in double precision is confirmed in extended precision before it is reported: large
         terms that cancel (1/√ε in a normalisation at n = 1) lose digits to rounding, not to a wrong step."""
+        free, equal, distinct = self._cases(step)
+        self.marks.submit(step, free, equal, distinct)  # first: the prover works on it while the numbers are checked
         if not self.wide:
             try:
                 return self._check(step)
@@ -439,14 +441,18 @@ class StepChecker:
                 raise SpecError(f"{output} has no stable value at the points sampled: with 30 and with 60 digits it "
                                 "comes out different (a division by something that is 0 whatever the inputs?)")
 
-    def _check(self, step: Step) -> Step:
-        free = sorted(
-            {s for e in [step.lhs, *step.forms] for s in _free_indices(e)}, key=str
-        )
+    @staticmethod
+    def _cases(step: Step) -> tuple[list[sp.Symbol], Any, Any]:
+        """The step's free indices, and the case (i = j, i ≠ j) it is restricted to, if any."""
+        free = sorted({s for e in [step.lhs, *step.forms] for s in _free_indices(e)}, key=str)
         # a case restriction applies where both of its indices are still free: in the case i = j the
         # step is usually written with j already replaced by i, and then every pair it has is in the case
         equal = step.equal if step.equal and set(step.equal) <= set(free) else None
         distinct = step.distinct if step.distinct and set(step.distinct) <= set(free) else None
+        return free, equal, distinct
+
+    def _check(self, step: Step) -> Step:
+        free, equal, distinct = self._cases(step)
         comparisons: dict[int, int] = {}
         for point in self.points[bool(step.assumes)]:
             for values in itertools.product(range(point.size), repeat=len(free)):
@@ -474,7 +480,6 @@ class StepChecker:
         step.check_detail = f"{sum(comparisons.values())} comparisons at n = {', '.join(map(str, sizes))}"
         step.check_sizes = tuple(sizes)
         self.checked += 1
-        self.marks.submit(step, free, equal, distinct)
         return step
 
     def _finite(self, value: Any) -> Any:

@@ -449,9 +449,9 @@ class TensorChecker:
         Where doubles overflow (a backward array of exp(x + 1000)), this and every later check runs in mpmath;
         a mismatch in doubles is confirmed in mpmath before it is reported (terms of 1/√ε that cancel lose
         digits to rounding, not to a wrong step)."""
+        self._prove(step)  # sent to the prover first: it works on the step while the numbers are checked here
         self._check_numerically(step)
         self.checked += 1
-        self._prove(step)
         return step
 
     def _check_numerically(self, step: Step) -> Step:
