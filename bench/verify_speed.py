@@ -48,7 +48,7 @@ def main() -> None:
     call, _ = best_of(lambda: softmax_vjp(x, x))
     seconds, report = best_of(lambda: check_gradient(one_wrong_element, "softmax", "x,g->dx", n=100_000,
                                                      batch=rows, mode="projections"))
-    found = (report.worst.row, report.worst.i) if report.worst else None
+    found = report.worst.index if report.worst else None
     print(f"projections, n = 1e5, {rows} rows, one wrong element: {seconds:.3f} s (target < 1 s); "
           f"found {found}; one call of the function: {call * 1e3:.1f} ms")
     check_gradient(cross_entropy_gradient, "cross-entropy", "z,t->dz", n=8)

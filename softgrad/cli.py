@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from softgrad.derive.spec import Spec
     from softgrad.verify.formula import FormulaReport
     from softgrad.verify.report import Report
-    from softgrad.verify.tensor_verify import TensorReport
 
 #: --time-limit: seconds a derivation may take before it stops with a clear error.
 _TIME_LIMIT = click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=DERIVE_SECONDS,
@@ -334,8 +333,7 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
 
         if against is None or target is not None:
             raise SoftgradError("--formula needs --against SPEC and no function to load")
-        result: Report | FormulaReport | TensorReport = verify_formula(formula, derive_spec(load_spec(against)), wrt,
-                                                                       seed)
+        result: Report | FormulaReport = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
     else:
         from softgrad.verify import check_gradient
         from softgrad.verify.loaders import load_function

@@ -142,7 +142,7 @@ def test_c_written_outputs_first_with_a_cache_and_accumulated_gradients_passes(l
     assert report["verdict"] == "PASS" and report["dtype"] == "float32"  # float, from the prototype
     assert report["sizes"] == {"b": 2, "t": 3, "c": 8} and report["signature"] == PAIR
     assert any("layernorm_forward(out, mean, rstd, inp, weight, bias, B=2, T=3, C=8)" in note
-               for note in report["notes"])
+               for note in report["conventions"])
     assert report["elements"] >= 3 * (48 + 48 + 8 + 8)  # out, dinp, dweight, dbias at every input case
 
 
@@ -176,7 +176,7 @@ def test_each_bug_of_a_port_is_caught_with_its_array(layer_norm: Path, bug: str)
     elif bug == "changes its input":
         assert "layernorm_backward changed its input inp (first at offset 0)" in said
     else:
-        assert report["worst"]["output"] in ("dinp", "dweight") and report["worst"]["index"]
+        assert report["worst"]["array"] in ("dinp", "dweight") and report["worst"]["index"]
 
 
 def test_accumulation_into_an_output_not_declared_so_is_caught(layer_norm: Path) -> None:

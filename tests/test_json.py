@@ -57,7 +57,7 @@ REPORTS = [  # (function, spec, signature): right and wrong ones, every signatur
 def test_every_report_of_the_verify_corpus_validates(function, against, signature):
     report = check_gradient(getattr(gradients, function), against, signature)
     document = report.to_dict()
-    validate(json.loads(json.dumps(document)), "report-1")
+    validate(json.loads(json.dumps(document)), "report-2")
     assert (document["verdict"] == "PASS") == report.passed
     if not report.passed:
         assert document["failures"]
@@ -68,7 +68,7 @@ def test_the_command_line_json_validates():
         run = subprocess.run([sys.executable, "-m", "softgrad", "verify", target, "--against", "softmax", "--json"],
                              capture_output=True, text=True, cwd=CORPUS, timeout=300)
         assert run.returncode in (0, 1), run.stderr
-        validate(json.loads(run.stdout), "report-1")
+        validate(json.loads(run.stdout), "report-2")
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,19 @@ def test_formula_reports_validate(formula, passes):
     report = verify_formula(formula, derive_spec(load_spec("softmax")))
     assert report.passed == passes
     validate(report.to_dict(), "formula-report-1")
+
+
+def test_per_row_code_and_code_over_named_arrays_get_one_report():
+    """One schema, softgrad.report/2, whatever the spec's indices: the worst element named by the array the code
+    returned and its full index, for a softmax backward checked by rows as for a softmax regression's gradients."""
+    import tensor_code
+
+    per_row = check_gradient(gradients.softmax_vjp_one_element, "softmax", "x,g->dx")
+    named = check_gradient(tensor_code.labels_sign_flip,
+                           str(CORPUS.parent.parent / "docs" / "examples" / "softmax-regression-labels.spec"),
+                           "X,W,bias,label->loss,dW,dX,dbias")
+    assert (per_row.worst.array, per_row.worst.index[1:]) == ("dx", (3,)) and len(per_row.worst.index) == 2
+    assert named.worst.array in ("dW", "dX", "dbias") and len(named.worst.index) == 2
+    for report in (per_row, named):
+        assert not report.passed and f"worst element {report.worst.where} " in report.text()
+        validate(json.loads(json.dumps(report.to_dict())), "report-2")

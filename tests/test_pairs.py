@@ -288,7 +288,7 @@ def test_a_settings_dict_is_passed_to_the_code_and_sets_the_spec_parameters_it_n
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == verdict, result.stdout + result.stderr
     if verdict == 0:
-        assert 'note: ln_param = {"eps": 0.1, "mode": "train"} is passed as the code\'s argument ln_param; the ' \
+        assert 'ln_param = {"eps": 0.1, "mode": "train"} is passed as the code\'s argument ln_param; the ' \
                "spec's eps = 0.1" in result.stdout
         assert "dgamma is returned with shape (1, 6) and read as (6,)" in result.stdout
 

@@ -318,7 +318,7 @@ def test_the_report_with_its_new_fields_follows_the_schema():
     failed = _check("real_code", "softmax_loss_not_divided", "cross-entropy-onehot", "x,labels->loss,dx",
                     {"reduction": "mean"})
     data = failed.to_dict()
-    validate(data, "report-1")
+    validate(data, "report-2")
     assert data["conventions"][0].startswith("targets: class labels") and len(data["inputs"]) == 6
     assert all(case["bad_elements"] <= case["elements"] for case in data["cases"])
 

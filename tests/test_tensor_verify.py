@@ -59,9 +59,9 @@ def test_right_code_passes_and_wrong_code_fails(function_name):
 
 def test_the_report_names_the_worst_element_and_the_reduction_factor():
     report = _check("sum_reduction", sizes="b=8,c=10,d=5")
-    assert report.worst is not None and report.worst.output in ("dW", "dbias")
+    assert report.worst is not None and report.worst.array in ("dW", "dbias")
     text = report.text()
-    assert f"{report.worst.output}[" in text and "n_b = 8" in text
+    assert f"{report.worst.array}[" in text and "n_b = 8" in text
     assert any("8 times the exact gradient (n_b): looks like a mean/sum reduction mismatch" in h for h in report.hints)
 
 
@@ -133,13 +133,13 @@ def test_reports_validate_against_their_schema(function_name):
 
     import jsonschema
 
-    schema = json.loads((ROOT / "softgrad" / "schemas" / "tensor-report-1.schema.json").read_text())
+    schema = json.loads((ROOT / "softgrad" / "schemas" / "report-2.schema.json").read_text())
     report = _check(function_name)
     document = json.loads(json.dumps(report.to_dict()))
     jsonschema.validate(document, schema)
     assert (document["verdict"] == "PASS") == report.passed
     if not report.passed:
-        assert document["worst"]["output"] in ("dW", "dX", "dbias", "loss") and document["worst"]["index"]
+        assert document["worst"]["array"] in ("dW", "dX", "dbias", "loss") and document["worst"]["index"]
 
 
 WEIGHT_DECAY = """z[b, c] = sum(W[c, d] * X[b, d], d)
@@ -175,7 +175,7 @@ def test_a_signature_names_a_parameter_where_the_code_takes_it(decay_factor, rig
     report = verify_tensor(function, derivation, signature, parse_sizes(None, derivation.spec), label="softmax_loss",
                            against="weight decay", parameters={"reg": 0.5}, extremes=False)
     assert report.passed == right, report.text()
-    assert right or report.worst.output == "dW"
+    assert right or report.worst.array == "dW"
     with pytest.raises(SoftgradError, match="'bogus' is not an input or parameter"):
         parse_tensor_signature("W,X,y,bogus->loss,dW", derivation)
 
@@ -185,7 +185,7 @@ def test_keepdims_outputs_are_read_in_the_specs_shape_and_said():
     says how they were read; a shape with other sizes is still refused in one line."""
     report = _check("layer_norm_keepdims")
     assert report.passed and any(re.match(r"dgamma is returned with shape \(1, \d+\) and read as \(\d+,\)", note)
-                                 for note in report.notes)
+                                 for note in report.conventions)
     spec_name, signature, _ = CASES["layer_norm_backward"]
     derivation = _derived(spec_name, signature)
     with pytest.raises(SoftgradError, match=r"dgamma has shape \(1, 4\), expected \(\d+,\)"):

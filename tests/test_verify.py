@@ -50,17 +50,17 @@ def test_wrong_python_gradients_fail(function, against, signature, worst_column)
     report = check_gradient(getattr(gradients, function), against, signature)
     assert not report.passed
     if worst_column is not None:
-        assert report.worst.i == worst_column and report.case_counts[0][1] == 4  # one bad element per row
+        assert report.worst.index[1] == worst_column and report.case_counts[0][1] == 4  # one bad element per row
 
 
 def test_the_worst_element_is_reported_with_both_values():
     report = check_gradient(gradients.softmax_vjp_one_element, "softmax", "x,g->dx")
     worst = report.worst
-    assert worst.i == 3 and worst.j is None
-    assert worst.analytic == pytest.approx(worst.numeric * 1.001, rel=1e-6)
+    assert worst.array == "dx" and len(worst.index) == 2 and worst.index[1] == 3
+    assert worst.got == pytest.approx(worst.numeric * 1.001, rel=1e-6)
     assert worst.exact == pytest.approx(worst.numeric, rel=1e-8)
     text = report.text()
-    for label in ("worst element: row", "analytic", "numeric", "exact", "tolerance", "bad elements: 18 of 168",
+    for label in ("worst element dx[", "got", "numeric", "exact", "tolerance", "bad elements: 18 of 168",
                   "4 of 28 with logits ~ N(0, 1²)", "seed 0"):
         assert label in text
 
@@ -116,7 +116,7 @@ def test_a_single_wrong_element_at_n_1e5_is_localized():
 
     report = check_gradient(wrong, "softmax", "x,g->dx", n=100_000, batch=3)
     assert not report.passed and report.mode == "random projections"
-    assert (report.worst.row, report.worst.i) == (1, 76_543), report.text()
+    assert report.worst.index == (1, 76_543), report.text()
 
 
 def test_a_1e6_relative_error_at_n_1e5_is_caught():
@@ -157,9 +157,10 @@ def test_json_report():
     result = run("gradients.py:softmax_vjp_one_element", "--against", "softmax", "--json")
     assert result.returncode == 1
     data = json.loads(result.stdout)
-    assert data["verdict"] == "FAIL" and data["worst"]["i"] == 3 and data["bad_elements"] == 18
+    assert data["verdict"] == "FAIL" and data["bad_elements"] == 18
+    assert data["worst"]["array"] == "dx" and data["worst"]["index"][1] == 3
     assert data["cases"][0] == {"case": "logits ~ N(0, 1²)", "bad_elements": 4, "elements": 28}
-    assert {"analytic", "numeric", "exact", "tolerance", "absolute_error", "relative_error"} <= set(data["worst"])
+    assert {"got", "numeric", "exact", "tolerance", "absolute_error", "relative_error"} <= set(data["worst"])
 
 
 @pytest.mark.slow
@@ -244,9 +245,9 @@ def test_no_hint_where_the_error_is_not_a_constant_factor():
 def test_no_relative_error_is_printed_when_the_reference_is_zero():
     from softgrad.verify.report import Report, Worst
 
-    report = Report("f", "x,g->dx", "softmax", "float64", "full Jacobian", 0, 6e-6, 28)
+    report = Report("f", "x,g->dx", "softmax", "float64", "full Jacobian", 0, 6e-6, elements=28)
     report.fail("dx does not match finite differences at 1 element(s) (logits ~ N(0, 1²))")
-    report.worst = Worst(0, 3, None, 0.25, 0.0, 0.0, 1e-8, "tolerance", "logits ~ N(0, 1²)", False)
+    report.worst = Worst("dx", (0, 3), 0.25, 0.0, 0.0, 1e-8, "tolerance", "logits ~ N(0, 1²)")
     text = report.text()
     assert "no relative error (the reference is 0, to within the tolerance)" in text and "e+29" not in text
     assert report.to_dict()["worst"]["relative_error"] is None

@@ -19,7 +19,6 @@ from softgrad.verify.report import Report
 
 if TYPE_CHECKING:
     from softgrad.verify.problem import Problem
-    from softgrad.verify.tensor_verify import TensorReport
 
 
 def check_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None, *,
@@ -29,7 +28,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                    label: str | None = None, mode: str = "auto",
                    progress: Callable[[int, int, str], None] | None = None, sizes: str | None = None,
                    extremes: bool = True, targets: str | None = None,
-                   layout: str = "classes-last", order: int = 1) -> Report | TensorReport:
+                   layout: str = "classes-last", order: int = 1) -> Report:
     """The verify report for `function` against a spec (catalog name, spec text or .spec file) or a forward
     function.
 
@@ -41,8 +40,8 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     signature and the spec say); layout: classes-last or classes-first; extremes: False skips inputs of
     order 1000. progress(done, total, case), if given, is told of each input case as its check starts.
     For a spec with several indices, `signature` names the function's arrays ("X,W,bias,T->loss,dW,dbias"),
-    `sizes` the ranges' sizes ("b=8,c=10"), and the result is a TensorReport (same passed, text(),
-    to_dict()). order=2: `function` is a loss's Hessian–vector product, signature "x,t,v->hv" (the spec's
+    `sizes` the ranges' sizes ("b=8,c=10"); the report is the same kind (schema softgrad.report/2).
+    order=2: `function` is a loss's Hessian–vector product, signature "x,t,v->hv" (the spec's
     inputs and the vector; the product), checked against the derived one."""
     from softgrad.errors import SoftgradError
     from softgrad.verify.checker import verify
@@ -107,7 +106,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                         tensor_report.failures.insert(0, line)
                     products = {name: product + "·v" for name, product in products.items()}  # elements of H·v
                 if tensor_report.worst is not None:
-                    tensor_report.worst.output = products.get(tensor_report.worst.output, tensor_report.worst.output)
+                    tensor_report.worst.array = products.get(tensor_report.worst.array, tensor_report.worst.array)
                 for name, product in products.items():
                     tensor_report.hints = [hint.replace(f"{name} ", f"{product} ") for hint in tensor_report.hints]
                 if not matrix:  # what the code did wrong (unwritten entries, writes outside), under its own names
@@ -115,7 +114,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                                               for line in tensor_report.failures]
                 tensor_report.against, tensor_report.signature = shown
             if how:
-                tensor_report.notes.insert(0, how if how.startswith("called") else f"called as {how}")
+                tensor_report.conventions.insert(0, how if how.startswith("called") else f"called as {how}")
             return tensor_report
     if (against is None) == (forward is None):
         raise SoftgradError("give either against=SPEC or forward=FUNCTION")
@@ -162,7 +161,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
 
 def _check_tensor(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
                   dtype: str, seed: int, parameters: dict[str, Any], extremes: bool,
-                  label: str | None) -> TensorReport:
+                  label: str | None) -> Report:
     from softgrad.derive import derive_spec, load_spec
     from softgrad.derive.spec import with_rows
     from softgrad.errors import SoftgradError
@@ -335,7 +334,7 @@ def _reference_problem(against: str, wrt: str | None, parameters: tuple[tuple[st
 
 
 def assert_gradient(function: Callable[..., Any], against: str | None = None, signature: str | None = None,
-                    **options: Any) -> Report | TensorReport:
+                    **options: Any) -> Report:
     """Raise AssertionError with the full report if `function` is not the gradient; return the report."""
     report = check_gradient(function, against, signature, **options)
     if not report.passed:

@@ -59,8 +59,8 @@ def verify(
         mode = "full" if size <= FULL_JACOBIAN_UP_TO or signature.returns == ("J",) else "projections"
     mode = {"full": "full Jacobian", "projections": "random projections"}[mode]
     kinds, why = target_kinds(problem, targets, "label" in signature.takes)
-    report = Report(label, signature.text, against, dtype, mode, seed, differences.DEFAULT_STEP, 0,
-                    conventions=_conventions(why, reduction, layout, extremes, problem))
+    report = Report(label, signature.text, against, dtype, mode, seed, differences.DEFAULT_STEP,
+                    sizes={"row": rows, "i": size}, conventions=_conventions(why, reduction, layout, extremes, problem))
     representable = np.dtype(dtype)
     cases = [Case(case.name, case.x.astype(representable).astype(np.float64), as_given(case.t, representable),
                   case.labels, case.extreme)  # projections too: extreme logits, near ties, every target kind

@@ -150,15 +150,17 @@ def compare_full(report: Report, signature: Signature, problem: Problem, case: s
                 report.fail(f"{role} differs from the exact result by {np.abs(analytic - exact[role])[worst]:.3g} "
                             f"at {where(worst)} (tolerance {exact_tolerance[worst]:.3g}, {case}); "
                             "too small for finite differences to see")
-                record_worst(report, worst, analytic, value, exact.get(role), exact_tolerance,
-                              f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case, arrays)
+                record_worst(report, signature.name_of(role), worst, analytic, value, exact.get(role),
+                             exact_tolerance, f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case,
+                             arrays)
                 report.bad_elements += int(exact_bad.sum())
         if bad.any():
             worst = np.unravel_index(np.argmax(error / tolerance), analytic.shape)
             report.fail(f"{role} does not match finite differences at {int(bad.sum())} element(s) ({case})")
             how = (f"{NOISE_FACTOR:g} × difference noise {noise[worst]:.2g} + {dtype} floor "
                    f"{FLOOR[dtype]:g} × row scale {scale[worst[0]].item():.3g}")
-            record_worst(report, worst, analytic, value, exact.get(role), tolerance, how, case, arrays)
+            record_worst(report, signature.name_of(role), worst, analytic, value, exact.get(role), tolerance, how, case,
+                         arrays)
             report.bad_elements += int(bad.sum())
             report.hint(*constant_factor_hints(analytic, exact.get(role, value), tolerance, len(analytic), role))
 
@@ -216,9 +218,8 @@ def compare_projections(report: Report, signature: Signature, problem: Problem, 
             if whole is not None:  # the exact result of the whole batch shows whether it is a constant factor
                 report.hint(*constant_factor_hints(analytic, whole, EXACT_FLOOR[dtype] * np.abs(whole), len(analytic)))
             report.worst = Worst(
-                row,
-                column,
-                None,
+                signature.name_of("dx"),
+                (row, column),
                 float(analytic[row, column]),
                 float(element_numeric[0]),
                 None if exact_row is None else float(exact_row[0, column]),
@@ -239,8 +240,8 @@ def compare_projections(report: Report, signature: Signature, problem: Problem, 
             report.fail(f"dx differs from the exact result at {where(position)} ({case})")
             report.bad_elements += int((error > 1).sum())
             report.hint(*constant_factor_hints(analytic, exact["dx"], EXACT_FLOOR[dtype] * scale, len(analytic)))
-            report.worst = Worst(int(position[0]), int(position[1]), None, float(analytic[position]),
-                                 float(exact["dx"][position]), float(exact["dx"][position]),
+            report.worst = Worst(signature.name_of("dx"), (int(position[0]), int(position[1])),
+                                 float(analytic[position]), None, float(exact["dx"][position]),
                                  float(EXACT_FLOOR[dtype] * scale[position[0], 0]),
                                  f"{EXACT_FLOOR[dtype]:g} × row scale against the exact result", case, False)
 

@@ -17,19 +17,19 @@ def where(position: tuple[Any, ...]) -> str:
     return ", ".join(f"{n} {int(p)}" for n, p in zip(names, position))
 
 
-def record_worst(report: Report, position: tuple[Any, ...], analytic: np.ndarray, numeric: np.ndarray,
+def record_worst(report: Report, array: str, position: tuple[Any, ...], analytic: np.ndarray, numeric: np.ndarray,
                  exact: np.ndarray | None, tolerance: np.ndarray, how: str, case: str, arrays: Arrays) -> None:
+    """The first mismatch found is the report's worst element (row, i[, j] of per-row code's `array`)."""
     if report.worst is not None:
         return
-    row, i = int(position[0]), int(position[1])
-    j = int(position[2]) if len(position) > 2 else None
+    index = tuple(int(p) for p in position)
+    row, column = index[0], index[-1]  # a Jacobian's element (row, i, j) moves with x_j
     x = arrays["x"][row]
-    column = j if j is not None else i
     step = differences.DEFAULT_STEP
     plus, minus = x.copy(), x.copy()
     plus[column] += step
     minus[column] -= step
-    report.worst = Worst(row, i, j, float(analytic[position]), float(numeric[position]),
+    report.worst = Worst(array, index, float(analytic[position]), float(numeric[position]),
                          None if exact is None else float(exact[position]), float(tolerance[position]), how, case,
                          bool(np.argmax(plus) != np.argmax(minus)))
 

@@ -54,6 +54,11 @@ class Signature:
         """The inputs as the signature names them (z, labels, dout), in order."""
         return tuple(self.text.split("->", 1)[0].split(","))
 
+    def name_of(self, role: str) -> str:
+        """The output with this role (dx, J, loss) as the signature names it (dz, grad, jacobian)."""
+        names = dict(zip(self.returns, self.text.split("->", 1)[1].split(",")))
+        return names.get(role, role)
+
     @property
     def has_targets(self) -> bool:
         return "t" in self.takes or "label" in self.takes

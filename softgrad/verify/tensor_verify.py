@@ -17,19 +17,19 @@ import itertools
 import json
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from softgrad import tolerances
-from softgrad._version import __version__
 from softgrad.codegen.emit import emit
 from softgrad.derive.spec import spec_text
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 from softgrad.verify.pairs import parse_pair
+from softgrad.verify.report import Report, Worst
 from softgrad.verify.structure import unrepeatable
 from softgrad.verify.tensor_generated import (
     call_module,
@@ -38,6 +38,9 @@ from softgrad.verify.tensor_generated import (
     module_loss,
     sample_tensor_inputs,
 )
+
+#: The central finite differences' step, on inputs of order 1 (float64).
+DIFFERENCE_STEP = 1e-6
 
 #: Default sizes of the ranges, all different, so that an array read along the wrong axis shows.
 DEFAULT_SIZES = (5, 6, 4, 7, 3, 8, 9, 10)
@@ -143,73 +146,6 @@ def parse_sizes(text: str | None, spec: Any) -> dict[str, int]:
     return dict(consistent)
 
 
-@dataclass
-class Mismatch:
-    output: str
-    index: tuple[int, ...]
-    got: float
-    expected: float
-    error: float
-    tolerance: float
-    case: str
-    against: str
-
-    def where(self) -> str:
-        return f"{self.output}[{', '.join(map(str, self.index))}]" if self.index else self.output
-
-
-@dataclass
-class TensorReport:
-    function: str
-    signature: str
-    against: str
-    dtype: str
-    sizes: dict[str, int]
-    elements: int = 0
-    passed: bool = True
-    failures: list[str] = field(default_factory=list)
-    worst: Mismatch | None = None
-    bad_elements: dict[str, int] = field(default_factory=dict)  # per input case
-    hints: list[str] = field(default_factory=list)
-    cases: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def fail(self, line: str) -> None:
-        self.passed = False
-        self.failures.append(line)
-
-    def text(self) -> str:
-        sizes = ", ".join(f"n_{k} = {v}" for k, v in self.sizes.items())
-        lines = [f"{'PASS' if self.passed else 'FAIL'}  {self.function} against {self.against}",
-                 f"  signature {self.signature}, {self.dtype}, sizes {sizes}",
-                 f"  {self.elements} elements compared over {len(self.cases)} input cases: {'; '.join(self.cases)}"]
-        if self.worst is not None and not self.passed:
-            worst = self.worst
-            lines.append(f"  worst element {worst.where()} ({worst.case}): got {worst.got:.6g}, expected "
-                         f"{worst.expected:.6g} ({worst.against}); error {worst.error:.2e} > tolerance "
-                         f"{worst.tolerance:.0e}")
-        for case, count in self.bad_elements.items():
-            lines.append(f"  bad elements for {case}: {count}")
-        lines += [f"  {line}" for line in self.failures]
-        lines += [f"  note: {note}" for note in self.notes]
-        lines += [f"  hint: {hint}" for hint in self.hints]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as data: the schema softgrad.tensor-report/1 (softgrad/schemas/tensor-report-1.schema.json)."""
-
-        worst = self.worst
-        return {"schema": "softgrad.tensor-report/1", "softgrad": __version__,
-                "verdict": "PASS" if self.passed else "FAIL",
-                "function": self.function, "signature": self.signature, "against": self.against,
-                "dtype": self.dtype, "sizes": self.sizes, "elements": self.elements, "cases": self.cases,
-                "failures": self.failures, "hints": self.hints, "notes": self.notes, "bad_elements": self.bad_elements,
-                "worst": None if worst is None else {
-                    "output": worst.output, "index": list(worst.index), "got": worst.got,
-                    "expected": worst.expected, "error": worst.error, "tolerance": worst.tolerance,
-                    "case": worst.case, "against": worst.against}}
-
-
 def _reference(derivation: Derivation) -> Any:
     """The spec's generated NumPy module: the exact result every element is compared with."""
     with tempfile.TemporaryDirectory(prefix="softgrad-reference-") as folder:
@@ -218,7 +154,7 @@ def _reference(derivation: Derivation) -> Any:
 
 def verify_tensor(function: Callable[..., Any], derivation: Derivation, signature: TensorSignature,
                   sizes: dict[str, int], *, label: str, against: str, dtype: str = "float64", seed: int = 0,
-                  parameters: dict[str, Any] | None = None, extremes: bool = True) -> TensorReport:
+                  parameters: dict[str, Any] | None = None, extremes: bool = True) -> Report:
     """Check `function` against the derivation; returns the report (never raises on FAIL).
 
     extremes: also call it at inputs of order 1000: its outputs must be finite where the spec's are, and
@@ -234,25 +170,25 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     if missing:
         raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
     reference = _reference(derivation)
-    report = TensorReport(label, signature.text, against, dtype, sizes)
+    report = Report(label, signature.text, against, dtype, "every element", seed, DIFFERENCE_STEP, sizes=sizes)
     for name, setting in settings.items():
         named = [key for key in setting if key in spec.parameters]
-        report.notes.append(f"{name} = {json.dumps(setting)} is passed as the code's argument {name}" + (
+        report.convention(f"{name} = {json.dumps(setting)} is passed as the code's argument {name}" + (
             f"; the spec's {', '.join(named)} = {', '.join(f'{values[key]:g}' for key in named)}" if named else ""))
     cases = [("inputs of order 1", 1.0, True), ("inputs of order 10", 10.0, False)]
     if extremes:
         cases.append(("inputs of order 1000", 1000.0, False))
     else:
-        report.notes.append("--extremes off: not called at inputs of order 1000")
+        report.convention("--extremes off: not called at inputs of order 1000")
     for number, (case, scale, with_differences) in enumerate(cases):
         tolerance = tolerances.USER_CODE_SEVERAL_INDICES[dtype] * max(1.0, scale / 10) ** 2
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed + number, scale=scale)
-        report.cases.append(case)
+        report.cases_checked.append(case)
         exact_output, exact = _exact(reference, derivation, arrays, values)
         if not all(np.all(np.isfinite(e)) for e in exact.values()) or not np.all(np.isfinite(exact_output)):
             report.fail(f"the spec's own reference is not finite for {case}: nothing can be compared there")
             continue
-        got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.notes, settings)
+        got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.conventions, settings)
         for finding in getattr(function, "findings", None) or ():  # what C did outside its arrays, say
             if finding not in report.failures:
                 report.fail(finding)
@@ -264,7 +200,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             report.fail(f"the function's {where} is {value[index]} for {case}, where the exact value is finite "
                         "(an overflow, or a log of 0, in the code?)")
             continue
-        bad = 0
+        bad, compared_before = 0, report.elements
         for returned, input_name in signature.gradients.items():
             bad += _compare(report, returned, got[returned], exact[input_name], case, "exact", tolerance)
         if signature.output_name is not None:
@@ -276,7 +212,8 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
                 bad += _compare(report, returned, got[returned], numeric, case, "finite differences",
                                 tolerances.USER_CODE_SEVERAL_INDICES_DIFFERENCES)
         if bad:
-            report.bad_elements[case] = bad
+            report.bad_elements += bad
+            report.case_counts.append((case, bad, report.elements - compared_before))
             report.fail(f"{bad} element(s) differ for {case}")
             _hints(report, got, exact, signature, sizes, arrays)
     if not report.passed:  # a failure may have a cause that no element shows: say it first
@@ -302,7 +239,7 @@ def _exact(reference: Any, derivation: Derivation, arrays: dict[str, Any],
 
 
 def _differences(reference: Any, derivation: Derivation, arrays: dict[str, Any], values: dict[str, float],
-                 input_name: str, step: float = 1e-6) -> Any:
+                 input_name: str, step: float = DIFFERENCE_STEP) -> Any:
     """∂ℓ/∂input by central differences of the reference forward, every entry (ℓ = Σ dO·O for an array)."""
     base = np.asarray(arrays[input_name], dtype=np.float64)
     numeric = np.zeros_like(base)
@@ -368,22 +305,26 @@ def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict
     return got
 
 
-def _compare(report: TensorReport, name: str, got: Any, expected: Any, case: str, against: str,
+def _compare(report: Report, name: str, got: Any, expected: Any, case: str, against: str,
              tolerance: float) -> int:
+    """Count the elements of `got` off `expected` by more than tolerance × max(1, the largest |expected|), and
+    offer the worst of them to the report."""
     scale = max(1.0, float(np.max(np.abs(expected))) if np.size(expected) else 1.0)
     error = np.abs(got - expected) / scale
     report.elements += int(np.size(error))
     bad = int(np.count_nonzero(~(error <= tolerance)))
     if bad:
         index = tuple(int(i) for i in np.unravel_index(int(np.nanargmax(error)), np.shape(error)))
-        worst = Mismatch(name, index, float(np.asarray(got)[index]), float(np.asarray(expected)[index]),
-                         float(error[index]), tolerance, case, against)
-        if report.worst is None or worst.error > report.worst.error:
-            report.worst = worst
+        value = float(np.asarray(expected)[index])
+        exact = against == "exact"
+        report.offer_worst(Worst(name, index, float(np.asarray(got)[index]), None if exact else value,
+                                 value if exact else None, tolerance * scale,
+                                 f"{tolerance:g} × max(1, largest |{name}| = {scale:.3g}), against the "
+                                 + ("exact result" if exact else "finite differences of the spec's forward"), case))
     return bad
 
 
-def _hints(report: TensorReport, got: dict[str, Any], exact: dict[str, Any], signature: TensorSignature,
+def _hints(report: Report, got: dict[str, Any], exact: dict[str, Any], signature: TensorSignature,
            sizes: dict[str, int], arrays: dict[str, Any]) -> None:
     """What a wrong gradient looks like, in the mistakes real code makes: a sign, a reduction's 1/n, a scale
     applied twice, a transposed weight gradient, another input's gradient, a weight-decay term with its
