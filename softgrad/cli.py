@@ -322,7 +322,7 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
                                 "the signature names each array (labels are passed as integers) and the spec says "
                                 "its reduction (a mean is '/ size(b)')")
         report = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on",
-                                order, wrt)
+                                order, wrt, mode)
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text())
         sys.exit(0 if report.passed else 1)
     if sizes is not None:
@@ -381,7 +381,7 @@ def _settings(name: str, text: str) -> dict[str, Any]:
 
 def _verify_tensor(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
                    values: dict[str, float], timeout: float, extremes: bool, order: int = 1,
-                   wrt: str | None = None) -> Any:
+                   wrt: str | None = None, mode: str = "auto") -> Any:
     """verify for a spec with several indices: the function loaded in its child process, then checked."""
     from softgrad.derive import load_spec
     from softgrad.verify import check_gradient
@@ -408,7 +408,8 @@ def _verify_tensor(target: str, against: str, signature: str | None, sizes: str 
         function = load_function(target, signature, dtype, timeout)
     try:
         report = check_gradient(function, against, checked_as, dtype=dtype, seed=seed, parameters=values, sizes=sizes,
-                                extremes=extremes, label=target, order=order, wrt=wrt if order == 2 else None)
+                                extremes=extremes, label=target, order=order, wrt=wrt if order == 2 else None,
+                                mode=mode)
         report.signature = signature
         return report
     finally:

@@ -237,3 +237,41 @@ def test_a_gradient_returned_in_another_inputs_place_is_named():
                             signature="x,gamma,beta,dy->dx,dgamma,dbeta")
     assert not report.passed
     assert "dgamma is the exact gradient of beta, not of gamma" in report.hints, report.text()
+
+
+def test_large_gradients_are_checked_against_differences_by_projections():
+    """Above EVERY_ENTRY_UP_TO entries a gradient is compared with finite differences along random ±1 directions
+    (two calls of the forward each, not two per entry); small ones entry by entry; --mode chooses either."""
+    right = _check("softmax_regression", sizes="b=64,c=200,d=32")  # dW has 6400 entries
+    assert right.passed and right.mode == "random projections", right.text()
+    small = _check("softmax_regression")
+    assert small.passed and small.mode == "every element"
+    chosen = subprocess.run([sys.executable, "-m", "softgrad", "verify", "tensor_code.py:softmax_regression",
+                             "--against", str(EXAMPLES / "softmax-regression.spec"), "--signature",
+                             CASES["softmax_regression"][1], "--mode", "projections"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT / "tests" / "corpus")
+    assert chosen.returncode == 0 and "mode: random projections" in chosen.stdout, chosen.stdout + chosen.stderr
+
+
+def test_a_projection_that_disagrees_is_bisected_to_the_wrong_entry():
+    """The projections judge by finite differences alone: an entry wrong by 1 is found by halving the direction,
+    and reported with its own central difference."""
+    from softgrad.verify.report import Report
+    from softgrad.verify.tensor_generated import module_gradients, sample_tensor_inputs
+    from softgrad.verify.tensor_verify import _compare_projections, _reference
+
+    spec_name, signature, _ = CASES["softmax_regression"]
+    derivation = _derived(spec_name, signature)
+    sizes = parse_sizes("b=16,c=30,d=20", derivation.spec)
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, 0)
+    reference = _reference(derivation)
+    exact = np.asarray(module_gradients(reference, derivation, arrays, parameters)["W"], dtype=np.float64)
+    report = Report("f", signature, spec_name, "float64", "random projections", 0, 1e-6)
+    assert _compare_projections(report, reference, derivation, arrays, parameters, "dW", "W", exact, exact,
+                                "inputs of order 1", 0) == 0 and report.passed
+    wrong = exact.copy()
+    wrong[17, 5] += 1.0
+    assert _compare_projections(report, reference, derivation, arrays, parameters, "dW", "W", wrong, exact,
+                                "inputs of order 1", 0) == 1
+    assert "bisection found dW[17, 5]" in report.failures[0] and report.worst.index == (17, 5)
+    assert report.worst.numeric == pytest.approx(exact[17, 5], abs=1e-6)

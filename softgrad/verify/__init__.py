@@ -92,7 +92,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                     if adapted is not None:
                         function, how = adapted
             tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},
-                                          extremes, label)
+                                          extremes, label, mode)
             if shown is not None:  # the products and the vector under the user's names (hv, v), not the VJP's
                 checked_names, given_names = (re.split(r"->|,", text.replace(" ", ""))
                                               for text in (signature or "", shown[1]))
@@ -161,7 +161,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
 
 def _check_tensor(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
                   dtype: str, seed: int, parameters: dict[str, Any], extremes: bool,
-                  label: str | None) -> Report:
+                  label: str | None, mode: str = "auto") -> Report:
     from softgrad.derive import derive_spec, load_spec
     from softgrad.derive.spec import with_rows
     from softgrad.errors import SoftgradError
@@ -179,7 +179,7 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
                                     [name for name, value in parameters.items() if isinstance(value, dict)])
     return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
-                         dtype=dtype, seed=seed, parameters=parameters, extremes=extremes)
+                         dtype=dtype, seed=seed, parameters=parameters, extremes=extremes, mode=mode)
 
 
 def checked_by_rows(target: str | None, against: str, signature: str | None, order: int = 1) -> bool:

@@ -42,6 +42,10 @@ from softgrad.verify.tensor_generated import (
 #: The central finite differences' step, on inputs of order 1 (float64).
 DIFFERENCE_STEP = 1e-6
 
+#: Entries of one gradient up to which mode "auto" compares each with its own central difference (two calls of
+#: the forward per entry); above, random ±1 projections, two calls each, with bisection to a wrong entry.
+EVERY_ENTRY_UP_TO = 4096
+
 #: Default sizes of the ranges, all different, so that an array read along the wrong axis shows.
 DEFAULT_SIZES = (5, 6, 4, 7, 3, 8, 9, 10)
 
@@ -154,12 +158,15 @@ def _reference(derivation: Derivation) -> Any:
 
 def verify_tensor(function: Callable[..., Any], derivation: Derivation, signature: TensorSignature,
                   sizes: dict[str, int], *, label: str, against: str, dtype: str = "float64", seed: int = 0,
-                  parameters: dict[str, Any] | None = None, extremes: bool = True) -> Report:
+                  parameters: dict[str, Any] | None = None, extremes: bool = True, mode: str = "auto") -> Report:
     """Check `function` against the derivation; returns the report (never raises on FAIL).
 
     extremes: also call it at inputs of order 1000: its outputs must be finite where the spec's are, and
     equal to the exact ones within a tolerance that grows as the square of the inputs' order (what
-    rounding allows in products of two inputs, such as attention's Q·Kᵀ)."""
+    rounding allows in products of two inputs, such as attention's Q·Kᵀ). mode: how the finite differences
+    judge the gradients at inputs of order 1 — "full" (every entry), "projections" (random ±1 directions,
+    bisection on a mismatch) or "auto" (full up to EVERY_ENTRY_UP_TO entries per gradient); every entry is
+    compared with the exact result in every mode."""
     spec = derivation.spec
     settings = {name: value for name, value in (parameters or {}).items() if isinstance(value, dict)}
     values = {name: float(value) for name, value in (parameters or {}).items() if name not in settings}
@@ -169,8 +176,14 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     missing = [p for p in spec.parameters if p not in values]
     if missing:
         raise SoftgradError(f"give a value for the parameter(s) {', '.join(missing)} (e.g. --param {missing[0]}=1.5)")
+    if mode not in ("auto", "full", "projections"):
+        raise SoftgradError(f"unknown mode {mode!r} (auto, full or projections)")
+    largest = max(int(np.prod([sizes[r] for r in derivation.tensor.axes[name]], dtype=np.int64))
+                  for name in signature.gradients.values())
+    projections = mode == "projections" or (mode == "auto" and largest > EVERY_ENTRY_UP_TO)
     reference = _reference(derivation)
-    report = Report(label, signature.text, against, dtype, "every element", seed, DIFFERENCE_STEP, sizes=sizes)
+    report = Report(label, signature.text, against, dtype, "random projections" if projections else "every element",
+                    seed, DIFFERENCE_STEP, sizes=sizes)
     for name, setting in settings.items():
         named = [key for key in setting if key in spec.parameters]
         report.convention(f"{name} = {json.dumps(setting)} is passed as the code's argument {name}" + (
@@ -208,6 +221,10 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
                             tolerance)
         if with_differences and dtype == "float64":
             for returned, input_name in signature.gradients.items():
+                if projections:
+                    bad += _compare_projections(report, reference, derivation, arrays, values, returned, input_name,
+                                                got[returned], exact[input_name], case, seed)
+                    continue
                 numeric = _differences(reference, derivation, arrays, values, input_name)
                 bad += _compare(report, returned, got[returned], numeric, case, "finite differences",
                                 tolerances.USER_CODE_SEVERAL_INDICES_DIFFERENCES)
@@ -251,6 +268,54 @@ def _differences(reference: Any, derivation: Derivation, arrays: dict[str, Any],
                           - module_loss(reference, derivation, dict(arrays, **{input_name: minus}), values)) / (
             2 * step)
     return numeric
+
+
+def _directional(reference: Any, derivation: Derivation, arrays: dict[str, Any], values: dict[str, float],
+                 input_name: str, direction: Any, step: float = DIFFERENCE_STEP) -> float:
+    """d/ds ℓ(input + s·direction) at s = 0 by central differences of the reference forward."""
+    base = np.asarray(arrays[input_name], dtype=np.float64)
+    moved = [module_loss(reference, derivation, dict(arrays, **{input_name: base + sign * step * direction}), values)
+             for sign in (1, -1)]
+    return (moved[0] - moved[1]) / (2 * step)
+
+
+def _compare_projections(report: Report, reference: Any, derivation: Derivation, arrays: dict[str, Any],
+                         values: dict[str, float], returned: str, input_name: str, got: Any, exact: Any, case: str,
+                         seed: int, probes: int = 3) -> int:
+    """⟨d input, u⟩ against the central difference of ℓ along u, for random ±1 directions u (two calls of the
+    forward each, whatever the size); on a mismatch, bisection finds the entry (both sides are linear in u, so
+    the other half's mismatch is the whole's minus this half's) and its own central difference is reported.
+    The tolerance is the entrywise one times the size of what the projection adds up, max(1, Σ|exact|)."""
+    from softgrad.verify.localise import bisect
+
+    tolerance = tolerances.USER_CODE_SEVERAL_INDICES_DIFFERENCES
+    scale = max(1.0, float(np.sum(np.abs(exact))))
+    shape = np.shape(got)
+    flat = np.asarray(got, dtype=np.float64).reshape(-1)
+    report.elements += flat.size
+    rng = np.random.default_rng(seed + 17)
+    for _ in range(probes):
+        direction = rng.choice([-1.0, 1.0], size=flat.size)
+
+        def signed_mismatch(mask: Any) -> float:
+            masked = np.where(mask, direction, 0.0)
+            return float(flat @ masked) - _directional(reference, derivation, arrays, values, input_name,
+                                                       masked.reshape(shape))
+
+        if abs(signed_mismatch(np.ones(flat.size, dtype=bool))) <= tolerance * scale:
+            continue
+        entry = bisect(signed_mismatch, flat.size)
+        unit = np.zeros(flat.size)
+        unit[entry] = 1.0
+        numeric = _directional(reference, derivation, arrays, values, input_name, unit.reshape(shape))
+        index = tuple(int(i) for i in np.unravel_index(entry, shape))
+        report.offer_worst(Worst(returned, index, float(flat[entry]), numeric, None, tolerance * scale,
+                                 f"{tolerance:g} × max(1, Σ|{returned}| = {scale:.3g}), the tolerance of a projection",
+                                 case))
+        report.fail(f"{returned} projected on a random ±1 direction differs from finite differences of the spec's "
+                    f"forward ({case}); bisection found {returned}[{', '.join(map(str, index))}]")
+        return 1
+    return 0
 
 
 def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict[str, Any],
