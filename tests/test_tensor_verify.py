@@ -275,3 +275,22 @@ def test_a_projection_that_disagrees_is_bisected_to_the_wrong_entry():
                                 "inputs of order 1", 0) == 1
     assert "bisection found dW[17, 5]" in report.failures[0] and report.worst.index == (17, 5)
     assert report.worst.numeric == pytest.approx(exact[17, 5], abs=1e-6)
+
+
+def test_code_that_keeps_state_between_calls_fails_its_structural_checks():
+    """Right at every input case, then different: a passing report also says the code is repeatable, linear in
+    its upstream gradient and 0 where that is 0, so a gradient that keeps state between calls cannot pass."""
+    from softgrad.verify import check_gradient
+
+    calls = []
+
+    def drifting(Q, K, V, dO):
+        calls.append(1)
+        dQ, dK, dV = tensor_code.attention_backward(Q, K, V, dO)
+        return (dQ, dK, dV) if len(calls) <= 3 else (dQ * (1 + 1e-3 * len(calls)), dK, dV)
+
+    right = check_gradient(tensor_code.attention_backward, str(EXAMPLES / "attention.spec"), "Q,K,V,dO->dQ,dK,dV")
+    assert right.passed and [name for name, ok, _ in right.checks if ok] == ["repeatable", "linear in dO",
+                                                                            "0 where dO = 0"]
+    wrong = check_gradient(drifting, str(EXAMPLES / "attention.spec"), "Q,K,V,dO->dQ,dK,dV")
+    assert not wrong.passed and "the function is not repeatable" in wrong.failures[0], wrong.text()

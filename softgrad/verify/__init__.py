@@ -112,6 +112,10 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                 if not matrix:  # what the code did wrong (unwritten entries, writes outside), under its own names
                     tensor_report.failures = [re.sub(r"\b\w+\b", lambda word: names.get(word[0], word[0]), line)
                                               for line in tensor_report.failures]
+                # the structural checks under the vector's name (H itself: the v it is checked with through H·v)
+                vectors = set(checked_names) - set(given_names) if matrix else set()
+                tensor_report.checks = [(re.sub(r"\b\w+\b", lambda word: "v" if word[0] in vectors else names.get(
+                    word[0], word[0]), name), ok, detail) for name, ok, detail in tensor_report.checks]
                 tensor_report.against, tensor_report.signature = shown
             if how:
                 tensor_report.conventions.insert(0, how if how.startswith("called") else f"called as {how}")

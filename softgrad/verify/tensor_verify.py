@@ -233,7 +233,11 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             report.case_counts.append((case, bad, report.elements - compared_before))
             report.fail(f"{bad} element(s) differ for {case}")
             _hints(report, got, exact, signature, sizes, arrays)
-    if not report.passed:  # a failure may have a cause that no element shows: say it first
+    if report.elements == 0 and report.passed:  # never a pass that compared nothing
+        raise SoftgradError("no element was compared: nothing was checked")
+    if report.passed:
+        _structural_checks(report, function, signature, derivation, sizes, values, dtype, seed, settings)
+    else:  # a failure may have a cause that no element shows: say it first
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
         try:
             varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation,
@@ -243,9 +247,37 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             varying = None
         if varying:
             report.failures.insert(0, varying)
-    if report.elements == 0 and report.passed:  # never a pass that compared nothing
-        raise SoftgradError("no element was compared: nothing was checked")
     return report
+
+
+def _structural_checks(report: Report, function: Callable[..., Any], signature: TensorSignature,
+                       derivation: Derivation, sizes: dict[str, int], values: dict[str, float], dtype: str, seed: int,
+                       settings: dict[str, dict[str, Any]]) -> None:
+    """Properties every right gradient has, which right values at a few inputs do not prove: the same outputs
+    from the same inputs (no random numbers, no state kept between calls), and, for an array output, gradients
+    linear in its upstream gradient and 0 where it is 0 (they are of ℓ = Σ dO·O)."""
+    arrays, _ = sample_tensor_inputs(derivation, sizes, seed + 5)
+    tolerance = tolerances.USER_CODE_SEVERAL_INDICES[dtype]
+
+    def gradients(given: dict[str, Any]) -> dict[str, Any]:
+        returned = _call(function, signature, given, values, dtype, sizes, derivation, settings=settings)
+        return {name: returned[name] for name in signature.gradients}
+
+    varying = unrepeatable(lambda: gradients(arrays), tolerance / 100)
+    report.checks.append(("repeatable", varying is None, varying or ""))
+    upstream = derivation.tensor.upstream
+    if upstream and upstream in signature.takes:
+        other = np.random.default_rng(seed + 6).normal(size=np.shape(arrays[upstream]))
+        first, second = gradients(arrays), gradients(dict(arrays, **{upstream: other}))
+        mixed = gradients(dict(arrays, **{upstream: 2 * arrays[upstream] - 3 * other}))
+        linear = all(np.max(np.abs(mixed[name] - (2 * first[name] - 3 * second[name])), initial=0.0)
+                     <= 10 * tolerance * (np.max(np.abs(mixed[name]), initial=0.0) + 1e-300) for name in mixed)
+        report.checks.append((f"linear in {upstream}", bool(linear), ""))
+        zero = gradients(dict(arrays, **{upstream: np.zeros(np.shape(arrays[upstream]))}))
+        report.checks.append((f"0 where {upstream} = 0", all(not np.any(value) for value in zero.values()), ""))
+    for name, ok, detail in report.checks:
+        if not ok:
+            report.fail(detail or f"structural check failed: {name}")
 
 
 def _exact(reference: Any, derivation: Derivation, arrays: dict[str, Any],
