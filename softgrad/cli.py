@@ -180,7 +180,7 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
     Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder: all of
     them or, if anything fails (--check included), none.
     """
-    from softgrad.codegen.emit import emit, kernels_for
+    from softgrad.codegen.emit import emit
     from softgrad.derive import derive_spec
     from softgrad.files import write_atomically, write_files
 
@@ -198,18 +198,15 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
         raise SoftgradError(f"-o - writes one file to standard output; --lang {lang} generates {len(files)} "
                             "(give a folder)")
     if check:
-        from softgrad.verify.generated import check_generated
-        from softgrad.verify.tensor_generated import check_tensor_module
-
         checks: list[Any]
         if lang in ("torch", "jax"):
             from softgrad.verify.frameworks import check_framework_module
 
             checks = check_framework_module(derivation, files, weights=chosen)
-        elif derivation.tensor is not None:
-            checks = check_tensor_module(derivation, files)
         else:
-            checks = check_generated(derivation, lang, files, kernels_for(derivation, names), files.dtype)
+            from softgrad.verify.generated import check_files
+
+            checks = check_files(derivation, files, names)
         for item in checks:
             click.echo(item.line(), err=True)
         if not all(item.passed for item in checks):

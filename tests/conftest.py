@@ -37,7 +37,7 @@ def checked_module(derivation, folder):
     """The derivation's generated NumPy module, after codegen --check's comparisons pass, imported from `folder`."""
     from softgrad.codegen.build import import_path
     from softgrad.codegen.emit import emit
-    from softgrad.verify.tensor_generated import check_tensor_module
+    from softgrad.verify.generated import check_tensor_module
 
     files = emit(derivation, "numpy")
     failed = [check.line() for check in check_tensor_module(derivation, files) if not check.passed]

@@ -168,7 +168,7 @@ def test_the_product_over_several_arrays_has_the_cross_blocks_and_equals_torchs(
     assert "H·(v_W, v_bias)" in derivation.render("text")
     if language == "c":
         from softgrad.codegen.build import load_c
-        from softgrad.verify.tensor_generated import check_tensor_module
+        from softgrad.verify.generated import check_tensor_module
 
         files = emit(derivation, "c")
         assert all(check.passed for check in check_tensor_module(derivation, files))

@@ -16,7 +16,7 @@ from softgrad.derive import derive_spec, parse_spec
 from softgrad.derive.symbols import Bracket, index
 from softgrad.errors import SpecError
 from softgrad.render.printers import inline_text
-from softgrad.verify.tensor_generated import check_tensor_module
+from softgrad.verify.generated import check_tensor_module
 
 VALID = "y[b, c, t] = sum(w[c, k] * x[b, c, t + k], k)\n"
 CAUSAL = "y[b, c, t] = sum(w[c, k] * x[b, c, t - k], k)\npad x\n"

@@ -92,7 +92,7 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
     from softgrad.codegen.tensor_numpy import functions
-    from softgrad.verify.tensor_generated import call_module, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import call_module, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
     derivation = derived(source)
@@ -147,7 +147,7 @@ def test_a_block_holds_as_many_entries_as_the_sums_it_adds_into(tmp_path):
             return range(*arguments)
 
         module.range = recording_range  # the module's loop over blocks: range(0, n, _rows)
-        from softgrad.verify.tensor_generated import module_gradients, sample_tensor_inputs
+        from softgrad.verify.generated import module_gradients, sample_tensor_inputs
 
         arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=1)
         module_gradients(module, derivation, arrays, parameters)

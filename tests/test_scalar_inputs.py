@@ -16,7 +16,7 @@ from softgrad.codegen.emit import emit
 from softgrad.derive import derive_spec, parse_spec
 from softgrad.derive.spec import with_scalar_inputs
 from softgrad.errors import SpecError
-from softgrad.verify.tensor_generated import check_tensor_module
+from softgrad.verify.generated import check_tensor_module
 
 TEMPERATURE = "P[b, c] = exp(z[b, c] / T) / sum(exp(z[b, k] / T), k)\nL = -sum(log(P[b, y[b]]), b) / size(b)\n"
 LOGIT_SCALE = """S[i, j] = exp(t) * sum(A[i, e] * B[j, e], e)

@@ -14,7 +14,7 @@ from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit
 from softgrad.derive import derive_spec, parse_spec
 from softgrad.errors import SoftgradError, SpecError
-from softgrad.verify.tensor_generated import check_tensor_module
+from softgrad.verify.generated import check_tensor_module
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
 
@@ -249,7 +249,7 @@ def _torch_reference(torch, name, arrays):
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
 def test_generated_numpy_matches_torch_autograd(name, tmp_path):
     torch = require_module("torch")
-    from softgrad.verify.tensor_generated import sample_tensor_inputs
+    from softgrad.verify.generated import sample_tensor_inputs
 
     derivation = derived(name)
     module = generated(name, tmp_path)
@@ -408,7 +408,7 @@ def test_generated_c_matches_the_numpy_module(name, tmp_path):
     from conftest import require_tool
 
     from softgrad.codegen.build import load_c
-    from softgrad.verify.tensor_generated import sample_tensor_inputs
+    from softgrad.verify.generated import sample_tensor_inputs
 
     require_tool("cc")
     derivation = derived(name)
@@ -535,7 +535,7 @@ def test_openmp_c_passes_its_check_and_gives_the_same_bits_on_any_number_of_thre
     """codegen --openmp --kernel vjp on attention (loss_and_grad on a loss): each statement's loop over its
     array's first index is shared among threads, every entry computed by one thread in a fixed order — the
     serial build's bits, on 1, 2 and 3 threads; and an unknown kernel is one clear error."""
-    from softgrad.verify.tensor_generated import load_module, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import load_module, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
     derivation = derived(name)
@@ -612,7 +612,7 @@ def test_contractions_in_generated_c_are_gemm_calls_equal_to_the_numpy_module(so
     inside a function, with the output's axes swapped — is a BLAS gemm call in the generated C, and the
     kernels equal the NumPy module's (float64) in forward and gradients."""
     from softgrad.codegen.build import load_c
-    from softgrad.verify.tensor_generated import call_module, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import call_module, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
     derivation = derive_spec(parse_spec(source, name="contractions"), time_limit=None)

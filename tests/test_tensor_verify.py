@@ -256,8 +256,8 @@ def test_large_gradients_are_checked_against_differences_by_projections():
 def test_a_projection_that_disagrees_is_bisected_to_the_wrong_entry():
     """The projections judge by finite differences alone: an entry wrong by 1 is found by halving the direction,
     and reported with its own central difference."""
+    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
     from softgrad.verify.report import Report
-    from softgrad.verify.tensor_generated import module_gradients, sample_tensor_inputs
     from softgrad.verify.tensor_verify import _compare_projections, _reference
 
     spec_name, signature, _ = CASES["softmax_regression"]

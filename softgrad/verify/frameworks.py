@@ -5,7 +5,7 @@ checked is what a user gets: the derived backward, reached through the Function 
 - the framework's own checker: torch.autograd.gradcheck in float64, jax.test_util.check_grads;
 - that the derived backward is the one called (the output's grad_fn is the Function's; the traced
   program holds the custom_vjp call);
-- the comparisons every generated module passes (softgrad.verify.tensor_generated): against the
+- the comparisons every generated module passes (softgrad.verify.generated): against the
   derivation entry by entry, against finite differences, finite at inputs of magnitude 1000.
 torch and JAX are imported here only, and only when a module written for them is checked.
 """
@@ -25,8 +25,7 @@ from softgrad.codegen.frameworks import FrameworkModule, framework_derivation, l
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 from softgrad.verify.adapters import framework_gradients, holding
-from softgrad.verify.generated import KernelCheck
-from softgrad.verify.tensor_generated import check_module, sample_tensor_inputs
+from softgrad.verify.generated import KernelCheck, check_module, sample_tensor_inputs
 
 __all__ = ["FrameworkAdapter", "check_framework_module", "double_precision"]
 

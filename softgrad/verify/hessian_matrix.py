@@ -54,7 +54,7 @@ def worst_entry(wrapped: HessianAsProduct, derivation: Any, sizes: dict[str, int
                 parameters: dict[str, Any]) -> str | None:
     """The Hessian entry furthest from the exact one at the first input case, as a report line; None where
     every entry is right there (the product went wrong elsewhere) or nothing was computed."""
-    from softgrad.verify.tensor_generated import module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
     from softgrad.verify.tensor_verify import _reference
 
     if wrapped.first is None:

@@ -28,16 +28,16 @@ from softgrad.codegen.emit import emit
 from softgrad.derive.spec import spec_text
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
-from softgrad.verify.pairs import parse_pair
-from softgrad.verify.report import Report, Worst
-from softgrad.verify.structure import unrepeatable
-from softgrad.verify.tensor_generated import (
+from softgrad.verify.generated import (
     call_module,
     load_module,
     module_gradients,
     module_loss,
     sample_tensor_inputs,
 )
+from softgrad.verify.pairs import parse_pair
+from softgrad.verify.report import Report, Worst
+from softgrad.verify.structure import unrepeatable
 
 #: The central finite differences' step, on inputs of order 1 (float64).
 DIFFERENCE_STEP = 1e-6
