@@ -81,9 +81,43 @@ def test_softmax_saves_its_output_not_its_input(tmp_path):
     assert torch.allclose(x.grad, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(("spec", "kernel"), [
+    ("softmax", "aten::_softmax_backward_data"), ("softmax-temperature", "aten::_softmax_backward_data"),
+    ("log-softmax", "aten::_log_softmax_backward_data")])
+def test_a_softmax_backward_is_printed_as_torchs_fused_kernel(tmp_path, spec, kernel):
+    """y·(g − Σ g·y) and g − exp(y)·Σ g, found in the derived backward whatever y is named, are torch's fused
+    softmax and log-softmax backward (one pass instead of four), and give autograd's gradient."""
+    torch = require_module("torch")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    module = _module(spec, "torch", tmp_path)
+    function = getattr(module, module.__all__[2])
+    parameters = (1.7,) if spec == "softmax-temperature" else ()
+    x = torch.randn(16, 12, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(16, 12, dtype=torch.float64)
+    output = function(x, *parameters)
+    calls = Calls()
+    with calls:
+        output.backward(upstream)
+    assert kernel in calls.names, calls.names
+    reference = {"softmax": lambda u: torch.softmax(u, -1), "softmax-temperature": lambda u: torch.softmax(u / 1.7, -1),
+                 "log-softmax": lambda u: torch.log_softmax(u, -1)}[spec]
+    (expected,) = torch.autograd.grad(reference(x), x, upstream)
+    assert torch.allclose(x.grad, expected, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize(("spec", "allocated"), [
-    ("softmax", 2),  # Σ dy·y needs dy·y; (dy − s)·y is made once and scaled in place
-    ("log-softmax", 1),  # dy − e^y·Σdy: e^y scaled, negated and added to in place
+    ("softmax", 1),  # y·(dy − Σ dy·y): torch's fused softmax backward
+    ("log-softmax", 1),  # dy − e^y·Σdy: torch's fused log-softmax backward
     (str(ROOT / "docs" / "examples" / "layer-norm-affine.spec"), 3)])  # γ·dy, and dy·x̂ for dx's sum and dγ
 def test_the_torch_backward_allocates_few_arrays_of_the_result_size(tmp_path, spec, allocated):
     """Each temporary of a matrix's size costs fresh pages on every call: the printed backward updates the arrays

@@ -99,6 +99,23 @@ class ArrayDialect:
                     f"_log_{name} = jax.nn.log_softmax(_exponent, axis={axis})"]
         return None
 
+    def softmax_backward(self, upstream: str, output: str, axis: int, log: bool) -> str | None:
+        """y·(g − Σ g·y) over `axis` (log: g − exp(y)·Σ g) by the library's fused kernel for a softmax's (a
+        log-softmax's) backward, one pass instead of four; None where the lowering writes the passes out."""
+        if self.name == "torch":
+            function = "_log_softmax_backward_data" if log else "_softmax_backward_data"
+            return f"(torch.{function}({upstream}, {output}, {axis}, {upstream}.dtype))"
+        return None
+
+    def log_softmax(self, code: str, axis: int) -> str | None:
+        """x − log Σ exp(x) over `axis` by the library's fused log-softmax (shifted by the row maximum inside), or
+        None where the lowering writes the passes out."""
+        if self.name == "torch":
+            return f"(torch.log_softmax({code}, dim={axis}))"
+        if self.name == "jax":
+            return f"jax.nn.log_softmax({code}, axis={axis})"
+        return None
+
     def where(self, condition: str, then: str, otherwise: str) -> str:
         return self.call("where", condition, then, otherwise)
 

@@ -116,6 +116,10 @@ class _Compiler:
             want = self.union([first[1], second[1]], order)
             equal = self.dialect.call(self.dialect.equal, self.align(*first, want), self.align(*second, want))
             return equal + self.dialect.float_cast, want
+        if e.is_Mul or (e.is_Add and len(e.args) == 2):
+            fused = self.fused_softmax(e, ranges, order)
+            if fused is not None:
+                return fused
         if e.is_Mul:
             return self.product([self.compile(a, ranges, order) for a in e.args], order)
         if e.is_Add:
@@ -421,6 +425,69 @@ class _Compiler:
                 self.pending.append(f"{target} = {code}.at[{subscript}].add({'-' if signs[position] else ''}{amount})")
             return target, have
         return None
+
+    def fused_softmax(self, e: sp.Expr, ranges: dict[sp.Symbol, str],
+                         order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+        """y·(g − Σ_k g·y) or g − exp(y)·Σ_k g along one axis of arrays y and g read at the same indices — the
+        backward of a softmax or of a log-softmax, whatever y is — and x − log Σ_k exp(x), a log-softmax, by the
+        library's fused kernel where it has one (torch: one pass over the arrays instead of four); None otherwise."""
+        if e.is_Mul:  # y·(g − Σ g·y), and any other factors (1/T) multiplied after
+            for first in e.args:
+                for second in e.args:
+                    if not (isinstance(first, sp.Indexed) and second.is_Add and len(second.args) == 2):
+                        continue
+                    for upstream, negated in (second.args, second.args[::-1]):
+                        axis = self._summed_axis(-negated, first, upstream, [upstream, first], ranges)
+                        fused = None if axis is None else self._fused(upstream, first, axis, False, ranges, order)
+                        if fused is not None:
+                            rest = [self.compile(a, ranges, order) for a in e.args if a not in (first, second)]
+                            return self.product([fused, *rest], order)
+            return None
+        for first, second in (e.args, e.args[::-1]):
+            logarithm = -second
+            if (isinstance(first, sp.Indexed) and isinstance(logarithm, sp.log)
+                    and isinstance(logarithm.args[0], sp.Sum) and isinstance(logarithm.args[0].function, sp.exp)
+                    and self.dialect.log_softmax("x", 0) is not None):
+                total = logarithm.args[0]  # x − log Σ_k exp(x): the forward of a log-softmax
+                axis = self._summed_axis(sp.Sum(total.function.args[0], *total.limits), first, first, [first], ranges)
+                if axis is not None:
+                    code, have = self.compile(first, ranges, order)
+                    if have == tuple(first.indices):
+                        return str(self.dialect.log_softmax(code, axis)), have
+            if isinstance(first, sp.Indexed) and (-second).is_Mul and len((-second).args) == 2:
+                for exponential, total in ((-second).args, (-second).args[::-1]):
+                    if isinstance(exponential, sp.exp) and isinstance(exponential.args[0], sp.Indexed):
+                        axis = self._summed_axis(total, exponential.args[0], first, [first], ranges)
+                        if axis is not None:
+                            return self._fused(first, exponential.args[0], axis, True, ranges, order)
+        return None
+
+    @staticmethod
+    def _summed_axis(total: sp.Expr, output: sp.Indexed, upstream: sp.Expr, summand: list[sp.Indexed],
+                     ranges: dict[sp.Symbol, str]) -> int | None:
+        """The axis of `output` a sum over all of it runs along, where `upstream` is read at the same indices and
+        the sum adds up the `summand` entries with that index renamed; None if `total` is not such a sum."""
+        indices = output.indices
+        if (not isinstance(total, sp.Sum) or len(total.limits) != 1 or not isinstance(upstream, sp.Indexed)
+                or upstream.indices != indices or len(set(indices)) != len(indices)
+                or not all(isinstance(index, sp.Symbol) for index in indices)):
+            return None
+        bound = total.limits[0][0]
+        for axis, index in enumerate(indices):
+            if ranges.get(bound) is not None and ranges.get(bound) == ranges.get(index) and \
+                    total.function == sp.Mul(*(entry.xreplace({index: bound}) for entry in summand)):
+                return axis
+        return None
+
+    def _fused(self, upstream: sp.Indexed, output: sp.Indexed, axis: int, log: bool, ranges: dict[sp.Symbol, str],
+               order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+        if self.dialect.softmax_backward("g", "y", 0, log) is None:
+            return None
+        pieces = [self.compile(entry, ranges, order) for entry in (upstream, output)]
+        if any(have != tuple(output.indices) for _, have in pieces):  # read as they are stored: no transposition
+            return None
+        code = self.dialect.softmax_backward(pieces[0][0], pieces[1][0], axis, log)
+        return (code, tuple(output.indices)) if code is not None else None
 
     def product(self, pieces: list[tuple[str, tuple[Any, ...]]], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
         """The product of compiled factors. Fewest axes first: (1/n)·c[b]·x̂[b, k] scales the vector, then makes one

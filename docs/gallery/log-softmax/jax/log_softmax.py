@@ -24,9 +24,7 @@ def _forward(x):
     x = jnp.asarray(x, dtype=_dtype)
     _n_b = x.shape[0]
     _n_k = x.shape[1]
-    _t1 = jnp.max(x, axis=1, keepdims=True)
-    _t1 = jnp.where(jnp.isfinite(_t1), _t1, 0)
-    y = jnp.asarray((x - (jnp.squeeze(_t1, axis=1) + jnp.log(jnp.sum(jnp.exp(x - _t1), axis=1)))[:, None]), dtype=_dtype)
+    y = jnp.asarray(jax.nn.log_softmax(x, axis=1), dtype=_dtype)
     return y, (y,)
 
 

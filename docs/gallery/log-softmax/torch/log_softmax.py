@@ -50,9 +50,7 @@ def _forward(x):
     x = x.to(_dtype)
     _n_b = x.shape[0]
     _n_k = x.shape[1]
-    _t1 = torch.amax(x, dim=1, keepdim=True)
-    _t1 = torch.where(torch.isfinite(_t1), _t1, 0)
-    y = torch.as_tensor((x - (torch.squeeze(_t1, dim=1) + torch.log(torch.sum((x - _t1).exp_(), dim=1)))[:, None]), dtype=_dtype, device=_device)
+    y = torch.as_tensor((torch.log_softmax(x, dim=1)), dtype=_dtype, device=_device)
     return y
 
 
@@ -70,7 +68,7 @@ def _backward(y, dy):
     _device = dy.device
     _n_b = dy.shape[0]
     _n_k = dy.shape[1]
-    dx = torch.as_tensor(((torch.exp(y).mul_((torch.sum(dy, dim=1))[:, None])).neg_().add_(dy)), dtype=_dtype, device=_device)
+    dx = torch.as_tensor((torch._log_softmax_backward_data(dy, y, 1, dy.dtype)), dtype=_dtype, device=_device)
     return dx
 
 

@@ -69,7 +69,7 @@ def _backward(y, dy, T):
     _device = dy.device
     _n_b = dy.shape[0]
     _n_i = dy.shape[1]
-    dx = torch.as_tensor(((dy - (torch.sum((dy * y), dim=1))[:, None]).mul_((1 / T)).mul_(y)), dtype=_dtype, device=_device)
+    dx = torch.as_tensor(((torch._softmax_backward_data(dy, y, 1, dy.dtype)).mul_((1 / T))), dtype=_dtype, device=_device)
     return dx
 
 
