@@ -294,3 +294,25 @@ def test_code_that_keeps_state_between_calls_fails_its_structural_checks():
                                                                             "0 where dO = 0"]
     wrong = check_gradient(drifting, str(EXAMPLES / "attention.spec"), "Q,K,V,dO->dQ,dK,dV")
     assert not wrong.passed and "the function is not repeatable" in wrong.failures[0], wrong.text()
+
+
+def test_per_row_code_and_named_arrays_share_the_mistake_detectors():
+    """One set of detectors reads a wrong gradient beside the exact one, whatever the spec's indices: float32
+    rounding is now said for named arrays, an index one off for per-row code."""
+    from softgrad.verify import check_gradient
+
+    def in_float32(Q, K, V, dO):
+        arrays = [np.asarray(a, dtype=np.float32) for a in (Q, K, V, dO)]
+        return tuple(np.asarray(g, dtype=np.float64) for g in tensor_code.attention_backward(*arrays))
+
+    rounded = check_gradient(in_float32, str(EXAMPLES / "attention.spec"), "Q,K,V,dO->dQ,dK,dV")
+    assert not rounded.passed and any("float32 rounding" in hint for hint in rounded.hints), rounded.text()
+
+    sys.path.insert(0, str(ROOT / "tests" / "corpus"))
+    import gradients
+
+    def one_off(x, g):
+        return np.roll(gradients.softmax_vjp(x, g), 1, axis=-1)
+
+    shifted = check_gradient(one_off, "softmax", "x,g->dx")
+    assert not shifted.passed and any("moved by 1 along axis 1" in hint for hint in shifted.hints), shifted.text()

@@ -35,6 +35,7 @@ from softgrad.verify.generated import (
     module_loss,
     sample_tensor_inputs,
 )
+from softgrad.verify.hints import array_hints
 from softgrad.verify.pairs import parse_pair
 from softgrad.verify.report import Report, Worst
 from softgrad.verify.structure import unrepeatable
@@ -232,7 +233,8 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             report.bad_elements += bad
             report.case_counts.append((case, bad, report.elements - compared_before))
             report.fail(f"{bad} element(s) differ for {case}")
-            _hints(report, got, exact, signature, sizes, arrays)
+            for returned, input_name in signature.gradients.items():
+                report.hint(*array_hints(returned, input_name, got[returned], exact, sizes, arrays, dtype))
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     if report.passed:
@@ -423,68 +425,3 @@ def _compare(report: Report, name: str, got: Any, expected: Any, case: str, agai
                                  f"{tolerance:g} × max(1, largest |{name}| = {scale:.3g}), against the "
                                  + ("exact result" if exact else "finite differences of the spec's forward"), case))
     return bad
-
-
-def _hints(report: Report, got: dict[str, Any], exact: dict[str, Any], signature: TensorSignature,
-           sizes: dict[str, int], arrays: dict[str, Any]) -> None:
-    """What a wrong gradient looks like, in the mistakes real code makes: a sign, a reduction's 1/n, a scale
-    applied twice, a transposed weight gradient, another input's gradient, a weight-decay term with its
-    factor off, an index that reads the neighbouring row."""
-    def close(a: Any, b: Any) -> bool:
-        return bool(np.allclose(a, b, rtol=1e-6, atol=1e-9 * max(1.0, float(np.max(np.abs(b))))))
-
-    for returned, input_name in signature.gradients.items():
-        value, reference = got[returned], exact[input_name]
-        if not np.any(reference) or close(value, reference):
-            continue
-        if close(value, -reference):
-            hint = f"{returned} is the exact gradient with its sign flipped"
-        elif np.size(value) == 1:  # one number is a multiple of any other: no factor or residual says anything
-            continue
-        else:
-            hint = ""
-            for range_name, size in sizes.items():
-                if size > 1 and close(value, reference * size):
-                    hint = (f"{returned} is {size} times the exact gradient (n_{range_name}): looks like a mean/sum "
-                            "reduction mismatch")
-                elif size > 1 and close(value, reference / size):
-                    hint = (f"{returned} is the exact gradient divided by {size} (n_{range_name}): looks like a "
-                            "mean/sum reduction mismatch")
-            if not hint and value.ndim == 2 and value.shape[0] == value.shape[1] and close(value, reference.T):
-                hint = f"{returned} is the exact gradient transposed"
-            if not hint:
-                hint = _misplaced(returned, input_name, value, exact, arrays, close)
-            factor = float(np.sum(value * reference) / np.sum(reference * reference))
-            if not hint and factor > 0 and close(value, factor * reference):
-                named = [f"√n_{r}" for r, size in sizes.items() if abs(factor - size ** 0.5) < 1e-6 * size or abs(
-                    1 / factor - size ** 0.5) < 1e-6 * size]
-                hint = (f"{returned} is {factor:.6g} times the exact gradient" +
-                        (f" ({'1/' if factor < 1 else ''}{named[0]}: a scale applied twice or left out?)" if named
-                         else " (a constant factor: a scale left out?)"))
-        if hint and hint not in report.hints:
-            report.hints.append(hint)
-
-
-def _misplaced(returned: str, input_name: str, value: Any, exact: dict[str, Any], arrays: dict[str, Any],
-               close: Callable[[Any, Any], bool]) -> str:
-    """Hints that need the other gradients or the inputs: a gradient that is another input's, a residual
-    proportional to the input itself (weight decay: reg·W where the loss's ½·reg·ΣW² or reg·ΣW² says
-    otherwise), or the exact gradient read one entry off along an axis (a wrong row or column index)."""
-    reference = exact[input_name]
-    for other, gradient in exact.items():
-        same_shape = np.shape(gradient) == np.shape(value)
-        if other != input_name and same_shape and np.any(gradient) and close(value, gradient):
-            return f"{returned} is the exact gradient of {other}, not of {input_name}"
-    weight = arrays.get(input_name)
-    if weight is not None and np.shape(weight) == np.shape(value) and np.any(weight):
-        residual = value - reference
-        factor = float(np.sum(residual * weight) / np.sum(weight * weight))
-        if abs(factor) > 1e-12 and close(residual, factor * np.asarray(weight)):
-            return (f"{returned} differs from the exact gradient by {factor:.6g}·{input_name}: a weight-decay "
-                    "term with its factor off (reg·W for a penalty of reg·ΣW², or ½ and 2 mixed up)?")
-    for axis in range(np.ndim(value)):
-        for shift in (1, -1):
-            if np.shape(value)[axis] > 1 and close(value, np.roll(reference, shift, axis=axis)):
-                return (f"{returned} is the exact gradient moved by {shift} along axis {axis}: an index that reads "
-                        "the neighbouring entry (i ± 1)?")
-    return ""
