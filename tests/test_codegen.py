@@ -281,7 +281,7 @@ def test_every_kernel_of_functions_outside_the_catalog_runs_and_matches(spec, la
         require_tool("cc")
     derivation = softgrad.derive(spec)
     files = emit(derivation, language)
-    checks = check_generated(derivation, language, files, kernels_for(derivation, None))
+    checks = check_generated(derivation, files, kernels_for(derivation, None))
     failed = [check.line() for check in checks if not check.passed]
     assert not failed, failed
 
@@ -298,7 +298,7 @@ def test_exponentials_of_several_scales_are_shifted_by_as_many_maxima(spec, lang
         require_tool("cc")
     derivation = softgrad.derive(spec)
     files = emit(derivation, language)
-    checks = check_generated(derivation, language, files, kernels_for(derivation, None))
+    checks = check_generated(derivation, files, kernels_for(derivation, None))
     assert any("magnitude 1000" in check.line() for check in checks)
     assert not [check.line() for check in checks if not check.passed]
 
@@ -318,7 +318,7 @@ def test_c_kernels_with_powers_match(spec, dtype):
     source = next(text for name, text in files.items() if name.endswith(".c"))
     # an entry loop calls it (not only the helper's definition): kernels' own names start with "_"
     assert re.search(r"^\s+(const \w+ )?_\w+(\[.*\])? = .*softgrad_powf?\(", source, re.M)
-    checks = check_generated(derivation, "c", files, kernels_for(derivation, None), dtype=dtype)
+    checks = check_generated(derivation, files, kernels_for(derivation, None), dtype=dtype)
     failed = [check.line() for check in checks if not check.passed]
     assert checks and not failed, failed
 
@@ -430,11 +430,11 @@ def test_check_tries_logits_of_magnitude_1000_and_masks_where_the_spec_allows(mo
     assert not masks_apply(softgrad.derive("kl-divergence"))  # q log q at a masked class is undefined
     assert not masks_apply(softgrad.derive("y[i] = tanh(x[i])"))
     derivation = softgrad.derive("softmax")
-    checks = check_generated(derivation, "numpy", emit(derivation, "numpy"), kernels_for(derivation, None))
+    checks = check_generated(derivation, emit(derivation, "numpy"), kernels_for(derivation, None))
     extreme = [c for c in checks if "magnitude 1000" in c.against]
     assert extreme and all(c.passed for c in checks)
     monkeypatch.setattr(lowering, "stabilize", lambda expr, spec: (expr, []))
-    naive = check_generated(derivation, "numpy", emit(derivation, "numpy"), kernels_for(derivation, None))
+    naive = check_generated(derivation, emit(derivation, "numpy"), kernels_for(derivation, None))
     assert all(c.passed for c in naive if "magnitude 1000" not in c.against)
     assert not all(c.passed for c in naive if "magnitude 1000" in c.against)
 
@@ -444,7 +444,7 @@ def test_layer_norm_with_bessels_correction_is_checked_where_it_has_a_value():
     kernels at the other lengths (it was an internal error)."""
     derivation = softgrad.derive(BESSEL)
     files = emit(derivation, "numpy")
-    checks = check_generated(derivation, "numpy", files, kernels_for(derivation, None), files.dtype)
+    checks = check_generated(derivation, files, kernels_for(derivation, None), files.dtype)
     assert checks[0].line() == "skip every kernel at n = 1: y has no value there (a division by 0)"
     compared = [c for c in checks[1:] if c.line().startswith(("ok", "FAIL"))]
     assert all(c.passed for c in checks) and len(compared) >= 8

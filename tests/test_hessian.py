@@ -57,7 +57,7 @@ def test_the_hvp_kernel_passes_its_check_with_extremes(name, language):
     files = emit(second, language, ["hvp"])
     kernel_names = [line for line in next(iter(files.values())).splitlines() if "hvp" in line]
     assert kernel_names
-    checks = check_generated(second, language, files, kernels_for(second, ["hvp"]), files.dtype)
+    checks = check_generated(second, files, kernels_for(second, ["hvp"]), files.dtype)
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
 
 
@@ -320,7 +320,7 @@ def test_an_array_output_is_taken_to_second_order_as_its_weighted_sum(tmp_path):
     derivative_of_L = next(step for step in derivation.steps if step.rule == "derivative of L")
     assert sp.Symbol("L") in derivative_of_L.forms[-1].free_symbols  # (dy_l − L)·…, L by its name
     files = emit(derivation, "numpy", ["hvp"])
-    checks = check_generated(derivation, "numpy", files, kernels_for(derivation, ["hvp"]), files.dtype)
+    checks = check_generated(derivation, files, kernels_for(derivation, ["hvp"]), files.dtype)
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
     (path,) = [tmp_path / name for name in files if name.endswith(".py")]
     path.write_text(files[path.name], encoding="utf-8")

@@ -208,5 +208,5 @@ def test_inputs_and_parameters_named_like_softgrads_outputs_generate_checked_cod
     derivation = softgrad.derive(source)
     names = ["forward", "vjp", "jacobian"] + (["vjp_from_output"] if "g[i]" in source else [])
     files = emit(derivation, language, names)
-    checks = check_generated(derivation, language, files, kernels_for(derivation, names), files.dtype)
+    checks = check_generated(derivation, files, kernels_for(derivation, names), files.dtype)
     assert checks and all(check.passed for check in checks), [check.line() for check in checks]

@@ -230,20 +230,14 @@ def check_files(derivation: Derivation, files: GeneratedFiles,
     derivation is over named arrays, else each per-row kernel emit wrote (`kernel_names`, None: the default)."""
     if derivation.tensor is not None:
         return list(check_tensor_module(derivation, files))
-    return check_generated(derivation, files.language, files, kernels_for(derivation, kernel_names), files.dtype)
+    return check_generated(derivation, files, kernels_for(derivation, kernel_names), files.dtype)
 
 
-def check_generated(derivation: Derivation, language: str, files: GeneratedFiles, kernels: list[Kernel],
+def check_generated(derivation: Derivation, files: GeneratedFiles, kernels: list[Kernel],
                     dtype: str = "float64") -> list[KernelCheck | SkippedSize]:
-    """Build generated files in a temporary folder (compile C with the strict flags) and check them."""
+    """Build per-row kernels in a temporary folder (compile C with the strict flags) and check them."""
     with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
-        folder = Path(temporary)
-        if language == "c":
-            functions = load_c(files, folder)
-        else:
-            (name, text), = files.items()
-            (folder / name).write_text(text, encoding="utf-8")
-            functions = import_path(folder / name)
+        functions = load_module(files, Path(temporary))
         results: list[KernelCheck | SkippedSize] = []
         for size in (1, 2, 7):
             try:
