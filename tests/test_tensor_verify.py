@@ -314,5 +314,12 @@ def test_per_row_code_and_named_arrays_share_the_mistake_detectors():
     def one_off(x, g):
         return np.roll(gradients.softmax_vjp(x, g), 1, axis=-1)
 
+    def rounded_by_float32(x, g):  # off by float32's rounding, though not made of float32 numbers
+        dx = gradients.softmax_vjp(x, g)
+        return dx * (1 + 3e-7 * np.cos(np.arange(dx.size).reshape(dx.shape)))
+
+    nearly = check_gradient(rounded_by_float32, "softmax", "x,g->dx")
+    assert not nearly.passed and any("off by 3e-07 relative" in hint for hint in nearly.hints), nearly.text()
+
     shifted = check_gradient(one_off, "softmax", "x,g->dx")
     assert not shifted.passed and any("moved by 1 along axis 1" in hint for hint in shifted.hints), shifted.text()

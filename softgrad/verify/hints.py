@@ -103,8 +103,10 @@ def array_hints(returned: str, input_name: str, value: Any, exact: dict[str, Any
         return bool(np.allclose(a, b, rtol=1e-6, atol=1e-9 * max(1.0, float(np.max(np.abs(b))))))
 
     value, reference = np.asarray(value, dtype=np.float64), np.asarray(exact[input_name], dtype=np.float64)
-    if not np.any(reference) or close(value, reference):
+    if not np.any(reference):
         return []
+    if close(value, reference):  # wrong by less than 1e-6 relative: float32 rounding is the one mistake that small
+        return _float32_rounding(returned, value, reference, dtype)
     if close(value, -reference):
         return [f"{returned} is the exact gradient with its sign flipped"]
     if np.size(value) == 1:  # one number is a multiple of any other: no factor or residual says anything
