@@ -427,10 +427,12 @@ class _Compiler:
         return None
 
     def fused_softmax(self, e: sp.Expr, ranges: dict[sp.Symbol, str],
-                         order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+                      order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
         """y·(g − Σ_k g·y) or g − exp(y)·Σ_k g along one axis of arrays y and g read at the same indices — the
         backward of a softmax or of a log-softmax, whatever y is — and x − log Σ_k exp(x), a log-softmax, by the
         library's fused kernel where it has one (torch: one pass over the arrays instead of four); None otherwise."""
+        if self.dialect.softmax_backward("g", "y", 0, False) is None and self.dialect.log_softmax("x", 0) is None:
+            return None  # a library without either kernel (NumPy): nothing to look for
         if e.is_Mul:  # y·(g − Σ g·y), and any other factors (1/T) multiplied after
             for first in e.args:
                 for second in e.args:
