@@ -22,3 +22,7 @@ USER_CODE_AGAINST_EXACT = {"float64": 1e-11, "float32": 2e-5}
 #: inputs' order: rounding in products of two inputs), and against central differences with step 1e-6.
 USER_CODE_SEVERAL_INDICES = {"float64": 1e-9, "float32": 2e-4}
 USER_CODE_SEVERAL_INDICES_DIFFERENCES = 1e-6
+#: User code (verify), every spec: the same inputs give the same gradients to this, relative to their largest
+#: entry (ten times it, against the terms combined, for gradients linear in the upstream gradient; a hundred
+#: times it for rows that must add up to 0).
+USER_CODE_STRUCTURE = {"float64": 1e-10, "float32": 1e-5}

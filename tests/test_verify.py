@@ -36,6 +36,25 @@ def test_correct_python_gradients_pass(function, against, signature):
     assert report.passed, report.text()
 
 
+def test_per_row_and_named_array_code_get_the_same_structural_checks():
+    """A passing vjp is called again: repeatable, linear in its upstream gradient and 0 where that is 0 — the
+    properties named-array code is checked for, under the code's own name — and, softmax being unchanged by a
+    constant added to a row, its rows of dx add up to 0. One that is right on the checked inputs but not
+    linear in g fails."""
+    right = check_gradient(gradients.softmax_vjp, "softmax", "x,g->dx")
+    assert [name for name, ok, _ in right.checks if ok] == ["repeatable", "linear in g", "0 where g = 0",
+                                                            "sums to 0 (shift-invariant)"]
+    calls, cases = [], len(right.cases_checked)
+
+    def saturating(x, g):  # right at every input case (one call each), tanh of it afterwards
+        calls.append(1)
+        dx = gradients.softmax_vjp(x, g)
+        return dx if len(calls) <= cases else np.tanh(dx)
+
+    wrong = check_gradient(saturating, "softmax", "x,g->dx")
+    assert not wrong.passed and any("structural check failed: linear in g" in f for f in wrong.failures), wrong.text()
+
+
 @pytest.mark.parametrize("function, against, signature, worst_column", [
     ("softmax_vjp_wrong_axis", "softmax", "x,g->dx", None),
     ("softmax_vjp_sign", "softmax", "x,g->dx", None),

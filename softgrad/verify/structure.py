@@ -1,52 +1,57 @@
-"""Cheap properties a correct gradient has: repeatable, linear in g, vjp(0) = 0, Σ dx = 0 if shift-invariant."""
+"""Properties every right gradient has, which right values at a few inputs do not prove: the same outputs from
+the same inputs, gradients linear in the upstream gradient and 0 where it is 0 (they are of ℓ = Σ g·y), and
+Σ dx = 0 along a row for a forward unchanged by adding a constant to the row. One set for every spec: the
+per-row verifier and the named-array verifier call them with their own names and tolerances."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from softgrad.verify.cases import Case, as_given
-from softgrad.verify.compare import FLOOR
-from softgrad.verify.problem import Problem
 from softgrad.verify.report import Report
-from softgrad.verify.signatures import Arrays, Signature, call_under_test
+
+#: The code under test, called with named arrays, returning its gradients by name.
+Gradients = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
-def structural_checks(report: Report, function: Callable[..., Any], signature: Signature, problem: Problem,
-                      case: Case, dtype: str, rng: np.random.Generator, layout: str = "classes-last") -> None:
-    """Cheap properties: linear in g, vjp(0) = 0, repeatable, and Σ dx = 0 for a shift-invariant forward."""
-    x, t = case.x, case.t
-    arrays: Arrays = {"x": x, "t": t, "g": rng.normal(size=x.shape), "label": case.labels}
-    if "y" in signature.takes:
-        arrays["y"] = as_given(problem.forward(x, t), np.dtype(dtype))
-    if "J" in signature.returns:
-        return
-    first = _gradient(function, signature, arrays, dtype, layout)
-    again = _gradient(function, signature, arrays, dtype, layout)
-    tolerance = FLOOR[dtype] * (np.abs(first).max() + 1e-300)
-    report.checks.append(("repeatable", bool(np.abs(first - again).max() <= tolerance), ""))
-    if "g" in signature.takes:
-        rng_g = rng.normal(size=x.shape)
-        other = dict(arrays, g=rng_g)
-        combined = dict(arrays, g=2 * arrays["g"] - 3 * rng_g)
-        second = _gradient(function, signature, other, dtype, layout)
-        mixed = _gradient(function, signature, combined, dtype, layout)
-        linear = np.abs(mixed - (2 * first - 3 * second)).max() <= 10 * FLOOR[dtype] * (np.abs(mixed).max() + 1e-300)
-        report.checks.append(("linear in g", bool(linear), ""))
-        zero = _gradient(function, signature, dict(arrays, g=np.zeros_like(x)), dtype, layout)
-        report.checks.append(("vjp(0) = 0", bool(np.abs(zero).max() == 0), ""))
-    if not problem.simplex and np.allclose(problem.forward(x + 1.25, t), problem.forward(x, t), rtol=1e-12,
-                                           atol=1e-12):
-        sums = np.abs(first.sum(-1)) / (np.abs(first).sum(-1) + 1e-300)
-        report.checks.append(("sums to 0 (shift-invariant)", bool(sums.max() <= 100 * FLOOR[dtype]), ""))
-    for name, ok, _ in report.checks:
+def structural_checks(report: Report, gradients: Gradients, arrays: Mapping[str, Any], upstream: str | None,
+                      tolerance: float, rng: np.random.Generator, sums_to_zero: str | None = None) -> None:
+    """Add each property to report.checks (and a failure for each that does not hold). upstream: the name of
+    the upstream gradient among `arrays` (None where the code takes none); tolerance: relative, for the same
+    outputs twice (ten times it, against the terms combined, for linearity); sums_to_zero: a gradient whose
+    rows must add up to 0 because the forward is shift-invariant along them."""
+    varying = unrepeatable(lambda: gradients(arrays), tolerance)
+    report.checks.append(("repeatable", varying is None, varying or ""))
+    first = {name: np.asarray(value, dtype=np.float64) for name, value in gradients(arrays).items()}
+    if upstream is not None:
+        other = rng.normal(size=np.shape(arrays[upstream]))
+        second = _float(gradients({**arrays, upstream: other}))
+        mixed = _float(gradients({**arrays, upstream: 2 * np.asarray(arrays[upstream]) - 3 * other}))
+
+        def linear(name: str) -> bool:  # rounding scales with the terms combined, not with their difference
+            terms = np.abs(mixed[name]) + 2 * np.abs(first[name]) + 3 * np.abs(second[name])
+            error = np.abs(mixed[name] - (2 * first[name] - 3 * second[name]))
+            return bool(np.max(error, initial=0.0) <= 10 * tolerance * (np.max(terms, initial=0.0) + 1e-300))
+
+        report.checks.append((f"linear in {upstream}", all(linear(name) for name in mixed), ""))
+        zero = gradients({**arrays, upstream: np.zeros(np.shape(arrays[upstream]))})
+        report.checks.append((f"0 where {upstream} = 0", all(not np.any(value) for value in zero.values()), ""))
+    if sums_to_zero is not None:
+        rows = first[sums_to_zero]
+        sums = np.abs(rows.sum(-1)) / (np.abs(rows).sum(-1) + 1e-300)
+        report.checks.append(("sums to 0 (shift-invariant)", bool(np.max(sums, initial=0.0) <= 100 * tolerance), ""))
+    for name, ok, detail in report.checks:
         if not ok:
-            report.fail(f"structural check failed: {name}")
+            report.fail(detail or f"structural check failed: {name}")
 
 
-def unrepeatable(call: Callable[[], dict[str, Any]], tolerance: float) -> str | None:
+def _float(named: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value, dtype=np.float64) for name, value in named.items()}
+
+
+def unrepeatable(call: Callable[[], Mapping[str, Any]], tolerance: float) -> str | None:
     """What differs between two calls of the code with the same inputs (None if nothing): a gradient that
     reads a random number generator or keeps state between calls cannot be right, whatever it returns,
     and saying so explains a failure better than its worst element."""
@@ -68,8 +73,3 @@ def unrepeatable(call: Callable[[], dict[str, Any]], tolerance: float) -> str | 
                     f"{before[worst]:.6g}, then {after[worst]:.6g} (a random number generator, or state kept "
                     "between calls?)")
     return None
-
-
-def _gradient(function: Callable[..., Any], signature: Signature, arrays: Arrays, dtype: str,
-              layout: str) -> np.ndarray:
-    return call_under_test(function, signature, arrays, dtype, layout)["dx"]

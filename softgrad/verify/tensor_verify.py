@@ -38,7 +38,7 @@ from softgrad.verify.generated import (
 from softgrad.verify.hints import array_hints
 from softgrad.verify.pairs import parse_pair
 from softgrad.verify.report import Report, Worst
-from softgrad.verify.structure import unrepeatable
+from softgrad.verify.structure import structural_checks, unrepeatable
 
 #: The central finite differences' step, on inputs of order 1 (float64).
 DIFFERENCE_STEP = 1e-6
@@ -238,13 +238,13 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     if report.passed:
-        _structural_checks(report, function, signature, derivation, sizes, values, dtype, seed, settings)
+        _structure(report, function, signature, derivation, sizes, values, dtype, seed, settings)
     else:  # a failure may have a cause that no element shows: say it first
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
         try:
             varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation,
                                                  settings=settings),
-                                   tolerances.USER_CODE_SEVERAL_INDICES[dtype] / 100)
+                                   tolerances.USER_CODE_STRUCTURE[dtype])
         except SoftgradError:
             varying = None
         if varying:
@@ -252,38 +252,20 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     return report
 
 
-def _structural_checks(report: Report, function: Callable[..., Any], signature: TensorSignature,
-                       derivation: Derivation, sizes: dict[str, int], values: dict[str, float], dtype: str, seed: int,
-                       settings: dict[str, dict[str, Any]]) -> None:
-    """Properties every right gradient has, which right values at a few inputs do not prove: the same outputs
-    from the same inputs (no random numbers, no state kept between calls), and, for an array output, gradients
-    linear in its upstream gradient and 0 where it is 0 (they are of ℓ = Σ dO·O)."""
+def _structure(report: Report, function: Callable[..., Any], signature: TensorSignature, derivation: Derivation,
+               sizes: dict[str, int], values: dict[str, float], dtype: str, seed: int,
+               settings: dict[str, dict[str, Any]]) -> None:
+    """The structural checks every gradient gets (softgrad.verify.structure), at inputs of order 1, under the
+    code's own name of the upstream gradient where it takes one."""
     arrays, _ = sample_tensor_inputs(derivation, sizes, seed + 5)
-    tolerance = tolerances.USER_CODE_SEVERAL_INDICES[dtype]
+    upstream = derivation.tensor.upstream
 
-    def gradients(given: dict[str, Any]) -> dict[str, Any]:
-        returned = _call(function, signature, given, values, dtype, sizes, derivation, settings=settings)
+    def gradients(given: Any) -> dict[str, Any]:
+        returned = _call(function, signature, dict(given), values, dtype, sizes, derivation, settings=settings)
         return {name: returned[name] for name in signature.gradients}
 
-    varying = unrepeatable(lambda: gradients(arrays), tolerance / 100)
-    report.checks.append(("repeatable", varying is None, varying or ""))
-    upstream = derivation.tensor.upstream
-    if upstream and upstream in signature.takes:
-        other = np.random.default_rng(seed + 6).normal(size=np.shape(arrays[upstream]))
-        first, second = gradients(arrays), gradients(dict(arrays, **{upstream: other}))
-        mixed = gradients(dict(arrays, **{upstream: 2 * arrays[upstream] - 3 * other}))
-        def combined(name: str) -> float:  # rounding scales with the terms combined, not with their difference
-            terms = np.abs(mixed[name]) + 2 * np.abs(first[name]) + 3 * np.abs(second[name])
-            return float(np.max(terms, initial=0.0)) + 1e-300
-
-        linear = all(np.max(np.abs(mixed[name] - (2 * first[name] - 3 * second[name])), initial=0.0)
-                     <= 10 * tolerance * combined(name) for name in mixed)
-        report.checks.append((f"linear in {upstream}", bool(linear), ""))
-        zero = gradients(dict(arrays, **{upstream: np.zeros(np.shape(arrays[upstream]))}))
-        report.checks.append((f"0 where {upstream} = 0", all(not np.any(value) for value in zero.values()), ""))
-    for name, ok, detail in report.checks:
-        if not ok:
-            report.fail(detail or f"structural check failed: {name}")
+    structural_checks(report, gradients, arrays, upstream if upstream and upstream in signature.takes else None,
+                      tolerances.USER_CODE_STRUCTURE[dtype], np.random.default_rng(seed + 6))
 
 
 def _exact(reference: Any, derivation: Derivation, arrays: dict[str, Any],
