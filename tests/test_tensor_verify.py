@@ -323,3 +323,24 @@ def test_per_row_code_and_named_arrays_share_the_mistake_detectors():
 
     shifted = check_gradient(one_off, "softmax", "x,g->dx")
     assert not shifted.passed and any("moved by 1 along axis 1" in hint for hint in shifted.hints), shifted.text()
+
+
+def test_named_array_code_that_changes_an_input_or_loses_precision_fails():
+    """The one way every verifier calls code: an input changed in place (a caller's array corrupted) and a
+    gradient narrower than its inputs (float32 for float64) are failures for named arrays too, each said in
+    one line, not read as whatever values came back."""
+    from softgrad.verify import check_gradient
+
+    def scaling_in_place(Q, K, V, dO):
+        gradients = tensor_code.attention_backward(Q, K, V, dO)
+        dO *= 2.0
+        return gradients
+
+    def narrowing(Q, K, V, dO):
+        return tuple(g.astype(np.float32) for g in tensor_code.attention_backward(Q, K, V, dO))
+
+    spec = str(EXAMPLES / "attention.spec")
+    changed = check_gradient(scaling_in_place, spec, "Q,K,V,dO->dQ,dK,dV")
+    assert not changed.passed and "the function changed its input dO in place" in changed.failures[0], changed.text()
+    narrow = check_gradient(narrowing, spec, "Q,K,V,dO->dQ,dK,dV")
+    assert not narrow.passed and "dQ is float32 for float64 inputs (precision lost)" in narrow.failures[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,62 @@ class WrongOutput(Exception):
         self.bad = bad
 
 
+def call_code(function: Callable[..., Any], arguments: list[Any], names: Sequence[str]) -> tuple[Any, ...]:
+    """Call the code under test once; its results as a tuple. The one way every verifier calls user code.
+
+    Raises SoftgradError where it raised or exited (its own last line), WrongOutput where it changed one of
+    its inputs in place (a caller's array would be corrupted; `names` name the arguments for that line).
+    `function` is an IsolatedFunction (code run in a child process, which compares its inputs itself) or any
+    callable (run here, its array arguments compared with copies).
+    """
+    from softgrad.verify.isolation import IsolatedFunction
+
+    isolated = isinstance(function, IsolatedFunction)
+    originals = {k: np.copy(a) for k, a in enumerate(arguments) if isinstance(a, np.ndarray)} if not isolated else {}
+    try:
+        result = function(*arguments)
+    except SoftgradError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as problem:  # the user's code failed (or exited): report its own last line
+        raise SoftgradError(f"the function under test {describe_failure(problem)}") from None
+    mutated = set(function.mutated) if isinstance(function, IsolatedFunction) else {
+        k for k, original in originals.items() if not np.array_equal(original, arguments[k], equal_nan=True)}
+    if mutated:
+        changed = ", ".join(names[k] for k in sorted(mutated))
+        raise WrongOutput(f"the function changed its input {changed} in place (a caller's array would be corrupted)")
+    return result if isinstance(result, tuple) else (result,)
+
+
+def as_array(name: str, value: Any) -> np.ndarray:
+    """A returned value as a NumPy array (a torch tensor's values, wherever it lives); SoftgradError where it is
+    not an array of numbers at all."""
+    from softgrad.verify.isolation import NotAnArray
+
+    if isinstance(value, NotAnArray):
+        raise SoftgradError(f"the function's {name} is {value}, not an array")
+    try:
+        array: np.ndarray = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    except Exception:
+        raise SoftgradError(f"the function's {name} is a {type(value).__name__}, not an array") from None
+    if array.dtype.hasobject or array.dtype.kind not in "biufc":
+        raise SoftgradError(f"the function's {name} has dtype {array.dtype}, not a floating array")
+    return array
+
+
+def real_floats(name: str, value: np.ndarray, dtype: Any) -> np.ndarray:
+    """The values as float64, after WrongOutput for values no gradient can have: complex, integers, or a
+    narrower float than the inputs (precision lost)."""
+    if value.dtype.kind == "c":
+        raise WrongOutput(f"the function's {name} is complex ({value.dtype}); a real function's gradient is real")
+    if value.dtype.kind != "f":
+        raise WrongOutput(f"the function's {name} has dtype {value.dtype}; a gradient needs floating values")
+    if value.dtype.itemsize < np.dtype(dtype).itemsize:
+        raise WrongOutput(f"the function's {name} is {value.dtype} for {np.dtype(dtype)} inputs (precision lost)")
+    return value.astype(np.float64)
+
+
 def call_under_test(function: Callable[..., Any], signature: Signature, arrays: Arrays, dtype: Any,
                     layout: str = "classes-last") -> dict[str, np.ndarray]:
     """Call the function under test with the signature's arguments; return its outputs by role as float64
@@ -154,10 +210,7 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
 
     Raises SoftgradError for what makes the check impossible (it raised, exited, crashed, timed out, or
     returned the wrong number or shape of values) and WrongOutput for a result that is wrong by itself.
-    `function` is an IsolatedFunction (code run in a child process) or any callable (run here).
     """
-    from softgrad.verify.isolation import IsolatedFunction, NotAnArray
-
     first = layout == "classes-first" and not signature.single_row
     arguments = []
     for role in signature.takes:
@@ -166,62 +219,25 @@ def call_under_test(function: Callable[..., Any], signature: Signature, arrays: 
         else:
             value = arrays[role].astype(dtype)
             arguments.append(np.ascontiguousarray(value.T) if first else value)
-    in_process = not isinstance(function, IsolatedFunction)  # a child compares its inputs itself
-    originals = [a.copy() for a in arguments] if in_process else []
-    mutated: set[int] = set()
-    try:
-        if signature.single_row:
-            results = []
-            for row in arguments[0]:
-                results.append(function(row))
-                mutated |= set(getattr(function, "mutated", []) if isinstance(function, IsolatedFunction) else [])
-            if any(isinstance(r, NotAnArray) for r in results):
-                raise SoftgradError(f"the function returned {next(r for r in results if isinstance(r, NotAnArray))}, "
-                                    "not an array")
-            outputs = (np.stack([np.asarray(r) for r in results]),)
-        else:
-            result = function(*arguments)
-            outputs = result if isinstance(result, tuple) else (result,)
-            if isinstance(function, IsolatedFunction):
-                mutated |= set(function.mutated)
-    except SoftgradError:
-        raise
-    except KeyboardInterrupt:
-        raise
-    except BaseException as problem:  # the user's code failed (or exited): report its own last line
-        raise SoftgradError(f"the function under test {describe_failure(problem)}") from None
-    if in_process:
-        mutated |= {k for k, (a, b) in enumerate(zip(originals, arguments)) if not np.array_equal(a, b, equal_nan=True)}
+    if signature.single_row:  # x->J: one row at a time
+        rows = [as_array("J", call_code(function, [row], signature.takes)[0]) for row in arguments[0]]
+        outputs: tuple[Any, ...] = (np.stack(rows),)
+    else:
+        outputs = call_code(function, arguments, signature.takes)
     if len(outputs) != len(signature.returns):
         raise SoftgradError(f"the function returned {len(outputs)} value(s); signature {signature.text} "
                             f"expects {len(signature.returns)}")
-    if mutated:
-        names = ", ".join(signature.takes[k] for k in sorted(mutated))
-        raise WrongOutput(f"the function changed its input {names} in place (a caller's array would be corrupted)")
     checked = {}
     rows, size = arrays["x"].shape
     for role, value in zip(signature.returns, outputs):
-        if isinstance(value, NotAnArray):
-            raise SoftgradError(f"the function's {role} is {value}, not an array")
-        try:
-            value = np.asarray(value)
-        except Exception:
-            raise SoftgradError(f"the function's {role} is a {type(value).__name__}, not an array") from None
-        if value.dtype.hasobject or value.dtype.kind not in "biufc":
-            raise SoftgradError(f"the function's {role} has dtype {value.dtype}, not a floating array")
+        value = as_array(role, value)
         if role == "loss" and value.shape in ((), (1,), (rows,)):
             value = value.reshape(() if value.size == 1 and rows != 1 else value.shape[:1] or ())
         else:
             expected = {"dx": (size, rows) if first else (rows, size), "loss": (rows,), "J": (rows, size, size)}[role]
             if value.shape != expected:
                 _wrong_shape(role, value.shape, expected, first, layout)
-        if value.dtype.kind == "c":
-            raise WrongOutput(f"the function's {role} is complex ({value.dtype}); a real function's gradient is real")
-        if value.dtype.kind != "f":
-            raise WrongOutput(f"the function's {role} has dtype {value.dtype}; a gradient needs floating values")
-        if value.dtype.itemsize < np.dtype(dtype).itemsize:
-            raise WrongOutput(f"the function's {role} is {value.dtype} for {np.dtype(dtype)} inputs (precision lost)")
-        value = value.astype(np.float64)
+        value = real_floats(role, value, dtype)
         if first and role == "dx":
             value = np.ascontiguousarray(value.T)
         if not np.isfinite(value).all():

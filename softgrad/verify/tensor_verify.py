@@ -38,6 +38,7 @@ from softgrad.verify.generated import (
 from softgrad.verify.hints import array_hints
 from softgrad.verify.pairs import parse_pair
 from softgrad.verify.report import Report, Worst
+from softgrad.verify.signatures import WrongOutput, as_array, call_code, real_floats
 from softgrad.verify.structure import structural_checks, unrepeatable
 
 #: The central finite differences' step, on inputs of order 1 (float64).
@@ -202,7 +203,16 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
         if not all(np.all(np.isfinite(e)) for e in exact.values()) or not np.all(np.isfinite(exact_output)):
             report.fail(f"the spec's own reference is not finite for {case}: nothing can be compared there")
             continue
-        got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.conventions, settings)
+        try:
+            got = _call(function, signature, arrays, values, dtype, sizes, derivation, report.conventions, settings)
+        except WrongOutput as wrong:  # ran, but what it did cannot be right: every returned entry counts as wrong
+            entries = sum(int(np.prod([sizes[r] for r in derivation.tensor.axes[input_name]], dtype=np.int64))
+                          for input_name in signature.gradients.values())
+            report.fail(f"{wrong} (inputs: {case})")
+            report.case_counts.append((case, entries, entries))
+            report.bad_elements += entries
+            report.elements += entries
+            continue
         for finding in getattr(function, "findings", None) or ():  # what C did outside its arrays, say
             if finding not in report.failures:
                 report.fail(finding)
@@ -238,14 +248,17 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     if report.elements == 0 and report.passed:  # never a pass that compared nothing
         raise SoftgradError("no element was compared: nothing was checked")
     if report.passed:
-        _structure(report, function, signature, derivation, sizes, values, dtype, seed, settings)
+        try:
+            _structure(report, function, signature, derivation, sizes, values, dtype, seed, settings)
+        except WrongOutput as wrong:
+            report.fail(f"{wrong} (inputs of order 1, structural checks)")
     else:  # a failure may have a cause that no element shows: say it first
         arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
         try:
             varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation,
                                                  settings=settings),
                                    tolerances.USER_CODE_STRUCTURE[dtype])
-        except SoftgradError:
+        except (SoftgradError, WrongOutput):
             varying = None
         if varying:
             report.failures.insert(0, varying)
@@ -343,34 +356,19 @@ def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict
           notes: list[str] | None = None, settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The function's outputs by name, each checked to be a finite-dtype array of the spec's shape (axes of
     size 1 that a keepdims reduction leaves are accepted and said in `notes`)."""
-    from softgrad.verify.isolation import NotAnArray
-    from softgrad.verify.signatures import describe_failure
-
     spec, tensor = derivation.spec, derivation.tensor
     settings = settings or {}
-    arguments = [settings[n] if n in settings else values[n] if n in spec.parameters else arrays[n] if n in
-                 spec.labels else np.asarray(arrays[n], dtype=dtype) for n in signature.takes]
+    arguments = [settings[n] if n in settings else values[n] if n in spec.parameters else np.array(arrays[n]) if n in
+                 spec.labels else np.array(arrays[n], dtype=dtype) for n in signature.takes]  # copies: the code's own
     given = {key for name in signature.takes if name in settings for key in settings[name]}  # in a dict it takes
-    arguments += [values[p] for p in spec.parameters if p not in signature.takes and p not in given]
-    try:
-        result = function(*arguments)
-    except SoftgradError:
-        raise
-    except KeyboardInterrupt:
-        raise
-    except BaseException as problem:
-        raise SoftgradError(f"the function under test {describe_failure(problem)}") from None
-    outputs = result if isinstance(result, tuple) else (result,)
+    extra = [p for p in spec.parameters if p not in signature.takes and p not in given]
+    outputs = call_code(function, arguments + [values[p] for p in extra], [*signature.takes, *extra])
     if len(outputs) != len(signature.returns):
         raise SoftgradError(f"the function returned {len(outputs)} value(s); the signature {signature.text} expects "
                             f"{len(signature.returns)}")
     got = {}
     for name, value in zip(signature.returns, outputs):
-        if isinstance(value, NotAnArray):
-            raise SoftgradError(f"the function's {name} is {value}, not an array")
-        value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-        if value.dtype.hasobject or value.dtype.kind not in "biuf":
-            raise SoftgradError(f"the function's {name} has dtype {value.dtype}, not a floating array")
+        value = as_array(name, value)
         if name in signature.gradients:
             ranges = tensor.axes[signature.gradients[name]]
             expected = tuple(sizes[r] for r in ranges)
@@ -386,7 +384,7 @@ def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict
             note = f"{name} is returned with shape {value.shape} and read as {expected} (axes of size 1 kept)"
             if notes is not None and note not in notes:
                 notes.append(note)
-        got[name] = value.astype(np.float64).reshape(expected)
+        got[name] = real_floats(name, value, dtype).reshape(expected)
     return got
 
 
