@@ -56,6 +56,11 @@ def _logistic(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
+#: |x| beyond which exp(x) in mpmath is taken as +inf or 0: e^(10^9) is far beyond any float format (10^4932)
+#: and near where mpmath's own exponent arithmetic runs out of memory (exp(exp(exp(exp(2)))) = e^(10^702)).
+EXP_SATURATES = 1e9
+
+
 def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
     """The spec language's functions computed with a math library (cmath here, mpmath for references).
 
@@ -66,8 +71,13 @@ def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
     def sign(u: Any) -> Any:
         return (real(u) > 0) - (real(u) < 0)
 
+    def exp(u: Any) -> Any:
+        if library is not cmath and abs(real(u)) > EXP_SATURATES:  # mpmath would run out of memory
+            return library.inf if real(u) > 0 else library.mpf(0)
+        return library.exp(u)  # doubles overflow (OverflowError): the checker decides, widening to mpmath
+
     table: dict[Any, Callable[..., Any]] = {
-        sp.exp: library.exp,
+        sp.exp: exp,
         sp.log: library.log,
         sp.tanh: library.tanh,
         sigmoid: lambda u: 1 / (1 + library.exp(-u)),
