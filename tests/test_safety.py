@@ -372,6 +372,47 @@ def test_code_for_values_beyond_double_precision_is_checked_where_doubles_hold_t
     assert (tmp_path / "out").is_dir()
 
 
+def test_code_for_values_beyond_double_precision_is_verified_where_doubles_hold_them():
+    """verify against exp(exp(exp(exp(x)))): a right vjp returns inf where the exact value is beyond any double,
+    which was read as a wrong gradient (exit 1 for right code). Rows whose exact values no double holds are not
+    judged, a case with none left is drawn smaller, and the report says so; a wrong vjp still fails."""
+    def vjp(x, g, drop_last_factor=False):
+        with np.errstate(over="ignore"):
+            a = np.exp(x)
+            b = np.exp(a)
+            c = np.exp(b)
+            return g * np.exp(c) * c * b * (1 if drop_last_factor else a)
+
+    spec = "y[i] = exp(exp(exp(exp(x[i]))))"
+    right = check_gradient(vjp, spec, "x,g->dx")
+    assert right.passed, right.text()
+    assert any("drawn ÷4, where double precision holds" in line for line in right.conventions), right.conventions
+    wrong = check_gradient(lambda x, g: vjp(x, g, True), spec, "x,g->dx")
+    assert not wrong.passed and wrong.worst is not None
+
+
+def test_code_over_named_arrays_beyond_double_precision_is_verified_where_doubles_hold_them(tmp_path):
+    """The same for named arrays: the spec's reference not finite at inputs of order 1 was a FAIL of right code
+    ("the spec's own reference is not finite"), and inf twice read as not repeatable. The inputs are drawn
+    smaller where doubles hold the exact values; a case where they never do is said, not failed."""
+    def gradients(W, x, dy):
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = x @ W.T
+            a = np.exp(z)
+            b = np.exp(a)
+            c = np.exp(b)
+            dz = dy * np.exp(c) * c * b * a
+        return dz.T @ x, dz @ W
+
+    spec = tmp_path / "towers.spec"
+    spec.write_text("y[b, i] = exp(exp(exp(exp(sum(W[i, d] * x[b, d], d)))))\n", encoding="utf-8")
+    report = check_gradient(gradients, str(spec), "W,x,dy->dW,dx")
+    assert report.passed, report.text()
+    assert "inputs of order 1: drawn at order 0.25, where double precision holds the spec's exact values" in \
+        report.conventions and report.cases_checked == ["inputs of order 1", "inputs of order 10"]
+    assert [name for name, ok, _ in report.checks if ok] == ["repeatable", "linear in dy", "0 where dy = 0"]
+
+
 def test_large_constants_that_fit_derive_correctly():
     """exp(1000) overflows double precision but is a fine constant: the checks widen to mpmath."""
     derivation = softgrad.derive("y[i] = exp(1000) * x[i]")

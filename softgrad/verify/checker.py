@@ -18,7 +18,7 @@ from softgrad.verify import differences
 from softgrad.verify.cases import Case, as_given, make_cases, target_kinds
 from softgrad.verify.compare import EXACT_FLOOR, compare_full, compare_projections
 from softgrad.verify.hints import mistake_hints
-from softgrad.verify.problem import Problem
+from softgrad.verify.problem import Problem, exact_gradient
 from softgrad.verify.report import Report
 from softgrad.verify.signatures import Signature, WrongOutput, call_under_test
 from softgrad.verify.structure import structural_checks, unrepeatable
@@ -67,14 +67,22 @@ def verify(
                   case.labels, case.extreme)  # projections too: extreme logits, near ties, every target kind
              for case in make_cases(problem, rows, size, rng, kinds, extremes)]
     report.cases_checked = [case.name for case in cases]
+    checked: list[tuple[Case, np.ndarray]] = []  # each case as checked: the rows within doubles, its upstream
     for number, case in enumerate(cases):
         if progress is not None:
             progress(number, len(cases), case.name)
         failures_before, bad_before = len(report.failures), report.bad_elements
-        x, t = case.x, case.t
-        _spec_has_a_value(problem, x, t)
-        upstream = as_given(rng.normal(size=x.shape), representable)
-        arrays = {"x": x, "t": t, "g": upstream, "label": case.labels}
+        _spec_has_a_value(problem, case.x, case.t)
+        upstream = np.asarray(as_given(rng.normal(size=case.x.shape), representable))
+        within, upstream, note = _within_doubles(case, upstream, problem, signature)
+        if note:
+            report.convention(note)
+        if within is None:
+            report.cases_checked.remove(case.name)
+            continue
+        checked.append((within, upstream))
+        x, t = within.x, within.t
+        arrays = {"x": x, "t": t, "g": upstream, "label": within.labels}
         if "y" in signature.takes:
             arrays["y"] = as_given(problem.forward(x, t), representable)
         try:
@@ -87,7 +95,7 @@ def verify(
             report.elements += x.size
             continue
         if reduction == "mean" and "dx" in outputs:
-            outputs["dx"] = outputs["dx"] * rows
+            outputs["dx"] = outputs["dx"] * len(x)
         first = number == 0
         if mode == "full Jacobian" and (first or size <= FULL_JACOBIAN_UP_TO or "J" in outputs):
             compare_full(report, signature, problem, case.name, arrays, outputs, dtype)
@@ -104,13 +112,13 @@ def verify(
                 report.hint(*mistake_hints(problem, signature, arrays, outputs, dtype, layout))
     if progress is not None:
         progress(len(cases), len(cases), "done")
-    if report.passed and "J" not in signature.returns:
+    if report.passed and "J" not in signature.returns and checked:
         try:
-            _structure(report, function, signature, problem, cases[0], dtype, rng, layout)
+            _structure(report, function, signature, problem, checked[0][0], dtype, rng, layout)
         except WrongOutput as wrong:
-            report.fail(f"{wrong} (inputs: {cases[0].name}, structural checks)")
-    elif "J" not in signature.returns:  # a failure may have a cause that no element shows: say it first
-        probe = cases[0]
+            report.fail(f"{wrong} (inputs: {checked[0][0].name}, structural checks)")
+    elif "J" not in signature.returns and checked:  # a failure may have a cause that no element shows: say it first
+        probe = checked[0][0]
         again = {"x": probe.x, "t": probe.t, "g": as_given(rng.normal(size=probe.x.shape), representable),
                  "label": probe.labels}
         if "y" in signature.takes:
@@ -143,6 +151,52 @@ def _structure(report: Report, function: Callable[..., Any], signature: Signatur
 
     structural_checks(report, gradient, arrays, "g" if "g" in signature.takes else None,
                       tolerances.USER_CODE_STRUCTURE[dtype], rng, "dx" if invariant else None)
+
+
+def _within_doubles(case: Case, upstream: np.ndarray, problem: Problem,
+                    signature: Signature) -> tuple[Case | None, np.ndarray, str]:
+    """The case as checked, its upstream gradient, and what to say of it: code cannot return a value no double
+    holds, so rows where the spec's exact forward or gradient is beyond double precision are not judged; where
+    no row is within, the inputs are drawn smaller (÷4, up to ÷64), as the step checker draws them. None where
+    no row can be judged. Without a spec every row is kept."""
+    if problem.derivation is None or not problem.exact:
+        return case, upstream, ""
+    for shrink in range(4 if not problem.simplex else 1):  # probabilities on the simplex are not rescaled
+        x = case.x / 4 ** shrink
+        with np.errstate(all="ignore"):
+            values = [problem.forward(x, case.t),
+                      *exact_gradient(signature, problem, {"x": x, "t": case.t, "g": upstream}).values()]
+        kept = _finite_rows(values, len(x))
+        if not kept.all():  # the float64 kernels overflow where the exact values may not (L = log Σ exp(±x))
+            kept[~kept] = _finite_rows(_precise(problem, signature, x[~kept], case.t, upstream[~kept], ~kept), None)
+        if kept.any():
+            break
+    else:
+        return None, upstream, f"{case.name}: not checked: the spec's exact values are beyond double precision there"
+    within = Case(case.name, x[kept], None if case.t is None else case.t[kept],
+                  None if case.labels is None else case.labels[kept], case.extreme)
+    said = (f"{case.name}: drawn ÷{4 ** shrink}, where double precision holds the spec's exact values"
+            if shrink else "")
+    if not kept.all():
+        said += ("; " if said else f"{case.name}: ") + (f"{int((~kept).sum())} of {len(kept)} rows not checked, "
+                                                        "where the spec's exact values are beyond double precision")
+    return within, upstream[kept], said
+
+
+def _finite_rows(values: list[Any], rows: int | None) -> np.ndarray:
+    """Which rows of every value (each with the rows first) are finite throughout."""
+    return np.asarray(np.all([np.isfinite(np.reshape(v, (rows if rows is not None else len(v), -1))).all(axis=1)
+                              for v in values], axis=0), dtype=bool)
+
+
+def _precise(problem: Problem, signature: Signature, x: np.ndarray, t: np.ndarray | None, upstream: np.ndarray,
+             rows: np.ndarray) -> list[Any]:
+    """The spec's forward and the signature's gradient at these rows from the 40-digit reference (as doubles:
+    ±inf where no double holds them, NaN where the spec has no value)."""
+    t = None if t is None else t[rows]
+    kernel = "loss_and_grad" if problem.is_loss else "jacobian" if signature.returns == ("J",) else "vjp"
+    return [*problem.high_precision("forward", x, t).values(),
+            *problem.high_precision(kernel, x, t, upstream if kernel == "vjp" else None).values()]
 
 
 def _spec_has_a_value(problem: Problem, x: np.ndarray, t: np.ndarray | None) -> None:
