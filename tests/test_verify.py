@@ -68,8 +68,24 @@ def test_per_row_and_named_array_code_get_the_same_structural_checks():
 def test_wrong_python_gradients_fail(function, against, signature, worst_column):
     report = check_gradient(getattr(gradients, function), against, signature)
     assert not report.passed
+    assert report.worst is None or not report.worst.kink  # a smooth spec has no kink for a difference to cross
     if worst_column is not None:
         assert report.worst.index[1] == worst_column and report.case_counts[0][1] == 4  # one bad element per row
+
+
+def test_no_kink_is_said_for_a_smooth_spec():
+    """Near-tied logits change the row's argmax within a difference step, but softmax has no kink there: a
+    gradient wrong on those rows is reported without the kink note (it was once said of every such row)."""
+    def wrong_on_ties(x, g):
+        dx = gradients.softmax_vjp(x, g)
+        top = np.sort(x, axis=-1)
+        tied = top[:, -1] - top[:, -2] < 1e-6  # two equal maxima, up to 1e-9
+        dx[tied] *= 1.01
+        return dx
+
+    report = check_gradient(wrong_on_ties, "softmax", "x,g->dx")
+    assert not report.passed and report.worst.case == "near-tied logits", report.text()
+    assert not report.worst.kink and "crossed a kink" not in report.text()
 
 
 def test_the_worst_element_is_reported_with_both_values():

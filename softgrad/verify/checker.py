@@ -74,7 +74,7 @@ def verify(
         failures_before, bad_before = len(report.failures), report.bad_elements
         _spec_has_a_value(problem, case.x, case.t)
         upstream = np.asarray(as_given(rng.normal(size=case.x.shape), representable))
-        within, upstream, note = _within_doubles(case, upstream, problem, signature)
+        within, upstream, note = _within_range(case, upstream, problem, signature, dtype)
         if note:
             report.convention(note)
         if within is None:
@@ -153,40 +153,42 @@ def _structure(report: Report, function: Callable[..., Any], signature: Signatur
                       tolerances.USER_CODE_STRUCTURE[dtype], rng, "dx" if invariant else None)
 
 
-def _within_doubles(case: Case, upstream: np.ndarray, problem: Problem,
-                    signature: Signature) -> tuple[Case | None, np.ndarray, str]:
-    """The case as checked, its upstream gradient, and what to say of it: code cannot return a value no double
-    holds, so rows where the spec's exact forward or gradient is beyond double precision are not judged; where
-    no row is within, the inputs are drawn smaller (÷4, up to ÷64), as the step checker draws them. None where
-    no row can be judged. Without a spec every row is kept."""
+def _within_range(case: Case, upstream: np.ndarray, problem: Problem, signature: Signature,
+                  dtype: str) -> tuple[Case | None, np.ndarray, str]:
+    """The case as checked, its upstream gradient, and what to say of it: code cannot return a value its dtype
+    does not hold, so rows where the spec's exact forward or gradient is beyond the dtype's range are not
+    judged; where no row is within, the inputs are drawn smaller (÷4, up to ÷64), as the step checker draws them.
+    None where no row can be judged. Without a spec every row is kept."""
     if problem.derivation is None or not problem.exact:
         return case, upstream, ""
+    largest = float(np.finfo(dtype).max)
     for shrink in range(4 if not problem.simplex else 1):  # probabilities on the simplex are not rescaled
         x = case.x / 4 ** shrink
         with np.errstate(all="ignore"):
             values = [problem.forward(x, case.t),
                       *exact_gradient(signature, problem, {"x": x, "t": case.t, "g": upstream}).values()]
-        kept = _finite_rows(values, len(x))
+        kept = _rows_within(values, len(x), largest)
         if not kept.all():  # the float64 kernels overflow where the exact values may not (L = log Σ exp(±x))
-            kept[~kept] = _finite_rows(_precise(problem, signature, x[~kept], case.t, upstream[~kept], ~kept), None)
+            kept[~kept] = _rows_within(_precise(problem, signature, x[~kept], case.t, upstream[~kept], ~kept), None,
+                                       largest)
         if kept.any():
             break
     else:
-        return None, upstream, f"{case.name}: not checked: the spec's exact values are beyond double precision there"
+        return None, upstream, f"{case.name}: not checked: the spec's exact values are beyond {dtype}'s range there"
     within = Case(case.name, x[kept], None if case.t is None else case.t[kept],
                   None if case.labels is None else case.labels[kept], case.extreme)
-    said = (f"{case.name}: drawn ÷{4 ** shrink}, where double precision holds the spec's exact values"
-            if shrink else "")
+    said = f"{case.name}: drawn ÷{4 ** shrink}, where {dtype} holds the spec's exact values" if shrink else ""
     if not kept.all():
         said += ("; " if said else f"{case.name}: ") + (f"{int((~kept).sum())} of {len(kept)} rows not checked, "
-                                                        "where the spec's exact values are beyond double precision")
+                                                        f"where the spec's exact values are beyond {dtype}'s range")
     return within, upstream[kept], said
 
 
-def _finite_rows(values: list[Any], rows: int | None) -> np.ndarray:
-    """Which rows of every value (each with the rows first) are finite throughout."""
-    return np.asarray(np.all([np.isfinite(np.reshape(v, (rows if rows is not None else len(v), -1))).all(axis=1)
-                              for v in values], axis=0), dtype=bool)
+def _rows_within(values: list[Any], rows: int | None, largest: float) -> np.ndarray:
+    """Which rows of every value (each with the rows first) are finite and at most `largest` in magnitude."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(np.all([(np.abs(np.reshape(v, (rows if rows is not None else len(v), -1))) <= largest)
+                                  .all(axis=1) for v in values], axis=0), dtype=bool)
 
 
 def _precise(problem: Problem, signature: Signature, x: np.ndarray, t: np.ndarray | None, upstream: np.ndarray,

@@ -18,8 +18,11 @@ def where(position: tuple[Any, ...]) -> str:
 
 
 def record_worst(report: Report, array: str, position: tuple[Any, ...], analytic: np.ndarray, numeric: np.ndarray,
-                 exact: np.ndarray | None, tolerance: np.ndarray, how: str, case: str, arrays: Arrays) -> None:
-    """The first mismatch found is the report's worst element (row, i[, j] of per-row code's `array`)."""
+                 exact: np.ndarray | None, tolerance: np.ndarray, how: str, case: str, arrays: Arrays,
+                 kinked: bool = False) -> None:
+    """The first mismatch found is the report's worst element (row, i[, j] of per-row code's `array`); kinked:
+    the comparison was with finite differences of a function that may have kinks, so say when the difference
+    crossed a change of the row's argmax."""
     if report.worst is not None:
         return
     index = tuple(int(p) for p in position)
@@ -31,7 +34,7 @@ def record_worst(report: Report, array: str, position: tuple[Any, ...], analytic
     minus[column] -= step
     report.worst = Worst(array, index, float(analytic[position]), float(numeric[position]),
                          None if exact is None else float(exact[position]), float(tolerance[position]), how, case,
-                         bool(np.argmax(plus) != np.argmax(minus)))
+                         kinked and bool(np.argmax(plus) != np.argmax(minus)))
 
 
 def bisect(signed_mismatch: Callable[[np.ndarray], float], size: int) -> int:

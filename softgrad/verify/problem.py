@@ -42,6 +42,16 @@ class Problem:
     derivation: Derivation | None = None
     parameters: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def kinked(self) -> bool:
+        """Whether the function may have kinks (|x|, max, min, sign, a step), where a finite difference that
+        crosses one is no evidence: unknown without a spec, so assumed."""
+        if self.derivation is None:
+            return True
+        import sympy as sp
+
+        return any(d.expr.has(sp.Abs, sp.Max, sp.Min, sp.sign, sp.Heaviside) for d in self.derivation.spec.definitions)
+
     def high_precision(self, kernel: str, x: np.ndarray, t: np.ndarray | None,
                        g: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The kernel's outputs from the derived formulas at 40 digits (see reference.exact_outputs), by the
