@@ -372,22 +372,24 @@ def test_code_for_values_beyond_double_precision_is_checked_where_doubles_hold_t
     assert (tmp_path / "out").is_dir()
 
 
+def tower_vjp(x, g, drop_last_factor=False):
+    """The vjp of exp(exp(exp(exp(x)))), right (or with the last chain-rule factor left out)."""
+    with np.errstate(over="ignore"):
+        a = np.exp(x)
+        b = np.exp(a)
+        c = np.exp(b)
+        return g * np.exp(c) * c * b * (1 if drop_last_factor else a)
+
+
 def test_code_for_values_beyond_double_precision_is_verified_where_doubles_hold_them():
     """verify against exp(exp(exp(exp(x)))): a right vjp returns inf where the exact value is beyond any double,
     which was read as a wrong gradient (exit 1 for right code). Rows whose exact values no double holds are not
     judged, a case with none left is drawn smaller, and the report says so; a wrong vjp still fails."""
-    def vjp(x, g, drop_last_factor=False):
-        with np.errstate(over="ignore"):
-            a = np.exp(x)
-            b = np.exp(a)
-            c = np.exp(b)
-            return g * np.exp(c) * c * b * (1 if drop_last_factor else a)
-
     spec = "y[i] = exp(exp(exp(exp(x[i]))))"
-    right = check_gradient(vjp, spec, "x,g->dx")
+    right = check_gradient(tower_vjp, spec, "x,g->dx")
     assert right.passed, right.text()
     assert any("drawn ÷4, where float64 holds" in line for line in right.conventions), right.conventions
-    wrong = check_gradient(lambda x, g: vjp(x, g, True), spec, "x,g->dx")
+    wrong = check_gradient(lambda x, g: tower_vjp(x, g, True), spec, "x,g->dx")
     assert not wrong.passed and wrong.worst is not None
 
 
@@ -408,17 +410,10 @@ def test_float32_code_of_an_ill_conditioned_function_is_allowed_what_float32_all
     argument by the argument (up to 88), so right float32 code errs by 2e-5 relative, beyond the float32 floor
     against the exact result — as softgrad's own derived kernel does in float32. Code may err by 4× what that
     kernel errs, so right code passes and code with a factor left out still fails."""
-    def vjp(x, g, drop_last_factor=False):
-        with np.errstate(over="ignore"):
-            a = np.exp(x)
-            b = np.exp(a)
-            c = np.exp(b)
-            return g * np.exp(c) * c * b * (1 if drop_last_factor else a)
-
     spec = "y[i] = exp(exp(exp(exp(x[i]))))"
-    right = check_gradient(vjp, spec, "x,g->dx", dtype="float32")
+    right = check_gradient(tower_vjp, spec, "x,g->dx", dtype="float32")
     assert right.passed, right.text()
-    wrong = check_gradient(lambda x, g: vjp(x, g, True), spec, "x,g->dx", dtype="float32")
+    wrong = check_gradient(lambda x, g: tower_vjp(x, g, True), spec, "x,g->dx", dtype="float32")
     assert not wrong.passed
 
 
