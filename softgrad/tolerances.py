@@ -13,6 +13,14 @@ STEP = 1e-9
 GENERATED_KERNEL = {"float64": 1e-13, "float32": 2e-5}
 #: A generated module of a several-index spec against the derivation's formulas, entry by entry (codegen --check).
 GENERATED_MODULE = {"float64": 1e-11, "float32": 2e-5}
+#: A generated module's gradient along a random direction against central differences of its own forward()
+#: (codegen --check): the step, and the tolerance relative to max(1, |the projected gradient|). Float32's
+#: forward rounds at 1e-7, so its step is 1e-2 and what it can show coarse.
+GENERATED_MODULE_STEP = {"float64": 1e-6, "float32": 1e-2}
+GENERATED_MODULE_AGAINST_DIFFERENCES = {"float64": 1e-6, "float32": 2e-2}
+#: Per-row kernels against the 40-digit directional difference of the forward (codegen --check): the kernel's
+#: own tolerance, but no tighter than the float64 rounding of a projection over a row.
+GENERATED_KERNEL_AGAINST_DIFFERENCES = 1e-9
 
 #: User code (verify), one-index: the floor of the tolerance against central differences, relative to the row's
 #: scale (the differences' own noise is added to it), and the floor against the exact result (no such noise).

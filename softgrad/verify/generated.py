@@ -187,7 +187,7 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any,
     upstream = rng.normal(size=(rows, size))
     direction = rng.choice([-1.0, 1.0], size=(rows, size))
     tolerance = tolerances.GENERATED_KERNEL[dtype]
-    difference_tolerance = max(tolerance, 1e-9)
+    difference_tolerance = max(tolerance, tolerances.GENERATED_KERNEL_AGAINST_DIFFERENCES)
     results: list[KernelCheck] = []
     output_name = derivation.spec.output.name
     forward_values = cached(("forward",), lambda: exact_outputs(derivation, "forward", arrays, parameters))
@@ -362,7 +362,7 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
     directions = np.random.default_rng(seed + 2)
     for name in tensor.gradients:
         direction = directions.normal(size=np.shape(arrays[name]))
-        step = 1e-6 if dtype == "float64" else 1e-2
+        step = tolerances.GENERATED_MODULE_STEP[dtype]
         plus = dict(arrays, **{name: arrays[name] + step * direction})
         minus = dict(arrays, **{name: arrays[name] - step * direction})
         numeric = (module_loss(module, derivation, plus, parameters)
@@ -370,7 +370,7 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
         analytic = float(np.sum(np.asarray(gradients[name]) * direction))
         error = abs(numeric - analytic) / max(1.0, abs(analytic))
         checks.append(KernelCheck("gradients", f"d{name}", "finite differences of forward()", error,
-                                  1e-6 if dtype == "float64" else 2e-2))
+                                  tolerances.GENERATED_MODULE_AGAINST_DIFFERENCES[dtype]))
     return checks
 
 
