@@ -310,57 +310,27 @@ def verify(target: str | None, against: str | None, forward_reference: str | Non
         except ValueError:
             raise SoftgradError(f"--param takes NAME=VALUE with a number, or NAME='{{...}}' with a JSON object, "
                                 f"not {item!r}") from None
-    from softgrad.verify import checked_by_rows
-
-    if against is not None and target is not None and formula is None and checked_by_rows(target, against,
-                                                                                          signature, order):
-        if targets is not None or layout != "classes-last" or reduction != "sum":
-            raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
-                                "the signature names each array (labels are passed as integers) and the spec says "
-                                "its reduction (a mean is '/ size(b)')")
-        report = _verify_tensor(target, against, signature, sizes, dtype, seed, values, timeout, extremes == "on",
-                                order, wrt, mode)
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text())
-        sys.exit(0 if report.passed else 1)
-    if sizes is not None:
-        raise SoftgradError("--size applies to specs with several indices; for one-index specs use --n and --batch")
+    result: Report | FormulaReport
     if formula is not None:
         from softgrad.derive import derive_spec, load_spec
         from softgrad.verify.formula import verify_formula
 
         if against is None or target is not None:
             raise SoftgradError("--formula needs --against SPEC and no function to load")
-        result: Report | FormulaReport = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
+        if sizes is not None:
+            raise SoftgradError("--size sets the ranges of code checked against a spec with several indices, not of "
+                                "--formula")
+        result = verify_formula(formula, derive_spec(load_spec(against)), wrt, seed)
     else:
-        from softgrad.verify import check_gradient
-        from softgrad.verify.loaders import load_function
-        from softgrad.verify.signatures import parse_signature
+        from softgrad.verify import check_target
 
         if target is None:
             raise SoftgradError("name the gradient to check, e.g. grad.py:softmax_backward (or use --formula)")
-        if (against is None) == (forward_reference is None):
-            raise SoftgradError("give --against SPEC, or --fn FILE:FUNCTION for the forward function")
-        default = signature or "x,g->dx"
-        if against is not None:  # derived once (cached); a bad spec or parameter is reported before user code runs
-            from softgrad.verify import default_signature, reference_problem
-
-            default = signature or default_signature(reference_problem(against, wrt, values))
-        chosen = parse_signature(default)
-        dtype_for_loading = dtype
-        function = load_function(target, chosen, dtype_for_loading, timeout, layout=layout)
-        forward = None
-        try:
-            if forward_reference:
-                forward = load_function(forward_reference, chosen, "float64", timeout, role="the forward function")
-            with _ProgressBar(enabled=size * batch >= 100_000) as progress:
-                result = check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=size,
-                                        batch=batch, seed=seed, reduction=reduction, parameters=values, wrt=wrt,
-                                        label=target, mode=mode, progress=progress, targets=targets,
-                                        layout=layout, extremes=extremes == "on")
-        finally:
-            function.close()
-            if forward is not None:
-                forward.close()
+        with _ProgressBar(enabled=size * batch >= 100_000) as progress:
+            result = check_target(target, against, signature, forward_reference=forward_reference, dtype=dtype,
+                                  n=size, batch=batch, seed=seed, reduction=reduction, parameters=values, wrt=wrt,
+                                  mode=mode, progress=progress, targets=targets, layout=layout,
+                                  extremes=extremes == "on", sizes=sizes, order=order, timeout=timeout)
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if as_json else result.text())
     sys.exit(0 if result.passed else 1)
 
@@ -374,50 +344,6 @@ def _settings(name: str, text: str) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise SoftgradError(f"--param {name}: a settings value is a JSON object, e.g. '{{\"eps\": 1e-5}}'")
     return settings
-
-
-def _verify_tensor(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
-                   values: dict[str, float], timeout: float, extremes: bool, order: int = 1,
-                   wrt: str | None = None, mode: str = "auto") -> Any:
-    """verify for a spec with several indices: the function loaded in its child process, then checked."""
-    from softgrad.derive import load_spec
-    from softgrad.verify import check_gradient
-    from softgrad.verify.loaders import load_function
-
-    if signature is None and order == 2:
-        raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the product, "
-                            "e.g. --signature 'x,t,v->hv'")
-    if signature is None:  # reported before any user code is loaded
-        from softgrad.verify.tensor_verify import example_signature
-
-        raise SoftgradError(f"a spec with several indices needs --signature naming the function's inputs and outputs, "
-                            f"e.g. --signature '{example_signature(load_spec(against))}'")
-    checked_as = signature
-    if _declares_c_roles(target, signature) and order == 1:  # C as projects write it: see verify.c_conventions
-        from softgrad.verify.loaders import load_c_target
-
-        function, checked_as, dtype = load_c_target(target, signature, against, sizes, dtype, timeout)
-    elif _declares_c_roles(target, signature):  # C computing H·v: loaded as the gradient's VJP it is checked as
-        from softgrad.verify.loaders import load_c_product
-
-        function, checked_as, dtype = load_c_product(target, signature, against, sizes, dtype, timeout, wrt)
-    else:
-        function = load_function(target, signature, dtype, timeout)
-    try:
-        report = check_gradient(function, against, checked_as, dtype=dtype, seed=seed, parameters=values, sizes=sizes,
-                                extremes=extremes, label=target, order=order, wrt=wrt if order == 2 else None,
-                                mode=mode)
-        report.signature = signature
-        return report
-    finally:
-        function.close()
-
-
-def _declares_c_roles(target: str | None, signature: str | None) -> bool:
-    """C checked through a signature of roles ('dx+= <- dy,x'), or any C against a spec with several indices."""
-    from softgrad.verify.c_conventions import is_c_target
-
-    return target is not None and is_c_target(target) and signature is not None
 
 
 class _ProgressBar:

@@ -344,3 +344,18 @@ def test_named_array_code_that_changes_an_input_or_loses_precision_fails():
     assert not changed.passed and "the function changed its input dO in place" in changed.failures[0], changed.text()
     narrow = check_gradient(narrowing, spec, "Q,K,V,dO->dQ,dK,dV")
     assert not narrow.passed and "dQ is float32 for float64 inputs (precision lost)" in narrow.failures[0]
+
+
+def test_one_entry_loads_and_checks_code_for_every_spec():
+    """check_target is what `softgrad verify FILE:FUNCTION` runs: the same call loads and checks per-row code and
+    code over named arrays (each in its child process), and refuses a spec and a forward function together."""
+    from softgrad.verify import check_target
+
+    corpus = Path(__file__).parent / "corpus"
+    per_row = check_target(f"{corpus / 'gradients.py'}:softmax_vjp", "softmax", "x,g->dx")
+    named = check_target(f"{corpus / 'tensor_code.py'}:attention_backward", str(EXAMPLES / "attention.spec"),
+                         "Q,K,V,dO->dQ,dK,dV")
+    assert per_row.passed and named.passed and named.sizes != per_row.sizes
+    with pytest.raises(SoftgradError, match="give --against SPEC, or --fn"):
+        check_target(f"{corpus / 'gradients.py'}:softmax_vjp", "softmax", "x,g->dx",
+                     forward_reference=f"{corpus / 'gradients.py'}:softmax_vjp")

@@ -186,6 +186,92 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes, mode=mode)
 
 
+def check_target(target: str, against: str | None, signature: str | None = None, *,
+                 forward_reference: str | None = None, dtype: str = "float64", n: int = 7, batch: int = 4,
+                 seed: int = 0, reduction: str = "sum", parameters: dict[str, Any] | None = None,
+                 wrt: str | None = None, mode: str = "auto", progress: Callable[[int, int, str], None] | None = None,
+                 targets: str | None = None, layout: str = "classes-last", extremes: bool = True,
+                 sizes: str | None = None, order: int = 1, timeout: float | None = None) -> Report:
+    """What `softgrad verify TARGET` runs, for every spec: the code TARGET names (FILE.py:FUNCTION, MODULE:FUNCTION,
+    FILE.c:FUNCTION, LIB.so:FUNCTION; a function, a layer class, a framework's Function or module) loaded in a
+    child process, then checked by check_gradient against a spec or a forward function (`forward_reference`,
+    FILE:FUNCTION). Options as the command line names them; timeout: seconds one call may take."""
+    from softgrad.budget import CALL_SECONDS
+    from softgrad.errors import SoftgradError
+    from softgrad.verify.loaders import load_function
+
+    timeout = CALL_SECONDS if timeout is None else timeout
+    if against is not None and forward_reference is None and checked_by_rows(target, against, signature, order):
+        if targets is not None or layout != "classes-last" or reduction != "sum":
+            raise SoftgradError("--targets, --layout and --reduction apply to one-index specs; with several indices "
+                                "the signature names each array (labels are passed as integers) and the spec says "
+                                "its reduction (a mean is '/ size(b)')")
+        return _check_target_by_rows(target, against, signature, sizes, dtype, seed, parameters or {}, timeout,
+                                     extremes, order, wrt, mode)
+    if sizes is not None:
+        raise SoftgradError("--size applies to specs with several indices; for one-index specs use --n and --batch")
+    if (against is None) == (forward_reference is None):
+        raise SoftgradError("give --against SPEC, or --fn FILE:FUNCTION for the forward function")
+    from softgrad.verify.signatures import parse_signature
+
+    default = signature or "x,g->dx"
+    if against is not None:  # derived once (cached); a bad spec or parameter is reported before user code runs
+        default = signature or default_signature(reference_problem(against, wrt, parameters or {}))
+    chosen = parse_signature(default)
+    function = load_function(target, chosen, dtype, timeout, layout=layout)
+    forward = None
+    try:
+        if forward_reference:
+            forward = load_function(forward_reference, chosen, "float64", timeout, role="the forward function")
+        return check_gradient(function, against, chosen.text, forward=forward, dtype=dtype, n=n, batch=batch,
+                              seed=seed, reduction=reduction, parameters=parameters, wrt=wrt, label=target, mode=mode,
+                              progress=progress, targets=targets, layout=layout, extremes=extremes)
+    finally:
+        function.close()
+        if forward is not None:
+            forward.close()
+
+
+def _check_target_by_rows(target: str, against: str, signature: str | None, sizes: str | None, dtype: str, seed: int,
+                          parameters: dict[str, Any], timeout: float, extremes: bool, order: int, wrt: str | None,
+                          mode: str) -> Report:
+    """check_target for code checked by rows (named arrays, a pair, a Hessian–vector product, C with declared
+    roles): loaded in its child process (C as projects write it through verify.c_conventions), then checked."""
+    from softgrad.derive import load_spec
+    from softgrad.errors import SoftgradError
+    from softgrad.verify.c_conventions import is_c_target
+    from softgrad.verify.loaders import load_function
+
+    if signature is None and order == 2:
+        raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the product, "
+                            "e.g. --signature 'x,t,v->hv'")
+    if signature is None:  # reported before any user code is loaded
+        from softgrad.verify.tensor_verify import example_signature
+
+        raise SoftgradError(f"a spec with several indices needs --signature naming the function's inputs and outputs, "
+                            f"e.g. --signature '{example_signature(load_spec(against))}'")
+    checked_as = signature
+    function: Any
+    if is_c_target(target) and order == 1:  # C as projects write it: see verify.c_conventions
+        from softgrad.verify.loaders import load_c_target
+
+        function, checked_as, dtype = load_c_target(target, signature, against, sizes, dtype, timeout)
+    elif is_c_target(target):  # C computing H·v: loaded as the gradient's VJP it is checked as
+        from softgrad.verify.loaders import load_c_product
+
+        function, checked_as, dtype = load_c_product(target, signature, against, sizes, dtype, timeout, wrt)
+    else:
+        function = load_function(target, signature, dtype, timeout)
+    try:
+        report = check_gradient(function, against, checked_as, dtype=dtype, seed=seed, parameters=parameters,
+                                sizes=sizes, extremes=extremes, label=target, order=order,
+                                wrt=wrt if order == 2 else None, mode=mode)
+        report.signature = signature
+        return report
+    finally:
+        function.close()
+
+
 def checked_by_rows(target: str | None, against: str, signature: str | None, order: int = 1) -> bool:
     """Whether code is checked as several-index code is, by rows: a spec with several indices, a forward/backward
     pair, a Hessian–vector product, C with declared roles ('dx <- y,dy'), or a gradient of a scalar parameter
