@@ -231,8 +231,8 @@ def load_c_product(target: str, text: str, against: str, sizes: str | None, dtyp
     signature 'z,t,v->hv' or 'z,t->H' for check_gradient(order=2), the dtype its prototype computes in)."""
     from softgrad.derive import load_spec
     from softgrad.derive.spec import with_rows
-    from softgrad.verify import second_order_signature
     from softgrad.verify.c_conventions import parse_c_signature
+    from softgrad.verify.second_order import second_order_signature
 
     parts = parse_c_signature(text)
     if len(parts) != 1:
