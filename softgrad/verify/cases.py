@@ -16,6 +16,9 @@ TARGET_KINDS = {"labels": "class labels", "onehot": "one-hot targets", "soft": "
                 "unnormalized": "unnormalised targets", "binary": "targets of 0 and 1", "unit": "targets in (0, 1)"}
 #: Logits scales; the last is the extreme one (--extremes off drops it).
 SCALES = (1.0, 10.0, 1000.0)
+#: Where the exact values at the drawn inputs are beyond what the code's dtype holds (exp(exp(exp(exp(x)))) at
+#: x ~ 1), the inputs are drawn smaller by these factors in turn, as the step checker draws its points.
+SMALLER = (1, 4, 16, 64)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 from softgrad import tolerances
 from softgrad.errors import SoftgradError
 from softgrad.verify import differences
-from softgrad.verify.cases import Case, as_given, make_cases, target_kinds
+from softgrad.verify.cases import SMALLER, Case, as_given, make_cases, target_kinds
 from softgrad.verify.compare import EXACT_FLOOR, compare_full, compare_projections
 from softgrad.verify.hints import mistake_hints
 from softgrad.verify.problem import Problem, exact_gradient
@@ -162,22 +162,24 @@ def _within_range(case: Case, upstream: np.ndarray, problem: Problem, signature:
     if problem.derivation is None or not problem.exact:
         return case, upstream, ""
     largest = float(np.finfo(dtype).max)
-    for shrink in range(4 if not problem.simplex else 1):  # probabilities on the simplex are not rescaled
-        x = case.x / 4 ** shrink
+    for shrink in SMALLER if not problem.simplex else SMALLER[:1]:  # probabilities on the simplex stay as drawn
+        x = case.x / shrink
         with np.errstate(all="ignore"):
             values = [problem.forward(x, case.t),
                       *exact_gradient(signature, problem, {"x": x, "t": case.t, "g": upstream}).values()]
         kept = _rows_within(values, len(x), largest)
         if not kept.all():  # the float64 kernels overflow where the exact values may not (L = log Σ exp(±x))
-            kept[~kept] = _rows_within(_precise(problem, signature, x[~kept], case.t, upstream[~kept], ~kept), None,
-                                       largest)
+            outside = ~kept
+            kept[outside] = _rows_within(_precise(problem, signature, x[outside],
+                                                  None if case.t is None else case.t[outside], upstream[outside]),
+                                         None, largest)
         if kept.any():
             break
     else:
         return None, upstream, f"{case.name}: not checked: the spec's exact values are beyond {dtype}'s range there"
     within = Case(case.name, x[kept], None if case.t is None else case.t[kept],
                   None if case.labels is None else case.labels[kept], case.extreme)
-    said = f"{case.name}: drawn ÷{4 ** shrink}, where {dtype} holds the spec's exact values" if shrink else ""
+    said = f"{case.name}: drawn ÷{shrink}, where {dtype} holds the spec's exact values" if shrink > 1 else ""
     if not kept.all():
         said += ("; " if said else f"{case.name}: ") + (f"{int((~kept).sum())} of {len(kept)} rows not checked, "
                                                         f"where the spec's exact values are beyond {dtype}'s range")
@@ -191,11 +193,10 @@ def _rows_within(values: list[Any], rows: int | None, largest: float) -> np.ndar
                                   .all(axis=1) for v in values], axis=0), dtype=bool)
 
 
-def _precise(problem: Problem, signature: Signature, x: np.ndarray, t: np.ndarray | None, upstream: np.ndarray,
-             rows: np.ndarray) -> list[Any]:
-    """The spec's forward and the signature's gradient at these rows from the 40-digit reference (as doubles:
+def _precise(problem: Problem, signature: Signature, x: np.ndarray, t: np.ndarray | None,
+             upstream: np.ndarray) -> list[Any]:
+    """The spec's forward and the signature's gradient at these inputs from the 40-digit reference (as doubles:
     ±inf where no double holds them, NaN where the spec has no value)."""
-    t = None if t is None else t[rows]
     kernel = "loss_and_grad" if problem.is_loss else "jacobian" if signature.returns == ("J",) else "vjp"
     return [*problem.high_precision("forward", x, t).values(),
             *problem.high_precision(kernel, x, t, upstream if kernel == "vjp" else None).values()]

@@ -33,6 +33,7 @@ from softgrad.derive.check import wide_precision
 from softgrad.derive.steps import Derivation
 from softgrad.derive.tensor_check import Point, TensorChecker
 from softgrad.derive.tensor_check import sample_inputs as sample_arrays
+from softgrad.verify.cases import SMALLER
 from softgrad.verify.reference import UndefinedReference, exact_outputs, forward_directional
 
 
@@ -168,12 +169,13 @@ def check_kernels(derivation: Derivation, kernels: list[Kernel], functions: Any,
             cache[key] = compute()
         return cache[key]
 
-    for _ in range(4):  # where the spec overflows doubles at these inputs (exp(exp(exp(exp(x))))), smaller ones
+    given_scale = scale
+    for shrink in SMALLER:  # where the spec overflows doubles at these inputs (exp(exp(exp(exp(x))))), smaller ones
+        scale = given_scale / shrink  # the cache's keys name the scale drawn at
         arrays, parameters = sample_inputs(derivation, rows, size, seed, scale)
         if extremes or all(np.isfinite(values).all() for values in cached(
                 ("forward",), lambda: exact_outputs(derivation, "forward", arrays, parameters)).values()):
             break
-        scale /= 4
     if extremes:
         arrays[derivation.wrt] = extreme_logits(derivation, rows, size, seed)
         masked = np.isneginf(arrays[derivation.wrt])
@@ -352,8 +354,8 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
     spec, tensor = derivation.spec, derivation.tensor
     rng = random.Random(seed)
     sizes = spec.consistent_sizes({name: rng.randint(3, 6) for name in spec.sizes})
-    for scale in (1.0, 0.25, 0.0625, 0.015625):  # smaller where doubles overflow at order 1 (exp(exp(exp(exp(x)))))
-        arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 1, scale)
+    for shrink in SMALLER:  # smaller where doubles overflow at order 1 (exp(exp(exp(exp(x)))))
+        arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 1, 1.0 / shrink)
         with np.errstate(all="ignore"):
             if np.all(np.isfinite(call_module(module, derivation, arrays, parameters, "forward"))):
                 break

@@ -22,9 +22,10 @@ def structural_checks(report: Report, gradients: Gradients, arrays: Mapping[str,
     the upstream gradient among `arrays` (None where the code takes none); tolerance: relative, for the same
     outputs twice (ten times it, against the terms combined, for linearity); sums_to_zero: a gradient whose
     rows must add up to 0 because the forward is shift-invariant along them."""
-    varying = unrepeatable(lambda: gradients(arrays), tolerance)
+    returned = gradients(arrays)
+    varying = differing(returned, gradients(arrays), tolerance)
     report.checks.append(("repeatable", varying is None, varying or ""))
-    first = {name: np.asarray(value, dtype=np.float64) for name, value in gradients(arrays).items()}
+    first = _float(returned)
     if upstream is not None:
         other = rng.normal(size=np.shape(arrays[upstream]))
         second = _float(gradients({**arrays, upstream: other}))
@@ -55,7 +56,12 @@ def unrepeatable(call: Callable[[], Mapping[str, Any]], tolerance: float) -> str
     """What differs between two calls of the code with the same inputs (None if nothing): a gradient that
     reads a random number generator or keeps state between calls cannot be right, whatever it returns,
     and saying so explains a failure better than its worst element."""
-    first, again = call(), call()
+    return differing(call(), call(), tolerance)
+
+
+def differing(first: Mapping[str, Any], again: Mapping[str, Any], tolerance: float) -> str | None:
+    """What differs between two results of the same call (None if nothing), relative to each output's largest
+    entry: a line naming the first output and entry that does."""
     for name, value in first.items():
         before, after = np.asarray(value, dtype=np.float64), np.asarray(again[name], dtype=np.float64)
         if before.shape != after.shape:

@@ -28,6 +28,7 @@ from softgrad.codegen.emit import emit
 from softgrad.derive.spec import spec_text
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
+from softgrad.verify.cases import SMALLER
 from softgrad.verify.generated import (
     call_module,
     load_module,
@@ -198,8 +199,8 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     representable = float(np.finfo(dtype).max)  # what the code's dtype holds: beyond it, no code can be right
     first_drawn: float | None = None  # the scale of the first case checked: the structural checks' inputs
     for number, (case, scale, with_differences) in enumerate(cases):
-        for shrink in range(4):  # code cannot return values no double holds: where the exact ones are, smaller inputs
-            drawn = scale / 4 ** shrink
+        for shrink in SMALLER:  # code cannot return values its dtype does not hold: where the exact ones are, smaller
+            drawn = scale / shrink
             arrays, _ = sample_tensor_inputs(derivation, sizes, seed + number, scale=drawn)
             exact_output, exact = _exact(reference, derivation, arrays, values)
             if all(np.all(np.abs(e) <= representable) for e in [exact_output, *exact.values()]):
@@ -208,7 +209,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
             report.convention(f"{case}: not checked: the spec's exact values are beyond {dtype}'s range there "
                               f"(and at inputs down to order {drawn:g})")
             continue
-        if shrink:
+        if shrink > 1:
             report.convention(f"{case}: drawn at order {drawn:g}, where {dtype} holds the spec's exact values")
         first_drawn = drawn if first_drawn is None else first_drawn
         report.cases_checked.append(case)
