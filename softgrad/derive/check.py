@@ -71,13 +71,14 @@ def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
     def sign(u: Any) -> Any:
         return (real(u) > 0) - (real(u) < 0)
 
-    def exp(u: Any) -> Any:
-        if library is not cmath and abs(real(u)) > EXP_SATURATES:  # mpmath would run out of memory
+    def saturating_exp(u: Any) -> Any:  # mpmath: beyond EXP_SATURATES it would run out of memory
+        if abs(real(u)) > EXP_SATURATES:
             return library.inf if real(u) > 0 else library.mpf(0)
-        return library.exp(u)  # doubles overflow (OverflowError): the checker decides, widening to mpmath
+        return library.exp(u)
 
     table: dict[Any, Callable[..., Any]] = {
-        sp.exp: exp,
+        # in doubles an overflow raises OverflowError, and the checker decides (widening to mpmath)
+        sp.exp: library.exp if library is cmath else saturating_exp,
         sp.log: library.log,
         sp.tanh: library.tanh,
         sigmoid: lambda u: 1 / (1 + library.exp(-u)),
