@@ -136,8 +136,10 @@ def regression_check():
     engine.axes.update(engine.spec.axes)
     right = sp.Sum((P[b, c] - T[b, c]) * X[b, d], (b, 0, engine.spec.sizes["b"] - 1)) / engine.spec.sizes["b"]
 
-    def check(form, rule="wrong"):
-        return engine.checker.check(Step(rule, Partial(engine.loss, W[c, d]), [form], None))
+    def check(form, rule="wrong"):  # P − T: the step assumes the targets' rows sum to 1
+        return engine.checker.check(Step(rule, Partial(engine.loss, W[c, d]), [form], None,
+                                         assumes=("sum(T[b, k], k) = 1",)))
+    check.engine = engine
     yield check, right, (X, P, T), (b, c, d), engine.spec.sizes["b"]
     if engine.checker.marks is not None:
         engine.checker.marks.stop()
@@ -152,6 +154,25 @@ def test_a_wrong_step_is_caught(regression_check):
                   right.xreplace({T: P})):
         with pytest.raises(StepCheckFailed):
             check(wrong)
+
+
+def test_a_step_that_needs_the_constraint_is_checked_where_it_holds_and_only_there(regression_check):
+    """As by hand: P − T is the gradient only where the targets' rows sum to 1; a step that does not say it
+    assumes that is checked at targets that need not, where the general P·Σ_k T − T holds and P − T does not."""
+    from softgrad.derive.steps import Step
+    from softgrad.derive.symbols import Partial
+    from softgrad.errors import StepCheckFailed
+
+    check, right, (X, P, T), (b, c, d), n_b = regression_check
+    engine_check = check.engine.checker.check
+    W, k = sp.IndexedBase("W"), sp.Symbol("k", integer=True)
+    lhs = Partial(sp.Symbol("L"), W[c, d])
+    general = sp.Sum((P[b, c] * sp.Sum(T[b, k], (k, 0, check.engine.spec.sizes["c"] - 1)) - T[b, c]) * X[b, d],
+                     (b, 0, n_b - 1)) / n_b
+    assert engine_check(Step("general", lhs, [general], None)).checked
+    with pytest.raises(StepCheckFailed):
+        engine_check(Step("unsaid constraint", lhs, [right], None))
+    assert check(right, "said").checked
 
 
 def test_a_step_wrong_at_one_entry_is_caught(regression_check):

@@ -44,6 +44,8 @@ class Adjoint:
     indices: tuple[sp.Symbol, ...]
     expr: sp.Expr
     named: bool
+    #: what it was derived under (the targets' constraint): every step that reads it assumes it too
+    assumes: tuple[str, ...] = ()
 
     def entry(self, positions: tuple[sp.Expr, ...]) -> sp.Expr:
         if self.named:
@@ -108,6 +110,8 @@ class TensorEngine:
                     raise SpecError(f"--wrt {name!r}: {name} holds integer class indices, which have no gradient")
         else:
             self.wrt, self.wrt_reason = default_inputs(spec)
+        #: the assumptions of the adjoints the current section reads (steps through them assume the same)
+        self.assuming: tuple[str, ...] = ()
         self.taken = set(spec.inputs) | set(spec.parameters) | {d.name for d in spec.definitions}
         for definition in spec.definitions:
             self.taken |= names_in(definition.expr) | {str(i) for i in definition.indices}
@@ -138,6 +142,10 @@ class TensorEngine:
         self.result = TensorDerivation(upstream=self.upstream)
 
     def step(self, section: Section, **fields: Any) -> Step:
+        """Check and add a step; one that rewrites a result made under an assumption (the targets' constraint)
+        keeps that assumption, and is checked where it holds."""
+        earlier = [a for s in section.steps if s.lhs == fields["lhs"] for a in s.assumes]
+        fields["assumes"] = tuple(dict.fromkeys([*self.assuming, *earlier, *fields.get("assumes", ())]))
         return section.add(self.checker.check(Step(**fields)))
 
     # ---------------------------------------------------------------- the pass
@@ -172,6 +180,7 @@ class TensorEngine:
             self.adjoints[output.name] = Adjoint(output.name, "1", (), sp.S.One, False)
         for name in self.needed():
             adjoint, section = self.backward(name)
+            adjoint.assumes = tuple(dict.fromkeys(a for step in section.steps for a in step.assumes))
             sections.append(section)
             self.adjoints[name] = adjoint
             if adjoint.named:
@@ -186,7 +195,8 @@ class TensorEngine:
                                                         *(d.name for d in self.result.backward), *self.spec.parameters,
                                                         *([self.upstream] if self.upstream else [])])
                               if n in names_in(adjoint.expr))
-                title, note = f"Gradient with respect to {name}", self._note()
+                title, note = f"Gradient with respect to {name}", "; ".join(
+                    filter(None, [self._note(), "assuming " + "; ".join(adjoint.assumes) if adjoint.assumes else ""]))
                 matrix_title = f"{title}, matrix form"
             elif adjoint.named:
                 reads = ()
@@ -240,6 +250,7 @@ class TensorEngine:
         var = self._entry(name, q)
         lhs = Partial(self.loss, var)
         consumers = [d for d in self.spec.definitions if d.name in self.adjoints and name in names_in(d.expr)]
+        self.assuming = tuple(dict.fromkeys(a for c in consumers for a in self.adjoints[c.name].assumes))
         generic, named, raw = [], [], []
         for consumer in consumers:
             a = self._positions(consumer.name, taken)

@@ -92,10 +92,17 @@ class TensorChecker:
         numbers = WideEvaluator if wide else Evaluator  # the step check's own functions and constants
         self.functions, self.number = numbers.functions, numbers.number
         self._compiled: dict[sp.Basic, Any] = {}
-        rng = np.random.default_rng(self.seed)
-        self.points: list[Point] = []
         self.undefined = 0  # points where the spec has no finite value (a variance over n − 1 at n = 1)
         self.rescaled = 0  # points drawn at a smaller scale, where doubles overflow at their own
+        #: where the spec declares a constraint (rows of T sum to 1), a step that assumes it is checked at points
+        #: that satisfy it and every other step at points that need not (p·Σt − t is not p − t), as by hand
+        self.points = self._draw(np.random.default_rng(self.seed), wide, constrained=True)
+        self.free_points = (self._draw(np.random.default_rng(self.seed + 1), wide, constrained=False)
+                            if self.spec.constraints else self.points)
+
+    def _draw(self, rng: np.random.Generator, wide: bool, constrained: bool) -> list[Point]:
+        """A point per size assignment and input scale, where the spec has a finite value."""
+        points: list[Point] = []
         for sizes in self.assignments:
             size_of = self.spec.all_sizes({self.spec.sizes[name]: size
                                            for name, size in zip(self.spec.base_sizes(), sizes)})
@@ -107,27 +114,28 @@ class TensorChecker:
                     for smaller in (scale, scale / 4, scale / 16):
                         try:
                             with np.errstate(all="ignore"):
-                                point = self._point(size_of, by_name, self.positive, rng, smaller)
+                                point = self._point(size_of, by_name, self.positive, rng, smaller, constrained)
                         except (OverflowError, ZeroDivisionError):  # cmath.exp raises where doubles overflow
                             continue
                         if self._finite_output(point):
                             break
                     else:
                         raise ZeroDivisionError
-                    self.rescaled += smaller != scale
-                    self.points.append(point)
+                    self.rescaled += smaller != scale and constrained
+                    points.append(point)
                     continue
                 try:
-                    kept: Point | None = self._point(size_of, by_name, self.positive, rng, scale)
+                    kept: Point | None = self._point(size_of, by_name, self.positive, rng, scale, constrained)
                 except (ZeroDivisionError, ValueError, OverflowError):  # OverflowError: beyond even mpmath
                     kept = None
                 if kept is None or not self._finite_output(kept):
-                    self.undefined += 1
+                    self.undefined += constrained
                 else:
-                    self.points.append(kept)
-        if not self.points:
+                    points.append(kept)
+        if not points:
             raise SpecError(f"{self.spec.output.name} has no finite value at any point sampled (a division by 0, "
                             "or the logarithm of 0, whatever the inputs): there is nothing to check a step against")
+        return points
 
     @property
     def sizes_text(self) -> str:
@@ -173,10 +181,10 @@ class TensorChecker:
         self.marks.submit(step, free, equal, distinct, ranges)
 
     def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
-               rng: np.random.Generator, scale: float) -> Point:
+               rng: np.random.Generator, scale: float, constrained: bool = True) -> Point:
         defined = {d.name for d in self.spec.definitions}
         given = [name for name in self.axes if name not in defined]  # the inputs and the upstream gradient
-        arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng, scale)
+        arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng, scale, constrained)
         for name in [name for name in arrays if not self.axes[name]]:  # a scalar input (T) is read as a symbol
             scalars[name] = float(arrays.pop(name))
         if self.wide:
@@ -462,18 +470,22 @@ class TensorChecker:
             except (OverflowError, ZeroDivisionError):
                 self._widen()
             except StepCheckFailed:
-                doubles = (self.points, self.functions, self.number, self._compiled, self.undefined)
+                doubles = (self.points, self.free_points, self.functions, self.number, self._compiled,
+                           self.undefined)
                 if self._wide_points is None:  # sampled in mpmath once, reused by every later step that needs it
                     self._widen()
-                    self._wide_points = (self.points, self.functions, self.number, self._compiled, self.undefined)
+                    self._wide_points = (self.points, self.free_points, self.functions, self.number,
+                                         self._compiled, self.undefined)
                 else:
-                    self.points, self.functions, self.number, self._compiled, self.undefined = self._wide_points
+                    (self.points, self.free_points, self.functions, self.number, self._compiled,
+                     self.undefined) = self._wide_points
                     self.wide = True
                 try:
                     with self._precision():
                         return self._check(step)
                 finally:
-                    self.points, self.functions, self.number, self._compiled, self.undefined = doubles
+                    (self.points, self.free_points, self.functions, self.number, self._compiled,
+                     self.undefined) = doubles
                     self.wide = False
         with self._precision():
             return self._check(step)
@@ -483,7 +495,8 @@ class TensorChecker:
                        for s in _free_indices(e)}, key=str)
         ranges = {s: self._range_of(s, step) for s in free}
         compared = 0
-        for number, point in enumerate(self.points):
+        points = self.points if step.assumes else self.free_points
+        for number, point in enumerate(points):
             full = Point(point.sizes, dict(point.arrays), dict(point.scalars), point.derivatives)
             self.complete(full, self.backward)
             frame = Frame(tuple((s, 0, full.sizes[self.spec.sizes[ranges[s]]]) for s in free))
@@ -642,13 +655,13 @@ def _free_indices(expr: sp.Expr) -> set[sp.Symbol]:
 
 
 def sample_inputs(spec: Spec, axes: dict[str, tuple[str, ...]], names: list[str], sizes: dict[str, int],
-                  positive: set[str], rng: np.random.Generator,
-                  scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
+                  positive: set[str], rng: np.random.Generator, scale: float = 1.0,
+                  constrained: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
     """Random arrays for `names` at the given range sizes, and the spec's parameters: labels random classes,
     inputs with a fact drawn where it holds (0 or 1; in (0, 1); positive), inputs under a log or root (and
     constrained ones) positive, others normal of the given scale;
-    constrained inputs then satisfy their constraint (rows summing to its value)."""
-    constrained = {c.input_name for c in spec.constraints}
+    constrained inputs then satisfy their constraint (rows summing to its value) unless `constrained` is False."""
+    normalised = {c.input_name for c in spec.constraints}  # drawn positive: a row sum must not come near 0
     arrays: dict[str, Any] = {}
     for name in names:
         shape = tuple(sizes[r] for r in axes[name])
@@ -659,11 +672,11 @@ def sample_inputs(spec: Spec, axes: dict[str, tuple[str, ...]], names: list[str]
             arrays[name] = rng.integers(0, 2, size=shape).astype(float)
         elif fact == "unit":  # given 0 <= p <= 1: inside, where logs of p and 1 − p are finite
             arrays[name] = rng.uniform(0.02, 0.98, size=shape)
-        elif name in positive or name in constrained or fact == "positive":
+        elif name in positive or name in normalised or fact == "positive":
             arrays[name] = rng.uniform(0.2, 2.0, size=shape)
         else:
             arrays[name] = rng.normal(0, scale, size=shape)
-    for constraint in spec.constraints:
+    for constraint in spec.constraints if constrained else ():
         values = arrays[constraint.input_name]
         arrays[constraint.input_name] = (values / values.sum(axis=constraint.summed_axis, keepdims=True)
                                          * float(constraint.rhs))
