@@ -66,7 +66,7 @@ def test_failure_leaves_no_file_and_keeps_an_old_one(tmp_path):
         ("y = __import__('os').system('touch PWNED')", "names may not begin with '_'"),
         ("y[i] = " + "(" * 5000 + "x[i]" + ")" * 5000, "nested more than"),
         ("no-such-entry", "unknown catalog entry 'no-such-entry'"),
-        ("p[i] = z[i] - sum(z[k], k)/n; L = -sum(t[k]*log(p[k]), k)", "L is not a real number at any point sampled"),
+        ("p[i] = z[i] - sum(z[k], k)/n; L = -sum(t[k]*log(p[k]), k)", "L has no finite real value at any point"),
         ("p[i] = z[i] - sum(z[k], k)/n; y[i] = p[i]/sum(p[l], l)", "y has no stable value at the points sampled"),
     ],
     ids=lambda value: value[:30],

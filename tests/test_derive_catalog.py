@@ -7,7 +7,7 @@ from expectations import EXPECTED, FORWARD
 
 import softgrad
 from softgrad.derive.catalog import CATALOG
-from softgrad.derive.check import Evaluator, Point
+from softgrad.derive.numbers import Evaluator, Point
 from softgrad.derive.symbols import Partial
 
 ROWS, SIZE = 4, 5

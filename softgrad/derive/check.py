@@ -1,431 +1,579 @@
-"""The machine check of every step: both sides evaluated at concrete sizes and random points.
+"""The machine check of every step of every derivation: both sides evaluated entry by entry.
 
-The left-hand side of a step is a derivative written out (Partial); its true value comes from the
-forward function by complex-step differentiation (exact to rounding, and independent of the rules
-that produced the right-hand side). Every form in the step's chain must match it at n = 1, 2, 3, 5,
-for every index pair the step claims, at several random points.
+Every range takes size 1 once, then small, different sizes (so that a transposed index or a sum over the
+wrong axis shows); a spec of one range (y[i] = …) is checked at n = 1, 2, 3, 5. The inputs get random
+values at three scales (labels random classes, facts honoured, targets under a declared constraint rows that
+satisfy it for the steps that assume it, and rows that need not for the others). A written-out derivative
+∂ℓ/∂X[q] is computed from the forward function by a complex step (exact to rounding, independent of the
+rules that produced the right-hand side). Where doubles overflow, or a mismatch is within rounding, the
+points are evaluated again in mpmath; a spec whose value depends on the precision is refused.
 """
 
 from __future__ import annotations
 
-import cmath
 import contextlib
-import itertools
+import dataclasses
 import math
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import sympy as sp
-from sympy.codegen.cfunctions import log1p
 
 from softgrad import tolerances
-from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.matrix import entries
+from softgrad.derive.numbers import (
+    COMPLEX_STEP,
+    LARGEST_FLOAT,
+    WIDE_DIGITS,
+    Evaluator,
+    WideEvaluator,
+    wide_precision,
+)
 from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
-from softgrad.derive.symbols import Bracket, Edge, Partial, SumExcept, sigmoid, softplus
+from softgrad.derive.symbols import Bracket, Edge, Partial, SumExcept, sigmoid
 from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SpecError, StepCheckFailed
 
-SIZES = (1, 2, 3, 5)
-COMPLEX_STEP = 1e-30
-#: Beyond the largest x87 extended / IEEE quadruple number (~1.19e4932) no floating-point code computes a value,
-#: so no step is judged there (e^(e^(e^10)) has 10^9565 digits); exp(1000) ≈ 2e434 is still checked, in mpmath.
-LARGEST_FLOAT = 10 ** 4932
-
-def _first_order(function: Callable[[float], float], derivative: Callable[[float], float]) -> Callable[[Any], Any]:
-    """f(x + ih) = f(x) + ih f'(x) for a real-analytic f that cmath lacks: exact for the complex step."""
-    def value(z: Any) -> complex:
-        z = complex(z)
-        return complex(function(z.real), z.imag * derivative(z.real) if z.imag else 0.0)
-    return value
-
-
-def _real_part(library: Any) -> Callable[[Any], Any]:
-    return (lambda z: complex(z).real) if library is cmath else library.re
-
-
-def _softplus(x: float) -> float:
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-def _logistic(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
-#: |x| beyond which exp(x) in mpmath is taken as +inf or 0: e^(10^9) is far beyond any float format (10^4932)
-#: and near where mpmath's own exponent arithmetic runs out of memory (exp(exp(exp(exp(2)))) = e^(10^702)).
-EXP_SATURATES = 1e9
-
-
-def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
-    """The spec language's functions computed with a math library (cmath here, mpmath for references).
-
-    Kinked functions (abs, min, max, sign, the step H) decide by the real part, which is the value a
-    complex step carries; they are analytic on each side of the kink."""
-    real = _real_part(library)
-
-    def sign(u: Any) -> Any:
-        return (real(u) > 0) - (real(u) < 0)
-
-    def saturating_exp(u: Any) -> Any:  # mpmath: beyond EXP_SATURATES it would run out of memory
-        if abs(real(u)) > EXP_SATURATES:
-            return library.inf if real(u) > 0 else library.mpf(0)
-        return library.exp(u)
-
-    table: dict[Any, Callable[..., Any]] = {
-        # in doubles an overflow raises OverflowError, and the checker decides (widening to mpmath)
-        sp.exp: library.exp if library is cmath else saturating_exp,
-        sp.log: library.log,
-        sp.tanh: library.tanh,
-        sigmoid: lambda u: 1 / (1 + library.exp(-u)),
-        sp.Abs: lambda u: u if real(u) >= 0 else -u,
-        sp.sign: sign,
-        sp.Heaviside: lambda u, at_zero: 1.0 if real(u) > 0 else (0.0 if real(u) < 0 else at_zero),
-        sp.Max: lambda *values: max(values, key=real),
-        sp.Min: lambda *values: min(values, key=real),
-        Bracket: lambda u: 1.0 if round(real(u)) >= 0 else 0.0,
-        Edge: lambda u: 1.0 if round(real(u)) >= 0 else 0.0,
-    }
-    if library is cmath:
-        table[sp.erf] = _first_order(math.erf, lambda x: 2 / math.sqrt(math.pi) * math.exp(-x * x))
-        table[log1p] = _first_order(math.log1p, lambda x: 1 / (1 + x))
-        table[softplus] = _first_order(_softplus, _logistic)
-    else:
-        table[sp.erf] = library.erf
-        table[log1p] = library.log1p
-        table[softplus] = lambda u: library.log(1 + library.exp(u))
-    return table
-
-
-_FUNCTIONS = function_table(cmath)
-#: Digits of the mpmath evaluator that takes over where double precision overflows (exp(1000) in a spec).
-WIDE_DIGITS = 30
+#: The standard deviation of the signed inputs at each point of a size assignment: ordinary values, values
+#: up to about 10, values near 0.
+INPUT_SCALES = (1.0, 4.0, 0.005)
+POINTS = len(INPUT_SCALES)
 
 
 @dataclass
 class Point:
-    """Concrete values: n, the input vectors, parameters, and every definition computed from them."""
+    sizes: dict[sp.Symbol, int]
+    arrays: dict[str, Any]
+    scalars: dict[str, Any]  # numbers (a probed copy's: one per copy)
+    derivatives: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # probed copies, kept per point
+    #: a probed copy: this many copies of the point side by side, along a first axis of the arrays in `probed`
+    #: (each copy with one entry moved by a complex step), evaluated in frames whose first axis is PROBE
+    probe: int = 0
+    probed: frozenset[str] = frozenset()
 
-    size: int
-    vectors: dict[str, list[complex]]
-    scalars: dict[str, complex]
-    sums: dict[Any, Any] = field(default_factory=dict, repr=False)  # memoized Σ values at this point
-
-
-class Evaluator:
-    """Numeric meaning of every expression softgrad shows, at one concrete point (complex floats)."""
-
-    functions = _FUNCTIONS
-    is_finite = staticmethod(cmath.isfinite)
-
-    @staticmethod
-    def number(value: sp.Expr) -> Any:
-        return complex(value)
-
-    def __init__(self, definitions: list[Definition]):
-        self.definitions = definitions
-        self._perturbed: dict[tuple[Any, ...], Point] = {}  # (point id, vector, entry) → point with that entry + ih
-        self._compiled: dict[sp.Basic, Callable[[Point, dict[Any, int]], Any]] = {}
-
-    def real(self, point: Point) -> bool:
-        """Whether every value at the point is a finite real number: the spec language is real, so a point
-        where a definition is complex (the log or square root of a negative number) is outside its domain."""
-        values = [v for values in point.vectors.values() for v in values] + list(point.scalars.values())
-        return all(self.is_finite(v) and v.imag == 0 for v in values)
-
-    def complete(self, point: Point, frozen: str | None = None) -> Point:
-        """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
-        vectors, scalars = dict(point.vectors), dict(point.scalars)
-        started = frozen is None
-        for definition in self.definitions:
-            if definition.name == frozen:
-                started = True
-                continue
-            if not started and frozen is not None and definition.name in vectors | scalars:
-                continue
-            inner = Point(point.size, vectors, scalars)
-            if definition.is_vector:
-                vectors[definition.name] = [
-                    self.value(definition.expr, inner, {definition.index: a}) for a in range(point.size)
-                ]
-            else:
-                scalars[definition.name] = self.value(definition.expr, inner, {})
-        return Point(point.size, vectors, scalars)
-
-    def value(self, expr: sp.Basic, point: Point, indices: dict[Any, int]) -> Any:
-        """expr's value at the point, with these index values."""
-        evaluate = self._compiled.get(expr)
-        if evaluate is None:
-            evaluate = self._compiled[expr] = self._compile(expr)
-        return evaluate(point, indices)
-
-    def _compile(self, expr: sp.Basic) -> Callable[[Point, dict[Any, int]], Any]:
-        """expr as a tree of closures, built once: the type dispatch and the constants' conversion are
-        paid once per expression, not once per point, index pair and step (no text is generated or run)."""
-        value = self.value
-        if expr.is_Number or expr.is_NumberSymbol:  # 2, 1/2, π, e
-            constant = self.number(expr)
-            return lambda point, indices: constant
-        if isinstance(expr, sp.Indexed):
-            name, position = str(expr.base), expr.indices[0]
-            index = self._index
-            return lambda point, indices: point.vectors[name][int(index(position, indices))]
-        if expr.is_Symbol:
-            symbol, name = expr, str(expr)
-            if expr == size_symbol:  # as a number of the evaluator's precision: 1/n is not a double in mpmath
-                sizes = {size: self.number(sp.Integer(size)) for size in SIZES}  # converted once, not per use
-                number = self.number
-                return lambda point, indices: indices[symbol] if symbol in indices else (
-                    sizes[point.size] if point.size in sizes else number(sp.Integer(point.size)))
-            return lambda point, indices: indices[symbol] if symbol in indices else point.scalars[name]
-        if expr.is_Add:
-            terms = [self._compile(a) for a in expr.args]
-            return lambda point, indices: sum(term(point, indices) for term in terms)
-        if expr.is_Mul:
-            factors = [self._compile(a) for a in expr.args]
-
-            def product(point: Point, indices: dict[Any, int]) -> Any:
-                result: Any = 1
-                for factor in factors:
-                    result *= factor(point, indices)
-                return result
-            return product
-        if expr.is_Pow:
-            base = self._compile(expr.base)
-            if expr.exp.is_Integer:
-                power = int(expr.exp)
-                return lambda point, indices: base(point, indices) ** power
-            exponent = self._compile(expr.exp)
-            return lambda point, indices: base(point, indices) ** exponent(point, indices)
-        if isinstance(expr, sp.KroneckerDelta):
-            first, second = expr.args
-            index = self._index
-            return lambda point, indices: 1.0 if index(first, indices) == index(second, indices) else 0.0
-        if isinstance(expr, sp.Sum):
-            bound, body = expr.limits[0][0], expr.function
-            free = sorted(expr.free_symbols, key=str)
-
-            def total(point: Point, indices: dict[Any, int]) -> Any:
-                key = (expr, tuple((str(s), indices[s]) for s in free if s in indices))
-                if key not in point.sums:
-                    point.sums[key] = sum(value(body, point, {**indices, bound: a}) for a in range(point.size))
-                return point.sums[key]
-            return total
-        if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
-            bound, body = expr.limits[0][0], expr.function
-            one = self.number(sp.S.One)
-
-            def product_over(point: Point, indices: dict[Any, int]) -> Any:
-                result = one
-                for a in range(point.size):
-                    result = result * value(body, point, {**indices, bound: a})
-                return result
-            return product_over
-        if isinstance(expr, SumExcept):
-            bound, summand, skip = expr.bound, expr.summand, expr.skip
-            index = self._index
-
-            def total_except(point: Point, indices: dict[Any, int]) -> Any:
-                skipped = index(skip, indices)
-                return sum(value(summand, point, {**indices, bound: a}) for a in range(point.size) if a != skipped)
-            return total_except
-        if isinstance(expr, Partial):
-            partial = self._partial
-            return lambda point, indices: partial(expr, point, indices)
-        function = self.functions.get(expr.func)
-        if function is None:
-            message = f"cannot evaluate {expr.func.__name__}"
-
-            def unknown(point: Point, indices: dict[Any, int]) -> Any:
-                raise TypeError(message)
-            return unknown
-        arguments = [self._compile(a) for a in expr.args]
-        return lambda point, indices: function(*(argument(point, indices) for argument in arguments))
-
-    def matrix(self, form: sp.MatrixExpr, point: Point) -> list[list[Any]]:
-        """A matrix form's entries at the point (rows of numbers), in the evaluator's numbers."""
-        return entries(form, point.size, lambda name: point.vectors[name], lambda e: self.value(e, point, {}),
-                       self.number(sp.S.One), self.number(sp.S.Zero))
-
-    @staticmethod
-    def _index(index_expr: sp.Expr, indices: dict[sp.Symbol, int]) -> int:
-        return indices[index_expr] if index_expr in indices else int(index_expr)
-
-    def _partial(self, expr: Partial, point: Point, indices: dict[Any, int]) -> Any:
-        """∂expr/∂var by the complex step: Im f(v + ih) / h, every definition downstream recomputed."""
-        var = expr.var
-        name, position = str(var.base), self._index(var.indices[0], indices)
-        key = (id(point), name, position)
-        perturbed = self._perturbed.get(key)
-        if perturbed is None:
-            vectors = {k: list(v) for k, v in point.vectors.items()}
-            vectors[name][position] += 1j * COMPLEX_STEP
-            is_definition = any(d.name == name for d in self.definitions)
-            perturbed = self.complete(Point(point.size, vectors, point.scalars), frozen=name if is_definition else None)
-            self._perturbed[key] = perturbed
-        return self.value(expr.expr, perturbed, indices).imag / COMPLEX_STEP
-
-
-class WideEvaluator(Evaluator):
-    """The same evaluation in mpmath complex numbers: no overflow for constants such as exp(1000).
-
-    Use it inside `wide_precision()`, which sets mpmath's working precision and restores it after."""
-
-    import mpmath as _mpmath
-
-    functions = function_table(_mpmath)
-    is_finite = staticmethod(_mpmath.isfinite)
-
-    def complete(self, point: Point, frozen: str | None = None) -> Point:
-        """As Evaluator.complete, with the inputs as mpmath numbers (exact copies of the sampled doubles), so
-        that every definition computed from them is computed in extended precision too."""
-        import mpmath
-
-        vectors = {name: [mpmath.mpc(v) for v in values] for name, values in point.vectors.items()}
-        scalars = {name: mpmath.mpc(v) for name, v in point.scalars.items()}
-        return super().complete(Point(point.size, vectors, scalars), frozen)
-
-    @staticmethod
-    def number(value: sp.Expr) -> Any:
-        import mpmath
-
-        return mpmath.mpc(mpmath.mpf(sp.Float(sp.N(value, WIDE_DIGITS + 5), WIDE_DIGITS + 5)._mpf_))
-
-
-def wide_precision() -> contextlib.AbstractContextManager[Any]:
-    """mpmath's working precision for WideEvaluator, restored on exit (no global state changed)."""
-    import mpmath
-
-    context: contextlib.AbstractContextManager[Any] = mpmath.workdps(WIDE_DIGITS)
-    return context
-
-
-#: The ranges inputs are drawn from, one per point at each size: ordinary values, values up to magnitude
-#: 10, and values near 0. Inputs the spec takes a log or root of are drawn positive.
-SIGNED_RANGES = ((-2.0, 2.0), (-10.0, 10.0), (-0.01, 0.01))
-POSITIVE_RANGES = ((0.2, 1.2), (0.05, 10.0), (0.001, 0.02))
-POINTS = len(SIGNED_RANGES)
-
-
-def sample_points(spec: Spec, inputs: list[str], size: int, rng: random.Random, constrained: bool,
-                  positive: set[str] | frozenset[str] = frozenset(), scale: int = 0) -> Point:
-    """Random inputs from each input's domain: signed, or positive for those in `positive` (under a log or a
-    square root, or targets a constraint normalises); constrained inputs rescaled to their sum. `scale`
-    picks the range (see SIGNED_RANGES)."""
-    def draw(name: str) -> complex:
-        fact = spec.facts.get(name)
-        if fact == "binary":  # given t in {0, 1}
-            return complex(rng.randint(0, 1))
-        if fact == "unit":  # given 0 <= p <= 1
-            return complex(rng.uniform(0.02, 0.98))
-        low, high = (POSITIVE_RANGES if name in positive or fact == "positive" else SIGNED_RANGES)[scale]
-        return complex(rng.uniform(low, high))
-
-    vectors = {name: [draw(name) for _ in range(size)] for name in inputs}
-    if constrained:
-        for constraint in spec.constraints:
-            values = vectors[constraint.input_name]
-            factor = complex(float(constraint.rhs)) / sum(values)
-            vectors[constraint.input_name] = [v * factor for v in values]
-    scalars = {name: complex(rng.uniform(0.5, 2.0)) for name in spec.parameters}
-    return Point(size, vectors, scalars)
+    def value(self, name: str) -> Any:
+        """An array's values, or a scalar's (a loss, a scalar input's gradient dT) as a 0-d array."""
+        return self.arrays[name] if name in self.arrays else np.asarray(self.scalars[name])
 
 
 class StepChecker:
-    """Checks steps of one derivation; extra definitions (e.g. a surrogate loss for VJPs) may be added."""
+    """Evaluates forward definitions, the derivation's named backward arrays and each step's forms, for
+    every spec (one range, its row implicit, or several)."""
 
-    def __init__(self, spec: Spec, extra_definitions: Sequence[Definition] = (), extra_inputs: Sequence[str] = (),
-                 seed: int = 0, background_proofs: bool = False):
-        """background_proofs: prove steps in another process while the caller goes on; their `proved`
-        marks are then set by marks.finish() (else each step is proved as it is checked)."""
+    def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]] | None, surrogate: Definition | None,
+                 positive: set[str], seed: int = 0, wide: bool = False, prove: bool = False,
+                 total_derivatives: bool = False, sizes: Sequence[int] = ()):
+        """prove: also prove each checked step exactly at small sizes (softgrad.derive.proof). wide: evaluate
+        in mpmath complex numbers (inside numbers.wide_precision()), where doubles would overflow; the points'
+        arrays then hold mpmath numbers. A checker made without it widens by itself the first time doubles
+        overflow (exp(x + 1000)), at the same points.
+
+        axes None: a spec of one range, its row implicit (y[i] = …), checked as the spec of that one range n.
+        total_derivatives: ∂C/∂X of any expression C is the total derivative, everything computed from X
+        recomputed (the tutorial voice: ∂y_i/∂x_j through every intermediate); else ∂C[a]/∂X[q] of anything
+        but the loss is the derivative of C's own formula, the arrays it reads held (the adjoint voice's
+        chain-rule factors). sizes: the sizes n a spec of one range is checked at (ONE_RANGE_SIZES if none)."""
+        self.one_range = one_range = axes is None
+        if axes is None:
+            spec, axes = one_range_view(spec, surrogate)
         self.spec = spec
-        self.definitions = list(spec.definitions) + list(extra_definitions)
-        self.inputs = list(spec.inputs) + list(extra_inputs)
-        self.seed = seed
-        self.wide = False  # True once double precision overflowed: every later check runs in mpmath
-        try:
-            self._sample(Evaluator)
-            if self.undefined:  # a 0/0 or log 0 in doubles may be an underflow (exp(x − 1000)): mpmath decides
-                undefined = self.undefined
-                self._widen()
-                if self.undefined == undefined:  # the same points: the spec itself is undefined there
-                    self.wide = False
-                    self._sample(Evaluator)
-        except OverflowError:
-            self._widen()
-        if not any(self.points.values()):
-            raise SpecError(f"{spec.output.name} is not a real number at any point sampled (a division by 0, or "
-                            "the logarithm or square root of a negative number, whatever the inputs): there is "
-                            "nothing to check a step against")
+        self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
+        self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
+        self.backward: list[Definition] = []  # named adjoints, appended as they are derived
+        self._definitions = {d.name: d for d in self.forward}
+        self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
+        self.positive, self.seed, self.total_derivatives = positive, seed, total_derivatives
+        given = [name for name in axes if name not in self._definitions]  # the inputs and the upstream gradient
+        self.given = given
+        self.prover: Prover | None = None
+        self.marks: ProofMarks | None = None
+        if prove and total_derivatives:  # the prover's own meaning of ∂ is then the one-range (total) one
+            self.prover = Prover(spec, self.forward, given)
+            self.marks = ProofMarks(self.prover, True, lambda sizes: f"identical at n = {', '.join(map(str, sizes))}")
+        elif prove:
+            self.prover = Prover(spec, self.forward, given, axes=axes, loss=self.loss)
+            self.marks = ProofMarks(self.prover, True, lambda sizes: "identical at every range of size "
+                                    f"{', '.join(map(str, sizes))}")
         self.checked = 0
-        self.prover = Prover(spec, self.definitions, self.inputs)
-        self.marks = ProofMarks(self.prover, background_proofs, lambda sizes: f"identical at n = "
-                                f"{', '.join(map(str, sizes))}")
-        self._explicit: dict[tuple[Any, ...], list[list[Any]]] = {}
+        self._reader_sets: dict[str, set[str]] = {}
+        ranges = spec.base_sizes()  # a range a shifted read reaches (n_s = n_t + n_k − 1) follows from these
+        # every range of size 1 once (a softmax over one class, a batch of one), then small different sizes
+        # (so that a transposed index or a sum over the wrong axis shows)
+        self.assignments = [[1] * len(ranges)] + [_within_budget([2 + (position + shift) % 3
+                                                                  for position in range(len(ranges))])
+                                                  for shift in (0, 1)]
+        if one_range:
+            self.assignments = [[size] for size in sizes or ONE_RANGE_SIZES]
+        self.wide = False
+        #: the points drawn again in mpmath where a step failed in doubles (saturated P = 1), kept for later steps
+        self._wide_points: tuple[Any, ...] | None = None
+        if wide:
+            self._sample(wide=True)
+        else:
+            try:
+                self._sample(wide=False)
+            except (OverflowError, ZeroDivisionError):  # exp(1000) in doubles, or 0/0 after an underflow
+                self._widen()
 
-    def _sample(self, evaluator_class: type[Evaluator]) -> None:
-        self.evaluator = evaluator_class(self.definitions)
-        rng = random.Random(self.seed)
-        # targets that a constraint normalises stay positive (their sum must not come near 0)
-        positive = positive_inputs(self.definitions, self.inputs) | {c.input_name for c in self.spec.constraints}
-        #: (constrained, size, scale) of the points where the spec is not a real number: not points to check
-        #: at (y = p²/Σp² for a centred p at n = 1, where every p is 0)
-        self.undefined: set[tuple[bool, int, int]] = set()
-        self.points: dict[bool, list[Point]] = {constrained: [] for constrained in (False, True)}
-        for constrained in (False, True):
-            for size in SIZES:
-                for scale in range(POINTS):
-                    drawn = sample_points(self.spec, self.inputs, size, rng, constrained, positive,
-                                          scale % len(SIGNED_RANGES))
-                    try:
-                        point = self.evaluator.complete(drawn)
-                    except (ZeroDivisionError, ValueError):  # 1/0, log 0 in cmath
-                        point = None
-                    except OverflowError:  # in doubles: widen (the caller); in mpmath: e^(e^(e^(e^10))) has no value
-                        if evaluator_class is not WideEvaluator:
-                            raise
-                        point = None
-                    if point is None or not self.evaluator.real(point) or not self._in_floats(point):
-                        self.undefined.add((constrained, size, scale))
+    def _sample(self, wide: bool) -> None:
+        """The points, drawn from the seed (the same points whatever the precision)."""
+        self.wide = wide
+        numbers = WideEvaluator if wide else Evaluator  # the step check's own functions and constants
+        self.functions, self.number = numbers.functions, numbers.number
+        self._compiled: dict[sp.Basic, Any] = {}
+        self.undefined = 0  # points where the spec has no finite value (a variance over n − 1 at n = 1)
+        self.rescaled = 0  # points drawn at a smaller scale, where doubles overflow at their own
+        #: where the spec declares a constraint (rows of T sum to 1), a step that assumes it is checked at points
+        #: that satisfy it and every other step at points that need not (p·Σt − t is not p − t), as by hand
+        self.points = self._draw(np.random.default_rng(self.seed), wide, constrained=True)
+        self.free_points = (self._draw(np.random.default_rng(self.seed + 1), wide, constrained=False)
+                            if self.spec.constraints else self.points)
+
+    def _draw(self, rng: np.random.Generator, wide: bool, constrained: bool) -> list[Point]:
+        """A point per size assignment and input scale, where the spec has a finite value."""
+        points: list[Point] = []
+        for sizes in self.assignments:
+            size_of = self.spec.all_sizes({self.spec.sizes[name]: size
+                                           for name, size in zip(self.spec.base_sizes(), sizes)})
+            by_name = {name: size_of[symbol] for name, symbol in self.spec.sizes.items()}
+            for scale in INPUT_SCALES:
+                if not wide:  # an overflow or a 0/0 in doubles may be exp(±1000): mpmath decides
+                    # a composition that overflows at this scale (exp of a product of products, as attention
+                    # after its projections) is drawn at smaller ones first: doubles are 20–50× faster
+                    for smaller in (scale, scale / 4, scale / 16):
+                        try:
+                            with np.errstate(all="ignore"):
+                                point = self._point(size_of, by_name, self.positive, rng, smaller, constrained)
+                        except (OverflowError, ZeroDivisionError):  # cmath.exp raises where doubles overflow
+                            continue
+                        if self._finite_output(point):
+                            break
                     else:
-                        self.points[constrained].append(point)
-
-    def _in_floats(self, point: Point) -> bool:
-        """Whether the spec's value at the point is one some floating-point format holds (see LARGEST_FLOAT)."""
-        output = self.spec.output.name
-        values = point.vectors.get(output) or [point.scalars[output]]
-        return all(abs(value) <= LARGEST_FLOAT for value in values)
+                        raise ZeroDivisionError
+                    if not self._real(point):  # the log or root of a negative number: outside the spec's domain
+                        self.undefined += constrained
+                        continue
+                    self.rescaled += smaller != scale and constrained
+                    points.append(point)
+                    continue
+                try:
+                    kept: Point | None = self._point(size_of, by_name, self.positive, rng, scale, constrained)
+                except (ZeroDivisionError, ValueError, OverflowError):  # OverflowError: beyond even mpmath
+                    kept = None
+                if kept is None or not self._finite_output(kept) or not self._real(kept):
+                    self.undefined += constrained
+                else:
+                    points.append(kept)
+        if not points:
+            raise SpecError(f"{self.spec.output.name} has no finite real value at any point sampled (a division by 0, "
+                            "or the logarithm or square root of 0 or of a negative number, whatever the inputs): "
+                            "there is nothing to check a step against")
+        return points
 
     @property
-    def sizes(self) -> list[int]:
-        """The sizes n that have points to check at."""
-        return sorted({point.size for points in self.points.values() for point in points})
+    def sizes_text(self) -> str:
+        """The size assignments that have points to check at, as the summary says them."""
+        base = self.spec.base_sizes()
+        return self._sizes_text(*[sizes for sizes in self.assignments
+                                  if any([p.sizes[self.spec.sizes[name]] for name in base] == sizes
+                                         for p in self.points)])
+
+    @property
+    def points_said(self) -> str:
+        """What a derivation's summary says of the points beyond their sizes: those drawn smaller, those left out."""
+        said = ""
+        if self.rescaled:
+            said += (f"; {self.rescaled} point{'s' * (self.rescaled != 1)} drawn at a smaller scale, where doubles "
+                     "overflow at their own")
+        if self.undefined:
+            said += (f"; {self.undefined} sampled point{'s' * (self.undefined != 1)} where {self.spec.output.name} "
+                     "has no finite real value left out")
+        return said
+
+    def _sizes_text(self, *assignments: list[int]) -> str:
+        """n = 1, 2, 3, 5 for one range; n_b = 2, n_c = 3 and n_b = 3, n_c = 4 for several."""
+        if self.one_range:
+            return f"{ONE_RANGE} = " + ", ".join(str(sizes[0]) for sizes in assignments)
+        return " and ".join(", ".join(f"n_{name} = {size}" for name, size in zip(self.spec.base_sizes(), sizes))
+                            for sizes in assignments)
+
+    def _finite_output(self, point: Point) -> bool:
+        """Whether the spec's value at the point is finite (in mpmath: within any float format's range)."""
+        output = self.spec.output.name
+        values = point.arrays[output].ravel() if output in point.arrays else [point.scalars[output]]
+        if not self.wide:  # doubles: finite is within range (a NumPy number cannot be compared with 10^4932)
+            return bool(np.all(np.isfinite(np.asarray(values, dtype=complex))))
+        import mpmath
+
+        return all(mpmath.isfinite(v) and abs(v) <= LARGEST_FLOAT for v in values)
+
+    def _real(self, point: Point) -> bool:
+        """Whether every definition of the spec is real at the point: the spec language is real, so a point
+        where one is complex (the log or square root of a negative number) is outside its domain."""
+        for definition in self.spec.definitions:
+            values = point.value(definition.name)
+            if self.wide:
+                if any(v.imag != 0 for v in np.ravel(values)):
+                    return False
+            elif np.any(np.imag(values) != 0):
+                return False
+        return True
 
     def _widen(self) -> None:
-        """Values beyond double precision (exp(1000)): check in mpmath from now on, at the same points."""
-        self.wide = True
         with wide_precision():
-            self._sample(WideEvaluator)
+            self._sample(wide=True)
 
     def _precision(self) -> contextlib.AbstractContextManager[Any]:
         return wide_precision() if self.wide else contextlib.nullcontext()
 
-    def check(self, step: Step) -> Step:
-        """Mark the step checked, or raise StepCheckFailed with a concrete counterexample.
+    def add_backward(self, definition: Definition) -> None:
+        """A backward array the derivation named (dP): computed at every point, read by later steps."""
+        self.backward.append(definition)
+        if self.prover is not None:
+            self.prover.add(definition, self.axes.get(definition.name, ()))
 
-        A mismatch in double precision is confirmed in extended precision before it is reported: large
-        terms that cancel (1/√ε in a normalisation at n = 1) lose digits to rounding, not to a wrong step."""
-        free, equal, distinct = self._cases(step)
-        self.marks.submit(step, free, equal, distinct)  # first: the prover works on it while the numbers are checked
+    def _prove(self, step: Step) -> None:
+        """Mark the step proved where both sides are identical at every range size of TENSOR_PROOF_SIZES."""
+        if self.marks is None:  # made without prove
+            return
+        sides = [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
+        free = sorted({s for e in sides for s in _free_indices(e)}, key=str)
+        ranges = {s: self._range_of(s, step) for s in free}
+        equal = step.equal if step.equal and set(step.equal) <= set(free) else None
+        distinct = step.distinct if step.distinct and set(step.distinct) <= set(free) else None
+        self.marks.submit(step, free, equal, distinct, ranges)
+
+    def _point(self, size_of: dict[sp.Symbol, int], by_name: dict[str, int], positive: set[str],
+               rng: np.random.Generator, scale: float, constrained: bool = True) -> Point:
+        defined = {d.name for d in self.spec.definitions}
+        given = [name for name in self.axes if name not in defined]  # the inputs and the upstream gradient
+        arrays, scalars = sample_inputs(self.spec, self.axes, given, by_name, positive, rng, scale, constrained)
+        for name in [name for name in arrays if not self.axes[name]]:  # a scalar input (T) is read as a symbol
+            scalars[name] = float(arrays.pop(name))
+        if self.wide:
+            import mpmath
+
+            point = Point(size_of, {name: np.vectorize(mpmath.mpc, otypes=[object])(values.astype(float))
+                                    for name, values in arrays.items()},
+                          {name: mpmath.mpc(value) for name, value in scalars.items()})
+        else:
+            point = Point(size_of, {name: values.astype(complex) for name, values in arrays.items()},
+                          {name: complex(value) for name, value in scalars.items()})
+        self.complete(point, self.forward)
+        return point
+
+    # ------------------------------------------------------------ evaluation
+    def complete(self, point: Point, definitions: list[Definition], after: str | None = None,
+                 reading: str | None = None) -> None:
+        """Compute `definitions` in order at the point (all of them, or those after `after`; with `reading`,
+        only those that read that name, directly or through others: a moved input changes nothing else)."""
+        started = after is None
+        changed = self._readers(reading) if reading is not None else None
+        for definition in definitions:
+            if not started:
+                started = definition.name == after
+                continue
+            if changed is not None and definition.name not in changed:
+                continue
+            probe = ((PROBE, 0, point.probe),) if point.probe else ()  # a probed copy: every copy at once
+            if point.probe:
+                point.probed |= {definition.name}
+            if definition.is_vector:
+                ranges = self.axes[definition.name]
+                frame = Frame((*probe, *((index, 0, point.sizes[self.spec.sizes[r]])
+                                         for index, r in zip(definition.indices, ranges))))
+                point.arrays[definition.name] = self.array(definition.expr, point, frame)
+            elif point.probe:
+                point.scalars[definition.name] = self.array(definition.expr, point, Frame(probe))
+            else:
+                point.scalars[definition.name] = self.value(definition.expr, point, {})
+
+    def _readers(self, name: str) -> set[str]:
+        """The forward definitions that read `name`, directly or through other definitions."""
+        readers = self._reader_sets.get(name)
+        if readers is None:
+            readers = {name}
+            for definition in self.forward:  # in order: a definition reads only those before it
+                reads = {str(e.base) for e in definition.expr.atoms(sp.Indexed)} | {
+                    str(s) for s in definition.expr.free_symbols}
+                if reads & readers:
+                    readers.add(definition.name)
+            self._reader_sets[name] = readers
+        return readers
+
+    def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
+        """expr's value at one point, its free indices bound by `env` (complex arithmetic)."""
+        return _scalar(self.compiled(expr)(point, Frame((), tuple(env.items()))))
+
+    def array(self, expr: sp.Basic, point: Point, frame: Frame) -> Any:
+        """expr's values at every entry of the frame's ranges at once, as an array of the frame's shape."""
+        values = self.compiled(expr)(point, frame)
+        return np.array(np.broadcast_to(values, frame.shape), dtype=object if self.wide else complex)
+
+    def compiled(self, expr: sp.Basic) -> Any:
+        """expr as a Python closure (point, frame) → values, made once per expression: evaluating the same
+        formulas at every point and step then costs no more SymPy dispatch, and every entry of a frame is
+        computed by one NumPy operation per node of the expression, not one closure call per entry."""
+        function = self._compiled.get(expr)
+        if function is None:
+            function = self._compiled[expr] = self._compile(expr)
+        return function
+
+    def _compile(self, expr: sp.Basic) -> Any:
+        """The closure for one node: a scalar where the node reads no index of the frame, else an array with one
+        axis per frame axis (of length 1 where the node does not depend on it), broadcasting as NumPy does."""
+        if expr.is_Number or expr.is_NumberSymbol:
+            constant = self.number(expr)
+            return lambda point, frame: constant
+        if isinstance(expr, sp.Indexed):
+            return self._compile_read(expr)
+        if expr.is_Symbol:
+            key = str(expr)
+
+            def symbol(point: Point, frame: Frame) -> Any:
+                bound = frame.values(expr)
+                if bound is not None:
+                    return bound
+                if expr in point.sizes:  # in the checker's precision: 1/n is not a double in mpmath
+                    return self.number(sp.Integer(point.sizes[expr])) if self.wide else point.sizes[expr]
+                if key not in point.scalars:  # a scalar input given as a 0-d array (T)
+                    return point.arrays[key][()]
+                if key in point.probed:  # one value per copy, along the frame's first axis (PROBE)
+                    return point.scalars[key].reshape((-1,) + (1,) * (len(frame.axes) - 1))
+                return point.scalars[key]
+            return symbol
+        if expr.is_Add:
+            terms = [self.compiled(a) for a in expr.args]
+
+            def add(point: Point, frame: Frame) -> Any:
+                result = terms[0](point, frame)
+                for term in terms[1:]:
+                    result = result + term(point, frame)
+                return result
+            return add
+        if expr.is_Mul:
+            factors = [self.compiled(a) for a in expr.args]
+
+            def product(point: Point, frame: Frame) -> Any:
+                result = factors[0](point, frame)
+                for factor in factors[1:]:
+                    result = result * factor(point, frame)
+                return result
+            return product
+        if expr.is_Pow:
+            base, exponent = self.compiled(expr.base), self.compiled(expr.exp)
+            exp, log = self._elementwise(sp.exp), self._elementwise(sp.log)
+
+            def power(point: Point, frame: Frame) -> Any:
+                b, e = base(point, frame), exponent(point, frame)
+                if not isinstance(e, np.ndarray) and complex(e).imag == 0 and complex(e).real == int(complex(e).real):
+                    return _integer_power(b, int(complex(e).real))  # by multiplication: exact for a complex step
+                # 0^e is 0 for Re e > 0 (a focal loss's (1 − p)^γ at p = 1), where e·log 0 would give NaN
+                zero = b == 0
+                if not np.any(zero):
+                    return exp(e * log(b))
+                return np.where(zero, np.where(np.real(np.asarray(e, dtype=complex)) > 0, 0.0, np.inf),
+                                exp(e * log(np.where(zero, 1.0, b))))
+            return power
+        if isinstance(expr, sp.KroneckerDelta):
+            first, second = (self.compiled(a) for a in expr.args)
+            return lambda point, frame: np.where(_integers(first(point, frame)) == _integers(second(point, frame)),
+                                                 1.0, 0.0)
+        if isinstance(expr, sp.Sum):
+            return self._compile_sum(expr)
+        if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
+            return self._compile_sum(expr, product=True)
+        if isinstance(expr, SumExcept):
+            return self.compiled(expr.as_full_sum())
+        if isinstance(expr, Partial):
+            return lambda point, frame: self._derivative(expr, point, frame)
+        if expr.func in self.functions:
+            function = self._elementwise(expr.func)
+            arguments = [self.compiled(a) for a in expr.args]
+            return lambda point, frame: function(*(a(point, frame) for a in arguments))
+        raise NotImplementedError(f"cannot evaluate {expr.func.__name__}")
+
+    def _compile_read(self, expr: sp.Indexed) -> Any:
+        """An array read at positions computed from the frame's indices; an entry outside the array reads as 0."""
+        name = str(expr.base)
+        positions = [self.compiled(i) for i in expr.indices]
+        plain = all(i.is_Symbol or isinstance(i, sp.Indexed) for i in expr.indices)
+
+        def read(point: Point, frame: Frame) -> Any:
+            values = point.arrays[name]
+            at = [_integers(p(point, frame)) for p in positions]
+            # a probed array: each copy reads its own
+            copies = (_integers(frame.values(PROBE)),) if name in point.probed else ()
+            if plain:
+                return values[(*copies, *at)]
+            shape = values.shape[len(copies):]
+            inside = np.ones((), dtype=bool)
+            for where, size in zip(at, shape):
+                inside = inside & (where >= 0) & (where < size)
+            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, shape))
+            return np.where(inside, values[(*copies, *clipped)], 0)
+        return read
+
+    def _compile_sum(self, expr: sp.Sum | sp.Product, product: bool = False) -> Any:
+        """Σ (or Π) over each bound in turn: the bound becomes a new last axis of the frame, summed away after."""
+        limits = [(limit[0], self.compiled(limit[1]), self.compiled(limit[2])) for limit in expr.limits]
+        summand = self.compiled(expr.function)
+
+        def total(point: Point, frame: Frame) -> Any:
+            inner, masks = frame, []
+            for bound, low, high in limits:
+                first, last = _integers(low(point, inner)), _integers(high(point, inner))
+                start, stop = int(np.min(first)), int(np.max(last))
+                if stop < start:
+                    return 1 if product else 0
+                inner = inner.with_axis(bound, start, stop - start + 1)
+                values = inner.values(bound)
+                if np.ndim(first) or np.ndim(last):  # bounds that depend on an outer index: the rest masked off
+                    masks.append((values >= first) & (values <= last))
+            result = np.broadcast_to(summand(point, inner), inner.shape)
+            for mask in masks:
+                result = np.where(np.broadcast_to(mask, inner.shape), result, 1 if product else 0)
+            flat = result.reshape((*result.shape[:len(frame.axes)], -1))
+            return flat.prod(axis=-1) if product else flat.sum(axis=-1)
+        return total
+
+    def _elementwise(self, function: Any) -> Any:
+        """A function of the spec language applied to arrays: NumPy's own where it computes the same complex
+        values in doubles, else the scalar table's function entry by entry (mpmath, kinks decided by real parts)."""
+        if not self.wide and function in _NUMPY_FUNCTIONS:
+            return _NUMPY_FUNCTIONS[function]
+        scalar = self.functions[function]
+
+        def apply(*arguments: Any) -> Any:
+            if not any(isinstance(a, np.ndarray) for a in arguments):
+                return scalar(*arguments)
+            values = np.frompyfunc(scalar, len(arguments), 1)(*arguments)
+            return values if self.wide else values.astype(complex)
+        return apply
+
+    def _derivative(self, partial: Partial, point: Point, frame: Frame) -> Any:
+        """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
+        definition C is the derivative of C's own formula, and ∂(formula)/∂X[q] that of the formula, the
+        arrays they read held (the chain rule's factors). Every entry q the frame reaches is stepped at once:
+        one copy of the point per entry, side by side along a first axis, each with its own entry moved."""
+        target, var = partial.expr, partial.var
+        name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
+        shape = frame.shape
+        at = [np.broadcast_to(_integers(self.compiled(p)(point, frame)), shape) for p in getattr(var, "indices", ())]
+        inside = np.ones(shape, dtype=bool)
+        for where, size in zip(at, point.arrays[name].shape if at else ()):
+            inside &= (where >= 0) & (where < size)  # X[q] outside X (a shifted position): nothing moves
+        entries = tuple(sorted(set(zip(*(where[inside] for where in at))))) if at else ((),)
+        if not entries:
+            return np.zeros(shape, dtype=object if self.wide else complex)
+        probed, steps = self._probed(point, name, entries, target)
+        values = self.array(target, probed, Frame(((PROBE, 0, len(entries)), *frame.axes), frame.fixed))
+        derivatives = _imaginary(values) / steps.reshape((-1,) + (1,) * len(shape))
+        copy = np.zeros(shape, dtype=np.int64)  # which copy moved the entry each frame position reads
+        if at:
+            extent = point.arrays[name].shape
+            number = np.zeros(int(np.prod(extent)), dtype=np.int64)
+            number[np.ravel_multi_index(tuple(np.array(entries).T), extent)] = np.arange(len(entries))
+            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, extent))
+            copy = np.where(inside, number[np.ravel_multi_index(clipped, extent)], 0)
+        picked = np.take_along_axis(derivatives, copy[None], axis=0)[0]
+        return np.where(inside, picked, 0)
+
+    def _probed(self, point: Point, name: str, entries: tuple[tuple[int, ...], ...],
+                target: sp.Expr) -> tuple[Point, Any]:
+        """The point copied once per entry of X (or a scalar X), each copy with its entry moved by a complex
+        step, and the steps; with everything computed from X recomputed when the target is the loss, or only
+        the target's own definition from its formula (the other arrays held), made once per point. A step is far
+        below the entry's own magnitude: a probability of 1e-32 under a log is not moved by 1e-30."""
+        definition = self._definitions.get(str(target.base) if isinstance(target, sp.Indexed) else str(target))
+        recompute = target == self.loss or self.total_derivatives
+        key = (name, entries, "all" if recompute else definition.name if definition is not None else None)
+        cached = point.derivatives.get(key)
+        if cached is not None:
+            return cast(tuple[Point, Any], cached)
+        count = len(entries)
+        is_array = name in point.arrays and name not in point.scalars
+        original = point.arrays[name] if is_array else np.asarray(point.scalars[name])
+        magnitudes = np.array([float(abs(original[entry])) for entry in entries])
+        steps = np.where(magnitudes > 1e-250, COMPLEX_STEP * np.minimum(1.0, magnitudes), COMPLEX_STEP)
+        copies = np.array(np.broadcast_to(original, (count, *original.shape)), dtype=original.dtype)
+        for position, entry in enumerate(entries):
+            copies[(position, *entry)] = copies[(position, *entry)] + steps[position] * 1j
+        probed = Point(point.sizes, dict(point.arrays), dict(point.scalars), probe=count, probed=frozenset({name}))
+        if is_array:
+            probed.arrays[name] = copies
+        else:
+            probed.scalars[name] = copies
+        if recompute:  # a definition moved (∂y/∂m): it keeps its moved values, those reading it follow
+            self.complete(probed, self.forward, after=name if name not in self.spec.inputs else None, reading=name)
+        elif definition is not None:
+            self.complete(probed, [definition])
+        point.derivatives[key] = (probed, steps)
+        return probed, steps
+
+    def entries(self, expr: sp.Expr, point: Point, free: list[sp.Symbol]) -> Any:
+        """expr's values at the point for every value of the free indices (of a spec of one range: each runs
+        over n), one array axis per index, in the checker's precision; NaN or inf where it has no value."""
+        frame = Frame(tuple((symbol, 0, point.sizes[size_symbol]) for symbol in free))
+        with self._precision(), np.errstate(all="ignore"):
+            return self.array(expr, point, frame)
+
+    def matrix_value(self, expr: Any, point: Point) -> Any:
+        """A matrix form's entries at the point (rows; a vector as a column)."""
+        def rows(name: str) -> Any:
+            values = point.arrays[name]
+            return (values.reshape(-1, 1) if values.ndim == 1 else values).tolist()
+
+        try:
+            return entries(expr, 0, None, lambda scalar: self.value(scalar, point, {}), 1.0, 0.0, arrays=rows,
+                           dimension=lambda side: int(complex(self.value(side, point, {})).real))
+        except TypeError as unknown:
+            raise NotImplementedError(str(unknown)) from None
+
+    # ------------------------------------------------------------ checking
+    def check(self, step: Step) -> Step:
+        """Every form of the step equals its left-hand side at every entry, at every point; or raise.
+
+        Where doubles overflow (a backward array of exp(x + 1000)), this and every later check runs in mpmath;
+        a mismatch in doubles is confirmed in mpmath before it is reported (terms of 1/√ε that cancel lose
+        digits to rounding, not to a wrong step)."""
+        self._prove(step)  # sent to the prover first: it works on the step while the numbers are checked here
+        self._check_numerically(step)
+        self.checked += 1
+        return step
+
+    def _check_numerically(self, step: Step) -> Step:
         if not self.wide:
             try:
-                return self._check(step)
-            except (OverflowError, ZeroDivisionError, StepCheckFailed):
+                with np.errstate(all="ignore"):
+                    return self._check(step)
+            except (OverflowError, ZeroDivisionError):
                 self._widen()
+            except StepCheckFailed:
+                doubles = (self.points, self.free_points, self.functions, self.number, self._compiled,
+                           self.undefined)
+                if self._wide_points is None:  # sampled in mpmath once, reused by every later step that needs it
+                    self._widen()
+                    self._wide_points = (self.points, self.free_points, self.functions, self.number,
+                                         self._compiled, self.undefined)
+                else:
+                    (self.points, self.free_points, self.functions, self.number, self._compiled,
+                     self.undefined) = self._wide_points
+                    self.wide = True
+                try:
+                    return self._check_wide(step)
+                finally:
+                    (self.points, self.free_points, self.functions, self.number, self._compiled,
+                     self.undefined) = doubles
+                    self.wide = False
+        return self._check_wide(step)
+
+    def _check_wide(self, step: Step) -> Step:
+        """The check in mpmath; a failure there is the spec's own where its value depends on the precision."""
         with self._precision():
             try:
                 return self._check(step)
@@ -440,89 +588,248 @@ class StepChecker:
         import mpmath
 
         output = self.spec.output.name
-        finer_evaluator = WideEvaluator(self.definitions)
-        for point in self.points[False]:
-            inputs = Point(point.size, {name: point.vectors[name] for name in self.inputs},
-                           {name: point.scalars[name] for name in self.spec.parameters})
+        given = set(self.given)
+        for point in self.free_points:
+            finer = Point(point.sizes, {name: values for name, values in point.arrays.items() if name in given},
+                          {name: value for name, value in point.scalars.items() if name in self.spec.parameters})
             with mpmath.workdps(2 * WIDE_DIGITS):
-                finer = finer_evaluator.complete(inputs)
-            coarse = point.vectors.get(output) or [point.scalars[output]]
-            fine = finer.vectors.get(output) or [finer.scalars[output]]
+                self.complete(finer, self.spec.definitions)
+            coarse, fine = np.ravel(point.value(output)), np.ravel(finer.value(output))
             if any(abs(a - b) > 1e-12 * max(abs(b), 1) for a, b in zip(coarse, fine)):
-                raise SpecError(f"{output} has no stable value at the points sampled: with 30 and with 60 digits it "
-                                "comes out different (a division by something that is 0 whatever the inputs?)")
-
-    @staticmethod
-    def _cases(step: Step) -> tuple[list[sp.Symbol], Any, Any]:
-        """The step's free indices, and the case (i = j, i ≠ j) it is restricted to, if any."""
-        free = sorted({s for e in [step.lhs, *step.forms] for s in _free_indices(e)}, key=str)
-        # a case restriction applies where both of its indices are still free: in the case i = j the
-        # step is usually written with j already replaced by i, and then every pair it has is in the case
-        equal = step.equal if step.equal and set(step.equal) <= set(free) else None
-        distinct = step.distinct if step.distinct and set(step.distinct) <= set(free) else None
-        return free, equal, distinct
+                raise SpecError(f"{output} has no stable value at the points sampled: with {WIDE_DIGITS} and with "
+                                f"{2 * WIDE_DIGITS} digits it comes out different (a division by something that is "
+                                "0 whatever the inputs?)")
 
     def _check(self, step: Step) -> Step:
-        free, equal, distinct = self._cases(step)
-        comparisons: dict[int, int] = {}
-        for point in self.points[bool(step.assumes)]:
-            for values in itertools.product(range(point.size), repeat=len(free)):
-                indices = dict(zip(free, values))
-                if equal and indices[equal[0]] != indices[equal[1]]:
-                    continue
-                if distinct and indices[distinct[0]] == indices[distinct[1]]:
-                    continue
-                expected = self._finite(self.evaluator.value(step.lhs, point, indices))
-                for form in step.forms:
-                    got = self._finite(self._form_value(step, form, point, indices))
-                    scale = max(abs(expected), 1.0)
-                    if not abs(got - expected) <= tolerances.STEP * scale:
-                        raise StepCheckFailed(
-                            f"step '{step.rule}' failed its check at n = {point.size}, "
-                            f"{_describe(indices)}: {sp.sstr(step.lhs)} = {float(expected.real):.12g} "
-                            f"but {sp.sstr(form)} = {float(got.real):.12g}"
-                        )
-                    comparisons[point.size] = comparisons.get(point.size, 0) + 1
-        if not comparisons:  # never "checked" on nothing
-            raise StepCheckFailed(f"step '{step.rule}' had no index pair to compare at n = "
-                                  f"{', '.join(map(str, SIZES))}: it cannot be called checked")
+        free = sorted({s for e in [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]
+                       for s in _free_indices(e)}, key=str)
+        ranges = {s: self._range_of(s, step) for s in free}
+        compared: dict[tuple[int, ...], int] = {}  # comparisons by size assignment
+        points = self.points if step.assumes else self.free_points
+        base = [self.spec.sizes[name] for name in self.spec.base_sizes()]
+        for number, point in enumerate(points):
+            full = Point(point.sizes, dict(point.arrays), dict(point.scalars), point.derivatives)
+            self.complete(full, self.backward)
+            frame = Frame(tuple((s, 0, full.sizes[self.spec.sizes[ranges[s]]]) for s in free))
+            claimed = np.ones(frame.shape, dtype=bool)
+            # a case restriction applies where both of its indices are still free (in the case i = j the step
+            # is usually written with j replaced by i, and then every entry it has is in the case)
+            for pair, same in ((step.distinct, False), (step.equal, True)):
+                if pair and set(pair) <= set(free):
+                    claimed = claimed & np.broadcast_to((frame.values(pair[0]) == frame.values(pair[1])) == same,
+                                                        frame.shape)
+            sizes = tuple(full.sizes[symbol] for symbol in base)
+            compared.setdefault(sizes, 0)
+            if not claimed.any():
+                continue
+            expected = self.array(step.lhs, full, frame)
+            for position, form in enumerate(step.forms):
+                if isinstance(form, sp.MatrixExpr):
+                    matrix = self.matrix_value(form, full)
+                    got = np.empty(frame.shape, dtype=object if self.wide else complex)
+                    for entry in np.ndindex(*frame.shape):
+                        row, column = [entry[free.index(a)] if a in free else 0 for a in step.matrix_axes][:2] + [
+                            0, 0][len(step.matrix_axes):]
+                        got[entry] = matrix[row][column if len(matrix[row]) > 1 else 0]
+                else:
+                    got = self.array(form, full, frame)
+                if not self.wide and not (np.all(np.isfinite(got[claimed])) and np.all(np.isfinite(expected[claimed]))):
+                    raise OverflowError  # doubles overflowed where the spec is finite: every check goes to mpmath
+                judged = claimed
+                if self.wide:  # a form with no value where the left-hand side has one, even in mpmath, is a removable
+                    # singularity of how it is written (γ(1 − p)^(γ−1)·log p at p = 1 for γ < 1): not compared there
+                    judged = claimed & ~(_finite(expected) & ~_finite(got))
+                compared[sizes] += int(judged.sum())
+                size = abs(expected)
+                holds = np.asarray(abs(got - expected) <= tolerances.STEP * np.where(size > 1, size, 1), dtype=bool)
+                wrong = np.argwhere(judged & ~holds)
+                if len(wrong):
+                    entry = tuple(wrong[0])
+                    where = ", ".join([self._sizes_text(list(sizes)), *(f"{s} = {v}" for s, v in zip(free, entry))])
+                    got_value, expected_value = float(complex(got[entry]).real), float(complex(expected[entry]).real)
+                    raise StepCheckFailed(
+                        f"step '{step.rule}' does not hold: form {position + 1} is {got_value:.6g}, "
+                        f"the left-hand side {expected_value:.6g} (at {where}, point {number + 1})")
+        checked_at = [list(sizes) for sizes, count in compared.items() if count]
+        if not checked_at:  # never "checked" on nothing (a case i ≠ j where every range has size 1)
+            raise StepCheckFailed(f"step '{step.rule}' had no entry to compare at {self.sizes_text}: it cannot be "
+                                  "called checked")
         step.checked = True
-        sizes = sorted(comparisons)
-        step.check_detail = f"{sum(comparisons.values())} comparisons at n = {', '.join(map(str, sizes))}"
-        step.check_sizes = tuple(sizes)
-        self.checked += 1
+        step.check_detail = (f"every entry at {self._sizes_text(*checked_at)} ({POINTS} random points each, "
+                             f"{sum(compared.values())} comparisons)")
+        step.check_sizes = tuple(sorted({size for sizes in checked_at for size in sizes}))
         return step
 
-    def _finite(self, value: Any) -> Any:
-        """The value, or OverflowError where double precision ran out (an inf or NaN from finite inputs)."""
-        if self.wide:
-            import mpmath
-
-            if not mpmath.isfinite(value):
-                raise StepCheckFailed("a step's value is not finite even in extended precision: "
-                                      "the spec's constants are too large to check")
-            return value
-        if not cmath.isfinite(value):
-            raise OverflowError("double precision overflowed")
-        return value
-
-    def _form_value(self, step: Step, form: sp.Expr, point: Point, indices: dict[sp.Symbol, int]) -> Any:
-        if isinstance(form, sp.MatrixExpr):
-            row, column = ([*list(step.matrix_axes), None, None])[:2]
-            key = (id(point), form)
-            if key not in self._explicit:
-                self._explicit[key] = self.evaluator.matrix(form, point)
-            explicit = self._explicit[key]
-            return explicit[indices.get(row, 0)][indices.get(column, 0) if len(explicit[0]) > 1 else 0]
-        return self.evaluator.value(form, point, indices)
+    def _range_of(self, symbol: sp.Symbol, step: Step) -> str:
+        for expr in [step.lhs, *step.forms]:
+            if isinstance(expr, sp.MatrixExpr):
+                continue
+            for entry in sp.preorder_traversal(expr):
+                if isinstance(entry, sp.Indexed) and str(entry.base) in self.axes:
+                    for axis, position in enumerate(entry.indices):
+                        if position == symbol:
+                            return self.axes[str(entry.base)][axis]
+        raise StepCheckFailed(f"cannot tell the range of index {symbol} in step '{step.rule}'")
 
 
-def _free_indices(expr: sp.Basic) -> set[sp.Symbol]:
-    if isinstance(expr, sp.MatrixExpr):
-        return set()
-    return {s for s in expr.free_symbols if s.is_integer and s != size_symbol}
+#: The range of a spec of one range (y[i] = …), named as its size symbol n is, and the sizes it is checked at.
+ONE_RANGE = "n"
+ONE_RANGE_SIZES = (1, 2, 3, 5)
 
 
-def _describe(indices: dict[Any, int]) -> str:
-    return ", ".join(f"{k} = {v}" for k, v in indices.items()) or "no index"
+def one_range_view(spec: Spec, surrogate: Definition | None) -> tuple[Spec, dict[str, tuple[str, ...]]]:
+    """A spec of one range as the checker reads any spec: its range n (the size symbol its sums run to) and
+    every array's axes, the vectors' (inputs, definitions and an upstream gradient the surrogate reads) n."""
+    vectors = {name for name in spec.inputs} | {d.name for d in spec.definitions if d.is_vector}
+    if surrogate is not None:
+        vectors |= {str(entry.base) for entry in surrogate.expr.atoms(sp.Indexed)}
+    names = [*spec.inputs, *(d.name for d in spec.definitions),
+             *sorted(vectors - set(spec.inputs) - {d.name for d in spec.definitions})]
+    axes: dict[str, tuple[str, ...]] = {name: (ONE_RANGE,) if name in vectors else () for name in names}
+    return dataclasses.replace(spec, sizes={ONE_RANGE: size_symbol}), axes
 
+
+#: The most entries a point's ranges may span together (the product of their sizes): a spec of many ranges
+#: (a 2-D convolution: b, o, c, i, j, p, q) is checked at smaller sizes, every one still 2 or more.
+LARGEST_POINT = 200
+
+
+def _within_budget(sizes: list[int]) -> list[int]:
+    """The sizes with the largest lowered by one, in turn, until their product is within LARGEST_POINT."""
+    sizes = list(sizes)
+    while math.prod(sizes) > LARGEST_POINT and max(sizes) > 2:
+        largest = max(range(len(sizes)), key=lambda position: (sizes[position], position))  # the last: a sum
+        sizes[largest] -= 1
+    return sizes
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Index symbols bound to whole ranges, one array axis each in order (first value, count), or to one value
+    each (fixed): what an expression is evaluated over at once. A sum appends its bound as a last axis."""
+
+    axes: tuple[tuple[sp.Symbol, int, int], ...] = ()
+    fixed: tuple[tuple[sp.Symbol, int], ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(count for _, _, count in self.axes)
+
+    def with_axis(self, symbol: sp.Symbol, first: int, count: int) -> Frame:
+        return Frame((*self.axes, (symbol, first, count)), self.fixed)
+
+    def values(self, symbol: sp.Symbol) -> Any:
+        """The symbol's values along its axis (the newest binding: a sum's bound shadows an outer index), its
+        fixed value, or None where the frame does not bind it."""
+        for position in range(len(self.axes) - 1, -1, -1):
+            bound, first, count = self.axes[position]
+            if bound == symbol:
+                shape = [1] * len(self.axes)
+                shape[position] = count
+                return np.arange(first, first + count, dtype=float).reshape(shape)
+        for bound, value in self.fixed:
+            if bound == symbol:
+                return value
+        return None
+
+
+#: The axis of a probed point's copies (see Point.probe): first in every frame that evaluates one.
+PROBE = sp.Symbol("_probe", integer=True)
+
+
+def _integers(values: Any) -> Any:
+    """Positions and index values as integers (rounded real parts), from doubles, complex or mpmath numbers."""
+    if isinstance(values, np.ndarray):
+        if values.dtype == object:
+            return np.frompyfunc(lambda v: round(complex(v).real), 1, 1)(values).astype(np.int64)
+        return np.rint(np.real(values)).astype(np.int64)
+    return round(complex(values).real)
+
+
+def _finite(values: Any) -> Any:
+    """Which values (mpmath numbers in an object array) are finite."""
+    import mpmath
+
+    return np.asarray(np.frompyfunc(mpmath.isfinite, 1, 1)(values), dtype=bool)
+
+
+def _imaginary(values: Any) -> Any:
+    """The imaginary parts (what a complex step carries), in the numbers' own precision."""
+    if isinstance(values, np.ndarray):
+        return np.frompyfunc(lambda v: v.imag, 1, 1)(values) if values.dtype == object else np.imag(values)
+    return values.imag if hasattr(values, "imag") else 0.0
+
+
+def _scalar(values: Any) -> Any:
+    """A frame without axes' value as one number."""
+    return values.item() if isinstance(values, np.ndarray) else values
+
+
+def _integer_power(base: Any, exponent: int) -> Any:
+    """base ** exponent by repeated squaring: exact for a complex step, where the polar form of a negative
+    base loses the step's 1e-30 to rounding."""
+    if exponent < 0:
+        return 1 / _integer_power(base, -exponent)
+    result: Any = 1
+    square = base
+    while exponent:
+        if exponent & 1:
+            result = result * square
+        exponent >>= 1
+        if exponent:
+            square = square * square
+    return result
+
+
+#: NumPy's functions that compute the spec language's functions in complex doubles as the scalar table does
+#: (kinks decided by the real part); the others go entry by entry through that table.
+_NUMPY_FUNCTIONS: dict[Any, Any] = {
+    sp.exp: np.exp,
+    sp.log: np.log,
+    sp.tanh: np.tanh,
+    sigmoid: lambda u: 1 / (1 + np.exp(-u)),
+    sp.Abs: lambda u: np.where(np.real(u) >= 0, u, -u),
+    sp.sign: lambda u: np.sign(np.real(u)).astype(complex),
+    Bracket: lambda u: np.where(np.rint(np.real(u)) >= 0, 1.0, 0.0),
+    Edge: lambda u: np.where(np.rint(np.real(u)) >= 0, 1.0, 0.0),
+}
+
+
+def _free_indices(expr: sp.Expr) -> set[sp.Symbol]:
+    bound = {limit[0] for total in expr.atoms(sp.Sum) for limit in total.limits}
+    found = set()
+    for entry in expr.atoms(sp.Indexed):
+        for position in entry.indices:
+            found |= {s for s in position.free_symbols if s.is_Symbol and s.is_integer
+                      and not str(s).startswith("n_")}
+    return {s for s in found if s not in bound and s in expr.free_symbols}
+
+
+def sample_inputs(spec: Spec, axes: dict[str, tuple[str, ...]], names: list[str], sizes: dict[str, int],
+                  positive: set[str], rng: np.random.Generator, scale: float = 1.0,
+                  constrained: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+    """Random arrays for `names` at the given range sizes, and the spec's parameters: labels random classes,
+    inputs with a fact drawn where it holds (0 or 1; in (0, 1); positive), inputs under a log or root (and
+    constrained ones) positive, others normal of the given scale;
+    constrained inputs then satisfy their constraint (rows summing to its value) unless `constrained` is False."""
+    normalised = {c.input_name for c in spec.constraints}  # drawn positive: a row sum must not come near 0
+    arrays: dict[str, Any] = {}
+    for name in names:
+        shape = tuple(sizes[r] for r in axes[name])
+        fact = spec.facts.get(name)
+        if name in spec.labels:
+            arrays[name] = rng.integers(0, sizes[spec.labels[name]], size=shape)
+        elif fact == "binary":  # given t in {0, 1}
+            arrays[name] = rng.integers(0, 2, size=shape).astype(float)
+        elif fact == "unit":  # given 0 <= p <= 1: inside, where logs of p and 1 − p are finite
+            arrays[name] = rng.uniform(0.02, 0.98, size=shape)
+        elif name in positive or name in normalised or fact == "positive":
+            arrays[name] = rng.uniform(0.2, 2.0, size=shape)
+        else:
+            arrays[name] = rng.normal(0, scale, size=shape)
+    for constraint in spec.constraints if constrained else ():
+        values = arrays[constraint.input_name]
+        arrays[constraint.input_name] = (values / values.sum(axis=constraint.summed_axis, keepdims=True)
+                                         * float(constraint.rhs))
+    parameters = {name: float(rng.uniform(0.5, 2.0)) for name in spec.parameters}
+    return arrays, parameters

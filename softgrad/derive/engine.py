@@ -89,8 +89,9 @@ class Engine:
                     0,
                 )
             ]
-        self.checker = StepChecker(spec, extra, [str(self.upstream.label)] if extra else [], seed,
-                                   background_proofs=True)
+        positive = algebra.positive_inputs(spec.definitions, spec.inputs) | {c.input_name for c in spec.constraints}
+        self.checker = StepChecker(spec, None, extra[0] if extra else None, positive, seed, prove=True,
+                                     total_derivatives=True)
         # filled in as the derivation proceeds
         self.reductions: list[sp.Expr] = []  # per-row reductions of the VJP
         self.vjp_vector: sp.MatrixExpr | None = None
@@ -414,6 +415,8 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
 
     results: dict[str, Result] = {}
     output = spec.output
+    marks = engine.checker.marks
+    assert marks is not None  # the checker was made with prove=True
     try:
         if output.is_vector:
             jacobian = engine.jacobian(output, new_section(f"Jacobian of {output.name}"))
@@ -439,20 +442,17 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
                 results["gradient_constrained"] = engine.result(
                     "gradient_constrained", "Gradient under the constraint", last.lhs, last.result, column,
                     "assuming " + "; ".join(last.assumes))
-        engine.checker.marks.finish()
+        marks.finish()
     except NotImplementedError as problem:
         raise SoftgradError(f"cannot derive {output.name}: {problem}") from None
     finally:
-        engine.checker.marks.stop()
+        marks.stop()
     derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions, wrt_reason=engine.wrt_reason)
     checker = engine.checker
-    left_out, marks = len(checker.undefined), checker.marks
     derivation.check_summary = (
         f"{marks.proved} of {checker.checked} steps proved exactly at n = {_sizes(marks.proved_sizes)}; all "
-        "checked numerically at "
-        f"n = {', '.join(map(str, checker.sizes))} (every index pair; inputs near 0, of order 1 and of magnitude 10)"
-        + (f"; {left_out} sampled point{'s' * (left_out != 1)} where {spec.output.name} has no finite real value "
-           "left out" if left_out else "")
+        f"checked numerically at {checker.sizes_text} (every index pair; inputs near 0, of order 1 and of order 4)"
+        + checker.points_said
         + (f"; {spec.carried} is carried by every array and crossed by no sum, so one row is derived (its index "
            f"implicit, as vmap lifts a per-example function) and holds for every {spec.carried}"
            if spec.carried else "") + spec.facts_drawn)

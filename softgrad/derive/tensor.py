@@ -27,11 +27,11 @@ from sympy.matrices.expressions import HadamardProduct, OneMatrix
 from softgrad.derive import algebra
 from softgrad.derive.algebra import cost, expanded, positive_inputs
 from softgrad.derive.algebra import tidy as _tidy
+from softgrad.derive.check import POINTS, StepChecker
 from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec, spec_text
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, fresh_name, names_in
-from softgrad.derive.tensor_check import POINTS, TensorChecker
 from softgrad.errors import SoftgradError, SpecError
 
 
@@ -137,7 +137,7 @@ class TensorEngine:
         else:
             self.loss = sp.Symbol(output.name)
         positive = positive_inputs(spec.definitions, spec.inputs)
-        self.checker = TensorChecker(spec, self.axes, surrogate, positive, seed, prove=True)
+        self.checker = StepChecker(spec, self.axes, surrogate, positive, seed, prove=True)
         self.adjoints: dict[str, Adjoint] = {}
         self.result = TensorDerivation(upstream=self.upstream)
 
@@ -601,12 +601,7 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     if spec.derived_sizes:  # a range that shifted reads reach: its size follows from the others
         reached = ", ".join(f"n_{name} = {spec_text(size)}" for name, size in spec.derived_sizes.items())
         derivation.check_summary += f"; {reached} (what shifted reads reach)"
-    if engine.checker.rescaled:
-        derivation.check_summary += (f"; {engine.checker.rescaled} point{'s' * (engine.checker.rescaled != 1)} drawn "
-                                     "at a smaller scale, where doubles overflow at their own")
-    if engine.checker.undefined:
-        derivation.check_summary += (f"; {engine.checker.undefined} sampled points where {spec.output.name} has "
-                                     "no finite real value left out")
+    derivation.check_summary += engine.checker.points_said
     return derivation
 
 

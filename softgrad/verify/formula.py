@@ -6,18 +6,20 @@ sides at n = 1, 2, 3, 5, every index pair, random points; a wrong formula gets a
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import sympy as sp
 
 from softgrad._version import __version__
 from softgrad.budget import TimeLimitExceeded, time_limit
-from softgrad.derive.check import SIZES, StepChecker
+from softgrad.derive.algebra import positive_inputs
+from softgrad.derive.check import ONE_RANGE_SIZES, StepChecker
 from softgrad.derive.spec import Definition, Spec, Token, _LineParser, spec_text, tokenize
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import Partial, index
+from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SoftgradError, SpecError
 
 #: Seconds the symbolic comparison may take; past it the formula is still checked numerically.
@@ -38,7 +40,8 @@ class FormulaReport:
         if self.counterexample:
             lines.append(f"  counterexample: {self.counterexample}")
         else:
-            lines.append(f"  numeric: equal at n = {', '.join(map(str, SIZES))}, every index pair, random points")
+            sizes = ", ".join(map(str, ONE_RANGE_SIZES))
+            lines.append(f"  numeric: equal at n = {sizes}, every index pair, random points")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,24 +131,25 @@ def verify_formula(text: str, derivation: Derivation, wrt: str | None = None, se
         except TimeLimitExceeded:
             symbolic = f"not compared (simplification did not finish within {SIMPLIFY_SECONDS:g} s)"
     printed = spec_text(formula)  # reports show the formula as parsed: never the raw text
-    checker = StepChecker(spec, seed=seed)
-    for point in checker.points[constrained]:  # the spec's declared constraints are part of its contract
-        for values in itertools.product(range(point.size), repeat=len(free)):
-            indices = dict(zip(free, values))
-            try:
-                truth = checker.evaluator.value(lhs, point, indices)
-                claimed = checker.evaluator.value(formula, point, indices)
-            except (OverflowError, ZeroDivisionError, ValueError) as problem:
-                raise SoftgradError(f"the formula cannot be evaluated at the sampled points ({problem})") from None
-            # complex values compared whole (a formula with an imaginary part is wrong), NaN never equal
-            if not abs(truth - claimed) <= 1e-9 * max(1.0, abs(truth)):
-                truth, claimed = truth.real, claimed.real
-                where = ", ".join(f"{k} = {v}" for k, v in indices.items())
-                inputs = "; ".join(f"{name} = [{', '.join(f'{v.real:.6g}' for v in point.vectors[name])}]"
-                                   for name in spec.inputs)
-                example = (f"n = {point.size}, {where}: the formula gives {claimed:.12g}, "
-                           f"the derivative is {truth:.12g}  ({inputs})")
-                return FormulaReport(printed, claim, False, symbolic.replace("not shown equal", "different"), example)
+    checker = StepChecker(spec, None, None, positive_inputs(spec.definitions, spec.inputs), seed,
+                            total_derivatives=True)
+    # the spec's declared constraints are part of its contract
+    for point in checker.points if constrained else checker.free_points:
+        try:
+            truth, claimed = checker.entries(lhs, point, free), checker.entries(formula, point, free)
+        except (OverflowError, ZeroDivisionError, ValueError) as problem:
+            raise SoftgradError(f"the formula cannot be evaluated at the sampled points ({problem})") from None
+        # complex values compared whole (a formula with an imaginary part is wrong), NaN never equal
+        wrong = np.argwhere(~np.asarray(abs(truth - claimed) <= 1e-9 * np.maximum(1.0, abs(truth)), dtype=bool))
+        if len(wrong):
+            entry = tuple(wrong[0])
+            true_value, claimed_value = complex(truth[entry]).real, complex(claimed[entry]).real
+            where = ", ".join(f"{symbol} = {value}" for symbol, value in zip(free, entry))
+            inputs = "; ".join(f"{name} = [{', '.join(f'{complex(v).real:.6g}' for v in point.arrays[name])}]"
+                               for name in spec.inputs)
+            example = (f"n = {point.sizes[size_symbol]}, {where}: the formula gives {claimed_value:.12g}, "
+                       f"the derivative is {true_value:.12g}  ({inputs})")
+            return FormulaReport(printed, claim, False, symbolic.replace("not shown equal", "different"), example)
     return FormulaReport(printed, claim, True, symbolic)
 
 

@@ -29,10 +29,10 @@ from softgrad.codegen.emit import kernels_for
 from softgrad.codegen.kernel import Kernel
 from softgrad.codegen.lower import exponent_coefficients
 from softgrad.derive.algebra import inline, positive_inputs
-from softgrad.derive.check import wide_precision
+from softgrad.derive.check import Point, StepChecker
+from softgrad.derive.check import sample_inputs as sample_arrays
+from softgrad.derive.numbers import wide_precision
 from softgrad.derive.steps import Derivation
-from softgrad.derive.tensor_check import Point, TensorChecker
-from softgrad.derive.tensor_check import sample_inputs as sample_arrays
 from softgrad.verify.cases import SMALLER
 from softgrad.verify.reference import UndefinedReference, exact_outputs, forward_directional
 
@@ -273,7 +273,7 @@ def _empty_batch_check(derivation: Derivation, kernels: list[Kernel], functions:
 def sample_tensor_inputs(derivation: Derivation, sizes: dict[str, int], seed: int,
                          scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
     """Random inputs (and upstream gradient) of a tensor derivation at the given range sizes, as the step
-    checks draw them (derive.tensor_check.sample_inputs)."""
+    checks draw them (derive.check.sample_inputs)."""
     spec, tensor = derivation.spec, derivation.tensor
     names = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
     return sample_arrays(spec, tensor.axes, names, sizes, positive_inputs(spec.definitions, spec.inputs),
@@ -315,7 +315,7 @@ def check_module(module: Any, derivation: Derivation, seed: int, dtype: str) -> 
 
 def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
     spec, tensor = derivation.spec, derivation.tensor
-    checker = TensorChecker(spec, dict(tensor.axes), None, positive_inputs(spec.definitions, spec.inputs), seed)
+    checker = StepChecker(spec, dict(tensor.axes), None, positive_inputs(spec.definitions, spec.inputs), seed)
     checker.backward = list(tensor.backward)
     worst: dict[str, float] = {}
     for point in checker.points[::2]:
@@ -405,7 +405,7 @@ def _representable_gradients(derivation: Derivation, sizes: dict[str, int], arra
     spec, tensor = derivation.spec, derivation.tensor
     with wide_precision():
         positive = positive_inputs(spec.definitions, spec.inputs)
-        checker = TensorChecker(spec, dict(tensor.axes), None, positive, wide=True)
+        checker = StepChecker(spec, dict(tensor.axes), None, positive, wide=True)
         checker.backward = list(tensor.backward)
         values = {name: np.vectorize(mpmath.mpc, otypes=[object])(np.asarray(value, dtype=float))
                   for name, value in arrays.items()}

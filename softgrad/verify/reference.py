@@ -13,7 +13,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.check import Evaluator, Point, function_table
+from softgrad.derive.numbers import Evaluator, Point, function_table
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 
