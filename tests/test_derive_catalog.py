@@ -7,8 +7,8 @@ from expectations import EXPECTED, FORWARD
 
 import softgrad
 from softgrad.derive.catalog import CATALOG
-from softgrad.derive.numbers import Evaluator, Point
-from softgrad.derive.symbols import Partial
+from softgrad.derive.numbers import DOUBLES, Evaluator, Frame, Point, one_range_view
+from softgrad.derive.symbols import Partial, n
 
 ROWS, SIZE = 4, 5
 
@@ -60,28 +60,35 @@ def test_results_match_finite_differences_on_a_batch(derivation):
     """The derived Jacobian / gradient, evaluated entry by entry, against central differences."""
     spec = derivation.spec
     forward = FORWARD[spec.name]
-    evaluator = Evaluator(spec.definitions)
+    evaluator = _evaluator(spec)
     rng = np.random.default_rng(7)
     key = "gradient_constrained" if "gradient_constrained" in derivation.results else (
         "gradient" if "gradient" in derivation.results else "jacobian")
     result = derivation.results[key]
     T = 1.7
     for arrays in _rows(spec, rng, constrained=key == "gradient_constrained"):
-        point = evaluator.complete(Point(SIZE, {k: list(map(complex, v)) for k, v in arrays.items()},
-                                         {"T": complex(T)}))
+        point = _point(evaluator, SIZE, arrays, {"T": complex(T)})
         numeric = _finite_difference_jacobian(forward, arrays, derivation.wrt, T)
         free = sorted((s for s in result.lhs.free_symbols if s.is_integer), key=str)
         if spec.output.is_vector:
             row_index, column_index = spec.output.index, next(s for s in free if s != spec.output.index)
-            for a in range(SIZE):
-                for b in range(SIZE):
-                    value = evaluator.value(result.rhs, point, {row_index: a, column_index: b}).real
-                    assert value == pytest.approx(numeric[a, b], rel=1e-6, abs=1e-7)
+            frame = Frame(((row_index, 0, SIZE), (column_index, 0, SIZE)))
+            np.testing.assert_allclose(evaluator.array(result.rhs, point, frame).real, numeric, rtol=1e-6, atol=1e-7)
         else:
             (column_index,) = free
-            for b in range(SIZE):
-                value = evaluator.value(result.rhs, point, {column_index: b}).real
-                assert value == pytest.approx(numeric[b], rel=1e-6, abs=1e-7)
+            values = evaluator.array(result.rhs, point, Frame(((column_index, 0, SIZE),))).real
+            np.testing.assert_allclose(values, numeric, rtol=1e-6, atol=1e-7)
+
+
+def _evaluator(spec):
+    view, axes = one_range_view(spec, None)
+    return Evaluator(view, axes, view.definitions, DOUBLES)
+
+
+def _point(evaluator, size, arrays, scalars):
+    point = Point({n: size}, {name: np.asarray(values, dtype=complex) for name, values in arrays.items()}, scalars)
+    evaluator.complete(point, evaluator.forward)
+    return point
 
 
 def test_vjp_matches_the_jacobian_transpose_product():
@@ -91,9 +98,9 @@ def test_vjp_matches_the_jacobian_transpose_product():
     logits, upstream = rng.normal(size=6), rng.normal(size=6)
     y = FORWARD["softmax"]({"x": logits})
     jacobian = np.diag(y) - np.outer(y, y)
-    evaluator = Evaluator(spec.definitions)
-    point = evaluator.complete(Point(6, {"x": list(map(complex, logits)), "g": list(map(complex, upstream))}, {}))
+    evaluator = _evaluator(spec)
+    point = _point(evaluator, 6, {"x": logits, "g": upstream}, {})
     vjp = derivation.results["vjp"].rhs
-    got = [evaluator.value(vjp, point, {spec.output.index: a}).real for a in range(6)]
+    got = evaluator.array(vjp, point, Frame(((spec.output.index, 0, 6),))).real
     np.testing.assert_allclose(got, jacobian.T @ upstream, rtol=1e-12, atol=1e-14)
     assert isinstance(derivation.results["vjp"].lhs, Partial)

@@ -12,10 +12,8 @@ points are evaluated again in mpmath; a spec whose value depends on the precisio
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -25,16 +23,24 @@ from softgrad import tolerances
 from softgrad.derive.matrix import entries
 from softgrad.derive.numbers import (
     COMPLEX_STEP,
+    DOUBLES,
     LARGEST_FLOAT,
+    ONE_RANGE,
+    ONE_RANGE_SIZES,
+    PROBE,
+    WIDE,
     WIDE_DIGITS,
     Evaluator,
-    WideEvaluator,
+    Frame,
+    Point,
+    as_integers,
+    one_range_view,
     wide_precision,
 )
 from softgrad.derive.proof import ProofMarks, Prover
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Step
-from softgrad.derive.symbols import Bracket, Edge, Partial, SumExcept, sigmoid
+from softgrad.derive.symbols import Partial
 from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SpecError, StepCheckFailed
 
@@ -44,23 +50,7 @@ INPUT_SCALES = (1.0, 4.0, 0.005)
 POINTS = len(INPUT_SCALES)
 
 
-@dataclass
-class Point:
-    sizes: dict[sp.Symbol, int]
-    arrays: dict[str, Any]
-    scalars: dict[str, Any]  # numbers (a probed copy's: one per copy)
-    derivatives: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # probed copies, kept per point
-    #: a probed copy: this many copies of the point side by side, along a first axis of the arrays in `probed`
-    #: (each copy with one entry moved by a complex step), evaluated in frames whose first axis is PROBE
-    probe: int = 0
-    probed: frozenset[str] = frozenset()
-
-    def value(self, name: str) -> Any:
-        """An array's values, or a scalar's (a loss, a scalar input's gradient dT) as a 0-d array."""
-        return self.arrays[name] if name in self.arrays else np.asarray(self.scalars[name])
-
-
-class StepChecker:
+class StepChecker(Evaluator):
     """Evaluates forward definitions, the derivation's named backward arrays and each step's forms, for
     every spec (one range, its row implicit, or several)."""
 
@@ -80,9 +70,8 @@ class StepChecker:
         self.one_range = one_range = axes is None
         if axes is None:
             spec, axes = one_range_view(spec, surrogate)
-        self.spec = spec
-        self.axes = axes  # shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
-        self.forward = list(spec.definitions) + ([surrogate] if surrogate is not None else [])
+        # axes: shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints
+        super().__init__(spec, axes, list(spec.definitions) + ([surrogate] if surrogate is not None else []), DOUBLES)
         self.backward: list[Definition] = []  # named adjoints, appended as they are derived
         self._definitions = {d.name: d for d in self.forward}
         self.loss = sp.Symbol(surrogate.name) if surrogate is not None else sp.Symbol(spec.output.name)
@@ -99,7 +88,6 @@ class StepChecker:
             self.marks = ProofMarks(self.prover, True, lambda sizes: "identical at every range of size "
                                     f"{', '.join(map(str, sizes))}")
         self.checked = 0
-        self._reader_sets: dict[str, set[str]] = {}
         ranges = spec.base_sizes()  # a range a shifted read reaches (n_s = n_t + n_k − 1) follows from these
         # every range of size 1 once (a softmax over one class, a batch of one), then small different sizes
         # (so that a transposed index or a sum over the wrong axis shows)
@@ -108,7 +96,6 @@ class StepChecker:
                                                   for shift in (0, 1)]
         if one_range:
             self.assignments = [[size] for size in sizes or ONE_RANGE_SIZES]
-        self.wide = False
         #: the points drawn again in mpmath where a step failed in doubles (saturated P = 1), kept for later steps
         self._wide_points: tuple[Any, ...] | None = None
         if wide:
@@ -121,10 +108,7 @@ class StepChecker:
 
     def _sample(self, wide: bool) -> None:
         """The points, drawn from the seed (the same points whatever the precision)."""
-        self.wide = wide
-        numbers = WideEvaluator if wide else Evaluator  # the step check's own functions and constants
-        self.functions, self.number = numbers.functions, numbers.number
-        self._compiled: dict[sp.Basic, Any] = {}
+        self.use(WIDE if wide else DOUBLES)
         self.undefined = 0  # points where the spec has no finite value (a variance over n − 1 at n = 1)
         self.rescaled = 0  # points drawn at a smaller scale, where doubles overflow at their own
         #: where the spec declares a constraint (rows of T sum to 1), a step that assumes it is checked at points
@@ -266,195 +250,6 @@ class StepChecker:
         self.complete(point, self.forward)
         return point
 
-    # ------------------------------------------------------------ evaluation
-    def complete(self, point: Point, definitions: list[Definition], after: str | None = None,
-                 reading: str | None = None) -> None:
-        """Compute `definitions` in order at the point (all of them, or those after `after`; with `reading`,
-        only those that read that name, directly or through others: a moved input changes nothing else)."""
-        started = after is None
-        changed = self._readers(reading) if reading is not None else None
-        for definition in definitions:
-            if not started:
-                started = definition.name == after
-                continue
-            if changed is not None and definition.name not in changed:
-                continue
-            probe = ((PROBE, 0, point.probe),) if point.probe else ()  # a probed copy: every copy at once
-            if point.probe:
-                point.probed |= {definition.name}
-            if definition.is_vector:
-                ranges = self.axes[definition.name]
-                frame = Frame((*probe, *((index, 0, point.sizes[self.spec.sizes[r]])
-                                         for index, r in zip(definition.indices, ranges))))
-                point.arrays[definition.name] = self.array(definition.expr, point, frame)
-            elif point.probe:
-                point.scalars[definition.name] = self.array(definition.expr, point, Frame(probe))
-            else:
-                point.scalars[definition.name] = self.value(definition.expr, point, {})
-
-    def _readers(self, name: str) -> set[str]:
-        """The forward definitions that read `name`, directly or through other definitions."""
-        readers = self._reader_sets.get(name)
-        if readers is None:
-            readers = {name}
-            for definition in self.forward:  # in order: a definition reads only those before it
-                reads = {str(e.base) for e in definition.expr.atoms(sp.Indexed)} | {
-                    str(s) for s in definition.expr.free_symbols}
-                if reads & readers:
-                    readers.add(definition.name)
-            self._reader_sets[name] = readers
-        return readers
-
-    def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
-        """expr's value at one point, its free indices bound by `env` (complex arithmetic)."""
-        return _scalar(self.compiled(expr)(point, Frame((), tuple(env.items()))))
-
-    def array(self, expr: sp.Basic, point: Point, frame: Frame) -> Any:
-        """expr's values at every entry of the frame's ranges at once, as an array of the frame's shape."""
-        values = self.compiled(expr)(point, frame)
-        return np.array(np.broadcast_to(values, frame.shape), dtype=object if self.wide else complex)
-
-    def compiled(self, expr: sp.Basic) -> Any:
-        """expr as a Python closure (point, frame) → values, made once per expression: evaluating the same
-        formulas at every point and step then costs no more SymPy dispatch, and every entry of a frame is
-        computed by one NumPy operation per node of the expression, not one closure call per entry."""
-        function = self._compiled.get(expr)
-        if function is None:
-            function = self._compiled[expr] = self._compile(expr)
-        return function
-
-    def _compile(self, expr: sp.Basic) -> Any:
-        """The closure for one node: a scalar where the node reads no index of the frame, else an array with one
-        axis per frame axis (of length 1 where the node does not depend on it), broadcasting as NumPy does."""
-        if expr.is_Number or expr.is_NumberSymbol:
-            constant = self.number(expr)
-            return lambda point, frame: constant
-        if isinstance(expr, sp.Indexed):
-            return self._compile_read(expr)
-        if expr.is_Symbol:
-            key = str(expr)
-
-            def symbol(point: Point, frame: Frame) -> Any:
-                bound = frame.values(expr)
-                if bound is not None:
-                    return bound
-                if expr in point.sizes:  # in the checker's precision: 1/n is not a double in mpmath
-                    return self.number(sp.Integer(point.sizes[expr])) if self.wide else point.sizes[expr]
-                if key not in point.scalars:  # a scalar input given as a 0-d array (T)
-                    return point.arrays[key][()]
-                if key in point.probed:  # one value per copy, along the frame's first axis (PROBE)
-                    return point.scalars[key].reshape((-1,) + (1,) * (len(frame.axes) - 1))
-                return point.scalars[key]
-            return symbol
-        if expr.is_Add:
-            terms = [self.compiled(a) for a in expr.args]
-
-            def add(point: Point, frame: Frame) -> Any:
-                result = terms[0](point, frame)
-                for term in terms[1:]:
-                    result = result + term(point, frame)
-                return result
-            return add
-        if expr.is_Mul:
-            factors = [self.compiled(a) for a in expr.args]
-
-            def product(point: Point, frame: Frame) -> Any:
-                result = factors[0](point, frame)
-                for factor in factors[1:]:
-                    result = result * factor(point, frame)
-                return result
-            return product
-        if expr.is_Pow:
-            base, exponent = self.compiled(expr.base), self.compiled(expr.exp)
-            exp, log = self._elementwise(sp.exp), self._elementwise(sp.log)
-
-            def power(point: Point, frame: Frame) -> Any:
-                b, e = base(point, frame), exponent(point, frame)
-                if not isinstance(e, np.ndarray) and complex(e).imag == 0 and complex(e).real == int(complex(e).real):
-                    return _integer_power(b, int(complex(e).real))  # by multiplication: exact for a complex step
-                # 0^e is 0 for Re e > 0 (a focal loss's (1 − p)^γ at p = 1), where e·log 0 would give NaN
-                zero = b == 0
-                if not np.any(zero):
-                    return exp(e * log(b))
-                return np.where(zero, np.where(np.real(np.asarray(e, dtype=complex)) > 0, 0.0, np.inf),
-                                exp(e * log(np.where(zero, 1.0, b))))
-            return power
-        if isinstance(expr, sp.KroneckerDelta):
-            first, second = (self.compiled(a) for a in expr.args)
-            return lambda point, frame: np.where(_integers(first(point, frame)) == _integers(second(point, frame)),
-                                                 1.0, 0.0)
-        if isinstance(expr, sp.Sum):
-            return self._compile_sum(expr)
-        if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
-            return self._compile_sum(expr, product=True)
-        if isinstance(expr, SumExcept):
-            return self.compiled(expr.as_full_sum())
-        if isinstance(expr, Partial):
-            return lambda point, frame: self._derivative(expr, point, frame)
-        if expr.func in self.functions:
-            function = self._elementwise(expr.func)
-            arguments = [self.compiled(a) for a in expr.args]
-            return lambda point, frame: function(*(a(point, frame) for a in arguments))
-        raise NotImplementedError(f"cannot evaluate {expr.func.__name__}")
-
-    def _compile_read(self, expr: sp.Indexed) -> Any:
-        """An array read at positions computed from the frame's indices; an entry outside the array reads as 0."""
-        name = str(expr.base)
-        positions = [self.compiled(i) for i in expr.indices]
-        plain = all(i.is_Symbol or isinstance(i, sp.Indexed) for i in expr.indices)
-
-        def read(point: Point, frame: Frame) -> Any:
-            values = point.arrays[name]
-            at = [_integers(p(point, frame)) for p in positions]
-            # a probed array: each copy reads its own
-            copies = (_integers(frame.values(PROBE)),) if name in point.probed else ()
-            if plain:
-                return values[(*copies, *at)]
-            shape = values.shape[len(copies):]
-            inside = np.ones((), dtype=bool)
-            for where, size in zip(at, shape):
-                inside = inside & (where >= 0) & (where < size)
-            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, shape))
-            return np.where(inside, values[(*copies, *clipped)], 0)
-        return read
-
-    def _compile_sum(self, expr: sp.Sum | sp.Product, product: bool = False) -> Any:
-        """Σ (or Π) over each bound in turn: the bound becomes a new last axis of the frame, summed away after."""
-        limits = [(limit[0], self.compiled(limit[1]), self.compiled(limit[2])) for limit in expr.limits]
-        summand = self.compiled(expr.function)
-
-        def total(point: Point, frame: Frame) -> Any:
-            inner, masks = frame, []
-            for bound, low, high in limits:
-                first, last = _integers(low(point, inner)), _integers(high(point, inner))
-                start, stop = int(np.min(first)), int(np.max(last))
-                if stop < start:
-                    return 1 if product else 0
-                inner = inner.with_axis(bound, start, stop - start + 1)
-                values = inner.values(bound)
-                if np.ndim(first) or np.ndim(last):  # bounds that depend on an outer index: the rest masked off
-                    masks.append((values >= first) & (values <= last))
-            result = np.broadcast_to(summand(point, inner), inner.shape)
-            for mask in masks:
-                result = np.where(np.broadcast_to(mask, inner.shape), result, 1 if product else 0)
-            flat = result.reshape((*result.shape[:len(frame.axes)], -1))
-            return flat.prod(axis=-1) if product else flat.sum(axis=-1)
-        return total
-
-    def _elementwise(self, function: Any) -> Any:
-        """A function of the spec language applied to arrays: NumPy's own where it computes the same complex
-        values in doubles, else the scalar table's function entry by entry (mpmath, kinks decided by real parts)."""
-        if not self.wide and function in _NUMPY_FUNCTIONS:
-            return _NUMPY_FUNCTIONS[function]
-        scalar = self.functions[function]
-
-        def apply(*arguments: Any) -> Any:
-            if not any(isinstance(a, np.ndarray) for a in arguments):
-                return scalar(*arguments)
-            values = np.frompyfunc(scalar, len(arguments), 1)(*arguments)
-            return values if self.wide else values.astype(complex)
-        return apply
-
     def _derivative(self, partial: Partial, point: Point, frame: Frame) -> Any:
         """∂ℓ/∂X[q] by a complex step on X[q], everything computed from X recomputed; ∂C[a]/∂X[q] for a
         definition C is the derivative of C's own formula, and ∂(formula)/∂X[q] that of the formula, the
@@ -463,7 +258,7 @@ class StepChecker:
         target, var = partial.expr, partial.var
         name = str(var.base) if isinstance(var, sp.Indexed) else str(var)
         shape = frame.shape
-        at = [np.broadcast_to(_integers(self.compiled(p)(point, frame)), shape) for p in getattr(var, "indices", ())]
+        at = [np.broadcast_to(as_integers(self.compiled(p)(point, frame)), shape) for p in getattr(var, "indices", ())]
         inside = np.ones(shape, dtype=bool)
         for where, size in zip(at, point.arrays[name].shape if at else ()):
             inside &= (where >= 0) & (where < size)  # X[q] outside X (a shifted position): nothing moves
@@ -672,23 +467,6 @@ class StepChecker:
         raise StepCheckFailed(f"cannot tell the range of index {symbol} in step '{step.rule}'")
 
 
-#: The range of a spec of one range (y[i] = …), named as its size symbol n is, and the sizes it is checked at.
-ONE_RANGE = "n"
-ONE_RANGE_SIZES = (1, 2, 3, 5)
-
-
-def one_range_view(spec: Spec, surrogate: Definition | None) -> tuple[Spec, dict[str, tuple[str, ...]]]:
-    """A spec of one range as the checker reads any spec: its range n (the size symbol its sums run to) and
-    every array's axes, the vectors' (inputs, definitions and an upstream gradient the surrogate reads) n."""
-    vectors = {name for name in spec.inputs} | {d.name for d in spec.definitions if d.is_vector}
-    if surrogate is not None:
-        vectors |= {str(entry.base) for entry in surrogate.expr.atoms(sp.Indexed)}
-    names = [*spec.inputs, *(d.name for d in spec.definitions),
-             *sorted(vectors - set(spec.inputs) - {d.name for d in spec.definitions})]
-    axes: dict[str, tuple[str, ...]] = {name: (ONE_RANGE,) if name in vectors else () for name in names}
-    return dataclasses.replace(spec, sizes={ONE_RANGE: size_symbol}), axes
-
-
 #: The most entries a point's ranges may span together (the product of their sizes): a spec of many ranges
 #: (a 2-D convolution: b, o, c, i, j, p, q) is checked at smaller sizes, every one still 2 or more.
 LARGEST_POINT = 200
@@ -703,49 +481,6 @@ def _within_budget(sizes: list[int]) -> list[int]:
     return sizes
 
 
-@dataclass(frozen=True)
-class Frame:
-    """Index symbols bound to whole ranges, one array axis each in order (first value, count), or to one value
-    each (fixed): what an expression is evaluated over at once. A sum appends its bound as a last axis."""
-
-    axes: tuple[tuple[sp.Symbol, int, int], ...] = ()
-    fixed: tuple[tuple[sp.Symbol, int], ...] = ()
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(count for _, _, count in self.axes)
-
-    def with_axis(self, symbol: sp.Symbol, first: int, count: int) -> Frame:
-        return Frame((*self.axes, (symbol, first, count)), self.fixed)
-
-    def values(self, symbol: sp.Symbol) -> Any:
-        """The symbol's values along its axis (the newest binding: a sum's bound shadows an outer index), its
-        fixed value, or None where the frame does not bind it."""
-        for position in range(len(self.axes) - 1, -1, -1):
-            bound, first, count = self.axes[position]
-            if bound == symbol:
-                shape = [1] * len(self.axes)
-                shape[position] = count
-                return np.arange(first, first + count, dtype=float).reshape(shape)
-        for bound, value in self.fixed:
-            if bound == symbol:
-                return value
-        return None
-
-
-#: The axis of a probed point's copies (see Point.probe): first in every frame that evaluates one.
-PROBE = sp.Symbol("_probe", integer=True)
-
-
-def _integers(values: Any) -> Any:
-    """Positions and index values as integers (rounded real parts), from doubles, complex or mpmath numbers."""
-    if isinstance(values, np.ndarray):
-        if values.dtype == object:
-            return np.frompyfunc(lambda v: round(complex(v).real), 1, 1)(values).astype(np.int64)
-        return np.rint(np.real(values)).astype(np.int64)
-    return round(complex(values).real)
-
-
 def _finite(values: Any) -> Any:
     """Which values (mpmath numbers in an object array) are finite."""
     import mpmath
@@ -758,41 +493,6 @@ def _imaginary(values: Any) -> Any:
     if isinstance(values, np.ndarray):
         return np.frompyfunc(lambda v: v.imag, 1, 1)(values) if values.dtype == object else np.imag(values)
     return values.imag if hasattr(values, "imag") else 0.0
-
-
-def _scalar(values: Any) -> Any:
-    """A frame without axes' value as one number."""
-    return values.item() if isinstance(values, np.ndarray) else values
-
-
-def _integer_power(base: Any, exponent: int) -> Any:
-    """base ** exponent by repeated squaring: exact for a complex step, where the polar form of a negative
-    base loses the step's 1e-30 to rounding."""
-    if exponent < 0:
-        return 1 / _integer_power(base, -exponent)
-    result: Any = 1
-    square = base
-    while exponent:
-        if exponent & 1:
-            result = result * square
-        exponent >>= 1
-        if exponent:
-            square = square * square
-    return result
-
-
-#: NumPy's functions that compute the spec language's functions in complex doubles as the scalar table does
-#: (kinks decided by the real part); the others go entry by entry through that table.
-_NUMPY_FUNCTIONS: dict[Any, Any] = {
-    sp.exp: np.exp,
-    sp.log: np.log,
-    sp.tanh: np.tanh,
-    sigmoid: lambda u: 1 / (1 + np.exp(-u)),
-    sp.Abs: lambda u: np.where(np.real(u) >= 0, u, -u),
-    sp.sign: lambda u: np.sign(np.real(u)).astype(complex),
-    Bracket: lambda u: np.where(np.rint(np.real(u)) >= 0, 1.0, 0.0),
-    Edge: lambda u: np.where(np.rint(np.real(u)) >= 0, 1.0, 0.0),
-}
 
 
 def _free_indices(expr: sp.Expr) -> set[sp.Symbol]:

@@ -1,24 +1,26 @@
-"""The numeric meaning of the spec language: its functions in complex doubles (cmath) and in mpmath, and a
-scalar evaluator of one-range expressions at one point (a row), in either.
+"""The numeric meaning of the spec language: its functions in complex doubles (cmath) and in mpmath, and an
+evaluator of every expression softgrad shows at concrete sizes and values, whole arrays at a time.
 
-The step checker (softgrad.derive.check) takes its functions and constants from here; the verifier's
-40-digit reference for per-row code evaluates derived results with the evaluator.
+The step checker (softgrad.derive.check) is this evaluator with derivatives, sampled points and checks; the
+verifier's 40-digit reference for per-row code evaluates derived results with it in mpmath.
 """
 
 from __future__ import annotations
 
 import cmath
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from softgrad.derive.spec import Definition
-from softgrad.derive.symbols import Bracket, Edge, SumExcept, sigmoid, softplus
+from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.symbols import Bracket, Edge, Partial, SumExcept, sigmoid, softplus
 from softgrad.derive.symbols import n as size_symbol
 
 #: The imaginary step of complex-step differentiation: exact to rounding for real-analytic functions.
@@ -92,179 +94,358 @@ def function_table(library: Any) -> dict[Any, Callable[..., Any]]:
     return table
 
 
-_FUNCTIONS = function_table(cmath)
-#: Digits of the mpmath evaluator that takes over where double precision overflows (exp(1000) in a spec).
+#: Digits of the mpmath numbers that take over where double precision overflows (exp(1000) in a spec).
 WIDE_DIGITS = 30
 
 
-@dataclass
-class Point:
-    """Concrete values: n, the input vectors, parameters, and every definition computed from them."""
+@dataclass(frozen=True)
+class Numbers:
+    """A precision to evaluate in: the spec language's functions, constants as numbers, and whether the numbers
+    are mpmath's (held in object arrays) rather than complex doubles."""
 
-    size: int
-    vectors: dict[str, list[complex]]
-    scalars: dict[str, complex]
-    sums: dict[Any, Any] = field(default_factory=dict, repr=False)  # memoized Σ values at this point
+    functions: dict[Any, Callable[..., Any]]
+    number: Callable[[sp.Expr], Any]
+    wide: bool
 
 
-class Evaluator:
-    """Numeric meaning of every expression softgrad shows, at one concrete point (complex floats)."""
+def mpmath_numbers(digits: int) -> Numbers:
+    """mpmath complex numbers, constants to `digits` (and 5 more); evaluate inside mpmath.workdps(digits)."""
+    import mpmath
 
-    functions = _FUNCTIONS
-    is_finite = staticmethod(cmath.isfinite)
-
-    @staticmethod
     def number(value: sp.Expr) -> Any:
-        return complex(value)
+        return mpmath.mpc(mpmath.mpf(sp.Float(sp.N(value, digits + 5), digits + 5)._mpf_))
 
-    def __init__(self, definitions: list[Definition]):
-        self.definitions = definitions
-        self._compiled: dict[sp.Basic, Callable[[Point, dict[Any, int]], Any]] = {}
-
-    def real(self, point: Point) -> bool:
-        """Whether every value at the point is a finite real number: the spec language is real, so a point
-        where a definition is complex (the log or square root of a negative number) is outside its domain."""
-        values = [v for values in point.vectors.values() for v in values] + list(point.scalars.values())
-        return all(self.is_finite(v) and v.imag == 0 for v in values)
-
-    def complete(self, point: Point, frozen: str | None = None) -> Point:
-        """Compute every definition from the inputs (a `frozen` name keeps its given values)."""
-        vectors, scalars = dict(point.vectors), dict(point.scalars)
-        started = frozen is None
-        for definition in self.definitions:
-            if definition.name == frozen:
-                started = True
-                continue
-            if not started and frozen is not None and definition.name in vectors | scalars:
-                continue
-            inner = Point(point.size, vectors, scalars)
-            if definition.is_vector:
-                vectors[definition.name] = [
-                    self.value(definition.expr, inner, {definition.index: a}) for a in range(point.size)
-                ]
-            else:
-                scalars[definition.name] = self.value(definition.expr, inner, {})
-        return Point(point.size, vectors, scalars)
-
-    def value(self, expr: sp.Basic, point: Point, indices: dict[Any, int]) -> Any:
-        """expr's value at the point, with these index values."""
-        evaluate = self._compiled.get(expr)
-        if evaluate is None:
-            evaluate = self._compiled[expr] = self._compile(expr)
-        return evaluate(point, indices)
-
-    def _compile(self, expr: sp.Basic) -> Callable[[Point, dict[Any, int]], Any]:
-        """expr as a tree of closures, built once: the type dispatch and the constants' conversion are
-        paid once per expression, not once per point, index pair and step (no text is generated or run)."""
-        value = self.value
-        if expr.is_Number or expr.is_NumberSymbol:  # 2, 1/2, π, e
-            constant = self.number(expr)
-            return lambda point, indices: constant
-        if isinstance(expr, sp.Indexed):
-            name, position = str(expr.base), expr.indices[0]
-            index = self._index
-            return lambda point, indices: point.vectors[name][int(index(position, indices))]
-        if expr.is_Symbol:
-            symbol, name = expr, str(expr)
-            if expr == size_symbol:  # as a number of the evaluator's precision: 1/n is not a double in mpmath
-                number = self.number
-                return lambda point, indices: indices[symbol] if symbol in indices else number(sp.Integer(point.size))
-            return lambda point, indices: indices[symbol] if symbol in indices else point.scalars[name]
-        if expr.is_Add:
-            terms = [self._compile(a) for a in expr.args]
-            return lambda point, indices: sum(term(point, indices) for term in terms)
-        if expr.is_Mul:
-            factors = [self._compile(a) for a in expr.args]
-
-            def product(point: Point, indices: dict[Any, int]) -> Any:
-                result: Any = 1
-                for factor in factors:
-                    result *= factor(point, indices)
-                return result
-            return product
-        if expr.is_Pow:
-            base = self._compile(expr.base)
-            if expr.exp.is_Integer:
-                power = int(expr.exp)
-                return lambda point, indices: base(point, indices) ** power
-            exponent = self._compile(expr.exp)
-            return lambda point, indices: base(point, indices) ** exponent(point, indices)
-        if isinstance(expr, sp.KroneckerDelta):
-            first, second = expr.args
-            index = self._index
-            return lambda point, indices: 1.0 if index(first, indices) == index(second, indices) else 0.0
-        if isinstance(expr, sp.Sum):
-            bound, body = expr.limits[0][0], expr.function
-            free = sorted(expr.free_symbols, key=str)
-
-            def total(point: Point, indices: dict[Any, int]) -> Any:
-                key = (expr, tuple((str(s), indices[s]) for s in free if s in indices))
-                if key not in point.sums:
-                    point.sums[key] = sum(value(body, point, {**indices, bound: a}) for a in range(point.size))
-                return point.sums[key]
-            return total
-        if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
-            bound, body = expr.limits[0][0], expr.function
-            one = self.number(sp.S.One)
-
-            def product_over(point: Point, indices: dict[Any, int]) -> Any:
-                result = one
-                for a in range(point.size):
-                    result = result * value(body, point, {**indices, bound: a})
-                return result
-            return product_over
-        if isinstance(expr, SumExcept):
-            bound, summand, skip = expr.bound, expr.summand, expr.skip
-            index = self._index
-
-            def total_except(point: Point, indices: dict[Any, int]) -> Any:
-                skipped = index(skip, indices)
-                return sum(value(summand, point, {**indices, bound: a}) for a in range(point.size) if a != skipped)
-            return total_except
-        function = self.functions.get(expr.func)
-        if function is None:
-            message = f"cannot evaluate {expr.func.__name__}"
-
-            def unknown(point: Point, indices: dict[Any, int]) -> Any:
-                raise TypeError(message)
-            return unknown
-        arguments = [self._compile(a) for a in expr.args]
-        return lambda point, indices: function(*(argument(point, indices) for argument in arguments))
-
-    @staticmethod
-    def _index(index_expr: sp.Expr, indices: dict[sp.Symbol, int]) -> int:
-        return indices[index_expr] if index_expr in indices else int(index_expr)
+    return Numbers(function_table(mpmath), number, True)
 
 
-class WideEvaluator(Evaluator):
-    """The same evaluation in mpmath complex numbers: no overflow for constants such as exp(1000).
-
-    Use it inside `wide_precision()`, which sets mpmath's working precision and restores it after."""
-
-    import mpmath as _mpmath
-
-    functions = function_table(_mpmath)
-    is_finite = staticmethod(_mpmath.isfinite)
-
-    def complete(self, point: Point, frozen: str | None = None) -> Point:
-        """As Evaluator.complete, with the inputs as mpmath numbers (exact copies of the sampled doubles), so
-        that every definition computed from them is computed in extended precision too."""
-        import mpmath
-
-        vectors = {name: [mpmath.mpc(v) for v in values] for name, values in point.vectors.items()}
-        scalars = {name: mpmath.mpc(v) for name, v in point.scalars.items()}
-        return super().complete(Point(point.size, vectors, scalars), frozen)
-
-    @staticmethod
-    def number(value: sp.Expr) -> Any:
-        import mpmath
-
-        return mpmath.mpc(mpmath.mpf(sp.Float(sp.N(value, WIDE_DIGITS + 5), WIDE_DIGITS + 5)._mpf_))
+#: Complex doubles (cmath), in which complex-step derivatives are exact to rounding; and mpmath at WIDE_DIGITS.
+DOUBLES = Numbers(function_table(cmath), complex, False)
+WIDE = mpmath_numbers(WIDE_DIGITS)
 
 
 def wide_precision() -> contextlib.AbstractContextManager[Any]:
-    """mpmath's working precision for WideEvaluator, restored on exit (no global state changed)."""
+    """mpmath's working precision for WIDE, restored on exit (no global state changed)."""
     import mpmath
 
     context: contextlib.AbstractContextManager[Any] = mpmath.workdps(WIDE_DIGITS)
     return context
+
+
+@dataclass
+class Point:
+    sizes: dict[sp.Symbol, int]
+    arrays: dict[str, Any]
+    scalars: dict[str, Any]  # numbers (a probed copy's: one per copy)
+    derivatives: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # probed copies, kept per point
+    #: a probed copy: this many copies of the point side by side, along a first axis of the arrays in `probed`
+    #: (each copy with one entry moved by a complex step), evaluated in frames whose first axis is PROBE
+    probe: int = 0
+    probed: frozenset[str] = frozenset()
+
+    def value(self, name: str) -> Any:
+        """An array's values, or a scalar's (a loss, a scalar input's gradient dT) as a 0-d array."""
+        return self.arrays[name] if name in self.arrays else np.asarray(self.scalars[name])
+
+
+class Evaluator:
+    """Every expression softgrad shows, evaluated at a point: definitions computed in order, whole arrays at a
+    time. A derivative ∂C/∂X (Partial) is the step checker's to evaluate (softgrad.derive.check)."""
+
+    def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]], definitions: list[Definition],
+                 numbers: Numbers):
+        """spec: its ranges' size symbols (spec.sizes); axes: every array's ranges; definitions: the forward
+        definitions, in order."""
+        self.spec, self.axes, self.forward = spec, axes, definitions
+        self._reader_sets: dict[str, set[str]] = {}
+        self.use(numbers)
+
+    def use(self, numbers: Numbers) -> None:
+        """Evaluate in these numbers from now on."""
+        self.functions, self.number, self.wide = numbers.functions, numbers.number, numbers.wide
+        self._compiled: dict[sp.Basic, Any] = {}
+
+    def complete(self, point: Point, definitions: list[Definition], after: str | None = None,
+                 reading: str | None = None) -> None:
+        """Compute `definitions` in order at the point (all of them, or those after `after`; with `reading`,
+        only those that read that name, directly or through others: a moved input changes nothing else)."""
+        started = after is None
+        changed = self._readers(reading) if reading is not None else None
+        for definition in definitions:
+            if not started:
+                started = definition.name == after
+                continue
+            if changed is not None and definition.name not in changed:
+                continue
+            probe = ((PROBE, 0, point.probe),) if point.probe else ()  # a probed copy: every copy at once
+            if point.probe:
+                point.probed |= {definition.name}
+            if definition.is_vector:
+                ranges = self.axes[definition.name]
+                frame = Frame((*probe, *((index, 0, point.sizes[self.spec.sizes[r]])
+                                         for index, r in zip(definition.indices, ranges))))
+                point.arrays[definition.name] = self.array(definition.expr, point, frame)
+            elif point.probe:
+                point.scalars[definition.name] = self.array(definition.expr, point, Frame(probe))
+            else:
+                point.scalars[definition.name] = self.value(definition.expr, point, {})
+
+    def _readers(self, name: str) -> set[str]:
+        """The forward definitions that read `name`, directly or through other definitions."""
+        readers = self._reader_sets.get(name)
+        if readers is None:
+            readers = {name}
+            for definition in self.forward:  # in order: a definition reads only those before it
+                reads = {str(e.base) for e in definition.expr.atoms(sp.Indexed)} | {
+                    str(s) for s in definition.expr.free_symbols}
+                if reads & readers:
+                    readers.add(definition.name)
+            self._reader_sets[name] = readers
+        return readers
+
+    def value(self, expr: sp.Basic, point: Point, env: dict[Any, int]) -> Any:
+        """expr's value at one point, its free indices bound by `env` (complex arithmetic)."""
+        return _scalar(self.compiled(expr)(point, Frame((), tuple(env.items()))))
+
+    def array(self, expr: sp.Basic, point: Point, frame: Frame) -> Any:
+        """expr's values at every entry of the frame's ranges at once, as an array of the frame's shape."""
+        values = self.compiled(expr)(point, frame)
+        return np.array(np.broadcast_to(values, frame.shape), dtype=object if self.wide else complex)
+
+    def compiled(self, expr: sp.Basic) -> Any:
+        """expr as a Python closure (point, frame) → values, made once per expression: evaluating the same
+        formulas at every point and step then costs no more SymPy dispatch, and every entry of a frame is
+        computed by one NumPy operation per node of the expression, not one closure call per entry."""
+        function = self._compiled.get(expr)
+        if function is None:
+            function = self._compiled[expr] = self._compile(expr)
+        return function
+
+    def _compile(self, expr: sp.Basic) -> Any:
+        """The closure for one node: a scalar where the node reads no index of the frame, else an array with one
+        axis per frame axis (of length 1 where the node does not depend on it), broadcasting as NumPy does."""
+        if expr.is_Number or expr.is_NumberSymbol:
+            constant = self.number(expr)
+            return lambda point, frame: constant
+        if isinstance(expr, sp.Indexed):
+            return self._compile_read(expr)
+        if expr.is_Symbol:
+            key = str(expr)
+
+            def symbol(point: Point, frame: Frame) -> Any:
+                bound = frame.values(expr)
+                if bound is not None:
+                    return bound
+                if expr in point.sizes:  # in the checker's precision: 1/n is not a double in mpmath
+                    return self.number(sp.Integer(point.sizes[expr])) if self.wide else point.sizes[expr]
+                if key not in point.scalars:  # a scalar input given as a 0-d array (T)
+                    return point.arrays[key][()]
+                if key in point.probed:  # one value per copy, along the frame's first axis (PROBE)
+                    return point.scalars[key].reshape((-1,) + (1,) * (len(frame.axes) - 1))
+                return point.scalars[key]
+            return symbol
+        if expr.is_Add:
+            terms = [self.compiled(a) for a in expr.args]
+
+            def add(point: Point, frame: Frame) -> Any:
+                result = terms[0](point, frame)
+                for term in terms[1:]:
+                    result = result + term(point, frame)
+                return result
+            return add
+        if expr.is_Mul:
+            factors = [self.compiled(a) for a in expr.args]
+
+            def product(point: Point, frame: Frame) -> Any:
+                result = factors[0](point, frame)
+                for factor in factors[1:]:
+                    result = result * factor(point, frame)
+                return result
+            return product
+        if expr.is_Pow:
+            base, exponent = self.compiled(expr.base), self.compiled(expr.exp)
+            exp, log = self._elementwise(sp.exp), self._elementwise(sp.log)
+
+            def power(point: Point, frame: Frame) -> Any:
+                b, e = base(point, frame), exponent(point, frame)
+                if not isinstance(e, np.ndarray) and complex(e).imag == 0 and complex(e).real == int(complex(e).real):
+                    return _integer_power(b, int(complex(e).real))  # by multiplication: exact for a complex step
+                # 0^e is 0 for Re e > 0 (a focal loss's (1 − p)^γ at p = 1), where e·log 0 would give NaN
+                zero = b == 0
+                if not np.any(zero):
+                    return exp(e * log(b))
+                return np.where(zero, np.where(np.real(np.asarray(e, dtype=complex)) > 0, 0.0, np.inf),
+                                exp(e * log(np.where(zero, 1.0, b))))
+            return power
+        if isinstance(expr, sp.KroneckerDelta):
+            first, second = (self.compiled(a) for a in expr.args)
+            return lambda point, frame: np.where(as_integers(first(point, frame)) == as_integers(second(point, frame)),
+                                                 1.0, 0.0)
+        if isinstance(expr, sp.Sum):
+            return self._compile_sum(expr)
+        if isinstance(expr, sp.Product):  # exp(Σ x_k) = Π exp(x_k), as SymPy may write it
+            return self._compile_sum(expr, product=True)
+        if isinstance(expr, SumExcept):
+            return self.compiled(expr.as_full_sum())
+        if isinstance(expr, Partial):
+            return lambda point, frame: self._derivative(expr, point, frame)
+        if expr.func in self.functions:
+            function = self._elementwise(expr.func)
+            arguments = [self.compiled(a) for a in expr.args]
+            return lambda point, frame: function(*(a(point, frame) for a in arguments))
+        raise NotImplementedError(f"cannot evaluate {expr.func.__name__}")
+
+    def _compile_read(self, expr: sp.Indexed) -> Any:
+        """An array read at positions computed from the frame's indices; an entry outside the array reads as 0."""
+        name = str(expr.base)
+        positions = [self.compiled(i) for i in expr.indices]
+        plain = all(i.is_Symbol or isinstance(i, sp.Indexed) for i in expr.indices)
+
+        def read(point: Point, frame: Frame) -> Any:
+            values = point.arrays[name]
+            at = [as_integers(p(point, frame)) for p in positions]
+            # a probed array: each copy reads its own
+            copies = (as_integers(frame.values(PROBE)),) if name in point.probed else ()
+            if plain:
+                return values[(*copies, *at)]
+            shape = values.shape[len(copies):]
+            inside = np.ones((), dtype=bool)
+            for where, size in zip(at, shape):
+                inside = inside & (where >= 0) & (where < size)
+            clipped = tuple(np.clip(where, 0, size - 1) for where, size in zip(at, shape))
+            return np.where(inside, values[(*copies, *clipped)], 0)
+        return read
+
+    def _compile_sum(self, expr: sp.Sum | sp.Product, product: bool = False) -> Any:
+        """Σ (or Π) over each bound in turn: the bound becomes a new last axis of the frame, summed away after."""
+        limits = [(limit[0], self.compiled(limit[1]), self.compiled(limit[2])) for limit in expr.limits]
+        summand = self.compiled(expr.function)
+
+        def total(point: Point, frame: Frame) -> Any:
+            inner, masks = frame, []
+            for bound, low, high in limits:
+                first, last = as_integers(low(point, inner)), as_integers(high(point, inner))
+                start, stop = int(np.min(first)), int(np.max(last))
+                if stop < start:
+                    return 1 if product else 0
+                inner = inner.with_axis(bound, start, stop - start + 1)
+                values = inner.values(bound)
+                if np.ndim(first) or np.ndim(last):  # bounds that depend on an outer index: the rest masked off
+                    masks.append((values >= first) & (values <= last))
+            result = np.broadcast_to(summand(point, inner), inner.shape)
+            for mask in masks:
+                result = np.where(np.broadcast_to(mask, inner.shape), result, 1 if product else 0)
+            flat = result.reshape((*result.shape[:len(frame.axes)], -1))
+            return flat.prod(axis=-1) if product else flat.sum(axis=-1)
+        return total
+
+    def _elementwise(self, function: Any) -> Any:
+        """A function of the spec language applied to arrays: NumPy's own where it computes the same complex
+        values in doubles, else the scalar table's function entry by entry (mpmath, kinks decided by real parts)."""
+        if not self.wide and function in _NUMPY_FUNCTIONS:
+            return _NUMPY_FUNCTIONS[function]
+        scalar = self.functions[function]
+
+        def apply(*arguments: Any) -> Any:
+            if not any(isinstance(a, np.ndarray) for a in arguments):
+                return scalar(*arguments)
+            values = np.frompyfunc(scalar, len(arguments), 1)(*arguments)
+            return values if self.wide else values.astype(complex)
+        return apply
+
+    def _derivative(self, partial: Partial, point: Point, frame: Frame) -> Any:
+        raise NotImplementedError(f"cannot evaluate {partial}: derivatives are the step checker's")
+
+
+#: The range of a spec of one range (y[i] = …), named as its size symbol n is, and the sizes it is checked at.
+ONE_RANGE = "n"
+ONE_RANGE_SIZES = (1, 2, 3, 5)
+
+
+def one_range_view(spec: Spec, surrogate: Definition | None) -> tuple[Spec, dict[str, tuple[str, ...]]]:
+    """A spec of one range as the checker reads any spec: its range n (the size symbol its sums run to) and
+    every array's axes, the vectors' (inputs, definitions and an upstream gradient the surrogate reads) n."""
+    vectors = {name for name in spec.inputs} | {d.name for d in spec.definitions if d.is_vector}
+    if surrogate is not None:
+        vectors |= {str(entry.base) for entry in surrogate.expr.atoms(sp.Indexed)}
+    names = [*spec.inputs, *(d.name for d in spec.definitions),
+             *sorted(vectors - set(spec.inputs) - {d.name for d in spec.definitions})]
+    axes: dict[str, tuple[str, ...]] = {name: (ONE_RANGE,) if name in vectors else () for name in names}
+    return dataclasses.replace(spec, sizes={ONE_RANGE: size_symbol}), axes
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Index symbols bound to whole ranges, one array axis each in order (first value, count), or to one value
+    each (fixed): what an expression is evaluated over at once. A sum appends its bound as a last axis."""
+
+    axes: tuple[tuple[sp.Symbol, int, int], ...] = ()
+    fixed: tuple[tuple[sp.Symbol, int], ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(count for _, _, count in self.axes)
+
+    def with_axis(self, symbol: sp.Symbol, first: int, count: int) -> Frame:
+        return Frame((*self.axes, (symbol, first, count)), self.fixed)
+
+    def values(self, symbol: sp.Symbol) -> Any:
+        """The symbol's values along its axis (the newest binding: a sum's bound shadows an outer index), its
+        fixed value, or None where the frame does not bind it."""
+        for position in range(len(self.axes) - 1, -1, -1):
+            bound, first, count = self.axes[position]
+            if bound == symbol:
+                shape = [1] * len(self.axes)
+                shape[position] = count
+                return np.arange(first, first + count, dtype=float).reshape(shape)
+        for bound, value in self.fixed:
+            if bound == symbol:
+                return value
+        return None
+
+
+#: The axis of a probed point's copies (see Point.probe): first in every frame that evaluates one.
+PROBE = sp.Symbol("_probe", integer=True)
+
+
+def as_integers(values: Any) -> Any:
+    """Positions and index values as integers (rounded real parts), from doubles, complex or mpmath numbers."""
+    if isinstance(values, np.ndarray):
+        if values.dtype == object:
+            return np.frompyfunc(lambda v: round(complex(v).real), 1, 1)(values).astype(np.int64)
+        return np.rint(np.real(values)).astype(np.int64)
+    return round(complex(values).real)
+
+
+def _scalar(values: Any) -> Any:
+    """A frame without axes' value as one number."""
+    return values.item() if isinstance(values, np.ndarray) else values
+
+
+def _integer_power(base: Any, exponent: int) -> Any:
+    """base ** exponent by repeated squaring: exact for a complex step, where the polar form of a negative
+    base loses the step's 1e-30 to rounding."""
+    if exponent < 0:
+        return 1 / _integer_power(base, -exponent)
+    result: Any = 1
+    square = base
+    while exponent:
+        if exponent & 1:
+            result = result * square
+        exponent >>= 1
+        if exponent:
+            square = square * square
+    return result
+
+
+#: NumPy's functions that compute the spec language's functions in complex doubles as the scalar table does
+#: (kinks decided by the real part); the others go entry by entry through that table.
+_NUMPY_FUNCTIONS: dict[Any, Any] = {
+    sp.exp: np.exp,
+    sp.log: np.log,
+    sp.tanh: np.tanh,
+    sigmoid: lambda u: 1 / (1 + np.exp(-u)),
+    sp.Abs: lambda u: np.where(np.real(u) >= 0, u, -u),
+    sp.sign: lambda u: np.sign(np.real(u)).astype(complex),
+    Bracket: lambda u: np.where(np.rint(np.real(u)) >= 0, 1.0, 0.0),
+    Edge: lambda u: np.where(np.rint(np.real(u)) >= 0, 1.0, 0.0),
+}

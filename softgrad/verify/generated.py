@@ -29,9 +29,9 @@ from softgrad.codegen.emit import kernels_for
 from softgrad.codegen.kernel import Kernel
 from softgrad.codegen.lower import exponent_coefficients
 from softgrad.derive.algebra import inline, positive_inputs
-from softgrad.derive.check import Point, StepChecker
+from softgrad.derive.check import StepChecker
 from softgrad.derive.check import sample_inputs as sample_arrays
-from softgrad.derive.numbers import wide_precision
+from softgrad.derive.numbers import Point, wide_precision
 from softgrad.derive.steps import Derivation
 from softgrad.verify.cases import SMALLER
 from softgrad.verify.reference import UndefinedReference, exact_outputs, forward_directional

@@ -13,36 +13,47 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.numbers import Evaluator, Point, function_table
+from softgrad.derive.numbers import Evaluator, Frame, Point, mpmath_numbers, one_range_view
 from softgrad.derive.steps import Derivation
+from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SoftgradError
 
 DIGITS = 40
 
 
-class HighPrecisionEvaluator(Evaluator):
-    """The step checker's evaluator with mpmath numbers instead of complex floats."""
+#: mpmath numbers at DIGITS: every value of a reference computed in them.
+REFERENCE = mpmath_numbers(DIGITS)
 
-    functions = function_table(mpmath)
 
-    @staticmethod
-    def number(value: sp.Expr) -> Any:
-        return mpmath.mpf(sp.Float(value, DIGITS)._mpf_)
+def _evaluator(derivation: Derivation) -> Evaluator:
+    """The spec's definitions, evaluated in REFERENCE numbers (inside mpmath.workdps(DIGITS))."""
+    spec, axes = one_range_view(derivation.spec, None)
+    return Evaluator(spec, axes, spec.definitions, REFERENCE)
 
 
 class UndefinedReference(SoftgradError):
     """The spec has no value at these inputs (a variance over n − 1 at n = 1): there is no reference."""
 
 
-def _point(evaluator: Evaluator, arrays: dict[str, np.ndarray], row: int, parameters: dict[str, float]) -> Point:
-    vectors = {name: [mpmath.mpf(float(v)) for v in array[row]] for name, array in arrays.items()}
+def _point(evaluator: Evaluator, arrays: dict[str, np.ndarray], row: int, parameters: dict[str, float],
+           moved: tuple[str, Any] | None = None) -> Point:
+    """One row of the arrays as a point, every definition computed (`moved`: an input given other values)."""
+    vectors = {name: _numbers(array[row]) for name, array in arrays.items()}
+    if moved is not None:
+        vectors[moved[0]] = moved[1]
     size = len(next(iter(vectors.values())))
-    scalars = {name: mpmath.mpf(float(v)) for name, v in parameters.items()}
+    point = Point({size_symbol: size}, vectors, {name: mpmath.mpf(float(v)) for name, v in parameters.items()})
     try:
-        return evaluator.complete(Point(size, vectors, scalars))
+        evaluator.complete(point, evaluator.forward)
     except ZeroDivisionError:
         raise UndefinedReference(f"the spec has no value at n = {size} (it divides by 0 there): there is nothing "
                                  "to compare with; use another n") from None
+    return point
+
+
+def _numbers(values: Any) -> Any:
+    """Doubles as exact mpmath numbers, in an object array."""
+    return np.array([mpmath.mpf(float(v)) for v in values], dtype=object)
 
 
 def _real(value: Any) -> float:
@@ -75,8 +86,8 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
     spec = derivation.spec
     output = spec.output
     with mpmath.workdps(DIGITS):
-        evaluator = HighPrecisionEvaluator(spec.definitions)
-        rows, size = next(iter(arrays.values())).shape
+        evaluator = _evaluator(derivation)
+        rows = next(iter(arrays.values())).shape[0]
         plans = _plan(derivation, kernel)
         if magnitudes:
             plans = [(name, magnitude(expr), indices) for name, expr, indices in plans]
@@ -84,23 +95,27 @@ def exact_outputs(derivation: Derivation, kernel: str, arrays: dict[str, np.ndar
         for row in range(rows):
             point = _point(evaluator, arrays, row, parameters)
             if kernel == "vjp_from_output":  # the saved output is given, not recomputed
-                point.vectors[output.name] = [mpmath.mpf(float(v)) for v in arrays[output.name][row]]
-            def value(expr: sp.Expr, at: dict[Any, int]) -> float:
-                try:
-                    return _real(evaluator.value(expr, point, at))
-                except ZeroDivisionError:  # 1/(1 − p) at p = 1 exactly: undefined there, judged nowhere
-                    return float("nan")
-
+                point.arrays[output.name] = _numbers(arrays[output.name][row])
             for name, expr, indices in plans:
-                if not indices:
-                    values[name].append(value(expr, {}))
-                elif len(indices) == 1:
-                    values[name].append([value(expr, {indices[0]: a}) for a in range(size)])
-                else:
-                    values[name].append([[value(expr, {indices[0]: a, indices[1]: b}) for b in range(size)]
-                                         for a in range(size)])
-        return {name: np.array(v, dtype=np.float64).reshape((rows, *np.array(v[0] if v else []).shape))
+                values[name].append(_values(evaluator, expr, point, indices))
+        return {name: np.array(v, dtype=np.float64).reshape((rows, *(np.shape(v[0]) if v else ())))
                 for name, v in values.items()}
+
+
+def _values(evaluator: Evaluator, expr: sp.Expr, point: Point, indices: list[sp.Symbol]) -> Any:
+    """expr at every entry of its indices (each over the row), as floats; NaN where it is not real, or has
+    no value (1/(1 − p) at p = 1 exactly: undefined there, judged nowhere)."""
+    frame = Frame(tuple((index, 0, point.sizes[size_symbol]) for index in indices))
+    try:
+        entries = evaluator.array(expr, point, frame)
+    except ZeroDivisionError:  # one entry divides by 0: the others have values, computed one by one
+        entries = np.empty(frame.shape, dtype=object)
+        for entry in np.ndindex(*frame.shape):
+            try:
+                entries[entry] = evaluator.value(expr, point, dict(zip(indices, entry)))
+            except ZeroDivisionError:
+                entries[entry] = mpmath.mpf("nan")
+    return np.vectorize(_real, otypes=[np.float64])(entries) if entries.size else np.zeros(frame.shape)
 
 
 def _plan(derivation: Derivation, kernel: str) -> list[tuple[str, sp.Expr, list[sp.Symbol]]]:
@@ -128,24 +143,21 @@ def forward_directional(derivation: Derivation, arrays: dict[str, np.ndarray], p
     output = spec.output
     wrt = derivation.wrt
     with mpmath.workdps(DIGITS):
-        evaluator = HighPrecisionEvaluator(spec.definitions)
+        evaluator = _evaluator(derivation)
         step = mpmath.mpf("1e-15")
-        rows, size = arrays[wrt].shape
+        rows = arrays[wrt].shape[0]
         result = []
         for row in range(rows):
             sides = []
             for sign in (1, -1):
-                point = _point(evaluator, arrays, row, parameters)
-                base = point.vectors[wrt]
-                point = Point(size, {**point.vectors, wrt: [b + sign * step * mpmath.mpf(float(d))
-                                                            for b, d in zip(base, direction[row])]}, point.scalars)
-                point = evaluator.complete(point)
+                base = _numbers(arrays[wrt][row])
+                point = _point(evaluator, arrays, row, parameters,
+                               moved=(wrt, base + sign * step * _numbers(direction[row])))
                 if output.is_vector:
                     assert upstream is not None, "a vector function is checked through its upstream gradient"
-                    value = sum(mpmath.mpf(float(u)) * point.vectors[output.name][a]
-                                for a, u in enumerate(upstream[row]))
+                    value = sum(u * v for u, v in zip(_numbers(upstream[row]), point.arrays[output.name]))
                 else:
                     value = point.scalars[output.name]
                 sides.append(value)
-            result.append(float((sides[0] - sides[1]) / (2 * step)))
+            result.append(float(mpmath.re((sides[0] - sides[1]) / (2 * step))))
         return np.array(result)
