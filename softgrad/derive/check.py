@@ -38,7 +38,7 @@ from softgrad.derive.numbers import (
     wide_precision,
 )
 from softgrad.derive.proof import ProofMarks, Prover
-from softgrad.derive.spec import Definition, Spec
+from softgrad.derive.spec import Definition, Spec, spec_text
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial
 from softgrad.derive.symbols import n as size_symbol
@@ -165,6 +165,28 @@ class StepChecker(Evaluator):
         return self._sizes_text(*[sizes for sizes in self.assignments
                                   if any([p.sizes[self.spec.sizes[name]] for name in base] == sizes
                                          for p in self.points)])
+
+    def summary(self) -> str:
+        """What a derivation's last line says of its checks: the steps proved and at which sizes, where every
+        step was checked numerically, and what of the spec's points and facts the checks drew."""
+        proved = ""
+        if self.marks is not None and self.marks.proved:
+            sizes = self.marks.proved_sizes
+            smallest, largest = min(sizes), max(sizes)
+            span = f"{smallest} to {largest}" if largest > smallest else str(smallest)
+            proved = (f"{self.marks.proved} of {self.checked} steps proved exactly "
+                      + (f"at n = {span}; all " if self.one_range else f"with every range of size {span}; all "))
+        text = (f"{proved or f'{self.checked} steps '}checked numerically, every entry, at {self.sizes_text} "
+                f"({POINTS} random points each: inputs near 0, of order 1 and of order 4)")
+        spec = self.spec
+        if spec.carried:
+            text += (f"; {spec.carried} is carried by every array and crossed by no sum, so one row is derived (its "
+                     f"index implicit, as vmap lifts a per-example function) and holds for every {spec.carried}")
+        text += spec.facts_drawn
+        if spec.derived_sizes:  # a range that shifted reads reach: its size follows from the others
+            text += "; " + ", ".join(f"n_{name} = {spec_text(size)}" for name, size in spec.derived_sizes.items()) + (
+                " (what shifted reads reach)")
+        return text + self.points_said
 
     @property
     def points_said(self) -> str:

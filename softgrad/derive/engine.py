@@ -21,7 +21,6 @@ from softgrad.budget import time_limit as _time_limit
 from softgrad.derive import algebra
 from softgrad.derive.check import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
-from softgrad.derive.proof import PROOF_SIZES
 from softgrad.derive.prose import prose, words
 from softgrad.derive.rules import Rule, depends, differentiate, through
 from softgrad.derive.spec import Definition, Spec
@@ -448,23 +447,9 @@ def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     finally:
         marks.stop()
     derivation = Derivation(spec, engine.wrt, sections, results, engine.reductions, wrt_reason=engine.wrt_reason)
-    checker = engine.checker
-    derivation.check_summary = (
-        f"{marks.proved} of {checker.checked} steps proved exactly at n = {_sizes(marks.proved_sizes)}; all "
-        f"checked numerically at {checker.sizes_text} (every index pair; inputs near 0, of order 1 and of order 4)"
-        + checker.points_said
-        + (f"; {spec.carried} is carried by every array and crossed by no sum, so one row is derived (its index "
-           f"implicit, as vmap lifts a per-example function) and holds for every {spec.carried}"
-           if spec.carried else "") + spec.facts_drawn)
+    derivation.check_summary = engine.checker.summary()
     return derivation
 
-
-
-def _sizes(sizes: set[int]) -> str:
-    """1 to 4": the sizes steps were proved at (each step's own are in its proof detail; all of them where
-    nothing was proved)."""
-    first, last = min(sizes or PROOF_SIZES), max(sizes or PROOF_SIZES)
-    return f"{first} to {last}" if last > first else str(first)
 
 
 def _jacobian_results(results: dict[str, Any], jacobian: Jacobian, engine: Engine) -> None:

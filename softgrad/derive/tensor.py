@@ -27,9 +27,9 @@ from sympy.matrices.expressions import HadamardProduct, OneMatrix
 from softgrad.derive import algebra
 from softgrad.derive.algebra import cost, expanded, positive_inputs
 from softgrad.derive.algebra import tidy as _tidy
-from softgrad.derive.check import POINTS, StepChecker
+from softgrad.derive.check import StepChecker
 from softgrad.derive.prose import prose, words
-from softgrad.derive.spec import Definition, Spec, spec_text
+from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
 from softgrad.derive.symbols import Partial, fresh_name, names_in
 from softgrad.errors import SoftgradError, SpecError
@@ -588,20 +588,7 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     derivation = Derivation(spec, ",".join(engine.wrt), sections, results, [],
                             wrt_reason=engine.wrt_reason)
     derivation.tensor = engine.result
-    checker = engine.checker
-    marks = checker.marks
-    sizes = marks.proved_sizes if marks is not None else set()
-    smallest, largest = min(sizes, default=0), max(sizes, default=0)
-    proved = (f"{marks.proved} of {checker.checked} steps proved exactly with every range of size "
-              f"{smallest}{f' to {largest}' if largest > smallest else ''}; " if marks is not None and marks.proved
-              else "")
-    derivation.check_summary = (f"{proved}{len(derivation.steps)} steps, each checked numerically entry by entry "
-                                f"at {checker.sizes_text} ({POINTS} random points each)")
-    derivation.check_summary += spec.facts_drawn
-    if spec.derived_sizes:  # a range that shifted reads reach: its size follows from the others
-        reached = ", ".join(f"n_{name} = {spec_text(size)}" for name, size in spec.derived_sizes.items())
-        derivation.check_summary += f"; {reached} (what shifted reads reach)"
-    derivation.check_summary += engine.checker.points_said
+    derivation.check_summary = engine.checker.summary()
     return derivation
 
 
