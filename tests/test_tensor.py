@@ -539,6 +539,14 @@ def test_exponentials_beyond_double_precision_are_checked_in_extended_precision(
         "y[b, i] = w[i] * exp(x[b, i]) / sum(exp(x[b, k]), k)"), wrt="x", time_limit=None).results["dx"].rhs)
 
 
+def test_a_spec_whose_value_depends_on_the_precision_is_refused_for_several_indices_too():
+    """y = p/Σp for a centred p divides by a sum that is 0 whatever the inputs: rounding decides its value, so no
+    step can be judged against it (the one-index checker refused it; the one checker does for every spec)."""
+    with pytest.raises(SpecError, match="no stable value at the points sampled"):
+        derive_spec(parse_spec("p[b, i] = z[b, i] - sum(z[b, k], k)/size(k)\ny[b, i] = w[i] * p[b, i]/sum(p[b, l], l)"),
+                    time_limit=None)
+
+
 def test_sizes_where_the_spec_has_no_value_are_left_out_and_said():
     """A variance over n − 1 has no value at n = 1: those points are left out of the checks, and the
     summary says so, instead of failing a step or raising."""
