@@ -832,6 +832,38 @@ def outputs_sum_to_one(definition: Definition) -> sp.Symbol | None:
     return None
 
 
+def with_rows_of_ones(expr: sp.Expr, definition: Definition) -> sp.Expr:
+    """expr with every Σ of a normalised definition over its normalised index (Σ_k P[b, k], Σ_k y_k) written 1:
+    the structural fact outputs_sum_to_one finds. Unchanged where the definition is not normalised."""
+    free = outputs_sum_to_one(definition)
+    if free is None:
+        return expr
+    axis = definition.indices.index(free)
+
+    def row_of_ones(e: sp.Expr) -> bool:
+        if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
+            return False
+        bound, entry = e.limits[0][0], e.function
+        return bool(str(entry.base) == definition.name and entry.indices[axis] == bound
+                    and all(bound not in p.free_symbols for k, p in enumerate(entry.indices) if k != axis))
+
+    return expr.replace(row_of_ones, lambda e: sp.S.One)
+
+
+def with_constraint(expr: sp.Expr, constraint: Any) -> sp.Expr:
+    """expr with every Σ the spec's constraint fixes (Σ_k T[b, k] = 1, Σ_k t_k = 1) written as its value."""
+    axis = constraint.summed_axis
+
+    def constrained(e: sp.Expr) -> bool:
+        if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
+            return False
+        entry, bound = e.function, e.limits[0][0]
+        return bool(entry.base == constraint.lhs.function.base and entry.indices[axis] == bound
+                    and e.limits[0][1:] == constraint.lhs.limits[0][1:])
+
+    return expr.replace(constrained, lambda e: constraint.rhs)
+
+
 def normalised_exponential(definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
     """For P[…, c] = exp(E_c)/Σ_k exp(E_k): (E, c), the exponent and the index the rows sum over — what
     generated code shifts by its maximum; else None. A masked numerator ([j ≤ i]·exp(S)) gives Masked(E, mask)."""

@@ -330,11 +330,8 @@ class Engine:
         result = last.result
         general_step = last
         for definition in self.spec.definitions:
-            if not algebra.outputs_sum_to_one(definition):
-                continue
             name = sp.IndexedBase(definition.name)
-            simpler = result.replace(
-                lambda e: isinstance(e, sp.Sum) and e.function == name[e.limits[0][0]], lambda e: sp.S.One)
+            simpler = algebra.with_rows_of_ones(result, definition)
             if simpler != result:
                 result = algebra.back_substitute(simpler, self.spec)
                 last = self.step(
@@ -347,8 +344,7 @@ class Engine:
                 )
                 general_step = last
         for constraint in self.spec.constraints:
-            simpler = result.replace(lambda e: isinstance(e, sp.Sum) and algebra.same_sum(e, constraint.lhs),
-                                     lambda e: constraint.rhs)
+            simpler = algebra.with_constraint(result, constraint)
             if simpler != result:
                 result = algebra.tidy(simpler)
                 last = self.step(

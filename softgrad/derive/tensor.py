@@ -369,22 +369,11 @@ class TensorEngine:
     def _facts(self, section: Section, lhs: sp.Expr, expr: sp.Expr) -> sp.Expr:
         """Rows of a normalised definition sum to 1; a declared constraint's sums are its value."""
         for definition in self.spec.definitions:
-            free = algebra.outputs_sum_to_one(definition)
-            if free is None:
-                continue
-            axis = definition.indices.index(free)
-
-            def row_of_ones(e: sp.Expr, base: str = definition.name, axis: int = axis) -> bool:
-                if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
-                    return False
-                bound = e.limits[0][0]
-                entry = e.function
-                return bool(str(entry.base) == base and entry.indices[axis] == bound
-                        and all(bound not in p.free_symbols for k, p in enumerate(entry.indices) if k != axis))
-
-            simpler = expr.replace(row_of_ones, lambda e: sp.S.One)
+            simpler = algebra.with_rows_of_ones(expr, definition)
             if simpler != expr:
                 expr = tidy(simpler)
+                free = algebra.outputs_sum_to_one(definition)
+                axis = definition.indices.index(free)
                 bound = sp.Symbol("k", integer=True) if "k" not in map(str, definition.indices) else sp.Symbol(
                     "m", integer=True)
                 row = sp.Sum(definition.symbol.xreplace({free: bound}),
@@ -392,14 +381,7 @@ class TensorEngine:
                 self.step(section, rule=f"rows of {definition.name} sum to 1", lhs=lhs, forms=[expr],
                           reason=prose("{total} = 1 by its definition (a normalised ratio)", total=row))
         for constraint in self.spec.constraints:
-            def constrained(e: sp.Expr, constraint: Any = constraint, axis: int = constraint.summed_axis) -> bool:
-                if not (isinstance(e, sp.Sum) and len(e.limits) == 1 and isinstance(e.function, sp.Indexed)):
-                    return False
-                entry, bound = e.function, e.limits[0][0]
-                return bool(entry.base == constraint.lhs.function.base and entry.indices[axis] == bound
-                            and e.limits[0][1:] == constraint.lhs.limits[0][1:])
-
-            simpler = expr.replace(constrained, lambda e, constraint=constraint: constraint.rhs)
+            simpler = algebra.with_constraint(expr, constraint)
             if simpler != expr:
                 expr = tidy(simpler)
                 self.step(section, rule="target constraint", lhs=lhs, forms=[expr],
