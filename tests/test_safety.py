@@ -690,3 +690,17 @@ def test_one_hot_targets_at_large_n_need_no_n_by_n_memory():
         return e / e.sum(-1, keepdims=True) * t.sum(-1, keepdims=True) - t
 
     assert check_gradient(gradient, against="cross-entropy", n=100_000, batch=2).passed
+
+
+def test_the_40_digit_reference_keeps_a_real_infinity_real():
+    """Binary cross-entropy at a logit of 800 with target 0 is +inf even at 40 digits (1 − σ(800) rounds to 0):
+    the reference says +inf — beyond every dtype, a row not judged — not a NaN (what complex arithmetic on an
+    infinite log made of it), and a root of a negative input stays NaN (no real value)."""
+    from softgrad.verify.reference import exact_outputs
+
+    loss = softgrad.derive("p[i] = sigmoid(x[i])\nL = -sum(t[k]*log(p[k]) + (1-t[k])*log(1-p[k]), k)")
+    values = exact_outputs(loss, "loss_and_grad", {"x": np.array([[0.5, 800.0, -2.0]]),
+                                                    "t": np.array([[1.0, 0.0, 0.0]])}, {})
+    assert values["L"][0] == np.inf and np.all(np.isfinite(values["dx"]))
+    root = exact_outputs(softgrad.derive("y[i] = sqrt(x[i])"), "forward", {"x": np.array([[-1.0, 4.0]])}, {})
+    assert np.isnan(root["y"][0, 0]) and root["y"][0, 1] == 2.0

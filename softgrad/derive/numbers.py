@@ -108,12 +108,15 @@ class Numbers:
     wide: bool
 
 
-def mpmath_numbers(digits: int) -> Numbers:
-    """mpmath complex numbers, constants to `digits` (and 5 more); evaluate inside mpmath.workdps(digits)."""
+def mpmath_numbers(digits: int, real: bool = False) -> Numbers:
+    """mpmath complex numbers (real ones where `real`: a reference of real inputs, whose infinities stay real
+    infinities rather than complex ones with a NaN part), constants to `digits` (and 5 more); evaluate inside
+    mpmath.workdps(digits)."""
     import mpmath
 
     def number(value: sp.Expr) -> Any:
-        return mpmath.mpc(mpmath.mpf(sp.Float(sp.N(value, digits + 5), digits + 5)._mpf_))
+        constant = mpmath.mpf(sp.Float(sp.N(value, digits + 5), digits + 5)._mpf_)
+        return constant if real else mpmath.mpc(constant)
 
     return Numbers(function_table(mpmath), number, True)
 
@@ -331,10 +334,19 @@ class Evaluator:
                 values = inner.values(bound)
                 if np.ndim(first) or np.ndim(last):  # bounds that depend on an outer index: the rest masked off
                     masks.append((values >= first) & (values <= last))
-            result = np.broadcast_to(summand(point, inner), inner.shape)
-            for mask in masks:
-                result = np.where(np.broadcast_to(mask, inner.shape), result, 1 if product else 0)
-            flat = result.reshape((*result.shape[:len(frame.axes)], -1))
+            count, outer = len(inner.axes), len(frame.axes)
+
+            def padded(values: Any) -> Any:  # one axis per axis of the frame inside the sum, the bounds' last
+                values = np.asarray(values)
+                return values.reshape(values.shape + (1,) * (count - values.ndim))
+            parts = [padded(summand(point, inner)), *(padded(mask) for mask in masks)]
+            # the outer axes only as long as the summand or a mask needs them: a sum that reads no outer index
+            # is computed once, not once per entry of the frame (n³ mpmath terms for a Jacobian's Σ otherwise)
+            shape = [max(part.shape[axis] for part in parts) for axis in range(outer)] + list(inner.shape[outer:])
+            result = np.broadcast_to(parts[0], shape)
+            for mask in parts[1:]:
+                result = np.where(mask, result, 1 if product else 0)
+            flat = np.reshape(result, (*shape[:outer], -1))
             return flat.prod(axis=-1) if product else flat.sum(axis=-1)
         return total
 

@@ -22,7 +22,7 @@ DIGITS = 40
 
 
 #: mpmath numbers at DIGITS: every value of a reference computed in them.
-REFERENCE = mpmath_numbers(DIGITS)
+REFERENCE = mpmath_numbers(DIGITS, real=True)
 
 
 def _evaluator(derivation: Derivation) -> Evaluator:
