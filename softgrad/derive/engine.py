@@ -88,9 +88,9 @@ class Engine:
                     0,
                 )
             ]
-        positive = algebra.positive_inputs(spec.definitions, spec.inputs) | {c.input_name for c in spec.constraints}
-        self.checker = StepChecker(spec, None, extra[0] if extra else None, positive, seed, prove=True,
-                                     total_derivatives=True)
+        self.checker = StepChecker(spec, None, extra[0] if extra else None,
+                                   algebra.positive_inputs(spec.definitions, spec.inputs), seed, prove=True,
+                                   total_derivatives=True)  # (targets a constraint normalises: drawn positive)
         # filled in as the derivation proceeds
         self.reductions: list[sp.Expr] = []  # per-row reductions of the VJP
         self.vjp_vector: sp.MatrixExpr | None = None
