@@ -686,3 +686,34 @@ def test_a_class_masked_by_a_minus_infinite_logit_with_target_zero_adds_nothing_
     np.testing.assert_allclose(dW[:2], (P - T[:, :2]).T @ X / 2, rtol=1e-13)
     assert np.all(dW[2] == 0) and dbias[2] == 0 and np.all(np.isfinite(dX))
     assert module.forward(W, X, bias, T) == loss
+
+
+def test_a_subexpression_the_statements_repeat_is_computed_once(tmp_path):
+    """Layer norm's x − m (read by v and x̂), 1/√(v + ε) (x̂ and dx) and dy·x̂ (dx's sum over k2 and dγ's over b, the
+    same array under other index names); softmax regression's P − T (dW, dX, dbias): each made once per block."""
+    texts = {name: emit(derived(name), "numpy").popitem()[1] for name in ("layer-norm-affine", "softmax-regression")}
+    norm = texts["layer-norm-affine"][texts["layer-norm-affine"].index("def gradients"):]
+    assert norm.count("(x[_r0:_r1] - m[:, None])") == 1 and norm.count("np.sqrt(") == 1
+    assert norm.count("(dy[_r0:_r1] * xhat)") == 1 and "np.einsum(\"ba,ba->a\"" not in norm
+    assert "out=dx[_r0:_r1])" in norm  # the last multiplication writes the block's rows of dx: nothing copied
+    regression = texts["softmax-regression"][texts["softmax-regression"].index("def gradients"):]
+    assert regression.count("(P - T[_r0:_r1])") == 1
+
+
+@pytest.mark.parametrize("language", ["numpy", "torch"])
+def test_shared_subexpressions_keep_their_indices_apart(language):
+    """x[b, i] − x[b, j] and x[b, j] − x[b, i] are different arrays (one the transpose of the other's negative) and
+    must not be shared; Σ_j and Σ_i of the same product under other names must: the module is right either way."""
+    if language == "torch":
+        require_module("torch")
+    from softgrad.verify.frameworks import check_framework_module
+
+    derivation = derive_spec(parse_spec(
+        "u[b, i] = sum(w[i, j] * (x[b, i] - x[b, j])^2, j)\n"
+        "v[b, j] = sum(w[i, j] * (x[b, j] - x[b, i])^3, i)\n"
+        "L = sum(u[b, k] * v[b, k] + x[b, k] * sum(w[k, j] * (x[b, k] - x[b, j])^2, j), b, k)"),
+        time_limit=None)
+    files = emit(derivation, language)
+    checks = (check_tensor_module(derivation, files) if language == "numpy"
+              else check_framework_module(derivation, files))
+    assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]

@@ -5,7 +5,9 @@ operations broadcast; a sum of a product is one `np.einsum(…, optimize=True)` 
 contractions: Σ_d W_cd X_bd is a matrix product); a sum of anything else is `np.sum` over its axes.
 Label picks (P[b, label_b]) are advanced indexing. Stability: a normalised exponential
 (P = exp(E)/Σ_k exp(E)) is shifted by its row maximum, log P is computed as E − max − log Σ, and a
-log Σ exp is shifted the same way. No Python loop runs over entries; where the row-blocking pass
+log Σ exp is shifted the same way. A subexpression the statements of one function repeat (layer norm's x − m,
+softmax regression's P − T) is computed once, into a temporary, and a block's rows of a result are written by its
+last multiplication (`out=`), not copied in. No Python loop runs over entries; where the row-blocking pass
 (codegen.blocking) finds one, the NumPy module runs a function a block of rows at a time (a loop over blocks,
 each an array expression), so that attention's n × n arrays exist for one block of query rows only.
 """
@@ -13,6 +15,7 @@ each an array expression), so that attention's n × n arrays exist for one block
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +87,10 @@ class _Compiler:
         #: function's statements are printed together: body(shared=True))
         self.made: dict[tuple[Any, ...], str] = {}
         self.share = True
+        #: subexpressions the statements compiled together compile more than once (common_subexpressions), and
+        #: those already held in a temporary of their own, by (expression, ranges of its indices)
+        self.repeated: set[tuple[Any, ...]] = set()
+        self.common: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
         self.gemm = False  # whether a statement of the block being compiled multiplies two matrices
 
     def size(self, range_name: str) -> str:
@@ -94,6 +101,25 @@ class _Compiler:
 
     # ------------------------------------------------------------ expressions
     def compile(self, e: sp.Expr, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        """Array code for e and the indices of its axes. A subexpression the statements compiled together use more
+        than once (layer norm's x − m and 1/√(v + ε)) is computed once, into a temporary the others read."""
+        key = _shared_key(e, ranges)
+        if key in self.common:  # its axes under the names this occurrence gives its indices
+            name, canonical_axes = self.common[key]
+            named = {c: s for s, c in _canonical_indices(e, ranges).items()}
+            return name, tuple(named[c] for c in canonical_axes)
+        code, have = self.compile_node(e, ranges, order)
+        if key in self.repeated and have and not _CHEAP.fullmatch(code):
+            name = self.temp()
+            self.pending.append(f"{name} = {code}")
+            canonical = _canonical_indices(e, ranges)
+            self.common[key] = (name, tuple(canonical[s] for s in have))
+            return name, have
+        return code, have
+
+    def compile_node(self, e: sp.Expr, ranges: dict[sp.Symbol, str],
+                     order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        """Array code for e, its subexpressions through compile."""
         if e.is_Number:
             return (repr(float(e)) if not e.is_Integer else str(int(e))), ()
         if e.is_NumberSymbol:
@@ -131,7 +157,9 @@ class _Compiler:
             scattered = self.one_hot_added(terms, signs, ranges, order)
             if scattered is not None:
                 return scattered
-            factors = [[self.compile(a, ranges, order) for a in term.args] if term.is_Mul else None for term in terms]
+            # a product's factors compiled one by one (torch multiplies in place), unless the product is shared
+            factors = [[self.compile(a, ranges, order) for a in term.args]
+                       if term.is_Mul and _shared_key(term, ranges) not in self.repeated else None for term in terms]
             pieces = [self.product(parts, order) if parts else self.compile(term, ranges, order)
                       for term, parts in zip(terms, factors)]
             want = self.union([have for _, have in pieces], order)
@@ -295,18 +323,12 @@ class _Compiler:
     def total(self, e: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
         bounds = [limit[0] for limit in e.limits]
         inner_order = order + [b for b in reversed(bounds) if b not in order]
-        factors = sp.Mul.make_args(e.function)
-        scalars = [f for f in factors if not (f.free_symbols & set(bounds))]
-        varying = [f for f in factors if f.free_symbols & set(bounds)]
+        scalars, varying = summand_factors(e, ranges)
         scale = [self.compile(f, ranges, order) for f in scalars]
         missing = [b for b in bounds if not any(b in f.free_symbols for f in varying)]
-        if len(varying) > 2:  # factors over the same indices multiplied first: Σ_b (1 − h²)·dh·X is a matrix product
-            groups: dict[frozenset[sp.Symbol], list[sp.Expr]] = {}
-            for factor in varying:
-                groups.setdefault(frozenset(s for s in factor.free_symbols if s in ranges), []).append(factor)
-            if len(groups) >= 2:
-                varying = [sp.Mul(*group, evaluate=False) if len(group) > 1 else group[0] for group in groups.values()]
         product = self.matrix_product(varying, bounds, ranges, order) if len(varying) == 2 else None
+        if product is None and len(varying) == 2 and _shared_key(sp.Mul(*varying), ranges) in self.repeated:
+            varying = [sp.Mul(*varying)]  # Σ_b dy·x̂ where dx reads dy·x̂ too: the product made once, then summed
         if product is not None:
             code, result = product
         elif len(varying) >= 2:  # einsum takes each operand in its own axis order: none is transposed for it
@@ -329,6 +351,19 @@ class _Compiler:
                 self.gemm = self.gemm or (not elementwise and sum(len(have) >= 2 for _, have in pieces) >= 2)
                 code = (f'{self.dialect.namespace}.einsum("{subscripts}->{"".join(letter[s] for s in result)}", '
                         f'{", ".join(code for code, _ in pieces)}{optimize})')
+        elif (varying and self.dialect.einsum_optimize and varying[0].is_Pow and varying[0].exp == 2
+              and not varying[0].base.is_Atom):
+            # Σ_k d², d an array expression: one pass of einsum over d (np.square would make a second array first)
+            inner, have = self.compile(varying[0].base, ranges, [])
+            if not _CHEAP.fullmatch(inner):
+                held = self.temp()
+                self.pending.append(f"{held} = {inner}")
+                inner = held
+            letter = {s: _LETTERS[k] for k, s in enumerate(have)}
+            result = tuple(s for s in have if s not in bounds)
+            subscripts = "".join(letter[s] for s in have)
+            code = (f'{self.dialect.namespace}.einsum("{subscripts},{subscripts}->{"".join(letter[s] for s in result)}"'
+                    f', {inner}, {inner})')
         elif varying:  # summed in the summand's own axis order: nothing is transposed for the sum
             inner, have = self.compile(varying[0], ranges, [])
             axes = tuple(have.index(b) for b in bounds if b in have)
@@ -591,21 +626,36 @@ class _Compiler:
             self.normalised[definition.name] = normalised
             return Statement(name, lines, self.logs_read, self.names_in(exponent))
         expr = stable_array_forms(definition.expr, self.spec, set(self.normalised))
-        code, have = self.compile(expr, ranges, order)
         full = tuple(definition.indices)
-        if set(have) != set(full):
-            shape = self.shape(ranges[s] for s in full)
-            code = self.dialect.call("broadcast_to", self.align(code, have, full), shape) + self.dialect.copy
-        else:
-            code = self.align(code, have, full)
         target = name
         axes = self.axes.get(definition.name, ())
         if self.block is not None and definition.name not in self.local and self.block.blocked in axes:
             blocked = axes.index(self.block.blocked)  # a whole array written a block of rows at a time
             target += "[" + ", ".join("_r0:_r1" if a == blocked else ":" for a in range(blocked + 1)) + "]"
+        if target != name and not accumulate:
+            written = self.multiplied_into(expr, target, ranges, order, full)
+            if written is not None:  # the last multiplication writes the block's rows: no temporary copied in
+                return Statement(name, [*self.pending, written], self.logs_read, self.names_in(expr))
+        code, have = self.compile(expr, ranges, order)
+        if set(have) != set(full):
+            shape = self.shape(ranges[s] for s in full)
+            code = self.dialect.call("broadcast_to", self.align(code, have, full), shape) + self.dialect.copy
+        else:
+            code = self.align(code, have, full)
         lines = [*self.pending, f"{target} += {code}" if accumulate else
                  f"{target} = {code}" if target != name else f"{name} = {self.dialect.array.format(code)}"]
         return Statement(name, lines, self.logs_read, self.names_in(expr))
+
+    def multiplied_into(self, expr: sp.Expr, target: str, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
+                        full: tuple[sp.Symbol, ...]) -> str | None:
+        """`np.multiply(a, b, out=dx[_r0:_r1])` for a product with every axis of the result, in a library whose
+        functions write into a given array (NumPy); None otherwise."""
+        if not (expr.is_Mul and self.dialect.in_place and not self.dialect.chain_in_place
+                and _shared_key(expr, ranges) not in self.repeated and _indices(expr, ranges) == set(full)):
+            return None
+        pieces = sorted((self.compile(a, ranges, order) for a in expr.args), key=lambda piece: len(piece[1]))
+        aligned = [self.align(code, have, full) for code, have in pieces]
+        return self.dialect.call("multiply", " * ".join(aligned[:-1]), aligned[-1], f"out={target}")
 
     def body(self, definitions: list[Definition], block: RowBlocking | None, shared: bool = True) -> list[Statement]:
         """One function's statements: as written, or a block of rows at a time as the row blocking says (the
@@ -613,23 +663,28 @@ class _Compiler:
         earlier one made (not where a caller takes only some of the statements: forward()'s, for gradients())."""
         self.made, self.share = {}, shared
         if block is None:
-            return [self.statement(d) for d in definitions]
-        statements = [self.statement(definitions[p]) for p in block.before]
+            return self.scoped(definitions)
         parts: dict[int, Definition] = {}
+        firsts: dict[int, Definition] = {}
         for position in sorted(block.accumulated):  # each sum over rows starts from its terms that have none
+            summed, rest = split_sum_over_rows(definitions[position], self.axes, self.spec.sizes, block)
+            parts[position] = dataclasses.replace(definitions[position], expr=summed)
+            if rest != 0:
+                firsts[position] = dataclasses.replace(definitions[position], expr=rest)
+        statements = self.scoped([definitions[p] for p in block.before] + list(firsts.values()))
+        firsts_made = statements[len(block.before):]
+        del statements[len(block.before):]
+        for position in sorted(block.accumulated):
             definition = definitions[position]
-            summed, rest = split_sum_over_rows(definition, self.axes, self.spec.sizes, block)
             name = self.printed[definition.name]
-            if rest != 0:  # in an array of its own (np.array copies: the terms may be an input as it is)
-                first = self.statement(dataclasses.replace(definition, expr=rest))
+            if position in firsts:  # in an array of its own (np.array copies: the terms may be an input as it is)
+                first = firsts_made.pop(0)
                 first.lines[-1] = first.lines[-1].replace(f"{name} = np.asarray(", f"{name} = np.array(", 1)
                 statements.append(first)
             else:
                 shape = self.shape(self.axes.get(definition.name, ()))
                 statements.append(Statement(name, [f"{name} = {self.dialect.namespace}.zeros({shape}, dtype=_dtype)"]))
-            parts[position] = dataclasses.replace(definition, expr=summed)
         self.block, self.local, self.made = block, set(block.local), {}
-        inner: list[Statement] = []
         self.gemm = False
         for position in block.inside:  # whole arrays written a block of rows at a time are made first
             name = definitions[position].name
@@ -637,8 +692,8 @@ class _Compiler:
             if position not in parts and name not in block.local and block.blocked in axes:
                 statements.append(Statement(self.printed[name], [
                     f"{self.printed[name]} = {self.dialect.namespace}.empty({shape_of(axes)}, dtype=_dtype)"]))
-        for position in block.inside:
-            inner.append(self.statement(parts.get(position, definitions[position]), accumulate=position in parts))
+        inner = self.scoped([parts.get(position, definitions[position]) for position in block.inside],
+                            [position in parts for position in block.inside])
         self.block, self.local, self.made = None, set(), {}
         rows = size_variable(block.blocked)
         per_row = " + ".join(" * ".join([*(size_variable(r) for r in self.axes[name] if r != block.blocked), "1"])
@@ -659,8 +714,40 @@ class _Compiler:
                  *("    " + line for statement in inner for line in statement.lines)]
         statements.append(Statement(", ".join(s.name for s in inner), lines,
                                     set().union(*(s.logs_read for s in inner)), set().union(*(s.reads for s in inner))))
-        statements += [self.statement(definitions[p]) for p in block.after]
+        statements += self.scoped([definitions[p] for p in block.after])
         return statements
+
+    def scoped(self, definitions: list[Definition], accumulate: list[bool] | None = None) -> list[Statement]:
+        """The statements of definitions printed one after another in one scope, a subexpression they repeat
+        computed once (shared: the whole scope; else each statement on its own, as a caller may take only some)."""
+        accumulate = accumulate or [False] * len(definitions)
+        if not self.share:
+            statements = []
+            for definition, adds in zip(definitions, accumulate):
+                self.repeated, self.common = common_subexpressions(self.compiled_forms([definition])), {}
+                statements += _inline_single_uses([self.statement(definition, accumulate=adds)],
+                                                  [name for name, _ in self.common.values()])
+            self.repeated, self.common = set(), {}
+            return statements
+        self.repeated, self.common = common_subexpressions(self.compiled_forms(definitions)), {}
+        statements = [self.statement(definition, accumulate=adds) for definition, adds in zip(definitions, accumulate)]
+        held = [name for name, _ in self.common.values()]
+        self.repeated, self.common = set(), {}
+        return _inline_single_uses(statements, held)
+
+    def compiled_forms(self, definitions: list[Definition]) -> list[tuple[sp.Expr, dict[sp.Symbol, str]]]:
+        """What statement() compiles of each definition (a normalised exponential's exponent, else the stable
+        array form), with the ranges of its indices."""
+        normalised, forms = set(self.normalised), []
+        for definition in definitions:
+            ranges = algebra.definition_ranges(definition, self.axes, self.spec.sizes)
+            found = self._normalised(definition)
+            if found is not None:
+                normalised.add(definition.name)
+                forms.append((found[0], ranges))
+            else:
+                forms.append((stable_array_forms(definition.expr, self.spec, normalised), ranges))
+        return forms
 
     def names_in(self, expr: sp.Expr) -> set[str]:
         """The printed names an expression reads: arrays (its entries) and parameters."""
@@ -669,6 +756,104 @@ class _Compiler:
 
     def _normalised(self, definition: Definition) -> tuple[sp.Expr, sp.Symbol] | None:
         return algebra.normalised_exponential(definition)
+
+
+#: array code that reads arrays without computing anything (a name, a slice, a transposed view): never a temporary
+_CHEAP = re.compile(r"[A-Za-z_][\w.]*(\[[^\[\]]*\])*(\.T)?")
+
+
+def _shared_key(e: sp.Expr, ranges: dict[sp.Symbol, str]) -> tuple[Any, ...] | None:
+    """What makes two compiled subexpressions the same array: the expression with its indices named by their
+    ranges (dy[b, k2]·x̂[b, k2] in dx is dy[b, k]·x̂[b, k] in dγ); None for an entry or a number, never worth a
+    temporary."""
+    if e.is_Atom or isinstance(e, sp.Indexed):
+        return None
+    canonical = _canonical_indices(e, ranges)
+    return (e.xreplace(canonical), tuple(sorted(str(c) for c in canonical.values())))
+
+
+def _indices(e: sp.Expr, ranges: dict[sp.Symbol, str]) -> set[sp.Symbol]:
+    return {s for s in e.free_symbols if s in ranges}
+
+
+def _canonical_indices(e: sp.Expr, ranges: dict[sp.Symbol, str]) -> dict[sp.Symbol, sp.Symbol]:
+    """e's free indices renamed after their ranges: _k_0, _k_1, … (several of one range in the order of names)."""
+    found = sorted((s for s in e.free_symbols if s in ranges), key=lambda s: (ranges[s], str(s)))
+    counts: dict[str, int] = {}
+    canonical = {}
+    for symbol in found:
+        position = counts.get(ranges[symbol], 0)
+        counts[ranges[symbol]] = position + 1
+        canonical[symbol] = sp.Symbol(f"_{ranges[symbol]}_{position}")
+    return canonical
+
+
+def _inline_single_uses(statements: list[Statement], held: list[str]) -> list[Statement]:
+    """The statements with a temporary of a shared subexpression written back where it is read once after all (the
+    walk counts what compile may not meet twice): a named array is never updated in place, a new one may be
+    (NumPy reuses a temporary for `(a·b) − c`)."""
+    for name in held:
+        word = re.compile(rf"\b{name}\b")
+        uses = sum(len(word.findall(line)) for statement in statements for line in statement.lines)
+        if uses != 2:
+            continue
+        for statement in statements:
+            defining = next((line for line in statement.lines if line.lstrip().startswith(f"{name} = ")), None)
+            if defining is not None:
+                statement.lines.remove(defining)
+                code = defining.split(" = ", 1)[1]
+                for other in statements:
+                    other.lines = [word.sub(lambda _: code, line) for line in other.lines]
+                break
+    return statements
+
+
+def summand_factors(total: sp.Sum, ranges: dict[sp.Symbol, str]) -> tuple[list[sp.Expr], list[sp.Expr]]:
+    """The factors of a Σ's summand that do not vary with its bounds, and those that do, the latter multiplied
+    together where they read the same indices and there are more than two: Σ_b (1 − h²)·dh·X is a matrix
+    product of (1 − h²)·dh and X."""
+    bounds = {limit[0] for limit in total.limits}
+    factors = sp.Mul.make_args(total.function)
+    scalars = [f for f in factors if not (f.free_symbols & bounds)]
+    varying = [f for f in factors if f.free_symbols & bounds]
+    if len(varying) > 2:
+        groups: dict[frozenset[sp.Symbol], list[sp.Expr]] = {}
+        for factor in varying:
+            groups.setdefault(frozenset(s for s in factor.free_symbols if s in ranges), []).append(factor)
+        if len(groups) >= 2:
+            varying = [sp.Mul(*group) if len(group) > 1 else group[0] for group in groups.values()]
+    return scalars, varying
+
+
+def common_subexpressions(forms: list[tuple[sp.Expr, dict[sp.Symbol, str]]]) -> set[tuple[Any, ...]]:
+    """The subexpressions compile() meets more than once in these expressions, walked as it walks them (the terms
+    of a sum without their signs, the factors of a Σ's summand); one inside a repeated one counts once."""
+    seen: set[tuple[Any, ...]] = set()
+    repeated: set[tuple[Any, ...]] = set()
+
+    def visit(e: sp.Expr, ranges: dict[sp.Symbol, str]) -> None:
+        key = _shared_key(e, ranges)
+        if key is None:
+            return
+        if key in seen:
+            repeated.add(key)
+            return
+        seen.add(key)
+        if e.is_Add:
+            children = [-term if term.is_Mul and term.args[0] == -1 else term for term in e.args]
+        elif isinstance(e, sp.Sum):
+            scalars, varying = summand_factors(e, ranges)
+            if len(varying) == 2 and _indices(varying[0], ranges) == _indices(varying[1], ranges):
+                visit(sp.Mul(*varying), ranges)  # Σ_b dy·x̂, no matrix product: made as one product where repeated
+            children = [*scalars, *varying]
+        else:
+            children = list(e.args)
+        for child in children:
+            visit(child, ranges)
+
+    for expr, ranges in forms:
+        visit(expr, ranges)
+    return repeated
 
 
 def integer_formula(formula: sp.Expr, names: dict[sp.Symbol, str]) -> str:
@@ -798,7 +983,8 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     # the NumPy module runs a block of rows at a time where it can (torch and JAX keep whole arrays: their
     # compilers fuse, and a Python loop would break a traced graph)
     plan = functions(derivation, blocked=dialect is NUMPY)
-    forward = compiler.body(plan.forward, plan.forward_block, shared=False)
+    # forward()'s statements share their temporaries where gradients() does not take some of them (a blocked one)
+    forward = compiler.body(plan.forward, plan.forward_block, shared=plan.forward_block is not None)
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()
     for name in spec.inputs:

@@ -146,7 +146,7 @@ def gradients(Q, K, V, dO):
         O = np.asarray(((P @ V)), dtype=_dtype)
         dP = np.asarray(((dO[_r0:_r1] @ V.T)), dtype=_dtype)
         dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO[_r0:_r1]))[:, None]) * P), dtype=_dtype)
-        dQ[_r0:_r1] = ((1 / math.sqrt(_n_e)) * ((dS @ K)))
+        np.multiply((1 / math.sqrt(_n_e)), ((dS @ K)), out=dQ[_r0:_r1])
         dK += ((1 / math.sqrt(_n_e)) * ((dS.T @ Q[_r0:_r1])))
         dV += ((P.T @ dO[_r0:_r1]))
     return (dQ, dK, dV)

@@ -108,8 +108,9 @@ def forward(x, gamma, beta):
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
         m = np.asarray(((1 / _n_k) * (np.sum(x[_r0:_r1], axis=1))), dtype=_dtype)
-        v = np.asarray(((1 / _n_k) * (np.sum(np.square((x[_r0:_r1] - m[:, None])), axis=1))), dtype=_dtype)
-        xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x[_r0:_r1] - m[:, None])), dtype=_dtype)
+        _t1 = (x[_r0:_r1] - m[:, None])
+        v = np.asarray(((1 / _n_k) * (np.einsum("ab,ab->a", _t1, _t1))), dtype=_dtype)
+        xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * _t1), dtype=_dtype)
         y[_r0:_r1] = ((gamma[None, :] * xhat) + beta[None, :])
     return y
 
@@ -132,9 +133,12 @@ def gradients(x, gamma, beta, dy):
     for _r0 in range(0, _n_b, _rows):
         _r1 = min(_r0 + _rows, _n_b)
         m = np.asarray(((1 / _n_k) * (np.sum(x[_r0:_r1], axis=1))), dtype=_dtype)
-        v = np.asarray(((1 / _n_k) * (np.sum(np.square((x[_r0:_r1] - m[:, None])), axis=1))), dtype=_dtype)
-        xhat = np.asarray(((1 / np.sqrt((1e-05 + v)))[:, None] * (x[_r0:_r1] - m[:, None])), dtype=_dtype)
-        dx[_r0:_r1] = ((1 / np.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy[_r0:_r1]) - ((1 / _n_k) * ((gamma @ dy[_r0:_r1].T)))[:, None] - ((1 / _n_k) * ((gamma @ (dy[_r0:_r1] * xhat).T))[:, None] * xhat)))
-        dgamma += (np.einsum("ba,ba->a", dy[_r0:_r1], xhat))
+        _t2 = (x[_r0:_r1] - m[:, None])
+        v = np.asarray(((1 / _n_k) * (np.einsum("ab,ab->a", _t2, _t2))), dtype=_dtype)
+        _t3 = (1 / np.sqrt((1e-05 + v)))
+        xhat = np.asarray((_t3[:, None] * _t2), dtype=_dtype)
+        _t4 = (dy[_r0:_r1] * xhat)
+        np.multiply(_t3[:, None], ((gamma[None, :] * dy[_r0:_r1]) - ((1 / _n_k) * ((gamma @ dy[_r0:_r1].T)))[:, None] - ((1 / _n_k) * ((gamma @ _t4.T))[:, None] * xhat)), out=dx[_r0:_r1])
+        dgamma += (np.sum(_t4, axis=0))
         dbeta += (np.sum(dy[_r0:_r1], axis=0))
     return (dx, dgamma, dbeta)

@@ -149,6 +149,6 @@ def gradients(W, X, bias, label):
         _t1 = P.copy()
         _t1[np.arange((_r1 - _r0)), label[_r0:_r1].astype(np.intp)] -= 1
         dW += ((1 / _n_b) * ((_t1.T @ X[_r0:_r1])))
-        dX[_r0:_r1] = ((1 / _n_b) * (((P @ W)) - W[label[_r0:_r1].astype(np.intp)]))
+        np.multiply((1 / _n_b), (((P @ W)) - W[label[_r0:_r1].astype(np.intp)]), out=dX[_r0:_r1])
         dbias += ((1 / _n_b) * (np.sum(_t1, axis=0)))
     return (L, dW, dX, dbias)

@@ -147,7 +147,8 @@ def gradients(W, X, bias, T):
         P /= _total
         _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
         L += (-1 * (1 / _n_b) * (np.sum((T[_r0:_r1] * np.where(T[_r0:_r1] == 0, 0, _log_P)), axis=(1, 0))))
-        dW += ((1 / _n_b) * (((P - T[_r0:_r1]).T @ X[_r0:_r1])))
-        dX[_r0:_r1] = ((1 / _n_b) * (((P - T[_r0:_r1]) @ W)))
-        dbias += ((1 / _n_b) * (np.sum((P - T[_r0:_r1]), axis=0)))
+        _t1 = (P - T[_r0:_r1])
+        dW += ((1 / _n_b) * ((_t1.T @ X[_r0:_r1])))
+        np.multiply((1 / _n_b), ((_t1 @ W)), out=dX[_r0:_r1])
+        dbias += ((1 / _n_b) * (np.sum(_t1, axis=0)))
     return (L, dW, dX, dbias)

@@ -52,8 +52,9 @@ def _backward(residuals, dy):
     _dtype = dy.dtype
     _n_b = dy.shape[0]
     _n_k = dy.shape[1]
-    dx = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ (dy * xhat).T))[:, None] * xhat))), dtype=_dtype)
-    dgamma = jnp.asarray((jnp.sum((dy * xhat), axis=0)), dtype=_dtype)
+    _t1 = (dy * xhat)
+    dx = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ _t1.T))[:, None] * xhat))), dtype=_dtype)
+    dgamma = jnp.asarray((jnp.sum(_t1, axis=0)), dtype=_dtype)
     dbeta = jnp.asarray((jnp.sum(dy, axis=0)), dtype=_dtype)
     dx = dx
     dgamma = dgamma

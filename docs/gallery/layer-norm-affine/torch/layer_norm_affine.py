@@ -76,8 +76,9 @@ def _backward(gamma, v, xhat, dy):
     _device = dy.device
     _n_b = dy.shape[0]
     _n_k = dy.shape[1]
-    dx = torch.as_tensor((((gamma[None, :] * dy).sub_((((gamma @ dy.T)).mul_((1 / _n_k)))[:, None]).addcmul_(xhat, (((gamma @ (dy * xhat).T)).mul_((1 / _n_k)))[:, None], value=-1)).mul_((1 / torch.sqrt((1e-05 + v)))[:, None])), dtype=_dtype, device=_device)
-    dgamma = torch.as_tensor((torch.sum((dy * xhat), dim=0)), dtype=_dtype, device=_device)
+    _t1 = (dy * xhat)
+    dx = torch.as_tensor((((gamma[None, :] * dy).sub_((((gamma @ dy.T)).mul_((1 / _n_k)))[:, None]).addcmul_(xhat, (((gamma @ _t1.T)).mul_((1 / _n_k)))[:, None], value=-1)).mul_((1 / torch.sqrt((1e-05 + v)))[:, None])), dtype=_dtype, device=_device)
+    dgamma = torch.as_tensor((torch.sum(_t1, dim=0)), dtype=_dtype, device=_device)
     dbeta = torch.as_tensor((torch.sum(dy, dim=0)), dtype=_dtype, device=_device)
     return dx, dgamma, dbeta
 

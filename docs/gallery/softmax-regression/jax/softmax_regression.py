@@ -56,9 +56,10 @@ def _backward(residuals, _upstream):
     _n_c = W.shape[0]
     _n_d = W.shape[1]
     _n_b = X.shape[0]
-    dW = jnp.asarray(((1 / _n_b) * (((P - T).T @ X))), dtype=_dtype)
-    dX = jnp.asarray(((1 / _n_b) * (((P - T) @ W))), dtype=_dtype)
-    dbias = jnp.asarray(((1 / _n_b) * (jnp.sum((P - T), axis=0))), dtype=_dtype)
+    _t1 = (P - T)
+    dW = jnp.asarray(((1 / _n_b) * ((_t1.T @ X))), dtype=_dtype)
+    dX = jnp.asarray(((1 / _n_b) * ((_t1 @ W))), dtype=_dtype)
+    dbias = jnp.asarray(((1 / _n_b) * (jnp.sum(_t1, axis=0))), dtype=_dtype)
     dW = _upstream * dW
     dX = _upstream * dX
     dbias = _upstream * dbias

@@ -81,9 +81,10 @@ def _backward(W, X, T, P, _upstream):
     _n_c = W.shape[0]
     _n_d = W.shape[1]
     _n_b = X.shape[0]
-    dW = torch.as_tensor(((((P - T).T @ X)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
-    dX = torch.as_tensor(((((P - T) @ W)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
-    dbias = torch.as_tensor(((torch.sum((P - T), dim=0)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
+    _t1 = (P - T)
+    dW = torch.as_tensor((((_t1.T @ X)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
+    dX = torch.as_tensor((((_t1 @ W)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
+    dbias = torch.as_tensor(((torch.sum(_t1, dim=0)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
     return dW * _upstream, dX * _upstream, dbias * _upstream
 
 

@@ -60,10 +60,12 @@ def _backward(residuals, _upstream):
     _n_d = W1.shape[1]
     _n_b = X.shape[0]
     _n_c = W2.shape[0]
-    dh = jnp.asarray(((1 / _n_b) * (((P - T) @ W2))), dtype=_dtype)
-    dW1 = jnp.asarray(((((1 - jnp.square(h)) * dh).T @ X)), dtype=_dtype)
-    dX = jnp.asarray(((((1 - jnp.square(h)) * dh) @ W1)), dtype=_dtype)
-    dW2 = jnp.asarray(((1 / _n_b) * (((P - T).T @ h))), dtype=_dtype)
+    _t1 = (P - T)
+    dh = jnp.asarray(((1 / _n_b) * ((_t1 @ W2))), dtype=_dtype)
+    _t2 = ((1 - jnp.square(h)) * dh)
+    dW1 = jnp.asarray(((_t2.T @ X)), dtype=_dtype)
+    dX = jnp.asarray(((_t2 @ W1)), dtype=_dtype)
+    dW2 = jnp.asarray(((1 / _n_b) * ((_t1.T @ h))), dtype=_dtype)
     dW1 = _upstream * dW1
     dX = _upstream * dX
     dW2 = _upstream * dW2

@@ -86,10 +86,12 @@ def _backward(W1, X, W2, T, h, P, _upstream):
     _n_d = W1.shape[1]
     _n_b = X.shape[0]
     _n_c = W2.shape[0]
-    dh = torch.as_tensor(((((P - T) @ W2)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
-    dW1 = torch.as_tensor(((((1 - torch.square(h)).mul_(dh)).T @ X)), dtype=_dtype, device=_device)
-    dX = torch.as_tensor(((((1 - torch.square(h)).mul_(dh)) @ W1)), dtype=_dtype, device=_device)
-    dW2 = torch.as_tensor(((((P - T).T @ h)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
+    _t1 = (P - T)
+    dh = torch.as_tensor((((_t1 @ W2)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
+    _t2 = ((1 - torch.square(h)).mul_(dh))
+    dW1 = torch.as_tensor(((_t2.T @ X)), dtype=_dtype, device=_device)
+    dX = torch.as_tensor(((_t2 @ W1)), dtype=_dtype, device=_device)
+    dW2 = torch.as_tensor((((_t1.T @ h)).mul_((1 / _n_b))), dtype=_dtype, device=_device)
     return dW1 * _upstream, dX * _upstream, dW2 * _upstream
 
 
