@@ -172,3 +172,28 @@ def test_blocks_that_multiply_matrices_are_tall_and_others_stay_in_cache():
         budgets[name] = set(re.findall(r"_rows = max\(1, min\(_n_\w+, max\((_\w+_BYTES) //", text))
     assert budgets == {"attention": {"_BLOCK_BYTES"}, "layer-norm-affine": {"_CACHE_BYTES"},
                        "two-layer": {"_BLOCK_BYTES"}}
+
+
+@pytest.mark.parametrize("source", [ATTENTION, REGRESSION.rpartition(" + 0.5")[0]])  # no decay: dW from 0
+def test_a_sum_over_rows_the_first_block_writes_is_zero_without_rows(source, tmp_path):
+    """dK, dV (attention) and dW (regression) are written by the first block's gemm (beta 0: no zeros written
+    first and read back); with no rows at all, no block runs, and they are zeros, not what the memory held."""
+    from softgrad.codegen.build import load_c
+    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
+
+    require_tool("cc")
+    derivation = derived(source)
+    files = emit(derivation, "c")
+    text = files[f"{files.module}.c"]
+    assert "(_r0 == 0 ? 0 : 1)" in text and re.search(r"if \(_n_\w+ == 0\) memset\(d", text)
+    kernels = load_c(files, tmp_path)
+    blocked = "i" if source == ATTENTION else "b"
+    sizes = {r: 0 if r == blocked else 3 + position for position, r in enumerate(derivation.spec.sizes)}
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=1)
+    for _ in range(3):  # memory a previous call of the same sizes filled
+        sizes_with_rows = {**sizes, blocked: 5}
+        with_rows, _ = sample_tensor_inputs(derivation, sizes_with_rows, seed=2)
+        module_gradients(kernels, derivation, with_rows, parameters)
+        gradients = module_gradients(kernels, derivation, arrays, parameters)
+        for name in ("K", "V") if source == ATTENTION else ("W",):
+            assert gradients[name].size and np.all(gradients[name] == 0), name

@@ -9,7 +9,8 @@ hoisted to the outermost loop where all its free indices are bound, and accumula
 element type. A normalised exponential is shifted by its row maximum, exp computed once per entry (stashed
 in the output, then scaled), and its log written as (E − max − log Σ) where it is read. Where the row-blocking
 pass (codegen.blocking) finds one, a function runs a block of rows at a time: its n × n work arrays (attention's
-S, P, dP, dS) are held for one block, the sums over rows accumulate block after block, extra memory O(rows·n).
+S, P, dP, dS) are held for one block, the sums over rows accumulate block after block (a gemm writes the first
+block's part over the array, beta 0, and adds the others), extra memory O(rows·n).
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ class _Compiler:
         self.blas = False
         #: (factor with its axes as positions, ranges) → the work array a gemm operand was written to
         self.written: dict[tuple[sp.Expr, tuple[str, ...]], str] = {}
+        self.first_block_writes: set[str] = set()  # sums over rows from 0 whose first block writes them (gemm, beta 0)
         self.suffix = "f" if dtype == "float32" else ""
 
     # ------------------------------------------------------------ pieces the printer asks for
@@ -343,8 +345,15 @@ class _Compiler:
             gemms, rest = contracted
             lines = [] if rest == 0 else self.threaded(
                 self.nest(rest, loops, ranges, lambda code: f"{flat} {assign} {code};"), definition.indices)
+            # a sum over rows from 0 that this gemm writes first: the first block writes it (beta 0), not added to
+            # zeros written before (a pass over dW, 512 MiB for 32000 classes, saved and not read back)
+            first_block = (accumulate and overwrite and rest == 0 and self.block is not None and not self.block.fixed)
+            if first_block:
+                self.first_block_writes.add(target)
             for number, gemm in enumerate(gemms):
-                lines += self.gemm(gemm, written, ranges, accumulate=accumulate or bool(number) or rest != 0)
+                beta = "(_r0 == 0 ? 0 : 1)" if first_block and number == 0 else \
+                    "1" if accumulate or number or rest != 0 else "0"
+                lines += self.gemm(gemm, written, ranges, beta)
             return CStatement(comment + " (BLAS gemm)", lines)
         expr, lines = self.hoisted(expr, definition.indices, ranges)
         comment += " (its contractions by BLAS gemm)" if lines else ""
@@ -400,7 +409,7 @@ class _Compiler:
             name = f"_c{self.temporaries}"
             self.axes[name] = tuple(ranges[s] for s in target)
             self.allocate(name, self.axes[name])
-            lines += self.gemm(gemm, sp.IndexedBase(name)[target], ranges, accumulate=False)
+            lines += self.gemm(gemm, sp.IndexedBase(name)[target], ranges, "0")
             replacements[total] = sp.IndexedBase(name)[target]
         return expr.xreplace(replacements), lines
 
@@ -488,7 +497,7 @@ class _Compiler:
                 statements.append(CStatement(f"{definition.name}: a sum over the blocks of rows, from 0", [
                     f"memset({target}, 0, {extent} * sizeof(softgrad_real));" if extent else f"{target}[0] = 0;"]))
             parts[position] = (dataclasses.replace(definition, expr=summed), rest == 0)
-        self.block, self.written = block, {}
+        self.block, self.written, self.first_block_writes = block, {}, set()
         self.local = {name: len(block.fixed) for name in block.local}
         inner: list[str] = []
         for position in block.inside:
@@ -498,6 +507,11 @@ class _Compiler:
             inner += [f"// {statement.comment}", *statement.lines]
         self.block, self.local, self.written, self.fixed_symbols = None, {}, {}, set()
         rows = self.size(block.blocked)
+        for statement in statements:  # zeros only where no block runs, for a sum the first block writes
+            if statement.lines and statement.lines[0].startswith("memset(") and \
+                    statement.lines[0][len("memset("):].split(",")[0] in self.first_block_writes:
+                statement.comment += ", written by the first block (zeros only where there is none)"
+                statement.lines = [f"if ({rows} == 0) {statement.lines[0]}"]
         lines = [f"for (size_t _r0 = 0; _r0 < {rows}; _r0 += _rows) {{",
                  f"    const size_t _r1 = {rows} - _r0 < _rows ? {rows} : _r0 + _rows;",
                  *(["    (void)_r1;"] if not any("_r1" in line for line in inner) else []),
@@ -614,9 +628,9 @@ class _Compiler:
                        and len(set(read) & set(layout)) > 1), layouts[0])
         return _Operand(factor, chosen, None)
 
-    def gemm(self, gemm: _Gemm, target: sp.Indexed, ranges: dict[sp.Symbol, str], accumulate: bool) -> list[str]:
+    def gemm(self, gemm: _Gemm, target: sp.Indexed, ranges: dict[sp.Symbol, str], beta: str) -> list[str]:
         """The gemm call (one per batch entry) writing target, after the loops that write its operands that are
-        not arrays of the spec; accumulate: add to what target holds (beta = 1)."""
+        not arrays of the spec; beta: 1 adds to what target holds, 0 writes over it."""
         self.blas = True
         lines = []
         pointers, keys = [], []
@@ -669,7 +683,7 @@ class _Compiler:
                 f"{'CblasTrans' if transpose_second else 'CblasNoTrans'}, (int)({m}), (int)({n}), (int)({k}), "
                 f"{alpha}, {at(pointers[0], strides[0])}, (int)({lead_first}), "
                 f"{at(pointers[1], strides[1])}, (int)({lead_second}), "
-                f"{'1' if accumulate else '0'}, {at(target_pointer, strides[2])}, (int)({lead_target}));")
+                f"{beta}, {at(target_pointer, strides[2])}, (int)({lead_target}));")
         if not gemm.batch:
             return [*lines, call]
         return [*lines, f"for (size_t _batch = 0; _batch < {extent(gemm.batch)}; ++_batch) {{", "    " + call, "}"]

@@ -417,10 +417,10 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     (void)Q;
     (void)K;
     (void)V;
-    /* dK: a sum over the blocks of rows, from 0 */
-    memset(dK, 0, _n_j * _n_e * sizeof(softgrad_real));
-    /* dV: a sum over the blocks of rows, from 0 */
-    memset(dV, 0, _n_j * _n_f * sizeof(softgrad_real));
+    /* dK: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_i == 0) memset(dK, 0, _n_j * _n_e * sizeof(softgrad_real));
+    /* dV: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_i == 0) memset(dV, 0, _n_j * _n_f * sizeof(softgrad_real));
     /* O, P, S, dP, dS: held for a block of rows of i */
     for (size_t _r0 = 0; _r0 < _n_i; _r0 += _rows) {
         const size_t _r1 = _n_i - _r0 < _rows ? _n_i : _r0 + _rows;
@@ -465,9 +465,9 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
         // dQ[i, e] (BLAS gemm)
         SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_e), (int)(_n_j), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), K, (int)(_n_e), 0, dQ + _r0 * _n_e, (int)(_n_e));
         // dK[j, e] (BLAS gemm)
-        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_e), (int)((_r1 - _r0)), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), Q + _r0 * _n_e, (int)(_n_e), 1, dK, (int)(_n_e));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_e), (int)((_r1 - _r0)), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), Q + _r0 * _n_e, (int)(_n_e), (_r0 == 0 ? 0 : 1), dK, (int)(_n_e));
         // dV[j, f] (BLAS gemm)
-        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_f), (int)((_r1 - _r0)), 1, P, (int)(_n_j), dO + _r0 * _n_f, (int)(_n_f), 1, dV, (int)(_n_f));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_f), (int)((_r1 - _r0)), 1, P, (int)(_n_j), dO + _r0 * _n_f, (int)(_n_f), (_r0 == 0 ? 0 : 1), dV, (int)(_n_f));
     }
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;

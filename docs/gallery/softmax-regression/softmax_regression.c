@@ -439,8 +439,8 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
     (void)T;
     /* L: a sum over the blocks of rows, from 0 */
     L[0] = 0;
-    /* dW: a sum over the blocks of rows, from 0 */
-    memset(dW, 0, _n_c * _n_d * sizeof(softgrad_real));
+    /* dW: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_b == 0) memset(dW, 0, _n_c * _n_d * sizeof(softgrad_real));
     /* dbias: a sum over the blocks of rows, from 0 */
     memset(dbias, 0, _n_c * sizeof(softgrad_real));
     /* P, z: held for a block of rows of b */
@@ -492,7 +492,7 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
                 _c5[((_ix_b - _r0)) * _n_c + _ix_c] = P[((_ix_b - _r0)) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
             }
         }
-        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c5, (int)(_n_c), X + _r0 * _n_d, (int)(_n_d), 1, dW, (int)(_n_d));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c5, (int)(_n_c), X + _r0 * _n_d, (int)(_n_d), (_r0 == 0 ? 0 : 1), dW, (int)(_n_d));
         // dX[b, d] (BLAS gemm)
         SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_d), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c5, (int)(_n_c), W, (int)(_n_d), 0, dX + _r0 * _n_d, (int)(_n_d));
         // dbias[c]

@@ -453,10 +453,10 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     (void)T;
     /* L: a sum over the blocks of rows, from 0 */
     L[0] = 0;
-    /* dW1: a sum over the blocks of rows, from 0 */
-    memset(dW1, 0, _n_j * _n_d * sizeof(softgrad_real));
-    /* dW2: a sum over the blocks of rows, from 0 */
-    memset(dW2, 0, _n_c * _n_j * sizeof(softgrad_real));
+    /* dW1: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_b == 0) memset(dW1, 0, _n_j * _n_d * sizeof(softgrad_real));
+    /* dW2: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_b == 0) memset(dW2, 0, _n_c * _n_j * sizeof(softgrad_real));
     /* P, dh, h, z: held for a block of rows of b */
     for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
         const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
@@ -516,11 +516,11 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
                 _c8[((_ix_b - _r0)) * _n_j + _ix_j] = (1 - ((h[((_ix_b - _r0)) * _n_j + _ix_j])*(h[((_ix_b - _r0)) * _n_j + _ix_j])))*dh[((_ix_b - _r0)) * _n_j + _ix_j];
             }
         }
-        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_d), (int)((_r1 - _r0)), 1, _c8, (int)(_n_j), X + _r0 * _n_d, (int)(_n_d), 1, dW1, (int)(_n_d));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_d), (int)((_r1 - _r0)), 1, _c8, (int)(_n_j), X + _r0 * _n_d, (int)(_n_d), (_r0 == 0 ? 0 : 1), dW1, (int)(_n_d));
         // dX[b, d] (BLAS gemm)
         SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_d), (int)(_n_j), 1, _c8, (int)(_n_j), W1, (int)(_n_d), 0, dX + _r0 * _n_d, (int)(_n_d));
         // dW2[c, j] (BLAS gemm)
-        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_j), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c7, (int)(_n_c), h, (int)(_n_j), 1, dW2, (int)(_n_j));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_j), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c7, (int)(_n_c), h, (int)(_n_j), (_r0 == 0 ? 0 : 1), dW2, (int)(_n_j));
     }
     for (size_t _block = 0; _block < 8; ++_block) free(_blocks[_block]);
     return 0;
