@@ -717,3 +717,14 @@ def test_shared_subexpressions_keep_their_indices_apart(language):
     checks = (check_tensor_module(derivation, files) if language == "numpy"
               else check_framework_module(derivation, files))
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
+
+
+def test_a_square_is_not_read_backwards_as_a_square_root():
+    """q = (x − m)² does not give x − m = √q (x − m may be negative): rewriting a result in the spec's names read it
+    so, and the checker refused the step; now every step holds and is proved."""
+    derivation = derive_spec(parse_spec("m[b] = sum(x[b, k], k) / size(k)\np[b, k] = exp(x[b, k] - m[b])\n"
+                                        "q[b, k] = (x[b, k] - m[b])^2\nr[b, k] = sigmoid(x[b, k] - m[b])\n"
+                                        "L = sum(p[b, k] * q[b, k] * r[b, k], b, k)"), time_limit=None)
+    assert all(step.proved for step in derivation.steps)
+    assert not any(isinstance(power, sp.Pow) and power.exp == sp.Rational(1, 2)
+                   for step in derivation.steps for form in step.forms for power in form.atoms(sp.Pow))

@@ -214,7 +214,9 @@ def inversions(definition: Definition) -> list[tuple[sp.Expr, sp.Expr]]:
             body, target = body.args[0], sp.log(target)
         elif isinstance(body, sp.log):
             body, target = body.args[0], sp.exp(target)
-        elif body.is_Pow and not varies(body.exp) and varies(body.base):
+        elif body.is_Pow and not varies(body.exp) and varies(body.base) and (1 / body.exp).is_Integer:
+            # z = u^(1/k) gives u = z^k; z = u² does not give u = √z (u may be negative), nor z = u³ u = ∛z
+            # (the principal cube root of a negative z is not real)
             body, target = body.base, target ** (1 / body.exp)
         else:
             break
