@@ -719,6 +719,25 @@ def test_shared_subexpressions_keep_their_indices_apart(language):
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
 
 
+def test_a_temporary_read_more_often_than_counted_is_never_updated_in_place(monkeypatch):
+    """torch updates a shared temporary in place at its last reading (x − m scaled into x̂); should the walk that
+    counts the readings count too few, the statements are printed again with every reading leaving it as it is."""
+    require_module("torch")
+    from softgrad.codegen import tensor_numpy
+    from softgrad.verify.frameworks import check_framework_module
+
+    derivation = derive_spec(parse_spec("m[b] = sum(x[b, k], k) / size(k)\np[b, k] = softplus(x[b, k] - m[b])\n"
+                                        "q[b, k] = (x[b, k] - m[b])^2\nr[b, k] = sigmoid(x[b, k] - m[b])\n"
+                                        "L = sum(p[b, k] * q[b, k] * r[b, k], b, k)"), time_limit=None)
+    right = emit(derivation, "torch").popitem()[1]
+    assert re.search(r"r = torch\.as_tensor\(\(_t\d+\)\.sigmoid_\(\)", right)  # x − m's last reading: in place
+    counted = tensor_numpy.common_subexpressions
+    monkeypatch.setattr(tensor_numpy, "common_subexpressions",
+                        lambda forms: {key: count - 1 for key, count in counted(forms).items()})
+    checks = check_framework_module(derivation, emit(derivation, "torch"))
+    assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
+
+
 def test_a_square_is_not_read_backwards_as_a_square_root():
     """q = (x − m)² does not give x − m = √q (x − m may be negative): rewriting a result in the spec's names read it
     so, and the checker refused the step; now every step holds and is proved."""

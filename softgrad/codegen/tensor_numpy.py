@@ -83,14 +83,18 @@ class _Compiler:
         #: the row blocking the statements are compiled for (None: whole arrays), and the arrays held for a block
         self.block: RowBlocking | None = None
         self.local: set[str] = set()
-        #: arrays made by extra lines, by what they hold, for the statements that follow in the same loop (where the
-        #: function's statements are printed together: body(shared=True))
+        #: arrays made by extra lines, by what they hold, for the statements that follow in the same function body
         self.made: dict[tuple[Any, ...], str] = {}
-        self.share = True
         #: subexpressions the statements compiled together compile more than once (common_subexpressions), and
         #: those already held in a temporary of their own, by (expression, ranges of its indices)
-        self.repeated: set[tuple[Any, ...]] = set()
+        self.repeated: dict[tuple[Any, ...], int] = {}  # how often each is met
         self.common: dict[tuple[Any, ...], tuple[str, tuple[Any, ...]]] = {}
+        #: the statements that have read each temporary so far (numbered), and whether the last reading of one may
+        #: update it in place (torch: x − m made once, squared for v, then scaled in place into x̂)
+        self.readers: dict[tuple[Any, ...], list[int]] = {}
+        self.statement_number = 0
+        self.last_reader_updates = True
+        self.updated: set[tuple[Any, ...]] = set()  # the temporaries a last reading updates in place
         self.gemm = False  # whether a statement of the block being compiled multiplies two matrices
 
     def size(self, range_name: str) -> str:
@@ -107,6 +111,13 @@ class _Compiler:
         if key in self.common:  # its axes under the names this occurrence gives its indices
             name, canonical_axes = self.common[key]
             named = {c: s for s, c in _canonical_indices(e, ranges).items()}
+            readers = self.readers.setdefault(key, [])
+            alone = self.statement_number not in readers  # its one reading in this statement
+            readers.append(self.statement_number)
+            if (self.dialect.chain_in_place and self.last_reader_updates and alone
+                    and len(readers) == self.repeated[key]):
+                name = f"({name})"  # the last reading: a new array to this statement, updated in place
+                self.updated.add(key)
             return name, tuple(named[c] for c in canonical_axes)
         code, have = self.compile_node(e, ranges, order)
         if key in self.repeated and have and not _CHEAP.fullmatch(code):
@@ -114,6 +125,7 @@ class _Compiler:
             self.pending.append(f"{name} = {code}")
             canonical = _canonical_indices(e, ranges)
             self.common[key] = (name, tuple(canonical[s] for s in have))
+            self.readers[key] = [self.statement_number]
             return name, have
         return code, have
 
@@ -451,8 +463,7 @@ class _Compiler:
             if key in self.made:  # dW and dbias both read P − onehot: made once
                 return self.made[key], have
             target, d = self.temp(), self.dialect
-            if self.share:
-                self.made[key] = target
+            self.made[key] = target
             if d.in_place:
                 self.pending += [f"{target} = {code}{'' if self.new_array(code) else d.copy}",
                                  f"{target}[{subscript}] {'-' if signs[position] else '+'}= {amount}"]
@@ -600,6 +611,7 @@ class _Compiler:
     # ------------------------------------------------------------ statements
     def statement(self, definition: Definition, accumulate: bool = False) -> Statement:
         """One definition's lines; accumulate: add a block's part of a sum over rows to the array."""
+        self.statement_number += 1
         self.pending: list[str] = []
         self.logs_read: set[str] = set()
         name = self.printed[definition.name]
@@ -657,11 +669,11 @@ class _Compiler:
         aligned = [self.align(code, have, full) for code, have in pieces]
         return self.dialect.call("multiply", " * ".join(aligned[:-1]), aligned[-1], f"out={target}")
 
-    def body(self, definitions: list[Definition], block: RowBlocking | None, shared: bool = True) -> list[Statement]:
+    def body(self, definitions: list[Definition], block: RowBlocking | None) -> list[Statement]:
         """One function's statements: as written, or a block of rows at a time as the row blocking says (the
-        fixed ranges stay whole axes here: NumPy takes them at once). shared: a statement may read an array an
-        earlier one made (not where a caller takes only some of the statements: forward()'s, for gradients())."""
-        self.made, self.share = {}, shared
+        fixed ranges stay whole axes here: NumPy takes them at once). A statement may read an array an earlier
+        one of the same body made."""
+        self.made = {}
         if block is None:
             return self.scoped(definitions)
         parts: dict[int, Definition] = {}
@@ -719,20 +731,20 @@ class _Compiler:
 
     def scoped(self, definitions: list[Definition], accumulate: list[bool] | None = None) -> list[Statement]:
         """The statements of definitions printed one after another in one scope, a subexpression they repeat
-        computed once (shared: the whole scope; else each statement on its own, as a caller may take only some)."""
+        computed once."""
         accumulate = accumulate or [False] * len(definitions)
-        if not self.share:
-            statements = []
-            for definition, adds in zip(definitions, accumulate):
-                self.repeated, self.common = common_subexpressions(self.compiled_forms([definition])), {}
-                statements += _inline_single_uses([self.statement(definition, accumulate=adds)],
-                                                  [name for name, _ in self.common.values()])
-            self.repeated, self.common = set(), {}
-            return statements
-        self.repeated, self.common = common_subexpressions(self.compiled_forms(definitions)), {}
+        forms, made = self.compiled_forms(definitions), dict(self.made)
+        self.repeated, self.common, self.readers, self.updated = common_subexpressions(forms), {}, {}, set()
         statements = [self.statement(definition, accumulate=adds) for definition, adds in zip(definitions, accumulate)]
+        if any(len(self.readers[key]) > self.repeated[key] for key in self.updated):
+            # read more often than the walk counted: a reading thought the last one updated it in place; again,
+            # every reading leaving it as it is (and the arrays the statements thrown away made forgotten)
+            self.last_reader_updates, self.made = False, made
+            statements = self.scoped(definitions, accumulate)
+            self.last_reader_updates = True
+            return statements
         held = [name for name, _ in self.common.values()]
-        self.repeated, self.common = set(), {}
+        self.repeated, self.common, self.readers, self.updated = {}, {}, {}, set()
         return _inline_single_uses(statements, held)
 
     def compiled_forms(self, definitions: list[Definition]) -> list[tuple[sp.Expr, dict[sp.Symbol, str]]]:
@@ -792,6 +804,9 @@ def _inline_single_uses(statements: list[Statement], held: list[str]) -> list[St
     """The statements with a temporary of a shared subexpression written back where it is read once after all (the
     walk counts what compile may not meet twice): a named array is never updated in place, a new one may be
     (NumPy reuses a temporary for `(a·b) − c`)."""
+    for statement in statements:  # (_t1) only where it is updated in place: (_t1).mul_(…)
+        statement.lines = [re.sub(rf"(?<![\w.\])])\(({'|'.join(held)})\)(?!\.\w+_\()", r"\1", line) if held else line
+                           for line in statement.lines]
     for name in held:
         word = re.compile(rf"\b{name}\b")
         uses = sum(len(word.findall(line)) for statement in statements for line in statement.lines)
@@ -825,18 +840,18 @@ def summand_factors(total: sp.Sum, ranges: dict[sp.Symbol, str]) -> tuple[list[s
     return scalars, varying
 
 
-def common_subexpressions(forms: list[tuple[sp.Expr, dict[sp.Symbol, str]]]) -> set[tuple[Any, ...]]:
+def common_subexpressions(forms: list[tuple[sp.Expr, dict[sp.Symbol, str]]]) -> dict[tuple[Any, ...], int]:
     """The subexpressions compile() meets more than once in these expressions, walked as it walks them (the terms
     of a sum without their signs, the factors of a Σ's summand); one inside a repeated one counts once."""
     seen: set[tuple[Any, ...]] = set()
-    repeated: set[tuple[Any, ...]] = set()
+    repeated: dict[tuple[Any, ...], int] = {}
 
     def visit(e: sp.Expr, ranges: dict[sp.Symbol, str]) -> None:
         key = _shared_key(e, ranges)
         if key is None:
             return
         if key in seen:
-            repeated.add(key)
+            repeated[key] = repeated.get(key, 1) + 1
             return
         seen.add(key)
         if e.is_Add:
@@ -983,8 +998,7 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     # the NumPy module runs a block of rows at a time where it can (torch and JAX keep whole arrays: their
     # compilers fuse, and a Python loop would break a traced graph)
     plan = functions(derivation, blocked=dialect is NUMPY)
-    # forward()'s statements share their temporaries where gradients() does not take some of them (a blocked one)
-    forward = compiler.body(plan.forward, plan.forward_block, shared=plan.forward_block is not None)
+    forward = compiler.body(plan.forward, plan.forward_block)
     sizes: list[tuple[str, str, int]] = []
     fixed: set[str] = set()
     for name in spec.inputs:
@@ -1008,14 +1022,14 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     for range_name in spec.labels.values():
         if range_name not in fixed:
             raise SoftgradError(f"the number of classes (range {range_name}) is not fixed by any input array")
-    if not plan.blocked:  # the forward statements as forward() has them
-        gradients_forward = [statement for statement, definition in zip(forward, plan.forward)
-                             if definition.name in plan.needed]
+    if not plan.blocked:  # the forward statements the backward needs, a body of their own (not forward()'s: a
+        # statement left out may hold a subexpression the others share)
+        gradients_forward = compiler.body([d for d in plan.forward if d.name in plan.needed], None)
         backward = compiler.body(plan.backward, None)
     else:
         gradients_forward, backward = [], compiler.body(plan.gradients, plan.gradients_block)
     kept_logs = {printed[n] for n in compiler.logs_needed}
-    for statement in [*forward, *backward]:  # log P only where the spec or a gradient reads it
+    for statement in [*forward, *gradients_forward, *backward]:  # log P only where the spec or a gradient reads it
         statement.lines = [line for line in statement.lines
                            if not (line.lstrip().startswith("_log_") and line.split()[0][5:] not in kept_logs)]
     inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]

@@ -30,8 +30,9 @@ def _forward(x, gamma, beta):
     _n_b = x.shape[0]
     _n_k = x.shape[1]
     m = jnp.asarray(((1 / _n_k) * (jnp.sum(x, axis=1))), dtype=_dtype)
-    v = jnp.asarray(((1 / _n_k) * (jnp.sum(jnp.square((x - m[:, None])), axis=1))), dtype=_dtype)
-    xhat = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * (x - m[:, None])), dtype=_dtype)
+    _t1 = (x - m[:, None])
+    v = jnp.asarray(((1 / _n_k) * (jnp.sum(jnp.square(_t1), axis=1))), dtype=_dtype)
+    xhat = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * _t1), dtype=_dtype)
     y = jnp.asarray(((gamma[None, :] * xhat) + beta[None, :]), dtype=_dtype)
     return y, (gamma, v, xhat)
 
@@ -52,9 +53,9 @@ def _backward(residuals, dy):
     _dtype = dy.dtype
     _n_b = dy.shape[0]
     _n_k = dy.shape[1]
-    _t1 = (dy * xhat)
-    dx = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ _t1.T))[:, None] * xhat))), dtype=_dtype)
-    dgamma = jnp.asarray((jnp.sum(_t1, axis=0)), dtype=_dtype)
+    _t3 = (dy * xhat)
+    dx = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ _t3.T))[:, None] * xhat))), dtype=_dtype)
+    dgamma = jnp.asarray((jnp.sum(_t3, axis=0)), dtype=_dtype)
     dbeta = jnp.asarray((jnp.sum(dy, axis=0)), dtype=_dtype)
     dx = dx
     dgamma = dgamma

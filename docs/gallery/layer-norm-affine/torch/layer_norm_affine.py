@@ -56,8 +56,9 @@ def _forward(x, gamma, beta):
     _n_b = x.shape[0]
     _n_k = x.shape[1]
     m = torch.as_tensor(((torch.sum(x, dim=1)).mul_((1 / _n_k))), dtype=_dtype, device=_device)
-    v = torch.as_tensor(((torch.sum((x - m[:, None]).square_(), dim=1)).mul_((1 / _n_k))), dtype=_dtype, device=_device)
-    xhat = torch.as_tensor(((x - m[:, None]).mul_((1 / torch.sqrt((1e-05 + v)))[:, None])), dtype=_dtype, device=_device)
+    _t1 = (x - m[:, None])
+    v = torch.as_tensor(((torch.sum(torch.square(_t1), dim=1)).mul_((1 / _n_k))), dtype=_dtype, device=_device)
+    xhat = torch.as_tensor(((_t1).mul_((1 / torch.sqrt((1e-05 + v)))[:, None])), dtype=_dtype, device=_device)
     y = torch.as_tensor(((gamma[None, :] * xhat).add_(beta[None, :])), dtype=_dtype, device=_device)
     return y, v, xhat
 
@@ -76,9 +77,9 @@ def _backward(gamma, v, xhat, dy):
     _device = dy.device
     _n_b = dy.shape[0]
     _n_k = dy.shape[1]
-    _t1 = (dy * xhat)
-    dx = torch.as_tensor((((gamma[None, :] * dy).sub_((((gamma @ dy.T)).mul_((1 / _n_k)))[:, None]).addcmul_(xhat, (((gamma @ _t1.T)).mul_((1 / _n_k)))[:, None], value=-1)).mul_((1 / torch.sqrt((1e-05 + v)))[:, None])), dtype=_dtype, device=_device)
-    dgamma = torch.as_tensor((torch.sum(_t1, dim=0)), dtype=_dtype, device=_device)
+    _t3 = (dy * xhat)
+    dx = torch.as_tensor((((gamma[None, :] * dy).sub_((((gamma @ dy.T)).mul_((1 / _n_k)))[:, None]).addcmul_(xhat, (((gamma @ _t3.T)).mul_((1 / _n_k)))[:, None], value=-1)).mul_((1 / torch.sqrt((1e-05 + v)))[:, None])), dtype=_dtype, device=_device)
+    dgamma = torch.as_tensor((torch.sum(_t3, dim=0)), dtype=_dtype, device=_device)
     dbeta = torch.as_tensor((torch.sum(dy, dim=0)), dtype=_dtype, device=_device)
     return dx, dgamma, dbeta
 
