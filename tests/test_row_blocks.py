@@ -176,17 +176,27 @@ def test_blocks_that_multiply_matrices_are_tall_and_others_stay_in_cache():
 
 @pytest.mark.parametrize("source", [ATTENTION, REGRESSION.rpartition(" + 0.5")[0]])  # no decay: dW from 0
 def test_a_sum_over_rows_the_first_block_writes_is_zero_without_rows(source, tmp_path):
-    """dK, dV (attention) and dW (regression) are written by the first block's gemm (beta 0: no zeros written
-    first and read back); with no rows at all, no block runs, and they are zeros, not what the memory held."""
-    from softgrad.codegen.build import load_c
-    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
+    """dK, dV (attention) and dW (regression) are written by the first block's gemm (C: beta 0, no zeros written
+    first and read back; NumPy: matmul into the array, no product made and added); with no rows at all, no block
+    runs, and they are zeros, not what the memory held."""
+    from softgrad.codegen.build import import_path, load_c
 
     require_tool("cc")
     derivation = derived(source)
     files = emit(derivation, "c")
     text = files[f"{files.module}.c"]
     assert "(_r0 == 0 ? 0 : 1)" in text and re.search(r"if \(_n_\w+ == 0\) memset\(d", text)
-    kernels = load_c(files, tmp_path)
+    ((file_name, numpy_text),) = emit(derivation, "numpy").items()
+    assert "_add_product(dK, _r0 == 0, " in numpy_text if source == ATTENTION else \
+        "_add_product(dW, _r0 == 0, (1 / _n_b), _t1.T, X[_r0:_r1])" in numpy_text  # 1/n scales the block's P − T
+    (tmp_path / file_name).write_text(numpy_text)
+    for kernels in (load_c(files, tmp_path), import_path(tmp_path / file_name)):
+        _zero_without_rows(kernels, derivation, source)
+
+
+def _zero_without_rows(kernels, derivation, source):
+    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
+
     blocked = "i" if source == ATTENTION else "b"
     sizes = {r: 0 if r == blocked else 3 + position for position, r in enumerate(derivation.spec.sizes)}
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=1)

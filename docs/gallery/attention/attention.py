@@ -45,6 +45,20 @@ def _erf(u):
     return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
 
 
+def _add_product(total, first, scale, left, right):
+    """total += scale · (left @ right), the scale applied to the smaller operand; the first block of a sum over rows
+    writes the product over total (zeros until then) instead of making it and adding it."""
+    if scale != 1:
+        if left.size <= right.size:
+            left = scale * left
+        else:
+            right = scale * right
+    if first:
+        np.matmul(left, right, out=total)
+    else:
+        total += left @ right
+
+
 def _finite(shift):
     """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
     return np.where(np.isfinite(shift), shift, 0)
@@ -147,6 +161,6 @@ def gradients(Q, K, V, dO):
         dP = np.asarray(((dO[_r0:_r1] @ V.T)), dtype=_dtype)
         dS = np.asarray(((dP - (np.einsum("ab,ab->a", O, dO[_r0:_r1]))[:, None]) * P), dtype=_dtype)
         np.multiply((1 / math.sqrt(_n_e)), ((dS @ K)), out=dQ[_r0:_r1])
-        dK += ((1 / math.sqrt(_n_e)) * ((dS.T @ Q[_r0:_r1])))
-        dV += ((P.T @ dO[_r0:_r1]))
+        _add_product(dK, _r0 == 0, (1 / math.sqrt(_n_e)), dS.T, Q[_r0:_r1])
+        _add_product(dV, _r0 == 0, 1, P.T, dO[_r0:_r1])
     return (dQ, dK, dV)

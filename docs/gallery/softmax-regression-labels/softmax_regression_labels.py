@@ -45,6 +45,20 @@ def _erf(u):
     return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
 
 
+def _add_product(total, first, scale, left, right):
+    """total += scale · (left @ right), the scale applied to the smaller operand; the first block of a sum over rows
+    writes the product over total (zeros until then) instead of making it and adding it."""
+    if scale != 1:
+        if left.size <= right.size:
+            left = scale * left
+        else:
+            right = scale * right
+    if first:
+        np.matmul(left, right, out=total)
+    else:
+        total += left @ right
+
+
 def _finite(shift):
     """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
     return np.where(np.isfinite(shift), shift, 0)
@@ -148,7 +162,7 @@ def gradients(W, X, bias, label):
         L += (-1 * (1 / _n_b) * (np.sum(np.where(((np.arange(_r0, _r1) - _r0).astype(np.intp) >= 0) & ((np.arange(_r0, _r1) - _r0).astype(np.intp) < (_r1 - _r0)), _log_P[np.clip((np.arange(_r0, _r1) - _r0).astype(np.intp), 0, (_r1 - _r0) - 1), label[_r0:_r1].astype(np.intp)], 0), axis=0)))
         _t1 = P.copy()
         _t1[np.arange((_r1 - _r0)), label[_r0:_r1].astype(np.intp)] -= 1
-        dW += ((1 / _n_b) * ((_t1.T @ X[_r0:_r1])))
+        _add_product(dW, _r0 == 0, (1 / _n_b), _t1.T, X[_r0:_r1])
         np.multiply((1 / _n_b), (((P @ W)) - W[label[_r0:_r1].astype(np.intp)]), out=dX[_r0:_r1])
         dbias += ((1 / _n_b) * (np.sum(_t1, axis=0)))
     return (L, dW, dX, dbias)

@@ -47,6 +47,20 @@ def _erf(u):
     return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
 
 
+def _add_product(total, first, scale, left, right):
+    """total += scale · (left @ right), the scale applied to the smaller operand; the first block of a sum over rows
+    writes the product over total (zeros until then) instead of making it and adding it."""
+    if scale != 1:
+        if left.size <= right.size:
+            left = scale * left
+        else:
+            right = scale * right
+    if first:
+        np.matmul(left, right, out=total)
+    else:
+        total += left @ right
+
+
 def _finite(shift):
     """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
     return np.where(np.isfinite(shift), shift, 0)
@@ -155,7 +169,7 @@ def gradients(W1, X, W2, T):
         _t1 = (P - T[_r0:_r1])
         dh = np.asarray(((1 / _n_b) * ((_t1 @ W2))), dtype=_dtype)
         _t2 = ((1 - np.square(h)) * dh)
-        dW1 += ((_t2.T @ X[_r0:_r1]))
+        _add_product(dW1, _r0 == 0, 1, _t2.T, X[_r0:_r1])
         dX[_r0:_r1] = ((_t2 @ W1))
-        dW2 += ((1 / _n_b) * ((_t1.T @ h)))
+        _add_product(dW2, _r0 == 0, (1 / _n_b), _t1.T, h)
     return (L, dW1, dX, dW2)
