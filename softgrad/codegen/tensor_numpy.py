@@ -329,6 +329,9 @@ class _Compiler:
         position = e.indices[axis]
         if position.is_Symbol or isinstance(position, sp.Indexed) or str(e.base) not in self.axes:
             return False
+        row = position + _ROW_START  # b − _r0 in an array held for the block: b runs over the block's rows
+        if self.block is not None and row.is_Symbol and ranges.get(row) == self.block.blocked:
+            return False
         sizes = self.spec.sizes
         extent = self.spec.derived_sizes.get(self.axes[str(e.base)][axis], sizes[self.axes[str(e.base)][axis]])
         highest = {s: self.spec.derived_sizes.get(r, sizes[r]) - 1 for s, r in ranges.items()}

@@ -129,7 +129,7 @@ def forward(W, X, bias, label):
         _total = np.sum(P, axis=1, keepdims=True)
         P /= _total
         _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-        L += (-1 * (1 / _n_b) * (np.sum(np.where(((np.arange(_r0, _r1) - _r0).astype(np.intp) >= 0) & ((np.arange(_r0, _r1) - _r0).astype(np.intp) < (_r1 - _r0)), _log_P[np.clip((np.arange(_r0, _r1) - _r0).astype(np.intp), 0, (_r1 - _r0) - 1), label[_r0:_r1].astype(np.intp)], 0), axis=0)))
+        L += (-1 * (1 / _n_b) * (np.sum(_log_P[(np.arange(_r0, _r1) - _r0).astype(np.intp), label[_r0:_r1].astype(np.intp)], axis=0)))
     return L
 
 
@@ -159,7 +159,7 @@ def gradients(W, X, bias, label):
         _total = np.sum(P, axis=1, keepdims=True)
         P /= _total
         _log_P = np.subtract(_shifted, np.log(_total), out=_shifted)
-        L += (-1 * (1 / _n_b) * (np.sum(np.where(((np.arange(_r0, _r1) - _r0).astype(np.intp) >= 0) & ((np.arange(_r0, _r1) - _r0).astype(np.intp) < (_r1 - _r0)), _log_P[np.clip((np.arange(_r0, _r1) - _r0).astype(np.intp), 0, (_r1 - _r0) - 1), label[_r0:_r1].astype(np.intp)], 0), axis=0)))
+        L += (-1 * (1 / _n_b) * (np.sum(_log_P[(np.arange(_r0, _r1) - _r0).astype(np.intp), label[_r0:_r1].astype(np.intp)], axis=0)))
         _t1 = P.copy()
         _t1[np.arange((_r1 - _r0)), label[_r0:_r1].astype(np.intp)] -= 1
         _add_product(dW, _r0 == 0, (1 / _n_b), _t1.T, X[_r0:_r1])
