@@ -6,7 +6,6 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
 from softgrad.derive import CATALOG, derive_spec, load_spec
-from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.check import StepChecker
 from softgrad.derive.spec import Definition, parse_spec
 from softgrad.derive.steps import Step
@@ -22,8 +21,7 @@ def one_range_checker(spec, upstream=False):
     """The step checker as the one-range engine makes it (total derivatives), with an upstream gradient g read
     by a surrogate loss l = Σ_k g_k y_k where `upstream`."""
     surrogate = Definition("l", None, class_sum(g[k] * y[k], k), "", 0) if upstream else None
-    return StepChecker(spec, None, surrogate, positive_inputs(spec.definitions, spec.inputs),
-                       total_derivatives=True)
+    return StepChecker(spec, None, surrogate, total_derivatives=True)
 
 
 def rules(derivation, section_title):

@@ -8,9 +8,10 @@ Label picks (P[b, label_b]) are advanced indexing. Stability: a normalised expon
 log Σ exp is shifted the same way. A subexpression the statements of one function repeat (layer norm's x − m,
 softmax regression's P − T) is computed once, into a temporary, and a block's rows of a result are written by its
 last multiplication (`out=`), not copied in; a block's part of a sum over rows that is a matrix product (dW) is
-written by matmul into the array on the first block and added after, its scale applied to the smaller operand. No Python loop runs over entries; where the row-blocking pass
-(codegen.blocking) finds one, the NumPy module runs a function a block of rows at a time (a loop over blocks,
-each an array expression), so that attention's n × n arrays exist for one block of query rows only.
+written by matmul into the array on the first block and added after, its scale applied to the smaller operand.
+No Python loop runs over entries; where the row-blocking pass (codegen.blocking) finds one, the NumPy module runs
+a function a block of rows at a time (a loop over blocks, each an array expression), so that attention's n × n
+arrays exist for one block of query rows only.
 """
 
 from __future__ import annotations

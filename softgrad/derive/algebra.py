@@ -820,13 +820,18 @@ def in_names(expr: sp.Expr, definitions: list[Definition], taken: set[str]) -> s
 
 def outputs_sum_to_one(definition: Definition) -> sp.Symbol | None:
     """For P[…, c] = N(c)/Σ_k N(k): the index c whose sum of P is 1 (a structural fact), else None."""
-    if len(definition.indices) < 1:
+    return _normalised_index(definition.expr, tuple(definition.indices))
+
+
+@functools.lru_cache(maxsize=1024)  # asked of every definition each time a result's facts are applied
+def _normalised_index(expr: sp.Expr, indices: tuple[sp.Symbol, ...]) -> sp.Symbol | None:
+    if len(indices) < 1:
         return None
-    numerator, denominator = sp.fraction(sp.together(definition.expr), exact=True)  # exp(−x) a numerator
+    numerator, denominator = sp.fraction(sp.together(expr), exact=True)  # exp(−x) a numerator
     if not isinstance(denominator, sp.Sum) or len(denominator.limits) != 1:
         return None
     bound = denominator.limits[0][0]
-    for free in definition.indices:
+    for free in indices:
         if free in denominator.free_symbols:
             continue
         if sp.simplify(denominator.function.xreplace({bound: free}) - numerator) == 0:

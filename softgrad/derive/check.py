@@ -20,6 +20,7 @@ import numpy as np
 import sympy as sp
 
 from softgrad import tolerances
+from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.matrix import entries
 from softgrad.derive.numbers import (
     COMPLEX_STEP,
@@ -55,7 +56,7 @@ class StepChecker(Evaluator):
     every spec (one range, its row implicit, or several)."""
 
     def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]] | None, surrogate: Definition | None,
-                 positive: set[str], seed: int = 0, wide: bool = False, prove: bool = False,
+                 seed: int = 0, wide: bool = False, prove: bool = False,
                  total_derivatives: bool = False, sizes: Sequence[int] = ()):
         """prove: also prove each checked step exactly at small sizes (softgrad.derive.proof). wide: evaluate
         in mpmath complex numbers (inside numbers.wide_precision()), where doubles would overflow; the points'
@@ -68,6 +69,7 @@ class StepChecker(Evaluator):
         but the loss is the derivative of C's own formula, the arrays it reads held (the adjoint voice's
         chain-rule factors). sizes: the sizes n a spec of one range is checked at (ONE_RANGE_SIZES if none)."""
         self.one_range = one_range = axes is None
+        positive = positive_inputs(spec.definitions, spec.inputs)  # drawn positive: under a log or a root
         if axes is None:
             spec, axes = one_range_view(spec, surrogate)
         # axes: shared with the engine: every array's ranges: inputs, definitions, upstream and adjoints

@@ -88,9 +88,8 @@ class Engine:
                     0,
                 )
             ]
-        self.checker = StepChecker(spec, None, extra[0] if extra else None,
-                                   algebra.positive_inputs(spec.definitions, spec.inputs), seed, prove=True,
-                                   total_derivatives=True)  # (targets a constraint normalises: drawn positive)
+        self.checker = StepChecker(spec, None, extra[0] if extra else None, seed, prove=True,
+                                   total_derivatives=True)
         # filled in as the derivation proceeds
         self.reductions: list[sp.Expr] = []  # per-row reductions of the VJP
         self.vjp_vector: sp.MatrixExpr | None = None

@@ -14,7 +14,6 @@ import sympy as sp
 
 from softgrad._version import __version__
 from softgrad.budget import TimeLimitExceeded, time_limit
-from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.check import StepChecker
 from softgrad.derive.numbers import ONE_RANGE_SIZES
 from softgrad.derive.spec import Definition, Spec, Token, _LineParser, spec_text, tokenize
@@ -132,7 +131,7 @@ def verify_formula(text: str, derivation: Derivation, wrt: str | None = None, se
         except TimeLimitExceeded:
             symbolic = f"not compared (simplification did not finish within {SIMPLIFY_SECONDS:g} s)"
     printed = spec_text(formula)  # reports show the formula as parsed: never the raw text
-    checker = StepChecker(spec, None, None, positive_inputs(spec.definitions, spec.inputs), seed,
+    checker = StepChecker(spec, None, None, seed,
                             total_derivatives=True)
     # the spec's declared constraints are part of its contract
     for point in checker.points if constrained else checker.free_points:
