@@ -716,7 +716,7 @@ class _Compiler:
         """One function's statements: as written, or a block of rows at a time as the row blocking says (the
         fixed ranges stay whole axes here: NumPy takes them at once). A statement may read an array an earlier
         one of the same body made."""
-        self.made = {}
+        self.made, self.from_zero = {}, set()
         if block is None:
             return self.scoped(definitions)
         parts: dict[int, Definition] = {}
