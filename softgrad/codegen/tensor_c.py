@@ -486,6 +486,7 @@ class _Compiler:
             return [self.statement(d, self.printed[d.name]) for d in definitions]
         statements = [self.statement(definitions[p], self.printed[definitions[p].name]) for p in block.before]
         parts: dict[int, tuple[Definition, bool]] = {}
+        zeros: dict[str, CStatement] = {}  # the sums over rows that start from zeros, by the array they fill
         for position in sorted(block.accumulated):  # each sum over rows starts from the terms that have none
             definition = definitions[position]
             target = self.printed[definition.name]
@@ -494,8 +495,9 @@ class _Compiler:
                 statements.append(self.statement(dataclasses.replace(definition, expr=rest), target))
             else:
                 extent = " * ".join(self.size(r) for r in self.axes.get(definition.name, ()))
-                statements.append(CStatement(f"{definition.name}: a sum over the blocks of rows, from 0", [
-                    f"memset({target}, 0, {extent} * sizeof(softgrad_real));" if extent else f"{target}[0] = 0;"]))
+                zeros[target] = CStatement(f"{definition.name}: a sum over the blocks of rows, from 0", [
+                    f"memset({target}, 0, {extent} * sizeof(softgrad_real));" if extent else f"{target}[0] = 0;"])
+                statements.append(zeros[target])
             parts[position] = (dataclasses.replace(definition, expr=summed), rest == 0)
         self.block, self.written, self.first_block_writes = block, {}, set()
         self.local = {name: len(block.fixed) for name in block.local}
@@ -507,11 +509,9 @@ class _Compiler:
             inner += [f"// {statement.comment}", *statement.lines]
         self.block, self.local, self.written, self.fixed_symbols = None, {}, {}, set()
         rows = self.size(block.blocked)
-        for statement in statements:  # zeros only where no block runs, for a sum the first block writes
-            if statement.lines and statement.lines[0].startswith("memset(") and \
-                    statement.lines[0][len("memset("):].split(",")[0] in self.first_block_writes:
-                statement.comment += ", written by the first block (zeros only where there is none)"
-                statement.lines = [f"if ({rows} == 0) {statement.lines[0]}"]
+        for target in self.first_block_writes:  # zeros only where no block runs, for a sum the first block writes
+            zeros[target].comment += ", written by the first block (zeros only where there is none)"
+            zeros[target].lines = [f"if ({rows} == 0) {line}" for line in zeros[target].lines]
         lines = [f"for (size_t _r0 = 0; _r0 < {rows}; _r0 += _rows) {{",
                  f"    const size_t _r1 = {rows} - _r0 < _rows ? {rows} : _r0 + _rows;",
                  *(["    (void)_r1;"] if not any("_r1" in line for line in inner) else []),
