@@ -110,10 +110,13 @@ class _Compiler:
     def compile(self, e: sp.Expr, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
         """Array code for e and the indices of its axes. A subexpression the statements compiled together use more
         than once (layer norm's x − m and 1/√(v + ε)) is computed once, into a temporary the others read."""
-        key = _shared_key(e, ranges)
+        if not self.repeated:  # nothing in this scope is met twice: no key to make
+            return self.compile_node(e, ranges, order)
+        canonical = None if e.is_Atom or isinstance(e, sp.Indexed) else _canonical_indices(e, ranges)
+        key = None if canonical is None else _key_of(e, canonical)
         if key in self.common:  # its axes under the names this occurrence gives its indices
             name, canonical_axes = self.common[key]
-            named = {c: s for s, c in _canonical_indices(e, ranges).items()}
+            named = {c: s for s, c in canonical.items()} if canonical is not None else {}
             readers = self.readers.setdefault(key, [])
             alone = self.statement_number not in readers  # its one reading in this statement
             readers.append(self.statement_number)
@@ -123,10 +126,9 @@ class _Compiler:
                 self.updated.add(key)
             return name, tuple(named[c] for c in canonical_axes)
         code, have = self.compile_node(e, ranges, order)
-        if key in self.repeated and have and not _CHEAP.fullmatch(code):
+        if key in self.repeated and canonical is not None and have and not _CHEAP.fullmatch(code):
             name = self.temp()
             self.pending.append(f"{name} = {code}")
-            canonical = _canonical_indices(e, ranges)
             self.common[key] = (name, tuple(canonical[s] for s in have))
             self.readers[key] = [self.statement_number]
             return name, have
@@ -825,7 +827,10 @@ def _shared_key(e: sp.Expr, ranges: dict[sp.Symbol, str]) -> tuple[Any, ...] | N
     temporary."""
     if e.is_Atom or isinstance(e, sp.Indexed):
         return None
-    canonical = _canonical_indices(e, ranges)
+    return _key_of(e, _canonical_indices(e, ranges))
+
+
+def _key_of(e: sp.Expr, canonical: dict[sp.Symbol, sp.Symbol]) -> tuple[Any, ...]:
     return (e.xreplace(canonical), tuple(sorted(str(c) for c in canonical.values())))
 
 
