@@ -189,6 +189,7 @@ def test_a_sum_over_rows_the_first_block_writes_is_zero_without_rows(source, tmp
     ((file_name, numpy_text),) = emit(derivation, "numpy").items()
     assert "_add_product(dK, _r0 == 0, " in numpy_text if source == ATTENTION else \
         "_add_product(dW, _r0 == 0, (1 / _n_b), _t1.T, X[_r0:_r1])" in numpy_text  # 1/n scales the block's P − T
+    assert "np.clip(" not in numpy_text  # P[b − _r0, label[b]] in a block's rows is read directly, never clipped
     (tmp_path / file_name).write_text(numpy_text)
     for kernels in (load_c(files, tmp_path), import_path(tmp_path / file_name)):
         _zero_without_rows(kernels, derivation, source)
