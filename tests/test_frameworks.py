@@ -115,6 +115,68 @@ def test_a_softmax_backward_is_printed_as_torchs_fused_kernel(tmp_path, spec, ke
     assert torch.allclose(x.grad, expected, rtol=1e-12, atol=1e-14)
 
 
+def test_cross_entropy_keeps_log_p_and_is_exact_where_a_class_is_masked(tmp_path):
+    """(Σt)·p − t is a log-softmax's backward read through log p: the forward makes log p alone (no softmax) and
+    the backward keeps it and t, as autograd does. t·log p is summed without its guard unless that sum is NaN (a
+    target of 0 at a logit of −inf), where the guarded sum gives the loss without the masked class — eager and
+    compiled."""
+    torch = require_module("torch")
+    module = _module("cross-entropy", "torch", tmp_path)
+    text = (tmp_path / "cross_entropy.py").read_text(encoding="utf-8")
+    assert "torch.softmax" not in text and "_log_softmax_backward_data" in text
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 6, dtype=torch.float64, generator=generator)
+    t = torch.rand(8, 6, dtype=torch.float64, generator=generator)
+    x[::2, 2], t[::2, 2] = -torch.inf, 0.0  # class 2 masked in every other row
+    t = t / t.sum(-1, keepdim=True)
+    upstream = torch.rand(8, dtype=torch.float64, generator=generator)
+
+    def reference(logits):
+        return -(t * torch.log_softmax(logits, -1).masked_fill(t == 0, 0)).sum(-1)
+
+    leaf = x.clone().requires_grad_()
+    (expected_gradient,) = torch.autograd.grad(reference(leaf), leaf, upstream)
+    for function in (module.cross_entropy, torch.compile(module.cross_entropy, fullgraph=True)):
+        leaf = x.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(tensor) or tensor, lambda u: u):
+            loss = function(leaf, t)
+        assert torch.allclose(loss, reference(x), rtol=1e-12, atol=0), (loss, reference(x))
+        (gradient,) = torch.autograd.grad(loss, leaf, upstream)
+        assert torch.allclose(gradient, expected_gradient, rtol=1e-12, atol=1e-15)
+        if function is module.cross_entropy:
+            assert len(saved) == 2 and torch.equal(saved[1], torch.log_softmax(x, -1)), saved
+
+
+@pytest.mark.parametrize("language", ["torch", "jax"])
+def test_kl_divergence_is_finite_at_targets_of_zero_and_a_far_logit(tmp_path, language):
+    """q·log(q/p) is written q·(log q − log p) with log p the forward's log-softmax, guarded where q = 0: the
+    loss and gradient are KL's (0·log 0 = 0), not NaN, and finite where p underflows (a logit 1000 above)."""
+    framework = require_module(language)
+    module = _module("kl-divergence", language, tmp_path)
+    z = np.random.default_rng(5).normal(size=(3, 4))
+    z[0, 1] = 1000.0
+    q = np.array([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.1, 0.2, 0.3, 0.4]])
+    log_p = z - z.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    expected = np.where(q == 0, 0, q * (np.log(np.where(q == 0, 1, q)) - log_p)).sum(-1)
+    expected_gradient = np.exp(log_p) * q.sum(-1, keepdims=True) - q  # ∂/∂z of Σ_rows L
+    if language == "torch":
+        leaf = framework.tensor(z, requires_grad=True)
+        loss = module.kl_divergence(leaf, framework.tensor(q))
+        loss.sum().backward()
+        loss, gradient = loss.detach().numpy(), leaf.grad.numpy()
+    else:
+        import jax
+
+        with jax.enable_x64(True):
+            loss, gradient = (np.asarray(value) for value in jax.value_and_grad(
+                lambda u: module.kl_divergence(u, q).sum())(z))
+            loss = np.asarray(module.kl_divergence(z, q))
+    assert np.allclose(loss, expected, rtol=1e-12), (loss, expected)
+    assert np.allclose(gradient, expected_gradient, rtol=1e-12, atol=1e-15), gradient
+
+
 @pytest.mark.parametrize(("spec", "allocated"), [
     ("softmax", 1),  # y·(dy − Σ dy·y): torch's fused softmax backward
     ("log-softmax", 1),  # dy − e^y·Σdy: torch's fused log-softmax backward

@@ -116,6 +116,14 @@ class ArrayDialect:
             return f"jax.nn.log_softmax({code}, axis={axis})"
         return None
 
+    def unless_nan(self, plain: str, guarded: str) -> str | None:
+        """`plain` (a sum of products t·f), or `guarded` (the same sum never forming 0·inf) where plain holds a NaN:
+        torch eager then skips the comparison and selection of the guard (two passes over the arrays) whenever no
+        weight of 0 meets an infinite factor; None where the guard is always printed (NumPy, jax.jit: fused)."""
+        if self.name == "torch":
+            return f"_unless_nan({plain}, lambda: {guarded})"
+        return None
+
     def where(self, condition: str, then: str, otherwise: str) -> str:
         return self.call("where", condition, then, otherwise)
 

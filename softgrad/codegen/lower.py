@@ -241,18 +241,36 @@ def guard_products(expr: sp.Expr, spec: Spec, wrt: str, shifts: set[sp.Symbol] |
 
 
 def guard_weighted_logs(expr: sp.Expr, normalised: set[str], inputs: set[str]) -> sp.Expr:
-    """w·log P[…] → a guarded product (w an input's entry, P a normalised exponential): 0 where w = 0, so that
-    a class masked by a −inf logit (P = 0) with target 0 adds 0 to a loss, not 0·(−inf) = NaN — the
-    convention 0·log 0 = 0 that guard_products keeps in the one-row kernels."""
+    """w·log P[…] or w·log q[…] → a guarded product (w an input's entry, P a normalised exponential, q any entry):
+    0 where w = 0, so that a class masked by a −inf logit (P = 0) with target 0 adds 0 to a loss, not
+    0·(−inf) = NaN, and KL divergence's q·log q is 0 at q = 0 — the convention 0·log 0 = 0 that
+    guard_products keeps in the one-row kernels."""
     def guard(product: sp.Mul) -> sp.Expr:
         weights = [f for f in product.args if isinstance(f, sp.Indexed) and str(f.base) in inputs]
-        reads_log = any(isinstance(f, sp.log) and isinstance(f.args[0], sp.Indexed) and str(f.args[0].base) in
-                        normalised for f in product.args)
-        if len(weights) != 1 or not reads_log:
+        if len(weights) != 1:
             return product
-        return guarded_product(weights[0], product / weights[0])
+        rest = product / weights[0]
+        if not any(isinstance(logarithm.args[0], sp.Indexed) for logarithm in rest.atoms(sp.log)):
+            return product  # no log of an entry: nothing −inf where the weight may be 0
+        return guarded_product(weights[0], rest)
 
-    return expr.replace(lambda e: e.is_Mul, guard)
+    return split_logs(expr, normalised).replace(lambda e: e.is_Mul, guard)
+
+
+def split_logs(expr: sp.Expr, normalised: set[str]) -> sp.Expr:
+    """log(q/P) → log q − log P (P a normalised exponential, q one other entry): log P is the log-softmax the
+    forward makes, finite where P underflows (KL divergence's q·log(q/p) at a logit far below the others),
+    and q·log q is 0·log 0 = 0 once guarded. The same value wherever the quotient's log has one: P > 0."""
+    def split(logarithm: sp.log) -> sp.Expr:
+        factors = [(f.base, f.exp) if f.is_Pow else (f, sp.Integer(1)) for f in sp.Mul.make_args(logarithm.args[0])]
+        if len(factors) < 2 or not all(isinstance(base, sp.Indexed) and power in (1, -1) for base, power in factors):
+            return logarithm
+        others = [base for base, _ in factors if str(base.base) not in normalised]
+        if len(others) > 1 or len(others) == len(factors):
+            return logarithm
+        return sp.Add(*(power * sp.log(base) for base, power in factors))
+
+    return expr.replace(lambda e: isinstance(e, sp.log), split)
 
 
 def cancelled_divisions(expr: sp.Expr) -> sp.Expr:

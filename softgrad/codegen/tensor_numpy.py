@@ -81,6 +81,7 @@ class _Compiler:
         self.printed = printed
         self.normalised: dict[str, tuple[sp.Expr, sp.Symbol]] = {}  # P → (exponent, the index rows sum over)
         self.logs_needed: set[str] = set()
+        self.plain_read: set[str] = set()  # arrays the statement being compiled reads as themselves (not their logs)
         self.temporary = 0
         #: the row blocking the statements are compiled for (None: whole arrays), and the arrays held for a block
         self.block: RowBlocking | None = None
@@ -219,6 +220,8 @@ class _Compiler:
             want = self.union([base[1], exponent[1]], order)
             return self.dialect.call(self.dialect.power, self.align(*base, want), self.align(*exponent, want)), want
         if isinstance(e, sp.Sum):
+            if e.function.has(guarded_product) and self.dialect.unless_nan("", "") is not None:
+                return self.guarded_lazily(e, ranges, order)
             return self.total(e, ranges, order)
         if isinstance(e, guarded_product):
             pieces = [self.compile(a, ranges, order) for a in e.args]
@@ -265,6 +268,8 @@ class _Compiler:
     def entry(self, e: sp.Indexed, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
               log: bool = False) -> tuple[str, tuple[Any, ...]]:
         name = ("_log_" if log else "") + self.printed[str(e.base)]
+        if not log:
+            self.plain_read.add(str(e.base))
         positions = list(e.indices)
         axes = self.axes.get(str(e.base), ())
         blocked = [a for a, r in enumerate(axes) if self.block is not None and r == self.block.blocked]
@@ -339,6 +344,18 @@ class _Compiler:
         extent = self.spec.derived_sizes.get(self.axes[str(e.base)][axis], sizes[self.axes[str(e.base)][axis]])
         highest = {s: self.spec.derived_sizes.get(r, sizes[r]) - 1 for s, r in ranges.items()}
         return bool(algebra.simplify_brackets(Bracket(position) * Bracket(extent - 1 - position), highest) != 1)
+
+    def guarded_lazily(self, e: sp.Sum, ranges: dict[sp.Symbol, str],
+                       order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
+        """Σ t·f with its products guarded (0 where t = 0, never 0·inf) only where the plain sum is NaN: the same
+        values (a plain product differs from a guarded one only where it is NaN, and a sum of terms without a NaN
+        has none unless it adds +inf to −inf, which the guarded sum then does too), without the guard's passes."""
+        plain = e.replace(lambda node: isinstance(node, guarded_product), lambda node: sp.Mul(*node.args))
+        unguarded, have = self.total(plain, ranges, order)
+        guarded, guarded_have = self.total(e, ranges, order)
+        code = self.dialect.unless_nan(unguarded, self.align(guarded, guarded_have, have))
+        assert code is not None and set(have) == set(guarded_have)
+        return code, have
 
     def total(self, e: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
         bounds = [limit[0] for limit in e.limits]
@@ -519,12 +536,33 @@ class _Compiler:
                     code, have = self.compile(first, ranges, order)
                     if have == tuple(first.indices):
                         return str(self.dialect.log_softmax(code, axis)), have
+            fused = self._fused_through_log(first, second, ranges, order)
+            if fused is not None:
+                return fused
             if isinstance(first, sp.Indexed) and (-second).is_Mul and len((-second).args) == 2:
                 for exponential, total in ((-second).args, (-second).args[::-1]):
                     if isinstance(exponential, sp.exp) and isinstance(exponential.args[0], sp.Indexed):
                         axis = self._summed_axis(total, exponential.args[0], first, [first], ranges)
                         if axis is not None:
                             return self._fused(first, exponential.args[0], axis, True, ranges, order)
+        return None
+
+    def _fused_through_log(self, first: sp.Expr, second: sp.Expr, ranges: dict[sp.Symbol, str],
+                           order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+        """g − P·Σ_k g (or P·Σ_k g − g) with P a normalised exponential of the forward: the backward of a
+        log-softmax read through log P, which the forward makes (a cross-entropy's (Σ_k t)·P − t), so that the
+        backward keeps log P, not P."""
+        negated = first.could_extract_minus_sign()
+        upstream, scaled = (-first, second) if negated else (first, -second)
+        if not isinstance(upstream, sp.Indexed) or not scaled.is_Mul or len(scaled.args) != 2:
+            return None
+        for output, total in (scaled.args, scaled.args[::-1]):
+            if isinstance(output, sp.Indexed) and str(output.base) in self.normalised:
+                axis = self._summed_axis(total, output, upstream, [upstream], ranges)
+                fused = None if axis is None else self._fused(upstream, output, axis, True, ranges, order,
+                                                              read=sp.log(output))
+                if fused is not None:
+                    return (f"{fused[0]}.neg_()" if negated else fused[0]), fused[1]
         return None
 
     @staticmethod
@@ -545,10 +583,11 @@ class _Compiler:
         return None
 
     def _fused(self, upstream: sp.Indexed, output: sp.Indexed, axis: int, log: bool, ranges: dict[sp.Symbol, str],
-               order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:
+               order: list[sp.Symbol], read: sp.Expr | None = None) -> tuple[str, tuple[Any, ...]] | None:
+        """The fused backward of upstream through output (read: what is read for it, log P for P)."""
         if self.dialect.softmax_backward("g", "y", 0, log) is None:
             return None
-        pieces = [self.compile(entry, ranges, order) for entry in (upstream, output)]
+        pieces = [self.compile(entry, ranges, order) for entry in (upstream, output if read is None else read)]
         if any(have != tuple(output.indices) for _, have in pieces):  # read as they are stored: no transposition
             return None
         code = self.dialect.softmax_backward(pieces[0][0], pieces[1][0], axis, log)
@@ -631,6 +670,7 @@ class _Compiler:
         self.statement_number += 1
         self.pending: list[str] = []
         self.logs_read: set[str] = set()
+        self.plain_read = set()
         name = self.printed[definition.name]
         order = list(definition.indices)
         ranges = algebra.definition_ranges(definition, self.axes, self.spec.sizes)
@@ -664,11 +704,11 @@ class _Compiler:
         if accumulate and self.dialect.in_place and not self.dialect.chain_in_place:
             added = self.product_added(expr, target, ranges, order, full, definition.name in self.from_zero)
             if added is not None:
-                return Statement(name, [*self.pending, added], self.logs_read, self.names_in(expr))
+                return Statement(name, [*self.pending, added], self.logs_read, self.reads_of(expr))
         if target != name and not accumulate:
             written = self.multiplied_into(expr, target, ranges, order, full)
             if written is not None:  # the last multiplication writes the block's rows: no temporary copied in
-                return Statement(name, [*self.pending, written], self.logs_read, self.names_in(expr))
+                return Statement(name, [*self.pending, written], self.logs_read, self.reads_of(expr))
         code, have = self.compile(expr, ranges, order)
         if set(have) != set(full):
             shape = self.shape(ranges[s] for s in full)
@@ -677,7 +717,7 @@ class _Compiler:
             code = self.align(code, have, full)
         lines = [*self.pending, f"{target} += {code}" if accumulate else
                  f"{target} = {code}" if target != name else f"{name} = {self.dialect.array.format(code)}"]
-        return Statement(name, lines, self.logs_read, self.names_in(expr))
+        return Statement(name, lines, self.logs_read, self.reads_of(expr))
 
     def product_added(self, expr: sp.Expr, target: str, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
                       full: tuple[sp.Symbol, ...], from_zero: bool) -> str | None:
@@ -807,6 +847,12 @@ class _Compiler:
             else:
                 forms.append((stable_array_forms(definition.expr, self.spec, normalised), ranges))
         return forms
+
+    def reads_of(self, expr: sp.Expr) -> set[str]:
+        """What the statement just compiled from expr reads: the names in expr, but a normalised exponential P
+        its code reads only as log P (a log-softmax's fused backward) is not read."""
+        through_logs = {name for name in self.normalised if name not in self.plain_read}
+        return self.names_in(expr) - {self.printed[name] for name in through_logs}
 
     def names_in(self, expr: sp.Expr) -> set[str]:
         """The printed names an expression reads: arrays (its entries) and parameters."""
@@ -1082,6 +1128,12 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     for statement in [*forward, *gradients_forward, *backward]:  # log P only where the spec or a gradient reads it
         statement.lines = [line for line in statement.lines
                            if not (line.lstrip().startswith("_log_") and line.split()[0][5:] not in kept_logs)]
+    if dialect.normalised("P", 0) is not None:  # the library's softmax, one line: left out where nothing reads P
+        read = set().union(*(statement.reads for statement in [*forward, *gradients_forward, *backward]))
+        unread = {printed[name] for name in compiler.normalised} - read - {printed[spec.output.name]}
+        for statement in [*forward, *gradients_forward, *backward]:
+            if statement.name in unread:
+                statement.lines = [line for line in statement.lines if not line.startswith(f"{statement.name} = ")]
     inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]
     return TensorModule(
         inputs=inputs, labels={printed[k]: v for k, v in spec.labels.items()},

@@ -27,7 +27,7 @@ def _forward(x, t):
     _n_b = x.shape[0]
     _n_i = x.shape[1]
     p = jnp.asarray(jax.nn.sigmoid(x), dtype=_dtype)
-    L = jnp.asarray((-1 * (jnp.sum((-((1 - t) * jax.nn.softplus(x)) - (t * jax.nn.softplus((-1 * x)))), axis=1))), dtype=_dtype)
+    L = jnp.asarray((-1 * (jnp.sum(((t * jnp.where(t == 0, 0, (-1 * jax.nn.softplus((-1 * x))))) - ((1 - t) * jax.nn.softplus(x))), axis=1))), dtype=_dtype)
     return L, (t, p)
 
 

@@ -28,7 +28,8 @@ def _forward(z, q):
     _n_i = z.shape[1]
     _exponent = z
     p = jax.nn.softmax(_exponent, axis=1)
-    L = jnp.asarray((jnp.sum((q * jnp.log(((1 / p) * q))), axis=1)), dtype=_dtype)
+    _log_p = jax.nn.log_softmax(_exponent, axis=1)
+    L = jnp.asarray((jnp.sum((q * jnp.where(q == 0, 0, (jnp.log(q) - _log_p))), axis=1)), dtype=_dtype)
     return L, (q, p)
 
 
