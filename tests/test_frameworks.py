@@ -177,6 +177,25 @@ def test_kl_divergence_is_finite_at_targets_of_zero_and_a_far_logit(tmp_path, la
     assert np.allclose(gradient, expected_gradient, rtol=1e-12, atol=1e-15), gradient
 
 
+def test_a_jax_log_softmax_keeps_its_exp_made_in_the_forward(tmp_path):
+    """The backward dy − exp(y)·Σ dy reads y only under exp: the forward makes softmax(x) beside the log-softmax
+    (jax.jit computes the shifted exponentials once for both) and keeps it, not y, so the backward computes no
+    exponential."""
+    jax = require_module("jax")
+    module = _module("log-softmax", "jax", tmp_path)
+    text = (tmp_path / "log_softmax.py").read_text(encoding="utf-8")
+    backward = text[text.index("def _backward("):text.index("log_softmax.defvjp")]
+    assert "jax.nn.softmax(x, axis=1)" in text and "exp(" not in backward, backward
+    x = np.random.default_rng(2).normal(size=(5, 7))
+    upstream = np.random.default_rng(3).normal(size=(5, 7))
+    with jax.enable_x64(True):
+        _, residuals = module._forward_pass(x)
+        assert len(residuals) == 1 and np.allclose(residuals[0], jax.nn.softmax(x, axis=-1), rtol=1e-14)
+        gradients = [jax.grad(lambda u, f=f: (upstream * f(u)).sum())(x)
+                     for f in (module.log_softmax, lambda u: jax.nn.log_softmax(u, axis=-1))]
+    assert np.allclose(*gradients, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize(("spec", "allocated"), [
     ("softmax", 1),  # y·(dy − Σ dy·y): torch's fused softmax backward
     ("log-softmax", 1),  # dy − e^y·Σdy: torch's fused log-softmax backward

@@ -124,6 +124,14 @@ class ArrayDialect:
             return f"_unless_nan({plain}, lambda: {guarded})"
         return None
 
+    def softmax(self, code: str, axis: int) -> str | None:
+        """exp of a log-softmax over `axis`, made beside it by the forward where a backward reads exp y: jax.jit
+        computes the shifted exponentials once for both (XLA merges the same operations), where exp(y) in the
+        backward would compute them again; None elsewhere (torch's fused backward takes y itself)."""
+        if self.name == "jax":
+            return f"jax.nn.softmax({code}, axis={axis})"
+        return None
+
     def where(self, condition: str, then: str, otherwise: str) -> str:
         return self.call("where", condition, then, otherwise)
 

@@ -99,9 +99,10 @@ def lower_framework(derivation: Derivation, language: str, module: str,
     lowered = lower_tensor(derivation, DIALECTS[language])
     axes = {printed[name]: ranges for name, ranges in tensor.axes.items() if name in printed}
     axes.setdefault(lowered.output, lowered.output_ranges)  # a scalar loss: no axes
-    for statement in lowered.forward:
-        if f"_log_{statement.name}" in {line.split(" ")[0] for line in statement.lines}:
-            axes[f"_log_{statement.name}"] = axes[statement.name]
+    for statement in lowered.forward:  # arrays made beside a statement's: its log (_log_P), its exp (_exp_y)
+        for made in (f"_log_{statement.name}", f"_exp_{statement.name}"):
+            if made in {line.split(" ")[0] for line in statement.lines}:
+                axes[made] = axes[statement.name]
     shapes = {name: shape_of(ranges) for name, ranges in axes.items()}
 
     inputs = [name for name, _, _ in lowered.inputs]
@@ -116,7 +117,8 @@ def lower_framework(derivation: Derivation, language: str, module: str,
     output_saved = lowered.output in reads
     saved_forward = [name for name in forward_arrays if name in reads and name != lowered.output
                      and name not in backward_arrays]
-    saved_forward += [f"_log_{name}" for name in forward_arrays if f"_log_{name}" in reads]
+    saved_forward += [f"{prefix}{name}" for prefix in ("_log_", "_exp_") for name in forward_arrays
+                      if f"{prefix}{name}" in reads]
 
     # the backward reads each range's size from an array it receives; an input that alone fixes one is kept
     received = [*([lowered.upstream] if lowered.upstream else []), *saved_inputs,

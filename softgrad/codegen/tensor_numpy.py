@@ -82,6 +82,11 @@ class _Compiler:
         self.normalised: dict[str, tuple[sp.Expr, sp.Symbol]] = {}  # P → (exponent, the index rows sum over)
         self.logs_needed: set[str] = set()
         self.plain_read: set[str] = set()  # arrays the statement being compiled reads as themselves (not their logs)
+        self.derived_read: set[str] = set()  # and the arrays made beside others that it reads (_log_P, _exp_y)
+        #: log-softmax arrays y whose exp the forward makes beside them (_exp_y, the softmax: jax.jit computes the
+        #: exponentials once for both), and those a statement read
+        self.exponentials: set[str] = set()
+        self.exponentials_needed: set[str] = set()
         self.temporary = 0
         #: the row blocking the statements are compiled for (None: whole arrays), and the arrays held for a block
         self.block: RowBlocking | None = None
@@ -236,6 +241,9 @@ class _Compiler:
             return self.entry(e.args[0], ranges, order, log=True)
         if isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum) and isinstance(e.args[0].function, sp.exp):
             return self.log_sum_exp(e.args[0], ranges, order)
+        if isinstance(e, sp.exp) and isinstance(e.args[0], sp.Indexed) and str(e.args[0].base) in self.exponentials:
+            self.exponentials_needed.add(str(e.args[0].base))
+            return self.entry(e.args[0], ranges, order, prefix="_exp_")
         if isinstance(e, (sp.Max, sp.Min)):
             pieces = [self.compile(a, ranges, order) for a in e.args]
             want = self.union([p[1] for p in pieces], order)
@@ -266,9 +274,14 @@ class _Compiler:
                             "indices")
 
     def entry(self, e: sp.Indexed, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
-              log: bool = False) -> tuple[str, tuple[Any, ...]]:
-        name = ("_log_" if log else "") + self.printed[str(e.base)]
-        if not log:
+              log: bool = False, prefix: str = "") -> tuple[str, tuple[Any, ...]]:
+        """An array read at these positions; log: its log (_log_P), prefix: an array the forward makes beside it
+        (_exp_y)."""
+        prefix = "_log_" if log else prefix
+        name = prefix + self.printed[str(e.base)]
+        if prefix:
+            self.derived_read.add(name)
+        else:
             self.plain_read.add(str(e.base))
         positions = list(e.indices)
         axes = self.axes.get(str(e.base), ())
@@ -525,17 +538,12 @@ class _Compiler:
                             rest = [self.compile(a, ranges, order) for a in e.args if a not in (first, second)]
                             return self.product([fused, *rest], order)
             return None
+        found = self.log_softmax_of(e, ranges) if self.dialect.log_softmax("x", 0) is not None else None
+        if found is not None:  # x − log Σ_k exp(x): the forward of a log-softmax
+            code, have = self.compile(found[0], ranges, order)
+            if have == tuple(found[0].indices):
+                return str(self.dialect.log_softmax(code, found[1])), have
         for first, second in (e.args, e.args[::-1]):
-            logarithm = -second
-            if (isinstance(first, sp.Indexed) and isinstance(logarithm, sp.log)
-                    and isinstance(logarithm.args[0], sp.Sum) and isinstance(logarithm.args[0].function, sp.exp)
-                    and self.dialect.log_softmax("x", 0) is not None):
-                total = logarithm.args[0]  # x − log Σ_k exp(x): the forward of a log-softmax
-                axis = self._summed_axis(sp.Sum(total.function.args[0], *total.limits), first, first, [first], ranges)
-                if axis is not None:
-                    code, have = self.compile(first, ranges, order)
-                    if have == tuple(first.indices):
-                        return str(self.dialect.log_softmax(code, axis)), have
             fused = self._fused_through_log(first, second, ranges, order)
             if fused is not None:
                 return fused
@@ -545,6 +553,20 @@ class _Compiler:
                         axis = self._summed_axis(total, exponential.args[0], first, [first], ranges)
                         if axis is not None:
                             return self._fused(first, exponential.args[0], axis, True, ranges, order)
+        return None
+
+    def log_softmax_of(self, e: sp.Expr, ranges: dict[sp.Symbol, str]) -> tuple[sp.Indexed, int] | None:
+        """(x, axis) where e is x − log Σ_k exp(x) along one axis of the array x; None otherwise."""
+        if not (e.is_Add and len(e.args) == 2):
+            return None
+        for first, second in (e.args, e.args[::-1]):
+            logarithm = -second
+            if (isinstance(first, sp.Indexed) and isinstance(logarithm, sp.log)
+                    and isinstance(logarithm.args[0], sp.Sum) and isinstance(logarithm.args[0].function, sp.exp)):
+                total = logarithm.args[0]
+                axis = self._summed_axis(sp.Sum(total.function.args[0], *total.limits), first, first, [first], ranges)
+                if axis is not None:
+                    return first, axis
         return None
 
     def _fused_through_log(self, first: sp.Expr, second: sp.Expr, ranges: dict[sp.Symbol, str],
@@ -671,6 +693,7 @@ class _Compiler:
         self.pending: list[str] = []
         self.logs_read: set[str] = set()
         self.plain_read = set()
+        self.derived_read = set()
         name = self.printed[definition.name]
         order = list(definition.indices)
         ranges = algebra.definition_ranges(definition, self.axes, self.spec.sizes)
@@ -717,6 +740,11 @@ class _Compiler:
             code = self.align(code, have, full)
         lines = [*self.pending, f"{target} += {code}" if accumulate else
                  f"{target} = {code}" if target != name else f"{name} = {self.dialect.array.format(code)}"]
+        found = self.log_softmax_of(expr, ranges) if self.dialect.softmax("x", 0) is not None else None
+        if found is not None and target == name:  # its exp, the softmax, beside it: kept if a statement reads it
+            exponent, _ = self.compile(found[0], ranges, order)
+            lines.append(f"_exp_{name} = {self.dialect.softmax(exponent, found[1])}")
+            self.exponentials.add(definition.name)
         return Statement(name, lines, self.logs_read, self.reads_of(expr))
 
     def product_added(self, expr: sp.Expr, target: str, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
@@ -850,9 +878,10 @@ class _Compiler:
 
     def reads_of(self, expr: sp.Expr) -> set[str]:
         """What the statement just compiled from expr reads: the names in expr, but a normalised exponential P
-        its code reads only as log P (a log-softmax's fused backward) is not read."""
-        through_logs = {name for name in self.normalised if name not in self.plain_read}
-        return self.names_in(expr) - {self.printed[name] for name in through_logs}
+        its code reads only as log P (a log-softmax's fused backward) or a log-softmax y read only as exp y is not
+        read — the arrays made beside them are (_log_P, _exp_y)."""
+        through_others = {name for name in [*self.normalised, *self.exponentials] if name not in self.plain_read}
+        return self.names_in(expr) - {self.printed[name] for name in through_others} | self.derived_read
 
     def names_in(self, expr: sp.Expr) -> set[str]:
         """The printed names an expression reads: arrays (its entries) and parameters."""
@@ -1124,10 +1153,11 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
         backward = compiler.body(plan.backward, None)
     else:
         gradients_forward, backward = [], compiler.body(plan.gradients, plan.gradients_block)
-    kept_logs = {printed[n] for n in compiler.logs_needed}
-    for statement in [*forward, *gradients_forward, *backward]:  # log P only where the spec or a gradient reads it
+    kept = {f"_log_{printed[n]}" for n in compiler.logs_needed} | {
+        f"_exp_{printed[n]}" for n in compiler.exponentials_needed}
+    for statement in [*forward, *gradients_forward, *backward]:  # log P, exp y only where a statement reads them
         statement.lines = [line for line in statement.lines
-                           if not (line.lstrip().startswith("_log_") and line.split()[0][5:] not in kept_logs)]
+                           if not (line.lstrip().startswith(("_log_", "_exp_")) and line.split()[0] not in kept)]
     if dialect.normalised("P", 0) is not None:  # the library's softmax, one line: left out where nothing reads P
         read = set().union(*(statement.reads for statement in [*forward, *gradients_forward, *backward]))
         unread = {printed[name] for name in compiler.normalised} - read - {printed[spec.output.name]}

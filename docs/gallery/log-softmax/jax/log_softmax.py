@@ -7,7 +7,7 @@
 log_softmax(...) is a jax.custom_vjp function in jax.numpy whose backward is printed from softgrad's
 derivation: usable under jax.jit, jax.vmap and jax.grad.
 Arrays have any leading shape: the spec's entries are on the last axis, every leading axis is a row.
-The backward keeps what the derived backward reads: y.
+The backward keeps what the derived backward reads: _exp_y.
 Derived gradients: dx = ∂y/∂x.
 The derivation: 8 of 8 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_k = 1 and n_b = 2, n_k = 3 and n_b = 3, n_k = 4 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
@@ -25,7 +25,8 @@ def _forward(x):
     _n_b = x.shape[0]
     _n_k = x.shape[1]
     y = jnp.asarray(jax.nn.log_softmax(x, axis=1), dtype=_dtype)
-    return y, (y,)
+    _exp_y = jax.nn.softmax(x, axis=1)
+    return y, (_exp_y,)
 
 
 def _rows(array):
@@ -47,13 +48,13 @@ def _forward_pass(x):
 
 def _backward(residuals, dy):
     """The derived backward: dx, given the upstream gradient dy = ∂l/∂y."""
-    y, = residuals
+    _exp_y, = residuals
     lead = jnp.shape(dy)[:-1]
     dy = jnp.reshape(dy, (-1,) + dy.shape[len(lead):])
     _dtype = dy.dtype
     _n_b = dy.shape[0]
     _n_k = dy.shape[1]
-    dx = jnp.asarray((dy - ((jnp.sum(dy, axis=1))[:, None] * jnp.exp(y))), dtype=_dtype)
+    dx = jnp.asarray((dy - ((jnp.sum(dy, axis=1))[:, None] * _exp_y)), dtype=_dtype)
     dx = jnp.reshape(dx, lead + dx.shape[1:])
     return (dx,)
 
