@@ -134,6 +134,25 @@ def test_generated_depthwise_convolution_equals_torch(language: str, causal: boo
     np.testing.assert_allclose(dx, inputs.grad.numpy(), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize(("T", "K"), [(9, 4), (3, 5), (0, 3), (4, 1)])
+def test_numpy_reads_a_causal_convolutions_input_as_windows_at_every_length(T: int, K: int, tmp_path: Path) -> None:
+    """x[b, c, t − k] is a view of sliding windows over x padded with the K − 1 zeros before it (no index arrays,
+    no gathered copy); right where the kernel is longer than the sequence and where the sequence is empty."""
+    module = _module(derive_spec(parse_spec(CAUSAL, "conv")), "numpy", tmp_path)
+    text = (tmp_path / "conv.py").read_text(encoding="utf-8")
+    assert "_window(x, " in text and "_window(dy, " in text and "np.clip(" not in text
+    rng = np.random.default_rng(T + K)
+    w, x, dy = rng.normal(size=(3, K)), rng.normal(size=(2, 3, T)), rng.normal(size=(2, 3, T))
+    padded = np.concatenate([np.zeros((2, 3, K - 1)), x], axis=2)  # padded[..., s + K − 1] = x[..., s]
+    reads = np.stack([padded[:, :, K - 1 - k:K - 1 - k + T] for k in range(K)], axis=-1)  # x[b, c, t − k]
+    np.testing.assert_allclose(module.forward(w, x), np.einsum("ck,bctk->bct", w, reads), rtol=1e-13, atol=1e-14)
+    dw, dx = module.gradients(w, x, dy)
+    np.testing.assert_allclose(dw, np.einsum("bct,bctk->ck", dy, reads), rtol=1e-13, atol=1e-14)
+    later = np.concatenate([dy, np.zeros((2, 3, K - 1))], axis=2)  # dx[s] = Σ_k w[k]·dy[s + k]
+    expected_dx = np.einsum("ck,bcsk->bcs", w, np.stack([later[:, :, k:k + T] for k in range(K)], axis=-1))
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-13, atol=1e-14)
+
+
 @pytest.mark.parametrize("language", ["numpy", "c"])
 def test_generated_2d_convolution_with_padding_equals_torch(language: str, tmp_path: Path) -> None:
     torch = require_module("torch")

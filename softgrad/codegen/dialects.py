@@ -132,6 +132,13 @@ class ArrayDialect:
             return f"jax.nn.softmax({code}, axis={axis})"
         return None
 
+    def window(self, code: str, spans: str) -> str | None:
+        """An array read at shifted positions u ± v + c as a view of sliding windows (the template's _window), or
+        None where the lowering gathers the entries by index arrays (torch and JAX: no negative strides)."""
+        if self.name == "numpy":
+            return f"_window({code}, {spans})"
+        return None
+
     def where(self, condition: str, then: str, otherwise: str) -> str:
         return self.call("where", condition, then, otherwise)
 

@@ -62,11 +62,6 @@ class FrameworkModule:
         """The ranges whose sizes the nn.Module's constructor takes (those of its weights), in order."""
         return list(dict.fromkeys(r for name in self.weights for r in self.weight_ranges[name]))
 
-    def calls(self, helper: str) -> bool:
-        """Whether a statement of the module calls a helper (`_unless_nan(`): the template defines only those."""
-        statements = [*self.lowered.forward, *self.lowered.gradients_forward, *self.lowered.backward]
-        return any(helper in line for statement in statements for line in statement.lines)
-
     @property
     def saved(self) -> list[str]:
         """Everything the backward receives besides the upstream gradient, in a fixed order."""

@@ -71,6 +71,11 @@ class TensorModule:
     def output_rank(self) -> int:
         return len(self.output_ranges)
 
+    def calls(self, helper: str) -> bool:
+        """Whether a statement calls a helper (`_window(`, `_unless_nan(`): a template defines only those."""
+        statements = [*self.forward, *self.gradients_forward, *self.backward]
+        return any(helper in line for statement in statements for line in statement.lines)
+
 
 class _Compiler:
     def __init__(self, derivation: Derivation, printed: dict[str, str], dialect: ArrayDialect = NUMPY):
@@ -294,6 +299,9 @@ class _Compiler:
         if blocked and str(e.base) in self.local:  # held for the block: its rows count from the block's first
             e = e.base[tuple(p - _ROW_START if a in blocked else p for a, p in enumerate(positions))]
             positions = list(e.indices)
+        windowed = self.windowed_entry(e, name, ranges)
+        if windowed is not None:
+            return windowed
         sliced = self.sliced_entry(e, name, ranges, order)
         if sliced is not None:
             return sliced
@@ -321,6 +329,39 @@ class _Compiler:
         inside = " & ".join(f"({grids[a]} >= 0) & ({grids[a]} < {extents[a]})" for a in outside)
         return inside, {a: self.dialect.call("clip", grid, "0", f"{extents[a]} - 1") if a in outside else grid
                         for a, grid in grids.items()}
+
+    def windowed_entry(self, e: sp.Indexed, name: str,
+                       ranges: dict[sp.Symbol, str]) -> tuple[str, tuple[Any, ...]] | None:
+        """x[b, c, t − k] or x[b, c, i + p − 1, j + q − 1] as sliding windows over x (a view, padded with zeros
+        where reads leave it), where every other axis is read at its own index: no index arrays, no gathered copy
+        of B·C·T·K entries and no mask (einsum turns the windows into the matrix a matrix product reads, as
+        im2col does). None where the library has no such view or a position is not u ± v + c."""
+        if self.dialect.window("x", "()") is None or self.block is not None:
+            return None
+        positions, axes = list(e.indices), self.axes.get(str(e.base), ())
+        spans, kept, windows = [], list(e.indices), []
+        for axis, position in enumerate(positions):
+            if isinstance(position, sp.Symbol):
+                if ranges.get(position) != axes[axis]:
+                    return None
+                continue
+            offset, rest = position.as_coeff_Add()
+            signs: dict[sp.Symbol, int] = {}
+            for term in sp.Add.make_args(rest):
+                coefficient, symbol = term.as_coeff_Mul()
+                if not isinstance(symbol, sp.Symbol) or symbol not in ranges or coefficient not in (1, -1):
+                    return None
+                signs[symbol] = int(coefficient)
+            if not offset.is_Integer or len(signs) != 2 or 1 not in signs.values():
+                return None
+            u, v = sorted(signs, key=lambda symbol: (-signs[symbol], str(symbol)))  # u + v: in the order written
+            spans.append(f"({axis}, {int(offset)}, {self.size(ranges[u])}, {self.size(ranges[v])}, {signs[v]})")
+            kept[axis] = u
+            windows.append(v)
+        have = (*kept, *windows)
+        if not spans or len(set(have)) != len(have):
+            return None
+        return str(self.dialect.window(name, f"({', '.join(spans)},)")), have
 
     def sliced_entry(self, e: sp.Indexed, name: str, ranges: dict[sp.Symbol, str],
                      order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]] | None:

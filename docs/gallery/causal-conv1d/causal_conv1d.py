@@ -50,6 +50,31 @@ def _add_product(total, first, scale, left, right):
         total += left @ right
 
 
+def _window(array, spans):
+    """array read at u + sign·v + offset on each span's axis (axis, offset, length of u, length of v, sign), where a
+    read outside it is 0: a view, not a copy — the axis of u in place of the span's axis, the axes of v last, over
+    the array padded with zeros only as far as the reads leave it (a convolution's input as sliding windows)."""
+    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
+        shape = list(array.shape)
+        for axis, _, length_u, _, _ in spans:
+            shape[axis] = length_u
+        return np.zeros(shape + [span[3] for span in spans], dtype=array.dtype)
+    widths = [[0, 0] for _ in array.shape]
+    for axis, offset, length_u, length_v, sign in spans:
+        lowest = offset - (length_v - 1 if sign < 0 else 0)
+        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
+        widths[axis] = [max(0, -lowest), max(0, highest - (array.shape[axis] - 1))]
+    padded = np.pad(array, widths) if any(before or after for before, after in widths) else array
+    view = np.lib.stride_tricks.sliding_window_view(padded, [span[3] for span in spans], axis=[span[0] for span in spans])
+    index = [slice(None)] * view.ndim
+    for position, (axis, offset, length_u, length_v, sign) in enumerate(spans):
+        start = offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0)
+        index[axis] = slice(start, start + length_u)
+        if sign < 0:  # u − v: the window read backwards
+            index[array.ndim + position] = slice(None, None, -1)
+    return view[tuple(index)]
+
+
 def _finite(shift):
     """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
     return np.where(np.isfinite(shift), shift, 0)
@@ -106,7 +131,7 @@ def forward(w, x):
     _n_k = _sizes["k"]
     _n_b = _sizes["b"]
     _n_t = _sizes["t"]
-    y = np.asarray((np.einsum("cd,bd,abcd->abc", (((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_k)[:, None] + _n_t + -1 - np.arange(_n_t)[None, :]) >= 0).astype(_dtype), (1, 0))), w, np.where((((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]).astype(np.intp) >= 0) & ((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]).astype(np.intp) < _n_t))[None, None, :, :], x[:, :, np.clip((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]).astype(np.intp), 0, _n_t - 1)], 0), optimize=True)), dtype=_dtype)
+    y = np.asarray((np.einsum("cd,bd,abcd->abc", (((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_k)[:, None] + _n_t + -1 - np.arange(_n_t)[None, :]) >= 0).astype(_dtype), (1, 0))), w, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
     return y
 
 
@@ -120,6 +145,6 @@ def gradients(w, x, dy):
     _n_k = _sizes["k"]
     _n_b = _sizes["b"]
     _n_t = _sizes["t"]
-    dw = np.asarray((np.einsum("db,cad,cadb->ab", ((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]) >= 0).astype(_dtype), dy, np.where((((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]).astype(np.intp) >= 0) & ((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]).astype(np.intp) < _n_t))[None, None, :, :], x[:, :, np.clip((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]).astype(np.intp), 0, _n_t - 1)], 0), optimize=True)), dtype=_dtype)
-    dx = np.asarray((np.einsum("dc,bd,abdc->abc", ((_n_t + -1 - np.arange(_n_k)[:, None] - np.arange(_n_t)[None, :]) >= 0).astype(_dtype), w, np.where((((np.arange(_n_k)[:, None] + np.arange(_n_t)[None, :]).astype(np.intp) >= 0) & ((np.arange(_n_k)[:, None] + np.arange(_n_t)[None, :]).astype(np.intp) < _n_t))[None, None, :, :], dy[:, :, np.clip((np.arange(_n_k)[:, None] + np.arange(_n_t)[None, :]).astype(np.intp), 0, _n_t - 1)], 0), optimize=True)), dtype=_dtype)
+    dw = np.asarray((np.einsum("db,cad,cadb->ab", ((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]) >= 0).astype(_dtype), dy, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
+    dx = np.asarray((np.einsum("dc,bd,abdc->abc", ((_n_t + -1 - np.arange(_n_k)[:, None] - np.arange(_n_t)[None, :]) >= 0).astype(_dtype), w, _window(dy, ((2, 0, _n_k, _n_t, 1),)), optimize=True)), dtype=_dtype)
     return (dw, dx)

@@ -50,6 +50,31 @@ def _add_product(total, first, scale, left, right):
         total += left @ right
 
 
+def _window(array, spans):
+    """array read at u + sign·v + offset on each span's axis (axis, offset, length of u, length of v, sign), where a
+    read outside it is 0: a view, not a copy — the axis of u in place of the span's axis, the axes of v last, over
+    the array padded with zeros only as far as the reads leave it (a convolution's input as sliding windows)."""
+    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
+        shape = list(array.shape)
+        for axis, _, length_u, _, _ in spans:
+            shape[axis] = length_u
+        return np.zeros(shape + [span[3] for span in spans], dtype=array.dtype)
+    widths = [[0, 0] for _ in array.shape]
+    for axis, offset, length_u, length_v, sign in spans:
+        lowest = offset - (length_v - 1 if sign < 0 else 0)
+        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
+        widths[axis] = [max(0, -lowest), max(0, highest - (array.shape[axis] - 1))]
+    padded = np.pad(array, widths) if any(before or after for before, after in widths) else array
+    view = np.lib.stride_tricks.sliding_window_view(padded, [span[3] for span in spans], axis=[span[0] for span in spans])
+    index = [slice(None)] * view.ndim
+    for position, (axis, offset, length_u, length_v, sign) in enumerate(spans):
+        start = offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0)
+        index[axis] = slice(start, start + length_u)
+        if sign < 0:  # u − v: the window read backwards
+            index[array.ndim + position] = slice(None, None, -1)
+    return view[tuple(index)]
+
+
 def _finite(shift):
     """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
     return np.where(np.isfinite(shift), shift, 0)
@@ -110,7 +135,7 @@ def forward(W, x, bias):
     _n_b = _sizes["b"]
     _n_i = _sizes["i"]
     _n_j = _sizes["j"]
-    y = np.asarray((bias[None, :, None, None] + (np.einsum("cf,dg,befg,aecfdg->abcd", (((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1) >= 0).astype(_dtype) * ((_n_i - np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype)), (((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1) >= 0).astype(_dtype) * ((_n_j - np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype)), W, np.where((((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(np.intp) >= 0) & ((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(np.intp) < _n_i) & ((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(np.intp) >= 0) & ((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(np.intp) < _n_j))[None, None, :, :, :, :], x[:, :, np.clip((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(np.intp), 0, _n_i - 1), np.clip((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(np.intp), 0, _n_j - 1)], 0), optimize=True))), dtype=_dtype)
+    y = np.asarray((bias[None, :, None, None] + (np.einsum("cf,dg,befg,aecdfg->abcd", (((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1) >= 0).astype(_dtype) * ((_n_i - np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype)), (((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1) >= 0).astype(_dtype) * ((_n_j - np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype)), W, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True))), dtype=_dtype)
     return y
 
 
@@ -128,7 +153,7 @@ def gradients(W, x, bias, dy):
     _n_b = _sizes["b"]
     _n_i = _sizes["i"]
     _n_j = _sizes["j"]
-    dW = np.asarray((np.einsum("fc,gd,eafg,ebfcgd->abcd", (((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1) >= 0).astype(_dtype) * ((_n_i - np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype)), (((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1) >= 0).astype(_dtype) * ((_n_j - np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype)), dy, np.where((((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(np.intp) >= 0) & ((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(np.intp) < _n_i) & ((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(np.intp) >= 0) & ((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(np.intp) < _n_j))[None, None, :, :, :, :], x[:, :, np.clip((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(np.intp), 0, _n_i - 1), np.clip((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(np.intp), 0, _n_j - 1)], 0), optimize=True)), dtype=_dtype)
-    dx = np.asarray((np.einsum("ce,df,gbef,agcedf->abcd", (((1 + np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_p)[:, None] + _n_i + -2 - np.arange(_n_i)[None, :]) >= 0).astype(_dtype), (1, 0))), (((1 + np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_q)[:, None] + _n_j + -2 - np.arange(_n_j)[None, :]) >= 0).astype(_dtype), (1, 0))), W, np.where((((1 + np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :])[:, :, None, None].astype(np.intp) >= 0) & ((1 + np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :])[:, :, None, None].astype(np.intp) < _n_i) & ((1 + np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :])[None, None, :, :].astype(np.intp) >= 0) & ((1 + np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :])[None, None, :, :].astype(np.intp) < _n_j))[None, None, :, :, :, :], dy[:, :, np.clip((1 + np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :])[:, :, None, None].astype(np.intp), 0, _n_i - 1), np.clip((1 + np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :])[None, None, :, :].astype(np.intp), 0, _n_j - 1)], 0), optimize=True)), dtype=_dtype)
+    dW = np.asarray((np.einsum("fc,gd,eafg,ebfgcd->abcd", (((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1) >= 0).astype(_dtype) * ((_n_i - np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype)), (((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1) >= 0).astype(_dtype) * ((_n_j - np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype)), dy, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True)), dtype=_dtype)
+    dx = np.asarray((np.einsum("ce,df,gbef,agcdef->abcd", (((1 + np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_p)[:, None] + _n_i + -2 - np.arange(_n_i)[None, :]) >= 0).astype(_dtype), (1, 0))), (((1 + np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_q)[:, None] + _n_j + -2 - np.arange(_n_j)[None, :]) >= 0).astype(_dtype), (1, 0))), W, _window(dy, ((2, 1, _n_i, _n_p, -1), (3, 1, _n_j, _n_q, -1),)), optimize=True)), dtype=_dtype)
     dbias = np.asarray((np.sum(dy, axis=(3, 2, 0))), dtype=_dtype)
     return (dW, dx, dbias)
