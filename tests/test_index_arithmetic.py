@@ -153,6 +153,24 @@ def test_numpy_reads_a_causal_convolutions_input_as_windows_at_every_length(T: i
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize(("source", "calls"), [
+    (SAME_2D, 3),  # y, dW and dx: each a matrix product of the kernel's matrix and the input's windows (im2col)
+    ("y[b, o, t] = sum(W[o, c] * x[b, c, t], c)\n", 3),  # a 1×1 convolution: W·x[b] for every row b
+])
+def test_generated_c_convolutions_are_matrix_products_with_the_kernel_shared_by_every_row(
+        source: str, calls: int, tmp_path: Path) -> None:
+    """A contraction whose leading index only one operand has (b of the input) is one gemm per entry of it, the
+    other operand's matrix (the kernel's) the same for every entry — not loops over the sums; the code passes
+    codegen --check's comparison with the derivation."""
+    derivation = derive_spec(parse_spec(source, "conv"))
+    files = emit(derivation, "c")
+    text = files["conv.c"]
+    assert text.count("SOFTGRAD_GEMM(CblasRowMajor") == calls, text
+    assert "for (size_t _batch = 0; _batch < _n_b; ++_batch)" in text  # one product per row b
+    assert ", W, (int)" in text  # the kernel as it is, at the same place for every row (no `W + _batch * …`)
+    assert all(check.passed for check in check_tensor_module(derivation, files))
+
+
 @pytest.mark.parametrize("language", ["numpy", "c"])
 def test_generated_2d_convolution_with_padding_equals_torch(language: str, tmp_path: Path) -> None:
     torch = require_module("torch")

@@ -126,6 +126,7 @@ class _Operand:
     expr: sp.Expr
     indices: tuple[sp.Symbol, ...]  # its axes, in memory order
     array: sp.Indexed | None  # the spec's array it reads as is, if it is one
+    batched: bool = True  # whether it has the batch axes (else the same matrix serves every batch entry)
 
 
 @dataclass
@@ -565,26 +566,38 @@ class _Compiler:
         (first_set, first), (second_set, second) = groups.items()
         if not set(inner) <= first_set & second_set or (first_set | second_set) - set(inner) != set(target):
             return None
-        batch = tuple(s for s in target if s in first_set and s in second_set)
-        rows = tuple(s for s in target if s in first_set and s not in second_set)
-        columns = tuple(s for s in target if s in second_set and s not in first_set)
-        if target[:len(batch)] != batch or not (rows or columns):
+        # the batch: the leading indices of the target that both operands have, and those after them that one
+        # operand has alone (a convolution's b: the kernel's matrix serves every row), as few as the rest allows
+        common = {s for s in target if s in first_set and s in second_set}
+        for count in range(len(target) + 1):
+            batch = target[:count]
+            rest = target[count:]
+            rows = tuple(s for s in rest if s in first_set and s not in second_set)
+            columns = tuple(s for s in rest if s in second_set and s not in first_set)
+            if common <= set(batch) and rest in (rows + columns, columns + rows) and all(
+                    set(batch) <= side or not set(batch) & side for side in (first_set, second_set)):
+                break
+        else:
+            return None
+        if not (rows or columns):
             return None
         if target[len(batch):] == columns + rows:  # (AB)ᵀ = BᵀAᵀ: the operands swap
             first, second, rows, columns = second, first, columns, rows
         elif target[len(batch):] != rows + columns:
             return None
-        a = self.operand(sp.Mul(*first), batch, rows, inner)
+        first_batch = batch if set(batch) <= first_set else ()
+        second_batch = batch if set(batch) <= second_set else ()
+        a = self.operand(sp.Mul(*first), first_batch, rows, inner)
         if a is None:
             return None
-        order = a.indices[len(batch):]
+        order = a.indices[len(first_batch):]
         inner = tuple(s for s in order if s in inner) or inner  # the inner axes as the first operand has them
-        b = self.operand(sp.Mul(*second), batch, columns, inner)
+        b = self.operand(sp.Mul(*second), second_batch, columns, inner)
         if b is None:
             return None
-        inner_b = tuple(s for s in b.indices[len(batch):] if s in inner)
+        inner_b = tuple(s for s in b.indices[len(second_batch):] if s in inner)
         if inner_b != inner:
-            a = self.operand(sp.Mul(*first), batch, rows, inner_b, written=True)
+            a = self.operand(sp.Mul(*first), first_batch, rows, inner_b, written=True)
             if a is None:
                 return None
             inner = inner_b
@@ -619,14 +632,14 @@ class _Compiler:
             if (len(set(indices)) == len(indices) and indices[:len(batch)] == batch
                     and rest in (outer + inner_as_read, inner_as_read + outer)
                     and set(rest) == set(outer) | set(inner)):
-                return _Operand(factor, indices, factor)
+                return _Operand(factor, indices, factor, bool(batch))
         # a work array, laid out as the entries it reads are (so that writing it reads them in order)
         layouts = [batch + outer + inner, batch + inner + outer]
         reads = [tuple(e.indices) for e in sorted(factor.atoms(sp.Indexed), key=sp.default_sort_key)]
         chosen = next((layout for read in reads for layout in layouts
                        if tuple(s for s in read if s in layout) == tuple(s for s in layout if s in read)
                        and len(set(read) & set(layout)) > 1), layouts[0])
-        return _Operand(factor, chosen, None)
+        return _Operand(factor, chosen, None, bool(batch))
 
     def gemm(self, gemm: _Gemm, target: sp.Indexed, ranges: dict[sp.Symbol, str], beta: str) -> list[str]:
         """The gemm call (one per batch entry) writing target, after the loops that write its operands that are
@@ -658,8 +671,8 @@ class _Compiler:
                               for s in symbols) or "1"
 
         m, n, k = extent(gemm.rows), extent(gemm.columns), extent(gemm.inner)
-        first_rest = gemm.first.indices[len(gemm.batch):]
-        second_rest = gemm.second.indices[len(gemm.batch):]
+        first_rest = gemm.first.indices[len(gemm.batch) if gemm.first.batched else 0:]
+        second_rest = gemm.second.indices[len(gemm.batch) if gemm.second.batched else 0:]
         transpose_first = bool(gemm.rows) and first_rest[0] not in gemm.rows
         transpose_second = bool(gemm.columns) and second_rest[0] in gemm.columns
         alpha = self.code(gemm.alpha)
@@ -676,13 +689,13 @@ class _Compiler:
                                                     for key, rest, first in layouts)
             strides = [self.held(key, rest, ranges) for key, rest, _ in layouts]
 
-        def at(pointer: str, block: str) -> str:  # the batch entry's block of an array
-            return f"{pointer} + _batch * {block}" if gemm.batch else pointer
+        def at(pointer: str, block: str, batched: bool = True) -> str:  # the batch entry's block of an array
+            return f"{pointer} + _batch * {block}" if gemm.batch and batched else pointer
 
         call = (f"SOFTGRAD_GEMM(CblasRowMajor, {'CblasTrans' if transpose_first else 'CblasNoTrans'}, "
                 f"{'CblasTrans' if transpose_second else 'CblasNoTrans'}, (int)({m}), (int)({n}), (int)({k}), "
-                f"{alpha}, {at(pointers[0], strides[0])}, (int)({lead_first}), "
-                f"{at(pointers[1], strides[1])}, (int)({lead_second}), "
+                f"{alpha}, {at(pointers[0], strides[0], gemm.first.batched)}, (int)({lead_first}), "
+                f"{at(pointers[1], strides[1], gemm.second.batched)}, (int)({lead_second}), "
                 f"{beta}, {at(target_pointer, strides[2])}, (int)({lead_target}));")
         if not gemm.batch:
             return [*lines, call]

@@ -323,26 +323,45 @@ int conv2d_forward(const double *W, const double *x, const double *bias, softgra
     (void)_n_c;
     (void)_n_p;
     (void)_n_q;
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[1] = {0};
+    int _missing = 0;
+    softgrad_real *_c1 = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_i * _n_j * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    _missing |= _c1 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
+        return -1;
+    }
 
-    /* y[b, o, i, j] */
+    /* y[b, o, i, j] (BLAS gemm) */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
             for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+                #pragma omp simd
                 for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-                    double _s1 = 0.0;
-                    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-                        for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-                            #pragma omp simd reduction(+:_s1)
-                            for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
-                                _s1 += (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q]*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
-                            }
-                        }
-                    }
-                    y[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j] = _s1 + bias[_ix_o];
+                    y[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j] = bias[_ix_o];
                 }
             }
         }
     }
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                    for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                        #pragma omp simd
+                        for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                            _c1[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (size_t _batch = 0; _batch < _n_b; ++_batch) {
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_o), (int)(_n_i * _n_j), (int)(_n_c * _n_p * _n_q), 1, W, (int)(_n_c * _n_p * _n_q), _c1 + _batch * (_n_c * _n_p * _n_q) * (_n_i * _n_j), (int)(_n_c * _n_p * _n_q), 1, y + _batch * (_n_o) * (_n_i * _n_j), (int)(_n_i * _n_j));
+    }
+    for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
     return 0;
 }
 
@@ -356,24 +375,27 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
     (void)_n_p;
     (void)_n_q;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
-    void *_blocks[5] = {0};
+    void *_blocks[7] = {0};
     int _missing = 0;
     softgrad_real *y = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_o * _n_i * _n_j * sizeof(softgrad_real) + 1));
     _missing |= y == NULL;
-    softgrad_real *_c2 = (softgrad_real *)(_blocks[1] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
+    softgrad_real *_c1 = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_i * _n_j * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    _missing |= _c1 == NULL;
+    softgrad_real *_c2 = (softgrad_real *)(_blocks[2] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
     _missing |= _c2 == NULL;
-    softgrad_real *_c3 = (softgrad_real *)(_blocks[2] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    softgrad_real *_c3 = (softgrad_real *)(_blocks[3] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
     _missing |= _c3 == NULL;
-    double *_a4 = (double *)(_blocks[3] = malloc(_n_b * _n_c * _n_i * _n_j * sizeof(double) + 1));
-    _missing |= _a4 == NULL;
-    double *_a5 = (double *)(_blocks[4] = malloc(_n_o * sizeof(double) + 1));
-    _missing |= _a5 == NULL;
+    softgrad_real *_c4 = (softgrad_real *)(_blocks[4] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c4 == NULL;
+    softgrad_real *_c5 = (softgrad_real *)(_blocks[5] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c5 == NULL;
+    double *_a6 = (double *)(_blocks[6] = malloc(_n_o * sizeof(double) + 1));
+    _missing |= _a6 == NULL;
     if (_missing) {
-        for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
+        for (size_t _block = 0; _block < 7; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a4, 0, _n_b * _n_c * _n_i * _n_j * sizeof(double));  // accumulated into
-    memset(_a5, 0, _n_o * sizeof(double));  // accumulated into
+    memset(_a6, 0, _n_o * sizeof(double));  // accumulated into
 
     // gradients() may leave an input unread (beta only shifts an output nobody reads here)
     (void)W;
@@ -405,32 +427,33 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
         }
     }
     SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_o), (int)(_n_c * _n_p * _n_q), (int)(_n_j * _n_i * _n_b), 1, _c2, (int)(_n_j * _n_i * _n_b), _c3, (int)(_n_c * _n_p * _n_q), 0, dW, (int)(_n_c * _n_p * _n_q));
-    /* dx[b, c, i, j] */
-    for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-        for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
-            for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-                for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-                    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-                        for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
-                            #pragma omp simd
-                            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-                                _a4[(((_ix_b) * _n_c + _ix_c) * _n_i + _ix_i) * _n_j + _ix_j] += (softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0)*W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q]*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
-                            }
+    /* dx[b, c, i, j] (BLAS gemm) */
+    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+        for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+            for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                #pragma omp simd
+                for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                    _c4[(((_ix_c) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q];
+                }
+            }
+        }
+    }
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+                    for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                        #pragma omp simd
+                        for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                            _c5[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = (softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0)*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
                         }
                     }
                 }
             }
         }
     }
-    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
-                #pragma omp simd
-                for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
-                    dx[(((_ix_b) * _n_c + _ix_c) * _n_i + _ix_i) * _n_j + _ix_j] = (softgrad_real)_a4[(((_ix_b) * _n_c + _ix_c) * _n_i + _ix_i) * _n_j + _ix_j];
-                }
-            }
-        }
+    for (size_t _batch = 0; _batch < _n_b; ++_batch) {
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_c), (int)(_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 1, _c4, (int)(_n_o * _n_q * _n_p), _c5 + _batch * (_n_o * _n_q * _n_p) * (_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 0, dx + _batch * (_n_c) * (_n_i * _n_j), (int)(_n_i * _n_j));
     }
     /* dbias[o] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
@@ -438,15 +461,15 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
             for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
                 #pragma omp simd
                 for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-                    _a5[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                    _a6[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
                 }
             }
         }
     }
     #pragma omp simd
     for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-        dbias[_ix_o] = (softgrad_real)_a5[_ix_o];
+        dbias[_ix_o] = (softgrad_real)_a6[_ix_o];
     }
-    for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
+    for (size_t _block = 0; _block < 7; ++_block) free(_blocks[_block]);
     return 0;
 }
