@@ -137,10 +137,12 @@ def test_generated_depthwise_convolution_equals_torch(language: str, causal: boo
 @pytest.mark.parametrize(("T", "K"), [(9, 4), (3, 5), (0, 3), (4, 1)])
 def test_numpy_reads_a_causal_convolutions_input_as_windows_at_every_length(T: int, K: int, tmp_path: Path) -> None:
     """x[b, c, t − k] is a view of sliding windows over x padded with the K − 1 zeros before it (no index arrays,
-    no gathered copy); right where the kernel is longer than the sequence and where the sequence is empty."""
+    no gathered copy, no masks for the edges the padding makes 0); right where the kernel is longer than the
+    sequence and where the sequence is empty."""
     module = _module(derive_spec(parse_spec(CAUSAL, "conv")), "numpy", tmp_path)
     text = (tmp_path / "conv.py").read_text(encoding="utf-8")
     assert "_window(x, " in text and "_window(dy, " in text and "np.clip(" not in text
+    assert ">= 0).astype" not in text  # the edges [k ≤ t], [k + t < n_t]: what the zeros outside x and dy say
     rng = np.random.default_rng(T + K)
     w, x, dy = rng.normal(size=(3, K)), rng.normal(size=(2, 3, T)), rng.normal(size=(2, 3, T))
     padded = np.concatenate([np.zeros((2, 3, K - 1)), x], axis=2)  # padded[..., s + K − 1] = x[..., s]

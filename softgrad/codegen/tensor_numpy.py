@@ -30,7 +30,7 @@ from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import merged_powers, stable_array_forms
 from softgrad.codegen.names import public_names
 from softgrad.derive import algebra
-from softgrad.derive.spec import Definition
+from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import Bracket, Masked
 from softgrad.errors import SoftgradError
@@ -758,7 +758,7 @@ class _Compiler:
                                      if d.in_place else f"_shifted - {d.call('log', '_total')}")])]
             self.normalised[definition.name] = normalised
             return Statement(name, lines, self.logs_read, self.names_in(exponent))
-        expr = stable_array_forms(definition.expr, self.spec, set(self.normalised))
+        expr = self.stable(definition.expr, set(self.normalised))
         full = tuple(definition.indices)
         target = name
         axes = self.axes.get(definition.name, ())
@@ -914,8 +914,13 @@ class _Compiler:
                 normalised.add(definition.name)
                 forms.append((found[0], ranges))
             else:
-                forms.append((stable_array_forms(definition.expr, self.spec, normalised), ranges))
+                forms.append((self.stable(definition.expr, normalised), ranges))
         return forms
+
+    def stable(self, expr: sp.Expr, normalised: set[str]) -> sp.Expr:
+        """A statement's expression as the array lowering computes it: its stable forms, without the brackets that
+        only state where a shifted read is inside its array (a read outside reads 0 here)."""
+        return implied_brackets_dropped(stable_array_forms(expr, self.spec, normalised), self.spec, self.axes)
 
     def reads_of(self, expr: sp.Expr) -> set[str]:
         """What the statement just compiled from expr reads: the names in expr, but a normalised exponential P
@@ -1004,6 +1009,24 @@ def summand_factors(total: sp.Sum, ranges: dict[sp.Symbol, str]) -> tuple[list[s
         if len(groups) >= 2:
             varying = [sp.Mul(*group) if len(group) > 1 else group[0] for group in groups.values()]
     return scalars, varying
+
+
+def implied_brackets_dropped(expr: sp.Expr, spec: Spec, axes: dict[str, tuple[str, ...]]) -> sp.Expr:
+    """[u ≥ 0]·x[…, p, …] → x[…, p, …] where u is p or (extent − 1 − p): the bracket holds wherever the read is
+    inside x, and outside it the read is 0 (a convolution's edges [k ≤ t], [t < k + n_t] beside x[t − k])."""
+    def drop(product: sp.Expr) -> sp.Expr:
+        implied = set()
+        for entry in (f for f in product.args if isinstance(f, sp.Indexed) and str(f.base) in axes):
+            for axis, position in enumerate(entry.indices):
+                if isinstance(position, sp.Symbol) or not position.free_symbols:
+                    continue
+                range_name = axes[str(entry.base)][axis]
+                extent = spec.derived_sizes.get(range_name, spec.sizes[range_name])
+                implied |= {sp.expand(position), sp.expand(extent - 1 - position)}
+        kept = [f for f in product.args if not (isinstance(f, Bracket) and sp.expand(f.args[0]) in implied)]
+        return product.func(*kept) if len(kept) != len(product.args) else product
+
+    return expr.replace(lambda e: e.is_Mul, drop)
 
 
 def common_subexpressions(forms: list[tuple[sp.Expr, dict[sp.Symbol, str]]]) -> dict[tuple[Any, ...], int]:

@@ -131,7 +131,7 @@ def forward(w, x):
     _n_k = _sizes["k"]
     _n_b = _sizes["b"]
     _n_t = _sizes["t"]
-    y = np.asarray((np.einsum("cd,bd,abcd->abc", (((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_k)[:, None] + _n_t + -1 - np.arange(_n_t)[None, :]) >= 0).astype(_dtype), (1, 0))), w, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
+    y = np.asarray((np.einsum("bd,abcd->abc", w, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
     return y
 
 
@@ -145,6 +145,6 @@ def gradients(w, x, dy):
     _n_k = _sizes["k"]
     _n_b = _sizes["b"]
     _n_t = _sizes["t"]
-    dw = np.asarray((np.einsum("db,cad,cadb->ab", ((np.arange(_n_t)[:, None] - np.arange(_n_k)[None, :]) >= 0).astype(_dtype), dy, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
-    dx = np.asarray((np.einsum("dc,bd,abdc->abc", ((_n_t + -1 - np.arange(_n_k)[:, None] - np.arange(_n_t)[None, :]) >= 0).astype(_dtype), w, _window(dy, ((2, 0, _n_k, _n_t, 1),)), optimize=True)), dtype=_dtype)
+    dw = np.asarray((np.einsum("cad,cadb->ab", dy, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
+    dx = np.asarray((np.einsum("bd,abdc->abc", w, _window(dy, ((2, 0, _n_k, _n_t, 1),)), optimize=True)), dtype=_dtype)
     return (dw, dx)

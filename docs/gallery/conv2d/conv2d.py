@@ -135,7 +135,7 @@ def forward(W, x, bias):
     _n_b = _sizes["b"]
     _n_i = _sizes["i"]
     _n_j = _sizes["j"]
-    y = np.asarray((bias[None, :, None, None] + (np.einsum("cf,dg,befg,aecdfg->abcd", (((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1) >= 0).astype(_dtype) * ((_n_i - np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype)), (((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1) >= 0).astype(_dtype) * ((_n_j - np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype)), W, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True))), dtype=_dtype)
+    y = np.asarray((bias[None, :, None, None] + (np.einsum("befg,aecdfg->abcd", W, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True))), dtype=_dtype)
     return y
 
 
@@ -153,7 +153,7 @@ def gradients(W, x, bias, dy):
     _n_b = _sizes["b"]
     _n_i = _sizes["i"]
     _n_j = _sizes["j"]
-    dW = np.asarray((np.einsum("fc,gd,eafg,ebfgcd->abcd", (((np.arange(_n_i)[:, None] + np.arange(_n_p)[None, :] + -1) >= 0).astype(_dtype) * ((_n_i - np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype)), (((np.arange(_n_j)[:, None] + np.arange(_n_q)[None, :] + -1) >= 0).astype(_dtype) * ((_n_j - np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype)), dy, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True)), dtype=_dtype)
-    dx = np.asarray((np.einsum("ce,df,gbef,agcdef->abcd", (((1 + np.arange(_n_i)[:, None] - np.arange(_n_p)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_p)[:, None] + _n_i + -2 - np.arange(_n_i)[None, :]) >= 0).astype(_dtype), (1, 0))), (((1 + np.arange(_n_j)[:, None] - np.arange(_n_q)[None, :]) >= 0).astype(_dtype) * np.transpose(((np.arange(_n_q)[:, None] + _n_j + -2 - np.arange(_n_j)[None, :]) >= 0).astype(_dtype), (1, 0))), W, _window(dy, ((2, 1, _n_i, _n_p, -1), (3, 1, _n_j, _n_q, -1),)), optimize=True)), dtype=_dtype)
+    dW = np.asarray((np.einsum("eafg,ebfgcd->abcd", dy, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True)), dtype=_dtype)
+    dx = np.asarray((np.einsum("gbef,agcdef->abcd", W, _window(dy, ((2, 1, _n_i, _n_p, -1), (3, 1, _n_j, _n_q, -1),)), optimize=True)), dtype=_dtype)
     dbias = np.asarray((np.sum(dy, axis=(3, 2, 0))), dtype=_dtype)
     return (dW, dx, dbias)

@@ -28,7 +28,7 @@ def _forward(w, x):
     _n_k = w.shape[1]
     _n_b = x.shape[0]
     _n_t = x.shape[2]
-    y = jnp.asarray((jnp.einsum("cd,bd,abcd->abc", (((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]) >= 0).astype(_dtype) * jnp.transpose(((jnp.arange(_n_k)[:, None] + _n_t + -1 - jnp.arange(_n_t)[None, :]) >= 0).astype(_dtype), (1, 0))), w, jnp.where((((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], x[:, :, jnp.clip((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
+    y = jnp.asarray((jnp.einsum("bd,abcd->abc", w, jnp.where((((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], x[:, :, jnp.clip((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
     return y, (w, x)
 
 
@@ -50,8 +50,8 @@ def _backward(residuals, dy):
     _n_k = w.shape[1]
     _n_b = dy.shape[0]
     _n_t = dy.shape[2]
-    dw = jnp.asarray((jnp.einsum("db,cad,cadb->ab", ((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]) >= 0).astype(_dtype), dy, jnp.where((((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], x[:, :, jnp.clip((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
-    dx = jnp.asarray((jnp.einsum("dc,bd,abdc->abc", ((_n_t + -1 - jnp.arange(_n_k)[:, None] - jnp.arange(_n_t)[None, :]) >= 0).astype(_dtype), w, jnp.where((((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], dy[:, :, jnp.clip((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
+    dw = jnp.asarray((jnp.einsum("cad,cadb->ab", dy, jnp.where((((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], x[:, :, jnp.clip((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
+    dx = jnp.asarray((jnp.einsum("bd,abdc->abc", w, jnp.where((((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], dy[:, :, jnp.clip((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
     dw = dw
     dx = dx
     return (dw, dx)

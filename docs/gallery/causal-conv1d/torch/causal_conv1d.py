@@ -54,7 +54,7 @@ def _forward(w, x):
     _n_k = w.shape[1]
     _n_b = x.shape[0]
     _n_t = x.shape[2]
-    y = torch.as_tensor((torch.einsum("cd,bd,abcd->abc", (((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]) >= 0).to(_dtype).mul_(torch.permute(((torch.arange(_n_k, device=_device)[:, None] + _n_t + -1 - torch.arange(_n_t, device=_device)[None, :]) >= 0).to(_dtype), (1, 0)))), w, torch.where((((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() < _n_t))[None, None, :, :], x[:, :, torch.clip((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
+    y = torch.as_tensor((torch.einsum("bd,abcd->abc", w, torch.where((((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() < _n_t))[None, None, :, :], x[:, :, torch.clip((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
     return y
 
 
@@ -76,8 +76,8 @@ def _backward(w, x, dy):
     _n_k = w.shape[1]
     _n_b = dy.shape[0]
     _n_t = dy.shape[2]
-    dw = torch.as_tensor((torch.einsum("db,cad,cadb->ab", ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]) >= 0).to(_dtype), dy, torch.where((((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() < _n_t))[None, None, :, :], x[:, :, torch.clip((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
-    dx = torch.as_tensor((torch.einsum("dc,bd,abdc->abc", ((_n_t + -1 - torch.arange(_n_k, device=_device)[:, None] - torch.arange(_n_t, device=_device)[None, :]) >= 0).to(_dtype), w, torch.where((((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long() < _n_t))[None, None, :, :], dy[:, :, torch.clip((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
+    dw = torch.as_tensor((torch.einsum("cad,cadb->ab", dy, torch.where((((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() < _n_t))[None, None, :, :], x[:, :, torch.clip((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
+    dx = torch.as_tensor((torch.einsum("bd,abdc->abc", w, torch.where((((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long() < _n_t))[None, None, :, :], dy[:, :, torch.clip((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
     return dw, dx
 
 
