@@ -155,6 +155,33 @@ def test_numpy_reads_a_causal_convolutions_input_as_windows_at_every_length(T: i
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-13, atol=1e-14)
 
 
+def test_torch_reads_a_causal_convolutions_input_as_unfolded_windows(tmp_path: Path) -> None:
+    """The torch module reads x[b, c, t − k] as windows unfolded over x padded with zeros (no gather, no masks),
+    right at every length — the kernel longer than the sequence, an empty sequence — eager and under
+    torch.compile(fullgraph=True)."""
+    torch = require_module("torch")
+    files = emit(derive_spec(parse_spec(CAUSAL, "conv")), "torch")
+    (tmp_path / "conv.py").write_text(files["conv.py"], encoding="utf-8")
+    module = import_path(tmp_path / "conv.py")
+    assert "_window(x, " in files["conv.py"] and ">= 0)" not in files["conv.py"].split("def _forward(")[1]
+    compiled = torch.compile(module.conv, fullgraph=True)
+    for T, K, function in ((9, 4, module.conv), (3, 5, module.conv), (0, 3, module.conv), (9, 4, compiled)):
+        rng = np.random.default_rng(T + K)
+        w, x, dy = rng.normal(size=(3, K)), rng.normal(size=(2, 3, T)), rng.normal(size=(2, 3, T))
+        weights, inputs = torch.tensor(w, requires_grad=True), torch.tensor(x, requires_grad=True)
+        output = function(weights, inputs)
+        output.backward(torch.tensor(dy))
+        padded = np.concatenate([np.zeros((2, 3, K - 1)), x], axis=2)
+        reads = np.stack([padded[:, :, K - 1 - k:K - 1 - k + T] for k in range(K)], axis=-1)  # x[b, c, t − k]
+        np.testing.assert_allclose(output.detach().numpy(), np.einsum("ck,bctk->bct", w, reads), rtol=1e-13,
+                                   atol=1e-14)
+        np.testing.assert_allclose(weights.grad.numpy(), np.einsum("bct,bctk->ck", dy, reads), rtol=1e-13,
+                                   atol=1e-14)
+        later = np.concatenate([dy, np.zeros((2, 3, K - 1))], axis=2)  # dx[s] = Σ_k w[k]·dy[s + k]
+        expected = np.einsum("ck,bcsk->bcs", w, np.stack([later[:, :, k:k + T] for k in range(K)], axis=-1))
+        np.testing.assert_allclose(inputs.grad.numpy(), expected, rtol=1e-13, atol=1e-14)
+
+
 @pytest.mark.parametrize(("source", "calls"), [
     (SAME_2D, 3),  # y, dW and dx: each a matrix product of the kernel's matrix and the input's windows (im2col)
     ("y[b, o, t] = sum(W[o, c] * x[b, c, t], c)\n", 3),  # a 1×1 convolution: W·x[b] for every row b

@@ -133,9 +133,10 @@ class ArrayDialect:
         return None
 
     def window(self, code: str, spans: str) -> str | None:
-        """An array read at shifted positions u ± v + c as a view of sliding windows (the template's _window), or
-        None where the lowering gathers the entries by index arrays (torch and JAX: no negative strides)."""
-        if self.name == "numpy":
+        """An array read at shifted positions u ± v + c as sliding windows (the template's _window: NumPy's
+        sliding_window_view, torch's unfold), or None where the lowering gathers the entries by index arrays
+        (JAX: no views)."""
+        if self.name in ("numpy", "torch"):
             return f"_window({code}, {spans})"
         return None
 

@@ -33,6 +33,34 @@ def _softplus(u):
     return torch.logaddexp(torch.zeros_like(u), u)
 
 
+def _window(array, spans):
+    """array read at u + sign·v + offset on each span's axis (axis, offset, length of u, length of v, sign), where a
+    read outside it is 0: the axis of u in place of the span's axis, the axes of v last — windows unfolded over the
+    array padded with zeros only as far as the reads leave it (a convolution's input; copied only where a window
+    is read backwards, u − v)."""
+    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
+        shape = list(array.shape)
+        for axis, _, length_u, _, _ in spans:
+            shape[axis] = length_u
+        return array.new_zeros(shape + [span[3] for span in spans])
+    widths = [[0, 0] for _ in array.shape]
+    for axis, offset, length_u, length_v, sign in spans:
+        lowest = offset - (length_v - 1 if sign < 0 else 0)
+        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
+        widths[axis] = [max(0, -lowest), max(0, highest - (array.shape[axis] - 1))]
+    padding = [width for axis in reversed(range(array.dim())) for width in widths[axis]]  # last axis first
+    view = torch.nn.functional.pad(array, padding) if any(padding) else array
+    for axis, _, _, length_v, _ in spans:
+        view = view.unfold(axis, length_v, 1)
+    index = [slice(None)] * view.dim()
+    for axis, offset, length_u, length_v, sign in spans:
+        start = offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0)
+        index[axis] = slice(start, start + length_u)
+    view = view[tuple(index)]
+    backwards = [array.dim() + position for position, span in enumerate(spans) if span[4] < 0]
+    return view.flip(backwards) if backwards else view
+
+
 def _owned(results, arguments):
     """The results, each with memory of its own: a custom op may not return a view of its arguments."""
     pointers = {a.untyped_storage().data_ptr() for a in arguments if isinstance(a, torch.Tensor)}
@@ -54,7 +82,7 @@ def _forward(w, x):
     _n_k = w.shape[1]
     _n_b = x.shape[0]
     _n_t = x.shape[2]
-    y = torch.as_tensor((torch.einsum("bd,abcd->abc", w, torch.where((((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() < _n_t))[None, None, :, :], x[:, :, torch.clip((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
+    y = torch.as_tensor((torch.einsum("bd,abcd->abc", w, _window(x, ((2, 0, _n_t, _n_k, -1),)))), dtype=_dtype, device=_device)
     return y
 
 
@@ -76,8 +104,8 @@ def _backward(w, x, dy):
     _n_k = w.shape[1]
     _n_b = dy.shape[0]
     _n_t = dy.shape[2]
-    dw = torch.as_tensor((torch.einsum("cad,cadb->ab", dy, torch.where((((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long() < _n_t))[None, None, :, :], x[:, :, torch.clip((torch.arange(_n_t, device=_device)[:, None] - torch.arange(_n_k, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
-    dx = torch.as_tensor((torch.einsum("bd,abdc->abc", w, torch.where((((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long() >= 0) & ((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long() < _n_t))[None, None, :, :], dy[:, :, torch.clip((torch.arange(_n_k, device=_device)[:, None] + torch.arange(_n_t, device=_device)[None, :]).long(), 0, _n_t - 1)], 0))), dtype=_dtype, device=_device)
+    dw = torch.as_tensor((torch.einsum("cad,cadb->ab", dy, _window(x, ((2, 0, _n_t, _n_k, -1),)))), dtype=_dtype, device=_device)
+    dx = torch.as_tensor((torch.einsum("bd,abdc->abc", w, _window(dy, ((2, 0, _n_k, _n_t, 1),)))), dtype=_dtype, device=_device)
     return dw, dx
 
 

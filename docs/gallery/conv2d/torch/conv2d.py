@@ -33,6 +33,34 @@ def _softplus(u):
     return torch.logaddexp(torch.zeros_like(u), u)
 
 
+def _window(array, spans):
+    """array read at u + sign·v + offset on each span's axis (axis, offset, length of u, length of v, sign), where a
+    read outside it is 0: the axis of u in place of the span's axis, the axes of v last — windows unfolded over the
+    array padded with zeros only as far as the reads leave it (a convolution's input; copied only where a window
+    is read backwards, u − v)."""
+    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
+        shape = list(array.shape)
+        for axis, _, length_u, _, _ in spans:
+            shape[axis] = length_u
+        return array.new_zeros(shape + [span[3] for span in spans])
+    widths = [[0, 0] for _ in array.shape]
+    for axis, offset, length_u, length_v, sign in spans:
+        lowest = offset - (length_v - 1 if sign < 0 else 0)
+        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
+        widths[axis] = [max(0, -lowest), max(0, highest - (array.shape[axis] - 1))]
+    padding = [width for axis in reversed(range(array.dim())) for width in widths[axis]]  # last axis first
+    view = torch.nn.functional.pad(array, padding) if any(padding) else array
+    for axis, _, _, length_v, _ in spans:
+        view = view.unfold(axis, length_v, 1)
+    index = [slice(None)] * view.dim()
+    for axis, offset, length_u, length_v, sign in spans:
+        start = offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0)
+        index[axis] = slice(start, start + length_u)
+    view = view[tuple(index)]
+    backwards = [array.dim() + position for position, span in enumerate(spans) if span[4] < 0]
+    return view.flip(backwards) if backwards else view
+
+
 def _owned(results, arguments):
     """The results, each with memory of its own: a custom op may not return a view of its arguments."""
     pointers = {a.untyped_storage().data_ptr() for a in arguments if isinstance(a, torch.Tensor)}
@@ -58,7 +86,7 @@ def _forward(W, x, bias):
     _n_b = x.shape[0]
     _n_i = x.shape[2]
     _n_j = x.shape[3]
-    y = torch.as_tensor(((torch.einsum("befg,aecfdg->abcd", W, torch.where((((torch.arange(_n_i, device=_device)[:, None] + torch.arange(_n_p, device=_device)[None, :] + -1)[:, :, None, None].long() >= 0) & ((torch.arange(_n_i, device=_device)[:, None] + torch.arange(_n_p, device=_device)[None, :] + -1)[:, :, None, None].long() < _n_i) & ((torch.arange(_n_j, device=_device)[:, None] + torch.arange(_n_q, device=_device)[None, :] + -1)[None, None, :, :].long() >= 0) & ((torch.arange(_n_j, device=_device)[:, None] + torch.arange(_n_q, device=_device)[None, :] + -1)[None, None, :, :].long() < _n_j))[None, None, :, :, :, :], x[:, :, torch.clip((torch.arange(_n_i, device=_device)[:, None] + torch.arange(_n_p, device=_device)[None, :] + -1)[:, :, None, None].long(), 0, _n_i - 1), torch.clip((torch.arange(_n_j, device=_device)[:, None] + torch.arange(_n_q, device=_device)[None, :] + -1)[None, None, :, :].long(), 0, _n_j - 1)], 0))).add_(bias[None, :, None, None])), dtype=_dtype, device=_device)
+    y = torch.as_tensor(((torch.einsum("befg,aecdfg->abcd", W, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)))).add_(bias[None, :, None, None])), dtype=_dtype, device=_device)
     return y
 
 
@@ -86,8 +114,8 @@ def _backward(W, x, dy):
     _n_b = dy.shape[0]
     _n_i = dy.shape[2]
     _n_j = dy.shape[3]
-    dW = torch.as_tensor((torch.einsum("eafg,ebfcgd->abcd", dy, torch.where((((torch.arange(_n_i, device=_device)[:, None] + torch.arange(_n_p, device=_device)[None, :] + -1)[:, :, None, None].long() >= 0) & ((torch.arange(_n_i, device=_device)[:, None] + torch.arange(_n_p, device=_device)[None, :] + -1)[:, :, None, None].long() < _n_i) & ((torch.arange(_n_j, device=_device)[:, None] + torch.arange(_n_q, device=_device)[None, :] + -1)[None, None, :, :].long() >= 0) & ((torch.arange(_n_j, device=_device)[:, None] + torch.arange(_n_q, device=_device)[None, :] + -1)[None, None, :, :].long() < _n_j))[None, None, :, :, :, :], x[:, :, torch.clip((torch.arange(_n_i, device=_device)[:, None] + torch.arange(_n_p, device=_device)[None, :] + -1)[:, :, None, None].long(), 0, _n_i - 1), torch.clip((torch.arange(_n_j, device=_device)[:, None] + torch.arange(_n_q, device=_device)[None, :] + -1)[None, None, :, :].long(), 0, _n_j - 1)], 0))), dtype=_dtype, device=_device)
-    dx = torch.as_tensor((torch.einsum("gbef,agcedf->abcd", W, torch.where((((1 + torch.arange(_n_i, device=_device)[:, None] - torch.arange(_n_p, device=_device)[None, :])[:, :, None, None].long() >= 0) & ((1 + torch.arange(_n_i, device=_device)[:, None] - torch.arange(_n_p, device=_device)[None, :])[:, :, None, None].long() < _n_i) & ((1 + torch.arange(_n_j, device=_device)[:, None] - torch.arange(_n_q, device=_device)[None, :])[None, None, :, :].long() >= 0) & ((1 + torch.arange(_n_j, device=_device)[:, None] - torch.arange(_n_q, device=_device)[None, :])[None, None, :, :].long() < _n_j))[None, None, :, :, :, :], dy[:, :, torch.clip((1 + torch.arange(_n_i, device=_device)[:, None] - torch.arange(_n_p, device=_device)[None, :])[:, :, None, None].long(), 0, _n_i - 1), torch.clip((1 + torch.arange(_n_j, device=_device)[:, None] - torch.arange(_n_q, device=_device)[None, :])[None, None, :, :].long(), 0, _n_j - 1)], 0))), dtype=_dtype, device=_device)
+    dW = torch.as_tensor((torch.einsum("eafg,ebfgcd->abcd", dy, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)))), dtype=_dtype, device=_device)
+    dx = torch.as_tensor((torch.einsum("gbef,agcdef->abcd", W, _window(dy, ((2, 1, _n_i, _n_p, -1), (3, 1, _n_j, _n_q, -1),)))), dtype=_dtype, device=_device)
     dbias = torch.as_tensor((torch.sum(dy, dim=(3, 2, 0))), dtype=_dtype, device=_device)
     return dW, dx, dbias
 
