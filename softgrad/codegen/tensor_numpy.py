@@ -354,7 +354,8 @@ class _Compiler:
                 signs[symbol] = int(coefficient)
             if not offset.is_Integer or len(signs) != 2 or 1 not in signs.values():
                 return None
-            u, v = sorted(signs, key=lambda symbol: (-signs[symbol], str(symbol)))  # u + v: in the order written
+            # u is added; v (the window's index) is the one subtracted, or of two added the later name
+            u, v = sorted(signs, key=lambda symbol: (-signs[symbol], str(symbol)))
             spans.append(f"({axis}, {int(offset)}, {self.size(ranges[u])}, {self.size(ranges[v])}, {signs[v]})")
             kept[axis] = u
             windows.append(v)
