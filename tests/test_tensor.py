@@ -747,3 +747,26 @@ def test_a_square_is_not_read_backwards_as_a_square_root():
     assert all(step.proved for step in derivation.steps)
     assert not any(isinstance(power, sp.Pow) and power.exp == sp.Rational(1, 2)
                    for step in derivation.steps for form in step.forms for power in form.atoms(sp.Pow))
+
+
+def test_numpy_kl_divergence_over_rows_is_kls_at_zero_targets_without_warnings(tmp_path):
+    """q·log(q/p) written q·(log q − log p), guarded where q = 0: KL's value (0·log 0 = 0) and gradient, finite
+    where p underflows, and no RuntimeWarning for the log of 0 the guard discards (as the one-row modules)."""
+    import warnings
+
+    source = "p[b, i] = exp(z[b, i]) / sum(exp(z[b, k]), k)\nL = sum(q[b, k] * log(q[b, k] / p[b, k]), b, k)\n"
+    (name, text), = emit(derive_spec(parse_spec(source, "kl_rows"), wrt="z"), "numpy").items()
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    module = import_path(tmp_path / name)
+    z = np.random.default_rng(5).normal(size=(3, 4))
+    z[0, 1] = 1000.0
+    q = np.array([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.1, 0.2, 0.3, 0.4]])
+    log_p = z - z.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    expected = np.where(q == 0, 0, q * (np.log(np.where(q == 0, 1, q)) - log_p)).sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, gradient = module.gradients(z, q)
+        assert np.isclose(module.forward(z, q), expected, rtol=1e-12)
+    assert np.isclose(loss, expected, rtol=1e-12)
+    np.testing.assert_allclose(gradient, np.exp(log_p) * q.sum(-1, keepdims=True) - q, rtol=1e-12, atol=1e-15)

@@ -122,6 +122,8 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+# no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(w, x):
     """y from the inputs (see the module's docstring for the axes)."""
     _arrays_, _sizes, _dtype = _arrays({"w": w, "x": x, })
@@ -135,6 +137,7 @@ def forward(w, x):
     return y
 
 
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def gradients(w, x, dy):
     """(dw, dx): the gradients of l = Σ dy·y with respect to w, x."""
     _arrays_, _sizes, _dtype = _arrays({"w": w, "x": x, "dy": dy, })

@@ -122,6 +122,8 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+# no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(W, x, bias):
     """y from the inputs (see the module's docstring for the axes)."""
     _arrays_, _sizes, _dtype = _arrays({"W": W, "x": x, "bias": bias, })
@@ -139,6 +141,7 @@ def forward(W, x, bias):
     return y
 
 
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def gradients(W, x, bias, dy):
     """(dW, dx, dbias): the gradients of l = Σ dy·y with respect to W, x, bias."""
     _arrays_, _sizes, _dtype = _arrays({"W": W, "x": x, "bias": bias, "dy": dy, })

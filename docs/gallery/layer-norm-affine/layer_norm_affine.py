@@ -107,6 +107,8 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+# no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(x, gamma, beta):
     """y from the inputs (see the module's docstring for the axes)."""
     _arrays_, _sizes, _dtype = _arrays({"x": x, "gamma": gamma, "beta": beta, })
@@ -129,6 +131,7 @@ def forward(x, gamma, beta):
     return y
 
 
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def gradients(x, gamma, beta, dy):
     """(dx, dgamma, dbeta): the gradients of l = Σ dy·y with respect to x, gamma, beta."""
     _arrays_, _sizes, _dtype = _arrays({"x": x, "gamma": gamma, "beta": beta, "dy": dy, })

@@ -106,6 +106,8 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+# no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(W, X, bias, label):
     """L from the inputs (see the module's docstring for the axes)."""
     _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "label": label, })
@@ -133,6 +135,7 @@ def forward(W, X, bias, label):
     return L
 
 
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def gradients(W, X, bias, label):
     """(L, dW, dX, dbias): the gradients of L with respect to W, X, bias."""
     _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "label": label, })

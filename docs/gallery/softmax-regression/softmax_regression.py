@@ -107,6 +107,8 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+# no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(W, X, bias, T):
     """L from the inputs (see the module's docstring for the axes)."""
     _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "T": T, })
@@ -134,6 +136,7 @@ def forward(W, X, bias, T):
     return L
 
 
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def gradients(W, X, bias, T):
     """(L, dW, dX, dbias): the gradients of L with respect to W, X, bias."""
     _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "T": T, })

@@ -108,6 +108,8 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+# no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(W1, X, W2, T):
     """L from the inputs (see the module's docstring for the axes)."""
     _arrays_, _sizes, _dtype = _arrays({"W1": W1, "X": X, "W2": W2, "T": T, })
@@ -137,6 +139,7 @@ def forward(W1, X, W2, T):
     return L
 
 
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def gradients(W1, X, W2, T):
     """(L, dW1, dX, dW2): the gradients of L with respect to W1, X, W2."""
     _arrays_, _sizes, _dtype = _arrays({"W1": W1, "X": X, "W2": W2, "T": T, })
