@@ -770,3 +770,29 @@ def test_numpy_kl_divergence_over_rows_is_kls_at_zero_targets_without_warnings(t
         assert np.isclose(module.forward(z, q), expected, rtol=1e-12)
     assert np.isclose(loss, expected, rtol=1e-12)
     np.testing.assert_allclose(gradient, np.exp(log_p) * q.sum(-1, keepdims=True) - q, rtol=1e-12, atol=1e-15)
+
+
+def test_codegen_check_fails_a_module_whose_loss_is_nan_at_targets_of_zero():
+    """codegen --check compares a module at targets with entries of 0 with its limit from above (the same module
+    at 1e-300 there): a KL divergence that forms 0·log 0 = NaN passes every other comparison and fails this one."""
+    from softgrad.verify.generated import check_module
+
+    source = "p[b, i] = exp(z[b, i]) / sum(exp(z[b, k]), k)\nL = sum(q[b, k] * log(q[b, k] / p[b, k]), b, k)\n"
+    derivation = derive_spec(parse_spec(source, "kl_rows"), wrt="z")
+
+    class Unguarded:  # q·(log q − log p), without the guard that makes 0·log 0 = 0
+        @staticmethod
+        def _log_p(z):
+            shifted = z - z.max(-1, keepdims=True)
+            return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+        def forward(self, z, q):
+            with np.errstate(all="ignore"):
+                return float(np.sum(q * (np.log(q) - self._log_p(z))))
+
+        def gradients(self, z, q):
+            return self.forward(z, q), np.exp(self._log_p(z)) * q.sum(-1, keepdims=True) - q
+
+    checks = check_module(Unguarded(), derivation, 0, "float64")
+    failed = [check.line() for check in checks if not check.passed]
+    assert len(failed) == 1 and "targets with entries of 0 (q)" in failed[0], failed

@@ -310,7 +310,8 @@ def check_tensor_module(derivation: Derivation, files: GeneratedFiles, seed: int
 def check_module(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
     """The three comparisons for anything with the generated modules' forward() and gradients()."""
     return [*_against_derivation(module, derivation, seed, dtype),
-            *_against_differences(module, derivation, seed, dtype), _extremes(module, derivation, seed)]
+            *_against_differences(module, derivation, seed, dtype), _extremes(module, derivation, seed),
+            *_zero_targets(module, derivation, seed)]
 
 
 def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
@@ -395,6 +396,49 @@ def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
         finite = False
     return KernelCheck("gradients", "every output", "inputs of magnitude 1000 (finite where the exact value is)",
                        0.0 if finite else float("inf"), 0.0)
+
+
+def _zero_targets(module: Any, derivation: Derivation, seed: int) -> list[KernelCheck]:
+    """Targets with entries of 0 — a masked class, a one-hot row, KL's q — give the outputs' limit from above:
+    the module at targets of 0 against itself at 1e-300 there, wherever that limit exists (the same at 1e-150),
+    so that 0·log 0 is 0, never NaN. Targets: the float inputs not differentiated; none, no check."""
+    spec, tensor = derivation.spec, derivation.tensor
+    targets = [name for name in spec.inputs
+               if name not in tensor.gradients and name not in spec.labels and spec.facts.get(name) != "binary"]
+    if not targets:
+        return []
+    sizes = spec.consistent_sizes({name: 4 for name in spec.sizes})
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 4)
+    rng = np.random.default_rng(seed + 4)
+    masks = {name: rng.random(np.shape(arrays[name])) < 0.5 for name in targets}  # the entries made 0
+    for mask in masks.values():
+        mask.reshape(-1)[:1] = True  # at least one
+
+    def outputs(value: float) -> list[Any]:
+        given = dict(arrays)
+        for name in targets:
+            target = np.where(masks[name], value, np.abs(np.asarray(arrays[name], dtype=float)))
+            constraint = next((c for c in spec.constraints if c.input_name == name), None)
+            if constraint is not None:  # rows still sum to the constraint's value
+                target = target / target.sum(axis=constraint.summed_axis, keepdims=True) * float(constraint.rhs)
+            given[name] = target
+        with np.errstate(all="ignore"):
+            forward = call_module(module, derivation, given, parameters, "forward")
+            gradients = module_gradients(module, derivation, given, parameters)
+            return [np.asarray(value, dtype=float) for value in (forward, *gradients.values())]
+
+    try:
+        at_zero, near, nearer = outputs(0.0), outputs(1e-150), outputs(1e-300)
+    except Exception:  # a crash at targets of 0 is a failed check, reported like the others
+        return [KernelCheck("gradients", "every output", "targets with entries of 0", float("inf"), 0.0)]
+    worst = 0.0
+    for zero, first, second in zip(at_zero, near, nearer):
+        scale = np.maximum(1.0, np.abs(second))
+        limit = np.isfinite(second) & np.isfinite(first) & (np.abs(first - second) <= 1e-9 * scale)
+        error = np.where(limit, np.abs(zero - second) / scale, 0.0)
+        worst = max(worst, float(np.max(np.where(np.isnan(error), np.inf, error), initial=0.0)))
+    return [KernelCheck("gradients", "every output", f"targets with entries of 0 ({', '.join(targets)}): the limit "
+                        "from above", worst, tolerances.GENERATED_MODULE["float64"])]
 
 
 def _representable_gradients(derivation: Derivation, sizes: dict[str, int], arrays: dict[str, Any],
