@@ -36,39 +36,36 @@ def _erf(u):
     return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
 
 
-def _add_product(total, first, scale, left, right):
-    """total += scale · (left @ right), the scale applied to the smaller operand; the first block of a sum over rows
-    writes the product over total (zeros until then) instead of making it and adding it."""
-    if scale != 1:
-        if left.size <= right.size:
-            left = scale * left
-        else:
-            right = scale * right
-    if first:
-        np.matmul(left, right, out=total)
-    else:
-        total += left @ right
+def _window_plan(shape, spans):
+    """How _window reads an array of this shape at u + sign·v + offset on each span's axis (axis, offset, length
+    of u, length of v, sign), a read outside it being 0: (the result's shape if a range is empty, else None; the
+    zeros to pad before and after each axis, only as far as the reads leave it; where each span's u starts in
+    the padded axis's windows)."""
+    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
+        empty = list(shape)
+        for axis, _, length_u, _, _ in spans:
+            empty[axis] = length_u
+        return empty + [span[3] for span in spans], None, None
+    widths = [[0, 0] for _ in shape]
+    for axis, offset, length_u, length_v, sign in spans:
+        lowest = offset - (length_v - 1 if sign < 0 else 0)
+        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
+        widths[axis] = [max(0, -lowest), max(0, highest - (shape[axis] - 1))]
+    starts = [offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0) for axis, offset, _, length_v, sign in spans]
+    return None, widths, starts
 
 
 def _window(array, spans):
     """array read at u + sign·v + offset on each span's axis (axis, offset, length of u, length of v, sign), where a
     read outside it is 0: a view, not a copy — the axis of u in place of the span's axis, the axes of v last, over
     the array padded with zeros only as far as the reads leave it (a convolution's input as sliding windows)."""
-    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
-        shape = list(array.shape)
-        for axis, _, length_u, _, _ in spans:
-            shape[axis] = length_u
-        return np.zeros(shape + [span[3] for span in spans], dtype=array.dtype)
-    widths = [[0, 0] for _ in array.shape]
-    for axis, offset, length_u, length_v, sign in spans:
-        lowest = offset - (length_v - 1 if sign < 0 else 0)
-        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
-        widths[axis] = [max(0, -lowest), max(0, highest - (array.shape[axis] - 1))]
+    empty, widths, starts = _window_plan(array.shape, spans)
+    if empty is not None:
+        return np.zeros(empty, dtype=array.dtype)
     padded = np.pad(array, widths) if any(before or after for before, after in widths) else array
     view = np.lib.stride_tricks.sliding_window_view(padded, [span[3] for span in spans], axis=[span[0] for span in spans])
     index = [slice(None)] * view.ndim
-    for position, (axis, offset, length_u, length_v, sign) in enumerate(spans):
-        start = offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0)
+    for position, ((axis, _, length_u, _, sign), start) in enumerate(zip(spans, starts)):
         index[axis] = slice(start, start + length_u)
         if sign < 0:  # u − v: the window read backwards
             index[array.ndim + position] = slice(None, None, -1)

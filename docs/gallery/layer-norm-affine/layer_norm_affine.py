@@ -46,20 +46,6 @@ def _erf(u):
     return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
 
 
-def _add_product(total, first, scale, left, right):
-    """total += scale · (left @ right), the scale applied to the smaller operand; the first block of a sum over rows
-    writes the product over total (zeros until then) instead of making it and adding it."""
-    if scale != 1:
-        if left.size <= right.size:
-            left = scale * left
-        else:
-            right = scale * right
-    if first:
-        np.matmul(left, right, out=total)
-    else:
-        total += left @ right
-
-
 def _finite(shift):
     """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
     return np.where(np.isfinite(shift), shift, 0)

@@ -33,28 +33,39 @@ def _softplus(u):
     return torch.logaddexp(torch.zeros_like(u), u)
 
 
+def _window_plan(shape, spans):
+    """How _window reads an array of this shape at u + sign·v + offset on each span's axis (axis, offset, length
+    of u, length of v, sign), a read outside it being 0: (the result's shape if a range is empty, else None; the
+    zeros to pad before and after each axis, only as far as the reads leave it; where each span's u starts in
+    the padded axis's windows)."""
+    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
+        empty = list(shape)
+        for axis, _, length_u, _, _ in spans:
+            empty[axis] = length_u
+        return empty + [span[3] for span in spans], None, None
+    widths = [[0, 0] for _ in shape]
+    for axis, offset, length_u, length_v, sign in spans:
+        lowest = offset - (length_v - 1 if sign < 0 else 0)
+        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
+        widths[axis] = [max(0, -lowest), max(0, highest - (shape[axis] - 1))]
+    starts = [offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0) for axis, offset, _, length_v, sign in spans]
+    return None, widths, starts
+
+
 def _window(array, spans):
     """array read at u + sign·v + offset on each span's axis (axis, offset, length of u, length of v, sign), where a
     read outside it is 0: the axis of u in place of the span's axis, the axes of v last — windows unfolded over the
     array padded with zeros only as far as the reads leave it (a convolution's input; copied only where a window
     is read backwards, u − v)."""
-    if any(span[2] == 0 or span[3] == 0 for span in spans):  # an empty range: nothing is read
-        shape = list(array.shape)
-        for axis, _, length_u, _, _ in spans:
-            shape[axis] = length_u
-        return array.new_zeros(shape + [span[3] for span in spans])
-    widths = [[0, 0] for _ in array.shape]
-    for axis, offset, length_u, length_v, sign in spans:
-        lowest = offset - (length_v - 1 if sign < 0 else 0)
-        highest = offset + length_u - 1 + (length_v - 1 if sign > 0 else 0)
-        widths[axis] = [max(0, -lowest), max(0, highest - (array.shape[axis] - 1))]
+    empty, widths, starts = _window_plan(array.shape, spans)
+    if empty is not None:
+        return array.new_zeros(empty)
     padding = [width for axis in reversed(range(array.dim())) for width in widths[axis]]  # last axis first
     view = torch.nn.functional.pad(array, padding) if any(padding) else array
     for axis, _, _, length_v, _ in spans:
         view = view.unfold(axis, length_v, 1)
     index = [slice(None)] * view.dim()
-    for axis, offset, length_u, length_v, sign in spans:
-        start = offset + widths[axis][0] - (length_v - 1 if sign < 0 else 0)
+    for (axis, _, length_u, _, _), start in zip(spans, starts):
         index[axis] = slice(start, start + length_u)
     view = view[tuple(index)]
     backwards = [array.dim() + position for position, span in enumerate(spans) if span[4] < 0]
