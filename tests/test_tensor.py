@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 from conftest import require_module, require_tool
 
-from softgrad.codegen.build import import_path
+from softgrad.codegen.build import import_path, load_c
 from softgrad.codegen.emit import emit
 from softgrad.derive import derive_spec, parse_spec
 from softgrad.errors import SoftgradError, SpecError
@@ -749,15 +749,22 @@ def test_a_square_is_not_read_backwards_as_a_square_root():
                    for step in derivation.steps for form in step.forms for power in form.atoms(sp.Pow))
 
 
-def test_numpy_kl_divergence_over_rows_is_kls_at_zero_targets_without_warnings(tmp_path):
+@pytest.mark.parametrize("language", ["numpy", "c"])
+def test_kl_divergence_over_rows_is_kls_at_zero_targets_without_warnings(language, tmp_path):
     """q·log(q/p) written q·(log q − log p), guarded where q = 0: KL's value (0·log 0 = 0) and gradient, finite
-    where p underflows, and no RuntimeWarning for the log of 0 the guard discards (as the one-row modules)."""
+    where p underflows, and no RuntimeWarning for the log of 0 the guard discards (as the one-row modules).
+    C: forward() writes the log-softmax it reads (it read an array it never wrote: the log was found only after)."""
     import warnings
 
     source = "p[b, i] = exp(z[b, i]) / sum(exp(z[b, k]), k)\nL = sum(q[b, k] * log(q[b, k] / p[b, k]), b, k)\n"
-    (name, text), = emit(derive_spec(parse_spec(source, "kl_rows"), wrt="z"), "numpy").items()
-    (tmp_path / name).write_text(text, encoding="utf-8")
-    module = import_path(tmp_path / name)
+    files = emit(derive_spec(parse_spec(source, "kl_rows"), wrt="z"), language)
+    if language == "c":
+        require_tool("cc")
+        module = load_c(files, tmp_path)
+    else:
+        (name, text), = files.items()
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        module = import_path(tmp_path / name)
     z = np.random.default_rng(5).normal(size=(3, 4))
     z[0, 1] = 1000.0
     q = np.array([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.1, 0.2, 0.3, 0.4]])

@@ -778,8 +778,8 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
     for definition in spec.definitions:  # which normalised arrays need their log (scan first)
         compiler.normalised_form(definition)
     plan = functions(derivation)
-    for definition in [*spec.definitions, *plan.backward]:
-        compiler.with_logs(definition.expr)
+    for definition in [*spec.definitions, *plan.backward]:  # as statement() reads them: log(q/P) is log q − log P
+        compiler.with_logs(stable_array_forms(definition.expr, spec, compiler.normalised))
     output = spec.output
 
     def work(names: list[str], block: RowBlocking | None) -> list[WorkArray]:
