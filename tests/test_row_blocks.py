@@ -112,7 +112,8 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     blocked = "_r0 += _rows" in files[f"{files.module}.c"]
     assert blocked == ("for _r0 in range(" in text)  # the C and the NumPy module block the same functions
     for block_bytes in (1, 300, 1 << 30):
-        kernels = load_c(files, tmp_path, extra_flags=[f"-DSOFTGRAD_BLOCK_BYTES={block_bytes}"],
+        kernels = load_c(files, tmp_path, extra_flags=[f"-DSOFTGRAD_BLOCK_BYTES={block_bytes}",
+                                                       f"-DSOFTGRAD_CACHE_BYTES={block_bytes}"],
                          library_name=f"lib{block_bytes}.so")
         numpy_module = import_path(tmp_path / file_name)
         numpy_module._BLOCK_BYTES = numpy_module._CACHE_BYTES = block_bytes
@@ -172,6 +173,10 @@ def test_blocks_that_multiply_matrices_are_tall_and_others_stay_in_cache():
         budgets[name] = set(re.findall(r"_rows = max\(1, min\(_n_\w+, max\((_\w+_BYTES) //", text))
     assert budgets == {"attention": {"_BLOCK_BYTES"}, "layer-norm-affine": {"_CACHE_BYTES"},
                        "two-layer": {"_BLOCK_BYTES"}}
+    for name, budget in budgets.items():  # the C the same: SOFTGRAD_BLOCK_BYTES where gemm reads the block
+        files = emit(derive_spec(parse_spec((examples / f"{name}.spec").read_text(), name=name)), "c")
+        sized = set(re.findall(r"_rows = \(size_t\)(SOFTGRAD_\w+_BYTES) /", files[f"{files.module}.c"]))
+        assert sized == {f"SOFTGRAD{next(iter(budget))}"}, (name, sized)
 
 
 @pytest.mark.parametrize("source", [ATTENTION, REGRESSION.rpartition(" + 0.5")[0]])  # no decay: dW from 0

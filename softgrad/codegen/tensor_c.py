@@ -116,7 +116,7 @@ class CModule:
     upstream: str | None
     gradients: list[tuple[str, str, tuple[str, ...]]]  # (input, gradient name, ranges)
     blas: bool = False  # whether a statement calls gemm
-    blocked: bool = False  # whether a function runs a block of rows at a time
+    budgets: list[str] = field(default_factory=list)  # the byte budgets its blocks of rows are sized by
 
 
 @dataclass
@@ -748,10 +748,12 @@ def work_extents(ranges: tuple[str, ...], block: RowBlocking | None, dropped: in
     return tuple("_rows" if r == block.blocked else f"_n_{r}" for r in ranges[dropped:])
 
 
-def block_setup(block: RowBlocking | None, work: list[WorkArray], accumulated: list[tuple[str, ...]]) -> list[str]:
-    """The lines that choose a block's rows: as many as fill SOFTGRAD_BLOCK_BYTES with the arrays held for
-    one block, but no fewer than hold as many entries as the arrays the blocks add into (accumulated_ranges),
-    at least one, at most all."""
+def block_setup(block: RowBlocking | None, work: list[WorkArray], accumulated: list[tuple[str, ...]],
+                budget: str = "SOFTGRAD_BLOCK_BYTES") -> list[str]:
+    """The lines that choose a block's rows: as many as fill the budget (SOFTGRAD_BLOCK_BYTES where the block
+    calls gemm, which wants tall blocks; SOFTGRAD_CACHE_BYTES where it makes only passes over rows, which should
+    find the block in cache) with the arrays held for one block, but no fewer than hold as many entries as the
+    arrays the blocks add into (accumulated_ranges), at least one, at most all."""
     held = [array for array in work if "_rows" in array.extents]
     if block is None or not held:
         return []
@@ -761,7 +763,7 @@ def block_setup(block: RowBlocking | None, work: list[WorkArray], accumulated: l
     sums = " + ".join(" * ".join([*(f"_n_{r}" for r in ranges), "(size_t)1"]) for ranges in accumulated) or "0"
     rows = f"_n_{block.blocked}"
     return [f"// {', '.join(a.name for a in held)}: held for a block of rows of {block.blocked} at a time",
-            f"size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / ({per_row});",
+            f"size_t _rows = (size_t){budget} / ({per_row});",
             f"const size_t _least = ({sums} + ({row_entries}) - 1) / ({row_entries});"
             "  // as many entries as the sums over the rows it adds into",
             "if (_rows < _least) _rows = _least;",
@@ -802,10 +804,14 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         statements = compiler.body(plan.gradients, plan.gradients_block)
         scratch = compiler.taken_scratch()
     gradients_body = CBody(statements, work(plan.gradients_work, plan.gradients_block) + scratch)
+    budgets = set()
     for body, block, definitions in ((forward_body, plan.forward_block, plan.forward),
                                      (gradients_body, plan.gradients_block, plan.gradients)):
+        calls_gemm = any("SOFTGRAD_GEMM(" in line for statement in body.statements for line in statement.lines)
+        budget = "SOFTGRAD_BLOCK_BYTES" if calls_gemm else "SOFTGRAD_CACHE_BYTES"
         body.setup = block_setup(block, body.work, accumulated_ranges(definitions, tensor.axes, block, True)
-                                 if block is not None else [])
+                                 if block is not None else [], budget)
+        budgets |= {budget} if body.setup else set()
     return CModule(
         inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in spec.inputs],
         parameters=[printed[p] for p in spec.parameters], ranges=list(spec.sizes), output=printed[output.name],
@@ -813,7 +819,7 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         forward=forward_body, gradients_body=gradients_body,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()],
-        blas=compiler.blas, blocked=bool(forward_body.setup or gradients_body.setup))
+        blas=compiler.blas, budgets=sorted(budgets))
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,

@@ -13,9 +13,9 @@
  *
  * A function whose work arrays are led by an index every statement reads at its own row runs a block of rows
  * at a time (attention's queries): those arrays hold one block, the sums over the rows are added block after
- * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them (4 MiB; -DSOFTGRAD_BLOCK_BYTES=…
- * to change it), or one row where a row is larger, whatever the number of rows; the results are those of whole
- * arrays.
+ * block. The arrays held for a block take at most SOFTGRAD_CACHE_BYTES between them where it is only passed over row by row
+ * (512 KiB: half a core's L2 cache, so that the passes after the first find it there); -D… changes it, or one row where a row is
+ * larger, whatever the number of rows; the results are those of whole arrays.
  *
  * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC layer_norm_affine.c -o liblayer_norm_affine.so -lm
  */
@@ -31,8 +31,8 @@
 
 typedef double softgrad_real;
 
-#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for one block of rows (-D to change) */
-#define SOFTGRAD_BLOCK_BYTES (4u << 20)
+#ifndef SOFTGRAD_CACHE_BYTES /* the bytes of the work arrays held for a block of rows without gemm (-D to change) */
+#define SOFTGRAD_CACHE_BYTES (512u << 10)
 #endif
 
 /* Every helper is static; the ones a kernel of this file does not call are marked unused for gcc and clang,
@@ -317,7 +317,7 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
     (void)_n_b;
     (void)_n_k;
     // m, v, xhat: held for a block of rows of b at a time
-    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
+    size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
     const size_t _least = (0 + (1 + 1 + _n_k * 1) - 1) / (1 + 1 + _n_k * 1);  // as many entries as the sums over the rows it adds into
     if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;
@@ -382,7 +382,7 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     (void)_n_b;
     (void)_n_k;
     // m, v, xhat: held for a block of rows of b at a time
-    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
+    size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
     const size_t _least = (_n_k * (size_t)1 + _n_k * (size_t)1 + (1 + 1 + _n_k * 1) - 1) / (1 + 1 + _n_k * 1);  // as many entries as the sums over the rows it adds into
     if (_rows < _least) _rows = _least;
     if (_rows < 1) _rows = 1;

@@ -12,9 +12,9 @@
  *
  * A function whose work arrays are led by an index every statement reads at its own row runs a block of rows
  * at a time (attention's queries): those arrays hold one block, the sums over the rows are added block after
- * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them (4 MiB; -DSOFTGRAD_BLOCK_BYTES=…
- * to change it), or one row where a row is larger, whatever the number of rows; the results are those of whole
- * arrays.
+ * block. The arrays held for a block take at most SOFTGRAD_BLOCK_BYTES between them where the block is read by gemm (4 MiB:
+ * BLAS wants tall blocks); -D… changes it, or one row where a row is
+ * larger, whatever the number of rows; the results are those of whole arrays.
  *
  * Build: cc -std=c99 -O2 -march=native -fopenmp-simd -ffp-contract=fast -fno-math-errno -shared -fPIC softmax_regression_labels.c -o libsoftmax_regression_labels.so <BLAS flags> -lm
  * BLAS: by default the OpenBLAS that pip installs as scipy-openblas32, whose symbols are prefixed scipy_:
@@ -44,7 +44,7 @@ typedef double softgrad_real;
 #define SOFTGRAD_NAME(prefix, name) SOFTGRAD_PASTE(prefix, name)
 #define SOFTGRAD_GEMM SOFTGRAD_NAME(SOFTGRAD_CBLAS_PREFIX, cblas_dgemm)
 
-#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for one block of rows (-D to change) */
+#ifndef SOFTGRAD_BLOCK_BYTES /* the bytes of the work arrays held for a block of rows that gemm reads (-D to change) */
 #define SOFTGRAD_BLOCK_BYTES (4u << 20)
 #endif
 
