@@ -107,14 +107,14 @@ def _cases() -> list[Case]:
     ]
 
 
-def generated(case: Case, language: str, folder: Path) -> Any:
-    """The generated function of `language` for a case."""
-    files = emit(derive_spec(load_spec(case.spec)), language)
-    ((file_name, text),) = files.items()
-    path = folder / language / file_name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return getattr(import_path(path), case.name)
+def generated(case: Case, language: str, folder: Path, cpu: str = "torch") -> Any:
+    """The generated function of `language` for a case (torch with cpu="c": calling the generated C kernels)."""
+    files = emit(derive_spec(load_spec(case.spec)), language, cpu=cpu)
+    place = folder / f"{language}-{cpu}"
+    place.mkdir(exist_ok=True)
+    for file_name, text in files.items():
+        (place / file_name).write_text(text, encoding="utf-8")
+    return getattr(import_path(place / f"{files.module}.py"), case.name)
 
 
 def medians(functions: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
@@ -188,28 +188,36 @@ def main() -> None:
             arrays = case.inputs(rng, options.quick)
             mine = generated(case, "torch", Path(temporary))
             theirs = case.torch_reference
+            with_c = generated(case, "torch", Path(temporary), cpu="c")
             times = medians({
                 "eager": torch_step(mine, arrays, case.differentiated),
+                "C": torch_step(with_c, arrays, case.differentiated),
                 "torch eager": torch_step(theirs, arrays, case.differentiated),
                 "compiled": torch_step(torch.compile(mine, fullgraph=True), arrays, case.differentiated),
                 "torch compiled": torch_step(torch.compile(theirs), arrays, case.differentiated),
                 "jax": jax_step(generated(case, "jax", Path(temporary)), arrays, case.differentiated),
                 "jax.grad": jax_step(case.jax_reference, arrays, case.differentiated)}, rounds)
-            memory = (saved_bytes(mine, arrays, case.differentiated), saved_bytes(theirs, arrays, case.differentiated))
+            memory = (saved_bytes(mine, arrays, case.differentiated), saved_bytes(theirs, arrays, case.differentiated),
+                      saved_bytes(with_c, arrays, case.differentiated))
             shape = " × ".join(str(s) for s in arrays[0].shape)
             rows.append((case.name, shape, times, memory))
     lines = ["## Generated torch and JAX modules against the frameworks' autodiff (one thread, float32)", "",
              f"`python bench/frameworks.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1), XLA on one thread; "
              f"medians of {rounds} interleaved rounds of forward + backward; ratio = generated / framework, "
-             "< 1 is faster; saved = bytes kept for the backward, generated / torch autograd).", "",
-             "| function | shape | torch eager ms | generated ms | ratio | torch.compile ms | generated compiled ms "
-             "| ratio | jax.grad (jit) ms | generated custom_vjp ms | ratio | saved MB: generated / autograd |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name, shape, t, (mine_bytes, their_bytes) in rows:
+             "< 1 is faster; saved = bytes kept for the backward, generated / torch autograd). \"with C\": the "
+             "module generated with `--cpu c`, which calls the generated C kernels on the CPU (their backward "
+             "recomputes the forward from the inputs it keeps).", "",
+             "| function | shape | torch eager ms | generated ms | ratio | with C ms | ratio | torch.compile ms "
+             "| generated compiled ms | ratio | jax.grad (jit) ms | generated custom_vjp ms | ratio "
+             "| saved MB: generated / with C / autograd |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, shape, t, (mine_bytes, their_bytes, c_bytes) in rows:
         lines.append(f"| {name} | {shape} | {t['torch eager']:.2f} | {t['eager']:.2f} | "
-                     f"{t['eager'] / t['torch eager']:.2f} | {t['torch compiled']:.2f} | {t['compiled']:.2f} | "
+                     f"{t['eager'] / t['torch eager']:.2f} | {t['C']:.2f} | {t['C'] / t['torch eager']:.2f} | "
+                     f"{t['torch compiled']:.2f} | {t['compiled']:.2f} | "
                      f"{t['compiled'] / t['torch compiled']:.2f} | {t['jax.grad']:.2f} | {t['jax']:.2f} | "
-                     f"{t['jax'] / t['jax.grad']:.2f} | {mine_bytes / 1e6:.1f} / {their_bytes / 1e6:.1f} |")
+                     f"{t['jax'] / t['jax.grad']:.2f} | {mine_bytes / 1e6:.1f} / {c_bytes / 1e6:.1f} / "
+                     f"{their_bytes / 1e6:.1f} |")
     document = "\n".join(lines) + "\n"
     print(document)
     if not options.quick:

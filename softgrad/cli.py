@@ -169,16 +169,20 @@ def derive(spec: str | None, spec_file: str | None, wrt: str | None, fmt: str, s
 @click.option("--force", is_flag=True, help="Replace files in the folder that softgrad did not generate.")
 @click.option("--weights", metavar="NAME[,NAME…]",
               help="torch: inputs the nn.Module holds as nn.Parameters (e.g. W,bias); the others are its forward's.")
+@click.option("--cpu", type=click.Choice(["torch", "c"]), default="torch", show_default=True,
+              help="torch: what the module runs on the CPU — torch operations, or the generated C kernels (written "
+                   "beside it, compiled on first use).")
 @_TIME_LIMIT
 @reports_errors
 def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tuple[str, ...], order: int,
             dtype: str | None,
             wrt: str | None, folder: str, openmp: bool, check: bool, force: bool, weights: str | None,
-            time_limit: float) -> None:
-    """Generate NumPy or C kernels for SPEC from its derivation.
+            cpu: str, time_limit: float) -> None:
+    """Generate NumPy, C, torch or JAX code for SPEC from its derivation.
 
-    Writes one module (numpy) or a header, a source and a ctypes loader (c) into the folder: all of
-    them or, if anything fails (--check included), none.
+    Writes one module (numpy, jax, torch), a header, a source and a ctypes loader (c), or with --cpu c a
+    torch module and the C kernels it calls, into the folder: all of them or, if anything fails (--check
+    included), none.
     """
     from softgrad.codegen.emit import emit
     from softgrad.derive import derive_spec
@@ -193,7 +197,7 @@ def codegen(spec: str | None, spec_file: str | None, lang: str, kernel_names: tu
     names = list(kernel_names) or None
     chosen = tuple(name.strip() for name in weights.split(",") if name.strip()) if weights else ()
     # emit refuses options the target does not have
-    files = emit(derivation, lang, names, dtype, openmp=openmp, weights=chosen)
+    files = emit(derivation, lang, names, dtype, openmp=openmp, weights=chosen, cpu=cpu)
     if folder == "-" and len(files) != 1:
         raise SoftgradError(f"-o - writes one file to standard output; --lang {lang} generates {len(files)} "
                             "(give a folder)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import require_module
+from conftest import require_module, require_tool
 from outside_catalog import OUTSIDE_THE_CATALOG
 
 from softgrad.cli import main
@@ -257,9 +257,8 @@ def test_an_input_without_a_derived_gradient_is_refused_not_zeroed(tmp_path):
         module.cross_entropy(x, t).sum().backward()
 
 
-def test_torch_compile_traces_the_custom_ops_without_a_graph_break(tmp_path):
-    torch = require_module("torch")
-    module = _module(str(ROOT / "docs/examples/softmax-regression-labels.spec"), "torch", tmp_path)
+def _regression_batch(torch):
+    """Softmax regression's W, X, bias, label and torch autograd's (dW, dbias) for them."""
     generator = torch.Generator().manual_seed(0)
     W = torch.randn(10, 6, generator=generator, requires_grad=True)
     X = torch.randn(32, 6, generator=generator)
@@ -267,6 +266,14 @@ def test_torch_compile_traces_the_custom_ops_without_a_graph_break(tmp_path):
     label = torch.randint(0, 10, (32,), generator=generator)
     torch.nn.functional.cross_entropy(X @ W.T + bias, label).backward()
     expected = (W.grad.clone(), bias.grad.clone())
+    W.grad = bias.grad = None
+    return W, X, bias, label, expected
+
+
+def test_torch_compile_traces_the_custom_ops_without_a_graph_break(tmp_path):
+    torch = require_module("torch")
+    module = _module(str(ROOT / "docs/examples/softmax-regression-labels.spec"), "torch", tmp_path)
+    W, X, bias, label, expected = _regression_batch(torch)
     for opaque in (False, True):  # traced as torch operations (fused by Inductor), or as the custom ops
         module.OPAQUE_WHEN_COMPILED = opaque
         torch._dynamo.reset()
@@ -358,6 +365,8 @@ def test_hostile_names_stay_data_in_framework_modules(tmp_path):
     (["--lang", "numpy", "--weights", "x"], "--weights applies to --lang torch"),
     (["--lang", "torch", "--dtype", "float32"], "--dtype does not apply to --lang torch"),
     (["--lang", "torch", "--weights", "nope"], "--weights nope: not a float input"),
+    (["--lang", "jax", "--cpu", "c"], "--cpu c applies to --lang torch"),
+    (["--lang", "numpy", "--cpu", "c"], "--cpu c applies to --lang torch"),
 ])
 def test_options_a_target_does_not_have_are_one_line_errors(tmp_path, options, message):
     result = CliRunner().invoke(main, ["codegen", "softmax", *options, "-o", str(tmp_path)])
@@ -403,3 +412,83 @@ def test_spec_parameters_are_constructor_arguments_and_may_be_traced_by_jax(tmp_
         jitted = jax.jit(lambda u, T: jnp.sum(jnp.sin(function(u, T))))
         reference = jax.grad(lambda u: jnp.sum(jnp.sin(jax.nn.softmax(u / 2.5, -1))))(values)
         assert jnp.allclose(jax.grad(jitted)(values, 2.5), reference)
+
+
+def _module_with_c(spec: str, folder: Path):
+    """A torch module generated with --cpu c: the module and the C kernels it calls on the CPU, in folder."""
+    files = emit(_derive(spec), "torch", cpu="c")
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return import_path(folder / f"{files.module}.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["softmax", "cross-entropy", "kl-divergence", "softmax-temperature",
+                                  str(ROOT / "docs/examples/softmax-regression-labels.spec"),
+                                  str(ROOT / "docs/examples/layer-norm-affine.spec")])
+def test_a_module_with_c_kernels_passes_the_checks_on_both_paths(spec):
+    """--cpu c: the C kernels are built and pass gradcheck and every comparison; so do the torch operations the
+    same module runs off the CPU (checked with C_ON_CPU = False)."""
+    require_module("torch")
+    require_tool("cc")
+    derivation = _derive(spec)
+    checks = check_framework_module(derivation, emit(derivation, "torch", cpu="c"))
+    assert any("C kernels" in check.output for check in checks)
+    assert any("(torch operations)" in check.kernel for check in checks)
+    assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
+
+
+def test_a_module_with_c_kernels_calls_them_on_the_cpu_and_keeps_the_inputs(tmp_path):
+    """float32 and float64 CPU tensors of any leading shape go through the C (built once per dtype, into the
+    module's folder); the values are the torch operations' own."""
+    torch = require_module("torch")
+    require_tool("cc")
+    module = _module_with_c("softmax", tmp_path)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-14)):
+        x = torch.randn(2, 3, 7, dtype=dtype, requires_grad=True)
+        upstream = torch.randn(2, 3, 7, dtype=dtype)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = module.softmax(x)
+        assert module._c_kernels_built[dtype] is not None
+        assert len(saved) == 1 and saved[0].shape == (6, 7) and torch.equal(saved[0], x.detach().reshape(6, 7))
+        (mine,) = torch.autograd.grad(y, x, upstream)
+        module.C_ON_CPU = False
+        try:
+            expected = module.softmax(x)
+            (theirs,) = torch.autograd.grad(expected, x, upstream)
+        finally:
+            module.C_ON_CPU = True
+        assert y.shape == (2, 3, 7) and torch.allclose(y, expected, rtol=tolerance, atol=tolerance)
+        assert torch.allclose(mine, theirs, rtol=tolerance, atol=tolerance)
+    assert len(list(tmp_path.glob("libsoftmax_float*.so"))) == 2  # built once each, beside the module
+    module._c_kernels_built.clear()
+    module.softmax(torch.randn(3, 4))
+    assert len(list(tmp_path.glob("libsoftmax_float*.so"))) == 2  # found again, not rebuilt
+
+
+def test_c_kernels_that_cannot_be_built_leave_the_torch_operations_with_a_warning(tmp_path, monkeypatch):
+    torch = require_module("torch")
+    module = _module_with_c("softmax", tmp_path)
+    monkeypatch.setenv("CC", "no-such-compiler-softgrad")
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"softmax_float64\.c could not be built .*no-such-compiler"):
+        y = module.softmax(x)
+    assert module._c_kernels_built[torch.float64] is None
+    assert torch.allclose(y, torch.softmax(x, -1))
+    y.sum().backward()
+    assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob(".lib*"))
+
+
+def test_torch_compile_traces_a_module_with_c_kernels_as_torch_operations(tmp_path):
+    torch = require_module("torch")
+    require_tool("cc")
+    module = _module_with_c(str(ROOT / "docs/examples/softmax-regression-labels.spec"), tmp_path)
+    W, X, bias, label, expected = _regression_batch(torch)
+    module.softmax_regression_labels(W, X, bias, label).backward()  # eager: the C kernels
+    assert module._c_kernels_built[torch.float32] is not None
+    assert torch.allclose(W.grad, expected[0], atol=1e-6) and torch.allclose(bias.grad, expected[1], atol=1e-6)
+    torch._dynamo.reset()
+    W.grad = bias.grad = None
+    torch.compile(module.softmax_regression_labels, fullgraph=True)(W, X, bias, label).backward()
+    assert torch.allclose(W.grad, expected[0], atol=1e-6) and torch.allclose(bias.grad, expected[1], atol=1e-6)

@@ -11,7 +11,7 @@ import jinja2
 
 from softgrad._version import __version__
 from softgrad.codegen.backends import BACKENDS
-from softgrad.codegen.build import GeneratedFiles
+from softgrad.codegen.build import RECOMMENDED_FLAGS, GeneratedFiles
 from softgrad.codegen.kernel import Kernel
 from softgrad.codegen.lower import applicable_kernels, hoisted_softmax_ratios, identifier, lower
 from softgrad.derive.steps import Derivation
@@ -89,18 +89,23 @@ def _header(derivation: Derivation) -> dict[str, Any]:
 
 def emit(derivation: Derivation, language: str, kernel_names: list[str] | None = None,
          dtype: str | None = None, module: str | None = None, openmp: bool = False,
-         weights: tuple[str, ...] = ()) -> GeneratedFiles:
+         weights: tuple[str, ...] = (), cpu: str = "torch") -> GeneratedFiles:
     """Generated files (name → text) for a derivation, deterministic for the same input.
 
     dtype: the element type of a target that has one (C; default float64; NumPy kernels follow their
     inputs). openmp: C kernels split their rows over OpenMP threads (compile with -fopenmp).
-    weights: inputs the torch nn.Module holds as nn.Parameters."""
+    weights: inputs the torch nn.Module holds as nn.Parameters. cpu: what the torch module runs on the CPU,
+    torch operations or ("c") the generated C kernels, written beside it (float32 and float64)."""
     if language not in LANGUAGES:
         raise SoftgradError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
     if weights and language != "torch":
         raise SoftgradError(f"--weights applies to --lang torch (its nn.Module), not --lang {language}")
+    if cpu not in ("torch", "c"):
+        raise SoftgradError(f"unknown --cpu {cpu!r} (known: torch, c)")
+    if cpu != "torch" and language != "torch":
+        raise SoftgradError(f"--cpu c applies to --lang torch (its module on the CPU), not --lang {language}")
     if language in ("torch", "jax"):
-        return _emit_framework(derivation, language, kernel_names, dtype, module, openmp, weights)
+        return _emit_framework(derivation, language, kernel_names, dtype, module, openmp, weights, cpu)
     backend = BACKENDS[language]
     if openmp and not backend.has_threads:
         raise SoftgradError(f"--openmp does not apply to --lang {language} (its kernels run on one thread)")
@@ -155,9 +160,11 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
 
 
 def _emit_framework(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str | None,
-                    module: str | None, openmp: bool, weights: tuple[str, ...]) -> GeneratedFiles:
-    """One torch or JAX module: forward and its derived backward, for any spec."""
-    from softgrad.codegen.frameworks import emit_framework
+                    module: str | None, openmp: bool, weights: tuple[str, ...], cpu: str = "torch") -> GeneratedFiles:
+    """One torch or JAX module: forward and its derived backward, for any spec; with cpu="c", the C kernels
+    of the same derivation (one source per dtype) that the torch module calls on the CPU."""
+    from softgrad.codegen.frameworks import emit_framework, framework_derivation
+    from softgrad.codegen.tensor_c import emit_tensor_c
 
     for option, given in (("--kernel", kernel_names), ("--dtype", dtype), ("--openmp", openmp)):
         if given:
@@ -165,6 +172,17 @@ def _emit_framework(derivation: Derivation, language: str, kernel_names: list[st
                                 "dtype, on their device, with forward and backward)")
     module = module or identifier(derivation)
     files = GeneratedFiles(language=language, module=module, dtype="float64", openmp=False)
-    text, lifted, parts = emit_framework(derivation, language, module, _header(derivation), _render, weights)
+    header = _header(derivation)
+    lifted = framework_derivation(derivation)
+    c_sources: dict[str, str] = {}
+    if cpu == "c":  # the C of the derivation the module itself is printed from: the same gradients, rows lifted
+        lowered = hoisted_softmax_ratios(lifted)
+        for c_dtype in DTYPES:
+            c_sources[c_dtype] = f"{module}_{c_dtype}"
+            sources, blas = emit_tensor_c(lowered, header, _render, c_sources[c_dtype], c_dtype)
+            files.update(sources)
+            files.blas = files.blas or blas
+    text, parts = emit_framework(lifted, language, module, header, _render, weights, c_sources,
+                                 RECOMMENDED_FLAGS if c_sources else [], files.blas)
     files[f"{module}.py"], files.printed_from = text, [lifted, parts]
     return files

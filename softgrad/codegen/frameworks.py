@@ -156,11 +156,14 @@ def lower_framework(derivation: Derivation, language: str, module: str,
         weight_ranges={printed[name]: tensor.axes[name] for name in weights})
 
 
-def emit_framework(derivation: Derivation, language: str, module: str, header: dict[str, Any], render: Any,
-                   weights: tuple[str, ...] = ()) -> tuple[str, Derivation, FrameworkModule]:
-    """The torch or JAX module's text, with the derivation and parts it was printed from (what --check reads)."""
-    lifted = framework_derivation(derivation)
+def emit_framework(lifted: Derivation, language: str, module: str, header: dict[str, Any], render: Any,
+                   weights: tuple[str, ...] = (), c_sources: dict[str, str] | None = None,
+                   c_flags: list[str] | None = None, c_blas: bool = False) -> tuple[str, FrameworkModule]:
+    """The torch or JAX module's text for a derivation framework_derivation lifted, with the parts it was printed
+    from (what --check reads). c_sources: dtype → the stem of the C kernels a torch module calls on the CPU
+    (built with c_flags, linked with the BLAS where c_blas)."""
     parts = lower_framework(lifted, language, module, weights)
     text = str(render(f"{language}/module.py.j2", module=parts, lowered=parts.lowered,
-                      check_summary=lifted.check_summary, **header))
-    return text, lifted, parts
+                      check_summary=lifted.check_summary, c_sources=c_sources or {}, c_flags=c_flags or [],
+                      c_blas=c_blas, **header))
+    return text, parts

@@ -98,6 +98,7 @@ slice sorted staticmethod str sum super tuple type vars zip
 #: defined at their top level, the keyword arguments and size arguments of every kernel.
 GENERATED_FIXED = frozenset("""
 np math ctypes numpy DTYPE Kernels load self axis out rows n torch jax jnp ctx functools
+hashlib importlib os shutil subprocess sys tempfile threading warnings Path C_ON_CPU OPAQUE_WHEN_COMPILED
 """.split())
 
 RESERVED = C_KEYWORDS | CPP_KEYWORDS | C_MACROS | C_LIBRARY | PYTHON_KEYWORDS | PYTHON_BUILTINS | GENERATED_FIXED

@@ -13,7 +13,9 @@ torch and JAX are imported here only, and only when a module written for them is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,12 +102,36 @@ def check_framework_module(derivation: Derivation, files: GeneratedFiles, seed: 
         raise SoftgradError(f"--check of --lang {framework} needs {framework} installed "
                             f"(pip install {framework})") from None
     with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
-        (name, text), = files.items()
-        path = Path(temporary) / name
-        path.write_text(text, encoding="utf-8")
-        module = import_path(path)
+        for name, text in files.items():  # the module, and the C kernels it calls on the CPU (--cpu c)
+            (Path(temporary) / name).write_text(text, encoding="utf-8")
+        module = import_path(Path(temporary) / f"{files.module}.py")
         adapter = FrameworkAdapter(module, parts, lifted, framework)
-        return [*_framework_checks(adapter, seed), *check_module(adapter, lifted, seed, "float64")]
+        checks = [*_framework_checks(adapter, seed), *check_module(adapter, lifted, seed, "float64")]
+        if not hasattr(module, "C_ON_CPU"):
+            return checks
+        return [*_built(module), *checks, *_torch_operations(adapter, seed)]
+
+
+def _built(module: Any) -> list[KernelCheck]:
+    """Whether the C kernels a torch module calls on the CPU were built (else torch operations ran them)."""
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        built = module._c_kernels(torch.zeros(1, dtype=torch.float64)) is not None
+    said = next((str(item.message) for item in caught), "")
+    return [KernelCheck("gradients", "the C kernels", "built on the CPU (float64)" if built else said,
+                        0.0 if built else float("inf"), 0.0)]
+
+
+def _torch_operations(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]:
+    """The same checks of the torch operations a module with C kernels runs off the CPU (C_ON_CPU = False)."""
+    adapter.module.C_ON_CPU = False
+    try:
+        checks = [*_framework_checks(adapter, seed), *check_module(adapter, adapter.derivation, seed, "float64")]
+    finally:
+        adapter.module.C_ON_CPU = True
+    return [dataclasses.replace(check, kernel=f"{check.kernel} (torch operations)") for check in checks]
 
 
 def _framework_checks(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]:
