@@ -213,3 +213,23 @@ def _zero_without_rows(kernels, derivation, source):
         gradients = module_gradients(kernels, derivation, arrays, parameters)
         for name in ("K", "V") if source == ATTENTION else ("W",):
             assert gradients[name].size and np.all(gradients[name] == 0), name
+
+
+def test_the_statements_at_a_row_of_a_block_run_in_one_pass_and_the_sums_over_rows_after():
+    """Layer norm: m, v, xhat (and dx) are one loop over a block's rows, each row's work done by every statement
+    while the row is in L1; dgamma and dbeta, sums over the rows, are passes of their own after it; a block that
+    gemm reads (attention) keeps a loop per statement."""
+    examples = Path(__file__).parent.parent / "docs" / "examples"
+    row_loop = re.compile(r"^( +)for \(size_t (_ix_\w+) = _r0; \2 < _r1; \+\+\2\) \{$", re.M)
+    for name, fused in (("layer-norm-affine", True), ("attention", False)):
+        files = emit(derive_spec(parse_spec((examples / f"{name}.spec").read_text(), name=name)), "c")
+        text = files[f"{files.module}.c"]
+        gradients = text[text.index(f"int {files.module}_gradients("):]
+        if fused:
+            assert len(row_loop.findall(gradients)) == 3, gradients  # m … dx in one; dgamma, dbeta one each
+            first = row_loop.search(gradients)
+            body = gradients[first.end():gradients.index(f"\n{first.group(1)}}}\n", first.end())]
+            assert all(f"// {array}" in body for array in ("m[b]", "v[b]", "xhat[b, k]", "dx[b, k]"))
+            assert "// dgamma" not in body and "// dbeta" not in body
+        else:
+            assert "SOFTGRAD_GEMM(" in gradients and len(row_loop.findall(gradients)) != 1

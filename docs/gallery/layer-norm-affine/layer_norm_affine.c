@@ -340,33 +340,27 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
     /* m, v, xhat: held for a block of rows of b */
     for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
         const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
-        // m[b]
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // m[b]
             double _s1 = 0.0;
             #pragma omp simd reduction(+:_s1)
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 _s1 += x[(_ix_b) * _n_k + _ix_k];
             }
             m[(_ix_b - _r0)] = _s1/(softgrad_real)_n_k;
-        }
-        // v[b]
-        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // v[b]
             double _s2 = 0.0;
             #pragma omp simd reduction(+:_s2)
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 _s2 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
             }
             v[(_ix_b - _r0)] = _s2/(softgrad_real)_n_k;
-        }
-        // xhat[b, k]
-        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // xhat[b, k]
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 xhat[((_ix_b - _r0)) * _n_k + _ix_k] = (-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
             }
-        }
-        // y[b, k]
-        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // y[b, k]
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 y[(_ix_b) * _n_k + _ix_k] = beta[_ix_k] + gamma[_ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
@@ -421,33 +415,27 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     /* m, v, xhat: held for a block of rows of b */
     for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
         const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
-        // m[b]
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // m[b]
             double _s3 = 0.0;
             #pragma omp simd reduction(+:_s3)
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 _s3 += x[(_ix_b) * _n_k + _ix_k];
             }
             m[(_ix_b - _r0)] = _s3/(softgrad_real)_n_k;
-        }
-        // v[b]
-        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // v[b]
             double _s4 = 0.0;
             #pragma omp simd reduction(+:_s4)
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 _s4 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
             }
             v[(_ix_b - _r0)] = _s4/(softgrad_real)_n_k;
-        }
-        // xhat[b, k]
-        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // xhat[b, k]
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 xhat[((_ix_b - _r0)) * _n_k + _ix_k] = (-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
             }
-        }
-        // dx[b, k]
-        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // dx[b, k]
             double _s5 = 0.0;
             #pragma omp simd reduction(+:_s5)
             for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
