@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -130,12 +131,18 @@ def test_the_reader_takes_page_notation_and_refuses_what_it_cannot_read():
 
 
 def test_cli_exit_status_json_and_standard_input(tmp_path):
+    """The real command once (exit status, JSON on stdout); the other cases in-process (the same click command)."""
+    from click.testing import CliRunner
+
+    from softgrad.cli import main
+
     def run(*arguments, stdin=None):
-        return subprocess.run([sys.executable, "-m", "softgrad", "verify", *arguments], capture_output=True,
-                              text=True, input=stdin)
+        result = CliRunner().invoke(main, ["verify", *arguments], input=stdin)
+        return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
     (path,) = SEEDS.glob("002_*.txt")
-    failing = run("--derivation", str(path), "--json")
+    failing = subprocess.run([sys.executable, "-m", "softgrad", "verify", "--derivation", str(path), "--json"],
+                             capture_output=True, text=True)
     assert failing.returncode == 1
     document = json.loads(failing.stdout)
     assert document["schema"] == "softgrad.derivation-report/1"
