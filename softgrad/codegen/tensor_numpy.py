@@ -1134,9 +1134,11 @@ def functions(derivation: Derivation, blocked: bool = True) -> Functions:
     needed = forward_needed(derivation, backward)
     gradient_names = set(tensor.gradients.values())
     forward_work = [d.name for d in spec.definitions if d is not output]
-    gradients_work = [*forward_work, *([output.name] if output.is_vector else []),
-                      *(d.name for d in tensor.backward if d.name not in gradient_names)]
     gradients = [d for d in spec.definitions if d.name in needed] + backward
+    written = {d.name for d in gradients}  # not a forward array gradients() skips (layer norm's y: 16 MiB)
+    gradients_work = [name for name in [*forward_work, *([output.name] if output.is_vector else []),
+                                        *(d.name for d in tensor.backward if d.name not in gradient_names)]
+                      if name in written]
 
     def block(definitions: list[Definition], work: list[str]) -> RowBlocking | None:
         return row_blocking(definitions, tensor.axes, spec.sizes, work) if blocked else None

@@ -330,14 +330,12 @@ int causal_conv1d_gradients(const double *w, const double *x, const softgrad_rea
     (void)_n_t;
     (void)_n_k;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
-    void *_blocks[2] = {0};
+    void *_blocks[1] = {0};
     int _missing = 0;
-    softgrad_real *y = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_c * _n_t * sizeof(softgrad_real) + 1));
-    _missing |= y == NULL;
-    double *_a2 = (double *)(_blocks[1] = malloc(_n_c * _n_k * sizeof(double) + 1));
+    double *_a2 = (double *)(_blocks[0] = malloc(_n_c * _n_k * sizeof(double) + 1));
     _missing |= _a2 == NULL;
     if (_missing) {
-        for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+        for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
         return -1;
     }
     memset(_a2, 0, _n_c * _n_k * sizeof(double));  // accumulated into
@@ -375,6 +373,6 @@ int causal_conv1d_gradients(const double *w, const double *x, const softgrad_rea
             }
         }
     }
-    for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+    for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
     return 0;
 }

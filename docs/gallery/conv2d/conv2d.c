@@ -375,24 +375,22 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
     (void)_n_p;
     (void)_n_q;
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
-    void *_blocks[7] = {0};
+    void *_blocks[6] = {0};
     int _missing = 0;
-    softgrad_real *y = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_o * _n_i * _n_j * sizeof(softgrad_real) + 1));
-    _missing |= y == NULL;
-    softgrad_real *_c1 = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_i * _n_j * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    softgrad_real *_c1 = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_i * _n_j * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
     _missing |= _c1 == NULL;
-    softgrad_real *_c2 = (softgrad_real *)(_blocks[2] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
+    softgrad_real *_c2 = (softgrad_real *)(_blocks[1] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
     _missing |= _c2 == NULL;
-    softgrad_real *_c3 = (softgrad_real *)(_blocks[3] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    softgrad_real *_c3 = (softgrad_real *)(_blocks[2] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
     _missing |= _c3 == NULL;
-    softgrad_real *_c4 = (softgrad_real *)(_blocks[4] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    softgrad_real *_c4 = (softgrad_real *)(_blocks[3] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
     _missing |= _c4 == NULL;
-    softgrad_real *_c5 = (softgrad_real *)(_blocks[5] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    softgrad_real *_c5 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
     _missing |= _c5 == NULL;
-    double *_a6 = (double *)(_blocks[6] = malloc(_n_o * sizeof(double) + 1));
+    double *_a6 = (double *)(_blocks[5] = malloc(_n_o * sizeof(double) + 1));
     _missing |= _a6 == NULL;
     if (_missing) {
-        for (size_t _block = 0; _block < 7; ++_block) free(_blocks[_block]);
+        for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
         return -1;
     }
     memset(_a6, 0, _n_o * sizeof(double));  // accumulated into
@@ -470,6 +468,6 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
     for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
         dbias[_ix_o] = (softgrad_real)_a6[_ix_o];
     }
-    for (size_t _block = 0; _block < 7; ++_block) free(_blocks[_block]);
+    for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
     return 0;
 }

@@ -383,7 +383,7 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     if (_rows > _n_b) _rows = _n_b;
     if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
-    void *_blocks[6] = {0};
+    void *_blocks[5] = {0};
     int _missing = 0;
     softgrad_real *m = (softgrad_real *)(_blocks[0] = malloc(_rows * sizeof(softgrad_real) + 1));
     _missing |= m == NULL;
@@ -391,14 +391,12 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     _missing |= v == NULL;
     softgrad_real *xhat = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_k * sizeof(softgrad_real) + 1));
     _missing |= xhat == NULL;
-    softgrad_real *y = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_k * sizeof(softgrad_real) + 1));
-    _missing |= y == NULL;
-    double *_a7 = (double *)(_blocks[4] = malloc(_n_k * sizeof(double) + 1));
+    double *_a7 = (double *)(_blocks[3] = malloc(_n_k * sizeof(double) + 1));
     _missing |= _a7 == NULL;
-    double *_a8 = (double *)(_blocks[5] = malloc(_n_k * sizeof(double) + 1));
+    double *_a8 = (double *)(_blocks[4] = malloc(_n_k * sizeof(double) + 1));
     _missing |= _a8 == NULL;
     if (_missing) {
-        for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
+        for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
         return -1;
     }
     memset(_a7, 0, _n_k * sizeof(double));  // accumulated into
@@ -474,6 +472,6 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
             dbeta[_ix_k] = (softgrad_real)_a8[_ix_k];
         }
     }
-    for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
+    for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }
