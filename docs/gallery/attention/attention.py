@@ -29,22 +29,6 @@ _BLOCK_BYTES = 32 << 20
 _CACHE_BYTES = 1 << 20
 
 
-def _sigmoid(u):
-    """σ(u) without overflow: exp only ever of −|u|."""
-    e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1, e) / (1 + e)
-
-
-def _softplus(u):
-    return np.logaddexp(0, u)
-
-
-def _erf(u):
-    """erf entrywise, with math.erf per entry (NumPy has no erf): correct, not fast."""
-    u = np.asarray(u)
-    return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
-
-
 def _add_product(total, first, scale, left, right):
     """total += scale · (left @ right), the scale applied to the smaller operand; the first block of a sum over rows
     writes the product over total (zeros until then) instead of making it and adding it."""

@@ -93,7 +93,6 @@ def _vector_result(result, shape, axis, out):
     return out
 
 
-
 def binary_cross_entropy_forward(x, t, *, axis=-1):
     """L per row.
 

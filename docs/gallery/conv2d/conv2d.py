@@ -13,27 +13,9 @@ shifted by its maximum, and its log computed as (shifted − log Σ), so no logi
 forward(...) returns y; gradients(...) returns (dW, dx, dbias), given the upstream gradient dy = ∂l/∂y.
 """
 
-import math
-
 import numpy as np
 
 __all__ = ["forward", "gradients"]
-
-
-def _sigmoid(u):
-    """σ(u) without overflow: exp only ever of −|u|."""
-    e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1, e) / (1 + e)
-
-
-def _softplus(u):
-    return np.logaddexp(0, u)
-
-
-def _erf(u):
-    """erf entrywise, with math.erf per entry (NumPy has no erf): correct, not fast."""
-    u = np.asarray(u)
-    return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
 
 
 def _window_plan(shape, spans):
@@ -70,11 +52,6 @@ def _window(array, spans):
         if sign < 0:  # u − v: the window read backwards
             index[array.ndim + position] = slice(None, None, -1)
     return view[tuple(index)]
-
-
-def _finite(shift):
-    """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
-    return np.where(np.isfinite(shift), shift, 0)
 
 
 def _arrays(named, dtype=None):

@@ -94,7 +94,6 @@ def _vector_result(result, shape, axis, out):
     return out
 
 
-
 def cross_entropy_onehot_forward(x, t, *, axis=-1):
     """L per row.
 

@@ -93,7 +93,6 @@ def _vector_result(result, shape, axis, out):
     return out
 
 
-
 def kl_divergence_forward(z, q, *, axis=-1):
     """L per row.
 

@@ -18,8 +18,6 @@ are added block after block; the results are those of whole arrays.
 forward(...) returns y; gradients(...) returns (dx, dgamma, dbeta), given the upstream gradient dy = ∂l/∂y.
 """
 
-import math
-
 import numpy as np
 
 __all__ = ["forward", "gradients"]
@@ -28,27 +26,6 @@ __all__ = ["forward", "gradients"]
 #: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
 _BLOCK_BYTES = 32 << 20
 _CACHE_BYTES = 1 << 20
-
-
-def _sigmoid(u):
-    """σ(u) without overflow: exp only ever of −|u|."""
-    e = np.exp(-np.abs(u))
-    return np.where(u >= 0, 1, e) / (1 + e)
-
-
-def _softplus(u):
-    return np.logaddexp(0, u)
-
-
-def _erf(u):
-    """erf entrywise, with math.erf per entry (NumPy has no erf): correct, not fast."""
-    u = np.asarray(u)
-    return np.frompyfunc(math.erf, 1, 1)(u).astype(u.dtype if u.dtype.kind == "f" else np.float64)
-
-
-def _finite(shift):
-    """A row maximum that is ±inf or NaN (a row of −inf) becomes 0, so that shifting by it is harmless."""
-    return np.where(np.isfinite(shift), shift, 0)
 
 
 def _arrays(named, dtype=None):

@@ -92,7 +92,6 @@ def _vector_result(result, shape, axis, out):
     return out
 
 
-
 def logsumexp_forward(x, *, axis=-1):
     """L per row.
 

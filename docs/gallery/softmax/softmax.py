@@ -92,7 +92,6 @@ def _vector_result(result, shape, axis, out):
     return out
 
 
-
 def softmax_forward(x, *, axis=-1, out=None):
     """y = the function, row by row.
 

@@ -29,11 +29,6 @@ _OPERATORS = "softgrad_attention_a00e4c6516"
 OPAQUE_WHEN_COMPILED = False
 
 
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
-
-
 def _owned(results, arguments):
     """The results, each with memory of its own: a custom op may not return a view of its arguments."""
     pointers = {a.untyped_storage().data_ptr() for a in arguments if isinstance(a, torch.Tensor)}

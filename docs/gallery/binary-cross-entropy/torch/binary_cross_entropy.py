@@ -16,8 +16,6 @@ Derived gradients: dx = ∂L/∂x; t has no derived gradient (regenerate with --
 The derivation: 9 of 9 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_i = 1 and n_b = 2, n_i = 3 and n_b = 3, n_i = 4 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["BinaryCrossEntropyFunction", "BinaryCrossEntropy", "binary_cross_entropy"]

@@ -16,8 +16,6 @@ Derived gradients: dw = ∂y/∂w, dx = ∂y/∂x.
 The derivation: 6 of 6 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_c = 1, n_t = 1, n_k = 1 and n_b = 2, n_c = 3, n_t = 4, n_k = 2 and n_b = 3, n_c = 4, n_t = 2, n_k = 3 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["CausalConv1dFunction", "CausalConv1d", "causal_conv1d"]
@@ -26,11 +24,6 @@ _OPERATORS = "softgrad_causal_conv1d_ac3cf0b56e"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _window_plan(shape, spans):

@@ -16,8 +16,6 @@ Derived gradients: dW = ∂y/∂W, dx = ∂y/∂x, dbias = ∂y/∂bias.
 The derivation: 9 of 9 steps proved exactly with every range of size 1 to 2; all checked numerically, every entry, at n_b = 1, n_o = 1, n_i = 1, n_j = 1, n_c = 1, n_p = 1, n_q = 1 and n_b = 2, n_o = 3, n_i = 2, n_j = 2, n_c = 2, n_p = 2, n_q = 2 and n_b = 3, n_o = 2, n_i = 2, n_j = 2, n_c = 2, n_p = 2, n_q = 2 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["Conv2dFunction", "Conv2d", "conv2d"]
@@ -26,11 +24,6 @@ _OPERATORS = "softgrad_conv2d_8f47549e91"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _window_plan(shape, spans):

@@ -16,8 +16,6 @@ Derived gradients: dz = ∂L/∂z; q has no derived gradient (regenerate with --
 The derivation: 12 of 12 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_i = 1 and n_b = 2, n_i = 3 and n_b = 3, n_i = 4 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["KlDivergenceFunction", "KlDivergence", "kl_divergence"]
@@ -26,11 +24,6 @@ _OPERATORS = "softgrad_kl_divergence_57f6cc5709"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _unless_nan(plain, guarded):

@@ -18,8 +18,6 @@ Derived gradients: dx = ∂y/∂x, dgamma = ∂y/∂gamma, dbeta = ∂y/∂beta.
 The derivation: 22 of 22 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_k = 1 and n_b = 2, n_k = 3 and n_b = 3, n_k = 4 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["LayerNormAffineFunction", "LayerNormAffine", "layer_norm_affine"]
@@ -28,11 +26,6 @@ _OPERATORS = "softgrad_layer_norm_affine_fec0a65b8f"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _owned(results, arguments):

@@ -15,8 +15,6 @@ Derived gradients: dx = ∂y/∂x.
 The derivation: 8 of 8 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_k = 1 and n_b = 2, n_k = 3 and n_b = 3, n_k = 4 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["LogSoftmaxFunction", "LogSoftmax", "log_softmax"]
@@ -25,11 +23,6 @@ _OPERATORS = "softgrad_log_softmax_d4bbc4ec08"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _owned(results, arguments):

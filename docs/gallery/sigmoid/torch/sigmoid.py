@@ -15,8 +15,6 @@ Derived gradients: dx = ∂y/∂x.
 The derivation: 4 of 4 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_i = 1 and n_b = 2, n_i = 3 and n_b = 3, n_i = 4 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["SigmoidFunction", "Sigmoid", "sigmoid"]
@@ -25,11 +23,6 @@ _OPERATORS = "softgrad_sigmoid_7ecbe9655e"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _owned(results, arguments):

@@ -18,8 +18,6 @@ Derived gradients: dW = ∂L/∂W, dX = ∂L/∂X, dbias = ∂L/∂bias; T has n
 The derivation: 27 of 27 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_c = 1, n_d = 1 and n_b = 2, n_c = 3, n_d = 4 and n_b = 3, n_c = 4, n_d = 2 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["SoftmaxRegressionFunction", "SoftmaxRegression", "softmax_regression"]
@@ -28,11 +26,6 @@ _OPERATORS = "softgrad_softmax_regression_76b5827f18"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _unless_nan(plain, guarded):

@@ -19,8 +19,6 @@ Derived gradients: dW1 = ∂L/∂W1, dX = ∂L/∂X, dW2 = ∂L/∂W2; T has no 
 The derivation: 33 of 33 steps proved exactly with every range of size 1 to 3; all checked numerically, every entry, at n_b = 1, n_j = 1, n_d = 1, n_c = 1 and n_b = 2, n_j = 3, n_d = 4, n_c = 2 and n_b = 3, n_j = 4, n_d = 2, n_c = 3 (3 random points each: inputs near 0, of order 1 and of order 4).
 """
 
-import math
-
 import torch
 
 __all__ = ["TwoLayerFunction", "TwoLayer", "two_layer"]
@@ -29,11 +27,6 @@ _OPERATORS = "softgrad_two_layer_3b821a5a88"
 #: Under torch.compile the Function's forward and backward are traced as the torch operations they are, which
 #: Inductor fuses (3× faster than opaque ops on softmax); True runs them as the registered custom ops instead.
 OPAQUE_WHEN_COMPILED = False
-
-
-def _softplus(u):
-    """log(1 + exp(u)) without overflow."""
-    return torch.logaddexp(torch.zeros_like(u), u)
 
 
 def _unless_nan(plain, guarded):
