@@ -491,3 +491,14 @@ def test_torch_compile_traces_a_module_with_c_kernels_as_torch_operations(tmp_pa
     W.grad = bias.grad = None
     torch.compile(module.softmax_regression_labels, fullgraph=True)(W, X, bias, label).backward()
     assert torch.allclose(W.grad, expected[0], atol=1e-6) and torch.allclose(bias.grad, expected[1], atol=1e-6)
+
+
+def test_check_of_a_module_whose_c_cannot_be_built_is_one_line_and_exit_2(monkeypatch, tmp_path):
+    """Nothing is checked in place of the C (the torch operations would pass for it), and nothing is written."""
+    require_module("torch")
+    monkeypatch.setenv("CC", "no-such-compiler-softgrad")
+    result = CliRunner().invoke(main, ["codegen", "softmax", "--lang", "torch", "--cpu", "c", "--check",
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "could not be built" in result.output and "no-such-compiler" in result.output, result.output
+    assert not (tmp_path / "out").exists()
