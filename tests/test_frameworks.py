@@ -199,10 +199,13 @@ def test_a_jax_log_softmax_keeps_its_exp_made_in_the_forward(tmp_path):
 @pytest.mark.parametrize(("spec", "allocated"), [
     ("softmax", 1),  # y·(dy − Σ dy·y): torch's fused softmax backward
     ("log-softmax", 1),  # dy − e^y·Σdy: torch's fused log-softmax backward
-    (str(ROOT / "docs" / "examples" / "layer-norm-affine.spec"), 2)])  # γ·dy, and dy·x̂ once for dx's sum and dγ
+    (str(ROOT / "docs" / "examples" / "layer-norm-affine.spec"), 2),  # γ·dy, and dy·x̂ once for dx's sum and dγ
+    (str(ROOT / "docs" / "examples" / "attention.spec"), 1)])  # dP = dO·Vᵀ; dS = (dP − Σ O·dO)·P in dP's memory
 def test_the_torch_backward_allocates_few_arrays_of_the_result_size(tmp_path, spec, allocated):
     """Each temporary of a matrix's size costs fresh pages on every call: the printed backward updates the arrays
-    it makes in place (.mul_, .add_, addcmul_) instead of making one per operation."""
+    it makes in place (.mul_, .add_, addcmul_) instead of making one per operation, and an array of its own that
+    one later reading alone reads (attention's dP) in that reading. Counted: arrays of the first input's size
+    (attention: of the scores' size, n × n)."""
     torch = require_module("torch")
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -224,9 +227,11 @@ def test_the_torch_backward_allocates_few_arrays_of_the_result_size(tmp_path, sp
     inputs = [torch.randn(16, 12, dtype=torch.float64, requires_grad=True)]
     if "layer-norm" in spec:
         inputs += [torch.randn(12, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    if "attention" in spec:  # Q (16, 12), K (16, 12), V (16, 12): the scores are 16 × 16
+        inputs += [torch.randn(16, 12, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     function = getattr(module, module.__all__[2])
     output = function(*inputs)
-    counter = CountArrays(16 * 12)
+    counter = CountArrays(16 * 16 if "attention" in spec else 16 * 12)
     with counter:
         output.backward(torch.ones_like(output))
     made = [name for name in counter.made if name != "aten::ones_like"]

@@ -109,6 +109,11 @@ class _Compiler:
         self.last_reader_updates = True
         self.updated: set[tuple[Any, ...]] = set()  # the temporaries a last reading updates in place
         self.from_zero: set[str] = set()  # sums over rows that start from zeros (no terms without the rows)
+        #: temporaries of the backward its one later reading may update in place (torch: dP − r, then ·P, into dP),
+        #: by the number of the statement that reads them; those whose own statement made a new array
+        self.temporaries: set[str] = set()
+        self.read_once_by: dict[str, int] = {}
+        self.handed_over: set[str] = set()
         self.gemm = False  # whether a statement of the block being compiled multiplies two matrices
 
     def size(self, range_name: str) -> str:
@@ -295,6 +300,9 @@ class _Compiler:
                 and all(ranges.get(p, r) == r for p, r in zip(positions, axes))):
             if blocked and str(e.base) not in self.local:  # a whole array: the block's rows of it
                 name += "[" + ", ".join("_r0:_r1" if a in blocked else ":" for a in range(blocked[-1] + 1)) + "]"
+            elif (not prefix and str(e.base) in self.handed_over
+                  and self.read_once_by.get(str(e.base)) == self.statement_number):
+                name = f"({name})"  # its one reading, after which nothing reads it: a new array to update in place
             return name, tuple(positions)
         if blocked and str(e.base) in self.local:  # held for the block: its rows count from the block's first
             e = e.base[tuple(p - _ROW_START if a in blocked else p for a, p in enumerate(positions))]
@@ -780,6 +788,8 @@ class _Compiler:
             code = self.dialect.call("broadcast_to", self.align(code, have, full), shape) + self.dialect.copy
         else:
             code = self.align(code, have, full)
+        if definition.name in self.read_once_by and target == name and self.owned(code, full, full):
+            self.handed_over.add(definition.name)
         lines = [*self.pending, f"{target} += {code}" if accumulate else
                  f"{target} = {code}" if target != name else f"{name} = {self.dialect.array.format(code)}"]
         found = self.log_softmax_of(expr, ranges) if self.dialect.softmax("x", 0) is not None else None
@@ -824,13 +834,30 @@ class _Compiler:
         aligned = [self.align(code, have, full) for code, have in pieces]
         return self.dialect.call("multiply", " * ".join(aligned[:-1]), aligned[-1], f"out={target}")
 
+    def read_once(self, definitions: list[Definition]) -> dict[str, int]:
+        """The temporaries (self.temporaries: a backward's arrays that are not gradients) that exactly one entry of
+        one later statement reads, by the number that statement will have (statement() counts them)."""
+        if not self.dialect.chain_in_place:
+            return {}
+        readings: dict[str, list[int]] = {}
+        for position, definition in enumerate(definitions):
+            for node in sp.preorder_traversal(definition.expr):
+                if isinstance(node, sp.Indexed) and str(node.base) in self.temporaries:
+                    readings.setdefault(str(node.base), []).append(position)
+        return {name: self.statement_number + 1 + positions[0] for name, positions in readings.items()
+                if len(positions) == 1}
+
     def body(self, definitions: list[Definition], block: RowBlocking | None) -> list[Statement]:
         """One function's statements: as written, or a block of rows at a time as the row blocking says (the
         fixed ranges stay whole axes here: NumPy takes them at once). A statement may read an array an earlier
         one of the same body made."""
         self.made, self.from_zero = {}, set()
         if block is None:
-            return self.scoped(definitions)
+            self.read_once_by, self.handed_over = self.read_once(definitions), set()
+            try:
+                return self.scoped(definitions)
+            finally:
+                self.read_once_by, self.handed_over = {}, set()
         parts: dict[int, Definition] = {}
         firsts: dict[int, Definition] = {}
         for position in sorted(block.accumulated):  # each sum over rows starts from its terms that have none
@@ -1217,7 +1244,10 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     if not plan.blocked:  # the forward statements the backward needs, a body of their own (not forward()'s: a
         # statement left out may hold a subexpression the others share)
         gradients_forward = compiler.body([d for d in plan.forward if d.name in plan.needed], None)
+        # the backward's own arrays, not its results: what nothing reads after its one reading may be updated there
+        compiler.temporaries = {d.name for d in plan.backward} - set(tensor.gradients.values())
         backward = compiler.body(plan.backward, None)
+        compiler.temporaries = set()
     else:
         gradients_forward, backward = [], compiler.body(plan.gradients, plan.gradients_block)
     kept = {f"_log_{printed[n]}" for n in compiler.logs_needed} | {

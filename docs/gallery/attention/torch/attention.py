@@ -77,7 +77,7 @@ def _backward(Q, K, V, O, P, dO):
     _n_j = K.shape[0]
     _n_f = dO.shape[1]
     dP = torch.as_tensor(((dO @ V.T)), dtype=_dtype, device=_device)
-    dS = torch.as_tensor(((dP - (torch.sum((O * dO), dim=1))[:, None]).mul_(P)), dtype=_dtype, device=_device)
+    dS = torch.as_tensor((((dP).sub_((torch.sum((O * dO), dim=1))[:, None])).mul_(P)), dtype=_dtype, device=_device)
     dQ = torch.as_tensor((((dS @ K)).mul_((1 / math.sqrt(_n_e)))), dtype=_dtype, device=_device)
     dK = torch.as_tensor((((dS.T @ Q)).mul_((1 / math.sqrt(_n_e)))), dtype=_dtype, device=_device)
     dV = torch.as_tensor(((P.T @ dO)), dtype=_dtype, device=_device)
