@@ -60,9 +60,6 @@ def _backward(residuals, dO):
     dQ = jnp.asarray(((1 / jnp.sqrt(_n_e)) * ((dS @ K))), dtype=_dtype)
     dK = jnp.asarray(((1 / jnp.sqrt(_n_e)) * ((dS.T @ Q))), dtype=_dtype)
     dV = jnp.asarray(((P.T @ dO)), dtype=_dtype)
-    dQ = dQ
-    dK = dK
-    dV = dV
     return (dQ, dK, dV)
 
 

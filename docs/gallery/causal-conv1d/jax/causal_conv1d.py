@@ -52,8 +52,6 @@ def _backward(residuals, dy):
     _n_t = dy.shape[2]
     dw = jnp.asarray((jnp.einsum("cad,cadb->ab", dy, jnp.where((((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], x[:, :, jnp.clip((jnp.arange(_n_t)[:, None] - jnp.arange(_n_k)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
     dx = jnp.asarray((jnp.einsum("bd,abdc->abc", w, jnp.where((((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32) >= 0) & ((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32) < _n_t))[None, None, :, :], dy[:, :, jnp.clip((jnp.arange(_n_k)[:, None] + jnp.arange(_n_t)[None, :]).astype(jnp.int32), 0, _n_t - 1)], 0))), dtype=_dtype)
-    dw = dw
-    dx = dx
     return (dw, dx)
 
 

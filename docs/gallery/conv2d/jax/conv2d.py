@@ -60,9 +60,6 @@ def _backward(residuals, dy):
     dW = jnp.asarray((jnp.einsum("eafg,ebfcgd->abcd", dy, jnp.where((((jnp.arange(_n_i)[:, None] + jnp.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(jnp.int32) >= 0) & ((jnp.arange(_n_i)[:, None] + jnp.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(jnp.int32) < _n_i) & ((jnp.arange(_n_j)[:, None] + jnp.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(jnp.int32) >= 0) & ((jnp.arange(_n_j)[:, None] + jnp.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(jnp.int32) < _n_j))[None, None, :, :, :, :], x[:, :, jnp.clip((jnp.arange(_n_i)[:, None] + jnp.arange(_n_p)[None, :] + -1)[:, :, None, None].astype(jnp.int32), 0, _n_i - 1), jnp.clip((jnp.arange(_n_j)[:, None] + jnp.arange(_n_q)[None, :] + -1)[None, None, :, :].astype(jnp.int32), 0, _n_j - 1)], 0))), dtype=_dtype)
     dx = jnp.asarray((jnp.einsum("gbef,agcedf->abcd", W, jnp.where((((1 + jnp.arange(_n_i)[:, None] - jnp.arange(_n_p)[None, :])[:, :, None, None].astype(jnp.int32) >= 0) & ((1 + jnp.arange(_n_i)[:, None] - jnp.arange(_n_p)[None, :])[:, :, None, None].astype(jnp.int32) < _n_i) & ((1 + jnp.arange(_n_j)[:, None] - jnp.arange(_n_q)[None, :])[None, None, :, :].astype(jnp.int32) >= 0) & ((1 + jnp.arange(_n_j)[:, None] - jnp.arange(_n_q)[None, :])[None, None, :, :].astype(jnp.int32) < _n_j))[None, None, :, :, :, :], dy[:, :, jnp.clip((1 + jnp.arange(_n_i)[:, None] - jnp.arange(_n_p)[None, :])[:, :, None, None].astype(jnp.int32), 0, _n_i - 1), jnp.clip((1 + jnp.arange(_n_j)[:, None] - jnp.arange(_n_q)[None, :])[None, None, :, :].astype(jnp.int32), 0, _n_j - 1)], 0))), dtype=_dtype)
     dbias = jnp.asarray((jnp.sum(dy, axis=(3, 2, 0))), dtype=_dtype)
-    dW = dW
-    dx = dx
-    dbias = dbias
     return (dW, dx, dbias)
 
 

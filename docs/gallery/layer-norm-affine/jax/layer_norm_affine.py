@@ -57,9 +57,6 @@ def _backward(residuals, dy):
     dx = jnp.asarray(((1 / jnp.sqrt((1e-05 + v)))[:, None] * ((gamma[None, :] * dy) - ((1 / _n_k) * ((gamma @ dy.T)))[:, None] - ((1 / _n_k) * ((gamma @ _t3.T))[:, None] * xhat))), dtype=_dtype)
     dgamma = jnp.asarray((jnp.sum(_t3, axis=0)), dtype=_dtype)
     dbeta = jnp.asarray((jnp.sum(dy, axis=0)), dtype=_dtype)
-    dx = dx
-    dgamma = dgamma
-    dbeta = dbeta
     return (dx, dgamma, dbeta)
 
 
