@@ -9,6 +9,7 @@ JAX: jax.jit of the gradient, the generated custom_vjp against jax.grad of the s
 The table goes into bench/results.md ("frameworks" section).
 
     python bench/frameworks.py [--quick]      # --quick: small shapes, few rounds, nothing written
+    python bench/frameworks.py --alone        # torch eager, generated, with C: each alone in a fresh process
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -173,10 +175,62 @@ def jax_step(function: Callable[..., Any], arrays: list[np.ndarray], differentia
     return lambda: jax.block_until_ready(gradient(*values))
 
 
+IMPLEMENTATIONS_ALONE = ("torch eager", "generated", "with C")
+
+
+def time_alone(name: str, implementation: str, quick: bool) -> float:
+    """Median ms of one implementation's forward + backward of one case, the only thing this process runs: what
+    ran before it in a round (the arrays it freed, the pages glibc kept or gave back) cannot move its time."""
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    for case in _cases():  # the inputs of the interleaved run: drawn case after case from one generator
+        arrays = case.inputs(rng, quick)
+        if case.name == name:
+            break
+    with tempfile.TemporaryDirectory() as temporary:
+        function = (case.torch_reference if implementation == "torch eager" else
+                    generated(case, "torch", Path(temporary), cpu="c" if implementation == "with C" else "torch"))
+        return medians({implementation: torch_step(function, arrays, case.differentiated)},
+                       3 if quick else 21)[implementation]
+
+
+def alone_table(quick: bool) -> str:
+    """Each case's torch eager, generated and with-C times, each measured alone in a fresh process."""
+    lines = ["## The same, each implementation alone in a fresh process (torch eager, one thread, float32)", "",
+             "`python bench/frameworks.py --alone`: medians of 21 rounds, no other function in the process, so that "
+             "no allocation pattern of another carries over (layer norm's times above move up to 2× with what ran "
+             "before them in a round).", "",
+             "| function | torch eager ms | generated ms | ratio | with C ms | ratio |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for case in _cases():
+        times = {}
+        for implementation in IMPLEMENTATIONS_ALONE:
+            run = subprocess.run([sys.executable, __file__, "--time-alone", case.name, implementation,
+                                  *(["--quick"] if quick else [])], capture_output=True, text=True, check=True)
+            times[implementation] = float(run.stdout.split()[-1])
+        eager = times["torch eager"]
+        lines.append(f"| {case.name} | {eager:.2f} | {times['generated']:.2f} | {times['generated'] / eager:.2f} | "
+                     f"{times['with C']:.2f} | {times['with C'] / eager:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--alone", action="store_true", help="time torch eager, generated and with C each alone")
+    parser.add_argument("--time-alone", nargs=2, metavar=("CASE", "IMPLEMENTATION"), help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.time_alone:
+        print(f"{time_alone(*options.time_alone, options.quick):.4f}")
+        return
+    if options.alone:
+        document = alone_table(options.quick)
+        print(document)
+        if not options.quick:
+            replace_section(ROOT / "results.md", "frameworks alone", document)
+        return
     import torch
 
     torch.set_num_threads(1)
