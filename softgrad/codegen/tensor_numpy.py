@@ -738,7 +738,22 @@ class _Compiler:
 
     # ------------------------------------------------------------ statements
     def statement(self, definition: Definition, accumulate: bool = False) -> Statement:
-        """One definition's lines; accumulate: add a block's part of a sum over rows to the array."""
+        """One definition's lines; accumulate: add a block's part of a sum over rows to the array. An array handed
+        over to this reading (read_once) must be read exactly once in the lines printed — a sum compiled twice
+        (plain and guarded) or a form that repeats the read would see it updated in place — else the statement
+        is printed again without the hand-over."""
+        statement = self._statement(definition, accumulate)
+        handed = [name for name, number in self.read_once_by.items()
+                  if number == self.statement_number and name in self.handed_over]
+        text = "\n".join(statement.lines)
+        unsafe = {name for name in handed
+                  if len(re.findall(rf"(?<![\w.]){re.escape(self.printed[name])}(?!\w)", text)) != 1}
+        if not unsafe:
+            return statement
+        self.handed_over -= unsafe
+        return self._statement(definition, accumulate)
+
+    def _statement(self, definition: Definition, accumulate: bool = False) -> Statement:
         self.statement_number += 1
         self.pending: list[str] = []
         self.logs_read: set[str] = set()
