@@ -259,8 +259,9 @@ def main() -> None:
              f"`python bench/frameworks.py` (OMP_NUM_THREADS=1, torch.set_num_threads(1), XLA on one thread; "
              f"medians of {rounds} interleaved rounds of forward + backward; ratio = generated / framework, "
              "< 1 is faster; saved = bytes kept for the backward, generated / torch autograd). \"with C\": the "
-             "module generated with `--cpu c`, which calls the generated C kernels on the CPU (their backward "
-             "recomputes the forward from the inputs it keeps).", "",
+             "module generated with `--cpu c`, which calls the generated C kernels on the CPU (its forward keeps "
+             "what the C backward reads: the arrays made by a sum, such as softmax's output or layer norm's mean "
+             "and variance; the backward recomputes the entrywise ones).", "",
              "| function | shape | torch eager ms | generated ms | ratio | with C ms | ratio | torch.compile ms "
              "| generated compiled ms | ratio | jax.grad (jit) ms | generated custom_vjp ms | ratio "
              "| saved MB: generated / with C / autograd |",

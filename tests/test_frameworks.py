@@ -442,9 +442,9 @@ def test_a_module_with_c_kernels_passes_the_checks_on_both_paths(spec):
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
 
 
-def test_a_module_with_c_kernels_calls_them_on_the_cpu_and_keeps_the_inputs(tmp_path):
+def test_a_module_with_c_kernels_calls_them_on_the_cpu_and_keeps_what_the_backward_reads(tmp_path):
     """float32 and float64 CPU tensors of any leading shape go through the C (built once per dtype, into the
-    module's folder); the values are the torch operations' own."""
+    module's folder); the values are the torch operations' own; the backward keeps softmax's output, not x."""
     torch = require_module("torch")
     require_tool("cc")
     module = _module_with_c("softmax", tmp_path)
@@ -455,7 +455,7 @@ def test_a_module_with_c_kernels_calls_them_on_the_cpu_and_keeps_the_inputs(tmp_
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             y = module.softmax(x)
         assert module._c_kernels_built[dtype] is not None
-        assert len(saved) == 1 and saved[0].shape == (6, 7) and torch.equal(saved[0], x.detach().reshape(6, 7))
+        assert len(saved) == 1 and saved[0].shape == (6, 7) and torch.equal(saved[0], y.detach().reshape(6, 7))
         (mine,) = torch.autograd.grad(y, x, upstream)
         module.C_ON_CPU = False
         try:

@@ -88,11 +88,11 @@ def test_a_function_that_needs_every_row_at_once_is_not_blocked(source):
                          ids=["attention", "heads", "causal", "bias-and-decay", "regression", "layer-norm", "column"])
 def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     """Compiled with one row per block, with blocks of a few rows (the last one short) and with one block
-    for all, the C's and the NumPy module's forward and gradients equal the NumPy module's with whole arrays
-    (float64) — and both are blocked at all."""
+    for all, the C's and the NumPy module's forward and gradients (and the C's backward from what its
+    forward_saving kept) equal the NumPy module's with whole arrays (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
     from softgrad.codegen.tensor_numpy import functions
-    from softgrad.verify.generated import call_module, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import call_module, module_backward, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
     derivation = derived(source)
@@ -117,14 +117,14 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
                          library_name=f"lib{block_bytes}.so")
         numpy_module = import_path(tmp_path / file_name)
         numpy_module._BLOCK_BYTES = numpy_module._CACHE_BYTES = block_bytes
-        for module in (kernels, numpy_module):
+        for module, path in ((kernels, module_gradients), (kernels, module_backward), (numpy_module, module_gradients)):
             forward = call_module(module, derivation, arrays, parameters, "forward")
             np.testing.assert_allclose(forward, expected_forward, rtol=1e-12,
                                        atol=1e-13 * np.abs(expected_forward).max())
-            for name, gradient in module_gradients(module, derivation, arrays, parameters).items():
+            for name, gradient in path(module, derivation, arrays, parameters).items():
                 scale = np.abs(expected[name]).max()
                 np.testing.assert_allclose(gradient, expected[name], rtol=1e-11, atol=1e-12 * scale,
-                                           err_msg=f"{name}, {block_bytes} bytes, {type(module).__name__}")
+                                           err_msg=f"{name}, {block_bytes} bytes, {path.__name__}")
     assert blocked or "c[j] = sum" in source  # the one function that must run as written
 
 
@@ -224,7 +224,7 @@ def test_the_statements_at_a_row_of_a_block_run_in_one_pass_and_the_sums_over_ro
     for name, fused in (("layer-norm-affine", True), ("attention", False)):
         files = emit(derive_spec(parse_spec((examples / f"{name}.spec").read_text(), name=name)), "c")
         text = files[f"{files.module}.c"]
-        gradients = text[text.index(f"int {files.module}_gradients("):]
+        gradients = text[text.index(f"int {files.module}_gradients("):text.index(f"int {files.module}_forward_saving(")]
         if fused:
             assert len(row_loop.findall(gradients)) == 3, gradients  # m … dx in one; dgamma, dbeta one each
             first = row_loop.search(gradients)
@@ -233,3 +233,16 @@ def test_the_statements_at_a_row_of_a_block_run_in_one_pass_and_the_sums_over_ro
             assert "// dgamma" not in body and "// dbeta" not in body
         else:
             assert "SOFTGRAD_GEMM(" in gradients and len(row_loop.findall(gradients)) != 1
+
+
+def test_a_costly_part_invariant_along_the_innermost_loop_is_computed_once_outside_it():
+    """Layer norm: 1/√(v[b] + ε) and −Σ/n are computed once per row, outside the loops over k, which multiply
+    (a division per entry costs as much as the memory traffic) — in every function, the results unchanged."""
+    examples = Path(__file__).parent.parent / "docs" / "examples"
+    files = emit(derive_spec(parse_spec((examples / "layer-norm-affine.spec").read_text(), name="ln")), "c")
+    text = files["ln.c"]
+    innermost = re.findall(r"#pragma omp simd[^\n]*\n\s*for \(size_t _ix_k2? = 0;[^\n]*\n((?:[^\n]*\n)*?)\s*\}\n", text)
+    assert len(innermost) > 10
+    for body in innermost:
+        assert "sqrt(" not in body and "/" not in body, body
+    assert re.search(r"softgrad_real _h\d+ = \(1/sqrt\(v\[_ix_b\] \+ [\d.e-]+\)\);", text)

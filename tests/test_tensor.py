@@ -12,7 +12,8 @@ from conftest import require_module, require_tool
 
 from softgrad.codegen.build import import_path, load_c
 from softgrad.codegen.emit import emit
-from softgrad.derive import derive_spec, parse_spec
+from softgrad.derive import derive_spec, load_spec, parse_spec
+from softgrad.derive.spec import with_rows
 from softgrad.errors import SoftgradError, SpecError
 from softgrad.verify.generated import check_tensor_module
 
@@ -442,6 +443,36 @@ def test_generated_c_matches_the_numpy_module(name, tmp_path):
     np.testing.assert_allclose(c_kernels.forward(*inputs), module.forward(*inputs), rtol=1e-13, atol=1e-14)
     for ours, theirs in zip(c_kernels.gradients(*inputs, *upstream), module.gradients(*inputs, *upstream)):
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("source, kept", [
+    ("layer-norm-affine", ["x", "gamma", "m", "v"]),  # x̂ is entrywise: recomputed from x, m, v
+    ("softmax-regression-labels", ["W", "X", "label", "P"]),  # P, not the loss nor its log
+    ("softmax", ["y"]),  # over rows: the output only, and no forward_saving in C
+    ("kl-divergence", ["q", "p", "_log_p"]),  # over rows: p and the log the backward reads (dq = log q − log p + 1)
+])
+def test_the_c_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_the_rest(source, kept, tmp_path):
+    """forward_saving() writes beside the output the arrays made by a sum that backward() reads; backward() gives
+    gradients()'s results from them without recomputing those arrays."""
+    from softgrad.verify.generated import module_backward, module_gradients, sample_tensor_inputs
+
+    require_tool("cc")
+    example = (EXAMPLES / f"{source}.spec").exists()
+    derivation = derived(source) if example else derive_spec(with_rows(load_spec(source)))  # a catalog entry over rows
+    files = emit(derivation, "c")
+    kernels = load_c(files, tmp_path)
+    sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
+    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=2, scale=2.0)
+    _, cache = kernels.forward_saving(*[arrays[n] for n in derivation.spec.inputs])
+    assert list(cache) == kept
+    expected = module_gradients(kernels, derivation, arrays, parameters)
+    for name, gradient in module_backward(kernels, derivation, arrays, parameters).items():
+        np.testing.assert_allclose(gradient, expected[name], rtol=1e-13, atol=1e-14)
+    source_text = files[f"{files.module}.c"]
+    backward = source_text[source_text.index(f"int {files.module}_backward("):]
+    assert ("_forward_saving(" in source_text) == (kept != ["y"])
+    if "m" in kept:  # the backward reads m and v; it makes x̂ again, not m
+        assert "m[_ix_b] =" not in backward and "xhat[" in backward
 
 
 @pytest.mark.slow

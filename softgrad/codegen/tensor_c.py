@@ -24,12 +24,14 @@ import sympy as sp
 from softgrad.codegen import c_math
 from softgrad.codegen.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
 from softgrad.codegen.build import RECOMMENDED_FLAGS
+from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
-from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names
+from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names, saving
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
+from softgrad.derive.symbols import Bracket, Masked
 from softgrad.errors import SoftgradError
 
 #: where a gemm's block starts on the blocked axis: the block's first row
@@ -113,6 +115,11 @@ class CModule:
     output_is_scalar: bool
     forward: CBody
     gradients_body: CBody  # gradients(): the forward statements it needs, then the backward ones
+    backward_body: CBody  # backward(): from the inputs it reads and what forward_saving() kept
+    forward_saving: CBody | None  # forward() that also writes `saved` (None: it keeps nothing but the output)
+    saved: list[tuple[str, tuple[str, ...]]]  # (printed name, ranges) of what forward_saving() keeps
+    output_read: bool  # whether backward() reads the output
+    backward_inputs: list[tuple[str, tuple[str, ...], bool]]  # the inputs backward() reads, as `inputs` lists them
     upstream: str | None
     gradients: list[tuple[str, str, tuple[str, ...]]]  # (input, gradient name, ranges)
     blas: bool = False  # whether a statement calls gemm
@@ -285,9 +292,10 @@ class _Compiler:
             self.loop_names.setdefault(symbol, f"_ix_{symbol}")
 
     def nest(self, expr: sp.Expr, loops: list[sp.Symbol], ranges: dict[sp.Symbol, str],
-             assign: Any, simd: str = "") -> list[str]:
+             assign: Any, simd: str = "", hoist: bool = True) -> list[str]:
         """Loops over `loops` around `assign(printed expr)`, each sum of expr computed at the outermost
-        level where its free indices are bound."""
+        level where its free indices are bound (and, where hoist, each costly part that is invariant along the
+        innermost loop: invariants_hoisted)."""
         self.bind(loops)
         sums = outermost_sums(expr)
         levels: dict[int, list[tuple[sp.Sum, sp.Symbol]]] = {}
@@ -299,15 +307,55 @@ class _Compiler:
             temporary = sp.Symbol(f"_s{self.temporaries}")
             levels.setdefault(level, []).append((total, temporary))
             replacements[total] = temporary
-        assigned = assign(self.code(expr.xreplace(replacements)))
+        depths = {temporary: level for level, found in levels.items() for _, temporary in found}
+        invariant: dict[int, list[tuple[sp.Symbol, sp.Expr]]] = {}
+        value = expr.xreplace(replacements)
+        value = self.invariants_hoisted(value, loops, depths, invariant) if hoist else value
+        assigned = assign(self.code(value))
         inner = assigned if isinstance(assigned, list) else [assigned]
         for depth in range(len(loops), -1, -1):
             before = [line for total, temporary in levels.get(depth, [])
                       for line in self.reduction(total, temporary, ranges)]
+            before += [f"softgrad_real {temporary} = {self.code(hoisted)};"
+                       for temporary, hoisted in invariant.get(depth, [])]
             inner = before + inner
             if depth > 0:
                 inner = self.loops([loops[depth - 1]], ranges, inner, simd if depth == len(loops) else None)
         return inner
+
+    def invariants_hoisted(self, expr: sp.Expr, loops: list[sp.Symbol], depths: dict[sp.Symbol, int],
+                           hoisted: dict[int, list[tuple[sp.Symbol, sp.Expr]]]) -> sp.Expr:
+        """expr with each costly part that does not change along the innermost loop (a division or a function of
+        outer indices: layer norm's 1/√(v[b] + ε), −Σ/n) read from a temporary computed once where its indices are
+        bound (`hoisted`, by depth) — a multiplication per entry instead of a division or a call."""
+        innermost = len(loops)
+
+        def level(e: sp.Expr) -> int:
+            return max([*(loops.index(s) + 1 for s in algebra.index_symbols(e) if s in loops),
+                        *(depths.get(s, 0) for s in e.free_symbols)], default=0)
+
+        def costly(e: sp.Expr) -> bool:
+            return any(isinstance(a, sp.Function) or (a.is_Pow and not (a.exp.is_Integer and a.exp > 0))
+                       for a in sp.preorder_traversal(e) if isinstance(a, sp.Expr))
+
+        def temporary(e: sp.Expr) -> sp.Symbol:
+            self.temporaries += 1
+            name = sp.Symbol(f"_h{self.temporaries}")
+            hoisted.setdefault(level(e), []).append((name, e))
+            return name
+
+        def walk(e: sp.Expr) -> sp.Expr:
+            if e.is_Atom or isinstance(e, (sp.Indexed, Bracket, Masked, sp.KroneckerDelta, guarded_product)):
+                return e
+            if level(e) < innermost:
+                return temporary(e) if costly(e) else e
+            if e.is_Mul:
+                outer = [f for f in e.args if level(f) < innermost]
+                if outer and costly(sp.Mul(*outer)):
+                    return sp.Mul(temporary(sp.Mul(*outer)), *(walk(f) for f in e.args if level(f) == innermost))
+            return e.func(*(walk(a) for a in e.args))
+
+        return walk(expr) if innermost else expr
 
     def reduction(self, total: sp.Sum, temporary: sp.Symbol, ranges: dict[sp.Symbol, str]) -> list[str]:
         """`temporary` = the sum, accumulated in double in loops of its own (`ranges` knows its indices)."""
@@ -390,7 +438,7 @@ class _Compiler:
         accumulate = self.nest(total.function, bounds + loops, ranges,
                                lambda code: f"{sums_name}[{offset}] += {code};")
         value = expr.xreplace({total: sp.Symbol(f"_s_{sums_name}")})
-        write = self.nest(value, loops, ranges, lambda code: f"{flat} = {code};")
+        write = self.nest(value, loops, ranges, lambda code: f"{flat} = {code};", hoist=False)  # reads _s_ by index
         return [*accumulate,
                 *[line.replace(f"_s_{sums_name}", f"(softgrad_real){sums_name}[{offset}]") for line in write]]
 
@@ -483,6 +531,7 @@ class _Compiler:
     def body(self, definitions: list[Definition], block: RowBlocking | None) -> list[CStatement]:
         """One function's statements: as written, or as the row blocking says — some once before, the rest
         for every block of rows (the sums over rows added block after block), some once after."""
+        self.written = {}  # a factor written for a gemm in another function is not written in this one
         if block is None:
             return [self.statement(d, self.printed[d.name]) for d in definitions]
         statements = [self.statement(definitions[p], self.printed[definitions[p].name]) for p in block.before]
@@ -819,9 +868,11 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         compiler.with_logs(stable_array_forms(definition.expr, spec, compiler.normalised))
     output = spec.output
 
-    def work(names: list[str], block: RowBlocking | None) -> list[WorkArray]:
+    def work(names: list[str], block: RowBlocking | None, logged: list[str] | None = None) -> list[WorkArray]:
+        """The work arrays: `names`, and the logs of `logged` (default: of names) that a statement reads."""
+        logged = names if logged is None else logged
         arrays = []
-        for prefix, group in (("", names), ("_log_", [n for n in sorted(compiler.logs_needed) if n in names])):
+        for prefix, group in (("", names), ("_log_", [n for n in sorted(compiler.logs_needed) if n in logged])):
             for name in group:
                 held = block if block is not None and name in block.local else None
                 arrays.append(WorkArray(prefix + printed[name], work_extents(
@@ -839,9 +890,27 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         statements = compiler.body(plan.gradients, plan.gradients_block)
         scratch = compiler.taken_scratch()
     gradients_body = CBody(statements, work(plan.gradients_work, plan.gradients_block) + scratch)
+
+    def reads(definition: Definition) -> set[str]:
+        expr = compiler.with_logs(stable_array_forms(definition.expr, spec, compiler.normalised))
+        return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
+
+    def kept_array(name: str) -> tuple[str, tuple[str, ...]]:  # printed name and ranges of a kept array or log
+        if name in printed:
+            return printed[name], tensor.axes.get(name, ())
+        return "_log_" + printed[name[5:]], tensor.axes.get(name[5:], ())
+
+    pair = saving(derivation, plan, reads)
+    saving_body = CBody(compiler.body(plan.forward, pair.forward_block), [])
+    saving_body.work = work(pair.forward_work, pair.forward_block, [  # a kept array's log may be work, not kept
+        d.name for d in spec.definitions if f"_log_{d.name}" not in pair.saved]) + compiler.taken_scratch()
+    backward_body = CBody(compiler.body(pair.backward, pair.backward_block), [])
+    backward_body.work = work(pair.backward_work, pair.backward_block) + compiler.taken_scratch()
     budgets = set()
     for body, block, definitions in ((forward_body, plan.forward_block, plan.forward),
-                                     (gradients_body, plan.gradients_block, plan.gradients)):
+                                     (gradients_body, plan.gradients_block, plan.gradients),
+                                     (saving_body, pair.forward_block, plan.forward),
+                                     (backward_body, pair.backward_block, pair.backward)):
         calls_gemm = any("SOFTGRAD_GEMM(" in line for statement in body.statements for line in statement.lines)
         budget = "SOFTGRAD_BLOCK_BYTES" if calls_gemm else "SOFTGRAD_CACHE_BYTES"
         body.setup = block_setup(block, body.work, accumulated_ranges(definitions, tensor.axes, block, True)
@@ -854,7 +923,10 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         forward=forward_body, gradients_body=gradients_body,
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[n], printed[g], tensor.axes[n]) for n, g in tensor.gradients.items()],
-        blas=compiler.blas, budgets=sorted(budgets))
+        blas=compiler.blas, budgets=sorted(budgets), forward_saving=saving_body if pair.saved else None,
+        saved=[kept_array(name) for name in pair.saved], output_read=pair.output_read,
+        backward_inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in pair.inputs_read],
+        backward_body=backward_body)
 
 
 def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,

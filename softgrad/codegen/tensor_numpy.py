@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1187,6 +1187,66 @@ def functions(derivation: Derivation, blocked: bool = True) -> Functions:
 
     return Functions(spec.definitions, forward_work, block(spec.definitions, forward_work), needed, backward,
                      gradients, gradients_work, block(gradients, gradients_work))
+
+
+@dataclass
+class Saving:
+    """forward_saving() and backward(), the pair of a layer with a cache: the forward writes beside its output
+    what the backward reads and is cheap to keep — an array made by a sum with no more entries than an input
+    (layer norm's m and v, a softmax P, the log of one) — and the backward recomputes the rest from the inputs and
+    what was kept: entrywise arrays (x̂), and arrays larger than every input (attention's n × n scores)."""
+
+    saved: list[str]  # what forward_saving() writes beside the output: arrays of the spec, or `_log_<array>`
+    output_read: bool  # whether the backward reads the output (a softmax's y): forward writes it anyway
+    inputs_read: list[str]  # the inputs the backward reads, in the spec's order
+    forward_work: list[str]
+    forward_block: RowBlocking | None
+    backward: list[Definition]  # the forward statements recomputed, then the backward ones
+    backward_work: list[str]
+    backward_block: RowBlocking | None
+
+
+def saving(derivation: Derivation, plan: Functions, reads: Callable[[Definition], set[str]],
+           blocked: bool = True) -> Saving:
+    """What forward_saving() keeps and backward() recomputes. reads(definition): the names its statement reads
+    as compiled (`_log_P` where it reads log P from the log array a normalised P's statement writes)."""
+    tensor, spec = derivation.tensor, derivation.spec
+    forward = {d.name: d for d in spec.definitions}
+
+    def cheap_to_keep(name: str) -> bool:
+        definition = forward[name]
+        return definition is spec.output or definition.expr.has(sp.Sum)
+
+    saved: list[str] = []
+    recomputed: set[str] = set()
+    pending = sorted(set().union(*(reads(d) for d in plan.backward)), reverse=True)
+    while pending:
+        name = pending.pop()
+        array = name.removeprefix("_log_") if name.startswith("_log_") and name[5:] in forward else name
+        if array not in forward or name in saved or array in recomputed:
+            continue
+        if cheap_to_keep(array):
+            saved.append(name)
+        else:
+            recomputed.add(array)
+            pending += sorted(reads(forward[array]) - recomputed, reverse=True)
+    read = set().union(*(reads(d) for d in [*plan.backward, *(forward[n] for n in recomputed)]))
+    output = spec.output.name
+    extra = [name for name in [*(d.name for d in spec.definitions), *(f"_log_{d.name}" for d in spec.definitions)]
+             if name in saved and name != output]
+    forward_work = [d.name for d in spec.definitions if d.name != output and d.name not in saved]
+    statements = [d for d in spec.definitions if d.name in recomputed] + plan.backward
+    gradient_names = set(tensor.gradients.values())
+    backward_work = [*(d.name for d in spec.definitions if d.name in recomputed),
+                     *(d.name for d in plan.backward if d.name not in gradient_names)]
+
+    def block(definitions: list[Definition], work: list[str]) -> RowBlocking | None:
+        # an array whose log is kept is written whole, as the log beside it is (a block holds both or neither)
+        held = [name for name in work if f"_log_{name}" not in saved]
+        return row_blocking(definitions, tensor.axes, spec.sizes, held) if blocked else None
+
+    return Saving(extra, output in saved, [name for name in spec.inputs if name in read], forward_work,
+                  block(spec.definitions, forward_work), statements, backward_work, block(statements, backward_work))
 
 
 def forward_needed(derivation: Derivation, backward: list[Definition] | None = None) -> set[str]:

@@ -314,24 +314,39 @@ def check_module(module: Any, derivation: Derivation, seed: int, dtype: str) -> 
             *_zero_targets(module, derivation, seed)]
 
 
+def module_backward(module: Any, derivation: Derivation, arrays: dict[str, Any],
+                    parameters: dict[str, float]) -> dict[str, Any]:
+    """input → its gradient, from a generated C module's backward() given what its forward_saving() kept."""
+    spec, tensor = derivation.spec, derivation.tensor
+    _, cache = module.forward_saving(*[arrays[name] for name in spec.inputs], *[parameters[p] for p in spec.parameters])
+    returned = module.backward(*([arrays[tensor.upstream]] if tensor.upstream else []), cache)
+    return dict(zip(tensor.gradients, returned))
+
+
 def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: str) -> list[KernelCheck]:
+    """gradients() (and backward() after forward_saving(), where the module has them) against the derivation's
+    exact result at the step checker's points."""
     spec, tensor = derivation.spec, derivation.tensor
     checker = StepChecker(spec, dict(tensor.axes), None, seed)
     checker.backward = list(tensor.backward)
-    worst: dict[str, float] = {}
+    paths = {"gradients": module_gradients, **({"backward": module_backward} if hasattr(module, "backward") else {})}
+    worst: dict[tuple[str, str], float] = {}
     for point in checker.points[::2]:
         sizes = {name: point.sizes[symbol] for name, symbol in spec.sizes.items()}
         arrays, parameters = sample_tensor_inputs(derivation, sizes, seed)
         values = {name: np.asarray(value, dtype=complex) for name, value in arrays.items()}
         full = Point(point.sizes, values, {k: complex(v) for k, v in parameters.items()})
         checker.complete(full, checker.forward + checker.backward)
-        generated = module_gradients(module, derivation, arrays, parameters)
-        for name, gradient in tensor.gradients.items():
-            exact = np.real(full.value(gradient))
-            error = float(np.max(np.abs(np.asarray(generated[name]) - exact)) / max(1.0, float(np.max(np.abs(exact)))))
-            worst[name] = max(worst.get(name, 0.0), error)
-    return [KernelCheck("gradients", f"d{name}", "the derivation's result", error, tolerances.GENERATED_MODULE[dtype])
-            for name, error in worst.items()]
+        for path, gradients in paths.items():
+            generated = gradients(module, derivation, arrays, parameters)
+            for name, gradient in tensor.gradients.items():
+                exact = np.real(full.value(gradient))
+                error = float(np.max(np.abs(np.asarray(generated[name]) - exact), initial=0.0)
+                              / max(1.0, float(np.max(np.abs(exact), initial=0.0))))
+                worst[path, name] = max(worst.get((path, name), 0.0), error)
+    return [KernelCheck(path, f"d{name}", "the derivation's result" + (
+        ", from what forward_saving() kept" if path == "backward" else ""), error, tolerances.GENERATED_MODULE[dtype])
+            for (path, name), error in worst.items()]
 
 
 def module_loss(module: Any, derivation: Derivation, arrays: dict[str, Any], parameters: dict[str, float]) -> float:
@@ -378,8 +393,8 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
 
 
 def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
-    """Every gradient entry finite at inputs of magnitude 1000 wherever its exact value (computed in
-    extended precision) is a finite double: exp(Σx) truly overflows, a stable softmax must not."""
+    """Every gradient entry (of gradients() and backward()) finite at inputs of magnitude 1000 wherever its exact
+    value (computed in extended precision) is a finite double: exp(Σx) truly overflows, a stable softmax must not."""
     spec, tensor = derivation.spec, derivation.tensor
     sizes = spec.consistent_sizes({name: 4 for name in spec.sizes})
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 3, scale=1000.0)
@@ -387,11 +402,12 @@ def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
     if not any(np.any(mask) for mask in representable.values()):
         return KernelCheck("gradients", "every output", "inputs of magnitude 1000: not judged (no exact value "
                            "there is a finite double, or it has none in 40 digits)", 0.0, 0.0)
+    paths = [module_gradients, *([module_backward] if hasattr(module, "backward") else [])]
     try:
         with np.errstate(all="ignore"):
-            gradients = module_gradients(module, derivation, arrays, parameters)
+            results = [path(module, derivation, arrays, parameters) for path in paths]
         finite = all(np.all(np.isfinite(np.asarray(gradients[name], dtype=float))[representable[name]])
-                     for name in tensor.gradients)
+                     for gradients in results for name in tensor.gradients)
     except Exception:  # a crash at extreme inputs is a failed check, reported like the others
         finite = False
     return KernelCheck("gradients", "every output", "inputs of magnitude 1000 (finite where the exact value is)",

@@ -472,3 +472,115 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }
+
+int attention_forward_saving(const double *Q, const double *K, const double *V, softgrad_real *O, softgrad_real *P, size_t _n_i, size_t _n_j, size_t _n_e, size_t _n_f)
+{
+    (void)_n_i;
+    (void)_n_j;
+    (void)_n_e;
+    (void)_n_f;
+    // S: held for a block of rows of i at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real));
+    const size_t _least = (0 + (_n_j * 1) - 1) / (_n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_i) _rows = _n_i;
+    if (_rows > 0) _rows = (_n_i + (_n_i + _rows - 1) / _rows - 1) / ((_n_i + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[1] = {0};
+    int _missing = 0;
+    softgrad_real *S = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= S == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* S: held for a block of rows of i */
+    for (size_t _r0 = 0; _r0 < _n_i; _r0 += _rows) {
+        const size_t _r1 = _n_i - _r0 < _rows ? _n_i : _r0 + _rows;
+        // S[i, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_e), (1/sqrt((softgrad_real)_n_e)), Q + _r0 * _n_e, (int)(_n_e), K, (int)(_n_e), 0, S, (int)(_n_j));
+        // P[i, j]
+        for (size_t _ix_i = _r0; _ix_i < _r1; ++_ix_i) {
+            softgrad_real _m4 = -INFINITY;
+            #pragma omp simd reduction(max:_m4)
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                _m4 = softgrad_max(_m4, S[((_ix_i - _r0)) * _n_j + _ix_j]);
+            }
+            if (!isfinite(_m4)) _m4 = 0;  // a row of -inf: a harmless shift
+            double _t4 = 0.0;
+            #pragma omp simd reduction(+:_t4)
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                P[(_ix_i) * _n_j + _ix_j] = softgrad_exp(S[((_ix_i - _r0)) * _n_j + _ix_j] - _m4);
+                _t4 += P[(_ix_i) * _n_j + _ix_j];
+            }
+            const softgrad_real _r4 = (softgrad_real)(1.0 / _t4);
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                P[(_ix_i) * _n_j + _ix_j] *= _r4;
+            }
+        }
+        // O[i, f] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_f), (int)(_n_j), 1, P + _r0 * _n_j, (int)(_n_j), V, (int)(_n_f), 0, O + _r0 * _n_f, (int)(_n_f));
+    }
+    for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int attention_backward(const double *Q, const double *K, const double *V, const softgrad_real *O, const softgrad_real *P, const softgrad_real *dO, softgrad_real *dQ, softgrad_real *dK, softgrad_real *dV, size_t _n_i, size_t _n_j, size_t _n_e, size_t _n_f)
+{
+    (void)_n_i;
+    (void)_n_j;
+    (void)_n_e;
+    (void)_n_f;
+    // dP, dS: held for a block of rows of i at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = (_n_j * _n_e * (size_t)1 + _n_j * _n_f * (size_t)1 + (_n_j * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_i) _rows = _n_i;
+    if (_rows > 0) _rows = (_n_i + (_n_i + _rows - 1) / _rows - 1) / ((_n_i + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[2] = {0};
+    int _missing = 0;
+    softgrad_real *dP = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= dP == NULL;
+    softgrad_real *dS = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= dS == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* dK: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_i == 0) memset(dK, 0, _n_j * _n_e * sizeof(softgrad_real));
+    /* dV: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_i == 0) memset(dV, 0, _n_j * _n_f * sizeof(softgrad_real));
+    /* dP, dS: held for a block of rows of i */
+    for (size_t _r0 = 0; _r0 < _n_i; _r0 += _rows) {
+        const size_t _r1 = _n_i - _r0 < _rows ? _n_i : _r0 + _rows;
+        // dP[i, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_f), 1, dO + _r0 * _n_f, (int)(_n_f), V, (int)(_n_f), 0, dP, (int)(_n_j));
+        // dS[i, j]
+        for (size_t _ix_i = _r0; _ix_i < _r1; ++_ix_i) {
+            double _s5 = 0.0;
+            #pragma omp simd reduction(+:_s5)
+            for (size_t _ix_f = 0; _ix_f < _n_f; ++_ix_f) {
+                _s5 += O[(_ix_i) * _n_f + _ix_f]*dO[(_ix_i) * _n_f + _ix_f];
+            }
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                dS[((_ix_i - _r0)) * _n_j + _ix_j] = (-_s5 + dP[((_ix_i - _r0)) * _n_j + _ix_j])*P[(_ix_i) * _n_j + _ix_j];
+            }
+        }
+        // dQ[i, e] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_e), (int)(_n_j), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), K, (int)(_n_e), 0, dQ + _r0 * _n_e, (int)(_n_e));
+        // dK[j, e] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_e), (int)((_r1 - _r0)), (1/sqrt((softgrad_real)_n_e)), dS, (int)(_n_j), Q + _r0 * _n_e, (int)(_n_e), (_r0 == 0 ? 0 : 1), dK, (int)(_n_e));
+        // dV[j, f] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_f), (int)((_r1 - _r0)), 1, P + _r0 * _n_j, (int)(_n_j), dO + _r0 * _n_f, (int)(_n_f), (_r0 == 0 ? 0 : 1), dV, (int)(_n_f));
+    }
+    for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+    return 0;
+}

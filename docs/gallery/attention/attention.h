@@ -19,6 +19,10 @@ extern "C" {
 
 int attention_forward(const double *Q, const double *K, const double *V, double *O, size_t _n_i, size_t _n_j, size_t _n_e, size_t _n_f);
 int attention_gradients(const double *Q, const double *K, const double *V, const double *dO, double *dQ, double *dK, double *dV, size_t _n_i, size_t _n_j, size_t _n_e, size_t _n_f);
+/* forward() that also keeps what backward() reads (P: (i, j)): the pair of a layer with a cache. */
+int attention_forward_saving(const double *Q, const double *K, const double *V, double *O, double *P, size_t _n_i, size_t _n_j, size_t _n_e, size_t _n_f);
+/* The gradients from the inputs it reads and the output and what attention_forward_saving() kept: attention_gradients() without recomputing the forward. */
+int attention_backward(const double *Q, const double *K, const double *V, const double *O, const double *P, const double *dO, double *dQ, double *dK, double *dV, size_t _n_i, size_t _n_j, size_t _n_e, size_t _n_f);
 
 #ifdef __cplusplus
 }

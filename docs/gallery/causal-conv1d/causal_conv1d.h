@@ -18,6 +18,8 @@ extern "C" {
 
 int causal_conv1d_forward(const double *w, const double *x, double *y, size_t _n_b, size_t _n_c, size_t _n_t, size_t _n_k);
 int causal_conv1d_gradients(const double *w, const double *x, const double *dy, double *dw, double *dx, size_t _n_b, size_t _n_c, size_t _n_t, size_t _n_k);
+/* The gradients from the inputs it reads: causal_conv1d_gradients() without recomputing the forward. */
+int causal_conv1d_backward(const double *w, const double *x, const double *dy, double *dw, double *dx, size_t _n_b, size_t _n_c, size_t _n_t, size_t _n_k);
 
 #ifdef __cplusplus
 }

@@ -349,9 +349,10 @@ int conv2d_forward(const double *W, const double *x, const double *bias, softgra
             for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
                 for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
                     for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                        softgrad_real _h2 = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0);
                         #pragma omp simd
                         for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
-                            _c1[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
+                            _c1[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = _h2*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
                         }
                     }
                 }
@@ -379,21 +380,21 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
     int _missing = 0;
     softgrad_real *_c1 = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_i * _n_j * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
     _missing |= _c1 == NULL;
-    softgrad_real *_c2 = (softgrad_real *)(_blocks[1] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
-    _missing |= _c2 == NULL;
-    softgrad_real *_c3 = (softgrad_real *)(_blocks[2] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    softgrad_real *_c3 = (softgrad_real *)(_blocks[1] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
     _missing |= _c3 == NULL;
-    softgrad_real *_c4 = (softgrad_real *)(_blocks[3] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    softgrad_real *_c4 = (softgrad_real *)(_blocks[2] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
     _missing |= _c4 == NULL;
-    softgrad_real *_c5 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
-    _missing |= _c5 == NULL;
-    double *_a6 = (double *)(_blocks[5] = malloc(_n_o * sizeof(double) + 1));
-    _missing |= _a6 == NULL;
+    softgrad_real *_c6 = (softgrad_real *)(_blocks[3] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c6 == NULL;
+    softgrad_real *_c7 = (softgrad_real *)(_blocks[4] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c7 == NULL;
+    double *_a9 = (double *)(_blocks[5] = malloc(_n_o * sizeof(double) + 1));
+    _missing |= _a9 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a6, 0, _n_o * sizeof(double));  // accumulated into
+    memset(_a9, 0, _n_o * sizeof(double));  // accumulated into
 
     // gradients() may leave an input unread (beta only shifts an output nobody reads here)
     (void)W;
@@ -405,7 +406,7 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
             for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
                 #pragma omp simd
                 for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-                    _c2[(((_ix_o) * _n_j + _ix_j) * _n_i + _ix_i) * _n_b + _ix_b] = dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                    _c3[(((_ix_o) * _n_j + _ix_j) * _n_i + _ix_i) * _n_b + _ix_b] = dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
                 }
             }
         }
@@ -415,23 +416,24 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
             for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
                 for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
                     for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                        softgrad_real _h5 = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0);
                         #pragma omp simd
                         for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
-                            _c3[(((((_ix_j) * _n_i + _ix_i) * _n_b + _ix_b) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
+                            _c4[(((((_ix_j) * _n_i + _ix_i) * _n_b + _ix_b) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = _h5*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
                         }
                     }
                 }
             }
         }
     }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_o), (int)(_n_c * _n_p * _n_q), (int)(_n_j * _n_i * _n_b), 1, _c2, (int)(_n_j * _n_i * _n_b), _c3, (int)(_n_c * _n_p * _n_q), 0, dW, (int)(_n_c * _n_p * _n_q));
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_o), (int)(_n_c * _n_p * _n_q), (int)(_n_j * _n_i * _n_b), 1, _c3, (int)(_n_j * _n_i * _n_b), _c4, (int)(_n_c * _n_p * _n_q), 0, dW, (int)(_n_c * _n_p * _n_q));
     /* dx[b, c, i, j] (BLAS gemm) */
     for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
         for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
             for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
                 #pragma omp simd
                 for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-                    _c4[(((_ix_c) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q];
+                    _c6[(((_ix_c) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q];
                 }
             }
         }
@@ -441,9 +443,10 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
             for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
                 for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
                     for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                        softgrad_real _h8 = (softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0);
                         #pragma omp simd
                         for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-                            _c5[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = (softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0)*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
+                            _c7[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = _h8*(softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
                         }
                     }
                 }
@@ -451,7 +454,7 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
         }
     }
     for (size_t _batch = 0; _batch < _n_b; ++_batch) {
-        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_c), (int)(_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 1, _c4, (int)(_n_o * _n_q * _n_p), _c5 + _batch * (_n_o * _n_q * _n_p) * (_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 0, dx + _batch * (_n_c) * (_n_i * _n_j), (int)(_n_i * _n_j));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_c), (int)(_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 1, _c6, (int)(_n_o * _n_q * _n_p), _c7 + _batch * (_n_o * _n_q * _n_p) * (_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 0, dx + _batch * (_n_c) * (_n_i * _n_j), (int)(_n_i * _n_j));
     }
     /* dbias[o] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
@@ -459,15 +462,118 @@ int conv2d_gradients(const double *W, const double *x, const double *bias, const
             for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
                 #pragma omp simd
                 for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-                    _a6[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                    _a9[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
                 }
             }
         }
     }
     #pragma omp simd
     for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-        dbias[_ix_o] = (softgrad_real)_a6[_ix_o];
+        dbias[_ix_o] = (softgrad_real)_a9[_ix_o];
     }
     for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, softgrad_real *dW, softgrad_real *dx, softgrad_real *dbias, size_t _n_b, size_t _n_o, size_t _n_i, size_t _n_j, size_t _n_c, size_t _n_p, size_t _n_q)
+{
+    (void)_n_b;
+    (void)_n_o;
+    (void)_n_i;
+    (void)_n_j;
+    (void)_n_c;
+    (void)_n_p;
+    (void)_n_q;
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[5] = {0};
+    int _missing = 0;
+    softgrad_real *_c12 = (softgrad_real *)(_blocks[0] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
+    _missing |= _c12 == NULL;
+    softgrad_real *_c13 = (softgrad_real *)(_blocks[1] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    _missing |= _c13 == NULL;
+    softgrad_real *_c15 = (softgrad_real *)(_blocks[2] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c15 == NULL;
+    softgrad_real *_c16 = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c16 == NULL;
+    double *_a18 = (double *)(_blocks[4] = malloc(_n_o * sizeof(double) + 1));
+    _missing |= _a18 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+    memset(_a18, 0, _n_o * sizeof(double));  // accumulated into
+
+    /* dW[o, c, p, q] (BLAS gemm) */
+    for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+        for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+            for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+                #pragma omp simd
+                for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+                    _c12[(((_ix_o) * _n_j + _ix_j) * _n_i + _ix_i) * _n_b + _ix_b] = dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                }
+            }
+        }
+    }
+    for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+        for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+            for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+                for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                    for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                        softgrad_real _h14 = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0);
+                        #pragma omp simd
+                        for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                            _c13[(((((_ix_j) * _n_i + _ix_i) * _n_b + _ix_b) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = _h14*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_o), (int)(_n_c * _n_p * _n_q), (int)(_n_j * _n_i * _n_b), 1, _c12, (int)(_n_j * _n_i * _n_b), _c13, (int)(_n_c * _n_p * _n_q), 0, dW, (int)(_n_c * _n_p * _n_q));
+    /* dx[b, c, i, j] (BLAS gemm) */
+    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+        for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+            for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                #pragma omp simd
+                for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                    _c15[(((_ix_c) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q];
+                }
+            }
+        }
+    }
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+                    for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
+                        softgrad_real _h17 = (softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0);
+                        #pragma omp simd
+                        for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
+                            _c16[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = _h17*(softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (size_t _batch = 0; _batch < _n_b; ++_batch) {
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_c), (int)(_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 1, _c15, (int)(_n_o * _n_q * _n_p), _c16 + _batch * (_n_o * _n_q * _n_p) * (_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 0, dx + _batch * (_n_c) * (_n_i * _n_j), (int)(_n_i * _n_j));
+    }
+    /* dbias[o] */
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                #pragma omp simd
+                for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+                    _a18[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                }
+            }
+        }
+    }
+    #pragma omp simd
+    for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
+        dbias[_ix_o] = (softgrad_real)_a18[_ix_o];
+    }
+    for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }

@@ -18,6 +18,8 @@ extern "C" {
 
 int conv2d_forward(const double *W, const double *x, const double *bias, double *y, size_t _n_b, size_t _n_o, size_t _n_i, size_t _n_j, size_t _n_c, size_t _n_p, size_t _n_q);
 int conv2d_gradients(const double *W, const double *x, const double *bias, const double *dy, double *dW, double *dx, double *dbias, size_t _n_b, size_t _n_o, size_t _n_i, size_t _n_j, size_t _n_c, size_t _n_p, size_t _n_q);
+/* The gradients from the inputs it reads: conv2d_gradients() without recomputing the forward. */
+int conv2d_backward(const double *W, const double *x, const double *dy, double *dW, double *dx, double *dbias, size_t _n_b, size_t _n_o, size_t _n_i, size_t _n_j, size_t _n_c, size_t _n_p, size_t _n_q);
 
 #ifdef __cplusplus
 }

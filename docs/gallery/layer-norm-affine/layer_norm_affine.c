@@ -340,6 +340,8 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
     /* m, v, xhat: held for a block of rows of b */
     for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
         const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        softgrad_real _h2 = 1.0/(softgrad_real)_n_k;
+        softgrad_real _h4 = 1.0/(softgrad_real)_n_k;
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
             // m[b]
             double _s1 = 0.0;
@@ -347,18 +349,19 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
                 _s1 += x[(_ix_b) * _n_k + _ix_k];
             }
-            m[(_ix_b - _r0)] = _s1/(softgrad_real)_n_k;
+            m[(_ix_b - _r0)] = _h2*_s1;
             // v[b]
-            double _s2 = 0.0;
-            #pragma omp simd reduction(+:_s2)
+            double _s3 = 0.0;
+            #pragma omp simd reduction(+:_s3)
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                _s2 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
+                _s3 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
             }
-            v[(_ix_b - _r0)] = _s2/(softgrad_real)_n_k;
+            v[(_ix_b - _r0)] = _h4*_s3;
             // xhat[b, k]
+            softgrad_real _h5 = (1/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5));
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = (-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
+                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = _h5*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]);
             }
             // y[b, k]
             #pragma omp simd
@@ -391,16 +394,16 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     _missing |= v == NULL;
     softgrad_real *xhat = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_k * sizeof(softgrad_real) + 1));
     _missing |= xhat == NULL;
-    double *_a7 = (double *)(_blocks[3] = malloc(_n_k * sizeof(double) + 1));
-    _missing |= _a7 == NULL;
-    double *_a8 = (double *)(_blocks[4] = malloc(_n_k * sizeof(double) + 1));
-    _missing |= _a8 == NULL;
+    double *_a16 = (double *)(_blocks[3] = malloc(_n_k * sizeof(double) + 1));
+    _missing |= _a16 == NULL;
+    double *_a17 = (double *)(_blocks[4] = malloc(_n_k * sizeof(double) + 1));
+    _missing |= _a17 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a7, 0, _n_k * sizeof(double));  // accumulated into
-    memset(_a8, 0, _n_k * sizeof(double));  // accumulated into
+    memset(_a16, 0, _n_k * sizeof(double));  // accumulated into
+    memset(_a17, 0, _n_k * sizeof(double));  // accumulated into
 
     // gradients() may leave an input unread (beta only shifts an output nobody reads here)
     (void)x;
@@ -413,65 +416,216 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
     /* m, v, xhat: held for a block of rows of b */
     for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
         const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        softgrad_real _h7 = 1.0/(softgrad_real)_n_k;
+        softgrad_real _h9 = 1.0/(softgrad_real)_n_k;
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
             // m[b]
-            double _s3 = 0.0;
-            #pragma omp simd reduction(+:_s3)
-            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                _s3 += x[(_ix_b) * _n_k + _ix_k];
-            }
-            m[(_ix_b - _r0)] = _s3/(softgrad_real)_n_k;
-            // v[b]
-            double _s4 = 0.0;
-            #pragma omp simd reduction(+:_s4)
-            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                _s4 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
-            }
-            v[(_ix_b - _r0)] = _s4/(softgrad_real)_n_k;
-            // xhat[b, k]
-            #pragma omp simd
-            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = (-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
-            }
-            // dx[b, k]
-            double _s5 = 0.0;
-            #pragma omp simd reduction(+:_s5)
-            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
-                _s5 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2];
-            }
             double _s6 = 0.0;
             #pragma omp simd reduction(+:_s6)
-            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
-                _s6 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2]*xhat[((_ix_b - _r0)) * _n_k + _ix_k2];
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s6 += x[(_ix_b) * _n_k + _ix_k];
             }
+            m[(_ix_b - _r0)] = _h7*_s6;
+            // v[b]
+            double _s8 = 0.0;
+            #pragma omp simd reduction(+:_s8)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s8 += ((-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k])*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]));
+            }
+            v[(_ix_b - _r0)] = _h9*_s8;
+            // xhat[b, k]
+            softgrad_real _h10 = (1/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5));
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                dx[(_ix_b) * _n_k + _ix_k] = (-_s5/(softgrad_real)_n_k - _s6*xhat[((_ix_b - _r0)) * _n_k + _ix_k]/(softgrad_real)_n_k + dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k])/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5);
+                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = _h10*(-m[(_ix_b - _r0)] + x[(_ix_b) * _n_k + _ix_k]);
+            }
+            // dx[b, k]
+            double _s11 = 0.0;
+            #pragma omp simd reduction(+:_s11)
+            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+                _s11 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2];
+            }
+            double _s12 = 0.0;
+            #pragma omp simd reduction(+:_s12)
+            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+                _s12 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2]*xhat[((_ix_b - _r0)) * _n_k + _ix_k2];
+            }
+            softgrad_real _h13 = (1/sqrt(v[(_ix_b - _r0)] + 1.0000000000000001e-5));
+            softgrad_real _h14 = -_s11/(softgrad_real)_n_k;
+            softgrad_real _h15 = -_s12/(softgrad_real)_n_k;
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                dx[(_ix_b) * _n_k + _ix_k] = _h13*(_h14 + _h15*xhat[((_ix_b - _r0)) * _n_k + _ix_k] + dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k]);
             }
         }
         // dgamma[k]
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                _a7[_ix_k] += dy[(_ix_b) * _n_k + _ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
+                _a16[_ix_k] += dy[(_ix_b) * _n_k + _ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
             }
         }
         #pragma omp simd
         for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            dgamma[_ix_k] = (softgrad_real)_a7[_ix_k];
+            dgamma[_ix_k] = (softgrad_real)_a16[_ix_k];
         }
         // dbeta[k]
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
             #pragma omp simd
             for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                _a8[_ix_k] += dy[(_ix_b) * _n_k + _ix_k];
+                _a17[_ix_k] += dy[(_ix_b) * _n_k + _ix_k];
             }
         }
         #pragma omp simd
         for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            dbeta[_ix_k] = (softgrad_real)_a8[_ix_k];
+            dbeta[_ix_k] = (softgrad_real)_a17[_ix_k];
         }
     }
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int layer_norm_affine_forward_saving(const double *x, const double *gamma, const double *beta, softgrad_real *y, softgrad_real *m, softgrad_real *v, size_t _n_b, size_t _n_k)
+{
+    (void)_n_b;
+    (void)_n_k;
+    // xhat: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (_n_k * sizeof(softgrad_real));
+    const size_t _least = (0 + (_n_k * 1) - 1) / (_n_k * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[1] = {0};
+    int _missing = 0;
+    softgrad_real *xhat = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_k * sizeof(softgrad_real) + 1));
+    _missing |= xhat == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* xhat: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        softgrad_real _h19 = 1.0/(softgrad_real)_n_k;
+        softgrad_real _h21 = 1.0/(softgrad_real)_n_k;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // m[b]
+            double _s18 = 0.0;
+            #pragma omp simd reduction(+:_s18)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s18 += x[(_ix_b) * _n_k + _ix_k];
+            }
+            m[_ix_b] = _h19*_s18;
+            // v[b]
+            double _s20 = 0.0;
+            #pragma omp simd reduction(+:_s20)
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _s20 += ((-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k])*(-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k]));
+            }
+            v[_ix_b] = _h21*_s20;
+            // xhat[b, k]
+            softgrad_real _h22 = (1/sqrt(v[_ix_b] + 1.0000000000000001e-5));
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = _h22*(-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k]);
+            }
+            // y[b, k]
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                y[(_ix_b) * _n_k + _ix_k] = beta[_ix_k] + gamma[_ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
+            }
+        }
+    }
+    for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int layer_norm_affine_backward(const double *x, const double *gamma, const softgrad_real *m, const softgrad_real *v, const softgrad_real *dy, softgrad_real *dx, softgrad_real *dgamma, softgrad_real *dbeta, size_t _n_b, size_t _n_k)
+{
+    (void)_n_b;
+    (void)_n_k;
+    // xhat: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (_n_k * sizeof(softgrad_real));
+    const size_t _least = (_n_k * (size_t)1 + _n_k * (size_t)1 + (_n_k * 1) - 1) / (_n_k * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[3] = {0};
+    int _missing = 0;
+    softgrad_real *xhat = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_k * sizeof(softgrad_real) + 1));
+    _missing |= xhat == NULL;
+    double *_a29 = (double *)(_blocks[1] = malloc(_n_k * sizeof(double) + 1));
+    _missing |= _a29 == NULL;
+    double *_a30 = (double *)(_blocks[2] = malloc(_n_k * sizeof(double) + 1));
+    _missing |= _a30 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+    memset(_a29, 0, _n_k * sizeof(double));  // accumulated into
+    memset(_a30, 0, _n_k * sizeof(double));  // accumulated into
+
+    /* dgamma: a sum over the blocks of rows, from 0 */
+    memset(dgamma, 0, _n_k * sizeof(softgrad_real));
+    /* dbeta: a sum over the blocks of rows, from 0 */
+    memset(dbeta, 0, _n_k * sizeof(softgrad_real));
+    /* xhat: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            // xhat[b, k]
+            softgrad_real _h23 = (1/sqrt(v[_ix_b] + 1.0000000000000001e-5));
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                xhat[((_ix_b - _r0)) * _n_k + _ix_k] = _h23*(-m[_ix_b] + x[(_ix_b) * _n_k + _ix_k]);
+            }
+            // dx[b, k]
+            double _s24 = 0.0;
+            #pragma omp simd reduction(+:_s24)
+            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+                _s24 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2];
+            }
+            double _s25 = 0.0;
+            #pragma omp simd reduction(+:_s25)
+            for (size_t _ix_k2 = 0; _ix_k2 < _n_k; ++_ix_k2) {
+                _s25 += dy[(_ix_b) * _n_k + _ix_k2]*gamma[_ix_k2]*xhat[((_ix_b - _r0)) * _n_k + _ix_k2];
+            }
+            softgrad_real _h26 = (1/sqrt(v[_ix_b] + 1.0000000000000001e-5));
+            softgrad_real _h27 = -_s24/(softgrad_real)_n_k;
+            softgrad_real _h28 = -_s25/(softgrad_real)_n_k;
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                dx[(_ix_b) * _n_k + _ix_k] = _h26*(_h27 + _h28*xhat[((_ix_b - _r0)) * _n_k + _ix_k] + dy[(_ix_b) * _n_k + _ix_k]*gamma[_ix_k]);
+            }
+        }
+        // dgamma[k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _a29[_ix_k] += dy[(_ix_b) * _n_k + _ix_k]*xhat[((_ix_b - _r0)) * _n_k + _ix_k];
+            }
+        }
+        #pragma omp simd
+        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+            dgamma[_ix_k] = (softgrad_real)_a29[_ix_k];
+        }
+        // dbeta[k]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+                _a30[_ix_k] += dy[(_ix_b) * _n_k + _ix_k];
+            }
+        }
+        #pragma omp simd
+        for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
+            dbeta[_ix_k] = (softgrad_real)_a30[_ix_k];
+        }
+    }
+    for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
     return 0;
 }

@@ -20,6 +20,10 @@ extern "C" {
 
 int layer_norm_affine_forward(const double *x, const double *gamma, const double *beta, double *y, size_t _n_b, size_t _n_k);
 int layer_norm_affine_gradients(const double *x, const double *gamma, const double *beta, const double *dy, double *dx, double *dgamma, double *dbeta, size_t _n_b, size_t _n_k);
+/* forward() that also keeps what backward() reads (m, v: (b), (b)): the pair of a layer with a cache. */
+int layer_norm_affine_forward_saving(const double *x, const double *gamma, const double *beta, double *y, double *m, double *v, size_t _n_b, size_t _n_k);
+/* The gradients from the inputs it reads and what layer_norm_affine_forward_saving() kept: layer_norm_affine_gradients() without recomputing the forward. */
+int layer_norm_affine_backward(const double *x, const double *gamma, const double *m, const double *v, const double *dy, double *dx, double *dgamma, double *dbeta, size_t _n_b, size_t _n_k);
 
 #ifdef __cplusplus
 }

@@ -423,13 +423,13 @@ int softmax_regression_labels_gradients(const double *W, const double *X, const 
     _missing |= _c5 == NULL;
     softgrad_real *_c6 = (softgrad_real *)(_blocks[4] = malloc(_rows * _n_d * sizeof(softgrad_real) + 1));
     _missing |= _c6 == NULL;
-    double *_a7 = (double *)(_blocks[5] = malloc(_n_c * sizeof(double) + 1));
-    _missing |= _a7 == NULL;
+    double *_a8 = (double *)(_blocks[5] = malloc(_n_c * sizeof(double) + 1));
+    _missing |= _a8 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a7, 0, _n_c * sizeof(double));  // accumulated into
+    memset(_a8, 0, _n_c * sizeof(double));  // accumulated into
 
     // gradients() may leave an input unread (beta only shifts an output nobody reads here)
     (void)W;
@@ -492,24 +492,148 @@ int softmax_regression_labels_gradients(const double *W, const double *X, const 
         SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c5, (int)(_n_c), X + _r0 * _n_d, (int)(_n_d), (_r0 == 0 ? 0 : 1), dW, (int)(_n_d));
         // dX[b, d] (its contractions by BLAS gemm)
         SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_d), (int)(_n_c), 1, P, (int)(_n_c), W, (int)(_n_d), 0, _c6, (int)(_n_d));
+        softgrad_real _h7 = 1.0/(softgrad_real)_n_b;
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
             #pragma omp simd
             for (size_t _ix_d = 0; _ix_d < _n_d; ++_ix_d) {
-                dX[(_ix_b) * _n_d + _ix_d] = (-W[((size_t)label[_ix_b]) * _n_d + _ix_d] + _c6[((_ix_b - _r0)) * _n_d + _ix_d])/(softgrad_real)_n_b;
+                dX[(_ix_b) * _n_d + _ix_d] = _h7*(-W[((size_t)label[_ix_b]) * _n_d + _ix_d] + _c6[((_ix_b - _r0)) * _n_d + _ix_d]);
             }
         }
         // dbias[c]
         for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
             #pragma omp simd
             for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-                _a7[_ix_c] += -(softgrad_real)((_ix_c) == ((size_t)label[_ix_b])) + P[((_ix_b - _r0)) * _n_c + _ix_c];
+                _a8[_ix_c] += -(softgrad_real)((_ix_c) == ((size_t)label[_ix_b])) + P[((_ix_b - _r0)) * _n_c + _ix_c];
             }
         }
         #pragma omp simd
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
-            dbias[_ix_c] = (softgrad_real)_a7[_ix_c]/(softgrad_real)_n_b;
+            dbias[_ix_c] = (softgrad_real)_a8[_ix_c]/(softgrad_real)_n_b;
         }
     }
     for (size_t _block = 0; _block < 6; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int softmax_regression_labels_forward_saving(const double *W, const double *X, const double *bias, const int64_t *label, softgrad_real *L, softgrad_real *P, size_t _n_b, size_t _n_c, size_t _n_d)
+{
+    (void)_n_b;
+    (void)_n_c;
+    (void)_n_d;
+    // z: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + (_n_c * 1) - 1) / (_n_c * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[2] = {0};
+    int _missing = 0;
+    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= z == NULL;
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _log_P == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // z[b, c] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                z[((_ix_b - _r0)) * _n_c + _ix_c] = bias[_ix_c];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W, (int)(_n_d), 1, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m9 = -INFINITY;
+            #pragma omp simd reduction(max:_m9)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m9 = softgrad_max(_m9, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m9)) _m9 = 0;  // a row of -inf: a harmless shift
+            double _t9 = 0.0;
+            #pragma omp simd reduction(+:_t9)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m9);
+                _t9 += P[(_ix_b) * _n_c + _ix_c];
+            }
+            const softgrad_real _r9 = (softgrad_real)(1.0 / _t9);
+            const softgrad_real _l9 = (softgrad_real)log(_t9);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[(_ix_b) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m9) - _l9;
+                P[(_ix_b) * _n_c + _ix_c] *= _r9;
+            }
+        }
+        // L
+        double _s10 = 0.0;
+        #pragma omp simd reduction(+:_s10)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            _s10 += _log_P[(_ix_b) * _n_c + (size_t)label[_ix_b]];
+        }
+        L[0] += -_s10/(softgrad_real)_n_b;
+    }
+    for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int softmax_regression_labels_backward(const double *W, const double *X, const int64_t *label, const softgrad_real *P, softgrad_real *dW, softgrad_real *dX, softgrad_real *dbias, size_t _n_b, size_t _n_c, size_t _n_d)
+{
+    (void)_n_b;
+    (void)_n_c;
+    (void)_n_d;
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[3] = {0};
+    int _missing = 0;
+    softgrad_real *_c11 = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _c11 == NULL;
+    softgrad_real *_c12 = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_d * sizeof(softgrad_real) + 1));
+    _missing |= _c12 == NULL;
+    double *_a14 = (double *)(_blocks[2] = malloc(_n_c * sizeof(double) + 1));
+    _missing |= _a14 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+    memset(_a14, 0, _n_c * sizeof(double));  // accumulated into
+
+    /* dW[c, d] (BLAS gemm) */
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
+        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+            _c11[(_ix_b) * _n_c + _ix_c] = -(softgrad_real)((_ix_c) == ((size_t)label[_ix_b])) + P[(_ix_b) * _n_c + _ix_c];
+        }
+    }
+    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)(_n_b), 1.0/(softgrad_real)_n_b, _c11, (int)(_n_c), X, (int)(_n_d), 0, dW, (int)(_n_d));
+    /* dX[b, d] (its contractions by BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_d), (int)(_n_c), 1, P, (int)(_n_c), W, (int)(_n_d), 0, _c12, (int)(_n_d));
+    softgrad_real _h13 = 1.0/(softgrad_real)_n_b;
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
+        for (size_t _ix_d = 0; _ix_d < _n_d; ++_ix_d) {
+            dX[(_ix_b) * _n_d + _ix_d] = _h13*(-W[((size_t)label[_ix_b]) * _n_d + _ix_d] + _c12[(_ix_b) * _n_d + _ix_d]);
+        }
+    }
+    /* dbias[c] */
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
+        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+            _a14[_ix_c] += -(softgrad_real)((_ix_c) == ((size_t)label[_ix_b])) + P[(_ix_b) * _n_c + _ix_c];
+        }
+    }
+    #pragma omp simd
+    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+        dbias[_ix_c] = (softgrad_real)_a14[_ix_c]/(softgrad_real)_n_b;
+    }
+    for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
     return 0;
 }

@@ -19,6 +19,10 @@ extern "C" {
 
 int softmax_regression_labels_forward(const double *W, const double *X, const double *bias, const int64_t *label, double *L, size_t _n_b, size_t _n_c, size_t _n_d);
 int softmax_regression_labels_gradients(const double *W, const double *X, const double *bias, const int64_t *label, double *L, double *dW, double *dX, double *dbias, size_t _n_b, size_t _n_c, size_t _n_d);
+/* forward() that also keeps what backward() reads (P: (b, c)): the pair of a layer with a cache. */
+int softmax_regression_labels_forward_saving(const double *W, const double *X, const double *bias, const int64_t *label, double *L, double *P, size_t _n_b, size_t _n_c, size_t _n_d);
+/* The gradients from the inputs it reads and what softmax_regression_labels_forward_saving() kept: softmax_regression_labels_gradients() without recomputing the forward. */
+int softmax_regression_labels_backward(const double *W, const double *X, const int64_t *label, const double *P, double *dW, double *dX, double *dbias, size_t _n_b, size_t _n_c, size_t _n_d);
 
 #ifdef __cplusplus
 }

@@ -510,3 +510,119 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
 }
+
+int softmax_regression_forward_saving(const double *W, const double *X, const double *bias, const double *T, softgrad_real *L, softgrad_real *P, size_t _n_b, size_t _n_c, size_t _n_d)
+{
+    (void)_n_b;
+    (void)_n_c;
+    (void)_n_d;
+    // z: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + (_n_c * 1) - 1) / (_n_c * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[2] = {0};
+    int _missing = 0;
+    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= z == NULL;
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _log_P == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // z[b, c] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                z[((_ix_b - _r0)) * _n_c + _ix_c] = bias[_ix_c];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W, (int)(_n_d), 1, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m7 = -INFINITY;
+            #pragma omp simd reduction(max:_m7)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m7 = softgrad_max(_m7, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m7)) _m7 = 0;  // a row of -inf: a harmless shift
+            double _t7 = 0.0;
+            #pragma omp simd reduction(+:_t7)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m7);
+                _t7 += P[(_ix_b) * _n_c + _ix_c];
+            }
+            const softgrad_real _r7 = (softgrad_real)(1.0 / _t7);
+            const softgrad_real _l7 = (softgrad_real)log(_t7);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[(_ix_b) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m7) - _l7;
+                P[(_ix_b) * _n_c + _ix_c] *= _r7;
+            }
+        }
+        // L
+        double _s8 = 0.0;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd reduction(+:_s8)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _s8 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
+            }
+        }
+        L[0] += -_s8/(softgrad_real)_n_b;
+    }
+    for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int softmax_regression_backward(const double *W, const double *X, const double *T, const softgrad_real *P, softgrad_real *dW, softgrad_real *dX, softgrad_real *dbias, size_t _n_b, size_t _n_c, size_t _n_d)
+{
+    (void)_n_b;
+    (void)_n_c;
+    (void)_n_d;
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[2] = {0};
+    int _missing = 0;
+    softgrad_real *_c9 = (softgrad_real *)(_blocks[0] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _c9 == NULL;
+    double *_a10 = (double *)(_blocks[1] = malloc(_n_c * sizeof(double) + 1));
+    _missing |= _a10 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+    memset(_a10, 0, _n_c * sizeof(double));  // accumulated into
+
+    /* dW[c, d] (BLAS gemm) */
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
+        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+            _c9[(_ix_b) * _n_c + _ix_c] = P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
+        }
+    }
+    SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_d), (int)(_n_b), 1.0/(softgrad_real)_n_b, _c9, (int)(_n_c), X, (int)(_n_d), 0, dW, (int)(_n_d));
+    /* dX[b, d] (BLAS gemm) */
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_b), (int)(_n_d), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c9, (int)(_n_c), W, (int)(_n_d), 0, dX, (int)(_n_d));
+    /* dbias[c] */
+    for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
+        #pragma omp simd
+        for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+            _a10[_ix_c] += P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
+        }
+    }
+    #pragma omp simd
+    for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+        dbias[_ix_c] = (softgrad_real)_a10[_ix_c]/(softgrad_real)_n_b;
+    }
+    for (size_t _block = 0; _block < 2; ++_block) free(_blocks[_block]);
+    return 0;
+}

@@ -525,3 +525,140 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     for (size_t _block = 0; _block < 8; ++_block) free(_blocks[_block]);
     return 0;
 }
+
+int two_layer_forward_saving(const double *W1, const double *X, const double *W2, const double *T, softgrad_real *L, softgrad_real *h, softgrad_real *P, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c)
+{
+    (void)_n_b;
+    (void)_n_j;
+    (void)_n_d;
+    (void)_n_c;
+    // z, _c9: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = ((size_t)1 + (_n_c * 1 + _n_j * 1) - 1) / (_n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[3] = {0};
+    int _missing = 0;
+    softgrad_real *z = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= z == NULL;
+    softgrad_real *_log_P = (softgrad_real *)(_blocks[1] = malloc(_n_b * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _log_P == NULL;
+    softgrad_real *_c9 = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= _c9 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* L: a sum over the blocks of rows, from 0 */
+    L[0] = 0;
+    /* z: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // h[b, j] (its contractions by BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_d), 1, X + _r0 * _n_d, (int)(_n_d), W1, (int)(_n_d), 0, _c9, (int)(_n_j));
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                h[(_ix_b) * _n_j + _ix_j] = softgrad_tanh(_c9[((_ix_b - _r0)) * _n_j + _ix_j]);
+            }
+        }
+        // z[b, c] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)((_r1 - _r0)), (int)(_n_c), (int)(_n_j), 1, h + _r0 * _n_j, (int)(_n_j), W2, (int)(_n_j), 0, z, (int)(_n_c));
+        // P[b, c]
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            softgrad_real _m10 = -INFINITY;
+            #pragma omp simd reduction(max:_m10)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _m10 = softgrad_max(_m10, z[((_ix_b - _r0)) * _n_c + _ix_c]);
+            }
+            if (!isfinite(_m10)) _m10 = 0;  // a row of -inf: a harmless shift
+            double _t10 = 0.0;
+            #pragma omp simd reduction(+:_t10)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                P[(_ix_b) * _n_c + _ix_c] = softgrad_exp(z[((_ix_b - _r0)) * _n_c + _ix_c] - _m10);
+                _t10 += P[(_ix_b) * _n_c + _ix_c];
+            }
+            const softgrad_real _r10 = (softgrad_real)(1.0 / _t10);
+            const softgrad_real _l10 = (softgrad_real)log(_t10);
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _log_P[(_ix_b) * _n_c + _ix_c] = (z[((_ix_b - _r0)) * _n_c + _ix_c] - _m10) - _l10;
+                P[(_ix_b) * _n_c + _ix_c] *= _r10;
+            }
+        }
+        // L
+        double _s11 = 0.0;
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd reduction(+:_s11)
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _s11 += softgrad_guarded(T[(_ix_b) * _n_c + _ix_c], _log_P[(_ix_b) * _n_c + _ix_c]);
+            }
+        }
+        L[0] += -_s11/(softgrad_real)_n_b;
+    }
+    for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
+    return 0;
+}
+
+int two_layer_backward(const double *W1, const double *X, const double *W2, const double *T, const softgrad_real *h, const softgrad_real *P, softgrad_real *dW1, softgrad_real *dX, softgrad_real *dW2, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c)
+{
+    (void)_n_b;
+    (void)_n_j;
+    (void)_n_d;
+    (void)_n_c;
+    // dh, _c12, _c13: held for a block of rows of b at a time
+    size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
+    const size_t _least = (_n_j * _n_d * (size_t)1 + _n_c * _n_j * (size_t)1 + (_n_j * 1 + _n_c * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
+    if (_rows < _least) _rows = _least;
+    if (_rows < 1) _rows = 1;
+    if (_rows > _n_b) _rows = _n_b;
+    if (_rows > 0) _rows = (_n_b + (_n_b + _rows - 1) / _rows - 1) / ((_n_b + _rows - 1) / _rows);  // blocks of one size, not a short last one
+    // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
+    void *_blocks[3] = {0};
+    int _missing = 0;
+    softgrad_real *dh = (softgrad_real *)(_blocks[0] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= dh == NULL;
+    softgrad_real *_c12 = (softgrad_real *)(_blocks[1] = malloc(_rows * _n_c * sizeof(softgrad_real) + 1));
+    _missing |= _c12 == NULL;
+    softgrad_real *_c13 = (softgrad_real *)(_blocks[2] = malloc(_rows * _n_j * sizeof(softgrad_real) + 1));
+    _missing |= _c13 == NULL;
+    if (_missing) {
+        for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
+        return -1;
+    }
+
+    /* dW1: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_b == 0) memset(dW1, 0, _n_j * _n_d * sizeof(softgrad_real));
+    /* dW2: a sum over the blocks of rows, from 0, written by the first block (zeros only where there is none) */
+    if (_n_b == 0) memset(dW2, 0, _n_c * _n_j * sizeof(softgrad_real));
+    /* dh: held for a block of rows of b */
+    for (size_t _r0 = 0; _r0 < _n_b; _r0 += _rows) {
+        const size_t _r1 = _n_b - _r0 < _rows ? _n_b : _r0 + _rows;
+        // dh[b, j] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
+                _c12[((_ix_b - _r0)) * _n_c + _ix_c] = P[(_ix_b) * _n_c + _ix_c] - T[(_ix_b) * _n_c + _ix_c];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_j), (int)(_n_c), 1.0/(softgrad_real)_n_b, _c12, (int)(_n_c), W2, (int)(_n_j), 0, dh, (int)(_n_j));
+        // dW1[j, d] (BLAS gemm)
+        for (size_t _ix_b = _r0; _ix_b < _r1; ++_ix_b) {
+            #pragma omp simd
+            for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
+                _c13[((_ix_b - _r0)) * _n_j + _ix_j] = (1 - ((h[(_ix_b) * _n_j + _ix_j])*(h[(_ix_b) * _n_j + _ix_j])))*dh[((_ix_b - _r0)) * _n_j + _ix_j];
+            }
+        }
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_j), (int)(_n_d), (int)((_r1 - _r0)), 1, _c13, (int)(_n_j), X + _r0 * _n_d, (int)(_n_d), (_r0 == 0 ? 0 : 1), dW1, (int)(_n_d));
+        // dX[b, d] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)((_r1 - _r0)), (int)(_n_d), (int)(_n_j), 1, _c13, (int)(_n_j), W1, (int)(_n_d), 0, dX + _r0 * _n_d, (int)(_n_d));
+        // dW2[c, j] (BLAS gemm)
+        SOFTGRAD_GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(_n_c), (int)(_n_j), (int)((_r1 - _r0)), 1.0/(softgrad_real)_n_b, _c12, (int)(_n_c), h + _r0 * _n_j, (int)(_n_j), (_r0 == 0 ? 0 : 1), dW2, (int)(_n_j));
+    }
+    for (size_t _block = 0; _block < 3; ++_block) free(_blocks[_block]);
+    return 0;
+}

@@ -21,6 +21,10 @@ extern "C" {
 
 int two_layer_forward(const double *W1, const double *X, const double *W2, const double *T, double *L, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c);
 int two_layer_gradients(const double *W1, const double *X, const double *W2, const double *T, double *L, double *dW1, double *dX, double *dW2, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c);
+/* forward() that also keeps what backward() reads (h, P: (b, j), (b, c)): the pair of a layer with a cache. */
+int two_layer_forward_saving(const double *W1, const double *X, const double *W2, const double *T, double *L, double *h, double *P, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c);
+/* The gradients from the inputs it reads and what two_layer_forward_saving() kept: two_layer_gradients() without recomputing the forward. */
+int two_layer_backward(const double *W1, const double *X, const double *W2, const double *T, const double *h, const double *P, double *dW1, double *dX, double *dW2, size_t _n_b, size_t _n_j, size_t _n_d, size_t _n_c);
 
 #ifdef __cplusplus
 }
