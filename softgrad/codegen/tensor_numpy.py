@@ -762,6 +762,11 @@ class _Compiler:
         name = self.printed[definition.name]
         order = list(definition.indices)
         ranges = algebra.definition_ranges(definition, self.axes, self.spec.sizes)
+        rows = ""  # a whole array written a block of rows at a time: the slice of the block's rows
+        axes = self.axes.get(definition.name, ())
+        if self.block is not None and definition.name not in self.local and self.block.blocked in axes:
+            blocked = axes.index(self.block.blocked)
+            rows = "[" + ", ".join("_r0:_r1" if a == blocked else ":" for a in range(blocked + 1)) + "]"
         normalised = self._normalised(definition)
         if normalised is not None:
             exponent, free = normalised
@@ -771,24 +776,23 @@ class _Compiler:
             code = self.align(code, have, full) if set(have) == set(full) else \
                 d.call("broadcast_to", self.align(code, have, full), self.shape(ranges[s] for s in full))
             axis = (full.index(free),)
+            held = f"_{name}_rows" if rows else name  # a block's rows, then copied into the whole array
             # the library's softmax where it has one; else two arrays allocated (the shifted exponent and the
             # result), every other step in place
-            lines = [*self.pending, f"_exponent = {code}", *(d.normalised(name, axis[0]) or [
+            lines = [*self.pending, f"_exponent = {code}", *(d.normalised(held, axis[0]) or [
                 f"_shifted = _exponent - _finite({d.maximum_over('_exponent', axis, keepdims=True)})",
-                f"{name} = {d.call('exp', '_shifted')}",
-                f"_total = {d.total(name, axis, keepdims=True)}",
-                f"{name} /= _total",
-                f"_log_{name} = " + (d.call("subtract", "_shifted", d.call("log", "_total"), "out=_shifted")
-                                     if d.in_place else f"_shifted - {d.call('log', '_total')}")])]
+                f"{held} = {d.call('exp', '_shifted')}",
+                f"_total = {d.total(held, axis, keepdims=True)}",
+                f"{held} /= _total",
+                f"_log_{name}{rows} = " + (d.call("subtract", "_shifted", d.call("log", "_total"), "out=_shifted")
+                                           if d.in_place else f"_shifted - {d.call('log', '_total')}")])]
+            if rows:
+                lines.append(f"{name}{rows} = {held}")
             self.normalised[definition.name] = normalised
             return Statement(name, lines, self.logs_read, self.names_in(exponent))
         expr = self.stable(definition.expr, set(self.normalised))
         full = tuple(definition.indices)
-        target = name
-        axes = self.axes.get(definition.name, ())
-        if self.block is not None and definition.name not in self.local and self.block.blocked in axes:
-            blocked = axes.index(self.block.blocked)  # a whole array written a block of rows at a time
-            target += "[" + ", ".join("_r0:_r1" if a == blocked else ":" for a in range(blocked + 1)) + "]"
+        target = name + rows
         if accumulate and self.dialect.in_place and not self.dialect.chain_in_place:
             added = self.product_added(expr, target, ranges, order, full, definition.name in self.from_zero)
             if added is not None:
@@ -902,7 +906,8 @@ class _Compiler:
             axes = self.axes.get(name, ())
             if position not in parts and name not in block.local and block.blocked in axes:
                 statements.append(Statement(self.printed[name], [
-                    f"{self.printed[name]} = {self.dialect.namespace}.empty({shape_of(axes)}, dtype=_dtype)"]))
+                    f"{prefix}{self.printed[name]} = {self.dialect.namespace}.empty({shape_of(axes)}, dtype=_dtype)"
+                    for prefix in ("", *(["_log_"] if self._normalised(definitions[position]) else []))]))
         inner = self.scoped([parts.get(position, definitions[position]) for position in block.inside],
                             [position in parts for position in block.inside])
         self.block, self.local, self.made = None, set(), {}
@@ -1328,8 +1333,8 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
     kept = {f"_log_{printed[n]}" for n in compiler.logs_needed} | {
         f"_exp_{printed[n]}" for n in compiler.exponentials_needed}
     for statement in [*forward, *gradients_forward, *backward]:  # log P, exp y only where a statement reads them
-        statement.lines = [line for line in statement.lines
-                           if not (line.lstrip().startswith(("_log_", "_exp_")) and line.split()[0] not in kept)]
+        statement.lines = [line for line in statement.lines if not (line.lstrip().startswith(("_log_", "_exp_"))
+                                                                    and line.split()[0].split("[")[0] not in kept)]
     if dialect.normalised("P", 0) is not None:  # the library's softmax, one line: left out where nothing reads P
         read = set().union(*(statement.reads for statement in [*forward, *gradients_forward, *backward]))
         unread = {printed[name] for name in compiler.normalised} - read - {printed[spec.output.name]}
