@@ -302,3 +302,22 @@ def test_a_malformed_settings_dict_is_one_line(tmp_path, value, message):
                              "--signature", PAIR, "--param", f"ln_param={value}"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and result.stdout == "", result.stderr
+
+
+@pytest.mark.parametrize("example, signature", [
+    ("softmax-regression-labels", "W,X,bias,label->L,cache; cache->dW,dX,dbias"),
+    ("layer-norm-affine", "x,gamma,beta->y,cache; dy,cache->dx,dgamma,dbeta"),
+])
+def test_the_generated_forward_saving_and_backward_pass_as_a_pair_with_a_cache(example, signature, tmp_path):
+    """The generated NumPy module's forward_saving() and backward(cache) follow the course-code convention that
+    `verify` checks (forward returns the output and a cache, backward takes the upstream gradient and the cache)."""
+    from softgrad.codegen.build import import_path
+    from softgrad.codegen.emit import emit
+    from softgrad.derive import derive_spec, parse_spec
+
+    spec = EXAMPLES / f"{example}.spec"
+    ((file_name, text),) = emit(derive_spec(parse_spec(spec.read_text(), name=example)), "numpy").items()
+    (tmp_path / file_name).write_text(text)
+    module = import_path(tmp_path / file_name)
+    report = check_gradient((module.forward_saving, module.backward), against=str(spec), signature=signature)
+    assert report.passed, report.text()

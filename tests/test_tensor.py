@@ -451,28 +451,32 @@ def test_generated_c_matches_the_numpy_module(name, tmp_path):
     ("softmax", ["y"]),  # over rows: the output only, and no forward_saving in C
     ("kl-divergence", ["q", "p", "_log_p"]),  # over rows: p and the log the backward reads (dq = log q − log p + 1)
 ])
-def test_the_c_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_the_rest(source, kept, tmp_path):
+def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_the_rest(source, kept, tmp_path):
     """forward_saving() writes beside the output the arrays made by a sum that backward() reads; backward() gives
-    gradients()'s results from them without recomputing those arrays."""
+    gradients()'s results from them without recomputing those arrays — in the C and in the NumPy module."""
     from softgrad.verify.generated import module_backward, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
     example = (EXAMPLES / f"{source}.spec").exists()
     derivation = derived(source) if example else derive_spec(with_rows(load_spec(source)))  # a catalog entry over rows
     files = emit(derivation, "c")
-    kernels = load_c(files, tmp_path)
+    ((file_name, text),) = emit(derivation, "numpy").items()
+    (tmp_path / file_name).write_text(text)
     sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
     arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=2, scale=2.0)
-    _, cache = kernels.forward_saving(*[arrays[n] for n in derivation.spec.inputs])
-    assert list(cache) == kept
-    expected = module_gradients(kernels, derivation, arrays, parameters)
-    for name, gradient in module_backward(kernels, derivation, arrays, parameters).items():
-        np.testing.assert_allclose(gradient, expected[name], rtol=1e-13, atol=1e-14)
+    for module in (load_c(files, tmp_path), import_path(tmp_path / file_name)):
+        _, cache = module.forward_saving(*[arrays[n] for n in derivation.spec.inputs])
+        assert list(cache) == kept
+        expected = module_gradients(module, derivation, arrays, parameters)
+        for name, gradient in module_backward(module, derivation, arrays, parameters).items():
+            np.testing.assert_allclose(gradient, expected[name], rtol=1e-13, atol=1e-14)
     source_text = files[f"{files.module}.c"]
     backward = source_text[source_text.index(f"int {files.module}_backward("):]
     assert ("_forward_saving(" in source_text) == (kept != ["y"])
     if "m" in kept:  # the backward reads m and v; it makes x̂ again, not m
         assert "m[_ix_b] =" not in backward and "xhat[" in backward
+        numpy_backward = text[text.index("def backward("):]
+        assert "m[_r0:_r1]" in numpy_backward and "np.sum(x" not in numpy_backward
 
 
 @pytest.mark.slow
@@ -723,11 +727,13 @@ def test_a_subexpression_the_statements_repeat_is_computed_once(tmp_path):
     """Layer norm's x − m (read by v and x̂), 1/√(v + ε) (x̂ and dx) and dy·x̂ (dx's sum over k2 and dγ's over b, the
     same array under other index names); softmax regression's P − T (dW, dX, dbias): each made once per block."""
     texts = {name: emit(derived(name), "numpy").popitem()[1] for name in ("layer-norm-affine", "softmax-regression")}
-    norm = texts["layer-norm-affine"][texts["layer-norm-affine"].index("def gradients"):]
+    norm = texts["layer-norm-affine"][texts["layer-norm-affine"].index("def gradients"):
+                                      texts["layer-norm-affine"].index("def forward_saving")]
     assert norm.count("(x[_r0:_r1] - m[:, None])") == 1 and norm.count("np.sqrt(") == 1
     assert norm.count("(dy[_r0:_r1] * xhat)") == 1 and "np.einsum(\"ba,ba->a\"" not in norm
     assert "out=dx[_r0:_r1])" in norm  # the last multiplication writes the block's rows of dx: nothing copied
-    regression = texts["softmax-regression"][texts["softmax-regression"].index("def gradients"):]
+    regression = texts["softmax-regression"][texts["softmax-regression"].index("def gradients"):
+                                             texts["softmax-regression"].index("def forward_saving")]
     assert regression.count("(P - T[_r0:_r1])") == 1
 
 

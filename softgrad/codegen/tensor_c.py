@@ -27,7 +27,7 @@ from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import stable_array_forms
 from softgrad.codegen.printers import CKernelPrinter
-from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names, saving
+from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names, saved_name, saving
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
@@ -891,16 +891,11 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         scratch = compiler.taken_scratch()
     gradients_body = CBody(statements, work(plan.gradients_work, plan.gradients_block) + scratch)
 
-    def reads(definition: Definition) -> set[str]:
-        expr = compiler.with_logs(stable_array_forms(definition.expr, spec, compiler.normalised))
-        return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
-
     def kept_array(name: str) -> tuple[str, tuple[str, ...]]:  # printed name and ranges of a kept array or log
-        if name in printed:
-            return printed[name], tensor.axes.get(name, ())
-        return "_log_" + printed[name[5:]], tensor.axes.get(name[5:], ())
+        array = name if name in printed else name.removeprefix("_log_")
+        return saved_name(name, printed), tensor.axes.get(array, ())
 
-    pair = saving(derivation, plan, reads)
+    pair = saving(derivation, plan)
     saving_body = CBody(compiler.body(plan.forward, pair.forward_block), [])
     saving_body.work = work(pair.forward_work, pair.forward_block, [  # a kept array's log may be work, not kept
         d.name for d in spec.definitions if f"_log_{d.name}" not in pair.saved]) + compiler.taken_scratch()
@@ -934,7 +929,9 @@ def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, m
     """The C source, header and ctypes loader, and whether the source calls BLAS (it then links one)."""
     module = lower_tensor_c(derivation, dtype, openmp)
     flags = RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else [])
-    context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp,
+    cache_names = [*(name for name, _, _ in module.backward_inputs), *([module.output] if module.output_read else []),
+                   *(name for name, _ in module.saved)]
+    context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp, cache_names=cache_names,
                    **checked_arrays(derivation, printed_names(derivation)),
                    ctype="double" if dtype == "float64" else "float", helper_types=c_math.helper_types(dtype),
                    compile_flags=" ".join(flags), gemm="dgemm" if dtype == "float64" else "sgemm")

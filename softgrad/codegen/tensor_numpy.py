@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,13 @@ class TensorModule:
     output_ranges: tuple[str, ...] = ()
     gradients_forward: list[Statement] = field(default_factory=list)  # the forward statements gradients() needs
     blocked: bool = False  # whether a function runs a block of rows at a time
+    #: forward_saving() and backward() (NumPy): the forward's statements that also keep `saved` (none: forward()
+    #: keeps nothing but its output, and forward_saving() calls it), and the backward's from what was kept
+    saving_forward: list[Statement] = field(default_factory=list)
+    saved: list[str] = field(default_factory=list)
+    output_read: bool = False
+    backward_inputs: list[str] = field(default_factory=list)
+    backward_from_saved: list[Statement] = field(default_factory=list)
 
     @property
     def output_rank(self) -> int:
@@ -73,8 +80,14 @@ class TensorModule:
 
     def calls(self, helper: str) -> bool:
         """Whether a statement calls a helper (`_window(`, `_unless_nan(`): a template defines only those."""
-        statements = [*self.forward, *self.gradients_forward, *self.backward]
+        statements = [*self.forward, *self.gradients_forward, *self.backward, *self.saving_forward,
+                      *self.backward_from_saved]
         return any(helper in line for statement in statements for line in statement.lines)
+
+    @property
+    def cache(self) -> list[str]:
+        """The names of what backward() reads, in its order: inputs, the output, the arrays forward_saving() kept."""
+        return [*self.backward_inputs, *([self.output] if self.output_read else []), *self.saved]
 
 
 class _Compiler:
@@ -1211,12 +1224,19 @@ class Saving:
     backward_block: RowBlocking | None
 
 
-def saving(derivation: Derivation, plan: Functions, reads: Callable[[Definition], set[str]],
-           blocked: bool = True) -> Saving:
-    """What forward_saving() keeps and backward() recomputes. reads(definition): the names its statement reads
-    as compiled (`_log_P` where it reads log P from the log array a normalised P's statement writes)."""
+def saving(derivation: Derivation, plan: Functions, blocked: bool = True) -> Saving:
+    """What forward_saving() keeps and backward() recomputes."""
     tensor, spec = derivation.tensor, derivation.spec
     forward = {d.name: d for d in spec.definitions}
+    normalised = {d.name for d in spec.definitions if algebra.normalised_exponential(d) is not None}
+
+    def reads(definition: Definition) -> set[str]:
+        """The names a statement reads as compiled: `_log_P` where it reads log P of a normalised P (from the
+        array P's statement writes beside it), P only where it reads P itself."""
+        expr = stable_array_forms(definition.expr, spec, normalised).replace(
+            lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sp.Indexed) and str(e.args[0].base) in normalised,
+            lambda e: sp.IndexedBase("_log_" + str(e.args[0].base))[e.args[0].indices])
+        return {str(e.base) for e in expr.atoms(sp.Indexed)} | {str(s) for s in expr.free_symbols}
 
     def cheap_to_keep(name: str) -> bool:
         definition = forward[name]
@@ -1330,9 +1350,16 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
         compiler.temporaries = set()
     else:
         gradients_forward, backward = [], compiler.body(plan.gradients, plan.gradients_block)
+    saving_forward: list[Statement] = []
+    from_saved: list[Statement] = []
+    pair = saving(derivation, plan) if dialect is NUMPY else None  # torch and JAX keep what their backward reads
+    if pair is not None:
+        saving_forward = compiler.body(plan.forward, pair.forward_block) if pair.saved else []
+        from_saved = compiler.body(pair.backward, pair.backward_block)
     kept = {f"_log_{printed[n]}" for n in compiler.logs_needed} | {
         f"_exp_{printed[n]}" for n in compiler.exponentials_needed}
-    for statement in [*forward, *gradients_forward, *backward]:  # log P, exp y only where a statement reads them
+    for statement in [*forward, *gradients_forward, *backward, *saving_forward, *from_saved]:
+        # log P, exp y only where a statement reads them
         statement.lines = [line for line in statement.lines if not (line.lstrip().startswith(("_log_", "_exp_"))
                                                                     and line.split()[0].split("[")[0] not in kept)]
     if dialect.normalised("P", 0) is not None:  # the library's softmax, one line: left out where nothing reads P
@@ -1349,10 +1376,19 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
         output_ranges=tuple(tensor.axes.get(spec.output.name, ())), gradients_forward=gradients_forward,
-        blocked=plan.blocked)
+        blocked=plan.blocked or bool(pair and (pair.forward_block or pair.backward_block)),
+        saving_forward=saving_forward, saved=[saved_name(name, printed) for name in pair.saved] if pair else [],
+        output_read=bool(pair and pair.output_read),
+        backward_inputs=[printed[name] for name in pair.inputs_read] if pair else [], backward_from_saved=from_saved)
+
+
+def saved_name(name: str, printed: dict[str, str]) -> str:
+    """The printed name of an array forward_saving() keeps: a spec array's, or `_log_` and its array's."""
+    return printed[name] if name in printed else "_log_" + printed[name.removeprefix("_log_")]
 
 
 def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:
     """The NumPy module's text."""
-    return str(render("numpy/tensor.py.j2", module=lower_tensor(derivation),
+    module = lower_tensor(derivation)
+    return str(render("numpy/tensor.py.j2", module=module, cache_names=module.cache,
                       **checked_arrays(derivation, printed_names(derivation)), **header))

@@ -15,13 +15,15 @@ a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between 
 are added block after block; the results are those of whole arrays.
 
 forward(...) returns O; gradients(...) returns (dQ, dK, dV), given the upstream gradient dO = ∂l/∂O.
+The pair of a layer with a cache: `O, cache = forward_saving(...)` also keeps what the backward reads, and
+`backward(dO, cache)` returns the gradients from it without computing the forward again.
 """
 
 import math
 
 import numpy as np
 
-__all__ = ["forward", "gradients"]
+__all__ = ["backward", "forward", "forward_saving", "gradients"]
 
 #: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
 #: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
@@ -90,6 +92,17 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+class Cache(dict):
+    """What backward() reads, by name (Q, K, V, O, P), with the parameters, index sizes
+    and dtype the forward ran with: forward_saving() returns it beside the output."""
+
+    def __init__(self, arrays, parameters, sizes, dtype=None):
+        super().__init__(arrays)
+        self.parameters = dict(parameters)
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+
+
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(Q, K, V):
@@ -150,4 +163,65 @@ def gradients(Q, K, V, dO):
         np.multiply((1 / math.sqrt(_n_e)), ((dS @ K)), out=dQ[_r0:_r1])
         _add_product(dK, _r0 == 0, (1 / math.sqrt(_n_e)), dS.T, Q[_r0:_r1])
         _add_product(dV, _r0 == 0, 1, P.T, dO[_r0:_r1])
+    return (dQ, dK, dV)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def forward_saving(Q, K, V):
+    """(O, cache): forward() and what backward() reads."""
+    _arrays_, _sizes, _dtype = _arrays({"Q": Q, "K": K, "V": V, })
+    Q = _arrays_["Q"]
+    K = _arrays_["K"]
+    V = _arrays_["V"]
+    _n_i = _sizes["i"]
+    _n_e = _sizes["e"]
+    _n_j = _sizes["j"]
+    _n_f = _sizes["f"]
+    P = np.empty((_n_i, _n_j), dtype=_dtype)
+    O = np.empty((_n_i, _n_f), dtype=_dtype)
+    # S: held for a block of rows of i at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_i, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1)), -(-(0) // (_n_j * 1)))))
+    _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
+    for _r0 in range(0, _n_i, _rows):
+        _r1 = min(_r0 + _rows, _n_i)
+        S = np.asarray(((1 / math.sqrt(_n_e)) * ((Q[_r0:_r1] @ K.T))), dtype=_dtype)
+        _exponent = S
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        _P_rows = np.exp(_shifted)
+        _total = np.sum(_P_rows, axis=1, keepdims=True)
+        _P_rows /= _total
+        P[_r0:_r1] = _P_rows
+        O[_r0:_r1] = ((P[_r0:_r1] @ V))
+    return O, Cache({"Q": Q, "K": K, "V": V, "O": O, "P": P, }, {}, _sizes, _dtype)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def backward(dO, cache):
+    """(dQ, dK, dV), given the upstream gradient dO, from the cache forward_saving() returned."""
+    _sizes, _dtype = cache.sizes, cache.dtype
+    Q = cache["Q"]
+    K = cache["K"]
+    V = cache["V"]
+    O = cache["O"]
+    P = cache["P"]
+    dO = np.asarray(dO, dtype=_dtype)
+    if dO.shape != (_sizes["i"], _sizes["f"], ):
+        raise ValueError(f"dO must have the shape of O, {(_sizes['i'], _sizes['f'], )}, not {dO.shape}")
+    _n_i = _sizes["i"]
+    _n_e = _sizes["e"]
+    _n_j = _sizes["j"]
+    _n_f = _sizes["f"]
+    dK = np.zeros((_n_j, _n_e), dtype=_dtype)
+    dV = np.zeros((_n_j, _n_f), dtype=_dtype)
+    dQ = np.empty((_n_i, _n_e), dtype=_dtype)
+    # dP, dS: held for a block of rows of i at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_i, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1 + _n_j * 1)), -(-(_n_j * _n_e * 1 + _n_j * _n_f * 1) // (_n_j * 1 + _n_j * 1)))))
+    _rows = -(-_n_i // -(-_n_i // _rows)) if _n_i else 1  # blocks of one size
+    for _r0 in range(0, _n_i, _rows):
+        _r1 = min(_r0 + _rows, _n_i)
+        dP = np.asarray(((dO[_r0:_r1] @ V.T)), dtype=_dtype)
+        dS = np.asarray(((dP - (np.einsum("ab,ab->a", O[_r0:_r1], dO[_r0:_r1]))[:, None]) * P[_r0:_r1]), dtype=_dtype)
+        np.multiply((1 / math.sqrt(_n_e)), ((dS @ K)), out=dQ[_r0:_r1])
+        _add_product(dK, _r0 == 0, (1 / math.sqrt(_n_e)), dS.T, Q[_r0:_r1])
+        _add_product(dV, _r0 == 0, 1, P[_r0:_r1].T, dO[_r0:_r1])
     return (dQ, dK, dV)

@@ -11,11 +11,13 @@ operation an array expression: no Python loop runs over entries. Each normalised
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 
 forward(...) returns y; gradients(...) returns (dw, dx), given the upstream gradient dy = ∂l/∂y.
+The pair of a layer with a cache: `y, cache = forward_saving(...)` also keeps what the backward reads, and
+`backward(dy, cache)` returns the gradients from it without computing the forward again.
 """
 
 import numpy as np
 
-__all__ = ["forward", "gradients"]
+__all__ = ["backward", "forward", "forward_saving", "gradients"]
 
 
 def _window_plan(shape, spans):
@@ -96,6 +98,17 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+class Cache(dict):
+    """What backward() reads, by name (w, x), with the parameters, index sizes
+    and dtype the forward ran with: forward_saving() returns it beside the output."""
+
+    def __init__(self, arrays, parameters, sizes, dtype=None):
+        super().__init__(arrays)
+        self.parameters = dict(parameters)
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+
+
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(w, x):
@@ -118,6 +131,34 @@ def gradients(w, x, dy):
     w = _arrays_["w"]
     x = _arrays_["x"]
     dy = _arrays_["dy"]
+    _n_c = _sizes["c"]
+    _n_k = _sizes["k"]
+    _n_b = _sizes["b"]
+    _n_t = _sizes["t"]
+    dw = np.asarray((np.einsum("cad,cadb->ab", dy, _window(x, ((2, 0, _n_t, _n_k, -1),)), optimize=True)), dtype=_dtype)
+    dx = np.asarray((np.einsum("bd,abdc->abc", w, _window(dy, ((2, 0, _n_k, _n_t, 1),)), optimize=True)), dtype=_dtype)
+    return (dw, dx)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def forward_saving(w, x):
+    """(y, cache): forward() and what backward() reads."""
+    _arrays_, _sizes, _dtype = _arrays({"w": w, "x": x, })
+    w = _arrays_["w"]
+    x = _arrays_["x"]
+    y = forward(w, x)
+    return y, Cache({"w": w, "x": x, }, {}, _sizes, _dtype)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def backward(dy, cache):
+    """(dw, dx), given the upstream gradient dy, from the cache forward_saving() returned."""
+    _sizes, _dtype = cache.sizes, cache.dtype
+    w = cache["w"]
+    x = cache["x"]
+    dy = np.asarray(dy, dtype=_dtype)
+    if dy.shape != (_sizes["b"], _sizes["c"], _sizes["t"], ):
+        raise ValueError(f"dy must have the shape of y, {(_sizes['b'], _sizes['c'], _sizes['t'], )}, not {dy.shape}")
     _n_c = _sizes["c"]
     _n_k = _sizes["k"]
     _n_b = _sizes["b"]

@@ -11,11 +11,13 @@ operation an array expression: no Python loop runs over entries. Each normalised
 shifted by its maximum, and its log computed as (shifted − log Σ), so no logit overflows.
 
 forward(...) returns y; gradients(...) returns (dW, dx, dbias), given the upstream gradient dy = ∂l/∂y.
+The pair of a layer with a cache: `y, cache = forward_saving(...)` also keeps what the backward reads, and
+`backward(dy, cache)` returns the gradients from it without computing the forward again.
 """
 
 import numpy as np
 
-__all__ = ["forward", "gradients"]
+__all__ = ["backward", "forward", "forward_saving", "gradients"]
 
 
 def _window_plan(shape, spans):
@@ -96,6 +98,17 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+class Cache(dict):
+    """What backward() reads, by name (W, x), with the parameters, index sizes
+    and dtype the forward ran with: forward_saving() returns it beside the output."""
+
+    def __init__(self, arrays, parameters, sizes, dtype=None):
+        super().__init__(arrays)
+        self.parameters = dict(parameters)
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+
+
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(W, x, bias):
@@ -123,6 +136,39 @@ def gradients(W, x, bias, dy):
     x = _arrays_["x"]
     bias = _arrays_["bias"]
     dy = _arrays_["dy"]
+    _n_o = _sizes["o"]
+    _n_c = _sizes["c"]
+    _n_p = _sizes["p"]
+    _n_q = _sizes["q"]
+    _n_b = _sizes["b"]
+    _n_i = _sizes["i"]
+    _n_j = _sizes["j"]
+    dW = np.asarray((np.einsum("eafg,ebfgcd->abcd", dy, _window(x, ((2, -1, _n_i, _n_p, 1), (3, -1, _n_j, _n_q, 1),)), optimize=True)), dtype=_dtype)
+    dx = np.asarray((np.einsum("gbef,agcdef->abcd", W, _window(dy, ((2, 1, _n_i, _n_p, -1), (3, 1, _n_j, _n_q, -1),)), optimize=True)), dtype=_dtype)
+    dbias = np.asarray((np.sum(dy, axis=(3, 2, 0))), dtype=_dtype)
+    return (dW, dx, dbias)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def forward_saving(W, x, bias):
+    """(y, cache): forward() and what backward() reads."""
+    _arrays_, _sizes, _dtype = _arrays({"W": W, "x": x, "bias": bias, })
+    W = _arrays_["W"]
+    x = _arrays_["x"]
+    bias = _arrays_["bias"]
+    y = forward(W, x, bias)
+    return y, Cache({"W": W, "x": x, }, {}, _sizes, _dtype)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def backward(dy, cache):
+    """(dW, dx, dbias), given the upstream gradient dy, from the cache forward_saving() returned."""
+    _sizes, _dtype = cache.sizes, cache.dtype
+    W = cache["W"]
+    x = cache["x"]
+    dy = np.asarray(dy, dtype=_dtype)
+    if dy.shape != (_sizes["b"], _sizes["o"], _sizes["i"], _sizes["j"], ):
+        raise ValueError(f"dy must have the shape of y, {(_sizes['b'], _sizes['o'], _sizes['i'], _sizes['j'], )}, not {dy.shape}")
     _n_o = _sizes["o"]
     _n_c = _sizes["c"]
     _n_p = _sizes["p"]

@@ -16,11 +16,13 @@ a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between 
 are added block after block; the results are those of whole arrays.
 
 forward(...) returns y; gradients(...) returns (dx, dgamma, dbeta), given the upstream gradient dy = ∂l/∂y.
+The pair of a layer with a cache: `y, cache = forward_saving(...)` also keeps what the backward reads, and
+`backward(dy, cache)` returns the gradients from it without computing the forward again.
 """
 
 import numpy as np
 
-__all__ = ["forward", "gradients"]
+__all__ = ["backward", "forward", "forward_saving", "gradients"]
 
 #: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
 #: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
@@ -68,6 +70,17 @@ def _arrays(named, dtype=None):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
     return arrays, sizes, np.dtype(dtype)
+
+
+class Cache(dict):
+    """What backward() reads, by name (x, gamma, m, v), with the parameters, index sizes
+    and dtype the forward ran with: forward_saving() returns it beside the output."""
+
+    def __init__(self, arrays, parameters, sizes, dtype=None):
+        super().__init__(arrays)
+        self.parameters = dict(parameters)
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype) if dtype is not None else None
 
 
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
@@ -120,5 +133,60 @@ def gradients(x, gamma, beta, dy):
         _t4 = (dy[_r0:_r1] * xhat)
         np.multiply(_t3[:, None], ((gamma[None, :] * dy[_r0:_r1]) - ((1 / _n_k) * ((gamma @ dy[_r0:_r1].T)))[:, None] - ((1 / _n_k) * ((gamma @ _t4.T))[:, None] * xhat)), out=dx[_r0:_r1])
         dgamma += (np.sum(_t4, axis=0))
+        dbeta += (np.sum(dy[_r0:_r1], axis=0))
+    return (dx, dgamma, dbeta)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def forward_saving(x, gamma, beta):
+    """(y, cache): forward() and what backward() reads."""
+    _arrays_, _sizes, _dtype = _arrays({"x": x, "gamma": gamma, "beta": beta, })
+    x = _arrays_["x"]
+    gamma = _arrays_["gamma"]
+    beta = _arrays_["beta"]
+    _n_b = _sizes["b"]
+    _n_k = _sizes["k"]
+    m = np.empty((_n_b,), dtype=_dtype)
+    v = np.empty((_n_b,), dtype=_dtype)
+    y = np.empty((_n_b, _n_k), dtype=_dtype)
+    # xhat: held for a block of rows of b at a time (_CACHE_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_CACHE_BYTES // (_dtype.itemsize * (_n_k * 1)), -(-(0) // (_n_k * 1)))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        np.multiply((1 / _n_k), (np.sum(x[_r0:_r1], axis=1)), out=m[_r0:_r1])
+        _t5 = (x[_r0:_r1] - m[_r0:_r1][:, None])
+        np.multiply((1 / _n_k), (np.einsum("ab,ab->a", _t5, _t5)), out=v[_r0:_r1])
+        xhat = np.asarray(((1 / np.sqrt((1e-05 + v[_r0:_r1])))[:, None] * _t5), dtype=_dtype)
+        y[_r0:_r1] = ((gamma[None, :] * xhat) + beta[None, :])
+    return y, Cache({"x": x, "gamma": gamma, "m": m, "v": v, }, {}, _sizes, _dtype)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def backward(dy, cache):
+    """(dx, dgamma, dbeta), given the upstream gradient dy, from the cache forward_saving() returned."""
+    _sizes, _dtype = cache.sizes, cache.dtype
+    x = cache["x"]
+    gamma = cache["gamma"]
+    m = cache["m"]
+    v = cache["v"]
+    dy = np.asarray(dy, dtype=_dtype)
+    if dy.shape != (_sizes["b"], _sizes["k"], ):
+        raise ValueError(f"dy must have the shape of y, {(_sizes['b'], _sizes['k'], )}, not {dy.shape}")
+    _n_b = _sizes["b"]
+    _n_k = _sizes["k"]
+    dgamma = np.zeros((_n_k,), dtype=_dtype)
+    dbeta = np.zeros((_n_k,), dtype=_dtype)
+    dx = np.empty((_n_b, _n_k), dtype=_dtype)
+    # xhat: held for a block of rows of b at a time (_CACHE_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_CACHE_BYTES // (_dtype.itemsize * (_n_k * 1)), -(-(_n_k * 1 + _n_k * 1) // (_n_k * 1)))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        _t6 = (1 / np.sqrt((1e-05 + v[_r0:_r1])))
+        xhat = np.asarray((_t6[:, None] * (x[_r0:_r1] - m[_r0:_r1][:, None])), dtype=_dtype)
+        _t7 = (dy[_r0:_r1] * xhat)
+        np.multiply(_t6[:, None], ((gamma[None, :] * dy[_r0:_r1]) - ((1 / _n_k) * ((gamma @ dy[_r0:_r1].T)))[:, None] - ((1 / _n_k) * ((gamma @ _t7.T))[:, None] * xhat)), out=dx[_r0:_r1])
+        dgamma += (np.sum(_t7, axis=0))
         dbeta += (np.sum(dy[_r0:_r1], axis=0))
     return (dx, dgamma, dbeta)

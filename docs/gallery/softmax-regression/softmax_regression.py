@@ -16,11 +16,13 @@ a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between 
 are added block after block; the results are those of whole arrays.
 
 forward(...) returns L; gradients(...) returns (L, dW, dX, dbias).
+The pair of a layer with a cache: `L, cache = forward_saving(...)` also keeps what the backward reads, and
+`backward(cache)` returns the gradients from it without computing the forward again.
 """
 
 import numpy as np
 
-__all__ = ["forward", "gradients"]
+__all__ = ["backward", "forward", "forward_saving", "gradients"]
 
 #: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
 #: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
@@ -89,6 +91,17 @@ def _arrays(named, dtype=None):
     return arrays, sizes, np.dtype(dtype)
 
 
+class Cache(dict):
+    """What backward() reads, by name (W, X, T, P), with the parameters, index sizes
+    and dtype the forward ran with: forward_saving() returns it beside the output."""
+
+    def __init__(self, arrays, parameters, sizes, dtype=None):
+        super().__init__(arrays)
+        self.parameters = dict(parameters)
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+
+
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 def forward(W, X, bias, T):
@@ -151,3 +164,52 @@ def gradients(W, X, bias, T):
         np.multiply((1 / _n_b), ((_t1 @ W)), out=dX[_r0:_r1])
         dbias += ((1 / _n_b) * (np.sum(_t1, axis=0)))
     return (L, dW, dX, dbias)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def forward_saving(W, X, bias, T):
+    """(L, cache): forward() and what backward() reads."""
+    _arrays_, _sizes, _dtype = _arrays({"W": W, "X": X, "bias": bias, "T": T, })
+    W = _arrays_["W"]
+    X = _arrays_["X"]
+    bias = _arrays_["bias"]
+    T = _arrays_["T"]
+    _n_c = _sizes["c"]
+    _n_d = _sizes["d"]
+    _n_b = _sizes["b"]
+    L = np.zeros((), dtype=_dtype)
+    P = np.empty((_n_b, _n_c), dtype=_dtype)
+    _log_P = np.empty((_n_b, _n_c), dtype=_dtype)
+    # z: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1)), -(-(1) // (_n_c * 1)))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        z = np.asarray((bias[None, :] + ((X[_r0:_r1] @ W.T))), dtype=_dtype)
+        _exponent = z
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        _P_rows = np.exp(_shifted)
+        _total = np.sum(_P_rows, axis=1, keepdims=True)
+        _P_rows /= _total
+        _log_P[_r0:_r1] = np.subtract(_shifted, np.log(_total), out=_shifted)
+        P[_r0:_r1] = _P_rows
+        L += (-1 * (1 / _n_b) * (np.sum((T[_r0:_r1] * np.where(T[_r0:_r1] == 0, 0, _log_P[_r0:_r1])), axis=(1, 0))))
+    return L, Cache({"W": W, "X": X, "T": T, "P": P, }, {}, _sizes, _dtype)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def backward(cache):
+    """(dW, dX, dbias), from the cache forward_saving() returned."""
+    _sizes, _dtype = cache.sizes, cache.dtype
+    W = cache["W"]
+    X = cache["X"]
+    T = cache["T"]
+    P = cache["P"]
+    _n_c = _sizes["c"]
+    _n_d = _sizes["d"]
+    _n_b = _sizes["b"]
+    _t2 = (P - T)
+    dW = np.asarray(((1 / _n_b) * ((_t2.T @ X))), dtype=_dtype)
+    dX = np.asarray(((1 / _n_b) * ((_t2 @ W))), dtype=_dtype)
+    dbias = np.asarray(((1 / _n_b) * (np.sum(_t2, axis=0))), dtype=_dtype)
+    return (dW, dX, dbias)

@@ -17,11 +17,13 @@ a time (attention's queries): those arrays hold one block (_BLOCK_BYTES between 
 are added block after block; the results are those of whole arrays.
 
 forward(...) returns L; gradients(...) returns (L, dW1, dX, dW2).
+The pair of a layer with a cache: `L, cache = forward_saving(...)` also keeps what the backward reads, and
+`backward(cache)` returns the gradients from it without computing the forward again.
 """
 
 import numpy as np
 
-__all__ = ["forward", "gradients"]
+__all__ = ["backward", "forward", "forward_saving", "gradients"]
 
 #: The bytes the arrays held for one block of rows take between them (at least one row), where a block multiplies
 #: matrices (BLAS wants tall blocks) and where it does not (its passes stay in cache); assign to change them.
@@ -88,6 +90,17 @@ def _arrays(named, dtype=None):
             raise ValueError(f"{name} holds class indices from 0 to {sizes[range_name] - 1}; it has "
                              f"{values.min()} to {values.max()}")
     return arrays, sizes, np.dtype(dtype)
+
+
+class Cache(dict):
+    """What backward() reads, by name (W1, X, W2, T, h, P), with the parameters, index sizes
+    and dtype the forward ran with: forward_saving() returns it beside the output."""
+
+    def __init__(self, arrays, parameters, sizes, dtype=None):
+        super().__init__(arrays)
+        self.parameters = dict(parameters)
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype) if dtype is not None else None
 
 
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
@@ -158,3 +171,68 @@ def gradients(W1, X, W2, T):
         dX[_r0:_r1] = ((_t2 @ W1))
         _add_product(dW2, _r0 == 0, (1 / _n_b), _t1.T, h)
     return (L, dW1, dX, dW2)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def forward_saving(W1, X, W2, T):
+    """(L, cache): forward() and what backward() reads."""
+    _arrays_, _sizes, _dtype = _arrays({"W1": W1, "X": X, "W2": W2, "T": T, })
+    W1 = _arrays_["W1"]
+    X = _arrays_["X"]
+    W2 = _arrays_["W2"]
+    T = _arrays_["T"]
+    _n_j = _sizes["j"]
+    _n_d = _sizes["d"]
+    _n_b = _sizes["b"]
+    _n_c = _sizes["c"]
+    L = np.zeros((), dtype=_dtype)
+    h = np.empty((_n_b, _n_j), dtype=_dtype)
+    P = np.empty((_n_b, _n_c), dtype=_dtype)
+    _log_P = np.empty((_n_b, _n_c), dtype=_dtype)
+    # z: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_c * 1)), -(-(1) // (_n_c * 1)))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        h[_r0:_r1] = np.tanh(((X[_r0:_r1] @ W1.T)))
+        z = np.asarray(((h[_r0:_r1] @ W2.T)), dtype=_dtype)
+        _exponent = z
+        _shifted = _exponent - _finite(np.max(_exponent, axis=1, keepdims=True))
+        _P_rows = np.exp(_shifted)
+        _total = np.sum(_P_rows, axis=1, keepdims=True)
+        _P_rows /= _total
+        _log_P[_r0:_r1] = np.subtract(_shifted, np.log(_total), out=_shifted)
+        P[_r0:_r1] = _P_rows
+        L += (-1 * (1 / _n_b) * (np.sum((T[_r0:_r1] * np.where(T[_r0:_r1] == 0, 0, _log_P[_r0:_r1])), axis=(1, 0))))
+    return L, Cache({"W1": W1, "X": X, "W2": W2, "T": T, "h": h, "P": P, }, {}, _sizes, _dtype)
+
+
+@np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
+def backward(cache):
+    """(dW1, dX, dW2), from the cache forward_saving() returned."""
+    _sizes, _dtype = cache.sizes, cache.dtype
+    W1 = cache["W1"]
+    X = cache["X"]
+    W2 = cache["W2"]
+    T = cache["T"]
+    h = cache["h"]
+    P = cache["P"]
+    _n_j = _sizes["j"]
+    _n_d = _sizes["d"]
+    _n_b = _sizes["b"]
+    _n_c = _sizes["c"]
+    dW1 = np.zeros((_n_j, _n_d), dtype=_dtype)
+    dW2 = np.zeros((_n_c, _n_j), dtype=_dtype)
+    dX = np.empty((_n_b, _n_d), dtype=_dtype)
+    # dh: held for a block of rows of b at a time (_BLOCK_BYTES of them), and as many entries as the sums over the rows they add into
+    _rows = max(1, min(_n_b, max(_BLOCK_BYTES // (_dtype.itemsize * (_n_j * 1)), -(-(_n_j * _n_d * 1 + _n_c * _n_j * 1) // (_n_j * 1)))))
+    _rows = -(-_n_b // -(-_n_b // _rows)) if _n_b else 1  # blocks of one size
+    for _r0 in range(0, _n_b, _rows):
+        _r1 = min(_r0 + _rows, _n_b)
+        _t3 = (P[_r0:_r1] - T[_r0:_r1])
+        dh = np.asarray(((1 / _n_b) * ((_t3 @ W2))), dtype=_dtype)
+        _t4 = ((1 - np.square(h[_r0:_r1])) * dh)
+        _add_product(dW1, _r0 == 0, 1, _t4.T, X[_r0:_r1])
+        dX[_r0:_r1] = ((_t4 @ W1))
+        _add_product(dW2, _r0 == 0, (1 / _n_b), _t3.T, h[_r0:_r1])
+    return (dW1, dX, dW2)
