@@ -129,8 +129,10 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
 
 
 #: Kernel names a spec with several ranges answers to: its module has forward() and gradients(), which is the
-#: VJP of an array output (given the upstream gradient) and a loss with its gradients for a scalar one.
-TENSOR_KERNELS = {"forward": "forward", "gradients": "gradients", "vjp": "gradients", "loss_and_grad": "gradients"}
+#: VJP of an array output (given the upstream gradient) and a loss with its gradients for a scalar one, and the
+#: pair forward_saving() and backward() (from what the forward kept).
+TENSOR_KERNELS = {"forward": "forward", "gradients": "gradients", "vjp": "gradients", "loss_and_grad": "gradients",
+                  "forward_saving": "forward_saving", "backward": "backward"}
 
 
 def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str,
@@ -144,7 +146,8 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
     for name in kernel_names or []:
         if name not in known:
             raise SoftgradError(f"kernel {name!r} does not apply to this spec (available: {', '.join(known)}; a "
-                                "spec with several indices has forward() and gradients())")
+                                "spec with several indices has forward(), gradients(), forward_saving() and "
+                                "backward())")
     module = module or identifier(derivation)
     files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
     header = _header(derivation)  # the spec as written, whatever the lowering adds

@@ -1210,9 +1210,10 @@ def functions(derivation: Derivation, blocked: bool = True) -> Functions:
 @dataclass
 class Saving:
     """forward_saving() and backward(), the pair of a layer with a cache: the forward writes beside its output
-    what the backward reads and is cheap to keep — an array made by a sum with no more entries than an input
-    (layer norm's m and v, a softmax P, the log of one) — and the backward recomputes the rest from the inputs and
-    what was kept: entrywise arrays (x̂), and arrays larger than every input (attention's n × n scores)."""
+    each array the backward reads that is made by a sum (layer norm's m and v, a softmax P, the log of one: a pass
+    or a matrix product to make again), and the backward recomputes from the inputs and those the entrywise arrays
+    it reads (x̂: one more operation in a pass it makes anyway), so that nothing the size of an input is kept only
+    to save an entrywise operation. (gradients() stays the function that keeps nothing: attention's P is n × n.)"""
 
     saved: list[str]  # what forward_saving() writes beside the output: arrays of the spec, or `_log_<array>`
     output_read: bool  # whether the backward reads the output (a softmax's y): forward writes it anyway
