@@ -133,16 +133,6 @@ def _run_user_code(action: Callable[[], ModuleType], location: str) -> ModuleTyp
         raise SoftgradError(f"importing {location} {describe_failure(problem)}") from None
 
 
-def c_arguments(signature: Signature) -> str:
-    """The C prototype's arguments for a signature: inputs (const pointers; labels int64_t), outputs, sizes."""
-    names = {"x": "x", "g": "g", "y": "y", "t": "t", "label": "label"}
-    inputs = [f"const {'int64_t' if r == 'label' else 'T'} *{names[r]}" for r in signature.takes]
-    if signature.single_row:
-        return "const T *x, T *J, size_t n   (one row; J is n × n, row-major)"
-    outputs = [f"T *{'loss' if r == 'loss' else 'dx'}" for r in signature.returns]
-    return ", ".join(inputs + outputs + ["size_t rows", "size_t n"])
-
-
 def load_c(location: str, name: str, signature: Signature, dtype: str,
            layout: str = "classes-last") -> Callable[..., Any]:
     path = Path(location)
