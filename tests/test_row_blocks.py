@@ -93,7 +93,7 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     for all, the C's and the NumPy module's forward and gradients (and the C's backward from what its
     forward_saving kept) equal the NumPy module's with whole arrays (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
-    from softgrad.codegen.tensor_numpy import functions
+    from softgrad.codegen.plan import functions
     from softgrad.verify.generated import call_module, module_backward, module_gradients, sample_tensor_inputs
 
     require_tool("cc")

@@ -16,7 +16,8 @@ from typing import Any
 from softgrad._version import __version__
 from softgrad.codegen.dialects import DIALECTS
 from softgrad.codegen.lower import hoisted_softmax_ratios
-from softgrad.codegen.tensor_numpy import TensorModule, lower_tensor, printed_names, shape_of
+from softgrad.codegen.plan import printed_names, shape_of
+from softgrad.codegen.tensor_numpy import TensorModule, lower_tensor
 from softgrad.derive.engine import derive_spec
 from softgrad.derive.spec import with_rows
 from softgrad.derive.steps import Derivation

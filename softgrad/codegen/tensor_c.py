@@ -26,8 +26,8 @@ from softgrad.codegen.blocking import RowBlocking, accumulated_ranges, split_sum
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.kernel import guarded_product
 from softgrad.codegen.lower import stable_array_forms
+from softgrad.codegen.plan import checked_arrays, functions, printed_names, saved_name, saving
 from softgrad.codegen.printers import CKernelPrinter
-from softgrad.codegen.tensor_numpy import checked_arrays, functions, printed_names, saved_name, saving
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
