@@ -470,6 +470,14 @@ def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_t
         expected = module_gradients(module, derivation, arrays, parameters)
         for name, gradient in module_backward(module, derivation, arrays, parameters).items():
             np.testing.assert_allclose(gradient, expected[name], rtol=1e-13, atol=1e-14)
+    made = []  # the C's results come from the allocator it is given (torch's, from the torch module)
+    kernels = load_c(files, tmp_path)
+    _, cache = kernels.forward_saving(*[arrays[n] for n in derivation.spec.inputs],
+                                      empty=lambda shape: made.append(np.empty(shape)) or made[-1])
+    upstream = [arrays[derivation.tensor.upstream]] if derivation.tensor.upstream else []
+    results = kernels.backward(*upstream, cache,
+                               empty=lambda shape: made.append(np.empty(shape)) or made[-1])
+    assert all(any(result is array for array in made) for result in results)
     source_text = files[f"{files.module}.c"]
     backward = source_text[source_text.index(f"int {files.module}_backward("):]
     assert ("_forward_saving(" in source_text) == (kept != ["y"])
