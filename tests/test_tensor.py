@@ -607,7 +607,7 @@ def test_openmp_c_passes_its_check_and_gives_the_same_bits_on_any_number_of_thre
     """codegen --openmp --kernel vjp on attention (loss_and_grad on a loss): each statement's loop over its
     array's first index is shared among threads, every entry computed by one thread in a fixed order — the
     serial build's bits, on 1, 2 and 3 threads; and an unknown kernel is one clear error."""
-    from softgrad.verify.generated import load_module, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import load_module, module_backward, module_gradients, sample_tensor_inputs
 
     require_tool("cc")
     derivation = derived(name)
@@ -627,9 +627,11 @@ def test_openmp_c_passes_its_check_and_gives_the_same_bits_on_any_number_of_thre
     try:
         for threads in (1, 2, 3):
             openmp.omp_set_num_threads(threads)
-            got = module_gradients(threaded, derivation, arrays, parameters)
-            for input_name, gradient in expected.items():
-                np.testing.assert_array_equal(got[input_name], gradient, err_msg=f"{input_name}, {threads} threads")
+            for path in (module_gradients, module_backward):  # the pair's backward too, from what was kept
+                got = path(threaded, derivation, arrays, parameters)
+                for input_name, gradient in expected.items():
+                    np.testing.assert_array_equal(got[input_name], gradient,
+                                                  err_msg=f"{input_name}, {threads} threads, {path.__name__}")
     finally:
         openmp.omp_set_num_threads(os.cpu_count() or 1)
     with pytest.raises(SoftgradError, match="kernel 'jacobian' does not apply"):
