@@ -138,7 +138,8 @@ TENSOR_KERNELS = {"forward": "forward", "gradients": "gradients", "vjp": "gradie
 def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str,
                  module: str | None, openmp: bool) -> GeneratedFiles:
     """Files for a spec with several index ranges: a NumPy module, or C source, header and loader, with
-    forward() and gradients() (`--kernel vjp` or `loss_and_grad` names gradients(), by the output's kind)."""
+    forward(), gradients() (`--kernel vjp` or `loss_and_grad` names gradients(), by the output's kind) and the pair
+    forward_saving() and backward()."""
     from softgrad.codegen.tensor_numpy import emit_tensor_numpy
 
     vector = derivation.spec.output.is_vector

@@ -10,7 +10,10 @@ element type. A normalised exponential is shifted by its row maximum, exp comput
 in the output, then scaled), and its log written as (E − max − log Σ) where it is read. Where the row-blocking
 pass (codegen.blocking) finds one, a function runs a block of rows at a time: its n × n work arrays (attention's
 S, P, dP, dS) are held for one block, the sums over rows accumulate block after block (a gemm writes the first
-block's part over the array, beta 0, and adds the others), extra memory O(rows·n).
+block's part over the array, beta 0, and adds the others), extra memory O(rows·n). A costly part of a statement
+that does not change along its innermost loop (1/√(v[b] + ε)) is computed once outside it. Besides forward() and
+gradients(), the pair forward_saving() and backward() that codegen.plan.saving plans: the forward writes what the
+backward reads and would otherwise make again.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 are compared with the 40-digit result of the derived formulas at n = 1, 2, 7, at logits of magnitude 1000 and on an
 empty batch. A module's forward() and gradients() over named arrays is compared three ways, each a line of the
 report:
-- against the derivation: every gradient the module returns equals the derivation's own result evaluated
-  entry by entry (complex arithmetic, independent of NumPy) at small, different range sizes;
+- against the derivation: every gradient the module returns (from gradients(), and from backward() given what
+  forward_saving() kept) equals the derivation's own result evaluated entry by entry (complex arithmetic,
+  independent of NumPy) at small, different range sizes;
 - against finite differences of the module's own forward(): a directional derivative along a random
   direction of each input, central differences in float64;
 - at extreme inputs (entries scaled to ±1000): every output finite where the function is.
