@@ -128,6 +128,12 @@ class CModule:
     blas: bool = False  # whether a statement calls gemm
     budgets: list[str] = field(default_factory=list)  # the byte budgets its blocks of rows are sized by
 
+    @property
+    def cache(self) -> list[str]:
+        """The names of what backward() reads, in its order: inputs, the output, the arrays forward_saving() kept."""
+        return [*(name for name, _, _ in self.backward_inputs), *([self.output] if self.output_read else []),
+                *(name for name, _ in self.saved)]
+
 
 @dataclass
 class _Operand:
@@ -899,7 +905,7 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         return saved_name(name, printed), tensor.axes.get(array, ())
 
     pair = saving(derivation, plan)
-    saving_body = CBody(compiler.body(plan.forward, pair.forward_block), [])
+    saving_body = CBody(compiler.body(plan.forward, pair.forward_block) if pair.saved else [], [])
     saving_body.work = work(pair.forward_work, pair.forward_block, [  # a kept array's log may be work, not kept
         d.name for d in spec.definitions if f"_log_{d.name}" not in pair.saved]) + compiler.taken_scratch()
     backward_body = CBody(compiler.body(pair.backward, pair.backward_block), [])
@@ -932,9 +938,7 @@ def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, m
     """The C source, header and ctypes loader, and whether the source calls BLAS (it then links one)."""
     module = lower_tensor_c(derivation, dtype, openmp)
     flags = RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else [])
-    cache_names = [*(name for name, _, _ in module.backward_inputs), *([module.output] if module.output_read else []),
-                   *(name for name, _ in module.saved)]
-    context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp, cache_names=cache_names,
+    context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp, cache_names=module.cache,
                    **checked_arrays(derivation, printed_names(derivation)),
                    ctype="double" if dtype == "float64" else "float", helper_types=c_math.helper_types(dtype),
                    compile_flags=" ".join(flags), gemm="dgemm" if dtype == "float64" else "sgemm")

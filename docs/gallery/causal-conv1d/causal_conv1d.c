@@ -386,13 +386,13 @@ int causal_conv1d_backward(const double *w, const double *x, const softgrad_real
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[1] = {0};
     int _missing = 0;
-    double *_a5 = (double *)(_blocks[0] = malloc(_n_c * _n_k * sizeof(double) + 1));
-    _missing |= _a5 == NULL;
+    double *_a4 = (double *)(_blocks[0] = malloc(_n_c * _n_k * sizeof(double) + 1));
+    _missing |= _a4 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 1; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a5, 0, _n_c * _n_k * sizeof(double));  // accumulated into
+    memset(_a4, 0, _n_c * _n_k * sizeof(double));  // accumulated into
 
     /* dw[c, k] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
@@ -400,7 +400,7 @@ int causal_conv1d_backward(const double *w, const double *x, const softgrad_real
             for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
                 #pragma omp simd
                 for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                    _a5[(_ix_c) * _n_k + _ix_k] += (softgrad_real)(((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k) >= 0)*dy[((_ix_b) * _n_c + _ix_c) * _n_t + _ix_t]*((((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k) >= 0 && ((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k) < (ptrdiff_t)_n_t) ? x[((_ix_b) * _n_c + _ix_c) * _n_t + (size_t)(((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k))] : (softgrad_real)0);
+                    _a4[(_ix_c) * _n_k + _ix_k] += (softgrad_real)(((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k) >= 0)*dy[((_ix_b) * _n_c + _ix_c) * _n_t + _ix_t]*((((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k) >= 0 && ((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k) < (ptrdiff_t)_n_t) ? x[((_ix_b) * _n_c + _ix_c) * _n_t + (size_t)(((ptrdiff_t)_ix_t - (ptrdiff_t)_ix_k))] : (softgrad_real)0);
                 }
             }
         }
@@ -408,19 +408,19 @@ int causal_conv1d_backward(const double *w, const double *x, const softgrad_real
     for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
         #pragma omp simd
         for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-            dw[(_ix_c) * _n_k + _ix_k] = (softgrad_real)_a5[(_ix_c) * _n_k + _ix_k];
+            dw[(_ix_c) * _n_k + _ix_k] = (softgrad_real)_a4[(_ix_c) * _n_k + _ix_k];
         }
     }
     /* dx[b, c, t] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
         for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
             for (size_t _ix_t = 0; _ix_t < _n_t; ++_ix_t) {
-                double _s6 = 0.0;
-                #pragma omp simd reduction(+:_s6)
+                double _s5 = 0.0;
+                #pragma omp simd reduction(+:_s5)
                 for (size_t _ix_k = 0; _ix_k < _n_k; ++_ix_k) {
-                    _s6 += (softgrad_real)(((ptrdiff_t)_n_t - (ptrdiff_t)_ix_k - (ptrdiff_t)_ix_t - 1) >= 0)*((((ptrdiff_t)_ix_k + (ptrdiff_t)_ix_t) >= 0 && ((ptrdiff_t)_ix_k + (ptrdiff_t)_ix_t) < (ptrdiff_t)_n_t) ? dy[((_ix_b) * _n_c + _ix_c) * _n_t + (size_t)(((ptrdiff_t)_ix_k + (ptrdiff_t)_ix_t))] : (softgrad_real)0)*w[(_ix_c) * _n_k + _ix_k];
+                    _s5 += (softgrad_real)(((ptrdiff_t)_n_t - (ptrdiff_t)_ix_k - (ptrdiff_t)_ix_t - 1) >= 0)*((((ptrdiff_t)_ix_k + (ptrdiff_t)_ix_t) >= 0 && ((ptrdiff_t)_ix_k + (ptrdiff_t)_ix_t) < (ptrdiff_t)_n_t) ? dy[((_ix_b) * _n_c + _ix_c) * _n_t + (size_t)(((ptrdiff_t)_ix_k + (ptrdiff_t)_ix_t))] : (softgrad_real)0)*w[(_ix_c) * _n_k + _ix_k];
                 }
-                dx[((_ix_b) * _n_c + _ix_c) * _n_t + _ix_t] = _s6;
+                dx[((_ix_b) * _n_c + _ix_c) * _n_t + _ix_t] = _s5;
             }
         }
     }

@@ -487,21 +487,21 @@ int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, s
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[5] = {0};
     int _missing = 0;
-    softgrad_real *_c12 = (softgrad_real *)(_blocks[0] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
-    _missing |= _c12 == NULL;
-    softgrad_real *_c13 = (softgrad_real *)(_blocks[1] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    softgrad_real *_c10 = (softgrad_real *)(_blocks[0] = malloc(_n_o * _n_j * _n_i * _n_b * sizeof(softgrad_real) + 1));
+    _missing |= _c10 == NULL;
+    softgrad_real *_c11 = (softgrad_real *)(_blocks[1] = malloc(_n_j * _n_i * _n_b * _n_c * _n_p * _n_q * sizeof(softgrad_real) + 1));
+    _missing |= _c11 == NULL;
+    softgrad_real *_c13 = (softgrad_real *)(_blocks[2] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
     _missing |= _c13 == NULL;
-    softgrad_real *_c15 = (softgrad_real *)(_blocks[2] = malloc(_n_c * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
-    _missing |= _c15 == NULL;
-    softgrad_real *_c16 = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
-    _missing |= _c16 == NULL;
-    double *_a18 = (double *)(_blocks[4] = malloc(_n_o * sizeof(double) + 1));
-    _missing |= _a18 == NULL;
+    softgrad_real *_c14 = (softgrad_real *)(_blocks[3] = malloc(_n_b * _n_i * _n_j * _n_o * _n_q * _n_p * sizeof(softgrad_real) + 1));
+    _missing |= _c14 == NULL;
+    double *_a16 = (double *)(_blocks[4] = malloc(_n_o * sizeof(double) + 1));
+    _missing |= _a16 == NULL;
     if (_missing) {
         for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
         return -1;
     }
-    memset(_a18, 0, _n_o * sizeof(double));  // accumulated into
+    memset(_a16, 0, _n_o * sizeof(double));  // accumulated into
 
     /* dW[o, c, p, q] (BLAS gemm) */
     for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
@@ -509,7 +509,7 @@ int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, s
             for (size_t _ix_i = 0; _ix_i < _n_i; ++_ix_i) {
                 #pragma omp simd
                 for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
-                    _c12[(((_ix_o) * _n_j + _ix_j) * _n_i + _ix_i) * _n_b + _ix_b] = dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                    _c10[(((_ix_o) * _n_j + _ix_j) * _n_i + _ix_i) * _n_b + _ix_b] = dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
                 }
             }
         }
@@ -519,24 +519,24 @@ int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, s
             for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
                 for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
                     for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-                        softgrad_real _h14 = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0);
+                        softgrad_real _h12 = (softgrad_real)(((ptrdiff_t)_n_i - (ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0);
                         #pragma omp simd
                         for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
-                            _c13[(((((_ix_j) * _n_i + _ix_i) * _n_b + _ix_b) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = _h14*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
+                            _c11[(((((_ix_j) * _n_i + _ix_i) * _n_b + _ix_b) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q] = _h12*(softgrad_real)(((ptrdiff_t)_n_j - (ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q) >= 0)*(softgrad_real)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0)*((((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) >= 0 && ((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) >= 0 && ((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1) < (ptrdiff_t)_n_j) ? x[(((_ix_b) * _n_c + _ix_c) * _n_i + (size_t)(((ptrdiff_t)_ix_i + (ptrdiff_t)_ix_p - 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j + (ptrdiff_t)_ix_q - 1))] : (softgrad_real)0);
                         }
                     }
                 }
             }
         }
     }
-    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_o), (int)(_n_c * _n_p * _n_q), (int)(_n_j * _n_i * _n_b), 1, _c12, (int)(_n_j * _n_i * _n_b), _c13, (int)(_n_c * _n_p * _n_q), 0, dW, (int)(_n_c * _n_p * _n_q));
+    SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(_n_o), (int)(_n_c * _n_p * _n_q), (int)(_n_j * _n_i * _n_b), 1, _c10, (int)(_n_j * _n_i * _n_b), _c11, (int)(_n_c * _n_p * _n_q), 0, dW, (int)(_n_c * _n_p * _n_q));
     /* dx[b, c, i, j] (BLAS gemm) */
     for (size_t _ix_c = 0; _ix_c < _n_c; ++_ix_c) {
         for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
             for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
                 #pragma omp simd
                 for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-                    _c15[(((_ix_c) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q];
+                    _c13[(((_ix_c) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = W[(((_ix_o) * _n_c + _ix_c) * _n_p + _ix_p) * _n_q + _ix_q];
                 }
             }
         }
@@ -546,10 +546,10 @@ int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, s
             for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
                 for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
                     for (size_t _ix_q = 0; _ix_q < _n_q; ++_ix_q) {
-                        softgrad_real _h17 = (softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0);
+                        softgrad_real _h15 = (softgrad_real)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_j + (ptrdiff_t)_ix_q - (ptrdiff_t)_ix_j - 2) >= 0);
                         #pragma omp simd
                         for (size_t _ix_p = 0; _ix_p < _n_p; ++_ix_p) {
-                            _c16[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = _h17*(softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
+                            _c14[(((((_ix_b) * _n_i + _ix_i) * _n_j + _ix_j) * _n_o + _ix_o) * _n_q + _ix_q) * _n_p + _ix_p] = _h15*(softgrad_real)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0)*(softgrad_real)(((ptrdiff_t)_n_i + (ptrdiff_t)_ix_p - (ptrdiff_t)_ix_i - 2) >= 0)*((((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) >= 0 && ((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1) < (ptrdiff_t)_n_i && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) >= 0 && ((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1) < (ptrdiff_t)_n_j) ? dy[(((_ix_b) * _n_o + _ix_o) * _n_i + (size_t)(((ptrdiff_t)_ix_i - (ptrdiff_t)_ix_p + 1))) * _n_j + (size_t)(((ptrdiff_t)_ix_j - (ptrdiff_t)_ix_q + 1))] : (softgrad_real)0);
                         }
                     }
                 }
@@ -557,7 +557,7 @@ int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, s
         }
     }
     for (size_t _batch = 0; _batch < _n_b; ++_batch) {
-        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_c), (int)(_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 1, _c15, (int)(_n_o * _n_q * _n_p), _c16 + _batch * (_n_o * _n_q * _n_p) * (_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 0, dx + _batch * (_n_c) * (_n_i * _n_j), (int)(_n_i * _n_j));
+        SOFTGRAD_GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(_n_c), (int)(_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 1, _c13, (int)(_n_o * _n_q * _n_p), _c14 + _batch * (_n_o * _n_q * _n_p) * (_n_i * _n_j), (int)(_n_o * _n_q * _n_p), 0, dx + _batch * (_n_c) * (_n_i * _n_j), (int)(_n_i * _n_j));
     }
     /* dbias[o] */
     for (size_t _ix_b = 0; _ix_b < _n_b; ++_ix_b) {
@@ -565,14 +565,14 @@ int conv2d_backward(const double *W, const double *x, const softgrad_real *dy, s
             for (size_t _ix_j = 0; _ix_j < _n_j; ++_ix_j) {
                 #pragma omp simd
                 for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-                    _a18[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
+                    _a16[_ix_o] += dy[(((_ix_b) * _n_o + _ix_o) * _n_i + _ix_i) * _n_j + _ix_j];
                 }
             }
         }
     }
     #pragma omp simd
     for (size_t _ix_o = 0; _ix_o < _n_o; ++_ix_o) {
-        dbias[_ix_o] = (softgrad_real)_a18[_ix_o];
+        dbias[_ix_o] = (softgrad_real)_a16[_ix_o];
     }
     for (size_t _block = 0; _block < 5; ++_block) free(_blocks[_block]);
     return 0;
