@@ -317,7 +317,7 @@ def check_module(module: Any, derivation: Derivation, seed: int, dtype: str) -> 
 
 def module_backward(module: Any, derivation: Derivation, arrays: dict[str, Any],
                     parameters: dict[str, float]) -> dict[str, Any]:
-    """input → its gradient, from a generated C module's backward() given what its forward_saving() kept."""
+    """input → its gradient, from a generated module's backward() given what its forward_saving() kept."""
     spec, tensor = derivation.spec, derivation.tensor
     _, cache = module.forward_saving(*[arrays[name] for name in spec.inputs], *[parameters[p] for p in spec.parameters])
     returned = module.backward(*([arrays[tensor.upstream]] if tensor.upstream else []), cache)
