@@ -90,8 +90,8 @@ def test_a_function_that_needs_every_row_at_once_is_not_blocked(source):
                               "probabilities"])
 def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     """Compiled with one row per block, with blocks of a few rows (the last one short) and with one block
-    for all, the C's and the NumPy module's forward and gradients (and the C's backward from what its
-    forward_saving kept) equal the NumPy module's with whole arrays (float64) — and both are blocked at all."""
+    for all, the C's and the NumPy module's forward and gradients (and their backward from what forward_saving
+    kept) equal the NumPy module's with whole arrays (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
     from softgrad.codegen.plan import functions
     from softgrad.verify.generated import call_module, module_backward, module_gradients, sample_tensor_inputs
@@ -119,7 +119,8 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
                          library_name=f"lib{block_bytes}.so")
         numpy_module = import_path(tmp_path / file_name)
         numpy_module._BLOCK_BYTES = numpy_module._CACHE_BYTES = block_bytes
-        for module, path in ((kernels, module_gradients), (kernels, module_backward), (numpy_module, module_gradients)):
+        for module, path in ((kernels, module_gradients), (kernels, module_backward), (numpy_module, module_gradients),
+                             (numpy_module, module_backward)):
             forward = call_module(module, derivation, arrays, parameters, "forward")
             np.testing.assert_allclose(forward, expected_forward, rtol=1e-12,
                                        atol=1e-13 * np.abs(expected_forward).max())
