@@ -470,6 +470,9 @@ def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_t
         expected = module_gradients(module, derivation, arrays, parameters)
         for name, gradient in module_backward(module, derivation, arrays, parameters).items():
             np.testing.assert_allclose(gradient, expected[name], rtol=1e-13, atol=1e-14)
+        if derivation.tensor.upstream:  # an upstream gradient of another shape than the output: one clear error
+            with pytest.raises(ValueError, match="must have the shape of"):
+                module.backward(np.zeros((1, 1, 1)), cache)
     made = []  # the C's results come from the allocator it is given (torch's, from the torch module)
     kernels = load_c(files, tmp_path)
     _, cache = kernels.forward_saving(*[arrays[n] for n in derivation.spec.inputs],

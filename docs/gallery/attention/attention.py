@@ -102,6 +102,14 @@ class Cache(dict):
         self.sizes = dict(sizes)
         self.dtype = np.dtype(dtype) if dtype is not None else None
 
+    def upstream(self, value, name, output, ranges, dtype):
+        """value, the upstream gradient `name` of `output`, as an array of dtype with the output's shape here."""
+        value = np.asarray(value, dtype=dtype)
+        expected = tuple(self.sizes[r] for r in ranges)
+        if value.shape != expected:
+            raise ValueError(f"{name} must have the shape of {output}, {expected}, not {value.shape}")
+        return value
+
 
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
@@ -204,9 +212,7 @@ def backward(dO, cache):
     V = cache["V"]
     O = cache["O"]
     P = cache["P"]
-    dO = np.asarray(dO, dtype=_dtype)
-    if dO.shape != (_sizes["i"], _sizes["f"], ):
-        raise ValueError(f"dO must have the shape of O, {(_sizes['i'], _sizes['f'], )}, not {dO.shape}")
+    dO = cache.upstream(dO, "dO", "O", ['i', 'f'], _dtype)
     _n_i = _sizes["i"]
     _n_e = _sizes["e"]
     _n_j = _sizes["j"]

@@ -108,6 +108,14 @@ class Cache(dict):
         self.sizes = dict(sizes)
         self.dtype = np.dtype(dtype) if dtype is not None else None
 
+    def upstream(self, value, name, output, ranges, dtype):
+        """value, the upstream gradient `name` of `output`, as an array of dtype with the output's shape here."""
+        value = np.asarray(value, dtype=dtype)
+        expected = tuple(self.sizes[r] for r in ranges)
+        if value.shape != expected:
+            raise ValueError(f"{name} must have the shape of {output}, {expected}, not {value.shape}")
+        return value
+
 
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
@@ -156,9 +164,7 @@ def backward(dy, cache):
     _sizes, _dtype = cache.sizes, cache.dtype
     w = cache["w"]
     x = cache["x"]
-    dy = np.asarray(dy, dtype=_dtype)
-    if dy.shape != (_sizes["b"], _sizes["c"], _sizes["t"], ):
-        raise ValueError(f"dy must have the shape of y, {(_sizes['b'], _sizes['c'], _sizes['t'], )}, not {dy.shape}")
+    dy = cache.upstream(dy, "dy", "y", ['b', 'c', 't'], _dtype)
     _n_c = _sizes["c"]
     _n_k = _sizes["k"]
     _n_b = _sizes["b"]

@@ -101,6 +101,14 @@ class Cache(dict):
         self.sizes = dict(sizes)
         self.dtype = np.dtype(dtype) if dtype is not None else None
 
+    def upstream(self, value, name, output, ranges, dtype):
+        """value, the upstream gradient `name` of `output`, as an array of dtype with the output's shape here."""
+        value = np.asarray(value, dtype=dtype)
+        expected = tuple(self.sizes[r] for r in ranges)
+        if value.shape != expected:
+            raise ValueError(f"{name} must have the shape of {output}, {expected}, not {value.shape}")
+        return value
+
 
 # no floating-point warnings: an inf or NaN returned is the answer (a guarded log of 0 is not), as per row
 @np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore")
