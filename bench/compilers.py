@@ -40,7 +40,7 @@ import numpy as np
 import softgrad
 from softgrad.codegen.build import RECOMMENDED_FLAGS, compile_shared
 from softgrad.codegen.emit import emit
-from softgrad.codegen.lower import lower
+from softgrad.codegen.lower.rows import lower
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))

@@ -37,10 +37,10 @@ def checked_module(derivation, folder):
     """The derivation's generated NumPy module, after codegen --check's comparisons pass, imported from `folder`."""
     from softgrad.codegen.build import import_path
     from softgrad.codegen.emit import emit
-    from softgrad.verify.generated import check_tensor_module
+    from softgrad.verify.generated import check_array_module
 
     files = emit(derivation, "numpy")
-    failed = [check.line() for check in check_tensor_module(derivation, files) if not check.passed]
+    failed = [check.line() for check in check_array_module(derivation, files) if not check.passed]
     assert not failed, failed
     (name, text), = files.items()
     (folder / name).write_text(text)

@@ -13,7 +13,7 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 import softgrad
 from softgrad.codegen.build import import_path, load_c
 from softgrad.codegen.emit import emit, kernels_for
-from softgrad.codegen.lower import identifier, lower
+from softgrad.codegen.lower.rows import identifier, lower
 from softgrad.derive.catalog import CATALOG
 from softgrad.errors import SoftgradError
 from softgrad.verify.generated import check_generated, check_kernels
@@ -422,7 +422,7 @@ def test_an_implicit_zero_logit_does_not_overflow(language, tmp_path):
 def test_check_tries_logits_of_magnitude_1000_and_masks_where_the_spec_allows(monkeypatch):
     """codegen --check judges outputs at logits ±1000 and −inf masks against exact values: a kernel
     without the max shift passes the ordinary inputs and fails there."""
-    from softgrad.codegen import lower as lowering
+    from softgrad.codegen.lower import rows as lowering
     from softgrad.verify.generated import masks_apply
 
     assert masks_apply(softgrad.derive("softmax"))

@@ -7,7 +7,7 @@ from expectations import EXPECTED, FORWARD
 
 import softgrad
 from softgrad.derive.catalog import CATALOG
-from softgrad.derive.numbers import DOUBLES, Evaluator, Frame, Point, one_range_view
+from softgrad.derive.check.numbers import DOUBLES, Evaluator, Frame, Point, one_range_view
 from softgrad.derive.symbols import Partial, n
 
 ROWS, SIZE = 4, 5

@@ -6,7 +6,7 @@ from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
 from softgrad.derive import CATALOG, derive_spec, load_spec
-from softgrad.derive.check import StepChecker
+from softgrad.derive.check.numeric import StepChecker
 from softgrad.derive.spec import Definition, parse_spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, class_sum, index
@@ -186,7 +186,7 @@ def _matrix_forms():
 def test_matrix_forms_are_checked_entry_by_entry(axes, lhs, right, slip):
     """Each kind of matrix node (diag, products, ᵀ, ∘, powers ∘, 𝟙, I, scalars) is evaluated at the points
     and written out by the prover: the right form passes both and one slip in it fails both."""
-    from softgrad.derive.proof import Prover
+    from softgrad.derive.check.proof import Prover
 
     spec = parse_spec("y[i] = exp(x[i]) / sum(exp(x[k]), k)")
     step = Step(rule="matrix form", lhs=lhs, forms=[right], reason="", matrix_axes=axes)

@@ -12,7 +12,7 @@ import pytest
 from conftest import checked_module, require_module
 
 from softgrad.derive import derive_spec, parse_spec
-from softgrad.derive.check import sample_inputs
+from softgrad.derive.check.numeric import sample_inputs
 from softgrad.derive.spec import with_rows
 from softgrad.errors import SpecError
 

@@ -512,11 +512,11 @@ def test_check_of_a_module_whose_c_cannot_be_built_is_one_line_and_exit_2(monkey
 def test_an_array_handed_to_its_one_reading_is_taken_back_where_the_printed_lines_read_it_twice(monkeypatch):
     """dS = (dP − Σ O·dO)·P updates dP in place only because its printed lines read dP once: made to read it
     again (as a sum compiled plain and guarded would), the statement is printed anew without the hand-over."""
-    from softgrad.codegen import tensor_numpy
+    from softgrad.codegen.backends.numpy import arrays as array_lowering
 
     spec = str(ROOT / "docs" / "examples" / "attention.spec")
     assert "(dP).sub_(" in emit(_derive(spec), "torch")["attention.py"]
-    original = tensor_numpy._Compiler._statement
+    original = array_lowering._Compiler._statement
 
     def reading_twice(self, definition, accumulate=False):
         statement = original(self, definition, accumulate)
@@ -524,6 +524,6 @@ def test_an_array_handed_to_its_one_reading_is_taken_back_where_the_printed_line
             statement.lines.append("_again = dP")
         return statement
 
-    monkeypatch.setattr(tensor_numpy._Compiler, "_statement", reading_twice)
+    monkeypatch.setattr(array_lowering._Compiler, "_statement", reading_twice)
     text = emit(_derive(spec), "torch")["attention.py"]
     assert "(dP).sub_(" not in text and "(dP - " in text, text

@@ -168,10 +168,10 @@ def test_the_product_over_several_arrays_has_the_cross_blocks_and_equals_torchs(
     assert "H·(v_W, v_bias)" in derivation.render("text")
     if language == "c":
         from softgrad.codegen.build import load_c
-        from softgrad.verify.generated import check_tensor_module
+        from softgrad.verify.generated import check_array_module
 
         files = emit(derivation, "c")
-        assert all(check.passed for check in check_tensor_module(derivation, files))
+        assert all(check.passed for check in check_array_module(derivation, files))
         module = load_c(files, tmp_path)
     else:
         module = checked_module(derivation, tmp_path)

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 import softgrad
-from softgrad.codegen import c_math
+from softgrad.codegen.backends.c import vector_math
 from softgrad.codegen.emit import emit
-from softgrad.codegen.lower import KERNEL_KINDS, applicable_kernels, lower
+from softgrad.codegen.lower.rows import KERNEL_KINDS, applicable_kernels, lower
 from softgrad.verify import check_gradient
 
 
 def test_no_global_mpmath_precision_is_changed():
     before = (mpmath.mp.prec, mpmath.mp.dps)
-    c_math.polynomial.cache_clear()
-    c_math._helper_values.cache_clear()
+    vector_math.polynomial.cache_clear()
+    vector_math._helper_values.cache_clear()
     emit(softgrad.derive("y[i] = exp(1000) * x[i] / sum(exp(x[k]), k)"), "c", dtype="float32")
     check_gradient(lambda x, g: g * 0, against="softmax")
     assert (mpmath.mp.prec, mpmath.mp.dps) == before

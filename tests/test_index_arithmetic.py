@@ -16,7 +16,7 @@ from softgrad.derive import derive_spec, parse_spec
 from softgrad.derive.symbols import Bracket, index
 from softgrad.errors import SpecError
 from softgrad.render.printers import inline_text
-from softgrad.verify.generated import check_tensor_module
+from softgrad.verify.generated import check_array_module
 
 VALID = "y[b, c, t] = sum(w[c, k] * x[b, c, t + k], k)\n"
 CAUSAL = "y[b, c, t] = sum(w[c, k] * x[b, c, t - k], k)\npad x\n"
@@ -108,7 +108,7 @@ def _module(derivation, language: str, folder: Path):
     if language == "c":
         require_tool("cc")
     files = emit(derivation, language)
-    assert all(check.passed for check in check_tensor_module(derivation, files))
+    assert all(check.passed for check in check_array_module(derivation, files))
     if language == "c":
         return load_c(files, folder)
     (path,) = [folder / name for name in files if name.endswith(".py")]
@@ -197,7 +197,7 @@ def test_generated_c_convolutions_are_matrix_products_with_the_kernel_shared_by_
     assert text.count("SOFTGRAD_GEMM(CblasRowMajor") == calls, text
     assert "for (size_t _batch = 0; _batch < _n_b; ++_batch)" in text  # one product per row b
     assert ", W, (int)" in text  # the kernel as it is, at the same place for every row (no `W + _batch * …`)
-    assert all(check.passed for check in check_tensor_module(derivation, files))
+    assert all(check.passed for check in check_array_module(derivation, files))
 
 
 @pytest.mark.parametrize("language", ["numpy", "c"])

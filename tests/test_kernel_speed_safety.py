@@ -16,11 +16,11 @@ import sympy as sp
 from conftest import IN_CI, require_tool
 
 import softgrad
-from softgrad.codegen import c_math
+from softgrad.codegen.backends.c import vector_math
 from softgrad.codegen.build import STRICT_FLAGS, compile_shared, import_path, load_c
 from softgrad.codegen.emit import _render, emit
-from softgrad.codegen.lower import applicable_kernels, lower
-from softgrad.codegen.schedule import schedule
+from softgrad.codegen.lower.rows import applicable_kernels, lower
+from softgrad.codegen.lower.schedule import schedule
 from softgrad.derive.catalog import CATALOG
 
 FUNCTIONS = ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "tanh_softplus", "erf")
@@ -63,7 +63,7 @@ def vector_functions(tmp_path_factory):
     functions = {}
     for dtype, t, s in (("float64", "double", ""), ("float32", "float", "f")):
         source = folder / f"math_{dtype}.c"
-        helpers = _render("c/helpers.c.j2", helper_types=c_math.helper_types(dtype))  # as a kernel's file has them
+        helpers = _render("c/helpers.c.j2", helper_types=vector_math.helper_types(dtype))  # as a kernel's file has them
         source.write_text(HARNESS.format(helpers=helpers, t=t, s=s))
         library = ctypes.CDLL(str(compile_shared(source, folder / f"libmath_{dtype}.so")))
         for name in FUNCTIONS:
@@ -243,7 +243,7 @@ def test_every_generated_function_vectorizes(vector_functions, dtype):
 
 def test_exp_polynomial_degree_follows_from_the_unit_roundoff():
     """The polynomial's degree is computed, not chosen: lower for float than for double, and near 1, 1."""
-    double, single = c_math.polynomial("float64"), c_math.polynomial("float32")
+    double, single = vector_math.polynomial("float64"), vector_math.polynomial("float32")
     assert len(double) > len(single) >= 5
     assert abs(double[0] - 1) < 1e-15 and abs(double[1] - 1) < 1e-15
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import softgrad
 from softgrad.codegen.build import STRICT_FLAGS, compile_shared, import_path
 from softgrad.codegen.emit import emit
-from softgrad.codegen.lower import identifier
+from softgrad.codegen.lower.rows import identifier
 from softgrad.codegen.names import C_MACROS, RESERVED, is_reserved, module_identifier, public_names
 from softgrad.derive.spec import RESERVED as SPEC_LANGUAGE_WORDS
 

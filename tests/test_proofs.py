@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from outside_catalog import OUTSIDE_THE_CATALOG
 
 import softgrad
-from softgrad.derive import proof
 from softgrad.derive.catalog import CATALOG
-from softgrad.derive.check import ONE_RANGE_SIZES, StepChecker
+from softgrad.derive.check import proof
+from softgrad.derive.check.numbers import wide_precision
+from softgrad.derive.check.numeric import ONE_RANGE_SIZES, StepChecker
+from softgrad.derive.check.proof import Prover, _Atomizer, _is_zero, index_patterns
 from softgrad.derive.engine import Engine
-from softgrad.derive.numbers import wide_precision
-from softgrad.derive.proof import Prover, _Atomizer, _is_zero, index_patterns
 from softgrad.derive.spec import parse_spec
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial, index

@@ -1,4 +1,4 @@
-"""Generated C that runs a block of rows at a time (codegen.blocking): which functions are blocked, over which
+"""Generated C that runs a block of rows at a time (codegen.lower.blocking): which functions are blocked, over which
 index, and that every blocking gives the results of the whole arrays — one row per block, a last block that is
 not full, one block for all."""
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import require_tool
 
-from softgrad.codegen.blocking import row_blocking
+from softgrad.codegen.backends.c.arrays import lower_arrays_c
 from softgrad.codegen.emit import emit
-from softgrad.codegen.tensor_c import lower_tensor_c
+from softgrad.codegen.lower.blocking import row_blocking
 from softgrad.derive import derive_spec, parse_spec
 
 ATTENTION = """S[i, j] = sum(Q[i, e] * K[j, e], e) / sqrt(size(e))
@@ -46,7 +46,7 @@ def derived(source):
 
 def test_attention_runs_a_block_of_query_rows_at_a_time_and_sums_dK_dV_over_the_blocks():
     derivation = derived(ATTENTION)
-    module = lower_tensor_c(derivation, "float32")
+    module = lower_arrays_c(derivation, "float32")
     forward_work = {array.name: array.extents for array in module.forward.work}
     assert forward_work == {"S": ("_rows", "_n_j"), "P": ("_rows", "_n_j")}  # never n_i × n_j
     gradients_work = {array.name: array.extents for array in module.gradients_body.work}
@@ -93,8 +93,8 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     for all, the C's and the NumPy module's forward and gradients (and their backward from what forward_saving
     kept) equal the NumPy module's with whole arrays (float64) — and both are blocked at all."""
     from softgrad.codegen.build import import_path, load_c
-    from softgrad.codegen.plan import functions
-    from softgrad.verify.generated import call_module, module_backward, module_gradients, sample_tensor_inputs
+    from softgrad.codegen.lower.plan import functions
+    from softgrad.verify.generated import call_module, module_backward, module_gradients, sample_array_inputs
 
     require_tool("cc")
     derivation = derived(source)
@@ -108,7 +108,7 @@ def test_every_block_size_gives_the_whole_arrays_results(source, tmp_path):
     plan = functions(derivation)
     blocked_range = (plan.gradients_block or plan.forward_block or SimpleNamespace(blocked=None)).blocked
     sizes = {r: 13 if r == blocked_range else 3 + position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=3, scale=2.0)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed=3, scale=2.0)
     expected_forward = call_module(whole, derivation, arrays, parameters, "forward")
     expected = module_gradients(whole, derivation, arrays, parameters)
     blocked = "_r0 += _rows" in files[f"{files.module}.c"]
@@ -151,9 +151,9 @@ def test_a_block_holds_as_many_entries_as_the_sums_it_adds_into(tmp_path):
             return range(*arguments)
 
         module.range = recording_range  # the module's loop over blocks: range(0, n, _rows)
-        from softgrad.verify.generated import module_gradients, sample_tensor_inputs
+        from softgrad.verify.generated import module_gradients, sample_array_inputs
 
-        arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=1)
+        arrays, parameters = sample_array_inputs(derivation, sizes, seed=1)
         module_gradients(module, derivation, arrays, parameters)
         return taken
 
@@ -204,14 +204,14 @@ def test_a_sum_over_rows_the_first_block_writes_is_zero_without_rows(source, tmp
 
 
 def _zero_without_rows(kernels, derivation, source):
-    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import module_gradients, sample_array_inputs
 
     blocked = "i" if source == ATTENTION else "b"
     sizes = {r: 0 if r == blocked else 3 + position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=1)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed=1)
     for _ in range(3):  # memory a previous call of the same sizes filled
         sizes_with_rows = {**sizes, blocked: 5}
-        with_rows, _ = sample_tensor_inputs(derivation, sizes_with_rows, seed=2)
+        with_rows, _ = sample_array_inputs(derivation, sizes_with_rows, seed=2)
         module_gradients(kernels, derivation, with_rows, parameters)
         gradients = module_gradients(kernels, derivation, arrays, parameters)
         for name in ("K", "V") if source == ATTENTION else ("W",):

@@ -21,7 +21,7 @@ from conftest import require_tool
 
 import softgrad
 from softgrad.codegen.emit import emit
-from softgrad.codegen.lower import applicable_kernels, lower
+from softgrad.codegen.lower.rows import applicable_kernels, lower
 from softgrad.derive import parse_spec
 from softgrad.errors import SoftgradError
 from softgrad.verify import check_gradient
@@ -601,7 +601,7 @@ def test_fully_masked_rows_give_the_documented_values(language, tmp_path):
     if language == "c":
         require_tool("cc")
     from softgrad.codegen.build import import_path, load_c
-    from softgrad.codegen.lower import identifier
+    from softgrad.codegen.lower.rows import identifier
     from softgrad.derive import CATALOG
 
     for name in CATALOG:

@@ -15,7 +15,7 @@ from softgrad.codegen.emit import emit
 from softgrad.derive import derive_spec, load_spec, parse_spec
 from softgrad.derive.spec import with_rows
 from softgrad.errors import SoftgradError, SpecError
-from softgrad.verify.generated import check_tensor_module
+from softgrad.verify.generated import check_array_module
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
 
@@ -99,12 +99,12 @@ def test_every_step_is_checked_entry_by_entry_and_proved(name):
 def test_the_prover_writes_several_ranges_out_and_proves_only_what_holds():
     """The same claims as the numeric check's test, written out with every range of size 1 to 3 (labels at
     every value, the constraint applied): the right gradient is proved, each slip is not."""
+    from softgrad.derive.adjoint import AdjointEngine
     from softgrad.derive.steps import Step
     from softgrad.derive.symbols import Partial
-    from softgrad.derive.tensor import TensorEngine
 
     for name in ("softmax-regression", "softmax-regression-labels"):
-        engine = TensorEngine(_example(name), None, 0)
+        engine = AdjointEngine(_example(name), None, 0)
         W, X, P = (sp.IndexedBase(name) for name in "WXP")
         b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
         n_b = engine.spec.sizes["b"]
@@ -127,11 +127,11 @@ def test_the_prover_writes_several_ranges_out_and_proves_only_what_holds():
 def regression_check():
     """softmax regression's engine checking forms of ∂L/∂W[c, d]: (check, the right form, the arrays X, P, T,
     the indices b, c, d, n_b); its background prover stopped (and reaped) after the test."""
+    from softgrad.derive.adjoint import AdjointEngine
     from softgrad.derive.steps import Step
     from softgrad.derive.symbols import Partial
-    from softgrad.derive.tensor import TensorEngine
 
-    engine = TensorEngine(_example("softmax-regression"), None, 0)
+    engine = AdjointEngine(_example("softmax-regression"), None, 0)
     W, X, P, T = (sp.IndexedBase(name) for name in "WXPT")
     b, c, d = (sp.Symbol(name, integer=True) for name in "bcd")
     engine.axes.update(engine.spec.axes)
@@ -271,12 +271,12 @@ def _torch_reference(torch, name, arrays):
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
 def test_generated_numpy_matches_torch_autograd(name, tmp_path):
     torch = require_module("torch")
-    from softgrad.verify.generated import sample_tensor_inputs
+    from softgrad.verify.generated import sample_array_inputs
 
     derivation = derived(name)
     module = generated(name, tmp_path)
     sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, _ = sample_tensor_inputs(derivation, sizes, seed=4, scale=2.0)
+    arrays, _ = sample_array_inputs(derivation, sizes, seed=4, scale=2.0)
     arguments = [arrays[n] for n in derivation.spec.inputs]
     if derivation.tensor.upstream:
         arguments.append(arrays[derivation.tensor.upstream])
@@ -374,14 +374,14 @@ def test_generated_numpy_is_stable_at_logits_of_1000(tmp_path):
 def test_codegen_check_passes_and_catches_a_wrong_module(name):
     derivation = derived(name)
     files = emit(derivation, "numpy")
-    assert all(check.passed for check in check_tensor_module(derivation, files))
+    assert all(check.passed for check in check_array_module(derivation, files))
     ((file_name, text),) = files.items()
     gradient = next(iter(derivation.tensor.gradients.values()))
     returned = text[text.index("def gradients"):].index("    return (") + text.index("def gradients")
     broken_text = text[:returned] + f"    {gradient} = {gradient} * 1.001\n" + text[returned:]
     broken = type(files)({file_name: broken_text}, language="numpy", module=files.module, dtype="float64",
                          openmp=False)
-    assert not all(check.passed for check in check_tensor_module(derivation, broken))
+    assert not all(check.passed for check in check_array_module(derivation, broken))
 
 
 @pytest.mark.parametrize("language", ["numpy", "c"])
@@ -417,11 +417,11 @@ def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_t
     unshifted = text.replace("return np.where(np.isfinite(shift), shift, 0)", "return 0 * shift")
     assert unshifted != text
     broken = type(files)({file_name: unshifted}, language="numpy", module=files.module, dtype="float64", openmp=False)
-    verdicts = {check.against: check.passed for check in check_tensor_module(derivation, broken)}
+    verdicts = {check.against: check.passed for check in check_array_module(derivation, broken)}
     assert [against for against, passed in verdicts.items() if not passed] == [
         "inputs of magnitude 1000 (finite where the exact value is)"]
     growing = derive_spec(parse_spec("y[b,i] = exp(sum(x[b,k], k)) * x[b,i] * w[i]"), time_limit=None)
-    assert all(check.passed for check in check_tensor_module(growing, emit(growing, "numpy")))
+    assert all(check.passed for check in check_array_module(growing, emit(growing, "numpy")))
 
 
 @pytest.mark.slow
@@ -430,14 +430,14 @@ def test_generated_c_matches_the_numpy_module(name, tmp_path):
     from conftest import require_tool
 
     from softgrad.codegen.build import load_c
-    from softgrad.verify.generated import sample_tensor_inputs
+    from softgrad.verify.generated import sample_array_inputs
 
     require_tool("cc")
     derivation = derived(name)
     c_kernels = load_c(emit(derivation, "c"), tmp_path)  # strict flags: every warning is an error
     module = generated(name, tmp_path)
     sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, _ = sample_tensor_inputs(derivation, sizes, seed=2, scale=2.0)
+    arrays, _ = sample_array_inputs(derivation, sizes, seed=2, scale=2.0)
     inputs = [arrays[n] for n in derivation.spec.inputs]
     upstream = [arrays[derivation.tensor.upstream]] if derivation.tensor.upstream else []
     np.testing.assert_allclose(c_kernels.forward(*inputs), module.forward(*inputs), rtol=1e-13, atol=1e-14)
@@ -454,7 +454,7 @@ def test_generated_c_matches_the_numpy_module(name, tmp_path):
 def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_the_rest(source, kept, tmp_path):
     """forward_saving() writes beside the output the arrays made by a sum that backward() reads; backward() gives
     gradients()'s results from them without recomputing those arrays — in the C and in the NumPy module."""
-    from softgrad.verify.generated import module_backward, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import module_backward, module_gradients, sample_array_inputs
 
     require_tool("cc")
     example = (EXAMPLES / f"{source}.spec").exists()
@@ -463,7 +463,7 @@ def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_t
     ((file_name, text),) = emit(derivation, "numpy").items()
     (tmp_path / file_name).write_text(text)
     sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=2, scale=2.0)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed=2, scale=2.0)
     for module in (load_c(files, tmp_path), import_path(tmp_path / file_name)):
         _, cache = module.forward_saving(*[arrays[n] for n in derivation.spec.inputs])
         assert list(cache) == kept
@@ -501,7 +501,7 @@ def test_generated_c_in_float32_passes_its_check_and_hostile_names_compile():
     derivation = derive_spec(spec, time_limit=None)
     for dtype in ("float32", "float64"):
         files = emit(derivation, "c", dtype=dtype)
-        checks = check_tensor_module(derivation, files)
+        checks = check_array_module(derivation, files)
         assert all(check.passed for check in checks), [check.line() for check in checks]
     source = emit(derivation, "c")["hostile.c"]
     assert "double_" in source and "int_" in source and "free_" in source  # renamed, never shadowing C
@@ -610,19 +610,19 @@ def test_openmp_c_passes_its_check_and_gives_the_same_bits_on_any_number_of_thre
     """codegen --openmp --kernel vjp on attention (loss_and_grad on a loss): each statement's loop over its
     array's first index is shared among threads, every entry computed by one thread in a fixed order — the
     serial build's bits, on 1, 2 and 3 threads; and an unknown kernel is one clear error."""
-    from softgrad.verify.generated import load_module, module_backward, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import load_module, module_backward, module_gradients, sample_array_inputs
 
     require_tool("cc")
     derivation = derived(name)
     threaded_files = emit(derivation, "c", [kernel], openmp=True)
     assert "#pragma omp parallel for" in threaded_files[f"{threaded_files.module}.c"]
-    assert all(check.passed for check in check_tensor_module(derivation, threaded_files))
+    assert all(check.passed for check in check_array_module(derivation, threaded_files))
     (tmp_path / "serial").mkdir()
     (tmp_path / "threaded").mkdir()
     serial = load_module(emit(derivation, "c", [kernel]), tmp_path / "serial")
     threaded = load_module(threaded_files, tmp_path / "threaded")
     sizes = {r: 13 + 2 * position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=2)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed=2)
     expected = module_gradients(serial, derivation, arrays, parameters)
     import ctypes.util
 
@@ -660,7 +660,7 @@ def test_a_batch_index_that_couples_nothing_is_lifted_as_vmap_lifts_a_function(b
     assert [s.rule for s in derivation.steps] == [s.rule for s in reference.steps]
     assert all(step.proved for step in derivation.steps) and "vmap" in derivation.check_summary
     assert sp.srepr(derivation.results["vjp"].rhs) == sp.srepr(reference.results["vjp"].rhs)
-    from softgrad.codegen.lower import identifier
+    from softgrad.codegen.lower.rows import identifier
 
     def body(d):  # the C source, its header comment (the spec it came from) and the kernels' prefix aside
         text = emit(d, "c", module="kernels")["kernels.c"].replace(identifier(d) + "_", "KERNEL_")
@@ -689,7 +689,7 @@ def test_contractions_in_generated_c_are_gemm_calls_equal_to_the_numpy_module(so
     inside a function, with the output's axes swapped — is a BLAS gemm call in the generated C, and the
     kernels equal the NumPy module's (float64) in forward and gradients."""
     from softgrad.codegen.build import load_c
-    from softgrad.verify.generated import call_module, module_gradients, sample_tensor_inputs
+    from softgrad.verify.generated import call_module, module_gradients, sample_array_inputs
 
     require_tool("cc")
     derivation = derive_spec(parse_spec(source, name="contractions"), time_limit=None)
@@ -700,7 +700,7 @@ def test_contractions_in_generated_c_are_gemm_calls_equal_to_the_numpy_module(so
     (tmp_path / file_name).write_text(text)
     module = import_path(tmp_path / file_name)
     sizes = {r: 3 + position for position, r in enumerate(derivation.spec.sizes)}
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed=4)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed=4)
     np.testing.assert_allclose(call_module(c_kernels, derivation, arrays, parameters, "forward"),
                                call_module(module, derivation, arrays, parameters, "forward"), rtol=1e-12)
     expected = module_gradients(module, derivation, arrays, parameters)
@@ -764,7 +764,7 @@ def test_shared_subexpressions_keep_their_indices_apart(language):
         "L = sum(u[b, k] * v[b, k] + x[b, k] * sum(w[k, j] * (x[b, k] - x[b, j])^2, j), b, k)"),
         time_limit=None)
     files = emit(derivation, language)
-    checks = (check_tensor_module(derivation, files) if language == "numpy"
+    checks = (check_array_module(derivation, files) if language == "numpy"
               else check_framework_module(derivation, files))
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]
 
@@ -773,7 +773,7 @@ def test_a_temporary_read_more_often_than_counted_is_never_updated_in_place(monk
     """torch updates a shared temporary in place at its last reading (x − m scaled into x̂); should the walk that
     counts the readings count too few, the statements are printed again with every reading leaving it as it is."""
     require_module("torch")
-    from softgrad.codegen import tensor_numpy
+    from softgrad.codegen.backends.numpy import arrays as array_lowering
     from softgrad.verify.frameworks import check_framework_module
 
     derivation = derive_spec(parse_spec("m[b] = sum(x[b, k], k) / size(k)\np[b, k] = softplus(x[b, k] - m[b])\n"
@@ -781,8 +781,8 @@ def test_a_temporary_read_more_often_than_counted_is_never_updated_in_place(monk
                                         "L = sum(p[b, k] * q[b, k] * r[b, k], b, k)"), time_limit=None)
     right = emit(derivation, "torch").popitem()[1]
     assert re.search(r"r = torch\.as_tensor\(\(_t\d+\)\.sigmoid_\(\)", right)  # x − m's last reading: in place
-    counted = tensor_numpy.common_subexpressions
-    monkeypatch.setattr(tensor_numpy, "common_subexpressions",
+    counted = array_lowering.common_subexpressions
+    monkeypatch.setattr(array_lowering, "common_subexpressions",
                         lambda forms: {key: count - 1 for key, count in counted(forms).items()})
     checks = check_framework_module(derivation, emit(derivation, "torch"))
     assert all(check.passed for check in checks), [check.line() for check in checks if not check.passed]

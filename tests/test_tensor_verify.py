@@ -13,7 +13,7 @@ import pytest
 
 from softgrad.derive import derive_spec, load_spec
 from softgrad.errors import SoftgradError
-from softgrad.verify.tensor_verify import parse_sizes, parse_tensor_signature, verify_tensor
+from softgrad.verify.arrays import parse_array_signature, parse_sizes, verify_arrays
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -45,8 +45,8 @@ def _derived(spec_name, signature):
 def _check(function_name, seed=0, extremes=False, sizes=None):
     spec_name, signature, _ = CASES[function_name]
     derivation = _derived(spec_name, signature)
-    chosen = parse_tensor_signature(signature, derivation)
-    return verify_tensor(getattr(tensor_code, function_name), derivation, chosen, parse_sizes(sizes, derivation.spec),
+    chosen = parse_array_signature(signature, derivation)
+    return verify_arrays(getattr(tensor_code, function_name), derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=function_name, against=spec_name, seed=seed, extremes=extremes)
 
 
@@ -95,7 +95,7 @@ def test_no_false_alarm_on_right_code_over_seeds(seed):
 def test_bad_signatures_are_one_clear_error(signature, message):
     derivation = _derived("softmax-regression", "X,W,bias,T->loss,dW,dbias")
     with pytest.raises(SoftgradError, match=message):
-        parse_tensor_signature(signature, derivation)
+        parse_array_signature(signature, derivation)
 
 
 @pytest.mark.slow
@@ -166,18 +166,18 @@ def test_a_signature_names_a_parameter_where_the_code_takes_it(decay_factor, rig
     """`W,X,y,reg->loss,dW`: the course code's own argument order, reg given by --param; a gradient with its
     weight decay doubled fails on dW."""
     derivation = derive_spec(load_spec(WEIGHT_DECAY), wrt="W", time_limit=None)
-    signature = parse_tensor_signature("W,X,y,reg->loss,dW", derivation)
+    signature = parse_array_signature("W,X,y,reg->loss,dW", derivation)
 
     def function(W, X, y, reg):
         assert isinstance(reg, float) and reg == 0.5  # the parameter arrives where the signature names it
         return _softmax_loss_vectorized(W, X, y, reg, decay_factor)
 
-    report = verify_tensor(function, derivation, signature, parse_sizes(None, derivation.spec), label="softmax_loss",
+    report = verify_arrays(function, derivation, signature, parse_sizes(None, derivation.spec), label="softmax_loss",
                            against="weight decay", parameters={"reg": 0.5}, extremes=False)
     assert report.passed == right, report.text()
     assert right or report.worst.array == "dW"
     with pytest.raises(SoftgradError, match="'bogus' is not an input or parameter"):
-        parse_tensor_signature("W,X,y,bogus->loss,dW", derivation)
+        parse_array_signature("W,X,y,bogus->loss,dW", derivation)
 
 
 def test_keepdims_outputs_are_read_in_the_specs_shape_and_said():
@@ -189,8 +189,8 @@ def test_keepdims_outputs_are_read_in_the_specs_shape_and_said():
     spec_name, signature, _ = CASES["layer_norm_backward"]
     derivation = _derived(spec_name, signature)
     with pytest.raises(SoftgradError, match=r"dgamma has shape \(1, 4\), expected \(\d+,\)"):
-        verify_tensor(lambda x, g, b, dy: (dy, np.zeros((1, 4)), np.zeros(5)), derivation,
-                      parse_tensor_signature(signature, derivation), parse_sizes(None, derivation.spec), label="f",
+        verify_arrays(lambda x, g, b, dy: (dy, np.zeros((1, 4)), np.zeros(5)), derivation,
+                      parse_array_signature(signature, derivation), parse_sizes(None, derivation.spec), label="f",
                       against=spec_name)
 
 
@@ -256,14 +256,14 @@ def test_large_gradients_are_checked_against_differences_by_projections():
 def test_a_projection_that_disagrees_is_bisected_to_the_wrong_entry():
     """The projections judge by finite differences alone: an entry wrong by 1 is found by halving the direction,
     and reported with its own central difference."""
-    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
+    from softgrad.verify.arrays import _compare_projections, _reference
+    from softgrad.verify.generated import module_gradients, sample_array_inputs
     from softgrad.verify.report import Report
-    from softgrad.verify.tensor_verify import _compare_projections, _reference
 
     spec_name, signature, _ = CASES["softmax_regression"]
     derivation = _derived(spec_name, signature)
     sizes = parse_sizes("b=16,c=30,d=20", derivation.spec)
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, 0)
+    arrays, parameters = sample_array_inputs(derivation, sizes, 0)
     reference = _reference(derivation)
     exact = np.asarray(module_gradients(reference, derivation, arrays, parameters)["W"], dtype=np.float64)
     report = Report("f", signature, spec_name, "float64", "random projections", 0, 1e-6)

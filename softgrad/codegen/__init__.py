@@ -1,10 +1,14 @@
-"""derive → lower → emit: NumPy and C from a checked derivation.
+"""derive → lower → emit: NumPy, C, torch and JAX from a checked derivation.
 
-`lower` turns a one-index derivation's results into per-row kernels (stability rewrites, reductions,
-names), `schedule` orders their loops, `backends/` print them through SymPy's printers and the Jinja2
-templates of `softgrad/templates/`; `emit` is the entry point, `build` compiles and imports what was
-generated. Specs with several index ranges (one-index specs too, for the torch and JAX modules and the C they
-call, with the row index written out) are planned by `plan` (which statements each function runs, what the pair
-forward_saving/backward keeps, blocks of rows by `blocking`) and lowered by `tensor_numpy` (NumPy, and the torch
-and JAX dialects of `dialects`) and `tensor_c` (a second lowering that the one-pipeline issue is folding into the
-first; see docs/codegen.md)."""
+- `lower/` decides what to compute, before any language: `rows` turns a one-row derivation's results into per-row
+  kernels (`kernel`: stability rewrites, reductions, names) and `schedule` orders their loops; `plan` says which
+  statements each function over named arrays runs and what the pair forward_saving/backward keeps, `blocking`
+  where a function runs a block of rows at a time.
+- `backends/` print it, one folder per language (`c/`, `numpy/`, each with `rows` for per-row kernels and `arrays`
+  for functions over named arrays) through SymPy's printers (`printers`) and the Jinja2 templates of
+  `softgrad/templates/`; `frameworks` prints the torch and JAX modules with the array printer in their dialects.
+- `emit` is the entry point (it asks a backend; it has no branch on the language), `build` compiles and imports
+  what was generated.
+
+The two lowerings (per-row kernels and array functions) are still two: see issue #27's notes and
+docs/codegen.md."""

@@ -12,13 +12,13 @@ import jinja2
 from softgrad._version import __version__
 from softgrad.codegen.backends import BACKENDS
 from softgrad.codegen.build import RECOMMENDED_FLAGS, GeneratedFiles
-from softgrad.codegen.kernel import Kernel
-from softgrad.codegen.lower import applicable_kernels, hoisted_softmax_ratios, identifier, lower
+from softgrad.codegen.lower.kernel import Kernel
+from softgrad.codegen.lower.rows import applicable_kernels, hoisted_softmax_ratios, identifier, lower
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 
 #: Targets that print kernels (one-index specs' row kernels, or the array lowering of several indices)
-#: and the frameworks, which print every spec through the array lowering (softgrad.codegen.frameworks).
+#: and the frameworks, which print every spec through the array lowering (softgrad.codegen.backends.frameworks).
 LANGUAGES = (*BACKENDS, "torch", "jax")
 DTYPES = ("float64", "float32")
 
@@ -115,7 +115,7 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     if dtype not in DTYPES:
         raise SoftgradError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if derivation.tensor is not None:
-        return _emit_tensor(derivation, language, kernel_names, dtype, module, openmp)
+        return _emit_arrays(derivation, language, kernel_names, dtype, module, openmp)
     kernels = kernels_for(derivation, kernel_names)
     module = module or identifier(derivation)
     # every kernel takes the spec's parameters, in the spec's order, under their printed names
@@ -131,19 +131,19 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
 #: Kernel names a spec with several ranges answers to: its module has forward() and gradients(), which is the
 #: VJP of an array output (given the upstream gradient) and a loss with its gradients for a scalar one, and the
 #: pair forward_saving() and backward() (from what the forward kept).
-TENSOR_KERNELS = {"forward": "forward", "gradients": "gradients", "vjp": "gradients", "loss_and_grad": "gradients",
+ARRAY_KERNELS = {"forward": "forward", "gradients": "gradients", "vjp": "gradients", "loss_and_grad": "gradients",
                   "forward_saving": "forward_saving", "backward": "backward"}
 
 
-def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str,
+def _emit_arrays(derivation: Derivation, language: str, kernel_names: list[str] | None, dtype: str,
                  module: str | None, openmp: bool) -> GeneratedFiles:
     """Files for a spec with several index ranges: a NumPy module, or C source, header and loader, with
     forward(), gradients() (`--kernel vjp` or `loss_and_grad` names gradients(), by the output's kind) and the pair
     forward_saving() and backward()."""
-    from softgrad.codegen.tensor_numpy import emit_tensor_numpy
+    from softgrad.codegen.backends.numpy.arrays import emit_arrays_numpy
 
     vector = derivation.spec.output.is_vector
-    known = [name for name in TENSOR_KERNELS if name != ("loss_and_grad" if vector else "vjp")]
+    known = [name for name in ARRAY_KERNELS if name != ("loss_and_grad" if vector else "vjp")]
     for name in kernel_names or []:
         if name not in known:
             raise SoftgradError(f"kernel {name!r} does not apply to this spec (available: {', '.join(known)}; a "
@@ -154,12 +154,12 @@ def _emit_tensor(derivation: Derivation, language: str, kernel_names: list[str] 
     header = _header(derivation)  # the spec as written, whatever the lowering adds
     derivation = hoisted_softmax_ratios(derivation)  # inline exp(E)/Σexp(E) as arrays the lowerings keep finite
     if language == "c":
-        from softgrad.codegen.tensor_c import emit_tensor_c
+        from softgrad.codegen.backends.c.arrays import emit_arrays_c
 
-        sources, files.blas = emit_tensor_c(derivation, header, _render, module, dtype, openmp)
+        sources, files.blas = emit_arrays_c(derivation, header, _render, module, dtype, openmp)
         files.update(sources)
     else:
-        files[f"{module}.py"] = emit_tensor_numpy(derivation, header, _render)
+        files[f"{module}.py"] = emit_arrays_numpy(derivation, header, _render)
     return files
 
 
@@ -167,8 +167,8 @@ def _emit_framework(derivation: Derivation, language: str, kernel_names: list[st
                     module: str | None, openmp: bool, weights: tuple[str, ...], cpu: str = "torch") -> GeneratedFiles:
     """One torch or JAX module: forward and its derived backward, for any spec; with cpu="c", the C kernels
     of the same derivation (one source per dtype) that the torch module calls on the CPU."""
-    from softgrad.codegen.frameworks import emit_framework, framework_derivation
-    from softgrad.codegen.tensor_c import emit_tensor_c
+    from softgrad.codegen.backends.c.arrays import emit_arrays_c
+    from softgrad.codegen.backends.frameworks import emit_framework, framework_derivation
 
     for option, given in (("--kernel", kernel_names), ("--dtype", dtype), ("--openmp", openmp)):
         if given:
@@ -183,7 +183,7 @@ def _emit_framework(derivation: Derivation, language: str, kernel_names: list[st
         lowered = hoisted_softmax_ratios(lifted)
         for c_dtype in DTYPES:
             c_sources[c_dtype] = f"{module}_{c_dtype}"
-            sources, blas = emit_tensor_c(lowered, header, _render, c_sources[c_dtype], c_dtype)
+            sources, blas = emit_arrays_c(lowered, header, _render, c_sources[c_dtype], c_dtype)
             files.update(sources)
             files.blas = files.blas or blas
     text, parts = emit_framework(lifted, language, module, header, _render, weights, c_sources,

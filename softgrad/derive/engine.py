@@ -19,7 +19,7 @@ import sympy as sp
 from softgrad.budget import DERIVE_SECONDS
 from softgrad.budget import time_limit as _time_limit
 from softgrad.derive import algebra
-from softgrad.derive.check import StepChecker
+from softgrad.derive.check.numeric import StepChecker
 from softgrad.derive.matrix import jacobian_matrix, vectorize
 from softgrad.derive.prose import prose, words
 from softgrad.derive.rules import Rule, depends, differentiate, through
@@ -385,21 +385,21 @@ def _rare_collections() -> Iterator[None]:
 def _derive(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     scalars = [name.strip() for name in (wrt or "").split(",") if name.strip() in spec.parameters]
     if scalars:  # a learnable scalar (--wrt T): an input without indices, derived with the arrays
+        from softgrad.derive.adjoint import derive_adjoint
         from softgrad.derive.spec import with_scalar_inputs
-        from softgrad.derive.tensor import derive_tensor
 
-        return derive_tensor(with_scalar_inputs(spec, scalars), wrt, seed)
+        return derive_adjoint(with_scalar_inputs(spec, scalars), wrt, seed)
     if spec.tensor:
+        from softgrad.derive.adjoint import derive_adjoint
         from softgrad.derive.lift import derive_lifted
-        from softgrad.derive.tensor import derive_tensor
 
-        lifted = derive_lifted(spec, wrt, seed, derive_tensor)  # batch and head indices: one block, lifted
-        return lifted if lifted is not None else derive_tensor(spec, wrt, seed)
+        lifted = derive_lifted(spec, wrt, seed, derive_adjoint)  # batch and head indices: one block, lifted
+        return lifted if lifted is not None else derive_adjoint(spec, wrt, seed)
     if wrt is not None and "," in wrt:  # several gradients at once: the spec with its row index written out
+        from softgrad.derive.adjoint import derive_adjoint
         from softgrad.derive.spec import with_rows
-        from softgrad.derive.tensor import derive_tensor
 
-        return derive_tensor(with_rows(spec), wrt, seed)
+        return derive_adjoint(with_rows(spec), wrt, seed)
     engine = Engine(spec, wrt, seed)
     sections: list[Section] = []
 

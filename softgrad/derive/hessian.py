@@ -35,7 +35,7 @@ def gradient_spec(first: Derivation) -> tuple[str, str]:
     if spec.output.is_vector:
         raise SpecError(f"--order 2 applies to a loss (a scalar output): {spec.output.name} is an array")
     if spec.tensor:
-        return _tensor_gradient_spec(first)
+        return _array_gradient_spec(first)
     result = first.results.get("gradient_constrained") or first.results["gradient"]
     (entry,) = result.indices
     taken = {d.name for d in spec.definitions} | set(spec.inputs) | set(spec.parameters)
@@ -49,7 +49,7 @@ def gradient_spec(first: Derivation) -> tuple[str, str]:
     return "\n".join(lines), name
 
 
-def _tensor_gradient_spec(first: Derivation) -> tuple[str, str]:
+def _array_gradient_spec(first: Derivation) -> tuple[str, str]:
     """The gradient of a loss of several indices with respect to one array (dW of softmax regression) as a
     spec: the loss's definitions, the backward arrays it reads, then the gradient — whose vector–Jacobian
     product with a vector V of W's shape is H·V, the Hessian–vector product for the weights."""

@@ -76,7 +76,7 @@ def derive_lifted(spec: Spec, wrt: str | None, seed: int,
         return None
     reason = ""
     if wrt is None:  # the spec's own default, in its own order (the block's text may list its inputs otherwise)
-        from softgrad.derive.tensor import default_inputs
+        from softgrad.derive.adjoint import default_inputs
 
         chosen, reason = default_inputs(spec)
         wrt = ",".join(chosen)

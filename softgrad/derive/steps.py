@@ -32,7 +32,7 @@ class Step:
     checked: bool = False
     check_detail: str = ""
     check_sizes: tuple[int, ...] = ()  # the sizes n at which at least one index pair was compared
-    proved: bool = False  # the sides are identical at every size of proof_detail (softgrad.derive.proof)
+    proved: bool = False  # the sides are identical at every size of proof_detail (softgrad.derive.check.proof)
     proof_detail: str = ""
 
     @property
@@ -99,7 +99,7 @@ class Derivation:
     reductions: list[sp.Expr] = field(default_factory=list)
     check_summary: str = ""
     wrt_reason: str = ""  # why `wrt` was chosen when --wrt was not given ("" when it was, or had to be)
-    #: For a spec with several index ranges: the backward arrays and gradients (derive.tensor.TensorDerivation).
+    #: For a spec with several index ranges: the backward arrays and gradients (derive.adjoint.ArrayDerivation).
     tensor: Any = None
     order: int = 1  # 2: a loss's Hessian, derived as the Jacobian of its gradient (softgrad.derive.hessian)
 

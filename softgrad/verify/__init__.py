@@ -92,7 +92,7 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
                     adapted = adapt_several(function, signature, getattr(function, "__name__", "function"))
                     if adapted is not None:
                         function, how = adapted
-            tensor_report = _check_tensor(function, against, signature, sizes, dtype, seed, parameters or {},
+            tensor_report = _check_arrays(function, against, signature, sizes, dtype, seed, parameters or {},
                                           extremes, label, mode)
             if shown is not None:  # the products and the vector under the user's names (hv, v), not the VJP's
                 checked_names, given_names = (re.split(r"->|,", text.replace(" ", ""))
@@ -164,13 +164,13 @@ def check_gradient(function: Callable[..., Any], against: str | None = None, sig
     return report
 
 
-def _check_tensor(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
+def _check_arrays(function: Callable[..., Any], against: str, signature: str | None, sizes: str | None,
                   dtype: str, seed: int, parameters: dict[str, Any], extremes: bool,
                   label: str | None, mode: str = "auto") -> Report:
     from softgrad.derive import derive_spec, load_spec
     from softgrad.derive.spec import with_rows
     from softgrad.errors import SoftgradError
-    from softgrad.verify.tensor_verify import example_signature, parse_sizes, parse_tensor_signature, verify_tensor
+    from softgrad.verify.arrays import example_signature, parse_array_signature, parse_sizes, verify_arrays
 
     spec = with_rows(load_spec(against))  # a one-index spec with its row index written out: x[b, i]
     if signature is None:
@@ -180,9 +180,9 @@ def _check_tensor(function: Callable[..., Any], against: str, signature: str | N
     wrt = ",".join(name[1:] for name in outputs if name.startswith("d") and (
         name[1:] in spec.inputs or name[1:] in spec.parameters)) or None  # dT: a learnable scalar
     derivation = derive_spec(spec, wrt=wrt)
-    chosen = parse_tensor_signature(signature, derivation,
+    chosen = parse_array_signature(signature, derivation,
                                     [name for name, value in parameters.items() if isinstance(value, dict)])
-    return verify_tensor(function, derivation, chosen, parse_sizes(sizes, derivation.spec),
+    return verify_arrays(function, derivation, chosen, parse_sizes(sizes, derivation.spec),
                          label=label or str(getattr(function, "__name__", "function")), against=spec.name or against,
                          dtype=dtype, seed=seed, parameters=parameters, extremes=extremes, mode=mode)
 
@@ -247,7 +247,7 @@ def _check_target_by_rows(target: str, against: str, signature: str | None, size
         raise SoftgradError("a Hessian–vector product needs --signature naming the inputs, the vector and the product, "
                             "e.g. --signature 'x,t,v->hv'")
     if signature is None:  # reported before any user code is loaded
-        from softgrad.verify.tensor_verify import example_signature
+        from softgrad.verify.arrays import example_signature
 
         raise SoftgradError(f"a spec with several indices needs --signature naming the function's inputs and outputs, "
                             f"e.g. --signature '{example_signature(load_spec(against))}'")

@@ -177,7 +177,7 @@ def plan_c_call(reference: str, text: str, spec: Any, sizes: dict[str, int], dty
     out) and the ranges' sizes; every mismatch between the signature, the spec and the prototype is one
     SoftgradError line, reported before any of the user's code runs. reads_upstream=False: code for a spec
     with an array output that does not read its upstream gradient (a Hessian, which the product is made of)."""
-    from softgrad.verify.tensor_verify import size_names
+    from softgrad.verify.arrays import size_names
 
     location, _, names = reference.rpartition(":")
     functions = names.split(",")

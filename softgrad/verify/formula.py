@@ -14,8 +14,8 @@ import sympy as sp
 
 from softgrad._version import __version__
 from softgrad.budget import TimeLimitExceeded, time_limit
-from softgrad.derive.check import StepChecker
-from softgrad.derive.numbers import ONE_RANGE_SIZES
+from softgrad.derive.check.numbers import ONE_RANGE_SIZES
+from softgrad.derive.check.numeric import StepChecker
 from softgrad.derive.spec import Definition, Spec, Token, _LineParser, spec_text, tokenize
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import Partial, index

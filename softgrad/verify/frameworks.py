@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from softgrad.codegen.backends.frameworks import FrameworkModule, framework_derivation, lower_framework
 from softgrad.codegen.build import GeneratedFiles, import_path
-from softgrad.codegen.frameworks import FrameworkModule, framework_derivation, lower_framework
 from softgrad.derive.steps import Derivation
 from softgrad.errors import SoftgradError
 from softgrad.verify.adapters import framework_gradients, holding
-from softgrad.verify.generated import KernelCheck, check_module, sample_tensor_inputs
+from softgrad.verify.generated import KernelCheck, check_module, sample_array_inputs
 
 __all__ = ["FrameworkAdapter", "check_framework_module", "double_precision"]
 
@@ -141,7 +141,7 @@ def _framework_checks(adapter: FrameworkAdapter, seed: int) -> list[KernelCheck]
     # 3 entries per range; 2 where there are many ranges (a 2-D convolution's seven), as the derivation's checks do
     size = 3 if len(spec.sizes) < 6 else 2
     sizes = spec.consistent_sizes({name: size for name in spec.sizes})
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 5)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed + 5)
     wanted = [spec.inputs.index(name) for name in tensor.gradients]
     with double_precision(framework):
         arguments = adapter._arrays([arrays[name] for name in spec.inputs] + [parameters[p] for p in spec.parameters])

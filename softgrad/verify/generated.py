@@ -27,12 +27,12 @@ import sympy as sp
 from softgrad import tolerances
 from softgrad.codegen.build import GeneratedFiles, import_path, load_c
 from softgrad.codegen.emit import kernels_for
-from softgrad.codegen.kernel import Kernel
-from softgrad.codegen.lower import exponent_coefficients
+from softgrad.codegen.lower.kernel import Kernel
+from softgrad.codegen.lower.rows import exponent_coefficients
 from softgrad.derive.algebra import inline, positive_inputs
-from softgrad.derive.check import StepChecker
-from softgrad.derive.check import sample_inputs as sample_arrays
-from softgrad.derive.numbers import Point, wide_precision
+from softgrad.derive.check.numbers import Point, wide_precision
+from softgrad.derive.check.numeric import StepChecker
+from softgrad.derive.check.numeric import sample_inputs as sample_arrays
 from softgrad.derive.steps import Derivation
 from softgrad.verify.cases import SMALLER
 from softgrad.verify.reference import UndefinedReference, exact_outputs, forward_directional
@@ -238,7 +238,7 @@ def check_files(derivation: Derivation, files: GeneratedFiles,
     derivation is over named arrays, else each per-row kernel emit wrote (`kernel_names`, None: the default)."""
     with np.errstate(all="ignore"):  # overflow or 0/0 in the code is judged by the checks, not printed on stderr
         if derivation.tensor is not None:
-            return list(check_tensor_module(derivation, files))
+            return list(check_array_module(derivation, files))
         return check_generated(derivation, files, kernels_for(derivation, kernel_names), files.dtype)
 
 
@@ -271,7 +271,7 @@ def _empty_batch_check(derivation: Derivation, kernels: list[Kernel], functions:
         return KernelCheck("every kernel", "an empty batch", "rows = 0", float("inf"), 0.0)
 
 
-def sample_tensor_inputs(derivation: Derivation, sizes: dict[str, int], seed: int,
+def sample_array_inputs(derivation: Derivation, sizes: dict[str, int], seed: int,
                          scale: float = 1.0) -> tuple[dict[str, Any], dict[str, float]]:
     """Random inputs (and upstream gradient) of a tensor derivation at the given range sizes, as the step
     checks draw them (derive.check.sample_inputs)."""
@@ -301,7 +301,7 @@ def module_gradients(module: Any, derivation: Derivation, arrays: dict[str, Any]
     return dict(zip(names, returned))
 
 
-def check_tensor_module(derivation: Derivation, files: GeneratedFiles, seed: int = 0) -> list[KernelCheck]:
+def check_array_module(derivation: Derivation, files: GeneratedFiles, seed: int = 0) -> list[KernelCheck]:
     """Import the generated module from a temporary folder and run the three comparisons."""
     with tempfile.TemporaryDirectory(prefix="softgrad-check-") as temporary:
         module = load_module(files, Path(temporary))
@@ -334,7 +334,7 @@ def _against_derivation(module: Any, derivation: Derivation, seed: int, dtype: s
     worst: dict[tuple[str, str], float] = {}
     for point in checker.points[::2]:
         sizes = {name: point.sizes[symbol] for name, symbol in spec.sizes.items()}
-        arrays, parameters = sample_tensor_inputs(derivation, sizes, seed)
+        arrays, parameters = sample_array_inputs(derivation, sizes, seed)
         values = {name: np.asarray(value, dtype=complex) for name, value in arrays.items()}
         full = Point(point.sizes, values, {k: complex(v) for k, v in parameters.items()})
         checker.complete(full, checker.forward + checker.backward)
@@ -372,7 +372,7 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
     rng = random.Random(seed)
     sizes = spec.consistent_sizes({name: rng.randint(3, 6) for name in spec.sizes})
     for shrink in SMALLER:  # smaller where doubles overflow at order 1 (exp(exp(exp(exp(x)))))
-        arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 1, 1.0 / shrink)
+        arrays, parameters = sample_array_inputs(derivation, sizes, seed + 1, 1.0 / shrink)
         with np.errstate(all="ignore"):
             if np.all(np.isfinite(call_module(module, derivation, arrays, parameters, "forward"))):
                 break
@@ -398,7 +398,7 @@ def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
     value (computed in extended precision) is a finite double: exp(Σx) truly overflows, a stable softmax must not."""
     spec, tensor = derivation.spec, derivation.tensor
     sizes = spec.consistent_sizes({name: 4 for name in spec.sizes})
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 3, scale=1000.0)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed + 3, scale=1000.0)
     representable = _representable_gradients(derivation, sizes, arrays, parameters)
     if not any(np.any(mask) for mask in representable.values()):
         return KernelCheck("gradients", "every output", "inputs of magnitude 1000: not judged (no exact value "
@@ -425,7 +425,7 @@ def _zero_targets(module: Any, derivation: Derivation, seed: int) -> list[Kernel
     if not targets:
         return []
     sizes = spec.consistent_sizes({name: 4 for name in spec.sizes})
-    arrays, parameters = sample_tensor_inputs(derivation, sizes, seed + 4)
+    arrays, parameters = sample_array_inputs(derivation, sizes, seed + 4)
     rng = np.random.default_rng(seed + 4)
     masks = {name: rng.random(np.shape(arrays[name])) < 0.5 for name in targets}  # the entries made 0
     for mask in masks.values():

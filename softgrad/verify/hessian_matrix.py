@@ -54,15 +54,15 @@ def worst_entry(wrapped: HessianAsProduct, derivation: Any, sizes: dict[str, int
                 parameters: dict[str, Any]) -> str | None:
     """The Hessian entry furthest from the exact one at the first input case, as a report line; None where
     every entry is right there (the product went wrong elsewhere) or nothing was computed."""
-    from softgrad.verify.generated import module_gradients, sample_tensor_inputs
-    from softgrad.verify.tensor_verify import _reference
+    from softgrad.verify.arrays import _reference
+    from softgrad.verify.generated import module_gradients, sample_array_inputs
 
     if wrapped.first is None:
         return None
     _, matrix = wrapped.first
     tensor = derivation.tensor
     wrt = next(iter(tensor.gradients))
-    arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=1.0)
+    arrays, _ = sample_array_inputs(derivation, sizes, seed, scale=1.0)
     values = {name: float(value) for name, value in parameters.items() if not isinstance(value, dict)}
     reference = _reference(derivation)
     shape = np.shape(arrays[tensor.upstream])

@@ -201,8 +201,8 @@ def load_c_target(target: str, text: str, against: str, sizes: str | None, dtype
     several-index signature it is checked as, the dtype its prototype computes in)."""
     from softgrad.derive import load_spec
     from softgrad.derive.spec import with_rows
+    from softgrad.verify.arrays import parse_sizes
     from softgrad.verify.c_conventions import plan_c_call
-    from softgrad.verify.tensor_verify import parse_sizes
 
     location = target.rpartition(":")[0]
     if not Path(location).is_file():

@@ -12,7 +12,7 @@ import numpy as np
 
 from softgrad.codegen.build import import_path
 from softgrad.codegen.emit import emit
-from softgrad.codegen.lower import identifier
+from softgrad.codegen.lower.rows import identifier
 from softgrad.derive.algebra import positive_inputs
 from softgrad.derive.steps import Derivation
 from softgrad.verify.signatures import Arrays, Signature

@@ -13,7 +13,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
-from softgrad.derive.numbers import Evaluator, Frame, Point, mpmath_numbers, one_range_view
+from softgrad.derive.check.numbers import Evaluator, Frame, Point, mpmath_numbers, one_range_view
 from softgrad.derive.steps import Derivation
 from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SoftgradError

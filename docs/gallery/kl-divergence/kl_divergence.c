@@ -70,7 +70,7 @@ SOFTGRAD_HELPER double softgrad_select(int choose, double a, double b)
 }
 
 /* exp(v) without branches (vectorizes); within 2 ulp, exp(+inf) = +inf, exp(-inf) = 0, subnormal
- * results rounded correctly, NaN stays NaN. Made by softgrad.codegen.c_math. */
+ * results rounded correctly, NaN stays NaN. Made by softgrad.codegen.backends.c.vector_math. */
 SOFTGRAD_HELPER double softgrad_exp(double v)
 {
     v = softgrad_select(v < -0x1.75p+9, -0x1.75p+9, v);
@@ -87,7 +87,7 @@ SOFTGRAD_HELPER double softgrad_exp(double v)
 
 /* log(v) without branches: k ln 2 + log m, m = v / 2^k in [√½, √2) read from the bits (subnormals scaled
  * up first), log m = 2 atanh((m − 1)/(m + 1)) summed as fdlibm does; within 2 ulp, log 0 = −inf,
- * log(+inf) = +inf, negatives and NaN give NaN. Made by softgrad.codegen.c_math. */
+ * log(+inf) = +inf, negatives and NaN give NaN. Made by softgrad.codegen.backends.c.vector_math. */
 SOFTGRAD_HELPER double softgrad_log(double v)
 {
     const int subnormal = v < 0x1p-1022;

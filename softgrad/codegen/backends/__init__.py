@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from softgrad.codegen.backends import c, numpy
-from softgrad.codegen.kernel import Kernel
+from softgrad.codegen.backends.c import rows as c_rows
+from softgrad.codegen.backends.numpy import rows as numpy_rows
+from softgrad.codegen.lower.kernel import Kernel
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
-    "numpy": Backend("numpy", numpy.print_kernel, numpy.context, numpy.files, has_dtype=False, has_threads=False),
-    "c": Backend("c", c.print_kernel, c.context, c.files, has_dtype=True, has_threads=True),
+    "numpy": Backend("numpy", numpy_rows.print_kernel, numpy_rows.context, numpy_rows.files, has_dtype=False,
+                     has_threads=False),
+    "c": Backend("c", c_rows.print_kernel, c_rows.context, c_rows.files, has_dtype=True, has_threads=True),
 }

@@ -40,7 +40,7 @@ from softgrad.derive.symbols import n as size_symbol
 
 PROOF_SIZES = (1, 2, 3, 4)
 #: With several ranges every range takes each size in turn (the cost grows with the product of the sizes).
-TENSOR_PROOF_SIZES = (1, 2, 3)
+ARRAY_PROOF_SIZES = (1, 2, 3)
 #: The most entries the ranges of a several-index proof may span together (size ** ranges): multi-head attention
 #: with its projections (7 ranges) or a 2-D convolution is proved at sizes 1 and 2, attention (4) up to 3.
 LARGEST_PROOF_POINT = 500
@@ -148,7 +148,7 @@ class Prover:
         """The sizes at which every form of the step equals its left-hand side exactly (all patterns; with
         several ranges, `ranges` names each free index's range, and every range takes the size)."""
         proved = []
-        for size in (PROOF_SIZES if self.axes is None else TENSOR_PROOF_SIZES):
+        for size in (PROOF_SIZES if self.axes is None else ARRAY_PROOF_SIZES):
             if self.axes is not None and size > 2 and size ** len(self.spec.base_sizes()) > LARGEST_PROOF_POINT:
                 break  # the smaller sizes stand
             try:

@@ -13,11 +13,11 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen import c_math
+from softgrad.codegen.backends.c import vector_math
+from softgrad.codegen.backends.printers import CKernelPrinter, assert_printable, prepare
 from softgrad.codegen.build import RECOMMENDED_FLAGS
-from softgrad.codegen.kernel import Kernel
-from softgrad.codegen.printers import CKernelPrinter, assert_printable, prepare
-from softgrad.codegen.schedule import Loop, schedule
+from softgrad.codegen.lower.kernel import Kernel
+from softgrad.codegen.lower.schedule import Loop, schedule
 
 _CTYPE = {"float64": "double", "float32": "float"}
 _SUFFIX = {"float64": "", "float32": "f"}
@@ -96,11 +96,11 @@ def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
 
 def context(dtype: str, openmp: bool) -> dict[str, Any]:
     """What the C templates show besides the kernels: the element type, threads, helpers, build flags."""
-    return {"ctype": _CTYPE[dtype], "openmp": openmp, "helper_types": c_math.helper_types(dtype),
+    return {"ctype": _CTYPE[dtype], "openmp": openmp, "helper_types": vector_math.helper_types(dtype),
             "compile_flags": " ".join(RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else []))}
 
 
 def files(module: str) -> list[tuple[str, str]]:
     """(template, file name) of each generated file."""
-    return [("c/header.h.j2", f"{module}.h"), ("c/source.c.j2", f"{module}.c"),
-            ("c/loader.py.j2", f"{module}_ctypes.py")]
+    return [("c/rows.h.j2", f"{module}.h"), ("c/rows.c.j2", f"{module}.c"),
+            ("c/rows_loader.py.j2", f"{module}_ctypes.py")]

@@ -3,7 +3,7 @@ jax.custom_vjp function, printed from the derivation's forward and backward stat
 
 Every spec takes one path here: a one-index spec is lowered with its row index written out
 (softgrad.derive.spec.with_rows), as vmap lifts a per-example function, so that softmax and attention
-are printed by the same array lowering (softgrad.codegen.tensor_numpy) in the framework's dialect.
+are printed by the same array lowering (softgrad.codegen.backends.numpy.arrays) in the framework's dialect.
 The backward keeps exactly what the derived backward reads — for softmax its output, not its input.
 """
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from softgrad._version import __version__
-from softgrad.codegen.dialects import DIALECTS
-from softgrad.codegen.lower import hoisted_softmax_ratios
-from softgrad.codegen.plan import printed_names, shape_of
-from softgrad.codegen.tensor_numpy import TensorModule, lower_tensor
+from softgrad.codegen.backends.numpy.arrays import ArrayModule, lower_arrays
+from softgrad.codegen.backends.numpy.dialects import DIALECTS
+from softgrad.codegen.lower.plan import printed_names, shape_of
+from softgrad.codegen.lower.rows import hoisted_softmax_ratios
 from softgrad.derive.engine import derive_spec
 from softgrad.derive.spec import with_rows
 from softgrad.derive.steps import Derivation
@@ -32,7 +32,7 @@ FRAMEWORKS = ("torch", "jax")
 class FrameworkModule:
     """What a framework template prints, besides the lowered statements."""
 
-    lowered: TensorModule
+    lowered: ArrayModule
     function_name: str  # the plain function that applies the Function (torch) or is the custom_vjp (jax)
     class_name: str  # the autograd.Function is class_name + "Function"; the nn.Module is class_name
     operators: str  # the torch.library namespace of the custom ops (spec, options and version in its hash)
@@ -92,7 +92,7 @@ def lower_framework(derivation: Derivation, language: str, module: str,
     derivation = hoisted_softmax_ratios(derivation)  # inline exp(E)/Σexp(E) as arrays kept finite
     spec, tensor = derivation.spec, derivation.tensor
     printed = printed_names(derivation)
-    lowered = lower_tensor(derivation, DIALECTS[language])
+    lowered = lower_arrays(derivation, DIALECTS[language])
     axes = {printed[name]: ranges for name, ranges in tensor.axes.items() if name in printed}
     axes.setdefault(lowered.output, lowered.output_ranges)  # a scalar loss: no axes
     for statement in lowered.forward:  # arrays made beside a statement's: its log (_log_P), its exp (_exp_y)

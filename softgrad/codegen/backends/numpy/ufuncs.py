@@ -14,8 +14,8 @@ from typing import Any
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from softgrad.codegen.kernel import guarded_product, softplus
-from softgrad.codegen.printers import NumpyKernelPrinter
+from softgrad.codegen.backends.printers import NumpyKernelPrinter
+from softgrad.codegen.lower.kernel import guarded_product, softplus
 from softgrad.derive.symbols import sigmoid
 
 _FUNCTIONS = {sp.exp: "np.exp", sp.log: "np.log", sp.Abs: "np.abs", sp.tanh: "np.tanh", sp.sin: "np.sin",

@@ -21,8 +21,7 @@ import sympy as sp
 
 from softgrad import tolerances
 from softgrad.derive.algebra import positive_inputs
-from softgrad.derive.matrix import entries
-from softgrad.derive.numbers import (
+from softgrad.derive.check.numbers import (
     COMPLEX_STEP,
     DOUBLES,
     LARGEST_FLOAT,
@@ -38,7 +37,8 @@ from softgrad.derive.numbers import (
     one_range_view,
     wide_precision,
 )
-from softgrad.derive.proof import ProofMarks, Prover
+from softgrad.derive.check.proof import ProofMarks, Prover
+from softgrad.derive.matrix import entries
 from softgrad.derive.spec import Definition, Spec, spec_text
 from softgrad.derive.steps import Step
 from softgrad.derive.symbols import Partial
@@ -58,7 +58,7 @@ class StepChecker(Evaluator):
     def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]] | None, surrogate: Definition | None,
                  seed: int = 0, wide: bool = False, prove: bool = False,
                  total_derivatives: bool = False, sizes: Sequence[int] = ()):
-        """prove: also prove each checked step exactly at small sizes (softgrad.derive.proof). wide: evaluate
+        """prove: also prove each checked step exactly at small sizes (softgrad.derive.check.proof). wide: evaluate
         in mpmath complex numbers (inside numbers.wide_precision()), where doubles would overflow; the points'
         arrays then hold mpmath numbers. A checker made without it widens by itself the first time doubles
         overflow (exp(x + 1000)), at the same points.
@@ -245,7 +245,7 @@ class StepChecker(Evaluator):
             self.prover.add(definition, self.axes.get(definition.name, ()))
 
     def _prove(self, step: Step) -> None:
-        """Mark the step proved where both sides are identical at every range size of TENSOR_PROOF_SIZES."""
+        """Mark the step proved where both sides are identical at every range size of ARRAY_PROOF_SIZES."""
         if self.marks is None:  # made without prove
             return
         sides = [step.lhs, *[f for f in step.forms if not isinstance(f, sp.MatrixExpr)]]

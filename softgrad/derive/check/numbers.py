@@ -1,7 +1,7 @@
 """The numeric meaning of the spec language: its functions in complex doubles (cmath) and in mpmath, and an
 evaluator of every expression softgrad shows at concrete sizes and values, whole arrays at a time.
 
-The step checker (softgrad.derive.check) is this evaluator with derivatives, sampled points and checks; the
+The step checker (softgrad.derive.check.numeric) is this evaluator with derivatives, sampled points and checks; the
 verifier's 40-digit reference for per-row code evaluates derived results with it in mpmath.
 """
 
@@ -152,7 +152,7 @@ class Point:
 
 class Evaluator:
     """Every expression softgrad shows, evaluated at a point: definitions computed in order, whole arrays at a
-    time. A derivative ∂C/∂X (Partial) is the step checker's to evaluate (softgrad.derive.check)."""
+    time. A derivative ∂C/∂X (Partial) is the step checker's to evaluate (softgrad.derive.check.numeric)."""
 
     def __init__(self, spec: Spec, axes: dict[str, tuple[str, ...]], definitions: list[Definition],
                  numbers: Numbers):

@@ -34,7 +34,7 @@ from softgrad.verify.generated import (
     load_module,
     module_gradients,
     module_loss,
-    sample_tensor_inputs,
+    sample_array_inputs,
 )
 from softgrad.verify.hints import array_hints
 from softgrad.verify.pairs import parse_pair
@@ -54,7 +54,7 @@ DEFAULT_SIZES = (5, 6, 4, 7, 3, 8, 9, 10)
 
 
 @dataclass
-class TensorSignature:
+class ArraySignature:
     text: str
     takes: tuple[str, ...]
     returns: tuple[str, ...]
@@ -69,7 +69,7 @@ def example_signature(spec: Any) -> str:
     return ",".join(takes) + "->" + ",".join(returns)
 
 
-def parse_tensor_signature(text: str, derivation: Derivation, settings: Iterable[str] = ()) -> TensorSignature:
+def parse_array_signature(text: str, derivation: Derivation, settings: Iterable[str] = ()) -> ArraySignature:
     """`X,W,bias,T->loss,dW,dbias`: every spec input taken (and the upstream gradient for an array output),
     outputs among the spec's output (`loss` or its name) and d<input> for inputs. A spec parameter may be
     named among the inputs (`W,X,y,reg->loss,dW`): its --param value is passed there; parameters the
@@ -86,7 +86,7 @@ def parse_tensor_signature(text: str, derivation: Derivation, settings: Iterable
                                 f"{pair.upstream[0]}")
         composed = ",".join(pair.forward_takes + ((tensor.upstream,) if pair.upstream else ())) + "->" + ",".join(
             ("loss" if not spec.output.is_vector else spec.output.name, *pair.backward_returns))
-        return dataclasses.replace(parse_tensor_signature(composed, derivation, settings), text=text)
+        return dataclasses.replace(parse_array_signature(composed, derivation, settings), text=text)
     if "->" not in text:
         raise SoftgradError(f"a signature is INPUTS->OUTPUTS, e.g. {','.join(spec.inputs)}->"
                             f"{','.join('d' + n for n in spec.inputs if n not in spec.labels)}; got {text!r}")
@@ -115,7 +115,7 @@ def parse_tensor_signature(text: str, derivation: Derivation, settings: Iterable
                                 f"for an input of the spec ({inputs})")
     if not gradients:
         raise SoftgradError("the signature returns no gradient (d<input>)")
-    return TensorSignature(text, takes, returns, gradients, output_name)
+    return ArraySignature(text, takes, returns, gradients, output_name)
 
 
 def size_names(spec: Any) -> dict[str, str]:
@@ -159,7 +159,7 @@ def _reference(derivation: Derivation) -> Any:
         return load_module(emit(derivation, "numpy"), Path(folder))
 
 
-def verify_tensor(function: Callable[..., Any], derivation: Derivation, signature: TensorSignature,
+def verify_arrays(function: Callable[..., Any], derivation: Derivation, signature: ArraySignature,
                   sizes: dict[str, int], *, label: str, against: str, dtype: str = "float64", seed: int = 0,
                   parameters: dict[str, Any] | None = None, extremes: bool = True, mode: str = "auto") -> Report:
     """Check `function` against the derivation; returns the report (never raises on FAIL).
@@ -201,7 +201,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     for number, (case, scale, with_differences) in enumerate(cases):
         for shrink in SMALLER:  # code cannot return values its dtype does not hold: where the exact ones are, smaller
             drawn = scale / shrink
-            arrays, _ = sample_tensor_inputs(derivation, sizes, seed + number, scale=drawn)
+            arrays, _ = sample_array_inputs(derivation, sizes, seed + number, scale=drawn)
             exact_output, exact = _exact(reference, derivation, arrays, values)
             if all(np.all(np.abs(e) <= representable) for e in [exact_output, *exact.values()]):
                 break
@@ -265,7 +265,7 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
         except WrongOutput as wrong:
             report.fail(f"{wrong} (structural checks)")
     else:  # a failure may have a cause that no element shows: say it first
-        arrays, _ = sample_tensor_inputs(derivation, sizes, seed, scale=first_drawn or 1.0)
+        arrays, _ = sample_array_inputs(derivation, sizes, seed, scale=first_drawn or 1.0)
         try:
             varying = unrepeatable(lambda: _call(function, signature, arrays, values, dtype, sizes, derivation,
                                                  settings=settings),
@@ -277,12 +277,12 @@ def verify_tensor(function: Callable[..., Any], derivation: Derivation, signatur
     return report
 
 
-def _structure(report: Report, function: Callable[..., Any], signature: TensorSignature, derivation: Derivation,
+def _structure(report: Report, function: Callable[..., Any], signature: ArraySignature, derivation: Derivation,
                sizes: dict[str, int], values: dict[str, float], dtype: str, seed: int,
                settings: dict[str, dict[str, Any]], scale: float) -> None:
     """The structural checks every gradient gets (softgrad.verify.structure), at inputs of the first checked
     case's order, under the code's own name of the upstream gradient where it takes one."""
-    arrays, _ = sample_tensor_inputs(derivation, sizes, seed + 5, scale)
+    arrays, _ = sample_array_inputs(derivation, sizes, seed + 5, scale)
     upstream = derivation.tensor.upstream
 
     def gradients(given: Any) -> dict[str, Any]:
@@ -369,7 +369,7 @@ def _compare_projections(report: Report, reference: Any, derivation: Derivation,
     return 0
 
 
-def _call(function: Callable[..., Any], signature: TensorSignature, arrays: dict[str, Any],
+def _call(function: Callable[..., Any], signature: ArraySignature, arrays: dict[str, Any],
           values: dict[str, float], dtype: str, sizes: dict[str, int], derivation: Derivation,
           notes: list[str] | None = None, settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The function's outputs by name, each checked to be a finite-dtype array of the spec's shape (axes of

@@ -1,7 +1,7 @@
 """The NumPy backend: one module per spec, every kernel a function over arrays of any leading shape.
 
 Kernels work on blocks of rows, each operation one ufunc writing into a buffer reused from block to
-block (softgrad.codegen.ufuncs); the explicit Jacobian, for small n, is whole-array NumPy in float64.
+block (softgrad.codegen.backends.numpy.ufuncs); the explicit Jacobian, for small n, is whole-array NumPy in float64.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.kernel import Kernel
-from softgrad.codegen.printers import NumpyKernelPrinter, assert_printable, prepare
-from softgrad.codegen.schedule import Loop, schedule
-from softgrad.codegen.ufuncs import BlockPrinter, UfuncProgram
+from softgrad.codegen.backends.numpy.ufuncs import BlockPrinter, UfuncProgram
+from softgrad.codegen.backends.printers import NumpyKernelPrinter, assert_printable, prepare
+from softgrad.codegen.lower.kernel import Kernel
+from softgrad.codegen.lower.schedule import Loop, schedule
 
 
 def print_kernel(kernel: Kernel, dtype: str) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def context(dtype: str, openmp: bool) -> dict[str, Any]:
 
 def files(module: str) -> list[tuple[str, str]]:
     """(template, file name) of the generated module."""
-    return [("numpy/module.py.j2", f"{module}.py")]
+    return [("numpy/rows.py.j2", f"{module}.py")]
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _stages(kernel: Kernel, printer: NumpyKernelPrinter, output_printer: NumpyKe
 
 
 def _numpy_blocked(kernel: Kernel) -> dict[str, Any]:
-    """A kernel's schedule as NumPy statements for one block of rows (see softgrad.codegen.ufuncs)."""
+    """A kernel's schedule as NumPy statements for one block of rows (see softgrad.codegen.backends.numpy.ufuncs)."""
     plan = schedule(kernel)
     printer = BlockPrinter()
     program = UfuncProgram(printer)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import sympy as sp
 
-from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Output, Reduction, guarded_product, softplus
+from softgrad.codegen.lower.kernel import COLUMN, LOOP, Kernel, Output, Reduction, guarded_product, softplus
 from softgrad.codegen.names import module_identifier, public_names
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition, Spec
@@ -618,5 +618,5 @@ def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
         definitions.insert(min([*readers, len(definitions) - 1]), definition)
     lowered_spec = dataclasses.replace(spec, definitions=definitions, axes={**spec.axes, **{
         d.name: axes[d.name] for d in added}})
-    lowered_tensor = dataclasses.replace(tensor, backward=backward, axes=axes)
-    return dataclasses.replace(derivation, spec=lowered_spec, tensor=lowered_tensor)
+    lowered_arrays = dataclasses.replace(tensor, backward=backward, axes=axes)
+    return dataclasses.replace(derivation, spec=lowered_spec, tensor=lowered_arrays)

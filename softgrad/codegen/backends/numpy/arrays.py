@@ -9,7 +9,7 @@ log Σ exp is shifted the same way. A subexpression the statements of one functi
 softmax regression's P − T) is computed once, into a temporary, and a block's rows of a result are written by its
 last multiplication (`out=`), not copied in; a block's part of a sum over rows that is a matrix product (dW) is
 written by matmul into the array on the first block and added after, its scale applied to the smaller operand.
-No Python loop runs over entries; where the row-blocking pass (codegen.blocking) finds one, the NumPy module runs
+No Python loop runs over entries; where the row-blocking pass (codegen.lower.blocking) finds one, the NumPy module runs
 a function a block of rows at a time (a loop over blocks, each an array expression), so that attention's n × n
 arrays exist for one block of query rows only.
 """
@@ -24,11 +24,10 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
-from softgrad.codegen.dialects import NUMPY, ArrayDialect
-from softgrad.codegen.kernel import guarded_product
-from softgrad.codegen.lower import stable_array_forms
-from softgrad.codegen.plan import (
+from softgrad.codegen.backends.numpy.dialects import NUMPY, ArrayDialect
+from softgrad.codegen.lower.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
+from softgrad.codegen.lower.kernel import guarded_product
+from softgrad.codegen.lower.plan import (
     checked_arrays,
     functions,
     integer_formula,
@@ -38,6 +37,7 @@ from softgrad.codegen.plan import (
     shape_of,
     size_variable,
 )
+from softgrad.codegen.lower.rows import stable_array_forms
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation
@@ -58,7 +58,7 @@ class Statement:
 
 
 @dataclass
-class TensorModule:
+class ArrayModule:
     """What the NumPy template prints: arguments, size checks, the forward and backward statements."""
 
     inputs: list[tuple[str, str, tuple[str, ...]]]  # (printed name, spec name, ranges)
@@ -1130,7 +1130,7 @@ def common_subexpressions(forms: list[tuple[sp.Expr, dict[sp.Symbol, str]]]) -> 
     return repeated
 
 
-def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> TensorModule:
+def lower_arrays(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> ArrayModule:
     """The array module's parts for a tensor derivation, printed in one array library's dialect."""
     tensor = derivation.tensor
     spec = derivation.spec
@@ -1191,7 +1191,7 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
             if statement.name in unread:
                 statement.lines = [line for line in statement.lines if not line.startswith(f"{statement.name} = ")]
     inputs = [(printed[name], name, tensor.axes.get(name, ())) for name in spec.inputs]
-    return TensorModule(
+    return ArrayModule(
         inputs=inputs, labels={printed[k]: v for k, v in spec.labels.items()},
         parameters=[printed[p] for p in spec.parameters], sizes=sizes, forward=forward,
         output=printed[spec.output.name], output_is_scalar=not spec.output.is_vector, backward=backward,
@@ -1204,8 +1204,8 @@ def lower_tensor(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Tenso
         backward_inputs=[printed[name] for name in pair.inputs_read] if pair else [], backward_from_saved=from_saved)
 
 
-def emit_tensor_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:
+def emit_arrays_numpy(derivation: Derivation, header: dict[str, Any], render: Any) -> str:
     """The NumPy module's text."""
-    module = lower_tensor(derivation)
-    return str(render("numpy/tensor.py.j2", module=module, cache_names=module.cache,
+    module = lower_arrays(derivation)
+    return str(render("numpy/arrays.py.j2", module=module, cache_names=module.cache,
                       **checked_arrays(derivation, printed_names(derivation)), **header))

@@ -16,7 +16,7 @@ from sympy.codegen.rewriting import create_expand_pow_optimization, optimize
 from sympy.printing.c import C99CodePrinter
 from sympy.printing.numpy import NumPyPrinter
 
-from softgrad.codegen.kernel import COLUMN, LOOP, softplus
+from softgrad.codegen.lower.kernel import COLUMN, LOOP, softplus
 from softgrad.derive.symbols import n
 
 # any base, not only symbols: (x − t)² is (x − t)·(x − t), which the compiler computes once, never pow()

@@ -15,8 +15,8 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.blocking import RowBlocking, row_blocking
-from softgrad.codegen.lower import merged_powers, stable_array_forms
+from softgrad.codegen.lower.blocking import RowBlocking, row_blocking
+from softgrad.codegen.lower.rows import merged_powers, stable_array_forms
 from softgrad.codegen.names import public_names
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition

@@ -27,7 +27,7 @@ from sympy.matrices.expressions import HadamardProduct, OneMatrix
 from softgrad.derive import algebra
 from softgrad.derive.algebra import cost, expanded
 from softgrad.derive.algebra import tidy as _tidy
-from softgrad.derive.check import StepChecker
+from softgrad.derive.check.numeric import StepChecker
 from softgrad.derive.prose import prose, words
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation, Result, Section, Step
@@ -54,7 +54,7 @@ class Adjoint:
 
 
 @dataclass
-class TensorDerivation:
+class ArrayDerivation:
     """What codegen and verify need beyond the document: the backward arrays in order, and which of them
     is the gradient of each requested input."""
 
@@ -96,7 +96,7 @@ def _claim_name(preferred: list[str], taken: set[str]) -> str:
     return name
 
 
-class TensorEngine:
+class AdjointEngine:
     def __init__(self, spec: Spec, wrt: str | None, seed: int):
         self.spec = spec
         if wrt:
@@ -138,7 +138,7 @@ class TensorEngine:
             self.loss = sp.Symbol(output.name)
         self.checker = StepChecker(spec, self.axes, surrogate, seed, prove=True)
         self.adjoints: dict[str, Adjoint] = {}
-        self.result = TensorDerivation(upstream=self.upstream)
+        self.result = ArrayDerivation(upstream=self.upstream)
 
     def step(self, section: Section, **fields: Any) -> Step:
         """Check and add a step; one that rewrites a result made under an assumption (the targets' constraint)
@@ -552,9 +552,9 @@ def matrix_form(expr: sp.Expr, free: tuple[sp.Symbol, ...], axes: dict[str, tupl
     return result if isinstance(result, sp.MatrixExpr) else None
 
 
-def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
+def derive_adjoint(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     """The reverse-mode derivation of a spec with several index ranges; every step checked."""
-    engine = TensorEngine(spec, wrt, seed)
+    engine = AdjointEngine(spec, wrt, seed)
     sections: list[Section] = []
     results: dict[str, Result] = {}
     try:
@@ -573,4 +573,4 @@ def derive_tensor(spec: Spec, wrt: str | None, seed: int) -> Derivation:
     return derivation
 
 
-__all__ = ["TensorDerivation", "derive_tensor", "matrix_form"]
+__all__ = ["ArrayDerivation", "derive_adjoint", "matrix_form"]

@@ -1,6 +1,6 @@
 """How each array library spells what the array lowering prints: NumPy, PyTorch and jax.numpy.
 
-The lowering (softgrad.codegen.tensor_numpy) decides *what* to compute — which sums are matrix
+The lowering (softgrad.codegen.backends.numpy.arrays) decides *what* to compute — which sums are matrix
 products, where a row maximum shifts an exponent, which axes a value has; a dialect only says how one
 library writes it (`axis=` or `dim=`, `np.max` or `torch.amax`, in place or not). One lowering, three
 targets, as SymForce prints one expression graph in several languages.

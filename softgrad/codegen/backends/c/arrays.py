@@ -4,15 +4,15 @@ Each statement is a loop nest over its indices, row-major arrays read by flat of
 contraction of two arrays (Σ_d W[c, d]·X[b, d], possibly scaled and plus an elementwise term, possibly batched
 over leading indices) is one gemm call per batch entry: factors that are not arrays of the spec ((P − T)[b, c])
 are first written to a work array. Everything else is loops the compiler vectorizes (`omp simd`, softgrad's
-branch-free exp and log, the one C printer of codegen.printers): a sum is computed in a loop of its own,
+branch-free exp and log, the one C printer of codegen.backends.printers): a sum is computed in a loop of its own,
 hoisted to the outermost loop where all its free indices are bound, and accumulated in double whatever the
 element type. A normalised exponential is shifted by its row maximum, exp computed once per entry (stashed
 in the output, then scaled), and its log written as (E − max − log Σ) where it is read. Where the row-blocking
-pass (codegen.blocking) finds one, a function runs a block of rows at a time: its n × n work arrays (attention's
+pass (codegen.lower.blocking) finds one, a function runs a block of rows at a time: its n × n work arrays (attention's
 S, P, dP, dS) are held for one block, the sums over rows accumulate block after block (a gemm writes the first
 block's part over the array, beta 0, and adds the others), extra memory O(rows·n). A costly part of a statement
 that does not change along its innermost loop (1/√(v[b] + ε)) is computed once outside it. Besides forward() and
-gradients(), the pair forward_saving() and backward() that codegen.plan.saving plans: the forward writes what the
+gradients(), the pair forward_saving() and backward() that codegen.lower.plan.saving plans: the forward writes what the
 backward reads and would otherwise make again.
 """
 
@@ -24,13 +24,13 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen import c_math
-from softgrad.codegen.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
+from softgrad.codegen.backends.c import vector_math
+from softgrad.codegen.backends.printers import CKernelPrinter
 from softgrad.codegen.build import RECOMMENDED_FLAGS
-from softgrad.codegen.kernel import guarded_product
-from softgrad.codegen.lower import stable_array_forms
-from softgrad.codegen.plan import checked_arrays, functions, printed_names, saved_name, saving
-from softgrad.codegen.printers import CKernelPrinter
+from softgrad.codegen.lower.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
+from softgrad.codegen.lower.kernel import guarded_product
+from softgrad.codegen.lower.plan import checked_arrays, functions, printed_names, saved_name, saving
+from softgrad.codegen.lower.rows import stable_array_forms
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
@@ -793,7 +793,7 @@ def fused_rows(statements: list[CStatement]) -> list[str] | None:
     """A block's statements as one loop over its rows that does each statement's work for a row in turn, so that
     the next statement finds the row in L1 cache, not in L2 (layer norm's backward: six passes over each row),
     or None where a statement is not one such loop between declarations and lines after it (a gemm call reads
-    the whole block). Legal because a block reads what it writes at its own rows only (softgrad.codegen.blocking):
+    the whole block). Legal because a block reads what it writes at its own rows only (softgrad.codegen.lower.blocking):
     the lines after a loop, which finish a sum over the rows, may wait until every statement has run."""
     header: str | None = None
     before: list[str] = []
@@ -866,7 +866,7 @@ def block_setup(block: RowBlocking | None, work: list[WorkArray], accumulated: l
             "  // blocks of one size, not a short last one"]
 
 
-def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool = False) -> CModule:
+def lower_arrays_c(derivation: Derivation, dtype: str = "float64", openmp: bool = False) -> CModule:
     tensor, spec = derivation.tensor, derivation.spec
     printed = printed_names(derivation)
     compiler = _Compiler(derivation, printed, dtype, openmp)
@@ -933,17 +933,17 @@ def lower_tensor_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         backward_body=backward_body)
 
 
-def emit_tensor_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,
+def emit_arrays_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,
                   dtype: str, openmp: bool = False) -> tuple[dict[str, str], bool]:
     """The C source, header and ctypes loader, and whether the source calls BLAS (it then links one)."""
-    module = lower_tensor_c(derivation, dtype, openmp)
+    module = lower_arrays_c(derivation, dtype, openmp)
     flags = RECOMMENDED_FLAGS + (["-fopenmp"] if openmp else [])
     context = dict(header, module=module, name=module_name, dtype=dtype, openmp=openmp, cache_names=module.cache,
                    **checked_arrays(derivation, printed_names(derivation)),
-                   ctype="double" if dtype == "float64" else "float", helper_types=c_math.helper_types(dtype),
+                   ctype="double" if dtype == "float64" else "float", helper_types=vector_math.helper_types(dtype),
                    compile_flags=" ".join(flags), gemm="dgemm" if dtype == "float64" else "sgemm")
-    files = {f"{module_name}.h": str(render("c/tensor.h.j2", **context)),
-             f"{module_name}.c": str(render("c/tensor.c.j2", **context)),
-             f"{module_name}_ctypes.py": str(render("c/tensor_loader.py.j2", **context))}
+    files = {f"{module_name}.h": str(render("c/arrays.h.j2", **context)),
+             f"{module_name}.c": str(render("c/arrays.c.j2", **context)),
+             f"{module_name}_ctypes.py": str(render("c/arrays_loader.py.j2", **context))}
     return files, module.blas
 

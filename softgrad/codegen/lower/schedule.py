@@ -16,7 +16,7 @@ from typing import Any
 
 import sympy as sp
 
-from softgrad.codegen.kernel import COLUMN, LOOP, Kernel, Reduction, power_from, power_of, softplus
+from softgrad.codegen.lower.kernel import COLUMN, LOOP, Kernel, Reduction, power_from, power_of, softplus
 from softgrad.derive.symbols import sigmoid
 
 EXPENSIVE = (sp.exp, sp.log, sigmoid, softplus, sp.Pow)
