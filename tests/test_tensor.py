@@ -490,6 +490,44 @@ def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_t
         assert "m[_r0:_r1]" in numpy_backward and "np.sum(x" not in numpy_backward
 
 
+def test_an_empty_range_the_function_divides_by_is_refused_in_one_line_and_others_run(tmp_path):
+    """A mean over no rows has no value: every generated module (NumPy, C, torch, JAX) refuses an empty batch
+    with one clear ValueError — not a ZeroDivisionError, nor 0 from one function and NaN from another. A range
+    the function does not divide by may be empty (layer norm of no rows: empty results)."""
+    require_tool("cc")
+    regression = derived("softmax-regression-labels")
+    W, X, bias, label = np.ones((3, 4)), np.ones((0, 4)), np.zeros(3), np.zeros(0, dtype=int)
+    ((file_name, text),) = emit(regression, "numpy").items()
+    (tmp_path / file_name).write_text(text)
+    refused = "index b has no entries, and the function divides by its size"
+    for module in (import_path(tmp_path / file_name), load_c(emit(regression, "c"), tmp_path)):
+        for call in (lambda: module.forward(W, X, bias, label), lambda: module.gradients(W, X, bias, label),
+                     lambda: module.forward_saving(W, X, bias, label)):
+            with pytest.raises(ValueError, match=refused):
+                call()
+    layer_norm = derived("layer-norm-affine")
+    x, gamma, beta = np.ones((0, 5)), np.ones(5), np.zeros(5)
+    c_kernels = load_c(emit(layer_norm, "c"), tmp_path)
+    dx, dgamma, dbeta = c_kernels.gradients(x, gamma, beta, np.ones((0, 5)))
+    assert dx.shape == (0, 5) and np.all(dgamma == 0) and np.all(dbeta == 0)
+    with pytest.raises(ValueError, match="index k has no entries"):
+        c_kernels.forward(np.ones((3, 0)), np.ones(0), np.zeros(0))
+    torch = require_module("torch")
+    ((file_name, text),) = emit(regression, "torch").items()
+    (tmp_path / "with_torch").mkdir()
+    (tmp_path / "with_torch" / file_name).write_text(text)
+    module = import_path(tmp_path / "with_torch" / file_name)
+    with pytest.raises(ValueError, match=refused):
+        module.softmax_regression_labels(*(torch.as_tensor(a) for a in (W, X, bias, label)))
+    require_module("jax")
+    ((file_name, text),) = emit(regression, "jax").items()
+    (tmp_path / "with_jax").mkdir()
+    (tmp_path / "with_jax" / file_name).write_text(text)
+    module = import_path(tmp_path / "with_jax" / file_name)
+    with pytest.raises(ValueError, match=refused):
+        module.softmax_regression_labels(W, X, bias, label)
+
+
 @pytest.mark.slow
 def test_generated_c_in_float32_passes_its_check_and_hostile_names_compile():
     from conftest import require_tool

@@ -64,6 +64,8 @@ def _arrays(named, dtype=None):
                 raise ValueError(f"index {range_name}: {name} has {size} entries along axis {axis}, but "
                                  f"{other} has {sizes[range_name]} along axis {other_axis}")
             seen.setdefault(range_name, (name, axis))
+    if sizes.get("k") == 0:
+        raise ValueError("index k has no entries, and the function divides by its size")
     for name, range_name in labels.items():
         values = arrays[name]
         if values.size and (values.min() < 0 or values.max() >= sizes[range_name]):

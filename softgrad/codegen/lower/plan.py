@@ -195,8 +195,24 @@ def forward_needed(derivation: Derivation, backward: list[Definition] | None = N
     return needed
 
 
+def divided_sizes(derivation: Derivation) -> list[str]:
+    """The ranges whose size the function or its derived gradients divide by (a mean over b, 1/√size(e)), in
+    the spec's order: where such a range is empty the function has no value, and the generated modules say so
+    instead of returning what an empty sum happens to give."""
+    tensor, spec = derivation.tensor, derivation.spec
+    by_symbol = {symbol: name for name, symbol in spec.sizes.items()}
+    found: set[str] = set()
+    for expr in [*(d.expr for d in spec.definitions), *(d.expr for d in tensor.backward)]:
+        for power in expr.atoms(sp.Pow):
+            if power.exp.is_negative:  # a size in a sum's bounds only (1/Σ_k e^x[k]) divides by the sum, not by it
+                base = power.base.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.S.One)
+                found |= {by_symbol[s] for s in base.free_symbols if s in by_symbol}
+    return [name for name in spec.sizes if name in found]
+
+
 def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str, Any]:
-    """What the shared shape check of the generated modules needs: arrays with their ranges, labels."""
+    """What the shared shape check of the generated modules needs: arrays with their ranges, labels, the sizes
+    that follow from others and the ranges that may not be empty."""
     tensor, spec = derivation.tensor, derivation.spec
     names = [*spec.inputs, *([tensor.upstream] if tensor.upstream else [])]
     fixed = sorted({r for n in spec.inputs for r in tensor.axes[n]} | set(spec.labels.values()))
@@ -208,7 +224,8 @@ def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str,
     return {"checked": [(printed[n], tensor.axes[n]) for n in names],
             "labels": {printed[n]: r for n, r in spec.labels.items()},
             "solved_sizes": [(name, code(formula)) for name, formula in formulas],
-            "agreed_sizes": [(name, code(formula)) for name, formula in spec.derived_sizes.items()]}
+            "agreed_sizes": [(name, code(formula)) for name, formula in spec.derived_sizes.items()],
+            "divided_sizes": divided_sizes(derivation)}
 
 
 def saved_name(name: str, printed: dict[str, str]) -> str:

@@ -30,6 +30,8 @@ def _forward(Q, K, V):
     _n_e = Q.shape[1]
     _n_j = K.shape[0]
     _n_f = V.shape[1]
+    if _n_e == 0:
+        raise ValueError("index e has no entries, and the function divides by its size")
     S = jnp.asarray(((1 / jnp.sqrt(_n_e)) * ((Q @ K.T))), dtype=_dtype)
     _exponent = S
     P = jax.nn.softmax(_exponent, axis=1)

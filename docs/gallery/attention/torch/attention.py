@@ -51,6 +51,8 @@ def _forward(Q, K, V):
     _n_e = Q.shape[1]
     _n_j = K.shape[0]
     _n_f = V.shape[1]
+    if _n_e == 0:
+        raise ValueError("index e has no entries, and the function divides by its size")
     S = torch.as_tensor((((Q @ K.T)).mul_((1 / math.sqrt(_n_e)))), dtype=_dtype, device=_device)
     _exponent = S
     P = torch.softmax(_exponent, dim=1)

@@ -29,6 +29,8 @@ def _forward(x, gamma, beta):
     beta = jnp.asarray(beta, dtype=_dtype)
     _n_b = x.shape[0]
     _n_k = x.shape[1]
+    if _n_k == 0:
+        raise ValueError("index k has no entries, and the function divides by its size")
     m = jnp.asarray(((1 / _n_k) * (jnp.sum(x, axis=1))), dtype=_dtype)
     _t1 = (x - m[:, None])
     v = jnp.asarray(((1 / _n_k) * (jnp.sum(jnp.square(_t1), axis=1))), dtype=_dtype)

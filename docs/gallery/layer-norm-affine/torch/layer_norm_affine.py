@@ -48,6 +48,8 @@ def _forward(x, gamma, beta):
     beta = beta.to(_dtype)
     _n_b = x.shape[0]
     _n_k = x.shape[1]
+    if _n_k == 0:
+        raise ValueError("index k has no entries, and the function divides by its size")
     m = torch.as_tensor(((torch.sum(x, dim=1)).mul_((1 / _n_k))), dtype=_dtype, device=_device)
     _t1 = (x - m[:, None])
     v = torch.as_tensor(((torch.sum(torch.square(_t1), dim=1)).mul_((1 / _n_k))), dtype=_dtype, device=_device)

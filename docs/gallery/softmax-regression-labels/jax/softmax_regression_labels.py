@@ -31,6 +31,8 @@ def _forward(W, X, bias, label):
     _n_c = W.shape[0]
     _n_d = W.shape[1]
     _n_b = X.shape[0]
+    if _n_b == 0:
+        raise ValueError("index b has no entries, and the function divides by its size")
     z = jnp.asarray((bias[None, :] + ((X @ W.T))), dtype=_dtype)
     _exponent = z
     P = jax.nn.softmax(_exponent, axis=1)

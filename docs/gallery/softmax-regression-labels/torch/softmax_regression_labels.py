@@ -50,6 +50,8 @@ def _forward(W, X, bias, label):
     _n_c = W.shape[0]
     _n_d = W.shape[1]
     _n_b = X.shape[0]
+    if _n_b == 0:
+        raise ValueError("index b has no entries, and the function divides by its size")
     z = torch.as_tensor((((X @ W.T)).add_(bias[None, :])), dtype=_dtype, device=_device)
     _exponent = z
     P = torch.softmax(_exponent, dim=1)

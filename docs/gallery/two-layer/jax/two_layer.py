@@ -33,6 +33,8 @@ def _forward(W1, X, W2, T):
     _n_d = W1.shape[1]
     _n_b = X.shape[0]
     _n_c = W2.shape[0]
+    if _n_b == 0:
+        raise ValueError("index b has no entries, and the function divides by its size")
     h = jnp.asarray(jnp.tanh(((X @ W1.T))), dtype=_dtype)
     z = jnp.asarray(((h @ W2.T)), dtype=_dtype)
     _exponent = z

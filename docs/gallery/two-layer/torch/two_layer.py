@@ -60,6 +60,8 @@ def _forward(W1, X, W2, T):
     _n_d = W1.shape[1]
     _n_b = X.shape[0]
     _n_c = W2.shape[0]
+    if _n_b == 0:
+        raise ValueError("index b has no entries, and the function divides by its size")
     h = torch.as_tensor(((X @ W1.T)).tanh_(), dtype=_dtype, device=_device)
     z = torch.as_tensor(((h @ W2.T)), dtype=_dtype, device=_device)
     _exponent = z

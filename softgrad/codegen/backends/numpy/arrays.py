@@ -29,6 +29,7 @@ from softgrad.codegen.lower.blocking import RowBlocking, accumulated_ranges, spl
 from softgrad.codegen.lower.kernel import guarded_product
 from softgrad.codegen.lower.plan import (
     checked_arrays,
+    divided_sizes,
     functions,
     integer_formula,
     printed_names,
@@ -82,6 +83,8 @@ class ArrayModule:
     output_read: bool = False
     backward_inputs: list[str] = field(default_factory=list)
     backward_from_saved: list[Statement] = field(default_factory=list)
+    #: (range, size variable) of the ranges the function divides by: an empty one is refused (no value there)
+    divided: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def output_rank(self) -> int:
@@ -1198,6 +1201,7 @@ def lower_arrays(derivation: Derivation, dialect: ArrayDialect = NUMPY) -> Array
         upstream=printed[tensor.upstream] if tensor.upstream else None,
         gradients=[(printed[name], printed[gradient]) for name, gradient in tensor.gradients.items()],
         output_ranges=tuple(tensor.axes.get(spec.output.name, ())), gradients_forward=gradients_forward,
+        divided=[(name, compiler.size(name)) for name in divided_sizes(derivation)],
         blocked=plan.blocked or bool(pair and (pair.forward_block or pair.backward_block)),
         saving_forward=saving_forward, saved=[saved_name(name, printed) for name in pair.saved] if pair else [],
         output_read=bool(pair and pair.output_read),
