@@ -491,9 +491,10 @@ def test_the_forward_keeps_what_the_backward_reads_and_the_backward_recomputes_t
 
 
 def test_an_empty_range_the_function_divides_by_is_refused_in_one_line_and_others_run(tmp_path):
-    """A mean over no rows has no value: every generated module (NumPy, C, torch, JAX) refuses an empty batch
-    with one clear ValueError — not a ZeroDivisionError, nor 0 from one function and NaN from another. A range
-    the function does not divide by may be empty (layer norm of no rows: empty results)."""
+    """A mean over no rows has no value: every generated module (NumPy, C, torch, JAX; per-row kernels too)
+    refuses an empty range the function divides by with one clear ValueError — not a ZeroDivisionError, nor 0
+    from one function and NaN from another. A range it does not divide by may be empty (layer norm of no rows,
+    no rows of a per-row kernel: empty results)."""
     require_tool("cc")
     regression = derived("softmax-regression-labels")
     W, X, bias, label = np.ones((3, 4)), np.ones((0, 4)), np.zeros(3), np.zeros(0, dtype=int)
@@ -526,6 +527,17 @@ def test_an_empty_range_the_function_divides_by_is_refused_in_one_line_and_other
     module = import_path(tmp_path / "with_jax" / file_name)
     with pytest.raises(ValueError, match=refused):
         module.softmax_regression_labels(W, X, bias, label)
+    # a one-row spec alike: its per-row kernels refuse an empty class axis it divides by, and run on no rows
+    centred = derive_spec(parse_spec("y[i] = x[i] - sum(x[k], k) / size(i)", name="centred"))
+    ((file_name, text),) = emit(centred, "numpy").items()
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / file_name).write_text(text)
+    for kernels in (import_path(tmp_path / "rows" / file_name), load_c(emit(centred, "c"), tmp_path / "rows")):
+        with pytest.raises(ValueError, match="the class axis has no entries, and the function divides by its size"):
+            kernels.centred_vjp(np.ones((3, 0)), np.ones((3, 0)))
+        assert kernels.centred_forward(np.ones((0, 4))).shape == (0, 4)
+    softmax_rows = emit(derive_spec(load_spec("softmax")), "numpy")  # 1/Σ_k e^x[k] divides by no size
+    assert "the class axis has no entries" not in next(iter(softmax_rows.values()))
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ from softgrad.codegen.backends import BACKENDS
 from softgrad.codegen.build import RECOMMENDED_FLAGS, GeneratedFiles
 from softgrad.codegen.lower.kernel import Kernel
 from softgrad.codegen.lower.rows import applicable_kernels, hoisted_softmax_ratios, identifier, lower
+from softgrad.derive import algebra
 from softgrad.derive.steps import Derivation
+from softgrad.derive.symbols import n as size_symbol
 from softgrad.errors import SoftgradError
 
 #: Targets that print kernels (one-index specs' row kernels, or the array lowering of several indices)
@@ -119,8 +121,10 @@ def emit(derivation: Derivation, language: str, kernel_names: list[str] | None =
     kernels = kernels_for(derivation, kernel_names)
     module = module or identifier(derivation)
     # every kernel takes the spec's parameters, in the spec's order, under their printed names
+    # an empty class axis where the function divides by its size (a mean over i): refused, it has no value there
+    divides = bool(algebra.divided_sizes(derivation.spec.definitions, {"i": size_symbol}))
     context = dict(_header(derivation), module=module, dtype=dtype, parameters=kernels[0].parameters,
-                   kernels=[backend.print_kernel(kernel, dtype) for kernel in kernels],
+                   kernels=[backend.print_kernel(kernel, dtype) for kernel in kernels], divides_by_size=divides,
                    **backend.context(dtype, openmp))
     files = GeneratedFiles(language=language, module=module, dtype=dtype, openmp=openmp)
     for template, name in backend.files(module):

@@ -419,6 +419,20 @@ def index_ranges(expr: sp.Expr, axes: dict[str, tuple[str, ...]], sizes: dict[st
     return ranges
 
 
+def divided_sizes(definitions: Iterable[Definition], sizes: dict[str, sp.Symbol]) -> list[str]:
+    """The ranges (of `sizes`, in its order) whose size the definitions divide by: a mean over b, 1/√size(e).
+    A size in a sum's bounds only (1/Σ_k e^x[k]) divides by the sum, not by the size. Differentiating divides by
+    no new size, so the definitions tell it for the gradients too."""
+    by_symbol = {symbol: name for name, symbol in sizes.items()}
+    found: set[str] = set()
+    for definition in definitions:
+        for power in definition.expr.atoms(sp.Pow):
+            if power.exp.is_negative:
+                base = power.base.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.S.One)
+                found |= {by_symbol[s] for s in base.free_symbols if s in by_symbol}
+    return [name for name in sizes if name in found]
+
+
 def definition_ranges(definition: Definition, axes: dict[str, tuple[str, ...]],
                       sizes: dict[str, sp.Symbol]) -> dict[sp.Symbol, str]:
     """The range of every index of a definition's right-hand side, its own indices by its array's axes."""

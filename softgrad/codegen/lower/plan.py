@@ -196,18 +196,9 @@ def forward_needed(derivation: Derivation, backward: list[Definition] | None = N
 
 
 def divided_sizes(derivation: Derivation) -> list[str]:
-    """The ranges whose size the function or its derived gradients divide by (a mean over b, 1/√size(e)), in
-    the spec's order: where such a range is empty the function has no value, and the generated modules say so
-    instead of returning what an empty sum happens to give."""
-    tensor, spec = derivation.tensor, derivation.spec
-    by_symbol = {symbol: name for name, symbol in spec.sizes.items()}
-    found: set[str] = set()
-    for expr in [*(d.expr for d in spec.definitions), *(d.expr for d in tensor.backward)]:
-        for power in expr.atoms(sp.Pow):
-            if power.exp.is_negative:  # a size in a sum's bounds only (1/Σ_k e^x[k]) divides by the sum, not by it
-                base = power.base.replace(lambda e: isinstance(e, sp.Sum), lambda e: sp.S.One)
-                found |= {by_symbol[s] for s in base.free_symbols if s in by_symbol}
-    return [name for name in spec.sizes if name in found]
+    """The ranges whose size the function divides by, in the spec's order: where such a range is empty the
+    function has no value, and the generated modules say so instead of returning what an empty sum gives."""
+    return algebra.divided_sizes(derivation.spec.definitions, derivation.spec.sizes)
 
 
 def checked_arrays(derivation: Derivation, printed: dict[str, str]) -> dict[str, Any]:
