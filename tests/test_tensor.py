@@ -506,6 +506,12 @@ def test_an_empty_range_the_function_divides_by_is_refused_in_one_line_and_other
                      lambda: module.forward_saving(W, X, bias, label)):
             with pytest.raises(ValueError, match=refused):
                 call()
+    import ctypes  # the C functions themselves, called with no rows, return -2 before touching any array
+
+    library = load_c(emit(regression, "c"), tmp_path).library
+    no_rows = [ctypes.c_size_t(0), ctypes.c_size_t(3), ctypes.c_size_t(4)]  # n_b, n_c, n_d
+    assert library.softmax_regression_labels_forward(None, None, None, None, None, *no_rows) == -2
+    assert library.softmax_regression_labels_backward(None, None, None, None, None, None, None, *no_rows) == -2
     layer_norm = derived("layer-norm-affine")
     x, gamma, beta = np.ones((0, 5)), np.ones(5), np.zeros(5)
     c_kernels = load_c(emit(layer_norm, "c"), tmp_path)

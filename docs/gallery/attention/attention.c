@@ -331,6 +331,7 @@ int attention_forward(const double *Q, const double *K, const double *V, softgra
     (void)_n_j;
     (void)_n_e;
     (void)_n_f;
+    if (_n_e == 0) return -2;  // index e has no entries, and the function divides by its size
     // S, P: held for a block of rows of i at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = (0 + (_n_j * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
@@ -388,6 +389,7 @@ int attention_gradients(const double *Q, const double *K, const double *V, const
     (void)_n_j;
     (void)_n_e;
     (void)_n_f;
+    if (_n_e == 0) return -2;  // index e has no entries, and the function divides by its size
     // S, P, O, dP, dS: held for a block of rows of i at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_f * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = (_n_j * _n_e * (size_t)1 + _n_j * _n_f * (size_t)1 + (_n_j * 1 + _n_j * 1 + _n_f * 1 + _n_j * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_j * 1 + _n_f * 1 + _n_j * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
@@ -479,6 +481,7 @@ int attention_forward_saving(const double *Q, const double *K, const double *V, 
     (void)_n_j;
     (void)_n_e;
     (void)_n_f;
+    if (_n_e == 0) return -2;  // index e has no entries, and the function divides by its size
     // S: held for a block of rows of i at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real));
     const size_t _least = (0 + (_n_j * 1) - 1) / (_n_j * 1);  // as many entries as the sums over the rows it adds into
@@ -534,6 +537,7 @@ int attention_backward(const double *Q, const double *K, const double *V, const 
     (void)_n_j;
     (void)_n_e;
     (void)_n_f;
+    if (_n_e == 0) return -2;  // index e has no entries, and the function divides by its size
     // dP, dS: held for a block of rows of i at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = (_n_j * _n_e * (size_t)1 + _n_j * _n_f * (size_t)1 + (_n_j * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into

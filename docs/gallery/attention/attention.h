@@ -5,7 +5,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is d69d43ba78e99bc5364499d5205305a82b9aac2a3527169df25451d78de4d49f)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_i, n_j, n_e, n_f.
+ * or -1 when its work arrays cannot be allocated, or -2 when n_e is 0 (the function divides by that size: it has no value there).
+ * Sizes come last: n_i, n_j, n_e, n_f.
  */
 #ifndef SOFTGRAD_ATTENTION_H
 #define SOFTGRAD_ATTENTION_H

@@ -4,7 +4,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is fdecd261ebe05299b7bae57a5772e3c2535a2c75b4c67ec554a6f46b108426ef)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_b, n_c, n_t, n_k.
+ * or -1 when its work arrays cannot be allocated.
+ * Sizes come last: n_b, n_c, n_t, n_k.
  */
 #ifndef SOFTGRAD_CAUSAL_CONV1D_H
 #define SOFTGRAD_CAUSAL_CONV1D_H

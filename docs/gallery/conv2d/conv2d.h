@@ -4,7 +4,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is 3e73ebf3ce95cad9ae713a2db67f127f6b7de058b566117e53c17e1cf8ab14a0)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_b, n_o, n_i, n_j, n_c, n_p, n_q.
+ * or -1 when its work arrays cannot be allocated.
+ * Sizes come last: n_b, n_o, n_i, n_j, n_c, n_p, n_q.
  */
 #ifndef SOFTGRAD_CONV2D_H
 #define SOFTGRAD_CONV2D_H

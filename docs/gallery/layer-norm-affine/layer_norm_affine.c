@@ -316,6 +316,7 @@ int layer_norm_affine_forward(const double *x, const double *gamma, const double
 {
     (void)_n_b;
     (void)_n_k;
+    if (_n_k == 0) return -2;  // index k has no entries, and the function divides by its size
     // m, v, xhat: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
     const size_t _least = (0 + (1 + 1 + _n_k * 1) - 1) / (1 + 1 + _n_k * 1);  // as many entries as the sums over the rows it adds into
@@ -378,6 +379,7 @@ int layer_norm_affine_gradients(const double *x, const double *gamma, const doub
 {
     (void)_n_b;
     (void)_n_k;
+    if (_n_k == 0) return -2;  // index k has no entries, and the function divides by its size
     // m, v, xhat: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (sizeof(softgrad_real) + sizeof(softgrad_real) + _n_k * sizeof(softgrad_real));
     const size_t _least = (_n_k * (size_t)1 + _n_k * (size_t)1 + (1 + 1 + _n_k * 1) - 1) / (1 + 1 + _n_k * 1);  // as many entries as the sums over the rows it adds into
@@ -489,6 +491,7 @@ int layer_norm_affine_forward_saving(const double *x, const double *gamma, const
 {
     (void)_n_b;
     (void)_n_k;
+    if (_n_k == 0) return -2;  // index k has no entries, and the function divides by its size
     // xhat: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (_n_k * sizeof(softgrad_real));
     const size_t _least = (0 + (_n_k * 1) - 1) / (_n_k * 1);  // as many entries as the sums over the rows it adds into
@@ -547,6 +550,7 @@ int layer_norm_affine_backward(const double *x, const double *gamma, const softg
 {
     (void)_n_b;
     (void)_n_k;
+    if (_n_k == 0) return -2;  // index k has no entries, and the function divides by its size
     // xhat: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_CACHE_BYTES / (_n_k * sizeof(softgrad_real));
     const size_t _least = (_n_k * (size_t)1 + _n_k * (size_t)1 + (_n_k * 1) - 1) / (_n_k * 1);  // as many entries as the sums over the rows it adds into

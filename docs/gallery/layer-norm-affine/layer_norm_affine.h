@@ -6,7 +6,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is 48aada85722c17d23f83479d42c0dedb65f5dc9d2f59e07cf8e8517e43823dee)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_b, n_k.
+ * or -1 when its work arrays cannot be allocated, or -2 when n_k is 0 (the function divides by that size: it has no value there).
+ * Sizes come last: n_b, n_k.
  */
 #ifndef SOFTGRAD_LAYER_NORM_AFFINE_H
 #define SOFTGRAD_LAYER_NORM_AFFINE_H

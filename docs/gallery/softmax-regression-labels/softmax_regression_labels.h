@@ -5,7 +5,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is ac86ff1acacf7be5233dcf8b14f5226d6ecf23ca0bb101dcb0d66e7fa24a6160)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_b, n_c, n_d.
+ * or -1 when its work arrays cannot be allocated, or -2 when n_b is 0 (the function divides by that size: it has no value there).
+ * Sizes come last: n_b, n_c, n_d.
  */
 #ifndef SOFTGRAD_SOFTMAX_REGRESSION_LABELS_H
 #define SOFTGRAD_SOFTMAX_REGRESSION_LABELS_H

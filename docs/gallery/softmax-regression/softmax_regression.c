@@ -331,6 +331,7 @@ int softmax_regression_forward(const double *W, const double *X, const double *b
     (void)_n_b;
     (void)_n_c;
     (void)_n_d;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // z, P, _log_P: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real));
     const size_t _least = ((size_t)1 + (_n_c * 1 + _n_c * 1 + _n_c * 1) - 1) / (_n_c * 1 + _n_c * 1 + _n_c * 1);  // as many entries as the sums over the rows it adds into
@@ -406,6 +407,7 @@ int softmax_regression_gradients(const double *W, const double *X, const double 
     (void)_n_b;
     (void)_n_c;
     (void)_n_d;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // z, P, _log_P, _c5: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real));
     const size_t _least = ((size_t)1 + _n_c * _n_d * (size_t)1 + _n_c * (size_t)1 + (_n_c * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1) - 1) / (_n_c * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1);  // as many entries as the sums over the rows it adds into
@@ -516,6 +518,7 @@ int softmax_regression_forward_saving(const double *W, const double *X, const do
     (void)_n_b;
     (void)_n_c;
     (void)_n_d;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // z: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real));
     const size_t _least = ((size_t)1 + (_n_c * 1) - 1) / (_n_c * 1);  // as many entries as the sums over the rows it adds into
@@ -589,6 +592,7 @@ int softmax_regression_backward(const double *W, const double *X, const double *
     (void)_n_b;
     (void)_n_c;
     (void)_n_d;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // one block per work array: glibc hands blocks of up to 32 MB back to the next call without new pages
     void *_blocks[2] = {0};
     int _missing = 0;

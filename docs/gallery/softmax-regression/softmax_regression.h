@@ -6,7 +6,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is 376123ef6517a596eabe680b3a85272e0b364d9752a1e138a67231905e314dd5)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_b, n_c, n_d.
+ * or -1 when its work arrays cannot be allocated, or -2 when n_b is 0 (the function divides by that size: it has no value there).
+ * Sizes come last: n_b, n_c, n_d.
  */
 #ifndef SOFTGRAD_SOFTMAX_REGRESSION_H
 #define SOFTGRAD_SOFTMAX_REGRESSION_H

@@ -333,6 +333,7 @@ int two_layer_forward(const double *W1, const double *X, const double *W2, const
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // h, z, P, _log_P, _c1: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = ((size_t)1 + (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
@@ -415,6 +416,7 @@ int two_layer_gradients(const double *W1, const double *X, const double *W2, con
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // h, z, P, dh, _log_P, _c4, _c7, _c8: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = ((size_t)1 + _n_j * _n_d * (size_t)1 + _n_c * _n_j * (size_t)1 + (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_c * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1 + _n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
@@ -532,6 +534,7 @@ int two_layer_forward_saving(const double *W1, const double *X, const double *W2
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // z, _c9: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = ((size_t)1 + (_n_c * 1 + _n_j * 1) - 1) / (_n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into
@@ -610,6 +613,7 @@ int two_layer_backward(const double *W1, const double *X, const double *W2, cons
     (void)_n_j;
     (void)_n_d;
     (void)_n_c;
+    if (_n_b == 0) return -2;  // index b has no entries, and the function divides by its size
     // dh, _c12, _c13: held for a block of rows of b at a time
     size_t _rows = (size_t)SOFTGRAD_BLOCK_BYTES / (_n_j * sizeof(softgrad_real) + _n_c * sizeof(softgrad_real) + _n_j * sizeof(softgrad_real));
     const size_t _least = (_n_j * _n_d * (size_t)1 + _n_c * _n_j * (size_t)1 + (_n_j * 1 + _n_c * 1 + _n_j * 1) - 1) / (_n_j * 1 + _n_c * 1 + _n_j * 1);  // as many entries as the sums over the rows it adds into

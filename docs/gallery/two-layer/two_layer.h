@@ -7,7 +7,8 @@
  * (the spec as softgrad reads it; the SHA-256 of its source text is 3e5ce19fc75a6866524937814fc0f7c3dd144155138514a9b2556b695b5b6db1)
  *
  * Arrays are row-major, one axis per index in the spec's order; every array is double, labels int64_t. Each function returns 0,
- * or -1 when its work arrays cannot be allocated. Sizes come last: n_b, n_j, n_d, n_c.
+ * or -1 when its work arrays cannot be allocated, or -2 when n_b is 0 (the function divides by that size: it has no value there).
+ * Sizes come last: n_b, n_j, n_d, n_c.
  */
 #ifndef SOFTGRAD_TWO_LAYER_H
 #define SOFTGRAD_TWO_LAYER_H

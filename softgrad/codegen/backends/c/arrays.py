@@ -29,7 +29,14 @@ from softgrad.codegen.backends.printers import CKernelPrinter
 from softgrad.codegen.build import RECOMMENDED_FLAGS
 from softgrad.codegen.lower.blocking import RowBlocking, accumulated_ranges, split_sum_over_rows
 from softgrad.codegen.lower.kernel import guarded_product
-from softgrad.codegen.lower.plan import checked_arrays, functions, printed_names, saved_name, saving
+from softgrad.codegen.lower.plan import (
+    checked_arrays,
+    divided_sizes,
+    functions,
+    printed_names,
+    saved_name,
+    saving,
+)
 from softgrad.codegen.lower.rows import stable_array_forms
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
@@ -127,6 +134,7 @@ class CModule:
     gradients: list[tuple[str, str, tuple[str, ...]]]  # (input, gradient name, ranges)
     blas: bool = False  # whether a statement calls gemm
     budgets: list[str] = field(default_factory=list)  # the byte budgets its blocks of rows are sized by
+    divided: list[str] = field(default_factory=list)  # ranges it divides by the size of: empty ones are refused
 
     @property
     def cache(self) -> list[str]:
@@ -930,7 +938,7 @@ def lower_arrays_c(derivation: Derivation, dtype: str = "float64", openmp: bool 
         blas=compiler.blas, budgets=sorted(budgets), forward_saving=saving_body if pair.saved else None,
         saved=[kept_array(name) for name in pair.saved], output_read=pair.output_read,
         backward_inputs=[(printed[n], tensor.axes.get(n, ()), n in spec.labels) for n in pair.inputs_read],
-        backward_body=backward_body)
+        backward_body=backward_body, divided=divided_sizes(derivation))
 
 
 def emit_arrays_c(derivation: Derivation, header: dict[str, Any], render: Any, module_name: str,
