@@ -424,6 +424,35 @@ def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_t
     assert all(check.passed for check in check_array_module(growing, emit(growing, "numpy")))
 
 
+def test_a_log_sum_exp_outside_a_softmax_is_shifted_in_the_c_and_the_check_judges_the_forward_too(
+        monkeypatch, tmp_path):
+    """log Σ_k exp(E) written out (a loss by log-sum-exp, log-softmax over rows) is M + log Σ exp(E − M) in the C
+    as in the NumPy: finite at logits of 1000. The forward's own output is judged at inputs of magnitude 1000
+    too: with the shift taken away, the loss is inf while every gradient stays finite, and --check fails."""
+    from softgrad.codegen.backends.c import arrays as c_arrays
+    from softgrad.codegen.backends.frameworks import framework_derivation
+
+    require_tool("cc")
+    loss = derive_spec(parse_spec("z[b, c] = sum(W[c, d] * X[b, d], d)\n"
+                                  "L = sum(log(sum(exp(z[b, k]), k)) - z[b, label[b]], b) / size(b)", name="lse"))
+    W, X, label = np.array([[1.0, 0], [0, 1.0], [0.5, 0.5]]) * 1000, np.array([[1.0, 0.2], [0.3, 1.0]]), [1, 2]
+    z = X @ W.T
+    exact = np.mean(z.max(1) + np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) - z[[0, 1], label])
+    kernels = load_c(emit(loss, "c"), tmp_path)
+    np.testing.assert_allclose(kernels.forward(W, X, label), exact, rtol=1e-12)
+    assert all(np.all(np.isfinite(g)) for g in kernels.gradients(W, X, label))
+    log_softmax = framework_derivation(derive_spec(load_spec("log-softmax")))  # the C a torch module calls
+    (tmp_path / "rows").mkdir()
+    x = np.array([[1000.0, 999.0, 0.0]])
+    np.testing.assert_allclose(load_c(emit(log_softmax, "c"), tmp_path / "rows").forward(x),
+                               x - 1000 - np.log(1 + np.exp(-1.0) + np.exp(-1000.0)), rtol=1e-12)
+    assert all(check.passed for check in check_array_module(loss, emit(loss, "c")))
+    monkeypatch.setattr(c_arrays._Compiler, "shifted_log_sums", lambda self, expr: (expr, {}))
+    verdicts = {check.against: check.passed for check in check_array_module(loss, emit(loss, "c"))}
+    assert [against for against, passed in verdicts.items() if not passed] == [
+        "inputs of magnitude 1000 (finite where the exact value is)"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.spec")))
 def test_generated_c_matches_the_numpy_module(name, tmp_path):

@@ -394,25 +394,34 @@ def _against_differences(module: Any, derivation: Derivation, seed: int, dtype: 
 
 
 def _extremes(module: Any, derivation: Derivation, seed: int) -> KernelCheck:
-    """Every gradient entry (of gradients() and backward()) finite at inputs of magnitude 1000 wherever its exact
-    value (computed in extended precision) is a finite double: exp(Σx) truly overflows, a stable softmax must not."""
+    """Every output entry (of forward(), and the loss and gradients of gradients() and backward()) finite at
+    inputs of magnitude 1000 wherever its exact value (computed in extended precision) is a finite double:
+    exp(Σx) truly overflows, a stable softmax or log-sum-exp must not."""
     spec, tensor = derivation.spec, derivation.tensor
     sizes = spec.consistent_sizes({name: 4 for name in spec.sizes})
     arrays, parameters = sample_array_inputs(derivation, sizes, seed + 3, scale=1000.0)
-    representable = _representable_gradients(derivation, sizes, arrays, parameters)
+    representable = _representable_values(derivation, sizes, arrays, parameters)
     if not any(np.any(mask) for mask in representable.values()):
         return KernelCheck("gradients", "every output", "inputs of magnitude 1000: not judged (no exact value "
                            "there is a finite double, or it has none in 40 digits)", 0.0, 0.0)
     paths = [module_gradients, *([module_backward] if hasattr(module, "backward") else [])]
+
+    def finite(value: Any, name: str) -> bool:
+        return bool(np.all(np.isfinite(np.asarray(value, dtype=float))[representable[name]]))
+
+    output = spec.output.name
     try:
         with np.errstate(all="ignore"):
             results = [path(module, derivation, arrays, parameters) for path in paths]
-        finite = all(np.all(np.isfinite(np.asarray(gradients[name], dtype=float))[representable[name]])
-                     for gradients in results for name in tensor.gradients)
+            outputs = [call_module(module, derivation, arrays, parameters, "forward")]
+            if not spec.output.is_vector:  # gradients() returns the loss first
+                outputs.append(call_module(module, derivation, arrays, parameters, "gradients")[0])
+        every = (all(finite(gradients[name], name) for gradients in results for name in tensor.gradients)
+                 and all(finite(value, output) for value in outputs))
     except Exception:  # a crash at extreme inputs is a failed check, reported like the others
-        finite = False
+        every = False
     return KernelCheck("gradients", "every output", "inputs of magnitude 1000 (finite where the exact value is)",
-                       0.0 if finite else float("inf"), 0.0)
+                       0.0 if every else float("inf"), 0.0)
 
 
 def _zero_targets(module: Any, derivation: Derivation, seed: int) -> list[KernelCheck]:
@@ -458,12 +467,15 @@ def _zero_targets(module: Any, derivation: Derivation, seed: int) -> list[Kernel
                         "from above", worst, tolerances.GENERATED_MODULE["float64"])]
 
 
-def _representable_gradients(derivation: Derivation, sizes: dict[str, int], arrays: dict[str, Any],
-                             parameters: dict[str, float]) -> dict[str, Any]:
-    """input → a mask of the gradient entries whose exact value at these inputs is a finite double."""
+def _representable_values(derivation: Derivation, sizes: dict[str, int], arrays: dict[str, Any],
+                          parameters: dict[str, float]) -> dict[str, Any]:
+    """input → a mask of the gradient entries whose exact value at these inputs is a finite double, and the
+    output's name → the same mask of the output's entries."""
     import mpmath
 
     spec, tensor = derivation.spec, derivation.tensor
+    shapes = {name: tuple(sizes[r] for r in tensor.axes.get(name, ()))
+              for name in [*tensor.gradients, spec.output.name]}
     with wide_precision():
         checker = StepChecker(spec, dict(tensor.axes), None, wide=True)
         checker.backward = list(tensor.backward)
@@ -474,8 +486,9 @@ def _representable_gradients(derivation: Derivation, sizes: dict[str, int], arra
         try:
             checker.complete(point, checker.forward + checker.backward)
         except (ZeroDivisionError, OverflowError, ValueError):  # 0 to a negative power even in 40 digits
-            return {name: np.zeros(tuple(sizes[r] for r in tensor.axes[name]), dtype=bool)
-                    for name in tensor.gradients}
+            return {name: np.zeros(shape, dtype=bool) for name, shape in shapes.items()}
         largest = mpmath.mpf(np.finfo(float).max)
-        return {name: np.vectorize(lambda v: bool(mpmath.isfinite(v) and abs(v.real) <= largest), otypes=[bool])(
-                    point.value(gradient)) for name, gradient in tensor.gradients.items()}
+        representable = np.vectorize(lambda v: bool(mpmath.isfinite(v) and abs(v.real) <= largest), otypes=[bool])
+        masks = {name: representable(point.value(gradient)) for name, gradient in tensor.gradients.items()}
+        masks[spec.output.name] = np.reshape(representable(point.value(spec.output.name)), shapes[spec.output.name])
+        return masks

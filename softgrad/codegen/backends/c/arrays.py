@@ -314,6 +314,7 @@ class _Compiler:
         level where its free indices are bound (and, where hoist, each costly part that is invariant along the
         innermost loop: invariants_hoisted)."""
         self.bind(loops)
+        expr, shifts = self.shifted_log_sums(expr)
         sums = outermost_sums(expr)
         levels: dict[int, list[tuple[sp.Sum, sp.Symbol]]] = {}
         replacements = {}
@@ -332,7 +333,8 @@ class _Compiler:
         inner = assigned if isinstance(assigned, list) else [assigned]
         for depth in range(len(loops), -1, -1):
             before = [line for total, temporary in levels.get(depth, [])
-                      for line in self.reduction(total, temporary, ranges)]
+                      for line in [*(self.maximum(shifts[total], ranges) if total in shifts else []),
+                                   *self.reduction(total, temporary, ranges)]]
             before += [f"softgrad_real {temporary} = {self.code(hoisted)};"
                        for temporary, hoisted in invariant.get(depth, [])]
             inner = before + inner
@@ -373,6 +375,41 @@ class _Compiler:
             return e.func(*(walk(a) for a in e.args))
 
         return walk(expr) if innermost else expr
+
+    def shifted_log_sums(self, expr: sp.Expr) -> tuple[sp.Expr, dict[sp.Sum, tuple[sp.Symbol, sp.Sum]]]:
+        """expr with each log Σ_k exp(E) written M + log Σ_k exp(E − M), M the maximum of E over k (so that it
+        stays finite where exp(E) overflows), and for each new sum its M and the sum of E that M is the
+        maximum of."""
+        shifts: dict[sp.Sum, tuple[sp.Symbol, sp.Sum]] = {}
+
+        def shifted(logarithm: sp.Expr) -> sp.Expr:
+            total = logarithm.args[0]
+            self.temporaries += 1
+            shift = sp.Symbol(f"_m{self.temporaries}")
+            exponent = total.function.args[0]
+            new_total = sp.Sum(sp.exp(exponent - shift), *total.limits)
+            shifts[new_total] = (shift, sp.Sum(exponent, *total.limits))
+            return shift + sp.log(new_total)
+
+        def walk(e: sp.Expr) -> sp.Expr:  # a log-sum inside another sum is shifted where that sum is computed
+            if isinstance(e, sp.Sum) or e.is_Atom or isinstance(e, sp.Indexed):
+                return e
+            if isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum) and isinstance(e.args[0].function, sp.exp):
+                return shifted(e)
+            arguments = [walk(argument) for argument in e.args]
+            return e.func(*arguments) if arguments != list(e.args) else e
+
+        return walk(expr), shifts
+
+    def maximum(self, shift: tuple[sp.Symbol, sp.Sum], ranges: dict[sp.Symbol, str]) -> list[str]:
+        """`shift` = the maximum of a sum's terms over its indices (0 where it is not finite: a row of −inf)."""
+        name, total = shift
+        bounds = [limit[0] for limit in reversed(total.limits)]
+        s = self.suffix
+        return [f"softgrad_real {name} = -INFINITY;",
+                *self.nest(total.function, bounds, ranges, lambda code: f"{name} = softgrad_max{s}({name}, {code});",
+                           simd=f" reduction(max:{name})"),
+                f"if (!isfinite({name})) {name} = 0;  // a row of -inf: a harmless shift"]
 
     def reduction(self, total: sp.Sum, temporary: sp.Symbol, ranges: dict[sp.Symbol, str]) -> list[str]:
         """`temporary` = the sum, accumulated in double in loops of its own (`ranges` knows its indices)."""
