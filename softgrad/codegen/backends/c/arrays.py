@@ -7,7 +7,8 @@ are first written to a work array. Everything else is loops the compiler vectori
 branch-free exp and log, the one C printer of codegen.backends.printers): a sum is computed in a loop of its own,
 hoisted to the outermost loop where all its free indices are bound, and accumulated in double whatever the
 element type. A normalised exponential is shifted by its row maximum, exp computed once per entry (stashed
-in the output, then scaled), and its log written as (E − max − log Σ) where it is read. Where the row-blocking
+in the output, then scaled), and its log written as (E − max − log Σ) where it is read; any other log Σ exp(E)
+is M + log Σ exp(E − M), M the maximum of E. Where the row-blocking
 pass (codegen.lower.blocking) finds one, a function runs a block of rows at a time: its n × n work arrays (attention's
 S, P, dP, dS) are held for one block, the sums over rows accumulate block after block (a gemm writes the first
 block's part over the array, beta 0, and adds the others), extra memory O(rows·n). A costly part of a statement
