@@ -427,7 +427,8 @@ def test_codegen_check_demands_finite_gradients_exactly_where_the_function_has_t
 def test_a_log_sum_exp_outside_a_softmax_is_shifted_in_the_c_and_the_check_judges_the_forward_too(
         monkeypatch, tmp_path):
     """log Σ_k exp(E) written out (a loss by log-sum-exp, log-softmax over rows) is M + log Σ exp(E − M) in the C
-    as in the NumPy: finite at logits of 1000. The forward's own output is judged at inputs of magnitude 1000
+    as in the NumPy, and a softmax beside an implicit zero logit is read through such a log: finite at 1000. The
+    forward's own output is judged at inputs of magnitude 1000
     too: with the shift taken away, the loss is inf while every gradient stays finite, and --check fails."""
     from softgrad.codegen.backends.c import arrays as c_arrays
     from softgrad.codegen.backends.frameworks import framework_derivation
@@ -447,6 +448,19 @@ def test_a_log_sum_exp_outside_a_softmax_is_shifted_in_the_c_and_the_check_judge
     np.testing.assert_allclose(load_c(emit(log_softmax, "c"), tmp_path / "rows").forward(x),
                                x - 1000 - np.log(1 + np.exp(-1.0) + np.exp(-1000.0)), rtol=1e-12)
     assert all(check.passed for check in check_array_module(loss, emit(loss, "c")))
+    # a softmax beside an implicit zero logit, exp(z)/(1 + Σ exp(z)): read as exp(z − log(1 + Σ exp(z))), the
+    # log-sum shifted by max(0, max z) — finite at 1000 in the C and the NumPy, as the per-row kernels are
+    null_class = derive_spec(parse_spec("z[b, c] = sum(W[c, d] * X[b, d], d)\n"
+                                        "P[b, c] = exp(z[b, c]) / (1 + sum(exp(z[b, k]), k))\n"
+                                        "L = -sum(log(P[b, label[b]]), b)", name="null_class"))
+    shift = np.maximum(z.max(1), 0)
+    exact = -np.sum(z[[0, 1], label] - shift - np.log(np.exp(-shift) + np.exp(z - shift[:, None]).sum(1)))
+    for language in ("c", "numpy"):
+        files = emit(null_class, language)
+        assert all(check.passed for check in check_array_module(null_class, files)), language
+    (tmp_path / "null").mkdir()
+    np.testing.assert_allclose(load_c(emit(null_class, "c"), tmp_path / "null").forward(W, X, label), exact,
+                               rtol=1e-12)
     monkeypatch.setattr(c_arrays._Compiler, "shifted_log_sums", lambda self, expr: (expr, {}))
     verdicts = {check.against: check.passed for check in check_array_module(loss, emit(loss, "c"))}
     assert [against for against, passed in verdicts.items() if not passed] == [

@@ -199,9 +199,10 @@ def _reciprocal_as_sigmoid(power: sp.Expr) -> sp.Expr:
 
 
 def stable_logs(expr: sp.Expr) -> sp.Expr:
-    """Forms that stay finite where the naive ones overflow: log(1 + exp(u)) = softplus(u),
+    """Forms that stay finite where the naive ones overflow: log(exp(u)) = u, log(1 + exp(u)) = softplus(u),
     exp(u)/(1 + exp(u)) = σ(u), 1/(1 + exp(u)) = σ(−u); log σ(u) = −softplus(−u) and
     log(1 − σ(u)) = −softplus(u), finite where σ rounds to 0 or 1."""
+    expr = expr.replace(lambda e: isinstance(e, sp.log) and isinstance(e.args[0], sp.exp), lambda e: e.args[0].args[0])
     expr = expr.replace(lambda e: isinstance(e, sp.log) and _one_plus_exp(e.args[0]) is not None,
                         lambda e: softplus(_one_plus_exp(e.args[0])))
     expr = expr.replace(lambda e: e.is_Mul, _ratios_as_sigmoids)
@@ -213,6 +214,18 @@ def stable_logs(expr: sp.Expr) -> sp.Expr:
         lambda e: isinstance(e, sp.log) and e.args[0].is_Add and len(e.args[0].args) == 2 and 1 in e.args[0].args
         and isinstance(-(e.args[0] - 1), sigmoid),
         lambda e: -softplus((-(e.args[0] - 1)).args[0]))
+
+
+def log_sum_parts(expr: sp.Expr) -> tuple[sp.Expr, sp.Sum] | None:
+    """(c, Σ_k exp(E)) for log(c + Σ_k exp(E)), c a constant ≥ 0 (0: log Σ exp); else None."""
+    if not isinstance(expr, sp.log):
+        return None
+    terms = sp.Add.make_args(expr.args[0])
+    sums = [term for term in terms if isinstance(term, sp.Sum) and isinstance(term.function, sp.exp)]
+    offset = sp.Add(*[term for term in terms if term not in sums])
+    if len(sums) != 1 or not (offset.is_number and offset.is_nonnegative):
+        return None
+    return offset, sums[0]
 
 
 def guard_products(expr: sp.Expr, spec: Spec, wrt: str, shifts: set[sp.Symbol] | frozenset[sp.Symbol] = frozenset()
@@ -527,6 +540,36 @@ def hygienic(kernel: Kernel) -> Kernel:
         origin={printed: name for name, printed in [*public.items(), *renamed_outputs.items()]})
 
 
+def _offset_ratios_read_through_logs(definitions: list[Definition], axes: dict[str, tuple[str, ...]],
+                                     taken: set[str], added: list[Definition]) -> list[Definition]:
+    """P[…, c] = exp(E_c) / (a + Σ_k exp(E_k)), a > 0 a constant (a softmax beside an implicit logit log a), as
+    P = exp(E_c − P_lse[…]) with P_lse[…] = log(a + Σ_k exp(E_k)) a definition of its own (appended to `added`,
+    its ranges to `axes`): the lowerings shift that log-sum by max(0, max E), so P stays finite where exp(E)
+    overflows, and log P is E − P_lse."""
+    rewritten = []
+    for definition in definitions:
+        numerator, denominator = sp.fraction(sp.together(definition.expr), exact=True)
+        parts = log_sum_parts(sp.log(denominator, evaluate=False))
+        if not isinstance(numerator, sp.exp) or parts is None or parts[0] == 0:
+            rewritten.append(definition)
+            continue
+        bound = parts[1].limits[0][0]
+        exponent = parts[1].function.args[0]
+        positions = [s for s in definition.indices if exponent.xreplace({bound: s}) == numerator.args[0]]
+        if len(parts[1].limits) != 1 or len(positions) != 1 or len(definition.indices) < 2 \
+                or definition.name not in axes:  # a row index beside the class one: P_lse is an array
+            rewritten.append(definition)
+            continue
+        free = tuple(s for s in definition.indices if s != positions[0])
+        name = next(n for n in (f"{definition.name}_lse", *(f"{definition.name}_lse{k}" for k in range(2, 99)))
+                    if n not in taken)
+        taken.add(name)
+        axes[name] = tuple(r for s, r in zip(definition.indices, axes[definition.name]) if s != positions[0])
+        added.append(Definition(name, free[0], sp.log(denominator), "", 0, free))
+        rewritten.append(dataclasses.replace(definition, expr=sp.exp(numerator.args[0] - sp.IndexedBase(name)[free])))
+    return rewritten
+
+
 def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
     """The derivation with every inline ratio exp(E[…, p]) / Σ_k exp(E[…, k]) read through an array of its own,
     E_softmax[…, k] = exp(E[…, k]) / Σ_k' exp(E[…, k']), which the lowerings shift by its row maximum and whose
@@ -610,6 +653,7 @@ def hoisted_softmax_ratios(derivation: Derivation) -> Derivation:
     definitions = [d if d.name in normalised else dataclasses.replace(d, expr=rewritten(d.expr))
                    for d in spec.definitions]
     backward = [dataclasses.replace(d, expr=rewritten(d.expr)) for d in tensor.backward]
+    definitions = _offset_ratios_read_through_logs(definitions, axes, taken, added)
     if not added:
         return derivation
     for definition in added:  # before the first definition that reads it (the output stays last)

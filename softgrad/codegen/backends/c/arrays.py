@@ -38,7 +38,7 @@ from softgrad.codegen.lower.plan import (
     saved_name,
     saving,
 )
-from softgrad.codegen.lower.rows import stable_array_forms
+from softgrad.codegen.lower.rows import log_sum_parts, stable_array_forms
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition
 from softgrad.derive.steps import Derivation
@@ -327,6 +327,8 @@ class _Compiler:
             levels.setdefault(level, []).append((total, temporary))
             replacements[total] = temporary
         depths = {temporary: level for level, found in levels.items() for _, temporary in found}
+        depths.update({shifts[total][0]: level for level, found in levels.items() for total, _ in found
+                       if total in shifts})  # a shift is known where its sum is: what reads it waits until there
         invariant: dict[int, list[tuple[sp.Symbol, sp.Expr]]] = {}
         value = expr.xreplace(replacements)
         value = self.invariants_hoisted(value, loops, depths, invariant) if hoist else value
@@ -377,37 +379,41 @@ class _Compiler:
 
         return walk(expr) if innermost else expr
 
-    def shifted_log_sums(self, expr: sp.Expr) -> tuple[sp.Expr, dict[sp.Sum, tuple[sp.Symbol, sp.Sum]]]:
-        """expr with each log Σ_k exp(E) written M + log Σ_k exp(E − M), M the maximum of E over k (so that it
-        stays finite where exp(E) overflows), and for each new sum its M and the sum of E that M is the
-        maximum of."""
-        shifts: dict[sp.Sum, tuple[sp.Symbol, sp.Sum]] = {}
+    def shifted_log_sums(self, expr: sp.Expr) -> tuple[sp.Expr, dict[sp.Sum, tuple[sp.Symbol, sp.Sum, bool]]]:
+        """expr with each log(c + Σ_k exp(E)) (c ≥ 0 a constant) written M + log(c·exp(−M) + Σ_k exp(E − M)), M the
+        maximum of E over k, floored at 0 where c > 0 (so that it stays finite where exp(E) overflows, and c·exp(−M)
+        where E is very negative), and for each new sum its M, the sum of E that M is the maximum of, and the
+        floor."""
+        shifts: dict[sp.Sum, tuple[sp.Symbol, sp.Sum, bool]] = {}
 
         def shifted(logarithm: sp.Expr) -> sp.Expr:
-            total = logarithm.args[0]
+            parts = log_sum_parts(logarithm)
+            assert parts is not None  # walk asked
+            offset, total = parts
             self.temporaries += 1
             shift = sp.Symbol(f"_m{self.temporaries}")
             exponent = total.function.args[0]
             new_total = sp.Sum(sp.exp(exponent - shift), *total.limits)
-            shifts[new_total] = (shift, sp.Sum(exponent, *total.limits))
-            return shift + sp.log(new_total)
+            shifts[new_total] = (shift, sp.Sum(exponent, *total.limits), offset != 0)
+            return shift + sp.log(offset * sp.exp(-shift) + new_total)
 
         def walk(e: sp.Expr) -> sp.Expr:  # a log-sum inside another sum is shifted where that sum is computed
             if isinstance(e, sp.Sum) or e.is_Atom or isinstance(e, sp.Indexed):
                 return e
-            if isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum) and isinstance(e.args[0].function, sp.exp):
+            if log_sum_parts(e) is not None:
                 return shifted(e)
             arguments = [walk(argument) for argument in e.args]
             return e.func(*arguments) if arguments != list(e.args) else e
 
         return walk(expr), shifts
 
-    def maximum(self, shift: tuple[sp.Symbol, sp.Sum], ranges: dict[sp.Symbol, str]) -> list[str]:
-        """`shift` = the maximum of a sum's terms over its indices (0 where it is not finite: a row of −inf)."""
-        name, total = shift
+    def maximum(self, shift: tuple[sp.Symbol, sp.Sum, bool], ranges: dict[sp.Symbol, str]) -> list[str]:
+        """`shift` = the maximum of a sum's terms over its indices (0 where it is not finite: a row of −inf), from
+        0 up where it is floored."""
+        name, total, floored = shift
         bounds = [limit[0] for limit in reversed(total.limits)]
         s = self.suffix
-        return [f"softgrad_real {name} = -INFINITY;",
+        return [f"softgrad_real {name} = {'0' if floored else '-INFINITY'};",
                 *self.nest(total.function, bounds, ranges, lambda code: f"{name} = softgrad_max{s}({name}, {code});",
                            simd=f" reduction(max:{name})"),
                 f"if (!isfinite({name})) {name} = 0;  // a row of -inf: a harmless shift"]

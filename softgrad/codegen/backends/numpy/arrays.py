@@ -38,7 +38,7 @@ from softgrad.codegen.lower.plan import (
     shape_of,
     size_variable,
 )
-from softgrad.codegen.lower.rows import stable_array_forms
+from softgrad.codegen.lower.rows import log_sum_parts, stable_array_forms
 from softgrad.derive import algebra
 from softgrad.derive.spec import Definition, Spec
 from softgrad.derive.steps import Derivation
@@ -274,8 +274,8 @@ class _Compiler:
             self.logs_needed.add(name)
             self.logs_read.add(self.printed[name])
             return self.entry(e.args[0], ranges, order, log=True)
-        if isinstance(e, sp.log) and isinstance(e.args[0], sp.Sum) and isinstance(e.args[0].function, sp.exp):
-            return self.log_sum_exp(e.args[0], ranges, order)
+        if (log_sum := log_sum_parts(e)) is not None:
+            return self.log_sum_exp(log_sum[1], ranges, order, log_sum[0])
         if isinstance(e, sp.exp) and isinstance(e.args[0], sp.Indexed) and str(e.args[0].base) in self.exponentials:
             self.exponentials_needed.add(str(e.args[0].base))
             return self.entry(e.args[0], ranges, order, prefix="_exp_")
@@ -537,9 +537,10 @@ class _Compiler:
         self.gemm = True  # a matrix–matrix product: BLAS wants tall blocks
         return first, second, tuple(left + right)
 
-    def log_sum_exp(self, total: sp.Sum, ranges: dict[sp.Symbol, str],
-                    order: list[sp.Symbol]) -> tuple[str, tuple[Any, ...]]:
-        """log Σ_k exp(E) = M + log Σ_k exp(E − M), M the maximum over k (−inf rows stay −inf)."""
+    def log_sum_exp(self, total: sp.Sum, ranges: dict[sp.Symbol, str], order: list[sp.Symbol],
+                    offset: sp.Expr = sp.S.Zero) -> tuple[str, tuple[Any, ...]]:
+        """log(c + Σ_k exp(E)) = M + log(c·exp(−M) + Σ_k exp(E − M)), M the maximum over k (−inf rows stay −inf),
+        floored at 0 where c > 0."""
         bounds = [limit[0] for limit in total.limits]
         inner_order = order + [b for b in reversed(bounds) if b not in order]
         exponent, have = self.compile(total.function.args[0], ranges, inner_order)
@@ -547,11 +548,15 @@ class _Compiler:
         result = tuple(s for s in have if s not in bounds)
         shift, d = self.temp(), self.dialect
         self.pending.append(f"{shift} = {d.maximum_over(exponent, axes, keepdims=True)}")
-        self.pending.append(f"{shift} = {d.where(d.call('isfinite', shift), shift, '0')}")
+        kept = f"{shift} > 0" if offset != 0 else d.call('isfinite', shift)  # floored at 0 beside a constant
+        self.pending.append(f"{shift} = {d.where(kept, shift, '0')}")
         difference = f"{exponent} - {shift}"
         exponential = (self.entrywise(f"{d.namespace}.exp", (f"({difference})", have)) if d.chain_in_place
                        else d.call("exp", difference))
-        code = f"({d.squeeze(shift, axes)} + {d.call('log', d.total(exponential, axes))})"
+        summed = d.total(exponential, axes)
+        if offset != 0:
+            summed = f"{float(offset)!r} * {d.call('exp', f'-{d.squeeze(shift, axes)}')} + {summed}"
+        code = f"({d.squeeze(shift, axes)} + {d.call('log', summed)})"
         return code, result
 
     def one_hot_added(self, terms: list[sp.Expr], signs: list[bool], ranges: dict[sp.Symbol, str],
